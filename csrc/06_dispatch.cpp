@@ -1,0 +1,214 @@
+// Rung 6, the dispatcher: which micro-kernel runs on this CPU, and with
+// which block sizes.  "What runs on Zen 4?" has its answer in kTable below.
+//
+// The CPU is asked once (cpuid for the instruction sets, xgetbv for whether
+// the operating system saves the wide registers), the answer is cached, and
+// WHYGPU_ARCH=portable|avx2|avx512 overrides it -- to an instruction set
+// the CPU really has; asking for more falls back to the best one, with a
+// warning, instead of dying with "Illegal instruction".
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#include "packed.h"
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <cpuid.h>
+#define WHYGPU_X86 1
+#endif
+
+namespace whygpu {
+
+// ---- The table: one row per (instruction set, type) -----------------------
+// kc: an A micro-panel of kc x mr must sit in L1 (32 KiB) next to the B
+//     vectors streaming through; nc: the kc x nc packed B panel in L2 (1 MiB
+//     per core on Zen 4, 256 KiB-2 MiB elsewhere), with room to spare.
+// Tuned on AMD Zen 4 (see benchmarks/); reasonable on other x86 cores.
+namespace {
+const Blocking<float> kFloatTable[] = {
+    {4, 8, 256, 512, sgemm_ukr_portable, "sgemm_portable_4x8"},
+#if defined(WHYGPU_X86_KERNELS)
+    {6, 16, 256, 1024, sgemm_ukr_avx2, "sgemm_avx2_6x16"},
+    {8, 32, 384, 384, sgemm_ukr_avx512, "sgemm_avx512_8x32"},
+#endif
+};
+const Blocking<double> kDoubleTable[] = {
+    {4, 4, 256, 256, dgemm_ukr_portable, "dgemm_portable_4x4"},
+#if defined(WHYGPU_X86_KERNELS)
+    {6, 8, 256, 512, dgemm_ukr_avx2, "dgemm_avx2_6x8"},
+    {8, 16, 256, 256, dgemm_ukr_avx512, "dgemm_avx512_8x16"},
+#endif
+};
+
+// Optional override of kc / nc for tuning experiments (read once).
+std::int64_t env_int(const char* name, std::int64_t fallback, std::int64_t lo, std::int64_t hi) {
+    const char* s = std::getenv(name);
+    if (s == nullptr || *s == '\0') return fallback;
+    char* end = nullptr;
+    long long v = std::strtoll(s, &end, 10);
+    if (end == s || *end != '\0' || v < lo || v > hi) return fallback;
+    return static_cast<std::int64_t>(v);
+}
+
+template <typename T, std::size_t N>
+const Blocking<T>* tuned(const Blocking<T> (&table)[N]) {
+    // One copy per type, built on first use (C++11 magic statics are thread-safe).
+    static const struct Tuned {
+        Blocking<T> rows[N];
+        explicit Tuned(const Blocking<T> (&t)[N]) {
+            for (std::size_t i = 0; i < N; ++i) {
+                rows[i] = t[i];
+                rows[i].kc = env_int("WHYGPU_KC", rows[i].kc, 1, 4096);
+                rows[i].nc = env_int("WHYGPU_NC", rows[i].nc, 1, 1 << 20);
+            }
+        }
+    } t(table);
+    return t.rows;
+}
+
+// ---- CPU detection ---------------------------------------------------------
+struct CpuFeatures {
+    bool avx2_fma = false;
+    bool avx512f = false;
+};
+
+CpuFeatures detect() {
+    CpuFeatures f;
+#if defined(WHYGPU_X86)
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return f;
+    const bool osxsave = ecx & (1u << 27), avx = ecx & (1u << 28), fma = ecx & (1u << 12);
+    if (!(osxsave && avx)) return f;
+    unsigned xcr0_lo, xcr0_hi;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    const bool os_ymm = (xcr0_lo & 0x6u) == 0x6u;     // SSE + AVX state saved by the OS
+    const bool os_zmm = (xcr0_lo & 0xE6u) == 0xE6u;   // + opmask and upper zmm state
+    if (__get_cpuid_max(0, nullptr) < 7) return f;
+    __cpuid_count(7, 0, eax, ebx, ecx, edx);
+    f.avx2_fma = os_ymm && fma && (ebx & (1u << 5));
+    f.avx512f = f.avx2_fma && os_zmm && (ebx & (1u << 16));
+#endif
+    return f;
+}
+
+const CpuFeatures& features() {
+    static const CpuFeatures f = detect();
+    return f;
+}
+
+std::string g_env_warning;  // written once, during the first current_arch()
+
+Arch initial_arch() {
+    Arch best = best_arch();
+    const char* env = std::getenv("WHYGPU_ARCH");
+    if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return best;
+    for (Arch a : {Arch::portable, Arch::avx2, Arch::avx512}) {
+        if (std::strcmp(env, arch_name(a)) == 0) {
+            if (arch_supported(a)) return a;
+            g_env_warning = std::string("WHYGPU_ARCH=") + env +
+                            " is not supported by this CPU or build; using " + arch_name(best);
+            return best;
+        }
+    }
+    g_env_warning = std::string("WHYGPU_ARCH=") + env +
+                    " is not one of auto, portable, avx2, avx512; using " + arch_name(best);
+    return best;
+}
+
+std::atomic<int> g_arch{-1};
+}  // namespace
+
+const char* arch_name(Arch a) {
+    switch (a) {
+        case Arch::avx512: return "avx512";
+        case Arch::avx2: return "avx2";
+        default: return "portable";
+    }
+}
+
+bool arch_supported(Arch a) {
+    switch (a) {
+        case Arch::portable: return true;
+#if defined(WHYGPU_X86_KERNELS)
+        case Arch::avx2: return features().avx2_fma;
+        case Arch::avx512: return features().avx512f;
+#endif
+        default: return false;
+    }
+}
+
+Arch best_arch() {
+    if (arch_supported(Arch::avx512)) return Arch::avx512;
+    if (arch_supported(Arch::avx2)) return Arch::avx2;
+    return Arch::portable;
+}
+
+Arch current_arch() {
+    int a = g_arch.load(std::memory_order_acquire);
+    if (a < 0) {
+        static const Arch first = initial_arch();  // thread-safe, runs once
+        int expected = -1;
+        g_arch.compare_exchange_strong(expected, static_cast<int>(first));
+        a = g_arch.load(std::memory_order_acquire);
+    }
+    return static_cast<Arch>(a);
+}
+
+void set_arch(Arch a) {
+    if (!arch_supported(a))
+        throw std::invalid_argument(std::string("instruction set '") + arch_name(a) +
+                                    "' is not supported by this CPU or build");
+    current_arch();  // make sure the environment has been read first
+    g_arch.store(static_cast<int>(a), std::memory_order_release);
+}
+
+const char* arch_env_warning() {
+    current_arch();
+    return g_env_warning.c_str();
+}
+
+template <>
+const Blocking<float>& blocking_for<float>(Arch a) {
+    return tuned(kFloatTable)[static_cast<int>(a)];
+}
+template <>
+const Blocking<double>& blocking_for<double>(Arch a) {
+    return tuned(kDoubleTable)[static_cast<int>(a)];
+}
+
+// ---- Scratch -----------------------------------------------------------------
+namespace {
+struct Scratch {
+    void* p[2] = {nullptr, nullptr};
+    std::size_t bytes[2] = {0, 0};
+    ~Scratch() {
+        for (void* q : p) std::free(q);
+    }
+};
+thread_local Scratch t_scratch;
+}  // namespace
+
+void* thread_scratch_nothrow(ScratchSlot slot, std::size_t bytes) {
+    Scratch& s = t_scratch;
+    if (s.bytes[slot] < bytes) {
+        std::free(s.p[slot]);
+        s.p[slot] = nullptr;
+        s.bytes[slot] = 0;
+        const std::size_t rounded = (bytes + 63) / 64 * 64;
+        s.p[slot] = std::aligned_alloc(64, rounded);
+        if (s.p[slot] == nullptr) return nullptr;
+        s.bytes[slot] = rounded;
+    }
+    return s.p[slot];
+}
+
+void* thread_scratch(ScratchSlot slot, std::size_t bytes) {
+    void* p = thread_scratch_nothrow(slot, bytes);
+    if (p == nullptr) throw std::bad_alloc();
+    return p;
+}
+
+}  // namespace whygpu

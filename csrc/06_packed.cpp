@@ -1,0 +1,70 @@
+// Rung 6 -- packed: Goto/BLIS-style loops around a SIMD register-tiled
+// micro-kernel.
+//
+// What changes from rung 5 (blocked):
+//   1. Register blocking.  The innermost work is a micro-kernel that keeps an
+//      MR x NR tile of C (e.g. 8 x 32 floats = 16 AVX-512 registers) in
+//      registers for the whole k loop.  Each step loads one row of B (NR
+//      numbers) and MR numbers of A and does MR x NR multiply-adds: 16 FMAs
+//      for 2 vector loads and 8 broadcasts.  C is touched once per panel,
+//      not once per k step as in rung 5.
+//   2. Packing.  Before computing, a kc x nc panel of B is copied into NR-wide
+//      strips and each MR-tall strip of A into a kc x MR micro-panel, both in
+//      exactly the order the micro-kernel reads them.  The micro-kernel then
+//      reads memory strictly sequentially, with no TLB misses and no stride,
+//      whatever the layout of the inputs (transposed, sliced, Fortran).
+//      Packing costs O(n^2) memory moves against O(n^3) flops.
+//   3. Explicit SIMD.  The micro-kernel is written with FMA intrinsics, one
+//      file per instruction set (06_ukernel_avx512.cpp, 06_ukernel_avx2.cpp,
+//      06_ukernel_portable.cpp), chosen at run time (06_dispatch.cpp).
+//
+// Cache plan (sizes in 06_dispatch.cpp, per micro-kernel):
+//   a kc x MR micro-panel of A       -> L1   (reused across nc/NR strips of B)
+//   the kc x nc packed panel of B    -> L2   (reused by every row strip of A)
+//   C                                -> streamed once per kc-deep panel
+//
+// The loops, outermost first:
+//   jc: columns of C in steps of nc        (a B panel per step)
+//    pc: depth in steps of kc              (pack B[pc:pc+kc, jc:jc+nc])
+//     ir: rows of C in steps of MR         (pack A[ir:ir+MR, pc:pc+kc])
+//      jr: columns in steps of NR          (one micro-kernel call)
+//       p: inside the micro-kernel, kc rank-1 updates of the register tile
+#include <algorithm>
+
+#include "packed.h"
+
+namespace whygpu {
+
+template <typename T>
+void gemm_packed(const GemmArgs<T>& g) {
+    if (g.m == 0 || g.n == 0) return;
+    if (g.k == 0 || g.alpha == T(0)) { scale_c(g); return; }
+
+    const Blocking<T>& bk = blocking_for<T>(current_arch());
+    const std::int64_t KC = std::min(bk.kc, g.k);
+    const std::int64_t NC = std::min(bk.nc, g.n);
+    const std::int64_t nc_round = (NC + bk.nr - 1) / bk.nr * bk.nr;
+    // Packed B panel (kc x nc, in NR strips): per-thread scratch, no malloc per call.
+    T* bp = static_cast<T*>(thread_scratch(kScratchB, sizeof(T) * KC * nc_round));
+    T* ap = static_cast<T*>(thread_scratch(kScratchA, sizeof(T) * KC * bk.mr));  // (kc x MR), lives in L1
+
+    const std::int64_t m_strips = (g.m + bk.mr - 1) / bk.mr;
+    for (std::int64_t jc = 0; jc < g.n; jc += NC) {
+        const std::int64_t nc = std::min(NC, g.n - jc);
+        const std::int64_t n_strips = (nc + bk.nr - 1) / bk.nr;
+        for (std::int64_t pc = 0; pc < g.k; pc += KC) {
+            const std::int64_t kc = std::min(KC, g.k - pc);
+            const T beta = (pc == 0) ? g.beta : T(1);  // later panels accumulate
+            for (std::int64_t js = 0; js < n_strips; ++js) {
+                const int nr = static_cast<int>(std::min<std::int64_t>(bk.nr, nc - js * bk.nr));
+                pack_b_strip(g, pc, kc, jc + js * bk.nr, nr, bk.nr, bp + js * kc * bk.nr);
+            }
+            macro_kernel(bk, g, jc, nc, pc, kc, beta, bp, ap, 0, m_strips * n_strips);
+        }
+    }
+}
+
+template void gemm_packed<float>(const GemmArgs<float>&);
+template void gemm_packed<double>(const GemmArgs<double>&);
+
+}  // namespace whygpu
