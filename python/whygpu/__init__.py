@@ -1,0 +1,28 @@
+"""whygpu: why parallel hardware speeds up deep learning, measured.
+
+A ladder of hand-written matrix-multiplication kernels, each one idea
+faster than the last::
+
+    >>> import numpy as np, whygpu
+    >>> whygpu.available_kernels()            # doctest: +SKIP
+    ['python', 'cython', 'naive', 'reordered', 'blocked', 'packed', 'openmp']
+    >>> a = np.ones((3, 4), np.float32); b = np.ones((4, 2), np.float32)
+    >>> whygpu.matmul(a, b, kernel="packed")
+    array([[4., 4.],
+           [4., 4.],
+           [4., 4.]], dtype=float32)
+"""
+from ._api import gemm, matmul
+from ._cpu import _warn_env, cpu_info, set_arch
+from ._registry import KernelUnavailableError, all_kernels, available_kernels, kernel_info
+from ._threads import get_num_threads, set_num_threads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "matmul", "gemm", "available_kernels", "all_kernels", "kernel_info", "KernelUnavailableError",
+    "cpu_info", "set_arch", "set_num_threads", "get_num_threads", "__version__",
+]
+
+_warn_env()
+del _warn_env

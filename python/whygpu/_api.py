@@ -1,0 +1,163 @@
+"""The public entry points, ``matmul`` and ``gemm``: argument checking with
+clear errors, then one call into the chosen rung of the ladder.
+
+Everything a user can pass is checked here, before any compiled code runs:
+dtypes (float32 or float64, the same for all operands -- no silent
+upcasting), dimensions, shapes, the output array, thread counts, kernel
+names.  Odd layouts (transposed, sliced, Fortran-ordered, negative strides)
+are handled, not rejected: the packed kernels read any strides; the simple
+row-major rungs get contiguous copies.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import numpy as np
+
+from ._registry import get_kernel
+from ._threads import check_threads, get_num_threads
+
+__all__ = ["matmul", "gemm"]
+
+_TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError")
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _as_matrix(x, name: str) -> np.ndarray:
+    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if type(arr) is not np.ndarray:  # np.matrix, masked arrays: plain view
+        arr = np.asarray(arr)
+    if arr.dtype not in _FLOATS:
+        kind = {"i": "an integer", "u": "an unsigned integer", "b": "a boolean", "c": "a complex",
+                "f": "an unsupported floating-point", "O": "an object"}.get(arr.dtype.kind, "an unsupported")
+        raise TypeError(
+            f"{name} has {kind} dtype ({arr.dtype.str if arr.dtype.kind == 'f' else arr.dtype}); whygpu "
+            f"kernels take float32 or float64 in native byte order -- convert with {name}.astype(np.float32)")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (a matrix), got {arr.ndim}-D with shape {arr.shape}")
+    return arr
+
+
+def _scalar(x, name: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {x!r}")
+    return float(x)
+
+
+def _overlaps(x: np.ndarray, y: np.ndarray) -> bool:
+    if not np.may_share_memory(x, y):
+        return False
+    try:
+        return bool(np.shares_memory(x, y, max_work=100_000))
+    except _TooHardError:  # pragma: no cover - pathological strides
+        return True  # cannot prove they are disjoint: treat as overlapping
+
+
+def _check_out(out, m: int, n: int, dtype: np.dtype, name: str, inputs) -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} has dtype {out.dtype}, expected {dtype} (the dtype of the inputs)")
+    if out.shape != (m, n):
+        raise ValueError(f"{name} has shape {out.shape}, expected {(m, n)}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    for other, oname in inputs:
+        if _overlaps(out, other):
+            raise ValueError(f"{name} overlaps input {oname}: the kernels read {oname} while writing "
+                             f"{name}, so they must not share memory (pass a separate array)")
+    return out
+
+
+def _kernel_ready(x: np.ndarray, layout: str) -> np.ndarray:
+    """x, or a contiguous copy when the kernel cannot read it as it is."""
+    itemsize = x.itemsize
+    odd = not x.flags.aligned or any(s % itemsize for s in x.strides)
+    if odd or (layout == "row-major" and not x.flags.c_contiguous):
+        return np.ascontiguousarray(x)
+    return x
+
+
+def _gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel, threads, c_name, c_is_out):
+    kern = get_kernel(kernel)
+    threads = get_num_threads() if threads is None else check_threads(threads)
+    a = _as_matrix(a, "a")
+    b = _as_matrix(b, "b")
+    if a.dtype != b.dtype:
+        raise TypeError(f"a is {a.dtype} but b is {b.dtype}; whygpu does not upcast silently -- "
+                        f"convert one of them with .astype()")
+    op_a = a.T if trans_a else a  # a transpose is only a swap of strides
+    op_b = b.T if trans_b else b
+    (m, k), (k2, n) = op_a.shape, op_b.shape
+    if k != k2:
+        raise ValueError(f"inner dimensions do not match: op(a) is {op_a.shape} and op(b) is {op_b.shape} "
+                         f"(need (m, k) @ (k, n))")
+    if c is None:
+        c = np.empty((m, n), dtype=a.dtype)
+        beta = 0.0
+    else:
+        _check_out(c, m, n, a.dtype, c_name, [(a, "a"), (b, "b")])
+
+    if m == 0 or n == 0:
+        return c
+    if k == 0 or alpha == 0.0:  # BLAS convention: A and B are not read
+        if beta == 0.0:
+            c.fill(0)
+        else:
+            c *= c.dtype.type(beta)
+        return c
+
+    op_a = _kernel_ready(op_a, kern.layout)
+    op_b = _kernel_ready(op_b, kern.layout)
+    target = _kernel_ready(c, kern.layout)
+    if target is not c and beta == 0.0 and c_is_out:
+        target = np.empty((m, n), dtype=c.dtype)  # nothing to carry over
+    kern.run(op_a, op_b, target, alpha, beta, threads)
+    if target is not c:
+        np.copyto(c, target)
+    return c
+
+
+def matmul(a, b, *, kernel: str = "openmp", threads: Optional[int] = None,
+           out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Matrix product ``a @ b`` of two 2-D float32 or float64 arrays on a
+    chosen rung of the kernel ladder.
+
+    Parameters
+    ----------
+    a, b : array_like, shapes (m, k) and (k, n), both float32 or both float64.
+        Any memory layout (transposed, sliced, Fortran-ordered) is accepted.
+    kernel : str
+        A name from :func:`whygpu.available_kernels` (default ``"openmp"``).
+    threads : int, optional
+        Threads for parallel kernels (default :func:`whygpu.get_num_threads`).
+    out : numpy.ndarray, optional
+        Where to write the (m, n) result; must have the inputs' dtype, be
+        writeable and share no memory with ``a`` or ``b``.
+
+    Returns
+    -------
+    numpy.ndarray of shape (m, n) (``out`` when given).
+    """
+    return _gemm(a, b, out, 1.0, 0.0, False, False, kernel, threads, "out", True)
+
+
+def gemm(a, b, c: Optional[np.ndarray] = None, *, alpha: float = 1.0, beta: float = 0.0,
+         trans_a: bool = False, trans_b: bool = False, kernel: str = "openmp",
+         threads: Optional[int] = None) -> np.ndarray:
+    """General matrix multiply, BLAS style: ``C = alpha * op(A) @ op(B) + beta * C``.
+
+    ``op(X)`` is ``X.T`` when ``trans_x`` is true, else ``X``.  When ``c`` is
+    given it is updated in place and returned (it must be writeable, of the
+    inputs' dtype, shape (m, n), and not overlap ``a`` or ``b``); ``beta == 0``
+    overwrites it without reading it, so it may hold garbage.  When ``c`` is
+    None a new array ``alpha * op(A) @ op(B)`` is returned and ``beta`` is
+    ignored.
+    """
+    alpha = _scalar(alpha, "alpha")
+    beta = _scalar(beta, "beta")
+    for flag, fname in ((trans_a, "trans_a"), (trans_b, "trans_b")):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{fname} must be True or False, got {flag!r}")
+    return _gemm(a, b, c, alpha, beta, bool(trans_a), bool(trans_b), kernel, threads, "c", False)

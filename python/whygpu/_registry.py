@@ -1,0 +1,148 @@
+"""The kernel table: which rungs of the ladder exist, what each one is, and
+which are usable on this machine.  One row per rung, in teaching order.
+
+Each kernel computes ``c = alpha * a @ b + beta * c`` in place on arrays that
+_api.py has already checked, and says which layouts it accepts:
+``"any"`` (any strides: packing or memoryviews cope) or ``"row-major"``
+(rows must be contiguous; _api.py copies when they are not).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+try:  # the compiled ladder; missing only in a broken or source-tree install
+    from . import _core
+except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+    _core = None
+    _core_error: Optional[str] = str(exc)
+else:
+    _core_error = None
+
+try:
+    from . import _cython_matmul
+except ImportError as exc:  # pragma: no cover
+    _cython_matmul = None
+    _cython_error: Optional[str] = str(exc)
+else:
+    _cython_error = None
+
+from . import _python_kernel
+
+__all__ = ["Kernel", "KERNELS", "KernelUnavailableError", "available_kernels", "kernel_info", "get_kernel"]
+
+
+class KernelUnavailableError(RuntimeError):
+    """A kernel that exists in whygpu but cannot run on this machine or build."""
+
+
+GemmFn = Callable[[np.ndarray, np.ndarray, np.ndarray, float, float, int], None]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    rung: int
+    summary: str            # one line: what this rung changes
+    layout: str             # "any" or "row-major"
+    parallel: bool          # uses more than one thread
+    run: GemmFn             # run(a, b, c, alpha, beta, threads)
+    unavailable: Callable[[], Optional[str]]  # None when usable, else why not
+    device: str = "cpu"
+
+    @property
+    def available(self) -> bool:
+        return self.unavailable() is None
+
+
+def _python(a, b, c, alpha, beta, threads):
+    _python_kernel.gemm(a, b, c, alpha, beta)
+
+
+def _cython(a, b, c, alpha, beta, threads):
+    _cython_matmul.gemm(a, b, c, alpha, beta)
+
+
+def _cpp(rung: int) -> GemmFn:
+    def run(a, b, c, alpha, beta, threads):
+        _core.gemm(rung, a, b, c, alpha, beta, threads)
+    return run
+
+
+def _need_core() -> Optional[str]:
+    return None if _core is not None else f"the compiled module whygpu._core failed to import: {_core_error}"
+
+
+def _need_cython() -> Optional[str]:
+    return None if _cython_matmul is not None else f"whygpu._cython_matmul failed to import: {_cython_error}"
+
+
+def _need_openmp() -> Optional[str]:
+    why = _need_core()
+    if why is None and not _core.openmp_available():
+        why = "whygpu was built without OpenMP (CMake's find_package(OpenMP) found nothing)"
+    return why
+
+
+_TABLE = [
+    Kernel("python", 1, "pure Python triple loop over lists: the interpreter is the bottleneck",
+           "any", False, _python, lambda: None),
+    Kernel("cython", 2, "the same i-j-p loops compiled by Cython with typed memoryviews",
+           "any", False, _cython, _need_cython),
+    Kernel("naive", 3, "C++ i-j-k: the textbook loop and the oracle; strided walk down B's columns",
+           "any", False, _cpp(3), _need_core),
+    Kernel("reordered", 4, "C++ i-k-j: unit-stride inner loop the compiler vectorizes",
+           "row-major", False, _cpp(4), _need_core),
+    Kernel("blocked", 5, "C++ i-k-j in cache-sized tiles, so B is reused from L2 instead of DRAM",
+           "row-major", False, _cpp(5), _need_core),
+    Kernel("packed", 6, "Goto/BLIS loops: packed panels and a SIMD register-tiled FMA micro-kernel",
+           "any", False, _cpp(6), _need_core),
+    Kernel("openmp", 7, "the packed kernel on all cores: OpenMP over the tiles of C",
+           "any", True, _cpp(7), _need_openmp),
+]
+KERNELS = {k.name: k for k in _TABLE}
+
+
+def register_kernel(kernel: Kernel) -> None:
+    """Add a kernel to the table (used by optional back ends such as CUDA)."""
+    if kernel.name in KERNELS:
+        raise ValueError(f"a kernel named {kernel.name!r} is already registered")
+    _TABLE.append(kernel)
+    _TABLE.sort(key=lambda k: k.rung)
+    KERNELS[kernel.name] = kernel
+
+
+def all_kernels() -> list:
+    """Every kernel whygpu knows, usable here or not, in ladder order."""
+    return [k.name for k in _TABLE]
+
+
+def available_kernels() -> list:
+    """The kernel names usable on this machine, in ladder order (slowest first)."""
+    return [k.name for k in _TABLE if k.available]
+
+
+def get_kernel(name) -> Kernel:
+    """The Kernel called `name`; ValueError for unknown names, KernelUnavailableError
+    for known kernels that cannot run here (with the reason)."""
+    if not isinstance(name, str):
+        raise TypeError(f"kernel must be a string naming a kernel, got {type(name).__name__}")
+    kernel = KERNELS.get(name)
+    if kernel is None:
+        raise ValueError(f"unknown kernel {name!r}; valid kernels are: {', '.join(all_kernels())}")
+    why = kernel.unavailable()
+    if why is not None:
+        raise KernelUnavailableError(f"kernel {name!r} is unavailable: {why}")
+    return kernel
+
+
+def kernel_info(name: str) -> str:
+    """A one-line description of kernel `name` (known kernels, available or not)."""
+    if not isinstance(name, str) or name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; valid kernels are: {', '.join(all_kernels())}")
+    k = KERNELS[name]
+    why = k.unavailable()
+    tail = "" if why is None else f" [unavailable: {why}]"
+    return f"rung {k.rung} ({k.device}): {k.summary}{tail}"

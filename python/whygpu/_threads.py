@@ -1,0 +1,48 @@
+"""The default thread count of the parallel kernels, and how to change it."""
+from __future__ import annotations
+
+import numbers
+import os
+
+__all__ = ["set_num_threads", "get_num_threads", "check_threads"]
+
+
+def _cpus_available() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # respects taskset / cgroups cpusets
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def check_threads(n, what: str = "threads") -> int:
+    """n as an int >= 1, or TypeError / ValueError saying what was wrong."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{what} must be an integer >= 1, got {n!r}")
+    if n < 1:
+        raise ValueError(f"{what} must be >= 1, got {n}")
+    return int(n)
+
+
+def _initial() -> int:
+    env = os.environ.get("WHYGPU_NUM_THREADS", "").strip()
+    if env:
+        try:
+            return check_threads(int(env), "WHYGPU_NUM_THREADS")
+        except ValueError:
+            pass  # a bad environment variable must not break import; fall back
+    return _cpus_available()
+
+
+_num_threads = _initial()
+
+
+def set_num_threads(n: int) -> None:
+    """Set the thread count parallel kernels use when a call passes threads=None."""
+    global _num_threads
+    _num_threads = check_threads(n, "n")
+
+
+def get_num_threads() -> int:
+    """The thread count parallel kernels use by default (WHYGPU_NUM_THREADS, else
+    the number of CPUs this process may run on)."""
+    return _num_threads
