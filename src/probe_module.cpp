@@ -46,4 +46,11 @@ PYBIND11_MODULE(_probe, m) {
     }, py::arg("arch"), py::arg("n_per_thread"), py::arg("threads"), py::arg("sweeps"), py::arg("samples"),
        "Seconds per sample of `sweeps` STREAM triads over 3 float64 arrays of n_per_thread per thread.");
     m.attr("chains") = probe::kChains;
+#if defined(__clang__)
+    m.attr("compiler") = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    m.attr("compiler") = std::string("gcc ") + __VERSION__;
+#else
+    m.attr("compiler") = std::string("unknown");
+#endif
 }

@@ -1,0 +1,270 @@
+"""``whygpu ladder``: GFLOP/s of every rung over a range of sizes.
+
+Each rung of the ladder adds one idea (compilation, loop order, cache
+blocking, SIMD + packing, threads); measuring them side by side, with
+NumPy's BLAS (and a GPU, when there is one) as references, shows how much
+each idea buys on this machine.  A measurement predicted to exceed the
+per-measurement budget is skipped, with a note, unless ``force``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from .. import available_kernels
+from .._registry import KERNELS, get_kernel
+from .._threads import check_threads, get_num_threads
+from ..roofline import fma_peaks
+from .machine import cuda_status, machine_info
+from .measure import Estimator, blas_threads, format_seconds, gflops, matmul_flops, time_call
+from .progress import Progress
+
+__all__ = ["SCHEMA", "run_ladder", "measure_matmul", "calibrate", "scout", "threads_used", "resolve_kernels", "ladder_summary", "pct_of_peak"]
+
+SCHEMA = "whygpu.ladder/1"
+_CALIBRATION_N = 32
+
+
+def _numpy_refs(threads: int) -> List[str]:
+    return ["numpy-1t"] + ([f"numpy-{threads}t"] if threads > 1 else [])
+
+
+def resolve_kernels(names: Optional[Sequence[str]], threads: int, *, references: bool = True) -> List[str]:
+    """The measured series, in ladder order: the requested (or all available)
+    kernels, then NumPy on 1 and all threads, then any CUDA kernels.
+    Unknown names raise ValueError, unusable ones KernelUnavailableError."""
+    if names is None or list(names) == ["all"]:
+        cpu = [k for k in available_kernels() if KERNELS[k].device == "cpu"]
+        gpu = [k for k in available_kernels() if KERNELS[k].device != "cpu"]
+        out = cpu + (_numpy_refs(threads) if references else [])
+        if references and cuda_status().get("available"):
+            out += gpu
+        return out
+    out = []
+    for name in names:
+        if name == "numpy":
+            out += [r for r in _numpy_refs(threads) if r not in out]
+        elif name.startswith("numpy-") and name.endswith("t") and name[6:-1].isdigit():
+            out.append(name)
+        else:
+            get_kernel(name)  # raises for unknown / unavailable
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def _runner(name: str, a, b, c, threads: int):
+    """(callable, context manager or None) that computes c = a @ b with `name`."""
+    if name.startswith("numpy-"):
+        t = int(name[6:-1])
+        return (lambda: np.matmul(a, b, out=c)), blas_threads(t)
+    from .. import matmul
+    kern = KERNELS[name]
+    th = threads if kern.parallel else 1
+    return (lambda: matmul(a, b, kernel=name, threads=th, out=c)), None
+
+
+def threads_used(name: str, threads: int) -> int:
+    if name.startswith("numpy-"):
+        return int(name[6:-1])
+    kern = KERNELS.get(name)
+    return threads if kern is not None and kern.parallel else 1
+
+
+def _measure(fn, ctx, *, repeats, budget, expected):
+    if ctx is None:
+        return time_call(fn, repeats=repeats, budget=budget, expected=expected)
+    with ctx:
+        return time_call(fn, repeats=repeats, budget=budget, expected=expected)
+
+
+def calibrate(name: str, *, dtype: str = "float32", threads: int = 1, n: int = _CALIBRATION_N,
+              seed: int = 0) -> float:
+    """Seconds per call of series `name` on a tiny n x n product (also a warm-up)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    c = np.empty((n, n), dtype)
+    fn, ctx = _runner(name, a, b, c, threads)
+    return _measure(fn, ctx, repeats=2, budget=0.2, expected=None).best
+
+
+def measure_matmul(name: str, m: int, n: int, k: int, *, dtype: str = "float32", threads: int = 1,
+                   repeats: int = 5, budget: float = 2.0, expected: Optional[float] = None,
+                   seed: int = 0) -> dict:
+    """Time one (m, k) @ (k, n) product on series `name`; a measurement record."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    c = np.empty((m, n), dtype)
+    fn, ctx = _runner(name, a, b, c, threads)
+    tm = _measure(fn, ctx, repeats=repeats, budget=budget, expected=expected)
+    flops = matmul_flops(m, n, k)
+    rec = {"kernel": name, "m": m, "n": n, "k": k, "dtype": dtype,
+           "device": KERNELS[name].device if name in KERNELS else "cpu",
+           "threads": threads_used(name, threads), "flops": flops, "gflops": gflops(flops, tm.median)}
+    rec.update(tm.as_dict())
+    return rec
+
+
+def scout(name: str, m: int, n: int, k: int, *, dtype: str = "float32", threads: int = 1,
+          budget: float = 2.0, seed: int = 0) -> dict:
+    """How long one (m, k) @ (k, n) call of `name` will take, found cheaply.
+
+    Times the shape scaled down by 2^j (each dimension), from a tiny one up,
+    doubling while the next step is predicted to cost under a quarter of the
+    budget -- so an estimate is always extrapolated from the largest size
+    that was cheap to run, not from a tiny one (a parallel kernel's fixed
+    costs, or a slow kernel leaving the caches, would fool that).
+    Returns {"expected_s": seconds at the full shape, "steps": [(j, seconds)]}.
+    """
+    j = 0
+    while matmul_flops(max(m >> j, 1), max(n >> j, 1), max(k >> j, 1)) > 2e5 and (m >> j, n >> j, k >> j) != (0, 0, 0):
+        j += 1
+    steps = []
+    t_last, f_last = None, None
+    while j >= 0:
+        shape = (max(m >> j, 1), max(n >> j, 1), max(k >> j, 1))
+        f = matmul_flops(*shape)
+        if t_last is not None:
+            predicted = t_last * f / f_last * Estimator.MARGIN
+            if predicted > budget / 4:
+                break
+        rec = measure_matmul(name, *shape, dtype=dtype, threads=threads, repeats=2, budget=budget / 8,
+                             seed=seed)
+        t_last, f_last = rec["seconds_min"], f
+        steps.append((j, t_last))
+        j -= 1
+    full = matmul_flops(m, n, k)
+    expected = t_last if f_last == full else t_last * full / f_last * Estimator.MARGIN
+    return {"expected_s": expected, "steps": steps}
+
+
+def _cost(expected: Optional[float], repeats: int, budget: float) -> float:
+    """Seconds a measurement is expected to take (warm-up + samples)."""
+    if expected is None:
+        return 0.01
+    warm = expected if expected < budget / 4 else 0.0
+    return warm + max(expected, min(repeats * expected, budget))
+
+
+def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None, dtype: str = "float32",
+               threads: Optional[int] = None, repeats: int = 5, budget: float = 2.0, force: bool = False,
+               references: bool = True, progress: bool = False, quick_peak: bool = False,
+               log: Callable[[str], None] = lambda s: None, seed: int = 0) -> dict:
+    """Measure the ladder; returns the ``whygpu.ladder/1`` document.
+
+    sizes: square sizes n (m = n = k); budget: seconds per measurement (a
+    call predicted to take longer is skipped unless ``force``).
+    """
+    sizes = sorted({int(n) for n in sizes})
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"sizes must be positive integers, got {sizes}")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    threads = get_num_threads() if threads is None else check_threads(threads)
+    names = resolve_kernels(kernels, threads, references=references)
+    rng = np.random.default_rng(seed)
+    est = Estimator()
+    t_start = time.perf_counter()
+
+    # Calibrate every series at a tiny size: the first estimate, and a warm-up.
+    n0 = min(_CALIBRATION_N, sizes[0])
+    for name in names:
+        est.record(name, matmul_flops(n0, n0, n0), calibrate(name, dtype=dtype, threads=threads, n=n0))
+
+    peak = fma_peaks(threads, quick=quick_peak)
+    measurements, skipped = [], []
+    plan = [(n, name) for n in sizes for name in names]
+
+    def remaining(i):
+        return sum(_cost(est.predict(nm, matmul_flops(n, n, n)), repeats, budget)
+                   for n, nm in plan[i:]
+                   if force or (est.predict(nm, matmul_flops(n, n, n)) or 0) <= budget)
+
+    with Progress(len(plan), "ladder", progress) as bar:
+        for i, (n, name) in enumerate(plan):
+            flops = matmul_flops(n, n, n)
+            expected = est.predict(name, flops)
+            if i == 0 or plan[i - 1][0] != n:
+                a = rng.standard_normal((n, n)).astype(dtype)
+                b = rng.standard_normal((n, n)).astype(dtype)
+                c = np.empty((n, n), dtype)
+            bar.show(f"{name} n={n}", remaining(i))
+            if expected is not None and expected > budget and not force:
+                skipped.append({"kernel": name, "n": n, "predicted_s": expected,
+                                "reason": f"one call would take ~{format_seconds(expected)} "
+                                          f"(budget {format_seconds(budget)})"})
+                log(f"skipped {name} at n={n}: one call would take ~{format_seconds(expected)} "
+                    f"(budget {format_seconds(budget)} per measurement; --all runs it)")
+                bar.advance()
+                continue
+            fn, ctx = _runner(name, a, b, c, threads)
+            tm = _measure(fn, ctx, repeats=repeats, budget=budget, expected=expected)
+            est.record(name, flops, tm.median)
+            rec = {"kernel": name, "n": n, "m": n, "k": n, "dtype": dtype,
+                   "device": KERNELS[name].device if name in KERNELS else "cpu",
+                   "threads": threads_used(name, threads), "flops": flops,
+                   "gflops": gflops(flops, tm.median)}
+            rec.update(tm.as_dict())
+            measurements.append(rec)
+            bar.advance()
+
+    doc = {
+        "schema": SCHEMA,
+        "machine": machine_info(),
+        "params": {"sizes": sizes, "kernels": names, "dtype": dtype, "threads": threads,
+                   "repeats": repeats, "budget_s": budget, "force": force},
+        "peak": peak,
+        "measurements": measurements,
+        "skipped": skipped,
+        "seconds": time.perf_counter() - t_start,
+    }
+    doc["summary"] = ladder_summary(doc)
+    return doc
+
+
+def pct_of_peak(rec: dict, peak: dict) -> float:
+    """% of the FMA peak of the cores the measurement used (1 core for the
+    serial rungs, all of them for the parallel ones)."""
+    if rec.get("device", "cpu") != "cpu" or not peak:
+        return float("nan")
+    p = peak["gflops_1t"] if rec["threads"] <= 1 else peak["gflops_all"] * min(rec["threads"], peak["threads"]) / peak["threads"]
+    return 100.0 * rec["gflops"] / p
+
+
+def ladder_summary(doc: dict) -> dict:
+    """Per series: the largest size measured and its GFLOP/s and % of peak;
+    per rung: the speed-up over the previous rung, at the largest size both
+    were measured at."""
+    by = {}
+    for rec in doc["measurements"]:
+        by.setdefault(rec["kernel"], {})[rec["n"]] = rec
+    order = [k for k in doc["params"]["kernels"] if k in by]
+    rows = []
+    prev = None
+    for name in order:
+        pts = by[name]
+        n_max = max(pts)
+        rec = pts[n_max]
+        row = {"kernel": name, "n": n_max, "gflops": rec["gflops"], "seconds": rec["seconds"],
+               "threads": rec["threads"], "pct_peak": pct_of_peak(rec, doc.get("peak")),
+               "reference": not (name in KERNELS and KERNELS[name].device == "cpu")}
+        if not row["reference"] and prev is not None:
+            common = set(by[prev]) & set(pts)
+            if common:
+                n_c = max(common)
+                row.update(prev=prev, speedup_prev=pts[n_c]["gflops"] / by[prev][n_c]["gflops"], speedup_n=n_c)
+        if not row["reference"]:
+            prev = name
+        rows.append(row)
+    # The whole span: the best CPU rung over the slowest, at their common size (or extrapolated rates).
+    cpu_rungs = [r for r in rows if not r["reference"]]
+    span = None
+    if len(cpu_rungs) >= 2:
+        first, best = cpu_rungs[0], max(cpu_rungs, key=lambda r: r["gflops"])
+        span = {"slowest": first["kernel"], "fastest": best["kernel"],
+                "ratio": best["gflops"] / first["gflops"], "slowest_n": first["n"], "fastest_n": best["n"]}
+    return {"rows": rows, "span": span}

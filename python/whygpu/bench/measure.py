@@ -1,0 +1,131 @@
+"""Timing helpers: warm-up, median of repeats, a time budget per
+measurement, fair NumPy comparisons, and time estimates.
+
+Why each piece is here:
+
+* warm-up -- the first call pays for page faults, cold caches and lazily
+  allocated scratch buffers; it is run once and not counted;
+* several calls per sample -- a 64 x 64 product takes microseconds, less
+  than the timer's noise, so fast calls are repeated inside one sample;
+* median of samples -- robust to a sample spoiled by another process (this
+  package is meant for shared laptops and CI machines);
+* a budget -- each measurement stops sampling when it has used its share of
+  time, so a slow kernel costs one call, not ten;
+* ``blas_threads`` -- NumPy's BLAS would otherwise use every core, which
+  makes a one-thread kernel look bad for the wrong reason.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+from threadpoolctl import threadpool_limits
+
+__all__ = ["Timing", "time_call", "blas_threads", "gflops", "matmul_flops", "Estimator", "format_seconds"]
+
+_MIN_SAMPLE_S = 2e-3  # calls shorter than this are batched inside one sample
+
+
+@dataclass
+class Timing:
+    """Seconds per call for each sample (a sample may batch several calls)."""
+    times: List[float] = field(default_factory=list)
+    calls_per_sample: int = 1
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+    def as_dict(self) -> dict:
+        return {"seconds": self.median, "seconds_min": self.best, "samples": len(self.times),
+                "calls_per_sample": self.calls_per_sample, "times": list(self.times)}
+
+
+def time_call(fn: Callable[[], object], *, repeats: int = 5, budget: float = 1.0,
+              expected: Optional[float] = None) -> Timing:
+    """Time ``fn()``: warm up, then up to ``repeats`` samples within ``budget`` s.
+
+    ``expected`` (seconds per call, if known) lets a slow call skip the
+    warm-up: when one call uses a quarter of the budget or more, a warm-up
+    would double the cost for little gain.  At least one sample is always
+    taken, so a call longer than the budget is still measured once.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    start = time.perf_counter()
+    per_call = expected
+    if expected is None or expected < budget / 4:
+        t0 = time.perf_counter()
+        fn()  # warm-up: not counted
+        per_call = time.perf_counter() - t0
+    number = max(1, math.ceil(_MIN_SAMPLE_S / max(per_call, 1e-9))) if per_call is not None else 1
+    timing = Timing(calls_per_sample=number)
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        timing.times.append((time.perf_counter() - t0) / number)
+        if len(timing.times) >= repeats:
+            break
+        spent = time.perf_counter() - start
+        if spent + timing.times[-1] * number > budget:
+            break
+    return timing
+
+
+def blas_threads(n: int):
+    """Context manager pinning NumPy's BLAS (OpenBLAS, MKL, ...) to n threads."""
+    return threadpool_limits(limits=int(n), user_api="blas")
+
+
+def matmul_flops(m: int, n: int, k: int) -> int:
+    """Floating-point operations of an (m, k) @ (k, n) product: one multiply
+    and one add per term, 2 m n k (the convention of every BLAS benchmark)."""
+    return 2 * int(m) * int(n) * int(k)
+
+
+def gflops(flops: float, seconds: float) -> float:
+    return flops / seconds / 1e9 if seconds > 0 else float("nan")
+
+
+class Estimator:
+    """Predicts how long one call of a kernel takes at a new size from its
+    last measurement, assuming the same FLOP rate -- with a margin, since
+    slow kernels get slower per FLOP as the data leave the caches."""
+
+    MARGIN = 1.3
+
+    def __init__(self):
+        self._last = {}
+
+    def record(self, key: str, flops: float, seconds: float) -> None:
+        self._last[key] = (flops, seconds)
+
+    def predict(self, key: str, flops: float) -> Optional[float]:
+        if key not in self._last:
+            return None
+        f0, s0 = self._last[key]
+        ratio = flops / f0
+        return s0 * ratio * (self.MARGIN if ratio > 1 else 1.0)
+
+
+def format_seconds(s: float) -> str:
+    """'850 us', '12 ms', '3.4 s', '2 min 5 s' -- for estimates and skip notes."""
+    if s != s:  # NaN
+        return "n/a"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} us"
+    if s < 1:
+        return f"{s * 1e3:.3g} ms"
+    if s < 120:
+        return f"{s:.3g} s"
+    if s < 7200:
+        return f"{int(s // 60)} min {int(s % 60)} s"
+    return f"{s / 3600:.1f} h"

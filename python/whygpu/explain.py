@@ -1,0 +1,177 @@
+"""``whygpu.explain(m, n, k)``: why each kernel takes the time it takes.
+
+For one matrix product it lists, per kernel, the work (FLOPs), the bytes the
+kernel's loops move and from where, the arithmetic intensity, the roof that
+limits it, the time the roofline model predicts -- and the time measured,
+side by side, with a sentence on why a kernel sits below its roof::
+
+    >>> import whygpu
+    >>> print(whygpu.explain(512, 512, 512))      # doctest: +SKIP
+
+The roofs are measured once per process (about half a second) and reused.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+from ._threads import check_threads, get_num_threads
+from .roofline import COMPUTE_ROOFS, kernel_model, measure_machine, prediction_error
+
+__all__ = ["explain", "Explanation", "why_below", "format_bytes"]
+
+_MACHINES = {}  # threads -> measured roofs, reused within this process
+
+# Why a rung sits below its roof, when it does (the model counts arithmetic
+# and bandwidth; these are the costs it does not count).
+_WHY = {
+    "python": "every multiply-add is a dozen bytecodes and a new float object; the kernel also "
+              "indexes B[p][j] through a list of lists, one more lookup than the dot-product loop "
+              "that sets the interpreter roof",
+    "cython": "it walks B down a column: each multiply-add touches a new cache line (and, for large n, "
+              "a new 4 KiB page), so it waits on memory latency and TLB misses, which no bandwidth roof counts",
+    "naive": "it walks B down a column: each multiply-add touches a new cache line (and, for large n, "
+             "a new 4 KiB page), so it waits on memory latency and TLB misses, which no bandwidth roof counts",
+    "reordered": "C[i, :] is loaded and stored again for every multiply-add (no register blocking): "
+                 "two loads and a store per multiply-add keep the load/store units busy, not the "
+                 "arithmetic units",
+    "blocked": "B comes from L2 now, but C is still loaded and stored at every step of k (no register "
+               "blocking), and each tile row is only 256 numbers long, so loop overhead and the "
+               "load/store units, not arithmetic, set the pace",
+    "packed": "packing A and B, the edge tiles and the loads around the micro-kernel cost a few percent; "
+              "small sizes pay the packing without enough work to amortize it",
+    "openmp": "on top of packed's overheads, threads wait at a barrier after each packed panel and "
+              "share the memory bandwidth; on a busy machine another process takes a core from it",
+}
+
+
+def why_below(kernel: str, fraction: float) -> str:
+    """A sentence on a kernel at `fraction` (predicted / measured time) of its roof."""
+    pct = 100 * fraction
+    if fraction >= 0.75:
+        return f"{kernel} runs at {pct:.0f}% of its roof: the model explains it."
+    base = "numpy" if kernel.startswith("numpy") else kernel
+    reason = _WHY.get(base, "BLAS's own packing and threading overheads")
+    return f"{kernel} runs at {pct:.0f}% of its roof: {reason}."
+
+
+def format_bytes(b: float) -> str:
+    for unit, f in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if b >= f:
+            return f"{b / f:.3g} {unit}"
+    return f"{b:.0f} B"
+
+
+def _fmt_s(s: Optional[float]) -> str:
+    from .bench.measure import format_seconds
+    return "-" if s is None else format_seconds(s)
+
+
+@dataclass
+class Explanation:
+    """The result of :func:`explain`: ``rows`` (one dict per kernel: the
+    roofline model plus ``measured_s``/``measured_gflops`` or ``skipped``),
+    ``roofs`` (the measured machine) and the shape.  ``str()`` is a table."""
+    m: int
+    n: int
+    k: int
+    dtype: str
+    rows: List[dict] = field(default_factory=list)
+    roofs: dict = field(default_factory=dict)
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.m * self.n * self.k
+
+    def as_dict(self) -> dict:
+        return {"schema": "whygpu.explain/1", "m": self.m, "n": self.n, "k": self.k, "dtype": self.dtype,
+                "flops": self.flops, "rows": self.rows, "roofs": self.roofs}
+
+    def __str__(self) -> str:
+        s = 4 if self.dtype == "float32" else 8
+        compulsory = s * (self.m * self.k + self.k * self.n + self.m * self.n)
+        lines = [
+            f"C = A @ B with A {self.m}x{self.k}, B {self.k}x{self.n} ({self.dtype}): "
+            f"{self.flops / 1e6:,.1f} MFLOP on {format_bytes(compulsory)} of data "
+            f"(at best {self.flops / compulsory:.1f} flop/byte if each matrix moved once)",
+            "",
+        ]
+        head = ("kernel", "roof", "GFLOP/s", "bytes moved", "flop/B", "bound", "predicted", "measured", "pred/meas")
+        table = [head]
+        for r in self.rows:
+            worst = max(r["traffic"], key=lambda t: t["seconds"]) if r["traffic"] else None
+            moved = f"{format_bytes(worst['bytes'])} {worst['level']}" if worst else "(in L1)"
+            meas = _fmt_s(r.get("measured_s")) if "measured_s" in r else "skipped"
+            ratio = f"{r['predicted_s'] / r['measured_s']:.2f}" if "measured_s" in r else "-"
+            table.append((r["kernel"], r["compute_roof"], f"{r['compute_gflops']:.3g}", moved,
+                          f"{r['intensity']:.3g}" if math.isfinite(r["intensity"]) else "inf",
+                          r["bound"], _fmt_s(r["predicted_s"]), meas, ratio))
+        widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
+        for i, row in enumerate(table):
+            lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.append("")
+        lines.append("Roofs: " + "; ".join(f"{name} = {self.roofs['compute'][name]:.3g} GFLOP/s"
+                                         for name in COMPUTE_ROOFS if name in self.roofs.get("compute", {})))
+        bw = self.roofs.get("bandwidth", {}).get("1", {})
+        if bw:
+            lines.append("Bandwidth (1 core): " + "; ".join(f"{lvl} {v:.3g} GB/s" for lvl, v in bw.items()))
+        notes = [why_below(r["kernel"], r["predicted_s"] / r["measured_s"]) for r in self.rows if "measured_s" in r]
+        notes += [f"{r['kernel']} not measured: {r['skipped']}" for r in self.rows if "skipped" in r]
+        if notes:
+            lines.append("")
+            lines.extend(notes)
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p, cycle):  # IPython / Jupyter
+        p.text(str(self))
+
+
+def _positive(x, name: str) -> int:
+    import numbers
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {x!r}")
+    if x < 1:
+        raise ValueError(f"{name} must be a positive integer, got {x}")
+    return int(x)
+
+
+def explain(m: int, n: int, k: int, *, kernels: Optional[Sequence[str]] = None, dtype: str = "float32",
+            threads: Optional[int] = None, measure: bool = True, budget: float = 1.0, repeats: int = 3,
+            force: bool = False, machine: Optional[dict] = None) -> Explanation:
+    """Explain an (m, k) @ (k, n) product on each kernel: FLOPs, bytes moved,
+    arithmetic intensity, the roofline's predicted time and (``measure=True``)
+    the measured time.  A kernel predicted to take longer than ``budget``
+    seconds per call is not measured (unless ``force``).  ``machine`` is a
+    :func:`whygpu.roofline.measure_machine` result; by default the roofs are
+    measured once per process."""
+    from .bench.ladder import measure_matmul, resolve_kernels, scout, threads_used
+
+    m, n, k = _positive(m, "m"), _positive(n, "n"), _positive(k, "k")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    threads = get_num_threads() if threads is None else check_threads(threads)
+    if machine is None:
+        if threads not in _MACHINES:
+            _MACHINES[threads] = measure_machine(threads, quick=True)
+        machine = _MACHINES[threads]
+    from ._registry import KERNELS
+    names = [x for x in resolve_kernels(kernels, threads)
+             if x.startswith("numpy-") or KERNELS[x].device == "cpu"]
+    out = Explanation(m, n, k, dtype, roofs=machine)
+    for name in names:
+        row = kernel_model(name, m, n, k, machine, dtype=dtype, threads=threads_used(name, threads))
+        if measure:
+            expected = scout(name, m, n, k, dtype=dtype, threads=threads, budget=budget)["expected_s"]
+            if expected > budget and not force:
+                row["skipped"] = (f"one call would take ~{_fmt_s(expected)} (budget {_fmt_s(budget)}; "
+                                  f"force=True / --all measures it)")
+            else:
+                rec = measure_matmul(name, m, n, k, dtype=dtype, threads=threads, repeats=repeats,
+                                     budget=budget, expected=expected)
+                row.update(measured_s=rec["seconds"], measured_gflops=rec["gflops"],
+                           error=prediction_error(row["predicted_s"], rec["seconds"]))
+        out.rows.append(row)
+    return out

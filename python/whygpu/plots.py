@@ -1,0 +1,281 @@
+"""The figures of ``whygpu``'s report, drawn from the JSON documents.
+
+Uses matplotlib's object-oriented API on an Agg canvas (``Figure`` +
+``savefig``), never ``pyplot``: no window ever opens, no global backend is
+switched, and it works on headless machines and in tests.  Every function
+takes a document and a path, writes one PNG and returns the path.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+__all__ = ["plot_ladder", "plot_ladder_steps", "plot_scaling", "plot_roofline", "plot_train",
+           "plot_benchmarks", "kernel_color"]
+
+_DPI = 110
+_COLORS = {
+    "python": "#7f7f7f", "cython": "#8c564b", "naive": "#d62728", "reordered": "#ff7f0e",
+    "blocked": "#bcbd22", "packed": "#2ca02c", "openmp": "#1f77b4", "numpy": "#9467bd",
+}
+_EXTRA = ["#17becf", "#e377c2", "#393b79", "#637939", "#843c39"]
+
+
+def kernel_color(name: str, _seen: Dict[str, str] = {}) -> str:  # noqa: B006 - a stable palette
+    base = name.split("-")[0].split("[")[0]
+    if base in _COLORS:
+        return _COLORS[base]
+    if name not in _seen:
+        _seen[name] = _EXTRA[len(_seen) % len(_EXTRA)]
+    return _seen[name]
+
+
+def _style(name: str) -> dict:
+    ref = name.startswith("numpy") or name.startswith("cuda") or name.startswith("gpu")
+    dashed = name.startswith("numpy-") and not name.startswith("numpy-1t")
+    return {"color": kernel_color(name), "linestyle": ":" if dashed else ("--" if ref else "-"),
+            "marker": "s" if ref else "o", "linewidth": 1.6 if ref else 2.0, "markersize": 5}
+
+
+def _cpu_title(doc: dict) -> str:
+    cpu = doc.get("machine", {}).get("cpu", {})
+    return f"{cpu.get('model', 'this CPU')}, {cpu.get('cores', '?')} cores, {cpu.get('arch', '?')}"
+
+
+def _save(fig: Figure, path) -> str:
+    fig.savefig(path, dpi=_DPI, format="png")
+    return str(path)
+
+
+def _num(x: float) -> str:
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 1:
+        return f"{x:.3g}"
+    return f"{x:.2g}"
+
+
+def _series(doc: dict) -> Dict[str, List[dict]]:
+    out: Dict[str, List[dict]] = {}
+    for rec in doc.get("measurements", []):
+        out.setdefault(rec["kernel"], []).append(rec)
+    for recs in out.values():
+        recs.sort(key=lambda r: r["n"])
+    return out
+
+
+def plot_ladder(doc: dict, path) -> str:
+    """GFLOP/s against n, one line per kernel, log-log, with the FMA peaks."""
+    fig = Figure(figsize=(8.4, 5.4))
+    ax = fig.subplots()
+    series = _series(doc)
+    order = [k for k in doc["params"]["kernels"] if k in series]
+    for name in order:
+        recs = series[name]
+        ax.plot([r["n"] for r in recs], [r["gflops"] for r in recs], label=name, **_style(name))
+    peak = doc.get("peak")
+    if peak:
+        ax.axhline(peak["gflops_1t"], color="black", linewidth=1, linestyle="-.", alpha=0.6)
+        ax.text(max(doc["params"]["sizes"]), peak["gflops_1t"] * 1.08,
+                f"FMA peak, 1 core: {peak['gflops_1t']:.0f} GFLOP/s", fontsize=8, alpha=0.8, ha="right")
+        if peak["threads"] > 1:
+            ax.axhline(peak["gflops_all"], color="black", linewidth=1, linestyle=":", alpha=0.6)
+            ax.text(max(doc["params"]["sizes"]), peak["gflops_all"] * 1.08,
+                    f"FMA peak, {peak['threads']} cores: {peak['gflops_all']:.0f} GFLOP/s", fontsize=8, alpha=0.8,
+                    ha="right")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    sizes = doc["params"]["sizes"]
+    ax.set_xticks(sizes)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v)}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_locator(LogLocator(base=10))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    ax.set_xlabel("matrix size n  (C = A @ B, all n x n, " + doc["params"].get("dtype", "float32") + ")")
+    ax.set_ylabel("speed (GFLOP/s, log scale)")
+    ax.set_title(f"The kernel ladder: each rung one idea faster\n{_cpu_title(doc)}", fontsize=11)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, title="kernel")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_ladder_steps(doc: dict, path) -> str:
+    """GFLOP/s of each rung at its largest measured size, with the speed-up
+    over the previous rung written on each bar."""
+    rows = doc["summary"]["rows"]
+    fig = Figure(figsize=(8.4, 4.6))
+    ax = fig.subplots()
+    names = [r["kernel"] for r in rows]
+    vals = [r["gflops"] for r in rows]
+    bars = ax.bar(range(len(rows)), vals, color=[kernel_color(x) for x in names],
+                  hatch=None, edgecolor="black", linewidth=0.5)
+    for i, (r, bar) in enumerate(zip(rows, bars)):
+        if r.get("reference"):
+            bar.set_hatch("//")
+            bar.set_alpha(0.6)
+        label = f"{_num(r['gflops'])}"
+        if "speedup_prev" in r:
+            label += f"\nx{_num(r['speedup_prev'])}"
+        ax.text(i, r["gflops"] * 1.1, label, ha="center", va="bottom", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{r['kernel']}\nn={r['n']}" for r in rows], fontsize=8)
+    ax.set_ylabel("speed (GFLOP/s, log scale)")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    ax.set_ylim(min(vals) / 3, max(vals) * 6)
+    ax.set_title("Each rung at its largest measured size (x = speed-up over the rung before)\n"
+                 + _cpu_title(doc), fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def amdahl(p: float, serial: float) -> float:
+    return 1.0 / (serial + (1.0 - serial) / p)
+
+
+def plot_scaling(doc: dict, path) -> str:
+    """Speed-up against threads for each series, the ideal line, and the
+    fitted Amdahl curves (serial fraction in the legend)."""
+    fig = Figure(figsize=(8.0, 5.2))
+    ax = fig.subplots()
+    pmax = max(max(s["threads"]) for s in doc["series"]) if doc["series"] else 1
+    xs = [1 + i * (pmax - 1) / 100 for i in range(101)] if pmax > 1 else [1]
+    ax.plot(xs, xs, color="black", linewidth=1, linestyle="-", alpha=0.5, label="ideal (speed-up = threads)")
+    for s in doc["series"]:
+        color = kernel_color(s["name"]) if s["kind"] != "peak" else "black"
+        label = f"{s['label']}: serial fraction {100 * s['serial_fraction']:.0f}%"
+        ax.plot(s["threads"], s["speedup"], marker="o" if s["kind"] != "peak" else "^", linestyle="none",
+                color=color, markersize=7, label=label)
+        if len(s["threads"]) > 1:
+            ax.plot(xs, [amdahl(x, s["serial_fraction"]) for x in xs], color=color, linestyle="--",
+                    linewidth=1.2, alpha=0.8)
+    cores = doc.get("machine", {}).get("cpu", {}).get("cores")
+    if cores and cores < pmax:
+        ax.axvline(cores, color="grey", linestyle=":", linewidth=1)
+        ax.text(cores, 1, f" {cores} cores", color="grey", fontsize=8, va="bottom")
+    ax.set_xlabel("threads")
+    ax.set_ylabel("speed-up over 1 thread (x)")
+    ax.set_xticks(sorted({t for s in doc["series"] for t in s["threads"]}))
+    ax.set_title("Parallel speed-up and Amdahl's law (dashed: fitted)\n" + _cpu_title(doc), fontsize=11)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+_ROOF_LABELS = {
+    "interpreter": "Python interpreter", "scalar": "scalar add chain",
+    "simd_baseline": "SIMD, baseline ISA, 1 core", "simd_1t": "SIMD FMA, 1 core", "simd_all": "SIMD FMA, all cores",
+}
+
+
+def plot_roofline(doc: dict, path) -> str:
+    """Log-log roofline: horizontal compute roofs, diagonal bandwidth roofs,
+    each kernel at its arithmetic intensity, measured (filled) and predicted
+    (hollow)."""
+    roofs = doc["roofs"]
+    pts = doc["points"]
+    fig = Figure(figsize=(9.0, 6.0))
+    ax = fig.subplots()
+    finite = [p["intensity"] for p in pts if math.isfinite(p["intensity"])]
+    x_lo = min([0.05] + [x / 3 for x in finite])
+    x_hi = max([200.0] + [x * 3 for x in finite])
+    xs = [x_lo * (x_hi / x_lo) ** (i / 200) for i in range(201)]
+    top = max(roofs["compute"].values())
+    for name, g in roofs["compute"].items():
+        if name == "simd_all" and roofs.get("threads", 1) == 1:
+            continue
+        ax.axhline(g, color="black", linewidth=1, alpha=0.55, linestyle="-")
+        label = _ROOF_LABELS.get(name, name)
+        if name == "simd_all":
+            label = f"SIMD FMA, {roofs.get('threads')} cores"
+        ax.text(x_hi / 1.05, g * 1.06, f"{label}: {_num(g)} GFLOP/s", ha="right", va="bottom", fontsize=7.5)
+    styles = {"L2": "-", "L3": "--", "DRAM": ":"}
+    for i, (level, gbps) in enumerate(roofs["bandwidth"]["1"].items()):
+        ys = [min(top, gbps * x) for x in xs]
+        ax.plot(xs, ys, color="#444444", linewidth=1, linestyle=styles.get(level, "-."), alpha=0.7)
+        y_at = top / (4 ** (i + 1))  # stagger the labels down the diagonals
+        x_at = y_at / gbps
+        if x_lo < x_at < x_hi:
+            ax.text(x_at * 1.1, y_at, f"{level} {gbps:.0f} GB/s (1 core)", fontsize=7.5, color="#444444",
+                    ha="left", va="top")
+    for p in pts:
+        x = p["intensity"] if math.isfinite(p["intensity"]) else x_hi / 2
+        c = kernel_color(p["kernel"])
+        ax.plot([x, x], [p["measured_gflops"], p["predicted_gflops"]], color=c, linewidth=1, alpha=0.7)
+        ref = p["kernel"].startswith("numpy")
+        ax.plot(x, p["predicted_gflops"], marker="s" if ref else "o", markerfacecolor="white", markeredgecolor=c,
+                markersize=8, linestyle="none")
+        ax.plot(x, p["measured_gflops"], marker="s" if ref else "o", color=c, markersize=8, linestyle="none",
+                alpha=0.75 if ref else 1.0,
+                label=f"{p['kernel']} (n={p['n']}): {_num(p['measured_gflops'])} of {_num(p['predicted_gflops'])}")
+    ax.plot([], [], marker="o", markerfacecolor="white", markeredgecolor="black", linestyle="none",
+            label="hollow: roofline prediction")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(x_lo, x_hi)
+    ys_all = [p["measured_gflops"] for p in pts] + list(roofs["compute"].values())
+    ax.set_ylim(min(ys_all) / 3, top * 2.5)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    ax.set_xlabel("arithmetic intensity (flop per byte, from the memory level that limits most)")
+    ax.set_ylabel("speed (GFLOP/s)")
+    ax.set_title("Roofline of this machine, measured, with every kernel on it\n" + _cpu_title(doc), fontsize=11)
+    ax.grid(True, which="major", alpha=0.25)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="measured GFLOP/s of roof")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_train(doc: dict, path) -> str:
+    """Stacked bars per backend: milliseconds per step in matmul vs the rest."""
+    runs = [r for r in doc["runs"] if not r.get("skipped")]
+    fig = Figure(figsize=(8.4, 4.8))
+    ax = fig.subplots()
+    names = [r["backend"] for r in runs]
+    mm = [1e3 * r["step_s"] * r["matmul_share"] for r in runs]
+    other = [1e3 * r["step_s"] * (1 - r["matmul_share"]) for r in runs]
+    x = range(len(runs))
+    ax.bar(x, mm, color=[kernel_color(nm) for nm in names], edgecolor="black", linewidth=0.5,
+           label="matrix multiplication")
+    ax.bar(x, other, bottom=mm, color="#dddddd", edgecolor="black", linewidth=0.5, hatch="..",
+           label="everything else (activations, loss, update, Python)")
+    for i, r in enumerate(runs):
+        total = 1e3 * r["step_s"]
+        ax.text(i, total * 1.02, f"{total:.3g} ms\n{100 * r['matmul_share']:.0f}% matmul",
+                ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(names)
+    ax.set_ylabel("time per training step (ms)")
+    ax.set_ylim(0, max([1e3 * r["step_s"] for r in runs] + [1e-3]) * 1.3)
+    p = doc.get("params", {})
+    ax.set_title(f"Where a training step's time goes: MLP {p.get('layers', '')}, batch {p.get('batch', '?')}\n"
+                 + _cpu_title(doc), fontsize=11)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_benchmarks(doc: dict, path) -> str:
+    """pytest-benchmark results: median time per benchmark (log scale)."""
+    rows = doc["benchmarks"]
+    fig = Figure(figsize=(8.4, max(2.5, 0.28 * len(rows) + 1.2)))
+    ax = fig.subplots()
+    names = [r["name"] for r in rows]
+    med = [r["median_s"] for r in rows]
+    ax.barh(range(len(rows)), med, color=[kernel_color(r.get("kernel") or r["name"]) for r in rows])
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("median time per call (s, log scale)")
+    ax.set_title("pytest-benchmark results", fontsize=11)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,384 @@
+"""The roofline model of this machine, measured, and of every kernel on it.
+
+A kernel can go no faster than the slower of two limits:
+
+* compute -- the FLOP/s the code *can use*: a pure-Python loop is limited by
+  the interpreter, a loop that adds into one sum by the latency of one add,
+  compiled SIMD code by the vector units of one core (or of all cores);
+* memory  -- the bytes it must move divided by the bandwidth of the level
+  they come from (L2, L3 or DRAM).
+
+so the model predicts ``time = max(flops / compute_roof, bytes / bandwidth)``.
+The ratio flops / bytes is the *arithmetic intensity*: low intensity means
+memory-bound, high means compute-bound.  Matrix multiplication does 2n^3
+flops on 3n^2 numbers, so its intensity grows with n -- a good kernel is
+compute-bound, which is exactly why parallel arithmetic (more cores, wider
+SIMD, a GPU) speeds it up.
+
+The roofs are measured here by compiled microbenchmarks (``whygpu._probe``):
+an FMA loop with 12 independent chains per thread for the peak, one
+dependent chain for scalar code, and a STREAM triad at working sets sized for
+L2, L3 and DRAM.  :func:`measure_machine` runs them (about a second);
+:func:`kernel_model` applies the model to one kernel and shape.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Dict, Optional
+
+from . import cpu_info
+from ._threads import get_num_threads
+
+try:
+    from . import _probe
+except ImportError as exc:  # pragma: no cover - only on a broken build
+    _probe = None
+    _probe_error = str(exc)
+else:
+    _probe_error = None
+
+__all__ = ["measure_machine", "fma_peaks", "run_roofline", "prediction_error", "kernel_model", "COMPUTE_ROOFS", "KERNEL_ROOF", "level_for"]
+
+# The compute roofs, with what each one stands for (shown in the report).
+COMPUTE_ROOFS = {
+    "interpreter": "pure Python: one multiply-add per trip through the interpreter loop",
+    "scalar": "one dependent chain of scalar adds (compiled, 1 core): a loop that adds into one sum",
+    "simd_baseline": "SIMD with the compiler's baseline ISA (SSE2 multiply + add, no FMA), 1 core",
+    "simd_1t": "SIMD fused multiply-add at the chosen ISA, 12 chains, 1 core: this core's peak",
+    "simd_all": "SIMD fused multiply-add at the chosen ISA on every core: this machine's peak",
+}
+
+# Which compute roof each rung can honestly use, and why.
+KERNEL_ROOF = {
+    "python": "interpreter",
+    "cython": "scalar",      # acc = acc + a*b: each add waits for the previous one
+    "naive": "scalar",       # the same single-sum loop in C++ (no -ffast-math: no reassociation)
+    "reordered": "simd_baseline",  # auto-vectorized with the baseline ISA, one core
+    "blocked": "simd_baseline",
+    "packed": "simd_1t",     # hand-written FMA micro-kernel at the chosen ISA, one core
+    "openmp": "simd_all",    # the same on every core
+}
+
+# Tile sizes of rung 5, copied from csrc/05_blocked.cpp (BI, BK, BJ).
+_BLOCKED_TILE = (64, 128, 256)
+_LINE = 64  # bytes in a cache line
+
+
+# --------------------------------------------------------------------------
+# Measuring the roofs
+# --------------------------------------------------------------------------
+def _need_probe():
+    if _probe is None:  # pragma: no cover
+        raise RuntimeError(f"whygpu._probe is not available: {_probe_error}")
+
+
+def _fma_gflops(arch: str, threads: int, target_s: float, samples: int) -> float:
+    """Best-of-`samples` GFLOP/s of the FMA chains on `threads` threads.
+
+    The work per thread is calibrated on one thread: on a busy machine a
+    parallel calibration run can be delayed by the scheduler and would
+    shrink the measurement to almost nothing."""
+    per_iter = _probe.fma_flops_per_iter(arch)
+    iters = 20_000
+    t = _probe.fma_peak_seconds(arch, 1, iters)  # also the warm-up
+    while t < target_s / 8:
+        iters *= 4
+        t = _probe.fma_peak_seconds(arch, 1, iters)
+    iters = max(1, int(iters * target_s / t))
+    best = min(_probe.fma_peak_seconds(arch, threads, iters) for _ in range(samples))
+    return threads * iters * per_iter / best / 1e9
+
+
+def _scalar_gflops(target_s: float, samples: int) -> float:
+    n = 1024  # 8 KiB of floats: stays in L1, so only the add latency counts
+    reps = max(1, int(target_s * 2e9 / (2 * n) / 2))  # ~2 GFLOP/s expected
+    best = min(_probe.scalar_chain_seconds(n, reps) for _ in range(samples))
+    return 2 * n * reps / best / 1e9
+
+
+def _interpreter_gflops(target_s: float, samples: int) -> float:
+    """The pure-Python roof: a dot product of two lists, the simplest loop
+    that does one multiply-add per iteration."""
+    x = [1.0 + i * 1e-6 for i in range(1000)]
+    y = [1.0 - i * 1e-6 for i in range(1000)]
+
+    def dot():
+        acc = 0.0
+        for p in range(1000):
+            acc += x[p] * y[p]
+        return acc
+
+    t0 = time.perf_counter()
+    dot()
+    one = max(time.perf_counter() - t0, 1e-6)
+    reps = max(1, int(target_s / one))
+    best = math.inf
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            dot()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return 2000 / best / 1e9
+
+
+def _working_sets(caches: dict, threads: int) -> Dict[str, int]:
+    """Elements per thread of each triad array so that the 3 arrays sit in
+    the named level (half of it, leaving room) but not in the level above."""
+    l2 = caches.get("L2") or 1 << 20
+    l3 = caches.get("L3") or 8 << 20
+    out = {"L2": max(1024, l2 // 2 // 24)}
+    if l3 > 4 * l2 * threads:
+        out["L3"] = max(out["L2"] * 4, (l3 // 2) // 24 // threads)
+    dram_total = min(max(4 * l3, 64 << 20), 512 << 20)
+    out["DRAM"] = dram_total // 24 // threads
+    return out
+
+
+def _triad_gbps(arch: str, n_per_thread: int, threads: int, target_bytes: float, samples: int) -> float:
+    bytes_per_sweep = 24 * n_per_thread * threads  # STREAM count: 2 reads + 1 write of 8 bytes
+    sweeps = max(1, int(target_bytes / bytes_per_sweep))
+    times = _probe.triad_seconds(arch, n_per_thread, threads, sweeps, samples + 1)[1:]  # drop the first (page faults)
+    return bytes_per_sweep * sweeps / min(times) / 1e9
+
+
+def fma_peaks(threads: Optional[int] = None, *, quick: bool = False, arch: Optional[str] = None) -> dict:
+    """Only the FMA peaks (a fraction of a second): {'arch', 'threads',
+    'gflops_1t', 'gflops_all'} -- for the "% of peak" columns of the ladder."""
+    _need_probe()
+    info = cpu_info()
+    threads = get_num_threads() if threads is None else int(threads)
+    if not info.get("openmp", False):
+        threads = 1
+    arch = arch or info.get("arch", "portable")
+    target_s, samples = (0.015, 3) if quick else (0.04, 5)
+    one = _fma_gflops(arch, 1, target_s, samples)
+    return {"arch": arch, "threads": threads, "gflops_1t": one,
+            "gflops_all": _fma_gflops(arch, threads, target_s, samples) if threads > 1 else one}
+
+
+def measure_machine(threads: Optional[int] = None, *, quick: bool = False,
+                    arch: Optional[str] = None) -> dict:
+    """Measure this machine's roofs (about 1 s, 0.4 s with ``quick``).
+
+    Returns a JSON-ready dict: ``compute`` (GFLOP/s per roof of
+    :data:`COMPUTE_ROOFS`), ``bandwidth`` ({"1": {level: GB/s}, "all": ...}),
+    ``fma_by_arch`` (1-core FMA peak per instruction set), ``threads``,
+    ``arch``, ``caches``, ``dtype`` (the peaks are float32) and ``seconds``.
+    Peaks are best-of-samples, as in STREAM: a roof is what *can* be reached.
+    """
+    _need_probe()
+    info = cpu_info()
+    threads = get_num_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if not info.get("openmp", False):
+        threads = 1
+    arch = arch or info.get("arch", "portable")
+    target_s = 0.015 if quick else 0.04
+    samples = 3 if quick else 5
+    start = time.perf_counter()
+    fma_by_arch = {a: _fma_gflops(a, 1, target_s, samples) for a in info.get("supported_archs", ["portable"])}
+    compute = {
+        "interpreter": _interpreter_gflops(target_s, samples),
+        "scalar": _scalar_gflops(target_s, samples),
+        "simd_baseline": fma_by_arch.get("portable") or _fma_gflops("portable", 1, target_s, samples),
+        "simd_1t": fma_by_arch.get(arch) or _fma_gflops(arch, 1, target_s, samples),
+    }
+    compute["simd_all"] = _fma_gflops(arch, threads, target_s, samples) if threads > 1 else compute["simd_1t"]
+    sets = _working_sets(info.get("caches", {}), threads)
+    target_bytes = 0.3e9 if quick else 1e9
+    bandwidth = {"1": {}, "all": {}}
+    for level, n_elems in sets.items():
+        bandwidth["1"][level] = _triad_gbps(arch, n_elems * (threads if level == "DRAM" else 1), 1,
+                                            target_bytes, samples)
+        bandwidth["all"][level] = (_triad_gbps(arch, n_elems, threads, target_bytes, samples)
+                                   if threads > 1 else bandwidth["1"][level])
+    return {
+        "arch": arch, "threads": threads, "dtype": "float32", "caches": dict(info.get("caches", {})),
+        "compute": compute, "bandwidth": bandwidth, "fma_by_arch": fma_by_arch,
+        "triad_elements_per_thread": sets, "seconds": time.perf_counter() - start,
+    }
+
+
+# --------------------------------------------------------------------------
+# The model of each kernel
+# --------------------------------------------------------------------------
+def level_for(nbytes: float, caches: dict) -> str:
+    """The memory level a working set of `nbytes` lives in: 'L1', 'L2', 'L3' or 'DRAM'."""
+    if nbytes <= caches.get("L1d", 32 << 10):
+        return "L1"
+    if nbytes <= caches.get("L2", 1 << 20):
+        return "L2"
+    if nbytes <= caches.get("L3", 8 << 20):
+        return "L3"
+    return "DRAM"
+
+
+def _traffic(kernel: str, m: int, n: int, k: int, s: int, caches: dict, blocking: dict) -> list:
+    """[(level, bytes, what)] that the kernel moves, by its loop structure.
+
+    Data that stays in L1 is not charged: L1 is not a limit in this model
+    (so it stays an upper bound on speed)."""
+    out = []
+
+    def add(level, nbytes, what):
+        if level != "L1" and nbytes > 0:
+            out.append((level, float(nbytes), what))
+
+    compulsory = s * (m * k + k * n + m * n)
+    if kernel == "python":
+        add(level_for(compulsory, caches), compulsory, "each matrix once")
+    elif kernel in ("naive", "cython"):
+        # B is walked down a column: each multiply-add touches another cache
+        # line.  If the k lines of one column panel fit L1 they serve 16
+        # neighbouring columns; if not, every multiply-add fetches a full line.
+        panel = _LINE * k
+        if panel <= caches.get("L1d", 32 << 10):
+            add(level_for(s * k * n, caches), s * m * n * k, "B once per row of C")
+        else:
+            add(level_for(panel, caches), _LINE * m * n * k, "a 64-byte line of B per multiply-add")
+    elif kernel == "reordered":
+        add(level_for(s * k * n, caches), s * (m * k * n + m * k + 2 * m * n), "B once per row of C")
+    elif kernel == "blocked":
+        bi, bk, bj = _BLOCKED_TILE
+        add(level_for(s * min(bk, k) * min(bj, n), caches), s * m * k * n, "a tile of B per row of C")
+        add(level_for(s * k * n, caches), s * math.ceil(m / bi) * k * n, "B once per 64 rows of C")
+    elif kernel in ("packed", "openmp", "numpy"):
+        mr, kc, nc = blocking["mr"], blocking["kc"], blocking["nc"]
+        panel = s * min(kc, k) * min(nc, n)
+        add(level_for(panel, caches), s * m * n * k / mr, "the packed B panel once per MR rows")
+        mem = s * (m * k * math.ceil(n / nc) + 2 * k * n + 2 * m * n * math.ceil(k / kc))
+        add(level_for(compulsory, caches), mem, "A, B and C from memory, with packing")
+    else:
+        add(level_for(compulsory, caches), compulsory, "each matrix once")
+    return out
+
+
+def kernel_model(kernel: str, m: int, n: int, k: int, machine: dict, *,
+                 dtype: str = "float32", threads: Optional[int] = None) -> dict:
+    """What the roofline predicts for ``kernel`` on an (m, k) @ (k, n) product.
+
+    ``machine`` comes from :func:`measure_machine`.  Returns flops, the
+    compute roof used (name, GFLOP/s), the traffic per memory level (bytes,
+    GB/s, seconds), the arithmetic intensity against the level that limits
+    most, the predicted seconds and what bounds it ("compute" or a level).
+    float64 halves the SIMD roofs (half as many lanes) and doubles the bytes.
+    """
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    s = 4 if dtype == "float32" else 8
+    info = cpu_info()
+    blocking = info.get("blocking", {}).get(dtype, {"mr": 8, "nr": 32, "kc": 256, "nc": 512})
+    if kernel.startswith("numpy"):  # a reference: BLAS on 1 or all threads
+        roof = "simd_1t" if threads == 1 else "simd_all"
+    elif kernel in KERNEL_ROOF:
+        roof = KERNEL_ROOF[kernel]
+    else:
+        raise ValueError(f"no roofline model for kernel {kernel!r} (CPU kernels only)")
+    compute = float(machine["compute"][roof])
+    if dtype == "float64" and roof.startswith("simd"):
+        compute /= 2
+    parallel = roof == "simd_all"
+    mthreads = machine.get("threads", 1)
+    if parallel and threads is not None and threads < mthreads:
+        compute = min(compute, machine["compute"]["simd_1t"] * threads / (2 if dtype == "float64" else 1))
+    bw = machine["bandwidth"]["all" if parallel else "1"]
+    flops = 2.0 * m * n * k
+    t_compute = flops / (compute * 1e9) if flops else 0.0
+    traffic = []
+    base = "numpy" if kernel.startswith("numpy") else kernel
+    for level, nbytes, what in _traffic(base, m, n, k, s, info.get("caches", machine.get("caches", {})), blocking):
+        gbps = bw.get(level) or bw.get("DRAM")
+        traffic.append({"level": level, "bytes": nbytes, "gbps": gbps, "seconds": nbytes / (gbps * 1e9),
+                        "what": what})
+    worst = max(traffic, key=lambda t: t["seconds"]) if traffic else None
+    t_mem = worst["seconds"] if worst else 0.0
+    predicted = max(t_compute, t_mem)
+    bound = "compute" if t_compute >= t_mem else worst["level"]
+    intensity = flops / worst["bytes"] if worst and worst["bytes"] else math.inf
+    return {
+        "kernel": kernel, "m": m, "n": n, "k": k, "dtype": dtype, "flops": flops,
+        "compute_roof": roof, "compute_gflops": compute, "traffic": traffic,
+        "intensity": intensity, "intensity_level": worst["level"] if worst else None,
+        "predicted_s": predicted, "predicted_gflops": flops / predicted / 1e9 if predicted else math.inf,
+        "bound": bound,
+    }
+
+
+# --------------------------------------------------------------------------
+# `whygpu roofline`: the machine's roofs and every kernel measured against them
+# --------------------------------------------------------------------------
+SCHEMA = "whygpu.roofline/1"
+
+
+def prediction_error(predicted_s: float, measured_s: float) -> float:
+    """(predicted - measured) / measured: -0.2 means the model is 20% optimistic."""
+    return (predicted_s - measured_s) / measured_s
+
+
+def run_roofline(*, n: int = 1024, kernels=None, dtype: str = "float32", threads: Optional[int] = None,
+                 repeats: int = 5, budget: float = 2.0, force: bool = False, quick: bool = False,
+                 machine: Optional[dict] = None, ladder: Optional[dict] = None, progress: bool = False,
+                 log=lambda s: None) -> dict:
+    """Measure the roofs (unless ``machine`` is given) and each kernel at n x n x n.
+
+    A kernel predicted to take longer than ``budget`` at n is measured at the
+    largest n / 2^j that fits (with a note), so every rung gets a point.
+    Measurements found in a ``ladder`` document are reused, not repeated.
+    """
+    from .bench.ladder import measure_matmul, resolve_kernels, scout, threads_used
+    from .bench.machine import machine_info
+    from .bench.measure import format_seconds
+    from .bench.progress import Progress
+    from ._registry import KERNELS
+    from ._threads import check_threads
+
+    if isinstance(n, bool) or int(n) < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    n = int(n)
+    threads = get_num_threads() if threads is None else check_threads(threads)
+    t_start = time.perf_counter()
+    if machine is None:
+        machine = measure_machine(threads, quick=quick)
+    names = [k for k in resolve_kernels(kernels, threads)
+             if k.startswith("numpy-") or KERNELS[k].device == "cpu"]
+    reuse = {}
+    if ladder is not None and ladder.get("params", {}).get("dtype") == dtype:
+        for rec in ladder.get("measurements", []):
+            if rec["n"] <= n and rec["m"] == rec["n"] == rec["k"]:
+                if rec["kernel"] not in reuse or rec["n"] > reuse[rec["kernel"]]["n"]:
+                    reuse[rec["kernel"]] = rec
+    points, notes = [], []
+    with Progress(len(names), "roofline", progress) as bar:
+        for name in names:
+            bar.show(name, 0.0)
+            rec = reuse.get(name)
+            if rec is None or rec["n"] != n:
+                sc = scout(name, n, n, n, dtype=dtype, threads=threads, budget=budget)
+                expected = sc["expected_s"]
+                nk, exp_k = n, expected
+                while exp_k > budget and not force and nk > 16:
+                    nk //= 2
+                    exp_k /= 8
+                if rec is None or rec["n"] < nk:
+                    rec = measure_matmul(name, nk, nk, nk, dtype=dtype, threads=threads, repeats=repeats,
+                                         budget=budget, expected=exp_k)
+                if rec["n"] != n:
+                    notes.append(f"{name} measured at n={rec['n']}: n={n} would take ~{format_seconds(expected)} "
+                                 f"per call (budget {format_seconds(budget)}; --all measures it)")
+                    log(notes[-1])
+            m = rec["n"]
+            model = kernel_model(name, m, m, m, machine, dtype=dtype, threads=threads_used(name, threads))
+            points.append({**model, "measured_s": rec["seconds"], "measured_gflops": rec["gflops"],
+                           "threads": rec["threads"],
+                           "error": prediction_error(model["predicted_s"], rec["seconds"]),
+                           "fraction_of_roof": model["predicted_s"] / rec["seconds"]})
+            bar.advance()
+    return {
+        "schema": SCHEMA, "machine": machine_info(),
+        "params": {"n": n, "kernels": names, "dtype": dtype, "threads": threads, "repeats": repeats,
+                   "budget_s": budget, "force": force, "quick": quick},
+        "roofs": machine, "points": points, "notes": notes,
+        "seconds": time.perf_counter() - t_start,
+    }
