@@ -13,6 +13,8 @@ from typing import Dict, List
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from .bench.scaling import amdahl
+
 __all__ = ["plot_ladder", "plot_ladder_steps", "plot_scaling", "plot_roofline", "plot_train",
            "plot_benchmarks", "kernel_color"]
 
@@ -132,10 +134,6 @@ def plot_ladder_steps(doc: dict, path) -> str:
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
-
-
-def amdahl(p: float, serial: float) -> float:
-    return 1.0 / (serial + (1.0 - serial) / p)
 
 
 def plot_scaling(doc: dict, path) -> str:

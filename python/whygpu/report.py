@@ -1,0 +1,546 @@
+"""The report: the measurements of ``whygpu`` turned into a short lesson.
+
+:func:`build_report` takes the JSON documents the subcommands write (and
+pytest-benchmark's JSON), draws the figures, and writes ``report.md`` (next
+to the PNG files) and a self-contained ``report.html`` (figures embedded as
+base64).  Every caption is written from the numbers of the run -- nothing
+here is canned except the explanations of *why*.
+
+A report is a list of blocks (heading, paragraph, figure, table, list),
+rendered twice, to Markdown and to HTML.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from . import plots
+from ._registry import KERNELS
+from .explain import format_bytes, why_below
+from .roofline import COMPUTE_ROOFS, KERNEL_ROOF
+
+__all__ = ["build_report", "load_results", "classify", "ResultsError"]
+
+# Public figures for the GPU comparison (not measured here; see the text).
+GPU_PUBLIC = {"name": "NVIDIA H100 SXM", "fp32_peak_gflops": 67_000, "sgemm_gflops": 50_000,
+              "bandwidth_gbps": 3_350}
+
+
+class ResultsError(ValueError):
+    """A results file that is not one whygpu understands."""
+
+
+# --------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------
+def classify(doc) -> str:
+    """'info', 'ladder', 'scaling', 'roofline', 'train', 'explain', 'demo' or
+    'benchmark' (pytest-benchmark), by the document's keys."""
+    if not isinstance(doc, dict):
+        raise ResultsError("not a JSON object")
+    schema = doc.get("schema")
+    if isinstance(schema, str) and schema.startswith("whygpu."):
+        kind = schema[len("whygpu."):].split("/")[0]
+        if kind in ("info", "ladder", "scaling", "roofline", "train", "explain", "demo"):
+            return kind
+        raise ResultsError(f"unknown whygpu schema {schema!r}")
+    if isinstance(doc.get("benchmarks"), list) and "machine_info" in doc:
+        return "benchmark"
+    raise ResultsError("neither a whygpu result (no 'schema' field) nor pytest-benchmark JSON "
+                       "(no 'benchmarks' and 'machine_info')")
+
+
+def load_results(paths: Iterable) -> Dict[str, dict]:
+    """Read result files (or folders of them) into {kind: document}.  A later
+    document of the same kind replaces an earlier one, except benchmarks,
+    which are merged."""
+    docs: Dict[str, dict] = {}
+    files: List[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(p.glob("*.json"))
+            if not found:
+                raise ResultsError(f"{p}: folder has no .json files")
+            files += found
+        elif p.exists():
+            files.append(p)
+        else:
+            raise ResultsError(f"{p}: no such file or folder")
+    for f in files:
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ResultsError(f"{f}: cannot read: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise ResultsError(f"{f}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        try:
+            kind = classify(doc)
+        except ResultsError as exc:
+            if f.parent in [Path(x) for x in paths if Path(x).is_dir()]:
+                continue  # a folder may hold other JSON; skip it
+            raise ResultsError(f"{f}: {exc}") from None
+        if kind == "demo":
+            continue  # the index the demo writes; its parts are separate files
+        if kind == "benchmark" and "benchmark" in docs:
+            docs["benchmark"]["benchmarks"] += doc["benchmarks"]
+        else:
+            docs[kind] = doc
+    if not docs:
+        raise ResultsError("no whygpu or pytest-benchmark results found")
+    return docs
+
+
+# --------------------------------------------------------------------------
+# Small formatting helpers
+# --------------------------------------------------------------------------
+def _g(x: float) -> str:
+    """A GFLOP/s or ratio figure with sensible digits."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    if abs(x) >= 1:
+        return f"{x:.2f}"
+    return f"{x:.2g}"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.0f}%"
+
+
+def _ms(s: float) -> str:
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s * 1e6:.3g} us"
+
+
+def _machine_line(doc: dict) -> str:
+    m = doc.get("machine", {})
+    cpu = m.get("cpu", {})
+    caches = cpu.get("caches", {})
+    cache_txt = ", ".join(f"{k} {format_bytes(v)}" for k, v in caches.items())
+    return (f"{cpu.get('model', 'unknown CPU')}, {cpu.get('cores', '?')} cores usable, "
+            f"instruction set {cpu.get('arch', '?')}" + (f", caches {cache_txt}" if cache_txt else ""))
+
+
+# --------------------------------------------------------------------------
+# Sections: each returns a list of blocks
+# --------------------------------------------------------------------------
+Block = Tuple  # ("h1"|"h2"|"p"|"fig"|"table"|"ul"|"pre", ...)
+
+
+def _intro(docs: Dict[str, dict]) -> List[Block]:
+    any_doc = next(iter(docs.values()))
+    m = any_doc.get("machine", {})
+    blocks: List[Block] = [("h1", "Why parallel hardware speeds up deep learning, measured on this machine")]
+    if m:
+        blocks.append(("p", f"Machine: {_machine_line(any_doc)}. Measured {m.get('time', '')} with whygpu "
+                            f"{m.get('versions', {}).get('whygpu', '?')}, NumPy {m.get('versions', {}).get('numpy', '?')}"
+                            f", compiler {m.get('compiler', '?')}."))
+    share = None
+    if "train" in docs:
+        runs = [r for r in docs["train"]["runs"] if not r.get("skipped")]
+        if runs:
+            share = max(runs, key=lambda r: r["matmul_share"])
+    text = ("Training a neural network is, mostly, multiplying matrices: every layer's forward pass is one "
+            "matrix product and its backward pass two more. ")
+    if share:
+        text += (f"On this machine {100 * share['matmul_share']:.0f}% of a training step on the {share['backend']} "
+                 f"backend was spent inside matrix multiplication (section 4). ")
+    text += ("A matrix product is also massively parallel: every element of the result can be computed "
+             "independently. This report measures how much each kind of parallel hardware -- vector (SIMD) "
+             "units, several cores, and memory that keeps them fed -- speeds matrix multiplication up, on "
+             "this computer, rung by rung; a GPU is the same idea taken to thousands of lanes.")
+    blocks.append(("p", text))
+    return blocks
+
+
+def _info_section(doc: dict) -> List[Block]:
+    cpu = doc["machine"]["cpu"]
+    m = doc["machine"]
+    rows = [("CPU", cpu.get("model", "?")), ("cores usable", str(cpu.get("cores", "?"))),
+            ("instruction set (used / best)", f"{cpu.get('arch', '?')} / {cpu.get('best_arch', '?')}"),
+            ("caches", ", ".join(f"{k} {format_bytes(v)}" for k, v in cpu.get("caches", {}).items()) or "unknown"),
+            ("OpenMP", "yes" if cpu.get("openmp") else "no"),
+            ("BLAS", ", ".join(f"{b.get('internal_api')} {b.get('version')}" for b in m.get("blas", [])) or "unknown"),
+            ("CUDA", (f"available: {m['cuda'].get('device', '')}" if m.get("cuda", {}).get("available")
+                      else f"not available ({m.get('cuda', {}).get('reason', '?')})")),
+            ("kernels", ", ".join(doc.get("kernels", [])))]
+    return [("h2", "The machine"), ("table", ("", ""), rows)]
+
+
+def _ladder_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
+    s = doc["summary"]
+    rows = s["rows"]
+    cpu_rows = [r for r in rows if not r["reference"]]
+    blocks: List[Block] = [("h2", f"{num}. The ladder: one idea per rung")]
+    f1 = plots.plot_ladder(doc, out / "ladder.png")
+    f2 = plots.plot_ladder_steps(doc, out / "ladder_steps.png")
+    figs += [f1, f2]
+    peak = doc.get("peak", {})
+    dtype = doc["params"]["dtype"]
+    cap = (f"Speed of C = A @ B for square n x n {dtype} matrices, n = {', '.join(map(str, doc['params']['sizes']))}"
+           f", for each kernel on this {doc['machine']['cpu'].get('model', 'CPU')} (log scale; median of repeats). ")
+    if cpu_rows:
+        best = max(cpu_rows, key=lambda r: r["gflops"])
+        cap += (f"The fastest rung, {best['kernel']}, reached {_g(best['gflops'])} GFLOP/s at n = {best['n']}: "
+                f"{_pct(best['pct_peak'])} of the {_g(peak.get('gflops_all' if best['threads'] > 1 else 'gflops_1t', float('nan')))}"
+                f" GFLOP/s FMA peak we measured on the {best['threads']} core{'s' if best['threads'] > 1 else ''} it used")
+        if s.get("span") and s["span"]["slowest"] != best["kernel"]:
+            sp = s["span"]
+            cap += (f", and {_g(sp['ratio'])} times the speed of the {sp['slowest']} loop "
+                    f"({_g(cpu_rows[0]['gflops'])} GFLOP/s at n = {sp['slowest_n']})")
+        cap += ". "
+    refs = [r for r in rows if r["reference"]]
+    if refs:
+        cap += "Dashed lines are references: " + "; ".join(
+            f"{r['kernel']} {_g(r['gflops'])} GFLOP/s at n = {r['n']}" for r in refs) + "."
+    blocks.append(("fig", "ladder.png", cap))
+    # the step table
+    table = []
+    for r in rows:
+        summary = KERNELS[r["kernel"]].summary if r["kernel"] in KERNELS else (
+            "NumPy's BLAS (OpenBLAS/MKL), reference" if r["kernel"].startswith("numpy") else "reference")
+        step = (f"x{_g(r['speedup_prev'])} over {r['prev']} (n={r['speedup_n']})" if "speedup_prev" in r else "")
+        table.append((r["kernel"], summary, str(r["n"]), _g(r["gflops"]), step, _pct(r["pct_peak"])))
+    blocks.append(("table", ("kernel", "what it adds", "largest n", "GFLOP/s", "speed-up", "% of peak"), table))
+    steps = [r for r in cpu_rows if "speedup_prev" in r]
+    if steps:
+        big = max(steps, key=lambda r: r["speedup_prev"])
+        slow = [r for r in steps if r["speedup_prev"] < 1]
+        cap2 = (f"Each rung at its largest measured size, with its speed-up over the rung before (measured at the "
+                f"largest size both ran). The biggest single step on this machine is {big['kernel']}: "
+                f"x{_g(big['speedup_prev'])} over {big['prev']} at n = {big['speedup_n']}. ")
+        if slow:
+            cap2 += ("Not every idea pays everywhere: " + "; ".join(
+                f"{r['kernel']} is x{_g(r['speedup_prev'])} of {r['prev']} here" for r in slow) +
+                     " (the roofline section says why). ")
+        cap2 += "'% of peak' is against the FMA peak of the cores the kernel used (1 core for serial rungs)."
+        blocks.append(("fig", "ladder_steps.png", cap2))
+    if doc.get("skipped"):
+        blocks.append(("p", "Skipped because one call would exceed the time budget of "
+                            f"{doc['params']['budget_s']} s per measurement (run with --all to include them): " +
+                       "; ".join(f"{x['kernel']} at n = {x['n']} (~{_ms(x['predicted_s'])})" for x in doc["skipped"]) + "."))
+    return blocks
+
+
+def _roofline_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
+    roofs = doc["roofs"]
+    pts = doc["points"]
+    figs.append(plots.plot_roofline(doc, out / "roofline.png"))
+    c, bw = roofs["compute"], roofs["bandwidth"]["1"]
+    T = roofs.get("threads", 1)
+    blocks: List[Block] = [("h2", f"{num}. The roofline: what limits each kernel")]
+    blocks.append(("p", "A kernel can go no faster than the slower of two limits: the arithmetic its code can use "
+                        "(compute roof) and the bytes it must move divided by the bandwidth of the memory they come "
+                        "from. The model predicts time = max(flops / compute roof, bytes / bandwidth). "
+                        "The arithmetic intensity (flops per byte) decides which limit applies: matrix multiplication "
+                        "does 2n^3 flops on 3n^2 numbers, so a kernel that reuses data well is compute-bound -- and "
+                        "then more parallel arithmetic makes it faster."))
+    cap = (f"This machine's roofs, measured by compiled microbenchmarks: an FMA loop with 12 independent chains "
+           f"reached {_g(c['simd_1t'])} GFLOP/s on one core ({roofs['arch']})")
+    if T > 1:
+        cap += f" and {_g(c['simd_all'])} GFLOP/s on {T} cores"
+    cap += (f"; baseline-ISA SIMD code {_g(c['simd_baseline'])}, one dependent chain of adds {_g(c['scalar'])}, the "
+            f"Python interpreter {_g(c['interpreter'])}. A STREAM triad moved "
+            + ", ".join(f"{_g(v)} GB/s from {k}" for k, v in bw.items()) + " on one core. ")
+    key = [p for p in pts if p["kernel"] in ("packed", "openmp")]
+    if key:
+        cap += "Hollow markers are the model's predictions, filled ones the measurements: " + ", ".join(
+            f"{p['kernel']} reached {_pct(100 * p['fraction_of_roof'])} of its predicted speed at n = {p['n']}"
+            for p in key) + "."
+    blocks.append(("fig", "roofline.png", cap))
+    table = []
+    for p in pts:
+        err = p["error"]
+        ok = ""
+        if p["kernel"] in ("packed", "openmp"):
+            ok = "yes" if abs(err) <= 0.25 else "no"
+        table.append((p["kernel"], str(p["n"]), f"{p['compute_roof']} ({_g(p['compute_gflops'])})", p["bound"],
+                      _g(p["intensity"]) + (f" ({p['intensity_level']})" if p.get("intensity_level") else ""),
+                      _ms(p["predicted_s"]), _ms(p["measured_s"]), f"{100 * err:+.0f}%", ok))
+    blocks.append(("table", ("kernel", "n", "compute roof (GFLOP/s)", "bound", "flop/byte", "predicted",
+                             "measured", "error", "within 25%"), table))
+    blocks.append(("p", "Error is (predicted - measured) / measured time; negative means the kernel is slower than "
+                        "its roof. The target is the packed and openmp rungs at n = 1024, the ones a roofline should "
+                        "describe well because nothing but arithmetic should limit them."))
+    blocks.append(("p", "Where and why kernels sit below their roof:"))
+    blocks.append(("ul", [why_below(p["kernel"], p["fraction_of_roof"]) for p in pts]))
+    blocks.append(("p", "How each rung is modelled (the compute roof it can honestly use, and the traffic its loops "
+                        "cause):"))
+    model_rows = [(k, f"{r}: {COMPUTE_ROOFS[r]}", _TRAFFIC_TEXT.get(k, "")) for k, r in KERNEL_ROOF.items()
+                  if any(p["kernel"] == k for p in pts)]
+    blocks.append(("table", ("kernel", "compute roof", "bytes counted"), model_rows))
+    if doc.get("notes"):
+        blocks.append(("ul", list(doc["notes"])))
+    return blocks
+
+
+_TRAFFIC_TEXT = {
+    "python": "each matrix once (the interpreter, not memory, is the limit)",
+    "cython": "B walked down a column: a 64-byte line per multiply-add once a column panel overflows L1",
+    "naive": "B walked down a column: a 64-byte line per multiply-add once a column panel overflows L1",
+    "reordered": "all of B once per row of C, from the level B fits in",
+    "blocked": "a 128 x 256 tile of B once per row of C from L2; B from memory once per 64 rows",
+    "packed": "the packed B panel once per MR rows from L2; A, B, C from memory with packing",
+    "openmp": "as packed, against all cores' bandwidth",
+}
+
+
+def _scaling_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
+    figs.append(plots.plot_scaling(doc, out / "scaling.png"))
+    ser = {s["name"]: s for s in doc["series"]}
+    P = max(doc["params"]["threads"])
+    blocks: List[Block] = [("h2", f"{num}. More cores: speed-up and Amdahl's law")]
+    k = ser.get(doc["params"]["kernel"])
+    cap = ""
+    if k:
+        cap += (f"Speed-up of the {k['name']} kernel at n = {doc['params']['n']} on 1 to {P} threads: "
+                f"x{_g(k['speedup'][-1])} on {k['threads'][-1]} threads ({_pct(100 * k['efficiency'][-1])} parallel "
+                f"efficiency). Amdahl's law fitted to it gives a serial fraction of {_pct(100 * k['serial_fraction'])}"
+                + (f", so no number of cores could make it more than x{_g(k['max_speedup'])} faster. "
+                   if math.isfinite(k["max_speedup"]) else ": it scales perfectly here. "))
+    if "peak" in ser:
+        cap += (f"The FMA microbenchmark (no memory traffic, no synchronisation) scales x{_g(ser['peak']['speedup'][-1])}: "
+                f"the hardware's own limit. ")
+    if "numpy" in ser:
+        cap += f"NumPy's BLAS scales x{_g(ser['numpy']['speedup'][-1])}. "
+    if "train" in ser:
+        t = ser["train"]
+        cap += (f"A whole training step scales only x{_g(t['speedup'][-1])} (serial fraction "
+                f"{_pct(100 * t['serial_fraction'])}): the work outside matrix multiplication -- activations, loss, "
+                f"the optimizer, Python itself -- runs on one thread.")
+    blocks.append(("fig", "scaling.png", cap.strip()))
+    rows = []
+    for s in doc["series"]:
+        rows.append((s["label"], ", ".join(f"{p}: x{_g(v)}" for p, v in zip(s["threads"], s["speedup"])),
+                     _pct(100 * s["serial_fraction"]),
+                     "inf" if not math.isfinite(s["max_speedup"]) else f"x{_g(s['max_speedup'])}"))
+    blocks.append(("table", ("series", "speed-up by threads", "serial fraction (Amdahl)", "limit on any cores"), rows))
+    if doc.get("note"):
+        blocks.append(("p", "Note: " + doc["note"] + "."))
+    return blocks
+
+
+def _train_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
+    runs = [r for r in doc["runs"] if not r.get("skipped")]
+    blocks: List[Block] = [("h2", f"{num}. Training: where the time goes")]
+    if not runs:
+        blocks.append(("p", "No backend was fast enough to train within the budget."))
+        return blocks
+    figs.append(plots.plot_train(doc, out / "train.png"))
+    p = doc["params"]
+    fast = min(runs, key=lambda r: r["step_s"])
+    slow = max(runs, key=lambda r: r["step_s"])
+    cap = (f"The same MLP ({p.get('layers')}, batch {p.get('batch')}, {p.get('steps')} steps of SGD) trained on each "
+           f"backend; bars split each step into matrix multiplication (coloured) and everything else (grey). "
+           f"On {fast['backend']} a step takes {_ms(fast['step_s'])} ({_g(fast['samples_per_s'])} samples/s), "
+           f"{_pct(100 * fast['matmul_share'])} of it in matmul")
+    if slow is not fast:
+        cap += (f"; on {slow['backend']} {_ms(slow['step_s'])}, {_pct(100 * slow['matmul_share'])} in matmul "
+                f"-- x{_g(slow['step_s'] / fast['step_s'])} slower for the same arithmetic")
+    cap += (". Matrix multiplication dominates a training step, so faster matmul hardware means faster training -- "
+            "until the remaining work dominates (Amdahl's law again).")
+    blocks.append(("fig", "train.png", cap))
+    rows = [(r["backend"], _ms(r["step_s"]), _g(r["samples_per_s"]), _pct(100 * r["matmul_share"]),
+             f"{100 * r['accuracy']:.1f}%" if r.get("accuracy") is not None else "n/a",
+             f"{r['final_loss']:.3f}" if r.get("final_loss") is not None else "n/a") for r in runs]
+    blocks.append(("table", ("backend", "time/step", "samples/s", "in matmul", "accuracy", "final loss"), rows))
+    skipped = [r for r in doc["runs"] if r.get("skipped")]
+    if skipped:
+        blocks.append(("p", "Not trained (over budget; --all includes them): " +
+                       "; ".join(f"{r['backend']} ({r['skipped']})" for r in skipped) + "."))
+    return blocks
+
+
+def _gpu_section(docs: Dict[str, dict], num: int) -> List[Block]:
+    """What the measurements imply for a GPU, from public figures (marked so)."""
+    roof = docs.get("roofline", {}).get("roofs")
+    peak = roof["compute"]["simd_all"] if roof else docs.get("ladder", {}).get("peak", {}).get("gflops_all")
+    if not peak:
+        return []
+    g = GPU_PUBLIC
+    ratio = g["sgemm_gflops"] / peak
+    blocks: List[Block] = [("h2", f"{num}. What this means for a GPU")]
+    text = (f"This machine's measured peak is {_g(peak)} GFLOP/s. Public figures for an {g['name']} (not measured "
+            f"here): about {g['fp32_peak_gflops'] / 1000:.0f} TFLOP/s fp32 peak, about {g['sgemm_gflops'] / 1000:.0f} "
+            f"TFLOP/s in cuBLAS SGEMM, {g['bandwidth_gbps'] / 1000:.2f} TB/s of memory bandwidth -- roughly "
+            f"x{_g(ratio)} this CPU on matrix multiplication. It gets there with the same ideas as the ladder above, "
+            "scaled up: thousands of SIMD lanes instead of 16, more than a hundred cores instead of a few, and "
+            "memory bandwidth to feed them.")
+    runs = [r for r in docs.get("train", {}).get("runs", []) if not r.get("skipped")]
+    if runs:
+        r = min(runs, key=lambda x: x["step_s"])
+        s = r["matmul_share"]
+        gain = 1 / ((1 - s) + s / ratio)
+        text += (f" Amdahl's law puts that in perspective: with {_pct(100 * s)} of the {r['backend']} training step in "
+                 f"matmul, making only the matmul x{_g(ratio)} faster speeds the step up x{_g(gain)}; frameworks "
+                 "move the rest of the step to the GPU too, which is how training becomes the 10-100x faster that "
+                 "made deep learning practical.")
+    blocks.append(("p", text))
+    return blocks
+
+
+def _explain_section(doc: dict, num: int) -> List[Block]:
+    rows = []
+    for r in doc["rows"]:
+        worst = max(r["traffic"], key=lambda t: t["seconds"]) if r["traffic"] else None
+        rows.append((r["kernel"], f"{r['compute_roof']} ({_g(r['compute_gflops'])})",
+                     f"{format_bytes(worst['bytes'])} {worst['level']}" if worst else "in L1",
+                     _g(r["intensity"]), r["bound"], _ms(r["predicted_s"]),
+                     _ms(r["measured_s"]) if "measured_s" in r else "not measured"))
+    return [("h2", f"{num}. One product explained: {doc['m']} x {doc['k']} @ {doc['k']} x {doc['n']}"),
+            ("p", f"{doc['flops'] / 1e6:,.1f} MFLOP ({doc['dtype']}). For each kernel, the roof it can use, the bytes "
+                  "its loops move from the level that limits most, the intensity, and predicted vs measured time."),
+            ("table", ("kernel", "compute roof", "bytes moved", "flop/byte", "bound", "predicted", "measured"), rows)]
+
+
+def _bench_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
+    rows = []
+    for b in doc["benchmarks"]:
+        st = b.get("stats", {})
+        extra = b.get("extra_info", {}) or {}
+        params = b.get("params") or {}
+        flops = extra.get("flops")
+        med = st.get("median")
+        if med is None:
+            continue
+        rows.append({"name": b.get("name", "?"), "group": b.get("group") or "", "median_s": med,
+                     "rounds": st.get("rounds"), "kernel": params.get("kernel") or extra.get("kernel"),
+                     "gflops": (flops / med / 1e9) if flops else extra.get("gflops")})
+    if not rows:
+        return []
+    figs.append(plots.plot_benchmarks({"benchmarks": rows}, out / "benchmarks.png"))
+    fastest = min(rows, key=lambda r: r["median_s"])
+    slowest = max(rows, key=lambda r: r["median_s"])
+    cap = (f"{len(rows)} pytest-benchmark results (median time per call, log scale); from {fastest['name']} "
+           f"({_ms(fastest['median_s'])}) to {slowest['name']} ({_ms(slowest['median_s'])}).")
+    table = [(r["name"], r["group"], _ms(r["median_s"]), str(r["rounds"] or ""),
+              _g(r["gflops"]) if r["gflops"] else "") for r in rows]
+    return [("h2", f"{num}. Benchmarks (pytest-benchmark)"), ("fig", "benchmarks.png", cap),
+            ("table", ("benchmark", "group", "median", "rounds", "GFLOP/s"), table)]
+
+
+# --------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------
+def _md_cell(x) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def _to_markdown(blocks: Sequence[Block]) -> str:
+    out, fig_no = [], 0
+    for b in blocks:
+        kind = b[0]
+        if kind == "h1":
+            out.append(f"# {b[1]}\n")
+        elif kind == "h2":
+            out.append(f"## {b[1]}\n")
+        elif kind == "p":
+            out.append(b[1] + "\n")
+        elif kind == "fig":
+            fig_no += 1
+            out.append(f"![Figure {fig_no}]({b[1]})\n\n*Figure {fig_no}.* {b[2]}\n")
+        elif kind == "table":
+            head, rows = b[1], b[2]
+            out.append("| " + " | ".join(_md_cell(h) for h in head) + " |")
+            out.append("|" + "|".join("---" for _ in head) + "|")
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+            out.append("")
+        elif kind == "ul":
+            out += [f"- {x}" for x in b[1]]
+            out.append("")
+        elif kind == "pre":
+            out.append("```\n" + b[1] + "\n```\n")
+    return "\n".join(out).rstrip() + "\n"
+
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:60rem;margin:2rem auto;
+padding:0 1rem;line-height:1.5;color:#222}h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2.2rem;
+border-bottom:1px solid #ddd}figure{margin:1.2rem 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.92rem;color:#333;margin-top:.4rem}table{border-collapse:collapse;font-size:.85rem;margin:.8rem 0}
+td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}th{background:#f4f4f4}
+pre{background:#f6f6f6;padding:.6rem;overflow-x:auto}"""
+
+
+def _to_html(blocks: Sequence[Block], out: Path, title: str) -> str:
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{_CSS}</style></head><body>"]
+    fig_no = 0
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2"):
+            parts.append(f"<{kind}>{e(b[1])}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{e(b[1])}</p>")
+        elif kind == "fig":
+            fig_no += 1
+            data = base64.b64encode((out / b[1]).read_bytes()).decode("ascii")
+            parts.append(f"<figure><img alt='Figure {fig_no}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption><b>Figure {fig_no}.</b> {e(b[2])}</figcaption></figure>")
+        elif kind == "table":
+            head, rows = b[1], b[2]
+            h = "".join(f"<th>{e(str(x))}</th>" for x in head) if any(head) else ""
+            body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+            parts.append(f"<table>{'<tr>' + h + '</tr>' if h else ''}{body}</table>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in b[1]) + "</ul>")
+        elif kind == "pre":
+            parts.append(f"<pre>{e(b[1])}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def build_report(docs: Dict[str, dict], out_dir, *, extra_blocks: Optional[List[Block]] = None) -> dict:
+    """Write the figures, report.md and report.html into out_dir (created if
+    needed) from {kind: document} (see :func:`load_results`).  Returns
+    {"html": path, "markdown": path, "figures": [paths]}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not docs:
+        raise ResultsError("nothing to report")
+    figs: List[str] = []
+    blocks: List[Block] = _intro(docs)
+    num = 1
+    if "ladder" in docs:
+        blocks += _ladder_section(docs["ladder"], out, figs, num)
+        num += 1
+    if "roofline" in docs:
+        blocks += _roofline_section(docs["roofline"], out, figs, num)
+        num += 1
+    if "scaling" in docs:
+        blocks += _scaling_section(docs["scaling"], out, figs, num)
+        num += 1
+    if "train" in docs:
+        blocks += _train_section(docs["train"], out, figs, num)
+        num += 1
+    gpu = _gpu_section(docs, num)
+    if gpu:
+        blocks += gpu
+        num += 1
+    if "explain" in docs:
+        blocks += _explain_section(docs["explain"], num)
+        num += 1
+    if "benchmark" in docs:
+        blocks += _bench_section(docs["benchmark"], out, figs, num)
+        num += 1
+    if "info" in docs:
+        blocks += _info_section(docs["info"])
+    if extra_blocks:
+        blocks += extra_blocks
+    md = out / "report.md"
+    md.write_text(_to_markdown(blocks))
+    page = out / "report.html"
+    page.write_text(_to_html(blocks, out, "whygpu report"))
+    return {"html": str(page), "markdown": str(md), "figures": figs}
+
