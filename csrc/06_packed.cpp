@@ -18,6 +18,13 @@
 //      file per instruction set (06_ukernel_avx512.cpp, 06_ukernel_avx2.cpp,
 //      06_ukernel_portable.cpp), chosen at run time (06_dispatch.cpp).
 //
+//   4. Skinny shapes.  Packing pays off when a packed panel is reused many
+//      times.  Deep-learning layers are often skinny (a batch of 32 rows, an
+//      output layer of 10 columns), so an operand whose panels would feed
+//      only a few tiles is read in place instead (packed.h, choose_direct),
+//      a narrow micro-kernel serves a last strip of <= NR/2 columns, and a
+//      product with very few columns is computed as C^T = B^T A^T (orient).
+//
 // Cache plan (sizes in 06_dispatch.cpp, per micro-kernel):
 //   a kc x MR micro-panel of A       -> L1   (reused across nc/NR strips of B)
 //   the kc x nc packed panel of B    -> L2   (reused by every row strip of A)

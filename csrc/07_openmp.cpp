@@ -30,6 +30,8 @@
 
 namespace whygpu {
 
+constexpr double kFlopsPerThread = 5e5;
+
 bool openmp_available() {
 #if defined(WHYGPU_HAVE_OPENMP)
     return true;
@@ -55,9 +57,17 @@ void gemm_openmp(const GemmArgs<T>& call, int threads) {
     const std::int64_t nc_round = (NC + bk.nr - 1) / bk.nr * bk.nr;
     T* bp = static_cast<T*>(thread_scratch(kScratchB, sizeof(T) * KC * nc_round));  // shared by the team
     const std::int64_t m_strips = (g.m + bk.mr - 1) / bk.mr;
-    // No more threads than there are micro-tiles to hand out.
+    // No more threads than there are micro-tiles to hand out, and no more than
+    // one per ~0.5 MFLOP: starting and joining a team costs microseconds,
+    // which a tiny product (32 x 256 x 10) would not win back.
     const std::int64_t max_tiles = m_strips * ((NC + bk.nr - 1) / bk.nr);
-    const int team = static_cast<int>(std::min<std::int64_t>(threads, max_tiles));
+    const double flops = 2.0 * double(g.m) * double(g.n) * double(g.k);
+    const std::int64_t by_work = std::max<std::int64_t>(1, static_cast<std::int64_t>(flops / kFlopsPerThread));
+    const int team = static_cast<int>(std::min<std::int64_t>({threads, max_tiles, by_work}));
+    if (team == 1) {  // the serial rung does exactly this work without a team
+        gemm_packed(call);
+        return;
+    }
 
     bool out_of_memory = false;
 #pragma omp parallel num_threads(team)

@@ -15,11 +15,14 @@ from typing import Optional
 
 import numpy as np
 
-from ._registry import get_kernel
+from . import _threads
+from ._registry import KERNELS, _core, get_kernel
 from ._threads import check_threads, get_num_threads
 
 __all__ = ["matmul", "gemm"]
 
+# Kernels whose plain a @ b the C++ fast path may run (they accept any strides).
+_FAST_RUNGS = {"naive": 3, "packed": 6, "openmp": 7} if _core is not None else {}
 _TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -71,12 +74,12 @@ def _check_out(out, m: int, n: int, dtype: np.dtype, name: str, inputs) -> np.nd
 
 
 def _kernel_ready(x: np.ndarray, layout: str) -> np.ndarray:
-    """x, or a contiguous copy when the kernel cannot read it as it is."""
-    itemsize = x.itemsize
-    odd = not x.flags.aligned or any(s % itemsize for s in x.strides)
-    if odd or (layout == "row-major" and not x.flags.c_contiguous):
-        return np.ascontiguousarray(x)
-    return x
+    """x, or a contiguous copy when the kernel cannot read it as it is.
+    (NumPy's ALIGNED flag also covers strides that are not whole items.)"""
+    flags = x.flags
+    if flags.aligned and (layout == "any" or flags.c_contiguous):
+        return x
+    return np.ascontiguousarray(x)
 
 
 def _gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel, threads, c_name, c_is_out):
@@ -140,6 +143,15 @@ def matmul(a, b, *, kernel: str = "openmp", threads: Optional[int] = None,
     -------
     numpy.ndarray of shape (m, n) (``out`` when given).
     """
+    if out is None:  # fast path: everything checked in C++, None if anything is unusual
+        rung = _FAST_RUNGS.get(kernel)
+        if rung is not None:
+            if threads is None:
+                threads = _threads._num_threads
+            if type(threads) is int and threads >= 1 and KERNELS[kernel].available:
+                result = _core.matmul_fast(rung, a, b, threads)
+                if result is not None:
+                    return result
     return _gemm(a, b, out, 1.0, 0.0, False, False, kernel, threads, "out", True)
 
 
