@@ -18,6 +18,13 @@
 //      file per instruction set (06_ukernel_avx512.cpp, 06_ukernel_avx2.cpp,
 //      06_ukernel_portable.cpp), chosen at run time (06_dispatch.cpp).
 //
+//   4. Skinny shapes.  Packing pays off when a packed panel is reused many
+//      times.  Deep-learning layers are often skinny (a batch of 32 rows, an
+//      output layer of 10 columns), so an operand whose panels would feed
+//      only a few tiles is read in place instead (packed.h, choose_direct),
+//      a narrow micro-kernel serves a last strip of <= NR/2 columns, and a
+//      product with very few columns is computed as C^T = B^T A^T (orient).
+//
 // Cache plan (sizes in 06_dispatch.cpp, per micro-kernel):
 //   a kc x MR micro-panel of A       -> L1   (reused across nc/NR strips of B)
 //   the kc x nc packed panel of B    -> L2   (reused by every row strip of A)
@@ -36,13 +43,14 @@
 namespace whygpu {
 
 template <typename T>
-void gemm_packed(const GemmArgs<T>& g) {
-    if (g.m == 0 || g.n == 0) return;
-    if (g.k == 0 || g.alpha == T(0)) { scale_c(g); return; }
+void gemm_packed(const GemmArgs<T>& call) {
+    if (call.m == 0 || call.n == 0) return;
+    if (call.k == 0 || call.alpha == T(0)) { scale_c(call); return; }
 
     const Blocking<T>& bk = blocking_for<T>(current_arch());
-    const std::int64_t KC = std::min(bk.kc, g.k);
-    const std::int64_t NC = std::min(bk.nc, g.n);
+    const GemmArgs<T> g = orient(call, bk);  // maybe compute C^T = B^T A^T instead
+    const Plan plan = plan_blocks(bk, g.n, g.k);
+    const std::int64_t KC = plan.kc, NC = plan.nc;
     const std::int64_t nc_round = (NC + bk.nr - 1) / bk.nr * bk.nr;
     // Packed B panel (kc x nc, in NR strips): per-thread scratch, no malloc per call.
     T* bp = static_cast<T*>(thread_scratch(kScratchB, sizeof(T) * KC * nc_round));
@@ -51,15 +59,17 @@ void gemm_packed(const GemmArgs<T>& g) {
     const std::int64_t m_strips = (g.m + bk.mr - 1) / bk.mr;
     for (std::int64_t jc = 0; jc < g.n; jc += NC) {
         const std::int64_t nc = std::min(NC, g.n - jc);
+        const Direct d = choose_direct(bk, g, nc);  // operands read in place, unpacked
         const std::int64_t n_strips = (nc + bk.nr - 1) / bk.nr;
         for (std::int64_t pc = 0; pc < g.k; pc += KC) {
             const std::int64_t kc = std::min(KC, g.k - pc);
             const T beta = (pc == 0) ? g.beta : T(1);  // later panels accumulate
             for (std::int64_t js = 0; js < n_strips; ++js) {
                 const int nr = static_cast<int>(std::min<std::int64_t>(bk.nr, nc - js * bk.nr));
-                pack_b_strip(g, pc, kc, jc + js * bk.nr, nr, bk.nr, bp + js * kc * bk.nr);
+                if (b_strip_packed(bk, d, nc, js))
+                        pack_b_strip(g, pc, kc, jc + js * bk.nr, nr, bk.strip_width(nr), bp + js * kc * bk.nr);
             }
-            macro_kernel(bk, g, jc, nc, pc, kc, beta, bp, ap, 0, m_strips * n_strips);
+            macro_kernel(bk, g, d, jc, nc, pc, kc, beta, bp, ap, 0, m_strips * n_strips);
         }
     }
 }

@@ -37,13 +37,11 @@ struct Avx512F64 {
 };
 }  // namespace
 
-void sgemm_ukr_avx512(std::int64_t kc, float alpha, const float* a, const float* b, float beta,
-                      float* c, std::int64_t ldc) {
-    ukernel_body<Avx512F32, 8, 2>(kc, alpha, a, b, beta, c, ldc);
-}
-void dgemm_ukr_avx512(std::int64_t kc, double alpha, const double* a, const double* b,
-                      double beta, double* c, std::int64_t ldc) {
-    ukernel_body<Avx512F64, 8, 2>(kc, alpha, a, b, beta, c, ldc);
-}
+void sgemm_ukr_avx512(const MicroArgs<float>& u) { ukernel_body<Avx512F32, 8, 2>(u); }
+void dgemm_ukr_avx512(const MicroArgs<double>& u) { ukernel_body<Avx512F64, 8, 2>(u); }
+
+// Narrow variants (one register wide) for the last strip of a skinny C.
+void sgemm_ukr_avx512_narrow(const MicroArgs<float>& u) { ukernel_body<Avx512F32, 8, 1>(u); }
+void dgemm_ukr_avx512_narrow(const MicroArgs<double>& u) { ukernel_body<Avx512F64, 8, 1>(u); }
 
 }  // namespace whygpu

@@ -25,13 +25,7 @@ struct ScalarVec {
 }  // namespace
 
 // float: 4 x 8 tile; double: 4 x 4 tile (16 SSE2 registers on x86-64).
-void sgemm_ukr_portable(std::int64_t kc, float alpha, const float* a, const float* b, float beta,
-                        float* c, std::int64_t ldc) {
-    ukernel_body<ScalarVec<float>, 4, 8>(kc, alpha, a, b, beta, c, ldc);
-}
-void dgemm_ukr_portable(std::int64_t kc, double alpha, const double* a, const double* b,
-                        double beta, double* c, std::int64_t ldc) {
-    ukernel_body<ScalarVec<double>, 4, 4>(kc, alpha, a, b, beta, c, ldc);
-}
+void sgemm_ukr_portable(const MicroArgs<float>& u) { ukernel_body<ScalarVec<float>, 4, 8>(u); }
+void dgemm_ukr_portable(const MicroArgs<double>& u) { ukernel_body<ScalarVec<double>, 4, 4>(u); }
 
 }  // namespace whygpu

@@ -30,6 +30,8 @@
 
 namespace whygpu {
 
+constexpr double kFlopsPerThread = 5e5;
+
 bool openmp_available() {
 #if defined(WHYGPU_HAVE_OPENMP)
     return true;
@@ -39,24 +41,33 @@ bool openmp_available() {
 }
 
 template <typename T>
-void gemm_openmp(const GemmArgs<T>& g, int threads) {
+void gemm_openmp(const GemmArgs<T>& call, int threads) {
 #if !defined(WHYGPU_HAVE_OPENMP)
-    (void)g; (void)threads;
+    (void)call; (void)threads;
     throw std::runtime_error("the openmp kernel is unavailable: whygpu was built without OpenMP");
 #else
     if (threads < 1) throw std::invalid_argument("threads must be >= 1");
-    if (g.m == 0 || g.n == 0) return;
-    if (g.k == 0 || g.alpha == T(0)) { scale_c(g); return; }
+    if (call.m == 0 || call.n == 0) return;
+    if (call.k == 0 || call.alpha == T(0)) { scale_c(call); return; }
 
     const Blocking<T>& bk = blocking_for<T>(current_arch());
-    const std::int64_t KC = std::min(bk.kc, g.k);
-    const std::int64_t NC = std::min(bk.nc, g.n);
+    const GemmArgs<T> g = orient(call, bk);  // maybe compute C^T = B^T A^T instead
+    const Plan plan = plan_blocks(bk, g.n, g.k);
+    const std::int64_t KC = plan.kc, NC = plan.nc;
     const std::int64_t nc_round = (NC + bk.nr - 1) / bk.nr * bk.nr;
     T* bp = static_cast<T*>(thread_scratch(kScratchB, sizeof(T) * KC * nc_round));  // shared by the team
     const std::int64_t m_strips = (g.m + bk.mr - 1) / bk.mr;
-    // No more threads than there are micro-tiles to hand out.
+    // No more threads than there are micro-tiles to hand out, and no more than
+    // one per ~0.5 MFLOP: starting and joining a team costs microseconds,
+    // which a tiny product (32 x 256 x 10) would not win back.
     const std::int64_t max_tiles = m_strips * ((NC + bk.nr - 1) / bk.nr);
-    const int team = static_cast<int>(std::min<std::int64_t>(threads, max_tiles));
+    const double flops = 2.0 * double(g.m) * double(g.n) * double(g.k);
+    const std::int64_t by_work = std::max<std::int64_t>(1, static_cast<std::int64_t>(flops / kFlopsPerThread));
+    const int team = static_cast<int>(std::min<std::int64_t>({threads, max_tiles, by_work}));
+    if (team == 1) {  // the serial rung does exactly this work without a team
+        gemm_packed(call);
+        return;
+    }
 
     bool out_of_memory = false;
 #pragma omp parallel num_threads(team)
@@ -72,6 +83,7 @@ void gemm_openmp(const GemmArgs<T>& g, int threads) {
         const int nth = omp_get_num_threads();
         for (std::int64_t jc = 0; jc < g.n; jc += NC) {
             const std::int64_t nc = std::min(NC, g.n - jc);
+            const Direct d = choose_direct(bk, g, nc);
             const std::int64_t n_strips = (nc + bk.nr - 1) / bk.nr;
             const std::int64_t tiles = m_strips * n_strips;
             for (std::int64_t pc = 0; pc < g.k; pc += KC) {
@@ -80,10 +92,11 @@ void gemm_openmp(const GemmArgs<T>& g, int threads) {
 #pragma omp for schedule(static)
                 for (std::int64_t js = 0; js < n_strips; ++js) {
                     const int nr = static_cast<int>(std::min<std::int64_t>(bk.nr, nc - js * bk.nr));
-                    pack_b_strip(g, pc, kc, jc + js * bk.nr, nr, bk.nr, bp + js * kc * bk.nr);
+                    if (b_strip_packed(bk, d, nc, js))
+                        pack_b_strip(g, pc, kc, jc + js * bk.nr, nr, bk.strip_width(nr), bp + js * kc * bk.nr);
                 }  // implicit barrier: the whole panel is packed before anyone reads it
                 const std::int64_t t0 = tiles * tid / nth, t1 = tiles * (tid + 1) / nth;
-                if (ap != nullptr) macro_kernel(bk, g, jc, nc, pc, kc, beta, bp, ap, t0, t1);
+                if (ap != nullptr) macro_kernel(bk, g, d, jc, nc, pc, kc, beta, bp, ap, t0, t1);
 #pragma omp barrier  // nobody repacks the panel while another thread still reads it
             }
         }

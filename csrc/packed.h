@@ -23,23 +23,46 @@ void set_arch(Arch a);           // throws std::invalid_argument if unsupported
 const char* arch_env_warning();  // non-empty if WHYGPU_ARCH asked for the impossible
 
 // ---- The micro-kernel contract -------------------------------------------
-// Computes one MR x NR tile of C from packed micro-panels:
-//   a is a packed A micro-panel, (kc x MR): column p is a[p*MR .. p*MR+MR)
-//   b is a packed B micro-panel, (kc x NR): row p    is b[p*NR .. p*NR+NR)
-//   c is the tile, row-major:   c[i*ldc + j] for i < MR, j < NR
-//   c = alpha * (a^T b) + beta * c, and beta == 0 overwrites without reading.
+// One call computes one MR x W tile of C (W = NR, or nr_narrow):
+//   C_tile = alpha * A_panel * B_panel + beta * C_tile   (beta == 0 overwrites)
+// reading
+//   A panel (MR x kc): element (i, p) at a[i*a_rs + p*a_cs].  Packed, that is
+//       (a_rs, a_cs) = (1, MR): the MR numbers of step p are adjacent.  When
+//       A's rows are contiguous and few B strips reuse it, the driver points
+//       straight into A instead: (a_rs, a_cs) = (rs_a, 1), no copy at all.
+//   B panel (kc x W): row p at b[p*b_rs .. p*b_rs + W).  Packed: b_rs = W;
+//       straight from a row-major B: b_rs = rs_b.
+//   C tile: c[i*ldc + j], rows contiguous.
 template <typename T>
-using MicroKernel = void (*)(std::int64_t kc, T alpha, const T* a, const T* b, T beta,
-                             T* c, std::int64_t ldc);
+struct MicroArgs {
+    std::int64_t kc;
+    T alpha, beta;
+    const T* a;
+    std::int64_t a_rs, a_cs;
+    const T* b;
+    std::int64_t b_rs;
+    T* c;
+    std::int64_t ldc;
+};
+template <typename T>
+using MicroKernel = void (*)(const MicroArgs<T>&);
 
 // One row of the table: a micro-kernel and the block sizes tuned for it.
 template <typename T>
 struct Blocking {
     int mr, nr;          // register tile (rows x columns of C)
-    std::int64_t kc;     // depth of a packed panel: an A micro-panel (kc x mr) stays in L1
+    std::int64_t kc;     // depth of a panel: an A micro-panel (kc x mr) stays in L1
     std::int64_t nc;     // width of the packed B panel (kc x nc) that stays in L2
     MicroKernel<T> ukr;
     const char* name;    // e.g. "sgemm_avx512_8x32"
+    // Optional narrow variant for the last column strip when it is at most
+    // nr_narrow wide (an output layer with 10 classes): mr x nr_narrow tiles,
+    // half the wasted lanes.  nr_narrow == 0: none.
+    int nr_narrow = 0;
+    MicroKernel<T> ukr_narrow = nullptr;
+
+    // Width a B strip with nr valid columns is computed (and padded) at.
+    int strip_width(std::int64_t nr) const { return nr <= nr_narrow ? nr_narrow : this->nr; }
 };
 template <typename T>
 const Blocking<T>& blocking_for(Arch a);
@@ -47,14 +70,17 @@ const Blocking<T>& blocking_for(Arch a);
 constexpr int kMaxMR = 16, kMaxNR = 32;
 
 // ---- Micro-kernels, one file per instruction set -------------------------
-void sgemm_ukr_portable(std::int64_t, float, const float*, const float*, float, float*, std::int64_t);
-void dgemm_ukr_portable(std::int64_t, double, const double*, const double*, double, double*, std::int64_t);
+#define WHYGPU_DECLARE_UKR(name)                  \
+    void sgemm_ukr_##name(const MicroArgs<float>&); \
+    void dgemm_ukr_##name(const MicroArgs<double>&);
+WHYGPU_DECLARE_UKR(portable)        // 06_ukernel_portable.cpp
 #if defined(WHYGPU_X86_KERNELS)
-void sgemm_ukr_avx2(std::int64_t, float, const float*, const float*, float, float*, std::int64_t);
-void dgemm_ukr_avx2(std::int64_t, double, const double*, const double*, double, double*, std::int64_t);
-void sgemm_ukr_avx512(std::int64_t, float, const float*, const float*, float, float*, std::int64_t);
-void dgemm_ukr_avx512(std::int64_t, double, const double*, const double*, double, double*, std::int64_t);
+WHYGPU_DECLARE_UKR(avx2)            // 06_ukernel_avx2.cpp
+WHYGPU_DECLARE_UKR(avx2_narrow)
+WHYGPU_DECLARE_UKR(avx512)          // 06_ukernel_avx512.cpp
+WHYGPU_DECLARE_UKR(avx512_narrow)
 #endif
+#undef WHYGPU_DECLARE_UKR
 
 // ---- Scratch memory ------------------------------------------------------
 // Per-thread, grow-only, 64-byte aligned buffers (slot 0: the packed B
@@ -72,7 +98,16 @@ template <typename T>
 void pack_a_strip(const GemmArgs<T>& g, std::int64_t i0, int mr, std::int64_t p0,
                   std::int64_t kc, int MR, T* out) {
     const T* a = g.a + i0 * g.rs_a + p0 * g.cs_a;
-    for (std::int64_t p = 0; p < kc; ++p) {
+    if (g.cs_a == 1) {  // rows of A are contiguous: read each row as one stream
+        for (int i = 0; i < mr; ++i) {
+            const T* row = a + i * g.rs_a;
+            for (std::int64_t p = 0; p < kc; ++p) out[p * MR + i] = row[p];
+        }
+        for (int i = mr; i < MR; ++i)
+            for (std::int64_t p = 0; p < kc; ++p) out[p * MR + i] = T(0);
+        return;
+    }
+    for (std::int64_t p = 0; p < kc; ++p) {  // e.g. a transposed A: columns contiguous
         T* col = out + p * MR;
         int i = 0;
         for (; i < mr; ++i) col[i] = a[i * g.rs_a + p * g.cs_a];
@@ -100,43 +135,149 @@ void pack_b_strip(const GemmArgs<T>& g, std::int64_t p0, std::int64_t kc, std::i
 }
 
 // ---- The macro-kernel ----------------------------------------------------
-// The packed B panel (kc x nc, columns jc.. of C) is cut into NR-wide strips
-// and C's rows into MR-tall strips: a grid of micro-tiles, numbered row by
-// row.  This runs tiles [t0, t1) of that grid.  For each row strip it packs
-// the A micro-panel once (into `ap`, which stays in L1), then sweeps it
-// across the B strips, which stream from L2.
+// One kc-deep panel: op(B)[pc:pc+kc, jc:jc+nc] times op(A)[:, pc:pc+kc].
+// The panel's columns are cut into NR-wide strips and C's rows into MR-tall
+// strips: a grid of micro-tiles, numbered row by row.  This runs tiles
+// [t0, t1) of that grid.  For each row strip it readies the A micro-panel
+// once (packing it into `ap` unless it can be read in place), then sweeps it
+// across the B strips.
+//
+// `direct` says which operands are read in place instead of packed: worth it
+// when an operand is used by only a few tiles, so the copy would cost more
+// than it saves (the skinny shapes of deep learning: a batch of 32 rows, an
+// output layer of 10 columns).  Edge strips are always packed (zero-padded),
+// so a micro-kernel never reads outside the matrices.
+struct Direct {
+    bool a = false, b = false;
+};
+
 template <typename T>
-void macro_kernel(const Blocking<T>& bk, const GemmArgs<T>& g, std::int64_t jc, std::int64_t nc,
-                  std::int64_t pc, std::int64_t kc, T beta, const T* bp, T* ap,
+Direct choose_direct(const Blocking<T>& bk, const GemmArgs<T>& g, std::int64_t nc) {
+    const std::int64_t m_strips = (g.m + bk.mr - 1) / bk.mr;
+    const std::int64_t n_strips = (nc + bk.nr - 1) / bk.nr;
+    Direct d;
+    d.a = g.cs_a == 1 && n_strips <= 4;  // each A micro-panel feeds <= 4 tiles
+    d.b = g.cs_b == 1 && m_strips <= 4;  // each B strip feeds <= 4 tiles
+    return d;
+}
+
+// Pointer to B strip js of the current panel, and its row stride.
+template <typename T>
+const T* b_strip(const Blocking<T>& bk, const GemmArgs<T>& g, Direct d, std::int64_t jc,
+                 std::int64_t nc, std::int64_t pc, std::int64_t kc, const T* bp, std::int64_t js,
+                 std::int64_t* b_rs) {
+    const std::int64_t j0 = js * bk.nr;
+    const std::int64_t nr = std::min<std::int64_t>(bk.nr, nc - j0);
+    if (d.b && nr == bk.nr) {
+        *b_rs = g.rs_b;
+        return g.b + pc * g.rs_b + (jc + j0);
+    }
+    *b_rs = bk.strip_width(nr);
+    return bp + js * kc * bk.nr;
+}
+
+// Does strip js need packing (see b_strip)?
+template <typename T>
+bool b_strip_packed(const Blocking<T>& bk, Direct d, std::int64_t nc, std::int64_t js) {
+    return !(d.b && (js + 1) * bk.nr <= nc);
+}
+
+template <typename T>
+void macro_kernel(const Blocking<T>& bk, const GemmArgs<T>& g, Direct d, std::int64_t jc,
+                  std::int64_t nc, std::int64_t pc, std::int64_t kc, T beta, const T* bp, T* ap,
                   std::int64_t t0, std::int64_t t1) {
-    const int MR = bk.mr, NR = bk.nr;
-    const std::int64_t n_strips = (nc + NR - 1) / NR;
+    const int MR = bk.mr;
+    const std::int64_t n_strips = (nc + bk.nr - 1) / bk.nr;
     alignas(64) T tile[kMaxMR * kMaxNR];  // for edge tiles and strided C
+    MicroArgs<T> u;
+    u.kc = kc;
+    u.alpha = g.alpha;
     std::int64_t t = t0;
     while (t < t1) {
-        const std::int64_t is = t / n_strips;           // row strip of C
+        const std::int64_t is = t / n_strips;  // row strip of C
         const std::int64_t js_end = std::min<std::int64_t>((is + 1) * n_strips, t1) - is * n_strips;
         const std::int64_t i0 = is * MR;
         const int mr = static_cast<int>(std::min<std::int64_t>(MR, g.m - i0));
-        pack_a_strip(g, i0, mr, pc, kc, MR, ap);
+        if (d.a && mr == MR) {  // read A's rows where they are
+            u.a = g.a + i0 * g.rs_a + pc;
+            u.a_rs = g.rs_a;
+            u.a_cs = 1;
+        } else {
+            pack_a_strip(g, i0, mr, pc, kc, MR, ap);
+            u.a = ap;
+            u.a_rs = 1;
+            u.a_cs = MR;
+        }
         for (std::int64_t js = t - is * n_strips; js < js_end; ++js) {
-            const std::int64_t j0 = js * NR;
-            const int nr = static_cast<int>(std::min<std::int64_t>(NR, nc - j0));
-            const T* b = bp + js * kc * NR;
+            const std::int64_t j0 = js * bk.nr;
+            const int nr = static_cast<int>(std::min<std::int64_t>(bk.nr, nc - j0));
+            const int width = bk.strip_width(nr);  // NR, or nr_narrow
+            const MicroKernel<T> ukr = (width == bk.nr) ? bk.ukr : bk.ukr_narrow;
+            u.b = b_strip(bk, g, d, jc, nc, pc, kc, bp, js, &u.b_rs);
             T* c = g.c + i0 * g.rs_c + (jc + j0) * g.cs_c;  // C tile, (mr x nr)
-            if (mr == MR && nr == NR && g.cs_c == 1) {
-                bk.ukr(kc, g.alpha, ap, b, beta, c, g.rs_c);
+            if (mr == MR && nr == width && g.cs_c == 1) {
+                u.beta = beta;
+                u.c = c;
+                u.ldc = g.rs_c;
+                ukr(u);
             } else {  // partial tile: compute all of it aside, copy the valid part
-                bk.ukr(kc, g.alpha, ap, b, T(0), tile, NR);
+                u.beta = T(0);
+                u.c = tile;
+                u.ldc = width;
+                ukr(u);
                 for (int i = 0; i < mr; ++i)
                     for (int j = 0; j < nr; ++j) {
                         T& cij = c[i * g.rs_c + j * g.cs_c];
-                        cij = (beta == T(0)) ? tile[i * NR + j] : tile[i * NR + j] + beta * cij;
+                        cij = (beta == T(0)) ? tile[i * width + j] : tile[i * width + j] + beta * cij;
                     }
             }
         }
         t = (is + 1) * n_strips;
     }
+}
+
+}  // namespace whygpu
+
+namespace whygpu {
+
+// ---- Planning a call -------------------------------------------------------
+// Block sizes from the table are upper bounds; a call splits k and n into
+// equal blocks no larger than them (784 = 392 + 392, not 384 + 384 + 16), so
+// no panel is a sliver and the threads get even shares.
+struct Plan {
+    std::int64_t kc, nc;
+};
+template <typename T>
+Plan plan_blocks(const Blocking<T>& bk, std::int64_t n, std::int64_t k) {
+    const std::int64_t kb = (k + bk.kc - 1) / bk.kc;
+    const std::int64_t nb = (n + bk.nc - 1) / bk.nc;
+    Plan p;
+    p.kc = (k + kb - 1) / kb;
+    p.nc = ((n + nb - 1) / nb + bk.nr - 1) / bk.nr * bk.nr;  // whole NR strips
+    return p;
+}
+
+// C = A B and C^T = B^T A^T are the same computation.  The micro-tile is
+// MR x NR, so a problem with few columns (n = 10 against NR = 32) wastes most
+// of every tile; its transpose (m = 10 against MR = 8) wastes far less.  Swap
+// when that saves at least a quarter of the arithmetic.  Only strides change.
+template <typename T>
+GemmArgs<T> orient(const GemmArgs<T>& g, const Blocking<T>& bk) {
+    auto rows = [&](std::int64_t m) { return (m + bk.mr - 1) / bk.mr * bk.mr; };
+    auto cols = [&](std::int64_t n) {  // full strips, then the last one at its packed width
+        const std::int64_t full = n / bk.nr * bk.nr, rest = n - full;
+        return full + (rest ? bk.strip_width(rest) : 0);
+    };
+    const double as_is = double(rows(g.m)) * double(cols(g.n));
+    const double swapped = double(rows(g.n)) * double(cols(g.m));
+    if (swapped > 0.75 * as_is) return g;
+    GemmArgs<T> t = g;
+    t.m = g.n;
+    t.n = g.m;
+    t.a = g.b; t.rs_a = g.cs_b; t.cs_a = g.rs_b;  // op(A)' = op(B)^T
+    t.b = g.a; t.rs_b = g.cs_a; t.cs_b = g.rs_a;  // op(B)' = op(A)^T
+    t.rs_c = g.cs_c; t.cs_c = g.rs_c;             // C' = C^T
+    return t;
 }
 
 }  // namespace whygpu

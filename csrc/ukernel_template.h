@@ -22,16 +22,20 @@
 
 #include <cstdint>
 
+#include "packed.h"
+
 namespace whygpu {
 namespace {
 
-template <class V, int MR, int NV>
-inline void ukernel_body(std::int64_t kc, typename V::T alpha, const typename V::T* __restrict a,
-                         const typename V::T* __restrict b, typename V::T beta,
-                         typename V::T* __restrict c, std::int64_t ldc) {
+template <class V, int MR, int NV, bool PackedA>
+inline void ukernel_loop(const MicroArgs<typename V::T>& u) {
     using T = typename V::T;
     using R = typename V::Reg;
-    constexpr int NR = NV * V::width;
+    const T* __restrict a = u.a;
+    const T* __restrict b = u.b;
+    // Packed A: step p's MR numbers are adjacent, stride MR between steps.
+    const std::int64_t a_rs = PackedA ? 1 : u.a_rs;
+    const std::int64_t a_cs = PackedA ? MR : u.a_cs;
     R acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
@@ -39,36 +43,47 @@ inline void ukernel_body(std::int64_t kc, typename V::T alpha, const typename V:
         for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
 
 #pragma GCC unroll 2
-    for (std::int64_t p = 0; p < kc; ++p) {
+    for (std::int64_t p = 0; p < u.kc; ++p) {
         R bv[NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::width);
+        for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::width);  // B[p, 0:NR]
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
-            const R ai = V::broadcast(a + i);
+            const R ai = V::broadcast(a + i * a_rs);  // A[i, p] in every lane
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
         }
-        a += MR;
-        b += NR;
+        a += a_cs;
+        b += u.b_rs;
     }
 
-    const R va = V::broadcast(&alpha);
-    if (beta == T(0)) {  // overwrite: C is never read
+    T* __restrict c = u.c;
+    const R va = V::broadcast(&u.alpha);
+    if (u.beta == T(0)) {  // overwrite: C is never read
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) V::store(c + i * ldc + v * V::width, V::mul(va, acc[i][v]));
+            for (int v = 0; v < NV; ++v) V::store(c + i * u.ldc + v * V::width, V::mul(va, acc[i][v]));
     } else {
-        const R vb = V::broadcast(&beta);
+        const R vb = V::broadcast(&u.beta);
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
-                T* cp = c + i * ldc + v * V::width;
+                T* cp = c + i * u.ldc + v * V::width;
                 V::store(cp, V::fma(va, acc[i][v], V::mul(vb, V::load(cp))));
             }
     }
+}
+
+// The MR x (NV * V::width) micro-kernel; a packed A gets the loop with
+// compile-time strides (cheaper addressing), an in-place A the general one.
+template <class V, int MR, int NV>
+inline void ukernel_body(const MicroArgs<typename V::T>& u) {
+    if (u.a_rs == 1 && u.a_cs == MR)
+        ukernel_loop<V, MR, NV, true>(u);
+    else
+        ukernel_loop<V, MR, NV, false>(u);
 }
 
 }  // namespace

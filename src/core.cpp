@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
@@ -85,6 +86,40 @@ void gemm(int kernel, const py::array& a, const py::array& b, py::array& c, doub
     else run<double>(kernel, a, b, c, alpha, beta, threads);
 }
 
+// The fast path of whygpu.matmul for the everyday case (two aligned 2-D
+// ndarrays of one float dtype, a fresh output).  Returns None for anything
+// else, and Python's full checks then produce the precise error message.
+// Saves a few microseconds per call, which matters for a batch of 32.
+template <typename T>
+py::object matmul_fast_t(int kernel, const py::array& a, const py::array& b, int threads) {
+    const auto m = a.shape(0), k = a.shape(1), n = b.shape(1);
+    py::array_t<T> c({m, n});
+    if (m == 0 || n == 0) return std::move(c);
+    if (k == 0) {
+        std::fill(c.mutable_data(), c.mutable_data() + m * n, T(0));
+        return std::move(c);
+    }
+    py::array cc = c;
+    run<T>(kernel, a, b, cc, 1.0, 0.0, threads);
+    return std::move(c);
+}
+
+py::object matmul_fast(int kernel, const py::object& ao, const py::object& bo, int threads) {
+    if (!(kernel == kNaive || kernel == kPacked || kernel == kOpenMP) || threads < 1) return py::none();
+    if (!py::isinstance<py::array>(ao) || !py::isinstance<py::array>(bo)) return py::none();
+    const auto a = py::reinterpret_borrow<py::array>(ao);
+    const auto b = py::reinterpret_borrow<py::array>(bo);
+    if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(0)) return py::none();
+    constexpr int aligned = py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+    if (!(py::detail::array_proxy(a.ptr())->flags & aligned) ||
+        !(py::detail::array_proxy(b.ptr())->flags & aligned))
+        return py::none();
+    const auto f32 = py::dtype::of<float>(), f64 = py::dtype::of<double>();
+    if (a.dtype().is(f32) && b.dtype().is(f32)) return matmul_fast_t<float>(kernel, a, b, threads);
+    if (a.dtype().is(f64) && b.dtype().is(f64)) return matmul_fast_t<double>(kernel, a, b, threads);
+    return py::none();
+}
+
 whygpu::Arch parse_arch(const std::string& name) {
     for (auto a : {whygpu::Arch::portable, whygpu::Arch::avx2, whygpu::Arch::avx512})
         if (name == whygpu::arch_name(a)) return a;
@@ -110,6 +145,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("gemm", &gemm, py::arg("kernel"), py::arg("a"), py::arg("b"), py::arg("c"),
           py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("threads") = 1,
           "c = alpha * a @ b + beta * c on C++ rung `kernel` (3..7). No conversions.");
+    m.def("matmul_fast", &matmul_fast, py::arg("kernel"), py::arg("a"), py::arg("b"),
+          py::arg("threads"), "a @ b for plain aligned float arrays, else None (see _api.py).");
     m.def("openmp_available", &whygpu::openmp_available);
     m.def("arch", [] { return std::string(whygpu::arch_name(whygpu::current_arch())); },
           "The instruction set the packed kernels use now.");

@@ -15,11 +15,14 @@ from typing import Optional
 
 import numpy as np
 
-from ._registry import get_kernel
+from . import _threads
+from ._registry import KERNELS, _core, get_kernel
 from ._threads import check_threads, get_num_threads
 
 __all__ = ["matmul", "gemm"]
 
+# Kernels whose plain a @ b the C++ fast path may run (they accept any strides).
+_FAST_RUNGS = {"naive": 3, "packed": 6, "openmp": 7} if _core is not None else {}
 _TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -71,12 +74,12 @@ def _check_out(out, m: int, n: int, dtype: np.dtype, name: str, inputs) -> np.nd
 
 
 def _kernel_ready(x: np.ndarray, layout: str) -> np.ndarray:
-    """x, or a contiguous copy when the kernel cannot read it as it is."""
-    itemsize = x.itemsize
-    odd = not x.flags.aligned or any(s % itemsize for s in x.strides)
-    if odd or (layout == "row-major" and not x.flags.c_contiguous):
-        return np.ascontiguousarray(x)
-    return x
+    """x, or a contiguous copy when the kernel cannot read it as it is.
+    (NumPy's ALIGNED flag also covers strides that are not whole items.)"""
+    flags = x.flags
+    if flags.aligned and (layout == "any" or flags.c_contiguous):
+        return x
+    return np.ascontiguousarray(x)
 
 
 def _gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel, threads, c_name, c_is_out):
@@ -119,6 +122,35 @@ def _gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel, threads, c_name, c_is_
     return c
 
 
+def _gemm_unchecked(kern, a: np.ndarray, b: np.ndarray, c: np.ndarray, alpha: float, beta: float,
+                    trans_a: bool, trans_b: bool, threads: int) -> None:
+    """``c = alpha * op(a) @ op(b) + beta * c`` with no argument checking.
+
+    The fast path of whygpu.nn, which calls this a dozen times per training
+    step with arrays it made itself: ``kern`` is a registry Kernel that is
+    available, a/b/c share one float dtype, are aligned, do not overlap, have
+    matching shapes, and c is C-contiguous and writeable.  Skipping the checks
+    of :func:`gemm` matters at batch 32, where a whole step is about a
+    millisecond.  Anything else must go through :func:`gemm`.
+    """
+    op_a = a.T if trans_a else a  # a transpose is only a swap of strides: no copy
+    op_b = b.T if trans_b else b
+    m, k = op_a.shape
+    n = op_b.shape[1]
+    if m == 0 or n == 0:
+        return
+    if k == 0 or alpha == 0.0:
+        if beta == 0.0:
+            c.fill(0)
+        else:
+            c *= c.dtype.type(beta)
+        return
+    if kern.layout == "row-major":  # the simple rungs read rows only
+        op_a = np.ascontiguousarray(op_a)
+        op_b = np.ascontiguousarray(op_b)
+    kern.run(op_a, op_b, c, alpha, beta, threads)
+
+
 def matmul(a, b, *, kernel: str = "openmp", threads: Optional[int] = None,
            out: Optional[np.ndarray] = None) -> np.ndarray:
     """Matrix product ``a @ b`` of two 2-D float32 or float64 arrays on a
@@ -140,6 +172,15 @@ def matmul(a, b, *, kernel: str = "openmp", threads: Optional[int] = None,
     -------
     numpy.ndarray of shape (m, n) (``out`` when given).
     """
+    if out is None:  # fast path: everything checked in C++, None if anything is unusual
+        rung = _FAST_RUNGS.get(kernel)
+        if rung is not None:
+            if threads is None:
+                threads = _threads._num_threads
+            if type(threads) is int and threads >= 1 and KERNELS[kernel].available:
+                result = _core.matmul_fast(rung, a, b, threads)
+                if result is not None:
+                    return result
     return _gemm(a, b, out, 1.0, 0.0, False, False, kernel, threads, "out", True)
 
 

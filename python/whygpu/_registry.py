@@ -8,6 +8,7 @@ _api.py has already checked, and says which layouts it accepts:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -55,6 +56,10 @@ class Kernel:
     @property
     def available(self) -> bool:
         return self.unavailable() is None
+
+    def __post_init__(self):
+        # What a build can run does not change while it is loaded: ask once.
+        object.__setattr__(self, "unavailable", functools.lru_cache(maxsize=None)(self.unavailable))
 
 
 def _python(a, b, c, alpha, beta, threads):

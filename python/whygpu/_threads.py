@@ -16,6 +16,8 @@ def _cpus_available() -> int:
 
 def check_threads(n, what: str = "threads") -> int:
     """n as an int >= 1, or TypeError / ValueError saying what was wrong."""
+    if type(n) is int and n >= 1:  # the common case, without the slow ABC check
+        return n
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"{what} must be an integer >= 1, got {n!r}")
     if n < 1:
