@@ -1,0 +1,197 @@
+"""``whygpu train``: the same MLP, trained for the same number of steps on
+each back end -- time per step, samples per second, accuracy, and the share
+of the step spent in matrix multiplication (from ``whygpu.nn.profile``).
+
+The data are synthetic (no download): ten Gaussian clusters in 784
+dimensions, the shape of MNIST, hard enough that accuracy climbs over the
+steps but learnable in a few dozen.  Every back end starts from the same
+weights (``whygpu.manual_seed``) and sees the same batches, so the accuracy
+column shows they compute the same thing, and the time columns how fast.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from .. import manual_seed, nn, optim
+from .._registry import KERNELS
+from ..nn._backend import get_backend
+from .._threads import check_threads, get_num_threads, set_num_threads
+from .machine import machine_info
+from .measure import blas_threads, format_seconds
+from .progress import Progress
+
+__all__ = ["SCHEMA", "run_train", "step_timer", "synthetic_clusters", "build_mlp"]
+
+SCHEMA = "whygpu.train/1"
+_WARMUP = 2  # untimed steps before the profiled ones: first-touch, scratch buffers
+
+
+def synthetic_clusters(n: int, features: int = 784, classes: int = 10, seed: int = 0):
+    """X float32 (n, features), y int64 (n,): `classes` Gaussian clusters
+    whose centres are close enough (relative to the noise) that a linear
+    model is not perfect and training takes some steps."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, features)) * (0.9 / np.sqrt(features))
+    y = rng.integers(0, classes, size=n)
+    X = centres[y] + rng.standard_normal((n, features)) * (1.0 / np.sqrt(features)) * 3.0
+    X = X * np.sqrt(features) / 4  # ~unit-scale features, like standardized pixels
+    return X.astype(np.float32), y.astype(np.int64)
+
+
+def build_mlp(layers: Sequence[int], backend: str, seed: int = 0):
+    """Linear-ReLU-...-Linear with the given widths, on `backend`."""
+    if len(layers) < 2:
+        raise ValueError(f"layers needs at least an input and an output width, got {list(layers)}")
+    manual_seed(seed)
+    mods = []
+    for i, (a, b) in enumerate(zip(layers[:-1], layers[1:])):
+        mods.append(nn.Linear(int(a), int(b)))
+        if i < len(layers) - 2:
+            mods.append(nn.ReLU())
+    return nn.Sequential(*mods).to(backend)
+
+
+def _step_flops(layers: Sequence[int], batch: int) -> float:
+    # forward y = x W^T, backward dW = dY^T x and dX = dY W: three products per layer
+    return 3 * 2.0 * batch * sum(a * b for a, b in zip(layers[:-1], layers[1:]))
+
+
+@contextlib.contextmanager
+def _threads(backend: str, threads: Optional[int]):
+    """Run a back end on `threads` threads: whygpu's kernels read
+    get_num_threads(); NumPy's BLAS is pinned with threadpoolctl."""
+    old = get_num_threads()
+    if threads is not None:
+        set_num_threads(threads)
+    try:
+        if backend == "numpy":
+            with blas_threads(threads if threads is not None else old):
+                yield
+        else:
+            yield
+    finally:
+        set_num_threads(old)
+
+
+def _estimate_step(backend: str, layers: Sequence[int], batch: int, threads: int, budget: float) -> float:
+    """Seconds per training step, estimated from the largest layer's matmul
+    (scouted cheaply) scaled to the step's FLOPs -- so a slow back end is
+    never run for even one step before we know it fits the budget."""
+    from .ladder import scout
+    widest = max(zip(layers[:-1], layers[1:]), key=lambda ab: ab[0] * ab[1])
+    name = f"numpy-{threads}t" if backend == "numpy" else backend
+    sc = scout(name, batch, widest[1], widest[0], threads=threads, budget=budget)
+    per_flop = sc["expected_s"] / (2.0 * batch * widest[0] * widest[1])
+    return per_flop * _step_flops(layers, batch) * 1.2  # + the element-wise work
+
+
+def _one_run(backend: str, X, y, Xte, yte, layers, steps: int, batch: int, lr: float, seed: int) -> dict:
+    model = build_mlp(layers, backend, seed)
+    loss_fn = nn.CrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=lr)
+    nb = X.shape[0] // batch
+
+    def step(i):
+        s = (i % nb) * batch
+        logits = model(X[s:s + batch])
+        loss = loss_fn(logits, y[s:s + batch])
+        model.zero_grad()
+        model.backward(loss_fn.backward())
+        opt.step()
+        return loss
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for i in range(_WARMUP):
+            step(i)
+        losses = []
+        with nn.profile(model) as prof:
+            for i in range(_WARMUP, _WARMUP + steps):
+                losses.append(float(step(i)))
+        ev = model.evaluate(Xte, yte, loss=loss_fn)
+    b = prof.breakdown()
+    step_s = prof.wall_s / steps
+    rows = [{"name": r["name"], "matmul_s": r["matmul_s"] / steps, "other_s": r["other_s"] / steps}
+            for r in b["rows"]]
+    return {"backend": backend, "step_s": step_s, "samples_per_s": batch / step_s,
+            "matmul_share": prof.matmul_share, "matmul_s": prof.matmul_s / steps,
+            "other_s": (prof.wall_s - prof.matmul_s) / steps, "accuracy": ev.get("accuracy"),
+            "final_loss": losses[-1] if losses else None, "first_loss": losses[0] if losses else None,
+            "gflops": _step_flops(layers, batch) / step_s / 1e9, "rows": rows}
+
+
+def run_train(*, steps: int = 30, batch: int = 256, layers: Sequence[int] = (784, 512, 256, 10),
+              backends: Optional[Sequence[str]] = None, threads: Optional[int] = None, budget: float = 8.0,
+              force: bool = False, lr: float = 0.1, seed: int = 0, progress: bool = False,
+              log: Callable[[str], None] = lambda s: None) -> dict:
+    """Train on each back end; returns the ``whygpu.train/1`` document.
+
+    ``budget`` is seconds per back end: one whose estimated time for
+    ``steps`` steps exceeds it is skipped (with a note) unless ``force``.
+    """
+    steps, batch = check_threads(steps, "steps"), check_threads(batch, "batch")
+    layers = [check_threads(w, "layer width") for w in layers]
+    if len(layers) < 2:
+        raise ValueError("layers needs at least an input and an output width")
+    all_b = nn.backends()
+    if backends is None:
+        names = all_b
+    else:
+        names = []
+        for b in backends:
+            get_backend(b)  # ValueError / KernelUnavailableError with the reason
+            if b not in names:
+                names.append(b)
+    th = get_num_threads() if threads is None else check_threads(threads)
+    t_start = time.perf_counter()
+    n_train = batch * max(4, min(steps + _WARMUP, 16))
+    X, y = synthetic_clusters(n_train + 2000, layers[0], layers[-1], seed)
+    X, Xte, y, yte = X[:n_train], X[n_train:], y[:n_train], y[n_train:]
+    runs: List[dict] = []
+    with Progress(len(names), "train", progress) as bar:
+        for name in names:
+            parallel = name == "numpy" or KERNELS[name].parallel
+            use = th if parallel else 1
+            bar.show(name, 0.0)
+            with _threads(name, th):
+                est = _estimate_step(name, layers, batch, use, budget)
+                if est * (steps + _WARMUP) > budget and not force:
+                    why = (f"{steps} steps would take ~{format_seconds(est * (steps + _WARMUP))} "
+                           f"(budget {format_seconds(budget)})")
+                    runs.append({"backend": name, "skipped": why, "estimated_step_s": est})
+                    log(f"skipped training on {name}: {why}; --all trains it")
+                    bar.advance()
+                    continue
+                rec = _one_run(name, X, y, Xte, yte, layers, steps, batch, lr, seed)
+            rec["threads"] = use
+            rec["estimated_step_s"] = est
+            runs.append(rec)
+            bar.advance()
+    return {
+        "schema": SCHEMA, "machine": machine_info(),
+        "params": {"steps": steps, "batch": batch, "layers": "-".join(map(str, layers)), "widths": layers,
+                   "backends": names, "threads": th, "lr": lr, "optimizer": "SGD", "warmup_steps": _WARMUP,
+                   "dataset": f"synthetic: {layers[-1]} Gaussian clusters in {layers[0]} dimensions, "
+                              f"{n_train} training / {len(yte)} test samples",
+                   "budget_s": budget, "force": force},
+        "runs": runs, "seconds": time.perf_counter() - t_start,
+    }
+
+
+def step_timer(*, batch: int = 256, backend: str = "openmp", layers: Sequence[int] = (784, 512, 256, 10),
+               quick: bool = False, seed: int = 0) -> Callable[[int], dict]:
+    """For ``whygpu scaling``: a function threads -> {"seconds": per step,
+    "matmul_share", "matmul_s", "other_s"} that times a few training steps
+    of the MLP on `backend` with that many threads."""
+    steps = 3 if quick else 8
+    X, y = synthetic_clusters(batch * 4, layers[0], layers[-1], seed)
+
+    def timed(threads: int) -> dict:
+        with _threads(backend, threads):
+            rec = _one_run(backend, X, y, X[:batch], y[:batch], list(layers), steps, batch, 0.1, seed)
+        return {"seconds": rec["step_s"], "matmul_share": rec["matmul_share"], "matmul_s": rec["matmul_s"],
+                "other_s": rec["other_s"], "threads": threads}
+    return timed
