@@ -285,7 +285,7 @@ def _print_scaling(doc: dict) -> None:
         f = s["serial_fraction"]
         lim = s.get("max_speedup")
         rows.append([s["label"]] + [f"x{_g(v)}" for v in s["speedup"]] +
-                    [f"{100 * f:.0f}%", "inf" if lim is None or not math.isfinite(lim) else f"x{_g(lim)}"])
+                    [f"{100 * f:.0f}%", "none" if lim is None or not math.isfinite(lim) else f"x{_g(lim)}"])
     print("Speed-up over 1 thread, and the serial fraction Amdahl's law fits")
     print(_table(["series"] + [f"{p} thr" for p in ths] + ["serial", "limit"], rows,
                  right=range(1, len(ths) + 3)))

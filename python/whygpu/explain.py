@@ -12,7 +12,6 @@ The roofs are measured once per process (about half a second) and reused.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -105,7 +104,7 @@ class Explanation:
             meas = _fmt_s(r.get("measured_s")) if "measured_s" in r else "skipped"
             ratio = f"{r['predicted_s'] / r['measured_s']:.2f}" if "measured_s" in r else "-"
             table.append((r["kernel"], r["compute_roof"], f"{r['compute_gflops']:.3g}", moved,
-                          f"{r['intensity']:.3g}" if math.isfinite(r["intensity"]) else "inf",
+                          f"{r['intensity']:.3g}" if r["intensity"] else "-",
                           r["bound"], _fmt_s(r["predicted_s"]), meas, ratio))
         widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
         for i, row in enumerate(table):

@@ -7,7 +7,6 @@ takes a document and a path, writes one PNG and returns the path.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List
 
 from matplotlib.figure import Figure
@@ -180,7 +179,7 @@ def plot_roofline(doc: dict, path) -> str:
     pts = doc["points"]
     fig = Figure(figsize=(9.0, 6.0))
     ax = fig.subplots()
-    finite = [p["intensity"] for p in pts if math.isfinite(p["intensity"])]
+    finite = [p["intensity"] for p in pts if p.get("intensity")]
     x_lo = min([0.05] + [x / 3 for x in finite])
     x_hi = max([200.0] + [x * 3 for x in finite])
     xs = [x_lo * (x_hi / x_lo) ** (i / 200) for i in range(201)]
@@ -203,7 +202,7 @@ def plot_roofline(doc: dict, path) -> str:
             ax.text(x_at * 1.1, y_at, f"{level} {gbps:.0f} GB/s (1 core)", fontsize=7.5, color="#444444",
                     ha="left", va="top")
     for p in pts:
-        x = p["intensity"] if math.isfinite(p["intensity"]) else x_hi / 2
+        x = p["intensity"] or x_hi / 2  # None: all data in L1, no memory roof
         c = kernel_color(p["kernel"])
         ax.plot([x, x], [p["measured_gflops"], p["predicted_gflops"]], color=c, linewidth=1, alpha=0.7)
         ref = p["kernel"].startswith("numpy")

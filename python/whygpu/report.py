@@ -123,11 +123,19 @@ def _ms(s: float) -> str:
     return f"{s * 1e6:.3g} us"
 
 
+def _cache(b: int) -> str:
+    """Cache sizes in binary units, as the vendors write them (32 KiB, 1 MiB)."""
+    for unit, f in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if b >= f and b % f == 0:
+            return f"{b // f} {unit}"
+    return format_bytes(b)
+
+
 def _machine_line(doc: dict) -> str:
     m = doc.get("machine", {})
     cpu = m.get("cpu", {})
     caches = cpu.get("caches", {})
-    cache_txt = ", ".join(f"{k} {format_bytes(v)}" for k, v in caches.items())
+    cache_txt = ", ".join(f"{k} {_cache(v)}" for k, v in caches.items())
     return (f"{cpu.get('model', 'unknown CPU')}, {cpu.get('cores', '?')} cores usable, "
             f"instruction set {cpu.get('arch', '?')}" + (f", caches {cache_txt}" if cache_txt else ""))
 
@@ -146,16 +154,23 @@ def _intro(docs: Dict[str, dict]) -> List[Block]:
         blocks.append(("p", f"Machine: {_machine_line(any_doc)}. Measured {m.get('time', '')} with whygpu "
                             f"{m.get('versions', {}).get('whygpu', '?')}, NumPy {m.get('versions', {}).get('numpy', '?')}"
                             f", compiler {m.get('compiler', '?')}."))
-    share = None
-    if "train" in docs:
-        runs = [r for r in docs["train"]["runs"] if not r.get("skipped")]
-        if runs:
-            share = max(runs, key=lambda r: r["matmul_share"])
+    loads = [d.get("machine", {}).get("load_average") for d in docs.values()]
+    loads = [x for x in loads if isinstance(x, (int, float))]
+    cores = m.get("cpu", {}).get("cores") or 1
+    if loads and max(loads) > 0.5:
+        blocks.append(("p", f"Caution: this machine was busy while it was measured (1-minute load average up to "
+                            f"{max(loads):.1f} on {cores} cores, before whygpu started). Other programs take cores "
+                            "and caches away, so the multi-thread figures (openmp, NumPy on all threads, scaling) "
+                            "are lower and noisier than the machine can do; run again when it is idle."))
+    runs = [r for r in docs.get("train", {}).get("runs", []) if not r.get("skipped")]
     text = ("Training a neural network is, mostly, multiplying matrices: every layer's forward pass is one "
             "matrix product and its backward pass two more. ")
-    if share:
-        text += (f"On this machine {100 * share['matmul_share']:.0f}% of a training step on the {share['backend']} "
-                 f"backend was spent inside matrix multiplication (section 4). ")
+    if runs:
+        fast = min(runs, key=lambda r: r["step_s"])
+        lo, hi = min(r["matmul_share"] for r in runs), max(r["matmul_share"] for r in runs)
+        text += (f"On this machine {_pct(100 * fast['matmul_share'])} of a training step on the fastest back end "
+                 f"({fast['backend']}) was spent inside matrix multiplication, and {_pct(100 * lo)} to "
+                 f"{_pct(100 * hi)} across all back ends (see the training section). ")
     text += ("A matrix product is also massively parallel: every element of the result can be computed "
              "independently. This report measures how much each kind of parallel hardware -- vector (SIMD) "
              "units, several cores, and memory that keeps them fed -- speeds matrix multiplication up, on "
@@ -169,7 +184,7 @@ def _info_section(doc: dict) -> List[Block]:
     m = doc["machine"]
     rows = [("CPU", cpu.get("model", "?")), ("cores usable", str(cpu.get("cores", "?"))),
             ("instruction set (used / best)", f"{cpu.get('arch', '?')} / {cpu.get('best_arch', '?')}"),
-            ("caches", ", ".join(f"{k} {format_bytes(v)}" for k, v in cpu.get("caches", {}).items()) or "unknown"),
+            ("caches", ", ".join(f"{k} {_cache(v)}" for k, v in cpu.get("caches", {}).items()) or "unknown"),
             ("OpenMP", "yes" if cpu.get("openmp") else "no"),
             ("BLAS", ", ".join(f"{b.get('internal_api')} {b.get('version')}" for b in m.get("blas", [])) or "unknown"),
             ("CUDA", (f"available: {m['cuda'].get('device', '')}" if m.get("cuda", {}).get("available")
@@ -304,27 +319,40 @@ def _scaling_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
     k = ser.get(doc["params"]["kernel"])
     cap = ""
     if k:
+        S, Pk = k["speedup"][-1], k["threads"][-1]
         cap += (f"Speed-up of the {k['name']} kernel at n = {doc['params']['n']} on 1 to {P} threads: "
-                f"x{_g(k['speedup'][-1])} on {k['threads'][-1]} threads ({_pct(100 * k['efficiency'][-1])} parallel "
-                f"efficiency). Amdahl's law fitted to it gives a serial fraction of {_pct(100 * k['serial_fraction'])}"
-                + (f", so no number of cores could make it more than x{_g(k['max_speedup'])} faster. "
-                   if math.isfinite(k["max_speedup"]) else ": it scales perfectly here. "))
+                f"x{_g(S)} on {Pk} threads ({_pct(100 * k['efficiency'][-1])} parallel efficiency). ")
+        if S < 1:
+            cap += (f"It ran slower on {Pk} threads than on one: another program was using the cores, so this "
+                    "shows contention, not the kernel's scaling. ")
+        elif k["max_speedup"] is not None:
+            cap += (f"Amdahl's law fitted to it gives a serial fraction of {_pct(100 * k['serial_fraction'])}, so no "
+                    f"number of cores could make it more than x{_g(k['max_speedup'])} faster. ")
+        else:
+            cap += "Amdahl's law finds no serial fraction here: it scales like the ideal line. "
     if "peak" in ser:
-        cap += (f"The FMA microbenchmark (no memory traffic, no synchronisation) scales x{_g(ser['peak']['speedup'][-1])}: "
-                f"the hardware's own limit. ")
+        cap += (f"The FMA microbenchmark (no memory traffic, no synchronisation) scales "
+                f"x{_g(ser['peak']['speedup'][-1])}: the hardware's own limit. ")
     if "numpy" in ser:
         cap += f"NumPy's BLAS scales x{_g(ser['numpy']['speedup'][-1])}. "
     if "train" in ser:
         t = ser["train"]
-        cap += (f"A whole training step scales only x{_g(t['speedup'][-1])} (serial fraction "
-                f"{_pct(100 * t['serial_fraction'])}): the work outside matrix multiplication -- activations, loss, "
-                f"the optimizer, Python itself -- runs on one thread.")
+        cap += (f"A whole training step scales x{_g(t['speedup'][-1])} (Amdahl serial fraction "
+                f"{_pct(100 * t['serial_fraction'])})")
+        steps = t.get("steps") or []
+        if len(steps) >= 2 and all("matmul_s" in x for x in (steps[0], steps[-1])):
+            a, b = steps[0], steps[-1]
+            cap += (f": inside it, matrix multiplication went from {_ms(a['matmul_s'])} to {_ms(b['matmul_s'])} per "
+                    f"step (x{_g(a['matmul_s'] / b['matmul_s'])}) and everything else from {_ms(a['other_s'])} to "
+                    f"{_ms(b['other_s'])} (x{_g(a['other_s'] / b['other_s'])}) -- the part that scales worse "
+                    "sets the limit")
+        cap += "."
     blocks.append(("fig", "scaling.png", cap.strip()))
     rows = []
     for s in doc["series"]:
         rows.append((s["label"], ", ".join(f"{p}: x{_g(v)}" for p, v in zip(s["threads"], s["speedup"])),
                      _pct(100 * s["serial_fraction"]),
-                     "inf" if not math.isfinite(s["max_speedup"]) else f"x{_g(s['max_speedup'])}"))
+                     "none" if s["max_speedup"] is None else f"x{_g(s['max_speedup'])}"))
     blocks.append(("table", ("series", "speed-up by threads", "serial fraction (Amdahl)", "limit on any cores"), rows))
     if doc.get("note"):
         blocks.append(("p", "Note: " + doc["note"] + "."))

@@ -296,12 +296,12 @@ def kernel_model(kernel: str, m: int, n: int, k: int, machine: dict, *,
     t_mem = worst["seconds"] if worst else 0.0
     predicted = max(t_compute, t_mem)
     bound = "compute" if t_compute >= t_mem else worst["level"]
-    intensity = flops / worst["bytes"] if worst and worst["bytes"] else math.inf
+    intensity = flops / worst["bytes"] if worst and worst["bytes"] else None  # None: all in L1
     return {
         "kernel": kernel, "m": m, "n": n, "k": k, "dtype": dtype, "flops": flops,
         "compute_roof": roof, "compute_gflops": compute, "traffic": traffic,
         "intensity": intensity, "intensity_level": worst["level"] if worst else None,
-        "predicted_s": predicted, "predicted_gflops": flops / predicted / 1e9 if predicted else math.inf,
+        "predicted_s": predicted, "predicted_gflops": flops / predicted / 1e9 if predicted else None,
         "bound": bound,
     }
 

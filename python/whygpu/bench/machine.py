@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
+import os
 import platform
 import sys
 
@@ -29,7 +30,7 @@ def cuda_status() -> dict:
     except ModuleNotFoundError as exc:
         if exc.name != "whygpu.cuda":
             return {"available": False, "reason": f"whygpu.cuda failed to import: {exc}"}
-        return {"available": False, "reason": "this whygpu has no CUDA back end (no whygpu.cuda module)"}
+        return {"available": False, "reason": "this build has no CUDA back end (whygpu.cuda is missing)"}
     except ImportError as exc:
         return {"available": False, "reason": f"whygpu.cuda failed to import: {exc}"}
     try:
@@ -65,6 +66,15 @@ def _compiler() -> str:
         return "unknown"
 
 
+def _load():
+    """The 1-minute load average when the run started (None where the OS has
+    none): a busy machine spoils multi-thread figures, and the report says so."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - Windows
+        return None
+
+
 def machine_info() -> dict:
     """A JSON-ready description of this machine and software."""
     cpu = cpu_info()
@@ -82,5 +92,6 @@ def machine_info() -> dict:
         "versions": {"whygpu": __version__, "numpy": np.__version__, "matplotlib": mpl},
         "blas": _blas(),
         "cuda": cuda_status(),
+        "load_average": _load(),
         "time": now_iso(),
     }

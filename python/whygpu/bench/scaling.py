@@ -56,7 +56,7 @@ def _series(name: str, label: str, kind: str, threads: List[int], seconds: List[
     out = {"name": name, "label": label, "kind": kind, "threads": threads, "seconds": seconds,
            "speedup": speedup, "efficiency": [s / p for s, p in zip(speedup, threads)],
            "serial_fraction": f if f is not None else 0.0,
-           "max_speedup": (1 / f) if f else float("inf")}
+           "max_speedup": (1 / f) if f else None}  # None: no limit (f = 0)
     if extra:
         out.update(extra)
     return out
