@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Dict, List
 
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from .bench.scaling import amdahl
@@ -70,7 +71,7 @@ def _series(doc: dict) -> Dict[str, List[dict]]:
 
 def plot_ladder(doc: dict, path) -> str:
     """GFLOP/s against n, one line per kernel, log-log, with the FMA peaks."""
-    fig = Figure(figsize=(8.4, 5.4))
+    fig = Figure(figsize=(8.4, 5.4), layout="constrained")
     ax = fig.subplots()
     series = _series(doc)
     order = [k for k in doc["params"]["kernels"] if k in series]
@@ -100,7 +101,6 @@ def plot_ladder(doc: dict, path) -> str:
     ax.set_title(f"The kernel ladder: each rung one idea faster\n{_cpu_title(doc)}", fontsize=11)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, title="kernel")
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -108,7 +108,7 @@ def plot_ladder_steps(doc: dict, path) -> str:
     """GFLOP/s of each rung at its largest measured size, with the speed-up
     over the previous rung written on each bar."""
     rows = doc["summary"]["rows"]
-    fig = Figure(figsize=(8.4, 4.6))
+    fig = Figure(figsize=(8.4, 4.6), layout="constrained")
     ax = fig.subplots()
     names = [r["kernel"] for r in rows]
     vals = [r["gflops"] for r in rows]
@@ -131,14 +131,13 @@ def plot_ladder_steps(doc: dict, path) -> str:
     ax.set_title("Each rung at its largest measured size (x = speed-up over the rung before)\n"
                  + _cpu_title(doc), fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_scaling(doc: dict, path) -> str:
     """Speed-up against threads for each series, the ideal line, and the
     fitted Amdahl curves (serial fraction in the legend)."""
-    fig = Figure(figsize=(8.0, 5.2))
+    fig = Figure(figsize=(8.0, 5.2), layout="constrained")
     ax = fig.subplots()
     pmax = max(max(s["threads"]) for s in doc["series"]) if doc["series"] else 1
     xs = [1 + i * (pmax - 1) / 100 for i in range(101)] if pmax > 1 else [1]
@@ -161,7 +160,6 @@ def plot_scaling(doc: dict, path) -> str:
     ax.set_title("Parallel speed-up and Amdahl's law (dashed: fitted)\n" + _cpu_title(doc), fontsize=11)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -177,21 +175,25 @@ def plot_roofline(doc: dict, path) -> str:
     (hollow)."""
     roofs = doc["roofs"]
     pts = doc["points"]
-    fig = Figure(figsize=(9.0, 6.0))
+    fig = Figure(figsize=(9.0, 6.0), layout="constrained")
     ax = fig.subplots()
     finite = [p["intensity"] for p in pts if p.get("intensity")]
     x_lo = min([0.05] + [x / 3 for x in finite])
     x_hi = max([200.0] + [x * 3 for x in finite])
     xs = [x_lo * (x_hi / x_lo) ** (i / 200) for i in range(201)]
     top = max(roofs["compute"].values())
-    for name, g in roofs["compute"].items():
+    prev = None
+    for name, g in sorted(roofs["compute"].items(), key=lambda kv: -kv[1]):
         if name == "simd_all" and roofs.get("threads", 1) == 1:
             continue
         ax.axhline(g, color="black", linewidth=1, alpha=0.55, linestyle="-")
         label = _ROOF_LABELS.get(name, name)
         if name == "simd_all":
             label = f"SIMD FMA, {roofs.get('threads')} cores"
-        ax.text(x_hi / 1.05, g * 1.06, f"{label}: {_num(g)} GFLOP/s", ha="right", va="bottom", fontsize=7.5)
+        below = prev is not None and prev / g < 1.3  # two roofs close together: the lower label under its line
+        ax.text(x_hi / 1.05, g / 1.06 if below else g * 1.06, f"{label}: {_num(g)} GFLOP/s", ha="right",
+                va="top" if below else "bottom", fontsize=7.5)
+        prev = g
     styles = {"L2": "-", "L3": "--", "DRAM": ":"}
     for i, (level, gbps) in enumerate(roofs["bandwidth"]["1"].items()):
         ys = [min(top, gbps * x) for x in xs]
@@ -225,23 +227,23 @@ def plot_roofline(doc: dict, path) -> str:
     ax.set_title("Roofline of this machine, measured, with every kernel on it\n" + _cpu_title(doc), fontsize=11)
     ax.grid(True, which="major", alpha=0.25)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="measured GFLOP/s of roof")
-    fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_train(doc: dict, path) -> str:
     """Stacked bars per backend: milliseconds per step in matmul vs the rest."""
     runs = [r for r in doc["runs"] if not r.get("skipped")]
-    fig = Figure(figsize=(8.4, 4.8))
+    fig = Figure(figsize=(8.4, 4.8), layout="constrained")
     ax = fig.subplots()
     names = [r["backend"] for r in runs]
     mm = [1e3 * r["step_s"] * r["matmul_share"] for r in runs]
     other = [1e3 * r["step_s"] * (1 - r["matmul_share"]) for r in runs]
     x = range(len(runs))
-    ax.bar(x, mm, color=[kernel_color(nm) for nm in names], edgecolor="black", linewidth=0.5,
-           label="matrix multiplication")
-    ax.bar(x, other, bottom=mm, color="#dddddd", edgecolor="black", linewidth=0.5, hatch="..",
-           label="everything else (activations, loss, update, Python)")
+    ax.bar(x, mm, color=[kernel_color(nm) for nm in names], edgecolor="black", linewidth=0.5)
+    ax.bar(x, other, bottom=mm, color="#dddddd", edgecolor="black", linewidth=0.5, hatch="..")
+    handles = [Patch(facecolor="#777777", edgecolor="black", label="matrix multiplication (coloured)"),
+               Patch(facecolor="#dddddd", edgecolor="black", hatch="..",
+                     label="everything else (bias, activations, loss, update, Python)")]
     for i, r in enumerate(runs):
         total = 1e3 * r["step_s"]
         ax.text(i, total * 1.02, f"{total:.3g} ms\n{100 * r['matmul_share']:.0f}% matmul",
@@ -254,15 +256,14 @@ def plot_train(doc: dict, path) -> str:
     ax.set_title(f"Where a training step's time goes: MLP {p.get('layers', '')}, batch {p.get('batch', '?')}\n"
                  + _cpu_title(doc), fontsize=11)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
+    ax.legend(handles=handles, fontsize=8, loc="upper left")
     return _save(fig, path)
 
 
 def plot_benchmarks(doc: dict, path) -> str:
     """pytest-benchmark results: median time per benchmark (log scale)."""
     rows = doc["benchmarks"]
-    fig = Figure(figsize=(8.4, max(2.5, 0.28 * len(rows) + 1.2)))
+    fig = Figure(figsize=(8.4, max(2.5, 0.28 * len(rows) + 1.2)), layout="constrained")
     ax = fig.subplots()
     names = [r["name"] for r in rows]
     med = [r["median_s"] for r in rows]
@@ -274,5 +275,4 @@ def plot_benchmarks(doc: dict, path) -> str:
     ax.set_xlabel("median time per call (s, log scale)")
     ax.set_title("pytest-benchmark results", fontsize=11)
     ax.grid(True, axis="x", alpha=0.3)
-    fig.tight_layout()
     return _save(fig, path)
