@@ -416,8 +416,8 @@ def cmd_report(args) -> int:
 # The demo's two plans: sizes and budgets that finish in < 3 min (full) and
 # < 60 s (quick) on a 2-core laptop, measured in docs/cli.md.
 DEMO_PLANS = {
-    "full": {"sizes": [64, 128, 256, 512, 1024], "repeats": 5, "budget": 1.5, "roofline_n": 1024,
-             "scaling_n": 1024, "train_steps": 30, "train_batch": 256, "quick_probes": False},
+    "full": {"sizes": [32, 64, 128, 256, 512, 1024, 2048], "repeats": 5, "budget": 2.0, "roofline_n": 1024,
+             "scaling_n": 1024, "train_steps": 40, "train_batch": 256, "quick_probes": False},
     "quick": {"sizes": [64, 128, 256, 512], "repeats": 3, "budget": 0.4, "roofline_n": 1024,
               "scaling_n": 512, "train_steps": 8, "train_batch": 128, "quick_probes": True},
 }
@@ -450,12 +450,10 @@ def cmd_demo(args) -> int:
 
     stage("ladder")
     t = time.perf_counter()
+    peak = {"arch": machine["arch"], "threads": machine["threads"],
+            "gflops_1t": machine["compute"]["simd_1t"], "gflops_all": machine["compute"]["simd_all"]}
     ladder = run_ladder(sizes=plan["sizes"], repeats=plan["repeats"], budget=plan["budget"], force=args.all,
-                        progress=prog, log=log, quick_peak=plan["quick_probes"])
-    ladder["peak"] = {"arch": machine["arch"], "threads": machine["threads"],
-                      "gflops_1t": machine["compute"]["simd_1t"], "gflops_all": machine["compute"]["simd_all"]}
-    from .bench.ladder import ladder_summary
-    ladder["summary"] = ladder_summary(ladder)
+                        progress=prog, log=log, peak=peak)
     timings["ladder"] = time.perf_counter() - t
     _print_ladder(ladder)
     _write_json(out, "ladder", ladder)

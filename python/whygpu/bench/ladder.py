@@ -153,11 +153,13 @@ def _cost(expected: Optional[float], repeats: int, budget: float) -> float:
 def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None, dtype: str = "float32",
                threads: Optional[int] = None, repeats: int = 5, budget: float = 2.0, force: bool = False,
                references: bool = True, progress: bool = False, quick_peak: bool = False,
+               peak: Optional[dict] = None,
                log: Callable[[str], None] = lambda s: None, seed: int = 0) -> dict:
     """Measure the ladder; returns the ``whygpu.ladder/1`` document.
 
     sizes: square sizes n (m = n = k); budget: seconds per measurement (a
-    call predicted to take longer is skipped unless ``force``).
+    call predicted to take longer is skipped unless ``force``); peak: FMA
+    peaks already measured (:func:`whygpu.roofline.fma_peaks`), else measured here.
     """
     sizes = sorted({int(n) for n in sizes})
     if not sizes or sizes[0] < 1:
@@ -175,7 +177,8 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
     for name in names:
         est.record(name, matmul_flops(n0, n0, n0), calibrate(name, dtype=dtype, threads=threads, n=n0))
 
-    peak = fma_peaks(threads, quick=quick_peak)
+    if peak is None:
+        peak = fma_peaks(threads, quick=quick_peak)
     measurements, skipped = [], []
     plan = [(n, name) for n in sizes for name in names]
 
