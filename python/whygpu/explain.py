@@ -170,7 +170,8 @@ def explain(m: int, n: int, k: int, *, kernels: Optional[Sequence[str]] = None, 
             else:
                 rec = measure_matmul(name, m, n, k, dtype=dtype, threads=threads, repeats=repeats,
                                      budget=budget, expected=expected)
-                row.update(measured_s=rec["seconds"], measured_gflops=rec["gflops"],
-                           error=prediction_error(row["predicted_s"], rec["seconds"]))
+                best = rec["seconds_min"]  # best sample, like the roofs (see whygpu.roofline.run_roofline)
+                row.update(measured_s=best, measured_gflops=rec["flops"] / best / 1e9, median_s=rec["seconds"],
+                           error=prediction_error(row["predicted_s"], best))
         out.rows.append(row)
     return out

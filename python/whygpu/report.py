@@ -285,7 +285,9 @@ def _roofline_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]
                       _ms(p["predicted_s"]), _ms(p["measured_s"]), f"{100 * err:+.0f}%", ok))
     blocks.append(("table", ("kernel", "n", "compute roof (GFLOP/s)", "bound", "flop/byte", "predicted",
                              "measured", "error", "within 25%"), table))
-    blocks.append(("p", "Error is (predicted - measured) / measured time; negative means the kernel is slower than "
+    blocks.append(("p", "Measured is the best of the timed samples, as the roofs are best-of too (the ladder above "
+                        "shows medians). "
+                        "Error is (predicted - measured) / measured time; negative means the kernel is slower than "
                         "its roof. The target is the packed and openmp rungs at n = 1024, the ones a roofline should "
                         "describe well because nothing but arithmetic should limit them."))
     blocks.append(("p", "Where and why kernels sit below their roof:"))
