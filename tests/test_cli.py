@@ -336,3 +336,11 @@ def test_help_and_version(capsys):
     assert rc == 0 and "demo" in out and "roofline" in out
     rc, out, err = run(["--version"], capsys)
     assert rc == 0 and whygpu.__version__ in out
+
+
+def test_progress_bar_goes_to_stderr(tmp_path, capsys):
+    rc, out, err = run(["ladder", "--sizes", "16", "--kernels", "packed", "--no-numpy", "--repeats", "1",
+                        "--progress", "--out", tmp_path], capsys)
+    assert rc == 0
+    assert "ladder" in err and "left" in err  # the bar, with our time estimate
+    assert "left" not in out                  # stdout stays the table

@@ -289,6 +289,13 @@ def _print_scaling(doc: dict) -> None:
     print("Speed-up over 1 thread, and the serial fraction Amdahl's law fits")
     print(_table(["series"] + [f"{p} thr" for p in ths] + ["serial", "limit"], rows,
                  right=range(1, len(ths) + 3)))
+    for s in doc["series"]:
+        steps = s.get("steps") or []
+        if s["kind"] == "train" and len(steps) >= 2:
+            a, b = steps[0], steps[-1]
+            print(f"training step, per step: matmul {1e3 * a['matmul_s']:.3g} -> {1e3 * b['matmul_s']:.3g} ms, "
+                  f"everything else {1e3 * a['other_s']:.3g} -> {1e3 * b['other_s']:.3g} ms "
+                  f"({a['threads']} -> {b['threads']} threads)")
     if doc.get("note"):
         print(f"({doc['note']})")
 
@@ -438,6 +445,8 @@ def cmd_demo(args) -> int:
     def stage(name):
         print(f"\n== {name} " + "=" * max(0, 60 - len(name)), flush=True)
 
+    print(f"whygpu demo{' --quick' if args.quick else ''}: measuring this machine, then writing a report into {out}"
+          f" (about {'15 s' if args.quick else '1 min'} on a quiet 2-core laptop)", flush=True)
     stage("info")
     info = _info_doc()
     _print_info(info)
