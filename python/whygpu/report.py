@@ -150,6 +150,12 @@ def _intro(docs: Dict[str, dict]) -> List[Block]:
     any_doc = next(iter(docs.values()))
     m = any_doc.get("machine", {})
     blocks: List[Block] = [("h1", "Why parallel hardware speeds up deep learning, measured on this machine")]
+    if not m and "benchmark" in docs:  # pytest-benchmark describes the machine its own way
+        mi = docs["benchmark"].get("machine_info", {})
+        cpu = mi.get("cpu", {}) if isinstance(mi.get("cpu"), dict) else {}
+        blocks.append(("p", "Machine (from pytest-benchmark): " + ", ".join(str(x) for x in (
+            cpu.get("brand_raw") or mi.get("processor"), f"{cpu.get('count')} CPUs" if cpu.get("count") else None,
+            f"Python {mi.get('python_version')}" if mi.get("python_version") else None) if x) + "."))
     if m:
         blocks.append(("p", f"Machine: {_machine_line(any_doc)}. Measured {m.get('time', '')} with whygpu "
                             f"{m.get('versions', {}).get('whygpu', '?')}, NumPy {m.get('versions', {}).get('numpy', '?')}"

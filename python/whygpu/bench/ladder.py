@@ -62,8 +62,28 @@ def _runner(name: str, a, b, c, threads: int):
         return (lambda: np.matmul(a, b, out=c)), blas_threads(t)
     from .. import matmul
     kern = KERNELS[name]
+    if kern.device == "cuda":
+        return _cuda_runner(name, a, b, c), None
     th = threads if kern.parallel else 1
     return (lambda: matmul(a, b, kernel=name, threads=th, out=c)), None
+
+
+def _cuda_runner(name: str, a, b, c):
+    """A GPU kernel timed on data already on the GPU (transfers are not the
+    kernel's speed), waiting for it to finish; through NumPy arrays (with
+    transfers) if this whygpu.cuda has no device arrays."""
+    from .. import matmul
+    try:
+        import whygpu.cuda as wc
+        da, db = wc.to_device(a), wc.to_device(b)
+        dc = wc.empty(c.shape, c.dtype)
+
+        def fn():
+            wc.matmul(da, db, kernel=name, out=dc)
+            wc.synchronize()  # launches are asynchronous: time the work, not the launch
+        return fn
+    except (ImportError, AttributeError, TypeError):
+        return lambda: matmul(a, b, kernel=name, out=c)
 
 
 def threads_used(name: str, threads: int) -> int:
@@ -168,6 +188,8 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     threads = get_num_threads() if threads is None else check_threads(threads)
     names = resolve_kernels(kernels, threads, references=references)
+    if dtype != "float32":  # the GPU rungs are float32 only
+        names = [k for k in names if k.startswith("numpy-") or KERNELS[k].device == "cpu"]
     rng = np.random.default_rng(seed)
     est = Estimator()
     t_start = time.perf_counter()

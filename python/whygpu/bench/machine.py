@@ -37,12 +37,10 @@ def cuda_status() -> dict:
         if not cuda.is_available():
             return {"available": False, "reason": str(cuda.unavailable_reason())}
         out = {"available": True, "kernels": list(cuda.kernels())}
-        for attr in ("device_name", "device_info", "device"):
-            fn = getattr(cuda, attr, None)
-            if callable(fn):
-                dev = fn()
-                out["device"] = dev if isinstance(dev, (str, dict)) else str(dev)
-                break
+        info = cuda.device_info() if callable(getattr(cuda, "device_info", None)) else None
+        if isinstance(info, dict):
+            out["device"] = str(info.get("name", "GPU"))
+            out["device_info"] = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))}
         return out
     except Exception as exc:  # a broken driver must not break `whygpu info`
         return {"available": False, "reason": f"whygpu.cuda failed: {exc}"}
