@@ -451,6 +451,10 @@ def cmd_demo(args) -> int:
     info = _info_doc()
     _print_info(info)
     _write_json(out, "info", info)
+    busy = info["machine"].get("cpu_busy_before")
+    if busy is not None and busy > 0.2:
+        log(f"other programs are using {100 * busy:.0f}% of the CPUs: the multi-thread figures will be low "
+            "and noisy (the report says so); for clean numbers run when the machine is idle")
 
     stage("roofs of this machine")
     t = time.perf_counter()

@@ -160,14 +160,14 @@ def _intro(docs: Dict[str, dict]) -> List[Block]:
         blocks.append(("p", f"Machine: {_machine_line(any_doc)}. Measured {m.get('time', '')} with whygpu "
                             f"{m.get('versions', {}).get('whygpu', '?')}, NumPy {m.get('versions', {}).get('numpy', '?')}"
                             f", compiler {m.get('compiler', '?')}."))
-    loads = [d.get("machine", {}).get("load_average") for d in docs.values()]
-    loads = [x for x in loads if isinstance(x, (int, float))]
+    busy = [d.get("machine", {}).get("cpu_busy_before") for d in docs.values()]
+    busy = [x for x in busy if isinstance(x, (int, float))]
     cores = m.get("cpu", {}).get("cores") or 1
-    if loads and max(loads) > 0.5:
-        blocks.append(("p", f"Caution: this machine was busy while it was measured (1-minute load average up to "
-                            f"{max(loads):.1f} on {cores} cores, before whygpu started). Other programs take cores "
-                            "and caches away, so the multi-thread figures (openmp, NumPy on all threads, scaling) "
-                            "are lower and noisier than the machine can do; run again when it is idle."))
+    if busy and max(busy) > 0.2:
+        blocks.append(("p", f"Caution: this machine was busy while it was measured: other programs used up to "
+                            f"{100 * max(busy):.0f}% of its {cores} cores just before a measurement started. They "
+                            "take cores and caches away, so the multi-thread figures (openmp, NumPy on all threads, "
+                            "scaling) are lower and noisier than the machine can do; run again when it is idle."))
     runs = [r for r in docs.get("train", {}).get("runs", []) if not r.get("skipped")]
     text = ("Training a neural network is, mostly, multiplying matrices: every layer's forward pass is one "
             "matrix product and its backward pass two more. ")

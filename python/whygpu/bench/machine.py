@@ -9,6 +9,7 @@ import importlib
 import os
 import platform
 import sys
+import time
 
 import numpy as np
 
@@ -73,6 +74,23 @@ def _load():
         return None
 
 
+def _cpu_busy(interval: float = 0.1):
+    """Fraction of all CPUs busy (with other programs: we are idle meanwhile)
+    over `interval` seconds, from /proc/stat; None where there is none."""
+    def sample():
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+        return idle, sum(vals[:8])
+    try:
+        i0, t0 = sample()
+        time.sleep(interval)
+        i1, t1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if t1 <= t0 else max(0.0, min(1.0, 1 - (i1 - i0) / (t1 - t0)))
+
+
 def machine_info() -> dict:
     """A JSON-ready description of this machine and software."""
     cpu = cpu_info()
@@ -91,5 +109,6 @@ def machine_info() -> dict:
         "blas": _blas(),
         "cuda": cuda_status(),
         "load_average": _load(),
+        "cpu_busy_before": _cpu_busy(),
         "time": now_iso(),
     }
