@@ -256,8 +256,9 @@ def _print_ladder(doc: dict) -> None:
         rows.append([r["kernel"], r["n"], _g(r["gflops"]), step,
                      "n/a" if pct is None or not math.isfinite(pct) else f"{pct:.3g}%"])
     pk = doc.get("peak") or {}
-    print(f"The ladder (measured FMA peak: {_g(pk.get('gflops_1t'))} GFLOP/s on 1 core, "
-          f"{_g(pk.get('gflops_all'))} on {pk.get('threads')})")
+    half = 2 if doc["params"]["dtype"] == "float64" else 1
+    print(f"The ladder (measured FMA peak, {doc['params']['dtype']}: {_g(pk.get('gflops_1t', 0) / half)} GFLOP/s on "
+          f"1 core, {_g(pk.get('gflops_all', 0) / half)} on {pk.get('threads')})")
     print(_table(["kernel", "largest n", "GFLOP/s", "speed-up over previous rung", "% of peak"], rows, right=(1, 2, 4)))
 
 
@@ -623,6 +624,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("whygpu: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `whygpu ladder | head`: stop quietly, like other command-line tools
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except (CliError, ValueError, TypeError, KernelUnavailableError, OSError) as exc:
         if os.environ.get("WHYGPU_DEBUG"):
             raise

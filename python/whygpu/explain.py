@@ -96,7 +96,7 @@ class Explanation:
             f"(at best {self.flops / compulsory:.1f} flop/byte if each matrix moved once)",
             "",
         ]
-        head = ("kernel", "roof", "GFLOP/s", "bytes moved", "flop/B", "bound", "predicted", "measured", "pred/meas")
+        head = ("kernel", "roof", "roof GFLOP/s", "bytes moved", "flop/B", "bound", "predicted", "measured", "pred/meas")
         table = [head]
         for r in self.rows:
             worst = max(r["traffic"], key=lambda t: t["seconds"]) if r["traffic"] else None
@@ -112,7 +112,7 @@ class Explanation:
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
         lines.append("")
-        lines.append("Roofs: " + "; ".join(f"{name} = {self.roofs['compute'][name]:.3g} GFLOP/s"
+        lines.append(f"Roofs{' (float32; the SIMD roofs halve for float64)' if self.dtype == 'float64' else ''}: " + "; ".join(f"{name} = {self.roofs['compute'][name]:.3g} GFLOP/s"
                                          for name in COMPUTE_ROOFS if name in self.roofs.get("compute", {})))
         bw = self.roofs.get("bandwidth", {}).get("1", {})
         if bw:

@@ -78,7 +78,10 @@ def plot_ladder(doc: dict, path) -> str:
     for name in order:
         recs = series[name]
         ax.plot([r["n"] for r in recs], [r["gflops"] for r in recs], label=name, **_style(name))
-    peak = doc.get("peak")
+    peak = dict(doc.get("peak") or {})
+    if peak and doc["params"].get("dtype") == "float64":  # half the float32 lanes per register
+        peak["gflops_1t"] /= 2
+        peak["gflops_all"] /= 2
     if peak:
         ax.axhline(peak["gflops_1t"], color="black", linewidth=1, linestyle="-.", alpha=0.6)
         ax.text(max(doc["params"]["sizes"]), peak["gflops_1t"] * 1.08,

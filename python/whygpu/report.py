@@ -214,8 +214,9 @@ def _ladder_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
     if cpu_rows:
         best = max(cpu_rows, key=lambda r: r["gflops"])
         cap += (f"The fastest rung, {best['kernel']}, reached {_g(best['gflops'])} GFLOP/s at n = {best['n']}: "
-                f"{_pct(best['pct_peak'])} of the {_g(peak.get('gflops_all' if best['threads'] > 1 else 'gflops_1t', float('nan')))}"
-                f" GFLOP/s FMA peak we measured on the {best['threads']} core{'s' if best['threads'] > 1 else ''} it used")
+                f"{_pct(best['pct_peak'])} of the "
+                f"{_g(peak.get('gflops_all' if best['threads'] > 1 else 'gflops_1t', float('nan')) / (2 if dtype == 'float64' else 1))}"
+                f" GFLOP/s {dtype} FMA peak we measured on the {best['threads']} core{'s' if best['threads'] > 1 else ''} it used")
         if s.get("span") and s["span"]["slowest"] != best["kernel"]:
             sp = s["span"]
             cap += (f", and {_g(sp['ratio'])} times the speed of the {sp['slowest']} loop "

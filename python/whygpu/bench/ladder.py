@@ -257,6 +257,8 @@ def pct_of_peak(rec: dict, peak: dict) -> float:
     if rec.get("device", "cpu") != "cpu" or not peak:
         return float("nan")
     p = peak["gflops_1t"] if rec["threads"] <= 1 else peak["gflops_all"] * min(rec["threads"], peak["threads"]) / peak["threads"]
+    if rec.get("dtype") == "float64":
+        p /= 2  # the peak is measured in float32; a register holds half as many float64
     return 100.0 * rec["gflops"] / p
 
 
