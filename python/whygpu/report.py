@@ -20,6 +20,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import plots
 from ._registry import KERNELS
+from .bench.measure import format_seconds
 from .explain import format_bytes, why_below
 from .roofline import COMPUTE_ROOFS, KERNEL_ROOF
 
@@ -112,7 +113,9 @@ def _g(x: float) -> str:
 
 
 def _pct(x: float) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.0f}%"
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:.0f}%" if abs(x) >= 1 or x == 0 else f"{x:.2g}%"
 
 
 def _ms(s: float) -> str:
@@ -251,7 +254,8 @@ def _ladder_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
     if doc.get("skipped"):
         blocks.append(("p", "Skipped because one call would exceed the time budget of "
                             f"{doc['params']['budget_s']} s per measurement (run with --all to include them): " +
-                       "; ".join(f"{x['kernel']} at n = {x['n']} (~{_ms(x['predicted_s'])})" for x in doc["skipped"]) + "."))
+                       "; ".join(f"{x['kernel']} at n = {x['n']} (~{format_seconds(x['predicted_s'])})"
+                                 for x in doc["skipped"]) + "."))
     return blocks
 
 
