@@ -206,8 +206,15 @@ def plot_roofline(doc: dict, path) -> str:
         if x_lo < x_at < x_hi:
             ax.text(x_at * 1.1, y_at, f"{level} {gbps:.0f} GB/s (1 core)", fontsize=7.5, color="#444444",
                     ha="left", va="top")
+    # Kernels with the same intensity would hide each other: spread each group
+    # a little sideways (the x axis is logarithmic, so by a constant factor).
+    groups: Dict[float, list] = {}
+    for p in pts:
+        groups.setdefault(round(p["intensity"] or x_hi / 2, 3), []).append(p["kernel"])
     for p in pts:
         x = p["intensity"] or x_hi / 2  # None: all data in L1, no memory roof
+        grp = groups[round(x, 3)]
+        x *= 1.12 ** (grp.index(p["kernel"]) - (len(grp) - 1) / 2)
         c = kernel_color(p["kernel"])
         ax.plot([x, x], [p["measured_gflops"], p["predicted_gflops"]], color=c, linewidth=1, alpha=0.7)
         ref = p["kernel"].startswith("numpy")
