@@ -480,15 +480,19 @@ def cmd_demo(args) -> int:
     _print_roofline(roof)
     _write_json(out, "roofline", roof)
 
-    stage("scaling")
-    t = time.perf_counter()
-    ns = argparse.Namespace(batch=plan["train_batch"], kernel="openmp")
-    step = _train_step_fn(ns, quick=args.quick)
-    scaling = run_scaling(n=plan["scaling_n"], repeats=plan["repeats"], budget=plan["budget"], train_step=step,
-                          train_label=f"training step, batch {plan['train_batch']}", progress=prog, log=log)
-    timings["scaling"] = time.perf_counter() - t
-    _print_scaling(scaling)
-    _write_json(out, "scaling", scaling)
+    from ._registry import KERNELS
+    if KERNELS["openmp"].available:
+        stage("scaling")
+        t = time.perf_counter()
+        ns = argparse.Namespace(batch=plan["train_batch"], kernel="openmp")
+        step = _train_step_fn(ns, quick=args.quick)
+        scaling = run_scaling(n=plan["scaling_n"], repeats=plan["repeats"], budget=plan["budget"], train_step=step,
+                              train_label=f"training step, batch {plan['train_batch']}", progress=prog, log=log)
+        timings["scaling"] = time.perf_counter() - t
+        _print_scaling(scaling)
+        _write_json(out, "scaling", scaling)
+    else:
+        log(f"no scaling section: {KERNELS['openmp'].unavailable()}")
 
     try:
         from .bench.train import run_train
