@@ -354,3 +354,12 @@ def test_progress_bar_goes_to_stderr(tmp_path, capsys):
     assert rc == 0
     assert "ladder" in err and "left" in err  # the bar, with our time estimate
     assert "left" not in out                  # stdout stays the table
+
+
+def test_each_subcommand_keeps_its_own_defaults():
+    from whygpu.cli import _parser
+    p = _parser()
+    assert p.parse_args(["ladder"]).budget == 2.0
+    assert p.parse_args(["explain", "1", "2", "3"]).budget == 1.0
+    assert p.parse_args(["train"]).budget == 10.0
+    assert p.parse_args(["ladder", "--sizes", "8:64"]).sizes == [8, 16, 32, 64]

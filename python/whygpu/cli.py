@@ -536,12 +536,17 @@ def _parser() -> argparse.ArgumentParser:
     threads = _Parser(add_help=False)
     threads.add_argument("--threads", type=_positive_int, default=None,
                          help="threads for the parallel kernels (default: all usable cores)")
-    measure = _Parser(add_help=False)
-    measure.add_argument("--repeats", type=_positive_int, default=5, help="timed samples per measurement (default 5)")
-    measure.add_argument("--budget", type=_positive_float, default=2.0,
-                         help="seconds allowed per measurement; slower ones are skipped (default 2)")
-    measure.add_argument("--all", "--force", dest="all", action="store_true",
-                         help="run measurements even when predicted to exceed the budget")
+
+    def measure(budget: float, per: str = "measurement") -> _Parser:
+        # A fresh parent per subcommand: parents share their argument objects,
+        # so one subcommand's default must not leak into another's.
+        m = _Parser(add_help=False)
+        m.add_argument("--repeats", type=_positive_int, default=5, help="timed samples per measurement (default 5)")
+        m.add_argument("--budget", type=_positive_float, default=budget,
+                       help=f"seconds allowed per {per}; slower ones are skipped (default {budget:g})")
+        m.add_argument("--all", "--force", dest="all", action="store_true",
+                       help="run measurements even when predicted to exceed the budget")
+        return m
     plot = _Parser(add_help=False)
     plot.add_argument("--plot", action="store_true", help="also write PNG figures")
     dtype = _Parser(add_help=False)
@@ -556,7 +561,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", parents=[common], help="CPU, cores, instruction set, caches, OpenMP, CUDA, versions")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("ladder", parents=[common, threads, measure, plot, dtype],
+    s = sub.add_parser("ladder", parents=[common, threads, measure(2.0), plot, dtype],
                        help="GFLOP/s of every kernel over a range of sizes")
     s.add_argument("--sizes", type=_int_list, default=[64, 128, 256, 512, 1024],
                    help="matrix sizes n: '64,128,256' or '64:1024' (powers of two; default 64:1024)")
@@ -565,7 +570,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-numpy", action="store_true", help="leave out the NumPy/BLAS references")
     s.set_defaults(func=cmd_ladder)
 
-    s = sub.add_parser("scaling", parents=[common, measure, plot],
+    s = sub.add_parser("scaling", parents=[common, measure(2.0), plot],
                        help="speed-up against threads, with Amdahl's law fitted")
     s.add_argument("--n", type=_positive_int, default=1024, help="matrix size (default 1024)")
     s.add_argument("--threads", dest="threads", type=_int_list, default=None,
@@ -575,14 +580,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-train", action="store_true", help="leave out the training step")
     s.set_defaults(func=cmd_scaling)
 
-    s = sub.add_parser("roofline", parents=[common, threads, measure, plot, dtype],
+    s = sub.add_parser("roofline", parents=[common, threads, measure(2.0), plot, dtype],
                        help="measure peak FLOP/s and bandwidth, place every kernel on the roofline")
     s.add_argument("--n", type=_positive_int, default=1024, help="matrix size (default 1024)")
     s.add_argument("--kernels", type=_name_list, default=None, help="comma-separated kernels (default: all)")
     s.add_argument("--quick", action="store_true", help="shorter microbenchmarks")
     s.set_defaults(func=cmd_roofline)
 
-    s = sub.add_parser("train", parents=[common, threads, measure, plot],
+    s = sub.add_parser("train", parents=[common, threads, measure(10.0, "back end (all its steps)"), plot],
                        help="train the same MLP on each back end: time per step, share in matmul")
     s.add_argument("--steps", type=_positive_int, default=30, help="training steps per back end (default 30)")
     s.add_argument("--batch", type=_positive_int, default=256, help="batch size (default 256)")
@@ -592,14 +597,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated back ends (default: numpy and every kernel fast enough)")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("explain", parents=[common, threads, measure, dtype],
+    s = sub.add_parser("explain", parents=[common, threads, measure(1.0), dtype],
                        help="one product M x K @ K x N: FLOPs, bytes, intensity, predicted vs measured")
     s.add_argument("m", type=_positive_int, metavar="M")
     s.add_argument("n", type=_positive_int, metavar="N")
     s.add_argument("k", type=_positive_int, metavar="K")
     s.add_argument("--kernels", type=_name_list, default=None, help="comma-separated kernels (default: all)")
     s.add_argument("--no-measure", action="store_true", help="only the model's predictions")
-    s.set_defaults(func=cmd_explain, budget=1.0)
+    s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("demo", parents=[common],
                        help="everything at laptop-friendly sizes, then a report (HTML + Markdown)")

@@ -35,11 +35,16 @@ def kernel_color(name: str, _seen: Dict[str, str] = {}) -> str:  # noqa: B006 - 
     return _seen[name]
 
 
+_MARKERS = {"python": "o", "cython": "D", "naive": "o", "reordered": "v", "blocked": "^", "packed": "o",
+            "openmp": "o"}
+
+
 def _style(name: str) -> dict:
     ref = name.startswith("numpy") or name.startswith("cuda") or name.startswith("gpu")
     dashed = name.startswith("numpy-") and not name.startswith("numpy-1t")
     return {"color": kernel_color(name), "linestyle": ":" if dashed else ("--" if ref else "-"),
-            "marker": "s" if ref else "o", "linewidth": 1.6 if ref else 2.0, "markersize": 5}
+            "marker": "s" if ref else _MARKERS.get(name, "o"), "linewidth": 1.6 if ref else 2.0,
+            "markersize": 6 if name == "cython" else 5}
 
 
 def _cpu_title(doc: dict) -> str:
