@@ -338,6 +338,7 @@ def run_roofline(*, n: int = 1024, kernels=None, dtype: str = "float32", threads
         raise ValueError(f"n must be a positive integer, got {n}")
     n = int(n)
     threads = get_num_threads() if threads is None else check_threads(threads)
+    minfo = machine_info()  # before measuring: how busy the machine was when we started
     t_start = time.perf_counter()
     if machine is None:
         machine = measure_machine(threads, quick=quick)
@@ -381,7 +382,7 @@ def run_roofline(*, n: int = 1024, kernels=None, dtype: str = "float32", threads
                            "fraction_of_roof": model["predicted_s"] / best})
             bar.advance()
     return {
-        "schema": SCHEMA, "machine": machine_info(),
+        "schema": SCHEMA, "machine": minfo,
         "params": {"n": n, "kernels": names, "dtype": dtype, "threads": threads, "repeats": repeats,
                    "budget_s": budget, "force": force, "quick": quick},
         "roofs": machine, "points": points, "notes": notes,

@@ -192,6 +192,7 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
         names = [k for k in names if k.startswith("numpy-") or KERNELS[k].device == "cpu"]
     rng = np.random.default_rng(seed)
     est = Estimator()
+    minfo = machine_info()  # before measuring: how busy the machine was when we started
     t_start = time.perf_counter()
 
     # Calibrate every series at a tiny size: the first estimate, and a warm-up.
@@ -239,7 +240,7 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
 
     doc = {
         "schema": SCHEMA,
-        "machine": machine_info(),
+        "machine": minfo,
         "params": {"sizes": sizes, "kernels": names, "dtype": dtype, "threads": threads,
                    "repeats": repeats, "budget_s": budget, "force": force},
         "peak": peak,

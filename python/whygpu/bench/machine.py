@@ -75,20 +75,27 @@ def _load():
 
 
 def _cpu_busy(interval: float = 0.1):
-    """Fraction of all CPUs busy (with other programs: we are idle meanwhile)
-    over `interval` seconds, from /proc/stat; None where there is none."""
+    """Fraction of all CPUs that *other* programs kept busy over `interval`
+    seconds, from /proc/stat minus this process's own CPU time (an OpenMP
+    team still spinning after a parallel region is ours, not theirs); None
+    where there is no /proc/stat."""
     def sample():
         with open("/proc/stat") as f:
             vals = [int(x) for x in f.readline().split()[1:]]
         idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
-        return idle, sum(vals[:8])
+        own = os.times()
+        return idle, sum(vals[:8]), own.user + own.system
     try:
-        i0, t0 = sample()
+        i0, t0, o0 = sample()
         time.sleep(interval)
-        i1, t1 = sample()
-    except (OSError, ValueError, IndexError):
+        i1, t1, o1 = sample()
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
         return None
-    return None if t1 <= t0 else max(0.0, min(1.0, 1 - (i1 - i0) / (t1 - t0)))
+    if t1 <= t0:
+        return None
+    busy = (t1 - t0) - (i1 - i0) - (o1 - o0) * hz
+    return max(0.0, min(1.0, busy / (t1 - t0)))
 
 
 def machine_info() -> dict:

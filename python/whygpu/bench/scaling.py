@@ -82,6 +82,7 @@ def run_scaling(*, n: int = 1024, threads_list: Optional[Sequence[int]] = None, 
     if threads_list is None:
         threads_list = list(range(1, _cpus_available() + 1))
     threads_list = sorted({check_threads(t) for t in threads_list} | {1})
+    minfo = machine_info()  # before measuring: how busy the machine was when we started
     t_start = time.perf_counter()
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
@@ -135,7 +136,7 @@ def run_scaling(*, n: int = 1024, threads_list: Optional[Sequence[int]] = None, 
     if max(threads_list) > cores:
         log(f"note: {max(threads_list)} threads on {cores} cores: beyond {cores}, threads share cores")
     return {
-        "schema": SCHEMA, "machine": machine_info(),
+        "schema": SCHEMA, "machine": minfo,
         "params": {"n": n, "threads": threads_list, "kernel": kernel, "dtype": dtype, "repeats": repeats,
                    "budget_s": budget},
         "series": series, "seconds": time.perf_counter() - t_start,

@@ -146,6 +146,7 @@ def run_train(*, steps: int = 30, batch: int = 256, layers: Sequence[int] = (784
             if b not in names:
                 names.append(b)
     th = get_num_threads() if threads is None else check_threads(threads)
+    minfo = machine_info()  # before measuring: how busy the machine was when we started
     t_start = time.perf_counter()
     n_train = batch * max(4, min(steps + _WARMUP, 16))
     X, y = synthetic_clusters(n_train + 2000, layers[0], layers[-1], seed)
@@ -171,7 +172,7 @@ def run_train(*, steps: int = 30, batch: int = 256, layers: Sequence[int] = (784
             runs.append(rec)
             bar.advance()
     return {
-        "schema": SCHEMA, "machine": machine_info(),
+        "schema": SCHEMA, "machine": minfo,
         "params": {"steps": steps, "batch": batch, "layers": "-".join(map(str, layers)), "widths": layers,
                    "backends": names, "threads": th, "lr": lr, "optimizer": "SGD", "warmup_steps": _WARMUP,
                    "dataset": f"synthetic: {layers[-1]} Gaussian clusters in {layers[0]} dimensions, "
