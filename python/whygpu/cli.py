@@ -447,7 +447,7 @@ def cmd_demo(args) -> int:
         print(f"\n== {name} " + "=" * max(0, 60 - len(name)), flush=True)
 
     print(f"whygpu demo{' --quick' if args.quick else ''}: measuring this machine, then writing a report into {out}"
-          f" (about {'15 s' if args.quick else '1 min'} on a quiet 2-core laptop)", flush=True)
+          f" (about {'10 s' if args.quick else '30 s'} on a quiet 2-core laptop)", flush=True)
     stage("info")
     info = _info_doc()
     _print_info(info)

@@ -359,6 +359,9 @@ def _scaling_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
                     f"step (x{_g(a['matmul_s'] / b['matmul_s'])}) and everything else from {_ms(a['other_s'])} to "
                     f"{_ms(b['other_s'])} (x{_g(a['other_s'] / b['other_s'])}) -- the part that scales worse "
                     "sets the limit")
+        X = max(16, 4 * P)
+        cap += (f". Extrapolated with Amdahl's law (dashed curves, shaded region), {X} cores would make the step "
+                f"x{_g(1 / (t['serial_fraction'] + (1 - t['serial_fraction']) / X))} faster, not x{X}")
         cap += "."
     blocks.append(("fig", "scaling.png", cap.strip()))
     rows = []
