@@ -4,7 +4,10 @@ from __future__ import annotations
 import numbers
 import os
 
-__all__ = ["set_num_threads", "get_num_threads", "check_threads"]
+__all__ = ["set_num_threads", "get_num_threads", "check_threads", "MAX_THREADS"]
+
+# More threads than cores is allowed (it only oversubscribes), but not absurd counts.
+MAX_THREADS = 1024
 
 
 def _cpus_available() -> int:
@@ -20,6 +23,8 @@ def check_threads(n, what: str = "threads") -> int:
         raise TypeError(f"{what} must be an integer >= 1, got {n!r}")
     if n < 1:
         raise ValueError(f"{what} must be >= 1, got {n}")
+    if n > MAX_THREADS:  # the C++ side takes an int, and OpenMP aborts the process if it cannot start them
+        raise ValueError(f"{what} must be <= {MAX_THREADS}, got {n}")
     return int(n)
 
 
