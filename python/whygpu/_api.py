@@ -73,8 +73,9 @@ def _check_out(out, m: int, n: int, dtype: np.dtype, name: str, inputs) -> np.nd
 def _kernel_ready(x: np.ndarray, layout: str) -> np.ndarray:
     """x, or a contiguous copy when the kernel cannot read it as it is."""
     itemsize = x.itemsize
-    odd = not x.flags.aligned or any(s % itemsize for s in x.strides)
-    if odd or (layout == "row-major" and not x.flags.c_contiguous):
+    if not x.flags.aligned or any(s % itemsize for s in x.strides):
+        return np.array(x, order="C")  # a fresh, aligned copy (ascontiguousarray keeps a contiguous x as is)
+    if layout == "row-major" and not x.flags.c_contiguous:
         return np.ascontiguousarray(x)
     return x
 
