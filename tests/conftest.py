@@ -30,9 +30,9 @@ def rng():
 def _restore_global_state():
     """Every test leaves the instruction set and default thread count as it found them;
     a test that forgets to restore them fails here instead of skewing later tests."""
-    arch, threads = whygpu.cpu_info()["arch"], whygpu.get_num_threads()
+    arch, threads = whygpu._core.arch(), whygpu.get_num_threads()  # cpu_info() would read /proc each time
     yield
-    leaked = (whygpu.cpu_info()["arch"], whygpu.get_num_threads())
+    leaked = (whygpu._core.arch(), whygpu.get_num_threads())
     whygpu.set_arch(arch)
     whygpu.set_num_threads(threads)
     assert leaked == (arch, threads), f"test changed global state: arch/threads {leaked} != {(arch, threads)}"
@@ -41,7 +41,7 @@ def _restore_global_state():
 @pytest.fixture
 def restore_arch():
     """Lets a test call whygpu.set_arch freely; the original is put back after."""
-    before = whygpu.cpu_info()["arch"]
+    before = whygpu._core.arch()
     yield before
     whygpu.set_arch(before)
 

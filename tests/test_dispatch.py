@@ -144,10 +144,16 @@ with warnings.catch_warnings(record=True) as caught:
     import whygpu
 import numpy as np
 rng = np.random.default_rng(0)
-a = rng.uniform(-1, 1, (37, 801)).astype(np.float32)
-b = rng.uniform(-1, 1, (801, 53)).astype(np.float32)
-err = float(np.abs(whygpu.matmul(a, b, kernel="packed").astype(np.float64) - a.astype(np.float64) @ b).max())
-print(json.dumps({"info": whygpu.cpu_info(), "err": err,
+ok = True
+for dtype in (np.float32, np.float64):
+    a = rng.uniform(-1, 1, (37, 801)).astype(dtype)
+    b = rng.uniform(-1, 1, (801, 53)).astype(dtype)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    tol = np.finfo(dtype).eps * (801 + 4) * (np.abs(a64) @ np.abs(b64))
+    for kernel in [k for k in ("packed", "openmp") if k in whygpu.available_kernels()]:
+        got = whygpu.matmul(a, b, kernel=kernel, threads=3)
+        ok = ok and bool((np.abs(got - a64 @ b64) <= tol).all())
+print(json.dumps({"info": whygpu.cpu_info(), "ok": ok,
                   "warnings": [[w.category.__name__, str(w.message)] for w in caught]}))
 """
 
@@ -160,7 +166,7 @@ def _probe(**env_vars):
     out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["err"] < 1e-3  # the packed kernel is right whatever was asked for
+    assert result["ok"]  # the packed and openmp kernels are right whatever was asked for
     return result
 
 
@@ -198,13 +204,14 @@ def test_whygpu_arch_named_isa(arch):
                                                     f"using {INFO['best_arch']}"]]
 
 
-def test_small_block_sizes_from_the_environment():
+@pytest.mark.parametrize("kc,nc", [("7", "13"), ("1", "1")])
+def test_small_block_sizes_from_the_environment(kc, nc):
     """WHYGPU_KC / WHYGPU_NC (tuning knobs) shrink the panels: the same product then
     crosses dozens of kc and nc boundaries, and must still be right."""
-    r = _probe(WHYGPU_KC="7", WHYGPU_NC="13")
+    r = _probe(WHYGPU_KC=kc, WHYGPU_NC=nc)
     for dtype in ("float32", "float64"):
-        assert r["info"]["blocking"][dtype]["kc"] == 7
-        assert r["info"]["blocking"][dtype]["nc"] == 13
+        assert r["info"]["blocking"][dtype]["kc"] == int(kc)
+        assert r["info"]["blocking"][dtype]["nc"] == int(nc)
 
 
 @pytest.mark.parametrize("kc", ["0", "-3", "abc", "99999"])
