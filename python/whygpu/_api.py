@@ -122,6 +122,35 @@ def _gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel, threads, c_name, c_is_
     return c
 
 
+def _gemm_unchecked(kern, a: np.ndarray, b: np.ndarray, c: np.ndarray, alpha: float, beta: float,
+                    trans_a: bool, trans_b: bool, threads: int) -> None:
+    """``c = alpha * op(a) @ op(b) + beta * c`` with no argument checking.
+
+    The fast path of whygpu.nn, which calls this a dozen times per training
+    step with arrays it made itself: ``kern`` is a registry Kernel that is
+    available, a/b/c share one float dtype, are aligned, do not overlap, have
+    matching shapes, and c is C-contiguous and writeable.  Skipping the checks
+    of :func:`gemm` matters at batch 32, where a whole step is about a
+    millisecond.  Anything else must go through :func:`gemm`.
+    """
+    op_a = a.T if trans_a else a  # a transpose is only a swap of strides: no copy
+    op_b = b.T if trans_b else b
+    m, k = op_a.shape
+    n = op_b.shape[1]
+    if m == 0 or n == 0:
+        return
+    if k == 0 or alpha == 0.0:
+        if beta == 0.0:
+            c.fill(0)
+        else:
+            c *= c.dtype.type(beta)
+        return
+    if kern.layout == "row-major":  # the simple rungs read rows only
+        op_a = np.ascontiguousarray(op_a)
+        op_b = np.ascontiguousarray(op_b)
+    kern.run(op_a, op_b, c, alpha, beta, threads)
+
+
 def matmul(a, b, *, kernel: str = "openmp", threads: Optional[int] = None,
            out: Optional[np.ndarray] = None) -> np.ndarray:
     """Matrix product ``a @ b`` of two 2-D float32 or float64 arrays on a

@@ -1,0 +1,319 @@
+"""Parameter and Module: the base of every layer and loss.
+
+A Module has a back end (where its arithmetic runs, see ``_backend.py``), a
+dtype (float32 by default, float64 for gradient checks), a training/eval
+mode, and buffers for its outputs and gradients that are reused from one
+step to the next, so a steady-state training step allocates almost nothing.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from . import _backend, _profile
+from ._backend import Backend, get_backend
+
+__all__ = ["Parameter", "Module"]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_clock = _profile._clock
+
+
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in _FLOATS:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+class Parameter:
+    """A learnable array and its gradient.
+
+    ``.data`` and ``.grad`` are NumPy arrays you can read, modify in place or
+    assign (``p.data = new_values`` copies the values in; the shape must
+    match).  Gradients *accumulate* over backward passes until
+    :meth:`zero_grad`, as in PyTorch.  Zeroing is lazy: it only sets a flag,
+    and the next backward pass overwrites instead of adding (``beta = 0`` in
+    its GEMM), which saves a pass over every parameter each step; reading
+    ``.grad`` in between gives zeros as expected.
+    """
+
+    __slots__ = ("_data", "_grad", "_grad_is_zero", "_backend", "name")
+
+    def __init__(self, data: np.ndarray, name: str = ""):
+        self._data = np.ascontiguousarray(data)
+        if self._data.dtype not in _FLOATS:
+            raise TypeError(f"a Parameter holds float32 or float64 values, got {self._data.dtype}")
+        self._grad = np.zeros_like(self._data)
+        self._grad_is_zero = True
+        self._backend: Backend = _backend.NUMPY
+        self.name = name
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, value) -> None:
+        self._data[...] = self._checked(value, "data")
+
+    @property
+    def grad(self) -> np.ndarray:
+        if self._grad_is_zero:
+            self._grad.fill(0)
+            self._grad_is_zero = False
+        return self._grad
+
+    @grad.setter
+    def grad(self, value) -> None:
+        if value is None:
+            self.zero_grad()
+            return
+        self._grad[...] = self._checked(value, "grad")
+        self._grad_is_zero = False
+
+    def _checked(self, value, what: str) -> np.ndarray:
+        arr = np.asarray(value)
+        if arr.shape != self._data.shape:
+            raise ValueError(f"cannot assign an array of shape {arr.shape} to {self.name or 'a parameter'}.{what} "
+                             f"of shape {self._data.shape}")
+        if arr.dtype.kind not in "fiub":
+            raise TypeError(f"{what} must be numeric, got dtype {arr.dtype}")
+        return arr
+
+    def zero_grad(self) -> None:
+        """Forget the accumulated gradient (lazily: see the class docstring)."""
+        self._grad_is_zero = True
+
+    def _grad_beta(self) -> float:
+        """For a backward pass about to write the gradient: 0.0 (overwrite)
+        after zero_grad, else 1.0 (accumulate)."""
+        if self._grad_is_zero:
+            self._grad_is_zero = False
+            return 0.0
+        return 1.0
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self._data.shape
+
+    @property
+    def size(self) -> int:
+        return self._data.size
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._data.dtype
+
+    def _astype(self, dtype: np.dtype) -> None:
+        if self._data.dtype != dtype:
+            grad = self.grad.astype(dtype)
+            self._data = self._data.astype(dtype)
+            self._grad = grad
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name or '?'}, shape={self.shape}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class of layers, containers and losses.
+
+    Subclasses implement ``forward(x)`` and ``backward(grad)``; calling the
+    module (``layer(x)``) checks and converts the input first and returns an
+    array you own.  ``forward``/``backward`` called directly may return the
+    module's internal buffers, overwritten by the next call.
+    """
+
+    def __init__(self):
+        self.training = True
+        self._backend: Backend = _backend.NUMPY
+        self._dtype = np.dtype(np.float32)
+        self._bufs: Dict[str, np.ndarray] = {}
+        self._prof: Optional[_profile._Record] = None  # set while a profile is active
+
+    # -- parameters --------------------------------------------------------
+    def parameters(self) -> List[Parameter]:
+        """The learnable parameters, in a fixed order."""
+        return [p for _, p in self.named_parameters()]
+
+    def named_parameters(self) -> Iterator[Tuple[str, Parameter]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield name, value
+
+    def count_params(self) -> int:
+        """Total number of learnable values."""
+        return sum(p.size for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        """Zero every parameter's gradient."""
+        for p in self.parameters():
+            p.zero_grad()
+
+    # -- back end, dtype, mode -----------------------------------------------
+    def to(self, backend=None, dtype=None) -> "Module":
+        """Move to back end ``backend`` (``'numpy'`` or a name from
+        :func:`whygpu.available_kernels`) and/or convert to ``dtype``
+        (float32 or float64).  Parameters keep their values.  Returns self."""
+        be = get_backend(backend) if backend is not None else None
+        dt = _check_dtype(dtype) if dtype is not None else None
+        for m in self._modules():
+            if be is not None:
+                m._backend = be
+            if dt is not None:
+                m._dtype = dt
+                m._bufs = {}
+            for p in m.parameters():
+                if be is not None:
+                    p._backend = be
+                if dt is not None:
+                    p._astype(dt)
+        return self
+
+    def float(self) -> "Module":
+        return self.to(dtype=np.float32)
+
+    def double(self) -> "Module":
+        return self.to(dtype=np.float64)
+
+    @property
+    def backend(self) -> str:
+        """Name of the back end this module runs on."""
+        return self._backend.name
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    def train(self, mode: bool = True) -> "Module":
+        for m in self._modules():
+            m.training = bool(mode)
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def _modules(self) -> List["Module"]:
+        return [self]
+
+    # -- calling -------------------------------------------------------------
+    def __call__(self, x):
+        x = self._check_input(x)
+        rec = self._prof
+        if rec is None:
+            out = self.forward(x).copy()  # the caller owns the result; buffers are reused
+        else:
+            t0 = _clock()
+            out = self.forward(x).copy()
+            rec.forward_s += _clock() - t0
+        _backend.note_output(out, self._backend)
+        return out
+
+    def forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        """Given dLoss/dOutput of the latest forward pass, accumulate the
+        parameters' gradients and return dLoss/dInput."""
+        grad = self._check_grad(grad)
+        rec = self._prof
+        if rec is None:
+            return self._backward(grad, True)
+        t0 = _clock()
+        dx = self._backward(grad, True)
+        rec.backward_s += _clock() - t0
+        return dx
+
+    def _backward(self, grad: np.ndarray, need_input_grad: bool):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_input(self, x) -> np.ndarray:
+        """x as a C-contiguous 2-D array of this module's dtype, or a clear error."""
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"{type(self).__name__} input must be numeric, got dtype {x.dtype}")
+        if x.ndim != 2:
+            hint = " (a single sample? use x.reshape(1, -1))" if x.ndim == 1 else ""
+            raise ValueError(f"{type(self).__name__} expects a 2-D array (batch, features), got shape {x.shape}{hint}")
+        x = np.ascontiguousarray(x, dtype=self._dtype)
+        _check_finite(x, "input")
+        return x
+
+    def _check_grad(self, grad) -> np.ndarray:
+        out = self._saved_output_shape()
+        if out is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called before forward(): run a forward pass first")
+        if not isinstance(grad, np.ndarray):
+            grad = np.asarray(grad)
+        if grad.shape != out:
+            raise ValueError(f"{type(self).__name__}.backward() got a gradient of shape {grad.shape}, "
+                             f"expected {out} (the shape of the latest output)")
+        if grad.dtype.kind not in "fiub":
+            raise TypeError(f"the gradient must be numeric, got dtype {grad.dtype}")
+        return np.ascontiguousarray(grad, dtype=self._dtype)
+
+    def _saved_output_shape(self) -> Optional[tuple]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- helpers for subclasses ----------------------------------------------
+    def _buf(self, key: str, shape: tuple) -> np.ndarray:
+        """A reusable output buffer: allocated on first use or when the batch shape changes."""
+        b = self._bufs.get(key)
+        if b is None or b.shape != shape:
+            b = self._bufs[key] = np.empty(shape, dtype=self._dtype)
+        return b
+
+    def _matmul(self, a, b, out, trans_a=False, trans_b=False, beta=0.0) -> None:
+        """out = op(a) @ op(b) + beta * out on this module's back end (timed under a profile)."""
+        rec = self._prof
+        if rec is None:
+            self._backend.matmul_into(a, b, out, trans_a, trans_b, 1.0, beta)
+            return
+        t0 = _clock()
+        self._backend.matmul_into(a, b, out, trans_a, trans_b, 1.0, beta)
+        rec.matmul_s += _clock() - t0
+        rec.matmul_calls += 1
+        rec.flops += 2 * out.shape[0] * out.shape[1] * (a.shape[0] if trans_a else a.shape[1])
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _check_finite(x: np.ndarray, what: str) -> None:
+    """ValueError if x holds NaN or infinity.  One fast reduction on the
+    common path; the element-wise search only when something is wrong."""
+    if x.dtype.kind != "f" or x.size == 0:
+        return
+    if np.isfinite(np.add.reduce(x, axis=None)):
+        return
+    if np.isnan(x).any():
+        bad = np.argwhere(np.isnan(x))[0]
+        raise ValueError(f"the {what} contains NaN (first at index {tuple(int(i) for i in bad)}); "
+                         f"clean the data before training")
+    if np.isinf(x).any():
+        raise ValueError(f"the {what} contains infinity; clean or rescale the data before training")
+    # finite values whose sum overflowed: fine
+
+
+def _check_number(value, name: str, low: float = None, low_inclusive: bool = True, high: float = None,
+                  high_inclusive: bool = True) -> float:
+    """value as a float within bounds, or TypeError/ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if v != v:
+        raise ValueError(f"{name} must not be NaN")
+    if low is not None and (v < low or (v == low and not low_inclusive)):
+        raise ValueError(f"{name} must be {'>=' if low_inclusive else '>'} {low}, got {value}")
+    if high is not None and (v > high or (v == high and not high_inclusive)):
+        raise ValueError(f"{name} must be {'<=' if high_inclusive else '<'} {high}, got {value}")
+    return v

@@ -1,0 +1,337 @@
+"""Sequential: layers applied one after another, with the Keras-style
+conveniences on top of the explicit step: fit, evaluate, predict, summary.
+
+The explicit step, which ``fit`` runs for each batch::
+
+    logits = model(x)                   # forward: every Linear is a matmul
+    loss = loss_fn(logits, y)           # a float
+    model.zero_grad()
+    model.backward(loss_fn.backward())  # backward: two matmuls per Linear
+    opt.step()                          # update every parameter
+"""
+from __future__ import annotations
+
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .. import _random
+from . import _backend, _profile
+from ._module import Module, Parameter, _check_finite
+from .losses import CrossEntropyLoss, MSELoss, _Loss
+
+__all__ = ["Sequential"]
+
+_clock = _profile._clock
+
+
+class Sequential(Module):
+    """A stack of layers: ``Sequential(Linear(784, 512), ReLU(), Linear(512, 10))``."""
+
+    def __init__(self, *layers: Module):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module) or isinstance(layer, Sequential):
+                raise TypeError(f"Sequential takes layers (Linear, ReLU, ...); argument {i} is "
+                                f"{type(layer).__name__}")
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        self.layers: List[Module] = list(layers)
+        self._dtype = self.layers[0]._dtype
+        self._backend = self.layers[0]._backend
+        self.to(self._backend, self._dtype)  # one back end and dtype for all layers
+        self._forwarded = False
+        self._fit_loss: Optional[_Loss] = None
+
+    # -- container -----------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i) -> Module:
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def _modules(self) -> List[Module]:
+        return [self] + self.layers
+
+    def named_parameters(self):
+        for i, layer in enumerate(self.layers):
+            for name, p in layer.named_parameters():
+                yield f"{i}.{name}", p
+
+    def __repr__(self) -> str:
+        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"
+
+    # -- forward and backward ------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Run every layer (x must already be a checked array: use model(x))."""
+        if self.layers[0]._prof is None:  # not profiling: no timers at all
+            for layer in self.layers:
+                x = layer.forward(x)
+        else:
+            for layer in self.layers:
+                t0 = _clock()
+                x = layer.forward(x)
+                layer._prof.forward_s += _clock() - t0
+        self._forwarded = True
+        return x
+
+    def backward(self, grad: np.ndarray, input_grad: bool = False) -> Optional[np.ndarray]:
+        """Backpropagate dLoss/dOutput through every layer, last to first,
+        accumulating each parameter's gradient.  Returns dLoss/dInput when
+        ``input_grad`` is true; by default it is not computed (as in PyTorch,
+        the data needs no gradient, and that skips a matmul in the first layer)."""
+        grad = self._check_grad(grad)
+        return self._backward(grad, bool(input_grad))
+
+    def _backward(self, grad, need_input_grad):
+        last = len(self.layers) - 1
+        profiling = self.layers[0]._prof is not None
+        for i in range(last, -1, -1):
+            layer = self.layers[i]
+            need = need_input_grad or i > 0
+            if profiling:
+                t0 = _clock()
+                grad = layer._backward(grad, need)
+                layer._prof.backward_s += _clock() - t0
+            else:
+                grad = layer._backward(grad, need)
+        return grad
+
+    def _saved_output_shape(self):
+        return self.layers[-1]._saved_output_shape() if self._forwarded else None
+
+    def _check_input(self, x) -> np.ndarray:
+        x = super()._check_input(x)
+        n_in = self.input_features()
+        if n_in is not None and x.shape[1] != n_in:
+            raise ValueError(f"the model expects {n_in} input features, got an array with {x.shape[1]} "
+                             f"(shape {x.shape})")
+        return x
+
+    # -- shapes and parameters -----------------------------------------------
+    def input_features(self) -> Optional[int]:
+        """Features the model takes (from its first Linear layer), or None."""
+        for layer in self.layers:
+            if hasattr(layer, "in_features"):
+                return layer.in_features
+        return None
+
+    def output_features(self, in_features: Optional[int] = None) -> Optional[int]:
+        n = self.input_features() if in_features is None else in_features
+        for layer in self.layers:
+            n = layer.output_features(n) if n is not None else getattr(layer, "out_features", None)
+        return n
+
+    def summary(self, print_fn=print) -> None:
+        """Print a table of the layers, their output shapes and parameter
+        counts, with the total number of parameters and their memory (as
+        stored now: 4 bytes each in float32, 8 in float64).  ``print_fn``
+        receives the text (default ``print``)."""
+        n = self.input_features()
+        rows = [("Layer (type)", "Output shape", "Param #")]
+        for i, layer in enumerate(self.layers):
+            n = layer.output_features(n) if n is not None else None
+            shape = f"(batch, {n})" if n is not None else "?"
+            rows.append((f"{i}: {layer!r}", shape, f"{layer.count_params():,}"))
+        w = [max(len(r[c]) for r in rows) for c in range(3)]
+        line = "-" * (w[0] + w[1] + w[2] + 6)
+        out = [line, f"{rows[0][0]:<{w[0]}}   {rows[0][1]:<{w[1]}}   {rows[0][2]:>{w[2]}}", "=" * len(line)]
+        for r in rows[1:]:
+            out.append(f"{r[0]:<{w[0]}}   {r[1]:<{w[1]}}   {r[2]:>{w[2]}}")
+        total = self.count_params()
+        nbytes = total * self._dtype.itemsize
+        out += ["=" * len(line),
+                f"Total params: {total:,}",
+                f"Memory: {_fmt_bytes(nbytes)} as {self._dtype} (weights only; training adds gradients, "
+                f"optimizer state and activations)",
+                f"Back end: {self.backend}",
+                line]
+        print_fn("\n".join(out))
+
+    # -- Keras-style training ------------------------------------------------
+    def fit(self, X, y, epochs: int = 1, batch_size: int = 32, optimizer=None, loss=None,
+            validation_data=None, shuffle: bool = True, verbose="auto") -> Dict[str, list]:
+        """Train with mini-batches; returns the history, a dict of per-epoch
+        lists: ``loss`` and, for classifiers, ``accuracy`` (plus ``val_loss``
+        and ``val_accuracy`` with ``validation_data=(X_val, y_val)``).
+
+        ``optimizer`` (e.g. ``whygpu.optim.SGD(model.parameters(), lr=0.1)``)
+        and ``loss`` (e.g. ``nn.CrossEntropyLoss()``) are required.  Each
+        epoch visits every sample once, in a new random order when
+        ``shuffle`` (drawn from :func:`whygpu.manual_seed`'s generator); the
+        last batch may be smaller.  ``verbose``: ``"auto"`` shows a progress
+        bar when writing to a terminal, 0 is silent, 1 always shows the bar,
+        2 prints one line per epoch.
+        """
+        from ..optim import Optimizer  # late import: optim imports nn
+
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError("fit() needs optimizer=, e.g. whygpu.optim.SGD(model.parameters(), lr=0.1)")
+        if not isinstance(loss, _Loss):
+            raise TypeError("fit() needs loss=, e.g. whygpu.nn.CrossEntropyLoss()")
+        epochs = _positive_int(epochs, "epochs")
+        batch_size = _positive_int(batch_size, "batch_size")
+        if verbose not in ("auto", 0, 1, 2):
+            raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
+        X, y = self._check_dataset(X, y, loss, "X", "y")
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (X_val, y_val)")
+            val = self._check_dataset(validation_data[0], validation_data[1], loss, "X_val", "y_val")
+        self._fit_loss = loss
+        classifier = loss.classifier
+        history: Dict[str, list] = {"loss": []}
+        if classifier:
+            history["accuracy"] = []
+        if val is not None:
+            history["val_loss"] = []
+            if classifier:
+                history["val_accuracy"] = []
+
+        n = X.shape[0]
+        n_batches = -(-n // batch_size)
+        rng = _random.get_rng()
+        self.train()
+        for epoch in range(epochs):
+            order = rng.permutation(n) if shuffle else None
+            bar = _progress(n_batches, f"Epoch {epoch + 1}/{epochs}", verbose)
+            total_loss, correct = 0.0, 0
+            for b in range(n_batches):
+                sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
+                idx = order[sl] if order is not None else sl
+                xb, yb = X[idx], y[idx]
+                out = self.forward(xb)
+                _backend.note_output(out, self._backend)
+                batch_loss = loss(out, yb)
+                if classifier:
+                    correct += loss._n_correct(out, yb)
+                self.zero_grad()
+                self.backward(loss.backward())
+                optimizer.step()
+                if not np.isfinite(batch_loss):
+                    if bar is not None:
+                        bar.close()
+                    raise FloatingPointError(f"the loss became {batch_loss} in epoch {epoch + 1}, batch {b + 1}: "
+                                             f"training diverged -- try a smaller learning rate")
+                total_loss += batch_loss * xb.shape[0]
+                if bar is not None:
+                    bar.update(1)
+                    if b % 10 == 0 or b == n_batches - 1:
+                        bar.set_postfix(loss=f"{total_loss / (sl.stop):.4f}", refresh=False)
+            history["loss"].append(total_loss / n)
+            if classifier:
+                history["accuracy"].append(correct / n)
+            if val is not None:
+                res = self._evaluate(val[0], val[1], loss, max(batch_size, 256))
+                history["val_loss"].append(res["loss"])
+                if classifier:
+                    history["val_accuracy"].append(res["accuracy"])
+            summary = "  ".join(f"{k} {v[-1]:.4f}" for k, v in history.items())
+            if bar is not None:
+                bar.set_postfix_str(summary, refresh=True)
+                bar.close()
+            elif verbose == 2:
+                print(f"Epoch {epoch + 1}/{epochs}  {summary}", file=sys.stdout)
+        return history
+
+    def evaluate(self, X, y, loss=None, batch_size: int = 256) -> Dict[str, float]:
+        """Mean loss and, for classifiers, accuracy on (X, y), in eval mode
+        (dropout off).  ``loss`` defaults to the one last used by ``fit``,
+        else CrossEntropyLoss for integer labels and MSELoss otherwise."""
+        if loss is None:
+            loss = self._fit_loss
+        if loss is None:
+            loss = CrossEntropyLoss() if np.asarray(y).dtype.kind in "iu" else MSELoss()
+        if not isinstance(loss, _Loss):
+            raise TypeError(f"loss must be a whygpu.nn loss, got {type(loss).__name__}")
+        X, y = self._check_dataset(X, y, loss, "X", "y")
+        return self._evaluate(X, y, loss, _positive_int(batch_size, "batch_size"))
+
+    def _evaluate(self, X, y, loss, batch_size):
+        was_training = self.training
+        self.eval()
+        try:
+            total, correct, classifier = 0.0, 0, True
+            for s in range(0, X.shape[0], batch_size):
+                xb, yb = X[s:s + batch_size], y[s:s + batch_size]
+                out = self.forward(xb)
+                _backend.note_output(out, self._backend)
+                total += loss.forward(out, yb) * xb.shape[0]
+                c = loss._n_correct(out, yb)
+                if c is None:
+                    classifier = False
+                else:
+                    correct += c
+        finally:
+            self.train(was_training)
+        result = {"loss": total / X.shape[0]}
+        if classifier:
+            result["accuracy"] = correct / X.shape[0]
+        return result
+
+    def predict(self, X, batch_size: int = 256) -> np.ndarray:
+        """The model's outputs for X (logits for a classifier ending in
+        Linear: take ``argmax(axis=1)`` for classes), in eval mode."""
+        X = self._check_input(X)
+        batch_size = _positive_int(batch_size, "batch_size")
+        n_out = self.output_features(X.shape[1])
+        out = np.empty((X.shape[0], n_out), dtype=self._dtype)
+        was_training = self.training
+        self.eval()
+        try:
+            for s in range(0, X.shape[0], batch_size):
+                out[s:s + batch_size] = self.forward(X[s:s + batch_size])
+        finally:
+            self.train(was_training)
+        return out
+
+    def _check_dataset(self, X, y, loss, xname, yname):
+        X = self._check_input(X)
+        if X.shape[0] == 0:
+            raise ValueError(f"{xname} is empty (0 samples)")
+        y = np.asarray(y)
+        if y.ndim == 0 or y.shape[0] != X.shape[0]:
+            raise ValueError(f"{xname} has {X.shape[0]} samples but {yname} has "
+                             f"{'no axis' if y.ndim == 0 else y.shape[0]}")
+        n_out = self.output_features(X.shape[1])
+        # let the loss check the targets once, on the whole data set, with a dummy output of the right shape
+        probe = np.zeros((X.shape[0], n_out if n_out is not None else 1), dtype=self._dtype)
+        y = loss._check_target(y, probe)
+        if y.dtype.kind == "f":
+            _check_finite(y, yname)
+        return X, y
+
+
+def _positive_int(v, name) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive integer, got {v!r}")
+    if v < 1:
+        raise ValueError(f"{name} must be >= 1, got {v}")
+    return int(v)
+
+
+def _fmt_bytes(n: int) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} MB"
+    if n >= 1e3:
+        return f"{n / 1e3:.2f} kB"
+    return f"{n} B"
+
+
+def _progress(total: int, desc: str, verbose):
+    if verbose in (0, 2):
+        return None
+    from tqdm import tqdm
+    # disable=None: tqdm shows the bar only on a terminal ("auto"); verbose=1 forces it.
+    return tqdm(total=total, desc=desc, unit="batch", leave=True, disable=None if verbose == "auto" else False,
+                file=sys.stderr, dynamic_ncols=True)

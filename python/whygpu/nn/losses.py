@@ -1,0 +1,201 @@
+"""Loss functions: a number that says how wrong the model is, and its
+gradient with respect to the model's output, where backpropagation starts.
+
+``loss = loss_fn(output, target)`` returns a Python float (the mean over the
+batch); ``loss_fn.backward()`` then returns dLoss/dOutput for
+``model.backward``.  A loss runs on the back end of the model that produced
+``output`` (or on the one given with ``.to(name)``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from . import _backend, _profile
+from ._backend import Backend, get_backend
+from ._module import _FLOATS, _check_finite
+
+__all__ = ["CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss"]
+
+_clock = _profile._clock
+
+
+class _Loss:
+    classifier = False  # does "accuracy" mean something for this loss?
+
+    def __init__(self):
+        self._backend: Optional[Backend] = None  # None: follow the model that made the output
+        self._grad_shape: Optional[tuple] = None
+        self._bufs = {}
+
+    def to(self, backend) -> "_Loss":
+        """Run on back end ``backend`` always (``None``: follow the model)."""
+        self._backend = None if backend is None else get_backend(backend)
+        return self
+
+    @property
+    def backend(self) -> str:
+        return "auto" if self._backend is None else self._backend.name
+
+    def __call__(self, output, target) -> float:
+        prof = _profile._active
+        if prof is None:
+            return self.forward(output, target)
+        t0 = _clock()
+        loss = self.forward(output, target)
+        prof.loss.forward_s += _clock() - t0
+        return loss
+
+    def forward(self, output, target) -> float:
+        be = self._backend or _backend.producer_of(output) or _backend.NUMPY
+        output = self._check_output(output)
+        target = self._check_target(target, output)
+        return self._forward(be, output, target)
+
+    def backward(self) -> np.ndarray:
+        """dLoss/dOutput of the latest forward call (an internal buffer,
+        overwritten by the next call)."""
+        if self._grad_shape is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called before the loss was computed: "
+                               f"call loss_fn(output, target) first")
+        prof = _profile._active
+        if prof is None:
+            return self._backward()
+        t0 = _clock()
+        g = self._backward()
+        prof.loss.backward_s += _clock() - t0
+        return g
+
+    def _buf(self, key, shape, dtype):
+        b = self._bufs.get(key)
+        if b is None or b.shape != shape or b.dtype != dtype:
+            b = self._bufs[key] = np.empty(shape, dtype=dtype)
+        return b
+
+    def _check_output(self, output) -> np.ndarray:
+        if not isinstance(output, np.ndarray):
+            output = np.asarray(output)
+        if output.dtype not in _FLOATS:
+            if output.dtype.kind not in "iub":
+                raise TypeError(f"{type(self).__name__}: the model output must be a float array, got {output.dtype}")
+            output = output.astype(np.float32)
+        if output.ndim != 2:
+            raise ValueError(f"{type(self).__name__} expects the model output as a 2-D array (batch, outputs), "
+                             f"got shape {output.shape}")
+        if output.shape[0] == 0:
+            raise ValueError(f"{type(self).__name__}: empty batch (0 rows): the mean of nothing is undefined")
+        return np.ascontiguousarray(output)
+
+    def _float_target(self, target, output) -> np.ndarray:
+        """A float target shaped like output (a 1-D target matches a (B, 1) output)."""
+        t = target if isinstance(target, np.ndarray) else np.asarray(target)
+        if t.dtype.kind not in "fiub":
+            raise TypeError(f"{type(self).__name__}: targets must be numeric, got dtype {t.dtype}")
+        if t.ndim == 1 and output.shape[1] == 1 and t.shape[0] == output.shape[0]:
+            t = t.reshape(-1, 1)
+        if t.shape != output.shape:
+            raise ValueError(f"{type(self).__name__}: target shape {t.shape} does not match output shape "
+                             f"{output.shape}")
+        t = np.ascontiguousarray(t, dtype=output.dtype)
+        _check_finite(t, "target")
+        return t
+
+    def _n_correct(self, output: np.ndarray, target) -> Optional[int]:
+        """How many samples of a batch are classified right (None: not a classifier)."""
+        return None
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class CrossEntropyLoss(_Loss):
+    """Softmax + negative log-likelihood, fused: for a classifier whose last
+    layer outputs raw scores (logits), with integer class labels.
+
+    ``loss = mean_i( -log softmax(logits_i)[label_i] )``; its gradient is
+    ``(softmax(logits) - onehot(labels)) / batch`` -- no division by a tiny
+    probability, which is why the two are fused.
+    """
+
+    classifier = True
+
+    def _check_target(self, target, output) -> np.ndarray:
+        t = target if isinstance(target, np.ndarray) else np.asarray(target)
+        if t.dtype.kind not in "iu":
+            hint = " -- convert with y.astype(np.int64)" if t.dtype.kind == "f" else ""
+            raise TypeError(f"CrossEntropyLoss expects integer class labels, got dtype {t.dtype}{hint}")
+        if t.ndim != 1 or t.shape[0] != output.shape[0]:
+            raise ValueError(f"CrossEntropyLoss expects one label per row: a 1-D array of {output.shape[0]} labels, "
+                             f"got shape {t.shape}")
+        n_classes = output.shape[1]
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(f"labels must be class indices in [0, {n_classes}) for a model with {n_classes} "
+                             f"outputs; got labels from {lo} to {hi}")
+        return np.ascontiguousarray(t, dtype=np.int64)
+
+    def _forward(self, be, logits, labels) -> float:
+        self._be = be
+        self._probs = self._buf("probs", logits.shape, logits.dtype)
+        total = be.softmax_xent_fwd(logits, labels, self._probs)  # also keeps softmax(logits)
+        self._labels = labels
+        self._grad_shape = logits.shape
+        return total / logits.shape[0]
+
+    def _backward(self) -> np.ndarray:
+        dx = self._buf("dx", self._grad_shape, self._probs.dtype)
+        self._be.softmax_xent_bwd(self._probs, self._labels, dx, 1.0 / self._grad_shape[0])  # (p - onehot) / B
+        return dx
+
+    def _n_correct(self, output, target):
+        return int(np.count_nonzero(np.argmax(output, axis=1) == target))
+
+
+class MSELoss(_Loss):
+    """Mean squared error, ``mean((output - target)**2)`` over all elements;
+    gradient ``2 (output - target) / N``.  For regression."""
+
+    def _check_target(self, target, output):
+        return self._float_target(target, output)
+
+    def _forward(self, be, y, t) -> float:
+        self._be, self._y, self._t = be, y, t
+        self._grad_shape = y.shape
+        return be.mse_fwd(y, t) / y.size
+
+    def _backward(self):
+        dx = self._buf("dx", self._grad_shape, self._y.dtype)
+        self._be.mse_bwd(self._y, self._t, dx, 1.0 / self._y.size)
+        return dx
+
+
+class BCEWithLogitsLoss(_Loss):
+    """Sigmoid + binary cross-entropy, fused and numerically stable: for
+    yes/no outputs given as logits, with targets in [0, 1].
+
+    ``loss = mean( max(x, 0) - x t + log(1 + exp(-|x|)) )``; gradient
+    ``(sigmoid(x) - t) / N``.
+    """
+
+    classifier = True
+
+    def _check_target(self, target, output):
+        t = self._float_target(target, output)
+        if t.size and (t.min() < 0 or t.max() > 1):
+            raise ValueError("BCEWithLogitsLoss targets must lie in [0, 1]")
+        return t
+
+    def _forward(self, be, x, t) -> float:
+        self._be, self._x, self._t = be, x, t
+        self._grad_shape = x.shape
+        return be.bce_logits_fwd(x, t) / x.size
+
+    def _backward(self):
+        dx = self._buf("dx", self._grad_shape, self._x.dtype)
+        self._be.bce_logits_bwd(self._x, self._t, dx, 1.0 / self._x.size)
+        return dx
+
+    def _n_correct(self, output, target):
+        t = np.asarray(target).reshape(output.shape)
+        return int(np.count_nonzero(np.all((output > 0) == (t >= 0.5), axis=1)))
