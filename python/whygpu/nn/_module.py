@@ -293,7 +293,9 @@ def _check_finite(x: np.ndarray, what: str) -> None:
     common path; the element-wise search only when something is wrong."""
     if x.dtype.kind != "f" or x.size == 0:
         return
-    if np.isfinite(np.add.reduce(x, axis=None)):
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(x, axis=None)
+    if np.isfinite(total):
         return
     if np.isnan(x).any():
         bad = np.argwhere(np.isnan(x))[0]

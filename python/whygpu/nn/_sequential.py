@@ -196,10 +196,18 @@ class Sequential(Module):
             if classifier:
                 history["val_accuracy"] = []
 
+        self.train()
+        # A diverging run overflows; the loss check below reports it (as
+        # FloatingPointError) on every back end alike, so NumPy's own
+        # overflow warnings would only be noise.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self._fit_loop(X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier)
+        return history
+
+    def _fit_loop(self, X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier):
         n = X.shape[0]
         n_batches = -(-n // batch_size)
         rng = _random.get_rng()
-        self.train()
         for epoch in range(epochs):
             order = rng.permutation(n) if shuffle else None
             bar = _progress(n_batches, f"Epoch {epoch + 1}/{epochs}", verbose)
@@ -240,7 +248,6 @@ class Sequential(Module):
                 bar.close()
             elif verbose == 2:
                 print(f"Epoch {epoch + 1}/{epochs}  {summary}", file=sys.stdout)
-        return history
 
     def evaluate(self, X, y, loss=None, batch_size: int = 256) -> Dict[str, float]:
         """Mean loss and, for classifiers, accuracy on (X, y), in eval mode
