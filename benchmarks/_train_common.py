@@ -23,6 +23,15 @@ THREADS = (1, 2)
 LR = 0.01
 
 
+def step_flops(batch: int) -> int:
+    """Floating-point operations in the matmuls of one step: forward x.W^T per
+    layer, backward dW = dY^T.X per layer and dX = dY.W for all but the first
+    (the data needs no gradient)."""
+    pairs = list(zip(SIZES[:-1], SIZES[1:]))
+    macs = sum(i * o for i, o in pairs) * 2 + sum(i * o for i, o in pairs[1:])
+    return 2 * batch * macs
+
+
 def data(batch: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, SIZES[0])).astype(np.float32)

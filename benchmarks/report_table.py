@@ -22,6 +22,7 @@ SUITE_TITLES = {
     "ladder": "The ladder: square float32 matmul, n x n @ n x n",
     "mlp": "MLP layer shapes (float32, forward: batch x in @ in x out)",
     "isa": "What SIMD buys: the packed kernel under each instruction set (float32)",
+    "train": "Training step of the MLP 784-512-256-10 (forward + backward + SGD; GFLOP/s of its matmuls)",
 }
 
 
