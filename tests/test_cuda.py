@@ -27,11 +27,6 @@ no_gpu = pytest.mark.skipif(GPU, reason="a GPU is usable here")
 needs_module = pytest.mark.skipif(not BUILT, reason="whygpu was built without CUDA")
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(20240607)
-
-
 def _f32(rng, *shape):
     return rng.uniform(-1, 1, shape).astype(np.float32)
 
