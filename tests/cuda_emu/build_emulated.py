@@ -8,6 +8,7 @@ the files are compiled as C++20.
 """
 from __future__ import annotations
 
+import hashlib
 import pathlib
 import re
 import subprocess
@@ -16,6 +17,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CUDA_SRC = ROOT / "csrc" / "cuda"
+COMMON = ["-std=c++20", "-O1", "-g", "-pthread"]
 LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\s*\((.*?)\);", re.S)
 
 
@@ -50,19 +52,37 @@ def emulated_sources(out: pathlib.Path) -> list:
     sources = []
     for cu in sorted(CUDA_SRC.glob("*.cu")):
         dst = out / (cu.stem + ".cpp")
-        dst.write_text(f'#line 1 "{cu}"\n' + rewrite(cu.read_text()))
+        dst.write_text(f'#line 1 "csrc/cuda/{cu.name}"\n' + rewrite(cu.read_text()))
         sources.append(str(dst))
     return sources
 
 
-def main(out_dir: str, *flags: str) -> pathlib.Path:
-    """The check_kernels program."""
+def _compile(src: pathlib.Path, flags: list, cache: pathlib.Path) -> pathlib.Path:
+    """src compiled to an object in `cache`, named by a hash of its text, the
+    headers it may include and the flags: an unchanged file is compiled once."""
+    h = hashlib.sha1(src.read_bytes())
+    for header in sorted([*HERE.glob("*.h"), *CUDA_SRC.glob("*.h"), *CUDA_SRC.glob("*.cuh")]):
+        h.update(header.read_bytes())
+    h.update(" ".join(flags).encode())
+    obj = cache / f"{src.stem}-{h.hexdigest()[:16]}.o"
+    if not obj.exists():
+        tmp = obj.with_suffix(".tmp.o")
+        subprocess.run(["g++", *COMMON, "-c", f"-I{HERE}", f"-I{CUDA_SRC}", *flags, str(src), "-o", str(tmp)],
+                       check=True)
+        tmp.replace(obj)
+    return obj
+
+
+def main(out_dir: str, *flags: str, cache: str = "") -> pathlib.Path:
+    """The check_kernels program (objects cached in `cache`, default OUT_DIR/obj)."""
     out = pathlib.Path(out_dir)
     sources = emulated_sources(out)
+    cache_dir = pathlib.Path(cache) if cache else out / "obj"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    objects = [_compile(pathlib.Path(src), list(flags), cache_dir)
+               for src in [str(HERE / "check_kernels.cpp"), *sources]]
     exe = out / "check_kernels"
-    cmd = ["g++", "-std=c++20", "-O1", "-g", "-pthread", f"-I{HERE}", f"-I{CUDA_SRC}", *flags,
-           str(HERE / "check_kernels.cpp"), *sources, "-o", str(exe)]
-    subprocess.run(cmd, check=True)
+    subprocess.run(["g++", *COMMON, *flags, *map(str, objects), "-o", str(exe)], check=True)
     return exe
 
 
@@ -76,7 +96,7 @@ def module(out_dir: str, *flags: str) -> pathlib.Path:
     out = pathlib.Path(out_dir)
     sources = emulated_sources(out)
     target = out / ("_cuda" + sysconfig.get_config_var("EXT_SUFFIX"))
-    cmd = ["g++", "-std=c++20", "-O1", "-g", "-pthread", "-shared", "-fPIC", "-fvisibility=hidden",
+    cmd = ["g++", *COMMON, "-shared", "-fPIC", "-fvisibility=hidden",
            f"-I{HERE}", f"-I{CUDA_SRC}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
            '-DWHYGPU_CUDA_ARCHITECTURES="80-real,90-real,90-virtual"', '-DWHYGPU_CUDA_COMPILER_VERSION="emulated"',
            *flags, str(ROOT / "src" / "cuda_module.cpp"), *sources, "-o", str(target)]
