@@ -34,7 +34,7 @@ MAX_N = {"python": 128, "cython": 512, "naive": 512, "reordered": 1024, "blocked
 LIGHT_N = {"python": 64}
 LIGHT_N_DEFAULT = 256
 
-KERNELS = whygpu.available_kernels()
+KERNELS = whygpu.available_kernels(device="cpu")  # the GPU: benchmarks/test_bench_cuda.py
 PARALLEL_KERNELS = [k for k in KERNELS if whygpu._registry.KERNELS[k].parallel]
 THREADS = whygpu.get_num_threads()  # the parallel thread count (WHYGPU_NUM_THREADS, else usable CPUs)
 RUNG = {name: i for i, name in enumerate(whygpu.all_kernels(), start=1)}

@@ -42,6 +42,16 @@ def test_cuda_kernels_follow_the_cpu_ladder():
     assert [n for n, _, _ in wc.LADDER] == CUDA_NAMES
 
 
+def test_kernel_lists_by_device():
+    assert whygpu.all_kernels(device="cuda") == CUDA_NAMES
+    assert whygpu.all_kernels(device="cpu") + CUDA_NAMES == whygpu.all_kernels()
+    assert whygpu.available_kernels(device="cuda") == (CUDA_NAMES if GPU else [])
+    assert "python" in whygpu.available_kernels(device="cpu")
+    assert not set(whygpu.available_kernels(device="cpu")) & set(CUDA_NAMES)
+    with pytest.raises(ValueError, match="device must be"):
+        whygpu.available_kernels(device="gpu")
+
+
 def test_kernels_lists_what_was_compiled():
     assert wc.kernels() == (CUDA_NAMES if BUILT else [])
 

@@ -245,7 +245,7 @@ def test_no_compiled_modules_leaves_only_python(monkeypatch):
     monkeypatch.setattr(_registry, "_core_error", "simulated import failure")
     monkeypatch.setattr(_registry, "_cython_matmul", None)
     monkeypatch.setattr(_registry, "_cython_error", "simulated import failure")
-    assert whygpu.available_kernels() == ["python"]
+    assert whygpu.available_kernels(device="cpu") == ["python"]
     a = np.arange(6, dtype=np.float64).reshape(2, 3)
     for name in ("cython", "naive", "packed", "openmp"):
         with pytest.raises(whygpu.KernelUnavailableError, match=f"kernel '{name}' is unavailable: .*simulated"):

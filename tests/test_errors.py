@@ -11,7 +11,7 @@ import pytest
 import whygpu
 from whygpu import _core, _cython_matmul
 
-KERNELS = whygpu.available_kernels()
+KERNELS = whygpu.available_kernels(device="cpu")  # the CUDA rungs: tests/test_cuda.py
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import whygpu
 from ._support import (BASIC_SHAPES, BLOCKED_TILE_SHAPES, DTYPES, MLP_SHAPES, block_edge_shapes, blocking_of,
                        check_gemm, fits, gemm_reference, make_matrix, size_cap)
 
-KERNELS = whygpu.available_kernels()
+KERNELS = whygpu.available_kernels(device="cpu")  # the CUDA rungs: tests/test_cuda.py
 FAST_KERNELS = [k for k in KERNELS if size_cap(k) is None]
 
 

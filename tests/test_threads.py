@@ -19,7 +19,7 @@ from whygpu import _registry
 
 from ._support import DTYPES, block_edge_shapes, blocking_of, check_gemm, make_matrix, replace_kernel
 
-KERNELS = whygpu.available_kernels()
+KERNELS = whygpu.available_kernels(device="cpu")  # the CUDA rungs: tests/test_cuda.py
 needs_openmp = pytest.mark.skipif("openmp" not in KERNELS, reason="built without OpenMP")
 PARALLEL = [k for k in ("packed", "openmp") if k in KERNELS]
 

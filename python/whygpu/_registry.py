@@ -124,14 +124,23 @@ def register_kernel(kernel: Kernel) -> None:
     KERNELS[kernel.name] = kernel
 
 
-def all_kernels() -> list:
-    """Every kernel whygpu knows, usable here or not, in ladder order."""
-    return [k.name for k in _TABLE]
+def _check_device(device) -> None:
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
 
 
-def available_kernels() -> list:
-    """The kernel names usable on this machine, in ladder order (slowest first)."""
-    return [k.name for k in _TABLE if k.available]
+def all_kernels(device: Optional[str] = None) -> list:
+    """Every kernel whygpu knows, usable here or not, in ladder order
+    (only those running on `device`, 'cpu' or 'cuda', when given)."""
+    _check_device(device)
+    return [k.name for k in _TABLE if device is None or k.device == device]
+
+
+def available_kernels(device: Optional[str] = None) -> list:
+    """The kernel names usable on this machine, in ladder order (slowest first);
+    only those running on `device` ('cpu' or 'cuda') when given."""
+    _check_device(device)
+    return [k.name for k in _TABLE if (device is None or k.device == device) and k.available]
 
 
 def get_kernel(name) -> Kernel:
