@@ -170,13 +170,26 @@ const char* arch_env_warning() {
     return g_env_warning.c_str();
 }
 
+namespace {
+// Rows are indexed by Arch; a build without the x86 micro-kernels has only
+// the portable row, so asking it for avx2/avx512 must throw, not read past the end.
+template <typename T, std::size_t N>
+const Blocking<T>& row_for(const Blocking<T> (&table)[N], Arch a) {
+    const auto i = static_cast<std::size_t>(a);
+    if (i >= N)
+        throw std::invalid_argument(std::string("instruction set '") + arch_name(a) +
+                                    "' has no micro-kernel in this build");
+    return tuned(table)[i];
+}
+}  // namespace
+
 template <>
 const Blocking<float>& blocking_for<float>(Arch a) {
-    return tuned(kFloatTable)[static_cast<int>(a)];
+    return row_for(kFloatTable, a);
 }
 template <>
 const Blocking<double>& blocking_for<double>(Arch a) {
-    return tuned(kDoubleTable)[static_cast<int>(a)];
+    return row_for(kDoubleTable, a);
 }
 
 // ---- Scratch -----------------------------------------------------------------

@@ -121,6 +121,15 @@ template <typename T>
 void pack_b_strip(const GemmArgs<T>& g, std::int64_t p0, std::int64_t kc, std::int64_t j0,
                   int nr, int NR, T* out) {
     const T* b = g.b + p0 * g.rs_b + j0 * g.cs_b;
+    if (g.rs_b == 1 && g.cs_b != 1) {  // B stored by columns (a transposed weight matrix):
+        for (int j = 0; j < nr; ++j) {  // read each column as one stream
+            const T* col = b + j * g.cs_b;
+            for (std::int64_t p = 0; p < kc; ++p) out[p * NR + j] = col[p];
+        }
+        for (std::int64_t p = 0; p < kc; ++p)
+            for (int j = nr; j < NR; ++j) out[p * NR + j] = T(0);
+        return;
+    }
     for (std::int64_t p = 0; p < kc; ++p) {
         const T* row = b + p * g.rs_b;
         T* dst = out + p * NR;
@@ -257,20 +266,34 @@ Plan plan_blocks(const Blocking<T>& bk, std::int64_t n, std::int64_t k) {
     return p;
 }
 
-// C = A B and C^T = B^T A^T are the same computation.  The micro-tile is
-// MR x NR, so a problem with few columns (n = 10 against NR = 32) wastes most
-// of every tile; its transpose (m = 10 against MR = 8) wastes far less.  Swap
-// when that saves at least a quarter of the arithmetic.  Only strides change.
+// C = A B and C^T = B^T A^T are the same computation, on different strides.
+// Which one is cheaper depends on the shape and the layouts: the tile is
+// MR x NR, so few columns waste most of each tile, and packing an operand
+// stored "the wrong way round" (a weight matrix used as W^T) is a slow
+// gather.  A rough cost in cycles of each orientation decides; ties keep
+// C = A B, whose C is written directly.
 template <typename T>
-GemmArgs<T> orient(const GemmArgs<T>& g, const Blocking<T>& bk) {
-    auto rows = [&](std::int64_t m) { return (m + bk.mr - 1) / bk.mr * bk.mr; };
-    auto cols = [&](std::int64_t n) {  // full strips, then the last one at its packed width
-        const std::int64_t full = n / bk.nr * bk.nr, rest = n - full;
-        return full + (rest ? bk.strip_width(rest) : 0);
-    };
-    const double as_is = double(rows(g.m)) * double(cols(g.n));
-    const double swapped = double(rows(g.n)) * double(cols(g.m));
-    if (swapped > 0.75 * as_is) return g;
+double plan_cost(const Blocking<T>& bk, const GemmArgs<T>& g) {
+    auto up = [](std::int64_t x, std::int64_t r) { return (x + r - 1) / r * r; };
+    const std::int64_t full = g.n / bk.nr * bk.nr, rest = g.n - full;
+    const double rows = double(up(g.m, bk.mr));
+    const double cols = double(full + (rest ? bk.strip_width(rest) : 0));
+    const double lanes_per_cycle = bk.nr / 2.0;  // ~2 vector FMAs per cycle
+    const double compute = rows * cols * double(g.k) / lanes_per_cycle;
+
+    const Plan plan = plan_blocks(bk, g.n, g.k);
+    const Direct d = choose_direct(bk, g, std::min(plan.nc, g.n));
+    const double gather = 4.0;  // a strided element costs ~4x a streamed one
+    const double pack_b = d.b ? 0.0 : double(g.k) * double(g.n) * ((g.cs_b == 1 || g.rs_b == 1) ? 1.0 : gather);
+    const double panels = double((g.n + plan.nc - 1) / plan.nc);  // A is packed once per B panel
+    const double pack_a = d.a ? 0.0
+        : double(g.m) * double(g.k) * panels * ((g.cs_a == 1 || g.rs_a == 1) ? 1.0 : gather);
+    const double scatter_c = (g.cs_c == 1) ? 0.0 : 2.0 * double(g.m) * double(g.n);
+    return compute + pack_a + pack_b + scatter_c;
+}
+
+template <typename T>
+GemmArgs<T> transposed(const GemmArgs<T>& g) {
     GemmArgs<T> t = g;
     t.m = g.n;
     t.n = g.m;
@@ -278,6 +301,12 @@ GemmArgs<T> orient(const GemmArgs<T>& g, const Blocking<T>& bk) {
     t.b = g.a; t.rs_b = g.cs_a; t.cs_b = g.rs_a;  // op(B)' = op(A)^T
     t.rs_c = g.cs_c; t.cs_c = g.rs_c;             // C' = C^T
     return t;
+}
+
+template <typename T>
+GemmArgs<T> orient(const GemmArgs<T>& g, const Blocking<T>& bk) {
+    const GemmArgs<T> t = transposed(g);
+    return plan_cost(bk, t) < 0.8 * plan_cost(bk, g) ? t : g;
 }
 
 }  // namespace whygpu

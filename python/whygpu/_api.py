@@ -16,13 +16,11 @@ from typing import Optional
 import numpy as np
 
 from . import _threads
-from ._registry import KERNELS, _core, get_kernel
+from ._registry import KERNELS, get_kernel
 from ._threads import check_threads, get_num_threads
 
 __all__ = ["matmul", "gemm"]
 
-# Kernels whose plain a @ b the C++ fast path may run (they accept any strides).
-_FAST_RUNGS = {"naive": 3, "packed": 6, "openmp": 7} if _core is not None else {}
 _TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -77,9 +75,11 @@ def _kernel_ready(x: np.ndarray, layout: str) -> np.ndarray:
     """x, or a contiguous copy when the kernel cannot read it as it is.
     (NumPy's ALIGNED flag also covers strides that are not whole items.)"""
     flags = x.flags
-    if flags.aligned and (layout == "any" or flags.c_contiguous):
-        return x
-    return np.ascontiguousarray(x)
+    if not flags.aligned:
+        return np.array(x, order="C")  # a fresh, aligned copy (ascontiguousarray keeps a contiguous x as is)
+    if layout == "row-major" and not flags.c_contiguous:
+        return np.ascontiguousarray(x)
+    return x
 
 
 def _gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel, threads, c_name, c_is_out):
@@ -172,15 +172,14 @@ def matmul(a, b, *, kernel: str = "openmp", threads: Optional[int] = None,
     -------
     numpy.ndarray of shape (m, n) (``out`` when given).
     """
-    if out is None:  # fast path: everything checked in C++, None if anything is unusual
-        rung = _FAST_RUNGS.get(kernel)
-        if rung is not None:
-            if threads is None:
-                threads = _threads._num_threads
-            if type(threads) is int and threads >= 1 and KERNELS[kernel].available:
-                result = _core.matmul_fast(rung, a, b, threads)
-                if result is not None:
-                    return result
+    kern = KERNELS.get(kernel) if type(kernel) is str else None
+    if out is None and kern is not None and kern.fast is not None:  # fast path, see _registry
+        if threads is None:
+            threads = _threads._num_threads
+        if type(threads) is int and 1 <= threads <= _threads.MAX_THREADS and kern.available:
+            result = kern.fast(a, b, threads)
+            if result is not None:
+                return result
     return _gemm(a, b, out, 1.0, 0.0, False, False, kernel, threads, "out", True)
 
 

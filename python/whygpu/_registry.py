@@ -8,7 +8,6 @@ _api.py has already checked, and says which layouts it accepts:
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -52,14 +51,14 @@ class Kernel:
     run: GemmFn             # run(a, b, c, alpha, beta, threads)
     unavailable: Callable[[], Optional[str]]  # None when usable, else why not
     device: str = "cpu"
+    # Optional shortcut for a plain ``a @ b`` into a new array: fast(a, b,
+    # threads) returns the result, or None when the arguments need the full
+    # checks of _api.py (which then produce the precise error message).
+    fast: Optional[Callable[[object, object, int], Optional[np.ndarray]]] = None
 
     @property
     def available(self) -> bool:
         return self.unavailable() is None
-
-    def __post_init__(self):
-        # What a build can run does not change while it is loaded: ask once.
-        object.__setattr__(self, "unavailable", functools.lru_cache(maxsize=None)(self.unavailable))
 
 
 def _python(a, b, c, alpha, beta, threads):
@@ -74,6 +73,12 @@ def _cpp(rung: int) -> GemmFn:
     def run(a, b, c, alpha, beta, threads):
         _core.gemm(rung, a, b, c, alpha, beta, threads)
     return run
+
+
+def _cpp_fast(rung: int):
+    def fast(a, b, threads):
+        return _core.matmul_fast(rung, a, b, threads)
+    return fast
 
 
 def _need_core() -> Optional[str]:
@@ -97,15 +102,15 @@ _TABLE = [
     Kernel("cython", 2, "the same i-j-p loops compiled by Cython with typed memoryviews",
            "any", False, _cython, _need_cython),
     Kernel("naive", 3, "C++ i-j-k: the textbook loop and the oracle; strided walk down B's columns",
-           "any", False, _cpp(3), _need_core),
+           "any", False, _cpp(3), _need_core, fast=_cpp_fast(3)),
     Kernel("reordered", 4, "C++ i-k-j: unit-stride inner loop the compiler vectorizes",
            "row-major", False, _cpp(4), _need_core),
     Kernel("blocked", 5, "C++ i-k-j in cache-sized tiles, so B is reused from L2 instead of DRAM",
            "row-major", False, _cpp(5), _need_core),
     Kernel("packed", 6, "Goto/BLIS loops: packed panels and a SIMD register-tiled FMA micro-kernel",
-           "any", False, _cpp(6), _need_core),
+           "any", False, _cpp(6), _need_core, fast=_cpp_fast(6)),
     Kernel("openmp", 7, "the packed kernel on all cores: OpenMP over the tiles of C",
-           "any", True, _cpp(7), _need_openmp),
+           "any", True, _cpp(7), _need_openmp, fast=_cpp_fast(7)),
 ]
 KERNELS = {k.name: k for k in _TABLE}
 
@@ -119,14 +124,23 @@ def register_kernel(kernel: Kernel) -> None:
     KERNELS[kernel.name] = kernel
 
 
-def all_kernels() -> list:
-    """Every kernel whygpu knows, usable here or not, in ladder order."""
-    return [k.name for k in _TABLE]
+def _check_device(device) -> None:
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
 
 
-def available_kernels() -> list:
-    """The kernel names usable on this machine, in ladder order (slowest first)."""
-    return [k.name for k in _TABLE if k.available]
+def all_kernels(device: Optional[str] = None) -> list:
+    """Every kernel whygpu knows, usable here or not, in ladder order
+    (only those running on `device`, 'cpu' or 'cuda', when given)."""
+    _check_device(device)
+    return [k.name for k in _TABLE if device is None or k.device == device]
+
+
+def available_kernels(device: Optional[str] = None) -> list:
+    """The kernel names usable on this machine, in ladder order (slowest first);
+    only those running on `device` ('cpu' or 'cuda') when given."""
+    _check_device(device)
+    return [k.name for k in _TABLE if (device is None or k.device == device) and k.available]
 
 
 def get_kernel(name) -> Kernel:

@@ -4,7 +4,10 @@ from __future__ import annotations
 import numbers
 import os
 
-__all__ = ["set_num_threads", "get_num_threads", "check_threads"]
+__all__ = ["set_num_threads", "get_num_threads", "check_threads", "MAX_THREADS"]
+
+# More threads than cores is allowed (it only oversubscribes), but not absurd counts.
+MAX_THREADS = 1024
 
 
 def _cpus_available() -> int:
@@ -16,12 +19,14 @@ def _cpus_available() -> int:
 
 def check_threads(n, what: str = "threads") -> int:
     """n as an int >= 1, or TypeError / ValueError saying what was wrong."""
-    if type(n) is int and n >= 1:  # the common case, without the slow ABC check
+    if type(n) is int and 1 <= n <= MAX_THREADS:  # the common case, without the slow ABC check
         return n
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"{what} must be an integer >= 1, got {n!r}")
     if n < 1:
         raise ValueError(f"{what} must be >= 1, got {n}")
+    if n > MAX_THREADS:  # the C++ side takes an int, and OpenMP aborts the process if it cannot start them
+        raise ValueError(f"{what} must be <= {MAX_THREADS}, got {n}")
     return int(n)
 
 

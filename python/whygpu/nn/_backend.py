@@ -21,6 +21,7 @@ the hot path (see ``whygpu._api._gemm_unchecked``).
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import Dict, Optional
 
@@ -170,7 +171,9 @@ class NumpyBackend(Backend):
         m += (1 - beta1) * g
         v *= beta2
         v += (1 - beta2) * (g * g)
-        p -= (lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + eps)
+        # Python floats for the scalars: NumPy 2 would promote float32 arrays
+        # to float64 with a NumPy float64 scalar.
+        p -= (lr / bc1) * m / (np.sqrt(v) / math.sqrt(bc2) + eps)
 
 
 class KernelBackend(Backend):

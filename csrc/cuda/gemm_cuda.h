@@ -1,0 +1,86 @@
+// gemm_cuda.h -- the contract every CUDA rung of the ladder implements, in
+// float32 on the GPU:
+//
+//     C = alpha * op(A) * op(B) + beta * C
+//
+// All three matrices live in device memory, row-major, each with a leading
+// dimension (the distance in elements between the starts of two rows), and A
+// and B may be stored transposed, BLAS style:
+//
+//     trans_a == false: A is stored (m, k), op(A)[i, p] = a[i * lda + p]
+//     trans_a == true:  A is stored (k, m), op(A)[i, p] = a[p * lda + i]
+//     trans_b == false: B is stored (k, n), op(B)[p, j] = b[p * ldb + j]
+//     trans_b == true:  B is stored (n, k), op(B)[p, j] = b[j * ldb + p]
+//     C is stored (m, n),                   C[i, j]     = c[i * ldc + j]
+//
+// These are the layouts a dense layer's training needs without any copies:
+// Y = X W (NN), dW = X^T dY (TN), dX = dY W^T (NT).
+//
+// Rules every rung follows (tests/test_cuda.py checks them on a GPU):
+//   * any m, n, k >= 0, not only multiples of a tile: every global read and
+//     write is guarded at the edges (out-of-range tile elements read as 0);
+//   * beta == 0 means "overwrite": C is never read, so NaN garbage in an
+//     uninitialised output cannot leak into the result (BLAS convention);
+//   * k == 0 or alpha == 0 gives C = beta * C without reading A or B, and
+//     m == 0 or n == 0 launches nothing (gemm() below handles these);
+//   * 16-byte (float4) accesses only where the pointer is 16-byte aligned
+//     and the leading dimension a multiple of 4; element by element otherwise;
+//   * everything is asynchronous on the given stream: a launch error is
+//     returned at once, an error while the kernel runs at the next
+//     synchronisation (a copy to the host, synchronize()).
+//
+// This header is plain C++ (the binding, compiled by the host compiler,
+// includes it); the kernels are in the .cu files named below.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+namespace whygpu {
+namespace gpu {
+
+struct GemmArgs {
+    int m = 0, n = 0, k = 0;  // each < 2**30 (the binding checks): int indices cannot overflow
+    float alpha = 1.f, beta = 0.f;
+    const float* a = nullptr;  // (m, k), or (k, m) when trans_a; row stride lda
+    long long lda = 0;
+    const float* b = nullptr;  // (k, n), or (n, k) when trans_b; row stride ldb
+    long long ldb = 0;
+    float* c = nullptr;        // (m, n); row stride ldc
+    long long ldc = 0;
+    bool trans_a = false, trans_b = false;
+    // Set by gemm(): may this matrix be read/written in 16-byte float4 pieces?
+    bool vec_a = false, vec_b = false, vec_c = false;
+};
+
+// The rungs, numbered after the CPU ladder's 1-7 (python/whygpu/_registry.py).
+enum Rung : int {
+    kNaive = 8,        // 08_naive.cu
+    kCoalesced = 9,    // 09_coalesced.cu
+    kSmem = 10,        // 10_smem.cu
+    k1DTiling = 11,    // 11_1d_tiling.cu
+    k2DTiling = 12,    // 12_2d_tiling.cu
+    kVectorized = 13,  // 13_vectorized.cu
+    kWarptile = 14,    // 14_warptile.cu
+};
+constexpr int kFirstRung = kNaive, kLastRung = kWarptile;
+
+// "cuda_naive" ... for a rung, nullptr for anything else.
+const char* rung_name(int rung);
+
+// C = alpha op(A) op(B) + beta C on `rung`, asynchronously on `stream`.
+// Handles the empty and k == 0 cases, decides vec_a/vec_b/vec_c, and returns
+// the launch's error code (cudaSuccess when nothing was wrong at launch).
+// The caller has checked the shapes, the pointers and the rung.
+cudaError_t gemm(int rung, GemmArgs g, cudaStream_t stream);
+
+// One launcher per rung, for m, n, k >= 1 and alpha != 0 (gemm() calls them).
+cudaError_t launch_naive(const GemmArgs& g, cudaStream_t stream);
+cudaError_t launch_coalesced(const GemmArgs& g, cudaStream_t stream);
+cudaError_t launch_smem(const GemmArgs& g, cudaStream_t stream);
+cudaError_t launch_1d_tiling(const GemmArgs& g, cudaStream_t stream);
+cudaError_t launch_2d_tiling(const GemmArgs& g, cudaStream_t stream);
+cudaError_t launch_vectorized(const GemmArgs& g, cudaStream_t stream);
+cudaError_t launch_warptile(const GemmArgs& g, cudaStream_t stream);
+
+}  // namespace gpu
+}  // namespace whygpu

@@ -1,0 +1,70 @@
+// nn_ops.h -- the element-wise work of training a dense network, on the GPU:
+// bias add and gradient, activations and their gradients, fused softmax +
+// cross-entropy, SGD and Adam updates.  The same operations and formulas as
+// the CPU versions in csrc/nn_ops.h (PyTorch's conventions), in float32, so
+// that a GPU training step matches the CPU one to rounding.
+//
+// Why on the GPU at all: with the matmuls on the GPU, copying activations
+// back to the host for a bias add would cost more than the whole step.  With
+// these, parameters, activations and gradients stay in device memory; only
+// the batch goes in and the loss comes out.
+//
+// Conventions: device pointers to C-contiguous arrays, sizes in elements,
+// everything asynchronous on `stream` (the binding passes the legacy default
+// stream, so operations run in the order they are issued).  Outputs may
+// alias inputs of the same shape (in-place activations).  Each function
+// returns the launch's error code.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace whygpu {
+namespace gpu {
+namespace nn {
+
+using i64 = long long;
+
+// y[i, j] += b[j] for a (rows x cols) matrix y.
+cudaError_t bias_add(float* y, const float* b, i64 rows, i64 cols, cudaStream_t stream);
+// db[j] = beta * db[j] + sum_i dy[i, j]  (beta == 0 overwrites, never reads db).
+cudaError_t bias_grad(const float* dy, float* db, i64 rows, i64 cols, float beta, cudaStream_t stream);
+
+// Leaky ReLU (slope 0 is ReLU): y = x > 0 ? x : slope * x;  dx = x > 0 ? dy : slope * dy.
+cudaError_t leaky_relu_fwd(const float* x, float* y, i64 n, float slope, cudaStream_t stream);
+cudaError_t leaky_relu_bwd(const float* dy, const float* x, float* dx, i64 n, float slope, cudaStream_t stream);
+// y = 1 / (1 + exp(-x)) without overflow; dx = dy * y * (1 - y)  (y is the forward *output*).
+cudaError_t sigmoid_fwd(const float* x, float* y, i64 n, cudaStream_t stream);
+cudaError_t sigmoid_bwd(const float* dy, const float* y, float* dx, i64 n, cudaStream_t stream);
+// y = tanh(x); dx = dy * (1 - y^2).
+cudaError_t tanh_fwd(const float* x, float* y, i64 n, cudaStream_t stream);
+cudaError_t tanh_bwd(const float* dy, const float* y, float* dx, i64 n, cudaStream_t stream);
+
+// Fused softmax + cross-entropy over the rows of (rows x cols) logits.
+// Writes the probabilities (kept for the backward pass), the per-row losses
+// -log p[i, label[i]] into row_loss (scratch, `rows` floats; 0 for a bad
+// label), and into out[0] their sum and into out[1] the number of labels
+// outside [0, cols), both as doubles in device memory (a fixed-order
+// reduction: the same bits on every run).
+cudaError_t softmax_xent_fwd(const float* logits, const std::int64_t* labels, float* probs, float* row_loss,
+                             double* out, i64 rows, i64 cols, cudaStream_t stream);
+// dlogits = scale * (probs - onehot(labels)); scale is 1/rows for a mean.
+cudaError_t softmax_xent_bwd(const float* probs, const std::int64_t* labels, float* dx, i64 rows, i64 cols,
+                             float scale, cudaStream_t stream);
+
+// SGD, PyTorch's formulation, in place:
+//   g' = g + weight_decay * p
+//   momentum == 0: p -= lr * g'                   (buf may be null)
+//   else:          buf = momentum * buf + g';  p -= lr * (nesterov ? g' + momentum * buf : buf)
+cudaError_t sgd_update(float* p, const float* g, float* buf, i64 n, float lr, float momentum, float weight_decay,
+                       bool nesterov, cudaStream_t stream);
+// Adam (PyTorch's formulation, L2 weight decay added to the gradient), in place:
+//   m = b1 m + (1 - b1) g';  v = b2 v + (1 - b2) g'^2
+//   p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)   with bc = 1 - beta^step.
+cudaError_t adam_update(float* p, const float* g, float* m, float* v, i64 n, float lr, float beta1, float beta2,
+                        float eps, float weight_decay, float bc1, float bc2, cudaStream_t stream);
+
+}  // namespace nn
+}  // namespace gpu
+}  // namespace whygpu

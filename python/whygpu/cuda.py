@@ -1,0 +1,398 @@
+"""whygpu.cuda: the kernel ladder on an NVIDIA GPU -- optional at build time
+and at run time.
+
+The CUDA rungs (``cuda_naive`` ... ``cuda_warptile``, rungs 8-14, sources in
+``csrc/cuda/``) join :func:`whygpu.available_kernels` only where a GPU is
+usable, and run through the same :func:`whygpu.matmul` / :func:`whygpu.gemm`
+as the CPU rungs: NumPy arrays are copied to the GPU, multiplied and copied
+back.  To keep data on the GPU, use :class:`DeviceArray` and this module's
+:func:`gemm` / :func:`matmul`::
+
+    >>> import numpy as np, whygpu.cuda as wc            # doctest: +SKIP
+    >>> wc.is_available(), wc.unavailable_reason()       # doctest: +SKIP
+    (True, None)
+    >>> a = wc.to_device(np.ones((512, 784), np.float32))   # explicit transfer in
+    >>> b = wc.to_device(np.ones((784, 256), np.float32))
+    >>> c = wc.matmul(a, b, kernel="cuda_warptile")          # stays on the GPU
+    >>> c.to_host()[0, 0]                                    # explicit transfer out
+    784.0
+
+Kernel launches are asynchronous, like CUDA itself: :func:`gemm` returns as
+soon as the work is queued, and :meth:`DeviceArray.to_host` or
+:func:`synchronize` wait for it -- time those, not the launch.
+
+Errors: a CUDA error raises :class:`CudaError` (a RuntimeError) with CUDA's
+own message; running out of GPU memory raises MemoryError; anything that
+needs a GPU where there is none raises :class:`CudaUnavailableError` saying
+why (no CUDA in this build, no driver, no device, a GPU too old for the
+compiled code).  Nothing here touches the GPU at import time.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+import re
+import warnings
+from typing import Optional
+
+import numpy as np
+
+from ._registry import Kernel, register_kernel
+
+__all__ = [
+    "is_available", "unavailable_reason", "kernels", "device_info", "synchronize", "memory_info",
+    "DeviceArray", "to_device", "empty", "zeros", "gemm", "matmul", "vendor_library", "vendor_matmul",
+    "CudaError", "CudaUnavailableError", "LADDER", "DEFAULT_KERNEL",
+]
+
+
+class CudaError(RuntimeError):
+    """An error reported by the CUDA runtime (the message is CUDA's)."""
+
+
+class CudaUnavailableError(RuntimeError):
+    """Something needed a GPU and there is none usable here (the message says why)."""
+
+
+# The CUDA rungs, in teaching order: (name, rung, what it changes).  Known to
+# whygpu whether or not they were compiled, so kernel_info() can describe them.
+LADDER = [
+    ("cuda_naive", 8, "one GPU thread per element of C; a warp's loads of A are 32 rows apart (uncoalesced)"),
+    ("cuda_coalesced", 9, "a warp's threads take neighbouring columns: coalesced loads of B and stores of C"),
+    ("cuda_smem", 10, "32x32 tiles of A and B staged in shared memory: each global load is used 32 times"),
+    ("cuda_1d_tiling", 11, "8 outputs per thread down a column: one shared-memory load of B feeds 8 FMAs"),
+    ("cuda_2d_tiling", 12, "8x8 outputs per thread from 8+8 registers: the outer-product micro-kernel"),
+    ("cuda_vectorized", 13, "16-byte float4 loads and stores, from global and shared memory"),
+    ("cuda_warptile", 14, "warp-level tiling (conflict-free shared reads), double-buffered tiles, L2-friendly order"),
+]
+_RUNGS = {name: rung for name, rung, _ in LADDER}
+DEFAULT_KERNEL = "cuda_warptile"
+
+
+# ---- The compiled module, imported on first use ----------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _load():
+    """(module, None) or (None, why it is missing)."""
+    try:
+        return importlib.import_module("whygpu._cuda"), None
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("whygpu._cuda", "_cuda"):
+            return None, f"whygpu._cuda failed to import: {exc}"
+        return None, ("whygpu was built without CUDA (no CUDA compiler was found at build time, "
+                      "or the build set WHYGPU_CUDA=OFF)")
+    except ImportError as exc:  # pragma: no cover - a broken build
+        return None, f"whygpu._cuda failed to import: {exc}"
+
+
+def _module():
+    """The compiled module, or CudaUnavailableError saying why there is none."""
+    mod, why = _load()
+    if mod is None:
+        raise CudaUnavailableError(f"CUDA is unavailable: {why}")
+    return mod
+
+
+def _parse_arch(entry: str):
+    """'90-real' -> (90, '', real, virtual); None for entries like 'native' or 'all'."""
+    m = re.fullmatch(r"(\d+)([af]?)(?:-(real|virtual))?", entry.strip())
+    if m is None:
+        return None
+    kind = m.group(3)
+    return int(m.group(1)), m.group(2), kind in (None, "real"), kind in (None, "virtual")
+
+
+def _arch_reason(cc, archs: str, name: str = "the GPU") -> Optional[str]:
+    """None if code compiled for `archs` (CMAKE_CUDA_ARCHITECTURES) runs on compute
+    capability `cc` = (major, minor); else a sentence saying it does not."""
+    dev = cc[0] * 10 + cc[1]
+    entries = [e for e in re.split(r"[;,]", archs) if e.strip()]
+    parsed = [_parse_arch(e) for e in entries]
+    if not entries or any(p is None for p in parsed):
+        return None  # 'native', 'all', ...: cannot tell here; a launch would say
+    for num, suffix, real, virtual in parsed:
+        if suffix:  # sm_90a / sm_100f: arch-specific machine code, that chip (family) only
+            if real and num // 10 == dev // 10 and (num == dev or suffix == "f" and num <= dev):
+                return None
+            continue
+        if real and num // 10 == dev // 10 and num <= dev:  # cubins run on later minors of one major
+            return None
+        if virtual and num <= dev:  # PTX is compiled by the driver for any later GPU
+            return None
+    return (f"{name} has compute capability {cc[0]}.{cc[1]}, and none of the architectures whygpu's "
+            f"CUDA kernels were compiled for ({archs}) runs on it; rebuild with "
+            f"-Ccmake.define.CMAKE_CUDA_ARCHITECTURES={dev}-real")
+
+
+@functools.lru_cache(maxsize=None)
+def unavailable_reason() -> Optional[str]:
+    """Why the CUDA kernels cannot run here, as a sentence; None when they can.
+
+    Checks, in order: that whygpu was built with CUDA, that an NVIDIA driver
+    is installed and new enough, that it sees a GPU, and that the compiled
+    code can run on that GPU.  Asks the driver once (no CUDA context is
+    created) and remembers the answer.
+    """
+    mod, why = _load()
+    if mod is None:
+        return why
+    why = mod.unavailable_reason()
+    if why:
+        return why
+    info = mod.device_info()
+    return _arch_reason(info["compute_capability"], mod.compiled_architectures(), f"the GPU ({info['name']})")
+
+
+def is_available() -> bool:
+    """True when the CUDA kernels can run here (see :func:`unavailable_reason`)."""
+    return unavailable_reason() is None
+
+
+def _require():
+    why = unavailable_reason()
+    if why is not None:
+        raise CudaUnavailableError(f"CUDA is unavailable: {why}")
+    return _module()
+
+
+def kernels() -> list:
+    """Names of the CUDA GEMM kernels compiled into this build (empty without CUDA),
+    whether or not a GPU is present."""
+    mod, _ = _load()
+    return list(mod.kernels()) if mod is not None else []
+
+
+def device_info() -> Optional[dict]:
+    """Name, compute capability, multiprocessors, memory, versions of the GPU; None without one."""
+    if not is_available():
+        return None
+    info = dict(_module().device_info())
+    info["compiled_architectures"] = _module().compiled_architectures()
+    return info
+
+
+def synchronize() -> None:
+    """Wait for all queued GPU work; raises CudaError for an error a kernel hit."""
+    _require().synchronize()
+
+
+def memory_info() -> tuple:
+    """(free, total) bytes of GPU memory."""
+    return tuple(_require().memory_info())
+
+
+# ---- Device arrays ------------------------------------------------------------------------
+
+class _MissingDeviceArray:
+    """Stands in for DeviceArray in a build without CUDA: creating one says why not."""
+
+    def __init__(self, *args, **kwargs):
+        _module()
+
+    @staticmethod
+    def from_host(array):
+        _module()
+
+
+def __getattr__(name):  # PEP 562: DeviceArray and nn_ops import the compiled module on first use
+    if name == "DeviceArray":
+        mod, _ = _load()
+        return mod.DeviceArray if mod is not None else _MissingDeviceArray
+    if name == "nn_ops":
+        return _module().nn
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _device_array_type():
+    mod, _ = _load()
+    return mod.DeviceArray if mod is not None else _MissingDeviceArray
+
+
+def to_device(x) -> "DeviceArray":
+    """Copy a host array (any array-like of booleans, integers or floats) to a new
+    DeviceArray of the same shape and dtype.  Waits until the copy is done."""
+    mod = _require()
+    arr = np.asarray(x)
+    return mod.DeviceArray.from_host(arr)
+
+
+def empty(shape, dtype=np.float32) -> "DeviceArray":
+    """An uninitialised DeviceArray."""
+    return _require().DeviceArray(shape, np.dtype(dtype))
+
+
+def zeros(shape, dtype=np.float32) -> "DeviceArray":
+    """A DeviceArray of zeros."""
+    return _require().DeviceArray.zeros(shape, np.dtype(dtype))
+
+
+# ---- GEMM on device arrays --------------------------------------------------------------
+
+def _cuda_kernel(kernel) -> int:
+    if not isinstance(kernel, str):
+        raise TypeError(f"kernel must be a string naming a CUDA kernel, got {type(kernel).__name__}")
+    rung = _RUNGS.get(kernel)
+    if rung is None:
+        raise ValueError(f"{kernel!r} is not a CUDA kernel; the CUDA kernels are: {', '.join(_RUNGS)} "
+                         f"(CPU kernels take NumPy arrays: whygpu.gemm(..., kernel={kernel!r}))")
+    if kernel not in kernels():
+        raise CudaUnavailableError(f"kernel {kernel!r} is not compiled into this build")
+    return rung
+
+
+def _check_device_matrix(x, name: str):
+    if not isinstance(x, _device_array_type()):
+        raise TypeError(f"{name} must be a whygpu.cuda.DeviceArray, got {type(x).__name__} "
+                        f"(NumPy arrays: whygpu.gemm(..., kernel='cuda_...') copies them for you, "
+                        f"or move them with whygpu.cuda.to_device)")
+    if x.freed:
+        raise ValueError(f"{name} has been freed")
+    if x.dtype != np.float32:
+        raise TypeError(f"{name} is {x.dtype}; the CUDA kernels compute in float32 only")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (a matrix), got shape {x.shape}")
+
+
+def gemm(a, b, c=None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool = False,
+         trans_b: bool = False, kernel: str = DEFAULT_KERNEL):
+    """``C = alpha * op(A) @ op(B) + beta * C`` on the GPU, all three float32
+    :class:`DeviceArray` matrices; ``op(X)`` is ``X.T`` when ``trans_x``.
+
+    ``c`` is updated in place and returned (``beta == 0`` overwrites it
+    without reading it); when ``c`` is None a new array is returned and
+    ``beta`` is ignored.  Asynchronous: returns once the kernel is queued.
+    """
+    _require()
+    rung = _cuda_kernel(kernel)
+    _check_device_matrix(a, "a")
+    _check_device_matrix(b, "b")
+    for flag, fname in ((trans_a, "trans_a"), (trans_b, "trans_b")):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{fname} must be True or False, got {flag!r}")
+    for val, vname in ((alpha, "alpha"), (beta, "beta")):
+        if isinstance(val, (bool, np.bool_)) or not isinstance(val, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{vname} must be a real number, got {val!r}")
+    (m, k) = a.shape[::-1] if trans_a else a.shape
+    (k2, n) = b.shape[::-1] if trans_b else b.shape
+    if k != k2:
+        raise ValueError(f"inner dimensions do not match: op(a) is {(m, k)} and op(b) is {(k2, n)} "
+                         f"(need (m, k) @ (k, n))")
+    if c is None:
+        c = empty((m, n), np.float32)
+        beta = 0.0
+    else:
+        _check_device_matrix(c, "c")
+        if c.shape != (m, n):
+            raise ValueError(f"c has shape {c.shape}, expected {(m, n)}")
+        if c.shares_memory(a) or c.shares_memory(b):
+            raise ValueError("c shares memory with a or b: the kernels read a and b while writing c")
+    _module().gemm(rung, a, b, c, float(alpha), float(beta), bool(trans_a), bool(trans_b))
+    return c
+
+
+def matmul(a, b, *, kernel: str = DEFAULT_KERNEL, out=None):
+    """``a @ b`` of two float32 DeviceArray matrices, on the GPU (see :func:`gemm`)."""
+    return gemm(a, b, out, kernel=kernel)
+
+
+# ---- NumPy arrays through whygpu.matmul / whygpu.gemm ----------------------------------------
+
+def _upload_operand(x: np.ndarray):
+    """op(X) as (DeviceArray of the stored matrix, transposed?): a transposed view
+    goes up as it is stored, with the trans flag, instead of being copied."""
+    if x.flags.c_contiguous:
+        return to_device(x), False
+    if x.T.flags.c_contiguous:
+        return to_device(x.T), True
+    return to_device(np.ascontiguousarray(x)), False
+
+
+def _host_run(name: str):
+    def run(a, b, c, alpha, beta, threads):  # the registry's signature; threads is a CPU notion
+        if a.dtype != np.float32:
+            raise TypeError(f"the CUDA kernels compute in float32 only, got {a.dtype} -- convert with "
+                            f".astype(np.float32)")
+        da, ta = _upload_operand(a)
+        db, tb = _upload_operand(b)
+        with da, db:
+            dc = to_device(c) if beta != 0.0 else empty(c.shape, np.float32)
+            with dc:
+                gemm(da, db, dc, alpha=alpha, beta=beta, trans_a=ta, trans_b=tb, kernel=name)
+                if c.flags.c_contiguous and c.flags.writeable:
+                    dc.to_host(out=c)
+                else:
+                    np.copyto(c, dc.to_host())
+    return run
+
+
+def _kernel_unavailable(name: str) -> Optional[str]:
+    why = unavailable_reason()
+    if why is None and name not in kernels():
+        why = f"this build's CUDA module has no kernel {name!r}"
+    return why
+
+
+def _register() -> None:
+    for name, rung, summary in LADDER:
+        register_kernel(Kernel(name, rung, summary, "any", True, _host_run(name),
+                               functools.partial(_kernel_unavailable, name), device="cuda"))
+
+
+_register()
+
+
+# ---- The vendor reference: cuBLAS through CuPy or PyTorch ----------------------------------
+
+def _cupy_tf32() -> bool:
+    return os.environ.get("CUPY_TF32", "0").strip() not in ("", "0")
+
+
+def vendor_library() -> Optional[str]:
+    """'cupy' or 'torch': the installed library :func:`vendor_matmul` would use
+    (CuPy first), or None.  Imports nothing."""
+    if importlib.util.find_spec("cupy") is not None and not _cupy_tf32():
+        return "cupy"
+    if importlib.util.find_spec("torch") is not None:
+        return "torch"
+    return None
+
+
+def vendor_matmul(a, b) -> Optional[np.ndarray]:
+    """``a @ b`` of two float32 matrices computed by NVIDIA's cuBLAS, through CuPy
+    or PyTorch, in strict float32 (TF32 tensor cores off) -- the reference the
+    ladder is measured against.  whygpu itself never links cuBLAS.
+
+    Returns a NumPy array, or None when neither library is installed or
+    neither can reach a GPU.
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.dtype != np.float32 or b.dtype != np.float32:
+        raise TypeError(f"vendor_matmul takes float32 matrices, got {a.dtype} and {b.dtype}")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"need (m, k) @ (k, n) matrices, got {a.shape} and {b.shape}")
+    if importlib.util.find_spec("cupy") is not None and not _cupy_tf32():
+        try:
+            import cupy as cp
+            return cp.asnumpy(cp.matmul(cp.asarray(a), cp.asarray(b)))
+        except Exception:  # CuPy installed but without a usable GPU or CUDA libraries
+            pass
+    if importlib.util.find_spec("torch") is not None:
+        try:
+            import torch
+            if not torch.cuda.is_available():
+                return None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                before = torch.get_float32_matmul_precision()
+                torch.set_float32_matmul_precision("highest")  # no TF32
+                try:
+                    out = torch.from_numpy(a).cuda() @ torch.from_numpy(b).cuda()
+                    return out.cpu().numpy()
+                finally:
+                    torch.set_float32_matmul_precision(before)
+        except Exception:
+            return None
+    return None

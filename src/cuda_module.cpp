@@ -1,0 +1,765 @@
+// _cuda: the pybind11 binding of the CUDA ladder (csrc/cuda/) -- device
+// memory (DeviceArray), the GEMM rungs on device arrays, the element-wise
+// training operations, and the checks that turn CUDA's error codes into
+// Python exceptions.  Argument checking and CUDA runtime calls only: no
+// arithmetic lives here.  Use it through whygpu.cuda, not directly.
+//
+// Nothing here touches CUDA when the module is imported, so it imports on a
+// machine without a driver or a GPU; the first call that needs the GPU asks
+// the runtime, and explains in a CudaUnavailableError when it cannot.
+//
+// Exceptions: a CUDA error becomes whygpu.cuda.CudaError (a RuntimeError)
+// carrying CUDA's own message; running out of device memory MemoryError; no
+// usable GPU whygpu.cuda.CudaUnavailableError; bad arguments TypeError or
+// ValueError before any CUDA call.
+//
+// Streams: everything runs on the legacy default stream, in issue order.
+// Kernel launches return at once (asynchronous, like CUDA), so an error
+// *inside* a kernel surfaces at the next synchronising call (to_host,
+// synchronize); launch errors are raised by the call that launched.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "gemm_cuda.h"
+#include "nn_ops.h"
+
+namespace py = pybind11;
+
+#ifndef WHYGPU_CUDA_ARCHITECTURES
+#define WHYGPU_CUDA_ARCHITECTURES ""
+#endif
+#ifndef WHYGPU_CUDA_COMPILER_VERSION
+#define WHYGPU_CUDA_COMPILER_VERSION ""
+#endif
+
+namespace {
+
+// ---- Errors ------------------------------------------------------------------
+
+struct CudaError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+struct CudaOutOfMemory : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+struct CudaUnavailable : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+std::string cuda_message(cudaError_t e, const std::string& what) {
+    return "CUDA error in " + what + ": " + cudaGetErrorString(e) + " (" + cudaGetErrorName(e) + ")";
+}
+
+std::string mib(std::size_t bytes) { return std::to_string((bytes + (1u << 20) - 1) >> 20) + " MiB"; }
+
+// Throws for anything but cudaSuccess.  Safe without the GIL (only C++ exceptions).
+void check(cudaError_t e, const std::string& what) {
+    if (e == cudaSuccess) return;
+    cudaGetLastError();  // clear a non-sticky error, so the next call does not report it again
+    if (e == cudaErrorMemoryAllocation) throw CudaOutOfMemory("CUDA out of memory in " + what);
+    throw CudaError(cuda_message(e, what));
+}
+
+std::string version_string(int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); }
+
+// Why the GPU cannot be used, or "" when it can.  Asks the driver (it does not
+// create a context).  The compiled-architecture check is in whygpu/cuda.py.
+std::string unavailable_reason() {
+    int driver = 0;
+    if (cudaDriverGetVersion(&driver) != cudaSuccess || driver == 0) {
+        cudaGetLastError();
+        return "no NVIDIA driver was found (libcuda.so.1 could not be loaded), so there is no GPU to run on";
+    }
+    int count = 0;
+    const cudaError_t e = cudaGetDeviceCount(&count);
+    if (e == cudaErrorInsufficientDriver) {
+        cudaGetLastError();
+        int runtime = 0;
+        cudaRuntimeGetVersion(&runtime);
+        return "the NVIDIA driver supports CUDA " + version_string(driver) + " but whygpu was built with CUDA " +
+               version_string(runtime) + "; update the driver (or rebuild whygpu with an older CUDA toolkit)";
+    }
+    if (e == cudaErrorNoDevice || (e == cudaSuccess && count == 0)) {
+        cudaGetLastError();
+        return "no CUDA GPU was found: the NVIDIA driver is installed but reports no device "
+               "(is CUDA_VISIBLE_DEVICES empty?)";
+    }
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return std::string("CUDA could not be initialised: ") + cudaGetErrorString(e) + " (" + cudaGetErrorName(e) +
+               ")";
+    }
+    return "";
+}
+
+std::atomic<bool> g_usable{false};  // once the GPU was found usable, it stays so
+
+void ensure_usable() {
+    if (g_usable.load(std::memory_order_acquire)) return;
+    const std::string why = unavailable_reason();
+    if (!why.empty()) throw CudaUnavailable("CUDA is unavailable: " + why);
+    g_usable.store(true, std::memory_order_release);
+}
+
+// Runs a CUDA call without the GIL and raises if it failed.
+template <typename F>
+void run_released(const std::string& what, F&& f) {
+    cudaError_t e;
+    {
+        py::gil_scoped_release release;
+        e = f();
+    }
+    check(e, what);
+}
+
+// ---- Device memory ---------------------------------------------------------------
+
+// The stream-ordered pool allocator (cudaMallocAsync) when the device has it:
+// allocating and freeing the temporaries of a training step then costs no
+// device-wide synchronisation, and freed memory is kept for reuse.
+struct Allocator {
+    std::once_flag once;
+    bool pooled = false;
+
+    void init() {
+        std::call_once(once, [this] {
+            int dev = 0, supported = 0;
+            if (cudaGetDevice(&dev) == cudaSuccess &&
+                cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, dev) == cudaSuccess &&
+                supported) {
+                cudaMemPool_t pool;
+                if (cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess) {
+                    std::uint64_t keep = UINT64_MAX;  // keep freed memory cached instead of returning it at each sync
+                    cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
+                    pooled = true;
+                }
+            }
+            cudaGetLastError();
+        });
+    }
+};
+Allocator g_alloc;
+
+struct Buffer {
+    void* ptr = nullptr;
+    std::size_t nbytes = 0;
+    bool pooled = false;
+
+    explicit Buffer(std::size_t n) : nbytes(n) {
+        ensure_usable();
+        g_alloc.init();
+        pooled = g_alloc.pooled;
+        if (n == 0) return;
+        cudaError_t e;
+        {
+            py::gil_scoped_release release;
+            e = pooled ? cudaMallocAsync(&ptr, n, 0) : cudaMalloc(&ptr, n);
+            if (e == cudaErrorMemoryAllocation && pooled) {  // give cached blocks back and try once more
+                cudaGetLastError();
+                cudaDeviceSynchronize();
+                int dev = 0;
+                cudaMemPool_t pool;
+                if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess)
+                    cudaMemPoolTrimTo(pool, 0);
+                cudaGetLastError();
+                e = cudaMallocAsync(&ptr, n, 0);
+            }
+        }
+        if (e == cudaErrorMemoryAllocation) {
+            cudaGetLastError();
+            std::size_t free_b = 0, total_b = 0;
+            const bool known = cudaMemGetInfo(&free_b, &total_b) == cudaSuccess;
+            cudaGetLastError();
+            ptr = nullptr;
+            throw CudaOutOfMemory("CUDA out of memory: could not allocate " + mib(n) + " on the GPU" +
+                                  (known ? " (" + mib(free_b) + " free of " + mib(total_b) + ")" : std::string()));
+        }
+        if (e != cudaSuccess) ptr = nullptr;
+        check(e, pooled ? "cudaMallocAsync" : "cudaMalloc");
+    }
+    ~Buffer() {
+        if (ptr == nullptr) return;
+        // Errors are ignored: at interpreter exit the runtime may already be gone.
+        const cudaError_t e = pooled ? cudaFreeAsync(ptr, 0) : cudaFree(ptr);
+        if (e != cudaSuccess) cudaGetLastError();
+    }
+    Buffer(const Buffer&) = delete;
+    Buffer& operator=(const Buffer&) = delete;
+};
+
+// A dense, C-contiguous array in device memory.  Views (reshape) share the
+// Buffer; free() drops this array's reference, and the memory goes back when
+// the last array using it lets go.
+struct DeviceArray {
+    std::shared_ptr<Buffer> buf;
+    std::vector<py::ssize_t> shape;
+    std::string typestr;  // NumPy's dtype.str, e.g. "<f4"
+    py::ssize_t itemsize = 0;
+
+    py::ssize_t size() const {
+        py::ssize_t s = 1;
+        for (auto d : shape) s *= d;
+        return s;
+    }
+    std::size_t nbytes() const { return static_cast<std::size_t>(size()) * static_cast<std::size_t>(itemsize); }
+    bool freed() const { return !buf; }
+    void* data(const char* name = "array") const {
+        if (!buf) throw py::value_error(std::string(name) + " has been freed (DeviceArray.free() was called)");
+        return buf->ptr;
+    }
+    bool is(const char* ts) const { return typestr == ts; }
+    py::dtype dtype() const { return py::dtype(typestr); }
+};
+
+py::ssize_t as_dim(const py::handle& d, const py::object& whole) {
+    // ints and NumPy integers (anything with __index__), but not bools
+    if (py::isinstance<py::bool_>(d) || !py::hasattr(d, "__index__"))
+        throw py::type_error("shape must be an int or a sequence of ints, got " + py::repr(whole).cast<std::string>());
+    return d.attr("__index__")().cast<py::ssize_t>();
+}
+
+std::vector<py::ssize_t> parse_shape(const py::object& shape) {
+    std::vector<py::ssize_t> out;
+    if (py::isinstance<py::sequence>(shape) && !py::isinstance<py::str>(shape) && !py::isinstance<py::bytes>(shape)) {
+        for (auto item : shape.cast<py::sequence>()) out.push_back(as_dim(item, shape));
+    } else {
+        out.push_back(as_dim(shape, shape));
+    }
+    if (out.size() > 32) throw py::value_error("at most 32 dimensions");
+    for (auto d : out)
+        if (d < 0) throw py::value_error("negative dimensions are not allowed: " + py::repr(shape).cast<std::string>());
+    return out;
+}
+
+py::dtype parse_dtype(const py::object& d) {
+    py::dtype dt = py::dtype::from_args(d);
+    const char kind = dt.kind();
+    if (!(kind == 'f' || kind == 'i' || kind == 'u' || kind == 'b') || !dt.attr("isnative").cast<bool>())
+        throw py::type_error("a DeviceArray holds booleans, integers or floats in native byte order, not " +
+                             py::str(dt).cast<std::string>());
+    return dt;
+}
+
+DeviceArray make_array(std::vector<py::ssize_t> shape, const py::dtype& dt) {
+    DeviceArray x;
+    x.shape = std::move(shape);
+    x.typestr = dt.attr("str").cast<std::string>();
+    x.itemsize = dt.itemsize();
+    std::size_t total = static_cast<std::size_t>(x.itemsize);
+    for (auto d : x.shape) {
+        if (d != 0 && total > (std::size_t(1) << 62) / static_cast<std::size_t>(d))
+            throw py::value_error("DeviceArray too large");
+        total *= static_cast<std::size_t>(d);
+    }
+    x.buf = std::make_shared<Buffer>(x.nbytes());
+    return x;
+}
+
+py::tuple shape_tuple(const DeviceArray& x) {
+    py::tuple t(x.shape.size());
+    for (std::size_t i = 0; i < x.shape.size(); ++i) t[i] = x.shape[i];
+    return t;
+}
+
+std::string describe(const DeviceArray& x) {
+    return "DeviceArray(shape=" + py::repr(shape_tuple(x)).cast<std::string>() +
+           ", dtype=" + py::str(x.dtype()).cast<std::string>() + (x.freed() ? ", freed)" : ")");
+}
+
+DeviceArray from_host(const py::object& obj) {
+    py::array host = py::array::ensure(obj, py::array::c_style);
+    if (!host) throw py::type_error("to_device needs an array-like of numbers");
+    const py::dtype dt = parse_dtype(host.dtype());
+    std::vector<py::ssize_t> shape(host.shape(), host.shape() + host.ndim());
+    DeviceArray x = make_array(std::move(shape), dt);
+    if (x.nbytes() > 0) {
+        void* dst = x.data();
+        const void* src = host.data();
+        const std::size_t n = x.nbytes();
+        run_released("to_device (cudaMemcpy host to device)",
+                     [&] { return cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice); });
+    }
+    return x;
+}
+
+void check_same(const DeviceArray& x, const py::array& host, const char* what) {
+    if (host.dtype().attr("str").cast<std::string>() != x.typestr)
+        throw py::type_error(std::string(what) + " has dtype " + py::str(host.dtype()).cast<std::string>() +
+                             ", the DeviceArray " + py::str(x.dtype()).cast<std::string>() +
+                             " (no conversions: use .astype())");
+    std::vector<py::ssize_t> shape(host.shape(), host.shape() + host.ndim());
+    if (shape != x.shape)
+        throw py::value_error(std::string(what) + " has shape " + py::repr(py::cast(shape)).cast<std::string>() +
+                              ", the DeviceArray " + py::repr(shape_tuple(x)).cast<std::string>());
+}
+
+py::array to_host(const DeviceArray& x, const py::object& out) {
+    void* src = x.data();
+    py::array result;
+    if (out.is_none()) {
+        result = py::array(x.dtype(), x.shape);
+    } else {
+        if (!py::isinstance<py::array>(out)) throw py::type_error("out must be a numpy.ndarray");
+        result = py::reinterpret_borrow<py::array>(out);
+        check_same(x, result, "out");
+        const int flags = py::detail::array_proxy(result.ptr())->flags;
+        if (!(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_) || !(flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_))
+            throw py::value_error("out must be C-contiguous and writeable");
+    }
+    const std::size_t n = x.nbytes();
+    if (n > 0) {
+        void* dst = result.mutable_data();
+        auto keep = x.buf;  // the memory stays alive while the GIL is released
+        run_released("to_host (cudaMemcpy device to host)",
+                     [&] { return cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost); });
+    }
+    return result;
+}
+
+void copy_from_host(DeviceArray& x, const py::object& obj) {
+    void* dst = x.data();
+    py::array host = py::array::ensure(obj, py::array::c_style);
+    if (!host) throw py::type_error("copy_from_host needs an array-like of numbers");
+    check_same(x, host, "the host array");
+    const std::size_t n = x.nbytes();
+    if (n == 0) return;
+    const void* src = host.data();
+    auto keep = x.buf;
+    run_released("copy_from_host (cudaMemcpy host to device)",
+                 [&] { return cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice); });
+}
+
+DeviceArray copy_array(const DeviceArray& x) {
+    const void* src = x.data();
+    DeviceArray y = make_array(x.shape, x.dtype());
+    const std::size_t n = x.nbytes();
+    if (n > 0) {
+        void* dst = y.data();
+        auto keep = x.buf;
+        run_released("copy (cudaMemcpyAsync device to device)",
+                     [&] { return cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, 0); });
+    }
+    return y;
+}
+
+DeviceArray zeros(const py::object& shape, const py::object& dtype) {
+    DeviceArray x = make_array(parse_shape(shape), parse_dtype(dtype));
+    const std::size_t n = x.nbytes();
+    if (n > 0) {
+        void* p = x.data();
+        run_released("zeros (cudaMemsetAsync)", [&] { return cudaMemsetAsync(p, 0, n, 0); });
+    }
+    return x;
+}
+
+DeviceArray reshape(const DeviceArray& x, const py::args& args) {
+    x.data();
+    py::object spec = args.size() == 1 ? py::object(args[0]) : py::object(args);
+    std::vector<py::ssize_t> shape;
+    int infer = -1;
+    if (!py::isinstance<py::sequence>(spec) || py::isinstance<py::str>(spec)) spec = py::make_tuple(spec);
+    for (auto item : spec.cast<py::sequence>()) {
+        const auto d = as_dim(item, spec);
+        if (d == -1) {
+            if (infer >= 0) throw py::value_error("can only specify one unknown dimension (-1)");
+            infer = static_cast<int>(shape.size());
+        } else if (d < 0) {
+            throw py::value_error("negative dimensions are not allowed");
+        }
+        shape.push_back(d);
+    }
+    py::ssize_t known = 1;
+    for (std::size_t i = 0; i < shape.size(); ++i)
+        if (static_cast<int>(i) != infer) known *= shape[i];
+    if (infer >= 0) {
+        if (known == 0 || x.size() % known != 0)
+            throw py::value_error("cannot reshape " + describe(x) + " to " + py::repr(spec).cast<std::string>());
+        shape[infer] = x.size() / known;
+        known = x.size();
+    }
+    if (known != x.size())
+        throw py::value_error("cannot reshape " + describe(x) + " to " + py::repr(spec).cast<std::string>());
+    DeviceArray y = x;  // shares the Buffer
+    y.shape = std::move(shape);
+    return y;
+}
+
+py::dict cuda_array_interface(const DeviceArray& x) {
+    void* p = x.data();
+    py::dict d;
+    d["shape"] = shape_tuple(x);
+    d["typestr"] = x.typestr;
+    d["data"] = py::make_tuple(reinterpret_cast<std::uintptr_t>(p), false);
+    d["strides"] = py::none();
+    d["version"] = 3;
+    d["stream"] = 1;  // the legacy default stream, which all of whygpu's work is issued on
+    return d;
+}
+
+// ---- GEMM on device arrays --------------------------------------------------------
+
+constexpr py::ssize_t kMaxDim = py::ssize_t(1) << 30;  // keeps every index inside the kernels an int
+
+const float* f32_in(const DeviceArray& x, const char* name) {
+    if (!x.is("<f4")) throw py::type_error(std::string(name) + " must be float32, got " + py::str(x.dtype()).cast<std::string>());
+    return static_cast<const float*>(x.data(name));
+}
+float* f32_out(DeviceArray& x, const char* name) { return const_cast<float*>(f32_in(x, name)); }
+
+void gemm(int rung, const DeviceArray& a, const DeviceArray& b, DeviceArray& c, double alpha, double beta,
+          bool trans_a, bool trans_b) {
+    if (whygpu::gpu::rung_name(rung) == nullptr) throw py::value_error("unknown CUDA rung " + std::to_string(rung));
+    if (a.shape.size() != 2 || b.shape.size() != 2 || c.shape.size() != 2)
+        throw py::value_error("a, b and c must be 2-D");
+    const py::ssize_t m = trans_a ? a.shape[1] : a.shape[0], k = trans_a ? a.shape[0] : a.shape[1];
+    const py::ssize_t k2 = trans_b ? b.shape[1] : b.shape[0], n = trans_b ? b.shape[0] : b.shape[1];
+    if (k != k2 || c.shape[0] != m || c.shape[1] != n)
+        throw py::value_error("shapes do not match: need op(a) (m, k), op(b) (k, n), c (m, n)");
+    for (auto d : {m, n, k})
+        if (d >= kMaxDim) throw py::value_error("matrix dimensions of 2**30 or more are not supported");
+    whygpu::gpu::GemmArgs g;
+    g.a = f32_in(a, "a");
+    g.b = f32_in(b, "b");
+    g.c = f32_out(c, "c");
+    if (c.nbytes() > 0 && (c.buf == a.buf || c.buf == b.buf))
+        throw py::value_error("c shares memory with a or b: the kernels read a and b while writing c");
+    g.m = static_cast<int>(m);
+    g.n = static_cast<int>(n);
+    g.k = static_cast<int>(k);
+    g.alpha = static_cast<float>(alpha);
+    g.beta = static_cast<float>(beta);
+    g.lda = a.shape[1];
+    g.ldb = b.shape[1];
+    g.ldc = c.shape[1];
+    g.trans_a = trans_a;
+    g.trans_b = trans_b;
+    auto keep_a = a.buf, keep_b = b.buf, keep_c = c.buf;
+    run_released(std::string("gemm (") + whygpu::gpu::rung_name(rung) + ")",
+                 [&] { return whygpu::gpu::gemm(rung, g, 0); });
+}
+
+// ---- Element-wise training operations ------------------------------------------------
+
+namespace nn = whygpu::gpu::nn;
+using i64 = long long;
+
+void same_size(const DeviceArray& x, const DeviceArray& y, const char* xn, const char* yn) {
+    if (x.size() != y.size())
+        throw py::value_error(std::string(xn) + " and " + yn + " must have the same number of elements, got " +
+                              std::to_string(x.size()) + " and " + std::to_string(y.size()));
+}
+
+std::pair<i64, i64> rows_cols(const DeviceArray& x, const char* name) {
+    if (x.shape.size() != 2) throw py::value_error(std::string(name) + " must be 2-D (rows, cols)");
+    return {x.shape[0], x.shape[1]};
+}
+
+void labels_for(const DeviceArray& labels, i64 rows) {
+    if (!labels.is("<i8")) throw py::type_error("labels must be int64, got " + py::str(labels.dtype()).cast<std::string>());
+    if (labels.size() != rows)
+        throw py::value_error("labels must hold one entry per row: " + std::to_string(rows) + ", got " +
+                              std::to_string(labels.size()));
+}
+
+void bind_nn(py::module_& m) {
+    m.doc() = "Element-wise training operations on float32 DeviceArrays (see csrc/cuda/nn_ops.h). Asynchronous.";
+    m.def("bias_add", [](DeviceArray& y, const DeviceArray& b) {
+        auto [rows, cols] = rows_cols(y, "y");
+        if (b.size() != cols) throw py::value_error("b must have one entry per column of y");
+        float* yp = f32_out(y, "y");
+        const float* bp = f32_in(b, "b");
+        auto keep = y.buf; auto keep_b = b.buf;
+        run_released("bias_add", [&] { return nn::bias_add(yp, bp, rows, cols, 0); });
+    }, py::arg("y"), py::arg("b"), "y[i, j] += b[j], in place.");
+    m.def("bias_grad", [](const DeviceArray& dy, DeviceArray& db, double beta) {
+        auto [rows, cols] = rows_cols(dy, "dy");
+        if (db.size() != cols) throw py::value_error("db must have one entry per column of dy");
+        const float* dyp = f32_in(dy, "dy");
+        float* dbp = f32_out(db, "db");
+        if (dy.buf == db.buf && dy.nbytes() > 0) throw py::value_error("db must not share memory with dy");
+        auto keep = dy.buf; auto keep_db = db.buf;
+        run_released("bias_grad", [&] { return nn::bias_grad(dyp, dbp, rows, cols, static_cast<float>(beta), 0); });
+    }, py::arg("dy"), py::arg("db"), py::arg("beta") = 0.0, "db = beta * db + dy.sum(axis=0) (beta 0 overwrites).");
+
+    m.def("leaky_relu_fwd", [](const DeviceArray& x, DeviceArray& y, double slope) {
+        same_size(x, y, "x", "y");
+        const float* xp = f32_in(x, "x");
+        float* yp = f32_out(y, "y");
+        auto keep = x.buf; auto keep_y = y.buf;
+        run_released("leaky_relu_fwd", [&] { return nn::leaky_relu_fwd(xp, yp, x.size(), static_cast<float>(slope), 0); });
+    }, py::arg("x"), py::arg("y"), py::arg("slope") = 0.0, "y = x > 0 ? x : slope * x (slope 0: ReLU).");
+    m.def("leaky_relu_bwd", [](const DeviceArray& dy, const DeviceArray& x, DeviceArray& dx, double slope) {
+        same_size(dy, x, "dy", "x");
+        same_size(dy, dx, "dy", "dx");
+        const float* dyp = f32_in(dy, "dy");
+        const float* xp = f32_in(x, "x");
+        float* dxp = f32_out(dx, "dx");
+        auto k1 = dy.buf; auto k2 = x.buf; auto k3 = dx.buf;
+        run_released("leaky_relu_bwd",
+                     [&] { return nn::leaky_relu_bwd(dyp, xp, dxp, dy.size(), static_cast<float>(slope), 0); });
+    }, py::arg("dy"), py::arg("x"), py::arg("dx"), py::arg("slope") = 0.0,
+       "dx = x > 0 ? dy : slope * dy (x is the forward input).");
+
+    auto unary = [&m](const char* name, cudaError_t (*fn)(const float*, float*, i64, cudaStream_t), const char* doc) {
+        m.def(name, [name, fn](const DeviceArray& x, DeviceArray& y) {
+            same_size(x, y, "x", "y");
+            const float* xp = f32_in(x, "x");
+            float* yp = f32_out(y, "y");
+            auto k1 = x.buf; auto k2 = y.buf;
+            run_released(name, [&] { return fn(xp, yp, x.size(), 0); });
+        }, py::arg("x"), py::arg("y"), doc);
+    };
+    auto backward = [&m](const char* name, cudaError_t (*fn)(const float*, const float*, float*, i64, cudaStream_t),
+                         const char* doc) {
+        m.def(name, [name, fn](const DeviceArray& dy, const DeviceArray& y, DeviceArray& dx) {
+            same_size(dy, y, "dy", "y");
+            same_size(dy, dx, "dy", "dx");
+            const float* dyp = f32_in(dy, "dy");
+            const float* yp = f32_in(y, "y");
+            float* dxp = f32_out(dx, "dx");
+            auto k1 = dy.buf; auto k2 = y.buf; auto k3 = dx.buf;
+            run_released(name, [&] { return fn(dyp, yp, dxp, dy.size(), 0); });
+        }, py::arg("dy"), py::arg("y"), py::arg("dx"), doc);
+    };
+    unary("sigmoid_fwd", nn::sigmoid_fwd, "y = 1 / (1 + exp(-x)), without overflow.");
+    backward("sigmoid_bwd", nn::sigmoid_bwd, "dx = dy * y * (1 - y) (y is the forward output).");
+    unary("tanh_fwd", nn::tanh_fwd, "y = tanh(x).");
+    backward("tanh_bwd", nn::tanh_bwd, "dx = dy * (1 - y**2) (y is the forward output).");
+
+    m.def("softmax_xent_fwd", [](const DeviceArray& logits, const DeviceArray& labels, DeviceArray& probs) {
+        auto [rows, cols] = rows_cols(logits, "logits");
+        labels_for(labels, rows);
+        if (probs.shape != logits.shape) throw py::value_error("probs must have the shape of logits");
+        const float* lp = f32_in(logits, "logits");
+        float* pp = f32_out(probs, "probs");
+        if (logits.buf == probs.buf && probs.nbytes() > 0)
+            throw py::value_error("probs must not share memory with logits (the loss reads the logits after)");
+        const auto* yp = static_cast<const std::int64_t*>(labels.data("labels"));
+        DeviceArray scratch = make_array({static_cast<py::ssize_t>(rows)}, py::dtype("float32"));
+        DeviceArray out = make_array({2}, py::dtype("float64"));
+        float* sp = static_cast<float*>(scratch.data());
+        double* op = static_cast<double*>(out.data());
+        auto k1 = logits.buf; auto k2 = labels.buf; auto k3 = probs.buf;
+        run_released("softmax_xent_fwd",
+                     [&] { return nn::softmax_xent_fwd(lp, yp, pp, sp, op, rows, cols, 0); });
+        return out;
+    }, py::arg("logits"), py::arg("labels"), py::arg("probs"),
+       "Row-wise softmax into probs; returns a float64 DeviceArray [sum of -log p[label], number of labels "
+       "outside [0, cols)] (copy it to the host for the loss).");
+    m.def("softmax_xent_bwd", [](const DeviceArray& probs, const DeviceArray& labels, DeviceArray& dx,
+                                 double scale) {
+        auto [rows, cols] = rows_cols(probs, "probs");
+        labels_for(labels, rows);
+        same_size(probs, dx, "probs", "dx");
+        const float* pp = f32_in(probs, "probs");
+        float* dxp = f32_out(dx, "dx");
+        const auto* yp = static_cast<const std::int64_t*>(labels.data("labels"));
+        auto k1 = probs.buf; auto k2 = labels.buf; auto k3 = dx.buf;
+        run_released("softmax_xent_bwd", [&] {
+            return nn::softmax_xent_bwd(pp, yp, dxp, rows, cols, static_cast<float>(scale), 0);
+        });
+    }, py::arg("probs"), py::arg("labels"), py::arg("dx"), py::arg("scale"),
+       "dx = scale * (probs - onehot(labels)).");
+
+    m.def("sgd_update", [](DeviceArray& p, const DeviceArray& g, py::object buf, double lr, double momentum,
+                           double weight_decay, bool nesterov) {
+        same_size(p, g, "p", "g");
+        float* pp = f32_out(p, "p");
+        const float* gp = f32_in(g, "g");
+        float* bp = nullptr;
+        std::shared_ptr<Buffer> keep_buf;
+        if (momentum != 0.0) {
+            if (buf.is_none()) throw py::value_error("momentum != 0 needs a momentum buffer");
+            auto& b = buf.cast<DeviceArray&>();
+            same_size(p, b, "p", "buf");
+            bp = f32_out(b, "buf");
+            keep_buf = b.buf;
+        }
+        auto k1 = p.buf; auto k2 = g.buf;
+        const i64 n = p.size();
+        run_released("sgd_update", [&] {
+            return nn::sgd_update(pp, gp, bp, n, static_cast<float>(lr), static_cast<float>(momentum),
+                                  static_cast<float>(weight_decay), nesterov, 0);
+        });
+    }, py::arg("p"), py::arg("g"), py::arg("buf"), py::arg("lr"), py::arg("momentum") = 0.0,
+       py::arg("weight_decay") = 0.0, py::arg("nesterov") = false, "SGD step in place (PyTorch's formulation).");
+    m.def("adam_update", [](DeviceArray& p, const DeviceArray& g, DeviceArray& mo, DeviceArray& v, double lr,
+                            double beta1, double beta2, double eps, double weight_decay, double bc1, double bc2) {
+        same_size(p, g, "p", "g");
+        same_size(p, mo, "p", "m");
+        same_size(p, v, "p", "v");
+        if (!(bc1 > 0.0) || !(bc2 > 0.0)) throw py::value_error("the bias corrections bc1, bc2 must be > 0");
+        float* pp = f32_out(p, "p");
+        const float* gp = f32_in(g, "g");
+        float* mp = f32_out(mo, "m");
+        float* vp = f32_out(v, "v");
+        auto k1 = p.buf; auto k2 = g.buf; auto k3 = mo.buf; auto k4 = v.buf;
+        const i64 n = p.size();
+        run_released("adam_update", [&] {
+            return nn::adam_update(pp, gp, mp, vp, n, static_cast<float>(lr), static_cast<float>(beta1),
+                                   static_cast<float>(beta2), static_cast<float>(eps),
+                                   static_cast<float>(weight_decay), static_cast<float>(bc1),
+                                   static_cast<float>(bc2), 0);
+        });
+    }, py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
+       py::arg("eps"), py::arg("weight_decay"), py::arg("bc1"), py::arg("bc2"),
+       "Adam step in place (PyTorch's formulation; bc = 1 - beta**step).");
+}
+
+// ---- Device information ------------------------------------------------------------
+
+py::dict device_info() {
+    ensure_usable();
+    int dev = 0;
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
+    auto attr = [dev](cudaDeviceAttr a) {
+        int v = 0;
+        if (cudaDeviceGetAttribute(&v, a, dev) != cudaSuccess) { cudaGetLastError(); return -1; }
+        return v;
+    };
+    int driver = 0, runtime = 0;
+    cudaDriverGetVersion(&driver);
+    cudaRuntimeGetVersion(&runtime);
+    py::dict d;
+    d["device"] = dev;
+    d["name"] = std::string(prop.name);
+    d["compute_capability"] = py::make_tuple(prop.major, prop.minor);
+    d["multiprocessors"] = prop.multiProcessorCount;
+    d["clock_khz"] = attr(cudaDevAttrClockRate);
+    d["memory_bytes"] = static_cast<unsigned long long>(prop.totalGlobalMem);
+    d["l2_cache_bytes"] = prop.l2CacheSize;
+    d["shared_memory_per_block_optin"] = static_cast<unsigned long long>(prop.sharedMemPerBlockOptin);
+    d["registers_per_multiprocessor"] = prop.regsPerMultiprocessor;
+    d["max_threads_per_multiprocessor"] = prop.maxThreadsPerMultiProcessor;
+    d["driver_version"] = version_string(driver);
+    d["runtime_version"] = version_string(runtime);
+    return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+    m.doc() = "whygpu's CUDA kernel ladder and device memory. Use whygpu.cuda, not this module.";
+
+    // C++ exceptions -> the Python classes defined in whygpu/cuda.py (looked up
+    // when raised, so that importing this module imports nothing else).
+    py::register_exception_translator([](std::exception_ptr p) {
+        auto raise = [](const char* cls, const char* msg) {
+            try {
+                py::object c = py::module_::import("whygpu.cuda").attr(cls);
+                PyErr_SetString(c.ptr(), msg);
+            } catch (py::error_already_set&) {
+                PyErr_SetString(PyExc_RuntimeError, msg);
+            }
+        };
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const CudaOutOfMemory& e) {
+            PyErr_SetString(PyExc_MemoryError, e.what());
+        } catch (const CudaUnavailable& e) {
+            raise("CudaUnavailableError", e.what());
+        } catch (const CudaError& e) {
+            raise("CudaError", e.what());
+        }
+    });
+
+    m.def("unavailable_reason", &unavailable_reason,
+          "Why CUDA cannot be used here (driver, device), or '' when it can. Creates no context.");
+    m.def("kernels", [] {
+        std::vector<std::string> names;
+        for (int r = whygpu::gpu::kFirstRung; r <= whygpu::gpu::kLastRung; ++r)
+            names.emplace_back(whygpu::gpu::rung_name(r));
+        return names;
+    }, "The names of the CUDA GEMM kernels compiled into this module, in ladder order.");
+    m.def("rung_of", [](const std::string& name) {
+        for (int r = whygpu::gpu::kFirstRung; r <= whygpu::gpu::kLastRung; ++r)
+            if (name == whygpu::gpu::rung_name(r)) return r;
+        throw py::value_error("no CUDA kernel named '" + name + "'");
+    });
+    m.def("compiled_architectures", [] { return std::string(WHYGPU_CUDA_ARCHITECTURES); },
+          "CMAKE_CUDA_ARCHITECTURES at build time, comma-separated, e.g. '80-real,90-real,90-virtual'.");
+    m.def("compiler_version", [] { return std::string(WHYGPU_CUDA_COMPILER_VERSION); });
+    m.def("runtime_version", [] {
+        int v = 0;
+        cudaRuntimeGetVersion(&v);
+        return version_string(v);
+    }, "The CUDA runtime version linked in (static).");
+    m.def("device_count", [] {
+        int n = 0;
+        if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; }
+        return n;
+    });
+    m.def("device_info", &device_info, "Properties of the current device (raises without a usable GPU).");
+    m.def("synchronize", [] {
+        ensure_usable();
+        run_released("synchronize (cudaDeviceSynchronize)", [] { return cudaDeviceSynchronize(); });
+    }, "Wait until all work issued so far has finished; raises the first error a kernel hit.");
+    m.def("memory_info", [] {
+        ensure_usable();
+        std::size_t free_b = 0, total_b = 0;
+        check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+        return py::make_tuple(free_b, total_b);
+    }, "(free, total) bytes of device memory.");
+    m.def("_check_error", [](int code, const std::string& what) { check(static_cast<cudaError_t>(code), what); },
+          "Raise what a CUDA error code would raise (for tests of the error mapping).");
+
+    py::class_<DeviceArray>(m, "DeviceArray",
+        "A C-contiguous array in GPU memory: shape, dtype, and explicit transfers (to_device / to_host).\n"
+        "DeviceArray(shape, dtype=float32) allocates it uninitialised.")
+        .def(py::init([](const py::object& shape, const py::object& dtype) {
+                 return make_array(parse_shape(shape), parse_dtype(dtype));
+             }), py::arg("shape"), py::arg("dtype") = py::dtype("float32"))
+        .def_static("from_host", &from_host, py::arg("array"), "Copy a host array to a new DeviceArray.")
+        .def_static("zeros", &zeros, py::arg("shape"), py::arg("dtype") = py::dtype("float32"))
+        .def("to_host", &to_host, py::arg("out") = py::none(),
+             "Copy to a new NumPy array (or into `out`: C-contiguous, same shape and dtype). Waits for the GPU.")
+        .def("copy_from_host", &copy_from_host, py::arg("array"),
+             "Overwrite with a host array of the same shape and dtype (no reallocation).")
+        .def("copy", &copy_array, "A new DeviceArray with the same contents (device to device).")
+        .def("reshape", &reshape, "A view with another shape (shares the memory); one dimension may be -1.")
+        .def("free", [](DeviceArray& x) { x.buf.reset(); },
+             "Release this array's device memory now (views made by reshape keep it alive).")
+        .def("__enter__", [](DeviceArray& x) -> DeviceArray& { return x; }, py::return_value_policy::reference)
+        .def("__exit__", [](DeviceArray& x, const py::args&) { x.buf.reset(); })
+        .def_property_readonly("shape", &shape_tuple)
+        .def_property_readonly("dtype", &DeviceArray::dtype)
+        .def_property_readonly("ndim", [](const DeviceArray& x) { return x.shape.size(); })
+        .def_property_readonly("size", &DeviceArray::size)
+        .def_property_readonly("itemsize", [](const DeviceArray& x) { return x.itemsize; })
+        .def_property_readonly("nbytes", &DeviceArray::nbytes)
+        .def_property_readonly("freed", &DeviceArray::freed)
+        .def_property_readonly("ptr", [](const DeviceArray& x) { return reinterpret_cast<std::uintptr_t>(x.data()); },
+                               "The device address (for interoperation).")
+        .def_property_readonly("__cuda_array_interface__", &cuda_array_interface)
+        .def("shares_memory", [](const DeviceArray& x, const DeviceArray& y) {
+            return x.buf && x.buf == y.buf && x.nbytes() > 0;
+        }, "Whether both arrays use the same device memory (views of one allocation).")
+        .def("__array__", [](const DeviceArray&, const py::args&, const py::kwargs&) -> py::object {
+            throw py::type_error("a DeviceArray lives in GPU memory; copies are explicit: call .to_host()");
+        })
+        .def("__len__", [](const DeviceArray& x) {
+            if (x.shape.empty()) throw py::type_error("len() of a 0-d DeviceArray");
+            return x.shape[0];
+        })
+        .def("__repr__", &describe);
+
+    m.def("gemm", &gemm, py::arg("rung"), py::arg("a"), py::arg("b"), py::arg("c"), py::arg("alpha") = 1.0,
+          py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("trans_b") = false,
+          "c = alpha * op(a) @ op(b) + beta * c on CUDA rung `rung`, float32 DeviceArrays. Asynchronous.");
+
+    py::module_ nn_mod = m.def_submodule("nn", "element-wise training operations");
+    bind_nn(nn_mod);
+}

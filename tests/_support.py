@@ -1,0 +1,150 @@
+"""Helpers shared by the test modules: the float64 reference, the error bound
+every kernel must meet, strided/transposed test matrices, and the shapes that
+sit on the block-size edges of the packed kernels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import whygpu
+
+DTYPES = (np.float32, np.float64)
+
+# Largest dimension each kernel is tested with: the interpreted and naive rungs are slow.
+SIZE_CAP = {"python": 24, "cython": 200, "naive": 200}
+
+
+def size_cap(kernel: str):
+    """Largest m, n or k to give `kernel` (None: no limit)."""
+    return SIZE_CAP.get(kernel)
+
+
+def fits(kernel: str, shape) -> bool:
+    cap = size_cap(kernel)
+    return cap is None or max(shape) <= cap
+
+
+# ---- The reference and the error bound ---------------------------------------
+
+def _op(x, trans):
+    x = np.asarray(x, dtype=np.float64)
+    return x.T if trans else x
+
+
+def gemm_reference(a, b, alpha=1.0, beta=0.0, c0=None, trans_a=False, trans_b=False):
+    """(reference, bound, k) in float64: reference = alpha op(A) op(B) + beta C0 and
+    bound = |alpha| |op(A)| |op(B)| + |beta| |C0|, elementwise."""
+    A, B = _op(a, trans_a), _op(b, trans_b)
+    ref = alpha * (A @ B)
+    bound = abs(alpha) * (np.abs(A) @ np.abs(B))
+    if c0 is not None and beta != 0.0:
+        C = np.asarray(c0, dtype=np.float64)
+        ref = ref + beta * C
+        bound = bound + abs(beta) * np.abs(C)
+    return ref, bound, A.shape[1]
+
+
+def gemm_tolerance(bound, k, dtype):
+    """Elementwise error allowed for a k-term dot product computed in `dtype`.
+
+    Any summation order gives |error| <= k * u * |A||B| (u = eps/2); the float64
+    reference adds at most as much again, and rounding alpha, beta and the
+    final update a few u more.  eps * (k + 4) * bound covers all of that and
+    no more, so a kernel that drops or repeats even one product fails (see
+    test_tolerance_catches_a_dropped_term).
+    """
+    eps = np.finfo(dtype).eps
+    return eps * (k + 4) * bound + np.finfo(dtype).tiny
+
+
+def check_gemm(got, a, b, *, alpha=1.0, beta=0.0, c0=None, trans_a=False, trans_b=False, dtype=None):
+    """Fail the test unless got == alpha op(a) op(b) + beta c0 (c0: C before the call)
+    within gemm_tolerance, with the dtype and shape expected."""
+    dtype = np.dtype(dtype if dtype is not None else np.asarray(a).dtype)
+    ref, bound, k = gemm_reference(a, b, alpha, beta, c0, trans_a, trans_b)
+    assert isinstance(got, np.ndarray)
+    assert got.dtype == dtype, f"result dtype {got.dtype}, expected {dtype}"
+    assert got.shape == ref.shape, f"result shape {got.shape}, expected {ref.shape}"
+    if got.size == 0:
+        return
+    err = np.abs(got.astype(np.float64) - ref)
+    tol = gemm_tolerance(bound, k, dtype)
+    bad = ~(err <= tol)  # NaN in the result counts as bad
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        pytest.fail(f"{int(bad.sum())} of {got.size} entries wrong, shape {got.shape}, k={k}; first at "
+                    f"({i}, {j}): got {got[i, j]!r}, expected {ref[i, j]!r} (tolerance {tol[i, j]:.3g})")
+
+
+def make_matrix(rng, shape, dtype, *, order="C", step=(1, 1), flip=(False, False), offset=0):
+    """A `shape` matrix of uniform(-1, 1) values in `dtype`, laid out as asked:
+    order "C" or "F" (memory order of the parent array; "F" is also what a
+    transposed C array looks like), step = slicing step per axis, flip =
+    negative stride per axis, offset = elements skipped at the start of each
+    axis.  With step/offset it is a view into a larger parent array."""
+    m, n = shape
+    s0, s1 = step
+    pm, pn = offset + max(m, 1) * s0, offset + max(n, 1) * s1
+    parent = np.array(rng.uniform(-1, 1, (pm, pn)).astype(dtype), order=order)
+    view = parent[offset:offset + m * s0:s0, offset:offset + n * s1:s1]
+    if flip[0]:
+        view = view[::-1, :]
+    if flip[1]:
+        view = view[:, ::-1]
+    assert view.shape == (m, n)
+    return view
+
+
+# ---- Shapes ---------------------------------------------------------------------
+
+# (m, n, k): empty, ones, primes, odd mixes.
+BASIC_SHAPES = [
+    (0, 0, 0), (0, 5, 3), (4, 0, 3), (4, 5, 0), (1, 1, 1), (1, 1, 7), (1, 7, 1), (7, 1, 1),
+    (2, 3, 5), (5, 3, 2), (7, 11, 13), (13, 7, 3), (17, 19, 23), (23, 2, 19), (97, 101, 103),
+]
+# The blocked rung's fixed tiles (BI=64, BK=128, BJ=256 in csrc/05_blocked.cpp), each side of them.
+BLOCKED_TILE_SHAPES = [(63, 255, 127), (64, 256, 128), (65, 257, 129)]
+# Deep-learning shapes: an MLP 784-512-256-10 at batch 32, forward and backward.
+MLP_SHAPES = [
+    (32, 512, 784),   # X (32, 784) @ W1 (784, 512)
+    (32, 256, 512), (32, 10, 256),
+    (784, 512, 32),   # dW1 = X.T (784, 32) @ dY (32, 512)
+    (32, 784, 512),   # dX = dY (32, 512) @ W1.T (512, 784)
+]
+
+
+def block_edge_shapes(blocking: dict):
+    """(m, n, k) shapes just below, on and above the packed kernels' block sizes
+    (mr, nr: register tile; kc: panel depth; nc: panel width)."""
+    mr, nr, kc, nc = blocking["mr"], blocking["nr"], blocking["kc"], blocking["nc"]
+    shapes = [
+        (mr - 1, nr - 1, kc - 1), (mr, nr, kc), (mr + 1, nr + 1, kc + 1),
+        (2 * mr + 1, nc - 1, 2 * kc + 1),   # two full panels plus one column of depth
+        (mr - 1, nc + 1, kc),               # one column into the second B panel
+        (3 * mr, nc, kc - 1), (1, nc + nr + 1, 3), (mr + 1, 1, kc + 1),
+        (4 * mr + 3, 2 * nc + 1, 17),       # three jc panels, ragged last one
+    ]
+    return sorted({tuple(max(d, 1) for d in s) for s in shapes})
+
+
+def blocking_of(dtype, arch=None) -> dict:
+    """The packed kernels' block sizes for dtype under `arch` (default: the current one)."""
+    name = np.dtype(dtype).name
+    if arch is None:
+        return whygpu.cpu_info()["blocking"][name]
+    return dict(whygpu._core.blocking(name, arch))
+
+
+def replace_kernel(monkeypatch, name: str, **changes):
+    """Swap registry entry `name` for a modified copy (e.g. unavailable=..., run=...)
+    for one test; the registry keeps both a table and a by-name dict."""
+    import dataclasses
+
+    from whygpu import _registry
+
+    if "run" in changes:  # a replaced run must not be bypassed by the C++ shortcut
+        changes.setdefault("fast", None)
+    new = dataclasses.replace(_registry.KERNELS[name], **changes)
+    monkeypatch.setitem(_registry.KERNELS, name, new)
+    monkeypatch.setattr(_registry, "_TABLE", [new if k.name == name else k for k in _registry._TABLE])
+    return new

@@ -1,0 +1,111 @@
+"""Builds tests/cuda_emu/check_kernels against the CUDA sources (csrc/cuda/*.cu)
+run on the CPU by emu.h: each `kernel<<<grid, block, smem, stream>>>(args)`
+launch is rewritten to `emu::launch(grid, block, [&] { kernel(args); })` and
+the files are compiled as C++20.
+
+    build_emulated.py OUT_DIR [g++ flags]            the check_kernels program
+    build_emulated.py --module OUT_DIR [g++ flags]   whygpu._cuda over the emulation
+"""
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import re
+import subprocess
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+CUDA_SRC = ROOT / "csrc" / "cuda"
+COMMON = ["-std=c++20", "-O1", "-g", "-pthread"]
+LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\s*\((.*?)\);", re.S)
+
+
+def split_top(s: str) -> list:
+    parts, depth, cur = [], 0, ""
+    for ch in s:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur.strip())
+    return parts
+
+
+def rewrite(text: str) -> str:
+    def sub(m):
+        kernel, config, args = m.group(1), split_top(m.group(2)), m.group(3)
+        return f"emu::launch(dim3({config[0]}), dim3({config[1]}), [&] {{ {kernel}({args}); }});"
+    out, n = LAUNCH.subn(sub, text)
+    if "<<<" in out:
+        raise SystemExit("a kernel launch was not rewritten")
+    return out
+
+
+def emulated_sources(out: pathlib.Path) -> list:
+    out.mkdir(parents=True, exist_ok=True)
+    sources = []
+    for cu in sorted(CUDA_SRC.glob("*.cu")):
+        dst = out / (cu.stem + ".cpp")
+        dst.write_text(f'#line 1 "csrc/cuda/{cu.name}"\n' + rewrite(cu.read_text()))
+        sources.append(str(dst))
+    return sources
+
+
+def _compile(src: pathlib.Path, flags: list, cache: pathlib.Path) -> pathlib.Path:
+    """src compiled to an object in `cache`, named by a hash of its text, the
+    headers it may include and the flags: an unchanged file is compiled once."""
+    h = hashlib.sha1(src.read_bytes())
+    for header in sorted([*HERE.glob("*.h"), *CUDA_SRC.glob("*.h"), *CUDA_SRC.glob("*.cuh")]):
+        h.update(header.read_bytes())
+    h.update(" ".join(flags).encode())
+    obj = cache / f"{src.stem}-{h.hexdigest()[:16]}.o"
+    if not obj.exists():
+        tmp = obj.with_suffix(".tmp.o")
+        subprocess.run(["g++", *COMMON, "-c", f"-I{HERE}", f"-I{CUDA_SRC}", *flags, str(src), "-o", str(tmp)],
+                       check=True)
+        tmp.replace(obj)
+    return obj
+
+
+def main(out_dir: str, *flags: str, cache: str = "") -> pathlib.Path:
+    """The check_kernels program (objects cached in `cache`, default OUT_DIR/obj)."""
+    out = pathlib.Path(out_dir)
+    sources = emulated_sources(out)
+    cache_dir = pathlib.Path(cache) if cache else out / "obj"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    objects = [_compile(pathlib.Path(src), list(flags), cache_dir)
+               for src in [str(HERE / "check_kernels.cpp"), *sources]]
+    exe = out / "check_kernels"
+    subprocess.run(["g++", *COMMON, *flags, *map(str, objects), "-o", str(exe)], check=True)
+    return exe
+
+
+def module(out_dir: str, *flags: str) -> pathlib.Path:
+    """The real binding src/cuda_module.cpp over the emulated kernels, as an
+    importable whygpu._cuda extension in OUT_DIR (copy it next to whygpu's
+    Python files to run tests/test_cuda.py's GPU tests on the CPU)."""
+    import sysconfig
+
+    import pybind11
+    out = pathlib.Path(out_dir)
+    sources = emulated_sources(out)
+    target = out / ("_cuda" + sysconfig.get_config_var("EXT_SUFFIX"))
+    cmd = ["g++", *COMMON, "-shared", "-fPIC", "-fvisibility=hidden",
+           f"-I{HERE}", f"-I{CUDA_SRC}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
+           '-DWHYGPU_CUDA_ARCHITECTURES="80-real,90-real,90-virtual"', '-DWHYGPU_CUDA_COMPILER_VERSION="emulated"',
+           *flags, str(ROOT / "src" / "cuda_module.cpp"), *sources, "-o", str(target)]
+    subprocess.run(cmd, check=True)
+    return target
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--module":
+        print(module(*sys.argv[2:]))
+    else:
+        print(main(*sys.argv[1:]))

@@ -1,0 +1,243 @@
+// check_kernels.cpp -- runs every CUDA rung and the nn element-wise ops under
+// the CPU emulation of emu.h and compares them with a double-precision
+// reference; exits non-zero on the first mismatch.  Built and run by
+// tests/test_cuda_emulated.py (optionally with AddressSanitizer, which then
+// also catches any read or write outside the matrices or shared tiles).
+//
+// Every output matrix sits inside a larger buffer filled with a sentinel, so
+// a write outside C (or into the padding of its leading dimension) is seen.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gemm_cuda.h"
+#include "nn_ops.h"
+
+using whygpu::gpu::GemmArgs;
+
+namespace {
+
+int g_failures = 0;
+std::mt19937 g_rng(12345);
+
+float uniform() { return std::uniform_real_distribution<float>(-1.f, 1.f)(g_rng); }
+
+constexpr float kSentinel = 12345.f;
+
+// A rows x cols row-major matrix with leading dimension ld >= cols inside a
+// buffer with `guard` floats of sentinel before and after (0: the buffer ends
+// with the last element, so AddressSanitizer sees any read past it); `shift`
+// floats moves the start off 16-byte alignment.
+struct Mat {
+    int rows, cols;
+    long long ld;
+    std::vector<float> buf;
+    float* p;
+    Mat(int r, int c, long long ld_, int shift, int guard, bool fill_random) : rows(r), cols(c), ld(ld_) {
+        const long long n = (r > 0 ? (long long)(r - 1) * ld + c : 0);
+        buf.assign(guard + shift + n + guard, kSentinel);
+        // 16-byte aligned base: vector's data is; guard is a multiple of 4.
+        p = buf.data() + guard + shift;
+        for (int i = 0; i < r; ++i)
+            for (int j = 0; j < c; ++j) p[(long long)i * ld + j] = fill_random ? uniform() : 0.f;
+    }
+    float at(int i, int j) const { return p[(long long)i * ld + j]; }
+    bool untouched_outside() const {  // everything but the (rows x cols) elements still holds the sentinel
+        std::vector<char> inside(buf.size(), 0);
+        for (int i = 0; i < rows; ++i)
+            for (int j = 0; j < cols; ++j) inside[(p - buf.data()) + (long long)i * ld + j] = 1;
+        for (std::size_t e = 0; e < buf.size(); ++e)
+            if (!inside[e] && buf[e] != kSentinel) return false;
+        return true;
+    }
+};
+
+void fail(const std::string& what) {
+    std::printf("FAIL %s\n", what.c_str());
+    if (++g_failures > 20) std::exit(1);
+}
+
+void check_gemm(int rung, int m, int n, int k, bool ta, bool tb, float alpha, float beta, int ldpad, int shift) {
+    char label[256];
+    std::snprintf(label, sizeof label, "%s m=%d n=%d k=%d ta=%d tb=%d alpha=%g beta=%g ldpad=%d shift=%d",
+                  whygpu::gpu::rung_name(rung), m, n, k, ta, tb, alpha, beta, ldpad, shift);
+    // Stored shapes: A (m, k) or (k, m); B (k, n) or (n, k); C (m, n).
+    const int ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+    Mat A(ar, ac, ac + ldpad, shift, 0, true), B(br, bc, bc + ldpad, shift, 0, true);
+    Mat C(m, n, n + ldpad, shift, 64, true);
+    std::vector<float> c0(C.buf);
+    if (beta == 0.f)  // garbage that must not leak into the result
+        for (int i = 0; i < m; ++i)
+            for (int j = 0; j < n; ++j) C.p[(long long)i * C.ld + j] = NAN;
+    GemmArgs g;
+    g.m = m; g.n = n; g.k = k; g.alpha = alpha; g.beta = beta;
+    g.a = A.p; g.lda = A.ld; g.trans_a = ta;
+    g.b = B.p; g.ldb = B.ld; g.trans_b = tb;
+    g.c = C.p; g.ldc = C.ld;
+    const cudaError_t e = whygpu::gpu::gemm(rung, g, nullptr);
+    if (e != cudaSuccess) { fail(std::string(label) + ": error code " + std::to_string(e)); return; }
+    const float* c0p = c0.data() + (C.p - C.buf.data());
+    for (int i = 0; i < m; ++i)
+        for (int j = 0; j < n; ++j) {
+            double ref = 0, mag = 0;
+            for (int p = 0; p < k; ++p) {
+                const double av = ta ? A.at(p, i) : A.at(i, p), bv = tb ? B.at(j, p) : B.at(p, j);
+                ref += av * bv;
+                mag += std::fabs(av * bv);
+            }
+            const double old = c0p[(long long)i * C.ld + j];
+            ref = alpha * ref + (beta == 0.f ? 0.0 : beta * old);
+            const double bound = 2.0 * (k + 2) * 6e-8 * (std::fabs(alpha) * mag + std::fabs(beta * old)) + 1e-30;
+            const double got = C.at(i, j);
+            if (!(std::fabs(got - ref) <= bound)) {
+                char where[128];
+                std::snprintf(where, sizeof where, ": C[%d,%d] = %.9g, expected %.9g", i, j, got, ref);
+                fail(std::string(label) + where);
+                return;
+            }
+        }
+    if (!C.untouched_outside()) fail(std::string(label) + ": wrote outside C");
+    if (!A.untouched_outside() || !B.untouched_outside()) fail(std::string(label) + ": wrote into A or B");
+}
+
+// ---- nn ops ------------------------------------------------------------------
+
+bool close(double got, double ref, double tol = 2e-6) { return std::fabs(got - ref) <= tol * (1 + std::fabs(ref)); }
+
+void check_nn() {
+    namespace nn = whygpu::gpu::nn;
+    const int rows = 37, cols = 45;
+    std::vector<float> x(rows * cols), y(rows * cols), b(cols), dy(rows * cols), dx(rows * cols), db(cols, 0.5f);
+    for (auto& v : x) v = 4 * uniform();
+    for (auto& v : b) v = uniform();
+    for (auto& v : dy) v = uniform();
+
+    y = x;
+    nn::bias_add(y.data(), b.data(), rows, cols, nullptr);
+    for (int i = 0; i < rows * cols; ++i)
+        if (!close(y[i], x[i] + b[i % cols])) { fail("bias_add"); break; }
+
+    nn::bias_grad(dy.data(), db.data(), rows, cols, 0.25f, nullptr);
+    for (int j = 0; j < cols; ++j) {
+        double s = 0;
+        for (int i = 0; i < rows; ++i) s += dy[i * cols + j];
+        if (!close(db[j], 0.25 * 0.5 + s, 1e-5)) { fail("bias_grad"); break; }
+    }
+
+    for (float slope : {0.f, 0.1f}) {
+        nn::leaky_relu_fwd(x.data(), y.data(), rows * cols, slope, nullptr);
+        nn::leaky_relu_bwd(dy.data(), x.data(), dx.data(), rows * cols, slope, nullptr);
+        for (int i = 0; i < rows * cols; ++i) {
+            if (!close(y[i], x[i] > 0 ? x[i] : slope * x[i])) { fail("leaky_relu_fwd"); break; }
+            if (!close(dx[i], x[i] > 0 ? dy[i] : slope * dy[i])) { fail("leaky_relu_bwd"); break; }
+        }
+    }
+    nn::sigmoid_fwd(x.data(), y.data(), rows * cols, nullptr);
+    nn::sigmoid_bwd(dy.data(), y.data(), dx.data(), rows * cols, nullptr);
+    for (int i = 0; i < rows * cols; ++i) {
+        const double s = 1 / (1 + std::exp(-(double)x[i]));
+        if (!close(y[i], s)) { fail("sigmoid_fwd"); break; }
+        if (!close(dx[i], dy[i] * y[i] * (1 - y[i]))) { fail("sigmoid_bwd"); break; }
+    }
+    nn::tanh_fwd(x.data(), y.data(), rows * cols, nullptr);
+    nn::tanh_bwd(dy.data(), y.data(), dx.data(), rows * cols, nullptr);
+    for (int i = 0; i < rows * cols; ++i) {
+        if (!close(y[i], std::tanh((double)x[i]))) { fail("tanh_fwd"); break; }
+        if (!close(dx[i], dy[i] * (1 - (double)y[i] * y[i]))) { fail("tanh_bwd"); break; }
+    }
+
+    // softmax + cross-entropy, with two bad labels
+    std::vector<std::int64_t> labels(rows);
+    for (int i = 0; i < rows; ++i) labels[i] = (i * 7) % cols;
+    labels[3] = -1;
+    labels[5] = cols;
+    std::vector<float> probs(rows * cols), row_loss(rows);
+    double out[2] = {-1, -1};
+    nn::softmax_xent_fwd(x.data(), labels.data(), probs.data(), row_loss.data(), out, rows, cols, nullptr);
+    double loss = 0;
+    for (int i = 0; i < rows; ++i) {
+        double mx = -1e300, s = 0;
+        for (int j = 0; j < cols; ++j) mx = std::max(mx, (double)x[i * cols + j]);
+        for (int j = 0; j < cols; ++j) s += std::exp(x[i * cols + j] - mx);
+        for (int j = 0; j < cols; ++j)
+            if (!close(probs[i * cols + j], std::exp(x[i * cols + j] - mx) / s)) { fail("softmax_xent_fwd probs"); i = rows; break; }
+        if (i < rows && labels[i] >= 0 && labels[i] < cols) loss += std::log(s) - (x[i * cols + labels[i]] - mx);
+    }
+    if (!close(out[0], loss, 1e-5) || out[1] != 2) fail("softmax_xent_fwd loss " + std::to_string(out[0]) + " vs " + std::to_string(loss));
+    const float scale = 1.f / rows;
+    nn::softmax_xent_bwd(probs.data(), labels.data(), dx.data(), rows, cols, scale, nullptr);
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j) {
+            const double ref = scale * probs[i * cols + j] - (labels[i] == j ? scale : 0.0);
+            if (!close(dx[i * cols + j], ref)) { fail("softmax_xent_bwd"); i = rows; break; }
+        }
+
+    // optimizers: one step each against the formulas in nn_ops.h
+    const int n = 301;
+    std::vector<float> p(n), g(n), buf(n), m1(n), v1(n);
+    for (int i = 0; i < n; ++i) { p[i] = uniform(); g[i] = uniform(); buf[i] = uniform(); m1[i] = uniform(); v1[i] = std::fabs(uniform()); }
+    for (bool nesterov : {false, true}) {
+        std::vector<float> p2(p), b2(buf);
+        nn::sgd_update(p2.data(), g.data(), b2.data(), n, 0.1f, 0.9f, 0.01f, nesterov, nullptr);
+        for (int i = 0; i < n; ++i) {
+            const double gi = g[i] + 0.01 * p[i], bb = 0.9 * buf[i] + gi;
+            const double ref = p[i] - 0.1 * (nesterov ? gi + 0.9 * bb : bb);
+            if (!close(b2[i], bb) || !close(p2[i], ref)) { fail("sgd_update"); break; }
+        }
+    }
+    {
+        std::vector<float> p2(p);
+        nn::sgd_update(p2.data(), g.data(), nullptr, n, 0.1f, 0.f, 0.f, false, nullptr);
+        for (int i = 0; i < n; ++i)
+            if (!close(p2[i], p[i] - 0.1 * g[i])) { fail("sgd_update (no momentum)"); break; }
+    }
+    {
+        std::vector<float> p2(p), m2(m1), v2(v1);
+        const float lr = 1e-3f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.01f, bc1 = 1 - b1 * b1, bc2 = 1 - b2 * b2;
+        nn::adam_update(p2.data(), g.data(), m2.data(), v2.data(), n, lr, b1, b2, eps, wd, bc1, bc2, nullptr);
+        for (int i = 0; i < n; ++i) {
+            const double gi = g[i] + wd * p[i], mi = b1 * m1[i] + (1 - b1) * gi, vi = b2 * v1[i] + (1 - b2) * gi * gi;
+            const double ref = p[i] - (lr / bc1) * mi / (std::sqrt(vi) / std::sqrt(bc2) + eps);
+            if (!close(m2[i], mi) || !close(v2[i], vi, 1e-5) || !close(p2[i], ref)) { fail("adam_update"); break; }
+        }
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    // check_kernels [quick|full] [rung]: quick leaves out the largest shape; a rung number checks only it.
+    const bool quick = argc > 1 && std::string(argv[1]) == "quick";
+    const int only = argc > 2 ? std::atoi(argv[2]) : 0;
+    struct Shape { int m, n, k; };
+    // 0, 1, primes, tile multiples and non-multiples of every tile (32, 64, 128; k-steps 8, 16, 32).
+    std::vector<Shape> shapes = {{1, 1, 1}, {0, 5, 3}, {5, 0, 3}, {4, 5, 0}, {1, 7, 3}, {7, 1, 13}, {3, 5, 1},
+                                 {17, 31, 9}, {33, 65, 31}, {64, 64, 64}, {131, 67, 37}, {129, 257, 17}};
+    if (!quick) shapes.push_back({257, 130, 130});
+    for (int rung = whygpu::gpu::kFirstRung; rung <= whygpu::gpu::kLastRung; ++rung) {
+        if (only && rung != only) continue;
+        for (const auto& s : shapes)
+            for (int t = 0; t < 4; ++t) check_gemm(rung, s.m, s.n, s.k, t & 1, t & 2, 1.f, 0.f, 0, 0);
+        // alpha/beta, padded leading dimensions, misaligned pointers (no float4), and float4-friendly sizes
+        for (int t = 0; t < 4; ++t) {
+            check_gemm(rung, 37, 45, 29, t & 1, t & 2, -0.5f, 0.75f, 3, 0);
+            check_gemm(rung, 36, 44, 28, t & 1, t & 2, 2.f, 1.f, 4, 1);
+            check_gemm(rung, 132, 136, 24, t & 1, t & 2, 1.5f, -1.f, 4, 0);
+            check_gemm(rung, 9, 10, 11, t & 1, t & 2, 0.f, 0.5f, 1, 0);  // alpha == 0: C = beta C only
+        }
+        std::printf("%s done\n", whygpu::gpu::rung_name(rung));
+        std::fflush(stdout);
+    }
+    if (!only) {
+        check_nn();
+        std::printf("nn ops done\n");
+    }
+    if (g_failures) { std::printf("%d failures\n", g_failures); return 1; }
+    std::printf("all passed\n");
+    return 0;
+}

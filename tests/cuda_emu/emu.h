@@ -1,0 +1,227 @@
+// emu.h -- just enough of CUDA to run whygpu's kernels on the CPU, for
+// checking their index arithmetic, edge guards and barriers on a machine
+// without a GPU (tests/test_cuda_emulated.py).  NOT a CUDA implementation:
+// each thread of a block is an OS thread (from a pool), __syncthreads is a std::barrier,
+// shared memory is a static array (blocks run one after the other), a warp
+// shuffle goes through memory between two per-warp barriers.  Timing,
+// coalescing and bank conflicts mean nothing here; results and races do.
+#pragma once
+
+#include <algorithm>
+#include <barrier>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+
+enum cudaError_t {
+    cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorInvalidConfiguration = 9,
+    cudaErrorInsufficientDriver = 35, cudaErrorNoDevice = 100, cudaErrorIllegalAddress = 700,
+};
+using cudaStream_t = void*;
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+
+// ---- A fake runtime API: host memory stands in for device memory -------------------
+// Enough for src/cuda_module.cpp, so that the real binding can be built over
+// the emulated kernels (build_emulated.py --module) and whygpu.cuda's GPU
+// tests run on the CPU.  One "device", always usable.
+inline const char* cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+        case cudaSuccess: return "cudaSuccess";
+        case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+        case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+        case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+        default: return "cudaErrorUnknown";
+    }
+}
+inline const char* cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+        case cudaSuccess: return "no error";
+        case cudaErrorInvalidValue: return "invalid argument";
+        case cudaErrorMemoryAllocation: return "out of memory";
+        case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+        default: return "unknown error";
+    }
+}
+inline cudaError_t cudaDriverGetVersion(int* v) { *v = 13000; return cudaSuccess; }
+inline cudaError_t cudaRuntimeGetVersion(int* v) { *v = 13000; return cudaSuccess; }
+inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+enum cudaDeviceAttr { cudaDevAttrClockRate = 13, cudaDevAttrMemoryPoolsSupported = 115 };
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
+    *v = a == cudaDevAttrMemoryPoolsSupported ? 1 : 1000000;
+    return cudaSuccess;
+}
+using cudaMemPool_t = void*;
+enum cudaMemPoolAttr { cudaMemPoolAttrReleaseThreshold = 4 };
+inline cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* p, int) { *p = nullptr; return cudaSuccess; }
+inline cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { return cudaSuccess; }
+inline cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, std::size_t) { return cudaSuccess; }
+inline cudaError_t cudaMalloc(void** p, std::size_t n) {
+    if (n > (std::size_t(1) << 36)) return cudaErrorMemoryAllocation;  // "64 GiB of device memory"
+    *p = std::aligned_alloc(256, (n + 255) / 256 * 256);
+    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+inline cudaError_t cudaMallocAsync(void** p, std::size_t n, cudaStream_t) { return cudaMalloc(p, n); }
+inline cudaError_t cudaFree(void* p) { std::free(p); return cudaSuccess; }
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { std::free(p); return cudaSuccess; }
+enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
+inline cudaError_t cudaMemcpy(void* d, const void* s, std::size_t n, cudaMemcpyKind) { std::memcpy(d, s, n); return cudaSuccess; }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, std::size_t n, cudaMemcpyKind k, cudaStream_t) {
+    return cudaMemcpy(d, s, n, k);
+}
+inline cudaError_t cudaMemsetAsync(void* p, int v, std::size_t n, cudaStream_t) { std::memset(p, v, n); return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaMemGetInfo(std::size_t* f, std::size_t* t) {
+    *f = std::size_t(1) << 35;
+    *t = std::size_t(1) << 36;
+    return cudaSuccess;
+}
+struct cudaDeviceProp {
+    char name[256] = "Emulated GPU (whygpu tests/cuda_emu)";
+    int major = 9, minor = 0, multiProcessorCount = 4, l2CacheSize = 1 << 20;
+    std::size_t totalGlobalMem = std::size_t(1) << 36, sharedMemPerBlockOptin = 48 << 10;
+    int regsPerMultiprocessor = 65536, maxThreadsPerMultiProcessor = 2048;
+};
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) { *p = cudaDeviceProp{}; return cudaSuccess; }
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+
+using std::max;
+using std::min;
+
+namespace emu {
+inline thread_local dim3 tl_thread, tl_block;
+inline thread_local std::barrier<>* tl_block_barrier = nullptr;
+inline thread_local std::barrier<>* tl_warp_barrier = nullptr;
+inline thread_local float* tl_warp_slots = nullptr;
+inline thread_local unsigned tl_lane = 0;
+inline dim3 g_grid, g_block;
+
+// 1024 worker threads made once (creating threads per block dominates otherwise).
+class Pool {
+  public:
+    static Pool& get() {
+        static Pool pool;
+        return pool;
+    }
+    // Runs job(t) on workers t = 0 .. nt-1 and waits for all of them.
+    void run(unsigned nt, std::function<void(unsigned)> job) {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            job_ = std::move(job);
+            active_ = nt;
+            remaining_ = nt;
+            ++generation_;
+        }
+        start_.notify_all();
+        std::unique_lock<std::mutex> lock(mu_);
+        done_.wait(lock, [this] { return remaining_ == 0; });
+    }
+
+  private:
+    Pool() {
+        for (unsigned t = 0; t < 1024; ++t) workers_.emplace_back([this, t] { loop(t); });
+    }
+    ~Pool() {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            stop_ = true;
+            ++generation_;
+        }
+        start_.notify_all();
+        for (auto& w : workers_) w.join();
+    }
+    void loop(unsigned t) {
+        std::uint64_t seen = 0;
+        for (;;) {
+            std::function<void(unsigned)>* job;
+            {
+                std::unique_lock<std::mutex> lock(mu_);
+                start_.wait(lock, [&] { return generation_ != seen; });
+                seen = generation_;
+                if (stop_) return;
+                if (t >= active_) continue;
+                job = &job_;
+            }
+            (*job)(t);
+            std::lock_guard<std::mutex> lock(mu_);
+            if (--remaining_ == 0) done_.notify_one();
+        }
+    }
+    std::vector<std::thread> workers_;
+    std::mutex mu_;
+    std::condition_variable start_, done_;
+    std::function<void(unsigned)> job_;
+    std::uint64_t generation_ = 0;
+    unsigned active_ = 0, remaining_ = 0;
+    bool stop_ = false;
+};
+
+// Runs f() as every thread of every block of the grid; blocks one at a time
+// (shared memory is a static array), a barrier between blocks.
+template <typename F>
+void launch(dim3 grid, dim3 block, F f) {
+    g_grid = grid;
+    g_block = block;
+    const unsigned nt = block.x * block.y * block.z;
+    const unsigned nwarps = (nt + 31) / 32;
+    if (nt == 0 || nt > 1024) { std::fprintf(stderr, "bad block size %u\n", nt); std::abort(); }
+    std::barrier<> block_barrier(nt);
+    std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+    for (unsigned w = 0; w < nwarps; ++w) warp_barriers.emplace_back(new std::barrier<>(std::min(32u, nt - 32 * w)));
+    std::vector<float> slots(nwarps * 32);
+    Pool::get().run(nt, [&](unsigned t) {
+        tl_thread = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+        tl_block_barrier = &block_barrier;
+        tl_warp_barrier = warp_barriers[t / 32].get();
+        tl_warp_slots = &slots[(t / 32) * 32];
+        tl_lane = t % 32;
+        for (unsigned bz = 0; bz < grid.z; ++bz)
+            for (unsigned by = 0; by < grid.y; ++by)
+                for (unsigned bx = 0; bx < grid.x; ++bx) {
+                    tl_block = dim3(bx, by, bz);
+                    f();
+                    block_barrier.arrive_and_wait();  // the block is over before the next one reuses shared memory
+                }
+    });
+}
+}  // namespace emu
+
+#define threadIdx (emu::tl_thread)
+#define blockIdx (emu::tl_block)
+#define blockDim (emu::g_block)
+#define gridDim (emu::g_grid)
+
+inline void __syncthreads() { emu::tl_block_barrier->arrive_and_wait(); }
+
+// Every lane of the warp must call it (as in the kernels here).
+inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
+    emu::tl_warp_slots[emu::tl_lane] = v;
+    emu::tl_warp_barrier->arrive_and_wait();
+    const float r = emu::tl_warp_slots[emu::tl_lane ^ static_cast<unsigned>(lane_mask)];
+    emu::tl_warp_barrier->arrive_and_wait();
+    return r;
+}

@@ -1,0 +1,453 @@
+"""whygpu.cuda: the CUDA rungs, device arrays, the element-wise training ops.
+
+Two halves.  The first runs everywhere and checks what a machine without a
+GPU (or a build without CUDA) must do: register the CUDA kernels, describe
+them, refuse them with the reason, map CUDA errors to Python exceptions.
+The second (marked ``cuda``) needs a usable GPU and is skipped otherwise; on
+a GPU machine ``pytest -m cuda`` checks every CUDA kernel against NumPy over
+the same awkward shapes as the CPU ladder, every transpose combination,
+alpha/beta, device arrays and the nn ops.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import whygpu
+import whygpu.cuda as wc
+from whygpu import _registry
+
+CUDA_NAMES = ["cuda_naive", "cuda_coalesced", "cuda_smem", "cuda_1d_tiling", "cuda_2d_tiling",
+              "cuda_vectorized", "cuda_warptile"]
+BUILT = importlib.util.find_spec("whygpu._cuda") is not None
+GPU = wc.is_available()
+no_gpu = pytest.mark.skipif(GPU, reason="a GPU is usable here")
+needs_module = pytest.mark.skipif(not BUILT, reason="whygpu was built without CUDA")
+
+
+def _f32(rng, *shape):
+    return rng.uniform(-1, 1, shape).astype(np.float32)
+
+
+# ---- Everywhere: the registry and the reasons ---------------------------------------------
+
+def test_cuda_kernels_follow_the_cpu_ladder():
+    names = whygpu.all_kernels()
+    assert names[-len(CUDA_NAMES):] == CUDA_NAMES
+    for rung, name in enumerate(CUDA_NAMES, start=8):
+        assert whygpu.kernel_info(name).startswith(f"rung {rung} (cuda): ")
+        assert _registry.KERNELS[name].device == "cuda"
+    assert [n for n, _, _ in wc.LADDER] == CUDA_NAMES
+
+
+def test_kernel_lists_by_device():
+    assert whygpu.all_kernels(device="cuda") == CUDA_NAMES
+    assert whygpu.all_kernels(device="cpu") + CUDA_NAMES == whygpu.all_kernels()
+    assert whygpu.available_kernels(device="cuda") == (CUDA_NAMES if GPU else [])
+    assert "python" in whygpu.available_kernels(device="cpu")
+    assert not set(whygpu.available_kernels(device="cpu")) & set(CUDA_NAMES)
+    with pytest.raises(ValueError, match="device must be"):
+        whygpu.available_kernels(device="gpu")
+
+
+def test_kernels_lists_what_was_compiled():
+    assert wc.kernels() == (CUDA_NAMES if BUILT else [])
+
+
+def test_cuda_kernels_are_available_exactly_when_a_gpu_is():
+    available = whygpu.available_kernels()
+    for name in CUDA_NAMES:
+        assert (name in available) == GPU
+    assert wc.is_available() == (wc.unavailable_reason() is None)
+
+
+@no_gpu
+def test_unavailable_reason_is_a_sentence():
+    why = wc.unavailable_reason()
+    assert isinstance(why, str) and len(why) > 20
+    assert any(word in why for word in ("driver", "GPU", "built without CUDA", "compute capability", "CUDA"))
+    if not BUILT:
+        assert "built without CUDA" in why
+
+
+@no_gpu
+def test_asking_for_a_cuda_kernel_without_a_gpu_says_why(rng):
+    a, b = _f32(rng, 3, 4), _f32(rng, 4, 2)
+    why = wc.unavailable_reason()
+    for name in CUDA_NAMES:
+        with pytest.raises(whygpu.KernelUnavailableError, match=f"kernel '{name}' is unavailable: ") as e:
+            whygpu.matmul(a, b, kernel=name)
+        assert why in str(e.value)
+        with pytest.raises(whygpu.KernelUnavailableError):
+            whygpu.gemm(a, b, kernel=name)
+        assert whygpu.kernel_info(name).endswith(f"[unavailable: {why}]")
+
+
+@no_gpu
+def test_device_memory_without_a_gpu_raises_clearly():
+    why = wc.unavailable_reason()
+    x = np.ones((2, 3), np.float32)
+    for make in (lambda: wc.to_device(x), lambda: wc.empty((2, 3)), lambda: wc.zeros(4),
+                 lambda: wc.DeviceArray((2, 3)), lambda: wc.DeviceArray.from_host(x), wc.synchronize,
+                 wc.memory_info):
+        with pytest.raises(wc.CudaUnavailableError, match="CUDA is unavailable: ") as e:
+            make()
+        assert why in str(e.value)
+    assert wc.device_info() is None
+    with pytest.raises(wc.CudaUnavailableError):
+        wc.matmul(None, None)
+
+
+def test_a_build_without_cuda_explains_itself(monkeypatch):
+    def missing():
+        return None, "whygpu was built without CUDA (no CUDA compiler was found at build time)"
+    monkeypatch.setattr(wc, "_load", missing)
+    wc.unavailable_reason.cache_clear()
+    try:
+        assert wc.unavailable_reason().startswith("whygpu was built without CUDA")
+        assert not wc.is_available()
+        assert wc.kernels() == []
+        with pytest.raises(wc.CudaUnavailableError, match="built without CUDA"):
+            wc.DeviceArray((2, 2))
+        with pytest.raises(wc.CudaUnavailableError, match="built without CUDA"):
+            wc.to_device(np.zeros(3, np.float32))
+        with pytest.raises(wc.CudaUnavailableError, match="built without CUDA"):
+            wc.nn_ops
+    finally:
+        wc.unavailable_reason.cache_clear()
+
+
+@needs_module
+def test_cuda_error_codes_become_python_exceptions():
+    mod = wc._module()
+    with pytest.raises(MemoryError, match="CUDA out of memory in cudaMalloc"):
+        mod._check_error(2, "cudaMalloc")  # cudaErrorMemoryAllocation
+    with pytest.raises(wc.CudaError, match=r"CUDA error in a launch: invalid argument \(cudaErrorInvalidValue\)"):
+        mod._check_error(1, "a launch")
+    with pytest.raises(wc.CudaError, match="illegal memory access"):
+        mod._check_error(700, "synchronize")  # cudaErrorIllegalAddress
+    assert issubclass(wc.CudaError, RuntimeError) and issubclass(wc.CudaUnavailableError, RuntimeError)
+    mod._check_error(0, "nothing")  # cudaSuccess raises nothing
+
+
+@needs_module
+def test_the_build_names_its_architectures():
+    archs = wc._module().compiled_architectures()
+    assert archs, "CMAKE_CUDA_ARCHITECTURES was not recorded"
+    assert wc._module().runtime_version().count(".") == 1
+
+
+@pytest.mark.parametrize("cc,archs,runs", [
+    ((9, 0), "80-real,90-real,90-virtual", True),
+    ((8, 0), "80-real,90-real,90-virtual", True),
+    ((8, 9), "80-real,90-real,90-virtual", True),   # sm_80 code runs on every 8.x
+    ((10, 0), "80-real,90-real,90-virtual", True),  # through the compute_90 PTX
+    ((12, 0), "80-real,90-real,90-virtual", True),
+    ((7, 5), "80-real,90-real,90-virtual", False),  # a T4: too old
+    ((10, 0), "80-real,90-real", False),            # no PTX: nothing for Blackwell
+    ((8, 6), "86", True),
+    ((9, 0), "90a-real", True),
+    ((10, 0), "90a-real", False),
+    ((7, 5), "native", True),                       # cannot tell: let a launch say
+])
+def test_which_gpus_the_compiled_code_runs_on(cc, archs, runs):
+    why = wc._arch_reason(cc, archs, "the GPU (Test)")
+    assert (why is None) == runs
+    if not runs:
+        assert f"compute capability {cc[0]}.{cc[1]}" in why and "CMAKE_CUDA_ARCHITECTURES" in why
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_device_gemm_rejects_non_device_arrays_and_cpu_kernels(rng):
+    a = _f32(rng, 2, 2)
+    with pytest.raises(TypeError, match="must be a whygpu.cuda.DeviceArray"):
+        wc.gemm(a, a)
+    with pytest.raises(ValueError, match="'packed' is not a CUDA kernel"):
+        wc.matmul(wc.to_device(a), wc.to_device(a), kernel="packed")
+
+
+def test_vendor_reference_is_none_without_cupy_or_torch(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("cupy", "torch") else real(name, *a))
+    assert wc.vendor_library() is None
+    assert wc.vendor_matmul(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32)) is None
+    with pytest.raises(TypeError, match="float32"):
+        wc.vendor_matmul(np.ones((2, 3)), np.ones((3, 2)))
+
+
+# ---- On a GPU: every kernel against NumPy -------------------------------------------------
+
+# 0, 1, primes, and non-multiples of every tile (32; 64; 128) and k-step (8; 32).
+SHAPES = [(0, 0, 0), (0, 5, 3), (5, 0, 3), (4, 5, 0), (1, 1, 1), (1, 7, 3), (7, 1, 13), (3, 5, 1), (2, 3, 5),
+          (17, 31, 9), (33, 65, 31), (64, 64, 64), (131, 67, 37), (129, 257, 17), (257, 130, 130),
+          (128, 128, 128), (97, 389, 263), (512, 256, 784)]
+
+
+def _check(got, a_op, b_op, alpha=1.0, beta=0.0, c0=None):
+    """|got - ref| within the float32 bound k * eps * (|alpha| |A||B| + |beta C0|), ref in float64."""
+    a64, b64 = a_op.astype(np.float64), b_op.astype(np.float64)
+    ref = alpha * (a64 @ b64)
+    scale = abs(alpha) * (np.abs(a64) @ np.abs(b64))
+    if c0 is not None and beta != 0.0:
+        ref = ref + beta * c0.astype(np.float64)
+        scale = scale + abs(beta) * np.abs(c0.astype(np.float64))
+    k = a_op.shape[1]
+    bound = 2 * (k + 2) * np.finfo(np.float32).eps * scale + 1e-30
+    assert got.shape == ref.shape and got.dtype == np.float32
+    err = np.abs(got.astype(np.float64) - ref)
+    assert np.all(err <= bound), f"max error {err.max()} (bound {bound.max()})"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+@pytest.mark.parametrize("name", CUDA_NAMES)
+@pytest.mark.parametrize("m,n,k", SHAPES, ids=str)
+def test_matmul_matches_numpy(name, m, n, k, rng):
+    a, b = _f32(rng, m, k), _f32(rng, k, n)
+    _check(whygpu.matmul(a, b, kernel=name), a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+@pytest.mark.parametrize("name", CUDA_NAMES)
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (37, 45, 29), (36, 44, 28), (129, 257, 17), (130, 131, 133)])
+def test_gemm_transposes_alpha_beta(name, trans_a, trans_b, m, n, k, rng):
+    a = _f32(rng, k, m) if trans_a else _f32(rng, m, k)
+    b = _f32(rng, n, k) if trans_b else _f32(rng, k, n)
+    a_op, b_op = (a.T if trans_a else a), (b.T if trans_b else b)
+    c0 = _f32(rng, m, n)
+    c = c0.copy()
+    whygpu.gemm(a, b, c, alpha=-0.75, beta=1.5, trans_a=trans_a, trans_b=trans_b, kernel=name)
+    _check(c, a_op, b_op, -0.75, 1.5, c0)
+    # beta == 0 overwrites: NaN garbage in c must not leak
+    c = np.full((m, n), np.nan, np.float32)
+    whygpu.gemm(a, b, c, alpha=2.0, beta=0.0, trans_a=trans_a, trans_b=trans_b, kernel=name)
+    _check(c, a_op, b_op, 2.0)
+    # the same on device arrays, with the transposes done by the kernel
+    da, db = wc.to_device(a), wc.to_device(b)
+    dc = wc.to_device(c0)
+    wc.gemm(da, db, dc, alpha=-0.75, beta=1.5, trans_a=trans_a, trans_b=trans_b, kernel=name)
+    _check(dc.to_host(), a_op, b_op, -0.75, 1.5, c0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+@pytest.mark.parametrize("name", CUDA_NAMES)
+def test_odd_layouts_from_numpy(name, rng):
+    """Sliced, Fortran-ordered, negative-stride and non-contiguous out arrays."""
+    big = _f32(rng, 70, 90)
+    a = big[3:60:2, 5:47]          # non-contiguous rows
+    b = np.asfortranarray(_f32(rng, 42, 33))
+    out = np.zeros((29, 29), np.float32).T  # F-ordered out
+    whygpu.matmul(a, b[:, ::-1][:, 4:], kernel=name, out=out)
+    _check(out, a, b[:, ::-1][:, 4:])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_k_zero_and_alpha_zero_scale_c(rng):
+    c0 = _f32(rng, 5, 6)
+    for name in CUDA_NAMES:
+        dc = wc.to_device(c0)
+        wc.gemm(wc.empty((5, 0)), wc.empty((0, 6)), dc, beta=0.5, kernel=name)
+        np.testing.assert_array_equal(dc.to_host(), (0.5 * c0).astype(np.float32))
+        dc = wc.to_device(np.full((5, 6), np.nan, np.float32))
+        wc.gemm(wc.to_device(_f32(rng, 5, 3)), wc.to_device(_f32(rng, 3, 6)), dc, alpha=0.0, beta=0.0, kernel=name)
+        np.testing.assert_array_equal(dc.to_host(), np.zeros((5, 6), np.float32))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_float64_is_refused_clearly(rng):
+    a = rng.uniform(size=(3, 4))
+    with pytest.raises(TypeError, match="float32 only"):
+        whygpu.matmul(a, a.T.copy(), kernel="cuda_naive")
+    with pytest.raises(TypeError, match="float32 only"):
+        wc.matmul(wc.to_device(a), wc.to_device(a.T.copy()))
+
+
+# ---- On a GPU: device arrays --------------------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.int32, np.uint8, np.bool_])
+@pytest.mark.parametrize("shape", [(), (0,), (7,), (3, 5), (2, 0, 4), (4, 3, 2)])
+def test_device_array_round_trip(dtype, shape, rng):
+    x = (rng.uniform(-50, 50, shape)).astype(dtype)
+    d = wc.to_device(x)
+    assert d.shape == shape and d.dtype == np.dtype(dtype) and d.size == x.size and d.ndim == len(shape)
+    assert d.nbytes == x.nbytes
+    back = d.to_host()
+    assert back.dtype == x.dtype
+    np.testing.assert_array_equal(back, x)
+    out = np.empty_like(x)
+    assert d.to_host(out=out) is out
+    np.testing.assert_array_equal(out, x)
+    np.testing.assert_array_equal(d.copy().to_host(), x)
+    d.free()
+    assert d.freed
+    with pytest.raises(ValueError, match="freed"):
+        d.to_host()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_device_array_api(rng):
+    x = _f32(rng, 6, 4)
+    with wc.to_device(x) as d:
+        v = d.reshape(3, -1)
+        assert v.shape == (3, 8) and v.shares_memory(d)
+        np.testing.assert_array_equal(v.to_host(), x.reshape(3, 8))
+        d.copy_from_host(2 * x)
+        np.testing.assert_array_equal(v.to_host(), (2 * x).reshape(3, 8))
+        iface = d.__cuda_array_interface__
+        assert iface["shape"] == (6, 4) and iface["typestr"] == "<f4" and iface["data"][0] == d.ptr
+        assert "DeviceArray(shape=(6, 4), dtype=float32)" in repr(d)
+        with pytest.raises(TypeError, match="to_host"):
+            np.asarray(d)
+        with pytest.raises(TypeError, match="no conversions"):
+            d.copy_from_host(x.astype(np.float64))
+        with pytest.raises(ValueError, match="shape"):
+            d.copy_from_host(x.T)
+        with pytest.raises(ValueError, match="cannot reshape"):
+            d.reshape(5, -1)
+    assert d.freed
+    np.testing.assert_array_equal(v.to_host(), (2 * x).reshape(3, 8))  # a view keeps the memory alive
+    np.testing.assert_array_equal(wc.zeros((3, 2), np.int64).to_host(), np.zeros((3, 2), np.int64))
+    with pytest.raises(TypeError):
+        wc.empty((2, 2), np.complex64)
+    with pytest.raises(ValueError, match="negative"):
+        wc.empty((2, -1))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_out_of_memory_is_memory_error():
+    with pytest.raises(MemoryError, match="CUDA out of memory"):
+        wc.empty((1 << 42,), np.float32)  # 16 TiB
+    x = wc.to_device(np.ones(4, np.float32))  # and the GPU still works afterwards
+    np.testing.assert_array_equal(x.to_host(), np.ones(4, np.float32))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_device_gemm_argument_checks(rng):
+    a = wc.to_device(_f32(rng, 3, 4))
+    b = wc.to_device(_f32(rng, 4, 5))
+    with pytest.raises(ValueError, match="inner dimensions"):
+        wc.matmul(a, a)
+    sq = wc.to_device(_f32(rng, 4, 4))
+    with pytest.raises(ValueError, match="shares memory"):
+        wc.gemm(sq, wc.to_device(_f32(rng, 4, 4)), sq)
+    with pytest.raises(ValueError, match="c has shape"):
+        wc.gemm(a, b, wc.empty((3, 4)))
+    with pytest.raises(TypeError, match="float32"):
+        wc.gemm(a, b, wc.empty((3, 5), np.float64))
+    with pytest.raises(ValueError, match="is not a CUDA kernel"):
+        wc.matmul(a, b, kernel="cuda-magic")
+    np.testing.assert_allclose(wc.matmul(a, b).to_host(), a.to_host() @ b.to_host(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_device_info():
+    info = wc.device_info()
+    assert info["name"] and len(info["compute_capability"]) == 2 and info["multiprocessors"] > 0
+    free, total = wc.memory_info()
+    assert 0 < free <= total
+
+
+# ---- On a GPU: the element-wise training ops ------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_nn_ops_match_numpy(rng):
+    ops = wc.nn_ops
+    rows, cols = 67, 45
+    x = 4 * _f32(rng, rows, cols)
+    b = _f32(rng, cols)
+    dy = _f32(rng, rows, cols)
+    dx_, y_ = wc.empty((rows, cols)), wc.to_device(x)
+    ops.bias_add(y_, wc.to_device(b))
+    np.testing.assert_allclose(y_.to_host(), x + b, rtol=1e-6, atol=1e-6)
+    db = wc.to_device(np.full(cols, 0.5, np.float32))
+    ops.bias_grad(wc.to_device(dy), db, 0.25)
+    np.testing.assert_allclose(db.to_host(), 0.125 + dy.astype(np.float64).sum(0), rtol=1e-5, atol=1e-5)
+
+    dx, dd = wc.to_device(x), wc.to_device(dy)
+    for slope in (0.0, 0.1):
+        y = wc.empty((rows, cols))
+        ops.leaky_relu_fwd(dx, y, slope)
+        np.testing.assert_array_equal(y.to_host(), np.where(x > 0, x, slope * x).astype(np.float32))
+        ops.leaky_relu_bwd(dd, dx, dx_, slope)
+        np.testing.assert_allclose(dx_.to_host(), np.where(x > 0, dy, slope * dy), rtol=1e-6, atol=1e-7)
+    y = wc.empty((rows, cols))
+    ops.sigmoid_fwd(dx, y)
+    s = 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(y.to_host(), s, rtol=1e-6, atol=1e-7)
+    ops.sigmoid_bwd(dd, y, dx_)
+    yh = y.to_host()
+    np.testing.assert_allclose(dx_.to_host(), dy * yh * (1 - yh), rtol=1e-5, atol=1e-7)
+    ops.tanh_fwd(dx, y)
+    np.testing.assert_allclose(y.to_host(), np.tanh(x.astype(np.float64)), rtol=1e-6, atol=1e-6)
+
+    labels = (np.arange(rows) * 7 % cols).astype(np.int64)
+    labels[3], labels[5] = -1, cols
+    probs = wc.empty((rows, cols))
+    out = ops.softmax_xent_fwd(dx, wc.to_device(labels), probs).to_host()
+    x64 = x.astype(np.float64)
+    p = np.exp(x64 - x64.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(probs.to_host(), p, rtol=1e-5, atol=1e-7)
+    ok = (labels >= 0) & (labels < cols)
+    loss = -np.log(p[np.arange(rows)[ok], labels[ok]]).sum()
+    np.testing.assert_allclose(out[0], loss, rtol=1e-5)
+    assert out[1] == 2
+    ops.softmax_xent_bwd(probs, wc.to_device(labels), dx_, 1.0 / rows)
+    ref = probs.to_host() / rows
+    ref[np.arange(rows)[ok], labels[ok]] -= 1.0 / rows
+    np.testing.assert_allclose(dx_.to_host(), ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_optimizer_updates_match_numpy(rng):
+    ops = wc.nn_ops
+    p, g, buf = _f32(rng, 301), _f32(rng, 301), _f32(rng, 301)
+    for nesterov in (False, True):
+        dp, dbuf = wc.to_device(p), wc.to_device(buf)
+        ops.sgd_update(dp, wc.to_device(g), dbuf, 0.1, 0.9, 0.01, nesterov)
+        gi = g + 0.01 * p
+        bb = 0.9 * buf + gi
+        np.testing.assert_allclose(dbuf.to_host(), bb, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dp.to_host(), p - 0.1 * (gi + 0.9 * bb if nesterov else bb), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="momentum buffer"):
+        ops.sgd_update(wc.to_device(p), wc.to_device(g), None, 0.1, 0.9)
+    m, v = _f32(rng, 301), np.abs(_f32(rng, 301))
+    dp, dm, dv = wc.to_device(p), wc.to_device(m), wc.to_device(v)
+    b1, b2, lr, eps, wd = 0.9, 0.999, 1e-3, 1e-8, 0.01
+    bc1, bc2 = 1 - b1 ** 2, 1 - b2 ** 2
+    ops.adam_update(dp, wc.to_device(g), dm, dv, lr, b1, b2, eps, wd, bc1, bc2)
+    gi = g.astype(np.float64) + wd * p
+    mi = b1 * m + (1 - b1) * gi
+    vi = b2 * v + (1 - b2) * gi * gi
+    np.testing.assert_allclose(dm.to_host(), mi, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dv.to_host(), vi, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dp.to_host(), p - lr / bc1 * mi / (np.sqrt(vi) / np.sqrt(bc2) + eps),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_vendor_reference_agrees_when_installed(rng):
+    a, b = _f32(rng, 65, 33), _f32(rng, 33, 17)
+    got = wc.vendor_matmul(a, b)
+    if wc.vendor_library() is None:
+        assert got is None
+    else:
+        _check(got, a, b)
