@@ -285,18 +285,23 @@ def plot_train(doc: dict, path) -> str:
 
 
 def plot_benchmarks(doc: dict, path) -> str:
-    """pytest-benchmark results: median time per benchmark (log scale)."""
+    """pytest-benchmark results: GFLOP/s per benchmark when they record it
+    (extra_info "gflops" or "flops"), else the median time per call; log scale."""
     rows = doc["benchmarks"]
-    fig = Figure(figsize=(8.4, max(2.5, 0.28 * len(rows) + 1.2)), layout="constrained")
+    use_gflops = sum(1 for r in rows if r.get("gflops")) >= max(1, len(rows) // 2)
+    if use_gflops:
+        rows = [r for r in rows if r.get("gflops")]
+    fig = Figure(figsize=(8.4, max(2.5, 0.26 * len(rows) + 1.2)), layout="constrained")
     ax = fig.subplots()
     names = [r["name"] for r in rows]
-    med = [r["median_s"] for r in rows]
-    ax.barh(range(len(rows)), med, color=[kernel_color(r.get("kernel") or r["name"]) for r in rows])
+    vals = [r["gflops"] if use_gflops else r["median_s"] for r in rows]
+    ax.barh(range(len(rows)), vals, color=[kernel_color(r.get("kernel") or r["name"]) for r in rows])
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(names, fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("median time per call (s, log scale)")
-    ax.set_title("pytest-benchmark results", fontsize=11)
+    ax.set_xlabel("speed (GFLOP/s, from the median time; log scale)" if use_gflops
+                  else "median time per call (s, log scale)")
+    ax.set_title(f"pytest-benchmark results ({len(rows)} benchmarks)", fontsize=11)
     ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, path)
