@@ -218,7 +218,10 @@ def _print_info(doc: dict) -> None:
          else f"not available ({cuda.get('reason')})"),
         ("kernels", ", ".join(doc["kernels"])),
     ]
-    rows += [(f"  unavailable: {k}", why) for k, why in doc["unavailable"].items()]
+    by_reason = {}
+    for k, why in doc["unavailable"].items():  # one line per reason, not per kernel
+        by_reason.setdefault(why, []).append(k)
+    rows += [("unavailable", f"{', '.join(ks)}: {why}") for why, ks in by_reason.items()]
     rows.append(("versions", f"whygpu {m['versions']['whygpu']}, Python {m['python']}, NumPy "
                              f"{m['versions']['numpy']}, matplotlib {m['versions']['matplotlib']}, {m.get('compiler')}"))
     rows.append(("OS", m.get("os", "?")))
