@@ -32,7 +32,7 @@ const Blocking<float> kFloatTable[] = {
     {4, 8, 256, 512, sgemm_ukr_portable, "sgemm_portable_4x8"},
 #if defined(WHYGPU_X86_KERNELS)
     {6, 16, 256, 1024, sgemm_ukr_avx2, "sgemm_avx2_6x16", 8, sgemm_ukr_avx2_narrow},
-    {8, 32, 384, 384, sgemm_ukr_avx512, "sgemm_avx512_8x32", 16, sgemm_ukr_avx512_narrow},
+    {8, 32, 256, 1024, sgemm_ukr_avx512, "sgemm_avx512_8x32", 16, sgemm_ukr_avx512_narrow},
 #endif
 };
 const Blocking<double> kDoubleTable[] = {
