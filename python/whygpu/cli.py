@@ -154,16 +154,8 @@ def _table(head: Sequence[str], rows: Sequence[Sequence], right: Sequence[int] =
 
 
 def _g(x) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    x = float(x)
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    if abs(x) >= 10:
-        return f"{x:.1f}"
-    if abs(x) >= 1:
-        return f"{x:.2f}"
-    return f"{x:.2g}"
+    from .bench.measure import format_figure
+    return format_figure(x)
 
 
 def _say(args, text: str = "") -> None:

@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import plots
 from ._registry import KERNELS
-from .bench.measure import format_seconds
+from .bench.measure import format_figure, format_seconds
 from .explain import format_bytes, why_below
 from .roofline import COMPUTE_ROOFS, KERNEL_ROOF
 
@@ -101,15 +101,7 @@ def load_results(paths: Iterable) -> Dict[str, dict]:
 # --------------------------------------------------------------------------
 def _g(x: float) -> str:
     """A GFLOP/s or ratio figure with sensible digits."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    if abs(x) >= 10:
-        return f"{x:.1f}"
-    if abs(x) >= 1:
-        return f"{x:.2f}"
-    return f"{x:.2g}"
+    return format_figure(x)
 
 
 def _pct(x: float) -> str:

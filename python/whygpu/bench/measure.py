@@ -116,6 +116,20 @@ class Estimator:
         return s0 * ratio * (self.MARGIN if ratio > 1 else 1.0)
 
 
+def format_figure(x) -> str:
+    """A GFLOP/s figure or a ratio with sensible digits ("n/a" when missing)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    x = float(x)
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    if abs(x) >= 1:
+        return f"{x:.2f}"
+    return f"{x:.2g}"
+
+
 def format_seconds(s: float) -> str:
     """'850 us', '12 ms', '3.4 s', '2 min 5 s' -- for estimates and skip notes."""
     if s != s:  # NaN
