@@ -6,8 +6,9 @@
 
 Each update is one fused pass over the parameter, its gradient and its state
 on the parameter's back end (the model's, set by ``model.to``): NumPy for the
-``numpy`` back end, compiled and OpenMP-parallel code for the kernels.  The
-formulas are PyTorch's.
+``numpy`` back end, compiled and OpenMP-parallel code for the kernels, a
+CUDA kernel for ``cuda``, where the state (momentum, Adam's averages) lives
+in GPU memory too.  The formulas are PyTorch's.
 """
 from __future__ import annotations
 
@@ -50,22 +51,29 @@ class Optimizer:
     def step(self) -> None:
         """Update every parameter from its current gradient."""
         prof = _profile._active
-        t0 = _clock() if prof is not None else 0.0
+        t0, x0 = (_clock(), prof.transfer_s) if prof is not None else (0.0, 0.0)
         self._begin_step()
         for i, p in enumerate(self.params):
-            self._update(i, p, p.grad)  # p.grad: zeros if no backward pass since zero_grad
+            self._update(i, p, p._grad_array())  # zeros if no backward pass since zero_grad
         if prof is not None:
-            prof.optimizer.backward_s += _clock() - t0
+            prof.optimizer.backward_s += _clock() - t0 - (prof.transfer_s - x0)  # copies have their own row
             prof.steps += 1
 
     def _begin_step(self) -> None:
         pass
 
     def _state(self, store: list, i: int, p: Parameter) -> np.ndarray:
-        """Per-parameter state array i of `store` (zeros of p's shape and dtype)."""
+        """Per-parameter state array i of `store` (zeros of p's shape and dtype, in
+        the memory of p's back end: it follows the parameter to and from the GPU)."""
         s = store[i]
-        if s is None or s.shape != p.shape or s.dtype != p.dtype:
-            s = store[i] = np.zeros(p.shape, dtype=p.dtype) if s is None else s.astype(p.dtype)
+        if s is None or s.shape != p.shape or s.dtype != p.dtype or type(s) is not type(p._data):
+            be = p._backend
+            if s is None:
+                s = be.zeros(p.shape, p.dtype)
+            else:
+                host = s if isinstance(s, np.ndarray) else s.to_host()  # from the GPU, if it was there
+                s = be.asarray(host.astype(p.dtype))
+            store[i] = s
         return s
 
     def _update(self, i: int, p: Parameter, g: np.ndarray) -> None:  # pragma: no cover - abstract
