@@ -25,12 +25,14 @@ import build_emulated  # noqa: E402
 GPU_TESTS = [ROOT / "tests" / "test_cuda.py", ROOT / "tests" / "test_nn_cuda.py"]
 
 
-def make_site(tmp: pathlib.Path, cache: str = "") -> pathlib.Path:
-    """A directory holding a copy of whygpu whose _cuda is the emulated build;
-    put it on PYTHONPATH."""
+def make_site(tmp: pathlib.Path, cache: str = "", package: str = "") -> pathlib.Path:
+    """A directory holding a copy of whygpu (the built package at `package`,
+    default python/whygpu of this checkout) whose _cuda is the emulated
+    build; put it on PYTHONPATH."""
     ext = build_emulated.module(str(tmp / "build"), cache=cache)
     pkg = tmp / "site" / "whygpu"
-    shutil.copytree(ROOT / "python" / "whygpu", pkg, ignore=shutil.ignore_patterns("_cuda.*", "__pycache__"))
+    source = pathlib.Path(package) if package else ROOT / "python" / "whygpu"
+    shutil.copytree(source, pkg, ignore=shutil.ignore_patterns("_cuda.*", "__pycache__"))
     if not list(pkg.glob("_core.*")):
         raise SystemExit("build whygpu first (the dev build puts _core into python/whygpu)")
     shutil.copy(ext, pkg / ext.name)
