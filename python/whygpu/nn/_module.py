@@ -306,9 +306,11 @@ class Module:
         out = self._saved_output_shape()
         if out is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward(): run a forward pass first")
-        if self._backend.device is not None and isinstance(grad, self._backend.array_type):
-            self._backend.check_matrix(grad, "the gradient", out)
-            return grad
+        if self._backend.device is not None:
+            return self._device_grad(grad, out)
+        return self._host_grad(grad, out)
+
+    def _host_grad(self, grad, out: tuple) -> np.ndarray:
         if not isinstance(grad, np.ndarray):
             grad = np.asarray(grad)
         if grad.shape != out:
@@ -316,7 +318,16 @@ class Module:
                              f"expected {out} (the shape of the latest output)")
         if grad.dtype.kind not in "fiub":
             raise TypeError(f"the gradient must be numeric, got dtype {grad.dtype}")
-        return self._backend.asarray(np.ascontiguousarray(grad, dtype=self._dtype))
+        return np.ascontiguousarray(grad, dtype=self._dtype)
+
+    def _device_grad(self, grad, out: tuple):
+        """_check_grad on a GPU back end: a DeviceArray is checked and used as it
+        is; anything else is checked as on the CPU and uploaded."""
+        be = self._backend
+        if isinstance(grad, be.array_type):
+            be.check_matrix(grad, "the gradient", out)
+            return grad
+        return be.asarray(self._host_grad(grad, out))
 
     def _saved_output_shape(self) -> Optional[tuple]:  # pragma: no cover - abstract
         raise NotImplementedError

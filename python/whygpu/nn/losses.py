@@ -31,6 +31,7 @@ class _Loss:
 
     def __init__(self):
         self._backend: Optional[Backend] = None  # None: follow the model that made the output
+        self._be: Optional[Backend] = None       # the back end of the latest call
         self._grad_shape: Optional[tuple] = None
         self._bufs = {}
 
@@ -54,6 +55,8 @@ class _Loss:
 
     def forward(self, output, target) -> float:
         be = self._backend or _backend.producer_of(output) or _backend.NUMPY
+        if be is not self._be:
+            self._bufs = {}  # buffers in the latest back end's memory
         if be.device is not None:
             return self._device_forward(be, output, target)
         output = self._check_output(output)
@@ -103,9 +106,8 @@ class _Loss:
 
     def _buf(self, key, shape, dtype):
         b = self._bufs.get(key)
-        be = self._be  # set by _forward before any buffer is asked for
-        if b is None or b.shape != shape or b.dtype != dtype or type(b) is not be.array_type:
-            b = self._bufs[key] = be.empty(shape, dtype)
+        if b is None or b.shape != shape or b.dtype != dtype:
+            b = self._bufs[key] = self._be.empty(shape, dtype)  # _forward has set _be
         return b
 
     def _check_output(self, output) -> np.ndarray:
