@@ -19,7 +19,6 @@ from threadpoolctl import threadpool_limits
 import whygpu
 import whygpu.cuda as wc
 from whygpu import datasets, nn, optim
-from whygpu.nn._backend import get_backend
 
 GPU = wc.is_available()
 CUDA_NAMES = [name for name, _, _ in wc.LADDER]

@@ -209,7 +209,10 @@ void check_nn() {
             if (!close(dx[i], 0.25 * ((double)x[i] - t[i]))) { fail("mse_bwd"); break; }
         nn::bce_logits_fwd(x.data(), t.data(), got, n, nullptr);
         ref = 0;
-        for (int i = 0; i < n; ++i) ref += std::max((double)x[i], 0.0) - (double)x[i] * t[i] + std::log1p(std::exp(-std::fabs((double)x[i])));
+        for (int i = 0; i < n; ++i) {
+            const double xi = x[i];
+            ref += std::max(xi, 0.0) - xi * t[i] + std::log1p(std::exp(-std::fabs(xi)));
+        }
         if (!close(got[0], ref, 1e-6)) fail("bce_logits_fwd");
         nn::bce_logits_bwd(x.data(), t.data(), dx.data(), n, 0.5f, nullptr);
         for (int i = 0; i < n; ++i)
