@@ -4,7 +4,8 @@ softmax cross-entropy, plain SGD, float32, synthetic data -- one forward
 pass, one backward pass and one parameter update.
 
 Back ends: ``numpy`` (NumPy + its BLAS, threads pinned with threadpoolctl),
-any whygpu kernel (threads set with whygpu.set_num_threads), and ``torch``
+any whygpu kernel (threads set with whygpu.set_num_threads), ``cuda`` (the
+GPU, when one is usable: benchmarks/test_bench_train_cuda.py), and ``torch``
 (PyTorch CPU, torch.set_num_threads) when PyTorch is installed.
 """
 from __future__ import annotations
@@ -59,8 +60,12 @@ def threads(backend: str, n: int):
             torch.set_num_threads(torch_old)
 
 
-def whygpu_step(backend: str, batch: int):
-    """(step function, model, x, y, loss_fn, optimizer) for a whygpu.nn back end."""
+def whygpu_step(backend: str, batch: int, resident: bool = False):
+    """(step function, (model, x, y, loss_fn, optimizer)) for a whygpu.nn back end.
+
+    On a GPU back end the batch is a NumPy array copied to the GPU every step,
+    or, with ``resident``, uploaded once and kept there; the step waits for
+    the GPU to finish (its work is asynchronous), so timing it is honest."""
     whygpu.manual_seed(0)
     layers = []
     for i in range(len(SIZES) - 1):
@@ -71,12 +76,20 @@ def whygpu_step(backend: str, batch: int):
     loss_fn = nn.CrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=LR)
     x, y = data(batch)
+    be = model._backend
+    gpu = be.device is not None
+    if resident:
+        if not gpu:
+            raise ValueError(f"resident data needs a GPU back end, not {backend!r}")
+        x, y = be.asarray(x), be.asarray(y)
 
     def step():
         loss = loss_fn(model(x), y)
         model.zero_grad()
         model.backward(loss_fn.backward())
         opt.step()
+        if gpu:
+            be.synchronize()  # the step is over when the GPU is done with its updates
         return loss
 
     return step, (model, x, y, loss_fn, opt)
@@ -110,3 +123,10 @@ def matmul_share(backend: str, batch: int, steps: int = 5) -> float:
     """Fraction of a whygpu.nn step spent in matmuls, from the profiler."""
     _, (model, x, y, loss_fn, opt) = whygpu_step(backend, batch)
     return nn.step_breakdown(model, x, y, loss_fn, opt, steps=steps, warmup=1).matmul_share
+
+
+def breakdown(backend: str, batch: int, resident: bool = False, steps: int = 5) -> dict:
+    """The profiler's breakdown of a step (Profile.breakdown(): matmul and
+    host <-> device copy seconds, shares, bytes)."""
+    _, (model, x, y, loss_fn, opt) = whygpu_step(backend, batch, resident)
+    return nn.step_breakdown(model, x, y, loss_fn, opt, steps=steps, warmup=1).breakdown()

@@ -23,6 +23,7 @@ SUITE_TITLES = {
     "mlp": "MLP layer shapes (float32, forward: batch x in @ in x out)",
     "isa": "What SIMD buys: the packed kernel under each instruction set (float32)",
     "train": "Training step of the MLP 784-512-256-10 (forward + backward + SGD; GFLOP/s of its matmuls)",
+    "train-gpu": "Training step of the MLP 784-512-256-10 on the GPU (cuda) and the CPU at every core",
 }
 
 

@@ -16,7 +16,7 @@ X, y = datasets.load_digits()
 X_train, X_test, y_train, y_test = datasets.train_test_split(X, y, test_size=0.2, stratify=True, seed=0)
 X_train, X_test = datasets.standardize(X_train, X_test)
 
-for backend in ["numpy", "blocked", "packed", "openmp"]:
+for backend in ["numpy", "blocked", "packed", "openmp", "cuda"]:  # cuda: only where a GPU is usable
     if backend not in nn.backends():
         continue
     whygpu.manual_seed(0)  # the same initial weights on every back end
@@ -47,3 +47,13 @@ rng = np.random.default_rng(0)
 x = rng.standard_normal((256, 784)).astype(np.float32)
 labels = rng.integers(0, 10, 256)
 print(nn.step_breakdown(big, x, labels, nn.CrossEntropyLoss(), optim.SGD(big.parameters(), lr=0.01)))
+
+# On a GPU the same step, first with the batch copied in every step, then with
+# it kept in GPU memory: the table's "host <-> device copies" row is the difference.
+if "cuda" in nn.backends():
+    import whygpu.cuda as wc
+
+    big.to("cuda")
+    opt = optim.SGD(big.parameters(), lr=0.01)
+    print(nn.step_breakdown(big, x, labels, nn.CrossEntropyLoss(), opt))
+    print(nn.step_breakdown(big, wc.to_device(x), wc.to_device(labels), nn.CrossEntropyLoss(), opt))

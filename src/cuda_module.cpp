@@ -572,6 +572,72 @@ void bind_nn(py::module_& m) {
     }, py::arg("probs"), py::arg("labels"), py::arg("dx"), py::arg("scale"),
        "dx = scale * (probs - onehot(labels)).");
 
+    m.def("softmax_fwd", [](const DeviceArray& x, DeviceArray& y) {
+        auto [rows, cols] = rows_cols(x, "x");
+        same_size(x, y, "x", "y");
+        const float* xp = f32_in(x, "x");
+        float* yp = f32_out(y, "y");
+        auto k1 = x.buf; auto k2 = y.buf;
+        run_released("softmax_fwd", [&] { return nn::softmax_fwd(xp, yp, rows, cols, 0); });
+    }, py::arg("x"), py::arg("y"), "Row-wise softmax of the (rows, cols) matrix x into y.");
+    m.def("softmax_bwd", [](const DeviceArray& dy, const DeviceArray& y, DeviceArray& dx) {
+        auto [rows, cols] = rows_cols(y, "y");
+        same_size(dy, y, "dy", "y");
+        same_size(dy, dx, "dy", "dx");
+        const float* dyp = f32_in(dy, "dy");
+        const float* yp = f32_in(y, "y");
+        float* dxp = f32_out(dx, "dx");
+        auto k1 = dy.buf; auto k2 = y.buf; auto k3 = dx.buf;
+        run_released("softmax_bwd", [&] { return nn::softmax_bwd(dyp, yp, dxp, rows, cols, 0); });
+    }, py::arg("dy"), py::arg("y"), py::arg("dx"), "dx = y * (dy - rowsum(dy * y)) (y is the forward output).");
+
+    // The summed losses return a one-element float64 DeviceArray (copy it to the host for the loss).
+    auto summed = [&m](const char* name, cudaError_t (*fn)(const float*, const float*, double*, i64, cudaStream_t),
+                       const char* doc) {
+        m.def(name, [name, fn](const DeviceArray& x, const DeviceArray& t) {
+            same_size(x, t, "x", "t");
+            const float* xp = f32_in(x, "x");
+            const float* tp = f32_in(t, "t");
+            DeviceArray out = make_array({1}, py::dtype("float64"));
+            double* op = static_cast<double*>(out.data());
+            auto k1 = x.buf; auto k2 = t.buf;
+            run_released(name, [&] { return fn(xp, tp, op, x.size(), 0); });
+            return out;
+        }, py::arg("x"), py::arg("t"), doc);
+    };
+    auto summed_bwd = [&m](const char* name,
+                           cudaError_t (*fn)(const float*, const float*, float*, i64, float, cudaStream_t),
+                           const char* doc) {
+        m.def(name, [name, fn](const DeviceArray& x, const DeviceArray& t, DeviceArray& dx, double scale) {
+            same_size(x, t, "x", "t");
+            same_size(x, dx, "x", "dx");
+            const float* xp = f32_in(x, "x");
+            const float* tp = f32_in(t, "t");
+            float* dxp = f32_out(dx, "dx");
+            auto k1 = x.buf; auto k2 = t.buf; auto k3 = dx.buf;
+            run_released(name, [&] { return fn(xp, tp, dxp, x.size(), static_cast<float>(scale), 0); });
+        }, py::arg("x"), py::arg("t"), py::arg("dx"), py::arg("scale"), doc);
+    };
+    summed("mse_fwd", nn::mse_fwd, "[sum((x - t)**2)] as a float64 DeviceArray.");
+    summed_bwd("mse_bwd", nn::mse_bwd, "dx = 2 * scale * (x - t).");
+    summed("bce_logits_fwd", nn::bce_logits_fwd,
+           "[sum(max(x, 0) - x * t + log1p(exp(-|x|)))] as a float64 DeviceArray (x: logits, t: targets).");
+    summed_bwd("bce_logits_bwd", nn::bce_logits_bwd, "dx = scale * (sigmoid(x) - t).");
+
+    m.def("mask_scale", [](const DeviceArray& x, const DeviceArray& mask, DeviceArray& y, double scale) {
+        same_size(x, mask, "x", "mask");
+        same_size(x, y, "x", "y");
+        if (!mask.is("|b1") && !mask.is("|u1"))
+            throw py::type_error("mask must be bool or uint8, got " + py::str(mask.dtype()).cast<std::string>());
+        const float* xp = f32_in(x, "x");
+        const auto* mp = static_cast<const std::uint8_t*>(mask.data("mask"));
+        float* yp = f32_out(y, "y");
+        auto k1 = x.buf; auto k2 = mask.buf; auto k3 = y.buf;
+        run_released("mask_scale",
+                     [&] { return nn::mask_scale(xp, mp, yp, x.size(), static_cast<float>(scale), 0); });
+    }, py::arg("x"), py::arg("mask"), py::arg("y"), py::arg("scale"),
+       "y = mask ? x * scale : 0 (dropout; mask is bool or uint8).");
+
     m.def("sgd_update", [](DeviceArray& p, const DeviceArray& g, py::object buf, double lr, double momentum,
                            double weight_decay, bool nesterov) {
         same_size(p, g, "p", "g");

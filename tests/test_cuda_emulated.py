@@ -4,6 +4,11 @@ CPU emulation of CUDA threads, blocks, shared memory and __syncthreads, and
 compares every rung and the nn element-wise ops with a double-precision
 reference over awkward shapes (see tests/cuda_emu/check_kernels.cpp).
 
+The same emulation also runs the GPU half of tests/test_nn_cuda.py (GPU-
+resident training on the ``cuda`` back end): the real binding
+(src/cuda_module.cpp) is built over the emulated kernels as whygpu._cuda and
+put into a copy of the package (tests/cuda_emu/run_gpu_tests.py).
+
 This says nothing about speed, and the emulation is not CUDA (no coalescing,
 no real warps), but a wrong index, a missing guard at an edge tile, a write
 outside C or a read of C when beta == 0 fails here on any machine.  For the
@@ -12,13 +17,17 @@ WHYGPU_EMU_SANITIZE=address adds AddressSanitizer.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
+
+import whygpu
 
 HERE = pathlib.Path(__file__).resolve().parent
 EMU = HERE / "cuda_emu"
@@ -88,3 +97,29 @@ def test_the_emulation_catches_a_wrong_kernel(tmp_path, emulated):
     assert r.returncode == 0, r.stderr
     r = subprocess.run([str(out / "check_kernels"), "quick", "12"], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0
+
+
+def _run_gpu_tests_module():
+    spec = importlib.util.spec_from_file_location("whygpu_run_gpu_tests", EMU / "run_gpu_tests.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_training_runs_on_the_emulated_gpu(tmp_path, emulated):
+    """tests/test_nn_cuda.py's GPU tests (``-m cuda``) against the whygpu under
+    test, with its _cuda replaced by the binding built over the emulation
+    (the kernels' objects come from the `emulated` build's cache)."""
+    if not importlib.util.find_spec("pybind11"):
+        pytest.skip("needs pybind11 to build the binding")
+    runner = _run_gpu_tests_module()
+    site = runner.make_site(tmp_path, cache=str(emulated.parent / "obj"),
+                            package=str(pathlib.Path(whygpu.__file__).parent))
+    env = dict(os.environ, PYTHONPATH=str(site))
+    cmd = runner.pytest_command([str(HERE / "test_nn_cuda.py"), "-q"])
+    r = subprocess.run(cmd, env=env, cwd=HERE.parent, capture_output=True, text=True, timeout=900)
+    report = r.stdout[-6000:] + r.stderr[-2000:]
+    assert r.returncode == 0, report
+    passed = re.search(r"(\d+) passed", r.stdout)
+    assert passed and int(passed.group(1)) >= 16, report  # every GPU test ran: none skipped for want of a GPU
+    assert "skipped" not in r.stdout.splitlines()[-1], report

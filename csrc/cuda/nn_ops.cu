@@ -153,6 +153,82 @@ __global__ void softmax_xent_bwd_kernel(const float* probs, const std::int64_t* 
     }
 }
 
+// The Softmax layer: one warp per row, as in softmax_xent_rows_kernel.
+__global__ void softmax_rows_kernel(const float* x, float* y, i64 rows, i64 cols) {
+    const i64 row = (blockIdx.x * (i64)blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= rows) return;  // the whole warp leaves together
+    const float* xr = x + row * cols;
+    float* yr = y + row * cols;
+    float mx = -INFINITY;
+    for (i64 j = lane; j < cols; j += 32) mx = fmaxf(mx, xr[j]);
+    mx = warp_max(mx);
+    float sum = 0.f;
+    for (i64 j = lane; j < cols; j += 32) {
+        const float e = expf(xr[j] - mx);
+        yr[j] = e;
+        sum += e;
+    }
+    sum = warp_sum(sum);
+    const float inv = 1.f / sum;
+    for (i64 j = lane; j < cols; j += 32) yr[j] *= inv;
+}
+
+// dx = y * (dy - dot(dy, y)) per row; one warp per row.
+__global__ void softmax_bwd_rows_kernel(const float* dy, const float* y, float* dx, i64 rows, i64 cols) {
+    const i64 row = (blockIdx.x * (i64)blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const float* dyr = dy + row * cols;
+    const float* yr = y + row * cols;
+    float* dxr = dx + row * cols;
+    float dot = 0.f;
+    for (i64 j = lane; j < cols; j += 32) dot += dyr[j] * yr[j];
+    dot = warp_sum(dot);
+    for (i64 j = lane; j < cols; j += 32) dxr[j] = yr[j] * (dyr[j] - dot);
+}
+
+// out[0] = sum over i of term(i), in double.  One block and a fixed order
+// (thread-strided partial sums, then a tree): the same bits on every run.
+// Losses are batch x outputs elements, small enough for one block.
+template <typename Term>
+__device__ void block_sum_to(i64 n, double* out, Term term) {
+    __shared__ double part[kThreads];
+    double s = 0.0;
+    for (i64 i = threadIdx.x; i < n; i += kThreads) s += term(i);
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int half = kThreads / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = part[0];
+}
+
+__global__ void mse_sum_kernel(const float* y, const float* t, i64 n, double* out) {
+    block_sum_to(n, out, [=](i64 i) {
+        const double d = static_cast<double>(y[i]) - static_cast<double>(t[i]);
+        return d * d;
+    });
+}
+__global__ void mse_bwd_kernel(const float* y, const float* t, float* dx, i64 n, float scale2) {
+    WHYGPU_GRID_STRIDE(i, n) dx[i] = scale2 * (y[i] - t[i]);
+}
+
+__global__ void bce_sum_kernel(const float* x, const float* t, i64 n, double* out) {
+    block_sum_to(n, out, [=](i64 i) {
+        const float xi = x[i];
+        return static_cast<double>((xi < 0.f ? 0.f : xi) - xi * t[i] + log1pf(expf(-fabsf(xi))));
+    });
+}
+__global__ void bce_bwd_kernel(const float* x, const float* t, float* dx, i64 n, float scale) {
+    WHYGPU_GRID_STRIDE(i, n) dx[i] = scale * (stable_sigmoid(x[i]) - t[i]);
+}
+
+__global__ void mask_scale_kernel(const float* x, const std::uint8_t* mask, float* y, i64 n, float scale) {
+    WHYGPU_GRID_STRIDE(i, n) y[i] = x[i] * (mask[i] ? scale : 0.f);
+}
+
 __global__ void sgd_kernel(float* p, const float* g, float* buf, i64 n, float lr, float momentum, float wd,
                            bool nesterov) {
     WHYGPU_GRID_STRIDE(i, n) {
@@ -242,6 +318,46 @@ cudaError_t softmax_xent_bwd(const float* probs, const std::int64_t* labels, flo
                              float scale, cudaStream_t stream) {
     if (rows * cols == 0) return cudaSuccess;
     softmax_xent_bwd_kernel<<<grid_for(rows * cols), kThreads, 0, stream>>>(probs, labels, dx, rows, cols, scale);
+    return cudaGetLastError();
+}
+
+cudaError_t softmax_fwd(const float* x, float* y, i64 rows, i64 cols, cudaStream_t stream) {
+    if (rows * cols == 0) return cudaSuccess;
+    const i64 blocks = (rows * 32 + kThreads - 1) / kThreads;  // 8 rows (warps) per block
+    softmax_rows_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(x, y, rows, cols);
+    return cudaGetLastError();
+}
+
+cudaError_t softmax_bwd(const float* dy, const float* y, float* dx, i64 rows, i64 cols, cudaStream_t stream) {
+    if (rows * cols == 0) return cudaSuccess;
+    const i64 blocks = (rows * 32 + kThreads - 1) / kThreads;
+    softmax_bwd_rows_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(dy, y, dx, rows, cols);
+    return cudaGetLastError();
+}
+
+cudaError_t mse_fwd(const float* y, const float* t, double* out, i64 n, cudaStream_t stream) {
+    mse_sum_kernel<<<1, kThreads, 0, stream>>>(y, t, n, out);  // n == 0 writes out[0] = 0
+    return cudaGetLastError();
+}
+cudaError_t mse_bwd(const float* y, const float* t, float* dx, i64 n, float scale, cudaStream_t stream) {
+    if (n == 0) return cudaSuccess;
+    mse_bwd_kernel<<<grid_for(n), kThreads, 0, stream>>>(y, t, dx, n, 2.f * scale);
+    return cudaGetLastError();
+}
+
+cudaError_t bce_logits_fwd(const float* x, const float* t, double* out, i64 n, cudaStream_t stream) {
+    bce_sum_kernel<<<1, kThreads, 0, stream>>>(x, t, n, out);
+    return cudaGetLastError();
+}
+cudaError_t bce_logits_bwd(const float* x, const float* t, float* dx, i64 n, float scale, cudaStream_t stream) {
+    if (n == 0) return cudaSuccess;
+    bce_bwd_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, t, dx, n, scale);
+    return cudaGetLastError();
+}
+
+cudaError_t mask_scale(const float* x, const std::uint8_t* mask, float* y, i64 n, float scale, cudaStream_t stream) {
+    if (n == 0) return cudaSuccess;
+    mask_scale_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, mask, y, n, scale);
     return cudaGetLastError();
 }
 

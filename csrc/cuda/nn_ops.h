@@ -1,6 +1,7 @@
 // nn_ops.h -- the element-wise work of training a dense network, on the GPU:
-// bias add and gradient, activations and their gradients, fused softmax +
-// cross-entropy, SGD and Adam updates.  The same operations and formulas as
+// bias add and gradient, activations and their gradients, softmax, fused
+// softmax + cross-entropy, MSE and BCE-with-logits losses, dropout masks,
+// SGD and Adam updates.  The same operations and formulas as
 // the CPU versions in csrc/nn_ops.h (PyTorch's conventions), in float32, so
 // that a GPU training step matches the CPU one to rounding.
 //
@@ -52,6 +53,23 @@ cudaError_t softmax_xent_fwd(const float* logits, const std::int64_t* labels, fl
 // dlogits = scale * (probs - onehot(labels)); scale is 1/rows for a mean.
 cudaError_t softmax_xent_bwd(const float* probs, const std::int64_t* labels, float* dx, i64 rows, i64 cols,
                              float scale, cudaStream_t stream);
+
+// Row-wise softmax of a (rows x cols) matrix (the Softmax layer) and its
+// gradient dx = y * (dy - sum_j dy * y) per row (y is the forward output).
+cudaError_t softmax_fwd(const float* x, float* y, i64 rows, i64 cols, cudaStream_t stream);
+cudaError_t softmax_bwd(const float* dy, const float* y, float* dx, i64 rows, i64 cols, cudaStream_t stream);
+
+// Mean squared error: out[0] = sum (y - t)^2 as a double in device memory
+// (one block, a fixed summation order); dx = 2 * scale * (y - t).
+cudaError_t mse_fwd(const float* y, const float* t, double* out, i64 n, cudaStream_t stream);
+cudaError_t mse_bwd(const float* y, const float* t, float* dx, i64 n, float scale, cudaStream_t stream);
+// Sigmoid + binary cross-entropy on logits, stable:
+// out[0] = sum max(x, 0) - x t + log1p(exp(-|x|)) (a double, as above); dx = scale * (sigmoid(x) - t).
+cudaError_t bce_logits_fwd(const float* x, const float* t, double* out, i64 n, cudaStream_t stream);
+cudaError_t bce_logits_bwd(const float* x, const float* t, float* dx, i64 n, float scale, cudaStream_t stream);
+
+// Dropout: y = mask ? x * scale : 0 (mask: one byte per element, nonzero keeps).
+cudaError_t mask_scale(const float* x, const std::uint8_t* mask, float* y, i64 n, float scale, cudaStream_t stream);
 
 // SGD, PyTorch's formulation, in place:
 //   g' = g + weight_decay * p

@@ -6,8 +6,9 @@
 
 Each update is one fused pass over the parameter, its gradient and its state
 on the parameter's back end (the model's, set by ``model.to``): NumPy for the
-``numpy`` back end, compiled and OpenMP-parallel code for the kernels.  The
-formulas are PyTorch's.
+``numpy`` back end, compiled and OpenMP-parallel code for the kernels, a
+CUDA kernel for ``cuda``, where the state (momentum, Adam's averages) lives
+in GPU memory too.  The formulas are PyTorch's.
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ class Optimizer:
         if len({id(p) for p in self.params}) != len(self.params):
             raise ValueError("a parameter appears more than once in the list")
         self.lr = _check_number(lr, "lr", 0.0, True)
+        # The p._data each parameter's state was last made for: when model.to()
+        # converts or moves a parameter, its state follows at the next step.
+        self._placed: list = [None] * len(self.params)
 
     def zero_grad(self) -> None:
         """Zero the gradients of every parameter this optimizer updates."""
@@ -50,22 +54,38 @@ class Optimizer:
     def step(self) -> None:
         """Update every parameter from its current gradient."""
         prof = _profile._active
-        t0 = _clock() if prof is not None else 0.0
+        t0, x0 = (_clock(), prof.transfer_s) if prof is not None else (0.0, 0.0)
         self._begin_step()
         for i, p in enumerate(self.params):
-            self._update(i, p, p.grad)  # p.grad: zeros if no backward pass since zero_grad
+            if self._placed[i] is not p._data:
+                self._follow(i, p)
+            self._update(i, p, p._grad_array())  # zeros if no backward pass since zero_grad
         if prof is not None:
-            prof.optimizer.backward_s += _clock() - t0
+            prof.optimizer.backward_s += _clock() - t0 - (prof.transfer_s - x0)  # copies have their own row
             prof.steps += 1
 
     def _begin_step(self) -> None:
         pass
 
+    def _states(self) -> list:
+        """The lists of per-parameter state arrays (subclasses say which)."""
+        return []
+
+    def _follow(self, i: int, p: Parameter) -> None:
+        """Convert parameter i's state to p's dtype and memory (host or GPU)."""
+        for store in self._states():
+            s = store[i]
+            if s is not None and (s.dtype != p.dtype or type(s) is not type(p._data)):
+                host = s if isinstance(s, np.ndarray) else s.to_host()  # from the GPU, if it was there
+                store[i] = p._backend.asarray(host.astype(p.dtype))
+        self._placed[i] = p._data
+
     def _state(self, store: list, i: int, p: Parameter) -> np.ndarray:
-        """Per-parameter state array i of `store` (zeros of p's shape and dtype)."""
+        """Per-parameter state array i of `store` (zeros of p's shape and dtype, in
+        the memory of p's back end)."""
         s = store[i]
-        if s is None or s.shape != p.shape or s.dtype != p.dtype:
-            s = store[i] = np.zeros(p.shape, dtype=p.dtype) if s is None else s.astype(p.dtype)
+        if s is None:
+            s = store[i] = p._backend.zeros(p.shape, p.dtype)
         return s
 
     def _update(self, i: int, p: Parameter, g: np.ndarray) -> None:  # pragma: no cover - abstract
@@ -91,6 +111,9 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.nesterov = bool(nesterov)
         self._velocity: list = [None] * len(self.params)
+
+    def _states(self):
+        return [self._velocity]
 
     def _update(self, i, p, g):
         buf = self._state(self._velocity, i, p) if self.momentum != 0.0 else None
@@ -122,6 +145,9 @@ class Adam(Optimizer):
         self.t = 0
         self._m: list = [None] * len(self.params)
         self._v: list = [None] * len(self.params)
+
+    def _states(self):
+        return [self._m, self._v]
 
     def _begin_step(self):
         self.t += 1

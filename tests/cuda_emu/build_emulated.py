@@ -17,7 +17,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CUDA_SRC = ROOT / "csrc" / "cuda"
-COMMON = ["-std=c++20", "-O1", "-g", "-pthread"]
+COMMON = ["-std=c++20", "-O1", "-g", "-pthread", "-fPIC"]  # -fPIC: one object serves both programs below
 LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\s*\((.*?)\);", re.S)
 
 
@@ -86,21 +86,25 @@ def main(out_dir: str, *flags: str, cache: str = "") -> pathlib.Path:
     return exe
 
 
-def module(out_dir: str, *flags: str) -> pathlib.Path:
+def module(out_dir: str, *flags: str, cache: str = "") -> pathlib.Path:
     """The real binding src/cuda_module.cpp over the emulated kernels, as an
     importable whygpu._cuda extension in OUT_DIR (copy it next to whygpu's
-    Python files to run tests/test_cuda.py's GPU tests on the CPU)."""
+    Python files to run the GPU tests on the CPU: run_gpu_tests.py).  Objects
+    are cached in `cache` (default OUT_DIR/obj), shared with main()'s."""
     import sysconfig
 
     import pybind11
     out = pathlib.Path(out_dir)
     sources = emulated_sources(out)
+    cache_dir = pathlib.Path(cache) if cache else out / "obj"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    binding = [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}", "-fvisibility=hidden",
+               '-DWHYGPU_CUDA_ARCHITECTURES="80-real,90-real,90-virtual"',
+               '-DWHYGPU_CUDA_COMPILER_VERSION="emulated"']
+    objects = [_compile(ROOT / "src" / "cuda_module.cpp", [*binding, *flags], cache_dir)]
+    objects += [_compile(pathlib.Path(src), list(flags), cache_dir) for src in sources]
     target = out / ("_cuda" + sysconfig.get_config_var("EXT_SUFFIX"))
-    cmd = ["g++", *COMMON, "-shared", "-fPIC", "-fvisibility=hidden",
-           f"-I{HERE}", f"-I{CUDA_SRC}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
-           '-DWHYGPU_CUDA_ARCHITECTURES="80-real,90-real,90-virtual"', '-DWHYGPU_CUDA_COMPILER_VERSION="emulated"',
-           *flags, str(ROOT / "src" / "cuda_module.cpp"), *sources, "-o", str(target)]
-    subprocess.run(cmd, check=True)
+    subprocess.run(["g++", *COMMON, "-shared", *flags, *map(str, objects), "-o", str(target)], check=True)
     return target
 
 

@@ -177,6 +177,57 @@ void check_nn() {
             if (!close(dx[i * cols + j], ref)) { fail("softmax_xent_bwd"); i = rows; break; }
         }
 
+    // the Softmax layer, forward and backward
+    nn::softmax_fwd(x.data(), y.data(), rows, cols, nullptr);
+    nn::softmax_bwd(dy.data(), y.data(), dx.data(), rows, cols, nullptr);
+    for (int i = 0; i < rows; ++i) {
+        double mx = -1e300, s = 0, dot = 0;
+        for (int j = 0; j < cols; ++j) mx = std::max(mx, (double)x[i * cols + j]);
+        for (int j = 0; j < cols; ++j) s += std::exp(x[i * cols + j] - mx);
+        for (int j = 0; j < cols; ++j) dot += (double)dy[i * cols + j] * y[i * cols + j];
+        bool ok = true;
+        for (int j = 0; j < cols && ok; ++j) {
+            const int e = i * cols + j;
+            if (!close(y[e], std::exp(x[e] - mx) / s)) { fail("softmax_fwd"); ok = false; }
+            else if (!close(dx[e], y[e] * (dy[e] - dot), 1e-5)) { fail("softmax_bwd"); ok = false; }
+        }
+        if (!ok) break;
+    }
+
+    // MSE and BCE-with-logits: summed in double; gradients element-wise
+    {
+        const int n = rows * cols;
+        std::vector<float> t(n);
+        for (auto& v : t) v = 0.5f * (uniform() + 1.f);  // in [0, 1]: also a BCE target
+        double got[1] = {-1};
+        nn::mse_fwd(x.data(), t.data(), got, n, nullptr);
+        double ref = 0;
+        for (int i = 0; i < n; ++i) ref += ((double)x[i] - t[i]) * ((double)x[i] - t[i]);
+        if (!close(got[0], ref, 1e-12)) fail("mse_fwd");
+        nn::mse_bwd(x.data(), t.data(), dx.data(), n, 0.125f, nullptr);
+        for (int i = 0; i < n; ++i)
+            if (!close(dx[i], 0.25 * ((double)x[i] - t[i]))) { fail("mse_bwd"); break; }
+        nn::bce_logits_fwd(x.data(), t.data(), got, n, nullptr);
+        ref = 0;
+        for (int i = 0; i < n; ++i) {
+            const double xi = x[i];
+            ref += std::max(xi, 0.0) - xi * t[i] + std::log1p(std::exp(-std::fabs(xi)));
+        }
+        if (!close(got[0], ref, 1e-6)) fail("bce_logits_fwd");
+        nn::bce_logits_bwd(x.data(), t.data(), dx.data(), n, 0.5f, nullptr);
+        for (int i = 0; i < n; ++i)
+            if (!close(dx[i], 0.5 * (1 / (1 + std::exp(-(double)x[i])) - t[i]))) { fail("bce_logits_bwd"); break; }
+        got[0] = -1;
+        nn::mse_fwd(x.data(), t.data(), got, 0, nullptr);  // empty: a sum of nothing is 0
+        if (got[0] != 0) fail("mse_fwd (n = 0)");
+        std::vector<std::uint8_t> mask(n);
+        for (int i = 0; i < n; ++i) mask[i] = (i * 5) % 3 != 0;
+        std::fill(y.begin(), y.end(), kSentinel);
+        nn::mask_scale(x.data(), mask.data(), y.data(), n, 2.f, nullptr);
+        for (int i = 0; i < n; ++i)
+            if (y[i] != (mask[i] ? 2.f * x[i] : 0.f)) { fail("mask_scale"); break; }
+    }
+
     // optimizers: one step each against the formulas in nn_ops.h
     const int n = 301;
     std::vector<float> p(n), g(n), buf(n), m1(n), v1(n);

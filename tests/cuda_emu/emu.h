@@ -8,6 +8,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <condition_variable>
 #include <functional>
@@ -18,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <semaphore>
 #include <thread>
 #include <vector>
 
@@ -121,6 +123,8 @@ inline thread_local unsigned tl_lane = 0;
 inline dim3 g_grid, g_block;
 
 // 1024 worker threads made once (creating threads per block dominates otherwise).
+// A launch wakes only the workers it needs, each through its own semaphore:
+// on a small machine, waking all 1024 for a 256-thread block costs more than the work.
 class Pool {
   public:
     static Pool& get() {
@@ -129,55 +133,44 @@ class Pool {
     }
     // Runs job(t) on workers t = 0 .. nt-1 and waits for all of them.
     void run(unsigned nt, std::function<void(unsigned)> job) {
-        {
-            std::lock_guard<std::mutex> lock(mu_);
-            job_ = std::move(job);
-            active_ = nt;
-            remaining_ = nt;
-            ++generation_;
-        }
-        start_.notify_all();
+        job_ = std::move(job);
+        remaining_.store(nt);
+        for (unsigned t = 0; t < nt; ++t) workers_[t]->go.release();  // publishes job_ to worker t
         std::unique_lock<std::mutex> lock(mu_);
-        done_.wait(lock, [this] { return remaining_ == 0; });
+        done_.wait(lock, [this] { return remaining_.load() == 0; });
     }
 
   private:
+    struct Worker {
+        std::binary_semaphore go{0};
+        std::thread thread;
+    };
     Pool() {
-        for (unsigned t = 0; t < 1024; ++t) workers_.emplace_back([this, t] { loop(t); });
+        for (unsigned t = 0; t < 1024; ++t) workers_.emplace_back(new Worker);
+        for (unsigned t = 0; t < 1024; ++t) workers_[t]->thread = std::thread([this, t] { loop(t); });
     }
     ~Pool() {
-        {
-            std::lock_guard<std::mutex> lock(mu_);
-            stop_ = true;
-            ++generation_;
-        }
-        start_.notify_all();
-        for (auto& w : workers_) w.join();
+        stop_.store(true);
+        for (auto& w : workers_) w->go.release();
+        for (auto& w : workers_) w->thread.join();
     }
     void loop(unsigned t) {
-        std::uint64_t seen = 0;
         for (;;) {
-            std::function<void(unsigned)>* job;
-            {
-                std::unique_lock<std::mutex> lock(mu_);
-                start_.wait(lock, [&] { return generation_ != seen; });
-                seen = generation_;
-                if (stop_) return;
-                if (t >= active_) continue;
-                job = &job_;
+            workers_[t]->go.acquire();
+            if (stop_.load()) return;
+            job_(t);
+            if (remaining_.fetch_sub(1) == 1) {
+                std::lock_guard<std::mutex> lock(mu_);  // the waiter is either before its check or waiting
+                done_.notify_one();
             }
-            (*job)(t);
-            std::lock_guard<std::mutex> lock(mu_);
-            if (--remaining_ == 0) done_.notify_one();
         }
     }
-    std::vector<std::thread> workers_;
+    std::vector<std::unique_ptr<Worker>> workers_;
     std::mutex mu_;
-    std::condition_variable start_, done_;
+    std::condition_variable done_;
     std::function<void(unsigned)> job_;
-    std::uint64_t generation_ = 0;
-    unsigned active_ = 0, remaining_ = 0;
-    bool stop_ = false;
+    std::atomic<unsigned> remaining_{0};
+    std::atomic<bool> stop_{false};
 };
 
 // Runs f() as every thread of every block of the grid; blocks one at a time

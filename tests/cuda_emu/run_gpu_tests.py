@@ -1,10 +1,12 @@
-"""Runs tests/test_cuda.py's GPU tests (``-m cuda``) on the CPU: builds the
-real binding (src/cuda_module.cpp) over the emulated kernels and fake runtime
-of emu.h as whygpu._cuda, puts it into a temporary copy of the package, and
-runs pytest there.  Slow (a minute or two) and not CUDA -- it checks the
-binding, the Python layer and the tests themselves, not the hardware.
+"""Runs the GPU tests (``-m cuda``) of tests/test_cuda.py and tests/test_nn_cuda.py
+on the CPU: builds the real binding (src/cuda_module.cpp) over the emulated
+kernels and fake runtime of emu.h as whygpu._cuda, puts it into a temporary
+copy of the package, and runs pytest there.  Slow (a minute or two) and not
+CUDA -- it checks the binding, the Python layer and the tests themselves,
+not the hardware.  tests/test_cuda_emulated.py runs tests/test_nn_cuda.py
+this way as part of the suite.
 
-    python tests/cuda_emu/run_gpu_tests.py [pytest arguments]
+    python tests/cuda_emu/run_gpu_tests.py [pytest arguments]   (default: both files)
 """
 from __future__ import annotations
 
@@ -20,20 +22,33 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 import build_emulated  # noqa: E402
 
+GPU_TESTS = [ROOT / "tests" / "test_cuda.py", ROOT / "tests" / "test_nn_cuda.py"]
+
+
+def make_site(tmp: pathlib.Path, cache: str = "", package: str = "") -> pathlib.Path:
+    """A directory holding a copy of whygpu (the built package at `package`,
+    default python/whygpu of this checkout) whose _cuda is the emulated
+    build; put it on PYTHONPATH."""
+    ext = build_emulated.module(str(tmp / "build"), cache=cache)
+    pkg = tmp / "site" / "whygpu"
+    source = pathlib.Path(package) if package else ROOT / "python" / "whygpu"
+    shutil.copytree(source, pkg, ignore=shutil.ignore_patterns("_cuda.*", "__pycache__"))
+    if not list(pkg.glob("_core.*")):
+        raise SystemExit("build whygpu first (the dev build puts _core into python/whygpu)")
+    shutil.copy(ext, pkg / ext.name)
+    return tmp / "site"
+
+
+def pytest_command(args) -> list:
+    files = [] if any(a.endswith(".py") or "::" in a for a in args) else [str(f) for f in GPU_TESTS]
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "cuda", *files, *args]
+
 
 def main(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = pathlib.Path(tmp)
-        ext = build_emulated.module(str(tmp / "build"))
-        pkg = tmp / "site" / "whygpu"
-        shutil.copytree(ROOT / "python" / "whygpu", pkg, ignore=shutil.ignore_patterns("_cuda.*", "__pycache__"))
-        if not list(pkg.glob("_core.*")):
-            raise SystemExit("build whygpu first (the dev build puts _core into python/whygpu)")
-        shutil.copy(ext, pkg / ext.name)
-        env = dict(os.environ, PYTHONPATH=str(tmp / "site"))
-        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "cuda",
-               str(ROOT / "tests" / "test_cuda.py"), *args]
-        return subprocess.run(cmd, env=env, cwd=ROOT).returncode
+        site = make_site(pathlib.Path(tmp))
+        env = dict(os.environ, PYTHONPATH=str(site))
+        return subprocess.run(pytest_command(args), env=env, cwd=ROOT).returncode
 
 
 if __name__ == "__main__":

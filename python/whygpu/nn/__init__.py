@@ -13,7 +13,9 @@ on any rung of the kernel ladder.
 Every matmul of the forward pass (y = x.W^T) and of the backward pass
 (dW = dY^T.X, dX = dY.W) runs on the model's back end (``model.to(name)``,
 ``name`` from :func:`backends`); so does everything else (bias, activations,
-loss, optimizer), in compiled code for the kernel back ends.  See
+loss, optimizer), in compiled code for the kernel back ends; ``"cuda"``
+(where a GPU is usable) keeps parameters, activations and gradients in GPU
+memory and runs all of it in CUDA kernels.  See
 ``docs/nn.md`` for a worked example and :func:`profile` for where the time goes.
 """
 from ._backend import backends

@@ -15,6 +15,13 @@ that kernel and the element-wise work through ``whygpu._nn_core`` (C++,
 OpenMP-parallel for the parallel kernels), so the non-matmul work does not
 become the serial fraction that Amdahl's law punishes.
 
+``cuda`` (and each CUDA rung by name, ``cuda_naive`` ... ``cuda_warptile``)
+keeps parameters, activations and gradients in GPU memory: see
+``_cuda_backend.py``.  Its arrays are ``whygpu.cuda.DeviceArray``s, which is
+why a back end also says how to make and move arrays (``device``,
+``empty``, ``zeros``, ``asarray``, ``to_host``); for the CPU back ends these
+are plain NumPy.
+
 All arrays handed to a back end are made by whygpu.nn itself: C-contiguous
 outputs, one dtype, correct shapes.  So no argument is re-checked here on
 the hot path (see ``whygpu._api._gemm_unchecked``).
@@ -47,10 +54,33 @@ class Backend:
 
     name = "?"
     parallel = False
+    device = None            # None: arrays are host NumPy arrays; "cuda": whygpu.cuda.DeviceArrays
+    array_type = np.ndarray  # the type of this back end's arrays
 
     def threads(self) -> int:
         """Threads this back end uses for a call made now."""
         return 1
+
+    # -- arrays: where they live (overridden by the GPU back end) --------------
+    def empty(self, shape, dtype) -> np.ndarray:
+        return np.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype) -> np.ndarray:
+        return np.zeros(shape, dtype=dtype)
+
+    def asarray(self, x):
+        """A host array, as this back end's array (a GPU back end uploads it)."""
+        return x
+
+    def to_host(self, x, out=None):
+        """This back end's array as a NumPy array (a GPU back end downloads it)."""
+        return x
+
+    def adopt(self, param) -> None:
+        """Move a Parameter held on the host onto this back end's device (GPU back ends)."""
+
+    def release(self, param) -> None:
+        """Move a Parameter on this back end's device back to the host (GPU back ends)."""
 
     def __repr__(self):
         return f"<whygpu.nn backend {self.name!r}>"
@@ -262,21 +292,29 @@ _cache: Dict[str, Backend] = {"numpy": NUMPY}
 
 
 def backends() -> list:
-    """Back-end names usable here: ``'numpy'`` and every available kernel."""
-    return ["numpy"] + available_kernels()
+    """Back-end names usable here: ``'numpy'``, every available CPU kernel and,
+    where a GPU is usable, ``'cuda'`` (the best CUDA kernel) and every CUDA rung."""
+    gpu = available_kernels(device="cuda")
+    return ["numpy"] + available_kernels(device="cpu") + (["cuda"] + gpu if gpu else [])
 
 
 def get_backend(name) -> Backend:
-    """The back end called `name` (ValueError listing the valid names if unknown)."""
+    """The back end called `name` (ValueError listing the valid names if unknown;
+    KernelUnavailableError saying why for a known one that cannot run here)."""
     if isinstance(name, Backend):
         return name
     if not isinstance(name, str):
         raise TypeError(f"a back end is named by a string, got {type(name).__name__}")
     be = _cache.get(name)
     if be is None:
-        if name not in all_kernels():
+        if name == "cuda" or name in all_kernels(device="cuda"):
+            from ._cuda_backend import CudaBackend  # GPU-resident training (needs a usable GPU)
+            be = CudaBackend(name)
+        elif name in all_kernels():
+            be = KernelBackend(name)  # KernelUnavailableError says why, if it cannot run
+        else:
             raise ValueError(f"unknown back end {name!r}; valid back ends here are: {', '.join(backends())}")
-        be = _cache[name] = KernelBackend(name)  # KernelUnavailableError says why, if it cannot run
+        _cache[name] = be
     return be
 
 

@@ -4,6 +4,11 @@ A Module has a back end (where its arithmetic runs, see ``_backend.py``), a
 dtype (float32 by default, float64 for gradient checks), a training/eval
 mode, and buffers for its outputs and gradients that are reused from one
 step to the next, so a steady-state training step allocates almost nothing.
+
+On a GPU back end (``cuda``) the parameters, buffers and gradients are
+``whygpu.cuda.DeviceArray``s: calling the module uploads a NumPy input (or
+takes a DeviceArray as it is) and returns a DeviceArray; see
+``_cuda_backend.py``.
 """
 from __future__ import annotations
 
@@ -41,6 +46,11 @@ class Parameter:
     and the next backward pass overwrites instead of adding (``beta = 0`` in
     its GEMM), which saves a pass over every parameter each step; reading
     ``.grad`` in between gives zeros as expected.
+
+    On a GPU back end the values live in GPU memory (the parameter is then a
+    ``DeviceParameter``, see ``_cuda_backend.py``): ``.data`` and ``.grad``
+    are copies, so read and assign them (``p.data -= ...`` assigns), but an
+    in-place change of a copy (``p.data[0] = 1``) does not reach the GPU.
     """
 
     __slots__ = ("_data", "_grad", "_grad_is_zero", "_backend", "name")
@@ -64,6 +74,11 @@ class Parameter:
 
     @property
     def grad(self) -> np.ndarray:
+        return self._grad_array()
+
+    def _grad_array(self):
+        """The gradient array itself (on the back end's device), zeroed first if
+        zero_grad() was called since the last backward pass."""
         if self._grad_is_zero:
             self._grad.fill(0)
             self._grad_is_zero = False
@@ -116,6 +131,19 @@ class Parameter:
             self._data = self._data.astype(dtype)
             self._grad = grad
 
+    def _place(self, backend: Backend, dtype: Optional[np.dtype]) -> None:
+        """Put this parameter on `backend` (and convert it to `dtype`), moving the
+        values between host and device memory when the two back ends differ there."""
+        old = self._backend
+        moving = backend.device != old.device
+        if moving:
+            old.release(self)      # device -> host (nothing for a CPU back end)
+        if dtype is not None:
+            self._astype(dtype)    # on the host, or a no-op (float32 stays float32) on a device
+        if moving:
+            backend.adopt(self)    # host -> device (nothing for a CPU back end)
+        self._backend = backend
+
     def __repr__(self) -> str:
         return f"Parameter({self.name or '?'}, shape={self.shape}, dtype={self.dtype})"
 
@@ -157,21 +185,31 @@ class Module:
 
     # -- back end, dtype, mode -----------------------------------------------
     def to(self, backend=None, dtype=None) -> "Module":
-        """Move to back end ``backend`` (``'numpy'`` or a name from
-        :func:`whygpu.available_kernels`) and/or convert to ``dtype``
-        (float32 or float64).  Parameters keep their values.  Returns self."""
+        """Move to back end ``backend`` (a name from :func:`whygpu.nn.backends`:
+        ``'numpy'``, a CPU kernel, or ``'cuda'`` where a GPU is usable) and/or
+        convert to ``dtype`` (float32 or float64; float32 only on a GPU).
+        Parameters keep their values.  Returns self."""
         be = get_backend(backend) if backend is not None else None
         dt = _check_dtype(dtype) if dtype is not None else None
-        for m in self._modules():
+        modules = self._modules()
+        if (be or self._backend).device is not None:  # refuse before anything moves
+            for m in modules:
+                if (dt or m._dtype) != np.float32:
+                    raise TypeError(f"the GPU back ends compute in float32 only; this model is {dt or m._dtype}: "
+                                    f"use model.to({(be or self._backend).name!r}, dtype=np.float32)")
+        for m in modules:
+            moving = be is not None and be.device != m._backend.device
             if be is not None:
                 m._backend = be
             if dt is not None:
                 m._dtype = dt
+            if dt is not None or moving:
                 m._bufs = {}
+                m._forget()
             for p in m.parameters():
                 if be is not None:
-                    p._backend = be
-                if dt is not None:
+                    p._place(be, dt)
+                elif dt is not None:
                     p._astype(dt)
         return self
 
@@ -201,16 +239,22 @@ class Module:
     def _modules(self) -> List["Module"]:
         return [self]
 
+    def _forget(self) -> None:
+        """Drop what the latest forward pass kept (after a move to other memory)."""
+        for name in ("_x", "_y", "_mask"):
+            if name in vars(self):
+                setattr(self, name, None)
+
     # -- calling -------------------------------------------------------------
     def __call__(self, x):
-        x = self._check_input(x)
+        x = self._check_input(x) if self._backend.device is None else self._device_input(x)
         rec = self._prof
         if rec is None:
             out = self.forward(x).copy()  # the caller owns the result; buffers are reused
         else:
-            t0 = _clock()
+            t0, x0 = _clock(), _profile._active.transfer_s
             out = self.forward(x).copy()
-            rec.forward_s += _clock() - t0
+            rec.forward_s += _clock() - t0 - (_profile._active.transfer_s - x0)  # copies have their own row
         _backend.note_output(out, self._backend)
         return out
 
@@ -245,10 +289,28 @@ class Module:
         _check_finite(x, "input")
         return x
 
+    def _device_input(self, x):
+        """x for a module on a GPU back end: a DeviceArray is checked and used as
+        it is (no copy); anything else is checked as on the CPU and uploaded."""
+        be = self._backend
+        if isinstance(x, be.array_type):
+            be.check_matrix(x, f"{type(self).__name__} input")
+            self._check_features(x)
+            return x
+        return be.asarray(self._check_input(x))
+
+    def _check_features(self, x) -> None:
+        """ValueError if x has the wrong number of features (Sequential checks)."""
+
     def _check_grad(self, grad) -> np.ndarray:
         out = self._saved_output_shape()
         if out is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward(): run a forward pass first")
+        if self._backend.device is not None:
+            return self._device_grad(grad, out)
+        return self._host_grad(grad, out)
+
+    def _host_grad(self, grad, out: tuple) -> np.ndarray:
         if not isinstance(grad, np.ndarray):
             grad = np.asarray(grad)
         if grad.shape != out:
@@ -258,6 +320,15 @@ class Module:
             raise TypeError(f"the gradient must be numeric, got dtype {grad.dtype}")
         return np.ascontiguousarray(grad, dtype=self._dtype)
 
+    def _device_grad(self, grad, out: tuple):
+        """_check_grad on a GPU back end: a DeviceArray is checked and used as it
+        is; anything else is checked as on the CPU and uploaded."""
+        be = self._backend
+        if isinstance(grad, be.array_type):
+            be.check_matrix(grad, "the gradient", out)
+            return grad
+        return be.asarray(self._host_grad(grad, out))
+
     def _saved_output_shape(self) -> Optional[tuple]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -266,7 +337,7 @@ class Module:
         """A reusable output buffer: allocated on first use or when the batch shape changes."""
         b = self._bufs.get(key)
         if b is None or b.shape != shape:
-            b = self._bufs[key] = np.empty(shape, dtype=self._dtype)
+            b = self._bufs[key] = self._backend.empty(shape, self._dtype)
         return b
 
     def _matmul(self, a, b, out, trans_a=False, trans_b=False, beta=0.0) -> None:

@@ -15,6 +15,14 @@ matmuls; the loss and the optimizer time themselves.  Whatever the profile
 did not see (your loop, slicing batches, Python between calls) is reported
 as "outside", so the rows add up to the wall time.  With no profile active
 the cost is one ``is None`` test per layer call.
+
+On a GPU back end (``cuda``) two things change.  Copies between host and
+device memory (the batch going in, the labels, the loss coming out) get a
+row of their own, "host <-> device copies", and are left out of the row
+they happened in; ``breakdown()`` gives their seconds, bytes and share.
+And since GPU work is asynchronous, every GPU operation waits for the GPU
+while a profile is active, so each row holds the time the GPU really took
+(a profiled step is therefore a little slower than an unprofiled one).
 """
 from __future__ import annotations
 
@@ -54,6 +62,10 @@ class Profile:
         self.steps = 0
         self.wall_s = 0.0
         self._t0: Optional[float] = None
+        # host <-> device copies (GPU back ends): seconds, bytes, how many
+        self.transfer_s = 0.0
+        self.transfer_bytes = 0
+        self.transfer_calls = 0
 
     # -- context manager ---------------------------------------------------
     def __enter__(self) -> "Profile":
@@ -65,6 +77,9 @@ class Profile:
         for layer, rec in zip(_leaves(self.model), self.layers):
             layer._prof = rec
         _active = self
+        backend = getattr(self.model, "_backend", None)
+        if getattr(backend, "device", None) is not None:
+            backend.synchronize()  # GPU work queued before the profile is not its time
         self._t0 = _clock()
         return self
 
@@ -76,6 +91,17 @@ class Profile:
         _active = None
 
     # -- results -----------------------------------------------------------
+    def _add_transfer(self, seconds: float, nbytes: int) -> None:
+        """Called by a GPU back end for each host <-> device copy made while active."""
+        self.transfer_s += seconds
+        self.transfer_bytes += nbytes
+        self.transfer_calls += 1
+
+    @property
+    def transfer_share(self) -> float:
+        """Fraction of the wall time spent copying between host and device memory."""
+        return self.transfer_s / self.wall_s if self.wall_s > 0 else 0.0
+
     @property
     def matmul_s(self) -> float:
         return sum(r.matmul_s for r in self.layers)
@@ -95,6 +121,10 @@ class Profile:
             rows.append({"name": r.name, "matmul_s": r.matmul_s, "other_s": r.total_s - r.matmul_s,
                          "total_s": r.total_s, "forward_s": r.forward_s, "backward_s": r.backward_s,
                          "matmul_calls": r.matmul_calls, "gflop": r.flops / 1e9})
+        if self.transfer_calls:
+            rows.append({"name": "host <-> device copies", "matmul_s": 0.0, "other_s": self.transfer_s,
+                         "total_s": self.transfer_s, "forward_s": 0.0, "backward_s": 0.0, "matmul_calls": 0,
+                         "gflop": 0.0})
         seen = sum(row["total_s"] for row in rows)
         rows.append({"name": "outside (your loop, Python)", "matmul_s": 0.0,
                      "other_s": max(self.wall_s - seen, 0.0), "total_s": max(self.wall_s - seen, 0.0),
@@ -105,7 +135,8 @@ class Profile:
         return {"backend": getattr(self.model, "backend", "?"), "steps": self.steps, "wall_s": self.wall_s,
                 "step_ms": 1e3 * self.wall_s / self.steps if self.steps else float("nan"),
                 "matmul_s": matmul, "other_s": self.wall_s - matmul, "matmul_share": self.matmul_share,
-                "rows": rows}
+                "transfer_s": self.transfer_s, "transfer_share": self.transfer_share,
+                "transfer_bytes": self.transfer_bytes, "transfer_calls": self.transfer_calls, "rows": rows}
 
     def table(self) -> str:
         """The breakdown as a text table (milliseconds per step)."""
@@ -123,6 +154,10 @@ class Profile:
         lines.append(f"{'total':{w}}  {1e3 * b['matmul_s'] / per:10.3f} {1e3 * b['other_s'] / per:10.3f} "
                      f"{1e3 * self.wall_s / per:10.3f} {100.0:6.1f}%")
         lines.append(f"matrix multiplication: {100 * b['matmul_share']:.1f}% of the time")
+        if self.transfer_calls:
+            lines.append(f"host <-> device copies: {100 * self.transfer_share:.1f}% of the time "
+                         f"({self.transfer_calls / per:.1f} copies, {self.transfer_bytes / per / 1e6:.3f} MB per "
+                         f"{'step' if self.steps else 'run'})")
         return "\n".join(lines)
 
     def __str__(self) -> str:

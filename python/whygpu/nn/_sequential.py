@@ -59,6 +59,9 @@ class Sequential(Module):
     def _modules(self) -> List[Module]:
         return [self] + self.layers
 
+    def _forget(self) -> None:
+        self._forwarded = False
+
     def named_parameters(self):
         for i, layer in enumerate(self.layers):
             for name, p in layer.named_parameters():
@@ -75,10 +78,11 @@ class Sequential(Module):
             for layer in self.layers:
                 x = layer.forward(x)
         else:
+            prof = _profile._active
             for layer in self.layers:
-                t0 = _clock()
+                t0, x0 = _clock(), prof.transfer_s
                 x = layer.forward(x)
-                layer._prof.forward_s += _clock() - t0
+                layer._prof.forward_s += _clock() - t0 - (prof.transfer_s - x0)  # copies have their own row
         self._forwarded = True
         return x
 
@@ -109,11 +113,14 @@ class Sequential(Module):
 
     def _check_input(self, x) -> np.ndarray:
         x = super()._check_input(x)
+        self._check_features(x)
+        return x
+
+    def _check_features(self, x) -> None:
         n_in = self.input_features()
         if n_in is not None and x.shape[1] != n_in:
             raise ValueError(f"the model expects {n_in} input features, got an array with {x.shape[1]} "
                              f"(shape {x.shape})")
-        return x
 
     # -- shapes and parameters -----------------------------------------------
     def input_features(self) -> Optional[int]:
@@ -208,6 +215,7 @@ class Sequential(Module):
         n = X.shape[0]
         n_batches = -(-n // batch_size)
         rng = _random.get_rng()
+        be = self._backend  # on a GPU back end each batch is uploaded and the logits come back for accuracy
         for epoch in range(epochs):
             order = rng.permutation(n) if shuffle else None
             bar = _progress(n_batches, f"Epoch {epoch + 1}/{epochs}", verbose)
@@ -216,11 +224,11 @@ class Sequential(Module):
                 sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
                 idx = order[sl] if order is not None else sl
                 xb, yb = X[idx], y[idx]
-                out = self.forward(xb)
-                _backend.note_output(out, self._backend)
+                out = self.forward(be.asarray(xb))
+                _backend.note_output(out, be)
                 batch_loss = loss(out, yb)
                 if classifier:
-                    correct += loss._n_correct(out, yb)
+                    correct += loss._n_correct(be.to_host(out), yb)
                 self.zero_grad()
                 self.backward(loss.backward())
                 optimizer.step()
@@ -267,12 +275,13 @@ class Sequential(Module):
         self.eval()
         try:
             total, correct, classifier = 0.0, 0, True
+            be = self._backend
             for s in range(0, X.shape[0], batch_size):
                 xb, yb = X[s:s + batch_size], y[s:s + batch_size]
-                out = self.forward(xb)
-                _backend.note_output(out, self._backend)
+                out = self.forward(be.asarray(xb))
+                _backend.note_output(out, be)
                 total += loss.forward(out, yb) * xb.shape[0]
-                c = loss._n_correct(out, yb)
+                c = loss._n_correct(be.to_host(out), yb)
                 if c is None:
                     classifier = False
                 else:
@@ -286,16 +295,22 @@ class Sequential(Module):
 
     def predict(self, X, batch_size: int = 256) -> np.ndarray:
         """The model's outputs for X (logits for a classifier ending in
-        Linear: take ``argmax(axis=1)`` for classes), in eval mode."""
+        Linear: take ``argmax(axis=1)`` for classes), in eval mode.  A NumPy
+        array on every back end (a GPU back end copies the outputs back)."""
         X = self._check_input(X)
         batch_size = _positive_int(batch_size, "batch_size")
         n_out = self.output_features(X.shape[1])
         out = np.empty((X.shape[0], n_out), dtype=self._dtype)
         was_training = self.training
         self.eval()
+        be = self._backend
         try:
             for s in range(0, X.shape[0], batch_size):
-                out[s:s + batch_size] = self.forward(X[s:s + batch_size])
+                res = self.forward(be.asarray(X[s:s + batch_size]))
+                if be.device is None:
+                    out[s:s + batch_size] = res
+                else:
+                    be.to_host(res, out=out[s:s + batch_size])  # straight into the result
         finally:
             self.train(was_training)
         return out

@@ -80,9 +80,9 @@ class Linear(Module):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self!r} expects input of shape (batch, {self.in_features}), got {x.shape}")
         y = self._buf("y", (x.shape[0], self.out_features))
-        self._matmul(x, self.weight.data, y, trans_b=True)         # y = x . W^T
+        self._matmul(x, self.weight._data, y, trans_b=True)        # y = x . W^T
         if self.bias is not None:
-            self._backend.bias_add(y, self.bias.data)              # y += b (each row)
+            self._backend.bias_add(y, self.bias._data)             # y += b (each row)
         self._x = x                                                # dW needs it
         return y
 
@@ -94,7 +94,7 @@ class Linear(Module):
         if not need_input_grad:
             return None  # the first layer: nobody needs dL/d(data)
         dx = self._buf("dx", x.shape)
-        self._matmul(dy, W.data, dx)                                # dX = dY . W
+        self._matmul(dy, W._data, dx)                               # dX = dY . W
         return dx
 
     def _saved_output_shape(self):
@@ -223,7 +223,8 @@ class Dropout(_Activation):
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
-        self._mask = _random.get_rng().random(x.shape, dtype=np.float32) >= np.float32(self.p)
+        mask = _random.get_rng().random(x.shape, dtype=np.float32) >= np.float32(self.p)
+        self._mask = self._backend.asarray(mask)  # drawn on the host (same draws everywhere); a GPU uploads it
         y = self._buf("y", x.shape)
         self._backend.mask_scale(x, self._mask, y, self._scale())
         return y

@@ -5,6 +5,11 @@ gradient with respect to the model's output, where backpropagation starts.
 batch); ``loss_fn.backward()`` then returns dLoss/dOutput for
 ``model.backward``.  A loss runs on the back end of the model that produced
 ``output`` (or on the one given with ``.to(name)``).
+
+On a GPU back end the output is a ``whygpu.cuda.DeviceArray``; the target
+may be a NumPy array (checked on the host, then uploaded) or a DeviceArray
+already on the GPU (int64 labels or float32 targets; labels outside the
+classes are still reported).  Only the loss itself, one float, comes back.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ class _Loss:
 
     def __init__(self):
         self._backend: Optional[Backend] = None  # None: follow the model that made the output
+        self._be: Optional[Backend] = None       # the back end of the latest call
         self._grad_shape: Optional[tuple] = None
         self._bufs = {}
 
@@ -42,16 +48,47 @@ class _Loss:
         prof = _profile._active
         if prof is None:
             return self.forward(output, target)
-        t0 = _clock()
+        t0, x0 = _clock(), prof.transfer_s
         loss = self.forward(output, target)
-        prof.loss.forward_s += _clock() - t0
+        prof.loss.forward_s += _clock() - t0 - (prof.transfer_s - x0)  # copies have their own row
         return loss
 
     def forward(self, output, target) -> float:
         be = self._backend or _backend.producer_of(output) or _backend.NUMPY
+        if be is not self._be:
+            self._bufs = {}  # buffers in the latest back end's memory
+        if be.device is not None:
+            return self._device_forward(be, output, target)
         output = self._check_output(output)
         target = self._check_target(target, output)
         return self._forward(be, output, target)
+
+    def _device_forward(self, be, output, target) -> float:
+        """forward() on a GPU back end: DeviceArrays are checked and used in
+        place, host arrays are checked as on the CPU and uploaded."""
+        name = type(self).__name__
+        if isinstance(output, be.array_type):
+            be.check_matrix(output, f"{name}: the model output")
+            if output.shape[0] == 0:
+                raise ValueError(f"{name}: empty batch (0 rows): the mean of nothing is undefined")
+        else:
+            output = be.asarray(np.ascontiguousarray(self._check_output(output), dtype=np.float32))
+        if isinstance(target, be.array_type):
+            target = self._check_device_target(target, output)
+        else:
+            target = be.asarray(self._check_target(target, output))
+        return self._forward(be, output, target)
+
+    def _check_device_target(self, t, output):
+        """A float32 DeviceArray target shaped like output (1-D matches a (B, 1) output)."""
+        name = type(self).__name__
+        if t.dtype != np.float32:
+            raise TypeError(f"{name}: a target on the GPU must be float32, got {t.dtype}")
+        if t.ndim == 1 and output.shape[1] == 1 and t.shape[0] == output.shape[0]:
+            t = t.reshape(-1, 1)
+        if t.shape != output.shape:
+            raise ValueError(f"{name}: target shape {t.shape} does not match output shape {output.shape}")
+        return t
 
     def backward(self) -> np.ndarray:
         """dLoss/dOutput of the latest forward call (an internal buffer,
@@ -70,7 +107,7 @@ class _Loss:
     def _buf(self, key, shape, dtype):
         b = self._bufs.get(key)
         if b is None or b.shape != shape or b.dtype != dtype:
-            b = self._bufs[key] = np.empty(shape, dtype=dtype)
+            b = self._bufs[key] = self._be.empty(shape, dtype)  # _forward has set _be
         return b
 
     def _check_output(self, output) -> np.ndarray:
@@ -134,6 +171,15 @@ class CrossEntropyLoss(_Loss):
             raise ValueError(f"labels must be class indices in [0, {n_classes}) for a model with {n_classes} "
                              f"outputs; got labels from {lo} to {hi}")
         return np.ascontiguousarray(t, dtype=np.int64)
+
+    def _check_device_target(self, t, output):
+        # The range of the labels is checked by the GPU loss itself (it counts bad labels).
+        if t.dtype != np.int64:
+            raise TypeError(f"CrossEntropyLoss: labels on the GPU must be int64, got {t.dtype}")
+        if t.ndim != 1 or t.shape[0] != output.shape[0]:
+            raise ValueError(f"CrossEntropyLoss expects one label per row: a 1-D array of {output.shape[0]} labels, "
+                             f"got shape {t.shape}")
+        return t
 
     def _forward(self, be, logits, labels) -> float:
         self._be = be
