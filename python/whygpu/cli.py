@@ -142,6 +142,16 @@ def _roundtrip(doc: dict) -> dict:
     return json.loads(json.dumps(_clean(doc), allow_nan=False))
 
 
+def _save(out: Path, name: str, doc: dict, plot: bool, figures=()) -> None:
+    """Write <name>.json and, with --plot, each figure: (plots function name, file name)."""
+    print(f"\nwrote {_write_json(out, name, doc)}")
+    if plot and figures:
+        from . import plots
+        d = _roundtrip(doc)
+        for fn, filename in figures:
+            print(f"wrote {getattr(plots, fn)(d, out / filename)}")
+
+
 def _table(head: Sequence[str], rows: Sequence[Sequence], right: Sequence[int] = ()) -> str:
     cells = [[str(c) for c in head]] + [[str(c) for c in r] for r in rows]
     w = [max(len(r[i]) for r in cells) for i in range(len(head))]
@@ -225,8 +235,7 @@ def cmd_info(args) -> int:
     out = _prepare_out(args.out)
     doc = _info_doc()
     _print_info(doc)
-    path = _write_json(out, "info", doc)
-    print(f"\nwrote {path}")
+    _save(out, "info", doc, plot=False)
     return 0
 
 
@@ -264,13 +273,7 @@ def cmd_ladder(args) -> int:
                      repeats=args.repeats, budget=args.budget, force=args.all, references=not args.no_numpy,
                      progress=_progress(args), log=_note(args))
     _print_ladder(doc)
-    path = _write_json(out, "ladder", doc)
-    print(f"\nwrote {path}")
-    if args.plot:
-        from . import plots
-        d = _roundtrip(doc)
-        for p in (plots.plot_ladder(d, out / "ladder.png"), plots.plot_ladder_steps(d, out / "ladder_steps.png")):
-            print(f"wrote {p}")
+    _save(out, "ladder", doc, args.plot, [("plot_ladder", "ladder.png"), ("plot_ladder_steps", "ladder_steps.png")])
     return 0
 
 
@@ -316,11 +319,7 @@ def cmd_scaling(args) -> int:
                       budget=args.budget, train_step=step, train_label=f"training step, batch {args.batch}",
                       progress=_progress(args), log=_note(args))
     _print_scaling(doc)
-    path = _write_json(out, "scaling", doc)
-    print(f"\nwrote {path}")
-    if args.plot:
-        from . import plots
-        print(f"wrote {plots.plot_scaling(_roundtrip(doc), out / 'scaling.png')}")
+    _save(out, "scaling", doc, args.plot, [("plot_scaling", "scaling.png")])
     return 0
 
 
@@ -354,11 +353,7 @@ def cmd_roofline(args) -> int:
                        budget=args.budget, force=args.all, quick=args.quick, progress=_progress(args),
                        log=lambda s: None)
     _print_roofline(doc)
-    path = _write_json(out, "roofline", doc)
-    print(f"\nwrote {path}")
-    if args.plot:
-        from . import plots
-        print(f"wrote {plots.plot_roofline(_roundtrip(doc), out / 'roofline.png')}")
+    _save(out, "roofline", doc, args.plot, [("plot_roofline", "roofline.png")])
     return 0
 
 
@@ -386,11 +381,7 @@ def cmd_train(args) -> int:
                     threads=args.threads, budget=args.budget, force=args.all, progress=_progress(args),
                     log=_note(args))
     _print_train(doc)
-    path = _write_json(out, "train", doc)
-    print(f"\nwrote {path}")
-    if args.plot:
-        from . import plots
-        print(f"wrote {plots.plot_train(_roundtrip(doc), out / 'train.png')}")
+    _save(out, "train", doc, args.plot, [("plot_train", "train.png")])
     return 0
 
 
@@ -400,8 +391,7 @@ def cmd_explain(args) -> int:
     ex = explain(args.m, args.n, args.k, kernels=args.kernels, dtype=args.dtype, threads=args.threads,
                  measure=not args.no_measure, budget=args.budget, force=args.all)
     print(ex)
-    path = _write_json(out, "explain", ex.as_dict())
-    print(f"\nwrote {path}")
+    _save(out, "explain", ex.as_dict(), plot=False)
     return 0
 
 
