@@ -196,6 +196,17 @@ def _info_doc() -> dict:
             "unavailable": {k: v.unavailable() for k, v in KERNELS.items() if not v.available}}
 
 
+def _gpu_details(d: dict) -> str:
+    parts = []
+    if d.get("multiprocessors"):
+        parts.append(f"{d['multiprocessors']} SMs")
+    if d.get("memory_bytes"):
+        parts.append(f"{d['memory_bytes'] / 2 ** 30:.0f} GiB")
+    if d.get("driver_version"):
+        parts.append(f"driver CUDA {d['driver_version']}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _print_info(doc: dict) -> None:
     from .explain import format_bytes
     m, cpu = doc["machine"], doc["machine"]["cpu"]
@@ -216,8 +227,8 @@ def _print_info(doc: dict) -> None:
         ("OpenMP", "yes" if cpu.get("openmp") else "no (the openmp kernel is unavailable)"),
         ("BLAS (NumPy)", "; ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')}, "
                                    f"{b.get('num_threads')} threads)" for b in m.get("blas", [])) or "unknown"),
-        ("CUDA", f"available: {cuda.get('device', 'GPU')}" if cuda.get("available")
-         else f"not available ({cuda.get('reason')})"),
+        ("CUDA", f"available: {cuda.get('device', 'GPU')}{_gpu_details(cuda.get('device_info') or {})}"
+         if cuda.get("available") else f"not available ({cuda.get('reason')})"),
         ("kernels", ", ".join(doc["kernels"])),
     ]
     by_reason = {}
@@ -261,9 +272,29 @@ def _print_ladder(doc: dict) -> None:
                      "n/a" if pct is None or not math.isfinite(pct) else f"{pct:.3g}%"])
     pk = doc.get("peak") or {}
     half = 2 if doc["params"]["dtype"] == "float64" else 1
+    gpu_pk = (f"; the GPU ({pk.get('gpu_device', 'GPU')}): {_g(pk['gpu_gflops'])} GFLOP/s float32"
+              if pk.get("gpu_gflops") else "")
     print(f"The ladder (measured FMA peak, {doc['params']['dtype']}: {_g(pk.get('gflops_1t', 0) / half)} GFLOP/s on "
-          f"1 core, {_g(pk.get('gflops_all', 0) / half)} on {pk.get('threads')})")
+          f"1 core, {_g(pk.get('gflops_all', 0) / half)} on {pk.get('threads')}{gpu_pk})")
     print(_table(["kernel", "largest n", "GFLOP/s", "speed-up over previous rung", "% of peak"], rows, right=(1, 2, 4)))
+    g = doc["summary"].get("gpu")
+    if g:
+        line = (f"Best GPU rung: {g['best']} at n={g['n']}, {_g(g['gflops'])} GFLOP/s "
+                f"({_pct_txt(g.get('pct_peak'))} of the GPU's measured peak)")
+        if "vs_cublas" in g:
+            line += f"; {100 * g['vs_cublas']:.0f}% of cuBLAS at n={g['cublas_n']}"
+        if "vs_cpu" in g:
+            line += f"; x{_g(g['vs_cpu'])} the best CPU rung ({g['best_cpu']}) at n={g['vs_cpu_n']}"
+        print(line)
+
+
+def _pct_txt(p) -> str:
+    return "n/a" if p is None or not math.isfinite(p) else f"{p:.3g}%"
+
+
+# GPU sizes: a GPU needs n in the thousands before launch overheads and idle
+# SMs stop mattering (n = 512 ran at 8% of what n = 4096 did on an H200).
+GPU_SIZES = [128, 256, 512, 1024, 2048, 4096]
 
 
 def cmd_ladder(args) -> int:
@@ -271,7 +302,7 @@ def cmd_ladder(args) -> int:
     out = _prepare_out(args.out)
     doc = run_ladder(sizes=args.sizes, kernels=args.kernels, dtype=args.dtype, threads=args.threads,
                      repeats=args.repeats, budget=args.budget, force=args.all, references=not args.no_numpy,
-                     progress=_progress(args), log=_note(args))
+                     gpu_sizes=args.gpu_sizes, progress=_progress(args), log=_note(args))
     _print_ladder(doc)
     _save(out, "ladder", doc, args.plot, [("plot_ladder", "ladder.png"), ("plot_ladder_steps", "ladder_steps.png")])
     return 0
@@ -344,6 +375,22 @@ def _print_roofline(doc: dict) -> None:
                  rows, right=(1, 5, 6, 7)))
     for n in doc.get("notes", []):
         print(f"note: {n}")
+    gpu = doc.get("gpu_roofs")
+    if gpu:
+        print()
+        _print_gpu_roofs(gpu)
+
+
+def _print_gpu_roofs(gpu: dict) -> None:
+    print(f"Roofs of the GPU (measured; {gpu['device']}, {gpu['multiprocessors']} SMs)")
+    rows = [["float32 FMA peak", f"{_g(gpu['fma_gflops'])} GFLOP/s"]]
+    rows += [[f"device memory, {lvl} working set", f"{_g(v)} GB/s (read + write)"]
+             for lvl, v in gpu["bandwidth"].items()]
+    for d, label in (("h2d", "host -> device"), ("d2h", "device -> host")):
+        h = gpu["host"][d]
+        rows.append([f"{label}, {gpu['bytes']['host_copy'] >> 20} MiB",
+                     f"pageable {_g(h['pageable'])}, pinned {_g(h['pinned'])}, staged {_g(h['staged'])} GB/s"])
+    print(_table(["GPU roof", "measured"], rows))
 
 
 def cmd_roofline(args) -> int:
@@ -351,9 +398,12 @@ def cmd_roofline(args) -> int:
     out = _prepare_out(args.out)
     doc = run_roofline(n=args.n, kernels=args.kernels, dtype=args.dtype, threads=args.threads, repeats=args.repeats,
                        budget=args.budget, force=args.all, quick=args.quick, progress=_progress(args),
-                       log=lambda s: None)
+                       gpu_n=args.gpu_n, log=lambda s: None)
     _print_roofline(doc)
-    _save(out, "roofline", doc, args.plot, [("plot_roofline", "roofline.png")])
+    figures = [("plot_roofline", "roofline.png")]
+    if doc.get("gpu_roofs"):
+        figures.append(("plot_roofline_gpu", "roofline_gpu.png"))
+    _save(out, "roofline", doc, args.plot, figures)
     return 0
 
 
@@ -369,6 +419,32 @@ def _print_train(doc: dict) -> None:
     p = doc["params"]
     print(f"MLP {p['layers']}, batch {p['batch']}, {p['steps']} steps of SGD on {p['dataset']}")
     print(_table(["backend", "time/step", "samples/s", "in matmul", "accuracy", "note"], rows, right=(1, 2, 3, 4)))
+    if doc.get("sweep"):
+        print()
+        _print_sweep(doc["sweep"])
+
+
+def _print_sweep(sw: dict) -> None:
+    labels = [s["label"] for s in sw["series"]]
+    by = {s["label"]: {pt["batch"]: pt["step_s"] for pt in s["points"]} for s in sw["series"]}
+    summ = {r["batch"]: r for r in sw["summary"]["rows"]}
+    rows = []
+    for b in sw["batches"]:
+        r = summ.get(b, {})
+        rows.append([b] + [f"{1e3 * by[lbl][b]:.3g}" if b in by[lbl] else "skip" for lbl in labels] +
+                    [f"x{_g(r['speedup_copied'])}" if "speedup_copied" in r else "-",
+                     f"x{_g(r['speedup_resident'])}" if "speedup_resident" in r else "-",
+                     f"{100 * r['copy_share']:.0f}%" if "copy_share" in r else "-"])
+    print(f"ms per training step of the MLP {sw['layers']} by batch size (median of {sw['steps']} steps; "
+          f"CPU back ends on {sw['threads']} threads)")
+    print(_table(["batch"] + labels + ["GPU copied vs best CPU", "GPU resident vs best CPU", "copy share"], rows,
+                 right=range(0, len(labels) + 4)))
+    s = sw["summary"]
+    for key, what in (("resident", "with the data kept on the GPU"), ("copied", "with the batch copied every step")):
+        if any(f"speedup_{key}" in r for r in sw["summary"]["rows"]):
+            b = s.get(f"overtakes_{key}")
+            print(f"The GPU {what} " + (f"overtakes the best CPU back end at batch {b}." if b else
+                                        "never overtook the best CPU back end in this sweep."))
 
 
 def cmd_train(args) -> int:
@@ -379,9 +455,12 @@ def cmd_train(args) -> int:
     out = _prepare_out(args.out)
     doc = run_train(steps=args.steps, batch=args.batch, layers=args.layers, backends=args.backends,
                     threads=args.threads, budget=args.budget, force=args.all, progress=_progress(args),
-                    log=_note(args))
+                    sweep_batches=[] if args.no_sweep else args.batches, log=_note(args))
     _print_train(doc)
-    _save(out, "train", doc, args.plot, [("plot_train", "train.png")])
+    figures = [("plot_train", "train.png")]
+    if doc.get("sweep"):
+        figures.append(("plot_train_sweep", "train_sweep.png"))
+    _save(out, "train", doc, args.plot, figures)
     return 0
 
 
@@ -408,11 +487,15 @@ def cmd_report(args) -> int:
 
 # The demo's two plans: sizes and budgets that finish in < 3 min (full) and
 # < 60 s (quick) on a 2-core laptop, measured in docs/cli.md.
+# Where a GPU is usable, its rungs are measured up to n = 4096 and the
+# training step over a sweep of batches (32 to 8192) on the CPU and the GPU.
 DEMO_PLANS = {
     "full": {"sizes": [32, 64, 128, 256, 512, 1024, 2048], "repeats": 5, "budget": 2.0, "roofline_n": 1024,
-             "scaling_n": 1024, "train_steps": 40, "train_batch": 256, "quick_probes": False},
+             "scaling_n": 1024, "train_steps": 40, "train_batch": 256, "quick_probes": False,
+             "gpu_sizes": GPU_SIZES, "gpu_roofline_n": 4096, "sweep": [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]},
     "quick": {"sizes": [64, 128, 256, 512], "repeats": 3, "budget": 0.4, "roofline_n": 1024,
-              "scaling_n": 512, "train_steps": 8, "train_batch": 128, "quick_probes": True},
+              "scaling_n": 512, "train_steps": 8, "train_batch": 128, "quick_probes": True,
+              "gpu_sizes": [128, 1024, 4096], "gpu_roofline_n": 4096, "sweep": [32, 256, 1024, 8192]},
 }
 
 
@@ -432,7 +515,7 @@ def cmd_demo(args) -> int:
         print(f"\n== {name} " + "=" * max(0, 60 - len(name)), flush=True)
 
     print(f"whygpu demo{' --quick' if args.quick else ''}: measuring this machine, then writing a report into {out}"
-          f" (about {'10 s' if args.quick else '30 s'} on a quiet 2-core laptop)", flush=True)
+          f" (about {'10 s' if args.quick else '30 s'} on a quiet 2-core laptop, more with a GPU)", flush=True)
     stage("info")
     info = _info_doc()
     _print_info(info)
@@ -445,14 +528,24 @@ def cmd_demo(args) -> int:
     stage("roofs of this machine")
     t = time.perf_counter()
     machine = measure_machine(quick=plan["quick_probes"])
+    gpu = None
+    if info["machine"]["cuda"].get("available"):
+        from .bench.gpu import measure_gpu
+        gpu = measure_gpu(quick=plan["quick_probes"])
+        if gpu:
+            _print_gpu_roofs(gpu)
+    else:
+        log(f"no GPU measurements: {info['machine']['cuda'].get('reason')}")
     timings["roofs"] = time.perf_counter() - t
 
     stage("ladder")
     t = time.perf_counter()
     peak = {"arch": machine["arch"], "threads": machine["threads"],
             "gflops_1t": machine["compute"]["simd_1t"], "gflops_all": machine["compute"]["simd_all"]}
+    if gpu:
+        peak.update(gpu_gflops=gpu["fma_gflops"], gpu_device=gpu["device"])
     ladder = run_ladder(sizes=plan["sizes"], repeats=plan["repeats"], budget=plan["budget"], force=args.all,
-                        progress=prog, log=log, peak=peak)
+                        progress=prog, log=log, peak=peak, gpu_sizes=plan["gpu_sizes"])
     timings["ladder"] = time.perf_counter() - t
     _print_ladder(ladder)
     _write_json(out, "ladder", ladder)
@@ -460,7 +553,7 @@ def cmd_demo(args) -> int:
     stage("roofline")
     t = time.perf_counter()
     roof = run_roofline(n=plan["roofline_n"], repeats=plan["repeats"], budget=plan["budget"], force=args.all,
-                        machine=machine, ladder=ladder, progress=prog)
+                        machine=machine, ladder=ladder, progress=prog, gpu=gpu, gpu_n=plan["gpu_roofline_n"])
     timings["roofline"] = time.perf_counter() - t
     _print_roofline(roof)
     _write_json(out, "roofline", roof)
@@ -488,7 +581,7 @@ def cmd_demo(args) -> int:
         stage("train")
         t = time.perf_counter()
         train = run_train(steps=plan["train_steps"], batch=plan["train_batch"], budget=plan["budget"] * 4,
-                          force=args.all, progress=prog, log=log)
+                          force=args.all, progress=prog, log=log, sweep_batches=plan["sweep"] if gpu else [])
         timings["train"] = time.perf_counter() - t
         _print_train(train)
         _write_json(out, "train", train)
@@ -553,6 +646,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--kernels", type=_name_list, default=None,
                    help="comma-separated kernels (default: all available); 'numpy' adds the BLAS references")
     s.add_argument("--no-numpy", action="store_true", help="leave out the NumPy/BLAS references")
+    s.add_argument("--gpu-sizes", type=_int_list, default=GPU_SIZES,
+                   help="sizes for the GPU kernels, where a GPU is usable (default 128:4096)")
     s.set_defaults(func=cmd_ladder)
 
     s = sub.add_parser("scaling", parents=[common, measure(2.0), plot],
@@ -570,6 +665,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int, default=1024, help="matrix size (default 1024)")
     s.add_argument("--kernels", type=_name_list, default=None, help="comma-separated kernels (default: all)")
     s.add_argument("--quick", action="store_true", help="shorter microbenchmarks")
+    s.add_argument("--gpu-n", type=_positive_int, default=4096,
+                   help="matrix size for the GPU kernels, where a GPU is usable (default 4096)")
     s.set_defaults(func=cmd_roofline)
 
     s = sub.add_parser("train", parents=[common, threads, measure(10.0, "back end (all its steps)"), plot],
@@ -580,6 +677,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="layer widths (default 784,512,256,10)")
     s.add_argument("--backends", type=_name_list, default=None,
                    help="comma-separated back ends (default: numpy and every kernel fast enough)")
+    s.add_argument("--batches", type=_int_list, default=None,
+                   help="batch sizes of the CPU-vs-GPU sweep (default 32:8192 where a GPU is usable, "
+                        "none elsewhere; given, the CPU back ends are swept even without a GPU)")
+    s.add_argument("--no-sweep", action="store_true", help="leave out the batch sweep")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("explain", parents=[common, threads, measure(1.0), dtype],

@@ -43,7 +43,8 @@ from ._registry import Kernel, register_kernel
 
 __all__ = [
     "is_available", "unavailable_reason", "kernels", "device_info", "synchronize", "memory_info",
-    "DeviceArray", "to_device", "empty", "zeros", "gemm", "matmul", "vendor_library", "vendor_matmul",
+    "DeviceArray", "to_device", "empty", "zeros", "pinned_empty", "pinned_array", "is_pinned",
+    "gemm", "matmul", "vendor_library", "vendor_matmul",
     "CudaError", "CudaUnavailableError", "LADDER", "DEFAULT_KERNEL",
 ]
 
@@ -226,6 +227,32 @@ def empty(shape, dtype=np.float32) -> "DeviceArray":
 def zeros(shape, dtype=np.float32) -> "DeviceArray":
     """A DeviceArray of zeros."""
     return _require().DeviceArray.zeros(shape, np.dtype(dtype))
+
+
+def pinned_empty(shape, dtype=np.float32) -> np.ndarray:
+    """An uninitialised NumPy array in page-locked ("pinned") host memory.
+
+    Copies between it and a DeviceArray go straight to the GPU's copy engine
+    (DMA) at the bus's full speed; ordinary (pageable) arrays are copied
+    through whygpu's own pinned staging buffers, a little slower.  Keep data
+    that crosses the bus every step (a training set) in pinned memory, but
+    not too much of it: page-locked memory cannot be swapped out."""
+    return _require().pinned_empty(shape, np.dtype(dtype))
+
+
+def pinned_array(x) -> np.ndarray:
+    """A copy of the array-like ``x`` in pinned host memory (see :func:`pinned_empty`)."""
+    arr = np.asarray(x)
+    out = pinned_empty(arr.shape, arr.dtype)
+    np.copyto(out, arr)
+    return out
+
+
+def is_pinned(x) -> bool:
+    """Whether the NumPy array ``x``'s memory is page-locked (pinned)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"is_pinned takes a numpy.ndarray, got {type(x).__name__}")
+    return bool(_require().is_pinned(x))
 
 
 # ---- GEMM on device arrays --------------------------------------------------------------

@@ -42,6 +42,23 @@ _WHY = {
               "small sizes pay the packing without enough work to amortize it",
     "openmp": "on top of packed's overheads, threads wait at a barrier after each packed panel and "
               "share the memory bandwidth; on a busy machine another process takes a core from it",
+    "cuda_naive": "a warp's 32 loads of A fall on 32 different rows, so each load instruction becomes 32 "
+                  "memory transactions, and every multiply-add waits on a global load: memory latency and "
+                  "the load units set the pace",
+    "cuda_coalesced": "every multiply-add still needs a global load instruction through L1; the load units and "
+                      "the memory latency (hundreds of cycles, hidden only by other warps) set the pace, not "
+                      "the L2 bandwidth the model counts",
+    "cuda_smem": "each multiply-add needs two shared-memory loads, so shared-memory bandwidth, not "
+                 "arithmetic, is the limit, and the block waits at two barriers per tile",
+    "cuda_1d_tiling": "9 shared-memory loads per 8 multiply-adds: still more loads than arithmetic, and the "
+                      "barriers around every 8-deep tile",
+    "cuda_2d_tiling": "16 shared loads per 64 multiply-adds; what is left is bank conflicts in those loads, "
+                      "the barriers, and global loads that are not yet overlapped with the arithmetic",
+    "cuda_vectorized": "wider loads remove instructions, but the barriers and the wait for each tile's global "
+                       "loads remain",
+    "cuda_warptile": "each thread needs about 128 registers, so only two blocks fit on an SM (25% occupancy): "
+                     "too few warps to hide all the latency, and small sizes leave SMs idle",
+    "cublas": "NVIDIA's own tuned kernels: the practical ceiling for float32 on these cores",
 }
 
 
@@ -52,6 +69,9 @@ def why_below(kernel: str, fraction: float) -> str:
         return f"{kernel} runs at {pct:.0f}% of its roof: the model explains it."
     base = "numpy" if kernel.startswith("numpy") else kernel
     reason = _WHY.get(base, "BLAS's own packing and threading overheads")
+    if base.startswith("cuda") and fraction < 0.1:
+        reason += ("; at a small size the launch (a few microseconds) and too few blocks to fill the GPU "
+                   "dominate as well")
     return f"{kernel} runs at {pct:.0f}% of its roof: {reason}."
 
 
@@ -117,6 +137,11 @@ class Explanation:
         bw = self.roofs.get("bandwidth", {}).get("1", {})
         if bw:
             lines.append("Bandwidth (1 core): " + "; ".join(f"{lvl} {v:.3g} GB/s" for lvl, v in bw.items()))
+        gpu = self.roofs.get("gpu")
+        if gpu:
+            lines.append(f"GPU ({gpu['device']}): float32 FMA peak {gpu['fma_gflops']:.4g} GFLOP/s; bandwidth "
+                         + "; ".join(f"{lvl} {v:.4g} GB/s" for lvl, v in gpu["bandwidth"].items())
+                         + " (read + write). The CUDA rows are timed on data already on the GPU.")
         notes = [why_below(r["kernel"], r["predicted_s"] / r["measured_s"]) for r in self.rows if "measured_s" in r]
         notes += [f"{r['kernel']} not measured: {r['skipped']}" for r in self.rows if "skipped" in r]
         if notes:
@@ -156,9 +181,18 @@ def explain(m: int, n: int, k: int, *, kernels: Optional[Sequence[str]] = None, 
         if threads not in _MACHINES:
             _MACHINES[threads] = measure_machine(threads, quick=True)
         machine = _MACHINES[threads]
-    from ._registry import KERNELS
-    names = [x for x in resolve_kernels(kernels, threads)
-             if x.startswith("numpy-") or KERNELS[x].device == "cpu"]
+    from .bench.ladder import series_device
+    names = resolve_kernels(kernels, threads)
+    if dtype != "float32":  # the GPU rungs compute in float32 only
+        names = [x for x in names if series_device(x) == "cpu"]
+    if any(series_device(x) == "cuda" for x in names) and not machine.get("gpu"):
+        if "gpu" not in _MACHINES:
+            from .bench.gpu import measure_gpu
+            _MACHINES["gpu"] = measure_gpu(quick=True)
+        if _MACHINES["gpu"] is None:
+            names = [x for x in names if series_device(x) == "cpu"]
+        else:
+            machine = {**machine, "gpu": _MACHINES["gpu"]}
     out = Explanation(m, n, k, dtype, roofs=machine)
     for name in names:
         row = kernel_model(name, m, n, k, machine, dtype=dtype, threads=threads_used(name, threads))

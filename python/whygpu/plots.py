@@ -15,8 +15,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from .bench.scaling import amdahl
 
-__all__ = ["plot_ladder", "plot_ladder_steps", "plot_scaling", "plot_roofline", "plot_train",
-           "plot_benchmarks", "kernel_color"]
+__all__ = ["plot_ladder", "plot_ladder_steps", "plot_scaling", "plot_roofline", "plot_roofline_gpu", "plot_train",
+           "plot_train_sweep", "plot_benchmarks", "kernel_color"]
 
 _DPI = 110
 _COLORS = {
@@ -96,6 +96,11 @@ def plot_ladder(doc: dict, path) -> str:
             ax.text(max(doc["params"]["sizes"]), peak["gflops_all"] * 1.08,
                     f"FMA peak, {peak['threads']} cores: {peak['gflops_all']:.0f} GFLOP/s", fontsize=8, alpha=0.8,
                     ha="right")
+    if peak.get("gpu_gflops") and any(series_dev == "cuda" for series_dev in
+                                      (r.get("device") for r in doc.get("measurements", []))):
+        ax.axhline(peak["gpu_gflops"], color="#2b6f2b", linewidth=1, linestyle="--", alpha=0.7)
+        ax.text(max(doc["params"]["sizes"]), peak["gpu_gflops"] * 1.08,
+                f"GPU float32 FMA peak: {_num(peak['gpu_gflops'])} GFLOP/s", fontsize=8, alpha=0.8, ha="right")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     sizes = doc["params"]["sizes"]
@@ -191,7 +196,7 @@ def plot_roofline(doc: dict, path) -> str:
     each kernel at its arithmetic intensity, measured (filled) and predicted
     (hollow)."""
     roofs = doc["roofs"]
-    pts = doc["points"]
+    pts = [p for p in doc["points"] if p.get("device", "cpu") == "cpu"]  # the GPU's: plot_roofline_gpu
     fig = Figure(figsize=(9.0, 6.0), layout="constrained")
     ax = fig.subplots()
     finite = [p["intensity"] for p in pts if p.get("intensity")]
@@ -251,6 +256,97 @@ def plot_roofline(doc: dict, path) -> str:
     ax.set_title("Roofline of this machine, measured, with every kernel on it\n" + _cpu_title(doc), fontsize=11)
     ax.grid(True, which="major", alpha=0.25)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="measured GFLOP/s of roof")
+    return _save(fig, path)
+
+
+def plot_roofline_gpu(doc: dict, path) -> str:
+    """The GPU's roofline: its measured FMA peak, its L2 and device-memory
+    bandwidths, and each CUDA rung (and cuBLAS) at its intensity, measured
+    (filled) and predicted (hollow)."""
+    gpu = doc["gpu_roofs"]
+    pts = [p for p in doc["points"] if p.get("device") == "cuda"]
+    fig = Figure(figsize=(9.0, 6.0), layout="constrained")
+    ax = fig.subplots()
+    finite = [p["intensity"] for p in pts if p.get("intensity")]
+    x_lo = min([0.1] + [x / 3 for x in finite])
+    x_hi = max([2000.0] + [x * 3 for x in finite])
+    xs = [x_lo * (x_hi / x_lo) ** (i / 200) for i in range(201)]
+    top = gpu["fma_gflops"]
+    ax.axhline(top, color="black", linewidth=1, alpha=0.6)
+    ax.text(x_hi / 1.05, top * 1.06, f"float32 FMA peak: {_num(top)} GFLOP/s", ha="right", va="bottom", fontsize=8)
+    for i, (level, gbps) in enumerate(gpu["bandwidth"].items()):
+        ax.plot(xs, [min(top, gbps * x) for x in xs], color="#444444", linewidth=1,
+                linestyle={"L2": "-", "DRAM": ":"}.get(level, "--"), alpha=0.7)
+        y_at = top / (4 ** (i + 1))
+        if x_lo < y_at / gbps < x_hi:
+            ax.text(y_at / gbps * 1.1, y_at, f"{'device memory' if level == 'DRAM' else level} {_num(gbps)} GB/s",
+                    fontsize=8, color="#444444", ha="left", va="top")
+    groups: Dict[float, list] = {}
+    for p in pts:
+        groups.setdefault(round(p["intensity"] or 1.0, 3), []).append(p["kernel"])
+    for p in pts:
+        x = p["intensity"] or 1.0
+        grp = groups[round(x, 3)]
+        x *= 1.15 ** (grp.index(p["kernel"]) - (len(grp) - 1) / 2)
+        c = kernel_color(p["kernel"])
+        ref = p["kernel"] == "cublas"
+        ax.plot([x, x], [p["measured_gflops"], p["predicted_gflops"]], color=c, linewidth=1, alpha=0.7)
+        ax.plot(x, p["predicted_gflops"], marker="s" if ref else "o", markerfacecolor="white", markeredgecolor=c,
+                markersize=8, linestyle="none")
+        ax.plot(x, p["measured_gflops"], marker="s" if ref else "o", color=c, markersize=8, linestyle="none",
+                label=f"{p['kernel']} (n={p['n']}): {_num(p['measured_gflops'])} of {_num(p['predicted_gflops'])}")
+    ax.plot([], [], marker="o", markerfacecolor="white", markeredgecolor="black", linestyle="none",
+            label="hollow: roofline prediction")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(x_lo, x_hi)
+    ys = [p["measured_gflops"] for p in pts] + [top]
+    ax.set_ylim(min(ys) / 3, top * 2.5)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    ax.set_xlabel("arithmetic intensity (flop per byte, from the memory level that limits most)")
+    ax.set_ylabel("speed (GFLOP/s)")
+    ax.set_title(f"Roofline of the GPU, measured, with every CUDA rung on it\n{gpu['device']}, "
+                 f"{gpu['multiprocessors']} SMs", fontsize=11)
+    ax.grid(True, which="major", alpha=0.25)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="measured GFLOP/s of roof")
+    return _save(fig, path)
+
+
+def plot_train_sweep(doc: dict, path) -> str:
+    """ms per training step against batch size: the CPU back ends at all cores,
+    the GPU with the batch copied every step and with the data resident."""
+    sw = doc["sweep"]
+    fig = Figure(figsize=(8.8, 5.2), layout="constrained")
+    ax = fig.subplots()
+    styles = {"cuda, copied": dict(color="#2b6f2b", linestyle="--", marker="s"),
+              "cuda, resident": dict(color="#2b6f2b", linestyle="-", marker="s")}
+    for ser in sw["series"]:
+        pts = ser["points"]
+        if not pts:
+            continue
+        st = styles.get(ser["label"], dict(color=kernel_color(ser["backend"]), linestyle="-", marker="o"))
+        lbl = ser["label"] + (f" ({ser['threads']} threads)" if ser["device"] == "cpu" else "")
+        ax.plot([p["batch"] for p in pts], [1e3 * p["step_s"] for p in pts], label=lbl, linewidth=2, **st)
+    summ = sw["summary"]
+    for key, what in (("resident", "GPU (resident) overtakes"), ("copied", "GPU (copied) overtakes")):
+        b = summ.get(f"overtakes_{key}")
+        if b:
+            ax.axvline(b, color="#2b6f2b", alpha=0.3, linestyle=":" if key == "copied" else "-")
+            ax.text(b * 1.05, 0.98 if key == "resident" else 0.86, f"{what}\nat batch {b}",
+                    transform=ax.get_xaxis_transform(), fontsize=8, va="top", color="#2b6f2b")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(sw["batches"])
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v)}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("time per training step (ms, log scale)")
+    ax.set_title(f"Where the GPU wins: one training step of the MLP {sw['layers']} by batch size\n"
+                 + _cpu_title(doc), fontsize=11)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
     return _save(fig, path)
 
 

@@ -197,7 +197,7 @@ def _info_section(doc: dict) -> List[Block]:
 def _ladder_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
     s = doc["summary"]
     rows = s["rows"]
-    cpu_rows = [r for r in rows if not r["reference"]]
+    cpu_rows = [r for r in rows if not r["reference"] and r.get("device", "cpu") == "cpu"]
     blocks: List[Block] = [("h2", f"{num}. The ladder: one idea per rung")]
     f1 = plots.plot_ladder(doc, out / "ladder.png")
     f2 = plots.plot_ladder_steps(doc, out / "ladder_steps.png")
@@ -217,6 +217,12 @@ def _ladder_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
             cap += (f", and {_g(sp['ratio'])} times the speed of the {sp['slowest']} loop "
                     f"({_g(cpu_rows[0]['gflops'])} GFLOP/s at n = {sp['slowest_n']})")
         cap += ". "
+    gpu_rows = [r for r in rows if r.get("device") == "cuda"]
+    if gpu_rows and peak.get("gpu_gflops"):
+        cap += (f"The CUDA rungs and cuBLAS ran on the GPU ({peak.get('gpu_device', 'GPU')}) at n = "
+                f"{', '.join(map(str, doc['params'].get('gpu_sizes') or []))}, with the data already in GPU memory; "
+                f"their % of peak is against the GPU's measured float32 FMA peak of {_g(peak['gpu_gflops'])} "
+                "GFLOP/s. ")
     refs = [r for r in rows if r["reference"]]
     if refs:
         cap += "Dashed lines are references: " + "; ".join(
@@ -230,7 +236,7 @@ def _ladder_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
         step = (f"x{_g(r['speedup_prev'])} over {r['prev']} (n={r['speedup_n']})" if "speedup_prev" in r else "")
         table.append((r["kernel"], summary, str(r["n"]), _g(r["gflops"]), step, _pct(r["pct_peak"])))
     blocks.append(("table", ("kernel", "what it adds", "largest n", "GFLOP/s", "speed-up", "% of peak"), table))
-    steps = [r for r in cpu_rows if "speedup_prev" in r]
+    steps = [r for r in rows if not r["reference"] and "speedup_prev" in r]
     if steps:
         big = max(steps, key=lambda r: r["speedup_prev"])
         slow = [r for r in steps if r["speedup_prev"] < 1]
@@ -253,7 +259,7 @@ def _ladder_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
 
 def _roofline_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
     roofs = doc["roofs"]
-    pts = doc["points"]
+    pts = [p for p in doc["points"] if p.get("device", "cpu") == "cpu"]  # the GPU's are in the GPU section
     figs.append(plots.plot_roofline(doc, out / "roofline.png"))
     c, bw = roofs["compute"], roofs["bandwidth"]["1"]
     T = roofs.get("threads", 1)
@@ -398,21 +404,183 @@ def _train_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
     return blocks
 
 
-def _gpu_section(docs: Dict[str, dict], num: int) -> List[Block]:
-    """What the measurements imply for a GPU, from public figures (marked so)."""
+def _gpu_section(docs: Dict[str, dict], out: Path, figs: list, num: int) -> List[Block]:
+    """The GPU, measured on this machine when one was usable; otherwise what
+    the CPU measurements imply for one, from public figures (marked so)."""
+    roofline = docs.get("roofline", {})
+    gpu = roofline.get("gpu_roofs")
+    gsum = (docs.get("ladder", {}).get("summary") or {}).get("gpu")
+    sweep = docs.get("train", {}).get("sweep")
+    has_sweep = bool(sweep and any(s["device"] == "cuda" and s["points"] for s in sweep["series"]))
+    if gpu or gsum or has_sweep:
+        return _gpu_measured(docs, gpu, gsum, sweep if has_sweep else None, out, figs, num)
+    return _gpu_public(docs, num)
+
+
+def _gpu_measured(docs, gpu, gsum, sweep, out: Path, figs: list, num: int) -> List[Block]:
+    blocks: List[Block] = [("h2", f"{num}. The GPU, measured on this machine")]
+    roof = docs.get("roofline", {}).get("roofs")
+    cpu_peak = roof["compute"]["simd_all"] if roof else (docs.get("ladder", {}).get("peak") or {}).get("gflops_all")
+    name = (gpu or {}).get("device") or (docs.get("ladder", {}).get("peak") or {}).get("gpu_device") or "the GPU"
+    if (gpu or {}).get("emulated") or "emulated" in str(name).lower():
+        blocks.append(("p", "Caution: this 'GPU' is whygpu's CPU emulation of CUDA (tests/cuda_emu), which runs "
+                            "the CUDA kernels as CPU threads to check them without a GPU. Its figures test the "
+                            "measuring and reporting, and say nothing about a real GPU."))
+    text = ("A GPU is the same two ideas as the CPU ladder, taken much further: thousands of SIMD lanes in "
+            "more than a hundred multiprocessors (SMs) instead of a few cores, and memory bandwidth to feed them. ")
+    rows = []
+    if gpu:
+        text += (f"Measured here, {name} ({gpu['multiprocessors']} SMs) runs float32 fused multiply-adds at "
+                 f"{_g(gpu['fma_gflops'])} GFLOP/s")
+        if cpu_peak:
+            text += f", x{_g(gpu['fma_gflops'] / cpu_peak)} this CPU's {_g(cpu_peak)} GFLOP/s on all its cores"
+        text += (f", and moves {_g(gpu['bandwidth']['DRAM'])} GB/s to and from its own memory. Data reach it over a "
+                 f"bus: {_g(gpu['host']['h2d']['pinned'])} GB/s host to device from pinned memory, "
+                 f"{_g(gpu['host']['h2d']['pageable'])} GB/s from ordinary (pageable) memory. ")
+        rows += [("float32 FMA peak (probe)", f"{_g(gpu['fma_gflops'])} GFLOP/s"),
+                 ("device memory bandwidth (copy, read + write)", f"{_g(gpu['bandwidth']['DRAM'])} GB/s"),
+                 ("L2 cache bandwidth (copy, read + write)", f"{_g(gpu['bandwidth']['L2'])} GB/s")]
+        mib = gpu["bytes"]["host_copy"] >> 20
+        for d, label in (("h2d", "host -> device"), ("d2h", "device -> host")):
+            h = gpu["host"][d]
+            rows.append((f"{label}, {mib} MiB: pageable / pinned / staged through pinned",
+                         f"{_g(h['pageable'])} / {_g(h['pinned'])} / {_g(h['staged'])} GB/s"))
+    if gsum:
+        rows.append((f"best CUDA rung ({gsum['best']}, n = {gsum['n']})",
+                     f"{_g(gsum['gflops'])} GFLOP/s ({_pct(gsum.get('pct_peak'))} of the measured peak)"))
+        if "vs_cublas" in gsum:
+            rows.append((f"cuBLAS (n = {gsum['cublas_n']}), through CuPy/PyTorch, strict float32",
+                         f"{_g(gsum['cublas_gflops'])} GFLOP/s; {gsum['best']} is {_pct(100 * gsum['vs_cublas'])} "
+                         "of it"))
+        else:
+            rows.append(("cuBLAS", "not measured (neither CuPy nor PyTorch reached the GPU)"))
+        if "vs_cpu" in gsum:
+            rows.append((f"{gsum['best']} over the best CPU rung ({gsum['best_cpu']}), n = {gsum['vs_cpu_n']}",
+                         f"x{_g(gsum['vs_cpu'])}"))
+        text += (f"The best hand-written CUDA rung, {gsum['best']}, reached {_g(gsum['gflops'])} GFLOP/s at n = "
+                 f"{gsum['n']}" + (f", {_pct(100 * gsum['vs_cublas'])} of NVIDIA's cuBLAS" if "vs_cublas" in gsum
+                                   else "") + ". ")
+    if sweep:
+        sm = sweep["summary"]
+        if "at_batch" in sm:
+            b = sm["at_batch"]
+            if "speedup_resident" in sm:
+                rows.append((f"training step, batch {b}: GPU (data resident) over the best CPU back end",
+                             f"x{_g(sm['speedup_resident'])}"))
+            if "speedup_copied" in sm:
+                rows.append((f"training step, batch {b}: GPU (batch copied every step) over the best CPU",
+                             f"x{_g(sm['speedup_copied'])}"))
+            if "copy_share" in sm:
+                rows.append((f"share of the copied step spent copying the batch, batch {b}",
+                             _pct(100 * sm["copy_share"])))
+    blocks.append(("p", text.strip()))
+    if rows:
+        blocks.append(("table", ("measured on this machine", "value"), rows))
+    if gpu and any(p.get("device") == "cuda" for p in docs["roofline"].get("points", [])):
+        blocks += _gpu_roofline(docs["roofline"], out, figs)
+    if sweep:
+        blocks += _gpu_sweep(docs["train"], out, figs)
+    return blocks
+
+
+def _gpu_roofline(doc: dict, out: Path, figs: list) -> List[Block]:
+    gpu = doc["gpu_roofs"]
+    pts = [p for p in doc["points"] if p.get("device") == "cuda"]
+    figs.append(plots.plot_roofline_gpu(doc, out / "roofline_gpu.png"))
+    best = max(pts, key=lambda p: p["measured_gflops"])
+    first = min(pts, key=lambda p: p["measured_gflops"])
+    cap = (f"The GPU's roofs, measured by compiled probes (csrc/cuda/probe.cu): {_g(gpu['fma_gflops'])} GFLOP/s of "
+           f"float32 FMA, {_g(gpu['bandwidth']['DRAM'])} GB/s from device memory and {_g(gpu['bandwidth']['L2'])} "
+           f"GB/s from the L2 cache. Each CUDA rung sits at the intensity its tiles give it (flop per byte asked of "
+           f"L2). Hollow markers are the model's predictions, filled ones the measurements: {best['kernel']} reached "
+           f"{_g(best['measured_gflops'])} GFLOP/s at n = {best['n']}, {_pct(100 * best['fraction_of_roof'])} of its "
+           f"predicted speed; {first['kernel']} {_g(first['measured_gflops'])} GFLOP/s, "
+           f"{_pct(100 * first['fraction_of_roof'])}. Each rung reuses every load over a bigger tile, which moves it "
+           "right, off the bandwidth slopes and under the compute roof.")
+    table = [(p["kernel"], str(p["n"]), p["bound"],
+              _g(p["intensity"]) + (f" ({p['intensity_level']})" if p.get("intensity_level") else ""),
+              _ms(p["predicted_s"]), _ms(p["measured_s"]), _pct(100 * p["fraction_of_roof"])) for p in pts]
+    return [("fig", "roofline_gpu.png", cap),
+            ("table", ("kernel", "n", "bound", "flop/byte", "predicted", "measured", "of predicted speed"), table),
+            ("p", "Why each rung sits where it does:"),
+            ("ul", [why_below(p["kernel"], p["fraction_of_roof"]) for p in pts])]
+
+
+def _gpu_sweep(doc: dict, out: Path, figs: list) -> List[Block]:
+    sw = doc["sweep"]
+    sm = sw["summary"]
+    figs.append(plots.plot_train_sweep(doc, out / "train_sweep.png"))
+    rows = {r["batch"]: r for r in sm["rows"]}
+    cap = (f"One training step of the MLP {sw['layers']} (forward, backward, SGD update) against the batch size, "
+           f"median of {sw['steps']} steps: the CPU back ends on all {sw['threads']} threads, the GPU with the batch "
+           "copied from host memory every step, and the GPU with the data already in its memory. ")
+    for key, what in (("resident", "with the data resident"), ("copied", "with the batch copied every step")):
+        if any(f"speedup_{key}" in r for r in sm["rows"]):
+            b = sm.get(f"overtakes_{key}")
+            if b:
+                r = rows[b]
+                cap += (f"The GPU {what} overtakes the best CPU back end at batch {b} "
+                        f"({_ms(r[f'{key}_s'])} against {_ms(r['best_cpu_s'])} on {r['best_cpu']}). ")
+            else:
+                cap += f"The GPU {what} never overtook the best CPU back end in this sweep. "
+    if "at_batch" in sm:
+        b = sm["at_batch"]
+        parts = []
+        if "speedup_resident" in sm:
+            parts.append(f"x{_g(sm['speedup_resident'])} with the data resident")
+        if "speedup_copied" in sm:
+            parts.append(f"x{_g(sm['speedup_copied'])} with the batch copied")
+        if parts:
+            cap += f"At batch {b} the GPU is " + " and ".join(parts) + f" the speed of {sm.get('best_cpu', 'the CPU')}"
+            cap += (f"; copying the batch takes {_pct(100 * sm['copy_share'])} of the copied step. "
+                    if "copy_share" in sm else ". ")
+    if "largest_batch" in sm and sm["largest_batch"] != sm.get("at_batch"):
+        parts = [f"x{_g(sm[k + '_largest'])} {w}" for k, w in (("speedup_resident", "resident"),
+                                                              ("speedup_copied", "copied"))
+                 if k + "_largest" in sm]
+        if parts:
+            cap += f"At batch {sm['largest_batch']}: " + ", ".join(parts)
+            cap += (f", copies {_pct(100 * sm['copy_share_largest'])} of the copied step. "
+                    if "copy_share_largest" in sm else ". ")
+    cap += ("Small batches leave most of the GPU idle and pay a fixed cost per kernel launch, so the CPU wins "
+            "there: batch your operations. Copies over the bus cost the same per sample at every batch size, "
+            "so keeping data on the GPU matters most where the GPU is fastest: minimise CPU-GPU transfers.")
+    table = []
+    for b in sw["batches"]:
+        r = rows.get(b, {})
+        table.append((str(b), _ms(r["best_cpu_s"]) + f" ({r['best_cpu']})" if "best_cpu_s" in r else "skipped",
+                      _ms(r["copied_s"]) if "copied_s" in r else "skipped",
+                      _ms(r["resident_s"]) if "resident_s" in r else "skipped",
+                      f"x{_g(r['speedup_copied'])}" if "speedup_copied" in r else "",
+                      f"x{_g(r['speedup_resident'])}" if "speedup_resident" in r else "",
+                      _pct(100 * r["copy_share"]) if "copy_share" in r else ""))
+    blocks = [("fig", "train_sweep.png", cap.strip()),
+              ("table", ("batch", "best CPU", "GPU, copied", "GPU, resident", "speed-up copied", "speed-up resident",
+                         "copy share"), table)]
+    if sw.get("skipped"):
+        blocks.append(("p", "Not measured (over the time budget; --all runs them): " +
+                       "; ".join(f"{x['series']} at batch {x['batch']}" for x in sw["skipped"]) + "."))
+    return blocks
+
+
+def _gpu_public(docs: Dict[str, dict], num: int) -> List[Block]:
+    """No GPU was usable: what the measurements imply for one, from public figures (marked so)."""
     roof = docs.get("roofline", {}).get("roofs")
     peak = roof["compute"]["simd_all"] if roof else docs.get("ladder", {}).get("peak", {}).get("gflops_all")
     if not peak:
         return []
     g = GPU_PUBLIC
     ratio = g["sgemm_gflops"] / peak
-    blocks: List[Block] = [("h2", f"{num}. What this means for a GPU")]
-    text = (f"This machine's measured peak is {_g(peak)} GFLOP/s. Public figures for an {g['name']} (not measured "
-            f"here): about {g['fp32_peak_gflops'] / 1000:.0f} TFLOP/s fp32 peak, about {g['sgemm_gflops'] / 1000:.0f} "
-            f"TFLOP/s in cuBLAS SGEMM, {g['bandwidth_gbps'] / 1000:.2f} TB/s of memory bandwidth -- roughly "
-            f"x{_g(ratio)} this CPU on matrix multiplication. It gets there with the same ideas as the ladder above, "
-            "scaled up: thousands of SIMD lanes instead of 16, more than a hundred cores instead of a few, and "
-            "memory bandwidth to feed them.")
+    why = next((d.get("machine", {}).get("cuda", {}).get("reason") for d in docs.values()
+                if d.get("machine", {}).get("cuda", {}).get("reason")), None)
+    blocks: List[Block] = [("h2", f"{num}. What this means for a GPU (public figures, not measured here)")]
+    text = ("No GPU was usable on this machine" + (f" ({why})" if why else "") + ", so this section uses public "
+            f"figures, not measurements. This machine's measured peak is {_g(peak)} GFLOP/s. Public figures for an "
+            f"{g['name']}: about {g['fp32_peak_gflops'] / 1000:.0f} TFLOP/s fp32 peak, about "
+            f"{g['sgemm_gflops'] / 1000:.0f} TFLOP/s in cuBLAS SGEMM, {g['bandwidth_gbps'] / 1000:.2f} TB/s of memory "
+            f"bandwidth -- roughly x{_g(ratio)} this CPU on matrix multiplication. It gets there with the same ideas as "
+            "the ladder above, scaled up: thousands of SIMD lanes instead of 16, more than a hundred cores instead "
+            "of a few, and memory bandwidth to feed them.")
     runs = [r for r in docs.get("train", {}).get("runs", []) if not r.get("skipped")]
     if runs:
         r = min(runs, key=lambda x: x["step_s"])
@@ -567,7 +735,7 @@ def build_report(docs: Dict[str, dict], out_dir, *, extra_blocks: Optional[List[
     if "train" in docs:
         blocks += _train_section(docs["train"], out, figs, num)
         num += 1
-    gpu = _gpu_section(docs, num)
+    gpu = _gpu_section(docs, out, figs, num)
     if gpu:
         blocks += gpu
         num += 1

@@ -38,7 +38,8 @@ except ImportError as exc:  # pragma: no cover - only on a broken build
 else:
     _probe_error = None
 
-__all__ = ["measure_machine", "fma_peaks", "run_roofline", "prediction_error", "kernel_model", "COMPUTE_ROOFS", "KERNEL_ROOF", "level_for"]
+__all__ = ["measure_machine", "fma_peaks", "run_roofline", "prediction_error", "kernel_model", "gpu_kernel_model",
+           "COMPUTE_ROOFS", "KERNEL_ROOF", "GPU_TRAFFIC", "level_for"]
 
 # The compute roofs, with what each one stands for (shown in the report).
 COMPUTE_ROOFS = {
@@ -47,6 +48,7 @@ COMPUTE_ROOFS = {
     "simd_baseline": "SIMD with the compiler's baseline ISA (SSE2 multiply + add, no FMA), 1 core",
     "simd_1t": "SIMD fused multiply-add at the chosen ISA, 12 chains, 1 core: this core's peak",
     "simd_all": "SIMD fused multiply-add at the chosen ISA on every core: this machine's peak",
+    "gpu_fma": "float32 fused multiply-add on every lane of every SM of the GPU (csrc/cuda/probe.cu)",
 }
 
 # Which compute roof each rung can honestly use, and why.
@@ -58,6 +60,25 @@ KERNEL_ROOF = {
     "blocked": "simd_baseline",
     "packed": "simd_1t",     # hand-written FMA micro-kernel at the chosen ISA, one core
     "openmp": "simd_all",    # the same on every core
+}
+
+# The CUDA rungs on the GPU's roofline: every rung's compute roof is the
+# measured float32 FMA peak; what differs is how many bytes it asks of the
+# L2 cache per multiply-add (what leaves the SM after the L1 cache), set by
+# the tile of C over which one load of A or B is reused:
+#     bytes per FMA = 4 * (1 / BM + 1 / BN)   (a BM x BN tile of C per block)
+# plus the compulsory traffic from DRAM (each matrix once).  Values from the
+# tile sizes in csrc/cuda/*.cu; the text says where each comes from.
+GPU_TRAFFIC = {
+    "cuda_naive": (4.0 + 4.0 / 32, "a warp reads A 32 rows apart: one 32-byte sector per row, reused over 8 "
+                                   "steps of k from L1 (4 B per FMA), B broadcast"),
+    "cuda_coalesced": (4.0 * (1 / 32 + 1 / 32), "rows of B shared through L1 by the 32 warps of a 32 x 32 block, "
+                                                 "A broadcast: as a 32 x 32 tile"),
+    "cuda_smem": (4.0 * (1 / 32 + 1 / 32), "32 x 32 tiles in shared memory: each load used 32 times"),
+    "cuda_1d_tiling": (4.0 * (1 / 64 + 1 / 64), "64 x 64 block tiles: each load used 64 times"),
+    "cuda_2d_tiling": (4.0 * (1 / 128 + 1 / 128), "128 x 128 block tiles: each load used 128 times"),
+    "cuda_vectorized": (4.0 * (1 / 128 + 1 / 128), "128 x 128 block tiles: each load used 128 times"),
+    "cuda_warptile": (4.0 * (1 / 128 + 1 / 128), "128 x 128 block tiles: each load used 128 times"),
 }
 
 # Tile sizes of rung 5, copied from csrc/05_blocked.cpp (BI, BK, BJ).
@@ -267,6 +288,10 @@ def kernel_model(kernel: str, m: int, n: int, k: int, machine: dict, *,
     """
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if kernel in GPU_TRAFFIC or kernel == "cublas":
+        if not machine.get("gpu"):
+            raise ValueError(f"{kernel!r} runs on the GPU: its model needs the GPU's roofs (measure_machine(gpu=True))")
+        return gpu_kernel_model(kernel, m, n, k, machine["gpu"])
     s = 4 if dtype == "float32" else 8
     info = cpu_info()
     blocking = info.get("blocking", {}).get(dtype, {"mr": 8, "nr": 32, "kc": 256, "nc": 512})
@@ -306,6 +331,35 @@ def kernel_model(kernel: str, m: int, n: int, k: int, machine: dict, *,
     }
 
 
+def gpu_kernel_model(kernel: str, m: int, n: int, k: int, gpu: dict) -> dict:
+    """The roofline's prediction for a CUDA rung (or ``cublas``) on an (m, k) @
+    (k, n) float32 product, from the GPU's measured roofs (:func:`whygpu.bench.gpu.measure_gpu`):
+    time = max(flops / FMA peak, L2 bytes / L2 bandwidth, DRAM bytes / DRAM bandwidth).
+    The same fields as :func:`kernel_model`."""
+    flops = 2.0 * m * n * k
+    compute = float(gpu["fma_gflops"])
+    bw = gpu["bandwidth"]
+    traffic = []
+    if kernel in GPU_TRAFFIC:
+        per_fma, what = GPU_TRAFFIC[kernel]
+        nbytes = per_fma * m * n * k
+        traffic.append({"level": "L2", "bytes": nbytes, "gbps": bw["L2"], "seconds": nbytes / (bw["L2"] * 1e9),
+                        "what": what})
+    compulsory = 4.0 * (m * k + k * n + m * n)
+    traffic.append({"level": "DRAM", "bytes": compulsory, "gbps": bw["DRAM"],
+                    "seconds": compulsory / (bw["DRAM"] * 1e9), "what": "A, B and C from device memory once"})
+    t_compute = flops / (compute * 1e9) if flops else 0.0
+    worst = max(traffic, key=lambda t: t["seconds"])
+    predicted = max(t_compute, worst["seconds"])
+    return {
+        "kernel": kernel, "m": m, "n": n, "k": k, "dtype": "float32", "flops": flops, "device": "cuda",
+        "compute_roof": "gpu_fma", "compute_gflops": compute, "traffic": traffic,
+        "intensity": flops / worst["bytes"] if worst["bytes"] else None, "intensity_level": worst["level"],
+        "predicted_s": predicted, "predicted_gflops": flops / predicted / 1e9 if predicted else None,
+        "bound": "compute" if t_compute >= worst["seconds"] else worst["level"],
+    }
+
+
 # --------------------------------------------------------------------------
 # `whygpu roofline`: the machine's roofs and every kernel measured against them
 # --------------------------------------------------------------------------
@@ -320,12 +374,17 @@ def prediction_error(predicted_s: float, measured_s: float) -> float:
 def run_roofline(*, n: int = 1024, kernels=None, dtype: str = "float32", threads: Optional[int] = None,
                  repeats: int = 5, budget: float = 2.0, force: bool = False, quick: bool = False,
                  machine: Optional[dict] = None, ladder: Optional[dict] = None, progress: bool = False,
-                 log=lambda s: None) -> dict:
+                 gpu: Optional[dict] = None, gpu_n: int = 4096, log=lambda s: None) -> dict:
     """Measure the roofs (unless ``machine`` is given) and each kernel at n x n x n.
 
     A kernel predicted to take longer than ``budget`` at n is measured at the
     largest n / 2^j that fits (with a note), so every rung gets a point.
     Measurements found in a ``ladder`` document are reused, not repeated.
+
+    Where a GPU is usable, its roofs are measured too (unless ``gpu`` is
+    given: :func:`whygpu.bench.gpu.measure_gpu`) and the CUDA rungs (and
+    cuBLAS, when CuPy or PyTorch can reach the GPU) are placed on them at
+    ``gpu_n`` (or the largest size that fits the budget).
     """
     from .bench.ladder import measure_matmul, resolve_kernels, scout, threads_used
     from .bench.machine import machine_info
@@ -342,49 +401,61 @@ def run_roofline(*, n: int = 1024, kernels=None, dtype: str = "float32", threads
     t_start = time.perf_counter()
     if machine is None:
         machine = measure_machine(threads, quick=quick)
-    names = [k for k in resolve_kernels(kernels, threads)
-             if k.startswith("numpy-") or KERNELS[k].device == "cpu"]
+    from .bench.gpu import measure_gpu
+    all_names = resolve_kernels(kernels, threads, gpu=True)
+    names = [k for k in all_names if k.startswith("numpy-") or KERNELS[k].device == "cpu"]
+    gpu_names = [k for k in all_names if k not in names] if dtype == "float32" else []  # the GPU rungs: float32
+    if gpu_names and gpu is None:
+        gpu = measure_gpu(quick=quick)
+    if gpu is None:
+        gpu_names = []
+    if isinstance(gpu_n, bool) or int(gpu_n) < 1:
+        raise ValueError(f"gpu_n must be a positive integer, got {gpu_n}")
+    gpu_n = int(gpu_n)
+    gmachine = {**machine, "gpu": gpu} if gpu else machine
     reuse = {}
     if ladder is not None and ladder.get("params", {}).get("dtype") == dtype:
         for rec in ladder.get("measurements", []):
-            if rec["n"] <= n and rec["m"] == rec["n"] == rec["k"]:
+            if rec["n"] <= (gpu_n if rec["kernel"] in gpu_names else n) and rec["m"] == rec["n"] == rec["k"]:
                 if rec["kernel"] not in reuse or rec["n"] > reuse[rec["kernel"]]["n"]:
                     reuse[rec["kernel"]] = rec
     points, notes = [], []
-    with Progress(len(names), "roofline", progress) as bar:
-        for name in names:
+    with Progress(len(names) + len(gpu_names), "roofline", progress) as bar:
+        for name in names + gpu_names:
             bar.show(name, 0.0)
+            on_gpu = name in gpu_names
+            size = gpu_n if on_gpu else n
             rec = reuse.get(name)
-            if rec is None or rec["n"] != n:
-                sc = scout(name, n, n, n, dtype=dtype, threads=threads, budget=budget)
+            if rec is None or rec["n"] != size:
+                sc = scout(name, size, size, size, dtype=dtype, threads=threads, budget=budget)
                 expected = sc["expected_s"]
-                nk, exp_k = n, expected
+                nk, exp_k = size, expected
                 while exp_k > budget and not force and nk > 16:
                     nk //= 2
                     exp_k /= 8
                 if rec is None or rec["n"] < nk:
                     rec = measure_matmul(name, nk, nk, nk, dtype=dtype, threads=threads, repeats=repeats,
                                          budget=budget, expected=exp_k)
-                if rec["n"] != n:
-                    notes.append(f"{name} measured at n={rec['n']}: n={n} would take ~{format_seconds(expected)} "
+                if rec["n"] != size:
+                    notes.append(f"{name} measured at n={rec['n']}: n={size} would take ~{format_seconds(expected)} "
                                  f"per call (budget {format_seconds(budget)}; --all measures it)")
                     log(notes[-1])
             m = rec["n"]
-            model = kernel_model(name, m, m, m, machine, dtype=dtype, threads=threads_used(name, threads))
+            model = kernel_model(name, m, m, m, gmachine, dtype=dtype, threads=threads_used(name, threads))
             # Best sample, like the roofs (best-of too): both say what this
             # machine *can* do, so a sample spoiled by another program does
             # not count against the model.  The median is kept alongside.
             best = rec.get("seconds_min", rec["seconds"])
             points.append({**model, "measured_s": best, "measured_gflops": model["flops"] / best / 1e9,
                            "median_s": rec["seconds"], "samples": rec.get("samples"),
-                           "threads": rec["threads"],
+                           "threads": rec["threads"], "device": "cuda" if on_gpu else "cpu",
                            "error": prediction_error(model["predicted_s"], best),
                            "fraction_of_roof": model["predicted_s"] / best})
             bar.advance()
     return {
         "schema": SCHEMA, "machine": minfo,
-        "params": {"n": n, "kernels": names, "dtype": dtype, "threads": threads, "repeats": repeats,
-                   "budget_s": budget, "force": force, "quick": quick},
-        "roofs": machine, "points": points, "notes": notes,
+        "params": {"n": n, "kernels": names + gpu_names, "dtype": dtype, "threads": threads, "repeats": repeats,
+                   "budget_s": budget, "force": force, "quick": quick, "gpu_n": gpu_n if gpu_names else None},
+        "roofs": machine, "gpu_roofs": gpu, "points": points, "notes": notes,
         "seconds": time.perf_counter() - t_start,
     }

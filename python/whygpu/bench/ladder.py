@@ -14,14 +14,15 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from .. import available_kernels
-from .._registry import KERNELS, get_kernel
+from .._registry import KERNELS, KernelUnavailableError, get_kernel
 from .._threads import check_threads, get_num_threads
 from ..roofline import fma_peaks
 from .machine import cuda_status, machine_info
 from .measure import Estimator, blas_threads, format_seconds, gflops, matmul_flops, time_call
 from .progress import Progress
 
-__all__ = ["SCHEMA", "run_ladder", "measure_matmul", "calibrate", "scout", "threads_used", "resolve_kernels", "ladder_summary", "pct_of_peak"]
+__all__ = ["SCHEMA", "run_ladder", "measure_matmul", "calibrate", "scout", "threads_used", "resolve_kernels",
+           "ladder_summary", "pct_of_peak", "series_device"]
 
 SCHEMA = "whygpu.ladder/1"
 _CALIBRATION_N = 32
@@ -31,16 +32,28 @@ def _numpy_refs(threads: int) -> List[str]:
     return ["numpy-1t"] + ([f"numpy-{threads}t"] if threads > 1 else [])
 
 
-def resolve_kernels(names: Optional[Sequence[str]], threads: int, *, references: bool = True) -> List[str]:
+def series_device(name: str) -> str:
+    """'cuda' for the CUDA rungs and the cuBLAS reference, 'cpu' for everything else."""
+    if name == "cublas":
+        return "cuda"
+    kern = KERNELS.get(name)
+    return kern.device if kern is not None else "cpu"
+
+
+def resolve_kernels(names: Optional[Sequence[str]], threads: int, *, references: bool = True,
+                    gpu: bool = True) -> List[str]:
     """The measured series, in ladder order: the requested (or all available)
-    kernels, then NumPy on 1 and all threads, then any CUDA kernels.
-    Unknown names raise ValueError, unusable ones KernelUnavailableError."""
+    kernels, then NumPy on 1 and all threads, then the CUDA kernels where a
+    GPU is usable (``gpu``) and cuBLAS (through CuPy or PyTorch) when one of
+    them reaches the GPU.  Unknown names raise ValueError, unusable ones
+    KernelUnavailableError."""
+    from .gpu import vendor_name
     if names is None or list(names) == ["all"]:
         cpu = [k for k in available_kernels() if KERNELS[k].device == "cpu"]
-        gpu = [k for k in available_kernels() if KERNELS[k].device != "cpu"]
-        out = cpu + (_numpy_refs(threads) if references else [])
-        if references and cuda_status().get("available"):
-            out += gpu
+        gpu_k = [k for k in available_kernels() if KERNELS[k].device != "cpu"] if gpu else []
+        out = cpu + (_numpy_refs(threads) if references else []) + gpu_k
+        if gpu_k and references and vendor_name():
+            out.append("cublas")
         return out
     out = []
     for name in names:
@@ -48,6 +61,11 @@ def resolve_kernels(names: Optional[Sequence[str]], threads: int, *, references:
             out += [r for r in _numpy_refs(threads) if r not in out]
         elif name.startswith("numpy-") and name.endswith("t") and name[6:-1].isdigit():
             out.append(name)
+        elif name == "cublas":
+            if vendor_name() is None:
+                raise KernelUnavailableError("'cublas' needs CuPy or PyTorch with a usable GPU (neither is here)")
+            if name not in out:
+                out.append(name)
         else:
             get_kernel(name)  # raises for unknown / unavailable
             if name not in out:
@@ -61,6 +79,12 @@ def _runner(name: str, a, b, c, threads: int):
         t = int(name[6:-1])
         return (lambda: np.matmul(a, b, out=c)), blas_threads(t)
     from .. import matmul
+    if name == "cublas":
+        from .gpu import vendor_runner
+        fn = vendor_runner(a, b)
+        if fn is None:
+            raise KernelUnavailableError("'cublas' needs CuPy or PyTorch with a usable GPU")
+        return fn, None
     kern = KERNELS[name]
     if kern.device == "cuda":
         return _cuda_runner(name, a, b, c), None
@@ -122,8 +146,7 @@ def measure_matmul(name: str, m: int, n: int, k: int, *, dtype: str = "float32",
     fn, ctx = _runner(name, a, b, c, threads)
     tm = _measure(fn, ctx, repeats=repeats, budget=budget, expected=expected)
     flops = matmul_flops(m, n, k)
-    rec = {"kernel": name, "m": m, "n": n, "k": k, "dtype": dtype,
-           "device": KERNELS[name].device if name in KERNELS else "cpu",
+    rec = {"kernel": name, "m": m, "n": n, "k": k, "dtype": dtype, "device": series_device(name),
            "threads": threads_used(name, threads), "flops": flops, "gflops": gflops(flops, tm.median)}
     rec.update(tm.as_dict())
     return rec
@@ -173,37 +196,50 @@ def _cost(expected: Optional[float], repeats: int, budget: float) -> float:
 def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None, dtype: str = "float32",
                threads: Optional[int] = None, repeats: int = 5, budget: float = 2.0, force: bool = False,
                references: bool = True, progress: bool = False, quick_peak: bool = False,
-               peak: Optional[dict] = None,
+               peak: Optional[dict] = None, gpu_sizes: Optional[Sequence[int]] = None,
                log: Callable[[str], None] = lambda s: None, seed: int = 0) -> dict:
     """Measure the ladder; returns the ``whygpu.ladder/1`` document.
 
     sizes: square sizes n (m = n = k); budget: seconds per measurement (a
     call predicted to take longer is skipped unless ``force``); peak: FMA
-    peaks already measured (:func:`whygpu.roofline.fma_peaks`), else measured here.
+    peaks already measured (:func:`whygpu.roofline.fma_peaks`, plus
+    ``gpu_gflops`` from :func:`whygpu.bench.gpu.gpu_peak`), else measured here.
+    gpu_sizes: the sizes for the GPU series (default: ``sizes``) -- a GPU
+    needs n in the thousands before its launch overheads stop mattering.
     """
     sizes = sorted({int(n) for n in sizes})
     if not sizes or sizes[0] < 1:
         raise ValueError(f"sizes must be positive integers, got {sizes}")
+    gpu_sizes = sizes if gpu_sizes is None else sorted({int(n) for n in gpu_sizes})
+    if not gpu_sizes or gpu_sizes[0] < 1:
+        raise ValueError(f"gpu_sizes must be positive integers, got {gpu_sizes}")
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     threads = get_num_threads() if threads is None else check_threads(threads)
     names = resolve_kernels(kernels, threads, references=references)
     if dtype != "float32":  # the GPU rungs are float32 only
-        names = [k for k in names if k.startswith("numpy-") or KERNELS[k].device == "cpu"]
+        names = [k for k in names if series_device(k) == "cpu"]
+    gpu_names = [k for k in names if series_device(k) == "cuda"]
     rng = np.random.default_rng(seed)
     est = Estimator()
     minfo = machine_info()  # before measuring: how busy the machine was when we started
     t_start = time.perf_counter()
 
     # Calibrate every series at a tiny size: the first estimate, and a warm-up.
-    n0 = min(_CALIBRATION_N, sizes[0])
     for name in names:
+        n0 = min(_CALIBRATION_N, (gpu_sizes if name in gpu_names else sizes)[0])
         est.record(name, matmul_flops(n0, n0, n0), calibrate(name, dtype=dtype, threads=threads, n=n0))
 
     if peak is None:
         peak = fma_peaks(threads, quick=quick_peak)
+    if gpu_names and not peak.get("gpu_gflops"):
+        from .gpu import gpu_peak
+        g = gpu_peak(quick=True)
+        if g:
+            peak = {**peak, "gpu_gflops": g["fma_gflops"], "gpu_device": g["device"]}
     measurements, skipped = [], []
-    plan = [(n, name) for n in sizes for name in names]
+    plan = ([(n, name) for n in sizes for name in names if name not in gpu_names] +
+            [(n, name) for n in gpu_sizes for name in gpu_names])
 
     def remaining(i):
         return sum(_cost(est.predict(nm, matmul_flops(n, n, n)), repeats, budget)
@@ -230,8 +266,7 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
             fn, ctx = _runner(name, a, b, c, threads)
             tm = _measure(fn, ctx, repeats=repeats, budget=budget, expected=expected)
             est.record(name, flops, tm.median)
-            rec = {"kernel": name, "n": n, "m": n, "k": n, "dtype": dtype,
-                   "device": KERNELS[name].device if name in KERNELS else "cpu",
+            rec = {"kernel": name, "n": n, "m": n, "k": n, "dtype": dtype, "device": series_device(name),
                    "threads": threads_used(name, threads), "flops": flops,
                    "gflops": gflops(flops, tm.median)}
             rec.update(tm.as_dict())
@@ -241,7 +276,8 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
     doc = {
         "schema": SCHEMA,
         "machine": minfo,
-        "params": {"sizes": sizes, "kernels": names, "dtype": dtype, "threads": threads,
+        "params": {"sizes": sorted(set(sizes) | (set(gpu_sizes) if gpu_names else set())), "cpu_sizes": sizes,
+                   "gpu_sizes": gpu_sizes if gpu_names else [], "kernels": names, "dtype": dtype, "threads": threads,
                    "repeats": repeats, "budget_s": budget, "force": force},
         "peak": peak,
         "measurements": measurements,
@@ -253,10 +289,13 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
 
 
 def pct_of_peak(rec: dict, peak: dict) -> float:
-    """% of the FMA peak of the cores the measurement used (1 core for the
-    serial rungs, all of them for the parallel ones)."""
-    if rec.get("device", "cpu") != "cpu" or not peak:
+    """% of the FMA peak of what the measurement used: 1 core for the serial
+    rungs, all of them for the parallel ones, the whole GPU for the CUDA ones."""
+    if not peak:
         return float("nan")
+    if rec.get("device", "cpu") != "cpu":
+        g = peak.get("gpu_gflops")
+        return 100.0 * rec["gflops"] / g if g else float("nan")
     p = peak["gflops_1t"] if rec["threads"] <= 1 else peak["gflops_all"] * min(rec["threads"], peak["threads"]) / peak["threads"]
     if rec.get("dtype") == "float64":
         p /= 2  # the peak is measured in float32; a register holds half as many float64
@@ -279,7 +318,7 @@ def ladder_summary(doc: dict) -> dict:
         rec = pts[n_max]
         row = {"kernel": name, "n": n_max, "gflops": rec["gflops"], "seconds": rec["seconds"],
                "threads": rec["threads"], "pct_peak": pct_of_peak(rec, doc.get("peak")),
-               "reference": not (name in KERNELS and KERNELS[name].device == "cpu")}
+               "device": series_device(name), "reference": name not in KERNELS}
         if not row["reference"] and prev is not None:
             common = set(by[prev]) & set(pts)
             if common:
@@ -289,10 +328,35 @@ def ladder_summary(doc: dict) -> dict:
             prev = name
         rows.append(row)
     # The whole span: the best CPU rung over the slowest, at their common size (or extrapolated rates).
-    cpu_rungs = [r for r in rows if not r["reference"]]
+    cpu_rungs = [r for r in rows if not r["reference"] and r["device"] == "cpu"]
     span = None
     if len(cpu_rungs) >= 2:
         first, best = cpu_rungs[0], max(cpu_rungs, key=lambda r: r["gflops"])
         span = {"slowest": first["kernel"], "fastest": best["kernel"],
                 "ratio": best["gflops"] / first["gflops"], "slowest_n": first["n"], "fastest_n": best["n"]}
-    return {"rows": rows, "span": span}
+    return {"rows": rows, "span": span, "gpu": _gpu_summary(by, rows, cpu_rungs)}
+
+
+def _gpu_summary(by: dict, rows: list, cpu_rungs: list) -> Optional[dict]:
+    """The best CUDA rung at its largest size, against cuBLAS and the best CPU
+    rung at the largest size each shares with it; None without GPU series."""
+    gpu_rungs = [r for r in rows if not r["reference"] and r["device"] == "cuda"]
+    if not gpu_rungs:
+        return None
+    n_top = max(r["n"] for r in gpu_rungs)
+    best = max((r for r in gpu_rungs if r["n"] == n_top), key=lambda r: r["gflops"])
+    out = {"best": best["kernel"], "n": best["n"], "gflops": best["gflops"], "pct_peak": best["pct_peak"]}
+    if "cublas" in by:
+        common = set(by["cublas"]) & set(by[best["kernel"]])
+        if common:
+            n_c = max(common)
+            out.update(cublas_n=n_c, cublas_gflops=by["cublas"][n_c]["gflops"],
+                       vs_cublas=by[best["kernel"]][n_c]["gflops"] / by["cublas"][n_c]["gflops"])
+    if cpu_rungs:
+        cpu = max(cpu_rungs, key=lambda r: r["gflops"])
+        common = set(by[cpu["kernel"]]) & set(by[best["kernel"]])
+        out.update(best_cpu=cpu["kernel"], best_cpu_gflops=cpu["gflops"], best_cpu_n=cpu["n"])
+        if common:
+            n_c = max(common)
+            out.update(vs_cpu_n=n_c, vs_cpu=by[best["kernel"]][n_c]["gflops"] / by[cpu["kernel"]][n_c]["gflops"])
+    return out

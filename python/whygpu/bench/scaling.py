@@ -76,9 +76,13 @@ def run_scaling(*, n: int = 1024, threads_list: Optional[Sequence[int]] = None, 
         raise ValueError(f"n must be a positive integer, got {n}")
     n = int(n)
     kern = get_kernel(kernel)
+    if kern.device != "cpu":
+        raise ValueError(f"kernel {kernel!r} runs on the GPU, and scaling measures speed-up against CPU threads; "
+                         f"scale one of: {', '.join(k for k, v in KERNELS.items() if v.parallel and v.available and v.device == 'cpu')} "
+                         "(the GPU's figures are in 'whygpu ladder', 'roofline' and 'train')")
     if not kern.parallel:
         raise ValueError(f"kernel {kernel!r} is not parallel; scaling needs one of: "
-                         f"{', '.join(k for k, v in KERNELS.items() if v.parallel and v.available)}")
+                         f"{', '.join(k for k, v in KERNELS.items() if v.parallel and v.available and v.device == 'cpu')}")
     if threads_list is None:
         threads_list = list(range(1, _cpus_available() + 1))
     threads_list = sorted({check_threads(t) for t in threads_list} | {1})

@@ -24,10 +24,11 @@ from .machine import machine_info
 from .measure import blas_threads, format_seconds
 from .progress import Progress
 
-__all__ = ["SCHEMA", "run_train", "step_timer", "synthetic_clusters", "build_mlp"]
+__all__ = ["SCHEMA", "SWEEP_BATCHES", "run_train", "run_sweep", "step_timer", "synthetic_clusters", "build_mlp"]
 
 SCHEMA = "whygpu.train/1"
 _WARMUP = 2  # untimed steps before the profiled ones: first-touch, scratch buffers
+SWEEP_BATCHES = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 def synthetic_clusters(n: int, features: int = 784, classes: int = 10, seed: int = 0):
@@ -83,7 +84,8 @@ def _estimate_step(backend: str, layers: Sequence[int], batch: int, threads: int
     never run for even one step before we know it fits the budget."""
     from .ladder import scout
     widest = max(zip(layers[:-1], layers[1:]), key=lambda ab: ab[0] * ab[1])
-    name = f"numpy-{threads}t" if backend == "numpy" else backend
+    be = get_backend(backend)
+    name = f"numpy-{threads}t" if backend == "numpy" else getattr(be, "kernel", backend)  # cuda -> its rung
     sc = scout(name, batch, widest[1], widest[0], threads=threads, budget=budget)
     per_flop = sc["expected_s"] / (2.0 * batch * widest[0] * widest[1])
     return per_flop * _step_flops(layers, batch) * 1.2  # + the element-wise work
@@ -126,11 +128,16 @@ def _one_run(backend: str, X, y, Xte, yte, layers, steps: int, batch: int, lr: f
 def run_train(*, steps: int = 30, batch: int = 256, layers: Sequence[int] = (784, 512, 256, 10),
               backends: Optional[Sequence[str]] = None, threads: Optional[int] = None, budget: float = 8.0,
               force: bool = False, lr: float = 0.1, seed: int = 0, progress: bool = False,
+              sweep_batches: Optional[Sequence[int]] = None,
               log: Callable[[str], None] = lambda s: None) -> dict:
     """Train on each back end; returns the ``whygpu.train/1`` document.
 
     ``budget`` is seconds per back end: one whose estimated time for
     ``steps`` steps exceeds it is skipped (with a note) unless ``force``.
+    ``sweep_batches``: the batch sizes of the CPU-versus-GPU sweep
+    (:func:`run_sweep`, the document's ``sweep``); by default
+    :data:`SWEEP_BATCHES` where a GPU is usable and none elsewhere, ``[]``
+    for none.
     """
     steps, batch = check_threads(steps, "steps"), check_threads(batch, "batch")
     layers = [check_threads(w, "layer width") for w in layers]
@@ -154,7 +161,9 @@ def run_train(*, steps: int = 30, batch: int = 256, layers: Sequence[int] = (784
     runs: List[dict] = []
     with Progress(len(names), "train", progress) as bar:
         for name in names:
-            parallel = name == "numpy" or KERNELS[name].parallel
+            be = get_backend(name)
+            on_gpu = getattr(be, "device", "cpu") == "cuda"
+            parallel = name == "numpy" or (not on_gpu and KERNELS[name].parallel)
             use = th if parallel else 1
             bar.show(name, 0.0)
             with _threads(name, th):
@@ -168,11 +177,18 @@ def run_train(*, steps: int = 30, batch: int = 256, layers: Sequence[int] = (784
                     continue
                 rec = _one_run(name, X, y, Xte, yte, layers, steps, batch, lr, seed)
             rec["threads"] = use
+            rec["device"] = "cuda" if on_gpu else "cpu"
             rec["estimated_step_s"] = est
             runs.append(rec)
             bar.advance()
+    sweep = None
+    if sweep_batches is None:
+        sweep_batches = SWEEP_BATCHES if _gpu_backend_usable() else []
+    if sweep_batches:
+        sweep = run_sweep(batches=sweep_batches, layers=layers, threads=th, budget=budget, force=force,
+                          seed=seed, progress=progress, log=log)
     return {
-        "schema": SCHEMA, "machine": minfo,
+        "schema": SCHEMA, "machine": minfo, "sweep": sweep,
         "params": {"steps": steps, "batch": batch, "layers": "-".join(map(str, layers)), "widths": layers,
                    "backends": names, "threads": th, "lr": lr, "optimizer": "SGD", "warmup_steps": _WARMUP,
                    "dataset": f"synthetic: {layers[-1]} Gaussian clusters in {layers[0]} dimensions, "
@@ -196,3 +212,146 @@ def step_timer(*, batch: int = 256, backend: str = "openmp", layers: Sequence[in
         return {"seconds": rec["step_s"], "matmul_share": rec["matmul_share"], "matmul_s": rec["matmul_s"],
                 "other_s": rec["other_s"], "threads": threads}
     return timed
+
+
+# --------------------------------------------------------------------------
+# Where the GPU wins: one MLP step over a sweep of batch sizes, CPU vs GPU
+# --------------------------------------------------------------------------
+def _gpu_backend_usable() -> bool:
+    return "cuda" in nn.backends()
+
+
+def _timed_steps(backend: str, model, loss_fn, opt, xb, yb, steps: int) -> list:
+    """Seconds of each of `steps` training steps (after one untimed step); each
+    ends with the loss read and, on the GPU, the GPU idle -- so a step's time is
+    all of its work, not just the queueing of it."""
+    be = get_backend(backend)
+    sync = getattr(be, "synchronize", None) if getattr(be, "device", "cpu") == "cuda" else None
+
+    def step():
+        logits = model(xb)
+        loss = loss_fn(logits, yb)
+        model.zero_grad()
+        model.backward(loss_fn.backward())
+        opt.step()
+        if sync is not None:
+            sync()
+        return float(loss)
+
+    times = []
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        step()
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_sweep(*, batches: Sequence[int] = SWEEP_BATCHES, layers: Sequence[int] = (784, 512, 256, 10),
+              threads: Optional[int] = None, steps: int = 5, budget: float = 8.0, force: bool = False,
+              seed: int = 0, progress: bool = False, log: Callable[[str], None] = lambda s: None) -> dict:
+    """ms per training step of the MLP over a sweep of batch sizes, for
+
+    * each CPU back end at all cores (``openmp`` and ``numpy``; the faster of
+      the two at each batch is "the best CPU"),
+    * ``cuda, copied``: the batch is a NumPy array, copied to the GPU every step;
+    * ``cuda, resident``: the batch was copied once and stays in GPU memory,
+
+    each measured as the median of ``steps`` unprofiled steps.  ``budget`` is
+    seconds per (series, batch): a point predicted to take longer (from the
+    series' previous batch, or a scouted matmul for its first) is skipped
+    unless ``force``.  Returns the ``sweep`` part of the train document, with
+    a ``summary``: the smallest batch at which the GPU is faster than the best
+    CPU (data copied and data resident), the speed-ups, and the share of the
+    copied step that is the copy ((copied - resident) / copied).
+    """
+    batches = sorted({check_threads(b, "batch") for b in batches})
+    layers = [check_threads(w, "layer width") for w in layers]
+    th = get_num_threads() if threads is None else check_threads(threads)
+    cpu = [b for b in ("openmp", "numpy") if b in nn.backends()]
+    series = [(b, b, False) for b in cpu]
+    if _gpu_backend_usable():
+        series += [("cuda, copied", "cuda", False), ("cuda, resident", "cuda", True)]
+    X, y = synthetic_clusters(batches[-1], layers[0], layers[-1], seed)
+    out_series, skipped = [], []
+    t_start = time.perf_counter()
+    with Progress(len(series) * len(batches), "train sweep", progress) as bar:
+        for label, backend, resident in series:
+            on_gpu = backend == "cuda"
+            pts = []
+            per_flop = None  # seconds per FLOP of the last measured batch
+            with _threads(backend, th):
+                model = build_mlp(layers, backend, seed)
+                loss_fn = nn.CrossEntropyLoss()
+                opt = optim.SGD(model.parameters(), lr=0.01)
+                for b in batches:
+                    bar.show(f"{label} batch {b}", 0.0)
+                    flops = _step_flops(layers, b)
+                    if per_flop is None:
+                        est = _estimate_step(backend, layers, b, 1 if on_gpu else th, budget)
+                    else:
+                        est = per_flop * flops * 1.3
+                    if est * (steps + 1) > budget and not force:
+                        why = f"{steps + 1} steps would take ~{format_seconds(est * (steps + 1))} " \
+                              f"(budget {format_seconds(budget)})"
+                        skipped.append({"series": label, "batch": b, "estimated_step_s": est, "reason": why})
+                        log(f"sweep: skipped {label} at batch {b}: {why}; --all runs it")
+                        bar.advance()
+                        continue
+                    xb, yb = X[:b], y[:b]
+                    if resident:
+                        from .. import cuda as wc
+                        xb, yb = wc.to_device(xb), wc.to_device(yb)
+                    times = _timed_steps(backend, model, loss_fn, opt, xb, yb, steps)
+                    med = float(np.median(times))
+                    per_flop = med / flops
+                    pts.append({"batch": b, "step_s": med, "step_s_min": min(times), "samples_per_s": b / med,
+                                "gflops": flops / med / 1e9})
+                    bar.advance()
+            out_series.append({"label": label, "backend": backend, "resident": resident,
+                               "device": "cuda" if on_gpu else "cpu", "threads": 1 if on_gpu else th,
+                               "points": pts})
+    doc = {"batches": batches, "layers": "-".join(map(str, layers)), "steps": steps, "threads": th,
+           "series": out_series, "skipped": skipped, "budget_s": budget,
+           "seconds": time.perf_counter() - t_start}
+    doc["summary"] = sweep_summary(doc)
+    return doc
+
+
+def sweep_summary(sweep: dict) -> dict:
+    """Best CPU per batch, where the GPU overtakes it, speed-ups and copy shares."""
+    by = {s["label"]: {p["batch"]: p["step_s"] for p in s["points"]} for s in sweep["series"]}
+    cpu_labels = [s["label"] for s in sweep["series"] if s["device"] == "cpu"]
+    rows = []
+    for b in sweep["batches"]:
+        cpu = {lbl: by[lbl][b] for lbl in cpu_labels if b in by[lbl]}
+        row = {"batch": b}
+        if cpu:
+            best = min(cpu, key=cpu.get)
+            row.update(best_cpu=best, best_cpu_s=cpu[best])
+        for key, lbl in (("copied", "cuda, copied"), ("resident", "cuda, resident")):
+            if b in by.get(lbl, {}):
+                row[f"{key}_s"] = by[lbl][b]
+                if cpu:
+                    row[f"speedup_{key}"] = cpu[best] / by[lbl][b]
+        if "copied_s" in row and "resident_s" in row:
+            row["copy_share"] = max(row["copied_s"] - row["resident_s"], 0.0) / row["copied_s"]
+        rows.append(row)
+    out = {"rows": rows}
+    for key in ("copied", "resident"):
+        wins = [r["batch"] for r in rows if r.get(f"speedup_{key}", 0) > 1]
+        out[f"overtakes_{key}"] = wins[0] if wins else None
+    ref = [r for r in rows if "speedup_resident" in r or "speedup_copied" in r]
+    if ref:
+        at = min(ref, key=lambda r: abs(np.log2(r["batch"] / 1024)))  # batch 1024, or the nearest measured
+        out["at_batch"] = at["batch"]
+        for k in ("speedup_copied", "speedup_resident", "copy_share", "best_cpu"):
+            if k in at:
+                out[k] = at[k]
+        big = max(ref, key=lambda r: r["batch"])
+        out["largest_batch"] = big["batch"]
+        for k in ("speedup_copied", "speedup_resident", "copy_share"):
+            if k in big:
+                out[f"{k}_largest"] = big[k]
+    return out
