@@ -191,6 +191,43 @@ _ROOF_LABELS = {
 }
 
 
+def _roof_points(ax, pts: list, x_none: float, is_ref) -> None:
+    """Each kernel at its intensity: measured (filled), predicted (hollow), a
+    line between.  Kernels at the same intensity would hide each other, so a
+    group is spread a little sideways (by a constant factor: the axis is log)."""
+    groups: Dict[float, list] = {}
+    for p in pts:
+        groups.setdefault(round(p["intensity"] or x_none, 3), []).append(p["kernel"])
+    for p in pts:
+        x = p["intensity"] or x_none  # None: all data in L1, no memory roof
+        grp = groups[round(x, 3)]
+        x *= 1.12 ** (grp.index(p["kernel"]) - (len(grp) - 1) / 2)
+        c = kernel_color(p["kernel"])
+        ref = is_ref(p["kernel"])
+        ax.plot([x, x], [p["measured_gflops"], p["predicted_gflops"]], color=c, linewidth=1, alpha=0.7)
+        ax.plot(x, p["predicted_gflops"], marker="s" if ref else "o", markerfacecolor="white", markeredgecolor=c,
+                markersize=8, linestyle="none")
+        ax.plot(x, p["measured_gflops"], marker="s" if ref else "o", color=c, markersize=8, linestyle="none",
+                alpha=0.75 if ref else 1.0,
+                label=f"{p['kernel']} (n={p['n']}): {_num(p['measured_gflops'])} of {_num(p['predicted_gflops'])}")
+    ax.plot([], [], marker="o", markerfacecolor="white", markeredgecolor="black", linestyle="none",
+            label="hollow: roofline prediction")
+
+
+def _roof_axes(ax, x_lo: float, x_hi: float, y_lo: float, y_hi: float, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_lo, y_hi)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    ax.set_xlabel("arithmetic intensity (flop per byte, from the memory level that limits most)")
+    ax.set_ylabel("speed (GFLOP/s)")
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, which="major", alpha=0.25)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="measured GFLOP/s of roof")
+
+
 def plot_roofline(doc: dict, path) -> str:
     """Log-log roofline: horizontal compute roofs, diagonal bandwidth roofs,
     each kernel at its arithmetic intensity, measured (filled) and predicted
@@ -225,37 +262,10 @@ def plot_roofline(doc: dict, path) -> str:
         if x_lo < x_at < x_hi:
             ax.text(x_at * 1.1, y_at, f"{level} {gbps:.0f} GB/s (1 core)", fontsize=7.5, color="#444444",
                     ha="left", va="top")
-    # Kernels with the same intensity would hide each other: spread each group
-    # a little sideways (the x axis is logarithmic, so by a constant factor).
-    groups: Dict[float, list] = {}
-    for p in pts:
-        groups.setdefault(round(p["intensity"] or x_hi / 2, 3), []).append(p["kernel"])
-    for p in pts:
-        x = p["intensity"] or x_hi / 2  # None: all data in L1, no memory roof
-        grp = groups[round(x, 3)]
-        x *= 1.12 ** (grp.index(p["kernel"]) - (len(grp) - 1) / 2)
-        c = kernel_color(p["kernel"])
-        ax.plot([x, x], [p["measured_gflops"], p["predicted_gflops"]], color=c, linewidth=1, alpha=0.7)
-        ref = p["kernel"].startswith("numpy")
-        ax.plot(x, p["predicted_gflops"], marker="s" if ref else "o", markerfacecolor="white", markeredgecolor=c,
-                markersize=8, linestyle="none")
-        ax.plot(x, p["measured_gflops"], marker="s" if ref else "o", color=c, markersize=8, linestyle="none",
-                alpha=0.75 if ref else 1.0,
-                label=f"{p['kernel']} (n={p['n']}): {_num(p['measured_gflops'])} of {_num(p['predicted_gflops'])}")
-    ax.plot([], [], marker="o", markerfacecolor="white", markeredgecolor="black", linestyle="none",
-            label="hollow: roofline prediction")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(x_lo, x_hi)
+    _roof_points(ax, pts, x_hi / 2, lambda k: k.startswith("numpy"))
     ys_all = [p["measured_gflops"] for p in pts] + list(roofs["compute"].values())
-    ax.set_ylim(min(ys_all) / 3, top * 2.5)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
-    ax.set_xlabel("arithmetic intensity (flop per byte, from the memory level that limits most)")
-    ax.set_ylabel("speed (GFLOP/s)")
-    ax.set_title("Roofline of this machine, measured, with every kernel on it\n" + _cpu_title(doc), fontsize=11)
-    ax.grid(True, which="major", alpha=0.25)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="measured GFLOP/s of roof")
+    _roof_axes(ax, x_lo, x_hi, min(ys_all) / 3, top * 2.5,
+               "Roofline of this machine, measured, with every kernel on it\n" + _cpu_title(doc))
     return _save(fig, path)
 
 
@@ -281,35 +291,11 @@ def plot_roofline_gpu(doc: dict, path) -> str:
         if x_lo < y_at / gbps < x_hi:
             ax.text(y_at / gbps * 1.1, y_at, f"{'device memory' if level == 'DRAM' else level} {_num(gbps)} GB/s",
                     fontsize=8, color="#444444", ha="left", va="top")
-    groups: Dict[float, list] = {}
-    for p in pts:
-        groups.setdefault(round(p["intensity"] or 1.0, 3), []).append(p["kernel"])
-    for p in pts:
-        x = p["intensity"] or 1.0
-        grp = groups[round(x, 3)]
-        x *= 1.15 ** (grp.index(p["kernel"]) - (len(grp) - 1) / 2)
-        c = kernel_color(p["kernel"])
-        ref = p["kernel"] == "cublas"
-        ax.plot([x, x], [p["measured_gflops"], p["predicted_gflops"]], color=c, linewidth=1, alpha=0.7)
-        ax.plot(x, p["predicted_gflops"], marker="s" if ref else "o", markerfacecolor="white", markeredgecolor=c,
-                markersize=8, linestyle="none")
-        ax.plot(x, p["measured_gflops"], marker="s" if ref else "o", color=c, markersize=8, linestyle="none",
-                label=f"{p['kernel']} (n={p['n']}): {_num(p['measured_gflops'])} of {_num(p['predicted_gflops'])}")
-    ax.plot([], [], marker="o", markerfacecolor="white", markeredgecolor="black", linestyle="none",
-            label="hollow: roofline prediction")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(x_lo, x_hi)
+    _roof_points(ax, pts, 1.0, lambda k: k == "cublas")
     ys = [p["measured_gflops"] for p in pts] + [top]
-    ax.set_ylim(min(ys) / 3, top * 2.5)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
-    ax.set_xlabel("arithmetic intensity (flop per byte, from the memory level that limits most)")
-    ax.set_ylabel("speed (GFLOP/s)")
-    ax.set_title(f"Roofline of the GPU, measured, with every CUDA rung on it\n{gpu['device']}, "
-                 f"{gpu['multiprocessors']} SMs", fontsize=11)
-    ax.grid(True, which="major", alpha=0.25)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="measured GFLOP/s of roof")
+    _roof_axes(ax, x_lo, x_hi, min(ys) / 3, top * 2.5,
+               f"Roofline of the GPU, measured, with every CUDA rung on it\n{gpu['device']}, "
+               f"{gpu['multiprocessors']} SMs")
     return _save(fig, path)
 
 
