@@ -23,8 +23,11 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -33,6 +36,7 @@
 
 #include "gemm_cuda.h"
 #include "nn_ops.h"
+#include "probe.h"
 
 namespace py = pybind11;
 
@@ -277,6 +281,303 @@ std::string describe(const DeviceArray& x) {
            ", dtype=" + py::str(x.dtype()).cast<std::string>() + (x.freed() ? ", freed)" : ")");
 }
 
+// ---- Host <-> device copies through pinned memory ------------------------------------
+// The GPU's copy engine (DMA) reads and writes only page-locked ("pinned")
+// host memory.  Given an ordinary, pageable pointer, cudaMemcpy first copies
+// through a small pinned buffer of the driver's, piece by piece, and waits at
+// each: slow.  So pageable data are staged here through pinned buffers of our
+// own, in chunks, two at a time: while the copy engine moves one chunk, the
+// CPU fills (or empties) the other.  Memory that is already pinned
+// (pinned_empty, or anything cudaMallocHost'd or registered) goes straight to
+// the copy engine.  The buffers are per thread: several Python threads may
+// copy at once, and nothing here is global.
+
+constexpr std::size_t kStageChunk = std::size_t(4) << 20;  // 4 MiB: a chunk's DMA outlasts its memcpy setup
+
+struct Staging {
+    void* buf[2] = {nullptr, nullptr};
+    cudaEvent_t done[2] = {nullptr, nullptr};  // the copy that last used buf[i] has finished
+    bool failed = false;                       // pinned memory was refused: use plain cudaMemcpy
+
+    bool ready() {
+        if (buf[0] != nullptr) return true;
+        if (failed) return false;
+        bool ok = true;
+        for (int i = 0; i < 2 && ok; ++i)
+            ok = cudaMallocHost(&buf[i], kStageChunk) == cudaSuccess &&
+                 cudaEventCreateWithFlags(&done[i], cudaEventDisableTiming) == cudaSuccess;
+        if (!ok) {
+            cudaGetLastError();
+            release();
+            failed = true;
+        }
+        return ok;
+    }
+    void release() {
+        for (int i = 0; i < 2; ++i) {
+            if (done[i] != nullptr) cudaEventDestroy(done[i]);
+            if (buf[i] != nullptr) cudaFreeHost(buf[i]);
+            done[i] = nullptr;
+            buf[i] = nullptr;
+        }
+        cudaGetLastError();  // errors are ignored: at exit the runtime may be gone
+    }
+    ~Staging() { release(); }
+};
+
+Staging& staging() {
+    thread_local Staging s;
+    return s;
+}
+
+bool pinned_pointer(const void* p) {
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return attr.type == cudaMemoryTypeHost;
+}
+
+#define WHYGPU_TRY(call)                          \
+    do {                                          \
+        const cudaError_t e_ = (call);            \
+        if (e_ != cudaSuccess) return e_;         \
+    } while (0)
+
+// n bytes host -> device, done when it returns.  Call without the GIL.
+cudaError_t copy_h2d(void* dst, const void* src, std::size_t n) {
+    if (n == 0) return cudaSuccess;
+    if (pinned_pointer(src)) {
+        WHYGPU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, 0));
+        return cudaStreamSynchronize(0);
+    }
+    Staging& s = staging();
+    if (!s.ready()) {
+        WHYGPU_TRY(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice));
+        return cudaStreamSynchronize(0);  // a pageable cudaMemcpy may return before its DMA ends
+    }
+    auto* d = static_cast<char*>(dst);
+    const auto* h = static_cast<const char*>(src);
+    int i = 0;
+    for (std::size_t off = 0; off < n; off += kStageChunk, i ^= 1) {
+        const std::size_t len = std::min(kStageChunk, n - off);
+        WHYGPU_TRY(cudaEventSynchronize(s.done[i]));  // the copy engine is done reading buf[i]
+        std::memcpy(s.buf[i], h + off, len);
+        WHYGPU_TRY(cudaMemcpyAsync(d + off, s.buf[i], len, cudaMemcpyHostToDevice, 0));
+        WHYGPU_TRY(cudaEventRecord(s.done[i], 0));
+    }
+    return cudaStreamSynchronize(0);
+}
+
+// n bytes device -> host, after all work issued before it.  Call without the GIL.
+cudaError_t copy_d2h(void* dst, const void* src, std::size_t n) {
+    if (n == 0) return cudaSuccess;
+    if (pinned_pointer(dst)) {
+        WHYGPU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, 0));
+        return cudaStreamSynchronize(0);
+    }
+    Staging& s = staging();
+    if (!s.ready()) return cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost);  // returns when the data are there
+    auto* h = static_cast<char*>(dst);
+    const auto* d = static_cast<const char*>(src);
+    const std::size_t chunks = (n + kStageChunk - 1) / kStageChunk;
+    auto issue = [&](std::size_t c) {
+        const std::size_t off = c * kStageChunk, len = std::min(kStageChunk, n - off);
+        WHYGPU_TRY(cudaMemcpyAsync(s.buf[c % 2], d + off, len, cudaMemcpyDeviceToHost, 0));
+        return cudaEventRecord(s.done[c % 2], 0);
+    };
+    WHYGPU_TRY(issue(0));
+    for (std::size_t c = 0; c < chunks; ++c) {
+        if (c + 1 < chunks) WHYGPU_TRY(issue(c + 1));  // buf[(c+1) % 2] was emptied in the previous round
+        WHYGPU_TRY(cudaEventSynchronize(s.done[c % 2]));
+        const std::size_t off = c * kStageChunk;
+        std::memcpy(h + off, s.buf[c % 2], std::min(kStageChunk, n - off));
+    }
+    return cudaSuccess;
+}
+
+// A NumPy array in page-locked memory, freed (cudaFreeHost) with its last reference.
+py::array pinned_empty(const py::object& shape, const py::object& dtype) {
+    ensure_usable();
+    const std::vector<py::ssize_t> dims = parse_shape(shape);
+    const py::dtype dt = parse_dtype(dtype);
+    std::size_t total = static_cast<std::size_t>(dt.itemsize());
+    for (auto d : dims) {
+        if (d != 0 && total > (std::size_t(1) << 62) / static_cast<std::size_t>(d))
+            throw py::value_error("pinned array too large");
+        total *= static_cast<std::size_t>(d);
+    }
+    void* p = nullptr;
+    cudaError_t e;
+    {
+        py::gil_scoped_release release;
+        e = cudaMallocHost(&p, std::max<std::size_t>(total, 1));
+    }
+    if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        throw CudaOutOfMemory("could not allocate " + mib(total) + " of pinned host memory");
+    }
+    check(e, "cudaMallocHost");
+    py::capsule owner(p, [](void* q) {
+        if (cudaFreeHost(q) != cudaSuccess) cudaGetLastError();
+    });
+    return py::array(dt, dims, {}, p, owner);
+}
+
+bool is_pinned(const py::array& a) {
+    ensure_usable();
+    return a.nbytes() > 0 && pinned_pointer(a.data());
+}
+
+// ---- The GPU's roofs: the probes of csrc/cuda/probe.cu ------------------------------------
+// Everything is allocated and freed here (RAII, also on errors) and timed with
+// CUDA events, without the GIL.
+
+struct Event {
+    cudaEvent_t e = nullptr;
+    Event() { check(cudaEventCreate(&e), "cudaEventCreate"); }
+    ~Event() {
+        if (e != nullptr && cudaEventDestroy(e) != cudaSuccess) cudaGetLastError();
+    }
+    Event(const Event&) = delete;
+    Event& operator=(const Event&) = delete;
+};
+
+struct DeviceMem {
+    void* p = nullptr;
+    explicit DeviceMem(std::size_t n) {
+        const cudaError_t e = cudaMalloc(&p, std::max<std::size_t>(n, 16));
+        if (e != cudaSuccess) p = nullptr;
+        check(e, "cudaMalloc (" + mib(n) + ")");
+    }
+    ~DeviceMem() {
+        if (p != nullptr && cudaFree(p) != cudaSuccess) cudaGetLastError();
+    }
+    DeviceMem(const DeviceMem&) = delete;
+    DeviceMem& operator=(const DeviceMem&) = delete;
+};
+
+struct PinnedMem {
+    void* p = nullptr;
+    explicit PinnedMem(std::size_t n) {
+        const cudaError_t e = cudaMallocHost(&p, std::max<std::size_t>(n, 16));
+        if (e != cudaSuccess) p = nullptr;
+        check(e, "cudaMallocHost (" + mib(n) + ")");
+    }
+    ~PinnedMem() {
+        if (p != nullptr && cudaFreeHost(p) != cudaSuccess) cudaGetLastError();
+    }
+    PinnedMem(const PinnedMem&) = delete;
+    PinnedMem& operator=(const PinnedMem&) = delete;
+};
+
+// Seconds between two events around launch() on the default stream.
+template <typename F>
+double event_seconds(F&& launch, const char* what) {
+    Event start, stop;
+    check(cudaEventRecord(start.e, 0), "cudaEventRecord");
+    check(launch(), what);
+    check(cudaEventRecord(stop.e, 0), "cudaEventRecord");
+    check(cudaEventSynchronize(stop.e), what);
+    float ms = 0.f;
+    check(cudaEventElapsedTime(&ms, start.e, stop.e), "cudaEventElapsedTime");
+    return ms * 1e-3;
+}
+
+int device_sms() {
+    int dev = 0;
+    cudaDeviceProp prop{};
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return 1;
+    }
+    return std::max(prop.multiProcessorCount, 1);
+}
+
+void positive(long long v, const char* name) {
+    if (v < 1) throw py::value_error(std::string(name) + " must be >= 1, got " + std::to_string(v));
+}
+
+double probe_fma_seconds(long long blocks, long long threads, long long iters) {
+    positive(blocks, "blocks");
+    positive(threads, "threads");
+    positive(iters, "iters");
+    if (threads > 1024) throw py::value_error("threads must be <= 1024 (a block's limit), got " + std::to_string(threads));
+    if (blocks > (1LL << 24)) throw py::value_error("blocks must be < 2**24, got " + std::to_string(blocks));
+    ensure_usable();
+    py::gil_scoped_release release;
+    DeviceMem sink(static_cast<std::size_t>(blocks * threads) * sizeof(float));
+    return event_seconds([&] {
+        return whygpu::gpu::probe::fma_peak(static_cast<int>(blocks), static_cast<int>(threads), iters,
+                                            static_cast<float*>(sink.p), 0);
+    }, "the FMA probe");
+}
+
+std::vector<double> probe_copy_seconds(long long nbytes, long long reps) {
+    positive(nbytes, "nbytes");
+    positive(reps, "reps");
+    ensure_usable();
+    py::gil_scoped_release release;
+    const long long n = nbytes / static_cast<long long>(sizeof(float));
+    DeviceMem src(static_cast<std::size_t>(nbytes)), dst(static_cast<std::size_t>(nbytes));
+    check(cudaMemsetAsync(src.p, 0, static_cast<std::size_t>(nbytes), 0), "cudaMemsetAsync");
+    const int blocks = device_sms() * 8;
+    auto launch = [&] {
+        return whygpu::gpu::probe::copy(static_cast<const float*>(src.p), static_cast<float*>(dst.p), n, blocks, 0);
+    };
+    event_seconds(launch, "the copy probe");  // untimed: first touch of both buffers
+    std::vector<double> out;
+    for (long long r = 0; r < reps; ++r) out.push_back(event_seconds(launch, "the copy probe"));
+    return out;
+}
+
+std::vector<double> probe_host_copy_seconds(long long nbytes, const std::string& direction, const std::string& memory,
+                                            long long reps) {
+    positive(nbytes, "nbytes");
+    positive(reps, "reps");
+    if (direction != "h2d" && direction != "d2h")
+        throw py::value_error("direction must be 'h2d' or 'd2h', got '" + direction + "'");
+    if (memory != "pageable" && memory != "pinned" && memory != "staged")
+        throw py::value_error("memory must be 'pageable', 'pinned' or 'staged', got '" + memory + "'");
+    ensure_usable();
+    py::gil_scoped_release release;
+    const auto n = static_cast<std::size_t>(nbytes);
+    DeviceMem dev(n);
+    std::unique_ptr<PinnedMem> pinned;
+    std::unique_ptr<char[]> pageable;
+    void* host = nullptr;
+    if (memory == "pinned") {
+        pinned.reset(new PinnedMem(n));
+        host = pinned->p;
+    } else {
+        pageable.reset(new char[n]);
+        host = pageable.get();
+    }
+    std::memset(host, 1, n);  // resident before timing (first-touch page faults are not the bus)
+    const bool h2d = direction == "h2d";
+    auto once = [&]() -> cudaError_t {
+        if (memory == "staged") return h2d ? copy_h2d(dev.p, host, n) : copy_d2h(host, dev.p, n);
+        if (memory == "pinned") {
+            const cudaError_t e = h2d ? cudaMemcpyAsync(dev.p, host, n, cudaMemcpyHostToDevice, 0)
+                                      : cudaMemcpyAsync(host, dev.p, n, cudaMemcpyDeviceToHost, 0);
+            return e != cudaSuccess ? e : cudaStreamSynchronize(0);
+        }
+        const cudaError_t e = h2d ? cudaMemcpy(dev.p, host, n, cudaMemcpyHostToDevice)
+                                  : cudaMemcpy(host, dev.p, n, cudaMemcpyDeviceToHost);
+        return e != cudaSuccess ? e : cudaStreamSynchronize(0);
+    };
+    const std::string what = "the host copy probe (" + direction + ", " + memory + ")";
+    check(once(), what);  // untimed: warm-up
+    std::vector<double> out;
+    for (long long r = 0; r < reps; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        check(once(), what);
+        out.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return out;
+}
+
 DeviceArray from_host(const py::object& obj) {
     py::array host = py::array::ensure(obj, py::array::c_style);
     if (!host) throw py::type_error("to_device needs an array-like of numbers");
@@ -287,8 +588,7 @@ DeviceArray from_host(const py::object& obj) {
         void* dst = x.data();
         const void* src = host.data();
         const std::size_t n = x.nbytes();
-        run_released("to_device (cudaMemcpy host to device)",
-                     [&] { return cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice); });
+        run_released("to_device (copy host to device)", [&] { return copy_h2d(dst, src, n); });
     }
     return x;
 }
@@ -321,8 +621,7 @@ py::array to_host(const DeviceArray& x, const py::object& out) {
     if (n > 0) {
         void* dst = result.mutable_data();
         auto keep = x.buf;  // the memory stays alive while the GIL is released
-        run_released("to_host (cudaMemcpy device to host)",
-                     [&] { return cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost); });
+        run_released("to_host (copy device to host)", [&] { return copy_d2h(dst, src, n); });
     }
     return result;
 }
@@ -336,8 +635,7 @@ void copy_from_host(DeviceArray& x, const py::object& obj) {
     if (n == 0) return;
     const void* src = host.data();
     auto keep = x.buf;
-    run_released("copy_from_host (cudaMemcpy host to device)",
-                 [&] { return cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice); });
+    run_released("copy_from_host (copy host to device)", [&] { return copy_h2d(dst, src, n); });
 }
 
 DeviceArray copy_array(const DeviceArray& x) {
@@ -825,6 +1123,29 @@ PYBIND11_MODULE(_cuda, m) {
     m.def("gemm", &gemm, py::arg("rung"), py::arg("a"), py::arg("b"), py::arg("c"), py::arg("alpha") = 1.0,
           py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("trans_b") = false,
           "c = alpha * op(a) @ op(b) + beta * c on CUDA rung `rung`, float32 DeviceArrays. Asynchronous.");
+
+    m.def("pinned_empty", &pinned_empty, py::arg("shape"), py::arg("dtype") = py::dtype("float32"),
+          "An uninitialised NumPy array in page-locked (pinned) host memory: copies to and from the GPU "
+          "go straight to the copy engine.");
+    m.def("is_pinned", &is_pinned, py::arg("array"), "Whether a NumPy array's memory is page-locked.");
+    m.def("staging_chunk_bytes", [] { return kStageChunk; },
+          "Bytes per chunk of the pinned staging buffers that pageable transfers go through.");
+
+    py::module_ probe = m.def_submodule("probe", "the GPU's roofs: microbenchmarks (csrc/cuda/probe.cu)");
+    probe.def("fma_flops_per_iter", [] { return whygpu::gpu::probe::kFmaFlopsPerIter; },
+              "float32 flops per thread per iteration of the FMA probe.");
+    probe.def("fma_seconds", &probe_fma_seconds, py::arg("blocks"), py::arg("threads"), py::arg("iters"),
+              "Seconds (CUDA events) of one launch of the FMA probe: blocks x threads threads, iters iterations "
+              "each. Call it once untimed first (module load, clocks).");
+    probe.def("copy_seconds", &probe_copy_seconds, py::arg("nbytes"), py::arg("reps"),
+              "Seconds (CUDA events) of each of `reps` device-to-device copies of nbytes (after one untimed); "
+              "each moves 2 * nbytes (read + write).");
+    probe.def("host_copy_seconds", &probe_host_copy_seconds, py::arg("nbytes"), py::arg("direction"),
+              py::arg("memory"), py::arg("reps"),
+              "Seconds (host clock, copy + synchronisation) of each of `reps` copies of nbytes between host and "
+              "device (after one untimed): direction 'h2d' or 'd2h'; memory 'pageable' (plain cudaMemcpy), "
+              "'pinned' (cudaMallocHost'd) or 'staged' (pageable, through whygpu's pinned buffers, as "
+              "DeviceArray copies).");
 
     py::module_ nn_mod = m.def_submodule("nn", "element-wise training operations");
     bind_nn(nn_mod);

@@ -10,8 +10,10 @@
 #include <algorithm>
 #include <atomic>
 #include <barrier>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <cmath>
 #include <cstdint>
@@ -102,6 +104,72 @@ struct cudaDeviceProp {
     int regsPerMultiprocessor = 65536, maxThreadsPerMultiProcessor = 2048;
 };
 inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) { *p = cudaDeviceProp{}; return cudaSuccess; }
+
+// Events: a host clock (everything here runs synchronously, so a recorded
+// event is "complete" at once).
+struct EmuEvent {
+    std::chrono::steady_clock::time_point t{};
+};
+using cudaEvent_t = EmuEvent*;
+constexpr unsigned cudaEventDisableTiming = 2;
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new EmuEvent; return cudaSuccess; }
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) {
+    e->t = std::chrono::steady_clock::now();
+    return cudaSuccess;
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+    *ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+// Pinned host memory: ordinary memory, remembered so that
+// cudaPointerGetAttributes can tell it from pageable memory as CUDA does.
+namespace emu {
+inline std::mutex g_pinned_mu;
+inline std::map<std::uintptr_t, std::size_t> g_pinned;  // base -> size
+}  // namespace emu
+enum cudaMemoryType { cudaMemoryTypeUnregistered = 0, cudaMemoryTypeHost = 1, cudaMemoryTypeDevice = 2,
+                      cudaMemoryTypeManaged = 3 };
+struct cudaPointerAttributes {
+    cudaMemoryType type = cudaMemoryTypeUnregistered;
+    int device = 0;
+    void* devicePointer = nullptr;
+    void* hostPointer = nullptr;
+};
+inline cudaError_t cudaMallocHost(void** p, std::size_t n) {
+    *p = std::aligned_alloc(4096, (n + 4095) / 4096 * 4096 + 4096);
+    if (!*p) return cudaErrorMemoryAllocation;
+    std::lock_guard<std::mutex> lock(emu::g_pinned_mu);
+    emu::g_pinned[reinterpret_cast<std::uintptr_t>(*p)] = n;
+    return cudaSuccess;
+}
+inline cudaError_t cudaFreeHost(void* p) {
+    if (p == nullptr) return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> lock(emu::g_pinned_mu);
+        if (emu::g_pinned.erase(reinterpret_cast<std::uintptr_t>(p)) == 0) return cudaErrorInvalidValue;
+    }
+    std::free(p);
+    return cudaSuccess;
+}
+inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void* p) {
+    *a = cudaPointerAttributes{};
+    const auto u = reinterpret_cast<std::uintptr_t>(p);
+    std::lock_guard<std::mutex> lock(emu::g_pinned_mu);
+    auto it = emu::g_pinned.upper_bound(u);
+    if (it != emu::g_pinned.begin()) {
+        --it;
+        if (u < it->first + std::max<std::size_t>(it->second, 1)) {
+            a->type = cudaMemoryTypeHost;
+            a->hostPointer = const_cast<void*>(p);
+        }
+    }
+    return cudaSuccess;
+}
 
 #define __global__
 #define __device__

@@ -1,0 +1,40 @@
+// probe.h -- the GPU's roofs, measured: the microbenchmarks behind
+// `whygpu roofline` on a GPU (whygpu.bench.gpu.measure_gpu), as the CPU's are
+// in csrc/machine_probe.h.  A roofline needs two numbers per machine, the
+// most arithmetic it can do and the most bytes it can move, and each probe
+// does only one of the two so that its time is that limit alone:
+//
+//   fma_peak   -- independent float32 FMA chains in registers, no memory
+//                 traffic: the compute roof of every CUDA rung;
+//   copy       -- a float4 copy, nothing but loads and stores: the bandwidth
+//                 of whichever level the working set fits in (L2 or DRAM).
+//
+// Plain C++ (the binding is compiled by the host compiler); the kernels are in
+// probe.cu.  Both launch asynchronously on `stream`, like the GEMM rungs, and
+// return the launch's error code.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+namespace whygpu {
+namespace gpu {
+namespace probe {
+
+constexpr int kFmaChains = 8;   // independent chains per thread: enough FMAs in flight to hide their latency
+constexpr int kFmaUnroll = 16;  // chain steps per loop trip: the loop's own instructions stay negligible
+// Floating-point operations per thread per iteration of fma_peak (an FMA is 2).
+constexpr long long kFmaFlopsPerIter = 2LL * kFmaChains * kFmaUnroll;
+
+// `blocks` x `threads` threads each run `iters` iterations and write their
+// result to sink[thread] (so the compiler cannot drop the work): sink holds
+// blocks * threads floats.
+cudaError_t fma_peak(int blocks, int threads, long long iters, float* sink, cudaStream_t stream);
+
+// dst[0 .. n) = src[0 .. n) with `blocks` blocks of 256 threads in a
+// grid-stride loop; 16-byte loads and stores when both pointers are 16-byte
+// aligned, a scalar tail (and a scalar copy otherwise).  Any n >= 0.
+cudaError_t copy(const float* src, float* dst, long long n, int blocks, cudaStream_t stream);
+
+}  // namespace probe
+}  // namespace gpu
+}  // namespace whygpu
