@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import whygpu
+import whygpu.cuda
 from whygpu.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -197,6 +198,41 @@ def test_train_skips_a_backend_over_budget(tmp_path, capsys):
     assert "skipped" in runs["python"] and "step_s" not in runs["python"]
     assert positive(runs["packed"]["step_s"])
     assert "skipped training on python" in err
+
+
+def test_train_batches_and_widths_beyond_a_thread_count(tmp_path, capsys):
+    """A batch or a layer width is not a thread count: 1024 is no limit (the
+    GPU demo's sweep goes to batch 8192)."""
+    rc, out, err = run(["train", "--steps", "1", "--batch", "1500", "--layers", "8,1100,2", "--backends", "numpy",
+                        "--out", tmp_path], capsys)
+    assert rc == 0, err
+    assert load(tmp_path / "train.json")["params"]["batch"] == 1500
+
+
+def test_train_sweep_of_the_cpu_back_ends_without_a_gpu(tmp_path, capsys):
+    backends = "numpy,openmp" if HAVE_OPENMP else "numpy"
+    rc, out, err = run(["train", "--steps", "1", "--batch", "8", "--layers", "16,8,2", "--backends", backends,
+                        "--batches", "4,2048", "--plot", "--out", tmp_path], capsys)
+    assert rc == 0, err
+    sw = load(tmp_path / "train.json")["sweep"]
+    assert sw["batches"] == [4, 2048]
+    gpu = whygpu.cuda.is_available()
+    labels = [s["label"] for s in sw["series"] if s["device"] == "cpu"]
+    assert sorted(labels) == sorted(backends.split(","))
+    if not gpu:  # no cuda series, and nothing pretends otherwise
+        assert len(sw["series"]) == len(labels)
+    for s in sw["series"]:
+        assert [p["batch"] for p in s["points"]] == [4, 2048]
+        assert all(positive(p["step_s"]) for p in s["points"])
+    rows = sw["summary"]["rows"]
+    assert all(r["best_cpu"] in labels for r in rows)
+    if not gpu:
+        assert all("speedup_resident" not in r for r in rows)
+        assert sw["summary"]["overtakes_resident"] is None
+        assert "GPU resident vs best CPU" not in out and "no GPU is usable here" in out
+    check_png(tmp_path / "train_sweep.png")
+    rc, out, err = run(["train", "--batches", "0", "--out", tmp_path], capsys)
+    assert rc == 2 and "positive integer" in err
 
 
 # ---------------------------------------------------------------- explain

@@ -122,8 +122,9 @@ def test_roofline_measures_the_gpu_and_places_the_cuda_rungs(site, tmp_path):
         assert p["device"] == "cuda" and p["compute_roof"] == "gpu_fma"
         assert positive(p["measured_s"]) and positive(p["predicted_s"]) and positive(p["intensity"])
         assert p["compute_gflops"] == pytest.approx(gpu["fma_gflops"])
-    # the warp-tiled rung reuses each load over a 4x bigger tile: 4x the intensity from L2
-    assert pts["cuda_warptile"]["intensity"] > pts["cuda_smem"]["intensity"]
+    # the warp-tiled rung reuses each load over a 4x bigger tile: a quarter of the bytes from L2
+    l2 = {k: next(t["bytes"] for t in pts[k]["traffic"] if t["level"] == "L2") for k in ("cuda_smem", "cuda_warptile")}
+    assert l2["cuda_warptile"] == pytest.approx(l2["cuda_smem"] / 4)
     assert "Roofs of the GPU" in res.stdout and "pinned" in res.stdout
     assert is_png(tmp_path / "roofline_gpu.png") and is_png(tmp_path / "roofline.png")
 

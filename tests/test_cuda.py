@@ -451,3 +451,128 @@ def test_vendor_reference_agrees_when_installed(rng):
         assert got is None
     else:
         _check(got, a, b)
+
+
+# ---- The GPU's roofs (csrc/cuda/probe.cu) and pinned transfers ------------------------------
+
+@no_gpu
+@needs_module
+def test_probes_and_pinned_memory_without_a_gpu_raise_clearly():
+    mod = wc._load()[0]
+    for make in (lambda: mod.probe.fma_seconds(1, 32, 1), lambda: mod.probe.copy_seconds(1024, 1),
+                 lambda: mod.probe.host_copy_seconds(1024, "h2d", "pinned", 1), lambda: wc.pinned_empty(3),
+                 lambda: wc.is_pinned(np.ones(3))):
+        with pytest.raises(wc.CudaUnavailableError, match="CUDA is unavailable: "):
+            make()
+    from whygpu.bench.gpu import gpu_peak, measure_gpu, vendor_name
+    assert measure_gpu() is None and gpu_peak() is None and vendor_name() is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_probes_measure_positive_times():
+    p = wc._module().probe
+    assert p.fma_flops_per_iter() > 0
+    p.fma_seconds(2, 64, 4)
+    t = p.fma_seconds(2, 64, 4)
+    assert np.isfinite(t) and t > 0
+    for nbytes in (4, 1000, 1 << 16):
+        times = p.copy_seconds(nbytes, 3)
+        assert len(times) == 3 and all(np.isfinite(x) and x > 0 for x in times)
+    for direction in ("h2d", "d2h"):
+        for memory in ("pageable", "pinned", "staged"):
+            times = p.host_copy_seconds(1 << 16, direction, memory, 2)
+            assert len(times) == 2 and all(np.isfinite(x) and x > 0 for x in times)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_probe_arguments_are_checked():
+    p = wc._module().probe
+    for bad in (lambda: p.fma_seconds(0, 64, 1), lambda: p.fma_seconds(1, 0, 1), lambda: p.fma_seconds(1, 2048, 1),
+                lambda: p.fma_seconds(1, 64, 0), lambda: p.copy_seconds(0, 1), lambda: p.copy_seconds(64, 0),
+                lambda: p.host_copy_seconds(64, "up", "pinned", 1), lambda: p.host_copy_seconds(64, "h2d", "locked", 1),
+                lambda: p.host_copy_seconds(64, "h2d", "pinned", 0)):
+        with pytest.raises(ValueError):
+            bad()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_measure_gpu_reports_every_roof():
+    from whygpu.bench.gpu import measure_gpu
+    g = measure_gpu(quick=True)
+    assert g["fma_gflops"] > 0 and g["multiprocessors"] >= 1
+    assert g["bandwidth"]["DRAM"] > 0 and g["bandwidth"]["L2"] > 0
+    for d in ("h2d", "d2h"):
+        assert all(g["host"][d][m] > 0 for m in ("pageable", "pinned", "staged"))
+
+
+def _staging_sizes():
+    ch = wc._module().staging_chunk_bytes() if GPU else 1 << 22
+    return [0, 1, 7, ch - 1, ch, ch + 1, 3 * ch + 7]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_staged_transfers_round_trip_at_chunk_edges(rng):
+    for nbytes in _staging_sizes():
+        x = rng.integers(0, 256, nbytes, dtype=np.uint8)
+        d = wc.to_device(x)                             # pageable -> staged
+        np.testing.assert_array_equal(d.to_host(), x)   # staged back
+        d.copy_from_host(x[::-1].copy())
+        np.testing.assert_array_equal(d.to_host(), x[::-1])
+        p = wc.pinned_array(x)                          # pinned -> direct
+        assert wc.is_pinned(p) == (nbytes > 0)
+        np.testing.assert_array_equal(wc.to_device(p).to_host(), x)
+        out = wc.pinned_empty(x.shape, x.dtype)
+        assert d.to_host(out=out) is out
+        np.testing.assert_array_equal(out, x[::-1])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.uint8, np.bool_])
+def test_pinned_arrays(dtype, rng):
+    x = rng.uniform(-9, 9, (37, 5)).astype(dtype)
+    p = wc.pinned_empty((37, 5), dtype)
+    assert isinstance(p, np.ndarray) and p.shape == (37, 5) and p.dtype == np.dtype(dtype)
+    assert p.flags.c_contiguous and p.flags.writeable and wc.is_pinned(p)
+    p[...] = x
+    np.testing.assert_array_equal(wc.to_device(p).to_host(), x)
+    assert not wc.is_pinned(x) and not wc.is_pinned(np.empty(0))
+    assert wc.is_pinned(p[3:])  # a view into pinned memory is pinned too
+    with pytest.raises(TypeError):
+        wc.is_pinned([1, 2])
+    with pytest.raises(ValueError):
+        wc.pinned_empty((-1, 3))
+    with pytest.raises(TypeError):
+        wc.pinned_empty(3, np.complex64)
+    del p  # freed by its capsule: nothing to see, but nothing may crash either
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_transfers_from_several_threads_at_once(rng):
+    """Each Python thread stages through its own pinned buffers: no global buffer to race on."""
+    import threading
+    ch = wc._module().staging_chunk_bytes()
+    data = [rng.integers(0, 2**31, (2 * ch + 1000 * i) // 8, dtype=np.int64) for i in range(4)]
+    errors = []
+
+    def work(x):
+        try:
+            for _ in range(3):
+                d = wc.to_device(x)
+                back = d.to_host()
+                if not np.array_equal(back, x):
+                    errors.append("mismatch")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(x,)) for x in data]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

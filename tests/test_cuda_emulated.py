@@ -58,7 +58,12 @@ def emulated(tmp_path_factory):
     sanitize = os.environ.get("WHYGPU_EMU_SANITIZE", "")
     if sanitize:
         flags = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"]
-    r = subprocess.run([sys.executable, str(EMU / "build_emulated.py"), str(tmp), *flags],
+    # Objects cached where tests/test_cli_gpu_emulated.py looks too: each file is compiled once per run.
+    cache = tmp_path_factory.getbasetemp() / ("cuda_emu_objects" + (f"-{sanitize}" if sanitize else ""))
+    cache.mkdir(exist_ok=True)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import build_emulated; "
+            "build_emulated.main(sys.argv[2], *sys.argv[4:], cache=sys.argv[3])")
+    r = subprocess.run([sys.executable, "-c", code, str(EMU), str(tmp), str(cache), *flags],
                        capture_output=True, text=True)
     assert r.returncode == 0, f"building the emulated kernels failed:\n{r.stdout}\n{r.stderr}"
     return tmp / "check_kernels"
@@ -77,11 +82,11 @@ def test_every_cuda_rung_and_nn_op_matches_the_reference_under_emulation(emulate
     assert r.returncode == 0, report[-4000:]
     assert "all passed" in r.stdout
     for name in ("cuda_naive", "cuda_coalesced", "cuda_smem", "cuda_1d_tiling", "cuda_2d_tiling",
-                 "cuda_vectorized", "cuda_warptile", "nn ops"):
+                 "cuda_vectorized", "cuda_warptile", "nn ops", "probes"):
         assert f"{name} done" in r.stdout
 
 
-def test_the_emulation_catches_a_wrong_kernel(tmp_path, emulated):
+def test_the_emulation_catches_a_wrong_kernel(tmp_path, tmp_path_factory, emulated):
     """The check is honest: a kernel with one guard removed must fail it.
     (Objects of the unchanged files come from the `emulated` build's cache.)"""
     tree = tmp_path / "tree"
@@ -93,7 +98,7 @@ def test_the_emulation_catches_a_wrong_kernel(tmp_path, emulated):
     assert good in text
     kernel.write_text(text.replace(good, "if (i < g.m && j <= g.n) detail::c_store"))  # one column too far
     out = tmp_path / "out"
-    r = _build(tree / "tests" / "cuda_emu", out, emulated.parent / "obj")
+    r = _build(tree / "tests" / "cuda_emu", out, tmp_path_factory.getbasetemp() / "cuda_emu_objects")
     assert r.returncode == 0, r.stderr
     r = subprocess.run([str(out / "check_kernels"), "quick", "12"], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0
@@ -106,20 +111,22 @@ def _run_gpu_tests_module():
     return module
 
 
-def test_gpu_training_runs_on_the_emulated_gpu(tmp_path, emulated):
-    """tests/test_nn_cuda.py's GPU tests (``-m cuda``) against the whygpu under
+def test_gpu_tests_run_on_the_emulated_gpu(tmp_path, tmp_path_factory, emulated):
+    """tests/test_nn_cuda.py's and tests/test_cuda.py's GPU tests (``-m cuda``) against the whygpu under
     test, with its _cuda replaced by the binding built over the emulation
     (the kernels' objects come from the `emulated` build's cache)."""
     if not importlib.util.find_spec("pybind11"):
         pytest.skip("needs pybind11 to build the binding")
     runner = _run_gpu_tests_module()
-    site = runner.make_site(tmp_path, cache=str(emulated.parent / "obj"),
+    site = runner.make_site(tmp_path, cache=str(tmp_path_factory.getbasetemp() / "cuda_emu_objects"),
                             package=str(pathlib.Path(whygpu.__file__).parent))
     env = dict(os.environ, PYTHONPATH=str(site))
-    cmd = runner.pytest_command([str(HERE / "test_nn_cuda.py"), "-q"])
+    cmd = runner.pytest_command([str(HERE / "test_nn_cuda.py"), str(HERE / "test_cuda.py"), "-q"])
     r = subprocess.run(cmd, env=env, cwd=HERE.parent, capture_output=True, text=True, timeout=900)
     report = r.stdout[-6000:] + r.stderr[-2000:]
     assert r.returncode == 0, report
     passed = re.search(r"(\d+) passed", r.stdout)
-    assert passed and int(passed.group(1)) >= 16, report  # every GPU test ran: none skipped for want of a GPU
+    # every GPU test ran -- the kernels, device arrays, probes, pinned transfers, nn ops, training --
+    # none skipped for want of a GPU
+    assert passed and int(passed.group(1)) >= 16 + 320, report
     assert "skipped" not in r.stdout.splitlines()[-1], report

@@ -41,16 +41,20 @@ __global__ void fma_peak_kernel(long long iters, float a, float b, float* sink) 
     sink[t] = sum;  // one store per thread: the work above is needed
 }
 
-__global__ void copy_f4_kernel(const float4* __restrict__ src, float4* __restrict__ dst, long long n4) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n4;
-         i += (long long)gridDim.x * blockDim.x)
-        dst[i] = src[i];
+// No __restrict__: dst might alias src as far as the compiler knows, so every
+// pass must really load and store again.
+__global__ void copy_f4_kernel(const float4* src, float4* dst, long long n4, int passes) {
+    for (int p = 0; p < passes; ++p)
+        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n4;
+             i += (long long)gridDim.x * blockDim.x)
+            dst[i] = src[i];
 }
 
-__global__ void copy_f1_kernel(const float* __restrict__ src, float* __restrict__ dst, long long n) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x)
-        dst[i] = src[i];
+__global__ void copy_f1_kernel(const float* src, float* dst, long long n, int passes) {
+    for (int p = 0; p < passes; ++p)
+        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+             i += (long long)gridDim.x * blockDim.x)
+            dst[i] = src[i];
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
@@ -71,22 +75,22 @@ cudaError_t fma_peak(int blocks, int threads, long long iters, float* sink, cuda
     return cudaGetLastError();
 }
 
-cudaError_t copy(const float* src, float* dst, long long n, int blocks, cudaStream_t stream) {
-    if (n < 0 || blocks < 1) return cudaErrorInvalidValue;
+cudaError_t copy(const float* src, float* dst, long long n, int passes, int blocks, cudaStream_t stream) {
+    if (n < 0 || passes < 1 || blocks < 1) return cudaErrorInvalidValue;
     if (n == 0) return cudaSuccess;
     long long done = 0;
     if (aligned16(src) && aligned16(dst)) {
         const long long n4 = n / 4;
         if (n4 > 0) {
             copy_f4_kernel<<<grid_for(n4, blocks), kCopyThreads, 0, stream>>>(
-                reinterpret_cast<const float4*>(src), reinterpret_cast<float4*>(dst), n4);
+                reinterpret_cast<const float4*>(src), reinterpret_cast<float4*>(dst), n4, passes);
             const cudaError_t e = cudaGetLastError();
             if (e != cudaSuccess) return e;
         }
         done = 4 * n4;
     }
     if (done < n) {  // the last 1-3 floats, or everything when a pointer is not 16-byte aligned
-        copy_f1_kernel<<<grid_for(n - done, blocks), kCopyThreads, 0, stream>>>(src + done, dst + done, n - done);
+        copy_f1_kernel<<<grid_for(n - done, blocks), kCopyThreads, 0, stream>>>(src + done, dst + done, n - done, passes);
         return cudaGetLastError();
     }
     return cudaSuccess;

@@ -30,10 +30,12 @@ constexpr long long kFmaFlopsPerIter = 2LL * kFmaChains * kFmaUnroll;
 // blocks * threads floats.
 cudaError_t fma_peak(int blocks, int threads, long long iters, float* sink, cudaStream_t stream);
 
-// dst[0 .. n) = src[0 .. n) with `blocks` blocks of 256 threads in a
-// grid-stride loop; 16-byte loads and stores when both pointers are 16-byte
-// aligned, a scalar tail (and a scalar copy otherwise).  Any n >= 0.
-cudaError_t copy(const float* src, float* dst, long long n, int blocks, cudaStream_t stream);
+// dst[0 .. n) = src[0 .. n), `passes` times over, with `blocks` blocks of 256
+// threads in a grid-stride loop; 16-byte loads and stores when both pointers
+// are 16-byte aligned, a scalar tail (and a scalar copy otherwise).  Any
+// n >= 0.  Several passes in one launch: a copy that fits in the L2 cache
+// takes a few microseconds, no longer than launching a kernel.
+cudaError_t copy(const float* src, float* dst, long long n, int passes, int blocks, cudaStream_t stream);
 
 }  // namespace probe
 }  // namespace gpu

@@ -428,17 +428,20 @@ def _print_sweep(sw: dict) -> None:
     labels = [s["label"] for s in sw["series"]]
     by = {s["label"]: {pt["batch"]: pt["step_s"] for pt in s["points"]} for s in sw["series"]}
     summ = {r["batch"]: r for r in sw["summary"]["rows"]}
+    gpu = any(s["device"] == "cuda" for s in sw["series"])
     rows = []
     for b in sw["batches"]:
         r = summ.get(b, {})
         rows.append([b] + [f"{1e3 * by[lbl][b]:.3g}" if b in by[lbl] else "skip" for lbl in labels] +
-                    [f"x{_g(r['speedup_copied'])}" if "speedup_copied" in r else "-",
-                     f"x{_g(r['speedup_resident'])}" if "speedup_resident" in r else "-",
-                     f"{100 * r['copy_share']:.0f}%" if "copy_share" in r else "-"])
+                    ([f"x{_g(r['speedup_copied'])}" if "speedup_copied" in r else "-",
+                      f"x{_g(r['speedup_resident'])}" if "speedup_resident" in r else "-",
+                      f"{100 * r['copy_share']:.0f}%" if "copy_share" in r else "-"] if gpu else []))
     print(f"ms per training step of the MLP {sw['layers']} by batch size (median of {sw['steps']} steps; "
           f"CPU back ends on {sw['threads']} threads)")
-    print(_table(["batch"] + labels + ["GPU copied vs best CPU", "GPU resident vs best CPU", "copy share"], rows,
-                 right=range(0, len(labels) + 4)))
+    extra = ["GPU copied vs best CPU", "GPU resident vs best CPU", "copy share"] if gpu else []
+    print(_table(["batch"] + labels + extra, rows, right=range(0, len(labels) + 4)))
+    if not gpu:
+        print("(no GPU is usable here: the sweep has the CPU back ends only)")
     s = sw["summary"]
     for key, what in (("resident", "with the data kept on the GPU"), ("copied", "with the batch copied every step")):
         if any(f"speedup_{key}" in r for r in sw["summary"]["rows"]):

@@ -17,6 +17,7 @@
 
 #include "gemm_cuda.h"
 #include "nn_ops.h"
+#include "probe.h"
 
 using whygpu::gpu::GemmArgs;
 
@@ -259,6 +260,40 @@ void check_nn() {
     }
 }
 
+// The probes of probe.cu: the copy at awkward sizes and alignments (with a
+// sentinel after dst: nothing may be written past n), and the FMA kernel's
+// result against the same recurrence on the host.
+void check_probes() {
+    namespace pr = whygpu::gpu::probe;
+    for (long long n : {0LL, 1LL, 3LL, 4LL, 5LL, 1023LL, 4097LL}) {
+        for (int shift : {0, 1, 3}) {  // float offsets: 0 keeps 16-byte alignment, 1 and 3 lose it
+            std::vector<float> src(n + 8), dst(n + 8 + shift, kSentinel);
+            for (auto& v : src) v = uniform();
+            const float* s = src.data() + (shift == 3 ? 3 : 0);
+            float* d = dst.data() + shift;
+            if (pr::copy(s, d, n, 2, 3, nullptr) != cudaSuccess) { fail("probe copy launch"); continue; }
+            for (long long i = 0; i < n; ++i)
+                if (d[i] != s[i]) { fail("probe copy"); break; }
+            for (long long i = n; i < n + 8; ++i)
+                if (d[i] != kSentinel) { fail("probe copy wrote past the end"); break; }
+        }
+    }
+    if (pr::copy(nullptr, nullptr, 4, 0, 1, nullptr) == cudaSuccess) fail("probe copy accepted 0 passes");
+    const int blocks = 3, threads = 64;
+    const long long iters = 5;
+    std::vector<float> sink(blocks * threads, kSentinel);
+    if (pr::fma_peak(blocks, threads, iters, sink.data(), nullptr) != cudaSuccess) fail("probe fma launch");
+    for (int t = 0; t < blocks * threads; ++t) {
+        double sum = 0;
+        for (int c = 0; c < pr::kFmaChains; ++c) {
+            float x = 1.0f + 1e-3f * (float)((t + c) % 7);
+            for (long long i = 0; i < iters * pr::kFmaUnroll; ++i) x = std::fma(x, 0.999f, 0.001f);
+            sum += x;
+        }
+        if (!std::isfinite(sink[t]) || std::fabs(sink[t] - sum) > 1e-5 * std::fabs(sum)) { fail("probe fma"); break; }
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -287,6 +322,8 @@ int main(int argc, char** argv) {
     if (!only) {
         check_nn();
         std::printf("nn ops done\n");
+        check_probes();
+        std::printf("probes done\n");
     }
     if (g_failures) { std::printf("%d failures\n", g_failures); return 1; }
     std::printf("all passed\n");

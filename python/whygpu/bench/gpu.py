@@ -110,7 +110,7 @@ def measure_gpu(*, quick: bool = False, log: Callable[[str], None] = lambda s: N
     dram_bytes -= dram_bytes % 16
     l2_bytes = max(4096, (l2 // 4) - (l2 // 4) % 16)
     reps = 5 if quick else 10
-    bandwidth = {"L2": _copy_gbps(l2_bytes, reps * 4), "DRAM": _copy_gbps(dram_bytes, reps)}
+    bandwidth = {"L2": _copy_gbps(l2_bytes, reps), "DRAM": _copy_gbps(dram_bytes, reps)}
     host_bytes = (16 if quick else 64) << 20
     host = {d: {m: _host_gbps(host_bytes, d, m, 3 if quick else 5) for m in ("pageable", "pinned", "staged")}
             for d in ("h2d", "d2h")}

@@ -11,6 +11,7 @@ column shows they compute the same thing, and the time columns how fast.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import time
 from typing import Callable, List, Optional, Sequence
 
@@ -29,6 +30,16 @@ __all__ = ["SCHEMA", "SWEEP_BATCHES", "run_train", "run_sweep", "step_timer", "s
 SCHEMA = "whygpu.train/1"
 _WARMUP = 2  # untimed steps before the profiled ones: first-touch, scratch buffers
 SWEEP_BATCHES = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def _count(n, what: str) -> int:
+    """n as an int >= 1 (a batch, a width, a number of steps: no upper bound,
+    unlike a thread count), or TypeError / ValueError saying what was wrong."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{what} must be an integer >= 1, got {n!r}")
+    if n < 1:
+        raise ValueError(f"{what} must be >= 1, got {n}")
+    return int(n)
 
 
 def synthetic_clusters(n: int, features: int = 784, classes: int = 10, seed: int = 0):
@@ -139,8 +150,8 @@ def run_train(*, steps: int = 30, batch: int = 256, layers: Sequence[int] = (784
     :data:`SWEEP_BATCHES` where a GPU is usable and none elsewhere, ``[]``
     for none.
     """
-    steps, batch = check_threads(steps, "steps"), check_threads(batch, "batch")
-    layers = [check_threads(w, "layer width") for w in layers]
+    steps, batch = _count(steps, "steps"), _count(batch, "batch")
+    layers = [_count(w, "layer width") for w in layers]
     if len(layers) < 2:
         raise ValueError("layers needs at least an input and an output width")
     all_b = nn.backends()
@@ -266,8 +277,11 @@ def run_sweep(*, batches: Sequence[int] = SWEEP_BATCHES, layers: Sequence[int] =
     CPU (data copied and data resident), the speed-ups, and the share of the
     copied step that is the copy ((copied - resident) / copied).
     """
-    batches = sorted({check_threads(b, "batch") for b in batches})
-    layers = [check_threads(w, "layer width") for w in layers]
+    batches = sorted({_count(b, "batch") for b in batches})
+    if not batches:
+        raise ValueError("batches must name at least one batch size")
+    steps = _count(steps, "steps")
+    layers = [_count(w, "layer width") for w in layers]
     th = get_num_threads() if threads is None else check_threads(threads)
     cpu = [b for b in ("openmp", "numpy") if b in nn.backends()]
     series = [(b, b, False) for b in cpu]
