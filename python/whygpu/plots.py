@@ -22,6 +22,10 @@ _DPI = 110
 _COLORS = {
     "python": "#7f7f7f", "cython": "#8c564b", "naive": "#d62728", "reordered": "#ff7f0e",
     "blocked": "#bcbd22", "packed": "#2ca02c", "openmp": "#1f77b4", "numpy": "#9467bd",
+    # the GPU rungs: one sequential palette, light (naive) to dark (warp tiling); cuBLAS in black
+    "cuda_naive": "#fdae61", "cuda_coalesced": "#f46d43", "cuda_smem": "#d53e4f", "cuda_1d_tiling": "#9e0142",
+    "cuda_2d_tiling": "#5e4fa2", "cuda_vectorized": "#3288bd", "cuda_warptile": "#00441b", "cuda": "#00441b",
+    "cublas": "#000000",
 }
 _EXTRA = ["#17becf", "#e377c2", "#393b79", "#637939", "#843c39"]
 
