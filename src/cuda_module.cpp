@@ -444,32 +444,26 @@ struct Event {
     Event& operator=(const Event&) = delete;
 };
 
-struct DeviceMem {
+// Memory from `Alloc` (at least 16 bytes), given back by `Free`; errors raise.
+template <cudaError_t (*Alloc)(void**, std::size_t), cudaError_t (*Free)(void*)>
+struct ScopedMem {
     void* p = nullptr;
-    explicit DeviceMem(std::size_t n) {
-        const cudaError_t e = cudaMalloc(&p, std::max<std::size_t>(n, 16));
+    ScopedMem(std::size_t n, const char* what) {
+        const cudaError_t e = Alloc(&p, std::max<std::size_t>(n, 16));
         if (e != cudaSuccess) p = nullptr;
-        check(e, "cudaMalloc (" + mib(n) + ")");
+        check(e, std::string(what) + " (" + mib(n) + ")");
     }
-    ~DeviceMem() {
-        if (p != nullptr && cudaFree(p) != cudaSuccess) cudaGetLastError();
+    ~ScopedMem() {
+        if (p != nullptr && Free(p) != cudaSuccess) cudaGetLastError();
     }
-    DeviceMem(const DeviceMem&) = delete;
-    DeviceMem& operator=(const DeviceMem&) = delete;
+    ScopedMem(const ScopedMem&) = delete;
+    ScopedMem& operator=(const ScopedMem&) = delete;
 };
-
-struct PinnedMem {
-    void* p = nullptr;
-    explicit PinnedMem(std::size_t n) {
-        const cudaError_t e = cudaMallocHost(&p, std::max<std::size_t>(n, 16));
-        if (e != cudaSuccess) p = nullptr;
-        check(e, "cudaMallocHost (" + mib(n) + ")");
-    }
-    ~PinnedMem() {
-        if (p != nullptr && cudaFreeHost(p) != cudaSuccess) cudaGetLastError();
-    }
-    PinnedMem(const PinnedMem&) = delete;
-    PinnedMem& operator=(const PinnedMem&) = delete;
+struct DeviceMem : ScopedMem<cudaMalloc, cudaFree> {
+    explicit DeviceMem(std::size_t n) : ScopedMem(n, "cudaMalloc") {}
+};
+struct PinnedMem : ScopedMem<cudaMallocHost, cudaFreeHost> {
+    explicit PinnedMem(std::size_t n) : ScopedMem(n, "cudaMallocHost") {}
 };
 
 // Seconds between two events around launch() on the default stream.
