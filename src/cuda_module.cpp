@@ -714,7 +714,8 @@ const float* f32_in(const DeviceArray& x, const char* name) {
 float* f32_out(DeviceArray& x, const char* name) { return const_cast<float*>(f32_in(x, name)); }
 
 void gemm(int rung, const DeviceArray& a, const DeviceArray& b, DeviceArray& c, double alpha, double beta,
-          bool trans_a, bool trans_b) {
+          bool trans_a, bool trans_b, int split_k) {
+    if (split_k < 0) throw py::value_error("split_k must be 0 (chosen by shape) or >= 1, got " + std::to_string(split_k));
     if (whygpu::gpu::rung_name(rung) == nullptr) throw py::value_error("unknown CUDA rung " + std::to_string(rung));
     if (a.shape.size() != 2 || b.shape.size() != 2 || c.shape.size() != 2)
         throw py::value_error("a, b and c must be 2-D");
@@ -740,6 +741,7 @@ void gemm(int rung, const DeviceArray& a, const DeviceArray& b, DeviceArray& c, 
     g.ldc = c.shape[1];
     g.trans_a = trans_a;
     g.trans_b = trans_b;
+    g.split_k = split_k;
     auto keep_a = a.buf, keep_b = b.buf, keep_c = c.buf;
     run_released(std::string("gemm (") + whygpu::gpu::rung_name(rung) + ")",
                  [&] { return whygpu::gpu::gemm(rung, g, 0); });
@@ -1119,8 +1121,9 @@ PYBIND11_MODULE(_cuda, m) {
         .def("__repr__", &describe);
 
     m.def("gemm", &gemm, py::arg("rung"), py::arg("a"), py::arg("b"), py::arg("c"), py::arg("alpha") = 1.0,
-          py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("trans_b") = false,
-          "c = alpha * op(a) @ op(b) + beta * c on CUDA rung `rung`, float32 DeviceArrays. Asynchronous.");
+          py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("split_k") = 0,
+          "c = alpha * op(a) @ op(b) + beta * c on CUDA rung `rung`, float32 DeviceArrays. Asynchronous. "
+          "split_k (cuda_warptile only): 0 = chosen from the shape, s >= 1 = s slices of k.");
 
     m.def("pinned_empty", &pinned_empty, py::arg("shape"), py::arg("dtype") = py::dtype("float32"),
           "An uninitialised NumPy array in page-locked (pinned) host memory: copies to and from the GPU "

@@ -576,3 +576,25 @@ def test_transfers_from_several_threads_at_once(rng):
     for t in threads:
         t.join()
     assert errors == []
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_split_k_gives_the_same_product(trans_a, trans_b, rng):
+    """The weight-gradient shape: few tiles of C, long k.  Every split (chosen,
+    none, forced, more slices than k-tiles) agrees with the float64 reference."""
+    m, n, k = 10, 37, 1531
+    a = _f32(rng, *((k, m) if trans_a else (m, k)))
+    b = _f32(rng, *((n, k) if trans_b else (k, n)))
+    c0 = _f32(rng, m, n)
+    ref = 0.5 * ((a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)) - 2.0 * c0
+    da, db = wc.to_device(a), wc.to_device(b)
+    for split in (0, 1, 2, 7, 1000):
+        dc = wc.to_device(c0)
+        wc.gemm(da, db, dc, alpha=0.5, beta=-2.0, trans_a=trans_a, trans_b=trans_b, kernel="cuda_warptile",
+                split_k=split)
+        np.testing.assert_allclose(dc.to_host(), ref, rtol=0, atol=4 * k * 6e-8 * (np.abs(ref).max() + 1))
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="split_k"):
+            wc.gemm(da, db, trans_a=trans_a, trans_b=trans_b, split_k=bad)

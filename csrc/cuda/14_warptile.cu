@@ -22,6 +22,17 @@
 //  3. A grouped block order: blocks are numbered down groups of 8
 //     block-rows, so the blocks running at the same time share their A and
 //     B panels in the L2 cache.
+//  4. Split-k for shapes with few tiles of C and a long k -- a training
+//     step's weight gradients, dW = dY^T X, whose k is the batch: a 10 x 256
+//     gradient over a batch of 8192 has 2 tiles of C, so 2 of 132 SMs would
+//     work through all 8192 steps of k while the rest idled.  k is cut into
+//     slices (blockIdx.y), each block sums its slice into a workspace, and a
+//     second kernel adds the slices in a fixed order (deterministic results)
+//     and applies alpha and beta.  Chosen per call from the shape and the
+//     number of SMs (choose_splits); GemmArgs::split_k forces it.
+#include <algorithm>
+#include <cstddef>
+
 #include "common.cuh"
 
 namespace whygpu {
@@ -93,7 +104,10 @@ __device__ __forceinline__ void store_stage(const GemmArgs& g, const Stage& s, i
     }
 }
 
-__global__ void __launch_bounds__(kThreads, 2) warptile_kernel(GemmArgs g) {
+// Split-k: blockIdx.y picks a slice of `slice_tiles` k-tiles.  With one slice
+// the block writes C; with several, each writes its partial product to its
+// own (m, n) matrix of the workspace `ws` and splitk_reduce_kernel sums them.
+__global__ void __launch_bounds__(kThreads, 2) warptile_kernel(GemmArgs g, int slice_tiles, float* ws) {
     __shared__ __align__(16) float As[2][BK * kPad];  // As[buf][p][r] = op(A)[i0 + r, p0 + p]
     __shared__ __align__(16) float Bs[2][BK * kPad];  // Bs[buf][p][c] = op(B)[p0 + p, j0 + c]
 
@@ -113,16 +127,19 @@ __global__ void __launch_bounds__(kThreads, 2) warptile_kernel(GemmArgs g) {
     const int lr = (lane / 4) * 4, lc = (lane % 4) * 4;                // the thread's 4 x 4 origin in it
     // This thread's outputs: rows wr + {0, 32} + lr + 0..3, columns wc + {0, 16} + lc + 0..3.
 
+    const int ktiles = detail::ceil_div(g.k, BK);
+    const int t_begin = blockIdx.y * slice_tiles;             // this block's k-tiles: [t_begin, t_end)
+    const int t_end = min(ktiles, t_begin + slice_tiles);     // (the launcher leaves no slice empty)
+
     float acc[8][8] = {};
     Stage stage;
-    load_stage(g, i0, j0, 0, tid, stage);
+    load_stage(g, i0, j0, t_begin * BK, tid, stage);
     store_stage(g, stage, tid, As[0], Bs[0]);
     __syncthreads();
 
-    const int ktiles = detail::ceil_div(g.k, BK);
-    for (int t = 0; t < ktiles; ++t) {
-        const int cur = t & 1;
-        const bool more = t + 1 < ktiles;
+    for (int t = t_begin; t < t_end; ++t) {
+        const int cur = (t - t_begin) & 1;
+        const bool more = t + 1 < t_end;
         if (more) load_stage(g, i0, j0, (t + 1) * BK, tid, stage);  // in flight during the FMAs below
         const float* as = As[cur];
         const float* bs = Bs[cur];
@@ -145,16 +162,55 @@ __global__ void __launch_bounds__(kThreads, 2) warptile_kernel(GemmArgs g) {
         __syncthreads();
     }
 
+    GemmArgs out = g;  // where this block's sums go: C, or its slice's matrix of the workspace
+    if (ws != nullptr) {
+        out.c = ws + blockIdx.y * (long long)g.m * g.n;  // (m, n), row stride n
+        out.ldc = g.n;
+        out.alpha = 1.f;
+        out.beta = 0.f;
+        out.vec_c = g.n % 4 == 0;  // ws is 256-byte aligned: rows are 16-byte aligned when n % 4 == 0
+    }
 #pragma unroll
     for (int r = 0; r < 8; ++r) {
         const int i = i0 + wr + (r / 4) * 32 + lr + (r % 4);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int j = j0 + wc + h * 16 + lc;
-            detail::c_store4(g, i, j, make_float4(acc[r][4 * h], acc[r][4 * h + 1], acc[r][4 * h + 2],
-                                                  acc[r][4 * h + 3]));
+            detail::c_store4(out, i, j, make_float4(acc[r][4 * h], acc[r][4 * h + 1], acc[r][4 * h + 2],
+                                                    acc[r][4 * h + 3]));
         }
     }
+}
+
+// C = alpha * (sum over the slices of ws) + beta * C, the slices added in order
+// (deterministic: the same result every run, unlike atomic adds into C).
+__global__ void splitk_reduce_kernel(GemmArgs g, const float* ws, int splits) {
+    const long long total = (long long)g.m * g.n;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        float sum = 0.f;
+        for (int z = 0; z < splits; ++z) sum += ws[z * total + e];
+        detail::c_store(g, (int)(e / g.n), (int)(e % g.n), sum);
+    }
+}
+
+constexpr int kMinSliceTiles = 32;  // at least 256 of k per slice: the partial sums' traffic stays small
+constexpr int kMaxSplits = 16;
+
+// How many slices of k: enough blocks to give every SM two (the kernel fits
+// two per SM), when C has too few tiles to do so and k is long enough to cut.
+int choose_splits(const GemmArgs& g, long long tiles, int ktiles) {
+    if (g.split_k >= 1) return min(g.split_k, ktiles);
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms < 1) {
+        cudaGetLastError();
+        return 1;
+    }
+    const long long slots = 2LL * sms;
+    if (tiles >= slots) return 1;
+    const long long want = (slots + tiles - 1) / tiles;
+    return (int)std::max(1LL, std::min({want, (long long)(ktiles / kMinSliceTiles), (long long)kMaxSplits}));
 }
 
 }  // namespace
@@ -162,8 +218,34 @@ __global__ void __launch_bounds__(kThreads, 2) warptile_kernel(GemmArgs g) {
 cudaError_t launch_warptile(const GemmArgs& g, cudaStream_t stream) {
     const long long blocks = (long long)detail::ceil_div(g.m, BM) * detail::ceil_div(g.n, BN);
     if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-    warptile_kernel<<<(unsigned)blocks, kThreads, 0, stream>>>(g);
-    return cudaGetLastError();
+    const int ktiles = detail::ceil_div(g.k, BK);
+    int splits = choose_splits(g, blocks, ktiles);
+    const int slice_tiles = detail::ceil_div(ktiles, splits);
+    splits = detail::ceil_div(ktiles, slice_tiles);  // no empty slice
+    float* ws = nullptr;
+    if (splits > 1) {
+        // Stream-ordered: allocated, used and freed in issue order, no synchronisation.
+        const std::size_t bytes = (std::size_t)splits * g.m * g.n * sizeof(float);
+        if (cudaMallocAsync(reinterpret_cast<void**>(&ws), bytes, stream) != cudaSuccess) {
+            cudaGetLastError();  // no memory pool, or no memory: compute without splitting
+            ws = nullptr;
+            splits = 1;
+        }
+    }
+    warptile_kernel<<<dim3((unsigned)blocks, (unsigned)splits), kThreads, 0, stream>>>(
+        g, splits > 1 ? slice_tiles : ktiles, ws);
+    cudaError_t e = cudaGetLastError();
+    if (ws != nullptr) {
+        if (e == cudaSuccess) {
+            const long long total = (long long)g.m * g.n;
+            const long long rblocks = min((total + 255) / 256, 65535LL);
+            splitk_reduce_kernel<<<(unsigned)rblocks, 256, 0, stream>>>(g, ws, splits);
+            e = cudaGetLastError();
+        }
+        const cudaError_t f = cudaFreeAsync(ws, stream);
+        if (e == cudaSuccess) e = f;
+    }
+    return e;
 }
 
 }  // namespace gpu

@@ -48,6 +48,10 @@ struct GemmArgs {
     float* c = nullptr;        // (m, n); row stride ldc
     long long ldc = 0;
     bool trans_a = false, trans_b = false;
+    // Split-k (cuda_warptile only): 0 = chosen from the shape and the GPU
+    // (long k, too few tiles of C to fill the SMs), s >= 1 = s slices of k
+    // (1 = no split; more than k / 8 is clamped).  Other rungs ignore it.
+    int split_k = 0;
     // Set by gemm(): may this matrix be read/written in 16-byte float4 pieces?
     bool vec_a = false, vec_b = false, vec_c = false;
 };

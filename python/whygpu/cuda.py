@@ -283,16 +283,23 @@ def _check_device_matrix(x, name: str):
 
 
 def gemm(a, b, c=None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool = False,
-         trans_b: bool = False, kernel: str = DEFAULT_KERNEL):
+         trans_b: bool = False, kernel: str = DEFAULT_KERNEL, split_k: int = 0):
     """``C = alpha * op(A) @ op(B) + beta * C`` on the GPU, all three float32
     :class:`DeviceArray` matrices; ``op(X)`` is ``X.T`` when ``trans_x``.
 
     ``c`` is updated in place and returned (``beta == 0`` overwrites it
     without reading it); when ``c`` is None a new array is returned and
     ``beta`` is ignored.  Asynchronous: returns once the kernel is queued.
+
+    ``split_k`` (``cuda_warptile`` only, ignored by the other rungs): 0 lets
+    the kernel cut k into slices when C has too few tiles to fill the GPU
+    and k is long (a weight gradient over a large batch); s >= 1 forces s
+    slices (1: no split) -- to see what splitting buys.
     """
     _require()
     rung = _cuda_kernel(kernel)
+    if isinstance(split_k, (bool, np.bool_)) or not isinstance(split_k, (int, np.integer)) or split_k < 0:
+        raise ValueError(f"split_k must be 0 (chosen by shape) or an integer >= 1, got {split_k!r}")
     _check_device_matrix(a, "a")
     _check_device_matrix(b, "b")
     for flag, fname in ((trans_a, "trans_a"), (trans_b, "trans_b")):
@@ -315,7 +322,7 @@ def gemm(a, b, c=None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool =
             raise ValueError(f"c has shape {c.shape}, expected {(m, n)}")
         if c.shares_memory(a) or c.shares_memory(b):
             raise ValueError("c shares memory with a or b: the kernels read a and b while writing c")
-    _module().gemm(rung, a, b, c, float(alpha), float(beta), bool(trans_a), bool(trans_b))
+    _module().gemm(rung, a, b, c, float(alpha), float(beta), bool(trans_a), bool(trans_b), int(min(split_k, 1 << 30)))
     return c
 
 

@@ -63,10 +63,11 @@ void fail(const std::string& what) {
     if (++g_failures > 20) std::exit(1);
 }
 
-void check_gemm(int rung, int m, int n, int k, bool ta, bool tb, float alpha, float beta, int ldpad, int shift) {
+void check_gemm(int rung, int m, int n, int k, bool ta, bool tb, float alpha, float beta, int ldpad, int shift,
+                int split_k = 0) {
     char label[256];
-    std::snprintf(label, sizeof label, "%s m=%d n=%d k=%d ta=%d tb=%d alpha=%g beta=%g ldpad=%d shift=%d",
-                  whygpu::gpu::rung_name(rung), m, n, k, ta, tb, alpha, beta, ldpad, shift);
+    std::snprintf(label, sizeof label, "%s m=%d n=%d k=%d ta=%d tb=%d alpha=%g beta=%g ldpad=%d shift=%d split_k=%d",
+                  whygpu::gpu::rung_name(rung), m, n, k, ta, tb, alpha, beta, ldpad, shift, split_k);
     // Stored shapes: A (m, k) or (k, m); B (k, n) or (n, k); C (m, n).
     const int ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
     Mat A(ar, ac, ac + ldpad, shift, 0, true), B(br, bc, bc + ldpad, shift, 0, true);
@@ -80,6 +81,7 @@ void check_gemm(int rung, int m, int n, int k, bool ta, bool tb, float alpha, fl
     g.a = A.p; g.lda = A.ld; g.trans_a = ta;
     g.b = B.p; g.ldb = B.ld; g.trans_b = tb;
     g.c = C.p; g.ldc = C.ld;
+    g.split_k = split_k;
     const cudaError_t e = whygpu::gpu::gemm(rung, g, nullptr);
     if (e != cudaSuccess) { fail(std::string(label) + ": error code " + std::to_string(e)); return; }
     const float* c0p = c0.data() + (C.p - C.buf.data());
@@ -315,6 +317,19 @@ int main(int argc, char** argv) {
             check_gemm(rung, 36, 44, 28, t & 1, t & 2, 2.f, 1.f, 4, 1);
             check_gemm(rung, 132, 136, 24, t & 1, t & 2, 1.5f, -1.f, 4, 0);
             check_gemm(rung, 9, 10, 11, t & 1, t & 2, 0.f, 0.5f, 1, 0);  // alpha == 0: C = beta C only
+        }
+        if (rung == whygpu::gpu::kWarptile) {
+            // Split-k: forced on the shapes above (slices of 1 to 7 k-tiles, more slices than k-tiles), and
+            // chosen by the launcher on long-k shapes with few tiles of C (the emulated GPU has 4 SMs).
+            for (const auto& s : shapes)
+                for (int t = 0; t < 4; ++t)
+                    for (int split : {2, 3, 7}) check_gemm(rung, s.m, s.n, s.k, t & 1, t & 2, 1.f, 0.f, 0, 0, split);
+            for (int t = 0; t < 4; ++t) {
+                check_gemm(rung, 37, 45, 1000, t & 1, t & 2, 1.f, 0.f, 0, 0);
+                check_gemm(rung, 5, 130, 2051, t & 1, t & 2, -0.5f, 0.75f, 3, 0);
+                check_gemm(rung, 130, 7, 1500, t & 1, t & 2, 2.f, 1.f, 4, 1);
+                check_gemm(rung, 36, 44, 777, t & 1, t & 2, 1.5f, -1.f, 4, 0, 5);
+            }
         }
         std::printf("%s done\n", whygpu::gpu::rung_name(rung));
         std::fflush(stdout);

@@ -67,9 +67,10 @@ inline cudaError_t cudaDriverGetVersion(int* v) { *v = 13000; return cudaSuccess
 inline cudaError_t cudaRuntimeGetVersion(int* v) { *v = 13000; return cudaSuccess; }
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
-enum cudaDeviceAttr { cudaDevAttrClockRate = 13, cudaDevAttrMemoryPoolsSupported = 115 };
+enum cudaDeviceAttr { cudaDevAttrClockRate = 13, cudaDevAttrMultiProcessorCount = 16,
+                      cudaDevAttrMemoryPoolsSupported = 115 };
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
-    *v = a == cudaDevAttrMemoryPoolsSupported ? 1 : 1000000;
+    *v = a == cudaDevAttrMemoryPoolsSupported ? 1 : a == cudaDevAttrMultiProcessorCount ? 4 : 1000000;
     return cudaSuccess;
 }
 using cudaMemPool_t = void*;
