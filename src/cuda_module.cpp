@@ -493,6 +493,12 @@ void positive(long long v, const char* name) {
     if (v < 1) throw py::value_error(std::string(name) + " must be >= 1, got " + std::to_string(v));
 }
 
+// More bytes than any GPU holds: refused before any size arithmetic can overflow.
+void sane_nbytes(long long nbytes) {
+    positive(nbytes, "nbytes");
+    if (nbytes > (1LL << 48)) throw py::value_error("nbytes must be <= 2**48, got " + std::to_string(nbytes));
+}
+
 double probe_fma_seconds(long long blocks, long long threads, long long iters) {
     positive(blocks, "blocks");
     positive(threads, "threads");
@@ -509,13 +515,15 @@ double probe_fma_seconds(long long blocks, long long threads, long long iters) {
 }
 
 std::vector<double> probe_copy_seconds(long long nbytes, long long reps) {
-    positive(nbytes, "nbytes");
+    sane_nbytes(nbytes);
     positive(reps, "reps");
     ensure_usable();
     py::gil_scoped_release release;
-    const long long n = nbytes / static_cast<long long>(sizeof(float));
-    DeviceMem src(static_cast<std::size_t>(nbytes)), dst(static_cast<std::size_t>(nbytes));
-    check(cudaMemsetAsync(src.p, 0, static_cast<std::size_t>(nbytes), 0), "cudaMemsetAsync");
+    // Whole float32s (the kernel's unit): 1-3 bytes more than asked at most, never fewer.
+    const long long n = (nbytes + 3) / static_cast<long long>(sizeof(float));
+    const auto bytes = static_cast<std::size_t>(n) * sizeof(float);
+    DeviceMem src(bytes), dst(bytes);
+    check(cudaMemsetAsync(src.p, 0, bytes, 0), "cudaMemsetAsync");
     const int blocks = device_sms() * 8;
     // Passes enough to move >= 256 MiB per launch: a copy that fits in L2 is over in
     // microseconds, and a kernel launch costs about as much.
@@ -532,7 +540,7 @@ std::vector<double> probe_copy_seconds(long long nbytes, long long reps) {
 
 std::vector<double> probe_host_copy_seconds(long long nbytes, const std::string& direction, const std::string& memory,
                                             long long reps) {
-    positive(nbytes, "nbytes");
+    sane_nbytes(nbytes);
     positive(reps, "reps");
     if (direction != "h2d" && direction != "d2h")
         throw py::value_error("direction must be 'h2d' or 'd2h', got '" + direction + "'");
@@ -1139,9 +1147,9 @@ PYBIND11_MODULE(_cuda, m) {
               "Seconds (CUDA events) of one launch of the FMA probe: blocks x threads threads, iters iterations "
               "each. Call it once untimed first (module load, clocks).");
     probe.def("copy_seconds", &probe_copy_seconds, py::arg("nbytes"), py::arg("reps"),
-              "Seconds (CUDA events) per copy of nbytes device to device, `reps` samples (after one untimed "
-              "copy; each sample averages enough passes in one launch to move 256 MiB); a copy moves 2 * nbytes "
-              "(read + write).");
+              "Seconds (CUDA events) per copy of nbytes (rounded up to whole float32s) device to device, `reps` "
+              "samples (after one untimed copy; each sample averages enough passes in one launch to move "
+              "256 MiB); a copy moves 2 * nbytes (read + write).");
     probe.def("host_copy_seconds", &probe_host_copy_seconds, py::arg("nbytes"), py::arg("direction"),
               py::arg("memory"), py::arg("reps"),
               "Seconds (host clock, copy + synchronisation) of each of `reps` copies of nbytes between host and "

@@ -530,6 +530,66 @@ def test_staged_transfers_round_trip_at_chunk_edges(rng):
         np.testing.assert_array_equal(out, x[::-1])
 
 
+ALL_DTYPES = [np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
+              np.uint8, np.uint16, np.uint32, np.uint64, np.bool_]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_staged_transfers_of_every_dtype_at_chunk_edges(dtype, rng):
+    """Element counts that put a chunk boundary inside, on and just past the end,
+    from pageable and pinned arrays, into pageable and pinned `out`s."""
+    itemsize = np.dtype(dtype).itemsize
+    per_chunk = wc._module().staging_chunk_bytes() // itemsize
+    for n in (1, per_chunk - 1, per_chunk, per_chunk + 1, 2 * per_chunk + 3):
+        x = rng.integers(0, 100, n).astype(dtype)
+        d = wc.to_device(x)
+        np.testing.assert_array_equal(d.to_host(), x)
+        np.testing.assert_array_equal(wc.to_device(wc.pinned_array(x)).to_host(), x)
+        out = wc.pinned_empty(n, dtype)
+        d.to_host(out=out)
+        np.testing.assert_array_equal(out, x)
+        y = x[::-1].copy()
+        d.copy_from_host(y)
+        out = np.empty_like(x)
+        d.to_host(out=out)
+        np.testing.assert_array_equal(out, y)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_staged_transfers_from_and_to_unaligned_host_memory(rng):
+    """Host views at odd byte offsets (staging memcpys any address)."""
+    ch = wc._module().staging_chunk_bytes()
+    for nbytes in (1, 5, ch + 3):
+        backing = rng.integers(0, 256, nbytes + 1, dtype=np.uint8)
+        x = backing[1:]                                  # contiguous, one byte off
+        d = wc.to_device(x)
+        np.testing.assert_array_equal(d.to_host(), x)
+        out = np.zeros(nbytes + 2, np.uint8)
+        d.to_host(out=out[1:-1])
+        assert out[0] == 0 and out[-1] == 0              # nothing written around the view
+        np.testing.assert_array_equal(out[1:-1], x)
+        pinned = wc.pinned_empty(nbytes + 2, np.uint8)
+        pinned[...] = 0
+        d.to_host(out=pinned[1:-1])                      # an interior pointer of pinned memory
+        assert pinned[0] == 0 and pinned[-1] == 0
+        np.testing.assert_array_equal(pinned[1:-1], x)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_copy_probe_at_sizes_that_are_not_whole_floats():
+    p = wc._module().probe
+    for nbytes in (1, 2, 3, 5, 4097):
+        times = p.copy_seconds(nbytes, 1)
+        assert len(times) == 1 and np.isfinite(times[0]) and times[0] > 0
+    for bad in (lambda: p.copy_seconds(2**60, 1), lambda: p.host_copy_seconds(2**60, "h2d", "pinned", 1)):
+        with pytest.raises(ValueError, match="nbytes"):
+            bad()
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not GPU, reason="no usable GPU")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.uint8, np.bool_])

@@ -111,16 +111,23 @@ def _run_gpu_tests_module():
     return module
 
 
-def test_gpu_tests_run_on_the_emulated_gpu(tmp_path, tmp_path_factory, emulated):
-    """tests/test_nn_cuda.py's and tests/test_cuda.py's GPU tests (``-m cuda``) against the whygpu under
-    test, with its _cuda replaced by the binding built over the emulation
-    (the kernels' objects come from the `emulated` build's cache)."""
+@pytest.fixture(scope="module")
+def emulated_site(tmp_path_factory, emulated):
+    """A copy of the whygpu under test whose _cuda is the binding built over the
+    emulation (the kernels' objects come from the `emulated` build's cache)."""
     if not importlib.util.find_spec("pybind11"):
         pytest.skip("needs pybind11 to build the binding")
     runner = _run_gpu_tests_module()
-    site = runner.make_site(tmp_path, cache=str(tmp_path_factory.getbasetemp() / "cuda_emu_objects"),
+    return runner.make_site(tmp_path_factory.mktemp("emulated_site"),
+                            cache=str(tmp_path_factory.getbasetemp() / "cuda_emu_objects"),
                             package=str(pathlib.Path(whygpu.__file__).parent))
-    env = dict(os.environ, PYTHONPATH=str(site))
+
+
+def test_gpu_tests_run_on_the_emulated_gpu(emulated_site):
+    """tests/test_nn_cuda.py's and tests/test_cuda.py's GPU tests (``-m cuda``) against the whygpu under
+    test, with its _cuda replaced by the binding built over the emulation."""
+    runner = _run_gpu_tests_module()
+    env = dict(os.environ, PYTHONPATH=str(emulated_site))
     cmd = runner.pytest_command([str(HERE / "test_nn_cuda.py"), str(HERE / "test_cuda.py"), "-q"])
     r = subprocess.run(cmd, env=env, cwd=HERE.parent, capture_output=True, text=True, timeout=900)
     report = r.stdout[-6000:] + r.stderr[-2000:]
@@ -130,3 +137,38 @@ def test_gpu_tests_run_on_the_emulated_gpu(tmp_path, tmp_path_factory, emulated)
     # none skipped for want of a GPU
     assert passed and int(passed.group(1)) >= 16 + 320, report
     assert "skipped" not in r.stdout.splitlines()[-1], report
+
+
+_NO_PINNED_SCRIPT = """
+import numpy as np
+import whygpu.cuda as wc
+ch = wc._module().staging_chunk_bytes()
+rng = np.random.default_rng(0)
+for nbytes in (0, 1, ch - 1, ch, ch + 1, 3 * ch + 7):
+    x = rng.integers(0, 256, nbytes, dtype=np.uint8)
+    d = wc.to_device(x)
+    assert np.array_equal(d.to_host(), x)
+    out = np.empty_like(x)
+    d.copy_from_host(x[::-1].copy())
+    d.to_host(out=out)
+    assert np.array_equal(out, x[::-1])
+for memory in ("pageable", "staged"):
+    assert len(wc._module().probe.host_copy_seconds(1000, "h2d", memory, 1)) == 1
+try:
+    wc.pinned_empty(3)
+except MemoryError as e:
+    print("refused:", e)
+else:
+    raise SystemExit("pinned_empty did not raise")
+print("fallback ok")
+"""
+
+
+def test_transfers_fall_back_to_plain_copies_without_pinned_memory(emulated_site):
+    """When cudaMallocHost fails (the emulation refuses it under WHYGPU_EMU_NO_PINNED),
+    DeviceArray transfers still work, through plain cudaMemcpy; pinned_empty raises MemoryError."""
+    env = dict(os.environ, PYTHONPATH=str(emulated_site), WHYGPU_EMU_NO_PINNED="1")
+    r = subprocess.run([sys.executable, "-c", _NO_PINNED_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "refused: could not allocate" in r.stdout and "fallback ok" in r.stdout

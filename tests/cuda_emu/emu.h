@@ -78,21 +78,65 @@ enum cudaMemPoolAttr { cudaMemPoolAttrReleaseThreshold = 4 };
 inline cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* p, int) { *p = nullptr; return cudaSuccess; }
 inline cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { return cudaSuccess; }
 inline cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, std::size_t) { return cudaSuccess; }
+// The legacy default stream.  Kernels run at their launch, but a copy between
+// device memory and *pinned* host memory is only queued, and runs at the next
+// synchronising call (or launch, or copy that must come after it): as late as
+// CUDA may run it.  So code that reuses a pinned buffer before waiting for the
+// copy that reads it, or reads one before the copy into it is known to be done
+// (the staging pipeline of src/cuda_module.cpp), gets wrong data here as it
+// could on a GPU.  Copies with pageable memory run at once, as CUDA stages them.
+namespace emu {
+struct PendingCopy {
+    void* dst;
+    const void* src;
+    std::size_t n;
+};
+inline std::mutex g_stream_mu;
+inline std::vector<PendingCopy> g_pending;  // issue order
+inline void drain() {
+    std::lock_guard<std::mutex> lock(g_stream_mu);
+    for (const auto& c : g_pending) std::memcpy(c.dst, c.src, c.n);
+    g_pending.clear();
+}
+inline std::mutex g_pinned_mu;
+inline std::map<std::uintptr_t, std::size_t> g_pinned;  // cudaMallocHost'd: base -> size
+inline bool pinned(const void* p) {
+    const auto u = reinterpret_cast<std::uintptr_t>(p);
+    std::lock_guard<std::mutex> lock(g_pinned_mu);
+    auto it = g_pinned.upper_bound(u);
+    if (it == g_pinned.begin()) return false;
+    --it;
+    return u < it->first + std::max<std::size_t>(it->second, 1);
+}
+}  // namespace emu
+
 inline cudaError_t cudaMalloc(void** p, std::size_t n) {
     if (n > (std::size_t(1) << 36)) return cudaErrorMemoryAllocation;  // "64 GiB of device memory"
     *p = std::aligned_alloc(256, (n + 255) / 256 * 256);
     return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 inline cudaError_t cudaMallocAsync(void** p, std::size_t n, cudaStream_t) { return cudaMalloc(p, n); }
-inline cudaError_t cudaFree(void* p) { std::free(p); return cudaSuccess; }
-inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { std::free(p); return cudaSuccess; }
+inline cudaError_t cudaFree(void* p) { emu::drain(); std::free(p); return cudaSuccess; }
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
 enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
-inline cudaError_t cudaMemcpy(void* d, const void* s, std::size_t n, cudaMemcpyKind) { std::memcpy(d, s, n); return cudaSuccess; }
-inline cudaError_t cudaMemcpyAsync(void* d, const void* s, std::size_t n, cudaMemcpyKind k, cudaStream_t) {
-    return cudaMemcpy(d, s, n, k);
+inline cudaError_t cudaMemcpy(void* d, const void* s, std::size_t n, cudaMemcpyKind) {
+    emu::drain();
+    std::memcpy(d, s, n);
+    return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* p, int v, std::size_t n, cudaStream_t) { std::memset(p, v, n); return cudaSuccess; }
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, std::size_t n, cudaMemcpyKind k, cudaStream_t) {
+    const bool deferred = (k == cudaMemcpyHostToDevice && emu::pinned(s)) || (k == cudaMemcpyDeviceToHost && emu::pinned(d));
+    if (!deferred) return cudaMemcpy(d, s, n, k);
+    std::lock_guard<std::mutex> lock(emu::g_stream_mu);
+    emu::g_pending.push_back({d, s, n});
+    return cudaSuccess;
+}
+inline cudaError_t cudaMemsetAsync(void* p, int v, std::size_t n, cudaStream_t) {
+    emu::drain();
+    std::memset(p, v, n);
+    return cudaSuccess;
+}
+inline cudaError_t cudaDeviceSynchronize() { emu::drain(); return cudaSuccess; }
 inline cudaError_t cudaMemGetInfo(std::size_t* f, std::size_t* t) {
     *f = std::size_t(1) << 35;
     *t = std::size_t(1) << 36;
@@ -106,8 +150,8 @@ struct cudaDeviceProp {
 };
 inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) { *p = cudaDeviceProp{}; return cudaSuccess; }
 
-// Events: a host clock (everything here runs synchronously, so a recorded
-// event is "complete" at once).
+// Events: a host clock.  Recording one does not run the queued copies (that
+// would hide a missing wait); waiting for one runs them all.
 struct EmuEvent {
     std::chrono::steady_clock::time_point t{};
 };
@@ -120,19 +164,16 @@ inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) {
     e->t = std::chrono::steady_clock::now();
     return cudaSuccess;
 }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { emu::drain(); return cudaSuccess; }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
     *ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
     return cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { emu::drain(); return cudaSuccess; }
 
 // Pinned host memory: ordinary memory, remembered so that
 // cudaPointerGetAttributes can tell it from pageable memory as CUDA does.
-namespace emu {
-inline std::mutex g_pinned_mu;
-inline std::map<std::uintptr_t, std::size_t> g_pinned;  // base -> size
-}  // namespace emu
+// WHYGPU_EMU_NO_PINNED=1 refuses it, as a system out of page-locked memory would.
 enum cudaMemoryType { cudaMemoryTypeUnregistered = 0, cudaMemoryTypeHost = 1, cudaMemoryTypeDevice = 2,
                       cudaMemoryTypeManaged = 3 };
 struct cudaPointerAttributes {
@@ -142,6 +183,8 @@ struct cudaPointerAttributes {
     void* hostPointer = nullptr;
 };
 inline cudaError_t cudaMallocHost(void** p, std::size_t n) {
+    const char* refuse = std::getenv("WHYGPU_EMU_NO_PINNED");
+    if (refuse != nullptr && refuse[0] != '\0' && refuse[0] != '0') return cudaErrorMemoryAllocation;
     *p = std::aligned_alloc(4096, (n + 4095) / 4096 * 4096 + 4096);
     if (!*p) return cudaErrorMemoryAllocation;
     std::lock_guard<std::mutex> lock(emu::g_pinned_mu);
@@ -150,6 +193,7 @@ inline cudaError_t cudaMallocHost(void** p, std::size_t n) {
 }
 inline cudaError_t cudaFreeHost(void* p) {
     if (p == nullptr) return cudaSuccess;
+    emu::drain();  // CUDA waits for the copies that use it
     {
         std::lock_guard<std::mutex> lock(emu::g_pinned_mu);
         if (emu::g_pinned.erase(reinterpret_cast<std::uintptr_t>(p)) == 0) return cudaErrorInvalidValue;
@@ -159,15 +203,9 @@ inline cudaError_t cudaFreeHost(void* p) {
 }
 inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void* p) {
     *a = cudaPointerAttributes{};
-    const auto u = reinterpret_cast<std::uintptr_t>(p);
-    std::lock_guard<std::mutex> lock(emu::g_pinned_mu);
-    auto it = emu::g_pinned.upper_bound(u);
-    if (it != emu::g_pinned.begin()) {
-        --it;
-        if (u < it->first + std::max<std::size_t>(it->second, 1)) {
-            a->type = cudaMemoryTypeHost;
-            a->hostPointer = const_cast<void*>(p);
-        }
+    if (emu::pinned(p)) {
+        a->type = cudaMemoryTypeHost;
+        a->hostPointer = const_cast<void*>(p);
     }
     return cudaSuccess;
 }
@@ -190,6 +228,7 @@ inline thread_local std::barrier<>* tl_warp_barrier = nullptr;
 inline thread_local float* tl_warp_slots = nullptr;
 inline thread_local unsigned tl_lane = 0;
 inline dim3 g_grid, g_block;
+inline std::mutex g_launch_mu;  // one launch at a time (one pool, one grid): Python threads may launch at once
 
 // 1024 worker threads made once (creating threads per block dominates otherwise).
 // A launch wakes only the workers it needs, each through its own semaphore:
@@ -246,6 +285,8 @@ class Pool {
 // (shared memory is a static array), a barrier between blocks.
 template <typename F>
 void launch(dim3 grid, dim3 block, F f) {
+    std::lock_guard<std::mutex> serial(g_launch_mu);
+    drain();  // the queued copies come first in stream order
     g_grid = grid;
     g_block = block;
     const unsigned nt = block.x * block.y * block.z;
