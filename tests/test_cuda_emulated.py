@@ -139,6 +139,37 @@ def test_gpu_tests_run_on_the_emulated_gpu(emulated_site):
     assert "skipped" not in r.stdout.splitlines()[-1], report
 
 
+
+def test_the_emulation_catches_a_staging_pipeline_that_does_not_wait(tmp_path, tmp_path_factory, emulated_site):
+    """The staging check is honest: emu.h runs a copy from pinned memory as late as
+    CUDA may, so refilling a staging buffer before its previous copy is known to be
+    done (the wait removed from copy_h2d) must give wrong data."""
+    root = HERE.parent
+    tree = tmp_path / "tree"
+    shutil.copytree(SOURCES, tree / "csrc" / "cuda")
+    shutil.copytree(EMU, tree / "tests" / "cuda_emu")
+    (tree / "src").mkdir()
+    binding = (root / "src" / "cuda_module.cpp").read_text()
+    wait = "        WHYGPU_TRY(cudaEventSynchronize(s.done[i]));  // the copy engine is done reading buf[i]\n"
+    assert wait in binding
+    (tree / "src" / "cuda_module.cpp").write_text(binding.replace(wait, ""))
+    # In a fresh interpreter: this one has imported build_emulated from the real tree.
+    code = ("import pathlib, sys; sys.path.insert(0, sys.argv[1]); import run_gpu_tests; "
+            "run_gpu_tests.make_site(pathlib.Path(sys.argv[2]), cache=sys.argv[3], package=sys.argv[4])")
+    r = subprocess.run([sys.executable, "-c", code, str(tree / "tests" / "cuda_emu"), str(tmp_path),
+                        str(tmp_path_factory.getbasetemp() / "cuda_emu_objects"), str(emulated_site / "whygpu")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    site = tmp_path / "site"
+    script = ("import numpy as np, whygpu.cuda as wc\n"
+              "n = 3 * wc._module().staging_chunk_bytes() + 7\n"
+              "x = np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8)\n"
+              "assert np.array_equal(wc.to_device(x).to_host(), x), 'wrong data'\n")
+    r = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=str(site)),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "wrong data" in r.stderr, r.stdout + r.stderr
+
+
 _NO_PINNED_SCRIPT = """
 import numpy as np
 import whygpu.cuda as wc
