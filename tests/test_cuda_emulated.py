@@ -4,10 +4,14 @@ CPU emulation of CUDA threads, blocks, shared memory and __syncthreads, and
 compares every rung and the nn element-wise ops with a double-precision
 reference over awkward shapes (see tests/cuda_emu/check_kernels.cpp).
 
-The same emulation also runs the GPU half of tests/test_nn_cuda.py (GPU-
+The same emulation also runs the GPU halves of tests/test_cuda.py (device
+arrays, probes, pinned and staged transfers) and tests/test_nn_cuda.py (GPU-
 resident training on the ``cuda`` back end): the real binding
 (src/cuda_module.cpp) is built over the emulated kernels as whygpu._cuda and
-put into a copy of the package (tests/cuda_emu/run_gpu_tests.py).
+put into a copy of the package (tests/cuda_emu/run_gpu_tests.py).  Copies
+with pinned memory run there as late as CUDA may, so a staging pipeline that
+reuses a buffer too early gets wrong data (checked by a mutation, as the
+kernels' guards are).
 
 This says nothing about speed, and the emulation is not CUDA (no coalescing,
 no real warps), but a wrong index, a missing guard at an edge tile, a write

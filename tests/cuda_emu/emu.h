@@ -3,8 +3,10 @@
 // without a GPU (tests/test_cuda_emulated.py).  NOT a CUDA implementation:
 // each thread of a block is an OS thread (from a pool), __syncthreads is a std::barrier,
 // shared memory is a static array (blocks run one after the other), a warp
-// shuffle goes through memory between two per-warp barriers.  Timing,
-// coalescing and bank conflicts mean nothing here; results and races do.
+// shuffle goes through memory between two per-warp barriers, a copy with
+// pinned host memory waits for the next synchronisation (as late as CUDA may
+// run it).  Timing, coalescing and bank conflicts mean nothing here; results
+// and races do.
 #pragma once
 
 #include <algorithm>
