@@ -640,6 +640,32 @@ def test_transfers_from_several_threads_at_once(rng):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_kernels_and_transfers_from_several_threads_at_once(rng):
+    """Python threads launching kernels while others copy: each gets its own product."""
+    import threading
+    pairs = [(_f32(rng, 33 + i, 20), _f32(rng, 20, 17 + i)) for i in range(4)]
+    errors = []
+
+    def work(a, b):
+        try:
+            ref = a.astype(np.float64) @ b
+            for _ in range(3):
+                got = wc.matmul(wc.to_device(a), wc.to_device(b)).to_host()
+                if np.abs(got - ref).max() > 1e-4:
+                    errors.append("mismatch")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=pair) for pair in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
 def test_split_k_gives_the_same_product(trans_a, trans_b, rng):
     """The weight-gradient shape: few tiles of C, long k.  Every split (chosen,

@@ -127,7 +127,8 @@ inline cudaError_t cudaMemcpy(void* d, const void* s, std::size_t n, cudaMemcpyK
     return cudaSuccess;
 }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, std::size_t n, cudaMemcpyKind k, cudaStream_t) {
-    const bool deferred = (k == cudaMemcpyHostToDevice && emu::pinned(s)) || (k == cudaMemcpyDeviceToHost && emu::pinned(d));
+    const bool deferred =
+        (k == cudaMemcpyHostToDevice && emu::pinned(s)) || (k == cudaMemcpyDeviceToHost && emu::pinned(d));
     if (!deferred) return cudaMemcpy(d, s, n, k);
     std::lock_guard<std::mutex> lock(emu::g_stream_mu);
     emu::g_pending.push_back({d, s, n});
