@@ -504,7 +504,7 @@ double probe_fma_seconds(long long blocks, long long threads, long long iters) {
     positive(threads, "threads");
     positive(iters, "iters");
     if (threads > 1024) throw py::value_error("threads must be <= 1024 (a block's limit), got " + std::to_string(threads));
-    if (blocks > (1LL << 24)) throw py::value_error("blocks must be < 2**24, got " + std::to_string(blocks));
+    if (blocks > (1LL << 24)) throw py::value_error("blocks must be <= 2**24, got " + std::to_string(blocks));
     ensure_usable();
     py::gil_scoped_release release;
     DeviceMem sink(static_cast<std::size_t>(blocks * threads) * sizeof(float));
