@@ -1,7 +1,13 @@
 """Helpers shared by the test modules: the float64 reference, the error bound
-every kernel must meet, strided/transposed test matrices, and the shapes that
-sit on the block-size edges of the packed kernels."""
+every kernel must meet, strided/transposed test matrices, the shapes that
+sit on the block-size edges of the packed kernels, and the CUDA emulation's
+build helpers (tests/cuda_emu)."""
 from __future__ import annotations
+
+import importlib.util
+import pathlib
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -148,3 +154,28 @@ def replace_kernel(monkeypatch, name: str, **changes):
     monkeypatch.setitem(_registry.KERNELS, name, new)
     monkeypatch.setattr(_registry, "_TABLE", [new if k.name == name else k for k in _registry._TABLE])
     return new
+
+
+# ---- The CUDA emulation (tests/cuda_emu) -------------------------------------
+
+EMU_DIR = pathlib.Path(__file__).resolve().parent / "cuda_emu"
+
+
+def emu_compiler_ok(tmp: pathlib.Path) -> bool:
+    """Whether g++ can build the emulation (C++20 <barrier>)."""
+    cxx = shutil.which("g++")
+    if cxx is None:
+        return False
+    probe = tmp / "probe.cpp"
+    probe.write_text("#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait(); }\n")
+    r = subprocess.run([cxx, "-std=c++20", "-pthread", str(probe), "-o", str(tmp / "probe")],
+                       capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def emu_runner():
+    """tests/cuda_emu/run_gpu_tests.py as a module: make_site(), pytest_command()."""
+    spec = importlib.util.spec_from_file_location("whygpu_run_gpu_tests", EMU_DIR / "run_gpu_tests.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,13 +3,17 @@ fixtures, and a guard that no test leaks a changed instruction set or
 default thread count into the next one.  Helpers live in tests/_support.py."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import pathlib
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
 import whygpu
+
+from ._support import emu_compiler_ok, emu_runner
 
 # Modest example counts: the whole suite must stay well under 3 minutes on 2 cores.
 settings.register_profile(
@@ -51,3 +55,23 @@ def restore_num_threads():
     before = whygpu.get_num_threads()
     yield before
     whygpu.set_num_threads(before)
+
+
+# ---- The emulated GPU ------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def emulated_site(tmp_path_factory):
+    """A folder to put on PYTHONPATH: a copy of the whygpu under test whose _cuda
+    is the real binding built over the CPU emulation of CUDA (tests/cuda_emu).
+    Built once per run; object files are cached in <basetemp>/cuda_emu_objects,
+    shared with tests/test_cuda_emulated.py's check_kernels build."""
+    if not (pathlib.Path(__file__).resolve().parent.parent / "csrc" / "cuda").is_dir():
+        pytest.skip("no csrc/cuda in this tree")
+    if not importlib.util.find_spec("pybind11"):
+        pytest.skip("needs pybind11 to build the binding")
+    tmp = tmp_path_factory.mktemp("emulated_site")
+    if not emu_compiler_ok(tmp):
+        pytest.skip("needs g++ with C++20 <barrier>")
+    cache = tmp_path_factory.getbasetemp() / "cuda_emu_objects"
+    cache.mkdir(exist_ok=True)
+    return emu_runner().make_site(tmp, cache=str(cache), package=str(pathlib.Path(whygpu.__file__).parent))

@@ -11,7 +11,6 @@ happen unnoticed again.)
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -29,26 +28,10 @@ EMU = HERE / "cuda_emu"
 pytestmark = pytest.mark.slow
 
 
-def _runner():
-    spec = importlib.util.spec_from_file_location("whygpu_run_gpu_tests", EMU / "run_gpu_tests.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    if not (HERE.parent / "csrc" / "cuda").is_dir():
-        pytest.skip("no csrc/cuda in this tree")
-    if not importlib.util.find_spec("pybind11"):
-        pytest.skip("needs pybind11 to build the binding")
-    tmp = tmp_path_factory.mktemp("cli_emu")
-    cache = tmp_path_factory.getbasetemp() / "cuda_emu_objects"  # shared with tests/test_cuda_emulated.py
-    cache.mkdir(exist_ok=True)
-    try:
-        return _runner().make_site(tmp, cache=str(cache), package=str(pathlib.Path(whygpu.__file__).parent))
-    except subprocess.CalledProcessError as exc:  # pragma: no cover - a compiler without C++20 <barrier>
-        pytest.skip(f"the emulated module did not build: {exc}")
+def site(emulated_site):
+    """The whygpu with the emulated GPU (tests/conftest.py builds it once per run)."""
+    return emulated_site
 
 
 def whygpu_cli(site, *args, cwd, timeout=600):

@@ -611,57 +611,55 @@ def test_pinned_arrays(dtype, rng):
     del p  # freed by its capsule: nothing to see, but nothing may crash either
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not GPU, reason="no usable GPU")
-def test_transfers_from_several_threads_at_once(rng):
-    """Each Python thread stages through its own pinned buffers: no global buffer to race on."""
+def _errors_in_threads(work, args_list) -> list:
+    """Runs work(*args) in one Python thread per args, all at once; returns what
+    went wrong in any of them (a mismatch it appended, or an exception)."""
     import threading
-    ch = wc._module().staging_chunk_bytes()
-    data = [rng.integers(0, 2**31, (2 * ch + 1000 * i) // 8, dtype=np.int64) for i in range(4)]
     errors = []
 
-    def work(x):
+    def run(args):
         try:
-            for _ in range(3):
-                d = wc.to_device(x)
-                back = d.to_host()
-                if not np.array_equal(back, x):
-                    errors.append("mismatch")
-        except Exception as exc:  # pragma: no cover - reported below
+            work(errors, *args)
+        except Exception as exc:  # pragma: no cover - reported by the caller's assert
             errors.append(repr(exc))
 
-    threads = [threading.Thread(target=work, args=(x,)) for x in data]
+    threads = [threading.Thread(target=run, args=(args,)) for args in args_list]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    return errors
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_transfers_from_several_threads_at_once(rng):
+    """Each Python thread stages through its own pinned buffers: no global buffer to race on."""
+    ch = wc._module().staging_chunk_bytes()
+    data = [rng.integers(0, 2**31, (2 * ch + 1000 * i) // 8, dtype=np.int64) for i in range(4)]
+
+    def work(errors, x):
+        for _ in range(3):
+            if not np.array_equal(wc.to_device(x).to_host(), x):
+                errors.append("mismatch")
+
+    assert _errors_in_threads(work, [(x,) for x in data]) == []
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not GPU, reason="no usable GPU")
 def test_kernels_and_transfers_from_several_threads_at_once(rng):
     """Python threads launching kernels while others copy: each gets its own product."""
-    import threading
     pairs = [(_f32(rng, 33 + i, 20), _f32(rng, 20, 17 + i)) for i in range(4)]
-    errors = []
 
-    def work(a, b):
-        try:
-            ref = a.astype(np.float64) @ b
-            for _ in range(3):
-                got = wc.matmul(wc.to_device(a), wc.to_device(b)).to_host()
-                if np.abs(got - ref).max() > 1e-4:
-                    errors.append("mismatch")
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(repr(exc))
+    def work(errors, a, b):
+        ref = a.astype(np.float64) @ b
+        for _ in range(3):
+            got = wc.matmul(wc.to_device(a), wc.to_device(b)).to_host()
+            if np.abs(got - ref).max() > 1e-4:
+                errors.append("mismatch")
 
-    threads = [threading.Thread(target=work, args=pair) for pair in pairs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert _errors_in_threads(work, pairs) == []
 
 
 @pytest.mark.cuda

@@ -21,7 +21,6 @@ WHYGPU_EMU_SANITIZE=address adds AddressSanitizer.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import re
@@ -31,7 +30,7 @@ import sys
 
 import pytest
 
-import whygpu
+from ._support import emu_compiler_ok, emu_runner
 
 HERE = pathlib.Path(__file__).resolve().parent
 EMU = HERE / "cuda_emu"
@@ -40,23 +39,12 @@ SOURCES = HERE.parent / "csrc" / "cuda"
 pytestmark = pytest.mark.slow
 
 
-def _compiler_ok(tmp: pathlib.Path) -> bool:
-    cxx = shutil.which("g++")
-    if cxx is None:
-        return False
-    probe = tmp / "probe.cpp"
-    probe.write_text("#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait(); }\n")
-    r = subprocess.run([cxx, "-std=c++20", "-pthread", str(probe), "-o", str(tmp / "probe")],
-                       capture_output=True, text=True)
-    return r.returncode == 0
-
-
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
     if not SOURCES.is_dir():
         pytest.skip("no csrc/cuda in this tree")
     tmp = tmp_path_factory.mktemp("cuda_emu")
-    if not _compiler_ok(tmp):
+    if not emu_compiler_ok(tmp):
         pytest.skip("needs g++ with C++20 <barrier>")
     flags = []
     sanitize = os.environ.get("WHYGPU_EMU_SANITIZE", "")
@@ -108,29 +96,10 @@ def test_the_emulation_catches_a_wrong_kernel(tmp_path, tmp_path_factory, emulat
     assert r.returncode != 0
 
 
-def _run_gpu_tests_module():
-    spec = importlib.util.spec_from_file_location("whygpu_run_gpu_tests", EMU / "run_gpu_tests.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def emulated_site(tmp_path_factory, emulated):
-    """A copy of the whygpu under test whose _cuda is the binding built over the
-    emulation (the kernels' objects come from the `emulated` build's cache)."""
-    if not importlib.util.find_spec("pybind11"):
-        pytest.skip("needs pybind11 to build the binding")
-    runner = _run_gpu_tests_module()
-    return runner.make_site(tmp_path_factory.mktemp("emulated_site"),
-                            cache=str(tmp_path_factory.getbasetemp() / "cuda_emu_objects"),
-                            package=str(pathlib.Path(whygpu.__file__).parent))
-
-
 def test_gpu_tests_run_on_the_emulated_gpu(emulated_site):
     """tests/test_nn_cuda.py's and tests/test_cuda.py's GPU tests (``-m cuda``) against the whygpu under
     test, with its _cuda replaced by the binding built over the emulation."""
-    runner = _run_gpu_tests_module()
+    runner = emu_runner()
     env = dict(os.environ, PYTHONPATH=str(emulated_site))
     cmd = runner.pytest_command([str(HERE / "test_nn_cuda.py"), str(HERE / "test_cuda.py"), "-q"])
     r = subprocess.run(cmd, env=env, cwd=HERE.parent, capture_output=True, text=True, timeout=900)

@@ -20,7 +20,6 @@ hardware *can* do.  :func:`measure_gpu` returns None where no GPU is usable.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Optional
 
@@ -180,7 +179,3 @@ def vendor_runner(a, b) -> Optional[Callable[[], None]]:
             torch.cuda.synchronize()
         return run
     return None
-
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -17,7 +17,7 @@ from .. import available_kernels
 from .._registry import KERNELS, KernelUnavailableError, get_kernel
 from .._threads import check_threads, get_num_threads
 from ..roofline import fma_peaks
-from .machine import cuda_status, machine_info
+from .machine import machine_info
 from .measure import Estimator, blas_threads, format_seconds, gflops, matmul_flops, time_call
 from .progress import Progress
 
