@@ -13,7 +13,10 @@
 // usable GPU whygpu.cuda.CudaUnavailableError; bad arguments TypeError or
 // ValueError before any CUDA call.
 //
-// Streams: everything runs on the legacy default stream, in issue order.
+// Streams: everything runs on the legacy default stream, in issue order --
+// except while a thread captures a CUDA graph (capture_begin/capture_end):
+// then that thread's launches go to its capture stream and are recorded, to
+// be replayed later (Graph.replay) on the default stream.
 // Kernel launches return at once (asynchronous, like CUDA), so an error
 // *inside* a kernel surfaces at the next synchronising call (to_host,
 // synchronize); launch errors are raised by the call that launched.
@@ -32,6 +35,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gemm_cuda.h"
@@ -127,6 +131,33 @@ void run_released(const std::string& what, F&& f) {
     check(e, what);
 }
 
+// ---- Streams and CUDA graph capture ------------------------------------------------
+// A CUDA graph records a sequence of launches once and replays it with one
+// call: a training step of ~20 kernels costs one launch instead of ~20, and
+// none of the Python that issued them.  The legacy default stream cannot be
+// captured, so a capturing thread issues its work to a stream of its own;
+// every other call issues to the default stream.  The memory the captured
+// launches use must outlive the graph: buffers made during the capture are
+// kept by it, and buffers dropped during the capture are freed only when the
+// graph goes (Python may drop an array whose memory a recorded launch uses).
+struct Buffer;
+thread_local cudaStream_t tl_stream = nullptr;  // this thread's capture stream while it captures
+cudaStream_t stream() { return tl_stream; }
+bool capturing_here() { return tl_stream != nullptr; }
+
+struct CaptureKeep {
+    std::vector<std::shared_ptr<Buffer>> made;   // allocated during the capture
+    std::vector<std::pair<void*, bool>> dropped;  // released during the capture: (pointer, from the pool)
+};
+std::mutex g_capture_mu;
+CaptureKeep* g_capture = nullptr;  // the capture in progress: one at a time in the process
+
+void no_capture(const std::string& what) {
+    if (capturing_here())
+        throw std::runtime_error(what + " cannot run while this thread captures a CUDA graph: a graph holds GPU "
+                                 "work only (copies from the host, and waiting for the GPU, happen outside it)");
+}
+
 // ---- Device memory ---------------------------------------------------------------
 
 // The stream-ordered pool allocator (cudaMallocAsync) when the device has it:
@@ -163,7 +194,9 @@ struct Buffer {
     explicit Buffer(std::size_t n) : nbytes(n) {
         ensure_usable();
         g_alloc.init();
-        pooled = g_alloc.pooled;
+        // While capturing: plain cudaMalloc (allowed in a relaxed capture), not the pool's stream-ordered
+        // allocation on the default stream; the graph keeps this memory (make_array).
+        pooled = g_alloc.pooled && !capturing_here();
         if (n == 0) return;
         cudaError_t e;
         {
@@ -194,6 +227,13 @@ struct Buffer {
     }
     ~Buffer() {
         if (ptr == nullptr) return;
+        {
+            std::lock_guard<std::mutex> lock(g_capture_mu);
+            if (g_capture != nullptr) {  // a recorded launch may use it: the graph frees it
+                g_capture->dropped.emplace_back(ptr, pooled);
+                return;
+            }
+        }
         // Errors are ignored: at interpreter exit the runtime may already be gone.
         const cudaError_t e = pooled ? cudaFreeAsync(ptr, 0) : cudaFree(ptr);
         if (e != cudaSuccess) cudaGetLastError();
@@ -267,6 +307,10 @@ DeviceArray make_array(std::vector<py::ssize_t> shape, const py::dtype& dt) {
         total *= static_cast<std::size_t>(d);
     }
     x.buf = std::make_shared<Buffer>(x.nbytes());
+    if (capturing_here()) {
+        std::lock_guard<std::mutex> lock(g_capture_mu);
+        if (g_capture != nullptr) g_capture->made.push_back(x.buf);
+    }
     return x;
 }
 
@@ -585,6 +629,7 @@ std::vector<double> probe_host_copy_seconds(long long nbytes, const std::string&
 }
 
 DeviceArray from_host(const py::object& obj) {
+    no_capture("to_device (a copy from the host)");
     py::array host = py::array::ensure(obj, py::array::c_style);
     if (!host) throw py::type_error("to_device needs an array-like of numbers");
     const py::dtype dt = parse_dtype(host.dtype());
@@ -611,6 +656,7 @@ void check_same(const DeviceArray& x, const py::array& host, const char* what) {
 }
 
 py::array to_host(const DeviceArray& x, const py::object& out) {
+    no_capture("to_host (a copy to the host)");
     void* src = x.data();
     py::array result;
     if (out.is_none()) {
@@ -633,6 +679,7 @@ py::array to_host(const DeviceArray& x, const py::object& out) {
 }
 
 void copy_from_host(DeviceArray& x, const py::object& obj) {
+    no_capture("copy_from_host (a copy from the host)");
     void* dst = x.data();
     py::array host = py::array::ensure(obj, py::array::c_style);
     if (!host) throw py::type_error("copy_from_host needs an array-like of numbers");
@@ -652,9 +699,23 @@ DeviceArray copy_array(const DeviceArray& x) {
         void* dst = y.data();
         auto keep = x.buf;
         run_released("copy (cudaMemcpyAsync device to device)",
-                     [&] { return cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, 0); });
+                     [&] { return cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, stream()); });
     }
     return y;
+}
+
+// dst[...] = src (same shape and dtype), device to device, asynchronous.
+void copy_into(DeviceArray& dst, const DeviceArray& src) {
+    if (dst.typestr != src.typestr || dst.shape != src.shape)
+        throw py::value_error("copy_into: " + describe(src) + " does not fit " + describe(dst) +
+                              " (same shape and dtype needed)");
+    void* d = dst.data("dst");
+    const void* s = src.data("src");
+    const std::size_t n = dst.nbytes();
+    if (n == 0 || d == s) return;
+    auto k1 = dst.buf, k2 = src.buf;
+    run_released("copy_into (cudaMemcpyAsync device to device)",
+                 [&] { return cudaMemcpyAsync(d, s, n, cudaMemcpyDeviceToDevice, stream()); });
 }
 
 DeviceArray zeros(const py::object& shape, const py::object& dtype) {
@@ -662,7 +723,7 @@ DeviceArray zeros(const py::object& shape, const py::object& dtype) {
     const std::size_t n = x.nbytes();
     if (n > 0) {
         void* p = x.data();
-        run_released("zeros (cudaMemsetAsync)", [&] { return cudaMemsetAsync(p, 0, n, 0); });
+        run_released("zeros (cudaMemsetAsync)", [&] { return cudaMemsetAsync(p, 0, n, stream()); });
     }
     return x;
 }
@@ -711,6 +772,127 @@ py::dict cuda_array_interface(const DeviceArray& x) {
     return d;
 }
 
+
+// ---- CUDA graphs and asynchronous uploads ---------------------------------------------
+
+// A captured sequence of GPU work, replayed on the default stream.
+struct Graph {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    CaptureKeep keep;  // memory the recorded launches use
+    long long replays = 0;
+
+    Graph() = default;
+    Graph(const Graph&) = delete;
+    Graph& operator=(const Graph&) = delete;
+    ~Graph() {
+        if (exec != nullptr) cudaGraphExecDestroy(exec);  // waits for a replay in flight
+        if (graph != nullptr) cudaGraphDestroy(graph);
+        for (auto& d : keep.dropped) d.second ? cudaFreeAsync(d.first, 0) : cudaFree(d.first);
+        cudaGetLastError();  // at interpreter exit the runtime may be gone
+    }
+    void replay() {
+        if (exec == nullptr) throw py::value_error("this Graph holds nothing to replay");
+        no_capture("Graph.replay");
+        run_released("Graph.replay (cudaGraphLaunch)", [this] { return cudaGraphLaunch(exec, 0); });
+        ++replays;
+    }
+};
+
+thread_local cudaStream_t tl_capture_stream = nullptr;  // made at a thread's first capture, kept
+
+void capture_begin() {
+    ensure_usable();
+    if (capturing_here()) throw std::runtime_error("this thread is already capturing a CUDA graph");
+    std::lock_guard<std::mutex> lock(g_capture_mu);
+    if (g_capture != nullptr)
+        throw std::runtime_error("another thread is capturing a CUDA graph: one capture at a time");
+    if (tl_capture_stream == nullptr)
+        check(cudaStreamCreateWithFlags(&tl_capture_stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    // Relaxed: allocating device memory (cudaMalloc) stays allowed while capturing.
+    check(cudaStreamBeginCapture(tl_capture_stream, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+    g_capture = new CaptureKeep;
+    tl_stream = tl_capture_stream;
+}
+
+// Ends this thread's capture; the Graph it returns can be replayed.  On an
+// error (the captured work did something a graph cannot hold) the capture is
+// still ended, and what it kept is freed.
+std::unique_ptr<Graph> capture_end() {
+    if (!capturing_here()) throw std::runtime_error("this thread is not capturing a CUDA graph");
+    auto gr = std::make_unique<Graph>();
+    cudaGraph_t g = nullptr;
+    const cudaError_t e = cudaStreamEndCapture(tl_stream, &g);
+    tl_stream = nullptr;
+    {
+        std::lock_guard<std::mutex> lock(g_capture_mu);
+        gr->keep = std::move(*g_capture);
+        delete g_capture;
+        g_capture = nullptr;
+    }
+    gr->graph = g;
+    check(e, "cudaStreamEndCapture (the captured work did something a CUDA graph cannot hold)");
+    check(cudaGraphInstantiate(&gr->exec, g, 0), "cudaGraphInstantiate");
+    return gr;
+}
+
+// Host -> device copies that do not wait for the GPU: the data are copied into
+// a pinned buffer of the Uploader's own, and the copy engine takes them from
+// there in stream order.  The next load waits only until that copy is done, so
+// the host can prepare batch t+1 while the GPU still runs step t.  (A plain
+// DeviceArray.copy_from_host waits for the copy, and so for everything before it.)
+struct Uploader {
+    DeviceArray target;
+    std::size_t n = 0;
+    void* host = nullptr;       // pinned, n bytes
+    cudaEvent_t done = nullptr;  // the latest copy out of `host` has finished
+
+    explicit Uploader(const DeviceArray& dst) : target(dst) {
+        dst.data("the target");
+        ensure_usable();
+        n = dst.nbytes();
+        if (n > 0 && (cudaMallocHost(&host, n) != cudaSuccess ||
+                      cudaEventCreateWithFlags(&done, cudaEventDisableTiming) != cudaSuccess)) {
+            cudaGetLastError();
+            release();  // no pinned memory: load() falls back to a waiting copy
+        }
+    }
+    Uploader(const Uploader&) = delete;
+    Uploader& operator=(const Uploader&) = delete;
+    void release() {
+        if (done != nullptr) {
+            cudaEventSynchronize(done);
+            cudaEventDestroy(done);
+        }
+        if (host != nullptr) cudaFreeHost(host);
+        done = nullptr;
+        host = nullptr;
+        cudaGetLastError();
+    }
+    ~Uploader() { release(); }
+
+    void load(const py::object& obj) {
+        no_capture("Uploader.load (a copy from the host)");
+        void* dst = target.data("the target");
+        py::array h = py::array::ensure(obj, py::array::c_style);
+        if (!h) throw py::type_error("Uploader.load needs an array-like of numbers");
+        check_same(target, h, "the host array");
+        if (n == 0) return;
+        const void* src = h.data();
+        auto keep = target.buf;
+        if (host == nullptr) {
+            run_released("Uploader.load (copy host to device)", [&] { return copy_h2d(dst, src, n); });
+            return;
+        }
+        run_released("Uploader.load (copy host to device)", [&] {
+            WHYGPU_TRY(cudaEventSynchronize(done));  // the previous load has left `host`
+            std::memcpy(host, src, n);
+            WHYGPU_TRY(cudaMemcpyAsync(dst, host, n, cudaMemcpyHostToDevice, 0));
+            return cudaEventRecord(done, 0);
+        });
+    }
+};
+
 // ---- GEMM on device arrays --------------------------------------------------------
 
 constexpr py::ssize_t kMaxDim = py::ssize_t(1) << 30;  // keeps every index inside the kernels an int
@@ -752,7 +934,7 @@ void gemm(int rung, const DeviceArray& a, const DeviceArray& b, DeviceArray& c, 
     g.split_k = split_k;
     auto keep_a = a.buf, keep_b = b.buf, keep_c = c.buf;
     run_released(std::string("gemm (") + whygpu::gpu::rung_name(rung) + ")",
-                 [&] { return whygpu::gpu::gemm(rung, g, 0); });
+                 [&] { return whygpu::gpu::gemm(rung, g, stream()); });
 }
 
 // ---- Element-wise training operations ------------------------------------------------
@@ -786,7 +968,7 @@ void bind_nn(py::module_& m) {
         float* yp = f32_out(y, "y");
         const float* bp = f32_in(b, "b");
         auto keep = y.buf; auto keep_b = b.buf;
-        run_released("bias_add", [&] { return nn::bias_add(yp, bp, rows, cols, 0); });
+        run_released("bias_add", [&] { return nn::bias_add(yp, bp, rows, cols, stream()); });
     }, py::arg("y"), py::arg("b"), "y[i, j] += b[j], in place.");
     m.def("bias_grad", [](const DeviceArray& dy, DeviceArray& db, double beta) {
         auto [rows, cols] = rows_cols(dy, "dy");
@@ -795,7 +977,7 @@ void bind_nn(py::module_& m) {
         float* dbp = f32_out(db, "db");
         if (dy.buf == db.buf && dy.nbytes() > 0) throw py::value_error("db must not share memory with dy");
         auto keep = dy.buf; auto keep_db = db.buf;
-        run_released("bias_grad", [&] { return nn::bias_grad(dyp, dbp, rows, cols, static_cast<float>(beta), 0); });
+        run_released("bias_grad", [&] { return nn::bias_grad(dyp, dbp, rows, cols, static_cast<float>(beta), stream()); });
     }, py::arg("dy"), py::arg("db"), py::arg("beta") = 0.0, "db = beta * db + dy.sum(axis=0) (beta 0 overwrites).");
 
     m.def("leaky_relu_fwd", [](const DeviceArray& x, DeviceArray& y, double slope) {
@@ -803,7 +985,7 @@ void bind_nn(py::module_& m) {
         const float* xp = f32_in(x, "x");
         float* yp = f32_out(y, "y");
         auto keep = x.buf; auto keep_y = y.buf;
-        run_released("leaky_relu_fwd", [&] { return nn::leaky_relu_fwd(xp, yp, x.size(), static_cast<float>(slope), 0); });
+        run_released("leaky_relu_fwd", [&] { return nn::leaky_relu_fwd(xp, yp, x.size(), static_cast<float>(slope), stream()); });
     }, py::arg("x"), py::arg("y"), py::arg("slope") = 0.0, "y = x > 0 ? x : slope * x (slope 0: ReLU).");
     m.def("leaky_relu_bwd", [](const DeviceArray& dy, const DeviceArray& x, DeviceArray& dx, double slope) {
         same_size(dy, x, "dy", "x");
@@ -813,7 +995,7 @@ void bind_nn(py::module_& m) {
         float* dxp = f32_out(dx, "dx");
         auto k1 = dy.buf; auto k2 = x.buf; auto k3 = dx.buf;
         run_released("leaky_relu_bwd",
-                     [&] { return nn::leaky_relu_bwd(dyp, xp, dxp, dy.size(), static_cast<float>(slope), 0); });
+                     [&] { return nn::leaky_relu_bwd(dyp, xp, dxp, dy.size(), static_cast<float>(slope), stream()); });
     }, py::arg("dy"), py::arg("x"), py::arg("dx"), py::arg("slope") = 0.0,
        "dx = x > 0 ? dy : slope * dy (x is the forward input).");
 
@@ -823,7 +1005,7 @@ void bind_nn(py::module_& m) {
             const float* xp = f32_in(x, "x");
             float* yp = f32_out(y, "y");
             auto k1 = x.buf; auto k2 = y.buf;
-            run_released(name, [&] { return fn(xp, yp, x.size(), 0); });
+            run_released(name, [&] { return fn(xp, yp, x.size(), stream()); });
         }, py::arg("x"), py::arg("y"), doc);
     };
     auto backward = [&m](const char* name, cudaError_t (*fn)(const float*, const float*, float*, i64, cudaStream_t),
@@ -835,7 +1017,7 @@ void bind_nn(py::module_& m) {
             const float* yp = f32_in(y, "y");
             float* dxp = f32_out(dx, "dx");
             auto k1 = dy.buf; auto k2 = y.buf; auto k3 = dx.buf;
-            run_released(name, [&] { return fn(dyp, yp, dxp, dy.size(), 0); });
+            run_released(name, [&] { return fn(dyp, yp, dxp, dy.size(), stream()); });
         }, py::arg("dy"), py::arg("y"), py::arg("dx"), doc);
     };
     unary("sigmoid_fwd", nn::sigmoid_fwd, "y = 1 / (1 + exp(-x)), without overflow.");
@@ -858,7 +1040,7 @@ void bind_nn(py::module_& m) {
         double* op = static_cast<double*>(out.data());
         auto k1 = logits.buf; auto k2 = labels.buf; auto k3 = probs.buf;
         run_released("softmax_xent_fwd",
-                     [&] { return nn::softmax_xent_fwd(lp, yp, pp, sp, op, rows, cols, 0); });
+                     [&] { return nn::softmax_xent_fwd(lp, yp, pp, sp, op, rows, cols, stream()); });
         return out;
     }, py::arg("logits"), py::arg("labels"), py::arg("probs"),
        "Row-wise softmax into probs; returns a float64 DeviceArray [sum of -log p[label], number of labels "
@@ -873,7 +1055,7 @@ void bind_nn(py::module_& m) {
         const auto* yp = static_cast<const std::int64_t*>(labels.data("labels"));
         auto k1 = probs.buf; auto k2 = labels.buf; auto k3 = dx.buf;
         run_released("softmax_xent_bwd", [&] {
-            return nn::softmax_xent_bwd(pp, yp, dxp, rows, cols, static_cast<float>(scale), 0);
+            return nn::softmax_xent_bwd(pp, yp, dxp, rows, cols, static_cast<float>(scale), stream());
         });
     }, py::arg("probs"), py::arg("labels"), py::arg("dx"), py::arg("scale"),
        "dx = scale * (probs - onehot(labels)).");
@@ -884,7 +1066,7 @@ void bind_nn(py::module_& m) {
         const float* xp = f32_in(x, "x");
         float* yp = f32_out(y, "y");
         auto k1 = x.buf; auto k2 = y.buf;
-        run_released("softmax_fwd", [&] { return nn::softmax_fwd(xp, yp, rows, cols, 0); });
+        run_released("softmax_fwd", [&] { return nn::softmax_fwd(xp, yp, rows, cols, stream()); });
     }, py::arg("x"), py::arg("y"), "Row-wise softmax of the (rows, cols) matrix x into y.");
     m.def("softmax_bwd", [](const DeviceArray& dy, const DeviceArray& y, DeviceArray& dx) {
         auto [rows, cols] = rows_cols(y, "y");
@@ -894,7 +1076,7 @@ void bind_nn(py::module_& m) {
         const float* yp = f32_in(y, "y");
         float* dxp = f32_out(dx, "dx");
         auto k1 = dy.buf; auto k2 = y.buf; auto k3 = dx.buf;
-        run_released("softmax_bwd", [&] { return nn::softmax_bwd(dyp, yp, dxp, rows, cols, 0); });
+        run_released("softmax_bwd", [&] { return nn::softmax_bwd(dyp, yp, dxp, rows, cols, stream()); });
     }, py::arg("dy"), py::arg("y"), py::arg("dx"), "dx = y * (dy - rowsum(dy * y)) (y is the forward output).");
 
     // The summed losses return a one-element float64 DeviceArray (copy it to the host for the loss).
@@ -907,7 +1089,7 @@ void bind_nn(py::module_& m) {
             DeviceArray out = make_array({1}, py::dtype("float64"));
             double* op = static_cast<double*>(out.data());
             auto k1 = x.buf; auto k2 = t.buf;
-            run_released(name, [&] { return fn(xp, tp, op, x.size(), 0); });
+            run_released(name, [&] { return fn(xp, tp, op, x.size(), stream()); });
             return out;
         }, py::arg("x"), py::arg("t"), doc);
     };
@@ -921,7 +1103,7 @@ void bind_nn(py::module_& m) {
             const float* tp = f32_in(t, "t");
             float* dxp = f32_out(dx, "dx");
             auto k1 = x.buf; auto k2 = t.buf; auto k3 = dx.buf;
-            run_released(name, [&] { return fn(xp, tp, dxp, x.size(), static_cast<float>(scale), 0); });
+            run_released(name, [&] { return fn(xp, tp, dxp, x.size(), static_cast<float>(scale), stream()); });
         }, py::arg("x"), py::arg("t"), py::arg("dx"), py::arg("scale"), doc);
     };
     summed("mse_fwd", nn::mse_fwd, "[sum((x - t)**2)] as a float64 DeviceArray.");
@@ -940,7 +1122,7 @@ void bind_nn(py::module_& m) {
         float* yp = f32_out(y, "y");
         auto k1 = x.buf; auto k2 = mask.buf; auto k3 = y.buf;
         run_released("mask_scale",
-                     [&] { return nn::mask_scale(xp, mp, yp, x.size(), static_cast<float>(scale), 0); });
+                     [&] { return nn::mask_scale(xp, mp, yp, x.size(), static_cast<float>(scale), stream()); });
     }, py::arg("x"), py::arg("mask"), py::arg("y"), py::arg("scale"),
        "y = mask ? x * scale : 0 (dropout; mask is bool or uint8).");
 
@@ -962,7 +1144,7 @@ void bind_nn(py::module_& m) {
         const i64 n = p.size();
         run_released("sgd_update", [&] {
             return nn::sgd_update(pp, gp, bp, n, static_cast<float>(lr), static_cast<float>(momentum),
-                                  static_cast<float>(weight_decay), nesterov, 0);
+                                  static_cast<float>(weight_decay), nesterov, stream());
         });
     }, py::arg("p"), py::arg("g"), py::arg("buf"), py::arg("lr"), py::arg("momentum") = 0.0,
        py::arg("weight_decay") = 0.0, py::arg("nesterov") = false, "SGD step in place (PyTorch's formulation).");
@@ -982,11 +1164,116 @@ void bind_nn(py::module_& m) {
             return nn::adam_update(pp, gp, mp, vp, n, static_cast<float>(lr), static_cast<float>(beta1),
                                    static_cast<float>(beta2), static_cast<float>(eps),
                                    static_cast<float>(weight_decay), static_cast<float>(bc1),
-                                   static_cast<float>(bc2), 0);
+                                   static_cast<float>(bc2), stream());
         });
     }, py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
        py::arg("eps"), py::arg("weight_decay"), py::arg("bc1"), py::arg("bc2"),
        "Adam step in place (PyTorch's formulation; bc = 1 - beta**step).");
+
+    // A whole optimizer step in one launch per kMaxTensors tensors: see nn_ops.h.
+    m.def("optimizer_update", [](const std::string& kind, py::list params, py::list grads, py::object state1,
+                                 py::object state2, std::vector<double> hyper, py::object hyper_dev) {
+        const bool adam = kind == "adam";
+        if (!adam && kind != "sgd") throw py::value_error("kind must be 'sgd' or 'adam', got '" + kind + "'");
+        const std::size_t nt = params.size();
+        if (grads.size() != nt) throw py::value_error("params and grads must be lists of the same length");
+        if (hyper.size() != (adam ? 6u : 4u))
+            throw py::value_error(std::string("hyper must hold ") + (adam ? "6" : "4") + " numbers for " + kind);
+        auto state_list = [&](const py::object& s, const char* what, bool needed) -> py::list {
+            if (s.is_none()) {
+                if (needed) throw py::value_error(std::string(what) + " is needed");
+                return py::list();
+            }
+            py::list l = s.cast<py::list>();
+            if (l.size() != nt) throw py::value_error(std::string(what) + " must have one array per parameter");
+            return l;
+        };
+        const bool momentum = !adam && hyper[1] != 0.0;
+        py::list s1 = state_list(state1, adam ? "m" : "momentum buffers", adam || momentum);
+        py::list s2 = state_list(state2, "v", adam);
+        nn::OptHyper h;
+        for (std::size_t i = 0; i < hyper.size(); ++i) h.v[i] = static_cast<float>(hyper[i]);
+        const float* hd = nullptr;
+        std::vector<std::shared_ptr<Buffer>> keep;
+        if (!hyper_dev.is_none()) {
+            auto& hdev = hyper_dev.cast<DeviceArray&>();
+            if (hdev.size() != static_cast<py::ssize_t>(hyper.size()))
+                throw py::value_error("hyper_dev must hold as many float32s as hyper");
+            hd = f32_in(hdev, "hyper_dev");
+            keep.push_back(hdev.buf);
+        }
+        std::vector<nn::TensorList> lists;
+        for (std::size_t i = 0; i < nt; ++i) {
+            if (i % nn::kMaxTensors == 0) lists.emplace_back();
+            nn::TensorList& l = lists.back();
+            auto& p = params[i].cast<DeviceArray&>();
+            const auto& g = grads[i].cast<DeviceArray&>();
+            same_size(p, g, "a parameter", "its gradient");
+            if (p.buf == g.buf && p.nbytes() > 0) throw py::value_error("a gradient shares memory with its parameter");
+            const int k = l.count++;
+            l.p[k] = f32_out(p, "a parameter");
+            l.g[k] = f32_in(g, "a gradient");
+            l.n[k] = p.size();
+            l.s1[k] = nullptr;
+            l.s2[k] = nullptr;
+            keep.push_back(p.buf);
+            keep.push_back(g.buf);
+            if (s1.size() > 0) {
+                auto& s = s1[i].cast<DeviceArray&>();
+                same_size(p, s, "a parameter", "its state");
+                l.s1[k] = f32_out(s, "a state array");
+                keep.push_back(s.buf);
+            }
+            if (s2.size() > 0) {
+                auto& s = s2[i].cast<DeviceArray&>();
+                same_size(p, s, "a parameter", "its state");
+                l.s2[k] = f32_out(s, "a state array");
+                keep.push_back(s.buf);
+            }
+        }
+        run_released(kind + "_update_multi", [&] {
+            for (const auto& l : lists) {
+                const cudaError_t e = adam ? nn::adam_update_multi(l, hd, h, stream())
+                                           : nn::sgd_update_multi(l, hd, h, stream());
+                if (e != cudaSuccess) return e;
+            }
+            return cudaSuccess;
+        });
+    }, py::arg("kind"), py::arg("params"), py::arg("grads"), py::arg("state1"), py::arg("state2"),
+       py::arg("hyper"), py::arg("hyper_dev") = py::none(),
+       "One launch updates many parameters: kind 'sgd' (hyper = lr, momentum, weight_decay, nesterov; state1 = "
+       "momentum buffers or None) or 'adam' (hyper = lr/bc1, beta1, beta2, eps, weight_decay, 1/sqrt(bc2); "
+       "state1 = m, state2 = v). With hyper_dev (a float32 DeviceArray), the kernel reads the hyperparameters "
+       "from it instead (for CUDA graphs); hyper then only gives their number.");
+
+    m.def("fit_metrics", [](const DeviceArray& loss_out, const DeviceArray& out, py::object labels,
+                            py::object targets, DeviceArray& acc) {
+        if (!loss_out.is("<f8") || (loss_out.size() != 1 && loss_out.size() != 2))
+            throw py::value_error("loss_out must be the float64 DeviceArray a loss returned (1 or 2 numbers)");
+        if (!acc.is("<f8") || acc.size() != 3) throw py::value_error("acc must be a float64 DeviceArray of 3");
+        auto [rows, cols] = rows_cols(out, "out");
+        const float* op = f32_in(out, "out");
+        const std::int64_t* lp = nullptr;
+        const float* tp = nullptr;
+        std::vector<std::shared_ptr<Buffer>> keep{loss_out.buf, out.buf, acc.buf};
+        if (!labels.is_none()) {
+            const auto& l = labels.cast<DeviceArray&>();
+            labels_for(l, rows);
+            lp = static_cast<const std::int64_t*>(l.data("labels"));
+            keep.push_back(l.buf);
+        } else if (!targets.is_none()) {
+            const auto& tg = targets.cast<DeviceArray&>();
+            same_size(out, tg, "out", "targets");
+            tp = f32_in(tg, "targets");
+            keep.push_back(tg.buf);
+        }
+        const auto* lo = static_cast<const double*>(loss_out.data("loss_out"));
+        auto* ap = static_cast<double*>(acc.data("acc"));
+        const int len = static_cast<int>(loss_out.size());
+        run_released("fit_metrics", [&] { return nn::fit_metrics(lo, len, op, lp, tp, rows, cols, ap, stream()); });
+    }, py::arg("loss_out"), py::arg("out"), py::arg("labels") = py::none(), py::arg("targets") = py::none(),
+       py::arg("acc"),
+       "acc += [loss_out[0], loss_out[1] (bad labels), rows classified right] on the GPU (see nn_ops.h).");
 }
 
 // ---- Device information ------------------------------------------------------------
@@ -1077,6 +1364,7 @@ PYBIND11_MODULE(_cuda, m) {
     m.def("device_info", &device_info, "Properties of the current device (raises without a usable GPU).");
     m.def("synchronize", [] {
         ensure_usable();
+        no_capture("synchronize");
         run_released("synchronize (cudaDeviceSynchronize)", [] { return cudaDeviceSynchronize(); });
     }, "Wait until all work issued so far has finished; raises the first error a kernel hit.");
     m.def("memory_info", [] {
@@ -1132,6 +1420,26 @@ PYBIND11_MODULE(_cuda, m) {
           py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("split_k") = 0,
           "c = alpha * op(a) @ op(b) + beta * c on CUDA rung `rung`, float32 DeviceArrays. Asynchronous. "
           "split_k (cuda_warptile only): 0 = chosen from the shape, s >= 1 = s slices of k.");
+
+    py::class_<Graph>(m, "Graph", "A captured sequence of GPU work (capture_begin ... capture_end); replay() "
+                                  "runs it again on the default stream, with the same arguments and memory.")
+        .def("replay", &Graph::replay, "Run the recorded work once more (asynchronous).")
+        .def_property_readonly("replays", [](const Graph& g) { return g.replays; })
+        .def_property_readonly("kept_arrays", [](const Graph& g) { return g.keep.made.size() + g.keep.dropped.size(); },
+                               "Device buffers the graph keeps alive (made or dropped during the capture).");
+    m.def("copy_into", &copy_into, py::arg("dst"), py::arg("src"),
+          "dst[...] = src: a device-to-device copy between DeviceArrays of one shape and dtype (asynchronous).");
+    m.def("capture_begin", &capture_begin,
+          "Start recording this thread's GPU work into a CUDA graph (nothing runs until replay).");
+    m.def("capture_end", &capture_end, "Stop recording; returns the Graph.");
+    m.def("is_capturing", &capturing_here, "Whether this thread is capturing a CUDA graph.");
+    py::class_<Uploader>(m, "Uploader", "Asynchronous host -> device copies into one DeviceArray, through a "
+                                        "pinned buffer of its own (see src/cuda_module.cpp).")
+        .def(py::init<const DeviceArray&>(), py::arg("target"))
+        .def("load", &Uploader::load, py::arg("array"),
+             "Queue a copy of `array` (same shape and dtype) into the target; returns without waiting for the GPU.")
+        .def_property_readonly("target", [](const Uploader& u) { return u.target; })
+        .def_property_readonly("pinned", [](const Uploader& u) { return u.host != nullptr; });
 
     m.def("pinned_empty", &pinned_empty, py::arg("shape"), py::arg("dtype") = py::dtype("float32"),
           "An uninitialised NumPy array in page-locked (pinned) host memory: copies to and from the GPU "

@@ -229,29 +229,83 @@ __global__ void mask_scale_kernel(const float* x, const std::uint8_t* mask, floa
     WHYGPU_GRID_STRIDE(i, n) y[i] = x[i] * (mask[i] ? scale : 0.f);
 }
 
+// One element of an SGD / Adam step: shared by the per-tensor and the multi-tensor kernels.
+__device__ __forceinline__ void sgd_one(float* p, const float* g, float* buf, i64 i, float lr, float momentum,
+                                        float wd, bool nesterov) {
+    const float gi = g[i] + wd * p[i];
+    if (momentum == 0.f) {
+        p[i] -= lr * gi;
+    } else {
+        const float b = momentum * buf[i] + gi;
+        buf[i] = b;
+        p[i] -= lr * (nesterov ? gi + momentum * b : b);
+    }
+}
+
+__device__ __forceinline__ void adam_one(float* p, const float* g, float* m, float* v, i64 i, float step,
+                                         float beta1, float beta2, float eps, float wd, float inv_sqrt_bc2) {
+    const float gi = g[i] + wd * p[i];
+    const float mi = beta1 * m[i] + (1.f - beta1) * gi;
+    const float vi = beta2 * v[i] + (1.f - beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] -= step * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+}
+
 __global__ void sgd_kernel(float* p, const float* g, float* buf, i64 n, float lr, float momentum, float wd,
                            bool nesterov) {
-    WHYGPU_GRID_STRIDE(i, n) {
-        const float gi = g[i] + wd * p[i];
-        if (momentum == 0.f) {
-            p[i] -= lr * gi;
-        } else {
-            const float b = momentum * buf[i] + gi;
-            buf[i] = b;
-            p[i] -= lr * (nesterov ? gi + momentum * b : b);
-        }
-    }
+    WHYGPU_GRID_STRIDE(i, n) sgd_one(p, g, buf, i, lr, momentum, wd, nesterov);
 }
 
 __global__ void adam_kernel(float* p, const float* g, float* m, float* v, i64 n, float step, float beta1,
                             float beta2, float eps, float wd, float inv_sqrt_bc2) {
-    WHYGPU_GRID_STRIDE(i, n) {
-        const float gi = g[i] + wd * p[i];
-        const float mi = beta1 * m[i] + (1.f - beta1) * gi;
-        const float vi = beta2 * v[i] + (1.f - beta2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] -= step * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+    WHYGPU_GRID_STRIDE(i, n) adam_one(p, g, m, v, i, step, beta1, beta2, eps, wd, inv_sqrt_bc2);
+}
+
+// Block row blockIdx.y updates tensor blockIdx.y; its blocks stride over that tensor.
+__global__ void sgd_multi_kernel(TensorList t, const float* hyper_dev, OptHyper h) {
+    const float* hv = hyper_dev != nullptr ? hyper_dev : h.v;
+    const float lr = hv[0], momentum = hv[1], wd = hv[2];
+    const bool nesterov = hv[3] != 0.f;
+    const int k = blockIdx.y;
+    WHYGPU_GRID_STRIDE(i, t.n[k]) sgd_one(t.p[k], t.g[k], t.s1[k], i, lr, momentum, wd, nesterov);
+}
+
+__global__ void adam_multi_kernel(TensorList t, const float* hyper_dev, OptHyper h) {
+    const float* hv = hyper_dev != nullptr ? hyper_dev : h.v;
+    const int k = blockIdx.y;
+    WHYGPU_GRID_STRIDE(i, t.n[k]) adam_one(t.p[k], t.g[k], t.s1[k], t.s2[k], i, hv[0], hv[1], hv[2], hv[3], hv[4], hv[5]);
+}
+
+// See fit_metrics in nn_ops.h.  np.argmax's rule: the first of equal maxima.
+__global__ void fit_metrics_kernel(const double* loss_out, int loss_len, const float* out,
+                                   const std::int64_t* labels, const float* targets, i64 rows, i64 cols,
+                                   double* acc) {
+    __shared__ double s_right[kThreads];
+    double right = 0.0;
+    for (i64 i = threadIdx.x; i < rows; i += kThreads) {
+        const float* o = out + i * cols;
+        if (labels != nullptr) {
+            i64 best = 0;
+            for (i64 j = 1; j < cols; ++j)
+                if (o[j] > o[best]) best = j;
+            right += (cols > 0 && labels[i] == best) ? 1.0 : 0.0;
+        } else if (targets != nullptr) {
+            bool all = true;
+            for (i64 j = 0; j < cols; ++j) all = all && ((o[j] > 0.f) == (targets[i * cols + j] >= 0.5f));
+            right += all ? 1.0 : 0.0;
+        }
+    }
+    s_right[threadIdx.x] = right;
+    __syncthreads();
+    for (int half = kThreads / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) s_right[threadIdx.x] += s_right[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        acc[0] += loss_out[0];
+        if (loss_len > 1) acc[1] += loss_out[1];
+        acc[2] += s_right[0];
     }
 }
 
@@ -373,6 +427,35 @@ cudaError_t adam_update(float* p, const float* g, float* m, float* v, i64 n, flo
     if (n == 0) return cudaSuccess;
     adam_kernel<<<grid_for(n), kThreads, 0, stream>>>(p, g, m, v, n, lr / bc1, beta1, beta2, eps, weight_decay,
                                                      1.f / std::sqrt(bc2));
+    return cudaGetLastError();
+}
+
+namespace {
+template <typename Kernel>
+cudaError_t multi_launch(Kernel kernel, const TensorList& t, const float* hyper_dev, const OptHyper& hyper,
+                         cudaStream_t stream) {
+    if (t.count <= 0) return cudaSuccess;
+    i64 most = 0;
+    for (int k = 0; k < t.count; ++k) most = t.n[k] > most ? t.n[k] : most;
+    if (most == 0) return cudaSuccess;
+    const unsigned gx = grid_for(most) < 1024u ? grid_for(most) : 1024u;  // a grid-stride loop does the rest
+    kernel<<<dim3(gx, (unsigned)t.count), kThreads, 0, stream>>>(t, hyper_dev, hyper);
+    return cudaGetLastError();
+}
+}  // namespace
+
+cudaError_t sgd_update_multi(const TensorList& t, const float* hyper_dev, const OptHyper& hyper, cudaStream_t stream) {
+    return multi_launch(sgd_multi_kernel, t, hyper_dev, hyper, stream);
+}
+
+cudaError_t adam_update_multi(const TensorList& t, const float* hyper_dev, const OptHyper& hyper,
+                              cudaStream_t stream) {
+    return multi_launch(adam_multi_kernel, t, hyper_dev, hyper, stream);
+}
+
+cudaError_t fit_metrics(const double* loss_out, int loss_len, const float* out, const std::int64_t* labels,
+                        const float* targets, i64 rows, i64 cols, double* acc, cudaStream_t stream) {
+    fit_metrics_kernel<<<1, kThreads, 0, stream>>>(loss_out, loss_len, out, labels, targets, rows, cols, acc);
     return cudaGetLastError();
 }
 

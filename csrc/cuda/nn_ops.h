@@ -83,6 +83,46 @@ cudaError_t sgd_update(float* p, const float* g, float* buf, i64 n, float lr, fl
 cudaError_t adam_update(float* p, const float* g, float* m, float* v, i64 n, float lr, float beta1, float beta2,
                         float eps, float weight_decay, float bc1, float bc2, cudaStream_t stream);
 
+// ---- A whole model's optimizer step in one launch ("multi-tensor apply") --------
+// The per-parameter updates above are one launch each: 2 per Linear layer,
+// each a few microseconds of launch overhead for kernels that run for less.
+// These take a list of tensors and update them all in one launch: block row
+// blockIdx.y works on tensor blockIdx.y.  A list longer than kMaxTensors is
+// split into several launches (the list travels as a kernel argument).
+constexpr int kMaxTensors = 24;
+struct TensorList {
+    float* p[kMaxTensors];         // parameters, updated in place
+    const float* g[kMaxTensors];   // their gradients
+    float* s1[kMaxTensors];        // state: SGD's momentum buffer (null without momentum), Adam's m
+    float* s2[kMaxTensors];        // state: Adam's v (unused by SGD)
+    i64 n[kMaxTensors];            // elements in each
+    int count = 0;
+};
+// The hyperparameters, as the kernels use them:
+//   SGD  {lr, momentum, weight_decay, nesterov (0 or 1)}
+//   Adam {lr / bc1, beta1, beta2, eps, weight_decay, 1 / sqrt(bc2)}
+// They are read from device memory when hyper_dev is not null: a CUDA graph
+// replays a launch with the arguments it was captured with, so values that
+// change from step to step (the learning rate, Adam's bias corrections) must
+// be read where the host can rewrite them between replays.
+struct OptHyper {
+    float v[6] = {0, 0, 0, 0, 0, 0};
+};
+cudaError_t sgd_update_multi(const TensorList& t, const float* hyper_dev, const OptHyper& hyper, cudaStream_t stream);
+cudaError_t adam_update_multi(const TensorList& t, const float* hyper_dev, const OptHyper& hyper,
+                              cudaStream_t stream);
+
+// ---- Training metrics kept on the GPU ---------------------------------------------
+// What fit() reports per epoch, added up without copying anything back per batch:
+//   acc[0] += loss_out[0]     (the batch's summed loss, from a *_fwd above)
+//   acc[1] += loss_out[1]     (labels out of range; only when loss_len == 2)
+//   acc[2] += rows classified right: argmax(out[i]) == labels[i] with labels,
+//             all_j (out[i, j] > 0) == (targets[i, j] >= 0.5) with targets,
+//             nothing with neither.
+// One block, a fixed order: deterministic.
+cudaError_t fit_metrics(const double* loss_out, int loss_len, const float* out, const std::int64_t* labels,
+                        const float* targets, i64 rows, i64 cols, double* acc, cudaStream_t stream);
+
 }  // namespace nn
 }  // namespace gpu
 }  // namespace whygpu

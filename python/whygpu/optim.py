@@ -6,9 +6,11 @@
 
 Each update is one fused pass over the parameter, its gradient and its state
 on the parameter's back end (the model's, set by ``model.to``): NumPy for the
-``numpy`` back end, compiled and OpenMP-parallel code for the kernels, a
-CUDA kernel for ``cuda``, where the state (momentum, Adam's averages) lives
-in GPU memory too.  The formulas are PyTorch's.
+``numpy`` back end, compiled and OpenMP-parallel code for the kernels.  On
+``cuda``, where the state (momentum, Adam's averages) lives in GPU memory
+too, one kernel launch updates every parameter at once (a per-parameter
+launch costs more than the update of a small bias).  The formulas are
+PyTorch's.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ _clock = _profile._clock
 
 class Optimizer:
     """Base class: holds the parameters and runs ``_update`` on each in ``step``."""
+
+    _kind = None  # "sgd" / "adam": the one-launch update a GPU back end has for this optimizer
 
     def __init__(self, params: Iterable[Parameter], lr: float):
         if isinstance(params, Parameter):
@@ -56,16 +60,48 @@ class Optimizer:
         prof = _profile._active
         t0, x0 = (_clock(), prof.transfer_s) if prof is not None else (0.0, 0.0)
         self._begin_step()
-        for i, p in enumerate(self.params):
-            if self._placed[i] is not p._data:
-                self._follow(i, p)
-            self._update(i, p, p._grad_array())  # zeros if no backward pass since zero_grad
+        be = self._device_backend()
+        if be is not None:
+            self._device_step(be)
+        else:
+            for i, p in enumerate(self.params):
+                if self._placed[i] is not p._data:
+                    self._follow(i, p)
+                self._update(i, p, p._grad_array())  # zeros if no backward pass since zero_grad
         if prof is not None:
             prof.optimizer.backward_s += _clock() - t0 - (prof.transfer_s - x0)  # copies have their own row
             prof.steps += 1
 
     def _begin_step(self) -> None:
         pass
+
+    # -- on a GPU: every parameter in one launch ---------------------------------------
+    def _device_backend(self):
+        """The GPU back end all parameters are on, when it can update them in one launch; else None."""
+        if self._kind is None:
+            return None
+        be = self.params[0]._backend
+        if getattr(be, "device", None) is None or not hasattr(be, "optimizer_update"):
+            return None
+        return be if all(p._backend is be for p in self.params) else None
+
+    def _device_step(self, be, hyper_dev=None) -> None:
+        """One launch updates all parameters.  With ``hyper_dev`` (a float32
+        DeviceArray holding ``_hyper()``) the kernel reads the hyperparameters
+        from GPU memory: what a CUDA graph needs, since it replays a launch
+        with the arguments it was captured with (see whygpu.nn.GraphStep)."""
+        for i, p in enumerate(self.params):
+            if self._placed[i] is not p._data:
+                self._follow(i, p)
+        grads = [p._grad_array() for p in self.params]  # zeros if no backward pass since zero_grad
+        s1, s2 = self._device_states()
+        be.optimizer_update(self._kind, [p._data for p in self.params], grads, s1, s2, self._hyper(), hyper_dev)
+
+    def _device_states(self):  # pragma: no cover - abstract: (state1 list or None, state2 list or None)
+        raise NotImplementedError
+
+    def _hyper(self) -> list:  # pragma: no cover - abstract: the numbers the one-launch kernel takes
+        raise NotImplementedError
 
     def _states(self) -> list:
         """The lists of per-parameter state arrays (subclasses say which)."""
@@ -115,6 +151,16 @@ class SGD(Optimizer):
     def _states(self):
         return [self._velocity]
 
+    _kind = "sgd"
+
+    def _device_states(self):
+        if self.momentum == 0.0:
+            return None, None
+        return [self._state(self._velocity, i, p) for i, p in enumerate(self.params)], None
+
+    def _hyper(self):
+        return [self.lr, self.momentum, self.weight_decay, 1.0 if self.nesterov else 0.0]
+
     def _update(self, i, p, g):
         buf = self._state(self._velocity, i, p) if self.momentum != 0.0 else None
         p._backend.sgd_update(p._data, g, buf, self.lr, self.momentum, self.weight_decay, self.nesterov)
@@ -149,8 +195,19 @@ class Adam(Optimizer):
     def _states(self):
         return [self._m, self._v]
 
+    _kind = "adam"
+
     def _begin_step(self):
         self.t += 1
+
+    def _device_states(self):
+        return ([self._state(self._m, i, p) for i, p in enumerate(self.params)],
+                [self._state(self._v, i, p) for i, p in enumerate(self.params)])
+
+    def _hyper(self):
+        b1, b2 = self.betas
+        bc1, bc2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
+        return [self.lr / bc1, b1, b2, self.eps, self.weight_decay, 1.0 / bc2 ** 0.5]
 
     def _update(self, i, p, g):
         b1, b2 = self.betas

@@ -1,6 +1,6 @@
 """Builds tests/cuda_emu/check_kernels against the CUDA sources (csrc/cuda/*.cu)
 run on the CPU by emu.h: each `kernel<<<grid, block, smem, stream>>>(args)`
-launch is rewritten to `emu::launch(grid, block, [&] { kernel(args); })` and
+launch is rewritten to `emu::launch_on(stream, grid, block, [=] { kernel(args); })` and
 the files are compiled as C++20.
 
     build_emulated.py OUT_DIR [g++ flags]            the check_kernels program
@@ -40,7 +40,9 @@ def split_top(s: str) -> list:
 def rewrite(text: str) -> str:
     def sub(m):
         kernel, config, args = m.group(1), split_top(m.group(2)), m.group(3)
-        return f"emu::launch(dim3({config[0]}), dim3({config[1]}), [&] {{ {kernel}({args}); }});"
+        stream = config[3] if len(config) > 3 else "nullptr"
+        # [=]: a launch recorded into a CUDA graph runs later, with the arguments it was captured with
+        return f"emu::launch_on({stream}, dim3({config[0]}), dim3({config[1]}), [=] {{ {kernel}({args}); }});"
     out, n = LAUNCH.subn(sub, text)
     if "<<<" in out:
         raise SystemExit("a kernel launch was not rewritten")

@@ -39,6 +39,7 @@ inline float4 make_float4(float x, float y, float z, float w) { return float4{x,
 enum cudaError_t {
     cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorInvalidConfiguration = 9,
     cudaErrorInsufficientDriver = 35, cudaErrorNoDevice = 100, cudaErrorIllegalAddress = 700,
+    cudaErrorStreamCaptureUnsupported = 900, cudaErrorStreamCaptureInvalidated = 901,
 };
 using cudaStream_t = void*;
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
@@ -53,6 +54,8 @@ inline const char* cudaGetErrorName(cudaError_t e) {
         case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
         case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
         case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+        case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+        case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
         default: return "cudaErrorUnknown";
     }
 }
@@ -62,6 +65,8 @@ inline const char* cudaGetErrorString(cudaError_t e) {
         case cudaErrorInvalidValue: return "invalid argument";
         case cudaErrorMemoryAllocation: return "out of memory";
         case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+        case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+        case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
         default: return "unknown error";
     }
 }
@@ -112,21 +117,128 @@ inline bool pinned(const void* p) {
 }
 }  // namespace emu
 
+
+// Streams and CUDA graphs.  Every stream is the one queue of the emulation
+// (work runs in issue order), except while a stream is being captured: then
+// the launches, copies and memsets issued to it are recorded, not run, and
+// cudaGraphLaunch runs the recording, in order, each time it is called --
+// with the arguments captured, as a GPU replays them.  Memory that the
+// captured work allocates (cudaMallocAsync on the capturing stream) is
+// allocated once and belongs to the graph; a free recorded there is done when
+// the graph is destroyed.  Synchronising a capturing stream, or the whole
+// device, during a capture is an error and invalidates it, as on a GPU.
+namespace emu {
+struct Stream {
+    bool capturing = false;
+    bool invalidated = false;
+    std::vector<std::function<void()>> nodes;
+    std::vector<void*> owned;  // allocated by the captured work
+};
+inline std::mutex g_capture_mu;
+inline std::vector<Stream*> g_capturing;  // streams now capturing
+inline Stream* capturing(void* s) {
+    if (s == nullptr) return nullptr;
+    auto* st = static_cast<Stream*>(s);
+    return st->capturing ? st : nullptr;
+}
+inline bool any_capturing() {
+    std::lock_guard<std::mutex> lock(g_capture_mu);
+    return !g_capturing.empty();
+}
+}  // namespace emu
+enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal = 0, cudaStreamCaptureModeThreadLocal = 1,
+                             cudaStreamCaptureModeRelaxed = 2 };
+enum cudaStreamCaptureStatus { cudaStreamCaptureStatusNone = 0, cudaStreamCaptureStatusActive = 1 };
+constexpr unsigned cudaStreamDefault = 0, cudaStreamNonBlocking = 1;
+struct EmuGraph {
+    std::vector<std::function<void()>> nodes;
+    std::vector<void*> owned;
+};
+using cudaGraph_t = EmuGraph*;
+using cudaGraphExec_t = EmuGraph*;
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { *s = new emu::Stream; return cudaSuccess; }
+inline cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) { delete static_cast<emu::Stream*>(s); return cudaSuccess; }
+inline cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+    if (s == nullptr) return cudaErrorStreamCaptureUnsupported;  // the legacy stream cannot be captured
+    auto* st = static_cast<emu::Stream*>(s);
+    if (st->capturing) return cudaErrorInvalidValue;
+    st->capturing = true;
+    st->invalidated = false;
+    st->nodes.clear();
+    st->owned.clear();
+    std::lock_guard<std::mutex> lock(emu::g_capture_mu);
+    emu::g_capturing.push_back(st);
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* g) {
+    auto* st = static_cast<emu::Stream*>(s);
+    if (st == nullptr || !st->capturing) return cudaErrorInvalidValue;
+    st->capturing = false;
+    {
+        std::lock_guard<std::mutex> lock(emu::g_capture_mu);
+        emu::g_capturing.erase(std::find(emu::g_capturing.begin(), emu::g_capturing.end(), st));
+    }
+    auto* graph = new EmuGraph{std::move(st->nodes), std::move(st->owned)};
+    st->nodes.clear();
+    st->owned.clear();
+    if (st->invalidated) {
+        for (void* p : graph->owned) std::free(p);
+        delete graph;
+        *g = nullptr;
+        return cudaErrorStreamCaptureInvalidated;
+    }
+    *g = graph;
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status) {
+    *status = emu::capturing(s) ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+    return cudaSuccess;
+}
+// The graph's recording is shared by its one executable instance (no copies are made).
+inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t g, unsigned long long = 0) {
+    *e = g;
+    return cudaSuccess;
+}
+inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t) { return cudaSuccess; }
+inline cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+    if (g == nullptr) return cudaSuccess;
+    for (void* p : g->owned) std::free(p);
+    delete g;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s);  // below: it needs the copies and launches
+
 inline cudaError_t cudaMalloc(void** p, std::size_t n) {
     if (n > (std::size_t(1) << 36)) return cudaErrorMemoryAllocation;  // "64 GiB of device memory"
     *p = std::aligned_alloc(256, (n + 255) / 256 * 256);
     return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
-inline cudaError_t cudaMallocAsync(void** p, std::size_t n, cudaStream_t) { return cudaMalloc(p, n); }
+inline cudaError_t cudaMallocAsync(void** p, std::size_t n, cudaStream_t s) {
+    const cudaError_t e = cudaMalloc(p, n);
+    if (auto* st = emu::capturing(s); st != nullptr && e == cudaSuccess) st->owned.push_back(*p);
+    return e;
+}
 inline cudaError_t cudaFree(void* p) { emu::drain(); std::free(p); return cudaSuccess; }
-inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
+    if (auto* st = emu::capturing(s)) {  // the graph's own memory: freed with the graph
+        if (std::find(st->owned.begin(), st->owned.end(), p) == st->owned.end()) st->invalidated = true;
+        return cudaSuccess;
+    }
+    return cudaFree(p);
+}
 enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
 inline cudaError_t cudaMemcpy(void* d, const void* s, std::size_t n, cudaMemcpyKind) {
     emu::drain();
     std::memcpy(d, s, n);
     return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void* d, const void* s, std::size_t n, cudaMemcpyKind k, cudaStream_t) {
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, std::size_t n, cudaMemcpyKind k, cudaStream_t st) {
+    if (auto* c = emu::capturing(st)) {
+        if (k != cudaMemcpyDeviceToDevice) { c->invalidated = true; return cudaErrorStreamCaptureUnsupported; }
+        c->nodes.push_back([=] { cudaMemcpyAsync(d, s, n, k, nullptr); });
+        return cudaSuccess;
+    }
     const bool deferred =
         (k == cudaMemcpyHostToDevice && emu::pinned(s)) || (k == cudaMemcpyDeviceToHost && emu::pinned(d));
     if (!deferred) return cudaMemcpy(d, s, n, k);
@@ -134,12 +246,20 @@ inline cudaError_t cudaMemcpyAsync(void* d, const void* s, std::size_t n, cudaMe
     emu::g_pending.push_back({d, s, n});
     return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* p, int v, std::size_t n, cudaStream_t) {
+inline cudaError_t cudaMemsetAsync(void* p, int v, std::size_t n, cudaStream_t s) {
+    if (auto* c = emu::capturing(s)) {
+        c->nodes.push_back([=] { cudaMemsetAsync(p, v, n, nullptr); });
+        return cudaSuccess;
+    }
     emu::drain();
     std::memset(p, v, n);
     return cudaSuccess;
 }
-inline cudaError_t cudaDeviceSynchronize() { emu::drain(); return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() {
+    if (emu::any_capturing()) return cudaErrorStreamCaptureUnsupported;  // it would wait for a capturing stream
+    emu::drain();
+    return cudaSuccess;
+}
 inline cudaError_t cudaMemGetInfo(std::size_t* f, std::size_t* t) {
     *f = std::size_t(1) << 35;
     *t = std::size_t(1) << 36;
@@ -172,7 +292,11 @@ inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b)
     *ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
     return cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { emu::drain(); return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    if (auto* c = emu::capturing(s)) { c->invalidated = true; return cudaErrorStreamCaptureUnsupported; }
+    emu::drain();
+    return cudaSuccess;
+}
 
 // Pinned host memory: ordinary memory, remembered so that
 // cudaPointerGetAttributes can tell it from pageable memory as CUDA does.
@@ -314,7 +438,24 @@ void launch(dim3 grid, dim3 block, F f) {
                 }
     });
 }
+// A launch as written in the sources (build_emulated.py rewrites kernel<<<g, b, smem, stream>>>(args)
+// to this): run now, or recorded while `stream` is being captured.
+template <typename F>
+void launch_on(cudaStream_t stream, dim3 grid, dim3 block, F f) {
+    if (auto* c = capturing(stream)) {
+        c->nodes.push_back([=] { launch(grid, block, f); });
+        return;
+    }
+    launch(grid, block, f);
+}
 }  // namespace emu
+
+inline cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
+    if (e == nullptr) return cudaErrorInvalidValue;
+    if (emu::capturing(s)) return cudaErrorStreamCaptureUnsupported;
+    for (auto& node : e->nodes) node();
+    return cudaSuccess;
+}
 
 #define threadIdx (emu::tl_thread)
 #define blockIdx (emu::tl_block)

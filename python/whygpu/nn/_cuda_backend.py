@@ -13,7 +13,9 @@ the batch goes in and the loss, one float, comes out:
 * ``model(x)`` uploads a NumPy ``x`` (or takes a float32 DeviceArray as it
   is: data kept on the GPU) and returns a DeviceArray;
 * ``loss_fn(logits, y)`` uploads NumPy labels (or takes an int64
-  DeviceArray) and returns a float -- reading it waits for the GPU;
+  DeviceArray) and returns a float -- reading it waits for the GPU
+  (``fit`` and :class:`whygpu.nn.GraphStep` keep the loss in GPU memory
+  instead, as a :class:`DeviceLoss`, and read it only when asked);
 * ``param.data`` / ``param.grad`` are NumPy copies; assigning uploads;
 * ``fit``, ``evaluate`` and ``predict`` take and return NumPy arrays, one
   upload per batch (fit also copies the logits back, for the accuracy).
@@ -34,6 +36,7 @@ from .._registry import KernelUnavailableError
 from . import _profile
 from ._backend import Backend
 from ._module import Parameter
+from .losses import DeviceLoss
 
 __all__ = ["CudaBackend", "DeviceParameter"]
 
@@ -179,26 +182,29 @@ class CudaBackend(Backend):
         self._ops.softmax_bwd(dy, y, dx)
         self._done()
 
-    def softmax_xent_fwd(self, logits, labels, probs) -> float:
-        out = self.to_host(self._ops.softmax_xent_fwd(logits, labels, probs))  # [sum of losses, bad labels]
-        if out[1]:
-            raise ValueError(f"labels must be class indices in [0, {logits.shape[1]}) for a model with "
-                             f"{logits.shape[1]} outputs; {int(out[1])} label(s) on the GPU are outside")
-        return float(out[0])
+    # The losses stay in GPU memory until read: a DeviceLoss (float() waits for the GPU).
+    def softmax_xent_fwd(self, logits, labels, probs) -> "DeviceLoss":
+        out = self._ops.softmax_xent_fwd(logits, labels, probs)  # [sum of losses, bad labels]
+        self._done()
+        return DeviceLoss(self, out, 1.0, logits.shape[1])
 
     def softmax_xent_bwd(self, probs, labels, dx, scale):
         self._ops.softmax_xent_bwd(probs, labels, dx, scale)
         self._done()
 
-    def mse_fwd(self, y, t) -> float:
-        return float(self.to_host(self._ops.mse_fwd(y, t))[0])
+    def mse_fwd(self, y, t) -> "DeviceLoss":
+        out = self._ops.mse_fwd(y, t)
+        self._done()
+        return DeviceLoss(self, out)
 
     def mse_bwd(self, y, t, dx, scale):
         self._ops.mse_bwd(y, t, dx, scale)
         self._done()
 
-    def bce_logits_fwd(self, x, t) -> float:
-        return float(self.to_host(self._ops.bce_logits_fwd(x, t))[0])
+    def bce_logits_fwd(self, x, t) -> "DeviceLoss":
+        out = self._ops.bce_logits_fwd(x, t)
+        self._done()
+        return DeviceLoss(self, out)
 
     def bce_logits_bwd(self, x, t, dx, scale):
         self._ops.bce_logits_bwd(x, t, dx, scale)
@@ -214,6 +220,17 @@ class CudaBackend(Backend):
 
     def adam_update(self, p, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
         self._ops.adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2)
+        self._done()
+
+    # -- fewer launches per step ------------------------------------------------------
+    def optimizer_update(self, kind, params, grads, state1, state2, hyper, hyper_dev=None):
+        """Every parameter's update in one launch (per 24 tensors); see optim.Optimizer.step."""
+        self._ops.optimizer_update(kind, params, grads, state1, state2, hyper, hyper_dev)
+        self._done()
+
+    def fit_metrics(self, loss, out, labels, targets, acc):
+        """acc += [summed loss, bad labels, rows right] on the GPU (no copy back per batch)."""
+        self._ops.fit_metrics(loss._out, out, labels, targets, acc)
         self._done()
 
 
@@ -261,3 +278,4 @@ class DeviceParameter(Parameter):
 
     def _astype(self, dtype) -> None:
         _float32(dtype)  # float32 stays float32; anything else is refused
+

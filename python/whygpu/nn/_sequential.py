@@ -164,7 +164,7 @@ class Sequential(Module):
 
     # -- Keras-style training ------------------------------------------------
     def fit(self, X, y, epochs: int = 1, batch_size: int = 32, optimizer=None, loss=None,
-            validation_data=None, shuffle: bool = True, verbose="auto") -> Dict[str, list]:
+            validation_data=None, shuffle: bool = True, verbose="auto", cuda_graph: bool = True) -> Dict[str, list]:
         """Train with mini-batches; returns the history, a dict of per-epoch
         lists: ``loss`` and, for classifiers, ``accuracy`` (plus ``val_loss``
         and ``val_accuracy`` with ``validation_data=(X_val, y_val)``).
@@ -176,6 +176,12 @@ class Sequential(Module):
         last batch may be smaller.  ``verbose``: ``"auto"`` shows a progress
         bar when writing to a terminal, 0 is silent, 1 always shows the bar,
         2 prints one line per epoch.
+
+        On a GPU back end each full-size batch's step is replayed from a CUDA
+        graph (see :class:`whygpu.nn.GraphStep`; ``cuda_graph=False`` runs
+        ordinary steps), the batches are copied in without waiting for the
+        GPU, and the loss and accuracy are summed on the GPU and read once
+        per epoch (so a diverging loss is reported at the end of its epoch).
         """
         from ..optim import Optimizer  # late import: optim imports nn
 
@@ -185,6 +191,8 @@ class Sequential(Module):
             raise TypeError("fit() needs loss=, e.g. whygpu.nn.CrossEntropyLoss()")
         epochs = _positive_int(epochs, "epochs")
         batch_size = _positive_int(batch_size, "batch_size")
+        if not isinstance(cuda_graph, (bool, np.bool_)):
+            raise TypeError(f"cuda_graph must be True or False, got {cuda_graph!r}")
         if verbose not in ("auto", 0, 1, 2):
             raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
         X, y = self._check_dataset(X, y, loss, "X", "y")
@@ -208,7 +216,12 @@ class Sequential(Module):
         # FloatingPointError) on every back end alike, so NumPy's own
         # overflow warnings would only be noise.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            self._fit_loop(X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier)
+            if self._backend.device is not None:
+                self._fit_loop_device(X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history,
+                                      classifier, bool(cuda_graph))
+            else:
+                self._fit_loop(X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history,
+                               classifier)
         return history
 
     def _fit_loop(self, X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier):
@@ -245,6 +258,54 @@ class Sequential(Module):
             history["loss"].append(total_loss / n)
             if classifier:
                 history["accuracy"].append(correct / n)
+            if val is not None:
+                res = self._evaluate(val[0], val[1], loss, max(batch_size, 256))
+                history["val_loss"].append(res["loss"])
+                if classifier:
+                    history["val_accuracy"].append(res["accuracy"])
+            summary = "  ".join(f"{k} {v[-1]:.4f}" for k, v in history.items())
+            if bar is not None:
+                bar.set_postfix_str(summary, refresh=True)
+                bar.close()
+            elif verbose == 2:
+                print(f"Epoch {epoch + 1}/{epochs}  {summary}", file=sys.stdout)
+
+    def _fit_loop_device(self, X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history,
+                         classifier, cuda_graph):
+        """fit on a GPU back end: no copy back and no wait for the GPU inside an epoch."""
+        from ._graph import GraphStep
+
+        n = X.shape[0]
+        n_batches = -(-n // batch_size)
+        rng = _random.get_rng()
+        be = self._backend
+        acc_up = be._mod.Uploader(be.array_type((3,), np.float64))  # [summed loss, bad labels, right], on the GPU
+        zeros3 = np.zeros(3)
+        step = GraphStep(self, loss, optimizer, graph=cuda_graph, _acc=acc_up.target)
+        self._last_step = step  # for tests and the benchmarks: how the steps ran
+        for epoch in range(epochs):
+            order = rng.permutation(n) if shuffle else None
+            bar = _progress(n_batches, f"Epoch {epoch + 1}/{epochs}", verbose)
+            acc_up.load(zeros3)
+            sums = zeros3
+            for b in range(n_batches):
+                sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
+                idx = order[sl] if order is not None else sl
+                step(X[idx], y[idx])
+                if bar is not None:
+                    bar.update(1)
+                    if b % 10 == 0 or b == n_batches - 1:  # reading the sums waits for the GPU
+                        sums = be.to_host(acc_up.target)
+                        bar.set_postfix(loss=f"{sums[0] / sl.stop:.4f}", refresh=False)
+            sums = be.to_host(acc_up.target)
+            if not np.isfinite(sums[0]):
+                if bar is not None:
+                    bar.close()
+                raise FloatingPointError(f"the loss became {sums[0]} in epoch {epoch + 1}: training diverged -- "
+                                         f"try a smaller learning rate")
+            history["loss"].append(float(sums[0]) / n)
+            if classifier:
+                history["accuracy"].append(float(sums[2]) / n)
             if val is not None:
                 res = self._evaluate(val[0], val[1], loss, max(batch_size, 256))
                 history["val_loss"].append(res["loss"])

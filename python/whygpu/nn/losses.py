@@ -21,7 +21,7 @@ from . import _backend, _profile
 from ._backend import Backend, get_backend
 from ._module import _FLOATS, _check_finite
 
-__all__ = ["CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss"]
+__all__ = ["CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss", "DeviceLoss"]
 
 _clock = _profile._clock
 
@@ -54,6 +54,10 @@ class _Loss:
         return loss
 
     def forward(self, output, target) -> float:
+        return float(self._forward_any(output, target))
+
+    def _forward_any(self, output, target):
+        """forward(), but a GPU back end's loss stays on the GPU (a DeviceLoss) until read."""
         be = self._backend or _backend.producer_of(output) or _backend.NUMPY
         if be is not self._be:
             self._bufs = {}  # buffers in the latest back end's memory
@@ -63,7 +67,7 @@ class _Loss:
         target = self._check_target(target, output)
         return self._forward(be, output, target)
 
-    def _device_forward(self, be, output, target) -> float:
+    def _device_forward(self, be, output, target):
         """forward() on a GPU back end: DeviceArrays are checked and used in
         place, host arrays are checked as on the CPU and uploaded."""
         name = type(self).__name__
@@ -245,3 +249,43 @@ class BCEWithLogitsLoss(_Loss):
     def _n_correct(self, output, target):
         t = np.asarray(target).reshape(output.shape)
         return int(np.count_nonzero(np.all((output > 0) == (t >= 0.5), axis=1)))
+
+
+class DeviceLoss:
+    """A loss value still in GPU memory.
+
+    The GPU back ends return one from the loss functions' internal path
+    (``fit`` and :class:`whygpu.nn.GraphStep` use it), so that computing a
+    loss does not stop the host until the GPU has caught up.  ``float(loss)``
+    or ``loss.item()`` copies it back (waiting for the GPU) and checks the
+    labels: the GPU counts labels outside the classes instead of failing.
+    The value read is cached.
+    """
+
+    __slots__ = ("_be", "_out", "_scale", "_classes", "_value")
+
+    def __init__(self, backend, out, scale: float = 1.0, classes=None):
+        self._be = backend
+        self._out = out          # float64 DeviceArray: [summed loss] or [summed loss, bad labels]
+        self._scale = scale      # the mean: 1 / rows (or elements)
+        self._classes = classes  # for a cross-entropy: the number of classes
+        self._value = None
+
+    def __truediv__(self, d) -> "DeviceLoss":
+        return DeviceLoss(self._be, self._out, self._scale / d, self._classes)
+
+    def item(self) -> float:
+        if self._value is None:
+            h = self._be.to_host(self._out)
+            if self._classes is not None and h[1]:
+                raise ValueError(f"labels must be class indices in [0, {self._classes}) for a model with "
+                                 f"{self._classes} outputs; {int(h[1])} label(s) on the GPU are outside")
+            self._value = float(h[0]) * self._scale
+        return self._value
+
+    __float__ = item
+
+    def __repr__(self) -> str:
+        if self._value is None:
+            return "DeviceLoss(<on the GPU: float() reads it>)"
+        return f"DeviceLoss({self._value!r})"
