@@ -151,16 +151,19 @@ def test_train_runs_on_the_gpu_and_sweeps_batches(trained):
     assert runs["cuda"]["final_loss"] == pytest.approx(runs["numpy"]["final_loss"], rel=1e-3)
     sw = doc["sweep"]
     series = {s["label"]: s for s in sw["series"]}
-    assert {"cuda, copied", "cuda, resident", "numpy"} <= set(series)
-    for lbl in ("cuda, copied", "cuda, resident", "numpy"):
+    gpu = ("cuda, copied", "cuda, resident", "cuda, copied, graph", "cuda, resident, graph")
+    assert {*gpu, "numpy"} <= set(series)
+    assert [series[lbl]["graph"] for lbl in gpu] == [False, False, True, True]
+    for lbl in (*gpu, "numpy"):
         assert [p["batch"] for p in series[lbl]["points"]] == [8, 32]
         assert all(positive(p["step_s"]) for p in series[lbl]["points"])
     rows = {r["batch"]: r for r in sw["summary"]["rows"]}
     for b in (8, 32):
         assert positive(rows[b]["speedup_resident"]) and positive(rows[b]["speedup_copied"])
         assert 0 <= rows[b]["copy_share"] < 1
+        assert positive(rows[b]["graph_gain"]) and positive(rows[b]["speedup_resident_graph"])
     assert sw["summary"]["at_batch"] == 32
-    assert "GPU resident vs best CPU" in res.stdout
+    assert "GPU resident vs best CPU" in res.stdout and "graph gain" in res.stdout
     assert is_png(out / "train_sweep.png")
 
 
@@ -180,6 +183,7 @@ def test_report_has_the_gpu_sections_with_figures(site, trained, tmp_path):
         assert f"]({fig})" in md and is_png(tmp_path / "rep" / fig)
     assert "float32 FMA peak (probe)" in md and "GB/s" in md
     assert "GPU (data resident) over the best CPU back end" in md
+    assert "step as one CUDA graph" in md and "GPU, resident, graph" in md
     html = (tmp_path / "rep" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
 

@@ -473,6 +473,12 @@ def _gpu_measured(docs, gpu, gsum, sweep, out: Path, figs: list, num: int) -> Li
             if "copy_share" in sm:
                 rows.append((f"share of the copied step spent copying the batch, batch {b}",
                              _pct(100 * sm["copy_share"])))
+            if "speedup_resident_graph" in sm:
+                rows.append((f"training step, batch {b}: GPU (data resident, step as one CUDA graph) over the best CPU",
+                             f"x{_g(sm['speedup_resident_graph'])}"))
+            if "graph_gain" in sm:
+                rows.append((f"what capturing the step as a CUDA graph bought, batch {b} (resident)",
+                             f"x{_g(sm['graph_gain'])}"))
     blocks.append(("p", text.strip()))
     if rows:
         blocks.append(("table", ("measured on this machine", "value"), rows))
@@ -542,6 +548,9 @@ def _gpu_sweep(doc: dict, out: Path, figs: list) -> List[Block]:
             cap += f"At batch {sm['largest_batch']}: " + ", ".join(parts)
             cap += (f", copies {_pct(100 * sm['copy_share_largest'])} of the copied step. "
                     if "copy_share_largest" in sm else ". ")
+    if "graph_gain" in sm:
+        cap += (f"Replaying the whole step as one CUDA graph (no Python, one launch instead of one per kernel) "
+                f"made the resident step x{_g(sm['graph_gain'])} faster at batch {sm['at_batch']}. ")
     cap += ("Small batches leave most of the GPU idle and pay a fixed cost per kernel launch, so the CPU wins "
             "there: batch your operations. Copies over the bus cost the same per sample at every batch size, "
             "so keeping data on the GPU matters most where the GPU is fastest: minimise CPU-GPU transfers.")
@@ -553,10 +562,12 @@ def _gpu_sweep(doc: dict, out: Path, figs: list) -> List[Block]:
                       _ms(r["resident_s"]) if "resident_s" in r else "skipped",
                       f"x{_g(r['speedup_copied'])}" if "speedup_copied" in r else "",
                       f"x{_g(r['speedup_resident'])}" if "speedup_resident" in r else "",
-                      _pct(100 * r["copy_share"]) if "copy_share" in r else ""))
+                      _pct(100 * r["copy_share"]) if "copy_share" in r else "",
+                      _ms(r["resident_graph_s"]) if "resident_graph_s" in r else "skipped",
+                      f"x{_g(r['graph_gain'])}" if "graph_gain" in r else ""))
     blocks = [("fig", "train_sweep.png", cap.strip()),
               ("table", ("batch", "best CPU", "GPU, copied", "GPU, resident", "speed-up copied", "speed-up resident",
-                         "copy share"), table)]
+                         "copy share", "GPU, resident, graph", "graph gain"), table)]
     if sw.get("skipped"):
         blocks.append(("p", "Not measured (over the time budget; --all runs them): " +
                        "; ".join(f"{x['series']} at batch {x['batch']}" for x in sw["skipped"]) + "."))

@@ -232,19 +232,24 @@ def _gpu_backend_usable() -> bool:
     return "cuda" in nn.backends()
 
 
-def _timed_steps(backend: str, model, loss_fn, opt, xb, yb, steps: int) -> list:
-    """Seconds of each of `steps` training steps (after one untimed step); each
-    ends with the loss read and, on the GPU, the GPU idle -- so a step's time is
-    all of its work, not just the queueing of it."""
+def _timed_steps(backend: str, model, loss_fn, opt, xb, yb, steps: int, graph: bool = False) -> list:
+    """Seconds of each of `steps` training steps (after the untimed ones that
+    warm up, and with ``graph`` capture, a CUDA graph); each ends with the loss
+    read and, on the GPU, the GPU idle -- so a step's time is all of its work,
+    not just the queueing of it."""
     be = get_backend(backend)
     sync = getattr(be, "synchronize", None) if getattr(be, "device", "cpu") == "cuda" else None
+    graph_step = nn.GraphStep(model, loss_fn, opt) if graph else None
 
     def step():
-        logits = model(xb)
-        loss = loss_fn(logits, yb)
-        model.zero_grad()
-        model.backward(loss_fn.backward())
-        opt.step()
+        if graph_step is not None:
+            loss = graph_step(xb, yb)  # the whole step: one graph launch
+        else:
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            model.zero_grad()
+            model.backward(loss_fn.backward())
+            opt.step()
         if sync is not None:
             sync()
         return float(loss)
@@ -252,6 +257,10 @@ def _timed_steps(backend: str, model, loss_fn, opt, xb, yb, steps: int) -> list:
     times = []
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         step()
+        if graph_step is not None:
+            step()  # the second call captures the graph
+            if not graph_step.graphed:
+                raise RuntimeError(f"the training step was not captured as a CUDA graph: {graph_step.reason}")
         for _ in range(steps):
             t0 = time.perf_counter()
             step()
@@ -268,6 +277,9 @@ def run_sweep(*, batches: Sequence[int] = SWEEP_BATCHES, layers: Sequence[int] =
       the two at each batch is "the best CPU"),
     * ``cuda, copied``: the batch is a NumPy array, copied to the GPU every step;
     * ``cuda, resident``: the batch was copied once and stays in GPU memory,
+    * ``cuda, copied, graph`` and ``cuda, resident, graph``: the same, with
+      the whole step replayed as one CUDA graph (:class:`whygpu.nn.GraphStep`,
+      what ``fit`` does),
 
     each measured as the median of ``steps`` unprofiled steps.  ``budget`` is
     seconds per (series, batch): a point predicted to take longer (from the
@@ -284,14 +296,15 @@ def run_sweep(*, batches: Sequence[int] = SWEEP_BATCHES, layers: Sequence[int] =
     layers = [_count(w, "layer width") for w in layers]
     th = get_num_threads() if threads is None else check_threads(threads)
     cpu = [b for b in ("openmp", "numpy") if b in nn.backends()]
-    series = [(b, b, False) for b in cpu]
+    series = [(b, b, False, False) for b in cpu]
     if _gpu_backend_usable():
-        series += [("cuda, copied", "cuda", False), ("cuda, resident", "cuda", True)]
+        series += [("cuda, copied", "cuda", False, False), ("cuda, resident", "cuda", True, False),
+                   ("cuda, copied, graph", "cuda", False, True), ("cuda, resident, graph", "cuda", True, True)]
     X, y = synthetic_clusters(batches[-1], layers[0], layers[-1], seed)
     out_series, skipped = [], []
     t_start = time.perf_counter()
     with Progress(len(series) * len(batches), "train sweep", progress) as bar:
-        for label, backend, resident in series:
+        for label, backend, resident, graph in series:
             on_gpu = backend == "cuda"
             pts = []
             per_flop = None  # seconds per FLOP of the last measured batch
@@ -317,13 +330,13 @@ def run_sweep(*, batches: Sequence[int] = SWEEP_BATCHES, layers: Sequence[int] =
                     if resident:
                         from .. import cuda as wc
                         xb, yb = wc.to_device(xb), wc.to_device(yb)
-                    times = _timed_steps(backend, model, loss_fn, opt, xb, yb, steps)
+                    times = _timed_steps(backend, model, loss_fn, opt, xb, yb, steps, graph)
                     med = float(np.median(times))
                     per_flop = med / flops
                     pts.append({"batch": b, "step_s": med, "step_s_min": min(times), "samples_per_s": b / med,
                                 "gflops": flops / med / 1e9})
                     bar.advance()
-            out_series.append({"label": label, "backend": backend, "resident": resident,
+            out_series.append({"label": label, "backend": backend, "resident": resident, "graph": graph,
                                "device": "cuda" if on_gpu else "cpu", "threads": 1 if on_gpu else th,
                                "points": pts})
     doc = {"batches": batches, "layers": "-".join(map(str, layers)), "steps": steps, "threads": th,
@@ -344,28 +357,33 @@ def sweep_summary(sweep: dict) -> dict:
         if cpu:
             best = min(cpu, key=cpu.get)
             row.update(best_cpu=best, best_cpu_s=cpu[best])
-        for key, lbl in (("copied", "cuda, copied"), ("resident", "cuda, resident")):
+        for key, lbl in (("copied", "cuda, copied"), ("resident", "cuda, resident"),
+                         ("copied_graph", "cuda, copied, graph"), ("resident_graph", "cuda, resident, graph")):
             if b in by.get(lbl, {}):
                 row[f"{key}_s"] = by[lbl][b]
                 if cpu:
                     row[f"speedup_{key}"] = cpu[best] / by[lbl][b]
         if "copied_s" in row and "resident_s" in row:
             row["copy_share"] = max(row["copied_s"] - row["resident_s"], 0.0) / row["copied_s"]
+        if "resident_s" in row and "resident_graph_s" in row:
+            row["graph_gain"] = row["resident_s"] / row["resident_graph_s"]  # what capturing the step bought
         rows.append(row)
     out = {"rows": rows}
-    for key in ("copied", "resident"):
+    for key in ("copied", "resident", "copied_graph", "resident_graph"):
         wins = [r["batch"] for r in rows if r.get(f"speedup_{key}", 0) > 1]
         out[f"overtakes_{key}"] = wins[0] if wins else None
     ref = [r for r in rows if "speedup_resident" in r or "speedup_copied" in r]
     if ref:
         at = min(ref, key=lambda r: abs(np.log2(r["batch"] / 1024)))  # batch 1024, or the nearest measured
         out["at_batch"] = at["batch"]
-        for k in ("speedup_copied", "speedup_resident", "copy_share", "best_cpu"):
+        for k in ("speedup_copied", "speedup_resident", "speedup_copied_graph", "speedup_resident_graph",
+                  "copy_share", "graph_gain", "best_cpu"):
             if k in at:
                 out[k] = at[k]
         big = max(ref, key=lambda r: r["batch"])
         out["largest_batch"] = big["batch"]
-        for k in ("speedup_copied", "speedup_resident", "copy_share"):
+        for k in ("speedup_copied", "speedup_resident", "speedup_copied_graph", "speedup_resident_graph",
+                  "copy_share", "graph_gain"):
             if k in big:
                 out[f"{k}_largest"] = big[k]
     return out
