@@ -1247,7 +1247,7 @@ void bind_nn(py::module_& m) {
        "from it instead (for CUDA graphs); hyper then only gives their number.");
 
     m.def("fit_metrics", [](const DeviceArray& loss_out, const DeviceArray& out, py::object labels,
-                            py::object targets, DeviceArray& acc) {
+                            py::object targets, DeviceArray& acc, double weight) {
         if (!loss_out.is("<f8") || (loss_out.size() != 1 && loss_out.size() != 2))
             throw py::value_error("loss_out must be the float64 DeviceArray a loss returned (1 or 2 numbers)");
         if (!acc.is("<f8") || acc.size() != 3) throw py::value_error("acc must be a float64 DeviceArray of 3");
@@ -1270,10 +1270,12 @@ void bind_nn(py::module_& m) {
         const auto* lo = static_cast<const double*>(loss_out.data("loss_out"));
         auto* ap = static_cast<double*>(acc.data("acc"));
         const int len = static_cast<int>(loss_out.size());
-        run_released("fit_metrics", [&] { return nn::fit_metrics(lo, len, op, lp, tp, rows, cols, ap, stream()); });
+        run_released("fit_metrics",
+                     [&] { return nn::fit_metrics(lo, len, weight, op, lp, tp, rows, cols, ap, stream()); });
     }, py::arg("loss_out"), py::arg("out"), py::arg("labels") = py::none(), py::arg("targets") = py::none(),
-       py::arg("acc"),
-       "acc += [loss_out[0], loss_out[1] (bad labels), rows classified right] on the GPU (see nn_ops.h).");
+       py::arg("acc"), py::arg("weight") = 1.0,
+       "acc += [weight * loss_out[0], loss_out[1] (bad labels), rows classified right] on the GPU "
+       "(see nn_ops.h).");
 }
 
 // ---- Device information ------------------------------------------------------------

@@ -682,3 +682,213 @@ def test_split_k_gives_the_same_product(trans_a, trans_b, rng):
     for bad in (-1, True, 1.5):
         with pytest.raises(ValueError, match="split_k"):
             wc.gemm(da, db, trans_a=trans_a, trans_b=trans_b, split_k=bad)
+
+
+# ---- CUDA graphs, asynchronous uploads, one-launch optimizer updates ------------------------
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_a_captured_graph_replays_its_work_on_new_data(rng):
+    """Nothing runs while capturing; each replay runs the recorded kernels on
+    whatever the captured arrays hold then -- including split-k's workspace,
+    which the graph allocates itself."""
+    mod = wc._module()
+    m, n, k = 9, 21, 1200  # few tiles, long k: split-k, with a workspace made inside the graph
+    da, db = wc.to_device(_f32(rng, m, k)), wc.to_device(_f32(rng, k, n))
+    dc = wc.zeros((m, n))
+    before = dc.to_host()
+    mod.capture_begin()
+    assert mod.is_capturing()
+    try:
+        wc.gemm(da, db, dc, kernel="cuda_warptile", split_k=4)
+        wc.nn_ops.leaky_relu_fwd(dc, dc, 0.0)  # in place: c = relu(a @ b)
+    finally:
+        graph = mod.capture_end()
+    assert not mod.is_capturing()
+    np.testing.assert_array_equal(dc.to_host(), before)  # captured, not run
+    for _ in range(3):
+        a, b = _f32(rng, m, k), _f32(rng, k, n)
+        da.copy_from_host(a)
+        db.copy_from_host(b)
+        graph.replay()
+        ref = np.maximum(a.astype(np.float64) @ b, 0)
+        np.testing.assert_allclose(dc.to_host(), ref, rtol=0, atol=4 * k * 6e-8 * (np.abs(ref).max() + 1))
+    assert graph.replays == 3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_a_graph_keeps_the_memory_it_uses(rng):
+    """Arrays made or dropped while capturing stay allocated as long as the graph."""
+    mod = wc._module()
+    x = _f32(rng, 50, 7)
+    dx = wc.to_device(x)
+    out = wc.empty((50, 7))
+    mod.capture_begin()
+    try:
+        tmp = wc.empty((50, 7))               # made during the capture
+        wc.nn_ops.tanh_fwd(dx, tmp)
+        wc.nn_ops.sigmoid_fwd(tmp, out)
+        del tmp                               # dropped: a recorded launch still uses it
+    finally:
+        graph = mod.capture_end()
+    assert graph.kept_arrays >= 1
+    for _ in range(2):
+        junk = [wc.to_device(np.full((50, 7), 9.0, np.float32)) for _ in range(4)]  # reuse freed memory, if any
+        graph.replay()
+        np.testing.assert_allclose(out.to_host(), 1 / (1 + np.exp(-np.tanh(x.astype(np.float64)))), rtol=1e-5)
+        del junk
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_host_copies_and_waits_are_refused_while_capturing(rng):
+    mod = wc._module()
+    d = wc.to_device(_f32(rng, 4, 4))
+    up = mod.Uploader(d)
+    mod.capture_begin()
+    try:
+        for call in (lambda: wc.to_device(np.ones(3, np.float32)), d.to_host,
+                     lambda: d.copy_from_host(np.ones((4, 4), np.float32)), wc.synchronize,
+                     lambda: up.load(np.ones((4, 4), np.float32))):
+            with pytest.raises(RuntimeError, match="captures a CUDA graph"):
+                call()
+        with pytest.raises(RuntimeError, match="already capturing"):
+            mod.capture_begin()
+    finally:
+        graph = mod.capture_end()
+    graph.replay()  # an empty graph replays
+    with pytest.raises(RuntimeError, match="not capturing"):
+        mod.capture_end()
+    wc.synchronize()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_uploader_queues_copies_without_waiting(rng):
+    """Each load lands in the target in stream order, even when the host
+    array is overwritten right after (the Uploader copied it to pinned memory)."""
+    mod = wc._module()
+    target = wc.empty((37, 5))
+    up = mod.Uploader(target)
+    assert up.pinned
+    out = wc.empty((37, 5))
+    h = _f32(rng, 37, 5)
+    for i in range(4):
+        h[:] = i
+        up.load(h)
+        h[:] = -1.0                              # too late to change what was queued
+        wc.nn_ops.tanh_fwd(up.target, out)
+        np.testing.assert_allclose(out.to_host(), np.tanh(np.full((37, 5), i)), rtol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        up.load(np.zeros((5, 37), np.float32))
+    with pytest.raises(TypeError, match="dtype"):
+        up.load(np.zeros((37, 5)))
+    empty = mod.Uploader(wc.empty((0, 3)))
+    empty.load(np.zeros((0, 3), np.float32))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_copy_into(rng):
+    mod = wc._module()
+    a = _f32(rng, 6, 4)
+    dst = wc.empty((6, 4))
+    mod.copy_into(dst, wc.to_device(a))
+    np.testing.assert_array_equal(dst.to_host(), a)
+    for bad in (wc.empty((4, 6)), wc.empty((6, 4), np.float64)):
+        with pytest.raises(ValueError, match="does not fit"):
+            mod.copy_into(dst, bad)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+@pytest.mark.parametrize("count", [1, 3, 30])  # 30 > 24 tensors per launch: two launches
+def test_one_launch_optimizer_updates_match_the_per_tensor_ones(count, rng):
+    ops = wc.nn_ops
+    sizes = [int(s) for s in rng.integers(0, 700, count)]
+    ps = [_f32(rng, s) for s in sizes]
+    gs = [_f32(rng, s) for s in sizes]
+    ms = [_f32(rng, s) for s in sizes]
+    vs = [np.abs(_f32(rng, s)) for s in sizes]
+    dev = lambda xs: [wc.to_device(x) for x in xs]  # noqa: E731
+    # SGD with Nesterov momentum, hyperparameters as arguments and from device memory
+    for hyper_dev in (False, True):
+        dp, dg, db = dev(ps), dev(gs), dev(ms)
+        hyper = [0.1, 0.9, 0.01, 1.0]
+        ops.optimizer_update("sgd", dp, dg, db, None, hyper,
+                             wc.to_device(np.asarray(hyper, np.float32)) if hyper_dev else None)
+        for p, g, b, got_p, got_b in zip(ps, gs, ms, dp, db):
+            gi = g + 0.01 * p
+            bb = 0.9 * b + gi
+            np.testing.assert_allclose(got_b.to_host(), bb, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got_p.to_host(), p - 0.1 * (gi + 0.9 * bb), rtol=1e-5, atol=1e-6)
+    # plain SGD needs no buffers
+    dp = dev(ps)
+    ops.optimizer_update("sgd", dp, dev(gs), None, None, [0.5, 0.0, 0.0, 0.0])
+    for p, g, got in zip(ps, gs, dp):
+        np.testing.assert_allclose(got.to_host(), p - 0.5 * g, rtol=1e-5, atol=1e-6)
+    # Adam
+    b1, b2, lr, eps, wd, t = 0.9, 0.999, 1e-3, 1e-8, 0.01, 3
+    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    dp, dm, dv = dev(ps), dev(ms), dev(vs)
+    ops.optimizer_update("adam", dp, dev(gs), dm, dv, [lr / bc1, b1, b2, eps, wd, 1 / np.sqrt(bc2)])
+    for p, g, m, v, got_p, got_m, got_v in zip(ps, gs, ms, vs, dp, dm, dv):
+        gi = g.astype(np.float64) + wd * p
+        mi = b1 * m + (1 - b1) * gi
+        vi = b2 * v + (1 - b2) * gi * gi
+        np.testing.assert_allclose(got_m.to_host(), mi, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got_v.to_host(), vi, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got_p.to_host(), p - lr / bc1 * mi / (np.sqrt(vi) / np.sqrt(bc2) + eps),
+                                   rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_one_launch_optimizer_update_argument_checks(rng):
+    ops = wc.nn_ops
+    p, g = wc.to_device(_f32(rng, 5)), wc.to_device(_f32(rng, 5))
+    cases = [
+        (("rmsprop", [p], [g], None, None, [0.1, 0, 0, 0]), ValueError, "kind"),
+        (("sgd", [p], [g, g], None, None, [0.1, 0, 0, 0]), ValueError, "same length"),
+        (("sgd", [p], [g], None, None, [0.1]), ValueError, "4 numbers"),
+        (("sgd", [p], [g], None, None, [0.1, 0.9, 0, 0]), ValueError, "momentum buffers is needed"),
+        (("adam", [p], [g], [g], None, [1, 1, 1, 1, 1, 1]), ValueError, "v is needed"),
+        (("sgd", [p], [wc.to_device(_f32(rng, 6))], None, None, [0.1, 0, 0, 0]), ValueError, "same number"),
+        (("sgd", [p], [p], None, None, [0.1, 0, 0, 0]), ValueError, "shares memory"),
+        (("sgd", [wc.zeros(5, np.float64)], [g], None, None, [0.1, 0, 0, 0]), TypeError, "float32"),
+        (("sgd", [p], [g], None, None, [0.1, 0, 0, 0], wc.zeros(3)), ValueError, "as many"),
+    ]
+    for args, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            ops.optimizer_update(*args)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_fit_metrics_sum_loss_and_correct_rows_on_the_gpu(rng):
+    ops = wc.nn_ops
+    rows, cols = 301, 7
+    logits = _f32(rng, rows, cols)
+    logits[5] = 0.25  # a tie: np.argmax takes the first
+    labels = rng.integers(0, cols, rows)
+    acc = wc.zeros(3, np.float64)
+    loss = wc.to_device(np.array([1.5, 2.0]))
+    for _ in range(2):
+        ops.fit_metrics(loss, wc.to_device(logits), wc.to_device(labels), None, acc)
+    right = np.count_nonzero(np.argmax(logits, axis=1) == labels)
+    np.testing.assert_array_equal(acc.to_host(), [3.0, 4.0, 2 * right])
+    # binary targets: a row is right when every output is on the side of its target
+    t = (rng.random((rows, cols)) > 0.5).astype(np.float32)
+    acc2 = wc.zeros(3, np.float64)
+    ops.fit_metrics(wc.to_device(np.array([0.5])), wc.to_device(logits), None, wc.to_device(t), acc2)
+    right2 = np.count_nonzero(np.all((logits > 0) == (t >= 0.5), axis=1))
+    np.testing.assert_array_equal(acc2.to_host(), [0.5, 0.0, right2])
+    # neither: the loss only
+    acc3 = wc.zeros(3, np.float64)
+    ops.fit_metrics(wc.to_device(np.array([0.5])), wc.to_device(logits), None, None, acc3, weight=0.25)
+    np.testing.assert_array_equal(acc3.to_host(), [0.125, 0.0, 0.0])  # weighted: a sum over elements to samples
+    with pytest.raises(ValueError, match="acc"):
+        ops.fit_metrics(loss, wc.to_device(logits), None, None, wc.zeros(2, np.float64))
+    with pytest.raises(ValueError, match="one entry per row"):
+        ops.fit_metrics(loss, wc.to_device(logits), wc.to_device(labels[:-1]), None, acc)

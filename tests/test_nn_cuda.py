@@ -361,3 +361,157 @@ def test_a_profile_of_fit_counts_what_crosses_the_bus():
     # Batch in, labels in; the loss and accuracy are summed on the GPU and come
     # back once per epoch (3 float64s), not per batch; nor do the logits.
     assert prof.transfer_bytes == X.nbytes + 20 * 8 + 3 * 8
+
+
+# ---- A whole step as one CUDA graph (nn.GraphStep, and fit) -----------------------------------
+
+def _run_steps(backend, opt_factory, batches, graph=True, between=None, extra=()):
+    """Train a fresh MLP on `batches` with a GraphStep; returns (losses, parameters, step)."""
+    model = make_mlp([12, 9, 4], extra=extra).to(backend)
+    opt = opt_factory(model.parameters())
+    step = nn.GraphStep(model, nn.CrossEntropyLoss(), opt, graph=graph)
+    losses = []
+    for i, (xb, yb) in enumerate(batches):
+        if between is not None:
+            between(i, model, opt)
+        losses.append(step(xb, yb))  # held, read at the end: a later replay must not change them
+    return [float(v) for v in losses], [p.data for p in model.parameters()], step
+
+
+def _batches(sizes=(16, 16, 16, 7, 16, 7, 16, 16)):
+    X, y = data(n=sum(sizes), features=12, classes=4)
+    out, s = [], 0
+    for b in sizes:
+        out.append((X[s:s + b], y[s:s + b]))
+        s += b
+    return out
+
+
+OPTIMIZERS = {
+    "sgd": lambda ps: optim.SGD(ps, lr=0.1),
+    "sgd-nesterov": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True),
+    "adam": lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=1e-3),
+}
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+def test_graph_steps_train_like_the_numpy_reference(opt):
+    """Two batch shapes (two graphs), each warmed up, captured, then replayed."""
+    batches = _batches()
+    ref_losses, ref_params, ref_step = _run_steps("numpy", OPTIMIZERS[opt], batches)
+    assert not ref_step.graphed and "CPU" in ref_step.reason
+    for graph in (True, False):
+        losses, params, step = _run_steps("cuda", OPTIMIZERS[opt], batches, graph=graph)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
+        for got, ref in zip(params, ref_params):
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+        assert step.graphed == graph and step.captures == (2 if graph else 0)
+        assert (step.reason is None) == graph
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_a_learning_rate_changed_between_replays_takes_effect():
+    """The graph reads the optimizer's hyperparameters from GPU memory, rewritten before each replay."""
+    def schedule(i, model, opt):
+        opt.lr = 0.2 / (1 + i)
+
+    batches = _batches((16,) * 6)
+    ref_losses, ref_params, _ = _run_steps("numpy", OPTIMIZERS["sgd"], batches, between=schedule)
+    losses, params, step = _run_steps("cuda", OPTIMIZERS["sgd"], batches, between=schedule)
+    assert step.graphed
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
+    for got, ref in zip(params, ref_params):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_a_graph_survives_other_shapes_and_a_trip_to_the_cpu():
+    """Between replays: a predict at another batch size (the layers swap their
+    buffers), and model.to('numpy') and back (new parameter arrays): the step
+    still trains like the reference, capturing again where it must."""
+    batches = _batches((16,) * 6)
+    X_other = data(n=5, features=12)[0]
+
+    def meddle(i, model, opt):
+        if i == 3:
+            model.predict(X_other)
+        if i == 4:
+            model.to("numpy")
+            model.to(model_backend[0])
+
+    model_backend = ["numpy"]
+    ref_losses, ref_params, _ = _run_steps("numpy", OPTIMIZERS["adam"], batches, between=meddle)
+    model_backend[0] = "cuda"
+    losses, params, step = _run_steps("cuda", OPTIMIZERS["adam"], batches, between=meddle)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
+    for got, ref in zip(params, ref_params):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    assert step.graphed and step.captures == 2  # once, and again after the parameters moved
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_graph_step_takes_device_arrays_and_reports_bad_labels_when_read():
+    batches = _batches((16,) * 4)
+    ref_losses, _, _ = _run_steps("numpy", OPTIMIZERS["sgd"], batches)
+    dev = [(wc.to_device(x), wc.to_device(y)) for x, y in batches]
+    losses, _, step = _run_steps("cuda", OPTIMIZERS["sgd"], dev)
+    assert step.graphed
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
+    bad = wc.to_device(np.full(16, 7, np.int64))  # 4 classes
+    loss = step(dev[0][0], bad)
+    with pytest.raises(ValueError, match="16 label"):
+        float(loss)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_graph_step_falls_back_and_says_why():
+    batches = _batches((16,) * 3)
+    _, _, step = _run_steps("cuda", OPTIMIZERS["sgd"], batches, extra=(lambda: nn.Dropout(0.3),))
+    assert not step.graphed and "Dropout" in step.reason
+    model = make_mlp([12, 9, 4]).to("cuda")
+    step = nn.GraphStep(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1))
+    x, y = batches[0]
+    with nn.profile(model):
+        step(x, y)
+    assert not step.graphed and "profil" in step.reason
+    for args, msg in (((object(), nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1)), "model"),
+                      ((model, "ce", optim.SGD(model.parameters(), lr=0.1)), "loss"),
+                      ((model, nn.CrossEntropyLoss(), None), "optimizer")):
+        with pytest.raises(TypeError, match=msg):
+            nn.GraphStep(*args)
+    with pytest.raises(ValueError, match="labels"):
+        step(x, np.full(16, 9))  # NumPy labels are checked on the host, before anything is queued
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("loss_name", ["ce", "mse", "bce"])
+def test_fit_on_the_gpu_with_and_without_graphs_matches_numpy(loss_name):
+    X, y = data(n=50, features=6, classes=3)
+    if loss_name == "ce":
+        loss, target, out = nn.CrossEntropyLoss, y, 3
+    elif loss_name == "mse":
+        loss, target, out = nn.MSELoss, np.eye(3, dtype=np.float32)[y], 3
+    else:
+        loss, target, out = nn.BCEWithLogitsLoss, (y == 1).astype(np.float32), 1
+    hist = {}
+    for backend, graph in (("numpy", True), ("cuda", False), ("cuda", True)):
+        model = make_mlp([6, 5, out]).to(backend)
+        hist[backend, graph] = model.fit(X, target, epochs=3, batch_size=16, loss=loss(), verbose=0,
+                                         optimizer=optim.SGD(model.parameters(), lr=0.1, momentum=0.5),
+                                         cuda_graph=graph)
+        if backend == "cuda":
+            assert model._last_step.graphed == graph  # the last batch (of 2 rows) was replayed too
+    ref = hist["numpy", True]
+    for key in (("cuda", False), ("cuda", True)):
+        assert hist[key].keys() == ref.keys()
+        for k in ref:
+            np.testing.assert_allclose(hist[key][k], ref[k], rtol=1e-4)
+    with pytest.raises(TypeError, match="cuda_graph"):
+        model.fit(X, target, loss=loss(), optimizer=optim.SGD(model.parameters(), lr=0.1), cuda_graph="yes")

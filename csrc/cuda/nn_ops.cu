@@ -278,7 +278,7 @@ __global__ void adam_multi_kernel(TensorList t, const float* hyper_dev, OptHyper
 }
 
 // See fit_metrics in nn_ops.h.  np.argmax's rule: the first of equal maxima.
-__global__ void fit_metrics_kernel(const double* loss_out, int loss_len, const float* out,
+__global__ void fit_metrics_kernel(const double* loss_out, int loss_len, double weight, const float* out,
                                    const std::int64_t* labels, const float* targets, i64 rows, i64 cols,
                                    double* acc) {
     __shared__ double s_right[kThreads];
@@ -303,7 +303,7 @@ __global__ void fit_metrics_kernel(const double* loss_out, int loss_len, const f
         __syncthreads();
     }
     if (threadIdx.x == 0) {
-        acc[0] += loss_out[0];
+        acc[0] += weight * loss_out[0];
         if (loss_len > 1) acc[1] += loss_out[1];
         acc[2] += s_right[0];
     }
@@ -453,9 +453,11 @@ cudaError_t adam_update_multi(const TensorList& t, const float* hyper_dev, const
     return multi_launch(adam_multi_kernel, t, hyper_dev, hyper, stream);
 }
 
-cudaError_t fit_metrics(const double* loss_out, int loss_len, const float* out, const std::int64_t* labels,
-                        const float* targets, i64 rows, i64 cols, double* acc, cudaStream_t stream) {
-    fit_metrics_kernel<<<1, kThreads, 0, stream>>>(loss_out, loss_len, out, labels, targets, rows, cols, acc);
+cudaError_t fit_metrics(const double* loss_out, int loss_len, double weight, const float* out,
+                        const std::int64_t* labels, const float* targets, i64 rows, i64 cols, double* acc,
+                        cudaStream_t stream) {
+    fit_metrics_kernel<<<1, kThreads, 0, stream>>>(loss_out, loss_len, weight, out, labels, targets, rows, cols,
+                                                   acc);
     return cudaGetLastError();
 }
 

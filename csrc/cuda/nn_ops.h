@@ -114,14 +114,15 @@ cudaError_t adam_update_multi(const TensorList& t, const float* hyper_dev, const
 
 // ---- Training metrics kept on the GPU ---------------------------------------------
 // What fit() reports per epoch, added up without copying anything back per batch:
-//   acc[0] += loss_out[0]     (the batch's summed loss, from a *_fwd above)
+//   acc[0] += weight * loss_out[0]  (the batch's summed loss, from a *_fwd above, weighted to a per-sample sum)
 //   acc[1] += loss_out[1]     (labels out of range; only when loss_len == 2)
 //   acc[2] += rows classified right: argmax(out[i]) == labels[i] with labels,
 //             all_j (out[i, j] > 0) == (targets[i, j] >= 0.5) with targets,
 //             nothing with neither.
 // One block, a fixed order: deterministic.
-cudaError_t fit_metrics(const double* loss_out, int loss_len, const float* out, const std::int64_t* labels,
-                        const float* targets, i64 rows, i64 cols, double* acc, cudaStream_t stream);
+cudaError_t fit_metrics(const double* loss_out, int loss_len, double weight, const float* out,
+                        const std::int64_t* labels, const float* targets, i64 rows, i64 cols, double* acc,
+                        cudaStream_t stream);
 
 }  // namespace nn
 }  // namespace gpu

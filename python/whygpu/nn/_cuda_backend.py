@@ -229,8 +229,10 @@ class CudaBackend(Backend):
         self._done()
 
     def fit_metrics(self, loss, out, labels, targets, acc):
-        """acc += [summed loss, bad labels, rows right] on the GPU (no copy back per batch)."""
-        self._ops.fit_metrics(loss._out, out, labels, targets, acc)
+        """acc += [the batch's loss summed over its samples, bad labels, rows right] on
+        the GPU (no copy back per batch)."""
+        # the loss kernels sum over elements; a mean per sample times the batch is the sum over samples
+        self._ops.fit_metrics(loss._out, out, labels, targets, acc, loss._scale * out.shape[0])
         self._done()
 
 
