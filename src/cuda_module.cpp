@@ -904,7 +904,7 @@ const float* f32_in(const DeviceArray& x, const char* name) {
 float* f32_out(DeviceArray& x, const char* name) { return const_cast<float*>(f32_in(x, name)); }
 
 void gemm(int rung, const DeviceArray& a, const DeviceArray& b, DeviceArray& c, double alpha, double beta,
-          bool trans_a, bool trans_b, int split_k) {
+          bool trans_a, bool trans_b, int split_k, const py::object& bias, bool relu) {
     if (split_k < 0) throw py::value_error("split_k must be 0 (chosen by shape) or >= 1, got " + std::to_string(split_k));
     if (whygpu::gpu::rung_name(rung) == nullptr) throw py::value_error("unknown CUDA rung " + std::to_string(rung));
     if (a.shape.size() != 2 || b.shape.size() != 2 || c.shape.size() != 2)
@@ -932,6 +932,17 @@ void gemm(int rung, const DeviceArray& a, const DeviceArray& b, DeviceArray& c, 
     g.trans_a = trans_a;
     g.trans_b = trans_b;
     g.split_k = split_k;
+    g.relu = relu;
+    std::shared_ptr<Buffer> keep_bias;
+    if (!bias.is_none()) {
+        const auto& bv = bias.cast<const DeviceArray&>();
+        if (bv.shape.size() != 1 || bv.shape[0] != n)
+            throw py::value_error("bias must be a 1-D DeviceArray with one entry per column of c (" +
+                                  std::to_string(n) + "), got " + describe(bv));
+        g.bias = f32_in(bv, "bias");
+        if (c.nbytes() > 0 && bv.buf == c.buf) throw py::value_error("bias shares memory with c");
+        keep_bias = bv.buf;
+    }
     auto keep_a = a.buf, keep_b = b.buf, keep_c = c.buf;
     run_released(std::string("gemm (") + whygpu::gpu::rung_name(rung) + ")",
                  [&] { return whygpu::gpu::gemm(rung, g, stream()); });
@@ -1420,8 +1431,10 @@ PYBIND11_MODULE(_cuda, m) {
 
     m.def("gemm", &gemm, py::arg("rung"), py::arg("a"), py::arg("b"), py::arg("c"), py::arg("alpha") = 1.0,
           py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("split_k") = 0,
+          py::arg("bias") = py::none(), py::arg("relu") = false,
           "c = alpha * op(a) @ op(b) + beta * c on CUDA rung `rung`, float32 DeviceArrays. Asynchronous. "
-          "split_k (cuda_warptile only): 0 = chosen from the shape, s >= 1 = s slices of k.");
+          "split_k (cuda_warptile only): 0 = chosen from the shape, s >= 1 = s slices of k. Fused epilogue: "
+          "then c += bias (one entry per column) and c = max(c, 0) when relu.");
 
     py::class_<Graph>(m, "Graph", "A captured sequence of GPU work (capture_begin ... capture_end); replay() "
                                   "runs it again on the default stream, with the same arguments and memory.")

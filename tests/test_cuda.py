@@ -892,3 +892,36 @@ def test_fit_metrics_sum_loss_and_correct_rows_on_the_gpu(rng):
         ops.fit_metrics(loss, wc.to_device(logits), None, None, wc.zeros(2, np.float64))
     with pytest.raises(ValueError, match="one entry per row"):
         ops.fit_metrics(loss, wc.to_device(logits), wc.to_device(labels[:-1]), None, acc)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+@pytest.mark.parametrize("name", CUDA_NAMES)
+def test_fused_bias_and_relu_epilogue(name, rng):
+    """c = relu(alpha op(a) op(b) + beta c + bias) in one launch, on every rung,
+    at edge shapes (k = 0 and alpha = 0 take the no-product path), with split-k."""
+    cases = [(1, 1, 1, False, False, 1.0, 0.0), (17, 33, 9, True, False, 0.5, 2.0),
+             (70, 5, 130, False, True, -1.0, 0.0), (5, 70, 0, True, True, 1.0, -1.0),
+             (9, 31, 700, False, False, 0.0, 0.5)]
+    for m, n, k, ta, tb, alpha, beta in cases:
+        a = _f32(rng, *((k, m) if ta else (m, k)))
+        b = _f32(rng, *((n, k) if tb else (k, n)))
+        c0, bias = _f32(rng, m, n), _f32(rng, n)
+        prod = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
+        for with_bias in (False, True):
+            for relu in (False, True):
+                ref = alpha * prod + beta * c0 + (bias if with_bias else 0.0)
+                ref = np.maximum(ref, 0) if relu else ref
+                for split in ((0, 3) if name == "cuda_warptile" else (0,)):
+                    dc = wc.to_device(c0)
+                    wc.gemm(wc.to_device(a), wc.to_device(b), dc, alpha=alpha, beta=beta, trans_a=ta, trans_b=tb,
+                            kernel=name, split_k=split, bias=wc.to_device(bias) if with_bias else None, relu=relu)
+                    np.testing.assert_allclose(dc.to_host(), ref, rtol=0,
+                                               atol=4 * max(k, 1) * 6e-8 * (np.abs(ref).max() + 1))
+    da, db = wc.to_device(_f32(rng, 3, 4)), wc.to_device(_f32(rng, 4, 5))
+    for bad, exc in ((wc.to_device(_f32(rng, 4)), ValueError), (wc.zeros(5, np.float64), ValueError),
+                     (np.zeros(5, np.float32), TypeError)):
+        with pytest.raises(exc, match="bias"):
+            wc.gemm(da, db, kernel=name, bias=bad)
+    with pytest.raises(TypeError, match="relu"):
+        wc.gemm(da, db, kernel=name, relu=1)

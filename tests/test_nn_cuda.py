@@ -515,3 +515,37 @@ def test_fit_on_the_gpu_with_and_without_graphs_matches_numpy(loss_name):
             np.testing.assert_allclose(hist[key][k], ref[k], rtol=1e-4)
     with pytest.raises(TypeError, match="cuda_graph"):
         model.fit(X, target, loss=loss(), optimizer=optim.SGD(model.parameters(), lr=0.1), cuda_graph="yes")
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_linear_and_relu_fuse_into_one_gemm_and_train_the_same():
+    """On the GPU, Sequential runs Linear + ReLU as one GEMM launch (bias and
+    ReLU in its epilogue); LeakyReLU with a slope, Sigmoid and a profiled run
+    are not fused.  Every variant trains like the numpy reference."""
+    batches = _batches((16,) * 4)
+    for act in (nn.ReLU, lambda: nn.LeakyReLU(0.1), nn.Sigmoid):
+        ref = None
+        for backend in ("numpy", "cuda"):
+            whygpu.manual_seed(1)
+            model = nn.Sequential(nn.Linear(12, 9), act(), nn.Linear(9, 7), act(), nn.Linear(7, 4)).to(backend)
+            calls = []
+            if backend == "cuda":
+                be = model._backend
+                real = be.matmul_into
+                be.matmul_into = lambda *a, **kw: (calls.append(kw.get("relu", False)), real(*a, **kw))[1]
+            opt = optim.SGD(model.parameters(), lr=0.1)
+            step = nn.GraphStep(model, nn.CrossEntropyLoss(), opt, graph=False)
+            losses = [float(step(x, y)) for x, y in batches]
+            if backend == "cuda":
+                del be.matmul_into
+                fused = act is nn.ReLU
+                # per step: 3 forward GEMMs (2 with a fused ReLU), then the backward ones without
+                assert calls[:3] == [fused, fused, False]
+            got = (losses, [p.data for p in model.parameters()])
+            if ref is None:
+                ref = got
+            else:
+                np.testing.assert_allclose(got[0], ref[0], rtol=1e-4)
+                for g, r in zip(got[1], ref[1]):
+                    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)

@@ -168,6 +168,8 @@ __global__ void __launch_bounds__(kThreads, 2) warptile_kernel(GemmArgs g, int s
         out.ldc = g.n;
         out.alpha = 1.f;
         out.beta = 0.f;
+        out.bias = nullptr;  // the epilogue belongs to the sum of the slices (splitk_reduce_kernel)
+        out.relu = false;
         out.vec_c = g.n % 4 == 0;  // ws is 256-byte aligned: rows are 16-byte aligned when n % 4 == 0
     }
 #pragma unroll

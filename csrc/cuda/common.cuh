@@ -1,7 +1,7 @@
 // common.cuh -- device helpers every CUDA rung shares: element access of
 // op(A), op(B) and C with the layouts of gemm_cuda.h, guarded tile loads into
 // shared memory, 16-byte loads with an element-by-element fallback, and the
-// epilogue C = alpha * acc + beta * C.
+// epilogue C = alpha * acc + beta * C (+ bias, relu).
 //
 // Offsets are computed in 64 bits (row * ld can exceed 2**31 for a large
 // matrix even when every index fits in an int).
@@ -26,10 +26,16 @@ __device__ __forceinline__ float b_elem(const GemmArgs& g, int p, int j) {
     return g.trans_b ? g.b[(long long)j * g.ldb + p] : g.b[(long long)p * g.ldb + j];
 }
 
-// C[i, j] = alpha * acc + beta * C[i, j]; beta == 0 never reads C.
+// The fused epilogue of gemm_cuda.h: + bias[j], then relu.
+__device__ __forceinline__ float epilogue(const GemmArgs& g, int j, float v) {
+    if (g.bias != nullptr) v += g.bias[j];
+    return g.relu ? fmaxf(v, 0.f) : v;
+}
+
+// C[i, j] = alpha * acc + beta * C[i, j] (+ the epilogue); beta == 0 never reads C.
 __device__ __forceinline__ void c_store(const GemmArgs& g, int i, int j, float acc) {
     float* cij = g.c + (long long)i * g.ldc + j;
-    *cij = (g.beta == 0.f) ? g.alpha * acc : g.alpha * acc + g.beta * *cij;
+    *cij = epilogue(g, j, (g.beta == 0.f) ? g.alpha * acc : g.alpha * acc + g.beta * *cij);
 }
 
 // The same for the four elements C[i, j .. j+3] (any of them may be outside
@@ -43,6 +49,10 @@ __device__ __forceinline__ void c_store4(const GemmArgs& g, int i, int j, float4
             const float4 old = *reinterpret_cast<const float4*>(cij);
             out.x += g.beta * old.x; out.y += g.beta * old.y;
             out.z += g.beta * old.z; out.w += g.beta * old.w;
+        }
+        if (g.bias != nullptr || g.relu) {
+            out.x = epilogue(g, j, out.x); out.y = epilogue(g, j + 1, out.y);
+            out.z = epilogue(g, j + 2, out.z); out.w = epilogue(g, j + 3, out.w);
         }
         *reinterpret_cast<float4*>(cij) = out;
         return;

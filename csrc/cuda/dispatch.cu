@@ -9,13 +9,14 @@ namespace whygpu {
 namespace gpu {
 namespace {
 
-// C = beta * C over an (m, n) matrix; beta == 0 writes zeros without reading C.
-__global__ void scale_c_kernel(float* c, long long ldc, int m, int n, float beta) {
-    const long long total = (long long)m * n;
+// C = beta * C over an (m, n) matrix (+ the epilogue); beta == 0 writes zeros without reading C.
+__global__ void scale_c_kernel(GemmArgs g) {
+    const long long total = (long long)g.m * g.n;
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;
          e += (long long)gridDim.x * blockDim.x) {
-        float* cij = c + (e / n) * ldc + e % n;
-        *cij = (beta == 0.f) ? 0.f : beta * *cij;
+        const int j = (int)(e % g.n);
+        float* cij = g.c + (e / g.n) * g.ldc + j;
+        *cij = detail::epilogue(g, j, (g.beta == 0.f) ? 0.f : g.beta * *cij);
     }
 }
 
@@ -40,10 +41,10 @@ cudaError_t gemm(int rung, GemmArgs g, cudaStream_t stream) {
     if (rung_name(rung) == nullptr || g.m < 0 || g.n < 0 || g.k < 0) return cudaErrorInvalidValue;
     if (g.m == 0 || g.n == 0) return cudaSuccess;
     if (g.k == 0 || g.alpha == 0.f) {  // BLAS: A and B are not read
-        if (g.beta == 1.f) return cudaSuccess;
+        if (g.beta == 1.f && g.bias == nullptr && !g.relu) return cudaSuccess;
         const long long total = (long long)g.m * g.n;
         const long long blocks = total / 256 + 1;
-        scale_c_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, stream>>>(g.c, g.ldc, g.m, g.n, g.beta);
+        scale_c_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, stream>>>(g);
         return cudaGetLastError();
     }
     g.vec_a = aligned16(g.a) && g.lda % 4 == 0;

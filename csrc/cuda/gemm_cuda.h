@@ -1,7 +1,7 @@
 // gemm_cuda.h -- the contract every CUDA rung of the ladder implements, in
 // float32 on the GPU:
 //
-//     C = alpha * op(A) * op(B) + beta * C
+//     C = alpha * op(A) * op(B) + beta * C    (then, optionally, + bias and relu)
 //
 // All three matrices live in device memory, row-major, each with a leading
 // dimension (the distance in elements between the starts of two rows), and A
@@ -52,6 +52,12 @@ struct GemmArgs {
     // (long k, too few tiles of C to fill the SMs), s >= 1 = s slices of k
     // (1 = no split; more than k / 8 is clamped).  Other rungs ignore it.
     int split_k = 0;
+    // Fused epilogue, for a dense layer's forward pass y = relu(x W^T + b) in
+    // one launch instead of three: after alpha and beta, C[i, j] += bias[j]
+    // (when bias is set), then C = max(C, 0) (when relu).  Every rung applies
+    // it where it stores C (common.cuh); split-k where it sums the slices.
+    const float* bias = nullptr;  // (n,) or null
+    bool relu = false;
     // Set by gemm(): may this matrix be read/written in 16-byte float4 pieces?
     bool vec_a = false, vec_b = false, vec_c = false;
 };

@@ -283,7 +283,7 @@ def _check_device_matrix(x, name: str):
 
 
 def gemm(a, b, c=None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool = False,
-         trans_b: bool = False, kernel: str = DEFAULT_KERNEL, split_k: int = 0):
+         trans_b: bool = False, kernel: str = DEFAULT_KERNEL, split_k: int = 0, bias=None, relu: bool = False):
     """``C = alpha * op(A) @ op(B) + beta * C`` on the GPU, all three float32
     :class:`DeviceArray` matrices; ``op(X)`` is ``X.T`` when ``trans_x``.
 
@@ -295,6 +295,11 @@ def gemm(a, b, c=None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool =
     the kernel cut k into slices when C has too few tiles to fill the GPU
     and k is long (a weight gradient over a large batch); s >= 1 forces s
     slices (1: no split) -- to see what splitting buys.
+
+    Fused epilogue (every rung): ``bias`` (a float32 DeviceArray of n
+    values) is then added to every row, and ``relu`` replaces C by
+    ``max(C, 0)`` -- a dense layer's forward pass ``relu(x @ W.T + b)`` in
+    one launch instead of three, and one pass over C instead of three.
     """
     _require()
     rung = _cuda_kernel(kernel)
@@ -322,7 +327,15 @@ def gemm(a, b, c=None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool =
             raise ValueError(f"c has shape {c.shape}, expected {(m, n)}")
         if c.shares_memory(a) or c.shares_memory(b):
             raise ValueError("c shares memory with a or b: the kernels read a and b while writing c")
-    _module().gemm(rung, a, b, c, float(alpha), float(beta), bool(trans_a), bool(trans_b), int(min(split_k, 1 << 30)))
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"relu must be True or False, got {relu!r}")
+    if bias is not None:
+        if not isinstance(bias, _device_array_type()):
+            raise TypeError(f"bias must be a DeviceArray (or None), got {type(bias).__name__}")
+        if bias.dtype != np.float32 or bias.shape != (n,):
+            raise ValueError(f"bias must be a float32 DeviceArray of shape ({n},), got {bias!r}")
+    _module().gemm(rung, a, b, c, float(alpha), float(beta), bool(trans_a), bool(trans_b), int(min(split_k, 1 << 30)),
+                   bias, bool(relu))
     return c
 
 

@@ -49,6 +49,7 @@ class CudaBackend(Backend):
 
     device = "cuda"
     parallel = True
+    fused_epilogue = True  # matmul_into takes bias= and relu= (one launch for a Linear + ReLU forward)
 
     def __init__(self, name: str):
         kernel = _wc.DEFAULT_KERNEL if name == "cuda" else name
@@ -137,8 +138,8 @@ class CudaBackend(Backend):
         p.__class__ = Parameter
 
     # -- matmul --------------------------------------------------------------------
-    def matmul_into(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
-        self._mod.gemm(self._rung, a, b, out, alpha, beta, trans_a, trans_b)
+    def matmul_into(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=None, relu=False):
+        self._mod.gemm(self._rung, a, b, out, alpha, beta, trans_a, trans_b, 0, bias, relu)
         self._done()
 
     # -- element-wise ops (csrc/cuda/nn_ops.cu) ---------------------------------------

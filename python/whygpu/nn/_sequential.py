@@ -19,6 +19,7 @@ import numpy as np
 from .. import _random
 from . import _backend, _profile
 from ._module import Module, Parameter, _check_finite
+from .layers import LeakyReLU, Linear, ReLU
 from .losses import CrossEntropyLoss, MSELoss, _Loss
 
 __all__ = ["Sequential"]
@@ -75,8 +76,18 @@ class Sequential(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Run every layer (x must already be a checked array: use model(x))."""
         if self.layers[0]._prof is None:  # not profiling: no timers at all
-            for layer in self.layers:
-                x = layer.forward(x)
+            layers, i = self.layers, 0
+            fuse = getattr(self._backend, "fused_epilogue", False)
+            while i < len(layers):
+                if fuse and i + 1 < len(layers) and type(layers[i]) is Linear and _plain_relu(layers[i + 1]):
+                    # On the GPU: Linear and the ReLU after it in one GEMM launch.  The ReLU keeps
+                    # its output as its input: its backward masks by x > 0, the same set either way.
+                    x = layers[i].forward(x, relu=True)
+                    layers[i + 1]._x = x
+                    i += 2
+                else:
+                    x = layers[i].forward(x)
+                    i += 1
         else:
             prof = _profile._active
             for layer in self.layers:
@@ -391,6 +402,11 @@ class Sequential(Module):
         if y.dtype.kind == "f":
             _check_finite(y, yname)
         return X, y
+
+
+def _plain_relu(layer) -> bool:
+    """A ReLU (a LeakyReLU of slope 0) of whygpu's own, which a GEMM's epilogue can apply."""
+    return type(layer) in (ReLU, LeakyReLU) and layer.negative_slope == 0.0
 
 
 def _positive_int(v, name) -> int:

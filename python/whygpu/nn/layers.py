@@ -76,13 +76,21 @@ class Linear(Module):
         if self.bias is not None:
             yield "bias", self.bias
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, relu: bool = False) -> np.ndarray:
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self!r} expects input of shape (batch, {self.in_features}), got {x.shape}")
         y = self._buf("y", (x.shape[0], self.out_features))
-        self._matmul(x, self.weight._data, y, trans_b=True)        # y = x . W^T
-        if self.bias is not None:
-            self._backend.bias_add(y, self.bias._data)             # y += b (each row)
+        be, b = self._backend, self.bias
+        if getattr(be, "fused_epilogue", False) and self._prof is None:
+            # The GPU: one GEMM launch writes y = x . W^T + b, and max(y, 0) when Sequential
+            # fuses the next layer's ReLU in (relu=True): one pass over y instead of three.
+            be.matmul_into(x, self.weight._data, y, trans_b=True, bias=None if b is None else b._data, relu=relu)
+        else:
+            if relu:
+                raise ValueError(f"the {be.name!r} back end cannot fuse a ReLU into a Linear layer")
+            self._matmul(x, self.weight._data, y, trans_b=True)    # y = x . W^T
+            if b is not None:
+                be.bias_add(y, b._data)                            # y += b (each row)
         self._x = x                                                # dW needs it
         return y
 
