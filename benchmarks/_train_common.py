@@ -60,12 +60,14 @@ def threads(backend: str, n: int):
             torch.set_num_threads(torch_old)
 
 
-def whygpu_step(backend: str, batch: int, resident: bool = False):
+def whygpu_step(backend: str, batch: int, resident: bool = False, graph: bool = False):
     """(step function, (model, x, y, loss_fn, optimizer)) for a whygpu.nn back end.
 
     On a GPU back end the batch is a NumPy array copied to the GPU every step,
     or, with ``resident``, uploaded once and kept there; the step waits for
-    the GPU to finish (its work is asynchronous), so timing it is honest."""
+    the GPU to finish (its work is asynchronous), so timing it is honest.
+    With ``graph`` the step is an ``nn.GraphStep``: replayed as one CUDA graph
+    from its third call on (the first two warm up and capture it)."""
     whygpu.manual_seed(0)
     layers = []
     for i in range(len(SIZES) - 1):
@@ -83,38 +85,51 @@ def whygpu_step(backend: str, batch: int, resident: bool = False):
             raise ValueError(f"resident data needs a GPU back end, not {backend!r}")
         x, y = be.asarray(x), be.asarray(y)
 
+    graph_step = nn.GraphStep(model, loss_fn, opt) if graph else None
+
     def step():
-        loss = loss_fn(model(x), y)
-        model.zero_grad()
-        model.backward(loss_fn.backward())
-        opt.step()
+        if graph_step is not None:
+            loss = graph_step(x, y)
+        else:
+            loss = loss_fn(model(x), y)
+            model.zero_grad()
+            model.backward(loss_fn.backward())
+            opt.step()
         if gpu:
             be.synchronize()  # the step is over when the GPU is done with its updates
-        return loss
+        return float(loss)
 
     return step, (model, x, y, loss_fn, opt)
 
 
-def torch_step(batch: int):
+def torch_step(batch: int, device: str = "cpu", resident: bool = True):
+    """PyTorch's step of the same MLP.  On ``device="cuda"`` it runs in strict
+    float32 (no TF32, as whygpu's kernels) and each step waits for the GPU;
+    ``resident=False`` copies the batch from host memory every step."""
     import torch
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
     layers = []
     for i in range(len(SIZES) - 1):
         layers.append(torch.nn.Linear(SIZES[i], SIZES[i + 1]))
         if i < len(SIZES) - 2:
             layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers)
+    model = torch.nn.Sequential(*layers).to(device)
     loss_fn = torch.nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     xn, yn = data(batch)
     x, y = torch.from_numpy(xn), torch.from_numpy(yn)
+    if resident:
+        x, y = x.to(device), y.to(device)
 
     def step():
         opt.zero_grad()
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(model(x.to(device)), y.to(device))
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.item()  # waits for the GPU
 
     return step
 

@@ -8,7 +8,9 @@ Three ways to run the step:
   the two is "the best CPU back end");
 * ``cuda, copied``: the batch is a NumPy array, copied to the GPU every step
   (and the labels with it), as when data come from host memory;
-* ``cuda, resident``: the batch was copied once and stays in GPU memory.
+* ``cuda, resident``: the batch was copied once and stays in GPU memory;
+* ``cuda, copied, graph`` / ``cuda, resident, graph``: the same, with the
+  whole step replayed as one CUDA graph (``nn.GraphStep``, as ``fit`` does).
 
 Every step ends with the loss on the host and the GPU idle (the step waits
 for its asynchronous work).  Each benchmark's extra_info records ms/step
@@ -43,18 +45,21 @@ pytestmark = [pytest.mark.cuda,
 BATCH = 1024
 ALL_CORES = whygpu._threads._cpus_available()
 CPU = [b for b in ("openmp", "numpy") if b in nn.backends()]
-IMPLS = {  # name: (back end, threads, data resident on the GPU)
-    **{cpu: (cpu, ALL_CORES, False) for cpu in CPU},
-    "cuda, copied": ("cuda", 1, False),
-    "cuda, resident": ("cuda", 1, True),
+IMPLS = {  # name: (back end, threads, data resident on the GPU, step as a CUDA graph)
+    **{cpu: (cpu, ALL_CORES, False, False) for cpu in CPU},
+    "cuda, copied": ("cuda", 1, False, False),
+    "cuda, resident": ("cuda", 1, True, False),
+    "cuda, copied, graph": ("cuda", 1, False, True),
+    "cuda, resident, graph": ("cuda", 1, True, True),
 }
-RUNG = {"openmp": 7, "numpy": 99, "cuda, copied": 14, "cuda, resident": 14}
+RUNG = {"openmp": 7, "numpy": 99, "cuda, copied": 14, "cuda, resident": 14, "cuda, copied, graph": 14,
+        "cuda, resident, graph": 14}
 
 
 def _step(impl):
-    backend, n_threads, resident = IMPLS[impl]
+    backend, n_threads, resident, graph = IMPLS[impl]
     with threads(backend, n_threads):
-        step, _ = whygpu_step(backend, BATCH, resident)
+        step, _ = whygpu_step(backend, BATCH, resident, graph)
     return step
 
 
@@ -68,12 +73,12 @@ def _gpu_info(extra: dict, resident: bool) -> None:
 
 @pytest.mark.parametrize("impl", list(IMPLS))
 def test_train_step_gpu(benchmark, impl):
-    backend, n_threads, resident = IMPLS[impl]
+    backend, n_threads, resident, graph = IMPLS[impl]
     benchmark.group = f"train step 784-512-256-10, batch {BATCH}, GPU vs CPU"
     benchmark.extra_info.update(
         suite="train-gpu", row=impl if backend == "cuda" else f"{impl} x{n_threads}", column=f"batch {BATCH}",
         kernel=wc.DEFAULT_KERNEL if backend == "cuda" else backend, rung=RUNG[impl], threads=n_threads,
-        batch=BATCH, flops=step_flops(BATCH), resident=resident)
+        batch=BATCH, flops=step_flops(BATCH), resident=resident, cuda_graph=graph)
     step = _step(impl)
     with threads(backend, n_threads):
         for _ in range(3):  # warm up: buffers, the GPU's memory pool, thread pools
@@ -81,7 +86,7 @@ def test_train_step_gpu(benchmark, impl):
         loss = benchmark.pedantic(step, rounds=1 if benchmark.disabled else 20, iterations=1, warmup_rounds=1)
     if benchmark.enabled:
         benchmark.extra_info["ms_per_step"] = 1e3 * benchmark.stats["median"]
-    if backend == "cuda":
+    if backend == "cuda" and not graph:  # (a profiled step is never a graph)
         _gpu_info(benchmark.extra_info, resident)
     assert 0.0 < loss < 10.0  # a real cross-entropy over 10 classes
 
@@ -113,7 +118,7 @@ def test_gpu_training_speedup(benchmark):
     per_round = {impl: [] for impl in IMPLS}
     for _ in range(rounds):
         for impl, step in steps.items():
-            backend, n_threads, _ = IMPLS[impl]
+            backend, n_threads, _, _ = IMPLS[impl]
             per_round[impl].append(_median_ms(step, backend, n_threads, n))
     ms = {impl: float(np.median(v)) for impl, v in per_round.items()}
     best_cpu = min(CPU, key=lambda c: ms[c])
@@ -124,6 +129,10 @@ def test_gpu_training_speedup(benchmark):
         "speedup_copied": ms[best_cpu] / copied, "speedup_resident": ms[best_cpu] / resident,
         # the copy's cost, as the unprofiled difference between the two ways of feeding the GPU
         "copy_share_of_copied_step": max(copied - resident, 0.0) / copied,
+        "speedup_copied_graph": ms[best_cpu] / ms["cuda, copied, graph"],
+        "speedup_resident_graph": ms[best_cpu] / ms["cuda, resident, graph"],
+        "graph_gain_resident": resident / ms["cuda, resident, graph"],
+        "graph_gain_copied": copied / ms["cuda, copied, graph"],
         "target_speedup": 10.0,
     }
     b = {}
@@ -137,6 +146,9 @@ def test_gpu_training_speedup(benchmark):
         print(f"  {impl:16s} {ms[impl]:9.3f}" + (f"   ({ALL_CORES} threads)" if impl in CPU else ""))
     print(f"  GPU speedup over the best CPU back end ({best_cpu}): {info['speedup_copied']:.1f}x with the data "
           f"copied every step, {info['speedup_resident']:.1f}x with the data kept on the GPU (target: >= 10x)")
+    print(f"  with the step as one CUDA graph: {info['speedup_copied_graph']:.1f}x copied, "
+          f"{info['speedup_resident_graph']:.1f}x resident; the graph made the step "
+          f"x{info['graph_gain_copied']:.2f} (copied) and x{info['graph_gain_resident']:.2f} (resident) faster")
     print(f"  copying the batch: {100 * info['copy_share_of_copied_step']:.1f}% of the copied step "
           f"(profiled: {100 * info['profiled_transfer_share_copied']:.1f}%, "
           f"{info['transfer_bytes_per_step_copied'] / 1e6:.2f} MB per step)")

@@ -387,7 +387,7 @@ def _batches(sizes=(16, 16, 16, 7, 16, 7, 16, 16)):
     return out
 
 
-OPTIMIZERS = {
+STEP_OPTIMIZERS = {
     "sgd": lambda ps: optim.SGD(ps, lr=0.1),
     "sgd-nesterov": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True),
     "adam": lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=1e-3),
@@ -396,14 +396,14 @@ OPTIMIZERS = {
 
 @pytest.mark.cuda
 @needs_gpu
-@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("opt", sorted(STEP_OPTIMIZERS))
 def test_graph_steps_train_like_the_numpy_reference(opt):
     """Two batch shapes (two graphs), each warmed up, captured, then replayed."""
     batches = _batches()
-    ref_losses, ref_params, ref_step = _run_steps("numpy", OPTIMIZERS[opt], batches)
+    ref_losses, ref_params, ref_step = _run_steps("numpy", STEP_OPTIMIZERS[opt], batches)
     assert not ref_step.graphed and "CPU" in ref_step.reason
     for graph in (True, False):
-        losses, params, step = _run_steps("cuda", OPTIMIZERS[opt], batches, graph=graph)
+        losses, params, step = _run_steps("cuda", STEP_OPTIMIZERS[opt], batches, graph=graph)
         np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
         for got, ref in zip(params, ref_params):
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
@@ -419,8 +419,8 @@ def test_a_learning_rate_changed_between_replays_takes_effect():
         opt.lr = 0.2 / (1 + i)
 
     batches = _batches((16,) * 6)
-    ref_losses, ref_params, _ = _run_steps("numpy", OPTIMIZERS["sgd"], batches, between=schedule)
-    losses, params, step = _run_steps("cuda", OPTIMIZERS["sgd"], batches, between=schedule)
+    ref_losses, ref_params, _ = _run_steps("numpy", STEP_OPTIMIZERS["sgd"], batches, between=schedule)
+    losses, params, step = _run_steps("cuda", STEP_OPTIMIZERS["sgd"], batches, between=schedule)
     assert step.graphed
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
     for got, ref in zip(params, ref_params):
@@ -444,9 +444,9 @@ def test_a_graph_survives_other_shapes_and_a_trip_to_the_cpu():
             model.to(model_backend[0])
 
     model_backend = ["numpy"]
-    ref_losses, ref_params, _ = _run_steps("numpy", OPTIMIZERS["adam"], batches, between=meddle)
+    ref_losses, ref_params, _ = _run_steps("numpy", STEP_OPTIMIZERS["adam"], batches, between=meddle)
     model_backend[0] = "cuda"
-    losses, params, step = _run_steps("cuda", OPTIMIZERS["adam"], batches, between=meddle)
+    losses, params, step = _run_steps("cuda", STEP_OPTIMIZERS["adam"], batches, between=meddle)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
     for got, ref in zip(params, ref_params):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
@@ -457,9 +457,9 @@ def test_a_graph_survives_other_shapes_and_a_trip_to_the_cpu():
 @needs_gpu
 def test_graph_step_takes_device_arrays_and_reports_bad_labels_when_read():
     batches = _batches((16,) * 4)
-    ref_losses, _, _ = _run_steps("numpy", OPTIMIZERS["sgd"], batches)
+    ref_losses, _, _ = _run_steps("numpy", STEP_OPTIMIZERS["sgd"], batches)
     dev = [(wc.to_device(x), wc.to_device(y)) for x, y in batches]
-    losses, _, step = _run_steps("cuda", OPTIMIZERS["sgd"], dev)
+    losses, _, step = _run_steps("cuda", STEP_OPTIMIZERS["sgd"], dev)
     assert step.graphed
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
     bad = wc.to_device(np.full(16, 7, np.int64))  # 4 classes
@@ -472,7 +472,7 @@ def test_graph_step_takes_device_arrays_and_reports_bad_labels_when_read():
 @needs_gpu
 def test_graph_step_falls_back_and_says_why():
     batches = _batches((16,) * 3)
-    _, _, step = _run_steps("cuda", OPTIMIZERS["sgd"], batches, extra=(lambda: nn.Dropout(0.3),))
+    _, _, step = _run_steps("cuda", STEP_OPTIMIZERS["sgd"], batches, extra=(lambda: nn.Dropout(0.3),))
     assert not step.graphed and "Dropout" in step.reason
     model = make_mlp([12, 9, 4]).to("cuda")
     step = nn.GraphStep(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1))

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import _random
 from . import _backend, _profile
-from ._module import Module, Parameter, _check_finite
+from ._module import Module, _check_finite
 from .layers import LeakyReLU, Linear, ReLU
 from .losses import CrossEntropyLoss, MSELoss, _Loss
 
