@@ -266,20 +266,8 @@ class Sequential(Module):
                     bar.update(1)
                     if b % 10 == 0 or b == n_batches - 1:
                         bar.set_postfix(loss=f"{total_loss / (sl.stop):.4f}", refresh=False)
-            history["loss"].append(total_loss / n)
-            if classifier:
-                history["accuracy"].append(correct / n)
-            if val is not None:
-                res = self._evaluate(val[0], val[1], loss, max(batch_size, 256))
-                history["val_loss"].append(res["loss"])
-                if classifier:
-                    history["val_accuracy"].append(res["accuracy"])
-            summary = "  ".join(f"{k} {v[-1]:.4f}" for k, v in history.items())
-            if bar is not None:
-                bar.set_postfix_str(summary, refresh=True)
-                bar.close()
-            elif verbose == 2:
-                print(f"Epoch {epoch + 1}/{epochs}  {summary}", file=sys.stdout)
+            self._end_epoch(history, total_loss / n, correct / n if classifier else None, val, loss, batch_size,
+                            bar, verbose, f"Epoch {epoch + 1}/{epochs}")
 
     def _fit_loop_device(self, X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history,
                          classifier, cuda_graph):
@@ -314,20 +302,25 @@ class Sequential(Module):
                     bar.close()
                 raise FloatingPointError(f"the loss became {sums[0]} in epoch {epoch + 1}: training diverged -- "
                                          f"try a smaller learning rate")
-            history["loss"].append(float(sums[0]) / n)
-            if classifier:
-                history["accuracy"].append(float(sums[2]) / n)
-            if val is not None:
-                res = self._evaluate(val[0], val[1], loss, max(batch_size, 256))
-                history["val_loss"].append(res["loss"])
-                if classifier:
-                    history["val_accuracy"].append(res["accuracy"])
-            summary = "  ".join(f"{k} {v[-1]:.4f}" for k, v in history.items())
-            if bar is not None:
-                bar.set_postfix_str(summary, refresh=True)
-                bar.close()
-            elif verbose == 2:
-                print(f"Epoch {epoch + 1}/{epochs}  {summary}", file=sys.stdout)
+            self._end_epoch(history, float(sums[0]) / n, float(sums[2]) / n if classifier else None, val, loss,
+                            batch_size, bar, verbose, f"Epoch {epoch + 1}/{epochs}")
+
+    def _end_epoch(self, history, mean_loss, accuracy, val, loss, batch_size, bar, verbose, label):
+        """Record an epoch's figures (and the validation's), and show them."""
+        history["loss"].append(mean_loss)
+        if accuracy is not None:
+            history["accuracy"].append(accuracy)
+        if val is not None:
+            res = self._evaluate(val[0], val[1], loss, max(batch_size, 256))
+            history["val_loss"].append(res["loss"])
+            if accuracy is not None:
+                history["val_accuracy"].append(res["accuracy"])
+        summary = "  ".join(f"{k} {v[-1]:.4f}" for k, v in history.items())
+        if bar is not None:
+            bar.set_postfix_str(summary, refresh=True)
+            bar.close()
+        elif verbose == 2:
+            print(f"{label}  {summary}", file=sys.stdout)
 
     def evaluate(self, X, y, loss=None, batch_size: int = 256) -> Dict[str, float]:
         """Mean loss and, for classifiers, accuracy on (X, y), in eval mode
