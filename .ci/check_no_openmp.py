@@ -13,6 +13,13 @@ a = np.random.default_rng(0).standard_normal((37, 53)).astype(np.float32)
 b = np.random.default_rng(1).standard_normal((53, 29)).astype(np.float32)
 for name in kernels:
     np.testing.assert_allclose(whygpu.matmul(a, b, kernel=name), a @ b, rtol=1e-4, atol=1e-4)
+# the default kernel falls back to packed (named in `whygpu info`); asking for openmp by name still raises
+assert whygpu.default_kernel() == "packed"
+np.testing.assert_allclose(whygpu.matmul(a, b), a @ b, rtol=1e-4, atol=1e-4)
+np.testing.assert_allclose(whygpu.gemm(a, b, alpha=2.0), 2 * a @ b, rtol=1e-4, atol=1e-4)
+import subprocess, sys  # noqa: E401,E402
+info = subprocess.run([sys.executable, "-m", "whygpu", "info"], capture_output=True, text=True, check=True).stdout
+assert "default kernel" in info and "packed (this build has no OpenMP" in info, info
 try:
     whygpu.matmul(a, b, kernel="openmp")
 except whygpu.KernelUnavailableError as exc:

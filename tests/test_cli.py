@@ -64,6 +64,8 @@ def test_info_prints_machine_and_writes_json(tmp_path, capsys):
     cpu = doc["machine"]["cpu"]
     assert cpu["cores"] >= 1 and cpu["arch"] in cpu["supported_archs"]
     assert "packed" in doc["kernels"]
+    assert doc["default_kernel"] == ("openmp" if "openmp" in doc["kernels"] else "packed")
+    assert "default kernel" in out
     cuda = doc["machine"]["cuda"]
     assert cuda["available"] or cuda["reason"]  # says why not
     if not cuda["available"]:

@@ -390,3 +390,11 @@ def test_gemm_property(problem, la, lb, lc, trans_a, trans_b, alpha, beta, seed)
     got = whygpu.gemm(a, b, c, alpha=alpha, beta=beta, trans_a=trans_a, trans_b=trans_b, kernel=kernel)
     assert got is c
     check_gemm(c, a, b, alpha=alpha, beta=beta, c0=c0, trans_a=trans_a, trans_b=trans_b)
+
+
+def test_the_default_kernel_is_openmp_when_built_and_named_by_info():
+    import whygpu
+    expected = "openmp" if "openmp" in whygpu.available_kernels() else "packed"
+    assert whygpu.default_kernel() == expected
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(whygpu.matmul(a, a.T), whygpu.matmul(a, a.T, kernel=expected))

@@ -15,7 +15,7 @@ faster than the last::
 from ._api import gemm, matmul
 from ._cpu import _warn_env, cpu_info, set_arch
 from ._random import manual_seed
-from ._registry import KernelUnavailableError, all_kernels, available_kernels, kernel_info
+from ._registry import KernelUnavailableError, all_kernels, available_kernels, default_kernel, kernel_info
 from ._threads import get_num_threads, set_num_threads
 from . import cuda  # registers the CUDA rungs (usable only where a GPU is); touches no GPU here
 from . import datasets, nn, optim  # noqa: E402  (the training stack, on top of the kernels)
@@ -24,7 +24,7 @@ from .explain import explain
 __version__ = "0.1.0"
 
 __all__ = [
-    "matmul", "gemm", "available_kernels", "all_kernels", "kernel_info", "KernelUnavailableError",
+    "matmul", "gemm", "available_kernels", "all_kernels", "default_kernel", "kernel_info", "KernelUnavailableError",
     "cpu_info", "set_arch", "set_num_threads", "get_num_threads", "manual_seed", "nn", "optim", "datasets",
     "cuda", "explain", "__version__",
 ]

@@ -16,8 +16,10 @@ from typing import Optional
 import numpy as np
 
 from . import _threads
-from ._registry import KERNELS, get_kernel
+from ._registry import KERNELS, default_kernel, get_kernel
 from ._threads import check_threads, get_num_threads
+
+_DEFAULT_KERNEL = default_kernel()  # fixed by the build: openmp, or packed without OpenMP
 
 __all__ = ["matmul", "gemm"]
 
@@ -83,7 +85,7 @@ def _kernel_ready(x: np.ndarray, layout: str) -> np.ndarray:
 
 
 def _gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel, threads, c_name, c_is_out):
-    kern = get_kernel(kernel)
+    kern = get_kernel(_DEFAULT_KERNEL if kernel is None else kernel)
     threads = get_num_threads() if threads is None else check_threads(threads)
     a = _as_matrix(a, "a")
     b = _as_matrix(b, "b")
@@ -151,7 +153,7 @@ def _gemm_unchecked(kern, a: np.ndarray, b: np.ndarray, c: np.ndarray, alpha: fl
     kern.run(op_a, op_b, c, alpha, beta, threads)
 
 
-def matmul(a, b, *, kernel: str = "openmp", threads: Optional[int] = None,
+def matmul(a, b, *, kernel: Optional[str] = None, threads: Optional[int] = None,
            out: Optional[np.ndarray] = None) -> np.ndarray:
     """Matrix product ``a @ b`` of two 2-D float32 or float64 arrays on a
     chosen rung of the kernel ladder.
@@ -161,7 +163,9 @@ def matmul(a, b, *, kernel: str = "openmp", threads: Optional[int] = None,
     a, b : array_like, shapes (m, k) and (k, n), both float32 or both float64.
         Any memory layout (transposed, sliced, Fortran-ordered) is accepted.
     kernel : str
-        A name from :func:`whygpu.available_kernels` (default ``"openmp"``).
+        A name from :func:`whygpu.available_kernels`.  Default (None):
+        :func:`whygpu.default_kernel`, ``"openmp"``, or ``"packed"`` in a
+        build without OpenMP (``whygpu info`` says which).
     threads : int, optional
         Threads for parallel kernels (default :func:`whygpu.get_num_threads`).
     out : numpy.ndarray, optional
@@ -172,6 +176,8 @@ def matmul(a, b, *, kernel: str = "openmp", threads: Optional[int] = None,
     -------
     numpy.ndarray of shape (m, n) (``out`` when given).
     """
+    if kernel is None:
+        kernel = _DEFAULT_KERNEL
     kern = KERNELS.get(kernel) if type(kernel) is str else None
     if out is None and kern is not None and kern.fast is not None:  # fast path, see _registry
         if threads is None:
@@ -184,7 +190,7 @@ def matmul(a, b, *, kernel: str = "openmp", threads: Optional[int] = None,
 
 
 def gemm(a, b, c: Optional[np.ndarray] = None, *, alpha: float = 1.0, beta: float = 0.0,
-         trans_a: bool = False, trans_b: bool = False, kernel: str = "openmp",
+         trans_a: bool = False, trans_b: bool = False, kernel: Optional[str] = None,
          threads: Optional[int] = None) -> np.ndarray:
     """General matrix multiply, BLAS style: ``C = alpha * op(A) @ op(B) + beta * C``.
 
@@ -193,7 +199,7 @@ def gemm(a, b, c: Optional[np.ndarray] = None, *, alpha: float = 1.0, beta: floa
     inputs' dtype, shape (m, n), and not overlap ``a`` or ``b``); ``beta == 0``
     overwrites it without reading it, so it may hold garbage.  When ``c`` is
     None a new array ``alpha * op(A) @ op(B)`` is returned and ``beta`` is
-    ignored.
+    ignored.  ``kernel`` as for :func:`matmul`.
     """
     alpha = _scalar(alpha, "alpha")
     beta = _scalar(beta, "beta")

@@ -157,6 +157,12 @@ def get_kernel(name) -> Kernel:
     return kernel
 
 
+def default_kernel() -> str:
+    """The kernel ``whygpu.matmul`` and ``whygpu.gemm`` use when none is named:
+    ``openmp`` (every core), or ``packed`` (one core) in a build without OpenMP."""
+    return "openmp" if KERNELS["openmp"].available else "packed"
+
+
 def kernel_info(name: str) -> str:
     """A one-line description of kernel `name` (known kernels, available or not)."""
     if not isinstance(name, str) or name not in KERNELS:

@@ -189,10 +189,11 @@ def _progress(args) -> bool:
 # Subcommands
 # --------------------------------------------------------------------------
 def _info_doc() -> dict:
-    from ._registry import KERNELS
+    from ._registry import KERNELS, default_kernel
     from .bench.machine import machine_info
     return {"schema": "whygpu.info/1", "machine": machine_info(),
             "kernels": [k for k, v in KERNELS.items() if v.available],
+            "default_kernel": default_kernel(),
             "unavailable": {k: v.unavailable() for k, v in KERNELS.items() if not v.available}}
 
 
@@ -230,6 +231,8 @@ def _print_info(doc: dict) -> None:
         ("CUDA", f"available: {cuda.get('device', 'GPU')}{_gpu_details(cuda.get('device_info') or {})}"
          if cuda.get("available") else f"not available ({cuda.get('reason')})"),
         ("kernels", ", ".join(doc["kernels"])),
+        ("default kernel", doc["default_kernel"] if doc["default_kernel"] == "openmp" else
+         f"{doc['default_kernel']} (this build has no OpenMP: whygpu.matmul without kernel= runs on one core)"),
     ]
     by_reason = {}
     for k, why in doc["unavailable"].items():  # one line per reason, not per kernel
