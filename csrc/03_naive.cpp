@@ -17,6 +17,7 @@ template <typename T>
 void gemm_naive(const GemmArgs<T>& g) {
     if (g.k == 0 || g.alpha == T(0)) { scale_c(g); return; }
     for (std::int64_t i = 0; i < g.m; ++i) {
+        if (stopping(g)) return;  // Ctrl-C (gemm.h)
         for (std::int64_t j = 0; j < g.n; ++j) {
             T sum = T(0);
             for (std::int64_t p = 0; p < g.k; ++p)  // A along a row, B down a column

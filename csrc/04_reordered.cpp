@@ -22,6 +22,7 @@ void gemm_reordered(const GemmArgs<T>& g) {
     scale_c(g);  // C = beta * C, then accumulate alpha * A * B into it
     if (g.k == 0 || g.alpha == T(0)) return;
     for (std::int64_t i = 0; i < g.m; ++i) {
+        if (stopping(g)) return;                           // Ctrl-C (gemm.h)
         T* __restrict crow = g.c + i * g.rs_c;             // C[i][:], n contiguous
         for (std::int64_t p = 0; p < g.k; ++p) {
             const T aip = g.alpha * g.a[i * g.rs_a + p];    // one scalar of A

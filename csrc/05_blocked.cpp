@@ -37,6 +37,7 @@ void gemm_blocked(const GemmArgs<T>& g) {
         for (std::int64_t j0 = 0; j0 < g.n; j0 += BJ) {
             const std::int64_t j1 = std::min(j0 + BJ, g.n);
             for (std::int64_t p0 = 0; p0 < g.k; p0 += BK) {
+                if (stopping(g)) return;  // Ctrl-C (gemm.h)
                 const std::int64_t p1 = std::min(p0 + BK, g.k);
                 // The tile product: rung 4's loops on a cache-sized piece.
                 // Row pointers start at the tile's first column so that the

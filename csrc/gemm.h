@@ -23,9 +23,41 @@
 // accept any strides: packing reads A and B once, in whatever layout.
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <thread>
 
 namespace whygpu {
+
+// ---- Stopping early: Ctrl-C during a long product ----------------------------
+// A kernel runs without the GIL, so Python cannot raise KeyboardInterrupt
+// until it returns: a teacher who picked n = 3000 for the naive rung would
+// wait a minute.  So the kernels ask stopping(g) between rows, blocks or
+// row strips (a few milliseconds of work at most) and return at once when it
+// says so; C is then partly written.  Only the thread that made the call
+// (the OpenMP master) asks the binding's `poll` -- which takes the GIL for a
+// moment and runs Python's signal handlers -- and at most every 20 ms; every
+// thread of a team sees the answer through `stop`.  No Python here: `poll`
+// is a plain function pointer.
+struct Interrupt {
+    bool (*poll)(void* ctx) = nullptr;  // true: stop (the binding has a KeyboardInterrupt pending)
+    void* ctx = nullptr;
+    std::thread::id owner = std::this_thread::get_id();
+    std::atomic<bool> stop{false};
+    std::chrono::steady_clock::time_point next{};  // the owner's next poll (only the owner touches it)
+
+    bool check() {
+        if (stop.load(std::memory_order_relaxed)) return true;
+        if (poll == nullptr || std::this_thread::get_id() != owner) return false;
+        const auto now = std::chrono::steady_clock::now();
+        if (now < next) return false;
+        next = now + std::chrono::milliseconds(20);
+        if (!poll(ctx)) return false;
+        stop.store(true, std::memory_order_relaxed);
+        return true;
+    }
+};
 
 template <typename T>
 struct GemmArgs {
@@ -38,7 +70,14 @@ struct GemmArgs {
     T beta = T(0);
     T* c = nullptr;        // C: (m, n), c[i*rs_c + j*cs_c]
     std::int64_t rs_c = 0, cs_c = 1;
+    Interrupt* interrupt = nullptr;  // null: never stop early
 };
+
+// Should the kernel stop now (Ctrl-C)?  Cheap: call it every few milliseconds of work.
+template <typename T>
+inline bool stopping(const GemmArgs<T>& g) {
+    return g.interrupt != nullptr && g.interrupt->check();
+}
 
 // ---- The ladder, rung 3 onwards (rungs 1-2 are Python and Cython). -------
 // Each is defined in its own file, csrc/NN_<name>.cpp, for float and double.

@@ -203,6 +203,7 @@ void macro_kernel(const Blocking<T>& bk, const GemmArgs<T>& g, Direct d, std::in
     u.alpha = g.alpha;
     std::int64_t t = t0;
     while (t < t1) {
+        if (stopping(g)) return;  // Ctrl-C (gemm.h): checked once per row strip, MR x nc x kc of work
         const std::int64_t is = t / n_strips;  // row strip of C
         const std::int64_t js_end = std::min<std::int64_t>((is + 1) * n_strips, t1) - is * n_strips;
         const std::int64_t i0 = is * MR;

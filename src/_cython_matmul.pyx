@@ -9,8 +9,10 @@ about as fast as rung 3 (naive C++): the algorithm and its memory access
 pattern (B walked down a column) are unchanged.
 
 Memoryviews accept any strides, so transposed and sliced arrays work as they
-are.  The loops run without the GIL.
+are.  The loops run without the GIL; every million or so multiply-adds they
+take it back for a moment to let Ctrl-C through (PyErr_CheckSignals).
 """
+from cpython.exc cimport PyErr_CheckSignals
 
 ctypedef fused real:
     float
@@ -24,8 +26,12 @@ def gemm(const real[:, :] a, const real[:, :] b, real[:, :] c, double alpha=1.0,
     cdef real acc
     if b.shape[0] != k or c.shape[0] != m or c.shape[1] != n:
         raise ValueError("shapes do not match: need a (m,k), b (k,n), c (m,n)")
+    cdef Py_ssize_t every = max(1, (1 << 20) // (n * k + 1))  # rows between two looks for Ctrl-C
     with nogil:
         for i in range(m):
+            if i % every == every - 1:
+                with gil:
+                    PyErr_CheckSignals()  # raises KeyboardInterrupt after Ctrl-C
             for j in range(n):
                 acc = 0
                 for p in range(k):

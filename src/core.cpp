@@ -25,6 +25,19 @@ namespace {
 // Ids shared with python/whygpu/_registry.py (the ladder's rung order).
 enum KernelId : int { kNaive = 3, kReordered = 4, kBlocked = 5, kPacked = 6, kOpenMP = 7 };
 
+// Ctrl-C while a kernel runs without the GIL (gemm.h, Interrupt): take the
+// GIL for a moment and run Python's signal handlers; a KeyboardInterrupt (or
+// whatever a handler raised) is then pending, and the kernel stops.
+bool poll_python_signals(void*) {
+    py::gil_scoped_acquire gil;
+    return PyErr_CheckSignals() != 0;
+}
+
+// Signals reach Python's handlers only in the main thread: elsewhere there is nothing to poll.
+// (The interpreter's main thread is the one that imported this module, in practice.)
+unsigned long g_main_thread = 0;
+bool main_thread() { return PyThread_get_thread_ident() == g_main_thread; }
+
 std::int64_t elem_stride(const py::array& x, int axis, const char* what) {
     const auto s = x.strides(axis);
     if (s % static_cast<py::ssize_t>(x.itemsize()) != 0)
@@ -60,15 +73,23 @@ void run(int kernel, const py::array& a, const py::array& b, py::array& c, doubl
         throw py::value_error("the reordered and blocked kernels need row-contiguous a, b and c");
     if (row_major_needed) { g.cs_a = 1; g.cs_b = 1; g.cs_c = 1; }  // size-1 axes: any stride is fine
 
-    py::gil_scoped_release release;  // from here on, no Python objects are touched
-    switch (kernel) {
-        case kNaive: whygpu::gemm_naive(g); break;
-        case kReordered: whygpu::gemm_reordered(g); break;
-        case kBlocked: whygpu::gemm_blocked(g); break;
-        case kPacked: whygpu::gemm_packed(g); break;
-        case kOpenMP: whygpu::gemm_openmp(g, threads); break;
-        default: break;  // checked before the GIL was released
+    whygpu::Interrupt irq;
+    if (g.m > 0 && g.n > 0 && g.k > 0 && main_thread()) {
+        irq.poll = &poll_python_signals;
+        g.interrupt = &irq;
     }
+    {
+        py::gil_scoped_release release;  // from here on, no Python objects are touched
+        switch (kernel) {
+            case kNaive: whygpu::gemm_naive(g); break;
+            case kReordered: whygpu::gemm_reordered(g); break;
+            case kBlocked: whygpu::gemm_blocked(g); break;
+            case kPacked: whygpu::gemm_packed(g); break;
+            case kOpenMP: whygpu::gemm_openmp(g, threads); break;
+            default: break;  // checked before the GIL was released
+        }
+    }
+    if (irq.stop.load()) throw py::error_already_set();  // the KeyboardInterrupt poll_python_signals left pending
 }
 
 void gemm(int kernel, const py::array& a, const py::array& b, py::array& c, double alpha,
@@ -145,6 +166,7 @@ py::dict blocking_dict(whygpu::Arch a) {
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
+    g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
     m.doc() = "whygpu's C++ kernel ladder (rungs 3-7). Use the whygpu package, not this module.";
     m.def("gemm", &gemm, py::arg("kernel"), py::arg("a"), py::arg("b"), py::arg("c"),
           py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("threads") = 1,
