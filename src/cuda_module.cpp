@@ -35,6 +35,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -129,6 +130,53 @@ void run_released(const std::string& what, F&& f) {
         e = f();
     }
     check(e, what);
+}
+
+// ---- Waiting for the GPU, interruptibly ---------------------------------------------
+// cudaStreamSynchronize blocks in the driver, where Ctrl-C cannot reach: a
+// user who queued a minute of naive GEMMs would have to kill Python.  So the
+// waits that may be long (synchronize, copies back to the host) poll an event
+// instead -- spinning for the first millisecond, then sleeping 50 us between
+// looks -- and, in the main thread, take the GIL every 20 ms to run Python's
+// signal handlers.  The GPU work itself goes on; only the wait is given up.
+unsigned long g_main_thread = 0;  // set at import: signals are delivered to the main thread only
+
+// Waits until the default stream has finished everything issued so far.
+// Call without the GIL.  On Ctrl-C it returns at once with `interrupted` set
+// (a KeyboardInterrupt is then pending in Python).
+cudaError_t wait_interruptibly(bool& interrupted) {
+    thread_local cudaEvent_t ev = nullptr;
+    if (ev == nullptr) {
+        const cudaError_t e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+        if (e != cudaSuccess) return e;
+    }
+    const cudaError_t rec = cudaEventRecord(ev, 0);
+    if (rec != cudaSuccess) return rec;
+    const bool main = PyThread_get_thread_ident() == g_main_thread;
+    const auto start = std::chrono::steady_clock::now();
+    auto next_poll = start + std::chrono::milliseconds(20);
+    for (;;) {
+        const cudaError_t e = cudaEventQuery(ev);
+        if (e != cudaErrorNotReady) return e;  // done, or a kernel's error
+        const auto now = std::chrono::steady_clock::now();
+        if (now - start < std::chrono::milliseconds(1)) std::this_thread::yield();
+        else std::this_thread::sleep_for(std::chrono::microseconds(50));
+        if (main && now >= next_poll) {
+            next_poll = now + std::chrono::milliseconds(20);
+            py::gil_scoped_acquire gil;
+            if (PyErr_CheckSignals() != 0) {
+                interrupted = true;
+                return cudaSuccess;
+            }
+        }
+    }
+}
+
+// wait_interruptibly from Python-facing code (with the GIL): raises the KeyboardInterrupt, or a CUDA error.
+void wait_for_gpu(const std::string& what) {
+    bool interrupted = false;
+    run_released(what, [&] { return wait_interruptibly(interrupted); });
+    if (interrupted) throw py::error_already_set();
 }
 
 // ---- Streams and CUDA graph capture ------------------------------------------------
@@ -639,6 +687,7 @@ DeviceArray from_host(const py::object& obj) {
         void* dst = x.data();
         const void* src = host.data();
         const std::size_t n = x.nbytes();
+        wait_for_gpu("to_device (waiting for the GPU)");  // copy_h2d waits for earlier work: let Ctrl-C end that
         run_released("to_device (copy host to device)", [&] { return copy_h2d(dst, src, n); });
     }
     return x;
@@ -673,6 +722,7 @@ py::array to_host(const DeviceArray& x, const py::object& out) {
     if (n > 0) {
         void* dst = result.mutable_data();
         auto keep = x.buf;  // the memory stays alive while the GIL is released
+        wait_for_gpu("to_host (waiting for the GPU)");  // the work before the copy: Ctrl-C may end this wait
         run_released("to_host (copy device to host)", [&] { return copy_d2h(dst, src, n); });
     }
     return result;
@@ -688,6 +738,7 @@ void copy_from_host(DeviceArray& x, const py::object& obj) {
     if (n == 0) return;
     const void* src = host.data();
     auto keep = x.buf;
+    wait_for_gpu("copy_from_host (waiting for the GPU)");
     run_released("copy_from_host (copy host to device)", [&] { return copy_h2d(dst, src, n); });
 }
 
@@ -1324,6 +1375,7 @@ py::dict device_info() {
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
+    g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
     m.doc() = "whygpu's CUDA kernel ladder and device memory. Use whygpu.cuda, not this module.";
 
     // C++ exceptions -> the Python classes defined in whygpu/cuda.py (looked up
@@ -1378,7 +1430,7 @@ PYBIND11_MODULE(_cuda, m) {
     m.def("synchronize", [] {
         ensure_usable();
         no_capture("synchronize");
-        run_released("synchronize (cudaDeviceSynchronize)", [] { return cudaDeviceSynchronize(); });
+        wait_for_gpu("synchronize (waiting for the GPU)");
     }, "Wait until all work issued so far has finished; raises the first error a kernel hit.");
     m.def("memory_info", [] {
         ensure_usable();

@@ -70,3 +70,53 @@ def test_ctrl_c_interrupts_a_running_kernel(kernel):
     assert "finished_s" not in res, f"{kernel} finished in {res.get('finished_s')} s before the signal: grow n"
     assert res["latency_s"] < 0.2, res
     assert res["after_ok"], res
+
+
+GPU_CHILD = textwrap.dedent("""
+    import json, os, signal, threading, time
+    import numpy as np
+    import whygpu.cuda as wc
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    n = 2048
+    a = wc.to_device(np.ones((n, n), np.float32))
+    c = wc.empty((n, n))
+    wc.gemm(a, a, c, kernel="cuda_naive"); wc.synchronize()
+    t0 = time.perf_counter()
+    wc.gemm(a, a, c, kernel="cuda_naive"); wc.synchronize()
+    one = time.perf_counter() - t0
+    for _ in range(int(3.0 / one) + 1):  # ~3 s of GPU work, queued
+        wc.gemm(a, a, c, kernel="cuda_naive")
+    sent = []
+
+    def fire():
+        time.sleep(0.5)
+        sent.append(time.perf_counter())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=fire, daemon=True).start()
+    result = {"gemm_s": one}
+    try:
+        wc.synchronize()
+        result["finished"] = True
+    except KeyboardInterrupt:
+        result["latency_s"] = time.perf_counter() - sent[0]
+    wc.synchronize()  # the GPU finishes its queue; nothing is broken
+    result["after_ok"] = float(c.to_host()[0, 0]) == float(n)
+    print(json.dumps(result))
+""")
+
+
+@pytest.mark.cuda
+def test_ctrl_c_interrupts_a_wait_for_the_gpu():
+    """A wait for queued GPU work (synchronize, a copy back) gives way to Ctrl-C.
+    Needs a real GPU: the emulation runs each kernel at its launch."""
+    import whygpu.cuda as wc
+    if not wc.is_available():
+        pytest.skip(f"no usable GPU: {wc.unavailable_reason()}")
+    if "Emulated" in wc.device_info()["name"]:
+        pytest.skip("the emulated GPU runs kernels at launch: there is no wait to interrupt")
+    r = subprocess.run([sys.executable, "-c", GPU_CHILD], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "finished" not in res, res
+    assert res["latency_s"] < 0.2 and res["after_ok"], res

@@ -38,7 +38,7 @@ inline float4 make_float4(float x, float y, float z, float w) { return float4{x,
 
 enum cudaError_t {
     cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorInvalidConfiguration = 9,
-    cudaErrorInsufficientDriver = 35, cudaErrorNoDevice = 100, cudaErrorIllegalAddress = 700,
+    cudaErrorInsufficientDriver = 35, cudaErrorNoDevice = 100, cudaErrorNotReady = 600, cudaErrorIllegalAddress = 700,
     cudaErrorStreamCaptureUnsupported = 900, cudaErrorStreamCaptureInvalidated = 901,
 };
 using cudaStream_t = void*;
@@ -288,6 +288,8 @@ inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) {
     return cudaSuccess;
 }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t) { emu::drain(); return cudaSuccess; }
+// Kernels run at their launch here, so a recorded event is always complete (after the queued copies).
+inline cudaError_t cudaEventQuery(cudaEvent_t) { emu::drain(); return cudaSuccess; }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
     *ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
     return cudaSuccess;
