@@ -289,6 +289,78 @@ void adam_update(T* p, const T* g, T* m, T* v, i64 n, T lr, T beta1, T beta2, T 
     }
 }
 
+template <typename T>
+void bias_relu(T* y, const T* b, i64 rows, i64 cols, bool relu, int threads) {
+    [[maybe_unused]] const bool p = par(rows * cols, threads);
+    WHYGPU_OMP(omp parallel for num_threads(threads) schedule(static) if(p))
+    for (i64 i = 0; i < rows; ++i) {
+        T* row = y + i * cols;
+        if (b != nullptr && relu) {
+            for (i64 j = 0; j < cols; ++j) row[j] = std::max(row[j] + b[j], T(0));
+        } else if (b != nullptr) {
+            for (i64 j = 0; j < cols; ++j) row[j] += b[j];
+        } else if (relu) {
+            for (i64 j = 0; j < cols; ++j) row[j] = std::max(row[j], T(0));
+        }
+    }
+}
+
+namespace {
+template <typename T>
+i64 total_elements(const TensorRef<T>* t, int count) {
+    i64 n = 0;
+    for (int k = 0; k < count; ++k) n += t[k].n;
+    return n;
+}
+}  // namespace
+
+// One team for all tensors: each thread takes its share of every tensor
+// (omp for ... nowait: no barrier between tensors, they are independent).
+template <typename T>
+void sgd_update_multi(const TensorRef<T>* t, int count, T lr, T momentum, T weight_decay, bool nesterov,
+                      int threads) {
+    [[maybe_unused]] const bool pp = par(total_elements(t, count), threads);
+    WHYGPU_OMP(omp parallel num_threads(threads) if(pp))
+    for (int k = 0; k < count; ++k) {
+        T* p = t[k].p;
+        const T* g = t[k].g;
+        T* buf = t[k].s1;
+        WHYGPU_OMP(omp for schedule(static) nowait)
+        for (i64 i = 0; i < t[k].n; ++i) {
+            const T gi = g[i] + weight_decay * p[i];
+            if (momentum == T(0)) {
+                p[i] -= lr * gi;
+            } else {
+                const T b = momentum * buf[i] + gi;
+                buf[i] = b;
+                p[i] -= lr * (nesterov ? gi + momentum * b : b);
+            }
+        }
+    }
+}
+
+template <typename T>
+void adam_update_multi(const TensorRef<T>* t, int count, T step, T beta1, T beta2, T eps, T weight_decay,
+                       T inv_sqrt_bc2, int threads) {
+    [[maybe_unused]] const bool pp = par(total_elements(t, count), threads);
+    WHYGPU_OMP(omp parallel num_threads(threads) if(pp))
+    for (int k = 0; k < count; ++k) {
+        T* p = t[k].p;
+        const T* g = t[k].g;
+        T* m = t[k].s1;
+        T* v = t[k].s2;
+        WHYGPU_OMP(omp for schedule(static) nowait)
+        for (i64 i = 0; i < t[k].n; ++i) {
+            const T gi = g[i] + weight_decay * p[i];
+            const T mi = beta1 * m[i] + (T(1) - beta1) * gi;
+            const T vi = beta2 * v[i] + (T(1) - beta2) * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] -= step * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+        }
+    }
+}
+
 #define WHYGPU_NN_INSTANTIATE(T)                                                                    \
     template void bias_add<T>(T*, const T*, i64, i64, int);                                         \
     template void bias_grad<T>(const T*, T*, i64, i64, T, int);                                     \
@@ -308,7 +380,10 @@ void adam_update(T* p, const T* g, T* m, T* v, i64 n, T lr, T beta1, T beta2, T 
     template void bce_logits_bwd<T>(const T*, const T*, T*, i64, T, int);                           \
     template void mask_scale<T>(const T*, const std::uint8_t*, T*, i64, T, int);                    \
     template void sgd_update<T>(T*, const T*, T*, i64, T, T, T, bool, int);                         \
-    template void adam_update<T>(T*, const T*, T*, T*, i64, T, T, T, T, T, T, T, int);
+    template void adam_update<T>(T*, const T*, T*, T*, i64, T, T, T, T, T, T, T, int);              \
+    template void bias_relu<T>(T*, const T*, i64, i64, bool, int);                                  \
+    template void sgd_update_multi<T>(const TensorRef<T>*, int, T, T, T, bool, int);                \
+    template void adam_update_multi<T>(const TensorRef<T>*, int, T, T, T, T, T, T, int);
 
 WHYGPU_NN_INSTANTIATE(float)
 WHYGPU_NN_INSTANTIATE(double)

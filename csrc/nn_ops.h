@@ -81,5 +81,30 @@ template <typename T>
 void adam_update(T* p, const T* g, T* m, T* v, i64 n, T lr, T beta1, T beta2, T eps, T weight_decay,
                  T bc1, T bc2, int threads);
 
+// ---- Fewer calls per step --------------------------------------------------
+// y = y + b (each row; b may be null), then max(y, 0) when relu: the
+// element-wise work of a Linear layer and the ReLU after it in one pass and
+// one call (the forward pass's ReLU mask is then y > 0, the same set).
+template <typename T> void bias_relu(T* y, const T* b, i64 rows, i64 cols, bool relu, int threads);
+
+// Every parameter's optimizer step in one call and one team of threads,
+// instead of a call (and a parallel region) per parameter.  The formulas of
+// sgd_update / adam_update; Adam takes step = lr / bc1 and inv_sqrt_bc2 =
+// 1 / sqrt(bc2), as its GPU twin (csrc/cuda/nn_ops.h) does.
+template <typename T>
+struct TensorRef {
+    T* p;        // parameter, updated in place
+    const T* g;  // its gradient
+    T* s1;       // SGD's momentum buffer (null without momentum) or Adam's m
+    T* s2;       // Adam's v
+    i64 n;
+};
+template <typename T>
+void sgd_update_multi(const TensorRef<T>* t, int count, T lr, T momentum, T weight_decay, bool nesterov,
+                      int threads);
+template <typename T>
+void adam_update_multi(const TensorRef<T>* t, int count, T step, T beta1, T beta2, T eps, T weight_decay,
+                       T inv_sqrt_bc2, int threads);
+
 }  // namespace nn
 }  // namespace whygpu

@@ -6,9 +6,12 @@
 // raises TypeError or ValueError instead of touching bad memory.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "nn_ops.h"
 
@@ -291,6 +294,104 @@ void adam_update(py::array p, py::array g, py::array m, py::array v, double lr, 
                         weight_decay, bc1, bc2, threads);
 }
 
+void bias_relu(py::array y, py::object b_obj, bool relu, int threads) {
+    check_threads(threads);
+    const DT dt = float_dtype(y, "y");
+    need_2d(y, "y");
+    check_layout(y, "y", true);
+    py::array b;
+    if (!b_obj.is_none()) {
+        if (!py::isinstance<py::array>(b_obj)) throw py::type_error("b must be an ndarray or None");
+        b = py::reinterpret_borrow<py::array>(b_obj);
+        if (float_dtype(b, "b") != dt) throw py::type_error("b must have the dtype of y");
+        if (b.ndim() != 1 || b.shape(0) != y.shape(1)) throw py::value_error("b must be 1-D with y.shape[1] elements");
+        check_layout(b, "b", false);
+    }
+    const i64 rows = y.shape(0), cols = y.shape(1);
+    const bool has_b = !b_obj.is_none();
+    py::gil_scoped_release nogil;
+    if (dt == DT::f32) nn::bias_relu(w<float>(y), has_b ? r<float>(b) : nullptr, rows, cols, relu, threads);
+    else nn::bias_relu(w<double>(y), has_b ? r<double>(b) : nullptr, rows, cols, relu, threads);
+}
+
+// kind "sgd": hyper = [lr, momentum, weight_decay, nesterov]; "adam": [lr/bc1, beta1, beta2, eps,
+// weight_decay, 1/sqrt(bc2)] -- the layout of whygpu._cuda.nn.optimizer_update.
+// An element of a list that must be an ndarray: no silent conversion to a temporary that would be updated.
+py::array array_item(const py::list& l, std::size_t i, const char* what) {
+    py::object o = l[i];
+    if (!py::isinstance<py::array>(o)) throw py::type_error(std::string(what) + " must be an ndarray");
+    return py::reinterpret_borrow<py::array>(o);
+}
+
+template <typename T>
+void optimizer_update_t(bool adam, const py::list& params, const py::list& grads, const py::list& s1,
+                        const py::list& s2, const std::vector<double>& h, int threads) {
+    std::vector<nn::TensorRef<T>> refs;
+    std::vector<py::array> keep;  // the arrays stay referenced while the GIL is released
+    for (std::size_t i = 0; i < params.size(); ++i) {
+        auto p = array_item(params, i, "a parameter");
+        auto g = array_item(grads, i, "a gradient");
+        if (float_dtype(p, "a parameter") != (std::is_same<T, float>::value ? DT::f32 : DT::f64))
+            throw py::type_error("all parameters must have one dtype");
+        check_layout(p, "a parameter", true);
+        const DT dt = float_dtype(p, "a parameter");
+        like(g, "a gradient", dt, p, false);
+        if (p.ptr() == g.ptr() || p.data() == g.data()) throw py::value_error("a gradient shares memory with its parameter");
+        nn::TensorRef<T> t{w<T>(p), r<T>(g), nullptr, nullptr, static_cast<i64>(p.size())};
+        keep.push_back(p);
+        keep.push_back(g);
+        if (s1.size() > 0) {
+            auto s = array_item(s1, i, "a state array");
+            like(s, "a state array", dt, p, true);
+            t.s1 = w<T>(s);
+            keep.push_back(s);
+        }
+        if (s2.size() > 0) {
+            auto s = array_item(s2, i, "a state array");
+            like(s, "a state array", dt, p, true);
+            t.s2 = w<T>(s);
+            keep.push_back(s);
+        }
+        refs.push_back(t);
+    }
+    const T h0 = static_cast<T>(h[0]), h1 = static_cast<T>(h[1]), h2 = static_cast<T>(h[2]),
+            h3 = static_cast<T>(h[3]);
+    const int count = static_cast<int>(refs.size());
+    if (adam) {
+        const T h4 = static_cast<T>(h[4]), h5 = static_cast<T>(h[5]);
+        py::gil_scoped_release nogil;
+        nn::adam_update_multi(refs.data(), count, h0, h1, h2, h3, h4, h5, threads);
+    } else {
+        py::gil_scoped_release nogil;
+        nn::sgd_update_multi(refs.data(), count, h0, h1, h2, h[3] != 0.0, threads);
+    }
+}
+
+void optimizer_update(const std::string& kind, py::list params, py::list grads, py::object state1,
+                      py::object state2, std::vector<double> hyper, int threads) {
+    check_threads(threads);
+    const bool adam = kind == "adam";
+    if (!adam && kind != "sgd") throw py::value_error("kind must be 'sgd' or 'adam', got '" + kind + "'");
+    if (grads.size() != params.size()) throw py::value_error("params and grads must be lists of the same length");
+    if (hyper.size() != (adam ? 6u : 4u))
+        throw py::value_error(std::string("hyper must hold ") + (adam ? "6" : "4") + " numbers for " + kind);
+    auto state_list = [&](const py::object& s, const char* what, bool needed) -> py::list {
+        if (s.is_none()) {
+            if (needed) throw py::value_error(std::string(what) + " is needed");
+            return py::list();
+        }
+        py::list l = s.cast<py::list>();
+        if (l.size() != params.size()) throw py::value_error(std::string(what) + " must have one array per parameter");
+        return l;
+    };
+    py::list s1 = state_list(state1, adam ? "m" : "momentum buffers", adam || hyper[1] != 0.0);
+    py::list s2 = state_list(state2, "v", adam);
+    if (params.size() == 0) return;
+    const DT dt = float_dtype(array_item(params, 0, "a parameter"), "a parameter");
+    if (dt == DT::f32) optimizer_update_t<float>(adam, params, grads, s1, s2, hyper, threads);
+    else optimizer_update_t<double>(adam, params, grads, s1, s2, hyper, threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_nn_core, m) {
@@ -323,6 +424,11 @@ PYBIND11_MODULE(_nn_core, m) {
     m.def("mask_scale", &mask_scale, A("x"), A("mask"), A("y"), py::arg("scale"), py::arg("threads"));
     m.def("sgd_update", &sgd_update, A("p"), A("g"), py::arg("buf"), py::arg("lr"), py::arg("momentum"),
           py::arg("weight_decay"), py::arg("nesterov"), py::arg("threads"));
+    m.def("bias_relu", &bias_relu, A("y"), py::arg("b"), py::arg("relu"), py::arg("threads"),
+          "y += b (row broadcast; b may be None), then y = max(y, 0) when relu; in place, one pass.");
+    m.def("optimizer_update", &optimizer_update, py::arg("kind"), py::arg("params"), py::arg("grads"),
+          py::arg("state1"), py::arg("state2"), py::arg("hyper"), py::arg("threads"),
+          "Every parameter's SGD or Adam step in one call (hyper as whygpu._cuda.nn.optimizer_update).");
     m.def("adam_update", &adam_update, A("p"), A("g"), A("m"), A("v"), py::arg("lr"), py::arg("beta1"),
           py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("bc1"), py::arg("bc2"),
           py::arg("threads"));

@@ -226,3 +226,69 @@ def test_nn_core_rejects_bad_arguments():
         _nn_core.adam_update(y, x, x.copy(), x.copy(), 0.1, 0.9, 0.99, 1e-8, 0.0, 0.0, 0.5, 1)
     with pytest.raises(TypeError):
         _nn_core.mask_scale(x, np.zeros((4, 3), np.float32), y, 1.0, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_bias_relu_and_one_call_optimizer_match_numpy(dtype, threads):
+    """The compiled back ends' fewer-calls ops: bias + ReLU in one pass, and
+    every parameter's SGD / Adam step in one call (sizes 0, 1 and large)."""
+    rng = np.random.default_rng(3)
+    y0 = rng.standard_normal((67, 300)).astype(dtype)
+    b = rng.standard_normal(300).astype(dtype)
+    for bias, relu in ((b, True), (b, False), (None, True), (None, False)):
+        y = y0.copy()
+        _nn_core.bias_relu(y, bias, relu, threads)
+        ref = y0 + (0 if bias is None else b)
+        np.testing.assert_array_equal(y, np.maximum(ref, 0) if relu else ref)
+    sizes = [0, 1, 7, 5000, 70_001]
+    ps = [rng.standard_normal(s).astype(dtype) for s in sizes]
+    gs = [rng.standard_normal(s).astype(dtype) for s in sizes]
+    ms = [rng.standard_normal(s).astype(dtype) for s in sizes]
+    vs = [np.abs(rng.standard_normal(s)).astype(dtype) for s in sizes]
+    tol = dict(rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6 if dtype == np.float32 else 1e-13)
+    for momentum, nesterov in ((0.0, False), (0.9, False), (0.9, True)):
+        p, bufs = [x.copy() for x in ps], [x.copy() for x in ms]
+        _nn_core.optimizer_update("sgd", p, gs, bufs if momentum else None, None,
+                                  [0.1, momentum, 0.01, float(nesterov)], threads)
+        for got, got_b, p0, g, b0 in zip(p, bufs, ps, gs, ms):
+            gi = g + dtype(0.01) * p0
+            if momentum:
+                bb = dtype(momentum) * b0 + gi
+                np.testing.assert_allclose(got_b, bb, **tol)
+                np.testing.assert_allclose(got, p0 - dtype(0.1) * (gi + dtype(momentum) * bb if nesterov else bb), **tol)
+            else:
+                np.testing.assert_allclose(got, p0 - dtype(0.1) * gi, **tol)
+    b1, b2, lr, eps, wd, t = 0.9, 0.999, 1e-3, 1e-8, 0.01, 4
+    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    p, m, v = [x.copy() for x in ps], [x.copy() for x in ms], [x.copy() for x in vs]
+    _nn_core.optimizer_update("adam", p, gs, m, v, [lr / bc1, b1, b2, eps, wd, 1 / bc2 ** 0.5], threads)
+    for got, gm, gv, p0, g, m0, v0 in zip(p, m, v, ps, gs, ms, vs):
+        gi = g.astype(np.float64) + wd * p0
+        mi, vi = b1 * m0 + (1 - b1) * gi, b2 * v0 + (1 - b2) * gi * gi
+        np.testing.assert_allclose(gm, mi, **tol)
+        np.testing.assert_allclose(gv, vi, **tol)
+        np.testing.assert_allclose(got, p0 - lr / bc1 * mi / (np.sqrt(vi) / np.sqrt(bc2) + eps), **tol)
+
+
+def test_one_call_optimizer_rejects_bad_arguments():
+    p, g = np.zeros(5, np.float32), np.zeros(5, np.float32)
+    cases = [
+        (("rmsprop", [p], [g], None, None, [0.1, 0, 0, 0], 1), ValueError, "kind"),
+        (("sgd", [p], [g, g], None, None, [0.1, 0, 0, 0], 1), ValueError, "same length"),
+        (("sgd", [p], [g], None, None, [0.1], 1), ValueError, "4 numbers"),
+        (("sgd", [p], [g], None, None, [0.1, 0.9, 0, 0], 1), ValueError, "momentum buffers is needed"),
+        (("adam", [p], [g], [g.copy()], None, [1, 1, 1, 1, 1, 1], 1), ValueError, "v is needed"),
+        (("sgd", [[0.0] * 5], [g], None, None, [0.1, 0, 0, 0], 1), TypeError, "ndarray"),
+        (("sgd", [p], [np.zeros(6, np.float32)], None, None, [0.1, 0, 0, 0], 1), ValueError, "shape"),
+        (("sgd", [p], [p], None, None, [0.1, 0, 0, 0], 1), ValueError, "shares memory"),
+        (("sgd", [p, np.zeros(5)], [g, np.zeros(5)], None, None, [0.1, 0, 0, 0], 1), TypeError, "one dtype"),
+        (("sgd", [p], [g], None, None, [0.1, 0, 0, 0], 0), ValueError, "threads"),
+    ]
+    for args, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            _nn_core.optimizer_update(*args)
+    with pytest.raises(ValueError, match="b must be 1-D"):
+        _nn_core.bias_relu(np.zeros((3, 4), np.float32), np.zeros(3, np.float32), True, 1)
+    with pytest.raises(TypeError, match="ndarray or None"):
+        _nn_core.bias_relu(np.zeros((3, 4), np.float32), [0.0] * 4, True, 1)

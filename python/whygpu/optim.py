@@ -6,11 +6,11 @@
 
 Each update is one fused pass over the parameter, its gradient and its state
 on the parameter's back end (the model's, set by ``model.to``): NumPy for the
-``numpy`` back end, compiled and OpenMP-parallel code for the kernels.  On
-``cuda``, where the state (momentum, Adam's averages) lives in GPU memory
-too, one kernel launch updates every parameter at once (a per-parameter
-launch costs more than the update of a small bias).  The formulas are
-PyTorch's.
+``numpy`` back end; for the kernel back ends one compiled, OpenMP-parallel
+call updates every parameter at once, and on ``cuda`` (where the state --
+momentum, Adam's averages -- lives in GPU memory too) one kernel launch does
+(a call or launch per parameter costs more than the update of a small bias).
+The formulas are PyTorch's.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class Optimizer:
         prof = _profile._active
         t0, x0 = (_clock(), prof.transfer_s) if prof is not None else (0.0, 0.0)
         self._begin_step()
-        be = self._device_backend()
+        be = self._fused_backend()
         if be is not None:
             self._device_step(be)
         else:
@@ -75,18 +75,18 @@ class Optimizer:
     def _begin_step(self) -> None:
         pass
 
-    # -- on a GPU: every parameter in one launch ---------------------------------------
-    def _device_backend(self):
-        """The GPU back end all parameters are on, when it can update them in one launch; else None."""
+    # -- every parameter in one call (compiled back ends) or one launch (GPU) ----------
+    def _fused_backend(self):
+        """The back end all parameters are on, when it can update them all in one call; else None."""
         if self._kind is None:
             return None
         be = self.params[0]._backend
-        if getattr(be, "device", None) is None or not hasattr(be, "optimizer_update"):
+        if not hasattr(be, "optimizer_update"):
             return None
         return be if all(p._backend is be for p in self.params) else None
 
     def _device_step(self, be, hyper_dev=None) -> None:
-        """One launch updates all parameters.  With ``hyper_dev`` (a float32
+        """One call (one launch on a GPU) updates all parameters.  With ``hyper_dev`` (a float32
         DeviceArray holding ``_hyper()``) the kernel reads the hyperparameters
         from GPU memory: what a CUDA graph needs, since it replays a launch
         with the arguments it was captured with (see whygpu.nn.GraphStep)."""

@@ -223,11 +223,23 @@ class KernelBackend(Backend):
         self.name = kernel_name
         self.parallel = self._kernel.parallel
 
+    # bias_relu(y, b, relu): a Linear (+ ReLU) forward pass is the GEMM and one compiled pass
+    # over its output (on the GPU the GEMM's own epilogue does it).
+    fused_epilogue = True
+
     def threads(self) -> int:
         return get_num_threads() if self.parallel else 1
 
     def matmul_into(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
         _gemm_unchecked(self._kernel, a, b, out, alpha, beta, trans_a, trans_b, self.threads())
+
+    def bias_relu(self, y, b, relu):
+        """y += b (b may be None), then y = max(y, 0) when relu: one pass."""
+        _nn_core.bias_relu(y, b, relu, self.threads())
+
+    def optimizer_update(self, kind, params, grads, state1, state2, hyper, hyper_dev=None):
+        """Every parameter's update in one compiled call (one team of threads); see optim.Optimizer.step."""
+        _nn_core.optimizer_update(kind, params, grads, state1, state2, hyper, self.threads())
 
     def bias_add(self, y, b):
         _nn_core.bias_add(y, b, self.threads())

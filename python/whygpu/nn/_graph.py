@@ -115,7 +115,7 @@ class GraphStep:
             return f"{type(self.loss).__name__} is not one of whygpu's losses"
         if self.loss._backend is not None and self.loss._backend is not be:
             return "the loss runs on another back end than the model"
-        if self.optimizer._device_backend() is not be:
+        if self.optimizer._fused_backend() is not be:
             return (f"{type(self.optimizer).__name__} has no one-launch GPU update for these parameters "
                     f"(whygpu.optim.SGD and Adam have, when all parameters are on the model's GPU back end)")
         return None

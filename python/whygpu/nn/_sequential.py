@@ -75,25 +75,27 @@ class Sequential(Module):
     # -- forward and backward ------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Run every layer (x must already be a checked array: use model(x))."""
-        if self.layers[0]._prof is None:  # not profiling: no timers at all
-            layers, i = self.layers, 0
-            fuse = getattr(self._backend, "fused_epilogue", False)
-            while i < len(layers):
-                if fuse and i + 1 < len(layers) and type(layers[i]) is Linear and _plain_relu(layers[i + 1]):
-                    # On the GPU: Linear and the ReLU after it in one GEMM launch.  The ReLU keeps
-                    # its output as its input: its backward masks by x > 0, the same set either way.
-                    x = layers[i].forward(x, relu=True)
-                    layers[i + 1]._x = x
-                    i += 2
-                else:
-                    x = layers[i].forward(x)
-                    i += 1
-        else:
-            prof = _profile._active
-            for layer in self.layers:
+        layers, i = self.layers, 0
+        prof = _profile._active if layers[0]._prof is not None else None
+        # Linear + ReLU as one GEMM launch on the GPU (one compiled pass after the GEMM on the CPU).
+        # A profiled GPU step keeps them apart, so that each operation has its own row.
+        be = self._backend
+        fuse = getattr(be, "fused_epilogue", False) and (prof is None or be.device is None)
+        while i < len(layers):
+            layer = layers[i]
+            pair = fuse and i + 1 < len(layers) and type(layer) is Linear and _plain_relu(layers[i + 1])
+            if prof is None:  # not profiling: no timers at all
+                x = layer.forward(x, relu=True) if pair else layer.forward(x)
+            else:
                 t0, x0 = _clock(), prof.transfer_s
-                x = layer.forward(x)
+                x = layer.forward(x, relu=True) if pair else layer.forward(x)
                 layer._prof.forward_s += _clock() - t0 - (prof.transfer_s - x0)  # copies have their own row
+            if pair:
+                # The ReLU keeps its output as its input: its backward masks by x > 0, the same set.
+                layers[i + 1]._x = x
+                i += 2
+            else:
+                i += 1
         self._forwarded = True
         return x
 

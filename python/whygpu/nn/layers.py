@@ -81,16 +81,20 @@ class Linear(Module):
             raise ValueError(f"{self!r} expects input of shape (batch, {self.in_features}), got {x.shape}")
         y = self._buf("y", (x.shape[0], self.out_features))
         be, b = self._backend, self.bias
-        if getattr(be, "fused_epilogue", False) and self._prof is None:
-            # The GPU: one GEMM launch writes y = x . W^T + b, and max(y, 0) when Sequential
-            # fuses the next layer's ReLU in (relu=True): one pass over y instead of three.
-            be.matmul_into(x, self.weight._data, y, trans_b=True, bias=None if b is None else b._data, relu=relu)
+        bias = None if b is None else b._data
+        fused = getattr(be, "fused_epilogue", False)
+        if fused and be.device is not None and self._prof is None:
+            # The GPU: one GEMM launch writes y = x . W^T + b, and max(y, 0) when Sequential fuses
+            # the next layer's ReLU in (relu=True): one pass over y instead of three.
+            be.matmul_into(x, self.weight._data, y, trans_b=True, bias=bias, relu=relu)
         else:
-            if relu:
-                raise ValueError(f"the {be.name!r} back end cannot fuse a ReLU into a Linear layer")
             self._matmul(x, self.weight._data, y, trans_b=True)    # y = x . W^T
-            if b is not None:
-                be.bias_add(y, b._data)                            # y += b (each row)
+            if fused and (bias is not None or relu):
+                be.bias_relu(y, bias, relu)                        # y += b, then max(y, 0): one compiled pass
+            elif relu:
+                raise ValueError(f"the {be.name!r} back end cannot fuse a ReLU into a Linear layer")
+            elif bias is not None:
+                be.bias_add(y, bias)                               # y += b (each row)
         self._x = x                                                # dW needs it
         return y
 
