@@ -63,6 +63,7 @@ def test_info_prints_machine_and_writes_json(tmp_path, capsys):
     assert doc["schema"] == "whygpu.info/1"
     cpu = doc["machine"]["cpu"]
     assert cpu["cores"] >= 1 and cpu["arch"] in cpu["supported_archs"]
+    assert cpu["physical_cores"] is None or 1 <= cpu["physical_cores"] <= cpu["cores"]
     assert "packed" in doc["kernels"]
     assert doc["default_kernel"] == ("openmp" if "openmp" in doc["kernels"] else "packed")
     assert "default kernel" in out

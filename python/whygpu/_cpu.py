@@ -58,10 +58,33 @@ def _caches() -> dict:
     return out
 
 
+def _physical_cores():
+    """Distinct (package, core) pairs among the CPUs this process may use
+    (Linux sysfs topology), or None where the OS does not say."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return None
+    seen = set()
+    for c in cpus:
+        base = f"/sys/devices/system/cpu/cpu{c}/topology/"
+        try:
+            with open(base + "core_id") as f:
+                core = f.read().strip()
+            with open(base + "physical_package_id") as f:
+                package = f.read().strip()
+        except OSError:
+            return None
+        seen.add((package, core))
+    return len(seen) or None
+
+
 def cpu_info() -> dict:
     """The CPU as whygpu sees it.
 
     Keys: ``model``, ``machine``, ``cores`` (CPUs this process may use),
+    ``physical_cores`` (distinct physical cores among them, from the OS's
+    topology; fewer than ``cores`` with SMT/hyper-threading; None if unknown),
     ``arch`` (instruction set the packed kernels use now), ``best_arch``,
     ``supported_archs``, ``caches`` (bytes, when the OS says), ``openmp``,
     ``blocking`` (micro-kernel and block sizes per dtype).
@@ -70,6 +93,7 @@ def cpu_info() -> dict:
         "model": _model_name(),
         "machine": platform.machine(),
         "cores": _cpus_available(),
+        "physical_cores": _physical_cores(),
         "caches": _caches(),
     }
     if _core is not None:

@@ -219,7 +219,10 @@ def _print_info(doc: dict) -> None:
     cuda = m["cuda"]
     rows = [
         ("CPU", f"{cpu.get('model', '?')} ({cpu.get('machine', '?')})"),
-        ("cores", f"{cpu.get('cores', '?')} usable; default threads {m.get('threads_default')}"),
+        ("cores", f"{cpu.get('cores', '?')} usable" + (
+            f" on {cpu['physical_cores']} physical cores (SMT: {cpu['cores'] // cpu['physical_cores']} threads "
+            f"per core share one core's FMA units)" if cpu.get("physical_cores") and cpu.get("cores") and
+            cpu["physical_cores"] < cpu["cores"] else "") + f"; default threads {m.get('threads_default')}"),
         ("instruction set", f"{cpu.get('arch', '?')} (best {cpu.get('best_arch', '?')}; supported: "
                             f"{', '.join(cpu.get('supported_archs', []))})"),
         ("micro-kernel", f"{blk.get('micro_kernel', '?')} (MR={blk.get('mr')}, NR={blk.get('nr')}, "
