@@ -461,7 +461,7 @@ def test_probes_and_pinned_memory_without_a_gpu_raise_clearly():
     mod = wc._load()[0]
     for make in (lambda: mod.probe.fma_seconds(1, 32, 1), lambda: mod.probe.copy_seconds(1024, 1),
                  lambda: mod.probe.host_copy_seconds(1024, "h2d", "pinned", 1), lambda: wc.pinned_empty(3),
-                 lambda: wc.is_pinned(np.ones(3))):
+                 lambda: wc.is_pinned(np.ones(3)), lambda: wc.from_dlpack(np.ones(3)), mod.capture_begin):
         with pytest.raises(wc.CudaUnavailableError, match="CUDA is unavailable: "):
             make()
     from whygpu.bench.gpu import gpu_peak, measure_gpu, vendor_name
@@ -925,3 +925,79 @@ def test_fused_bias_and_relu_epilogue(name, rng):
             wc.gemm(da, db, kernel=name, bias=bad)
     with pytest.raises(TypeError, match="relu"):
         wc.gemm(da, db, kernel=name, relu=1)
+
+
+# ---- DLPack -----------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.uint8, np.bool_])
+def test_dlpack_round_trip_shares_memory(dtype, rng):
+    a = (rng.standard_normal((7, 5)) * 10).astype(dtype)
+    d = wc.to_device(a)
+    assert d.__dlpack_device__() == (2, 0)
+    e = wc.from_dlpack(d)
+    assert e.ptr == d.ptr and e.shape == d.shape and e.dtype == d.dtype  # no copy
+    np.testing.assert_array_equal(e.to_host(), a)
+    if dtype == np.float32:  # a write through one is seen through the other
+        wc.nn_ops.tanh_fwd(d, e)
+        np.testing.assert_allclose(d.to_host(), np.tanh(a), rtol=1e-6)
+    del d  # the exported tensor keeps the memory alive for e
+    junk = [wc.to_device(np.zeros((7, 5), dtype)) for _ in range(3)]
+    assert e.to_host().shape == (7, 5)
+    del junk
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_dlpack_refuses_what_it_cannot_share(rng):
+    d = wc.to_device(_f32(rng, 3, 4))
+    cap = d.__dlpack__()
+    wc.from_dlpack(cap)
+    with pytest.raises(ValueError, match="used once"):
+        wc.from_dlpack(cap)
+    with pytest.raises(TypeError, match="CUDA memory"):
+        wc.from_dlpack(np.zeros(3, np.float32))  # NumPy has __dlpack__, on the CPU
+    with pytest.raises(TypeError, match="__dlpack__"):
+        wc.from_dlpack([1.0, 2.0])
+    d.__dlpack__(stream=-1)  # an unconsumed capsule frees its tensor when it goes: nothing leaks or crashes
+    empty = wc.from_dlpack(wc.empty((0, 3)))
+    assert empty.shape == (0, 3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason="no usable GPU")
+def test_dlpack_with_pytorch_and_cupy_when_installed(rng):
+    """Zero-copy both ways with the libraries that are installed (a real GPU only)."""
+    if "Emulated" in wc.device_info()["name"]:
+        pytest.skip("the emulated GPU's memory is host memory: other libraries cannot use it")
+    a = _f32(rng, 6, 9)
+    tried = 0
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        tried += 1
+        d = wc.to_device(a)
+        t = torch.from_dlpack(d)
+        assert t.data_ptr() == d.ptr and t.is_cuda
+        t.mul_(2)
+        np.testing.assert_allclose(d.to_host(), 2 * a)
+        back = wc.from_dlpack(torch.arange(12, device="cuda", dtype=torch.float32).reshape(3, 4))
+        np.testing.assert_array_equal(back.to_host(), np.arange(12, dtype=np.float32).reshape(3, 4))
+        with pytest.raises(ValueError, match="C-contiguous"):
+            wc.from_dlpack(torch.zeros(4, 3, device="cuda").t())
+    try:
+        import cupy
+    except ImportError:
+        cupy = None
+    if cupy is not None:
+        tried += 1
+        d = wc.to_device(a)
+        c = cupy.from_dlpack(d)
+        assert c.data.ptr == d.ptr
+        back = wc.from_dlpack(cupy.ones((2, 3), dtype=cupy.float32))
+        np.testing.assert_array_equal(back.to_host(), np.ones((2, 3), np.float32))
+    if not tried:
+        pytest.skip("neither PyTorch (with CUDA) nor CuPy is installed")

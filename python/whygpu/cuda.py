@@ -43,7 +43,7 @@ from ._registry import Kernel, register_kernel
 
 __all__ = [
     "is_available", "unavailable_reason", "kernels", "device_info", "synchronize", "memory_info",
-    "DeviceArray", "to_device", "empty", "zeros", "pinned_empty", "pinned_array", "is_pinned",
+    "DeviceArray", "to_device", "from_dlpack", "empty", "zeros", "pinned_empty", "pinned_array", "is_pinned",
     "gemm", "matmul", "vendor_library", "vendor_matmul",
     "CudaError", "CudaUnavailableError", "LADDER", "DEFAULT_KERNEL",
 ]
@@ -209,6 +209,37 @@ def __getattr__(name):  # PEP 562: DeviceArray and nn_ops import the compiled mo
 def _device_array_type():
     mod, _ = _load()
     return mod.DeviceArray if mod is not None else _MissingDeviceArray
+
+
+def from_dlpack(x) -> "DeviceArray":
+    """A DeviceArray sharing the GPU memory of another library's CUDA array --
+    a PyTorch tensor, a CuPy array, a JAX array -- through DLPack: no copy.
+
+    The other way round, ``torch.from_dlpack(d)`` or ``cupy.from_dlpack(d)``
+    take a DeviceArray ``d`` (it has ``__dlpack__`` and
+    ``__dlpack_device__``, next to ``__cuda_array_interface__``).  The memory
+    stays alive while either side uses it; writes through one are seen by the
+    other.  Only C-contiguous arrays (a DeviceArray is dense, row-major) and
+    the dtypes a DeviceArray holds; a host array raises TypeError (use
+    :func:`to_device`).  ``x`` may also be a DLPack capsule (used once).
+    """
+    mod = _require()
+    if hasattr(x, "__dlpack__"):
+        if hasattr(x, "__dlpack_device__"):
+            kind = x.__dlpack_device__()[0]
+            if int(kind) != 2:  # kDLCUDA
+                raise TypeError(f"from_dlpack needs an array in CUDA memory; {type(x).__name__} is on DLPack "
+                                f"device type {int(kind)} (a host array? use whygpu.cuda.to_device)")
+        try:
+            cap = x.__dlpack__(stream=1)  # 1: the legacy default stream, where whygpu works
+        except TypeError:  # a producer without the stream argument
+            cap = x.__dlpack__()
+    elif type(x).__name__ == "PyCapsule":
+        cap = x
+    else:
+        raise TypeError(f"from_dlpack needs an object with __dlpack__ (a PyTorch, CuPy or JAX array on the GPU), "
+                        f"got {type(x).__name__}")
+    return mod.from_dlpack_capsule(cap)
 
 
 def to_device(x) -> "DeviceArray":
