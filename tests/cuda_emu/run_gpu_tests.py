@@ -33,6 +33,11 @@ def make_site(tmp: pathlib.Path, cache: str = "", package: str = "") -> pathlib.
     pkg = tmp / "site" / "whygpu"
     source = pathlib.Path(package) if package else ROOT / "python" / "whygpu"
     shutil.copytree(source, pkg, ignore=shutil.ignore_patterns("_cuda.*", "__pycache__"))
+    # A wheel repaired by auditwheel keeps the libraries it vendored (libgomp) next to the
+    # package, in whygpu.libs/, found through the modules' RPATH ($ORIGIN/../whygpu.libs).
+    vendored = source.parent / (source.name + ".libs")
+    if vendored.is_dir():
+        shutil.copytree(vendored, pkg.parent / vendored.name)
     if not list(pkg.glob("_core.*")):
         raise SystemExit("build whygpu first (the dev build puts _core into python/whygpu)")
     shutil.copy(ext, pkg / ext.name)
