@@ -21,6 +21,18 @@ namespace {
 // Worth waking a team of threads for `work` elements?
 inline bool par(i64 work, int threads) { return threads > 1 && work >= kParallelMin; }
 
+// One element of an Adam step (adam_update and adam_update_multi).
+template <typename T>
+inline void adam_one(T* p, const T* g, T* m, T* v, i64 i, T step, T beta1, T beta2, T eps, T weight_decay,
+                     T inv_sqrt_bc2) {
+    const T gi = g[i] + weight_decay * p[i];
+    const T mi = beta1 * m[i] + (T(1) - beta1) * gi;
+    const T vi = beta2 * v[i] + (T(1) - beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] -= step * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+}
+
 template <typename T>
 inline T stable_sigmoid(T x) {
     // exp of a non-positive number never overflows.
@@ -279,14 +291,7 @@ void adam_update(T* p, const T* g, T* m, T* v, i64 n, T lr, T beta1, T beta2, T 
     const T step = lr / bc1;
     const T inv_sqrt_bc2 = T(1) / std::sqrt(bc2);
     WHYGPU_OMP(omp parallel for num_threads(threads) schedule(static) if(pp))
-    for (i64 i = 0; i < n; ++i) {
-        const T gi = g[i] + weight_decay * p[i];
-        const T mi = beta1 * m[i] + (T(1) - beta1) * gi;
-        const T vi = beta2 * v[i] + (T(1) - beta2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] -= step * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
-    }
+    for (i64 i = 0; i < n; ++i) adam_one(p, g, m, v, i, step, beta1, beta2, eps, weight_decay, inv_sqrt_bc2);
 }
 
 template <typename T>
@@ -350,14 +355,8 @@ void adam_update_multi(const TensorRef<T>* t, int count, T step, T beta1, T beta
         T* m = t[k].s1;
         T* v = t[k].s2;
         WHYGPU_OMP(omp for schedule(static) nowait)
-        for (i64 i = 0; i < t[k].n; ++i) {
-            const T gi = g[i] + weight_decay * p[i];
-            const T mi = beta1 * m[i] + (T(1) - beta1) * gi;
-            const T vi = beta2 * v[i] + (T(1) - beta2) * gi * gi;
-            m[i] = mi;
-            v[i] = vi;
-            p[i] -= step * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
-        }
+        for (i64 i = 0; i < t[k].n; ++i)
+            adam_one(p, g, m, v, i, step, beta1, beta2, eps, weight_decay, inv_sqrt_bc2);
     }
 }
 
