@@ -29,6 +29,15 @@ CHILD = textwrap.dedent("""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     kernel, n, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     rng = np.random.default_rng(0)
+    # Grow n until the product would take >= 3 s here (a fast machine finishes the default sizes early):
+    # time one of half the size (an eighth of the work) and scale by the cube root.
+    h = max(n // 2, 8)
+    half = rng.standard_normal((h, h), dtype=np.float32)
+    t0 = time.perf_counter()
+    whygpu.matmul(half, half, kernel=kernel, threads=threads)
+    estimate = 8 * (time.perf_counter() - t0)
+    if estimate < 3.0:
+        n = int(n * (3.0 / max(estimate, 1e-3)) ** (1 / 3)) + 1
     a = rng.standard_normal((n, n), dtype=np.float32)
     sent = []
 
@@ -39,7 +48,7 @@ CHILD = textwrap.dedent("""
 
     threading.Thread(target=fire, daemon=True).start()
     t0 = time.perf_counter()
-    result = {"kernel": kernel}
+    result = {"kernel": kernel, "n": n}
     try:
         whygpu.matmul(a, a, kernel=kernel, threads=threads)
         result["finished_s"] = time.perf_counter() - t0
@@ -53,7 +62,7 @@ CHILD = textwrap.dedent("""
     print(json.dumps(result))
 """)
 
-# sizes that take well over 0.5 s on any machine (the product is interrupted, never finished)
+# starting sizes; the child grows them until the product takes >= 3 s on the machine at hand
 CASES = {"python": 300, "cython": 1400, "naive": 1400, "reordered": 3000, "blocked": 3000, "packed": 6000,
          "openmp": 6000}
 
