@@ -35,9 +35,12 @@ import importlib.util
 import os
 import re
 import warnings
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:  # at run time DeviceArray comes from the compiled module on first use (__getattr__)
+    from ._cuda import DeviceArray
 
 from ._registry import Kernel, register_kernel
 
