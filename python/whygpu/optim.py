@@ -29,7 +29,7 @@ _clock = _profile._clock
 class Optimizer:
     """Base class: holds the parameters and runs ``_update`` on each in ``step``."""
 
-    _kind = None  # "sgd" / "adam": the one-launch update a GPU back end has for this optimizer
+    _kind = None  # "sgd" / "adam": the one-call update a compiled or GPU back end has for this optimizer
 
     def __init__(self, params: Iterable[Parameter], lr: float):
         if isinstance(params, Parameter):
@@ -62,7 +62,7 @@ class Optimizer:
         self._begin_step()
         be = self._fused_backend()
         if be is not None:
-            self._device_step(be)
+            self._fused_step(be)
         else:
             for i, p in enumerate(self.params):
                 if self._placed[i] is not p._data:
@@ -85,7 +85,7 @@ class Optimizer:
             return None
         return be if all(p._backend is be for p in self.params) else None
 
-    def _device_step(self, be, hyper_dev=None) -> None:
+    def _fused_step(self, be, hyper_dev=None) -> None:
         """One call (one launch on a GPU) updates all parameters.  With ``hyper_dev`` (a float32
         DeviceArray holding ``_hyper()``) the kernel reads the hyperparameters
         from GPU memory: what a CUDA graph needs, since it replays a launch

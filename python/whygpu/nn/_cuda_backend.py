@@ -289,4 +289,3 @@ class DeviceParameter(Parameter):
 
     def _astype(self, dtype) -> None:
         _float32(dtype)  # float32 stays float32; anything else is refused
-

@@ -91,6 +91,7 @@ class GraphStep:
         self.graphed = False   # whether the latest call replayed a graph
         self.reason: Optional[str] = None  # why it did not (None when it did)
         self.captures = 0      # graphs captured so far
+        self._hyper_up = None  # the optimizer's hyperparameters, rewritten in GPU memory before each replay
 
     def __repr__(self):
         return (f"GraphStep({type(self.model).__name__}, {self.loss!r}, {self.optimizer!r}, "
@@ -122,6 +123,12 @@ class GraphStep:
 
     # -- one step ------------------------------------------------------------------------
     def __call__(self, x, y):
+        lz = self._step(x, y)
+        # A replayed graph writes its loss into the same memory every time: hand out a copy.
+        return _copy_loss(lz) if self.graphed else lz
+
+    def _step(self, x, y):
+        """One step; the loss as the step left it (fit reads its sums instead, and needs no copy)."""
         be = self.model._backend
         if be is not self._backend:  # moved (model.to): buffers and graphs belong to the old back end
             self._entries.clear()
@@ -149,7 +156,7 @@ class GraphStep:
             self._capture(be, e, hyper)
         e.graph.replay()
         self.graphed = True
-        return _copy_loss(be, e.loss)
+        return e.loss
 
     def _host_x(self, x):
         x = self.model._check_input(x)
@@ -204,19 +211,18 @@ class GraphStep:
         if hyper is None:
             opt.step()
         else:  # captured: the step count was advanced, and the hyperparameters written, by __call__
-            opt._device_step(be, hyper)
+            opt._fused_step(be, hyper)
         return lz
 
     def _hyper_on_device(self, be):
         """The optimizer's hyperparameters for this step, queued into GPU memory."""
         vals = np.asarray(self.optimizer._hyper(), dtype=np.float32)
-        up = getattr(self, "_hyper_up", None)
-        if up is None or up.target.shape != vals.shape or self._hyper_be is not be:
-            up = self._hyper_up = be._mod.Uploader(be.empty(vals.shape, np.float32))
-            self._hyper_dev = up.target
-            self._hyper_be = be
+        if self._hyper_up is None or self._hyper_up[0] is not be:
+            up = be._mod.Uploader(be.empty(vals.shape, np.float32))
+            self._hyper_up = (be, up, up.target)
+        _, up, target = self._hyper_up
         up.load(vals)
-        return self._hyper_dev
+        return target
 
     def _capture(self, be, e, hyper) -> None:
         mod = be._mod
@@ -247,6 +253,6 @@ class GraphStep:
         return all(all(a is b for a, b in zip(now, then)) for now, then in zip(self.optimizer._states(), states))
 
 
-def _copy_loss(be, lz):
+def _copy_loss(lz):
     """The captured loss, copied: the next replay overwrites the original."""
-    return DeviceLoss(be, lz._out.copy(), lz._scale, lz._classes)
+    return DeviceLoss(lz._be, lz._out.copy(), lz._scale, lz._classes)

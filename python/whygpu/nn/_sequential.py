@@ -288,11 +288,10 @@ class Sequential(Module):
             order = rng.permutation(n) if shuffle else None
             bar = _progress(n_batches, f"Epoch {epoch + 1}/{epochs}", verbose)
             acc_up.load(zeros3)
-            sums = zeros3
             for b in range(n_batches):
                 sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
                 idx = order[sl] if order is not None else sl
-                step(X[idx], y[idx])
+                step._step(X[idx], y[idx])  # the loss is summed on the GPU: no copy of it per step
                 if bar is not None:
                     bar.update(1)
                     if b % 10 == 0 or b == n_batches - 1:  # reading the sums waits for the GPU
