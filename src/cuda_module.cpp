@@ -1108,7 +1108,7 @@ const float* f32_in(const DeviceArray& x, const char* name) {
 float* f32_out(DeviceArray& x, const char* name) { return const_cast<float*>(f32_in(x, name)); }
 
 void gemm(int rung, const DeviceArray& a, const DeviceArray& b, DeviceArray& c, double alpha, double beta,
-          bool trans_a, bool trans_b, int split_k, const py::object& bias, bool relu) {
+          bool trans_a, bool trans_b, int split_k, const py::object& bias, bool relu, int precision) {
     if (split_k < 0) throw py::value_error("split_k must be 0 (chosen by shape) or >= 1, got " + std::to_string(split_k));
     if (whygpu::gpu::rung_name(rung) == nullptr) throw py::value_error("unknown CUDA rung " + std::to_string(rung));
     if (a.shape.size() != 2 || b.shape.size() != 2 || c.shape.size() != 2)
@@ -1137,6 +1137,10 @@ void gemm(int rung, const DeviceArray& a, const DeviceArray& b, DeviceArray& c, 
     g.trans_b = trans_b;
     g.split_k = split_k;
     g.relu = relu;
+    g.precision = precision < 0 ? whygpu::gpu::default_precision(rung) : precision;
+    // A rung that cannot compute in this precision on this GPU (whygpu.cuda has already
+    // refused precisions a rung never computes in, with a ValueError).
+    if (const char* why = whygpu::gpu::rung_unavailable(rung, g.precision)) throw CudaUnavailable(why);
     std::shared_ptr<Buffer> keep_bias;
     if (!bias.is_none()) {
         const auto& bv = bias.cast<const DeviceArray&>();
@@ -1641,10 +1645,18 @@ PYBIND11_MODULE(_cuda, m) {
 
     m.def("gemm", &gemm, py::arg("rung"), py::arg("a"), py::arg("b"), py::arg("c"), py::arg("alpha") = 1.0,
           py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("split_k") = 0,
-          py::arg("bias") = py::none(), py::arg("relu") = false,
+          py::arg("bias") = py::none(), py::arg("relu") = false, py::arg("precision") = -1,
           "c = alpha * op(a) @ op(b) + beta * c on CUDA rung `rung`, float32 DeviceArrays. Asynchronous. "
           "split_k (cuda_warptile only): 0 = chosen from the shape, s >= 1 = s slices of k. Fused epilogue: "
-          "then c += bias (one entry per column) and c = max(c, 0) when relu.");
+          "then c += bias (one entry per column) and c = max(c, 0) when relu. precision: 0 float32, 1 tf32, "
+          "2 bf16 (tensor-core rungs), -1 the rung's default.");
+    m.def("default_precision", &whygpu::gpu::default_precision, py::arg("rung"),
+          "The precision (0 float32, 1 tf32, 2 bf16) rung `rung` computes in unless told otherwise.");
+    m.def("rung_unavailable", [](int rung, int precision) {
+        const char* why = whygpu::gpu::rung_unavailable(rung, precision);
+        return std::string(why ? why : "");
+    }, py::arg("rung"), py::arg("precision"),
+          "Why rung `rung` cannot compute in `precision` on the current GPU, or '' when it can.");
 
     py::class_<Graph>(m, "Graph", "A captured sequence of GPU work (capture_begin ... capture_end); replay() "
                                   "runs it again on the default stream, with the same arguments and memory.")

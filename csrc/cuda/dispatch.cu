@@ -33,12 +33,15 @@ const char* rung_name(int rung) {
         case k2DTiling: return "cuda_2d_tiling";
         case kVectorized: return "cuda_vectorized";
         case kWarptile: return "cuda_warptile";
+        case kMma: return "cuda_mma";
+        case kWgmma: return "cuda_wgmma";
         default: return nullptr;
     }
 }
 
 cudaError_t gemm(int rung, GemmArgs g, cudaStream_t stream) {
     if (rung_name(rung) == nullptr || g.m < 0 || g.n < 0 || g.k < 0) return cudaErrorInvalidValue;
+    if (rung < kMma && g.precision != kFloat32) return cudaErrorInvalidValue;  // rung_unavailable() says why
     if (g.m == 0 || g.n == 0) return cudaSuccess;
     if (g.k == 0 || g.alpha == 0.f) {  // BLAS: A and B are not read
         if (g.beta == 1.f && g.bias == nullptr && !g.relu) return cudaSuccess;
@@ -58,6 +61,8 @@ cudaError_t gemm(int rung, GemmArgs g, cudaStream_t stream) {
         case k2DTiling: return launch_2d_tiling(g, stream);
         case kVectorized: return launch_vectorized(g, stream);
         case kWarptile: return launch_warptile(g, stream);
+        case kMma:
+        case kWgmma: return tensor_core_gemm(rung, g, stream);  // tensor_core.cu: operands first
         default: return cudaErrorInvalidValue;
     }
 }

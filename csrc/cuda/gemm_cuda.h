@@ -58,6 +58,10 @@ struct GemmArgs {
     // it where it stores C (common.cuh); split-k where it sums the slices.
     const float* bias = nullptr;  // (n,) or null
     bool relu = false;
+    // What the products are computed in (the sums are float32 in every case):
+    // kFloat32 on rungs 8-14; kTF32 or kBF16 on the tensor-core rungs 15-16,
+    // whose operands are rounded to that precision first (see Precision).
+    int precision = 0;
     // Set by gemm(): may this matrix be read/written in 16-byte float4 pieces?
     bool vec_a = false, vec_b = false, vec_c = false;
 };
@@ -71,8 +75,30 @@ enum Rung : int {
     k2DTiling = 12,    // 12_2d_tiling.cu
     kVectorized = 13,  // 13_vectorized.cu
     kWarptile = 14,    // 14_warptile.cu
+    kMma = 15,         // 15_mma.cu: tensor cores, warp-level mma.sync (sm_80+)
+    kWgmma = 16,       // 16_wgmma.cu: tensor cores, Hopper warpgroup wgmma + TMA (sm_90a only)
 };
-constexpr int kFirstRung = kNaive, kLastRung = kWarptile;
+constexpr int kFirstRung = kNaive, kLastRung = kWgmma;
+
+// The precision of the products.  Tensor cores multiply short floats and add
+// the products into float32 accumulators; the rounding of the operands is the
+// error a user sees (unit roundoff u; a product of two rounded operands is off
+// by at most about 2u relative):
+enum Precision : int {
+    kFloat32 = 0,  // 24-bit significand, u = 2**-24: rungs 8-14 (ordinary FMA units)
+    kTF32 = 1,     // float32 with the significand cut to 11 bits, u = 2**-11: rung 15 on float32 data
+    kBF16 = 2,     // bfloat16, 8-bit significand, u = 2**-8: rungs 15 and 16
+};
+
+// The precision a rung computes in when the caller does not say
+// (kFloat32 for 8-14, kTF32 for 15, kBF16 for 16).
+int default_precision(int rung);
+
+// Why `rung` cannot compute in `precision` on the current device (a sentence),
+// or nullptr when it can.  Rungs 8-14 are float32 only; rung 15 needs
+// compute capability 8.0 or newer; rung 16 needs a Hopper GPU (9.0) and a
+// build with an sm_90a target.
+const char* rung_unavailable(int rung, int precision);
 
 // "cuda_naive" ... for a rung, nullptr for anything else.
 const char* rung_name(int rung);
@@ -91,6 +117,25 @@ cudaError_t launch_1d_tiling(const GemmArgs& g, cudaStream_t stream);
 cudaError_t launch_2d_tiling(const GemmArgs& g, cudaStream_t stream);
 cudaError_t launch_vectorized(const GemmArgs& g, cudaStream_t stream);
 cudaError_t launch_warptile(const GemmArgs& g, cudaStream_t stream);
+
+// The tensor-core rungs take their operands prepared by tensor_core.cu:
+// both K-major (the k index contiguous), in the rung's element type
+// (bfloat16 as uint16_t bits, or float32 for TF32), each 16-byte aligned
+// with a row stride of a multiple of 16 bytes -- what cp.async, ldmatrix and
+// TMA need -- whatever layout and alignment the caller's matrices have.
+struct TcArgs {
+    GemmArgs g;            // m, n, k, alpha, beta, C, the epilogue, precision (g.a and g.b are not used)
+    const void* a = nullptr;  // op(A): (m, k) row-major, row stride lda elements
+    long long lda = 0;
+    const void* b = nullptr;  // op(B) transposed: (n, k) row-major, row stride ldb elements
+    long long ldb = 0;
+};
+cudaError_t tensor_core_gemm(int rung, const GemmArgs& g, cudaStream_t stream);  // prepares, then launches
+cudaError_t launch_mma(const TcArgs& t, cudaStream_t stream);    // kTF32 (float) or kBF16 (uint16_t) operands
+cudaError_t launch_wgmma(const TcArgs& t, cudaStream_t stream);  // kBF16 operands only
+// Why rung 16 cannot run here (no sm_90a code in this build, not a Hopper
+// GPU, no driver entry point for TMA descriptors), or nullptr.
+const char* wgmma_unavailable();
 
 }  // namespace gpu
 }  // namespace whygpu

@@ -51,6 +51,9 @@ class Kernel:
     run: GemmFn             # run(a, b, c, alpha, beta, threads)
     unavailable: Callable[[], Optional[str]]  # None when usable, else why not
     device: str = "cpu"
+    # What the products are computed in: None = the inputs' own dtype (CPU rungs),
+    # else "float32", "tf32" or "bf16" (the CUDA rungs; whygpu.cuda.UNIT_ROUNDOFF).
+    precision: Optional[str] = None
     # Optional shortcut for a plain ``a @ b`` into a new array: fast(a, b,
     # threads) returns the result, or None when the arguments need the full
     # checks of _api.py (which then produce the precise error message).

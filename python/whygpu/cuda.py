@@ -1,8 +1,9 @@
 """whygpu.cuda: the kernel ladder on an NVIDIA GPU -- optional at build time
 and at run time.
 
-The CUDA rungs (``cuda_naive`` ... ``cuda_warptile``, rungs 8-14, sources in
-``csrc/cuda/``) join :func:`whygpu.available_kernels` only where a GPU is
+The CUDA rungs (``cuda_naive`` ... ``cuda_warptile``, rungs 8-14, float32 on
+the ordinary cores; ``cuda_mma`` / ``cuda_mma_bf16`` (15) and ``cuda_wgmma``
+(16) on the tensor cores, in TF32 or bfloat16; sources in ``csrc/cuda/``) join :func:`whygpu.available_kernels` only where a GPU is
 usable, and run through the same :func:`whygpu.matmul` / :func:`whygpu.gemm`
 as the CPU rungs: NumPy arrays are copied to the GPU, multiplied and copied
 back.  To keep data on the GPU, use :class:`DeviceArray` and this module's
@@ -49,6 +50,7 @@ __all__ = [
     "DeviceArray", "to_device", "from_dlpack", "empty", "zeros", "pinned_empty", "pinned_array", "is_pinned",
     "gemm", "matmul", "vendor_library", "vendor_matmul",
     "CudaError", "CudaUnavailableError", "LADDER", "DEFAULT_KERNEL",
+    "PRECISIONS", "UNIT_ROUNDOFF", "TENSOR_CORE_KERNELS", "precision_of",
 ]
 
 
@@ -70,9 +72,47 @@ LADDER = [
     ("cuda_2d_tiling", 12, "8x8 outputs per thread from 8+8 registers: the outer-product micro-kernel"),
     ("cuda_vectorized", 13, "16-byte float4 loads and stores, from global and shared memory"),
     ("cuda_warptile", 14, "warp-level tiling (conflict-free shared reads), double-buffered tiles, L2-friendly order"),
+    ("cuda_mma", 15, "tensor cores: warp-level mma.sync in TF32 (float32 data cut to an 11-bit significand), "
+                     "ldmatrix fragments, 3-stage cp.async pipeline"),
+    ("cuda_mma_bf16", 15, "the same mma.sync kernel in bfloat16 (8-bit significand): twice TF32's tensor-core rate"),
+    ("cuda_wgmma", 16, "Hopper tensor cores: warpgroup wgmma fed by TMA through an mbarrier ring, producer and "
+                       "consumer warps (bfloat16; sm_90a only)"),
 ]
 _RUNGS = {name: rung for name, rung, _ in LADDER}
 DEFAULT_KERNEL = "cuda_warptile"
+
+# What the products are computed in (the sums are float32 everywhere), and its
+# unit roundoff u: a product of two operands rounded to it is off by at most
+# (2u + u**2) relative.  Rungs 8-14 compute in float32 on the ordinary cores.
+PRECISIONS = ("float32", "tf32", "bf16")
+UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "tf32": 2.0 ** -11, "bf16": 2.0 ** -8}
+_PRECISION_CODE = {"float32": 0, "tf32": 1, "bf16": 2}
+_KERNEL_PRECISION = {"cuda_mma": "tf32", "cuda_mma_bf16": "bf16", "cuda_wgmma": "bf16"}
+_RUNG_PRECISIONS = {15: ("tf32", "bf16"), 16: ("bf16",)}  # the rest: ("float32",)
+TENSOR_CORE_KERNELS = ("cuda_mma", "cuda_mma_bf16", "cuda_wgmma")
+
+
+def precision_of(kernel: str) -> str:
+    """The precision a CUDA kernel computes its products in unless told otherwise:
+    'float32' (rungs 8-14), 'tf32' (``cuda_mma``) or 'bf16' (``cuda_mma_bf16``, ``cuda_wgmma``)."""
+    if kernel not in _RUNGS:
+        raise ValueError(f"{kernel!r} is not a CUDA kernel; the CUDA kernels are: {', '.join(_RUNGS)}")
+    return _KERNEL_PRECISION.get(kernel, "float32")
+
+
+def _resolve_precision(kernel: str, precision) -> str:
+    if precision is None:
+        return precision_of(kernel)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (or None: the kernel's own), "
+                         f"got {precision!r}")
+    accepted = _RUNG_PRECISIONS.get(_RUNGS[kernel], ("float32",))
+    if precision not in accepted:
+        if _RUNGS[kernel] < 15:
+            raise ValueError(f"{kernel} computes in float32 only; {precision} products need a tensor-core "
+                             f"kernel: {', '.join(TENSOR_CORE_KERNELS)}")
+        raise ValueError(f"{kernel} computes in {' or '.join(accepted)}, not {precision}")
+    return precision
 
 
 # ---- The compiled module, imported on first use ----------------------------------------
@@ -165,7 +205,14 @@ def kernels() -> list:
     """Names of the CUDA GEMM kernels compiled into this build (empty without CUDA),
     whether or not a GPU is present."""
     mod, _ = _load()
-    return list(mod.kernels()) if mod is not None else []
+    if mod is None:
+        return []
+    names = []
+    for name in mod.kernels():  # one entry per compiled rung; rung 15 also runs in bf16
+        names.append(name)
+        if name == "cuda_mma":
+            names.append("cuda_mma_bf16")
+    return names
 
 
 def device_info() -> Optional[dict]:
@@ -317,7 +364,8 @@ def _check_device_matrix(x, name: str):
 
 
 def gemm(a, b, c=None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool = False,
-         trans_b: bool = False, kernel: str = DEFAULT_KERNEL, split_k: int = 0, bias=None, relu: bool = False):
+         trans_b: bool = False, kernel: str = DEFAULT_KERNEL, split_k: int = 0, bias=None, relu: bool = False,
+         precision: Optional[str] = None):
     """``C = alpha * op(A) @ op(B) + beta * C`` on the GPU, all three float32
     :class:`DeviceArray` matrices; ``op(X)`` is ``X.T`` when ``trans_x``.
 
@@ -334,9 +382,17 @@ def gemm(a, b, c=None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool =
     values) is then added to every row, and ``relu`` replaces C by
     ``max(C, 0)`` -- a dense layer's forward pass ``relu(x @ W.T + b)`` in
     one launch instead of three, and one pass over C instead of three.
+
+    ``precision`` (tensor-core kernels): what the products are computed in --
+    ``"tf32"`` or ``"bf16"`` on ``cuda_mma``, ``"bf16"`` on ``cuda_wgmma``;
+    None takes the kernel's own (:func:`precision_of`).  The operands are
+    rounded to it (float32 data stays float32 in memory; a bf16 copy is made
+    for the kernel), the sums stay float32.  Rungs 8-14 accept only
+    ``"float32"``.
     """
     _require()
     rung = _cuda_kernel(kernel)
+    prec = _resolve_precision(kernel, precision)
     if isinstance(split_k, (bool, np.bool_)) or not isinstance(split_k, (int, np.integer)) or split_k < 0:
         raise ValueError(f"split_k must be 0 (chosen by shape) or an integer >= 1, got {split_k!r}")
     _check_device_matrix(a, "a")
@@ -369,13 +425,13 @@ def gemm(a, b, c=None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool =
         if bias.dtype != np.float32 or bias.shape != (n,):
             raise ValueError(f"bias must be a float32 DeviceArray of shape ({n},), got {bias!r}")
     _module().gemm(rung, a, b, c, float(alpha), float(beta), bool(trans_a), bool(trans_b), int(min(split_k, 1 << 30)),
-                   bias, bool(relu))
+                   bias, bool(relu), _PRECISION_CODE[prec])
     return c
 
 
-def matmul(a, b, *, kernel: str = DEFAULT_KERNEL, out=None):
+def matmul(a, b, *, kernel: str = DEFAULT_KERNEL, out=None, precision: Optional[str] = None):
     """``a @ b`` of two float32 DeviceArray matrices, on the GPU (see :func:`gemm`)."""
-    return gemm(a, b, out, kernel=kernel)
+    return gemm(a, b, out, kernel=kernel, precision=precision)
 
 
 # ---- NumPy arrays through whygpu.matmul / whygpu.gemm ----------------------------------------
@@ -412,13 +468,21 @@ def _kernel_unavailable(name: str) -> Optional[str]:
     why = unavailable_reason()
     if why is None and name not in kernels():
         why = f"this build's CUDA module has no kernel {name!r}"
+    if why is None and name in TENSOR_CORE_KERNELS:  # the GPU must have these tensor cores (rung 16: Hopper)
+        why = _tensor_core_reason(name) or None
     return why
+
+
+@functools.lru_cache(maxsize=None)
+def _tensor_core_reason(name: str) -> str:
+    return _module().rung_unavailable(_RUNGS[name], _PRECISION_CODE[precision_of(name)])
 
 
 def _register() -> None:
     for name, rung, summary in LADDER:
         register_kernel(Kernel(name, rung, summary, "any", True, _host_run(name),
-                               functools.partial(_kernel_unavailable, name), device="cuda"))
+                               functools.partial(_kernel_unavailable, name), device="cuda",
+                               precision=precision_of(name)))
 
 
 _register()

@@ -17,7 +17,8 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CUDA_SRC = ROOT / "csrc" / "cuda"
-COMMON = ["-std=c++20", "-O1", "-g", "-pthread", "-fPIC"]  # -fPIC: one object serves both programs below
+# WHYGPU_CUDA_EMULATION: for the few sources with code no CPU can stand in for (16_wgmma.cu)
+COMMON = ["-std=c++20", "-O1", "-g", "-pthread", "-fPIC", "-DWHYGPU_CUDA_EMULATION=1"]  # -fPIC: one object serves both programs below
 LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\s*\((.*?)\);", re.S)
 
 
@@ -63,7 +64,7 @@ def _compile(src: pathlib.Path, flags: list, cache: pathlib.Path) -> pathlib.Pat
     """src compiled to an object in `cache`, named by a hash of its text, the
     headers it may include and the flags: an unchanged file is compiled once."""
     h = hashlib.sha1(src.read_bytes())
-    for header in sorted([*HERE.glob("*.h"), *CUDA_SRC.glob("*.h"), *CUDA_SRC.glob("*.cuh")]):
+    for header in sorted([*HERE.glob("*.h"), *HERE.glob("*.cuh"), *CUDA_SRC.glob("*.h"), *CUDA_SRC.glob("*.cuh")]):
         h.update(header.read_bytes())
     h.update(" ".join(flags).encode())
     obj = cache / f"{src.stem}-{h.hexdigest()[:16]}.o"

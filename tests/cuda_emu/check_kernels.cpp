@@ -6,6 +6,7 @@
 //
 // Every output matrix sits inside a larger buffer filled with a sentinel, so
 // a write outside C (or into the padding of its leading dimension) is seen.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -63,11 +64,34 @@ void fail(const std::string& what) {
     if (++g_failures > 20) std::exit(1);
 }
 
+// An operand as the tensor cores see it: rounded to bfloat16 (nearest, ties to even) or
+// TF32 (nearest, ties away from zero: cvt.rna), the value kept in a double.
+double rounded(float x, int precision) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if (precision == whygpu::gpu::kBF16) u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    else if (precision == whygpu::gpu::kTF32) u = (u + 0x1000u) & 0xffffe000u;
+    float r;
+    std::memcpy(&r, &u, 4);
+    return r;
+}
+// Unit roundoff of an operand's precision (the sums are float32 in every case).
+double unit_roundoff(int precision) {
+    return precision == whygpu::gpu::kBF16 ? std::ldexp(1.0, -8) : precision == whygpu::gpu::kTF32 ? std::ldexp(1.0, -11)
+                                                                                                : 0.0;
+}
+
+// C = alpha op(A) op(B) + beta C on `rung` in `precision`, against two references in double:
+// the exact product of the float32 data, within the bound that follows from the precision
+// (each product of two rounded operands is off by at most (2u + u^2) |a b|, the float32
+// sums by (k + 2) 2**-24 sum |a b| each way); and the exact product of the operands
+// rounded as the precision says, within the float32 sums' bound alone -- which shows the
+// kernel rounds the way it claims (neither more nor less).
 void check_gemm(int rung, int m, int n, int k, bool ta, bool tb, float alpha, float beta, int ldpad, int shift,
-                int split_k = 0) {
+                int split_k = 0, int precision = whygpu::gpu::kFloat32) {
     char label[256];
-    std::snprintf(label, sizeof label, "%s m=%d n=%d k=%d ta=%d tb=%d alpha=%g beta=%g ldpad=%d shift=%d split_k=%d",
-                  whygpu::gpu::rung_name(rung), m, n, k, ta, tb, alpha, beta, ldpad, shift, split_k);
+    std::snprintf(label, sizeof label, "%s/%d m=%d n=%d k=%d ta=%d tb=%d alpha=%g beta=%g ldpad=%d shift=%d split_k=%d",
+                  whygpu::gpu::rung_name(rung), precision, m, n, k, ta, tb, alpha, beta, ldpad, shift, split_k);
     // Stored shapes: A (m, k) or (k, m); B (k, n) or (n, k); C (m, n).
     const int ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
     Mat A(ar, ac, ac + ldpad, shift, 0, true), B(br, bc, bc + ldpad, shift, 0, true);
@@ -82,24 +106,30 @@ void check_gemm(int rung, int m, int n, int k, bool ta, bool tb, float alpha, fl
     g.b = B.p; g.ldb = B.ld; g.trans_b = tb;
     g.c = C.p; g.ldc = C.ld;
     g.split_k = split_k;
+    g.precision = precision;
     const cudaError_t e = whygpu::gpu::gemm(rung, g, nullptr);
     if (e != cudaSuccess) { fail(std::string(label) + ": error code " + std::to_string(e)); return; }
     const float* c0p = c0.data() + (C.p - C.buf.data());
     for (int i = 0; i < m; ++i)
         for (int j = 0; j < n; ++j) {
-            double ref = 0, mag = 0;
+            double ref = 0, ref_r = 0, mag = 0;
             for (int p = 0; p < k; ++p) {
-                const double av = ta ? A.at(p, i) : A.at(i, p), bv = tb ? B.at(j, p) : B.at(p, j);
-                ref += av * bv;
-                mag += std::fabs(av * bv);
+                const float av = ta ? A.at(p, i) : A.at(i, p), bv = tb ? B.at(j, p) : B.at(p, j);
+                ref += (double)av * bv;
+                ref_r += rounded(av, precision) * rounded(bv, precision);
+                mag += std::fabs((double)av * bv);
             }
             const double old = c0p[(long long)i * C.ld + j];
             ref = alpha * ref + (beta == 0.f ? 0.0 : beta * old);
-            const double bound = 2.0 * (k + 2) * 6e-8 * (std::fabs(alpha) * mag + std::fabs(beta * old)) + 1e-30;
+            ref_r = alpha * ref_r + (beta == 0.f ? 0.0 : beta * old);
+            const double u = unit_roundoff(precision);
+            const double sums = 2.0 * (k + 2) * 6e-8 * (std::fabs(alpha) * mag * (1 + 2 * u) + std::fabs(beta * old));
+            const double bound = (2 * u + u * u) * std::fabs(alpha) * mag + sums + 1e-30;
             const double got = C.at(i, j);
-            if (!(std::fabs(got - ref) <= bound)) {
-                char where[128];
-                std::snprintf(where, sizeof where, ": C[%d,%d] = %.9g, expected %.9g", i, j, got, ref);
+            if (!(std::fabs(got - ref) <= bound) || !(std::fabs(got - ref_r) <= sums + 1e-30)) {
+                char where[160];
+                std::snprintf(where, sizeof where, ": C[%d,%d] = %.9g, expected %.9g (%.9g with rounded operands)", i,
+                              j, got, ref, ref_r);
                 fail(std::string(label) + where);
                 return;
             }
@@ -307,16 +337,38 @@ int main(int argc, char** argv) {
     std::vector<Shape> shapes = {{1, 1, 1}, {0, 5, 3}, {5, 0, 3}, {4, 5, 0}, {1, 7, 3}, {7, 1, 13}, {3, 5, 1},
                                  {17, 31, 9}, {33, 65, 31}, {64, 64, 64}, {131, 67, 37}, {129, 257, 17}};
     if (!quick) shapes.push_back({257, 130, 130});
+    using whygpu::gpu::kBF16;
+    using whygpu::gpu::kFloat32;
+    using whygpu::gpu::kTF32;
     for (int rung = whygpu::gpu::kFirstRung; rung <= whygpu::gpu::kLastRung; ++rung) {
         if (only && rung != only) continue;
-        for (const auto& s : shapes)
-            for (int t = 0; t < 4; ++t) check_gemm(rung, s.m, s.n, s.k, t & 1, t & 2, 1.f, 0.f, 0, 0);
-        // alpha/beta, padded leading dimensions, misaligned pointers (no float4), and float4-friendly sizes
-        for (int t = 0; t < 4; ++t) {
-            check_gemm(rung, 37, 45, 29, t & 1, t & 2, -0.5f, 0.75f, 3, 0);
-            check_gemm(rung, 36, 44, 28, t & 1, t & 2, 2.f, 1.f, 4, 1);
-            check_gemm(rung, 132, 136, 24, t & 1, t & 2, 1.5f, -1.f, 4, 0);
-            check_gemm(rung, 9, 10, 11, t & 1, t & 2, 0.f, 0.5f, 1, 0);  // alpha == 0: C = beta C only
+        std::vector<int> precisions = {kFloat32};
+        if (rung == whygpu::gpu::kMma) precisions = {kTF32, kBF16};
+        if (rung == whygpu::gpu::kWgmma) {  // wgmma and TMA: no CPU stand-in; the rung must say so, not run
+            if (whygpu::gpu::rung_unavailable(rung, kBF16) == nullptr) fail("cuda_wgmma claims to run emulated");
+            std::printf("%s unavailable here: %s\n", whygpu::gpu::rung_name(rung),
+                        whygpu::gpu::rung_unavailable(rung, kBF16));
+            continue;
+        }
+        for (int prec : precisions) {
+            for (const auto& s : shapes)
+                for (int t = 0; t < 4; ++t) check_gemm(rung, s.m, s.n, s.k, t & 1, t & 2, 1.f, 0.f, 0, 0, 0, prec);
+            // alpha/beta, padded leading dimensions, misaligned pointers (no float4), and float4-friendly sizes
+            for (int t = 0; t < 4; ++t) {
+                check_gemm(rung, 37, 45, 29, t & 1, t & 2, -0.5f, 0.75f, 3, 0, 0, prec);
+                check_gemm(rung, 36, 44, 28, t & 1, t & 2, 2.f, 1.f, 4, 1, 0, prec);
+                check_gemm(rung, 132, 136, 24, t & 1, t & 2, 1.5f, -1.f, 4, 0, 0, prec);
+                check_gemm(rung, 9, 10, 11, t & 1, t & 2, 0.f, 0.5f, 1, 0, 0, prec);  // alpha == 0: C = beta C only
+            }
+            if (rung == whygpu::gpu::kMma)  // k over many stages: the cp.async ring wraps around several times
+                for (int t = 0; t < 4; ++t) check_gemm(rung, 70, 50, 300, t & 1, t & 2, 1.f, 0.f, 0, 0, 0, prec);
+        }
+        // A precision a rung does not compute in is refused, not silently replaced.
+        for (int prec : {kFloat32, kTF32, kBF16}) {
+            const bool claimed = std::find(precisions.begin(), precisions.end(), prec) != precisions.end();
+            if ((whygpu::gpu::rung_unavailable(rung, prec) == nullptr) != claimed)
+                fail(std::string(whygpu::gpu::rung_name(rung)) + ": rung_unavailable disagrees for precision " +
+                     std::to_string(prec));
         }
         if (rung == whygpu::gpu::kWarptile) {
             // Split-k: forced on the shapes above (slices of 1 to 7 k-tiles, more slices than k-tiles), and

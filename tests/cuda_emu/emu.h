@@ -75,9 +75,12 @@ inline cudaError_t cudaRuntimeGetVersion(int* v) { *v = 13000; return cudaSucces
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 enum cudaDeviceAttr { cudaDevAttrClockRate = 13, cudaDevAttrMultiProcessorCount = 16,
+                      cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrComputeCapabilityMinor = 76,
                       cudaDevAttrMemoryPoolsSupported = 115 };
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
-    *v = a == cudaDevAttrMemoryPoolsSupported ? 1 : a == cudaDevAttrMultiProcessorCount ? 4 : 1000000;
+    // "compute capability 9.0": as cudaDeviceProp below
+    *v = a == cudaDevAttrMemoryPoolsSupported ? 1 : a == cudaDevAttrMultiProcessorCount ? 4
+       : a == cudaDevAttrComputeCapabilityMajor ? 9 : a == cudaDevAttrComputeCapabilityMinor ? 0 : 1000000;
     return cudaSuccess;
 }
 using cudaMemPool_t = void*;
@@ -355,7 +358,13 @@ inline thread_local dim3 tl_thread, tl_block;
 inline thread_local std::barrier<>* tl_block_barrier = nullptr;
 inline thread_local std::barrier<>* tl_warp_barrier = nullptr;
 inline thread_local float* tl_warp_slots = nullptr;
+// Per warp, 64 bytes per lane for the warp-collective instructions of tests/cuda_emu/ptx.cuh
+// (ldmatrix hands rows between lanes, mma.sync gathers the warp's fragments).
+constexpr unsigned kXchgBytes = 64;
+inline thread_local unsigned char* tl_warp_xchg = nullptr;
 inline thread_local unsigned tl_lane = 0;
+inline thread_local unsigned tl_warp_size = 32;
+inline thread_local unsigned long long tl_block_serial = 0;  // changes with every block a thread runs  // lanes in this thread's warp (fewer in a partial last warp)
 inline dim3 g_grid, g_block;
 inline std::mutex g_launch_mu;  // one launch at a time (one pool, one grid): Python threads may launch at once
 
@@ -425,16 +434,20 @@ void launch(dim3 grid, dim3 block, F f) {
     std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
     for (unsigned w = 0; w < nwarps; ++w) warp_barriers.emplace_back(new std::barrier<>(std::min(32u, nt - 32 * w)));
     std::vector<float> slots(nwarps * 32);
+    std::vector<unsigned char> xchg(std::size_t(nwarps) * 32 * kXchgBytes);
     Pool::get().run(nt, [&](unsigned t) {
         tl_thread = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
         tl_block_barrier = &block_barrier;
         tl_warp_barrier = warp_barriers[t / 32].get();
         tl_warp_slots = &slots[(t / 32) * 32];
+        tl_warp_xchg = &xchg[std::size_t(t / 32) * 32 * kXchgBytes];
         tl_lane = t % 32;
+        tl_warp_size = std::min(32u, nt - 32 * (t / 32));
         for (unsigned bz = 0; bz < grid.z; ++bz)
             for (unsigned by = 0; by < grid.y; ++by)
                 for (unsigned bx = 0; bx < grid.x; ++bx) {
                     tl_block = dim3(bx, by, bz);
+                    ++tl_block_serial;
                     f();
                     block_barrier.arrive_and_wait();  // the block is over before the next one reuses shared memory
                 }
@@ -465,6 +478,9 @@ inline cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
 #define gridDim (emu::g_grid)
 
 inline void __syncthreads() { emu::tl_block_barrier->arrive_and_wait(); }
+
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 
 // Every lane of the warp must call it (as in the kernels here).
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
