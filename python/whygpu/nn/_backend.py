@@ -310,6 +310,27 @@ def backends() -> list:
     return ["numpy"] + available_kernels(device="cpu") + (["cuda"] + gpu if gpu else [])
 
 
+def backend_for_precision(name, precision) -> str:
+    """The GPU back end that runs back end `name`'s matmuls in `precision`
+    ('float32', 'tf32' or 'bf16'): ``('cuda', 'bf16')`` -> ``'cuda_mma_bf16'``,
+    ``('cuda_mma', 'bf16')`` -> ``'cuda_mma_bf16'``, ``('cuda', 'float32')`` -> ``'cuda'``...
+    ValueError where there is none (a CPU back end, a float32-only rung)."""
+    from .. import cuda as wc
+    if isinstance(name, Backend):
+        name = name.name
+    if precision not in wc.PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(wc.PRECISIONS)}, got {precision!r}")
+    if name != "cuda" and name not in all_kernels(device="cuda"):
+        raise ValueError(f"precision= chooses how a GPU back end multiplies; {name!r} runs on the CPU in the "
+                         f"model's dtype (use model.to('cuda', precision={precision!r}))")
+    if name == "cuda" or wc._RUNGS[name] == 15:  # rung 15 computes in either tensor-core precision
+        return {"float32": "cuda", "tf32": "cuda_mma", "bf16": "cuda_mma_bf16"}[precision]
+    if wc.precision_of(name) != precision:
+        raise ValueError(f"back end {name!r} computes in {wc.precision_of(name)}, not {precision} "
+                         f"(model.to('cuda', precision={precision!r}) picks one that does)")
+    return name
+
+
 def get_backend(name) -> Backend:
     """The back end called `name` (ValueError listing the valid names if unknown;
     KernelUnavailableError saying why for a known one that cannot run here)."""

@@ -25,7 +25,11 @@ and the next read of a loss waits for it.  Under :func:`whygpu.nn.profile`
 each operation waits for the GPU, so the rows are real GPU time, and the
 host <-> device copies are counted on their own (seconds, bytes).
 
-float32 only: the CUDA kernels compute in float32.
+Arrays are float32.  The matmuls' products are float32 too, except on the
+tensor-core back ends (``cuda_mma``: TF32, ``cuda_mma_bf16`` and
+``cuda_wgmma``: bfloat16), chosen by ``model.to("cuda", precision="bf16")``:
+mixed precision, the operands of each product rounded, float32 sums, float32
+master weights, gradients and optimizer state.
 """
 from __future__ import annotations
 
@@ -59,6 +63,10 @@ class CudaBackend(Backend):
         self.name = name
         self.kernel = kernel
         self._rung = _wc._RUNGS[kernel]
+        # What every matmul's products are computed in ("float32", or "tf32"/"bf16" on the
+        # tensor cores); everything else stays float32 (mixed precision: float32 master weights).
+        self.precision = _wc.precision_of(kernel)
+        self._precision_code = _wc._PRECISION_CODE[self.precision]
         self._mod = _wc._module()
         self._ops = self._mod.nn
         self.array_type = self._mod.DeviceArray
@@ -67,7 +75,7 @@ class CudaBackend(Backend):
         return 1
 
     def __repr__(self):
-        return f"<whygpu.nn backend {self.name!r} (GPU, matmuls on {self.kernel})>"
+        return f"<whygpu.nn backend {self.name!r} (GPU, matmuls on {self.kernel} in {self.precision})>"
 
     # -- waiting for the GPU -------------------------------------------------
     def synchronize(self) -> None:
@@ -139,7 +147,7 @@ class CudaBackend(Backend):
 
     # -- matmul --------------------------------------------------------------------
     def matmul_into(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=None, relu=False):
-        self._mod.gemm(self._rung, a, b, out, alpha, beta, trans_a, trans_b, 0, bias, relu)
+        self._mod.gemm(self._rung, a, b, out, alpha, beta, trans_a, trans_b, 0, bias, relu, self._precision_code)
         self._done()
 
     # -- element-wise ops (csrc/cuda/nn_ops.cu) ---------------------------------------

@@ -184,11 +184,22 @@ class Module:
             p.zero_grad()
 
     # -- back end, dtype, mode -----------------------------------------------
-    def to(self, backend=None, dtype=None) -> "Module":
+    def to(self, backend=None, dtype=None, precision=None) -> "Module":
         """Move to back end ``backend`` (a name from :func:`whygpu.nn.backends`:
         ``'numpy'``, a CPU kernel, or ``'cuda'`` where a GPU is usable) and/or
         convert to ``dtype`` (float32 or float64; float32 only on a GPU).
-        Parameters keep their values.  Returns self."""
+        Parameters keep their values.  Returns self.
+
+        ``precision`` (GPU back ends): what every matmul's products are computed
+        in -- ``'float32'`` (the ordinary cores), ``'tf32'`` or ``'bf16'`` (the
+        tensor cores: ``model.to("cuda", precision="bf16")`` is mixed-precision
+        training).  Parameters, gradients, optimizer state and activations stay
+        float32 (the "master weights"); only the operands of each product are
+        rounded, and the sums are float32.  It picks the back end of that
+        precision: ``cuda_mma_bf16``, ``cuda_mma`` (TF32) or ``cuda``."""
+        if precision is not None:
+            backend = _backend.backend_for_precision(backend if backend is not None else self._backend.name,
+                                                     precision)
         be = get_backend(backend) if backend is not None else None
         dt = _check_dtype(dtype) if dtype is not None else None
         modules = self._modules()
