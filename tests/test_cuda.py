@@ -19,8 +19,11 @@ import whygpu
 import whygpu.cuda as wc
 from whygpu import _registry
 
+# The float32 rungs 8-14 (the tensor-core rungs 15-16 compute in TF32/bf16: test_cuda_tensor_cores.py).
 CUDA_NAMES = ["cuda_naive", "cuda_coalesced", "cuda_smem", "cuda_1d_tiling", "cuda_2d_tiling",
               "cuda_vectorized", "cuda_warptile"]
+TC_NAMES = ["cuda_mma", "cuda_mma_bf16", "cuda_wgmma"]
+ALL_CUDA = CUDA_NAMES + TC_NAMES
 BUILT = importlib.util.find_spec("whygpu._cuda") is not None
 GPU = wc.is_available()
 no_gpu = pytest.mark.skipif(GPU, reason="a GPU is usable here")
@@ -35,25 +38,28 @@ def _f32(rng, *shape):
 
 def test_cuda_kernels_follow_the_cpu_ladder():
     names = whygpu.all_kernels()
-    assert names[-len(CUDA_NAMES):] == CUDA_NAMES
+    assert names[-len(ALL_CUDA):] == ALL_CUDA
     for rung, name in enumerate(CUDA_NAMES, start=8):
         assert whygpu.kernel_info(name).startswith(f"rung {rung} (cuda): ")
         assert _registry.KERNELS[name].device == "cuda"
-    assert [n for n, _, _ in wc.LADDER] == CUDA_NAMES
+    assert [n for n, _, _ in wc.LADDER] == ALL_CUDA
 
 
 def test_kernel_lists_by_device():
-    assert whygpu.all_kernels(device="cuda") == CUDA_NAMES
-    assert whygpu.all_kernels(device="cpu") + CUDA_NAMES == whygpu.all_kernels()
-    assert whygpu.available_kernels(device="cuda") == (CUDA_NAMES if GPU else [])
+    assert whygpu.all_kernels(device="cuda") == ALL_CUDA
+    assert whygpu.all_kernels(device="cpu") + ALL_CUDA == whygpu.all_kernels()
+    # the tensor-core rungs also need their tensor cores (cuda_wgmma: a Hopper GPU)
+    usable = [n for n in ALL_CUDA if _registry.KERNELS[n].available]
+    assert whygpu.available_kernels(device="cuda") == (usable if GPU else [])
+    assert set(CUDA_NAMES) <= set(usable) or not GPU
     assert "python" in whygpu.available_kernels(device="cpu")
-    assert not set(whygpu.available_kernels(device="cpu")) & set(CUDA_NAMES)
+    assert not set(whygpu.available_kernels(device="cpu")) & set(ALL_CUDA)
     with pytest.raises(ValueError, match="device must be"):
         whygpu.available_kernels(device="gpu")
 
 
 def test_kernels_lists_what_was_compiled():
-    assert wc.kernels() == (CUDA_NAMES if BUILT else [])
+    assert wc.kernels() == (ALL_CUDA if BUILT else [])
 
 
 def test_cuda_kernels_are_available_exactly_when_a_gpu_is():
@@ -76,7 +82,7 @@ def test_unavailable_reason_is_a_sentence():
 def test_asking_for_a_cuda_kernel_without_a_gpu_says_why(rng):
     a, b = _f32(rng, 3, 4), _f32(rng, 4, 2)
     why = wc.unavailable_reason()
-    for name in CUDA_NAMES:
+    for name in ALL_CUDA:
         with pytest.raises(whygpu.KernelUnavailableError, match=f"kernel '{name}' is unavailable: ") as e:
             whygpu.matmul(a, b, kernel=name)
         assert why in str(e.value)

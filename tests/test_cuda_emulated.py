@@ -74,8 +74,10 @@ def test_every_cuda_rung_and_nn_op_matches_the_reference_under_emulation(emulate
     assert r.returncode == 0, report[-4000:]
     assert "all passed" in r.stdout
     for name in ("cuda_naive", "cuda_coalesced", "cuda_smem", "cuda_1d_tiling", "cuda_2d_tiling",
-                 "cuda_vectorized", "cuda_warptile", "nn ops", "probes"):
+                 "cuda_vectorized", "cuda_warptile", "cuda_mma", "nn ops", "probes"):
         assert f"{name} done" in r.stdout
+    # rung 16 (wgmma, TMA) has no CPU stand-in: it must say so rather than run
+    assert "cuda_wgmma unavailable here: the CUDA emulation cannot run wgmma" in r.stdout
 
 
 def test_the_emulation_catches_a_wrong_kernel(tmp_path, tmp_path_factory, emulated):
@@ -96,22 +98,52 @@ def test_the_emulation_catches_a_wrong_kernel(tmp_path, tmp_path_factory, emulat
     assert r.returncode != 0
 
 
+@pytest.mark.parametrize("good,bad,what", [
+    ("ptx::cp_async_wait<kStages - 2>();", "ptx::cp_async_wait<kStages - 1>();",
+     "reads a stage before its cp.async copies have landed"),
+    ("const int a_row = (lane % 8) + 8 * ((lane / 8) % 2), a_chunk = lane / 16;",
+     "const int a_row = (lane % 8) + 8 * (lane / 16), a_chunk = (lane / 8) % 2;",
+     "hands ldmatrix the rows of A in B's order: the wrong fragment"),
+    ("if (P == kTF32) {  // round", "if (false) {  // round",
+     "lets the tensor core truncate float32 to TF32 instead of rounding (twice the error)"),
+])
+def test_the_emulation_catches_a_wrong_tensor_core_kernel(tmp_path, tmp_path_factory, emulated, good, bad, what):
+    """Rung 15's check is honest: a kernel with one such mistake (`what`) must fail
+    it -- the emulated cp.async lands only at its wait, ldmatrix and mma.sync follow
+    the PTX fragment layouts, and the check compares with the exactly rounded operands."""
+    tree = tmp_path / "tree"
+    shutil.copytree(SOURCES, tree / "csrc" / "cuda")
+    shutil.copytree(EMU, tree / "tests" / "cuda_emu")
+    kernel = tree / "csrc" / "cuda" / "15_mma.cu"
+    text = kernel.read_text()
+    assert text.count(good) == 1
+    kernel.write_text(text.replace(good, bad))
+    out = tmp_path / "out"
+    r = _build(tree / "tests" / "cuda_emu", out, tmp_path_factory.getbasetemp() / "cuda_emu_objects")
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(out / "check_kernels"), "quick", "15"], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "FAIL cuda_mma" in r.stdout, what
+
+
 def test_gpu_tests_run_on_the_emulated_gpu(emulated_site):
     """tests/test_nn_cuda.py's and tests/test_cuda.py's GPU tests (``-m cuda``) against the whygpu under
     test, with its _cuda replaced by the binding built over the emulation."""
     runner = emu_runner()
     env = dict(os.environ, PYTHONPATH=str(emulated_site))
-    cmd = runner.pytest_command([str(HERE / "test_nn_cuda.py"), str(HERE / "test_cuda.py"), "-q", "-rs"])
+    cmd = runner.pytest_command([str(HERE / "test_nn_cuda.py"), str(HERE / "test_cuda.py"),
+                                 str(HERE / "test_cuda_tensor_cores.py"), "-q", "-rs"])
     r = subprocess.run(cmd, env=env, cwd=HERE.parent, capture_output=True, text=True, timeout=900)
     report = r.stdout[-6000:] + r.stderr[-2000:]
     assert r.returncode == 0, report
     passed = re.search(r"(\d+) passed", r.stdout)
     # every GPU test ran -- the kernels, device arrays, probes, pinned transfers, nn ops, training --
     # none skipped for want of a GPU; the only skips allowed are the tests that need real GPU memory
-    # shared with another library (they say "emulated GPU")
-    assert passed and int(passed.group(1)) >= 16 + 320, report
+    # shared with another library (they say "emulated GPU") and those of cuda_wgmma, whose wgmma and
+    # TMA have no CPU stand-in (test_an_unusable_tensor_core_rung_says_why checks that it says so)
+    assert passed and int(passed.group(1)) >= 16 + 320 + 40, report
     skips = [line for line in r.stdout.splitlines() if line.startswith("SKIPPED")]
-    assert all("emulated GPU" in line for line in skips), report
+    assert all("emulated GPU" in line or "emulation cannot run wgmma" in line for line in skips), report
+    assert "test_an_unusable_tensor_core_rung_says_why" not in "".join(skips)
 
 
 
