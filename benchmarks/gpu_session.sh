@@ -6,6 +6,7 @@
 #
 #     bash benchmarks/gpu_session.sh gpu    # build, GPU tests, issue 9's tables   (< 10 min)
 #     bash benchmarks/gpu_session.sh cpu    # build, issue 10's 16-core tables      (< 10 min)
+#     bash benchmarks/gpu_session.sh tc     # build, tensor-core tests, sanitizer, issue 12's tables (< 10 min)
 #
 # (one device `run` call each: a call may last 10 minutes).  OUT defaults to
 # ./gpu_out.  Each step has its own time limit, so one slow step cannot eat
@@ -38,6 +39,24 @@ if [ "$part" = gpu ]; then
   step sgemm 60 python -m whygpu ladder --kernels cuda_warptile --gpu-sizes 1024,2048,4095,4096,8192 \
     --repeats 5 --out "$OUT/ladder"
   step mlp_shapes 50 python -m pytest -p no:cacheprovider -s -q "$repo/benchmarks/test_bench_cuda_mlp_shapes.py"
+elif [ "$part" = tc ]; then
+  # issue 12: rungs 15-16 first checked (every tensor-core test, incl. cuda_wgmma's on a Hopper GPU) ...
+  step tc_tests 200 python -m pytest -p no:cacheprovider -m cuda -q -rs -x "$repo/tests/test_cuda_tensor_cores.py" \
+    "$repo/tests/test_nn_cuda.py" -k "tensor or mixed or precision or rung or wgmma or matmul or hypothesis"
+  step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 python -c "
+import numpy as np, whygpu
+rng = np.random.default_rng(0)
+for k in ('cuda_mma', 'cuda_mma_bf16', 'cuda_wgmma'):
+    for m, n, kk in ((1, 1, 1), (129, 257, 17), (300, 130, 333)):
+        a, b = rng.standard_normal((m, kk), np.float32), rng.standard_normal((kk, n), np.float32)
+        try:
+            c = whygpu.matmul(a, b, kernel=k)
+        except whygpu.KernelUnavailableError as e:
+            print(e); break
+        print(k, m, n, kk, float(np.abs(c - a.astype(np.float64) @ b).max()))
+"
+  # ... then measured: GFLOP/s against cuBLAS at 4096 and 8192, errors, bf16 training
+  step tc_table 240 python "$repo/benchmarks/tensor_core_table.py" --sizes 4096 8192 --batches 1024 8192
 else
   # issue 10: the openmp rung against OpenBLAS, and the non-matmul part of a step, at every thread count
   step blas 300 python "$repo/benchmarks/openmp_vs_blas.py" --threads 1 2 4 8 16 --rounds 2
