@@ -86,11 +86,12 @@ def _best_seconds(run, repeats: int = 10) -> float:
     return best
 
 
-def _record(benchmark, kernel: str, rung: int):
-    """What report_table.py needs for a 'cuda' table (GFLOP/s per kernel at n = N)."""
+def _record(benchmark, kernel: str, rung: int, precision: str = "float32"):
+    """What report_table.py needs for a 'cuda' table (GFLOP/s per kernel at n = N).
+    `precision`: what the products are computed in (float32, tf32 or bf16)."""
     benchmark.group = f"cuda gemm n={N}"
     benchmark.extra_info.update(suite="cuda", row=kernel, column=f"n={N}", kernel=kernel, rung=rung, threads=1,
-                                dtype="float32", m=N, n=N, k=N, flops=2 * N ** 3)
+                                dtype=precision, m=N, n=N, k=N, flops=2 * N ** 3)
 
 
 def _gflops_info(benchmark):
@@ -102,8 +103,11 @@ def _gflops_info(benchmark):
 @pytest.mark.heavy
 @pytest.mark.parametrize("kernel", wc.kernels())
 def test_bench_cuda_kernel(benchmark, operands, kernel):
+    why = wc._kernel_unavailable(kernel)  # cuda_wgmma: Hopper only
+    if why is not None:
+        pytest.skip(f"{kernel}: {why}")
     _, _, da, db, dc = operands
-    _record(benchmark, kernel, dict((n, r) for n, r, _ in wc.LADDER)[kernel])
+    _record(benchmark, kernel, dict((n, r) for n, r, _ in wc.LADDER)[kernel], wc.precision_of(kernel))
 
     def run():
         wc.gemm(da, db, dc, kernel=kernel)
@@ -123,6 +127,33 @@ def test_bench_cublas(benchmark, operands):
     _record(benchmark, name, 99)
     benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
     _gflops_info(benchmark)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_bench_cublas_tensor_cores(benchmark, operands, precision):
+    """cuBLAS on the tensor cores (PyTorch): TF32 on the float32 operands, bf16 on bf16
+    copies -- the references for cuda_mma, cuda_mma_bf16 and cuda_wgmma
+    (benchmarks/tensor_core_table.py sets them side by side, with the errors)."""
+    torch = pytest.importorskip("torch", reason="the tensor-core references need PyTorch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch cannot reach the GPU")
+    a, b, *_ = operands
+    ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
+    if precision == "bf16":
+        ta, tb = ta.bfloat16(), tb.bfloat16()
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        def run():
+            torch.matmul(ta, tb)
+            torch.cuda.synchronize()
+        run()
+        _record(benchmark, f"cuBLAS {precision} (PyTorch)", 99, precision)
+        benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
+        _gflops_info(benchmark)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 @pytest.mark.heavy
