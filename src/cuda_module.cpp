@@ -616,6 +616,35 @@ double probe_fma_seconds(long long blocks, long long threads, long long iters) {
     }, "the FMA probe");
 }
 
+// "bf16" or "tf32": the tensor-core probe's precision (the binding's spelling, as whygpu.cuda's).
+bool probe_mma_bf16(const std::string& precision) {
+    if (precision != "bf16" && precision != "tf32")
+        throw py::value_error("precision must be 'bf16' or 'tf32', got '" + precision + "'");
+    return precision == "bf16";
+}
+
+double probe_mma_seconds(long long blocks, long long threads, long long iters, const std::string& precision) {
+    const bool bf16 = probe_mma_bf16(precision);
+    positive(blocks, "blocks");
+    positive(threads, "threads");
+    positive(iters, "iters");
+    if (threads > 1024 || threads % 32 != 0)
+        throw py::value_error("threads must be a multiple of 32 (whole warps: mma.sync is warp-wide) and <= 1024, "
+                              "got " + std::to_string(threads));
+    if (blocks > (1LL << 24)) throw py::value_error("blocks must be <= 2**24, got " + std::to_string(blocks));
+    ensure_usable();
+    // The GPU must have bf16/TF32 tensor cores (compute capability 8.0+): rung 15 asks the same question.
+    if (const char* why = whygpu::gpu::rung_unavailable(whygpu::gpu::kMma, bf16 ? whygpu::gpu::kBF16
+                                                                                : whygpu::gpu::kTF32))
+        throw CudaUnavailable(std::string("the tensor-core probe cannot run: ") + why);
+    py::gil_scoped_release release;
+    DeviceMem sink(static_cast<std::size_t>(blocks * threads) * sizeof(float));
+    return event_seconds([&] {
+        return whygpu::gpu::probe::mma_peak(static_cast<int>(blocks), static_cast<int>(threads), iters, bf16,
+                                            static_cast<float*>(sink.p), 0);
+    }, "the tensor-core probe");
+}
+
 std::vector<double> probe_copy_seconds(long long nbytes, long long reps) {
     sane_nbytes(nbytes);
     positive(reps, "reps");
@@ -1693,6 +1722,16 @@ PYBIND11_MODULE(_cuda, m) {
     probe.def("fma_seconds", &probe_fma_seconds, py::arg("blocks"), py::arg("threads"), py::arg("iters"),
               "Seconds (CUDA events) of one launch of the FMA probe: blocks x threads threads, iters iterations "
               "each. Call it once untimed first (module load, clocks).");
+    probe.def("mma_flops_per_iter", [](const std::string& precision) {
+        return whygpu::gpu::probe::mma_flops_per_iter(probe_mma_bf16(precision));
+    }, py::arg("precision") = "bf16",
+              "Tensor-core flops per thread per iteration of the mma probe (a warp's mma.sync flops / 32), "
+              "for precision 'bf16' (m16n8k16) or 'tf32' (m16n8k8).");
+    probe.def("mma_seconds", &probe_mma_seconds, py::arg("blocks"), py::arg("threads"), py::arg("iters"),
+              py::arg("precision") = "bf16",
+              "Seconds (CUDA events) of one launch of the tensor-core probe: blocks x threads threads (threads a "
+              "multiple of 32), iters iterations of independent mma.sync chains per warp, in 'bf16' or 'tf32'. "
+              "Call it once untimed first. CudaUnavailableError on a GPU without bf16/TF32 tensor cores.");
     probe.def("copy_seconds", &probe_copy_seconds, py::arg("nbytes"), py::arg("reps"),
               "Seconds (CUDA events) per copy of nbytes (rounded up to whole float32s) device to device, `reps` "
               "samples (after one untimed copy; each sample averages enough passes in one launch to move "

@@ -122,6 +122,71 @@ def test_explain_covers_the_cuda_rungs(site, tmp_path):
     assert "cuda_warptile" in res.stdout and "GPU (Emulated GPU" in res.stdout
 
 
+U = {"float32": 2.0 ** -24, "tf32": 2.0 ** -11, "bf16": 2.0 ** -8}  # operand unit roundoff (whygpu.cuda.UNIT_ROUNDOFF)
+
+
+def gamma(prec: str, k: int) -> float:
+    """Entry-wise error bound relative to (|A| |B|)_ij: operands rounded to u, float32 sums."""
+    u = U[prec]
+    return 2 * u + u * u + 2 * (k + 2) * 2.0 ** -24 * (1 + 2 * u)
+
+
+def test_explain_states_precision_and_error_of_the_tensor_core_rungs(site, tmp_path):
+    res = ok(whygpu_cli(site, "explain", "48", "40", "56", "--kernels",
+                        "cuda_warptile,cuda_mma,cuda_mma_bf16,cuda_wgmma", "--budget", "2", "--out", tmp_path,
+                        cwd=tmp_path))
+    doc = load(tmp_path / "explain.json")
+    rows = {r["kernel"]: r for r in doc["rows"]}
+    tensor = doc["roofs"]["gpu"]["tensor_gflops"]
+    assert positive(tensor["bf16"]) and positive(tensor["tf32"])
+    want = {"cuda_warptile": ("float32", "gpu_fma"), "cuda_mma": ("tf32", "gpu_tensor_tf32"),
+            "cuda_mma_bf16": ("bf16", "gpu_tensor_bf16")}
+    for k, (prec, roof) in want.items():
+        r = rows[k]
+        assert (r["precision"], r["compute_roof"]) == (prec, roof)
+        assert positive(r["measured_s"])
+        # the tensor-core rungs sit under the tensor-core roof of their precision, not the FMA roof
+        expect_roof = doc["roofs"]["gpu"]["fma_gflops"] if prec == "float32" else tensor[prec]
+        assert r["compute_gflops"] == pytest.approx(expect_roof)
+    err = {k: rows[k]["max_rel_error"] for k in want}
+    # each within what its precision guarantees on this data; the bounds differ only by gamma
+    scale = {k: rows[k]["error_bound"] / gamma(want[k][0], 56) for k in want}
+    for k in want:
+        assert 0 < err[k] <= rows[k]["error_bound"], (k, err[k], rows[k]["error_bound"])
+        assert scale[k] == pytest.approx(scale["cuda_warptile"], rel=1e-6)
+    # fewer significant bits, more error: bf16 (8 bits) > TF32 (11) > float32 (24), each by a wide margin
+    assert err["cuda_mma_bf16"] > 3 * err["cuda_mma"] > 3 * 30 * err["cuda_warptile"]
+    assert err["cuda_warptile"] < 1e-5 and err["cuda_mma"] < 1e-2 and err["cuda_mma_bf16"] < 5e-2
+    # the table shows speed and error side by side
+    assert "precision" in res.stdout and "max rel err" in res.stdout
+    line = next(x for x in res.stdout.splitlines() if x.startswith("cuda_mma_bf16 "))
+    assert " bf16 " in line and f"{err['cuda_mma_bf16']:.2g}" in line
+    # rung 16 cannot run under the emulation: listed with the reason, not dropped
+    (u,) = doc["unavailable"]
+    assert u["kernel"] == "cuda_wgmma" and "emulation cannot run wgmma" in u["reason"]
+    assert f"cuda_wgmma is unavailable here: {u['reason']}" in res.stdout
+
+
+def test_roofline_has_a_tensor_core_roof_from_the_probe(site, tmp_path):
+    res = ok(whygpu_cli(site, "roofline", "--n", "32", "--gpu-n", "32", "--kernels",
+                        "cuda_warptile,cuda_mma_bf16,cuda_wgmma", "--quick", "--repeats", "2", "--budget", "1",
+                        "--plot", "--out", tmp_path, cwd=tmp_path))
+    doc = load(tmp_path / "roofline.json")
+    gpu = doc["gpu_roofs"]
+    assert positive(gpu["tensor_gflops"]["bf16"]) and positive(gpu["tensor_gflops"]["tf32"])
+    assert gpu["tensor_reason"] is None
+    pts = {p["kernel"]: p for p in doc["points"]}
+    assert pts["cuda_mma_bf16"]["compute_roof"] == "gpu_tensor_bf16" and pts["cuda_mma_bf16"]["precision"] == "bf16"
+    assert pts["cuda_mma_bf16"]["compute_gflops"] == pytest.approx(gpu["tensor_gflops"]["bf16"])
+    assert pts["cuda_warptile"]["compute_gflops"] == pytest.approx(gpu["fma_gflops"])
+    # same 128 x 128 block tiles, 2-byte operands: half the L2 bytes of the float32 warp-tiled rung
+    l2 = {k: next(t["bytes"] for t in pts[k]["traffic"] if t["level"] == "L2") for k in ("cuda_warptile", "cuda_mma_bf16")}
+    assert l2["cuda_mma_bf16"] == pytest.approx(l2["cuda_warptile"] / 2)
+    assert [u["kernel"] for u in doc["unavailable"]] == ["cuda_wgmma"] and "cuda_wgmma" not in pts
+    assert "bf16 tensor-core peak (mma.sync)" in res.stdout and "cuda_wgmma not measured" in res.stdout
+    assert is_png(tmp_path / "roofline_gpu.png")
+
+
 def test_scaling_refuses_a_gpu_kernel_clearly(site, tmp_path):
     res = whygpu_cli(site, "scaling", "--kernel", "cuda_warptile", "--out", tmp_path, cwd=tmp_path)
     assert res.returncode == 2
@@ -170,8 +235,8 @@ def test_train_runs_on_the_gpu_and_sweeps_batches(trained):
 def test_report_has_the_gpu_sections_with_figures(site, trained, tmp_path):
     train_dir, _ = trained
     roof = tmp_path / "roof"
-    ok(whygpu_cli(site, "roofline", "--n", "32", "--gpu-n", "32", "--kernels", "packed,cuda_warptile", "--quick",
-                  "--repeats", "2", "--budget", "1", "--out", roof, cwd=tmp_path))
+    ok(whygpu_cli(site, "roofline", "--n", "32", "--gpu-n", "32", "--kernels", "packed,cuda_warptile,cuda_mma_bf16,"
+                  "cuda_wgmma", "--quick", "--repeats", "2", "--budget", "1", "--out", roof, cwd=tmp_path))
     res = ok(whygpu_cli(site, "report", train_dir / "train.json", roof / "roofline.json", "--out", tmp_path / "rep",
                         cwd=tmp_path))
     assert "figure" in res.stdout
@@ -184,6 +249,10 @@ def test_report_has_the_gpu_sections_with_figures(site, trained, tmp_path):
     assert "float32 FMA peak (probe)" in md and "GB/s" in md
     assert "GPU (data resident) over the best CPU back end" in md
     assert "step as one CUDA graph" in md and "GPU, resident, graph" in md
+    # the tensor cores: explained, their measured roof, rung 15 against it, rung 16 listed with its reason
+    assert "What a tensor core is" in md and "bf16 tensor-core peak (mma.sync probe)" in md
+    assert "| cuda_mma_bf16 | 32 | bf16 | gpu_tensor_bf16" in md
+    assert "cuda_wgmma (the CUDA emulation cannot run wgmma or TMA)" in md
     html = (tmp_path / "rep" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
 
@@ -203,12 +272,25 @@ def test_demo_quick_with_a_gpu(site, tmp_path):
     for k in (k for k in ladder["params"]["kernels"] if k.startswith("cuda")):
         for n in (128, 1024, 4096):
             assert (k, n) in measured | skipped
+    # the tensor-core rungs are on the ladder with their precision and error; rung 16 says why it is not
+    assert positive(ladder["peak"]["gpu_tensor_gflops"]["bf16"])
+    errs = ladder["errors"]
+    assert {errs[k]["precision"] for k in ("cuda_mma", "cuda_mma_bf16", "cuda_warptile")} == {"tf32", "bf16", "float32"}
+    assert errs["cuda_mma_bf16"]["max_rel_error"] > errs["cuda_mma"]["max_rel_error"] > errs["cuda_warptile"]["max_rel_error"]
+    for e in errs.values():
+        assert e["max_rel_error"] <= e["error_bound"]
+    assert any(u["kernel"] == "cuda_wgmma" and u["reason"] for u in ladder["unavailable"])
+    assert {"cuda_mma", "cuda_mma_bf16"} <= set(ladder["params"]["kernels"])  # measured or skipped (loop above)
     roof = load(out / "roofline.json")
     assert positive(roof["gpu_roofs"]["fma_gflops"])
     assert any(p["device"] == "cuda" for p in roof["points"])
+    tc = {p["kernel"]: p for p in roof["points"] if p["kernel"] in ("cuda_mma", "cuda_mma_bf16")}
+    assert set(tc) == {"cuda_mma", "cuda_mma_bf16"}  # on the GPU roofline, each under its own tensor-core roof
+    assert tc["cuda_mma"]["compute_roof"] == "gpu_tensor_tf32" and tc["cuda_mma_bf16"]["compute_roof"] == "gpu_tensor_bf16"
     train = load(out / "train.json")
     assert train["sweep"] and train["sweep"]["batches"] == [32, 256, 1024, 8192]
     md = (out / "report.md").read_text()
     assert "The GPU, measured on this machine" in md and "](roofline_gpu.png)" in md
+    assert "What a tensor core is" in md and "cuda_wgmma (" in md and "max rel. error" in md
     assert is_png(out / "roofline_gpu.png")
     assert load(out / "demo.json")["seconds"] > 0

@@ -88,6 +88,9 @@ __device__ __forceinline__ void load_tile(const T* __restrict__ x, long long ld,
 
 template <int P>
 __global__ void __launch_bounds__(kThreads) mma_kernel(TcArgs t) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // no bf16/TF32 mma.sync or cp.async before sm_80 (rung_unavailable refuses such GPUs first)
+#else
     using T = typename Elem<P>::T;
     constexpr int BK = kRowBytes / sizeof(T);     // k per stage: 32 bf16 or 16 TF32
     // smem[s][0] = the A tile of stage s: rows i0 .. i0+127 of op(A), k p0 .. p0+BK-1;
@@ -187,6 +190,7 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(TcArgs t) {
                 const int j = j0 + wc + 8 * nj + 2 * tq + q % 2;
                 if (i < g.m && j < g.n) detail::c_store(g, i, j, acc[mi][nj][q]);
             }
+#endif
 }
 
 }  // namespace

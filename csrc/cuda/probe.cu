@@ -9,12 +9,22 @@
 // overflow, no denormals, no slow path.  No --use_fast_math is needed: an FMA
 // is one instruction either way.
 //
+// mma_peak: the same idea on the tensor cores.  Every warp keeps kMmaChains
+// 16 x 8 float32 accumulator tiles (4 registers per lane each) and feeds each
+// with one warp-level mma.sync per step; consecutive instructions use
+// different accumulators, so one never waits for the previous result.  The
+// operand fragments are fixed registers (kernel arguments, so nothing can be
+// folded; the asm is volatile, so nothing can be dropped): the probe measures
+// the tensor cores' arithmetic alone, with no shared-memory or ldmatrix
+// traffic.  ptx.cuh is included directly (the emulated build shadows it).
+//
 // copy: a grid-stride loop of float4 loads and stores.  Consecutive threads
 // touch consecutive 16-byte pieces, so each warp moves 512 contiguous bytes
 // per instruction -- fully coalesced -- and only the memory system limits it.
 #include <cstdint>
 
 #include "probe.h"
+#include "ptx.cuh"
 
 namespace whygpu {
 namespace gpu {
@@ -39,6 +49,38 @@ __global__ void fma_peak_kernel(long long iters, float a, float b, float* sink) 
 #pragma unroll
     for (int c = 0; c < kFmaChains; ++c) sum += x[c];
     sink[t] = sum;  // one store per thread: the work above is needed
+}
+
+template <bool kBf16>
+__global__ void mma_peak_kernel(long long iters, uint32_t a_bits, uint32_t b_bits, float* sink) {
+    const long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800  // no bf16/TF32 mma.sync before Ampere: the launcher refuses
+    sink[t] = 0.f;
+#else
+    const uint32_t a[4] = {a_bits, a_bits, a_bits, a_bits};
+    const uint32_t b[2] = {b_bits, b_bits};
+    float d[kMmaChains][4];
+#pragma unroll
+    for (int c = 0; c < kMmaChains; ++c)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) d[c][q] = (float)c;
+    for (long long it = 0; it < iters; ++it) {
+#pragma unroll
+        for (int u = 0; u < kMmaUnroll; ++u) {
+#pragma unroll
+            for (int c = 0; c < kMmaChains; ++c) {
+                if (kBf16) ptx::mma_bf16_16816(d[c], a, b);
+                else ptx::mma_tf32_1688(d[c], a, b);
+            }
+        }
+    }
+    float sum = 0.f;
+#pragma unroll
+    for (int c = 0; c < kMmaChains; ++c)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) sum += d[c][q];
+    sink[t] = sum;  // one store per thread: the work above is needed
+#endif
 }
 
 // No __restrict__: dst might alias src as far as the compiler knows, so every
@@ -72,6 +114,22 @@ cudaError_t fma_peak(int blocks, int threads, long long iters, float* sink, cuda
     // x -> x * a + b has its fixed point at b / (1 - a) = 1: the chains stay near 1.
     const float a = 0.999f, b = 0.001f;
     fma_peak_kernel<<<blocks, threads, 0, stream>>>(iters, a, b, sink);
+    return cudaGetLastError();
+}
+
+cudaError_t mma_peak(int blocks, int threads, long long iters, bool bf16, float* sink, cudaStream_t stream) {
+    if (blocks < 1 || threads < 32 || threads > 1024 || threads % 32 != 0 || iters < 0 || sink == nullptr)
+        return cudaErrorInvalidValue;
+    int dev = 0, major = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    if (e != cudaSuccess) return e;
+    if (major < 8) return cudaErrorInvalidValue;  // no bf16/TF32 tensor cores; the binding says so in words
+    // A = 0.5 and B = 2**-6 everywhere: bf16 holds two per register (0x3f00, 0x3c80), TF32 one (float32 bits).
+    if (bf16)
+        mma_peak_kernel<true><<<blocks, threads, 0, stream>>>(iters, 0x3f003f00u, 0x3c803c80u, sink);
+    else
+        mma_peak_kernel<false><<<blocks, threads, 0, stream>>>(iters, 0x3f000000u, 0x3c800000u, sink);
     return cudaGetLastError();
 }
 

@@ -270,19 +270,30 @@ def _print_ladder(doc: dict) -> None:
           f"(median of up to {doc['params']['repeats']} runs)")
     print(_table(["kernel"] + [f"n={n}" for n in sizes], rows, right=range(1, len(sizes) + 1)))
     print()
+    from .explain import format_error
     rows = []
     for r in doc["summary"]["rows"]:
         step = f"x{_g(r['speedup_prev'])} vs {r['prev']} @{r['speedup_n']}" if "speedup_prev" in r else ""
         pct = r.get("pct_peak")
         rows.append([r["kernel"], r["n"], _g(r["gflops"]), step,
-                     "n/a" if pct is None or not math.isfinite(pct) else f"{pct:.3g}%"])
+                     "n/a" if pct is None or not math.isfinite(pct) else f"{pct:.3g}%",
+                     r.get("precision", ""), format_error(r.get("max_rel_error"))])
     pk = doc.get("peak") or {}
     half = 2 if doc["params"]["dtype"] == "float64" else 1
     gpu_pk = (f"; the GPU ({pk.get('gpu_device', 'GPU')}): {_g(pk['gpu_gflops'])} GFLOP/s float32"
               if pk.get("gpu_gflops") else "")
+    if pk.get("gpu_tensor_gflops"):
+        gpu_pk += ", tensor cores " + ", ".join(f"{_g(v)} {p}" for p, v in pk["gpu_tensor_gflops"].items())
     print(f"The ladder (measured FMA peak, {doc['params']['dtype']}: {_g(pk.get('gflops_1t', 0) / half)} GFLOP/s on "
           f"1 core, {_g(pk.get('gflops_all', 0) / half)} on {pk.get('threads')}{gpu_pk})")
-    print(_table(["kernel", "largest n", "GFLOP/s", "speed-up over previous rung", "% of peak"], rows, right=(1, 2, 4)))
+    print(_table(["kernel", "largest n", "GFLOP/s", "speed-up over previous rung", "% of peak", "precision",
+                  "max rel err"], rows, right=(1, 2, 4, 6)))
+    if doc.get("errors"):
+        ns = sorted({e["n"] for e in doc["errors"].values()})
+        print(f"(% of peak: the tensor-core rungs against the tensor-core peak in their precision; max rel err: "
+              f"{doc.get('error_metric', 'against float64')}, at n = {', '.join(map(str, ns))})")
+    for u in doc.get("unavailable") or []:
+        print(f"{u['kernel']}: not measured, unavailable here: {u['reason']}")
     g = doc["summary"].get("gpu")
     if g:
         line = (f"Best GPU rung: {g['best']} at n={g['n']}, {_g(g['gflops'])} GFLOP/s "
@@ -373,14 +384,16 @@ def _print_roofline(doc: dict) -> None:
     print()
     rows = []
     for p in doc["points"]:
-        rows.append([p["kernel"], p["n"], p["compute_roof"], p["bound"],
-                     _g(p["intensity"]) + (f" {p['intensity_level']}" if p.get("intensity_level") else ""),
+        rows.append([p["kernel"], p["n"], p.get("precision") or r.get("dtype", "float32"), p["compute_roof"],
+                     p["bound"], _g(p["intensity"]) + (f" {p['intensity_level']}" if p.get("intensity_level") else ""),
                      _g(p["predicted_gflops"]), _g(p["measured_gflops"]), f"{100 * p['error']:+.0f}%"])
     print("Each kernel against its roof (error = (predicted - measured) / measured time)")
-    print(_table(["kernel", "n", "roof", "bound", "flop/byte", "predicted GFLOP/s", "measured GFLOP/s", "error"],
-                 rows, right=(1, 5, 6, 7)))
+    print(_table(["kernel", "n", "precision", "roof", "bound", "flop/byte", "predicted GFLOP/s", "measured GFLOP/s",
+                  "error"], rows, right=(1, 6, 7, 8)))
     for n in doc.get("notes", []):
         print(f"note: {n}")
+    for u in doc.get("unavailable") or []:
+        print(f"note: {u['kernel']} not measured, unavailable here: {u['reason']}")
     gpu = doc.get("gpu_roofs")
     if gpu:
         print()
@@ -390,6 +403,10 @@ def _print_roofline(doc: dict) -> None:
 def _print_gpu_roofs(gpu: dict) -> None:
     print(f"Roofs of the GPU (measured; {gpu['device']}, {gpu['multiprocessors']} SMs)")
     rows = [["float32 FMA peak", f"{_g(gpu['fma_gflops'])} GFLOP/s"]]
+    for prec, v in (gpu.get("tensor_gflops") or {}).items():
+        rows.append([f"{prec} tensor-core peak (mma.sync)", f"{_g(v)} GFLOP/s"])
+    if gpu.get("tensor_reason"):
+        rows.append(["tensor-core peak", f"not measured: {gpu['tensor_reason']}"])
     rows += [[f"device memory, {lvl} working set", f"{_g(v)} GB/s (read + write)"]
              for lvl, v in gpu["bandwidth"].items()]
     for d, label in (("h2d", "host -> device"), ("d2h", "device -> host")):
@@ -553,7 +570,8 @@ def cmd_demo(args) -> int:
     peak = {"arch": machine["arch"], "threads": machine["threads"],
             "gflops_1t": machine["compute"]["simd_1t"], "gflops_all": machine["compute"]["simd_all"]}
     if gpu:
-        peak.update(gpu_gflops=gpu["fma_gflops"], gpu_device=gpu["device"])
+        peak.update(gpu_gflops=gpu["fma_gflops"], gpu_device=gpu["device"],
+                    gpu_tensor_gflops=gpu.get("tensor_gflops") or {})
     ladder = run_ladder(sizes=plan["sizes"], repeats=plan["repeats"], budget=plan["budget"], force=args.all,
                         progress=prog, log=log, peak=peak, gpu_sizes=plan["gpu_sizes"])
     timings["ladder"] = time.perf_counter() - t

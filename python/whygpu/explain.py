@@ -3,7 +3,11 @@
 For one matrix product it lists, per kernel, the work (FLOPs), the bytes the
 kernel's loops move and from where, the arithmetic intensity, the roof that
 limits it, the time the roofline model predicts -- and the time measured,
-side by side, with a sentence on why a kernel sits below its roof::
+side by side, with a sentence on why a kernel sits below its roof.  Next to
+the speed, each measured kernel states the precision it multiplies in and
+its error against a float64 reference (the max relative error,
+:data:`whygpu.bench.ladder.ERROR_METRIC`): the tensor-core rungs trade
+precision (bf16 about 1e-2, TF32 about 1e-3) for speed::
 
     >>> import whygpu
     >>> print(whygpu.explain(512, 512, 512))      # doctest: +SKIP
@@ -18,7 +22,7 @@ from typing import List, Optional, Sequence
 from ._threads import check_threads, get_num_threads
 from .roofline import COMPUTE_ROOFS, kernel_model, measure_machine, prediction_error
 
-__all__ = ["explain", "Explanation", "why_below", "format_bytes"]
+__all__ = ["explain", "Explanation", "why_below", "format_bytes", "format_error"]
 
 _MACHINES = {}  # threads -> measured roofs, reused within this process
 
@@ -58,6 +62,16 @@ _WHY = {
                        "loads remain",
     "cuda_warptile": "each thread needs about 128 registers, so only two blocks fit on an SM (25% occupancy): "
                      "too few warps to hide all the latency, and small sizes leave SMs idle",
+    "cuda_mma": "the tensor cores finish a 16 x 8 x 8 TF32 product in one instruction, so feeding them is the "
+                "work now: operands are first rewritten K-major (B transposed through a scratch copy), every "
+                "fragment goes through shared memory and ldmatrix, and with 4 warps per block the cp.async "
+                "pipeline and the barriers cannot hide all the waiting",
+    "cuda_mma_bf16": "as cuda_mma, and each call first rounds A and B to bf16 copies (extra passes over "
+                     "memory); the tensor cores are twice as fast in bf16, so the loads, barriers and the "
+                     "operand preparation weigh twice as much",
+    "cuda_wgmma": "a warpgroup's wgmma reads its operands straight from shared memory and TMA fills it, so "
+                  "what is left is the operand rounding before the launch, the pipeline's fill and drain, "
+                  "and tiles that do not fill every SM at smaller sizes",
     "cublas": "NVIDIA's own tuned kernels: the practical ceiling for float32 on these cores",
 }
 
@@ -73,6 +87,13 @@ def why_below(kernel: str, fraction: float) -> str:
         reason += ("; at a small size the launch (a few microseconds) and too few blocks to fill the GPU "
                    "dominate as well")
     return f"{kernel} runs at {pct:.0f}% of its roof: {reason}."
+
+
+def format_error(e: Optional[float]) -> str:
+    """A relative error in two significant digits ('-' when not measured)."""
+    if e is None:
+        return "-"
+    return "0" if e == 0 else f"{e:.2g}"
 
 
 def format_bytes(b: float) -> str:
@@ -98,14 +119,18 @@ class Explanation:
     dtype: str
     rows: List[dict] = field(default_factory=list)
     roofs: dict = field(default_factory=dict)
+    # Kernels asked for (or known) that cannot run here: {"kernel", "device", "reason"}.
+    unavailable: List[dict] = field(default_factory=list)
 
     @property
     def flops(self) -> float:
         return 2.0 * self.m * self.n * self.k
 
     def as_dict(self) -> dict:
+        from .bench.ladder import ERROR_METRIC
         return {"schema": "whygpu.explain/1", "m": self.m, "n": self.n, "k": self.k, "dtype": self.dtype,
-                "flops": self.flops, "rows": self.rows, "roofs": self.roofs}
+                "flops": self.flops, "rows": self.rows, "roofs": self.roofs, "unavailable": self.unavailable,
+                "error_metric": ERROR_METRIC}
 
     def __str__(self) -> str:
         s = 4 if self.dtype == "float32" else 8
@@ -116,7 +141,8 @@ class Explanation:
             f"(at best {self.flops / compulsory:.1f} flop/byte if each matrix moved once)",
             "",
         ]
-        head = ("kernel", "roof", "roof GFLOP/s", "bytes moved", "flop/B", "bound", "predicted", "measured", "pred/meas")
+        head = ("kernel", "roof", "roof GFLOP/s", "bytes moved", "flop/B", "bound", "predicted", "measured",
+                "pred/meas", "precision", "max rel err")
         table = [head]
         for r in self.rows:
             worst = max(r["traffic"], key=lambda t: t["seconds"]) if r["traffic"] else None
@@ -125,7 +151,10 @@ class Explanation:
             ratio = f"{r['predicted_s'] / r['measured_s']:.2f}" if "measured_s" in r else "-"
             table.append((r["kernel"], r["compute_roof"], f"{r['compute_gflops']:.3g}", moved,
                           f"{r['intensity']:.3g}" if r["intensity"] else "-",
-                          r["bound"], _fmt_s(r["predicted_s"]), meas, ratio))
+                          r["bound"], _fmt_s(r["predicted_s"]), meas, ratio, r.get("precision", self.dtype),
+                          format_error(r.get("max_rel_error"))))
+        for u in self.unavailable:
+            table.append((u["kernel"], "unavailable", "", "", "", "", "", "", "", u.get("precision") or "", ""))
         widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
         for i, row in enumerate(table):
             lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -139,11 +168,22 @@ class Explanation:
             lines.append("Bandwidth (1 core): " + "; ".join(f"{lvl} {v:.3g} GB/s" for lvl, v in bw.items()))
         gpu = self.roofs.get("gpu")
         if gpu:
-            lines.append(f"GPU ({gpu['device']}): float32 FMA peak {gpu['fma_gflops']:.4g} GFLOP/s; bandwidth "
+            tensor = gpu.get("tensor_gflops") or {}
+            tc = ("; tensor-core (mma.sync) peak " + ", ".join(f"{p} {v:.4g}" for p, v in tensor.items())
+                  + " GFLOP/s" if tensor else
+                  (f"; no tensor-core peak ({gpu['tensor_reason']})" if gpu.get("tensor_reason") else ""))
+            lines.append(f"GPU ({gpu['device']}): float32 FMA peak {gpu['fma_gflops']:.4g} GFLOP/s{tc}; bandwidth "
                          + "; ".join(f"{lvl} {v:.4g} GB/s" for lvl, v in gpu["bandwidth"].items())
                          + " (read + write). The CUDA rows are timed on data already on the GPU.")
+        if any("max_rel_error" in r for r in self.rows):
+            from .bench.ladder import ERROR_METRIC
+            from .cuda import UNIT_ROUNDOFF
+            lines.append(f"Error: {ERROR_METRIC}, on this shape. Unit roundoff of the products' operands: "
+                         + ", ".join(f"{p} {u:.2g}" for p, u in UNIT_ROUNDOFF.items())
+                         + " (the sums are float32 in every case).")
         notes = [why_below(r["kernel"], r["predicted_s"] / r["measured_s"]) for r in self.rows if "measured_s" in r]
         notes += [f"{r['kernel']} not measured: {r['skipped']}" for r in self.rows if "skipped" in r]
+        notes += [f"{u['kernel']} is unavailable here: {u['reason']}" for u in self.unavailable]
         if notes:
             lines.append("")
             lines.extend(notes)
@@ -167,11 +207,15 @@ def explain(m: int, n: int, k: int, *, kernels: Optional[Sequence[str]] = None, 
             force: bool = False, machine: Optional[dict] = None) -> Explanation:
     """Explain an (m, k) @ (k, n) product on each kernel: FLOPs, bytes moved,
     arithmetic intensity, the roofline's predicted time and (``measure=True``)
-    the measured time.  A kernel predicted to take longer than ``budget``
+    the measured time, with the precision each kernel multiplies in and its max
+    relative error against a float64 product of the same data (``max_rel_error``;
+    ``error_bound`` is what that precision guarantees for the data).  Kernels that
+    cannot run here are listed in ``unavailable`` with the reason.  A kernel predicted to take longer than ``budget``
     seconds per call is not measured (unless ``force``).  ``machine`` is a
     :func:`whygpu.roofline.measure_machine` result; by default the roofs are
     measured once per process."""
-    from .bench.ladder import measure_matmul, resolve_kernels, scout, threads_used
+    from .bench.ladder import (measure_error, measure_matmul, resolve_kernels, scout, series_device,
+                               series_precision, split_unavailable, threads_used)
 
     m, n, k = _positive(m, "m"), _positive(n, "n"), _positive(k, "k")
     if dtype not in ("float32", "float64"):
@@ -181,21 +225,31 @@ def explain(m: int, n: int, k: int, *, kernels: Optional[Sequence[str]] = None, 
         if threads not in _MACHINES:
             _MACHINES[threads] = measure_machine(threads, quick=True)
         machine = _MACHINES[threads]
-    from .bench.ladder import series_device
+    kernels, unavailable = split_unavailable(kernels)  # listed with their reasons, never silently dropped
+    for u in unavailable:
+        u["precision"] = series_precision(u["kernel"], dtype)
     names = resolve_kernels(kernels, threads)
-    if dtype != "float32":  # the GPU rungs compute in float32 only
+    if dtype != "float32":  # the GPU rungs compute on float32 data only
+        unavailable += [{"kernel": x, "device": "cuda", "precision": series_precision(x),
+                         "reason": f"it runs on the GPU on float32 data ({series_precision(x)} products); "
+                                   f"{dtype} is for the CPU kernels"}
+                        for x in names if series_device(x) == "cuda"]
         names = [x for x in names if series_device(x) == "cpu"]
     if any(series_device(x) == "cuda" for x in names) and not machine.get("gpu"):
         if "gpu" not in _MACHINES:
             from .bench.gpu import measure_gpu
             _MACHINES["gpu"] = measure_gpu(quick=True)
         if _MACHINES["gpu"] is None:
+            unavailable += [{"kernel": x, "device": "cuda", "precision": series_precision(x),
+                             "reason": "the GPU's roofs could not be measured (no usable GPU)"}
+                            for x in names if series_device(x) == "cuda"]
             names = [x for x in names if series_device(x) == "cpu"]
         else:
             machine = {**machine, "gpu": _MACHINES["gpu"]}
-    out = Explanation(m, n, k, dtype, roofs=machine)
+    out = Explanation(m, n, k, dtype, roofs=machine, unavailable=unavailable)
     for name in names:
         row = kernel_model(name, m, n, k, machine, dtype=dtype, threads=threads_used(name, threads))
+        row["precision"] = series_precision(name, dtype)
         if measure:
             expected = scout(name, m, n, k, dtype=dtype, threads=threads, budget=budget)["expected_s"]
             if expected > budget and not force:
@@ -207,5 +261,9 @@ def explain(m: int, n: int, k: int, *, kernels: Optional[Sequence[str]] = None, 
                 best = rec["seconds_min"]  # best sample, like the roofs (see whygpu.roofline.run_roofline)
                 row.update(measured_s=best, measured_gflops=rec["flops"] / best / 1e9, median_s=rec["seconds"],
                            error=prediction_error(row["predicted_s"], best))
+                # Speed and accuracy side by side: the same shape against a float64 reference.
+                err = measure_error(name, m, n, k, dtype=dtype, threads=threads)
+                row.update(max_rel_error=err["max_rel_error"], error_bound=err["error_bound"],
+                           unit_roundoff=err["unit_roundoff"])
         out.rows.append(row)
     return out

@@ -26,7 +26,11 @@ _COLORS = {
     "cuda_naive": "#fdae61", "cuda_coalesced": "#f46d43", "cuda_smem": "#d53e4f", "cuda_1d_tiling": "#9e0142",
     "cuda_2d_tiling": "#5e4fa2", "cuda_vectorized": "#3288bd", "cuda_warptile": "#00441b", "cuda": "#00441b",
     "cublas": "#000000",
+    # the tensor-core rungs: magenta to purple, apart from the float32 palette
+    "cuda_mma": "#e7298a", "cuda_mma_bf16": "#ae017e", "cuda_wgmma": "#49006a",
 }
+# Line styles of the tensor-core roofs, by precision.
+_TENSOR_ROOF_STYLE = {"bf16": "-", "tf32": "--"}
 _EXTRA = ["#17becf", "#e377c2", "#393b79", "#637939", "#843c39"]
 
 
@@ -86,7 +90,9 @@ def plot_ladder(doc: dict, path) -> str:
     order = [k for k in doc["params"]["kernels"] if k in series]
     for name in order:
         recs = series[name]
-        ax.plot([r["n"] for r in recs], [r["gflops"] for r in recs], label=name, **_style(name))
+        prec = recs[0].get("precision")
+        label = name + (f" ({prec})" if prec in ("tf32", "bf16") else "")  # the tensor cores' input precision
+        ax.plot([r["n"] for r in recs], [r["gflops"] for r in recs], label=label, **_style(name))
     peak = dict(doc.get("peak") or {})
     if peak and doc["params"].get("dtype") == "float64":  # half the float32 lanes per register
         peak["gflops_1t"] /= 2
@@ -105,6 +111,12 @@ def plot_ladder(doc: dict, path) -> str:
         ax.axhline(peak["gpu_gflops"], color="#2b6f2b", linewidth=1, linestyle="--", alpha=0.7)
         ax.text(max(doc["params"]["sizes"]), peak["gpu_gflops"] * 1.08,
                 f"GPU float32 FMA peak: {_num(peak['gpu_gflops'])} GFLOP/s", fontsize=8, alpha=0.8, ha="right")
+    used = {r.get("precision") for r in doc.get("measurements", []) if r.get("device") == "cuda"}
+    for prec, g in (peak.get("gpu_tensor_gflops") or {}).items():
+        if prec in used:  # a tensor-core roof only where a rung in that precision was measured
+            ax.axhline(g, color="#ae017e", linewidth=1, linestyle=_TENSOR_ROOF_STYLE.get(prec, ":"), alpha=0.7)
+            ax.text(min(doc["params"]["sizes"]), g * 1.08, f"GPU {prec} tensor-core peak: {_num(g)} GFLOP/s",
+                    fontsize=8, alpha=0.8, ha="left", color="#ae017e")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     sizes = doc["params"]["sizes"]
@@ -274,9 +286,9 @@ def plot_roofline(doc: dict, path) -> str:
 
 
 def plot_roofline_gpu(doc: dict, path) -> str:
-    """The GPU's roofline: its measured FMA peak, its L2 and device-memory
-    bandwidths, and each CUDA rung (and cuBLAS) at its intensity, measured
-    (filled) and predicted (hollow)."""
+    """The GPU's roofline: its measured FMA peak and tensor-core peaks (bf16,
+    TF32), its L2 and device-memory bandwidths, and each CUDA rung (and
+    cuBLAS) at its intensity, measured (filled) and predicted (hollow)."""
     gpu = doc["gpu_roofs"]
     pts = [p for p in doc["points"] if p.get("device") == "cuda"]
     fig = Figure(figsize=(9.0, 6.0), layout="constrained")
@@ -285,9 +297,16 @@ def plot_roofline_gpu(doc: dict, path) -> str:
     x_lo = min([0.1] + [x / 3 for x in finite])
     x_hi = max([2000.0] + [x * 3 for x in finite])
     xs = [x_lo * (x_hi / x_lo) ** (i / 200) for i in range(201)]
-    top = gpu["fma_gflops"]
-    ax.axhline(top, color="black", linewidth=1, alpha=0.6)
-    ax.text(x_hi / 1.05, top * 1.06, f"float32 FMA peak: {_num(top)} GFLOP/s", ha="right", va="bottom", fontsize=8)
+    fma = gpu["fma_gflops"]
+    tensor = gpu.get("tensor_gflops") or {}
+    top = max([fma, *tensor.values()])  # the highest roof: the bandwidth slopes rise to it
+    ax.axhline(fma, color="black", linewidth=1, alpha=0.6)
+    ax.text(x_hi / 1.05, fma * 1.06, f"float32 FMA peak: {_num(fma)} GFLOP/s", ha="right", va="bottom", fontsize=8)
+    # The tensor cores: a second compute roof (per precision), measured by the mma.sync probe.
+    for prec, g in tensor.items():
+        ax.axhline(g, color="#ae017e", linewidth=1.2, alpha=0.8, linestyle=_TENSOR_ROOF_STYLE.get(prec, ":"))
+        ax.text(x_lo * 1.1, g * 1.06, f"{prec} tensor cores (mma.sync): {_num(g)} GFLOP/s", ha="left",
+                va="bottom", fontsize=8, color="#ae017e")
     for i, (level, gbps) in enumerate(gpu["bandwidth"].items()):
         ax.plot(xs, [min(top, gbps * x) for x in xs], color="#444444", linewidth=1,
                 linestyle={"L2": "-", "DRAM": ":"}.get(level, "--"), alpha=0.7)
@@ -296,7 +315,7 @@ def plot_roofline_gpu(doc: dict, path) -> str:
             ax.text(y_at / gbps * 1.1, y_at, f"{'device memory' if level == 'DRAM' else level} {_num(gbps)} GB/s",
                     fontsize=8, color="#444444", ha="left", va="top")
     _roof_points(ax, pts, 1.0, lambda k: k == "cublas")
-    ys = [p["measured_gflops"] for p in pts] + [top]
+    ys = [p["measured_gflops"] for p in pts] + [fma, *tensor.values()]
     _roof_axes(ax, x_lo, x_hi, min(ys) / 3, top * 2.5,
                f"Roofline of the GPU, measured, with every CUDA rung on it\n{gpu['device']}, "
                f"{gpu['multiprocessors']} SMs")

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from . import plots
 from ._registry import KERNELS
 from .bench.measure import format_figure, format_seconds
-from .explain import format_bytes, why_below
+from .explain import format_bytes, format_error, why_below
 from .roofline import COMPUTE_ROOFS, KERNEL_ROOF
 
 __all__ = ["build_report", "load_results", "classify", "ResultsError"]
@@ -222,7 +222,12 @@ def _ladder_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
         cap += (f"The CUDA rungs and cuBLAS ran on the GPU ({peak.get('gpu_device', 'GPU')}) at n = "
                 f"{', '.join(map(str, doc['params'].get('gpu_sizes') or []))}, with the data already in GPU memory; "
                 f"their % of peak is against the GPU's measured float32 FMA peak of {_g(peak['gpu_gflops'])} "
-                "GFLOP/s. ")
+                "GFLOP/s")
+        tensor = peak.get("gpu_tensor_gflops") or {}
+        if tensor and any(r.get("precision") in tensor for r in gpu_rows):
+            cap += (", the tensor-core rungs' against the measured tensor-core peak in their precision ("
+                    + ", ".join(f"{prec} {_g(v)} GFLOP/s" for prec, v in tensor.items()) + ")")
+        cap += ". "
     refs = [r for r in rows if r["reference"]]
     if refs:
         cap += "Dashed lines are references: " + "; ".join(
@@ -234,8 +239,30 @@ def _ladder_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:
         summary = KERNELS[r["kernel"]].summary if r["kernel"] in KERNELS else (
             "NumPy's BLAS (OpenBLAS/MKL), reference" if r["kernel"].startswith("numpy") else "reference")
         step = (f"x{_g(r['speedup_prev'])} over {r['prev']} (n={r['speedup_n']})" if "speedup_prev" in r else "")
-        table.append((r["kernel"], summary, str(r["n"]), _g(r["gflops"]), step, _pct(r["pct_peak"])))
-    blocks.append(("table", ("kernel", "what it adds", "largest n", "GFLOP/s", "speed-up", "% of peak"), table))
+        table.append((r["kernel"], summary, str(r["n"]), _g(r["gflops"]), step, _pct(r["pct_peak"]),
+                      r.get("precision", ""), format_error(r.get("max_rel_error"))))
+    blocks.append(("table", ("kernel", "what it adds", "largest n", "GFLOP/s", "speed-up", "% of peak", "precision",
+                             "max rel. error"), table))
+    errs = doc.get("errors") or {}
+    if errs:
+        ns = sorted({e["n"] for e in errs.values()})
+        text = (f"Speed is only half of it: each rung states the precision its products are computed in and its "
+                f"error against the exact answer ({doc.get('error_metric', 'against a float64 product')}; measured "
+                f"once per rung at n = {', '.join(map(str, ns))}). ")
+        by_prec: Dict[str, List[float]] = {}
+        for e in errs.values():
+            by_prec.setdefault(e["precision"], []).append(e["max_rel_error"])
+        text += "Here: " + "; ".join(f"{prec} from {format_error(min(v))} to {format_error(max(v))}" if len(v) > 1
+                                     else f"{prec} {format_error(v[0])}" for prec, v in by_prec.items()) + ". "
+        if any(p in by_prec for p in ("tf32", "bf16")):
+            text += ("The tensor-core rungs are fast because their operands are short: TF32 keeps 11 significant "
+                     "bits (unit roundoff 2^-11, errors around 1e-4 to 1e-3), bf16 8 bits (2^-8, errors around "
+                     "1e-3 to 1e-2), against float32's 24 (errors around 1e-7). Training tolerates that; a "
+                     "physics simulation may not.")
+        blocks.append(("p", text))
+    if doc.get("unavailable"):
+        blocks.append(("p", "Not measured, because they cannot run here: " + "; ".join(
+            f"{u['kernel']} ({u['reason']})" for u in doc["unavailable"]) + "."))
     steps = [r for r in rows if not r["reference"] and "speedup_prev" in r]
     if steps:
         big = max(steps, key=lambda r: r["speedup_prev"])
@@ -308,6 +335,9 @@ def _roofline_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]
     blocks.append(("table", ("kernel", "compute roof", "bytes counted"), model_rows))
     if doc.get("notes"):
         blocks.append(("ul", list(doc["notes"])))
+    if doc.get("unavailable"):
+        blocks.append(("p", "Not on the roofline, because they cannot run here: " + "; ".join(
+            f"{u['kernel']} ({u['reason']})" for u in doc["unavailable"]) + "."))
     return blocks
 
 
@@ -437,6 +467,14 @@ def _gpu_measured(docs, gpu, gsum, sweep, out: Path, figs: list, num: int) -> Li
         text += (f", and moves {_g(gpu['bandwidth']['DRAM'])} GB/s to and from its own memory. Data reach it over a "
                  f"bus: {_g(gpu['host']['h2d']['pinned'])} GB/s host to device from pinned memory, "
                  f"{_g(gpu['host']['h2d']['pageable'])} GB/s from ordinary (pageable) memory. ")
+        tensor = gpu.get("tensor_gflops") or {}
+        if tensor:
+            text += ("Its tensor cores, measured the same way (chains of mma.sync on registers), multiply at "
+                     + ", ".join(f"{_g(v)} GFLOP/s in {prec}" for prec, v in tensor.items())
+                     + f" -- x{_g(max(tensor.values()) / gpu['fma_gflops'])} the float32 FMA peak. ")
+        rows += [(f"{prec} tensor-core peak (mma.sync probe)", f"{_g(v)} GFLOP/s") for prec, v in tensor.items()]
+        if gpu.get("tensor_reason"):
+            rows.append(("tensor-core peak", f"not measured: {gpu['tensor_reason']}"))
         rows += [("float32 FMA peak (probe)", f"{_g(gpu['fma_gflops'])} GFLOP/s"),
                  ("device memory bandwidth (copy, read + write)", f"{_g(gpu['bandwidth']['DRAM'])} GB/s"),
                  ("L2 cache bandwidth (copy, read + write)", f"{_g(gpu['bandwidth']['L2'])} GB/s")]
@@ -480,6 +518,8 @@ def _gpu_measured(docs, gpu, gsum, sweep, out: Path, figs: list, num: int) -> Li
                 rows.append((f"what capturing the step as a CUDA graph bought, batch {b} (resident)",
                              f"x{_g(sm['graph_gain'])}"))
     blocks.append(("p", text.strip()))
+    if _mentions_tensor_cores(docs, gpu):
+        blocks += _tensor_core_lesson(docs)
     if rows:
         blocks.append(("table", ("measured on this machine", "value"), rows))
     if gpu and any(p.get("device") == "cuda" for p in docs["roofline"].get("points", [])):
@@ -487,6 +527,43 @@ def _gpu_measured(docs, gpu, gsum, sweep, out: Path, figs: list, num: int) -> Li
     if sweep:
         blocks += _gpu_sweep(docs["train"], out, figs)
     return blocks
+
+
+_TENSOR_KERNELS = ("cuda_mma", "cuda_mma_bf16", "cuda_wgmma")
+
+
+def _mentions_tensor_cores(docs: Dict[str, dict], gpu: Optional[dict]) -> bool:
+    """Whether any result involves the tensor cores: a peak, a rung measured or listed as unavailable."""
+    if (gpu or {}).get("tensor_gflops"):
+        return True
+    for d in docs.values():
+        names = [r.get("kernel") for key in ("measurements", "points", "rows", "unavailable") for r in d.get(key) or []
+                 if isinstance(r, dict)]
+        if any(n in _TENSOR_KERNELS for n in names):
+            return True
+    return False
+
+
+def _tensor_core_lesson(docs: Dict[str, dict]) -> List[Block]:
+    """What a tensor core is, in plain words, with this run's numbers where there are any."""
+    text = ("What a tensor core is: an ordinary GPU core does one fused multiply-add per lane per instruction. A "
+            "tensor core is a small matrix-multiply unit: one instruction (mma.sync), issued by a whole warp of 32 "
+            "threads, multiplies a 16 x 16 piece of A by a 16 x 8 piece of B and adds the result into a 16 x 8 "
+            "float32 accumulator -- 4096 flops where a warp of FMAs does 64. The warp's operands are spread over "
+            "its registers in fixed 'fragments'; rung 15 (cuda_mma) loads them with ldmatrix from shared memory "
+            "that cp.async fills in the background, and rung 16 (cuda_wgmma, Hopper only) lets four warps issue "
+            "one larger wgmma that reads shared memory directly, fed by the TMA copy engine. The price is "
+            "precision: the tensor cores read short numbers -- TF32 (11 significant bits) or bfloat16 (8) -- "
+            "so the results are off by about 1e-3 or 1e-2 relative instead of float32's 1e-7; the sums stay "
+            "float32. Deep learning tolerates that, which is why training runs on tensor cores "
+            "(whygpu: model.to(\"cuda\", precision=\"bf16\")).")
+    errs = (docs.get("ladder") or {}).get("errors") or {}
+    measured = [(k, errs[k]) for k in _TENSOR_KERNELS if k in errs]
+    if measured:
+        text += " Measured here: " + "; ".join(
+            f"{k} ({e['precision']}) max relative error {format_error(e['max_rel_error'])} at n = {e['n']}"
+            for k, e in measured) + "."
+    return [("p", text)]
 
 
 def _gpu_roofline(doc: dict, out: Path, figs: list) -> List[Block]:
@@ -497,19 +574,32 @@ def _gpu_roofline(doc: dict, out: Path, figs: list) -> List[Block]:
     first = min(pts, key=lambda p: p["measured_gflops"])
     cap = (f"The GPU's roofs, measured by compiled probes (csrc/cuda/probe.cu): {_g(gpu['fma_gflops'])} GFLOP/s of "
            f"float32 FMA, {_g(gpu['bandwidth']['DRAM'])} GB/s from device memory and {_g(gpu['bandwidth']['L2'])} "
-           f"GB/s from the L2 cache. Each CUDA rung sits at the intensity its tiles give it (flop per byte asked of "
+           f"GB/s from the L2 cache" + ("; the tensor cores' roofs (mma.sync probe): " + ", ".join(
+               f"{_g(v)} GFLOP/s in {prec}" for prec, v in (gpu.get("tensor_gflops") or {}).items())
+               if gpu.get("tensor_gflops") else "") +
+           f". Each CUDA rung sits at the intensity its tiles give it (flop per byte asked of "
            f"L2). Hollow markers are the model's predictions, filled ones the measurements: {best['kernel']} reached "
            f"{_g(best['measured_gflops'])} GFLOP/s at n = {best['n']}, {_pct(100 * best['fraction_of_roof'])} of its "
            f"predicted speed; {first['kernel']} {_g(first['measured_gflops'])} GFLOP/s, "
            f"{_pct(100 * first['fraction_of_roof'])}. Each rung reuses every load over a bigger tile, which moves it "
            "right, off the bandwidth slopes and under the compute roof.")
-    table = [(p["kernel"], str(p["n"]), p["bound"],
-              _g(p["intensity"]) + (f" ({p['intensity_level']})" if p.get("intensity_level") else ""),
+    if any(p.get("precision") in ("tf32", "bf16") for p in pts):
+        cap += (" The tensor-core rungs are measured against the tensor-core roof of their precision, not the "
+                "FMA roof: they do their arithmetic on other units.")
+    table = [(p["kernel"], str(p["n"]), p.get("precision", "float32"), f"{p['compute_roof']} ({_g(p['compute_gflops'])})",
+              p["bound"], _g(p["intensity"]) + (f" ({p['intensity_level']})" if p.get("intensity_level") else ""),
               _ms(p["predicted_s"]), _ms(p["measured_s"]), _pct(100 * p["fraction_of_roof"])) for p in pts]
-    return [("fig", "roofline_gpu.png", cap),
-            ("table", ("kernel", "n", "bound", "flop/byte", "predicted", "measured", "of predicted speed"), table),
-            ("p", "Why each rung sits where it does:"),
-            ("ul", [why_below(p["kernel"], p["fraction_of_roof"]) for p in pts])]
+    blocks = [("fig", "roofline_gpu.png", cap),
+              ("table", ("kernel", "n", "precision", "compute roof (GFLOP/s)", "bound", "flop/byte", "predicted",
+                         "measured", "of predicted speed"), table),
+              ("p", "Why each rung sits where it does:"),
+              ("ul", [why_below(p["kernel"], p["fraction_of_roof"]) for p in pts])]
+    over = [p for p in pts if p["fraction_of_roof"] > 1.05]
+    if any(p["kernel"] == "cuda_wgmma" for p in over):
+        blocks.append(("p", "cuda_wgmma runs faster than the roof the mma.sync probe measured: on Hopper the "
+                            "warpgroup wgmma instruction reaches tensor-core throughput that no single-warp "
+                            "mma.sync can, so for rung 16 the probe's roof is a lower bound on the real one."))
+    return blocks
 
 
 def _gpu_sweep(doc: dict, out: Path, figs: list) -> List[Block]:
@@ -612,11 +702,17 @@ def _explain_section(doc: dict, num: int) -> List[Block]:
         rows.append((r["kernel"], f"{r['compute_roof']} ({_g(r['compute_gflops'])})",
                      f"{format_bytes(worst['bytes'])} {worst['level']}" if worst else "in L1",
                      _g(r["intensity"]), r["bound"], _ms(r["predicted_s"]),
-                     _ms(r["measured_s"]) if "measured_s" in r else "not measured"))
+                     _ms(r["measured_s"]) if "measured_s" in r else "not measured",
+                     r.get("precision", doc["dtype"]), format_error(r.get("max_rel_error"))))
+    for u in doc.get("unavailable") or []:
+        rows.append((u["kernel"], "unavailable: " + u["reason"], "", "", "", "", "", u.get("precision") or "", ""))
     return [("h2", f"{num}. One product explained: {doc['m']} x {doc['k']} @ {doc['k']} x {doc['n']}"),
             ("p", f"{doc['flops'] / 1e6:,.1f} MFLOP ({doc['dtype']}). For each kernel, the roof it can use, the bytes "
-                  "its loops move from the level that limits most, the intensity, and predicted vs measured time."),
-            ("table", ("kernel", "compute roof", "bytes moved", "flop/byte", "bound", "predicted", "measured"), rows)]
+                  "its loops move from the level that limits most, the intensity, predicted vs measured time -- and, "
+                  "side by side with the speed, the precision its products are computed in and its error ("
+                  + doc.get("error_metric", "max relative error against a float64 product") + ")."),
+            ("table", ("kernel", "compute roof", "bytes moved", "flop/byte", "bound", "predicted", "measured",
+                       "precision", "max rel. error"), rows)]
 
 
 def _bench_section(doc: dict, out: Path, figs: list, num: int) -> List[Block]:

@@ -324,6 +324,29 @@ void check_probes() {
         }
         if (!std::isfinite(sink[t]) || std::fabs(sink[t] - sum) > 1e-5 * std::fabs(sum)) { fail("probe fma"); break; }
     }
+    // The tensor-core probe: accumulator tile c starts at c and gains k / 128 per mma (A = 0.5, B = 2**-6
+    // everywhere, k = 16 for bf16, 8 for TF32), iters * kMmaUnroll times; each thread stores the sum of its
+    // 4 accumulators per tile.  All exact in float32: any lost, repeated or misplaced mma shows.
+    for (bool bf16 : {true, false}) {
+        const int mblocks = 2, mthreads = 64;
+        const long long miters = 3;
+        std::vector<float> msink(mblocks * mthreads, kSentinel);
+        if (pr::mma_peak(mblocks, mthreads, miters, bf16, msink.data(), nullptr) != cudaSuccess) {
+            fail("probe mma launch");
+            continue;
+        }
+        const double per_mma = (bf16 ? 16 : 8) * 0.5 * std::ldexp(1.0, -6);
+        double expected = 0;
+        for (int c = 0; c < pr::kMmaChains; ++c) expected += 4 * (c + miters * pr::kMmaUnroll * per_mma);
+        for (int t = 0; t < mblocks * mthreads; ++t)
+            if (msink[t] != expected) {
+                fail(std::string("probe mma (") + (bf16 ? "bf16" : "tf32") + "): thread " + std::to_string(t) +
+                     " stored " + std::to_string(msink[t]) + ", expected " + std::to_string(expected));
+                break;
+            }
+        if (pr::mma_peak(1, 48, 1, bf16, msink.data(), nullptr) == cudaSuccess) fail("probe mma accepted a partial warp");
+    }
+    if (pr::mma_flops_per_iter(true) != 2 * pr::mma_flops_per_iter(false)) fail("probe mma flop counts");
 }
 
 }  // namespace

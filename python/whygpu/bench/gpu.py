@@ -6,7 +6,12 @@ in ``csrc/cuda/probe.cu``, timed with CUDA events:
 
 * **FMA peak** -- every thread of a full grid runs independent chains of
   float32 fused multiply-adds in registers: no memory traffic, so the time
-  is the arithmetic units' alone.  This is the compute roof of every CUDA rung.
+  is the arithmetic units' alone.  This is the compute roof of CUDA rungs 8-14.
+* **tensor-core peak** -- every warp of a full grid issues independent chains
+  of ``mma.sync`` (bf16 m16n8k16, and TF32 m16n8k8) on registers: the compute
+  roof of the tensor-core rungs 15-16 (``cuda_mma``, ``cuda_mma_bf16``,
+  ``cuda_wgmma``).  On Hopper, warpgroup ``wgmma`` can go faster than any
+  ``mma.sync`` -- so rung 16 may pass this roof, and the report says so.
 * **device memory bandwidth** -- a float4 copy kernel, counted as bytes read
   plus bytes written (as STREAM does).  Two working sets: one far larger than
   the L2 cache (DRAM, HBM on a data-centre GPU) and one that fits in it (L2).
@@ -23,10 +28,13 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
-__all__ = ["measure_gpu", "gpu_usable", "gpu_peak", "vendor_runner", "vendor_name"]
+__all__ = ["measure_gpu", "gpu_usable", "gpu_peak", "tensor_peaks", "vendor_runner", "vendor_name"]
 
 _THREADS = 256          # threads per block of the FMA probe
 _BLOCKS_PER_SM = 8      # 8 x 256 = 2048 threads: a full SM on every GPU since Volta
+# The tensor-core probe: 2 x 8 warps per SM, 4 per tensor core (one per SM quarter), each
+# with 8 independent mma.sync in flight -- more than the pipes' latency needs.
+_MMA_BLOCKS_PER_SM = 2
 
 
 def gpu_usable() -> bool:
@@ -62,6 +70,37 @@ def _fma_gflops(sms: int, target_s: float, samples: int) -> float:
     return blocks * _THREADS * iters * per_iter / best / 1e9
 
 
+def _mma_gflops(sms: int, precision: str, target_s: float, samples: int) -> float:
+    """Best-of-`samples` GFLOP/s of the tensor-core probe in `precision` ('bf16' or
+    'tf32'), calibrated like :func:`_fma_gflops` -- from one iteration up: a tensor-core
+    step is 32 mma.sync per warp, slow to emulate."""
+    p = _probe()
+    blocks = max(1, sms * _MMA_BLOCKS_PER_SM)
+    per_iter = p.mma_flops_per_iter(precision)
+    iters = 1
+    t = p.mma_seconds(blocks, _THREADS, iters, precision)  # also the warm-up
+    while t < target_s / 8 and iters < (1 << 30):
+        iters *= 4
+        t = p.mma_seconds(blocks, _THREADS, iters, precision)
+    iters = max(1, min(int(iters * target_s / max(t, 1e-9)), 1 << 30))
+    best = min(p.mma_seconds(blocks, _THREADS, iters, precision) for _ in range(samples))
+    return blocks * _THREADS * iters * per_iter / best / 1e9
+
+
+def tensor_peaks(sms: int, *, quick: bool = True) -> dict:
+    """{'tensor_gflops': {'bf16': GFLOP/s, 'tf32': GFLOP/s}} from the tensor-core probe,
+    or {'tensor_gflops': {}, 'tensor_reason': why} on a GPU without bf16/TF32 tensor cores."""
+    from .. import cuda
+    target_s, samples = (0.01, 2) if quick else (0.03, 5)
+    try:
+        return {"tensor_gflops": {prec: _mma_gflops(sms, prec, target_s, samples) for prec in ("bf16", "tf32")},
+                "tensor_reason": None}
+    except cuda.CudaUnavailableError as exc:
+        return {"tensor_gflops": {}, "tensor_reason": str(exc)}
+    except AttributeError:  # a whygpu._cuda built before the probe existed
+        return {"tensor_gflops": {}, "tensor_reason": "this build's CUDA module has no tensor-core probe"}
+
+
 def _copy_gbps(nbytes: int, reps: int) -> float:
     times = _probe().copy_seconds(int(nbytes), int(reps))
     return 2 * nbytes / min(times) / 1e9  # read + write
@@ -73,7 +112,8 @@ def _host_gbps(nbytes: int, direction: str, memory: str, reps: int) -> float:
 
 
 def gpu_peak(*, quick: bool = True) -> Optional[dict]:
-    """Only the FMA peak: {'device', 'multiprocessors', 'fma_gflops'}, or None without a GPU."""
+    """Only the peaks: {'device', 'multiprocessors', 'fma_gflops', 'tensor_gflops', 'tensor_reason'}
+    (see :func:`tensor_peaks`), or None without a GPU."""
     if not gpu_usable():
         return None
     from .. import cuda
@@ -81,14 +121,15 @@ def gpu_peak(*, quick: bool = True) -> Optional[dict]:
     sms = int(info.get("multiprocessors") or 1)
     target_s, samples = (0.01, 3) if quick else (0.03, 5)
     return {"device": str(info.get("name", "GPU")), "multiprocessors": sms,
-            "fma_gflops": _fma_gflops(sms, target_s, samples)}
+            "fma_gflops": _fma_gflops(sms, target_s, samples), **tensor_peaks(sms, quick=quick)}
 
 
 def measure_gpu(*, quick: bool = False, log: Callable[[str], None] = lambda s: None) -> Optional[dict]:
     """Measure the GPU's roofs (about a second; less with ``quick``); None without a usable GPU.
 
     Returns a JSON-ready dict: ``device`` (name), ``device_info``,
-    ``fma_gflops`` (float32 peak), ``bandwidth`` ({"L2": GB/s, "DRAM": GB/s},
+    ``fma_gflops`` (float32 peak), ``tensor_gflops`` ({"bf16": GFLOP/s, "tf32": GFLOP/s}
+    from the mma.sync probe; empty, with ``tensor_reason``, without tensor cores), ``bandwidth`` ({"L2": GB/s, "DRAM": GB/s},
     device-to-device, read + write), ``host`` ({"h2d"|"d2h": {"pageable"|
     "pinned"|"staged": GB/s}}), the byte counts used, and ``seconds``.
     """
@@ -102,6 +143,7 @@ def measure_gpu(*, quick: bool = False, log: Callable[[str], None] = lambda s: N
     free, _total = cuda.memory_info()
     target_s, samples = (0.01, 3) if quick else (0.03, 5)
     fma = _fma_gflops(sms, target_s, samples)
+    tensor = tensor_peaks(sms, quick=quick)
     # DRAM: buffers 8x the L2 (nothing survives in it between copies), at least 64 MiB
     # (32 quick), at most an eighth of the free memory.  L2: source + destination fill
     # half of it, so they stay resident from one copy to the next.
@@ -116,9 +158,9 @@ def measure_gpu(*, quick: bool = False, log: Callable[[str], None] = lambda s: N
     return {
         "device": str(info.get("name", "GPU")),
         "device_info": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))},
-        "multiprocessors": sms, "fma_gflops": fma, "bandwidth": bandwidth, "host": host,
+        "multiprocessors": sms, "fma_gflops": fma, **tensor, "bandwidth": bandwidth, "host": host,
         "bytes": {"dram_copy": dram_bytes, "l2_copy": l2_bytes, "host_copy": host_bytes},
-        "fma_threads": sms * _BLOCKS_PER_SM * _THREADS,
+        "fma_threads": sms * _BLOCKS_PER_SM * _THREADS, "mma_warps": sms * _MMA_BLOCKS_PER_SM * _THREADS // 32,
         "emulated": "emulated" in str(info.get("name", "")).lower(),
         "seconds": time.perf_counter() - start,
     }

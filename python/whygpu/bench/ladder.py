@@ -22,7 +22,8 @@ from .measure import Estimator, blas_threads, format_seconds, gflops, matmul_flo
 from .progress import Progress
 
 __all__ = ["SCHEMA", "run_ladder", "measure_matmul", "calibrate", "scout", "threads_used", "resolve_kernels",
-           "ladder_summary", "pct_of_peak", "series_device"]
+           "ladder_summary", "pct_of_peak", "series_device", "series_precision", "measure_error", "split_unavailable",
+           "ERROR_METRIC"]
 
 SCHEMA = "whygpu.ladder/1"
 _CALIBRATION_N = 32
@@ -38,6 +39,89 @@ def series_device(name: str) -> str:
         return "cuda"
     kern = KERNELS.get(name)
     return kern.device if kern is not None else "cpu"
+
+
+def series_precision(name: str, dtype: str = "float32") -> str:
+    """What a series multiplies in: the inputs' dtype for the CPU kernels and NumPy,
+    'float32', 'tf32' or 'bf16' for the CUDA ones (the registry's ``precision``)."""
+    if name == "cublas":
+        return "float32"  # strict float32: TF32 off (whygpu.bench.gpu.vendor_runner)
+    kern = KERNELS.get(name)
+    return (kern.precision if kern is not None else None) or dtype
+
+
+def split_unavailable(names: Optional[Sequence[str]]) -> tuple:
+    """(names without the known-but-unusable kernels, [{"kernel", "device", "reason"}] for those).
+
+    Named kernels that exist but cannot run here are listed with the reason
+    instead of raising; with ``names`` None (or ["all"]) the list holds every
+    unusable CPU kernel, and the unusable CUDA kernels only where a GPU is
+    usable (without one, every CUDA kernel is out for the one reason the GPU
+    sections already give).  Unknown names are left in (resolve_kernels raises)."""
+    from .gpu import gpu_usable
+    out = []
+    if names is None or list(names) == ["all"]:
+        gpu = gpu_usable()
+        for k in KERNELS.values():
+            if (k.device == "cpu" or gpu) and not k.available:
+                out.append({"kernel": k.name, "device": k.device, "reason": k.unavailable()})
+        return names, out
+    kept = []
+    for name in names:
+        k = KERNELS.get(name) if isinstance(name, str) else None
+        why = k.unavailable() if k is not None else None
+        if why is None:
+            kept.append(name)
+        elif not any(u["kernel"] == name for u in out):
+            out.append({"kernel": name, "device": k.device, "reason": why})
+    return kept, out
+
+
+# How the error against the float64 reference is measured (everywhere: ladder, explain, roofline, report).
+ERROR_METRIC = ("max relative error: max|C - C64| / max|C64|, where C64 is the product of the same float32 "
+                "inputs computed in float64")
+
+
+def measure_error(name: str, m: int, n: int, k: int, *, dtype: str = "float32", threads: int = 1,
+                  seed: int = 0) -> dict:
+    """One (m, k) @ (k, n) product of series `name` on standard-normal data against the
+    same product computed in float64 (:data:`ERROR_METRIC`).
+
+    Returns {"n", "m", "k", "precision", "unit_roundoff", "max_rel_error", "error_bound"}:
+    ``error_bound`` is what the precision guarantees for this data -- every entry is off
+    by at most gamma * (|A| |B|)_ij with gamma = 2u + u^2 (each product of two operands
+    rounded to unit roundoff u) + 2 (k + 2) u_sum (1 + 2u) (the sums, float32 or float64),
+    so the max error is at most gamma * max(|A| |B|) / max|C64|."""
+    from .. import matmul
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    if name.startswith("numpy-"):
+        with blas_threads(int(name[6:-1])):
+            c = np.matmul(a, b)
+    elif name == "cublas":
+        import whygpu.cuda as wc
+        c = wc.vendor_matmul(a, b)
+        if c is None:
+            raise KernelUnavailableError("'cublas' needs CuPy or PyTorch with a usable GPU")
+    else:
+        kern = KERNELS[name]
+        c = matmul(a, b, kernel=name, threads=threads if kern.parallel else 1)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    top = float(np.max(np.abs(ref))) if ref.size else 0.0
+    err = float(np.max(np.abs(c.astype(np.float64) - ref))) if ref.size else 0.0
+    precision = series_precision(name, dtype)
+    u_sum = 2.0 ** -53 if dtype == "float64" else 2.0 ** -24
+    if precision == "float64":
+        u = 2.0 ** -53
+    else:
+        from ..cuda import UNIT_ROUNDOFF
+        u = UNIT_ROUNDOFF[precision]
+    gamma = 2 * u + u * u + 2 * (k + 2) * u_sum * (1 + 2 * u)
+    mag = float(np.max(np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64))) if ref.size else 0.0
+    return {"m": m, "n": n, "k": k, "precision": precision, "unit_roundoff": u,
+            "max_rel_error": err / top if top > 0 else err,
+            "error_bound": gamma * mag / top if top > 0 else 0.0}
 
 
 def resolve_kernels(names: Optional[Sequence[str]], threads: int, *, references: bool = True,
@@ -147,7 +231,8 @@ def measure_matmul(name: str, m: int, n: int, k: int, *, dtype: str = "float32",
     tm = _measure(fn, ctx, repeats=repeats, budget=budget, expected=expected)
     flops = matmul_flops(m, n, k)
     rec = {"kernel": name, "m": m, "n": n, "k": k, "dtype": dtype, "device": series_device(name),
-           "threads": threads_used(name, threads), "flops": flops, "gflops": gflops(flops, tm.median)}
+           "precision": series_precision(name, dtype), "threads": threads_used(name, threads), "flops": flops,
+           "gflops": gflops(flops, tm.median)}
     rec.update(tm.as_dict())
     return rec
 
@@ -216,6 +301,9 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     threads = get_num_threads() if threads is None else check_threads(threads)
+    kernels, unavailable = split_unavailable(kernels)
+    for u in unavailable:
+        log(f"{u['kernel']} not measured: {u['reason']}")
     names = resolve_kernels(kernels, threads, references=references)
     if dtype != "float32":  # the GPU rungs are float32 only
         names = [k for k in names if series_device(k) == "cpu"]
@@ -230,13 +318,21 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
         n0 = min(_CALIBRATION_N, (gpu_sizes if name in gpu_names else sizes)[0])
         est.record(name, matmul_flops(n0, n0, n0), calibrate(name, dtype=dtype, threads=threads, n=n0))
 
+    # Each series' error against the float64 reference, once, at a small size (the
+    # precision sets it, not the size): n = 64, or the series' smallest size below that.
+    errors = {}
+    for name in names:
+        n_err = min(64, (gpu_sizes if name in gpu_names else sizes)[0])
+        errors[name] = measure_error(name, n_err, n_err, n_err, dtype=dtype, threads=threads, seed=seed)
+
     if peak is None:
         peak = fma_peaks(threads, quick=quick_peak)
     if gpu_names and not peak.get("gpu_gflops"):
         from .gpu import gpu_peak
         g = gpu_peak(quick=True)
         if g:
-            peak = {**peak, "gpu_gflops": g["fma_gflops"], "gpu_device": g["device"]}
+            peak = {**peak, "gpu_gflops": g["fma_gflops"], "gpu_device": g["device"],
+                    "gpu_tensor_gflops": g.get("tensor_gflops") or {}}
     measurements, skipped = [], []
     plan = ([(n, name) for n in sizes for name in names if name not in gpu_names] +
             [(n, name) for n in gpu_sizes for name in gpu_names])
@@ -267,8 +363,8 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
             tm = _measure(fn, ctx, repeats=repeats, budget=budget, expected=expected)
             est.record(name, flops, tm.median)
             rec = {"kernel": name, "n": n, "m": n, "k": n, "dtype": dtype, "device": series_device(name),
-                   "threads": threads_used(name, threads), "flops": flops,
-                   "gflops": gflops(flops, tm.median)}
+                   "precision": series_precision(name, dtype), "threads": threads_used(name, threads),
+                   "flops": flops, "gflops": gflops(flops, tm.median)}
             rec.update(tm.as_dict())
             measurements.append(rec)
             bar.advance()
@@ -282,6 +378,8 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
         "peak": peak,
         "measurements": measurements,
         "skipped": skipped,
+        "errors": errors, "error_metric": ERROR_METRIC,
+        "unavailable": unavailable,
         "seconds": time.perf_counter() - t_start,
     }
     doc["summary"] = ladder_summary(doc)
@@ -294,7 +392,9 @@ def pct_of_peak(rec: dict, peak: dict) -> float:
     if not peak:
         return float("nan")
     if rec.get("device", "cpu") != "cpu":
-        g = peak.get("gpu_gflops")
+        prec = rec.get("precision") or "float32"
+        # a tensor-core rung against the tensor-core peak in its precision, the others against the FMA peak
+        g = peak.get("gpu_gflops") if prec == "float32" else (peak.get("gpu_tensor_gflops") or {}).get(prec)
         return 100.0 * rec["gflops"] / g if g else float("nan")
     p = peak["gflops_1t"] if rec["threads"] <= 1 else peak["gflops_all"] * min(rec["threads"], peak["threads"]) / peak["threads"]
     if rec.get("dtype") == "float64":
@@ -318,7 +418,11 @@ def ladder_summary(doc: dict) -> dict:
         rec = pts[n_max]
         row = {"kernel": name, "n": n_max, "gflops": rec["gflops"], "seconds": rec["seconds"],
                "threads": rec["threads"], "pct_peak": pct_of_peak(rec, doc.get("peak")),
-               "device": series_device(name), "reference": name not in KERNELS}
+               "device": series_device(name), "reference": name not in KERNELS,
+               "precision": rec.get("precision") or series_precision(name, rec.get("dtype", "float32"))}
+        err = (doc.get("errors") or {}).get(name)
+        if err:
+            row.update(max_rel_error=err["max_rel_error"], error_n=err["n"])
         if not row["reference"] and prev is not None:
             common = set(by[prev]) & set(pts)
             if common:
