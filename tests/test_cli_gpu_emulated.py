@@ -216,9 +216,11 @@ def test_train_runs_on_the_gpu_and_sweeps_batches(trained):
     assert runs["cuda"]["final_loss"] == pytest.approx(runs["numpy"]["final_loss"], rel=1e-3)
     sw = doc["sweep"]
     series = {s["label"]: s for s in sw["series"]}
-    gpu = ("cuda, copied", "cuda, resident", "cuda, copied, graph", "cuda, resident, graph")
+    gpu = ("cuda, copied", "cuda, resident", "cuda, copied, graph", "cuda, resident, graph",
+           "cuda, resident, graph, bf16")
     assert {*gpu, "numpy"} <= set(series)
-    assert [series[lbl]["graph"] for lbl in gpu] == [False, False, True, True]
+    assert [series[lbl]["graph"] for lbl in gpu] == [False, False, True, True, True]
+    assert series["cuda, resident, graph, bf16"]["backend"] == "cuda_mma_bf16"  # mixed precision
     for lbl in (*gpu, "numpy"):
         assert [p["batch"] for p in series[lbl]["points"]] == [8, 32]
         assert all(positive(p["step_s"]) for p in series[lbl]["points"])
@@ -227,8 +229,9 @@ def test_train_runs_on_the_gpu_and_sweeps_batches(trained):
         assert positive(rows[b]["speedup_resident"]) and positive(rows[b]["speedup_copied"])
         assert 0 <= rows[b]["copy_share"] < 1
         assert positive(rows[b]["graph_gain"]) and positive(rows[b]["speedup_resident_graph"])
-    assert sw["summary"]["at_batch"] == 32
-    assert "GPU resident vs best CPU" in res.stdout and "graph gain" in res.stdout
+        assert rows[b]["bf16_gain"] == pytest.approx(rows[b]["resident_graph_s"] / rows[b]["resident_graph_bf16_s"])
+    assert sw["summary"]["at_batch"] == 32 and positive(sw["summary"]["bf16_gain"])
+    assert "GPU resident vs best CPU" in res.stdout and "graph gain" in res.stdout and "bf16 gain" in res.stdout
     assert is_png(out / "train_sweep.png")
 
 
@@ -249,6 +252,7 @@ def test_report_has_the_gpu_sections_with_figures(site, trained, tmp_path):
     assert "float32 FMA peak (probe)" in md and "GB/s" in md
     assert "GPU (data resident) over the best CPU back end" in md
     assert "step as one CUDA graph" in md and "GPU, resident, graph" in md
+    assert "mixed precision: the step with bf16 tensor-core matmuls over float32" in md and "bf16 gain" in md
     # the tensor cores: explained, their measured roof, rung 15 against it, rung 16 listed with its reason
     assert "What a tensor core is" in md and "bf16 tensor-core peak (mma.sync probe)" in md
     assert "| cuda_mma_bf16 | 32 | bf16 | gpu_tensor_bf16" in md

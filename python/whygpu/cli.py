@@ -459,11 +459,13 @@ def _print_sweep(sw: dict) -> None:
                     ([f"x{_g(r['speedup_copied'])}" if "speedup_copied" in r else "-",
                       f"x{_g(r['speedup_resident'])}" if "speedup_resident" in r else "-",
                       f"{100 * r['copy_share']:.0f}%" if "copy_share" in r else "-",
-                      f"x{_g(r['graph_gain'])}" if "graph_gain" in r else "-"] if gpu else []))
+                      f"x{_g(r['graph_gain'])}" if "graph_gain" in r else "-",
+                      f"x{_g(r['bf16_gain'])}" if "bf16_gain" in r else "-"] if gpu else []))
     print(f"ms per training step of the MLP {sw['layers']} by batch size (median of {sw['steps']} steps; "
           f"CPU back ends on {sw['threads']} threads)")
-    extra = ["GPU copied vs best CPU", "GPU resident vs best CPU", "copy share", "graph gain"] if gpu else []
-    print(_table(["batch"] + labels + extra, rows, right=range(0, len(labels) + 5)))
+    extra = ["GPU copied vs best CPU", "GPU resident vs best CPU", "copy share", "graph gain",
+             "bf16 gain"] if gpu else []
+    print(_table(["batch"] + labels + extra, rows, right=range(0, len(labels) + 6)))
     if not gpu:
         print("(no GPU is usable here: the sweep has the CPU back ends only)")
     s = sw["summary"]

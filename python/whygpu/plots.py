@@ -325,14 +325,16 @@ def plot_roofline_gpu(doc: dict, path) -> str:
 def plot_train_sweep(doc: dict, path) -> str:
     """ms per training step against batch size: the CPU back ends at all cores,
     the GPU with the batch copied every step and with the data resident,
-    each with and without the step captured as one CUDA graph."""
+    each with and without the step captured as one CUDA graph, and the
+    resident graph step with bf16 tensor-core matmuls (mixed precision)."""
     sw = doc["sweep"]
     fig = Figure(figsize=(8.8, 5.2), layout="constrained")
     ax = fig.subplots()
     styles = {"cuda, copied": dict(color="#2b6f2b", linestyle="--", marker="s"),
               "cuda, resident": dict(color="#2b6f2b", linestyle="-", marker="s"),
               "cuda, copied, graph": dict(color="#7a3fb0", linestyle="--", marker="D"),
-              "cuda, resident, graph": dict(color="#7a3fb0", linestyle="-", marker="D")}
+              "cuda, resident, graph": dict(color="#7a3fb0", linestyle="-", marker="D"),
+              "cuda, resident, graph, bf16": dict(color="#d95f02", linestyle="-", marker="^")}
     for ser in sw["series"]:
         pts = ser["points"]
         if not pts:

@@ -517,6 +517,9 @@ def _gpu_measured(docs, gpu, gsum, sweep, out: Path, figs: list, num: int) -> Li
             if "graph_gain" in sm:
                 rows.append((f"what capturing the step as a CUDA graph bought, batch {b} (resident)",
                              f"x{_g(sm['graph_gain'])}"))
+            if "bf16_gain" in sm:
+                rows.append((f"mixed precision: the step with bf16 tensor-core matmuls over float32, batch {b}",
+                             f"x{_g(sm['bf16_gain'])}"))
     blocks.append(("p", text.strip()))
     if _mentions_tensor_cores(docs, gpu):
         blocks += _tensor_core_lesson(docs)
@@ -641,6 +644,11 @@ def _gpu_sweep(doc: dict, out: Path, figs: list) -> List[Block]:
     if "graph_gain" in sm:
         cap += (f"Replaying the whole step as one CUDA graph (no Python, one launch instead of one per kernel) "
                 f"made the resident step x{_g(sm['graph_gain'])} faster at batch {sm['at_batch']}. ")
+    if "bf16_gain" in sm:
+        cap += (f"With every matmul on the bf16 tensor cores (mixed precision: float32 weights, sums and "
+                f"everything else) the same graph step was x{_g(sm['bf16_gain'])} as fast at batch "
+                f"{sm['at_batch']}" + (f" and x{_g(sm['bf16_gain_largest'])} at batch {sm['largest_batch']}"
+                                       if "bf16_gain_largest" in sm else "") + ". ")
     cap += ("Small batches leave most of the GPU idle and pay a fixed cost per kernel launch, so the CPU wins "
             "there: batch your operations. Copies over the bus cost the same per sample at every batch size, "
             "so keeping data on the GPU matters most where the GPU is fastest: minimise CPU-GPU transfers.")
@@ -654,10 +662,13 @@ def _gpu_sweep(doc: dict, out: Path, figs: list) -> List[Block]:
                       f"x{_g(r['speedup_resident'])}" if "speedup_resident" in r else "",
                       _pct(100 * r["copy_share"]) if "copy_share" in r else "",
                       _ms(r["resident_graph_s"]) if "resident_graph_s" in r else "skipped",
-                      f"x{_g(r['graph_gain'])}" if "graph_gain" in r else ""))
+                      f"x{_g(r['graph_gain'])}" if "graph_gain" in r else "",
+                      _ms(r["resident_graph_bf16_s"]) if "resident_graph_bf16_s" in r else "-",
+                      f"x{_g(r['bf16_gain'])}" if "bf16_gain" in r else ""))
     blocks = [("fig", "train_sweep.png", cap.strip()),
               ("table", ("batch", "best CPU", "GPU, copied", "GPU, resident", "speed-up copied", "speed-up resident",
-                         "copy share", "GPU, resident, graph", "graph gain"), table)]
+                         "copy share", "GPU, resident, graph", "graph gain", "GPU, graph, bf16", "bf16 gain"),
+               table)]
     if sw.get("skipped"):
         blocks.append(("p", "Not measured (over the time budget; --all runs them): " +
                        "; ".join(f"{x['series']} at batch {x['batch']}" for x in sw["skipped"]) + "."))

@@ -280,6 +280,9 @@ def run_sweep(*, batches: Sequence[int] = SWEEP_BATCHES, layers: Sequence[int] =
     * ``cuda, copied, graph`` and ``cuda, resident, graph``: the same, with
       the whole step replayed as one CUDA graph (:class:`whygpu.nn.GraphStep`,
       what ``fit`` does),
+    * ``cuda, resident, graph, bf16``: the last with every matmul on the bf16
+      tensor cores (``model.to("cuda", precision="bf16")``: mixed precision),
+      where they are usable -- its ``bf16_gain`` is the speed-up over float32,
 
     each measured as the median of ``steps`` unprofiled steps.  ``budget`` is
     seconds per (series, batch): a point predicted to take longer (from the
@@ -300,12 +303,14 @@ def run_sweep(*, batches: Sequence[int] = SWEEP_BATCHES, layers: Sequence[int] =
     if _gpu_backend_usable():
         series += [("cuda, copied", "cuda", False, False), ("cuda, resident", "cuda", True, False),
                    ("cuda, copied, graph", "cuda", False, True), ("cuda, resident, graph", "cuda", True, True)]
+        if "cuda_mma_bf16" in nn.backends():  # mixed precision: the matmuls on the bf16 tensor cores
+            series.append(("cuda, resident, graph, bf16", "cuda_mma_bf16", True, True))
     X, y = synthetic_clusters(batches[-1], layers[0], layers[-1], seed)
     out_series, skipped = [], []
     t_start = time.perf_counter()
     with Progress(len(series) * len(batches), "train sweep", progress) as bar:
         for label, backend, resident, graph in series:
-            on_gpu = backend == "cuda"
+            on_gpu = backend.startswith("cuda")
             pts = []
             per_flop = None  # seconds per FLOP of the last measured batch
             with _threads(backend, th):
@@ -358,7 +363,8 @@ def sweep_summary(sweep: dict) -> dict:
             best = min(cpu, key=cpu.get)
             row.update(best_cpu=best, best_cpu_s=cpu[best])
         for key, lbl in (("copied", "cuda, copied"), ("resident", "cuda, resident"),
-                         ("copied_graph", "cuda, copied, graph"), ("resident_graph", "cuda, resident, graph")):
+                         ("copied_graph", "cuda, copied, graph"), ("resident_graph", "cuda, resident, graph"),
+                         ("resident_graph_bf16", "cuda, resident, graph, bf16")):
             if b in by.get(lbl, {}):
                 row[f"{key}_s"] = by[lbl][b]
                 if cpu:
@@ -367,6 +373,8 @@ def sweep_summary(sweep: dict) -> dict:
             row["copy_share"] = max(row["copied_s"] - row["resident_s"], 0.0) / row["copied_s"]
         if "resident_s" in row and "resident_graph_s" in row:
             row["graph_gain"] = row["resident_s"] / row["resident_graph_s"]  # what capturing the step bought
+        if "resident_graph_s" in row and "resident_graph_bf16_s" in row:
+            row["bf16_gain"] = row["resident_graph_s"] / row["resident_graph_bf16_s"]  # bf16 over float32 matmuls
         rows.append(row)
     out = {"rows": rows}
     for key in ("copied", "resident", "copied_graph", "resident_graph"):
@@ -377,13 +385,13 @@ def sweep_summary(sweep: dict) -> dict:
         at = min(ref, key=lambda r: abs(np.log2(r["batch"] / 1024)))  # batch 1024, or the nearest measured
         out["at_batch"] = at["batch"]
         for k in ("speedup_copied", "speedup_resident", "speedup_copied_graph", "speedup_resident_graph",
-                  "copy_share", "graph_gain", "best_cpu"):
+                  "copy_share", "graph_gain", "bf16_gain", "best_cpu"):
             if k in at:
                 out[k] = at[k]
         big = max(ref, key=lambda r: r["batch"])
         out["largest_batch"] = big["batch"]
         for k in ("speedup_copied", "speedup_resident", "speedup_copied_graph", "speedup_resident_graph",
-                  "copy_share", "graph_gain"):
+                  "copy_share", "graph_gain", "bf16_gain"):
             if k in big:
                 out[f"{k}_largest"] = big[k]
     return out
