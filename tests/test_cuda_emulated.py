@@ -209,3 +209,25 @@ def test_transfers_fall_back_to_plain_copies_without_pinned_memory(emulated_site
                        timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "refused: could not allocate" in r.stdout and "fallback ok" in r.stdout
+
+
+def test_the_gpu_notebook_runs_on_the_emulated_gpu(emulated_site, tmp_path):
+    """notebooks/06_the_gpu.ipynb's GPU branch (the notebooks' CI run has no GPU, so it takes the
+    other one): every CUDA rung with its precision and error, and rung 16 listed with its reason."""
+    import json
+    nb = HERE.parent / "notebooks" / "06_the_gpu.ipynb"
+    if not nb.exists():
+        pytest.skip("no notebooks/ in this tree")
+    cells = json.loads(nb.read_text())["cells"]
+    script = tmp_path / "nb06.py"
+    script.write_text("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"))
+    env = dict(os.environ, PYTHONPATH=str(emulated_site))
+    r = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "GPU usable: True" in r.stdout
+    rows = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("cuda_")}
+    assert "float32" in rows["cuda_warptile"] and "tf32" in rows["cuda_mma"] and "bf16" in rows["cuda_mma_bf16"]
+    errors = {k: float(rows[k].rsplit(" ", 1)[1]) for k in ("cuda_warptile", "cuda_mma", "cuda_mma_bf16")}
+    assert errors["cuda_warptile"] < 1e-5 < errors["cuda_mma"] < errors["cuda_mma_bf16"] < 1e-2
+    assert "unavailable: the CUDA emulation cannot run wgmma" in rows["cuda_wgmma"]
