@@ -104,6 +104,17 @@ def test_tensor_core_rungs_follow_the_simt_ladder():
     assert _registry.KERNELS["packed"].precision is None  # the CPU rungs compute in the inputs' dtype
 
 
+def test_kernel_unavailable_reason():
+    for name in whygpu.all_kernels(device="cuda"):
+        why = wc.kernel_unavailable_reason(name)
+        assert why == _registry.KERNELS[name].unavailable()
+        assert (why is None) == (name in whygpu.available_kernels(device="cuda"))
+        if not GPU:
+            assert why == wc.unavailable_reason()
+    with pytest.raises(ValueError, match="not a CUDA kernel"):
+        wc.kernel_unavailable_reason("openmp")
+
+
 def test_precisions_and_their_unit_roundoff():
     assert wc.PRECISIONS == ("float32", "tf32", "bf16")
     # significand bits (with the implicit one): 24, 11, 8 -> u = 2**-bits

@@ -50,7 +50,7 @@ __all__ = [
     "DeviceArray", "to_device", "from_dlpack", "empty", "zeros", "pinned_empty", "pinned_array", "is_pinned",
     "gemm", "matmul", "vendor_library", "vendor_matmul",
     "CudaError", "CudaUnavailableError", "LADDER", "DEFAULT_KERNEL",
-    "PRECISIONS", "UNIT_ROUNDOFF", "TENSOR_CORE_KERNELS", "precision_of",
+    "PRECISIONS", "UNIT_ROUNDOFF", "TENSOR_CORE_KERNELS", "precision_of", "kernel_unavailable_reason",
 ]
 
 
@@ -471,6 +471,15 @@ def _kernel_unavailable(name: str) -> Optional[str]:
     if why is None and name in TENSOR_CORE_KERNELS:  # the GPU must have these tensor cores (rung 16: Hopper)
         why = _tensor_core_reason(name) or None
     return why
+
+
+def kernel_unavailable_reason(kernel: str) -> Optional[str]:
+    """Why CUDA kernel `kernel` cannot run here (no GPU, not compiled in, or --
+    for the tensor-core rungs -- a GPU without those tensor cores: ``cuda_wgmma``
+    needs a Hopper), as a sentence; None when it can."""
+    if kernel not in _RUNGS:
+        raise ValueError(f"{kernel!r} is not a CUDA kernel; the CUDA kernels are: {', '.join(_RUNGS)}")
+    return _kernel_unavailable(kernel)
 
 
 @functools.lru_cache(maxsize=None)
