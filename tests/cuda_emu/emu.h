@@ -358,8 +358,9 @@ inline thread_local dim3 tl_thread, tl_block;
 inline thread_local std::barrier<>* tl_block_barrier = nullptr;
 inline thread_local std::barrier<>* tl_warp_barrier = nullptr;
 inline thread_local float* tl_warp_slots = nullptr;
-// Per warp, 64 bytes per lane for the warp-collective instructions of tests/cuda_emu/ptx.cuh
-// (ldmatrix hands rows between lanes, mma.sync gathers the warp's fragments).
+// Per warp, two areas of 64 bytes per lane for the warp-collective instructions of
+// tests/cuda_emu/ptx.cuh (ldmatrix hands rows between lanes, mma.sync gathers the warp's
+// fragments); consecutive instructions alternate between the two (see ptx.cuh).
 constexpr unsigned kXchgBytes = 64;
 inline thread_local unsigned char* tl_warp_xchg = nullptr;
 inline thread_local unsigned tl_lane = 0;
@@ -434,13 +435,13 @@ void launch(dim3 grid, dim3 block, F f) {
     std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
     for (unsigned w = 0; w < nwarps; ++w) warp_barriers.emplace_back(new std::barrier<>(std::min(32u, nt - 32 * w)));
     std::vector<float> slots(nwarps * 32);
-    std::vector<unsigned char> xchg(std::size_t(nwarps) * 32 * kXchgBytes);
+    std::vector<unsigned char> xchg(std::size_t(nwarps) * 2 * 32 * kXchgBytes);
     Pool::get().run(nt, [&](unsigned t) {
         tl_thread = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
         tl_block_barrier = &block_barrier;
         tl_warp_barrier = warp_barriers[t / 32].get();
         tl_warp_slots = &slots[(t / 32) * 32];
-        tl_warp_xchg = &xchg[std::size_t(t / 32) * 32 * kXchgBytes];
+        tl_warp_xchg = &xchg[std::size_t(t / 32) * 2 * 32 * kXchgBytes];
         tl_lane = t % 32;
         tl_warp_size = std::min(32u, nt - 32 * (t / 32));
         for (unsigned bz = 0; bz < grid.z; ++bz)

@@ -6,10 +6,13 @@
 //
 //  * ldmatrix and mma.sync are warp-collective: every lane publishes its
 //    operands (row addresses, fragments) in the warp's exchange area of
-//    emu.h, the warp meets at a barrier, each lane gathers what the fragment
-//    layout says it receives, and the warp meets again before the area is
-//    reused.  The layouts are written out below from the PTX ISA, element by
-//    element, independently of how the kernel uses them.
+//    emu.h, the warp meets at a barrier, and each lane gathers what the
+//    fragment layout says it receives.  Consecutive instructions use the two
+//    areas in turn, so one barrier per instruction suffices: a lane can only
+//    write an area again two instructions later, after every lane has passed
+//    the next instruction's barrier -- that is, has finished reading it.
+//    The layouts are written out below from the PTX ISA, element by element,
+//    independently of how the kernel uses them.
 //  * cp.async is asynchronous for real: a copy is only queued, and lands
 //    (with its zero fill) when the issuing thread's cp.async.wait_group lets
 //    its group complete -- as late as a GPU may land it.  A kernel that
@@ -44,9 +47,23 @@ inline void require_full_warp(const char* what) {
         std::abort();
     }
 }
-// Every lane writes `bytes` at its slot, the warp meets; read other lanes' slots; meet again.
-inline unsigned char* slot(unsigned lane) { return emu::tl_warp_xchg + lane * emu::kXchgBytes; }
+// Which of the warp's two exchange areas this lane's current instruction uses: all 32
+// lanes run the same collective instructions, so their counts agree (reset per block).
+struct Phase {
+    unsigned long long block = 0;
+    unsigned area = 0;
+};
+inline thread_local Phase tl_phase;
+inline unsigned char* area() {
+    if (tl_phase.block != emu::tl_block_serial) tl_phase = {emu::tl_block_serial, 0};
+    return emu::tl_warp_xchg + tl_phase.area * 32 * emu::kXchgBytes;
+}
+// Lane `lane`'s slot in the current area.
+inline unsigned char* slot(unsigned lane) { return area() + lane * emu::kXchgBytes; }
+// Publish-then-read: after this, every lane's slot of the current area holds what it wrote;
+// the next instruction goes to the other area.
 inline void warp_barrier() { emu::tl_warp_barrier->arrive_and_wait(); }
+inline void next_area() { tl_phase.area ^= 1u; }
 
 struct Copy {
     void* dst;
@@ -126,7 +143,7 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr) {
         std::memcpy(&row, slot(8 * i + g), sizeof row);
         std::memcpy(&r[i], row + 4 * t, 4);
     }
-    warp_barrier();
+    next_area();
 }
 
 namespace emu_detail {
@@ -171,7 +188,7 @@ inline void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], A
         for (unsigned k = 0; k < K; ++k) sum += a_at(r, k) * b_at(k, c);
         d[q] = sum;
     }
-    warp_barrier();
+    next_area();
 }
 
 }  // namespace emu_detail
