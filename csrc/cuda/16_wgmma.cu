@@ -422,8 +422,8 @@ const char* wgmma_unavailable() {
 
 cudaError_t launch_wgmma(const TcArgs& t, cudaStream_t stream) {
     const GemmArgs& g = t.g;
+    // (tensor_core_gemm, the only caller, has checked rung_unavailable(), hence wgmma_unavailable().)
     if (g.precision != kBF16 || t.a == nullptr || t.b == nullptr) return cudaErrorInvalidValue;
-    if (wgmma_unavailable() != nullptr) return cudaErrorInvalidDeviceFunction;
     const long long tiles = (long long)detail::ceil_div(g.m, BM) * detail::ceil_div(g.n, BN);
     if (tiles > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
 
