@@ -1,0 +1,76 @@
+"""``whygpu``, the command line: the parser and ``main``, over one module per subcommand (``whygpu.cli.<name>``).
+
+Measure this machine and explain, with tables, figures and a report, why
+each kind of parallelism speeds up deep learning.
+
+    whygpu info                      what this machine offers
+    whygpu ladder  [--sizes ...]     GFLOP/s of every kernel over a range of sizes
+    whygpu scaling [--n N]           speed-up against threads, Amdahl's law fitted
+    whygpu roofline [--n N]          the machine's measured roofs, every kernel on them
+    whygpu train   [--steps S]       the same MLP trained on each back end
+    whygpu explain M N K             one product: predicted vs measured, per kernel
+    whygpu demo    [--quick]         all of the above, then a report (HTML + Markdown)
+    whygpu report  RESULTS...        rebuild the report from saved JSON
+
+Each measuring subcommand prints a table, writes ``<name>.json`` into the
+output folder (``--out``, default ``./whygpu-report-YYYYmmdd-HHMMSS``) and,
+with ``--plot``, PNG figures.  User errors (bad arguments, unknown kernels,
+an unwritable folder) print one line and exit with status 2; set
+WHYGPU_DEBUG=1 to see the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # never open a window, even if pyplot gets imported
+
+from . import demo, explain, info, ladder, report, roofline, scaling, train  # noqa: E402
+from ._common import CliError, _Parser  # noqa: E402
+
+__all__ = ["main"]
+
+# The subcommands, in the order `whygpu --help` lists them.  Each module has
+# add_parser(subparsers) -> its parser (arguments and help) and run(args) -> exit status;
+# a new subcommand is a new module added here.
+COMMANDS = (info, ladder, scaling, roofline, train, explain, demo, report)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    p = _Parser(prog="whygpu", description="Measure why parallel hardware speeds up deep learning, on this machine.",
+                epilog="Run 'whygpu demo' for everything at once and a report.")
+    p.add_argument("--version", action="version", version=f"whygpu {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for command in COMMANDS:
+        command.add_parser(sub).set_defaults(func=command.run)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 user error)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help, --version, or a usage error (already printed)
+        return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    from .._registry import KernelUnavailableError
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("whygpu: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `whygpu ladder | head`: stop quietly, like other command-line tools
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except (CliError, ValueError, TypeError, KernelUnavailableError, OSError) as exc:
+        if os.environ.get("WHYGPU_DEBUG"):
+            raise
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"whygpu: error: {msg}", file=sys.stderr)
+        return 2
