@@ -14,118 +14,12 @@ The formulas are PyTorch's.
 """
 from __future__ import annotations
 
-from typing import Iterable, List
-
 import numpy as np
 
-from .nn import _profile
-from .nn._module import Parameter, _check_number
+from .nn._module import _check_number
+from .nn._optimizer import Optimizer
 
 __all__ = ["Optimizer", "SGD", "Adam"]
-
-_clock = _profile._clock
-
-
-class Optimizer:
-    """Base class: holds the parameters and runs ``_update`` on each in ``step``."""
-
-    _kind = None  # "sgd" / "adam": the one-call update a compiled or GPU back end has for this optimizer
-
-    def __init__(self, params: Iterable[Parameter], lr: float):
-        if isinstance(params, Parameter):
-            params = [params]
-        try:
-            self.params: List[Parameter] = list(params)
-        except TypeError:
-            raise TypeError("params must be an iterable of Parameters, e.g. model.parameters()") from None
-        if not self.params:
-            raise ValueError("the optimizer got an empty parameter list")
-        for p in self.params:
-            if not isinstance(p, Parameter):
-                raise TypeError(f"params must be whygpu.nn Parameters (model.parameters()), got {type(p).__name__}")
-        if len({id(p) for p in self.params}) != len(self.params):
-            raise ValueError("a parameter appears more than once in the list")
-        self.lr = _check_number(lr, "lr", 0.0, True)
-        # The p._data each parameter's state was last made for: when model.to()
-        # converts or moves a parameter, its state follows at the next step.
-        self._placed: list = [None] * len(self.params)
-
-    def zero_grad(self) -> None:
-        """Zero the gradients of every parameter this optimizer updates."""
-        for p in self.params:
-            p.zero_grad()
-
-    def step(self) -> None:
-        """Update every parameter from its current gradient."""
-        prof = _profile._active
-        t0, x0 = (_clock(), prof.transfer_s) if prof is not None else (0.0, 0.0)
-        self._begin_step()
-        be = self._fused_backend()
-        if be is not None:
-            self._fused_step(be)
-        else:
-            for i, p in enumerate(self.params):
-                if self._placed[i] is not p._data:
-                    self._follow(i, p)
-                self._update(i, p, p._grad_array())  # zeros if no backward pass since zero_grad
-        if prof is not None:
-            prof.optimizer.backward_s += _clock() - t0 - (prof.transfer_s - x0)  # copies have their own row
-            prof.steps += 1
-
-    def _begin_step(self) -> None:
-        pass
-
-    # -- every parameter in one call (compiled back ends) or one launch (GPU) ----------
-    def _fused_backend(self):
-        """The back end all parameters are on, when it can update them all in one call; else None."""
-        if self._kind is None:
-            return None
-        be = self.params[0]._backend
-        if not hasattr(be, "optimizer_update"):
-            return None
-        return be if all(p._backend is be for p in self.params) else None
-
-    def _fused_step(self, be, hyper_dev=None) -> None:
-        """One call (one launch on a GPU) updates all parameters.  With ``hyper_dev`` (a float32
-        DeviceArray holding ``_hyper()``) the kernel reads the hyperparameters
-        from GPU memory: what a CUDA graph needs, since it replays a launch
-        with the arguments it was captured with (see whygpu.nn.GraphStep)."""
-        for i, p in enumerate(self.params):
-            if self._placed[i] is not p._data:
-                self._follow(i, p)
-        grads = [p._grad_array() for p in self.params]  # zeros if no backward pass since zero_grad
-        s1, s2 = self._device_states()
-        be.optimizer_update(self._kind, [p._data for p in self.params], grads, s1, s2, self._hyper(), hyper_dev)
-
-    def _device_states(self):  # pragma: no cover - abstract: (state1 list or None, state2 list or None)
-        raise NotImplementedError
-
-    def _hyper(self) -> list:  # pragma: no cover - abstract: the numbers the one-launch kernel takes
-        raise NotImplementedError
-
-    def _states(self) -> list:
-        """The lists of per-parameter state arrays (subclasses say which)."""
-        return []
-
-    def _follow(self, i: int, p: Parameter) -> None:
-        """Convert parameter i's state to p's dtype and memory (host or GPU)."""
-        for store in self._states():
-            s = store[i]
-            if s is not None and (s.dtype != p.dtype or type(s) is not type(p._data)):
-                host = s if isinstance(s, np.ndarray) else s.to_host()  # from the GPU, if it was there
-                store[i] = p._backend.asarray(host.astype(p.dtype))
-        self._placed[i] = p._data
-
-    def _state(self, store: list, i: int, p: Parameter) -> np.ndarray:
-        """Per-parameter state array i of `store` (zeros of p's shape and dtype, in
-        the memory of p's back end)."""
-        s = store[i]
-        if s is None:
-            s = store[i] = p._backend.zeros(p.shape, p.dtype)
-        return s
-
-    def _update(self, i: int, p: Parameter, g: np.ndarray) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
 
 
 class SGD(Optimizer):

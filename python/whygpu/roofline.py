@@ -15,28 +15,24 @@ flops on 3n^2 numbers, so its intensity grows with n -- a good kernel is
 compute-bound, which is exactly why parallel arithmetic (more cores, wider
 SIMD, a GPU) speeds it up.
 
-The roofs are measured here by compiled microbenchmarks (``whygpu._probe``):
+The roofs are measured by compiled microbenchmarks (``whygpu._probe``):
 an FMA loop with 12 independent chains per thread for the peak, one
 dependent chain for scalar code, and a STREAM triad at working sets sized for
-L2, L3 and DRAM.  :func:`measure_machine` runs them (about a second);
+L2, L3 and DRAM.  :func:`measure_machine` runs them (about a second; it
+lives in :mod:`whygpu.bench.probes`, with the other measurements);
 :func:`kernel_model` applies the model to one kernel and shape.
 """
 from __future__ import annotations
 
 import math
 import time
-from typing import Dict, Optional
+from typing import Optional
 
-from . import cpu_info
-from ._threads import get_num_threads
-
-try:
-    from . import _probe
-except ImportError as exc:  # pragma: no cover - only on a broken build
-    _probe = None
-    _probe_error = str(exc)
-else:
-    _probe_error = None
+from ._cpu import cpu_info
+from ._registry import KERNELS
+from ._threads import check_threads, get_num_threads
+from .bench.probes import fma_peaks, measure_machine
+from .cuda import precision_of
 
 __all__ = ["measure_machine", "fma_peaks", "run_roofline", "prediction_error", "kernel_model", "gpu_kernel_model",
            "COMPUTE_ROOFS", "KERNEL_ROOF", "GPU_TRAFFIC", "GPU_OPERAND_BYTES", "GPU_ROOF", "gpu_precision",
@@ -113,142 +109,6 @@ GPU_ROOF = {"float32": "gpu_fma", "tf32": "gpu_tensor_tf32", "bf16": "gpu_tensor
 # Tile sizes of rung 5, copied from csrc/05_blocked.cpp (BI, BK, BJ).
 _BLOCKED_TILE = (64, 128, 256)
 _LINE = 64  # bytes in a cache line
-
-
-# --------------------------------------------------------------------------
-# Measuring the roofs
-# --------------------------------------------------------------------------
-def _need_probe():
-    if _probe is None:  # pragma: no cover
-        raise RuntimeError(f"whygpu._probe is not available: {_probe_error}")
-
-
-def _fma_gflops(arch: str, threads: int, target_s: float, samples: int) -> float:
-    """Best-of-`samples` GFLOP/s of the FMA chains on `threads` threads.
-
-    The work per thread is calibrated on one thread: on a busy machine a
-    parallel calibration run can be delayed by the scheduler and would
-    shrink the measurement to almost nothing."""
-    per_iter = _probe.fma_flops_per_iter(arch)
-    iters = 20_000
-    t = _probe.fma_peak_seconds(arch, 1, iters)  # also the warm-up
-    while t < target_s / 8:
-        iters *= 4
-        t = _probe.fma_peak_seconds(arch, 1, iters)
-    iters = max(1, int(iters * target_s / t))
-    best = min(_probe.fma_peak_seconds(arch, threads, iters) for _ in range(samples))
-    return threads * iters * per_iter / best / 1e9
-
-
-def _scalar_gflops(target_s: float, samples: int) -> float:
-    n = 1024  # 8 KiB of floats: stays in L1, so only the add latency counts
-    reps = max(1, int(target_s * 2e9 / (2 * n) / 2))  # ~2 GFLOP/s expected
-    best = min(_probe.scalar_chain_seconds(n, reps) for _ in range(samples))
-    return 2 * n * reps / best / 1e9
-
-
-def _interpreter_gflops(target_s: float, samples: int) -> float:
-    """The pure-Python roof: a dot product of two lists, the simplest loop
-    that does one multiply-add per iteration."""
-    x = [1.0 + i * 1e-6 for i in range(1000)]
-    y = [1.0 - i * 1e-6 for i in range(1000)]
-
-    def dot():
-        acc = 0.0
-        for p in range(1000):
-            acc += x[p] * y[p]
-        return acc
-
-    t0 = time.perf_counter()
-    dot()
-    one = max(time.perf_counter() - t0, 1e-6)
-    reps = max(1, int(target_s / one))
-    best = math.inf
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            dot()
-        best = min(best, (time.perf_counter() - t0) / reps)
-    return 2000 / best / 1e9
-
-
-def _working_sets(caches: dict, threads: int) -> Dict[str, int]:
-    """Elements per thread of each triad array so that the 3 arrays sit in
-    the named level (half of it, leaving room) but not in the level above."""
-    l2 = caches.get("L2") or 1 << 20
-    l3 = caches.get("L3") or 8 << 20
-    out = {"L2": max(1024, l2 // 2 // 24)}
-    if l3 > 4 * l2 * threads:
-        out["L3"] = max(out["L2"] * 4, (l3 // 2) // 24 // threads)
-    dram_total = min(max(4 * l3, 64 << 20), 512 << 20)
-    out["DRAM"] = dram_total // 24 // threads
-    return out
-
-
-def _triad_gbps(arch: str, n_per_thread: int, threads: int, target_bytes: float, samples: int) -> float:
-    bytes_per_sweep = 24 * n_per_thread * threads  # STREAM count: 2 reads + 1 write of 8 bytes
-    sweeps = max(1, int(target_bytes / bytes_per_sweep))
-    times = _probe.triad_seconds(arch, n_per_thread, threads, sweeps, samples + 1)[1:]  # drop the first (page faults)
-    return bytes_per_sweep * sweeps / min(times) / 1e9
-
-
-def fma_peaks(threads: Optional[int] = None, *, quick: bool = False, arch: Optional[str] = None) -> dict:
-    """Only the FMA peaks (a fraction of a second): {'arch', 'threads',
-    'gflops_1t', 'gflops_all'} -- for the "% of peak" columns of the ladder."""
-    _need_probe()
-    info = cpu_info()
-    threads = get_num_threads() if threads is None else int(threads)
-    if not info.get("openmp", False):
-        threads = 1
-    arch = arch or info.get("arch", "portable")
-    target_s, samples = (0.015, 3) if quick else (0.04, 5)
-    one = _fma_gflops(arch, 1, target_s, samples)
-    return {"arch": arch, "threads": threads, "gflops_1t": one,
-            "gflops_all": _fma_gflops(arch, threads, target_s, samples) if threads > 1 else one}
-
-
-def measure_machine(threads: Optional[int] = None, *, quick: bool = False,
-                    arch: Optional[str] = None) -> dict:
-    """Measure this machine's roofs (about 1 s, 0.4 s with ``quick``).
-
-    Returns a JSON-ready dict: ``compute`` (GFLOP/s per roof of
-    :data:`COMPUTE_ROOFS`), ``bandwidth`` ({"1": {level: GB/s}, "all": ...}),
-    ``fma_by_arch`` (1-core FMA peak per instruction set), ``threads``,
-    ``arch``, ``caches``, ``dtype`` (the peaks are float32) and ``seconds``.
-    Peaks are best-of-samples, as in STREAM: a roof is what *can* be reached.
-    """
-    _need_probe()
-    info = cpu_info()
-    threads = get_num_threads() if threads is None else int(threads)
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    if not info.get("openmp", False):
-        threads = 1
-    arch = arch or info.get("arch", "portable")
-    target_s = 0.015 if quick else 0.04
-    samples = 3 if quick else 5
-    start = time.perf_counter()
-    fma_by_arch = {a: _fma_gflops(a, 1, target_s, samples) for a in info.get("supported_archs", ["portable"])}
-    compute = {
-        "interpreter": _interpreter_gflops(target_s, samples),
-        "scalar": _scalar_gflops(target_s, samples),
-        "simd_baseline": fma_by_arch.get("portable") or _fma_gflops("portable", 1, target_s, samples),
-        "simd_1t": fma_by_arch.get(arch) or _fma_gflops(arch, 1, target_s, samples),
-    }
-    compute["simd_all"] = _fma_gflops(arch, threads, target_s, samples) if threads > 1 else compute["simd_1t"]
-    sets = _working_sets(info.get("caches", {}), threads)
-    target_bytes = 0.3e9 if quick else 1e9
-    bandwidth = {"1": {}, "all": {}}
-    for level, n_elems in sets.items():
-        bandwidth["1"][level] = _triad_gbps(arch, n_elems * (threads if level == "DRAM" else 1), 1,
-                                            target_bytes, samples)
-        bandwidth["all"][level] = (_triad_gbps(arch, n_elems, threads, target_bytes, samples)
-                                   if threads > 1 else bandwidth["1"][level])
-    return {
-        "arch": arch, "threads": threads, "dtype": "float32", "caches": dict(info.get("caches", {})),
-        "compute": compute, "bandwidth": bandwidth, "fma_by_arch": fma_by_arch,
-        "triad_elements_per_thread": sets, "seconds": time.perf_counter() - start,
-    }
 
 
 # --------------------------------------------------------------------------
@@ -365,7 +225,6 @@ def gpu_precision(kernel: str) -> str:
     'tf32' or 'bf16' (the tensor-core rungs; :func:`whygpu.cuda.precision_of`)."""
     if kernel == "cublas":
         return "float32"
-    from .cuda import precision_of
     return precision_of(kernel)
 
 
@@ -443,12 +302,13 @@ def run_roofline(*, n: int = 1024, kernels=None, dtype: str = "float32", threads
     cuBLAS, when CuPy or PyTorch can reach the GPU) are placed on them at
     ``gpu_n`` (or the largest size that fits the budget).
     """
-    from .bench.ladder import measure_matmul, resolve_kernels, scout, threads_used
+    # Deferred, not circular (whygpu.bench imports nothing above it): the measuring modules
+    # pull in tqdm and threadpoolctl, which ``import whygpu`` (explain -> roofline) need not load.
+    from .bench.gpu import measure_gpu
+    from .bench.ladder import measure_matmul, resolve_kernels, scout, split_unavailable, threads_used
     from .bench.machine import machine_info
     from .bench.measure import format_seconds
     from .bench.progress import Progress
-    from ._registry import KERNELS
-    from ._threads import check_threads
 
     if isinstance(n, bool) or int(n) < 1:
         raise ValueError(f"n must be a positive integer, got {n}")
@@ -458,8 +318,6 @@ def run_roofline(*, n: int = 1024, kernels=None, dtype: str = "float32", threads
     t_start = time.perf_counter()
     if machine is None:
         machine = measure_machine(threads, quick=quick)
-    from .bench.gpu import measure_gpu
-    from .bench.ladder import split_unavailable
     kernels, unavailable = split_unavailable(kernels)  # listed with their reasons, not measured
     all_names = resolve_kernels(kernels, threads, gpu=True)
     names = [k for k in all_names if k.startswith("numpy-") or KERNELS[k].device == "cpu"]

@@ -13,12 +13,12 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .. import available_kernels
-from .._registry import KERNELS, KernelUnavailableError, get_kernel
+from .._api import matmul
+from .._registry import KERNELS, KernelUnavailableError, available_kernels, get_kernel
 from .._threads import check_threads, get_num_threads
-from ..roofline import fma_peaks
 from .machine import machine_info
 from .measure import Estimator, blas_threads, format_seconds, gflops, matmul_flops, time_call
+from .probes import fma_peaks
 from .progress import Progress
 
 __all__ = ["SCHEMA", "run_ladder", "measure_matmul", "calibrate", "scout", "threads_used", "resolve_kernels",
@@ -92,7 +92,6 @@ def measure_error(name: str, m: int, n: int, k: int, *, dtype: str = "float32", 
     by at most gamma * (|A| |B|)_ij with gamma = 2u + u^2 (each product of two operands
     rounded to unit roundoff u) + 2 (k + 2) u_sum (1 + 2u) (the sums, float32 or float64),
     so the max error is at most gamma * max(|A| |B|) / max|C64|."""
-    from .. import matmul
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((k, n)).astype(dtype)
@@ -162,7 +161,6 @@ def _runner(name: str, a, b, c, threads: int):
     if name.startswith("numpy-"):
         t = int(name[6:-1])
         return (lambda: np.matmul(a, b, out=c)), blas_threads(t)
-    from .. import matmul
     if name == "cublas":
         from .gpu import vendor_runner
         fn = vendor_runner(a, b)
@@ -180,7 +178,6 @@ def _cuda_runner(name: str, a, b, c):
     """A GPU kernel timed on data already on the GPU (transfers are not the
     kernel's speed), waiting for it to finish; through NumPy arrays (with
     transfers) if this whygpu.cuda has no device arrays."""
-    from .. import matmul
     try:
         import whygpu.cuda as wc
         da, db = wc.to_device(a), wc.to_device(b)

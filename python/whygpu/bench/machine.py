@@ -13,8 +13,9 @@ import time
 
 import numpy as np
 
-from .. import __version__, cpu_info
+from .._cpu import cpu_info
 from .._threads import get_num_threads
+from .._version import __version__
 
 __all__ = ["machine_info", "cuda_status", "now_iso"]
 

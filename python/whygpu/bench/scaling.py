@@ -18,10 +18,13 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from .._api import matmul
+from .._cpu import cpu_info
 from .._registry import KERNELS, get_kernel
 from .._threads import _cpus_available, check_threads
 from .machine import machine_info
 from .measure import blas_threads, gflops, matmul_flops, time_call
+from .probes import _fma_gflops
 from .progress import Progress
 
 __all__ = ["SCHEMA", "run_scaling", "fit_amdahl", "amdahl"]
@@ -93,7 +96,6 @@ def run_scaling(*, n: int = 1024, threads_list: Optional[Sequence[int]] = None, 
     b = rng.standard_normal((n, n)).astype(dtype)
     c = np.empty((n, n), dtype)
     flops = matmul_flops(n, n, n)
-    from .. import matmul
 
     jobs = [("kernel", p) for p in threads_list]
     if numpy:
@@ -115,8 +117,6 @@ def run_scaling(*, n: int = 1024, threads_list: Optional[Sequence[int]] = None, 
                     tm = time_call(lambda: np.matmul(a, b, out=c), repeats=repeats, budget=budget)
                 results[kind].append(tm.median)
             elif kind == "peak":
-                from ..roofline import _fma_gflops
-                from .. import cpu_info
                 g = _fma_gflops(cpu_info().get("arch", "portable"), p, 0.03, 3)
                 results[kind].append(1.0 / g)  # "seconds" per GFLOP: speed-ups come out right
             else:

@@ -17,7 +17,8 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .. import manual_seed, nn, optim
+from .. import nn, optim
+from .._random import manual_seed
 from .._registry import KERNELS
 from ..nn._backend import get_backend
 from .._threads import check_threads, get_num_threads, set_num_threads

@@ -19,6 +19,7 @@ memory and runs all of it in CUDA kernels; :class:`GraphStep` (which
 ``fit`` uses there) replays a whole training step as one CUDA graph.  See
 ``docs/nn.md`` for a worked example and :func:`profile` for where the time goes.
 """
+from . import _cuda_backend  # noqa: F401  registers the "cuda" back end with get_backend; touches no GPU
 from ._backend import backends
 from ._graph import GraphStep
 from ._module import Module, Parameter

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - only on a broken build
 else:
     _nn_core_error = None
 
-__all__ = ["Backend", "NumpyBackend", "KernelBackend", "get_backend", "backends"]
+__all__ = ["Backend", "NumpyBackend", "KernelBackend", "get_backend", "backends", "register_backend"]
 
 
 class Backend:
@@ -302,6 +302,17 @@ class KernelBackend(Backend):
 NUMPY = NumpyBackend()
 _cache: Dict[str, Backend] = {"numpy": NUMPY}
 
+# The back ends defined above this module, by device: factory(name) makes the back end for
+# the device's own name ("cuda") and for each of its kernels.  ``_cuda_backend`` registers
+# the GPU one when imported (``whygpu.nn`` imports it, touching no GPU), so this module
+# never imports it.
+_FACTORIES: Dict[str, Callable[[str], Backend]] = {}
+
+
+def register_backend(device: str, factory: Callable[[str], Backend]) -> None:
+    """Make ``factory(name)`` the back end for `device` (``"cuda"``) and for each of its kernels."""
+    _FACTORIES[device] = factory
+
 
 def backends() -> list:
     """Back-end names usable here: ``'numpy'``, every available CPU kernel and,
@@ -340,9 +351,9 @@ def get_backend(name) -> Backend:
         raise TypeError(f"a back end is named by a string, got {type(name).__name__}")
     be = _cache.get(name)
     if be is None:
-        if name == "cuda" or name in all_kernels(device="cuda"):
-            from ._cuda_backend import CudaBackend  # GPU-resident training (needs a usable GPU)
-            be = CudaBackend(name)
+        device = next((d for d in _FACTORIES if name == d or name in all_kernels(device=d)), None)
+        if device is not None:
+            be = _FACTORIES[device](name)  # e.g. GPU-resident training (needs a usable GPU)
         elif name in all_kernels():
             be = KernelBackend(name)  # KernelUnavailableError says why, if it cannot run
         else:

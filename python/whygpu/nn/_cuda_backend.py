@@ -38,7 +38,7 @@ import numpy as np
 from .. import cuda as _wc
 from .._registry import KernelUnavailableError
 from . import _profile
-from ._backend import Backend
+from ._backend import Backend, register_backend
 from ._module import Parameter
 from .losses import DeviceLoss
 
@@ -297,3 +297,6 @@ class DeviceParameter(Parameter):
 
     def _astype(self, dtype) -> None:
         _float32(dtype)  # float32 stays float32; anything else is refused
+
+
+register_backend("cuda", CudaBackend)  # get_backend("cuda"), get_backend("cuda_smem")... make one

@@ -36,6 +36,7 @@ from typing import Optional
 import numpy as np
 
 from . import _backend, _profile
+from ._optimizer import Optimizer
 from .layers import Dropout, LeakyReLU, Linear, Sigmoid, Softmax, Tanh
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, DeviceLoss, MSELoss, _Loss
 
@@ -73,8 +74,6 @@ class GraphStep:
     """
 
     def __init__(self, model, loss, optimizer, graph: bool = True, _acc=None):
-        from ..optim import Optimizer  # late import: optim imports nn
-
         if not hasattr(model, "forward") or not hasattr(model, "_backend"):
             raise TypeError(f"model must be a whygpu.nn model, got {type(model).__name__}")
         if not isinstance(loss, _Loss):

@@ -18,7 +18,9 @@ import numpy as np
 
 from .. import _random
 from . import _backend, _profile
+from ._graph import GraphStep
 from ._module import Module, _check_finite
+from ._optimizer import Optimizer
 from .layers import LeakyReLU, Linear, ReLU
 from .losses import CrossEntropyLoss, MSELoss, _Loss
 
@@ -196,8 +198,6 @@ class Sequential(Module):
         GPU, and the loss and accuracy are summed on the GPU and read once
         per epoch (so a diverging loss is reported at the end of its epoch).
         """
-        from ..optim import Optimizer  # late import: optim imports nn
-
         if not isinstance(optimizer, Optimizer):
             raise TypeError("fit() needs optimizer=, e.g. whygpu.optim.SGD(model.parameters(), lr=0.1)")
         if not isinstance(loss, _Loss):
@@ -274,8 +274,6 @@ class Sequential(Module):
     def _fit_loop_device(self, X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history,
                          classifier, cuda_graph):
         """fit on a GPU back end: no copy back and no wait for the GPU inside an epoch."""
-        from ._graph import GraphStep
-
         n = X.shape[0]
         n_batches = -(-n // batch_size)
         rng = _random.get_rng()
