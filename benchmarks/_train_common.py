@@ -8,6 +8,7 @@ any whygpu kernel (threads set with whygpu.set_num_threads), ``cuda`` (the
 GPU, when one is usable: benchmarks/test_bench_train_cuda.py), and ``torch``
 (PyTorch CPU, torch.set_num_threads) when PyTorch is installed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,6 +48,7 @@ def threads(backend: str, n: int):
     torch_old = None
     if backend == "torch":
         import torch
+
         torch_old = torch.get_num_threads()
         torch.set_num_threads(n)
     whygpu.set_num_threads(n)
@@ -57,6 +59,7 @@ def threads(backend: str, n: int):
         whygpu.set_num_threads(old)
         if torch_old is not None:
             import torch
+
             torch.set_num_threads(torch_old)
 
 
@@ -107,6 +110,7 @@ def torch_step(batch: int, device: str = "cpu", resident: bool = True):
     float32 (no TF32, as whygpu's kernels) and each step waits for the GPU;
     ``resident=False`` copies the batch from host memory every step."""
     import torch
+
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False

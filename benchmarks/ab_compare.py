@@ -10,9 +10,11 @@ so load hits all of them alike.  NumPy's BLAS is pinned with threadpoolctl.
 The share of the CPUs used by other processes during the run is printed:
 figures taken while it is high are not worth quoting.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -62,12 +64,12 @@ def configs(a, b, threads):
 def measure(shapes, rounds, threads, extra=()):
     rng = np.random.default_rng(0)
     results = {}
-    for (m, k, n) in shapes:
+    for m, k, n in shapes:
         a = rng.standard_normal((m, k)).astype(np.float32)
         b = rng.standard_normal((k, n)).astype(np.float32)
         cfg = configs(a, b, threads)
         for name in extra:
-            cfg[name] = ((lambda kn: (lambda: whygpu.matmul(a, b, kernel=kn)))(name), None)
+            cfg[name] = (functools.partial(whygpu.matmul, a, b, kernel=name), None)
         samples = {name: [] for name in cfg}
         for _ in range(rounds):
             for name, (fn, blas_threads) in cfg.items():  # A/B/C/D back to back, every round
@@ -91,31 +93,39 @@ def main(argv=None):
     args = p.parse_args(argv)
     T = args.threads
     info = whygpu.cpu_info()
-    print(f"# {info['model']}, {info['cores']} cores, arch {info['arch']}, "
-          f"{args.rounds} rounds, medians; openmp and NumPy at {T} threads")
+    print(
+        f"# {info['model']}, {info['cores']} cores, arch {info['arch']}, "
+        f"{args.rounds} rounds, medians; openmp and NumPy at {T} threads"
+    )
 
     start = cpu_busy_snapshot()
     square = measure([(n, n, n) for n in (512, 1024, 2048)], args.rounds, T)
-    print("\n| n | packed x1 | numpy x1 | packed/numpy | openmp x%d | numpy x%d | openmp/numpy | openmp x%d / packed x1 |" % (T, T, T))
+    print(
+        f"\n| n | packed x1 | numpy x1 | packed/numpy | openmp x{T} | numpy x{T} | openmp/numpy "
+        f"| openmp x{T} / packed x1 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for shape, r in square.items():
         g = {k: gflops(shape, v) for k, v in r.items()}
-        print(f"| {shape[0]} | {g['packed x1']:.1f} | {g['numpy x1']:.1f} | {g['packed x1'] / g['numpy x1']:.2f} "
-              f"| {g[f'openmp x{T}']:.1f} | {g[f'numpy x{T}']:.1f} | {g[f'openmp x{T}'] / g[f'numpy x{T}']:.2f} "
-              f"| {g[f'openmp x{T}'] / g['packed x1']:.2f} |")
+        print(
+            f"| {shape[0]} | {g['packed x1']:.1f} | {g['numpy x1']:.1f} | {g['packed x1'] / g['numpy x1']:.2f} "
+            f"| {g[f'openmp x{T}']:.1f} | {g[f'numpy x{T}']:.1f} | {g[f'openmp x{T}'] / g[f'numpy x{T}']:.2f} "
+            f"| {g[f'openmp x{T}'] / g['packed x1']:.2f} |"
+        )
 
-    mlp = measure([(bs, i, o) for bs in (32, 256) for (i, o) in ((784, 512), (512, 256), (256, 10))],
-                  args.rounds, T)
-    print("\n| shape (batch x in @ in x out) | openmp x%d us | numpy x%d us | time ratio openmp/numpy |" % (T, T))
+    mlp = measure([(bs, i, o) for bs in (32, 256) for (i, o) in ((784, 512), (512, 256), (256, 10))], args.rounds, T)
+    print(f"\n| shape (batch x in @ in x out) | openmp x{T} us | numpy x{T} us | time ratio openmp/numpy |")
     print("|---|---:|---:|---:|")
     for (m, k, n), r in mlp.items():
         o, npy = r[f"openmp x{T}"], r[f"numpy x{T}"]
         print(f"| {m}x{k} @ {k}x{n} | {o * 1e6:.1f} | {npy * 1e6:.1f} | {o / npy:.2f} |")
 
     span = measure([(1024, 1024, 1024)], max(3, args.rounds // 3), T, extra=("naive",))[(1024, 1024, 1024)]
-    print(f"\nladder span at n=1024: naive {gflops((1024,) * 3, span['naive']):.2f} GFLOP/s, "
-          f"openmp x{T} {gflops((1024,) * 3, span[f'openmp x{T}']):.1f} GFLOP/s: "
-          f"{span['naive'] / span[f'openmp x{T}']:.0f}x")
+    print(
+        f"\nladder span at n=1024: naive {gflops((1024,) * 3, span['naive']):.2f} GFLOP/s, "
+        f"openmp x{T} {gflops((1024,) * 3, span[f'openmp x{T}']):.1f} GFLOP/s: "
+        f"{span['naive'] / span[f'openmp x{T}']:.0f}x"
+    )
     print(f"\nother processes used {busy_share(start, cpu_busy_snapshot()):.0%} of the CPUs during the run")
 
 

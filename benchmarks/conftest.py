@@ -7,6 +7,7 @@
   and NumPy's BLAS (from threadpoolctl), so a result file says what it ran on.
 * After a real run, GFLOP/s tables (benchmarks/report_table.py) are printed.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -37,11 +38,16 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
     import whygpu
 
-    machine_info["whygpu"] = {"version": whygpu.__version__, "cpu_info": whygpu.cpu_info(),
-                              "num_threads": whygpu.get_num_threads()}
+    machine_info["whygpu"] = {
+        "version": whygpu.__version__,
+        "cpu_info": whygpu.cpu_info(),
+        "num_threads": whygpu.get_num_threads(),
+    }
     machine_info["blas"] = [
         {k: lib.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer", "architecture")}
-        for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
+        for lib in threadpoolctl.threadpool_info()
+        if lib.get("user_api") == "blas"
+    ]
 
 
 def _report_table():

@@ -11,6 +11,7 @@ Each cell is the median over rounds of the per-step median; every step ends
 with its loss on the host and the GPU idle.  The last columns are the
 speed-ups of the resident graph step over PyTorch and over the best CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,14 +22,17 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _train_common import threads, torch_step, whygpu_step  # noqa: E402
-
 import whygpu  # noqa: E402
 import whygpu.cuda as wc  # noqa: E402
+from _train_common import threads, torch_step, whygpu_step  # noqa: E402
 from whygpu import nn  # noqa: E402
 
-CUDA = {"cuda, resident": (True, False), "cuda, resident, graph": (True, True),
-        "cuda, copied": (False, False), "cuda, copied, graph": (False, True)}
+CUDA = {
+    "cuda, resident": (True, False),
+    "cuda, resident, graph": (True, True),
+    "cuda, copied": (False, False),
+    "cuda, copied, graph": (False, True),
+}
 
 
 def median_ms(step, n):
@@ -51,6 +55,7 @@ def main(argv=None):
         raise SystemExit(f"no usable GPU: {wc.unavailable_reason()}")
     try:
         import torch
+
         has_torch = torch.cuda.is_available()
     except ImportError:
         has_torch = False

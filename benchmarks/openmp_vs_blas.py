@@ -9,9 +9,11 @@ The MLP shapes are those of a 784-512-256-10 training step at batch B:
 forward y = x W^T, weight gradient dW = dY^T X (k = B), input gradient
 dX = dY W -- computed with the transpose flags, as whygpu.nn does.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -21,9 +23,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ab_compare import busy_share, cpu_busy_snapshot, time_call  # noqa: E402
-
 import whygpu  # noqa: E402
+from ab_compare import busy_share, cpu_busy_snapshot, time_call  # noqa: E402
 
 LAYERS = ((784, 512), (512, 256), (256, 10))
 
@@ -62,8 +63,10 @@ def main(argv=None):
         flops = 2.0 * op_a.shape[0] * op_a.shape[1] * op_b.shape[1]
         cells = []
         for t in args.threads:
-            fns = {"openmp": lambda: whygpu.gemm(a, b, trans_a=ta, trans_b=tb, kernel="openmp", threads=t),
-                   "numpy": lambda: np.matmul(op_a, op_b)}
+            fns = {
+                "openmp": functools.partial(whygpu.gemm, a, b, trans_a=ta, trans_b=tb, kernel="openmp", threads=t),
+                "numpy": functools.partial(np.matmul, op_a, op_b),
+            }
             samples = {k: [] for k in fns}
             min_time = 0.05 if flops < 1e10 else 0.0
             with threadpool_limits(limits=t, user_api="blas"):

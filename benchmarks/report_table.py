@@ -12,6 +12,7 @@ GFLOP/s = 2*m*n*k / time, from the median time by default.
 Only the standard library is needed; benchmarks/conftest.py also uses
 `markdown_tables` to print the same tables at the end of a benchmark run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,19 +61,32 @@ def markdown_tables(benchmarks, stat: str = "median") -> str:
         info = [e["extra_info"] for e in entries]
         # columns by problem size, rows in ladder order then thread count (NumPy last)
         columns = sorted({i["column"] for i in info}, key=lambda c: min(i["flops"] for i in info if i["column"] == c))
-        rows = sorted({i["row"] for i in info}, key=lambda r: min(
-            (i.get("rung", 99), i.get("threads", 1), i.get("rank", 0), r) for i in info if i["row"] == r))
+        rows = sorted(
+            {i["row"] for i in info},
+            key=lambda r: min(
+                (i.get("rung", 99), i.get("threads", 1), i.get("rank", 0), r) for i in info if i["row"] == r
+            ),
+        )
         value = {(i["row"], i["column"]): gflops(e, stat) for e, i in zip(entries, info)}
         threads = {i["row"]: i.get("threads", 1) for i in info}
-        numpy = {(i["column"], i.get("threads", 1)): gflops(e, stat) for e, i in zip(entries, info)
-                 if i.get("kernel") == "numpy"}
-        lines = [f"### {SUITE_TITLES.get(suite, suite)}", "",
-                 f"GFLOP/s ({stat} time); in parentheses: ratio to NumPy with the same thread count.", "",
-                 "| kernel | " + " | ".join(columns) + " |",
-                 "|---|" + "---:|" * len(columns)]
+        numpy = {
+            (i["column"], i.get("threads", 1)): gflops(e, stat)
+            for e, i in zip(entries, info)
+            if i.get("kernel") == "numpy"
+        }
+        lines = [
+            f"### {SUITE_TITLES.get(suite, suite)}",
+            "",
+            f"GFLOP/s ({stat} time); in parentheses: ratio to NumPy with the same thread count.",
+            "",
+            "| kernel | " + " | ".join(columns) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
         for row in rows:
-            cells = [_cell(value.get((row, col)), None if row.startswith("numpy")
-                           else numpy.get((col, threads[row]))) for col in columns]
+            cells = [
+                _cell(value.get((row, col)), None if row.startswith("numpy") else numpy.get((col, threads[row])))
+                for col in columns
+            ]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
@@ -85,22 +99,27 @@ def machine_summary(data: dict) -> str:
     blas = ", ".join(f"{b.get('internal_api')} {b.get('version')}" for b in mi.get("blas", [])) or "unknown BLAS"
     if not cpu:
         return ""
-    return (f"Machine: {cpu.get('model')} ({cpu.get('cores')} cores usable), whygpu arch {cpu.get('arch')}, "
-            f"NumPy on {blas}.")
+    return (
+        f"Machine: {cpu.get('model')} ({cpu.get('cores')} cores usable), whygpu arch {cpu.get('arch')}, "
+        f"NumPy on {blas}."
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json_file", help="output of pytest --benchmark-json=FILE")
-    parser.add_argument("--stat", default="median", choices=["median", "min", "mean"],
-                        help="which time to turn into GFLOP/s (default: median)")
+    parser.add_argument(
+        "--stat",
+        default="median",
+        choices=["median", "min", "mean"],
+        help="which time to turn into GFLOP/s (default: median)",
+    )
     args = parser.parse_args(argv)
     with open(args.json_file) as f:
         data = json.load(f)
     tables = markdown_tables(data.get("benchmarks", []), args.stat)
     if not tables:
-        print("no whygpu benchmarks with timings in this file (was it run with --benchmark-disable?)",
-              file=sys.stderr)
+        print("no whygpu benchmarks with timings in this file (was it run with --benchmark-disable?)", file=sys.stderr)
         return 1
     summary = machine_summary(data)
     print((summary + "\n\n" if summary else "") + tables)

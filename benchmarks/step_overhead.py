@@ -11,6 +11,7 @@ which times each GEMM on its own), the rest (step - matmul), its share of the
 step, and the compiled calls the back end gets per step.  The rest's scaling
 is the ratio of its time at 1 thread to its time at each thread count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _train_common import threads, whygpu_step  # noqa: E402
-
 from whygpu import nn, optim  # noqa: E402
 from whygpu.nn import _backend  # noqa: E402
 
@@ -41,8 +41,13 @@ _FUSED = optim.Optimizer._fused_backend
 
 def _calls_per_step(step, be) -> int:
     """Compiled calls the back end receives in one step (matmuls and element-wise ops)."""
-    names = [n for n in dir(be) if not n.startswith("_") and callable(getattr(be, n))
-             and n not in ("threads", "empty", "zeros", "asarray", "to_host", "adopt", "release")]
+    names = [
+        n
+        for n in dir(be)
+        if not n.startswith("_")
+        and callable(getattr(be, n))
+        and n not in ("threads", "empty", "zeros", "asarray", "to_host", "adopt", "release")
+    ]
     count = [0]
     for n in names:
         real = getattr(be, n)
@@ -100,8 +105,10 @@ def main(argv=None):
     for (b, nt, path), (s, m, r, c) in rows.items():
         base = rows.get((b, args.threads[0], path))
         scale = f"x{base[2] / r:.2f}" if base and r > 0 else "-"
-        print(f"| {b} | {nt} | {path} | {1e3 * s:.3f} | {1e3 * m:.3f} | {1e3 * r:.3f} | {100 * r / s:.0f}% | "
-              f"{scale} | {c} |")
+        print(
+            f"| {b} | {nt} | {path} | {1e3 * s:.3f} | {1e3 * m:.3f} | {1e3 * r:.3f} | {100 * r / s:.0f}% | "
+            f"{scale} | {c} |"
+        )
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ GPU; without it those columns say n/a and the reference is NumPy's).
    graph) with every matmul in float32, TF32 or bf16, and the speed-up over
    float32; and digits accuracy after 20 epochs in bf16.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -28,10 +30,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _train_common import whygpu_step  # noqa: E402
-
 import whygpu  # noqa: E402
 import whygpu.cuda as wc  # noqa: E402
+from _train_common import whygpu_step  # noqa: E402
 from whygpu import datasets, nn, optim  # noqa: E402
 
 WHYGPU = [("cuda_warptile", None), ("cuda_mma", "tf32"), ("cuda_mma", "bf16"), ("cuda_wgmma", "bf16")]
@@ -50,6 +51,7 @@ def timed(run, rounds):
 def gemm_table(sizes, rounds):
     try:
         import torch
+
         torch_ok = torch.cuda.is_available()
     except ImportError:
         torch_ok = False
@@ -58,7 +60,7 @@ def gemm_table(sizes, rounds):
     for kernel, prec in WHYGPU:
         info = whygpu.kernel_info(kernel)
         if info.endswith("]"):  # "... [unavailable: why]"
-            print(f"{kernel}: {info[info.rindex('[') + 1:-1]}")
+            print(f"{kernel}: {info[info.rindex('[') + 1 : -1]}")
         else:
             usable.append((kernel, prec))
     for n in sizes:
@@ -69,8 +71,13 @@ def gemm_table(sizes, rounds):
         runs = {}
         for kernel, prec in usable:
             label = f"{kernel} ({prec or 'float32'})"
-            runs[label] = (lambda k=kernel, p=prec: (wc.gemm(da, db, dc, trans_b=True, kernel=k, precision=p),
-                                                     wc.synchronize()), (kernel, prec))
+            runs[label] = (
+                lambda k=kernel, p=prec, da=da, db=db, dc=dc: (
+                    wc.gemm(da, db, dc, trans_b=True, kernel=k, precision=p),
+                    wc.synchronize(),
+                ),
+                (kernel, prec),
+            )
         if torch_ok:
             ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
             ta16, tb16 = ta.bfloat16(), tb.bfloat16()
@@ -80,15 +87,16 @@ def gemm_table(sizes, rounds):
                 out = x @ y.T
                 torch.cuda.synchronize()
                 return out
-            runs["cuBLAS float32"] = (lambda: tmm(ta, tb, False), None)
-            runs["cuBLAS tf32"] = (lambda: tmm(ta, tb, True), None)
-            runs["cuBLAS bf16"] = (lambda: tmm(ta16, tb16, False), None)
+
+            runs["cuBLAS float32"] = (functools.partial(tmm, ta, tb, False), None)
+            runs["cuBLAS tf32"] = (functools.partial(tmm, ta, tb, True), None)
+            runs["cuBLAS bf16"] = (functools.partial(tmm, ta16, tb16, False), None)
         secs = {label: [] for label in runs}
         for _ in range(3):  # alternate, so a slow moment of the GPU hits every column alike
             for label, (run, _) in runs.items():
                 secs[label].append(timed(run, max(1, rounds // 3)))
         for label in runs:
-            rows.setdefault(label, {})[n] = 2.0 * n ** 3 / float(np.median(secs[label])) / 1e9
+            rows.setdefault(label, {})[n] = 2.0 * n**3 / float(np.median(secs[label])) / 1e9
         if n == sizes[0]:  # errors against float64 at the first size
             if torch_ok:
                 ref = (ta.double() @ tb.double().T).cpu().numpy()
@@ -109,8 +117,12 @@ def gemm_table(sizes, rounds):
     print(f"{'':28}" + "".join(f"{n:>12}" for n in sizes))
     for label, by_n in rows.items():
         print(f"{label:28}" + "".join(f"{by_n.get(n, float('nan')):12.0f}" for n in sizes))
-    for mine, theirs in (("cuda_warptile (float32)", "cuBLAS float32"), ("cuda_mma (tf32)", "cuBLAS tf32"),
-                         ("cuda_mma (bf16)", "cuBLAS bf16"), ("cuda_wgmma (bf16)", "cuBLAS bf16")):
+    for mine, theirs in (
+        ("cuda_warptile (float32)", "cuBLAS float32"),
+        ("cuda_mma (tf32)", "cuBLAS tf32"),
+        ("cuda_mma (bf16)", "cuBLAS bf16"),
+        ("cuda_wgmma (bf16)", "cuBLAS bf16"),
+    ):
         if mine in rows and theirs in rows:
             print(f"{mine} / {theirs}: " + ", ".join(f"n={n}: {rows[mine][n] / rows[theirs][n]:.0%}" for n in sizes))
     print(f"\nerror against float64 at n = {sizes[0]}: max |C - C64| / max |C64|, ||C - C64|| / ||C64||")
@@ -127,8 +139,12 @@ def training_table(batches, rounds):
         for be in backends:
             step, _ = whygpu_step(be, batch, resident=True, graph=True)
             ms[be] = 1e3 * timed(step, rounds)
-        print(f"{batch:6}" + "".join(f"{ms[b]:16.3f}" for b in backends) + "   " +
-              ", ".join(f"{b}: {ms['cuda'] / ms[b]:.2f}x" for b in backends[1:]))
+        print(
+            f"{batch:6}"
+            + "".join(f"{ms[b]:16.3f}" for b in backends)
+            + "   "
+            + ", ".join(f"{b}: {ms['cuda'] / ms[b]:.2f}x" for b in backends[1:])
+        )
 
 
 def digits_accuracy():
@@ -139,10 +155,19 @@ def digits_accuracy():
         whygpu.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 128, init="he"), nn.ReLU(), nn.Linear(128, 10, init="he"))
         model.to("cuda", precision=prec)
-        model.fit(X_train, y_train, epochs=20, batch_size=64, optimizer=optim.SGD(model.parameters(), lr=0.1,
-                  momentum=0.9), loss=nn.CrossEntropyLoss(), verbose=0)
-        print(f"digits, 20 epochs, {model.backend} ({prec}): test accuracy "
-              f"{model.evaluate(X_test, y_test)['accuracy']:.4f}")
+        model.fit(
+            X_train,
+            y_train,
+            epochs=20,
+            batch_size=64,
+            optimizer=optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+            loss=nn.CrossEntropyLoss(),
+            verbose=0,
+        )
+        print(
+            f"digits, 20 epochs, {model.backend} ({prec}): test accuracy "
+            f"{model.evaluate(X_test, y_test)['accuracy']:.4f}"
+        )
 
 
 def main(argv=None):

@@ -9,6 +9,7 @@ its own loop so that it also runs under --benchmark-disable.
 
     pytest benchmarks/test_bench_cuda.py --benchmark-group-by=param:n
 """
+
 from __future__ import annotations
 
 import time
@@ -18,8 +19,10 @@ import pytest
 
 import whygpu.cuda as wc
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not wc.is_available(), reason=f"no usable GPU: {wc.unavailable_reason()}")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not wc.is_available(), reason=f"no usable GPU: {wc.unavailable_reason()}"),
+]
 
 N = 4096
 # The naive rungs take ~0.1-1 s a product at n = 4096: few rounds for them.
@@ -27,7 +30,7 @@ ROUNDS = {"cuda_naive": 3, "cuda_coalesced": 3, "cuda_smem": 5}
 
 
 def _gflops(n: int, seconds: float) -> float:
-    return 2.0 * n ** 3 / seconds / 1e9
+    return 2.0 * n**3 / seconds / 1e9
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +51,14 @@ def _vendor_runner(a: np.ndarray, b: np.ndarray):
     if lib == "cupy":
         try:
             import cupy as cp
+
             ca, cb = cp.asarray(a), cp.asarray(b)
             cc = cp.empty_like(ca)
 
             def run():
                 cp.matmul(ca, cb, out=cc)
                 cp.cuda.Device().synchronize()
+
             run()
             return "cuBLAS (CuPy)", run
         except Exception:
@@ -61,6 +66,7 @@ def _vendor_runner(a: np.ndarray, b: np.ndarray):
     if lib in ("cupy", "torch"):
         try:
             import torch
+
             if torch.cuda.is_available():
                 torch.set_float32_matmul_precision("highest")  # strict float32: no TF32
                 ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
@@ -69,6 +75,7 @@ def _vendor_runner(a: np.ndarray, b: np.ndarray):
                 def run():
                     torch.matmul(ta, tb, out=tc)
                     torch.cuda.synchronize()
+
                 run()
                 return "cuBLAS (PyTorch)", run
         except Exception:
@@ -90,14 +97,25 @@ def _record(benchmark, kernel: str, rung: int, precision: str = "float32"):
     """What report_table.py needs for a 'cuda' table (GFLOP/s per kernel at n = N).
     `precision`: what the products are computed in (float32, tf32 or bf16)."""
     benchmark.group = f"cuda gemm n={N}"
-    benchmark.extra_info.update(suite="cuda", row=kernel, column=f"n={N}", kernel=kernel, rung=rung, threads=1,
-                                dtype=precision, m=N, n=N, k=N, flops=2 * N ** 3)
+    benchmark.extra_info.update(
+        suite="cuda",
+        row=kernel,
+        column=f"n={N}",
+        kernel=kernel,
+        rung=rung,
+        threads=1,
+        dtype=precision,
+        m=N,
+        n=N,
+        k=N,
+        flops=2 * N**3,
+    )
 
 
 def _gflops_info(benchmark):
     if benchmark.enabled:
-        benchmark.extra_info["gflops"] = 2 * N ** 3 / benchmark.stats["median"] / 1e9
-        benchmark.extra_info["gflops_best"] = 2 * N ** 3 / benchmark.stats["min"] / 1e9
+        benchmark.extra_info["gflops"] = 2 * N**3 / benchmark.stats["median"] / 1e9
+        benchmark.extra_info["gflops_best"] = 2 * N**3 / benchmark.stats["min"] / 1e9
 
 
 @pytest.mark.heavy
@@ -112,6 +130,7 @@ def test_bench_cuda_kernel(benchmark, operands, kernel):
     def run():
         wc.gemm(da, db, dc, kernel=kernel)
         wc.synchronize()
+
     run()
     benchmark.pedantic(run, rounds=ROUNDS.get(kernel, 10), iterations=1, warmup_rounds=1)
     _gflops_info(benchmark)
@@ -145,9 +164,11 @@ def test_bench_cublas_tensor_cores(benchmark, operands, precision):
     before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     try:
+
         def run():
             torch.matmul(ta, tb)
             torch.cuda.synchronize()
+
         run()
         _record(benchmark, f"cuBLAS {precision} (PyTorch)", 99, precision)
         benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
@@ -168,6 +189,7 @@ def test_bench_cuda_transfers(benchmark, operands):
     def run():
         dc.copy_from_host(a)
         dc.to_host(out=out)
+
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
 
 
@@ -182,14 +204,18 @@ def test_best_kernel_reaches_70_percent_of_cublas(operands):
         def run():
             wc.gemm(da, db, dc, kernel=kernel)
             wc.synchronize()
+
         return run
+
     t_vendor = _best_seconds(vendor_run)
     t_naive = _best_seconds(ours("cuda_naive"), repeats=2)
     t_best = _best_seconds(ours(wc.DEFAULT_KERNEL))  # last, so that dc holds its result
     ratio = t_vendor / t_best
-    print(f"\n{wc.device_info()['name']}, n = {N}: {name} {_gflops(N, t_vendor):.0f} GFLOP/s, "
-          f"{wc.DEFAULT_KERNEL} {_gflops(N, t_best):.0f} GFLOP/s ({100 * ratio:.0f}% of cuBLAS), "
-          f"cuda_naive {_gflops(N, t_naive):.0f} GFLOP/s")
+    print(
+        f"\n{wc.device_info()['name']}, n = {N}: {name} {_gflops(N, t_vendor):.0f} GFLOP/s, "
+        f"{wc.DEFAULT_KERNEL} {_gflops(N, t_best):.0f} GFLOP/s ({100 * ratio:.0f}% of cuBLAS), "
+        f"cuda_naive {_gflops(N, t_naive):.0f} GFLOP/s"
+    )
     # and the result is right (a sample of rows: the full float64 product is slow)
     rows = np.arange(0, N, 509)
     got = dc.to_host()[rows]

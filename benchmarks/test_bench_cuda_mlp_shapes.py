@@ -11,6 +11,7 @@ the ratios, and records them in extra_info:
 
     python -m pytest benchmarks/test_bench_cuda_mlp_shapes.py -s --benchmark-json=mlp_shapes.json
 """
+
 from __future__ import annotations
 
 import time
@@ -20,19 +21,23 @@ import pytest
 
 import whygpu.cuda as wc
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not wc.is_available(), reason=f"no usable GPU: {wc.unavailable_reason()}")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not wc.is_available(), reason=f"no usable GPU: {wc.unavailable_reason()}"),
+]
 
 # name: (m, n, k, trans_a, trans_b) as the cuda back end calls them (row-major, no copies)
 SHAPES = {}
 for _b in (1024, 8192):
-    SHAPES.update({
-        f"forward x.W1^T, batch {_b}": (_b, 512, 784, False, True),
-        f"dW1 = dY^T.X, batch {_b}": (512, 784, _b, True, False),
-        f"dX2 = dY.W2, batch {_b}": (_b, 512, 256, False, False),
-        f"forward h.W3^T, batch {_b}": (_b, 10, 256, False, True),
-        f"dW3 = dY^T.h, batch {_b}": (10, 256, _b, True, False),
-    })
+    SHAPES.update(
+        {
+            f"forward x.W1^T, batch {_b}": (_b, 512, 784, False, True),
+            f"dW1 = dY^T.X, batch {_b}": (512, 784, _b, True, False),
+            f"dX2 = dY.W2, batch {_b}": (_b, 512, 256, False, False),
+            f"forward h.W3^T, batch {_b}": (_b, 10, 256, False, True),
+            f"dW3 = dY^T.h, batch {_b}": (10, 256, _b, True, False),
+        }
+    )
 
 
 def _operands(m, n, k, ta, tb, seed=0):
@@ -47,14 +52,17 @@ def _cublas(a, b, ta, tb):
     lib = wc.vendor_library()
     if lib == "cupy":
         import cupy as cp
+
         ca, cb = cp.asarray(a), cp.asarray(b)
         oa, ob = (ca.T if ta else ca), (cb.T if tb else cb)
 
         def run():
             cp.matmul(oa, ob)
+
         return run, lambda: cp.cuda.Device().synchronize()
     if lib == "torch":
         import torch
+
         if not torch.cuda.is_available():
             return None
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -63,6 +71,7 @@ def _cublas(a, b, ta, tb):
 
         def run():
             torch.matmul(oa, ob)
+
         return run, torch.cuda.synchronize
     return None
 
@@ -102,9 +111,9 @@ def test_mlp_shape(benchmark, name):
     def call():
         run()
         sync()
+
     benchmark.group = "MLP GEMM shapes on the GPU"
-    benchmark.extra_info.update(kernel="cuda_warptile", m=m, n=n, k=k, trans_a=ta, trans_b=tb,
-                                flops=2 * m * n * k)
+    benchmark.extra_info.update(kernel="cuda_warptile", m=m, n=n, k=k, trans_a=ta, trans_b=tb, flops=2 * m * n * k)
     benchmark.pedantic(call, rounds=1 if benchmark.disabled else 50, iterations=1, warmup_rounds=1)
 
 
@@ -112,9 +121,11 @@ def test_mlp_shapes_table(benchmark):
     """Microseconds per product for each implementation, side by side in one run."""
     table = {}
     for name in SHAPES:
-        table[name] = {impl: 1e6 * _seconds(run, sync, calls=2 if benchmark.disabled else 20,
-                                             samples=1 if benchmark.disabled else 7)
-                       for impl, (run, sync) in _impls(name).items()}
+        table[name] = {
+            impl: 1e6
+            * _seconds(run, sync, calls=2 if benchmark.disabled else 20, samples=1 if benchmark.disabled else 7)
+            for impl, (run, sync) in _impls(name).items()
+        }
     impls = list(next(iter(table.values())))
     print("\nµs per product (median); ratio = cuBLAS time / warptile time (1 = as fast as cuBLAS)")
     print(f"{'shape':32s}" + "".join(f"{i:>26s}" for i in impls) + "   split-k gain   vs cuBLAS")

@@ -15,6 +15,7 @@ shape, flops and (after a real run) gflops.  Every benchmark checks its
 result against a float64 reference, also under --benchmark-disable, where
 each runs once and the heavy sizes are deselected (see conftest.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,11 +40,12 @@ PARALLEL_KERNELS = [k for k in KERNELS if whygpu._registry.KERNELS[k].parallel]
 THREADS = whygpu.get_num_threads()  # the parallel thread count (WHYGPU_NUM_THREADS, else usable CPUs)
 RUNG = {name: i for i, name in enumerate(whygpu.all_kernels(), start=1)}
 
-BUDGET_S = 0.5       # measured time per benchmark, roughly
-MIN_ROUND_S = 2e-4   # tiny calls are repeated within a round so the timer overhead vanishes
+BUDGET_S = 0.5  # measured time per benchmark, roughly
+MIN_ROUND_S = 2e-4  # tiny calls are repeated within a round so the timer overhead vanishes
 
 
 # ---- Problems and their reference, built once per shape ---------------------------------
+
 
 @functools.lru_cache(maxsize=4)
 def _problem(m: int, k: int, n: int):
@@ -68,14 +70,27 @@ def _check(result, m, k, n):
 
 # ---- The measurement ---------------------------------------------------------------------
 
+
 def _measure(benchmark, fn, *, m, k, n, suite, row, column, kernel, threads, group, rank=0):
     """Time fn() (which returns the product) with pedantic rounds sized to BUDGET_S,
     NumPy's BLAS pinned to `threads`; record what was run; check the result."""
     flops = 2 * m * n * k
     benchmark.group = group
     benchmark.extra_info.update(
-        suite=suite, row=row, column=column, kernel=kernel, rung=RUNG.get(kernel, 99), rank=rank, threads=threads,
-        dtype=np.dtype(DTYPE).name, m=m, n=n, k=k, flops=flops, arch=whygpu.cpu_info()["arch"])
+        suite=suite,
+        row=row,
+        column=column,
+        kernel=kernel,
+        rung=RUNG.get(kernel, 99),
+        rank=rank,
+        threads=threads,
+        dtype=np.dtype(DTYPE).name,
+        m=m,
+        n=n,
+        k=k,
+        flops=flops,
+        arch=whygpu.cpu_info()["arch"],
+    )
     with threadpool_limits(limits=threads, user_api="blas"):
         rounds = iterations = 1
         if benchmark.enabled:
@@ -106,6 +121,7 @@ def _row(kernel, threads):
 
 # ---- Suite 1: the ladder -------------------------------------------------------------------
 
+
 def _ladder_cases():
     numpy_threads = sorted({1, THREADS})
     for n in SIZES:
@@ -115,8 +131,7 @@ def _ladder_cases():
                 continue
             heavy = n > LIGHT_N.get(kernel, LIGHT_N_DEFAULT)
             threads = THREADS if kernel in PARALLEL_KERNELS else 1
-            yield pytest.param(kernel, n, threads, marks=[pytest.mark.heavy] if heavy else [],
-                               id=f"{kernel}-n{n}")
+            yield pytest.param(kernel, n, threads, marks=[pytest.mark.heavy] if heavy else [], id=f"{kernel}-n{n}")
         for t in numpy_threads:
             yield pytest.param("numpy", n, t, marks=marks, id=f"numpy-x{t}-n{n}")
 
@@ -124,9 +139,19 @@ def _ladder_cases():
 @pytest.mark.parametrize("kernel,n,threads", list(_ladder_cases()))
 def test_ladder(benchmark, kernel, n, threads):
     a, b, _, _ = _problem(n, n, n)
-    _measure(benchmark, _runner(kernel, a, b, threads), m=n, k=n, n=n, suite="ladder",
-             row=_row(kernel, threads), column=f"n={n}", kernel=kernel, threads=threads,
-             group=f"ladder n={n:>4}")
+    _measure(
+        benchmark,
+        _runner(kernel, a, b, threads),
+        m=n,
+        k=n,
+        n=n,
+        suite="ladder",
+        row=_row(kernel, threads),
+        column=f"n={n}",
+        kernel=kernel,
+        threads=threads,
+        group=f"ladder n={n:>4}",
+    )
 
 
 # ---- Suite 2: MLP layer shapes ---------------------------------------------------------------
@@ -144,16 +169,26 @@ def _mlp_cases():
     for batch in MLP_BATCHES:
         for fan_in, fan_out in MLP_LAYERS:
             for kernel, t in contenders:
-                yield pytest.param(kernel, t, batch, fan_in, fan_out,
-                                   id=f"{kernel}-x{t}-B{batch}-{fan_in}x{fan_out}")
+                yield pytest.param(kernel, t, batch, fan_in, fan_out, id=f"{kernel}-x{t}-B{batch}-{fan_in}x{fan_out}")
 
 
 @pytest.mark.parametrize("kernel,threads,batch,fan_in,fan_out", list(_mlp_cases()))
 def test_mlp_layer(benchmark, kernel, threads, batch, fan_in, fan_out):
     a, b, _, _ = _problem(batch, fan_in, fan_out)  # X (batch, in) @ W (in, out)
     shape = f"{batch}x{fan_in} @ {fan_in}x{fan_out}"
-    _measure(benchmark, _runner(kernel, a, b, threads), m=batch, k=fan_in, n=fan_out, suite="mlp",
-             row=_row(kernel, threads), column=shape, kernel=kernel, threads=threads, group=f"mlp {shape}")
+    _measure(
+        benchmark,
+        _runner(kernel, a, b, threads),
+        m=batch,
+        k=fan_in,
+        n=fan_out,
+        suite="mlp",
+        row=_row(kernel, threads),
+        column=shape,
+        kernel=kernel,
+        threads=threads,
+        group=f"mlp {shape}",
+    )
 
 
 # ---- Suite 3: instruction sets ------------------------------------------------------------------
@@ -179,8 +214,19 @@ def test_isa(benchmark, arch_restored, arch):
     else:
         whygpu.set_arch(arch)
         kernel, row = "packed", f"packed [{arch}]"
-    _measure(benchmark, _runner(kernel, a, b, 1), m=ISA_N, k=ISA_N, n=ISA_N, suite="isa", row=row,
-             column=f"n={ISA_N}", kernel=kernel, threads=1, group=f"isa n={ISA_N}",
-             rank=ARCHS.index(arch) if arch in ARCHS else 0)
+    _measure(
+        benchmark,
+        _runner(kernel, a, b, 1),
+        m=ISA_N,
+        k=ISA_N,
+        n=ISA_N,
+        suite="isa",
+        row=row,
+        column=f"n={ISA_N}",
+        kernel=kernel,
+        threads=1,
+        group=f"isa n={ISA_N}",
+        rank=ARCHS.index(arch) if arch in ARCHS else 0,
+    )
     if arch != "numpy":
         assert benchmark.extra_info["arch"] == arch

@@ -12,6 +12,7 @@ to NumPy at the same thread count.
 groups the three implementations side by side per (batch, threads).  For a
 table measured with A/B alternation see benchmarks/train_step_table.py.
 """
+
 import os
 import sys
 
@@ -21,8 +22,7 @@ import whygpu
 from whygpu import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _train_common import (BATCHES, THREADS, matmul_share, step_flops, threads, torch_step,  # noqa: E402
-                           whygpu_step)
+from _train_common import BATCHES, THREADS, matmul_share, step_flops, threads, torch_step, whygpu_step  # noqa: E402
 
 IMPLS = ["numpy", "openmp", "torch"]
 RUNG = {"openmp": 7, "numpy": 99, "torch": 100}  # report_table's row order: ours first, NumPy, then PyTorch
@@ -38,8 +38,15 @@ def test_train_step(benchmark, impl, n_threads, batch):
         pytest.skip(f"back end {impl!r} is unavailable: {whygpu.kernel_info(impl)}")
     benchmark.group = f"train step 784-512-256-10, batch {batch}, {n_threads} thread(s)"
     benchmark.extra_info.update(
-        suite="train", row=f"{impl} x{n_threads}", column=f"batch {batch}", kernel=impl, rung=RUNG[impl],
-        threads=n_threads, batch=batch, flops=step_flops(batch))
+        suite="train",
+        row=f"{impl} x{n_threads}",
+        column=f"batch {batch}",
+        kernel=impl,
+        rung=RUNG[impl],
+        threads=n_threads,
+        batch=batch,
+        flops=step_flops(batch),
+    )
     with threads(impl, n_threads):
         if impl == "torch":
             step = torch_step(batch)

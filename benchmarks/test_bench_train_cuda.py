@@ -23,6 +23,7 @@ whatever it is, it is reported.
 
     python -m pytest benchmarks/test_bench_train_cuda.py -s --benchmark-json=train_gpu.json
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,10 @@ from whygpu import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _train_common import SIZES, breakdown, step_flops, threads, whygpu_step  # noqa: E402
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not wc.is_available(), reason=f"no usable GPU: {wc.unavailable_reason()}")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not wc.is_available(), reason=f"no usable GPU: {wc.unavailable_reason()}"),
+]
 
 BATCH = 1024
 ALL_CORES = whygpu._threads._cpus_available()
@@ -52,8 +55,14 @@ IMPLS = {  # name: (back end, threads, data resident on the GPU, step as a CUDA 
     "cuda, copied, graph": ("cuda", 1, False, True),
     "cuda, resident, graph": ("cuda", 1, True, True),
 }
-RUNG = {"openmp": 7, "numpy": 99, "cuda, copied": 14, "cuda, resident": 14, "cuda, copied, graph": 14,
-        "cuda, resident, graph": 14}
+RUNG = {
+    "openmp": 7,
+    "numpy": 99,
+    "cuda, copied": 14,
+    "cuda, resident": 14,
+    "cuda, copied, graph": 14,
+    "cuda, resident, graph": 14,
+}
 
 
 def _step(impl):
@@ -65,10 +74,13 @@ def _step(impl):
 
 def _gpu_info(extra: dict, resident: bool) -> None:
     b = breakdown("cuda", BATCH, resident, steps=5)
-    extra.update(profiled_ms_per_step=round(b["step_ms"], 4), matmul_share=round(b["matmul_share"], 3),
-                 transfer_share=round(b["transfer_share"], 4),
-                 transfer_ms_per_step=round(1e3 * b["transfer_s"] / b["steps"], 4),
-                 transfer_bytes_per_step=b["transfer_bytes"] // b["steps"])
+    extra.update(
+        profiled_ms_per_step=round(b["step_ms"], 4),
+        matmul_share=round(b["matmul_share"], 3),
+        transfer_share=round(b["transfer_share"], 4),
+        transfer_ms_per_step=round(1e3 * b["transfer_s"] / b["steps"], 4),
+        transfer_bytes_per_step=b["transfer_bytes"] // b["steps"],
+    )
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
@@ -76,9 +88,17 @@ def test_train_step_gpu(benchmark, impl):
     backend, n_threads, resident, graph = IMPLS[impl]
     benchmark.group = f"train step 784-512-256-10, batch {BATCH}, GPU vs CPU"
     benchmark.extra_info.update(
-        suite="train-gpu", row=impl if backend == "cuda" else f"{impl} x{n_threads}", column=f"batch {BATCH}",
-        kernel=wc.DEFAULT_KERNEL if backend == "cuda" else backend, rung=RUNG[impl], threads=n_threads,
-        batch=BATCH, flops=step_flops(BATCH), resident=resident, cuda_graph=graph)
+        suite="train-gpu",
+        row=impl if backend == "cuda" else f"{impl} x{n_threads}",
+        column=f"batch {BATCH}",
+        kernel=wc.DEFAULT_KERNEL if backend == "cuda" else backend,
+        rung=RUNG[impl],
+        threads=n_threads,
+        batch=BATCH,
+        flops=step_flops(BATCH),
+        resident=resident,
+        cuda_graph=graph,
+    )
     step = _step(impl)
     with threads(backend, n_threads):
         for _ in range(3):  # warm up: buffers, the GPU's memory pool, thread pools
@@ -124,9 +144,14 @@ def test_gpu_training_speedup(benchmark):
     best_cpu = min(CPU, key=lambda c: ms[c])
     copied, resident = ms["cuda, copied"], ms["cuda, resident"]
     info = {
-        "gpu": wc.device_info()["name"], "batch": BATCH, "sizes": list(SIZES), "cpu_threads": ALL_CORES,
-        "ms_per_step": {k: round(v, 4) for k, v in ms.items()}, "best_cpu": best_cpu,
-        "speedup_copied": ms[best_cpu] / copied, "speedup_resident": ms[best_cpu] / resident,
+        "gpu": wc.device_info()["name"],
+        "batch": BATCH,
+        "sizes": list(SIZES),
+        "cpu_threads": ALL_CORES,
+        "ms_per_step": {k: round(v, 4) for k, v in ms.items()},
+        "best_cpu": best_cpu,
+        "speedup_copied": ms[best_cpu] / copied,
+        "speedup_resident": ms[best_cpu] / resident,
         # the copy's cost, as the unprofiled difference between the two ways of feeding the GPU
         "copy_share_of_copied_step": max(copied - resident, 0.0) / copied,
         "speedup_copied_graph": ms[best_cpu] / ms["cuda, copied, graph"],
@@ -144,14 +169,20 @@ def test_gpu_training_speedup(benchmark):
     print(f"\n{info['gpu']}: training step 784-512-256-10, batch {BATCH} (ms/step, median of {rounds} rounds)")
     for impl in IMPLS:
         print(f"  {impl:16s} {ms[impl]:9.3f}" + (f"   ({ALL_CORES} threads)" if impl in CPU else ""))
-    print(f"  GPU speedup over the best CPU back end ({best_cpu}): {info['speedup_copied']:.1f}x with the data "
-          f"copied every step, {info['speedup_resident']:.1f}x with the data kept on the GPU (target: >= 10x)")
-    print(f"  with the step as one CUDA graph: {info['speedup_copied_graph']:.1f}x copied, "
-          f"{info['speedup_resident_graph']:.1f}x resident; the graph made the step "
-          f"x{info['graph_gain_copied']:.2f} (copied) and x{info['graph_gain_resident']:.2f} (resident) faster")
-    print(f"  copying the batch: {100 * info['copy_share_of_copied_step']:.1f}% of the copied step "
-          f"(profiled: {100 * info['profiled_transfer_share_copied']:.1f}%, "
-          f"{info['transfer_bytes_per_step_copied'] / 1e6:.2f} MB per step)")
+    print(
+        f"  GPU speedup over the best CPU back end ({best_cpu}): {info['speedup_copied']:.1f}x with the data "
+        f"copied every step, {info['speedup_resident']:.1f}x with the data kept on the GPU (target: >= 10x)"
+    )
+    print(
+        f"  with the step as one CUDA graph: {info['speedup_copied_graph']:.1f}x copied, "
+        f"{info['speedup_resident_graph']:.1f}x resident; the graph made the step "
+        f"x{info['graph_gain_copied']:.2f} (copied) and x{info['graph_gain_resident']:.2f} (resident) faster"
+    )
+    print(
+        f"  copying the batch: {100 * info['copy_share_of_copied_step']:.1f}% of the copied step "
+        f"(profiled: {100 * info['profiled_transfer_share_copied']:.1f}%, "
+        f"{info['transfer_bytes_per_step_copied'] / 1e6:.2f} MB per step)"
+    )
     resident_step = steps["cuda, resident"]
     loss = benchmark.pedantic(resident_step, rounds=1 if benchmark.disabled else 10, iterations=1)
     assert 0.0 < loss < 10.0

@@ -9,6 +9,7 @@ a block of steps and the table shows the median over rounds of the per-step
 median.  The matmul share comes from whygpu.nn's profiler.  Compare ratios
 from one run; check that nothing else was running.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _train_common import BATCHES, THREADS, matmul_share, threads, torch_step, whygpu_step  # noqa: E402
-
 from whygpu import nn  # noqa: E402
 
 STEPS = {32: 100, 256: 20, 1024: 6}

@@ -2,6 +2,7 @@
 every kernel must meet, strided/transposed test matrices, the shapes that
 sit on the block-size edges of the packed kernels, and the CUDA emulation's
 build helpers (tests/cuda_emu)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -31,6 +32,7 @@ def fits(kernel: str, shape) -> bool:
 
 
 # ---- The reference and the error bound ---------------------------------------
+
 
 def _op(x, trans):
     x = np.asarray(x, dtype=np.float64)
@@ -78,8 +80,10 @@ def check_gemm(got, a, b, *, alpha=1.0, beta=0.0, c0=None, trans_a=False, trans_
     bad = ~(err <= tol)  # NaN in the result counts as bad
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        pytest.fail(f"{int(bad.sum())} of {got.size} entries wrong, shape {got.shape}, k={k}; first at "
-                    f"({i}, {j}): got {got[i, j]!r}, expected {ref[i, j]!r} (tolerance {tol[i, j]:.3g})")
+        pytest.fail(
+            f"{int(bad.sum())} of {got.size} entries wrong, shape {got.shape}, k={k}; first at "
+            f"({i}, {j}): got {got[i, j]!r}, expected {ref[i, j]!r} (tolerance {tol[i, j]:.3g})"
+        )
 
 
 def make_matrix(rng, shape, dtype, *, order="C", step=(1, 1), flip=(False, False), offset=0):
@@ -92,7 +96,7 @@ def make_matrix(rng, shape, dtype, *, order="C", step=(1, 1), flip=(False, False
     s0, s1 = step
     pm, pn = offset + max(m, 1) * s0, offset + max(n, 1) * s1
     parent = np.array(rng.uniform(-1, 1, (pm, pn)).astype(dtype), order=order)
-    view = parent[offset:offset + m * s0:s0, offset:offset + n * s1:s1]
+    view = parent[offset : offset + m * s0 : s0, offset : offset + n * s1 : s1]
     if flip[0]:
         view = view[::-1, :]
     if flip[1]:
@@ -105,17 +109,31 @@ def make_matrix(rng, shape, dtype, *, order="C", step=(1, 1), flip=(False, False
 
 # (m, n, k): empty, ones, primes, odd mixes.
 BASIC_SHAPES = [
-    (0, 0, 0), (0, 5, 3), (4, 0, 3), (4, 5, 0), (1, 1, 1), (1, 1, 7), (1, 7, 1), (7, 1, 1),
-    (2, 3, 5), (5, 3, 2), (7, 11, 13), (13, 7, 3), (17, 19, 23), (23, 2, 19), (97, 101, 103),
+    (0, 0, 0),
+    (0, 5, 3),
+    (4, 0, 3),
+    (4, 5, 0),
+    (1, 1, 1),
+    (1, 1, 7),
+    (1, 7, 1),
+    (7, 1, 1),
+    (2, 3, 5),
+    (5, 3, 2),
+    (7, 11, 13),
+    (13, 7, 3),
+    (17, 19, 23),
+    (23, 2, 19),
+    (97, 101, 103),
 ]
 # The blocked rung's fixed tiles (BI=64, BK=128, BJ=256 in csrc/05_blocked.cpp), each side of them.
 BLOCKED_TILE_SHAPES = [(63, 255, 127), (64, 256, 128), (65, 257, 129)]
 # Deep-learning shapes: an MLP 784-512-256-10 at batch 32, forward and backward.
 MLP_SHAPES = [
-    (32, 512, 784),   # X (32, 784) @ W1 (784, 512)
-    (32, 256, 512), (32, 10, 256),
-    (784, 512, 32),   # dW1 = X.T (784, 32) @ dY (32, 512)
-    (32, 784, 512),   # dX = dY (32, 512) @ W1.T (512, 784)
+    (32, 512, 784),  # X (32, 784) @ W1 (784, 512)
+    (32, 256, 512),
+    (32, 10, 256),
+    (784, 512, 32),  # dW1 = X.T (784, 32) @ dY (32, 512)
+    (32, 784, 512),  # dX = dY (32, 512) @ W1.T (512, 784)
 ]
 
 
@@ -124,11 +142,15 @@ def block_edge_shapes(blocking: dict):
     (mr, nr: register tile; kc: panel depth; nc: panel width)."""
     mr, nr, kc, nc = blocking["mr"], blocking["nr"], blocking["kc"], blocking["nc"]
     shapes = [
-        (mr - 1, nr - 1, kc - 1), (mr, nr, kc), (mr + 1, nr + 1, kc + 1),
-        (2 * mr + 1, nc - 1, 2 * kc + 1),   # two full panels plus one column of depth
-        (mr - 1, nc + 1, kc),               # one column into the second B panel
-        (3 * mr, nc, kc - 1), (1, nc + nr + 1, 3), (mr + 1, 1, kc + 1),
-        (4 * mr + 3, 2 * nc + 1, 17),       # three jc panels, ragged last one
+        (mr - 1, nr - 1, kc - 1),
+        (mr, nr, kc),
+        (mr + 1, nr + 1, kc + 1),
+        (2 * mr + 1, nc - 1, 2 * kc + 1),  # two full panels plus one column of depth
+        (mr - 1, nc + 1, kc),  # one column into the second B panel
+        (3 * mr, nc, kc - 1),
+        (1, nc + nr + 1, 3),
+        (mr + 1, 1, kc + 1),
+        (4 * mr + 3, 2 * nc + 1, 17),  # three jc panels, ragged last one
     ]
     return sorted({tuple(max(d, 1) for d in s) for s in shapes})
 
@@ -168,8 +190,9 @@ def emu_compiler_ok(tmp: pathlib.Path) -> bool:
         return False
     probe = tmp / "probe.cpp"
     probe.write_text("#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait(); }\n")
-    r = subprocess.run([cxx, "-std=c++20", "-pthread", str(probe), "-o", str(tmp / "probe")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [cxx, "-std=c++20", "-pthread", str(probe), "-o", str(tmp / "probe")], capture_output=True, text=True
+    )
     return r.returncode == 0
 
 

@@ -1,6 +1,7 @@
 """pytest set-up for the whygpu test suite: the hypothesis profile, the
 fixtures, and a guard that no test leaks a changed instruction set or
 default thread count into the next one.  Helpers live in tests/_support.py."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,8 +18,12 @@ from ._support import emu_compiler_ok, emu_runner
 
 # Modest example counts: the whole suite must stay well under 3 minutes on 2 cores.
 settings.register_profile(
-    "whygpu", max_examples=200, deadline=None, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    "whygpu",
+    max_examples=200,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.register_profile("whygpu-long", parent=settings.get_profile("whygpu"), max_examples=1000)
 settings.load_profile(os.environ.get("WHYGPU_HYPOTHESIS_PROFILE", "whygpu"))
 
@@ -29,6 +34,7 @@ def rng():
 
 
 # ---- Global state guard ------------------------------------------------------------
+
 
 @pytest.fixture(autouse=True)
 def _restore_global_state():
@@ -58,6 +64,7 @@ def restore_num_threads():
 
 
 # ---- The emulated GPU ------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def emulated_site(tmp_path_factory):

@@ -3,6 +3,7 @@
 parses with the expected fields and sane numbers, that the figures are real
 PNGs, that the report embeds them, and that user errors give one line on
 stderr and exit status 2.  Kept to well under a minute."""
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,13 @@ def test_info_prints_machine_and_writes_json(tmp_path, capsys):
 
 def test_python_dash_m_whygpu(tmp_path):
     env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-m", "whygpu", "info", "--out", str(tmp_path)],
-                         capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "whygpu", "info", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert "instruction set" in res.stdout
     assert load(tmp_path / "info.json")["schema"] == "whygpu.info/1"
@@ -85,8 +91,23 @@ def test_python_dash_m_whygpu(tmp_path):
 # ---------------------------------------------------------------- ladder
 def test_ladder_tiny(tmp_path, capsys):
     par = ",openmp" if HAVE_OPENMP else ""
-    rc, out, err = run(["ladder", "--sizes", "16,32", "--kernels", f"naive,packed{par},numpy", "--repeats", "2",
-                        "--budget", "0.2", "--plot", "--out", tmp_path], capsys)
+    rc, out, err = run(
+        [
+            "ladder",
+            "--sizes",
+            "16,32",
+            "--kernels",
+            f"naive,packed{par},numpy",
+            "--repeats",
+            "2",
+            "--budget",
+            "0.2",
+            "--plot",
+            "--out",
+            tmp_path,
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert "GFLOP/s" in out and "n=16" in out and "n=32" in out
     doc = load(tmp_path / "ladder.json")
@@ -106,8 +127,23 @@ def test_ladder_tiny(tmp_path, capsys):
 
 
 def test_ladder_skips_what_would_exceed_the_budget(tmp_path, capsys):
-    rc, out, err = run(["ladder", "--sizes", "8,512", "--kernels", "python", "--no-numpy", "--repeats", "1",
-                        "--budget", "0.05", "--out", tmp_path], capsys)
+    rc, out, err = run(
+        [
+            "ladder",
+            "--sizes",
+            "8,512",
+            "--kernels",
+            "python",
+            "--no-numpy",
+            "--repeats",
+            "1",
+            "--budget",
+            "0.05",
+            "--out",
+            tmp_path,
+        ],
+        capsys,
+    )
     assert rc == 0, err
     doc = load(tmp_path / "ladder.json")
     assert [(m["kernel"], m["n"]) for m in doc["measurements"]] == [("python", 8)]
@@ -119,8 +155,24 @@ def test_ladder_skips_what_would_exceed_the_budget(tmp_path, capsys):
 # ---------------------------------------------------------------- roofline
 def test_roofline_tiny(tmp_path, capsys):
     par = ",openmp" if HAVE_OPENMP else ""
-    rc, out, err = run(["roofline", "--n", "64", "--kernels", f"naive,packed{par},numpy", "--quick", "--repeats", "2",
-                        "--budget", "0.2", "--plot", "--out", tmp_path], capsys)
+    rc, out, err = run(
+        [
+            "roofline",
+            "--n",
+            "64",
+            "--kernels",
+            f"naive,packed{par},numpy",
+            "--quick",
+            "--repeats",
+            "2",
+            "--budget",
+            "0.2",
+            "--plot",
+            "--out",
+            tmp_path,
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert "compute roof" in out and "bandwidth" in out
     doc = load(tmp_path / "roofline.json")
@@ -147,8 +199,25 @@ def test_roofline_tiny(tmp_path, capsys):
 # ---------------------------------------------------------------- scaling
 @needs_openmp
 def test_scaling_tiny(tmp_path, capsys):
-    rc, out, err = run(["scaling", "--n", "64", "--threads", "1,2", "--repeats", "2", "--budget", "0.2",
-                        "--batch", "16", "--plot", "--out", tmp_path], capsys)
+    rc, out, err = run(
+        [
+            "scaling",
+            "--n",
+            "64",
+            "--threads",
+            "1,2",
+            "--repeats",
+            "2",
+            "--budget",
+            "0.2",
+            "--batch",
+            "16",
+            "--plot",
+            "--out",
+            tmp_path,
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert "serial" in out
     doc = load(tmp_path / "scaling.json")
@@ -168,6 +237,7 @@ def test_scaling_tiny(tmp_path, capsys):
 
 def test_amdahl_fit_recovers_the_serial_fraction():
     from whygpu.bench.scaling import amdahl, fit_amdahl
+
     ps = [1, 2, 4, 8, 16]
     assert fit_amdahl(ps, [amdahl(p, 0.1) for p in ps]) == pytest.approx(0.1)
     assert fit_amdahl(ps, ps) == pytest.approx(0.0)
@@ -177,8 +247,23 @@ def test_amdahl_fit_recovers_the_serial_fraction():
 # ---------------------------------------------------------------- train
 def test_train_tiny(tmp_path, capsys):
     backends = "numpy,packed,openmp" if HAVE_OPENMP else "numpy,packed"
-    rc, out, err = run(["train", "--steps", "3", "--batch", "16", "--layers", "32,16,4",
-                        "--backends", backends, "--plot", "--out", tmp_path], capsys)
+    rc, out, err = run(
+        [
+            "train",
+            "--steps",
+            "3",
+            "--batch",
+            "16",
+            "--layers",
+            "32,16,4",
+            "--backends",
+            backends,
+            "--plot",
+            "--out",
+            tmp_path,
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert "samples/s" in out
     doc = load(tmp_path / "train.json")
@@ -194,8 +279,22 @@ def test_train_tiny(tmp_path, capsys):
 
 
 def test_train_skips_a_backend_over_budget(tmp_path, capsys):
-    rc, out, err = run(["train", "--steps", "50", "--batch", "64", "--backends", "python,packed",
-                        "--budget", "0.5", "--out", tmp_path], capsys)
+    rc, out, err = run(
+        [
+            "train",
+            "--steps",
+            "50",
+            "--batch",
+            "64",
+            "--backends",
+            "python,packed",
+            "--budget",
+            "0.5",
+            "--out",
+            tmp_path,
+        ],
+        capsys,
+    )
     assert rc == 0, err
     runs = {r["backend"]: r for r in load(tmp_path / "train.json")["runs"]}
     assert "skipped" in runs["python"] and "step_s" not in runs["python"]
@@ -206,16 +305,35 @@ def test_train_skips_a_backend_over_budget(tmp_path, capsys):
 def test_train_batches_and_widths_beyond_a_thread_count(tmp_path, capsys):
     """A batch or a layer width is not a thread count: 1024 is no limit (the
     GPU demo's sweep goes to batch 8192)."""
-    rc, out, err = run(["train", "--steps", "1", "--batch", "1500", "--layers", "8,1100,2", "--backends", "numpy",
-                        "--out", tmp_path], capsys)
+    rc, out, err = run(
+        ["train", "--steps", "1", "--batch", "1500", "--layers", "8,1100,2", "--backends", "numpy", "--out", tmp_path],
+        capsys,
+    )
     assert rc == 0, err
     assert load(tmp_path / "train.json")["params"]["batch"] == 1500
 
 
 def test_train_sweep_of_the_cpu_back_ends_without_a_gpu(tmp_path, capsys):
     backends = "numpy,openmp" if HAVE_OPENMP else "numpy"
-    rc, out, err = run(["train", "--steps", "1", "--batch", "8", "--layers", "16,8,2", "--backends", backends,
-                        "--batches", "4,2048", "--plot", "--out", tmp_path], capsys)
+    rc, out, err = run(
+        [
+            "train",
+            "--steps",
+            "1",
+            "--batch",
+            "8",
+            "--layers",
+            "16,8,2",
+            "--backends",
+            backends,
+            "--batches",
+            "4,2048",
+            "--plot",
+            "--out",
+            tmp_path,
+        ],
+        capsys,
+    )
     assert rc == 0, err
     sw = load(tmp_path / "train.json")["sweep"]
     assert sw["batches"] == [4, 2048]
@@ -285,7 +403,8 @@ def test_demo_quick_writes_everything(demo_dir):
     assert demo["seconds"] < 60, f"demo --quick took {demo['seconds']:.0f} s"
     pngs = sorted(demo_dir.glob("*.png"))
     assert {p.name for p in pngs} >= {"ladder.png", "ladder_steps.png", "roofline.png", "train.png"} | (
-        {"scaling.png"} if HAVE_OPENMP else set())
+        {"scaling.png"} if HAVE_OPENMP else set()
+    )
     for p in pngs:
         check_png(p)
     html = (demo_dir / "report.html").read_text()
@@ -302,7 +421,8 @@ def test_demo_quick_writes_everything(demo_dir):
 def test_report_rebuilds_from_json_and_pytest_benchmark(demo_dir, tmp_path, capsys):
     bench_dir = tmp_path / "bench"
     bench_dir.mkdir()
-    (bench_dir / "test_tiny_bench.py").write_text(textwrap.dedent("""
+    (bench_dir / "test_tiny_bench.py").write_text(
+        textwrap.dedent("""
         import numpy as np
         import pytest
         import whygpu
@@ -312,13 +432,29 @@ def test_report_rebuilds_from_json_and_pytest_benchmark(demo_dir, tmp_path, caps
             a = np.ones((32, 32), np.float32)
             benchmark.extra_info["flops"] = 2 * 32 ** 3
             benchmark(whygpu.matmul, a, a, kernel=kernel)
-    """))
+    """)
+    )
     env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     bench_json = tmp_path / "bench.json"
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(bench_dir),
-                          f"--benchmark-json={bench_json}", "--benchmark-min-rounds=3",
-                          "--benchmark-max-time=0.05"], capture_output=True, text=True, env=env,
-                         cwd=bench_dir, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(bench_dir),
+            f"--benchmark-json={bench_json}",
+            "--benchmark-min-rounds=3",
+            "--benchmark-max-time=0.05",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=bench_dir,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     out_dir = tmp_path / "rebuilt"
     files = [demo_dir / f"{n}.json" for n in ("ladder", "roofline", "train")] + [bench_json]
@@ -336,20 +472,23 @@ def test_report_rebuilds_from_json_and_pytest_benchmark(demo_dir, tmp_path, caps
 
 
 # ---------------------------------------------------------------- errors
-@pytest.mark.parametrize("argv, words", [
-    (["frobnicate"], "invalid choice"),
-    (["ladder", "--kernels", "nope"], "unknown kernel"),
-    (["ladder", "--sizes", "-4"], "positive integer"),
-    (["ladder", "--sizes", "64,0"], "positive integer"),
-    (["ladder", "--budget", "-1"], "positive number"),
-    (["explain", "4", "-2", "4"], "positive integer"),
-    (["explain", "4", "4"], "required"),
-    (["scaling", "--kernel", "packed"], "not parallel"),
-    (["scaling", "--kernel", "nope"], "unknown kernel"),
-    (["train", "--backends", "nope"], "unknown back end"),
-    (["report", "/nonexistent/whygpu.json"], "no such file"),
-    ([], "required"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["frobnicate"], "invalid choice"),
+        (["ladder", "--kernels", "nope"], "unknown kernel"),
+        (["ladder", "--sizes", "-4"], "positive integer"),
+        (["ladder", "--sizes", "64,0"], "positive integer"),
+        (["ladder", "--budget", "-1"], "positive number"),
+        (["explain", "4", "-2", "4"], "positive integer"),
+        (["explain", "4", "4"], "required"),
+        (["scaling", "--kernel", "packed"], "not parallel"),
+        (["scaling", "--kernel", "nope"], "unknown kernel"),
+        (["train", "--backends", "nope"], "unknown back end"),
+        (["report", "/nonexistent/whygpu.json"], "no such file"),
+        ([], "required"),
+    ],
+)
 def test_user_errors_are_one_line_and_exit_2(argv, words, tmp_path, capsys):
     if argv and argv[0] not in ("frobnicate",) and "--out" not in argv and argv[0] != "report":
         argv = argv + ["--out", str(tmp_path)]
@@ -388,15 +527,30 @@ def test_help_and_version(capsys):
 
 
 def test_progress_bar_goes_to_stderr(tmp_path, capsys):
-    rc, out, err = run(["ladder", "--sizes", "16", "--kernels", "packed", "--no-numpy", "--repeats", "1",
-                        "--progress", "--out", tmp_path], capsys)
+    rc, out, err = run(
+        [
+            "ladder",
+            "--sizes",
+            "16",
+            "--kernels",
+            "packed",
+            "--no-numpy",
+            "--repeats",
+            "1",
+            "--progress",
+            "--out",
+            tmp_path,
+        ],
+        capsys,
+    )
     assert rc == 0
     assert "ladder" in err and "left" in err  # the bar, with our time estimate
-    assert "left" not in out                  # stdout stays the table
+    assert "left" not in out  # stdout stays the table
 
 
 def test_each_subcommand_keeps_its_own_defaults():
     from whygpu.cli import _parser
+
     p = _parser()
     assert p.parse_args(["ladder"]).budget == 2.0
     assert p.parse_args(["explain", "1", "2", "3"]).budget == 1.0

@@ -8,6 +8,7 @@ a GPU machine ``pytest -m cuda`` checks every CUDA kernel against NumPy over
 the same awkward shapes as the CPU ladder, every transpose combination,
 alpha/beta, device arrays and the nn ops.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,8 +21,15 @@ import whygpu.cuda as wc
 from whygpu import _registry
 
 # The float32 rungs 8-14 (the tensor-core rungs 15-16 compute in TF32/bf16: test_cuda_tensor_cores.py).
-CUDA_NAMES = ["cuda_naive", "cuda_coalesced", "cuda_smem", "cuda_1d_tiling", "cuda_2d_tiling",
-              "cuda_vectorized", "cuda_warptile"]
+CUDA_NAMES = [
+    "cuda_naive",
+    "cuda_coalesced",
+    "cuda_smem",
+    "cuda_1d_tiling",
+    "cuda_2d_tiling",
+    "cuda_vectorized",
+    "cuda_warptile",
+]
 TC_NAMES = ["cuda_mma", "cuda_mma_bf16", "cuda_wgmma"]
 ALL_CUDA = CUDA_NAMES + TC_NAMES
 BUILT = importlib.util.find_spec("whygpu._cuda") is not None
@@ -36,9 +44,10 @@ def _f32(rng, *shape):
 
 # ---- Everywhere: the registry and the reasons ---------------------------------------------
 
+
 def test_cuda_kernels_follow_the_cpu_ladder():
     names = whygpu.all_kernels()
-    assert names[-len(ALL_CUDA):] == ALL_CUDA
+    assert names[-len(ALL_CUDA) :] == ALL_CUDA
     for rung, name in enumerate(CUDA_NAMES, start=8):
         assert whygpu.kernel_info(name).startswith(f"rung {rung} (cuda): ")
         assert _registry.KERNELS[name].device == "cuda"
@@ -95,9 +104,15 @@ def test_asking_for_a_cuda_kernel_without_a_gpu_says_why(rng):
 def test_device_memory_without_a_gpu_raises_clearly():
     why = wc.unavailable_reason()
     x = np.ones((2, 3), np.float32)
-    for make in (lambda: wc.to_device(x), lambda: wc.empty((2, 3)), lambda: wc.zeros(4),
-                 lambda: wc.DeviceArray((2, 3)), lambda: wc.DeviceArray.from_host(x), wc.synchronize,
-                 wc.memory_info):
+    for make in (
+        lambda: wc.to_device(x),
+        lambda: wc.empty((2, 3)),
+        lambda: wc.zeros(4),
+        lambda: wc.DeviceArray((2, 3)),
+        lambda: wc.DeviceArray.from_host(x),
+        wc.synchronize,
+        wc.memory_info,
+    ):
         with pytest.raises(wc.CudaUnavailableError, match="CUDA is unavailable: ") as e:
             make()
         assert why in str(e.value)
@@ -109,6 +124,7 @@ def test_device_memory_without_a_gpu_raises_clearly():
 def test_a_build_without_cuda_explains_itself(monkeypatch):
     def missing():
         return None, "whygpu was built without CUDA (no CUDA compiler was found at build time)"
+
     monkeypatch.setattr(wc, "_load", missing)
     wc.unavailable_reason.cache_clear()
     try:
@@ -120,7 +136,7 @@ def test_a_build_without_cuda_explains_itself(monkeypatch):
         with pytest.raises(wc.CudaUnavailableError, match="built without CUDA"):
             wc.to_device(np.zeros(3, np.float32))
         with pytest.raises(wc.CudaUnavailableError, match="built without CUDA"):
-            wc.nn_ops
+            _ = wc.nn_ops
     finally:
         wc.unavailable_reason.cache_clear()
 
@@ -145,19 +161,22 @@ def test_the_build_names_its_architectures():
     assert wc._module().runtime_version().count(".") == 1
 
 
-@pytest.mark.parametrize("cc,archs,runs", [
-    ((9, 0), "80-real,90-real,90-virtual", True),
-    ((8, 0), "80-real,90-real,90-virtual", True),
-    ((8, 9), "80-real,90-real,90-virtual", True),   # sm_80 code runs on every 8.x
-    ((10, 0), "80-real,90-real,90-virtual", True),  # through the compute_90 PTX
-    ((12, 0), "80-real,90-real,90-virtual", True),
-    ((7, 5), "80-real,90-real,90-virtual", False),  # a T4: too old
-    ((10, 0), "80-real,90-real", False),            # no PTX: nothing for Blackwell
-    ((8, 6), "86", True),
-    ((9, 0), "90a-real", True),
-    ((10, 0), "90a-real", False),
-    ((7, 5), "native", True),                       # cannot tell: let a launch say
-])
+@pytest.mark.parametrize(
+    "cc,archs,runs",
+    [
+        ((9, 0), "80-real,90-real,90-virtual", True),
+        ((8, 0), "80-real,90-real,90-virtual", True),
+        ((8, 9), "80-real,90-real,90-virtual", True),  # sm_80 code runs on every 8.x
+        ((10, 0), "80-real,90-real,90-virtual", True),  # through the compute_90 PTX
+        ((12, 0), "80-real,90-real,90-virtual", True),
+        ((7, 5), "80-real,90-real,90-virtual", False),  # a T4: too old
+        ((10, 0), "80-real,90-real", False),  # no PTX: nothing for Blackwell
+        ((8, 6), "86", True),
+        ((9, 0), "90a-real", True),
+        ((10, 0), "90a-real", False),
+        ((7, 5), "native", True),  # cannot tell: let a launch say
+    ],
+)
 def test_which_gpus_the_compiled_code_runs_on(cc, archs, runs):
     why = wc._arch_reason(cc, archs, "the GPU (Test)")
     assert (why is None) == runs
@@ -177,8 +196,9 @@ def test_device_gemm_rejects_non_device_arrays_and_cpu_kernels(rng):
 
 def test_vendor_reference_is_none_without_cupy_or_torch(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("cupy", "torch") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("cupy", "torch") else real(name, *a)
+    )
     assert wc.vendor_library() is None
     assert wc.vendor_matmul(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32)) is None
     with pytest.raises(TypeError, match="float32"):
@@ -188,9 +208,26 @@ def test_vendor_reference_is_none_without_cupy_or_torch(monkeypatch):
 # ---- On a GPU: every kernel against NumPy -------------------------------------------------
 
 # 0, 1, primes, and non-multiples of every tile (32; 64; 128) and k-step (8; 32).
-SHAPES = [(0, 0, 0), (0, 5, 3), (5, 0, 3), (4, 5, 0), (1, 1, 1), (1, 7, 3), (7, 1, 13), (3, 5, 1), (2, 3, 5),
-          (17, 31, 9), (33, 65, 31), (64, 64, 64), (131, 67, 37), (129, 257, 17), (257, 130, 130),
-          (128, 128, 128), (97, 389, 263), (512, 256, 784)]
+SHAPES = [
+    (0, 0, 0),
+    (0, 5, 3),
+    (5, 0, 3),
+    (4, 5, 0),
+    (1, 1, 1),
+    (1, 7, 3),
+    (7, 1, 13),
+    (3, 5, 1),
+    (2, 3, 5),
+    (17, 31, 9),
+    (33, 65, 31),
+    (64, 64, 64),
+    (131, 67, 37),
+    (129, 257, 17),
+    (257, 130, 130),
+    (128, 128, 128),
+    (97, 389, 263),
+    (512, 256, 784),
+]
 
 
 def _check(got, a_op, b_op, alpha=1.0, beta=0.0, c0=None):
@@ -247,7 +284,7 @@ def test_gemm_transposes_alpha_beta(name, trans_a, trans_b, m, n, k, rng):
 def test_odd_layouts_from_numpy(name, rng):
     """Sliced, Fortran-ordered, negative-stride and non-contiguous out arrays."""
     big = _f32(rng, 70, 90)
-    a = big[3:60:2, 5:47]          # non-contiguous rows
+    a = big[3:60:2, 5:47]  # non-contiguous rows
     b = np.asfortranarray(_f32(rng, 42, 33))
     out = np.zeros((29, 29), np.float32).T  # F-ordered out
     whygpu.matmul(a, b[:, ::-1][:, 4:], kernel=name, out=out)
@@ -278,6 +315,7 @@ def test_float64_is_refused_clearly(rng):
 
 
 # ---- On a GPU: device arrays --------------------------------------------------------------
+
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not GPU, reason="no usable GPU")
@@ -370,6 +408,7 @@ def test_device_info():
 
 # ---- On a GPU: the element-wise training ops ------------------------------------------------
 
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not GPU, reason="no usable GPU")
 def test_nn_ops_match_numpy(rng):
@@ -437,15 +476,16 @@ def test_optimizer_updates_match_numpy(rng):
     m, v = _f32(rng, 301), np.abs(_f32(rng, 301))
     dp, dm, dv = wc.to_device(p), wc.to_device(m), wc.to_device(v)
     b1, b2, lr, eps, wd = 0.9, 0.999, 1e-3, 1e-8, 0.01
-    bc1, bc2 = 1 - b1 ** 2, 1 - b2 ** 2
+    bc1, bc2 = 1 - b1**2, 1 - b2**2
     ops.adam_update(dp, wc.to_device(g), dm, dv, lr, b1, b2, eps, wd, bc1, bc2)
     gi = g.astype(np.float64) + wd * p
     mi = b1 * m + (1 - b1) * gi
     vi = b2 * v + (1 - b2) * gi * gi
     np.testing.assert_allclose(dm.to_host(), mi, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(dv.to_host(), vi, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(dp.to_host(), p - lr / bc1 * mi / (np.sqrt(vi) / np.sqrt(bc2) + eps),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        dp.to_host(), p - lr / bc1 * mi / (np.sqrt(vi) / np.sqrt(bc2) + eps), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.cuda
@@ -461,16 +501,24 @@ def test_vendor_reference_agrees_when_installed(rng):
 
 # ---- The GPU's roofs (csrc/cuda/probe.cu) and pinned transfers ------------------------------
 
+
 @no_gpu
 @needs_module
 def test_probes_and_pinned_memory_without_a_gpu_raise_clearly():
     mod = wc._load()[0]
-    for make in (lambda: mod.probe.fma_seconds(1, 32, 1), lambda: mod.probe.copy_seconds(1024, 1),
-                 lambda: mod.probe.host_copy_seconds(1024, "h2d", "pinned", 1), lambda: wc.pinned_empty(3),
-                 lambda: wc.is_pinned(np.ones(3)), lambda: wc.from_dlpack(np.ones(3)), mod.capture_begin):
+    for make in (
+        lambda: mod.probe.fma_seconds(1, 32, 1),
+        lambda: mod.probe.copy_seconds(1024, 1),
+        lambda: mod.probe.host_copy_seconds(1024, "h2d", "pinned", 1),
+        lambda: wc.pinned_empty(3),
+        lambda: wc.is_pinned(np.ones(3)),
+        lambda: wc.from_dlpack(np.ones(3)),
+        mod.capture_begin,
+    ):
         with pytest.raises(wc.CudaUnavailableError, match="CUDA is unavailable: "):
             make()
     from whygpu.bench.gpu import gpu_peak, measure_gpu, vendor_name
+
     assert measure_gpu() is None and gpu_peak() is None and vendor_name() is None
 
 
@@ -495,10 +543,17 @@ def test_probes_measure_positive_times():
 @pytest.mark.skipif(not GPU, reason="no usable GPU")
 def test_probe_arguments_are_checked():
     p = wc._module().probe
-    for bad in (lambda: p.fma_seconds(0, 64, 1), lambda: p.fma_seconds(1, 0, 1), lambda: p.fma_seconds(1, 2048, 1),
-                lambda: p.fma_seconds(1, 64, 0), lambda: p.copy_seconds(0, 1), lambda: p.copy_seconds(64, 0),
-                lambda: p.host_copy_seconds(64, "up", "pinned", 1), lambda: p.host_copy_seconds(64, "h2d", "locked", 1),
-                lambda: p.host_copy_seconds(64, "h2d", "pinned", 0)):
+    for bad in (
+        lambda: p.fma_seconds(0, 64, 1),
+        lambda: p.fma_seconds(1, 0, 1),
+        lambda: p.fma_seconds(1, 2048, 1),
+        lambda: p.fma_seconds(1, 64, 0),
+        lambda: p.copy_seconds(0, 1),
+        lambda: p.copy_seconds(64, 0),
+        lambda: p.host_copy_seconds(64, "up", "pinned", 1),
+        lambda: p.host_copy_seconds(64, "h2d", "locked", 1),
+        lambda: p.host_copy_seconds(64, "h2d", "pinned", 0),
+    ):
         with pytest.raises(ValueError):
             bad()
 
@@ -507,6 +562,7 @@ def test_probe_arguments_are_checked():
 @pytest.mark.skipif(not GPU, reason="no usable GPU")
 def test_measure_gpu_reports_every_roof():
     from whygpu.bench.gpu import measure_gpu
+
     g = measure_gpu(quick=True)
     assert g["fma_gflops"] > 0 and g["multiprocessors"] >= 1
     assert g["bandwidth"]["DRAM"] > 0 and g["bandwidth"]["L2"] > 0
@@ -524,11 +580,11 @@ def _staging_sizes():
 def test_staged_transfers_round_trip_at_chunk_edges(rng):
     for nbytes in _staging_sizes():
         x = rng.integers(0, 256, nbytes, dtype=np.uint8)
-        d = wc.to_device(x)                             # pageable -> staged
-        np.testing.assert_array_equal(d.to_host(), x)   # staged back
+        d = wc.to_device(x)  # pageable -> staged
+        np.testing.assert_array_equal(d.to_host(), x)  # staged back
         d.copy_from_host(x[::-1].copy())
         np.testing.assert_array_equal(d.to_host(), x[::-1])
-        p = wc.pinned_array(x)                          # pinned -> direct
+        p = wc.pinned_array(x)  # pinned -> direct
         assert wc.is_pinned(p) == (nbytes > 0)
         np.testing.assert_array_equal(wc.to_device(p).to_host(), x)
         out = wc.pinned_empty(x.shape, x.dtype)
@@ -536,8 +592,20 @@ def test_staged_transfers_round_trip_at_chunk_edges(rng):
         np.testing.assert_array_equal(out, x[::-1])
 
 
-ALL_DTYPES = [np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
-              np.uint8, np.uint16, np.uint32, np.uint64, np.bool_]
+ALL_DTYPES = [
+    np.float16,
+    np.float32,
+    np.float64,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.bool_,
+]
 
 
 @pytest.mark.cuda
@@ -570,16 +638,16 @@ def test_staged_transfers_from_and_to_unaligned_host_memory(rng):
     ch = wc._module().staging_chunk_bytes()
     for nbytes in (1, 5, ch + 3):
         backing = rng.integers(0, 256, nbytes + 1, dtype=np.uint8)
-        x = backing[1:]                                  # contiguous, one byte off
+        x = backing[1:]  # contiguous, one byte off
         d = wc.to_device(x)
         np.testing.assert_array_equal(d.to_host(), x)
         out = np.zeros(nbytes + 2, np.uint8)
         d.to_host(out=out[1:-1])
-        assert out[0] == 0 and out[-1] == 0              # nothing written around the view
+        assert out[0] == 0 and out[-1] == 0  # nothing written around the view
         np.testing.assert_array_equal(out[1:-1], x)
         pinned = wc.pinned_empty(nbytes + 2, np.uint8)
         pinned[...] = 0
-        d.to_host(out=pinned[1:-1])                      # an interior pointer of pinned memory
+        d.to_host(out=pinned[1:-1])  # an interior pointer of pinned memory
         assert pinned[0] == 0 and pinned[-1] == 0
         np.testing.assert_array_equal(pinned[1:-1], x)
 
@@ -621,6 +689,7 @@ def _errors_in_threads(work, args_list) -> list:
     """Runs work(*args) in one Python thread per args, all at once; returns what
     went wrong in any of them (a mismatch it appended, or an exception)."""
     import threading
+
     errors = []
 
     def run(args):
@@ -682,8 +751,9 @@ def test_split_k_gives_the_same_product(trans_a, trans_b, rng):
     da, db = wc.to_device(a), wc.to_device(b)
     for split in (0, 1, 2, 7, 1000):
         dc = wc.to_device(c0)
-        wc.gemm(da, db, dc, alpha=0.5, beta=-2.0, trans_a=trans_a, trans_b=trans_b, kernel="cuda_warptile",
-                split_k=split)
+        wc.gemm(
+            da, db, dc, alpha=0.5, beta=-2.0, trans_a=trans_a, trans_b=trans_b, kernel="cuda_warptile", split_k=split
+        )
         np.testing.assert_allclose(dc.to_host(), ref, rtol=0, atol=4 * k * 6e-8 * (np.abs(ref).max() + 1))
     for bad in (-1, True, 1.5):
         with pytest.raises(ValueError, match="split_k"):
@@ -691,6 +761,7 @@ def test_split_k_gives_the_same_product(trans_a, trans_b, rng):
 
 
 # ---- CUDA graphs, asynchronous uploads, one-launch optimizer updates ------------------------
+
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not GPU, reason="no usable GPU")
@@ -732,10 +803,10 @@ def test_a_graph_keeps_the_memory_it_uses(rng):
     out = wc.empty((50, 7))
     mod.capture_begin()
     try:
-        tmp = wc.empty((50, 7))               # made during the capture
+        tmp = wc.empty((50, 7))  # made during the capture
         wc.nn_ops.tanh_fwd(dx, tmp)
         wc.nn_ops.sigmoid_fwd(tmp, out)
-        del tmp                               # dropped: a recorded launch still uses it
+        del tmp  # dropped: a recorded launch still uses it
     finally:
         graph = mod.capture_end()
     assert graph.kept_arrays >= 1
@@ -754,9 +825,13 @@ def test_host_copies_and_waits_are_refused_while_capturing(rng):
     up = mod.Uploader(d)
     mod.capture_begin()
     try:
-        for call in (lambda: wc.to_device(np.ones(3, np.float32)), d.to_host,
-                     lambda: d.copy_from_host(np.ones((4, 4), np.float32)), wc.synchronize,
-                     lambda: up.load(np.ones((4, 4), np.float32))):
+        for call in (
+            lambda: wc.to_device(np.ones(3, np.float32)),
+            d.to_host,
+            lambda: d.copy_from_host(np.ones((4, 4), np.float32)),
+            wc.synchronize,
+            lambda: up.load(np.ones((4, 4), np.float32)),
+        ):
             with pytest.raises(RuntimeError, match="captures a CUDA graph"):
                 call()
         with pytest.raises(RuntimeError, match="already capturing"):
@@ -783,7 +858,7 @@ def test_uploader_queues_copies_without_waiting(rng):
     for i in range(4):
         h[:] = i
         up.load(h)
-        h[:] = -1.0                              # too late to change what was queued
+        h[:] = -1.0  # too late to change what was queued
         wc.nn_ops.tanh_fwd(up.target, out)
         np.testing.assert_allclose(out.to_host(), np.tanh(np.full((37, 5), i)), rtol=1e-6)
     with pytest.raises(ValueError, match="shape"):
@@ -822,8 +897,9 @@ def test_one_launch_optimizer_updates_match_the_per_tensor_ones(count, rng):
     for hyper_dev in (False, True):
         dp, dg, db = dev(ps), dev(gs), dev(ms)
         hyper = [0.1, 0.9, 0.01, 1.0]
-        ops.optimizer_update("sgd", dp, dg, db, None, hyper,
-                             wc.to_device(np.asarray(hyper, np.float32)) if hyper_dev else None)
+        ops.optimizer_update(
+            "sgd", dp, dg, db, None, hyper, wc.to_device(np.asarray(hyper, np.float32)) if hyper_dev else None
+        )
         for p, g, b, got_p, got_b in zip(ps, gs, ms, dp, db):
             gi = g + 0.01 * p
             bb = 0.9 * b + gi
@@ -836,7 +912,7 @@ def test_one_launch_optimizer_updates_match_the_per_tensor_ones(count, rng):
         np.testing.assert_allclose(got.to_host(), p - 0.5 * g, rtol=1e-5, atol=1e-6)
     # Adam
     b1, b2, lr, eps, wd, t = 0.9, 0.999, 1e-3, 1e-8, 0.01, 3
-    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    bc1, bc2 = 1 - b1**t, 1 - b2**t
     dp, dm, dv = dev(ps), dev(ms), dev(vs)
     ops.optimizer_update("adam", dp, dev(gs), dm, dv, [lr / bc1, b1, b2, eps, wd, 1 / np.sqrt(bc2)])
     for p, g, m, v, got_p, got_m, got_v in zip(ps, gs, ms, vs, dp, dm, dv):
@@ -845,8 +921,9 @@ def test_one_launch_optimizer_updates_match_the_per_tensor_ones(count, rng):
         vi = b2 * v + (1 - b2) * gi * gi
         np.testing.assert_allclose(got_m.to_host(), mi, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(got_v.to_host(), vi, rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(got_p.to_host(), p - lr / bc1 * mi / (np.sqrt(vi) / np.sqrt(bc2) + eps),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            got_p.to_host(), p - lr / bc1 * mi / (np.sqrt(vi) / np.sqrt(bc2) + eps), rtol=1e-5, atol=1e-6
+        )
 
 
 @pytest.mark.cuda
@@ -906,9 +983,13 @@ def test_fit_metrics_sum_loss_and_correct_rows_on_the_gpu(rng):
 def test_fused_bias_and_relu_epilogue(name, rng):
     """c = relu(alpha op(a) op(b) + beta c + bias) in one launch, on every rung,
     at edge shapes (k = 0 and alpha = 0 take the no-product path), with split-k."""
-    cases = [(1, 1, 1, False, False, 1.0, 0.0), (17, 33, 9, True, False, 0.5, 2.0),
-             (70, 5, 130, False, True, -1.0, 0.0), (5, 70, 0, True, True, 1.0, -1.0),
-             (9, 31, 700, False, False, 0.0, 0.5)]
+    cases = [
+        (1, 1, 1, False, False, 1.0, 0.0),
+        (17, 33, 9, True, False, 0.5, 2.0),
+        (70, 5, 130, False, True, -1.0, 0.0),
+        (5, 70, 0, True, True, 1.0, -1.0),
+        (9, 31, 700, False, False, 0.0, 0.5),
+    ]
     for m, n, k, ta, tb, alpha, beta in cases:
         a = _f32(rng, *((k, m) if ta else (m, k)))
         b = _f32(rng, *((n, k) if tb else (k, n)))
@@ -918,15 +999,30 @@ def test_fused_bias_and_relu_epilogue(name, rng):
             for relu in (False, True):
                 ref = alpha * prod + beta * c0 + (bias if with_bias else 0.0)
                 ref = np.maximum(ref, 0) if relu else ref
-                for split in ((0, 3) if name == "cuda_warptile" else (0,)):
+                for split in (0, 3) if name == "cuda_warptile" else (0,):
                     dc = wc.to_device(c0)
-                    wc.gemm(wc.to_device(a), wc.to_device(b), dc, alpha=alpha, beta=beta, trans_a=ta, trans_b=tb,
-                            kernel=name, split_k=split, bias=wc.to_device(bias) if with_bias else None, relu=relu)
-                    np.testing.assert_allclose(dc.to_host(), ref, rtol=0,
-                                               atol=4 * max(k, 1) * 6e-8 * (np.abs(ref).max() + 1))
+                    wc.gemm(
+                        wc.to_device(a),
+                        wc.to_device(b),
+                        dc,
+                        alpha=alpha,
+                        beta=beta,
+                        trans_a=ta,
+                        trans_b=tb,
+                        kernel=name,
+                        split_k=split,
+                        bias=wc.to_device(bias) if with_bias else None,
+                        relu=relu,
+                    )
+                    np.testing.assert_allclose(
+                        dc.to_host(), ref, rtol=0, atol=4 * max(k, 1) * 6e-8 * (np.abs(ref).max() + 1)
+                    )
     da, db = wc.to_device(_f32(rng, 3, 4)), wc.to_device(_f32(rng, 4, 5))
-    for bad, exc in ((wc.to_device(_f32(rng, 4)), ValueError), (wc.zeros(5, np.float64), ValueError),
-                     (np.zeros(5, np.float32), TypeError)):
+    for bad, exc in (
+        (wc.to_device(_f32(rng, 4)), ValueError),
+        (wc.zeros(5, np.float64), ValueError),
+        (np.zeros(5, np.float32), TypeError),
+    ):
         with pytest.raises(exc, match="bias"):
             wc.gemm(da, db, kernel=name, bias=bad)
     with pytest.raises(TypeError, match="relu"):
@@ -934,6 +1030,7 @@ def test_fused_bias_and_relu_epilogue(name, rng):
 
 
 # ---- DLPack -----------------------------------------------------------------------------------
+
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not GPU, reason="no usable GPU")

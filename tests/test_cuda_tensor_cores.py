@@ -23,6 +23,7 @@ layouts (tests/cuda_emu/ptx.cuh).  ``cuda_wgmma`` (wgmma, TMA) has no CPU
 stand-in: there, and on any GPU that is not a Hopper, the checks are that it
 says why it cannot run; on a Hopper GPU it takes the same tests as rung 15.
 """
+
 from __future__ import annotations
 
 import threading
@@ -40,7 +41,7 @@ from whygpu.nn import _backend
 TC_NAMES = ["cuda_mma", "cuda_mma_bf16", "cuda_wgmma"]
 GPU = wc.is_available()
 needs_gpu = pytest.mark.skipif(not GPU, reason=f"no usable GPU: {wc.unavailable_reason()}")
-EPS32 = 2.0 ** -24
+EPS32 = 2.0**-24
 
 
 def _f32(rng, *shape):
@@ -50,7 +51,7 @@ def _f32(rng, *shape):
 def rounded(x, precision: str) -> np.ndarray:
     """float32 data rounded to the tensor-core precision, as float64."""
     u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
-    if precision == "bf16":    # nearest, ties to even
+    if precision == "bf16":  # nearest, ties to even
         u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
     elif precision == "tf32":  # nearest, ties away from zero (cvt.rna)
         u = (u + 0x1000) & 0xFFFFE000
@@ -79,8 +80,10 @@ def check(got, a_op, b_op, precision, alpha=1.0, beta=0.0, c0=None, bias=None, r
     err = np.abs(got.astype(np.float64) - ref)
     assert np.all(err <= bound), f"{precision}: max error {err.max():.3g} over the bound (max {bound.max():.3g})"
     err_r = np.abs(got.astype(np.float64) - ref_r)
-    assert np.all(err_r <= sums), (f"{precision}: off the rounded-operand reference by {err_r.max():.3g} "
-                                   f"(float32 sums allow {sums.max():.3g}): not rounding as claimed")
+    assert np.all(err_r <= sums), (
+        f"{precision}: off the rounded-operand reference by {err_r.max():.3g} "
+        f"(float32 sums allow {sums.max():.3g}): not rounding as claimed"
+    )
 
 
 def unavailable(name):
@@ -92,6 +95,7 @@ def usable(name) -> bool:
 
 
 # ---- Everywhere -------------------------------------------------------------------------------
+
 
 def test_tensor_core_rungs_follow_the_simt_ladder():
     names = whygpu.all_kernels(device="cuda")
@@ -118,19 +122,24 @@ def test_kernel_unavailable_reason():
 def test_precisions_and_their_unit_roundoff():
     assert wc.PRECISIONS == ("float32", "tf32", "bf16")
     # significand bits (with the implicit one): 24, 11, 8 -> u = 2**-bits
-    assert wc.UNIT_ROUNDOFF == {"float32": 2.0 ** -24, "tf32": 2.0 ** -11, "bf16": 2.0 ** -8}
-    assert [wc.precision_of(n) for n in ("cuda_naive", "cuda_warptile", *TC_NAMES)] == \
-        ["float32", "float32", "tf32", "bf16", "bf16"]
+    assert wc.UNIT_ROUNDOFF == {"float32": 2.0**-24, "tf32": 2.0**-11, "bf16": 2.0**-8}
+    assert [wc.precision_of(n) for n in ("cuda_naive", "cuda_warptile", *TC_NAMES)] == [
+        "float32",
+        "float32",
+        "tf32",
+        "bf16",
+        "bf16",
+    ]
     with pytest.raises(ValueError, match="not a CUDA kernel"):
         wc.precision_of("packed")
 
 
 def test_rounding_reference_is_the_ieee_one():
-    x = np.array([1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -11, 1 + 3 * 2 ** -11, -1 - 2 ** -9, 3.0], np.float32)
+    x = np.array([1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-11, 1 + 3 * 2**-11, -1 - 2**-9, 3.0], np.float32)
     # bf16 keeps 7 fraction bits: 1 + 2**-8 is a tie -> even (1); 1 + 3 * 2**-8 -> 1 + 2**-6 (even)
-    assert rounded(x, "bf16").tolist()[:2] == [1.0, 1 + 2 ** -6]
+    assert rounded(x, "bf16").tolist()[:2] == [1.0, 1 + 2**-6]
     # TF32 keeps 10: ties go away from zero
-    assert rounded(x, "tf32").tolist()[2:5] == [1 + 2 ** -10, 1 + 2 ** -9, -1 - 2 ** -9]
+    assert rounded(x, "tf32").tolist()[2:5] == [1 + 2**-10, 1 + 2**-9, -1 - 2**-9]
     assert rounded(x, "float32").tolist() == x.astype(np.float64).tolist()
 
 
@@ -155,6 +164,7 @@ def test_precision_picks_the_gpu_back_end():
 @pytest.mark.skipif(GPU, reason="a GPU is usable here")
 def test_mixed_precision_without_a_gpu_says_why():
     from whygpu import nn
+
     model = nn.Sequential(nn.Linear(4, 3))
     with pytest.raises(whygpu.KernelUnavailableError, match="back end 'cuda_mma_bf16' is unavailable"):
         model.to("cuda", precision="bf16")
@@ -163,8 +173,19 @@ def test_mixed_precision_without_a_gpu_says_why():
 
 # ---- On a GPU (and the emulated one) ----------------------------------------------------------
 
-SHAPES = [(1, 1, 1), (0, 3, 2), (3, 0, 2), (2, 3, 0), (1, 7, 3), (7, 1, 13), (17, 31, 9), (33, 65, 31),
-          (129, 257, 17), (130, 131, 133), (70, 50, 300)]
+SHAPES = [
+    (1, 1, 1),
+    (0, 3, 2),
+    (3, 0, 2),
+    (2, 3, 0),
+    (1, 7, 3),
+    (7, 1, 13),
+    (17, 31, 9),
+    (33, 65, 31),
+    (129, 257, 17),
+    (130, 131, 133),
+    (70, 50, 300),
+]
 
 
 @pytest.mark.cuda
@@ -187,8 +208,15 @@ def test_an_unusable_tensor_core_rung_says_why(name, rng):
 
 
 def _params(names, cases):
-    return [pytest.param(n, *c, marks=pytest.mark.skipif(not usable(n), reason=f"{n}: {unavailable(n)}")
-                         if GPU and not usable(n) else ()) for n in names for c in cases]
+    return [
+        pytest.param(
+            n,
+            *c,
+            marks=pytest.mark.skipif(not usable(n), reason=f"{n}: {unavailable(n)}") if GPU and not usable(n) else (),
+        )
+        for n in names
+        for c in cases
+    ]
 
 
 @pytest.mark.cuda
@@ -232,13 +260,21 @@ def test_transposes_alpha_beta_and_device_arrays(name, trans_a, trans_b, rng):
 @pytest.mark.cuda
 @needs_gpu
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(m=st.integers(0, 70), n=st.integers(0, 70), k=st.integers(0, 90), name=st.sampled_from(TC_NAMES),
-       ta=st.booleans(), tb=st.booleans(), step=st.integers(1, 3), data=st.data())
+@given(
+    m=st.integers(0, 70),
+    n=st.integers(0, 70),
+    k=st.integers(0, 90),
+    name=st.sampled_from(TC_NAMES),
+    ta=st.booleans(),
+    tb=st.booleans(),
+    step=st.integers(1, 3),
+    data=st.data(),
+)
 def test_hypothesis_shapes_and_strides(m, n, k, name, ta, tb, step, data):
     """Any shape, transposed or strided NumPy views (copied to the GPU as they are stored)."""
     if not usable(name):
         return  # test_an_unusable_tensor_core_rung_says_why
-    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     a_store = _f32(rng, *((k, m * step) if ta else (m, k * step)))
     b_store = _f32(rng, *((n * step, k) if tb else (k * step, n)))
     a = a_store[:, ::step].T if ta else a_store[:, ::step]
@@ -252,8 +288,10 @@ def test_each_precision_rounds_exactly_as_it_says():
     """A tie-free case with a known answer: sum over k of (1 + d) * 1.  1 + 2**-10 is a TF32
     number but not a bf16 one (bf16 rounds it to 1); 1 + 2**-12 is neither (both give 1)."""
     k = 64
-    for d, want in ((2.0 ** -10, {"float32": 1 + 2 ** -10, "tf32": 1 + 2 ** -10, "bf16": 1.0}),
-                    (2.0 ** -12, {"float32": 1 + 2 ** -12, "tf32": 1.0, "bf16": 1.0})):
+    for d, want in (
+        (2.0**-10, {"float32": 1 + 2**-10, "tf32": 1 + 2**-10, "bf16": 1.0}),
+        (2.0**-12, {"float32": 1 + 2**-12, "tf32": 1.0, "bf16": 1.0}),
+    ):
         a = np.full((3, k), 1 + d, np.float32)
         b = np.ones((k, 5), np.float32)
         for name in ["cuda_warptile", *TC_NAMES]:
@@ -264,7 +302,9 @@ def test_each_precision_rounds_exactly_as_it_says():
     da, db = wc.to_device(a), wc.to_device(b)
     # precision= on a DeviceArray call: the same kernel, rounded to bf16
     np.testing.assert_array_equal(wc.matmul(da, db, kernel="cuda_mma", precision="bf16").to_host(), np.float32(k))
-    np.testing.assert_array_equal(wc.matmul(da, db, kernel="cuda_mma").to_host(), np.float32(k))  # tf32: 1 + 2**-12 -> 1
+    np.testing.assert_array_equal(
+        wc.matmul(da, db, kernel="cuda_mma").to_host(), np.float32(k)
+    )  # tf32: 1 + 2**-12 -> 1
 
 
 @pytest.mark.cuda
@@ -294,8 +334,18 @@ def test_fused_epilogue_and_the_no_product_paths(name, rng):
         c0, bias = _f32(rng, m, n), _f32(rng, n)
         for relu in (False, True):
             dc = wc.to_device(c0)
-            wc.gemm(wc.to_device(a), wc.to_device(b), dc, alpha=alpha, beta=beta, trans_a=ta, trans_b=tb,
-                    kernel=name, bias=wc.to_device(bias), relu=relu)
+            wc.gemm(
+                wc.to_device(a),
+                wc.to_device(b),
+                dc,
+                alpha=alpha,
+                beta=beta,
+                trans_a=ta,
+                trans_b=tb,
+                kernel=name,
+                bias=wc.to_device(bias),
+                relu=relu,
+            )
             check(dc.to_host(), a.T if ta else a, b.T if tb else b, prec, alpha, beta, c0, bias, relu)
     c0 = _f32(rng, 5, 6)
     dc = wc.to_device(c0)  # k == 0: C = beta C, A and B never read

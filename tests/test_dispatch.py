@@ -4,6 +4,7 @@ supported instruction set gives the same results as the portable one, and
 that kernels the build or machine lacks report themselves unavailable
 (KernelUnavailableError) instead of failing some other way.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,6 +27,7 @@ PACKED = [k for k in ("packed", "openmp") if k in whygpu.available_kernels()]
 
 
 # ---- cpu_info ---------------------------------------------------------------------
+
 
 def test_cpu_info_is_consistent():
     info = whygpu.cpu_info()
@@ -52,6 +54,7 @@ def test_cpu_info_is_fresh_each_call(restore_arch):
 
 # ---- set_arch ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch", SUPPORTED)
 def test_set_arch_switches_and_returns_the_previous(restore_arch, arch):
     before = whygpu.cpu_info()["arch"]
@@ -64,8 +67,11 @@ def test_set_arch_switches_and_returns_the_previous(restore_arch, arch):
 @pytest.mark.parametrize("name", ["nonsense", "AVX2", "", "sse2"])
 def test_set_arch_rejects_unknown_names(restore_arch, name):
     before = whygpu.cpu_info()["arch"]
-    with pytest.raises(ValueError, match=rf"instruction set {name!r} is not usable here; this CPU and build support: "
-                                         rf"{', '.join(SUPPORTED)}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"instruction set {name!r} is not usable here; this CPU and build support: "
+        rf"{', '.join(SUPPORTED)}",
+    ):
         whygpu.set_arch(name)
     assert whygpu.cpu_info()["arch"] == before
 
@@ -90,6 +96,7 @@ def test_set_arch_accepts_exactly_the_supported(restore_arch, arch):
 
 
 # ---- Every instruction set computes the same thing ------------------------------------------
+
 
 def _arch_shapes(dtype, arch):
     return [(5, 7, 3), (33, 65, 129)] + block_edge_shapes(blocking_of(dtype, arch))
@@ -188,8 +195,9 @@ def test_whygpu_arch_auto(value):
 def test_whygpu_arch_bogus_warns_and_falls_back():
     r = _probe(WHYGPU_ARCH="bogus")
     assert r["info"]["arch"] == INFO["best_arch"]
-    assert r["warnings"] == [["RuntimeWarning", f"WHYGPU_ARCH=bogus is not one of auto, portable, avx2, avx512; "
-                                                f"using {INFO['best_arch']}"]]
+    assert r["warnings"] == [
+        ["RuntimeWarning", f"WHYGPU_ARCH=bogus is not one of auto, portable, avx2, avx512; using {INFO['best_arch']}"]
+    ]
 
 
 @pytest.mark.parametrize("arch", ALL_ARCHS[1:])
@@ -200,8 +208,9 @@ def test_whygpu_arch_named_isa(arch):
         assert r["warnings"] == []
     else:  # asking for more than the CPU has falls back instead of dying of SIGILL
         assert r["info"]["arch"] == INFO["best_arch"]
-        assert r["warnings"] == [["RuntimeWarning", f"WHYGPU_ARCH={arch} is not supported by this CPU or build; "
-                                                    f"using {INFO['best_arch']}"]]
+        assert r["warnings"] == [
+            ["RuntimeWarning", f"WHYGPU_ARCH={arch} is not supported by this CPU or build; using {INFO['best_arch']}"]
+        ]
 
 
 @pytest.mark.parametrize("kc,nc", [("7", "13"), ("1", "1")])
@@ -220,6 +229,7 @@ def test_bad_block_sizes_in_the_environment_are_ignored(kc):
 
 
 # ---- Kernels that cannot run here ----------------------------------------------------------
+
 
 def test_openmp_unavailable_raises_kernel_unavailable(monkeypatch):
     """Pretend the build has no OpenMP (the real check in _registry is used)."""

@@ -3,6 +3,7 @@ crash, never a silent conversion: dtypes, dimensions, shapes, ``out``,
 kernel names, thread counts, scalars; and the compiled modules called
 directly with bad arguments raise instead of touching memory they should not.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,12 @@ def ab():
 # ---- dtypes ----------------------------------------------------------------------
 
 BAD_DTYPES = [
-    (np.int32, "an integer dtype"), (np.int64, "an integer dtype"), (np.uint8, "an unsigned integer dtype"),
-    (np.bool_, "a boolean dtype"), (np.complex64, "a complex dtype"), (np.complex128, "a complex dtype"),
+    (np.int32, "an integer dtype"),
+    (np.int64, "an integer dtype"),
+    (np.uint8, "an unsigned integer dtype"),
+    (np.bool_, "a boolean dtype"),
+    (np.complex64, "a complex dtype"),
+    (np.complex128, "a complex dtype"),
     (np.float16, r"an unsupported floating-point dtype \(<f2\)"),
     (np.dtype(">f4"), r"an unsupported floating-point dtype \(>f4\)"),
     (object, "an object dtype"),
@@ -57,8 +62,10 @@ def test_mixed_precision_is_not_upcast(ab, kernel):
 
 # ---- dimensions and shapes ------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", [np.ones(6, np.float32), np.ones((4, 6, 2), np.float32), np.float32(2.0)],
-                         ids=["1-D", "3-D", "0-D"])
+
+@pytest.mark.parametrize(
+    "bad", [np.ones(6, np.float32), np.ones((4, 6, 2), np.float32), np.float32(2.0)], ids=["1-D", "3-D", "0-D"]
+)
 @pytest.mark.parametrize("which", ["a", "b"])
 def test_not_a_matrix(ab, bad, which):
     a, b = ab
@@ -79,6 +86,7 @@ def test_inner_dimensions_must_match(ab, kernel):
 
 
 # ---- out / c -----------------------------------------------------------------------
+
 
 def test_out_wrong_shape(ab):
     a, b = ab
@@ -154,6 +162,7 @@ def test_out_sharing_a_buffer_but_not_memory_is_fine():
 
 # ---- kernel names, threads, scalars -------------------------------------------------------
 
+
 def test_unknown_kernel_lists_the_valid_ones(ab):
     a, b = ab
     with pytest.raises(ValueError, match="unknown kernel 'cuda-magic'; valid kernels are: python, cython") as e:
@@ -173,15 +182,19 @@ def test_kernel_must_be_a_string(ab, kernel):
         whygpu.matmul(a, b, kernel=kernel)
 
 
-@pytest.mark.parametrize("threads,exc,msg", [
-    (0, ValueError, "threads must be >= 1, got 0"),
-    (-1, ValueError, "threads must be >= 1, got -1"),
-    (1.5, TypeError, "threads must be an integer >= 1, got 1.5"),
-    (2.0, TypeError, "threads must be an integer"),
-    (True, TypeError, "threads must be an integer >= 1, got True"),
-    ("2", TypeError, "threads must be an integer"),
-    (2**40, ValueError, "threads must be <= 1024"),
-], ids=repr)
+@pytest.mark.parametrize(
+    "threads,exc,msg",
+    [
+        (0, ValueError, "threads must be >= 1, got 0"),
+        (-1, ValueError, "threads must be >= 1, got -1"),
+        (1.5, TypeError, "threads must be an integer >= 1, got 1.5"),
+        (2.0, TypeError, "threads must be an integer"),
+        (True, TypeError, "threads must be an integer >= 1, got True"),
+        ("2", TypeError, "threads must be an integer"),
+        (2**40, ValueError, "threads must be <= 1024"),
+    ],
+    ids=repr,
+)
 @pytest.mark.parametrize("kernel", ["packed", "openmp"])
 def test_bad_threads(ab, kernel, threads, exc, msg):
     if kernel not in KERNELS:
@@ -224,6 +237,7 @@ def test_numpy_scalars_are_fine(ab):
 
 # ---- The compiled modules called directly must raise, not crash ----------------------------
 
+
 def _f32(*shape):
     return np.ones(shape, np.float32)
 
@@ -252,10 +266,16 @@ CORE_BAD_CALLS = {
     "int dtype": ((3, np.ones((3, 4), np.int32), _f32(4, 5), _f32(3, 5)), TypeError, _NOT_ONE_FLOAT),
     "byte-swapped": ((6, _f32(3, 4).astype(">f4"), _f32(4, 5), _f32(3, 5)), TypeError, _NOT_ONE_FLOAT),
     "unaligned a": ((6, _unaligned((3, 4)), _f32(4, 5), _f32(3, 5)), ValueError, "aligned"),
-    "odd stride": ((6, np.lib.stride_tricks.as_strided(np.zeros(64, np.float32), (3, 4), (6, 16)),
-                    _f32(4, 5), _f32(3, 5)), ValueError, "stride that is not a multiple"),
-    "reordered, F-order a": ((4, np.asfortranarray(_f32(3, 4)), _f32(4, 5), _f32(3, 5)), ValueError,
-                             "need row-contiguous"),
+    "odd stride": (
+        (6, np.lib.stride_tricks.as_strided(np.zeros(64, np.float32), (3, 4), (6, 16)), _f32(4, 5), _f32(3, 5)),
+        ValueError,
+        "stride that is not a multiple",
+    ),
+    "reordered, F-order a": (
+        (4, np.asfortranarray(_f32(3, 4)), _f32(4, 5), _f32(3, 5)),
+        ValueError,
+        "need row-contiguous",
+    ),
     "blocked, strided c": ((5, _f32(3, 4), _f32(4, 5), _f32(3, 10)[:, ::2]), ValueError, "need row-contiguous"),
     "a is None": ((6, None, _f32(4, 5), _f32(3, 5)), TypeError, "incompatible function arguments"),
     "c is a list": ((6, _f32(3, 4), _f32(4, 5), [[0.0] * 5] * 3), TypeError, "incompatible function arguments"),
@@ -291,14 +311,18 @@ def test_core_other_functions_reject_bad_arguments():
         _core.set_arch(None)
 
 
-@pytest.mark.parametrize("args,exc,msg", [
-    ((_f32(3, 4), _f32(5, 4), _f32(3, 5)), ValueError, "shapes do not match"),
-    ((_f32(3, 4), _f32(4, 5), _f32(3, 6)), ValueError, "shapes do not match"),
-    ((np.ones((3, 4), np.int32), _f32(4, 5), _f32(3, 5)), TypeError, "No matching signature"),
-    ((_f32(3, 4), np.ones((4, 5)), _f32(3, 5)), ValueError, "Buffer dtype mismatch"),
-    ((_f32(3, 4), _f32(4, 5), np.broadcast_to(_f32(1, 5), (3, 5))), ValueError, "read-only"),
-    ((_f32(3), _f32(3, 5), _f32(3, 5)), TypeError, "No matching signature"),
-], ids=["inner dims", "c shape", "int dtype", "mixed dtypes", "c read-only", "1-D a"])
+@pytest.mark.parametrize(
+    "args,exc,msg",
+    [
+        ((_f32(3, 4), _f32(5, 4), _f32(3, 5)), ValueError, "shapes do not match"),
+        ((_f32(3, 4), _f32(4, 5), _f32(3, 6)), ValueError, "shapes do not match"),
+        ((np.ones((3, 4), np.int32), _f32(4, 5), _f32(3, 5)), TypeError, "No matching signature"),
+        ((_f32(3, 4), np.ones((4, 5)), _f32(3, 5)), ValueError, "Buffer dtype mismatch"),
+        ((_f32(3, 4), _f32(4, 5), np.broadcast_to(_f32(1, 5), (3, 5))), ValueError, "read-only"),
+        ((_f32(3), _f32(3, 5), _f32(3, 5)), TypeError, "No matching signature"),
+    ],
+    ids=["inner dims", "c shape", "int dtype", "mixed dtypes", "c read-only", "1-D a"],
+)
 def test_cython_gemm_rejects_bad_arguments(args, exc, msg):
     if _cython_matmul is None:
         pytest.skip("cython kernel not built")

@@ -9,6 +9,7 @@ product that would take seconds, and the child reports how long after the
 signal the KeyboardInterrupt arrived, then checks that the kernel still
 computes correctly (no broken state, no leak of the stop).
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,15 @@ CHILD = textwrap.dedent("""
 """)
 
 # starting sizes; the child grows them until the product takes >= 3 s on the machine at hand
-CASES = {"python": 300, "cython": 1400, "naive": 1400, "reordered": 3000, "blocked": 3000, "packed": 6000,
-         "openmp": 6000}
+CASES = {
+    "python": 300,
+    "cython": 1400,
+    "naive": 1400,
+    "reordered": 3000,
+    "blocked": 3000,
+    "packed": 6000,
+    "openmp": 6000,
+}
 
 
 @pytest.mark.parametrize("kernel", list(CASES))
@@ -72,8 +80,12 @@ def test_ctrl_c_interrupts_a_running_kernel(kernel):
     if kernel not in whygpu.available_kernels():
         pytest.skip(f"{kernel} is unavailable here")
     threads = whygpu.get_num_threads() if kernel == "openmp" else 1
-    r = subprocess.run([sys.executable, "-c", CHILD, kernel, str(CASES[kernel]), str(threads)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, kernel, str(CASES[kernel]), str(threads)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert "finished_s" not in res, f"{kernel} finished in {res.get('finished_s')} s before the signal: grow n"
@@ -120,6 +132,7 @@ def test_ctrl_c_interrupts_a_wait_for_the_gpu():
     """A wait for queued GPU work (synchronize, a copy back) gives way to Ctrl-C.
     Needs a real GPU: the emulation runs each kernel at its launch."""
     import whygpu.cuda as wc
+
     if not wc.is_available():
         pytest.skip(f"no usable GPU: {wc.unavailable_reason()}")
     if "Emulated" in wc.device_info()["name"]:

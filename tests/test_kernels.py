@@ -5,16 +5,29 @@ strides, broadcast, unaligned), ``out=``, the BLAS rules of ``gemm`` (alpha,
 beta, trans_a/trans_b, beta == 0 overwrites, alpha == 0 and k == 0 read
 neither A nor B), and hypothesis property tests over shapes and strides.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import whygpu
 
-from ._support import (BASIC_SHAPES, BLOCKED_TILE_SHAPES, DTYPES, MLP_SHAPES, block_edge_shapes, blocking_of,
-                       check_gemm, fits, gemm_reference, make_matrix, size_cap)
+from ._support import (
+    BASIC_SHAPES,
+    BLOCKED_TILE_SHAPES,
+    DTYPES,
+    MLP_SHAPES,
+    block_edge_shapes,
+    blocking_of,
+    check_gemm,
+    fits,
+    gemm_reference,
+    make_matrix,
+    size_cap,
+)
 
 KERNELS = whygpu.available_kernels(device="cpu")  # the CUDA rungs: tests/test_cuda.py
 FAST_KERNELS = [k for k in KERNELS if size_cap(k) is None]
@@ -30,8 +43,12 @@ def _shapes_for(kernel, dtype):
 
 
 def _cases(shapes_for):
-    return [pytest.param(kernel, dtype, shape, id=f"{kernel}-{np.dtype(dtype).name}-{_id(shape)}")
-            for kernel in KERNELS for dtype in DTYPES for shape in shapes_for(kernel, dtype)]
+    return [
+        pytest.param(kernel, dtype, shape, id=f"{kernel}-{np.dtype(dtype).name}-{_id(shape)}")
+        for kernel in KERNELS
+        for dtype in DTYPES
+        for shape in shapes_for(kernel, dtype)
+    ]
 
 
 def _small_and_edge(kernel, dtype):
@@ -45,6 +62,7 @@ def _small_and_edge(kernel, dtype):
 
 # ---- The registry as the tests see it ------------------------------------------------
 
+
 def test_kernel_lists_are_in_ladder_order():
     names = whygpu.all_kernels()
     assert names[:7] == ["python", "cython", "naive", "reordered", "blocked", "packed", "openmp"]
@@ -55,6 +73,7 @@ def test_kernel_lists_are_in_ladder_order():
 
 
 # ---- The tolerance is tight enough to catch a real bug -----------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("m,n,k", [(17, 383, 769), (32, 512, 784), (5, 7, 3)])
@@ -72,6 +91,7 @@ def test_tolerance_catches_a_dropped_term(rng, dtype, m, n, k):
 
 
 # ---- Shapes --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kernel,dtype,shape", _cases(_shapes_for))
 def test_matmul_shapes(rng, kernel, dtype, shape):
@@ -112,6 +132,7 @@ def test_nan_propagates_only_where_it_should(rng, kernel, dtype):
 
 
 # ---- Layouts ---------------------------------------------------------------------------
+
 
 def _unaligned(x):
     """A copy of x whose data pointer is off by one byte (not aligned to its item size)."""
@@ -192,8 +213,12 @@ def _out_view(parent, kind, m, n):
 def _make_out(kind, m, n, dtype, fill):
     """(out, parent, inside): an (m, n) view `out` of a larger `parent` filled with
     `fill`, and a boolean mask of the parent's cells that belong to out."""
-    parent_shape = {"strided": (2 * m + 1, 3 * n + 2), "strided-F": (3 * m + 1, 2 * n),
-                    "negative": (m + 2, n + 1), "transposed-view": (n, m)}.get(kind, (m, n))
+    parent_shape = {
+        "strided": (2 * m + 1, 3 * n + 2),
+        "strided-F": (3 * m + 1, 2 * n),
+        "negative": (m + 2, n + 1),
+        "transposed-view": (n, m),
+    }.get(kind, (m, n))
     parent = np.full(parent_shape, fill, dtype=dtype, order="F" if kind in ("F", "strided-F") else "C")
     inside = np.zeros(parent_shape, dtype=bool)
     _out_view(inside, kind, m, n)[...] = True
@@ -242,9 +267,19 @@ def _gemm_cases():
                 for ta in (False, True):
                     for tb in (False, True):
                         for alpha, beta in ALPHA_BETA:
-                            yield pytest.param(kernel, dtype, shape, ta, tb, alpha, beta, id=(
-                                f"{kernel}-{np.dtype(dtype).name}-{_id(shape)}-{'T' if ta else 'N'}"
-                                f"{'T' if tb else 'N'}-a{alpha}-b{beta}"))
+                            yield pytest.param(
+                                kernel,
+                                dtype,
+                                shape,
+                                ta,
+                                tb,
+                                alpha,
+                                beta,
+                                id=(
+                                    f"{kernel}-{np.dtype(dtype).name}-{_id(shape)}-{'T' if ta else 'N'}"
+                                    f"{'T' if tb else 'N'}-a{alpha}-b{beta}"
+                                ),
+                            )
 
 
 @pytest.mark.parametrize("kernel,dtype,shape,trans_a,trans_b,alpha,beta", list(_gemm_cases()))
@@ -299,8 +334,9 @@ def test_gemm_k_zero_scales_c(rng, kernel, dtype, beta):
     got = whygpu.gemm(np.empty((6, 0), dtype), np.empty((0, 5), dtype), c, alpha=3.0, beta=beta, kernel=kernel)
     assert got is c
     np.testing.assert_array_equal(c, dtype(beta) * c0 if beta else np.zeros_like(c0))
-    np.testing.assert_array_equal(whygpu.matmul(np.empty((3, 0), dtype), np.empty((0, 2), dtype), kernel=kernel),
-                                  np.zeros((3, 2), dtype))
+    np.testing.assert_array_equal(
+        whygpu.matmul(np.empty((3, 0), dtype), np.empty((0, 2), dtype), kernel=kernel), np.zeros((3, 2), dtype)
+    )
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -325,6 +361,7 @@ def test_gemm_without_c_ignores_beta(rng, kernel, dtype):
 
 # ---- Hypothesis: shapes and strides -------------------------------------------------------
 
+
 def _dim_strategy(kernel, dtype):
     """Sizes up to a kernel's cap, with the block-size edges of the packed kernels mixed in."""
     cap = size_cap(kernel)
@@ -337,10 +374,12 @@ def _dim_strategy(kernel, dtype):
 
 @st.composite
 def _layouts(draw):
-    return dict(order=draw(st.sampled_from("CF")),
-                step=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
-                flip=(draw(st.booleans()), draw(st.booleans())),
-                offset=draw(st.integers(0, 2)))
+    return dict(
+        order=draw(st.sampled_from("CF")),
+        step=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        flip=(draw(st.booleans()), draw(st.booleans())),
+        offset=draw(st.integers(0, 2)),
+    )
 
 
 @st.composite
@@ -356,8 +395,13 @@ def _problem(draw):
     return kernel, dtype, (m, n, k)
 
 
-@given(problem=_problem(), la=_layouts(), lb=_layouts(), out_layout=st.one_of(st.none(), _layouts()),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    problem=_problem(),
+    la=_layouts(),
+    lb=_layouts(),
+    out_layout=st.one_of(st.none(), _layouts()),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_matmul_property(problem, la, lb, out_layout, seed):
     kernel, dtype, (m, n, k) = problem
     rng = np.random.default_rng(seed)
@@ -373,11 +417,17 @@ def test_matmul_property(problem, la, lb, out_layout, seed):
     check_gemm(got, a, b)
 
 
-@given(problem=_problem(), la=_layouts(), lb=_layouts(), lc=_layouts(),
-       trans_a=st.booleans(), trans_b=st.booleans(),
-       alpha=st.sampled_from([1.0, -1.0, 0.0, 0.5, 3.0]) | st.floats(-4, 4, width=32),
-       beta=st.sampled_from([0.0, 1.0, -1.0, 0.25]) | st.floats(-4, 4, width=32),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    problem=_problem(),
+    la=_layouts(),
+    lb=_layouts(),
+    lc=_layouts(),
+    trans_a=st.booleans(),
+    trans_b=st.booleans(),
+    alpha=st.sampled_from([1.0, -1.0, 0.0, 0.5, 3.0]) | st.floats(-4, 4, width=32),
+    beta=st.sampled_from([0.0, 1.0, -1.0, 0.25]) | st.floats(-4, 4, width=32),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_gemm_property(problem, la, lb, lc, trans_a, trans_b, alpha, beta, seed):
     kernel, dtype, (m, n, k) = problem
     rng = np.random.default_rng(seed)
@@ -394,6 +444,7 @@ def test_gemm_property(problem, la, lb, lc, trans_a, trans_b, alpha, beta, seed)
 
 def test_the_default_kernel_is_openmp_when_built_and_named_by_info():
     import whygpu
+
     expected = "openmp" if "openmp" in whygpu.available_kernels() else "packed"
     assert whygpu.default_kernel() == expected
     a = np.arange(12, dtype=np.float32).reshape(3, 4)

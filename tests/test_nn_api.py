@@ -1,4 +1,5 @@
 """whygpu.nn's user-facing API: summary, profiling, bad input, repr."""
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
@@ -80,8 +81,15 @@ def test_profile_context_with_fit():
     X = np.random.default_rng(1).standard_normal((50, 8)).astype(np.float32)
     y = np.arange(50) % 3
     with nn.profile(model) as prof:
-        model.fit(X, y, epochs=2, batch_size=10, optimizer=optim.Adam(model.parameters()),
-                  loss=nn.CrossEntropyLoss(), verbose=0)
+        model.fit(
+            X,
+            y,
+            epochs=2,
+            batch_size=10,
+            optimizer=optim.Adam(model.parameters()),
+            loss=nn.CrossEntropyLoss(),
+            verbose=0,
+        )
     assert prof.steps == 10
     assert prof.loss.total_s > 0 and prof.optimizer.total_s > 0
     with pytest.raises(RuntimeError, match="already active"):
@@ -155,8 +163,13 @@ def test_labels_out_of_range():
         loss_fn(logits, [0, 1])
     model = mlp(2, 3)
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
-        model.fit(np.zeros((4, 2)), [0, 1, 2, 3], optimizer=optim.SGD(model.parameters(), lr=0.1),
-                  loss=nn.CrossEntropyLoss(), verbose=0)
+        model.fit(
+            np.zeros((4, 2)),
+            [0, 1, 2, 3],
+            optimizer=optim.SGD(model.parameters(), lr=0.1),
+            loss=nn.CrossEntropyLoss(),
+            verbose=0,
+        )
 
 
 def test_nan_in_data():
@@ -166,8 +179,9 @@ def test_nan_in_data():
     with pytest.raises(ValueError, match=r"NaN \(first at index \(2, 1\)\)"):
         model(X)
     with pytest.raises(ValueError, match="NaN"):
-        model.fit(X, np.zeros(5, int), optimizer=optim.SGD(model.parameters(), lr=0.1),
-                  loss=nn.CrossEntropyLoss(), verbose=0)
+        model.fit(
+            X, np.zeros(5, int), optimizer=optim.SGD(model.parameters(), lr=0.1), loss=nn.CrossEntropyLoss(), verbose=0
+        )
     X[2, 1] = np.inf
     with pytest.raises(ValueError, match="infinity"):
         model.predict(X)
@@ -244,5 +258,12 @@ def test_divergence_is_reported():
     X = np.random.default_rng(0).standard_normal((32, 2)).astype(np.float32) * 100
     y = X[:, :1] * 1e3
     with pytest.raises(FloatingPointError, match="diverged"):
-        model.fit(X, y, epochs=50, batch_size=8, optimizer=optim.SGD(model.parameters(), lr=10.0),
-                  loss=nn.MSELoss(), verbose=0)
+        model.fit(
+            X,
+            y,
+            epochs=50,
+            batch_size=8,
+            optimizer=optim.SGD(model.parameters(), lr=10.0),
+            loss=nn.MSELoss(),
+            verbose=0,
+        )

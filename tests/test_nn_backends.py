@@ -1,12 +1,12 @@
 """The same model and data give the same results on every back end; the
 compiled element-wise ops agree with the NumPy reference, serial and parallel."""
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
 import whygpu
-from whygpu import nn, optim
-from whygpu import _nn_core
+from whygpu import _nn_core, nn, optim
 from whygpu.nn._backend import NUMPY, get_backend
 
 KERNELS = whygpu.available_kernels(device="cpu")  # CUDA kernels are float32-only
@@ -34,7 +34,7 @@ def train_steps(backend, sizes, X, y, steps, opt_factory, dtype=np.float32, seed
     loss_fn = nn.CrossEntropyLoss()
     opt = opt_factory(model.parameters())
     losses = []
-    for s in range(steps):
+    for _s in range(steps):
         logits = model(X)
         losses.append(loss_fn(logits, y))
         model.zero_grad()
@@ -50,7 +50,10 @@ def test_same_loss_on_every_backend(backend):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((8 if backend == "python" else 32, sizes[0])).astype(np.float32)
     y = rng.integers(0, sizes[-1], X.shape[0])
-    sgd = lambda p: optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+    def sgd(p):
+        return optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-4)
+
     ref_losses, ref_params = train_steps("numpy", sizes, X, y, 5, sgd)
     losses, params = train_steps(backend, sizes, X, y, 5, sgd)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4, atol=1e-5)
@@ -64,7 +67,10 @@ def test_adam_and_float64_agree(backend):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((40, 12))
     y = rng.integers(0, 5, 40)
-    adam = lambda p: optim.Adam(p, lr=1e-2, weight_decay=1e-3)
+
+    def adam(p):
+        return optim.Adam(p, lr=1e-2, weight_decay=1e-3)
+
     ref, ref_p = train_steps("numpy", [12, 10, 5], X, y, 6, adam, dtype=np.float64)
     got, got_p = train_steps(backend, [12, 10, 5], X, y, 6, adam, dtype=np.float64)
     np.testing.assert_allclose(got, ref, rtol=1e-10)
@@ -78,7 +84,10 @@ def test_threads_do_not_change_results():
     rng = np.random.default_rng(2)
     X = rng.standard_normal((300, 150)).astype(np.float32)  # big enough for the parallel paths
     y = rng.integers(0, 10, 300)
-    sgd = lambda p: optim.SGD(p, lr=0.05, momentum=0.9)
+
+    def sgd(p):
+        return optim.SGD(p, lr=0.05, momentum=0.9)
+
     old = whygpu.get_num_threads()
     try:
         whygpu.set_num_threads(1)
@@ -185,7 +194,7 @@ def test_compiled_ops_match_numpy(shape, dtype, threads):
             np.testing.assert_allclose(bufs[1], bufs[0], **tol)
         ps, ms, vs = [x.copy(), x.copy()], [t.copy(), t.copy()], [t.copy(), t.copy()]
         for be, p, m, v in zip((NUMPY, cb), ps, ms, vs):
-            be.adam_update(p, dy, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.01, 1 - 0.9 ** 3, 1 - 0.999 ** 3)
+            be.adam_update(p, dy, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.01, 1 - 0.9**3, 1 - 0.999**3)
         for a, c in ((ps[1], ps[0]), (ms[1], ms[0]), (vs[1], vs[0])):
             np.testing.assert_allclose(a, c, **tol)
     finally:
@@ -249,20 +258,23 @@ def test_fused_bias_relu_and_one_call_optimizer_match_numpy(dtype, threads):
     tol = dict(rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6 if dtype == np.float32 else 1e-13)
     for momentum, nesterov in ((0.0, False), (0.9, False), (0.9, True)):
         p, bufs = [x.copy() for x in ps], [x.copy() for x in ms]
-        _nn_core.optimizer_update("sgd", p, gs, bufs if momentum else None, None,
-                                  [0.1, momentum, 0.01, float(nesterov)], threads)
+        _nn_core.optimizer_update(
+            "sgd", p, gs, bufs if momentum else None, None, [0.1, momentum, 0.01, float(nesterov)], threads
+        )
         for got, got_b, p0, g, b0 in zip(p, bufs, ps, gs, ms):
             gi = g + dtype(0.01) * p0
             if momentum:
                 bb = dtype(momentum) * b0 + gi
                 np.testing.assert_allclose(got_b, bb, **tol)
-                np.testing.assert_allclose(got, p0 - dtype(0.1) * (gi + dtype(momentum) * bb if nesterov else bb), **tol)
+                np.testing.assert_allclose(
+                    got, p0 - dtype(0.1) * (gi + dtype(momentum) * bb if nesterov else bb), **tol
+                )
             else:
                 np.testing.assert_allclose(got, p0 - dtype(0.1) * gi, **tol)
     b1, b2, lr, eps, wd, t = 0.9, 0.999, 1e-3, 1e-8, 0.01, 4
-    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    bc1, bc2 = 1 - b1**t, 1 - b2**t
     p, m, v = [x.copy() for x in ps], [x.copy() for x in ms], [x.copy() for x in vs]
-    _nn_core.optimizer_update("adam", p, gs, m, v, [lr / bc1, b1, b2, eps, wd, 1 / bc2 ** 0.5], threads)
+    _nn_core.optimizer_update("adam", p, gs, m, v, [lr / bc1, b1, b2, eps, wd, 1 / bc2**0.5], threads)
     for got, gm, gv, p0, g, m0, v0 in zip(p, m, v, ps, gs, ms, vs):
         gi = g.astype(np.float64) + wd * p0
         mi, vi = b1 * m0 + (1 - b1) * gi, b2 * v0 + (1 - b2) * gi * gi

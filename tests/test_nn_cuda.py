@@ -10,6 +10,7 @@ the profile's account of host <-> device copies.  tests/test_cuda_emulated.py
 also runs that half on the CPU, over an emulation of the CUDA kernels, so
 the shapes here stay small.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,6 +50,7 @@ def data(n=32, features=12, classes=4, seed=0):
 
 # ---- Everywhere ------------------------------------------------------------------------------
 
+
 def test_cuda_is_a_back_end_exactly_when_a_gpu_is():
     names = nn.backends()
     assert ("cuda" in names) == GPU
@@ -84,8 +86,9 @@ def test_unknown_cuda_spelling_is_refused():
 def test_a_cpu_profile_has_no_copies():
     model = make_mlp([12, 8, 4])
     x, y = data()
-    prof = nn.step_breakdown(model, x, y, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1),
-                             steps=2, warmup=0)
+    prof = nn.step_breakdown(
+        model, x, y, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), steps=2, warmup=0
+    )
     b = prof.breakdown()
     assert (b["transfer_s"], b["transfer_bytes"], b["transfer_calls"], b["transfer_share"]) == (0.0, 0, 0, 0.0)
     assert not any("device" in r["name"] for r in b["rows"])
@@ -94,8 +97,8 @@ def test_a_cpu_profile_has_no_copies():
 
 # ---- On a GPU ----------------------------------------------------------------------------------
 
-def run_steps(backend, opt_factory, steps=3, sizes=(12, 16, 4), act=nn.ReLU, loss_fn=None, x=None, y=None,
-              extra=()):
+
+def run_steps(backend, opt_factory, steps=3, sizes=(12, 16, 4), act=nn.ReLU, loss_fn=None, x=None, y=None, extra=()):
     model = make_mlp(list(sizes), act, extra=extra).to(backend)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     if x is None:
@@ -121,8 +124,9 @@ OPTIMIZERS = {
 
 @pytest.mark.cuda
 @needs_gpu
-@pytest.mark.parametrize("backend, opt", [("cuda", "sgd"), ("cuda", "sgd-momentum"), ("cuda", "adam"),
-                                          ("cuda_smem", "sgd-momentum")])
+@pytest.mark.parametrize(
+    "backend, opt", [("cuda", "sgd"), ("cuda", "sgd-momentum"), ("cuda", "adam"), ("cuda_smem", "sgd-momentum")]
+)
 def test_gpu_training_step_matches_numpy(backend, opt):
     ref_model, ref_losses, ref_params = run_steps("numpy", OPTIMIZERS[opt])
     model, losses, params = run_steps(backend, OPTIMIZERS[opt])
@@ -138,8 +142,9 @@ def test_gpu_training_step_matches_numpy(backend, opt):
 CASES = {
     "tanh-mse": dict(act=nn.Tanh, loss=nn.MSELoss, target="float"),
     "sigmoid-bce": dict(act=nn.Sigmoid, loss=nn.BCEWithLogitsLoss, target="binary"),
-    "leaky-dropout-xent": dict(act=lambda: nn.LeakyReLU(0.1), loss=nn.CrossEntropyLoss, target="labels",
-                               extra=(lambda: nn.Dropout(0.3),)),
+    "leaky-dropout-xent": dict(
+        act=lambda: nn.LeakyReLU(0.1), loss=nn.CrossEntropyLoss, target="labels", extra=(lambda: nn.Dropout(0.3),)
+    ),
     "softmax-mse": dict(act=nn.Softmax, loss=nn.MSELoss, target="float"),
 }
 
@@ -151,11 +156,21 @@ def test_every_layer_and_loss_matches_numpy_on_the_gpu(case):
     c = CASES[case]
     x, labels = data(n=24, features=10, classes=3, seed=2)
     rng = np.random.default_rng(3)
-    y = {"labels": labels, "float": rng.standard_normal((24, 3)).astype(np.float32),
-         "binary": (rng.random((24, 3)) < 0.5).astype(np.float32)}[c["target"]]
-    sgd = lambda p: optim.SGD(p, lr=0.05, momentum=0.5)
-    runs = [run_steps(be, sgd, steps=2, sizes=(10, 8, 3), act=c["act"], loss_fn=c["loss"](), x=x, y=y,
-                      extra=c.get("extra", ())) for be in ("numpy", "cuda")]
+    y = {
+        "labels": labels,
+        "float": rng.standard_normal((24, 3)).astype(np.float32),
+        "binary": (rng.random((24, 3)) < 0.5).astype(np.float32),
+    }[c["target"]]
+
+    def sgd(p):
+        return optim.SGD(p, lr=0.05, momentum=0.5)
+
+    runs = [
+        run_steps(
+            be, sgd, steps=2, sizes=(10, 8, 3), act=c["act"], loss_fn=c["loss"](), x=x, y=y, extra=c.get("extra", ())
+        )
+        for be in ("numpy", "cuda")
+    ]
     np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=1e-5, atol=1e-6)
     for p, q in zip(runs[1][2], runs[0][2]):
         np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5)
@@ -167,8 +182,15 @@ def test_fit_learns_xor_on_the_gpu():
     X, y = datasets.xor()
     whygpu.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2)).to("cuda")
-    hist = model.fit(X, y, epochs=40, batch_size=4, optimizer=optim.Adam(model.parameters(), lr=0.1),
-                     loss=nn.CrossEntropyLoss(), verbose=0)
+    hist = model.fit(
+        X,
+        y,
+        epochs=40,
+        batch_size=4,
+        optimizer=optim.Adam(model.parameters(), lr=0.1),
+        loss=nn.CrossEntropyLoss(),
+        verbose=0,
+    )
     assert hist["accuracy"][-1] == 1.0
     assert hist["loss"][-1] < 0.2 < hist["loss"][0]
     assert model.evaluate(X, y)["accuracy"] == 1.0
@@ -186,8 +208,16 @@ def test_fit_evaluate_predict_match_numpy():
     for be in ("numpy", "cuda"):
         model = make_mlp([6, 8, 3]).to(be)
         whygpu.manual_seed(5)  # the same shuffling
-        hist = model.fit(X, y, epochs=2, batch_size=16, optimizer=optim.SGD(model.parameters(), lr=0.1),
-                         loss=nn.CrossEntropyLoss(), validation_data=(X[:10], y[:10]), verbose=0)
+        hist = model.fit(
+            X,
+            y,
+            epochs=2,
+            batch_size=16,
+            optimizer=optim.SGD(model.parameters(), lr=0.1),
+            loss=nn.CrossEntropyLoss(),
+            validation_data=(X[:10], y[:10]),
+            verbose=0,
+        )
         results.append((hist, model.evaluate(X, y), model.predict(X, batch_size=16)))
     (h0, e0, p0), (h1, e1, p1) = results
     for key in h0:
@@ -327,8 +357,7 @@ def test_profile_counts_host_device_copies():
     steps = 3
 
     def breakdown(xb, yb):
-        prof = nn.step_breakdown(model, xb, yb, loss_fn, optim.SGD(model.parameters(), lr=0.1), steps=steps,
-                                 warmup=1)
+        prof = nn.step_breakdown(model, xb, yb, loss_fn, optim.SGD(model.parameters(), lr=0.1), steps=steps, warmup=1)
         return prof, prof.breakdown()
 
     # Data copied every step: the batch and the labels go in, the loss (two float64s) comes out.
@@ -356,14 +385,23 @@ def test_a_profile_of_fit_counts_what_crosses_the_bus():
     X, y = data(n=20, features=5, classes=3)
     model = make_mlp([5, 4, 3]).to("cuda")
     with nn.profile(model) as prof:
-        model.fit(X, y, epochs=1, batch_size=20, optimizer=optim.SGD(model.parameters(), lr=0.1),
-                  loss=nn.CrossEntropyLoss(), shuffle=False, verbose=0)
+        model.fit(
+            X,
+            y,
+            epochs=1,
+            batch_size=20,
+            optimizer=optim.SGD(model.parameters(), lr=0.1),
+            loss=nn.CrossEntropyLoss(),
+            shuffle=False,
+            verbose=0,
+        )
     # Batch in, labels in; the loss and accuracy are summed on the GPU and come
     # back once per epoch (3 float64s), not per batch; nor do the logits.
     assert prof.transfer_bytes == X.nbytes + 20 * 8 + 3 * 8
 
 
 # ---- A whole step as one CUDA graph (nn.GraphStep, and fit) -----------------------------------
+
 
 def _run_steps(backend, opt_factory, batches, graph=True, between=None, extra=()):
     """Train a fresh MLP on `batches` with a GraphStep; returns (losses, parameters, step)."""
@@ -382,7 +420,7 @@ def _batches(sizes=(16, 16, 16, 7, 16, 7, 16, 16)):
     X, y = data(n=sum(sizes), features=12, classes=4)
     out, s = [], 0
     for b in sizes:
-        out.append((X[s:s + b], y[s:s + b]))
+        out.append((X[s : s + b], y[s : s + b]))
         s += b
     return out
 
@@ -415,6 +453,7 @@ def test_graph_steps_train_like_the_numpy_reference(opt):
 @needs_gpu
 def test_a_learning_rate_changed_between_replays_takes_effect():
     """The graph reads the optimizer's hyperparameters from GPU memory, rewritten before each replay."""
+
     def schedule(i, model, opt):
         opt.lr = 0.2 / (1 + i)
 
@@ -480,9 +519,11 @@ def test_graph_step_falls_back_and_says_why():
     with nn.profile(model):
         step(x, y)
     assert not step.graphed and "profil" in step.reason
-    for args, msg in (((object(), nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1)), "model"),
-                      ((model, "ce", optim.SGD(model.parameters(), lr=0.1)), "loss"),
-                      ((model, nn.CrossEntropyLoss(), None), "optimizer")):
+    for args, msg in (
+        ((object(), nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1)), "model"),
+        ((model, "ce", optim.SGD(model.parameters(), lr=0.1)), "loss"),
+        ((model, nn.CrossEntropyLoss(), None), "optimizer"),
+    ):
         with pytest.raises(TypeError, match=msg):
             nn.GraphStep(*args)
     with pytest.raises(ValueError, match="labels"):
@@ -503,9 +544,16 @@ def test_fit_on_the_gpu_with_and_without_graphs_matches_numpy(loss_name):
     hist = {}
     for backend, graph in (("numpy", True), ("cuda", False), ("cuda", True)):
         model = make_mlp([6, 5, out]).to(backend)
-        hist[backend, graph] = model.fit(X, target, epochs=3, batch_size=16, loss=loss(), verbose=0,
-                                         optimizer=optim.SGD(model.parameters(), lr=0.1, momentum=0.5),
-                                         cuda_graph=graph)
+        hist[backend, graph] = model.fit(
+            X,
+            target,
+            epochs=3,
+            batch_size=16,
+            loss=loss(),
+            verbose=0,
+            optimizer=optim.SGD(model.parameters(), lr=0.1, momentum=0.5),
+            cuda_graph=graph,
+        )
         if backend == "cuda":
             assert model._last_step.graphed == graph  # the last batch (of 2 rows) was replayed too
     ref = hist["numpy", True]
@@ -533,7 +581,10 @@ def test_linear_and_relu_fuse_into_one_gemm_and_train_the_same():
             if backend == "cuda":
                 be = model._backend
                 real = be.matmul_into
-                be.matmul_into = lambda *a, **kw: (calls.append(kw.get("relu", False)), real(*a, **kw))[1]
+                be.matmul_into = lambda *a, _calls=calls, _real=real, **kw: (
+                    _calls.append(kw.get("relu", False)),
+                    _real(*a, **kw),
+                )[1]
             opt = optim.SGD(model.parameters(), lr=0.1)
             step = nn.GraphStep(model, nn.CrossEntropyLoss(), opt, graph=False)
             losses = [float(step(x, y)) for x, y in batches]
@@ -553,6 +604,7 @@ def test_linear_and_relu_fuse_into_one_gemm_and_train_the_same():
 
 # ---- Mixed precision: bf16 tensor-core matmuls, float32 everything else ------------------------
 
+
 @pytest.mark.cuda
 @needs_gpu
 def test_mixed_precision_bf16_reaches_96_percent_on_digits():
@@ -571,8 +623,7 @@ def test_mixed_precision_bf16_reaches_96_percent_on_digits():
     for p in model.parameters():  # the master weights stay float32 on the GPU
         assert isinstance(p._data, wc.DeviceArray) and p._data.dtype == np.float32
     opt = optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
-    hist = model.fit(X_train, y_train, epochs=10, batch_size=256, optimizer=opt, loss=nn.CrossEntropyLoss(),
-                     verbose=0)
+    hist = model.fit(X_train, y_train, epochs=10, batch_size=256, optimizer=opt, loss=nn.CrossEntropyLoss(), verbose=0)
     assert hist["loss"][-1] < hist["loss"][0]
     assert model.evaluate(X_test, y_test)["accuracy"] >= 0.96
 

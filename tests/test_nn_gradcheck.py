@@ -1,5 +1,6 @@
 """Finite-difference gradient checks, in float64, of every layer and loss of
 whygpu.nn, on the NumPy reference back end and on compiled back ends."""
+
 import numpy as np
 import pytest
 
@@ -55,13 +56,21 @@ def check_layer(layer, x, backend, reseed=None):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("make", [
-    lambda: nn.Linear(4, 3),
-    lambda: nn.Linear(5, 2, bias=False),
-    lambda: nn.Linear(3, 4, init="he"),
-    lambda: nn.Linear(3, 4, init="xavier"),
-    nn.ReLU, lambda: nn.LeakyReLU(0.1), nn.Sigmoid, nn.Tanh, nn.Softmax,
-], ids=["linear", "linear-nobias", "linear-he", "linear-xavier", "relu", "leaky", "sigmoid", "tanh", "softmax"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Linear(4, 3),
+        lambda: nn.Linear(5, 2, bias=False),
+        lambda: nn.Linear(3, 4, init="he"),
+        lambda: nn.Linear(3, 4, init="xavier"),
+        nn.ReLU,
+        lambda: nn.LeakyReLU(0.1),
+        nn.Sigmoid,
+        nn.Tanh,
+        nn.Softmax,
+    ],
+    ids=["linear", "linear-nobias", "linear-he", "linear-xavier", "relu", "leaky", "sigmoid", "tanh", "softmax"],
+)
 def test_layer_gradients(make, backend):
     whygpu.manual_seed(0)
     layer = make()

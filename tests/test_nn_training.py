@@ -1,4 +1,5 @@
 """Training whygpu.nn models end to end: the lessons' data sets are learned."""
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
@@ -20,8 +21,15 @@ def test_xor_reaches_100_percent(backend):
     X, y = datasets.xor()
     whygpu.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2)).to(backend)
-    hist = model.fit(X, y, epochs=300, batch_size=4, optimizer=optim.Adam(model.parameters(), lr=0.05),
-                     loss=nn.CrossEntropyLoss(), verbose=0)
+    hist = model.fit(
+        X,
+        y,
+        epochs=300,
+        batch_size=4,
+        optimizer=optim.Adam(model.parameters(), lr=0.05),
+        loss=nn.CrossEntropyLoss(),
+        verbose=0,
+    )
     assert model.evaluate(X, y)["accuracy"] == 1.0
     np.testing.assert_array_equal(model.predict(X).argmax(axis=1), y)
     assert hist["loss"][-1] < 0.01 < hist["loss"][0]
@@ -32,8 +40,15 @@ def test_xor_needs_a_hidden_layer():
     X, y = datasets.xor()
     whygpu.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 2))
-    model.fit(X, y, epochs=300, batch_size=4, optimizer=optim.Adam(model.parameters(), lr=0.05),
-              loss=nn.CrossEntropyLoss(), verbose=0)
+    model.fit(
+        X,
+        y,
+        epochs=300,
+        batch_size=4,
+        optimizer=optim.Adam(model.parameters(), lr=0.05),
+        loss=nn.CrossEntropyLoss(),
+        verbose=0,
+    )
     assert model.evaluate(X, y)["accuracy"] <= 0.75
 
 
@@ -42,8 +57,9 @@ def test_line_y_equals_2x(backend):
     X, y = datasets.line(n=100)
     whygpu.manual_seed(0)
     model = nn.Sequential(nn.Linear(1, 1)).to(backend)
-    hist = model.fit(X, y, epochs=100, batch_size=10, optimizer=optim.SGD(model.parameters(), lr=0.1),
-                     loss=nn.MSELoss(), verbose=0)
+    hist = model.fit(
+        X, y, epochs=100, batch_size=10, optimizer=optim.SGD(model.parameters(), lr=0.1), loss=nn.MSELoss(), verbose=0
+    )
     assert hist["loss"][-1] < 1e-4 and "accuracy" not in hist
     assert model.evaluate(X, y)["loss"] < 1e-4
     assert model[0].weight.data.item() == pytest.approx(2.0, abs=1e-2)
@@ -54,8 +70,9 @@ def test_noisy_sine_universal_approximation():
     X, y = datasets.sine(n=256, noise=0.0)
     whygpu.manual_seed(0)
     model = nn.Sequential(nn.Linear(1, 32), nn.Tanh(), nn.Linear(32, 1))
-    model.fit(X, y, epochs=300, batch_size=32, optimizer=optim.Adam(model.parameters(), lr=0.01),
-              loss=nn.MSELoss(), verbose=0)
+    model.fit(
+        X, y, epochs=300, batch_size=32, optimizer=optim.Adam(model.parameters(), lr=0.01), loss=nn.MSELoss(), verbose=0
+    )
     grid = np.linspace(-3, 3, 50, dtype=np.float32).reshape(-1, 1)
     assert np.max(np.abs(model.predict(grid) - np.sin(grid))) < 0.05
 
@@ -64,8 +81,15 @@ def test_two_spirals():
     X, y = datasets.spirals(n_per_class=100)
     whygpu.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
-    hist = model.fit(X, y, epochs=150, batch_size=32, optimizer=optim.Adam(model.parameters(), lr=0.01),
-                     loss=nn.CrossEntropyLoss(), verbose=0)
+    hist = model.fit(
+        X,
+        y,
+        epochs=150,
+        batch_size=32,
+        optimizer=optim.Adam(model.parameters(), lr=0.01),
+        loss=nn.CrossEntropyLoss(),
+        verbose=0,
+    )
     assert hist["accuracy"][-1] >= 0.97
 
 
@@ -73,9 +97,15 @@ def test_bce_binary_classifier():
     X, y = datasets.spirals(n_per_class=50, turns=0.5)
     whygpu.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 32), nn.Sigmoid(), nn.Linear(32, 1))
-    hist = model.fit(X, y.astype(np.float32), epochs=150, batch_size=16,
-                     optimizer=optim.SGD(model.parameters(), lr=0.5, momentum=0.9), loss=nn.BCEWithLogitsLoss(),
-                     verbose=0)
+    hist = model.fit(
+        X,
+        y.astype(np.float32),
+        epochs=150,
+        batch_size=16,
+        optimizer=optim.SGD(model.parameters(), lr=0.5, momentum=0.9),
+        loss=nn.BCEWithLogitsLoss(),
+        verbose=0,
+    )
     assert hist["accuracy"][-1] >= 0.95
     assert np.mean((model.predict(X)[:, 0] > 0) == (y == 1)) >= 0.95
 
@@ -95,8 +125,16 @@ def test_digits_96_percent(backend, opt):
         optimizer = optim.Adam(model.parameters(), lr=1e-3)
     else:
         optimizer = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    hist = model.fit(X_train, y_train, epochs=20, batch_size=64, optimizer=optimizer,
-                     loss=nn.CrossEntropyLoss(), validation_data=(X_test, y_test), verbose=0)
+    hist = model.fit(
+        X_train,
+        y_train,
+        epochs=20,
+        batch_size=64,
+        optimizer=optimizer,
+        loss=nn.CrossEntropyLoss(),
+        validation_data=(X_test, y_test),
+        verbose=0,
+    )
     assert len(hist["val_accuracy"]) == 20
     acc = model.evaluate(X_test, y_test)["accuracy"]
     assert acc == hist["val_accuracy"][-1]
@@ -132,6 +170,7 @@ def test_datasets_shapes_and_seeds():
 
 def test_load_digits_without_sklearn(monkeypatch):
     import builtins
+
     real_import = builtins.__import__
 
     def fake_import(name, *a, **k):
@@ -149,8 +188,15 @@ def test_manual_seed_reproducible():
         whygpu.manual_seed(42)
         X, y = datasets.spirals(30)
         m = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
-        h = m.fit(X, y, epochs=3, batch_size=8, optimizer=optim.SGD(m.parameters(), lr=0.1),
-                  loss=nn.CrossEntropyLoss(), verbose=0)
+        h = m.fit(
+            X,
+            y,
+            epochs=3,
+            batch_size=8,
+            optimizer=optim.SGD(m.parameters(), lr=0.1),
+            loss=nn.CrossEntropyLoss(),
+            verbose=0,
+        )
         return h["loss"], m.parameters()[0].data.copy()
 
     (l1, w1), (l2, w2) = run(), run()

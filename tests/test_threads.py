@@ -4,6 +4,7 @@ thread counts (1, 2, 3, 7: more threads than cores is allowed), determinism
 across thread counts, and the default thread count (set_num_threads,
 get_num_threads, WHYGPU_NUM_THREADS).
 """
+
 from __future__ import annotations
 
 import os
@@ -47,6 +48,7 @@ def _run_threads(worker, n):
 
 
 # ---- Concurrent calls ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n_threads", [4, 8])
 def test_concurrent_calls_from_python_threads(n_threads):
@@ -128,6 +130,7 @@ def test_switching_arch_while_other_threads_compute(restore_arch):
 
 # ---- openmp thread counts ------------------------------------------------------------------
 
+
 def _openmp_shapes(dtype):
     bk = blocking_of(dtype)
     # tiny (fewer tiles than threads), uneven tile splits, several jc/pc panels
@@ -172,6 +175,7 @@ def test_more_threads_than_work(rng):
 
 # ---- The default thread count ------------------------------------------------------------
 
+
 def test_set_get_num_threads_round_trip(restore_num_threads):
     for n in (1, 3, 7, 2, np.int32(5)):
         whygpu.set_num_threads(n)
@@ -179,8 +183,19 @@ def test_set_get_num_threads_round_trip(restore_num_threads):
         assert type(whygpu.get_num_threads()) is int
 
 
-@pytest.mark.parametrize("bad,exc", [(0, ValueError), (-1, ValueError), (1025, ValueError), (1.5, TypeError),
-                                     (True, TypeError), ("4", TypeError), (None, TypeError)], ids=repr)
+@pytest.mark.parametrize(
+    "bad,exc",
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (1025, ValueError),
+        (1.5, TypeError),
+        (True, TypeError),
+        ("4", TypeError),
+        (None, TypeError),
+    ],
+    ids=repr,
+)
 def test_set_num_threads_rejects_bad_values(restore_num_threads, bad, exc):
     before = whygpu.get_num_threads()
     with pytest.raises(exc, match=r"n must be"):
@@ -222,14 +237,21 @@ def _subprocess_env(**extra):
     return env
 
 
-@pytest.mark.parametrize("value,expected", [("3", "3"), (" 7 ", "7"), ("0", "cores"), ("-2", "cores"),
-                                            ("lots", "cores"), ("", "cores"), ("99999", "cores")])
+@pytest.mark.parametrize(
+    "value,expected",
+    [("3", "3"), (" 7 ", "7"), ("0", "cores"), ("-2", "cores"), ("lots", "cores"), ("", "cores"), ("99999", "cores")],
+)
 def test_whygpu_num_threads_environment_variable(value, expected):
     """WHYGPU_NUM_THREADS sets the default; a bad value falls back to the CPU count
     instead of breaking `import whygpu`."""
     code = "import whygpu; print(whygpu.get_num_threads(), whygpu.cpu_info()['cores'])"
-    out = subprocess.run([sys.executable, "-W", "error", "-c", code], env=_subprocess_env(WHYGPU_NUM_THREADS=value),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        env=_subprocess_env(WHYGPU_NUM_THREADS=value),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     got, cores = out.stdout.split()
     assert got == (cores if expected == "cores" else expected)

@@ -8,6 +8,7 @@ plain C++ the way tests/cuda_emu/build_emulated.py compiles it.
 Nothing here runs a kernel: whether the descriptors, TMA boxes and mbarrier
 pipeline multiply the right numbers is for tests/test_cuda.py on a Hopper GPU.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -29,8 +30,20 @@ def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
 
 def test_descriptor_and_tensor_map_encodings(tmp_path):
     exe = tmp_path / "check_wgmma_host"
-    r = _run(["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{CUDA_SRC}",
-              str(EMU / "check_wgmma_host.cpp"), "-o", str(exe)])
+    r = _run(
+        [
+            "g++",
+            "-std=c++17",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-I{CUDA_SRC}",
+            str(EMU / "check_wgmma_host.cpp"),
+            "-o",
+            str(exe),
+        ]
+    )
     assert r.returncode == 0, f"compiling check_wgmma_host.cpp failed:\n{r.stdout}\n{r.stderr}"
     r = _run([str(exe)])
     assert r.returncode == 0, f"check_wgmma_host failed:\n{r.stdout}\n{r.stderr}"
@@ -41,6 +54,17 @@ def test_descriptor_and_tensor_map_encodings(tmp_path):
 def test_fallback_compiles_without_cuda(emulation):
     # -x c++ before the file: g++ would otherwise take a .cu file for a linker input.
     flags = ["-DWHYGPU_CUDA_EMULATION=1"] if emulation else []
-    r = _run(["g++", "-std=c++20", "-fsyntax-only", *flags, f"-I{EMU}", f"-I{CUDA_SRC}",
-              "-x", "c++", str(CUDA_SRC / "16_wgmma.cu")])
+    r = _run(
+        [
+            "g++",
+            "-std=c++20",
+            "-fsyntax-only",
+            *flags,
+            f"-I{EMU}",
+            f"-I{CUDA_SRC}",
+            "-x",
+            "c++",
+            str(CUDA_SRC / "16_wgmma.cu"),
+        ]
+    )
     assert r.returncode == 0, f"16_wgmma.cu does not compile as plain C++:\n{r.stdout}\n{r.stderr}"

@@ -12,20 +12,40 @@ faster than the last::
            [4., 4.],
            [4., 4.]], dtype=float32)
 """
+
+from . import (  # noqa: E402  (the training stack, on top of the kernels)
+    cuda,  # registers the CUDA rungs (usable only where a GPU is); touches no GPU here
+    datasets,
+    nn,
+    optim,
+)
 from ._api import gemm, matmul
 from ._cpu import _warn_env, cpu_info, set_arch
 from ._random import manual_seed
 from ._registry import KernelUnavailableError, all_kernels, available_kernels, default_kernel, kernel_info
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
-from . import cuda  # registers the CUDA rungs (usable only where a GPU is); touches no GPU here
-from . import datasets, nn, optim  # noqa: E402  (the training stack, on top of the kernels)
 from .explain import explain
 
 __all__ = [
-    "matmul", "gemm", "available_kernels", "all_kernels", "default_kernel", "kernel_info", "KernelUnavailableError",
-    "cpu_info", "set_arch", "set_num_threads", "get_num_threads", "manual_seed", "nn", "optim", "datasets",
-    "cuda", "explain", "__version__",
+    "matmul",
+    "gemm",
+    "available_kernels",
+    "all_kernels",
+    "default_kernel",
+    "kernel_info",
+    "KernelUnavailableError",
+    "cpu_info",
+    "set_arch",
+    "set_num_threads",
+    "get_num_threads",
+    "manual_seed",
+    "nn",
+    "optim",
+    "datasets",
+    "cuda",
+    "explain",
+    "__version__",
 ]
 
 _warn_env()

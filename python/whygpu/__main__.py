@@ -1,4 +1,5 @@
 """``python -m whygpu``: the same command line as the ``whygpu`` script."""
+
 import sys
 
 from .cli import main

@@ -8,10 +8,10 @@ names.  Odd layouts (transposed, sliced, Fortran-ordered, negative strides)
 are handled, not rejected: the packed kernels read any strides; the simple
 row-major rungs get contiguous copies.
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Optional
 
 import numpy as np
 
@@ -23,7 +23,7 @@ _DEFAULT_KERNEL = default_kernel()  # fixed by the build: openmp, or packed with
 
 __all__ = ["matmul", "gemm"]
 
-_TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError")
+_TooHardError = getattr(np, "exceptions", np).TooHardError
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -32,11 +32,18 @@ def _as_matrix(x, name: str) -> np.ndarray:
     if type(arr) is not np.ndarray:  # np.matrix, masked arrays: plain view
         arr = np.asarray(arr)
     if arr.dtype not in _FLOATS:
-        kind = {"i": "an integer", "u": "an unsigned integer", "b": "a boolean", "c": "a complex",
-                "f": "an unsupported floating-point", "O": "an object"}.get(arr.dtype.kind, "an unsupported")
+        kind = {
+            "i": "an integer",
+            "u": "an unsigned integer",
+            "b": "a boolean",
+            "c": "a complex",
+            "f": "an unsupported floating-point",
+            "O": "an object",
+        }.get(arr.dtype.kind, "an unsupported")
         raise TypeError(
             f"{name} has {kind} dtype ({arr.dtype.str if arr.dtype.kind == 'f' else arr.dtype}); whygpu "
-            f"kernels take float32 or float64 in native byte order -- convert with {name}.astype(np.float32)")
+            f"kernels take float32 or float64 in native byte order -- convert with {name}.astype(np.float32)"
+        )
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (a matrix), got {arr.ndim}-D with shape {arr.shape}")
     return arr
@@ -68,8 +75,10 @@ def _check_out(out, m: int, n: int, dtype: np.dtype, name: str, inputs) -> np.nd
         raise ValueError(f"{name} is read-only")
     for other, oname in inputs:
         if _overlaps(out, other):
-            raise ValueError(f"{name} overlaps input {oname}: the kernels read {oname} while writing "
-                             f"{name}, so they must not share memory (pass a separate array)")
+            raise ValueError(
+                f"{name} overlaps input {oname}: the kernels read {oname} while writing "
+                f"{name}, so they must not share memory (pass a separate array)"
+            )
     return out
 
 
@@ -90,14 +99,16 @@ def _gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel, threads, c_name, c_is_
     a = _as_matrix(a, "a")
     b = _as_matrix(b, "b")
     if a.dtype != b.dtype:
-        raise TypeError(f"a is {a.dtype} but b is {b.dtype}; whygpu does not upcast silently -- "
-                        f"convert one of them with .astype()")
+        raise TypeError(
+            f"a is {a.dtype} but b is {b.dtype}; whygpu does not upcast silently -- convert one of them with .astype()"
+        )
     op_a = a.T if trans_a else a  # a transpose is only a swap of strides
     op_b = b.T if trans_b else b
     (m, k), (k2, n) = op_a.shape, op_b.shape
     if k != k2:
-        raise ValueError(f"inner dimensions do not match: op(a) is {op_a.shape} and op(b) is {op_b.shape} "
-                         f"(need (m, k) @ (k, n))")
+        raise ValueError(
+            f"inner dimensions do not match: op(a) is {op_a.shape} and op(b) is {op_b.shape} (need (m, k) @ (k, n))"
+        )
     if c is None:
         c = np.empty((m, n), dtype=a.dtype)
         beta = 0.0
@@ -124,8 +135,17 @@ def _gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel, threads, c_name, c_is_
     return c
 
 
-def _gemm_unchecked(kern, a: np.ndarray, b: np.ndarray, c: np.ndarray, alpha: float, beta: float,
-                    trans_a: bool, trans_b: bool, threads: int) -> None:
+def _gemm_unchecked(
+    kern,
+    a: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray,
+    alpha: float,
+    beta: float,
+    trans_a: bool,
+    trans_b: bool,
+    threads: int,
+) -> None:
     """``c = alpha * op(a) @ op(b) + beta * c`` with no argument checking.
 
     The fast path of whygpu.nn, which calls this a dozen times per training
@@ -153,8 +173,7 @@ def _gemm_unchecked(kern, a: np.ndarray, b: np.ndarray, c: np.ndarray, alpha: fl
     kern.run(op_a, op_b, c, alpha, beta, threads)
 
 
-def matmul(a, b, *, kernel: Optional[str] = None, threads: Optional[int] = None,
-           out: Optional[np.ndarray] = None) -> np.ndarray:
+def matmul(a, b, *, kernel: str | None = None, threads: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Matrix product ``a @ b`` of two 2-D float32 or float64 arrays on a
     chosen rung of the kernel ladder.
 
@@ -189,9 +208,18 @@ def matmul(a, b, *, kernel: Optional[str] = None, threads: Optional[int] = None,
     return _gemm(a, b, out, 1.0, 0.0, False, False, kernel, threads, "out", True)
 
 
-def gemm(a, b, c: Optional[np.ndarray] = None, *, alpha: float = 1.0, beta: float = 0.0,
-         trans_a: bool = False, trans_b: bool = False, kernel: Optional[str] = None,
-         threads: Optional[int] = None) -> np.ndarray:
+def gemm(
+    a,
+    b,
+    c: np.ndarray | None = None,
+    *,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    kernel: str | None = None,
+    threads: int | None = None,
+) -> np.ndarray:
     """General matrix multiply, BLAS style: ``C = alpha * op(A) @ op(B) + beta * C``.
 
     ``op(X)`` is ``X.T`` when ``trans_x`` is true, else ``X``.  When ``c`` is

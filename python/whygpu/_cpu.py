@@ -1,10 +1,10 @@
 """What the CPU is, and which instruction set the packed kernels use on it."""
+
 from __future__ import annotations
 
 import os
 import platform
 import warnings
-from typing import Optional
 
 from ._registry import _core
 from ._threads import _cpus_available
@@ -23,9 +23,9 @@ def _model_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _size_bytes(text: str) -> Optional[int]:
+def _size_bytes(text: str) -> int | None:
     text = text.strip().upper()
-    mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+    mult = {"K": 1024, "M": 1024**2, "G": 1024**3}
     try:
         if text and text[-1] in mult:
             return int(text[:-1]) * mult[text[-1]]
@@ -46,9 +46,11 @@ def _caches() -> dict:
         if not entry.startswith("index"):
             continue
         try:
-            def read(name):
+
+            def read(name, entry=entry):
                 with open(os.path.join(base, entry, name)) as f:
                     return f.read().strip()
+
             level, ctype, size = read("level"), read("type"), _size_bytes(read("size"))
         except OSError:
             continue
@@ -119,8 +121,9 @@ def set_arch(name: str) -> str:
     if name == "auto":
         name = _core.best_arch()
     if name not in supported:
-        raise ValueError(f"instruction set {name!r} is not usable here; this CPU and build support: "
-                         f"{', '.join(supported)}")
+        raise ValueError(
+            f"instruction set {name!r} is not usable here; this CPU and build support: {', '.join(supported)}"
+        )
     previous = _core.arch()
     _core.set_arch(name)
     return previous

@@ -12,6 +12,7 @@ gap every later rung closes a piece of.  Only sensible for small sizes
 Unlike the compiled rungs this one cannot release the GIL: it *is* Python.
 The arithmetic is done in Python floats (float64) and rounded on store.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -4,6 +4,7 @@ sets' default seeds.  :func:`manual_seed` resets it, so a script that calls
 ``whygpu.manual_seed(0)`` first gives the same numbers every run, on every
 back end (weights are drawn in float64 and then rounded to the model's dtype).
 """
+
 from __future__ import annotations
 
 import numbers

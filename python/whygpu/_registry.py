@@ -6,10 +6,11 @@ _api.py has already checked, and says which layouts it accepts:
 ``"any"`` (any strides: packing or memoryviews cope) or ``"row-major"``
 (rows must be contiguous; _api.py copies when they are not).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
@@ -17,7 +18,7 @@ try:  # the compiled ladder; missing only in a broken or source-tree install
     from . import _core
 except ImportError as exc:  # pragma: no cover - exercised only on broken installs
     _core = None
-    _core_error: Optional[str] = str(exc)
+    _core_error: str | None = str(exc)
 else:
     _core_error = None
 
@@ -25,7 +26,7 @@ try:
     from . import _cython_matmul
 except ImportError as exc:  # pragma: no cover
     _cython_matmul = None
-    _cython_error: Optional[str] = str(exc)
+    _cython_error: str | None = str(exc)
 else:
     _cython_error = None
 
@@ -45,19 +46,19 @@ GemmFn = Callable[[np.ndarray, np.ndarray, np.ndarray, float, float, int], None]
 class Kernel:
     name: str
     rung: int
-    summary: str            # one line: what this rung changes
-    layout: str             # "any" or "row-major"
-    parallel: bool          # uses more than one thread
-    run: GemmFn             # run(a, b, c, alpha, beta, threads)
-    unavailable: Callable[[], Optional[str]]  # None when usable, else why not
+    summary: str  # one line: what this rung changes
+    layout: str  # "any" or "row-major"
+    parallel: bool  # uses more than one thread
+    run: GemmFn  # run(a, b, c, alpha, beta, threads)
+    unavailable: Callable[[], str | None]  # None when usable, else why not
     device: str = "cpu"
     # What the products are computed in: None = the inputs' own dtype (CPU rungs),
     # else "float32", "tf32" or "bf16" (the CUDA rungs; whygpu.cuda.UNIT_ROUNDOFF).
-    precision: Optional[str] = None
+    precision: str | None = None
     # Optional shortcut for a plain ``a @ b`` into a new array: fast(a, b,
     # threads) returns the result, or None when the arguments need the full
     # checks of _api.py (which then produce the precise error message).
-    fast: Optional[Callable[[object, object, int], Optional[np.ndarray]]] = None
+    fast: Callable[[object, object, int], np.ndarray | None] | None = None
 
     @property
     def available(self) -> bool:
@@ -75,24 +76,26 @@ def _cython(a, b, c, alpha, beta, threads):
 def _cpp(rung: int) -> GemmFn:
     def run(a, b, c, alpha, beta, threads):
         _core.gemm(rung, a, b, c, alpha, beta, threads)
+
     return run
 
 
 def _cpp_fast(rung: int):
     def fast(a, b, threads):
         return _core.matmul_fast(rung, a, b, threads)
+
     return fast
 
 
-def _need_core() -> Optional[str]:
+def _need_core() -> str | None:
     return None if _core is not None else f"the compiled module whygpu._core failed to import: {_core_error}"
 
 
-def _need_cython() -> Optional[str]:
+def _need_cython() -> str | None:
     return None if _cython_matmul is not None else f"whygpu._cython_matmul failed to import: {_cython_error}"
 
 
-def _need_openmp() -> Optional[str]:
+def _need_openmp() -> str | None:
     why = _need_core()
     if why is None and not _core.openmp_available():
         why = "whygpu was built without OpenMP (CMake's find_package(OpenMP) found nothing)"
@@ -100,20 +103,72 @@ def _need_openmp() -> Optional[str]:
 
 
 _TABLE = [
-    Kernel("python", 1, "pure Python triple loop over lists: the interpreter is the bottleneck",
-           "any", False, _python, lambda: None),
-    Kernel("cython", 2, "the same i-j-p loops compiled by Cython with typed memoryviews",
-           "any", False, _cython, _need_cython),
-    Kernel("naive", 3, "C++ i-j-k: the textbook loop and the oracle; strided walk down B's columns",
-           "any", False, _cpp(3), _need_core, fast=_cpp_fast(3)),
-    Kernel("reordered", 4, "C++ i-k-j: unit-stride inner loop the compiler vectorizes",
-           "row-major", False, _cpp(4), _need_core),
-    Kernel("blocked", 5, "C++ i-k-j in cache-sized tiles, so B is reused from L2 instead of DRAM",
-           "row-major", False, _cpp(5), _need_core),
-    Kernel("packed", 6, "Goto/BLIS loops: packed panels and a SIMD register-tiled FMA micro-kernel",
-           "any", False, _cpp(6), _need_core, fast=_cpp_fast(6)),
-    Kernel("openmp", 7, "the packed kernel on all cores: OpenMP over the tiles of C",
-           "any", True, _cpp(7), _need_openmp, fast=_cpp_fast(7)),
+    Kernel(
+        "python",
+        1,
+        "pure Python triple loop over lists: the interpreter is the bottleneck",
+        "any",
+        False,
+        _python,
+        lambda: None,
+    ),
+    Kernel(
+        "cython",
+        2,
+        "the same i-j-p loops compiled by Cython with typed memoryviews",
+        "any",
+        False,
+        _cython,
+        _need_cython,
+    ),
+    Kernel(
+        "naive",
+        3,
+        "C++ i-j-k: the textbook loop and the oracle; strided walk down B's columns",
+        "any",
+        False,
+        _cpp(3),
+        _need_core,
+        fast=_cpp_fast(3),
+    ),
+    Kernel(
+        "reordered",
+        4,
+        "C++ i-k-j: unit-stride inner loop the compiler vectorizes",
+        "row-major",
+        False,
+        _cpp(4),
+        _need_core,
+    ),
+    Kernel(
+        "blocked",
+        5,
+        "C++ i-k-j in cache-sized tiles, so B is reused from L2 instead of DRAM",
+        "row-major",
+        False,
+        _cpp(5),
+        _need_core,
+    ),
+    Kernel(
+        "packed",
+        6,
+        "Goto/BLIS loops: packed panels and a SIMD register-tiled FMA micro-kernel",
+        "any",
+        False,
+        _cpp(6),
+        _need_core,
+        fast=_cpp_fast(6),
+    ),
+    Kernel(
+        "openmp",
+        7,
+        "the packed kernel on all cores: OpenMP over the tiles of C",
+        "any",
+        True,
+        _cpp(7),
+        _need_openmp,
+        fast=_cpp_fast(7),
+    ),
 ]
 KERNELS = {k.name: k for k in _TABLE}
 
@@ -132,14 +187,14 @@ def _check_device(device) -> None:
         raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
 
 
-def all_kernels(device: Optional[str] = None) -> list:
+def all_kernels(device: str | None = None) -> list:
     """Every kernel whygpu knows, usable here or not, in ladder order
     (only those running on `device`, 'cpu' or 'cuda', when given)."""
     _check_device(device)
     return [k.name for k in _TABLE if device is None or k.device == device]
 
 
-def available_kernels(device: Optional[str] = None) -> list:
+def available_kernels(device: str | None = None) -> list:
     """The kernel names usable on this machine, in ladder order (slowest first);
     only those running on `device` ('cpu' or 'cuda') when given."""
     _check_device(device)

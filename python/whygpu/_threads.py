@@ -1,4 +1,5 @@
 """The default thread count of the parallel kernels, and how to change it."""
+
 from __future__ import annotations
 
 import numbers

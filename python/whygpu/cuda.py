@@ -3,10 +3,11 @@ and at run time.
 
 The CUDA rungs (``cuda_naive`` ... ``cuda_warptile``, rungs 8-14, float32 on
 the ordinary cores; ``cuda_mma`` / ``cuda_mma_bf16`` (15) and ``cuda_wgmma``
-(16) on the tensor cores, in TF32 or bfloat16; sources in ``csrc/cuda/``) join :func:`whygpu.available_kernels` only where a GPU is
-usable, and run through the same :func:`whygpu.matmul` / :func:`whygpu.gemm`
-as the CPU rungs: NumPy arrays are copied to the GPU, multiplied and copied
-back.  To keep data on the GPU, use :class:`DeviceArray` and this module's
+(16) on the tensor cores, in TF32 or bfloat16; sources in ``csrc/cuda/``)
+join :func:`whygpu.available_kernels` only where a GPU is usable, and run
+through the same :func:`whygpu.matmul` / :func:`whygpu.gemm` as the CPU rungs:
+NumPy arrays are copied to the GPU, multiplied and copied back.  To keep data
+on the GPU, use :class:`DeviceArray` and this module's
 :func:`gemm` / :func:`matmul`::
 
     >>> import numpy as np, whygpu.cuda as wc            # doctest: +SKIP
@@ -28,6 +29,7 @@ needs a GPU where there is none raises :class:`CudaUnavailableError` saying
 why (no CUDA in this build, no driver, no device, a GPU too old for the
 compiled code).  Nothing here touches the GPU at import time.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,7 +38,7 @@ import importlib.util
 import os
 import re
 import warnings
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,11 +48,33 @@ if TYPE_CHECKING:  # at run time DeviceArray comes from the compiled module on f
 from ._registry import Kernel, register_kernel
 
 __all__ = [
-    "is_available", "unavailable_reason", "kernels", "device_info", "synchronize", "memory_info",
-    "DeviceArray", "to_device", "from_dlpack", "empty", "zeros", "pinned_empty", "pinned_array", "is_pinned",
-    "gemm", "matmul", "vendor_library", "vendor_matmul",
-    "CudaError", "CudaUnavailableError", "LADDER", "DEFAULT_KERNEL",
-    "PRECISIONS", "UNIT_ROUNDOFF", "TENSOR_CORE_KERNELS", "precision_of", "kernel_unavailable_reason",
+    "is_available",
+    "unavailable_reason",
+    "kernels",
+    "device_info",
+    "synchronize",
+    "memory_info",
+    "DeviceArray",
+    "to_device",
+    "from_dlpack",
+    "empty",
+    "zeros",
+    "pinned_empty",
+    "pinned_array",
+    "is_pinned",
+    "gemm",
+    "matmul",
+    "vendor_library",
+    "vendor_matmul",
+    "CudaError",
+    "CudaUnavailableError",
+    "LADDER",
+    "DEFAULT_KERNEL",
+    "PRECISIONS",
+    "UNIT_ROUNDOFF",
+    "TENSOR_CORE_KERNELS",
+    "precision_of",
+    "kernel_unavailable_reason",
 ]
 
 
@@ -72,11 +96,19 @@ LADDER = [
     ("cuda_2d_tiling", 12, "8x8 outputs per thread from 8+8 registers: the outer-product micro-kernel"),
     ("cuda_vectorized", 13, "16-byte float4 loads and stores, from global and shared memory"),
     ("cuda_warptile", 14, "warp-level tiling (conflict-free shared reads), double-buffered tiles, L2-friendly order"),
-    ("cuda_mma", 15, "tensor cores: warp-level mma.sync in TF32 (float32 data cut to an 11-bit significand), "
-                     "ldmatrix fragments, 3-stage cp.async pipeline"),
+    (
+        "cuda_mma",
+        15,
+        "tensor cores: warp-level mma.sync in TF32 (float32 data cut to an 11-bit significand), "
+        "ldmatrix fragments, 3-stage cp.async pipeline",
+    ),
     ("cuda_mma_bf16", 15, "the same mma.sync kernel in bfloat16 (8-bit significand): twice TF32's tensor-core rate"),
-    ("cuda_wgmma", 16, "Hopper tensor cores: warpgroup wgmma fed by TMA through an mbarrier ring, producer and "
-                       "consumer warps (bfloat16; sm_90a only)"),
+    (
+        "cuda_wgmma",
+        16,
+        "Hopper tensor cores: warpgroup wgmma fed by TMA through an mbarrier ring, producer and "
+        "consumer warps (bfloat16; sm_90a only)",
+    ),
 ]
 _RUNGS = {name: rung for name, rung, _ in LADDER}
 DEFAULT_KERNEL = "cuda_warptile"
@@ -85,7 +117,7 @@ DEFAULT_KERNEL = "cuda_warptile"
 # unit roundoff u: a product of two operands rounded to it is off by at most
 # (2u + u**2) relative.  Rungs 8-14 compute in float32 on the ordinary cores.
 PRECISIONS = ("float32", "tf32", "bf16")
-UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "tf32": 2.0 ** -11, "bf16": 2.0 ** -8}
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "tf32": 2.0**-11, "bf16": 2.0**-8}
 _PRECISION_CODE = {"float32": 0, "tf32": 1, "bf16": 2}
 _KERNEL_PRECISION = {"cuda_mma": "tf32", "cuda_mma_bf16": "bf16", "cuda_wgmma": "bf16"}
 _RUNG_PRECISIONS = {15: ("tf32", "bf16"), 16: ("bf16",)}  # the rest: ("float32",)
@@ -104,20 +136,24 @@ def _resolve_precision(kernel: str, precision) -> str:
     if precision is None:
         return precision_of(kernel)
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (or None: the kernel's own), "
-                         f"got {precision!r}")
+        raise ValueError(
+            f"precision must be one of {', '.join(PRECISIONS)} (or None: the kernel's own), got {precision!r}"
+        )
     accepted = _RUNG_PRECISIONS.get(_RUNGS[kernel], ("float32",))
     if precision not in accepted:
         if _RUNGS[kernel] < 15:
-            raise ValueError(f"{kernel} computes in float32 only; {precision} products need a tensor-core "
-                             f"kernel: {', '.join(TENSOR_CORE_KERNELS)}")
+            raise ValueError(
+                f"{kernel} computes in float32 only; {precision} products need a tensor-core "
+                f"kernel: {', '.join(TENSOR_CORE_KERNELS)}"
+            )
         raise ValueError(f"{kernel} computes in {' or '.join(accepted)}, not {precision}")
     return precision
 
 
 # ---- The compiled module, imported on first use ----------------------------------------
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def _load():
     """(module, None) or (None, why it is missing)."""
     try:
@@ -125,8 +161,9 @@ def _load():
     except ModuleNotFoundError as exc:
         if exc.name not in ("whygpu._cuda", "_cuda"):
             return None, f"whygpu._cuda failed to import: {exc}"
-        return None, ("whygpu was built without CUDA (no CUDA compiler was found at build time, "
-                      "or the build set WHYGPU_CUDA=OFF)")
+        return None, (
+            "whygpu was built without CUDA (no CUDA compiler was found at build time, or the build set WHYGPU_CUDA=OFF)"
+        )
     except ImportError as exc:  # pragma: no cover - a broken build
         return None, f"whygpu._cuda failed to import: {exc}"
 
@@ -148,7 +185,7 @@ def _parse_arch(entry: str):
     return int(m.group(1)), m.group(2), kind in (None, "real"), kind in (None, "virtual")
 
 
-def _arch_reason(cc, archs: str, name: str = "the GPU") -> Optional[str]:
+def _arch_reason(cc, archs: str, name: str = "the GPU") -> str | None:
     """None if code compiled for `archs` (CMAKE_CUDA_ARCHITECTURES) runs on compute
     capability `cc` = (major, minor); else a sentence saying it does not."""
     dev = cc[0] * 10 + cc[1]
@@ -165,13 +202,15 @@ def _arch_reason(cc, archs: str, name: str = "the GPU") -> Optional[str]:
             return None
         if virtual and num <= dev:  # PTX is compiled by the driver for any later GPU
             return None
-    return (f"{name} has compute capability {cc[0]}.{cc[1]}, and none of the architectures whygpu's "
-            f"CUDA kernels were compiled for ({archs}) runs on it; rebuild with "
-            f"-Ccmake.define.CMAKE_CUDA_ARCHITECTURES={dev}-real")
+    return (
+        f"{name} has compute capability {cc[0]}.{cc[1]}, and none of the architectures whygpu's "
+        f"CUDA kernels were compiled for ({archs}) runs on it; rebuild with "
+        f"-Ccmake.define.CMAKE_CUDA_ARCHITECTURES={dev}-real"
+    )
 
 
-@functools.lru_cache(maxsize=None)
-def unavailable_reason() -> Optional[str]:
+@functools.cache
+def unavailable_reason() -> str | None:
     """Why the CUDA kernels cannot run here, as a sentence; None when they can.
 
     Checks, in order: that whygpu was built with CUDA, that an NVIDIA driver
@@ -215,7 +254,7 @@ def kernels() -> list:
     return names
 
 
-def device_info() -> Optional[dict]:
+def device_info() -> dict | None:
     """Name, compute capability, multiprocessors, memory, versions of the GPU; None without one."""
     if not is_available():
         return None
@@ -235,6 +274,7 @@ def memory_info() -> tuple:
 
 
 # ---- Device arrays ------------------------------------------------------------------------
+
 
 class _MissingDeviceArray:
     """Stands in for DeviceArray in a build without CUDA: creating one says why not."""
@@ -261,7 +301,7 @@ def _device_array_type():
     return mod.DeviceArray if mod is not None else _MissingDeviceArray
 
 
-def from_dlpack(x) -> "DeviceArray":
+def from_dlpack(x) -> DeviceArray:
     """A DeviceArray sharing the GPU memory of another library's CUDA array --
     a PyTorch tensor, a CuPy array, a JAX array -- through DLPack: no copy.
 
@@ -278,8 +318,10 @@ def from_dlpack(x) -> "DeviceArray":
         if hasattr(x, "__dlpack_device__"):
             kind = x.__dlpack_device__()[0]
             if int(kind) != 2:  # kDLCUDA
-                raise TypeError(f"from_dlpack needs an array in CUDA memory; {type(x).__name__} is on DLPack "
-                                f"device type {int(kind)} (a host array? use whygpu.cuda.to_device)")
+                raise TypeError(
+                    f"from_dlpack needs an array in CUDA memory; {type(x).__name__} is on DLPack "
+                    f"device type {int(kind)} (a host array? use whygpu.cuda.to_device)"
+                )
         try:
             cap = x.__dlpack__(stream=1)  # 1: the legacy default stream, where whygpu works
         except TypeError:  # a producer without the stream argument
@@ -287,12 +329,14 @@ def from_dlpack(x) -> "DeviceArray":
     elif type(x).__name__ == "PyCapsule":
         cap = x
     else:
-        raise TypeError(f"from_dlpack needs an object with __dlpack__ (a PyTorch, CuPy or JAX array on the GPU), "
-                        f"got {type(x).__name__}")
+        raise TypeError(
+            f"from_dlpack needs an object with __dlpack__ (a PyTorch, CuPy or JAX array on the GPU), "
+            f"got {type(x).__name__}"
+        )
     return mod.from_dlpack_capsule(cap)
 
 
-def to_device(x) -> "DeviceArray":
+def to_device(x) -> DeviceArray:
     """Copy a host array (any array-like of booleans, integers or floats) to a new
     DeviceArray of the same shape and dtype.  Waits until the copy is done."""
     mod = _require()
@@ -300,12 +344,12 @@ def to_device(x) -> "DeviceArray":
     return mod.DeviceArray.from_host(arr)
 
 
-def empty(shape, dtype=np.float32) -> "DeviceArray":
+def empty(shape, dtype=np.float32) -> DeviceArray:
     """An uninitialised DeviceArray."""
     return _require().DeviceArray(shape, np.dtype(dtype))
 
 
-def zeros(shape, dtype=np.float32) -> "DeviceArray":
+def zeros(shape, dtype=np.float32) -> DeviceArray:
     """A DeviceArray of zeros."""
     return _require().DeviceArray.zeros(shape, np.dtype(dtype))
 
@@ -338,13 +382,16 @@ def is_pinned(x) -> bool:
 
 # ---- GEMM on device arrays --------------------------------------------------------------
 
+
 def _cuda_kernel(kernel) -> int:
     if not isinstance(kernel, str):
         raise TypeError(f"kernel must be a string naming a CUDA kernel, got {type(kernel).__name__}")
     rung = _RUNGS.get(kernel)
     if rung is None:
-        raise ValueError(f"{kernel!r} is not a CUDA kernel; the CUDA kernels are: {', '.join(_RUNGS)} "
-                         f"(CPU kernels take NumPy arrays: whygpu.gemm(..., kernel={kernel!r}))")
+        raise ValueError(
+            f"{kernel!r} is not a CUDA kernel; the CUDA kernels are: {', '.join(_RUNGS)} "
+            f"(CPU kernels take NumPy arrays: whygpu.gemm(..., kernel={kernel!r}))"
+        )
     if kernel not in kernels():
         raise CudaUnavailableError(f"kernel {kernel!r} is not compiled into this build")
     return rung
@@ -352,9 +399,11 @@ def _cuda_kernel(kernel) -> int:
 
 def _check_device_matrix(x, name: str):
     if not isinstance(x, _device_array_type()):
-        raise TypeError(f"{name} must be a whygpu.cuda.DeviceArray, got {type(x).__name__} "
-                        f"(NumPy arrays: whygpu.gemm(..., kernel='cuda_...') copies them for you, "
-                        f"or move them with whygpu.cuda.to_device)")
+        raise TypeError(
+            f"{name} must be a whygpu.cuda.DeviceArray, got {type(x).__name__} "
+            f"(NumPy arrays: whygpu.gemm(..., kernel='cuda_...') copies them for you, "
+            f"or move them with whygpu.cuda.to_device)"
+        )
     if x.freed:
         raise ValueError(f"{name} has been freed")
     if x.dtype != np.float32:
@@ -363,9 +412,21 @@ def _check_device_matrix(x, name: str):
         raise ValueError(f"{name} must be 2-D (a matrix), got shape {x.shape}")
 
 
-def gemm(a, b, c=None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool = False,
-         trans_b: bool = False, kernel: str = DEFAULT_KERNEL, split_k: int = 0, bias=None, relu: bool = False,
-         precision: Optional[str] = None):
+def gemm(
+    a,
+    b,
+    c=None,
+    *,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    kernel: str = DEFAULT_KERNEL,
+    split_k: int = 0,
+    bias=None,
+    relu: bool = False,
+    precision: str | None = None,
+):
     """``C = alpha * op(A) @ op(B) + beta * C`` on the GPU, all three float32
     :class:`DeviceArray` matrices; ``op(X)`` is ``X.T`` when ``trans_x``.
 
@@ -406,8 +467,9 @@ def gemm(a, b, c=None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool =
     (m, k) = a.shape[::-1] if trans_a else a.shape
     (k2, n) = b.shape[::-1] if trans_b else b.shape
     if k != k2:
-        raise ValueError(f"inner dimensions do not match: op(a) is {(m, k)} and op(b) is {(k2, n)} "
-                         f"(need (m, k) @ (k, n))")
+        raise ValueError(
+            f"inner dimensions do not match: op(a) is {(m, k)} and op(b) is {(k2, n)} (need (m, k) @ (k, n))"
+        )
     if c is None:
         c = empty((m, n), np.float32)
         beta = 0.0
@@ -424,17 +486,30 @@ def gemm(a, b, c=None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool =
             raise TypeError(f"bias must be a DeviceArray (or None), got {type(bias).__name__}")
         if bias.dtype != np.float32 or bias.shape != (n,):
             raise ValueError(f"bias must be a float32 DeviceArray of shape ({n},), got {bias!r}")
-    _module().gemm(rung, a, b, c, float(alpha), float(beta), bool(trans_a), bool(trans_b), int(min(split_k, 1 << 30)),
-                   bias, bool(relu), _PRECISION_CODE[prec])
+    _module().gemm(
+        rung,
+        a,
+        b,
+        c,
+        float(alpha),
+        float(beta),
+        bool(trans_a),
+        bool(trans_b),
+        int(min(split_k, 1 << 30)),
+        bias,
+        bool(relu),
+        _PRECISION_CODE[prec],
+    )
     return c
 
 
-def matmul(a, b, *, kernel: str = DEFAULT_KERNEL, out=None, precision: Optional[str] = None):
+def matmul(a, b, *, kernel: str = DEFAULT_KERNEL, out=None, precision: str | None = None):
     """``a @ b`` of two float32 DeviceArray matrices, on the GPU (see :func:`gemm`)."""
     return gemm(a, b, out, kernel=kernel, precision=precision)
 
 
 # ---- NumPy arrays through whygpu.matmul / whygpu.gemm ----------------------------------------
+
 
 def _upload_operand(x: np.ndarray):
     """op(X) as (DeviceArray of the stored matrix, transposed?): a transposed view
@@ -449,8 +524,9 @@ def _upload_operand(x: np.ndarray):
 def _host_run(name: str):
     def run(a, b, c, alpha, beta, threads):  # the registry's signature; threads is a CPU notion
         if a.dtype != np.float32:
-            raise TypeError(f"the CUDA kernels compute in float32 only, got {a.dtype} -- convert with "
-                            f".astype(np.float32)")
+            raise TypeError(
+                f"the CUDA kernels compute in float32 only, got {a.dtype} -- convert with .astype(np.float32)"
+            )
         da, ta = _upload_operand(a)
         db, tb = _upload_operand(b)
         with da, db:
@@ -461,10 +537,11 @@ def _host_run(name: str):
                     dc.to_host(out=c)
                 else:
                     np.copyto(c, dc.to_host())
+
     return run
 
 
-def _kernel_unavailable(name: str) -> Optional[str]:
+def _kernel_unavailable(name: str) -> str | None:
     why = unavailable_reason()
     if why is None and name not in kernels():
         why = f"this build's CUDA module has no kernel {name!r}"
@@ -473,7 +550,7 @@ def _kernel_unavailable(name: str) -> Optional[str]:
     return why
 
 
-def kernel_unavailable_reason(kernel: str) -> Optional[str]:
+def kernel_unavailable_reason(kernel: str) -> str | None:
     """Why CUDA kernel `kernel` cannot run here (no GPU, not compiled in, or --
     for the tensor-core rungs -- a GPU without those tensor cores: ``cuda_wgmma``
     needs a Hopper), as a sentence; None when it can."""
@@ -482,16 +559,26 @@ def kernel_unavailable_reason(kernel: str) -> Optional[str]:
     return _kernel_unavailable(kernel)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tensor_core_reason(name: str) -> str:
     return _module().rung_unavailable(_RUNGS[name], _PRECISION_CODE[precision_of(name)])
 
 
 def _register() -> None:
     for name, rung, summary in LADDER:
-        register_kernel(Kernel(name, rung, summary, "any", True, _host_run(name),
-                               functools.partial(_kernel_unavailable, name), device="cuda",
-                               precision=precision_of(name)))
+        register_kernel(
+            Kernel(
+                name,
+                rung,
+                summary,
+                "any",
+                True,
+                _host_run(name),
+                functools.partial(_kernel_unavailable, name),
+                device="cuda",
+                precision=precision_of(name),
+            )
+        )
 
 
 _register()
@@ -499,11 +586,12 @@ _register()
 
 # ---- The vendor reference: cuBLAS through CuPy or PyTorch ----------------------------------
 
+
 def _cupy_tf32() -> bool:
     return os.environ.get("CUPY_TF32", "0").strip() not in ("", "0")
 
 
-def vendor_library() -> Optional[str]:
+def vendor_library() -> str | None:
     """'cupy' or 'torch': the installed library :func:`vendor_matmul` would use
     (CuPy first), or None.  Imports nothing."""
     if importlib.util.find_spec("cupy") is not None and not _cupy_tf32():
@@ -513,7 +601,7 @@ def vendor_library() -> Optional[str]:
     return None
 
 
-def vendor_matmul(a, b) -> Optional[np.ndarray]:
+def vendor_matmul(a, b) -> np.ndarray | None:
     """``a @ b`` of two float32 matrices computed by NVIDIA's cuBLAS, through CuPy
     or PyTorch, in strict float32 (TF32 tensor cores off) -- the reference the
     ladder is measured against.  whygpu itself never links cuBLAS.
@@ -530,12 +618,14 @@ def vendor_matmul(a, b) -> Optional[np.ndarray]:
     if importlib.util.find_spec("cupy") is not None and not _cupy_tf32():
         try:
             import cupy as cp
+
             return cp.asnumpy(cp.matmul(cp.asarray(a), cp.asarray(b)))
         except Exception:  # CuPy installed but without a usable GPU or CUDA libraries
             pass
     if importlib.util.find_spec("torch") is not None:
         try:
             import torch
+
             if not torch.cuda.is_available():
                 return None
             with warnings.catch_warnings():

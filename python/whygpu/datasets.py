@@ -13,10 +13,10 @@ shape (n, 1) for regression.
 :func:`train_test_split` splits with stratification without needing scikit-learn;
 :func:`standardize` rescales features with the training set's statistics.
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Tuple
 
 import numpy as np
 
@@ -37,14 +37,14 @@ def _noise(noise) -> float:
     return float(noise)
 
 
-def xor() -> Tuple[np.ndarray, np.ndarray]:
+def xor() -> tuple[np.ndarray, np.ndarray]:
     """The XOR truth table: X (4, 2) in {0, 1}, y = x0 XOR x1 as class labels."""
     X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
     y = np.array([0, 1, 1, 0], dtype=np.int64)
     return X, y
 
 
-def line(n: int = 100, slope: float = 2.0, noise: float = 0.0, seed: Optional[int] = 0):
+def line(n: int = 100, slope: float = 2.0, noise: float = 0.0, seed: int | None = 0):
     """Points on y = slope * x (x uniform in [-1, 1]), plus Gaussian noise of std ``noise``."""
     n = _n(n)
     rng = np.random.default_rng(seed)
@@ -53,7 +53,7 @@ def line(n: int = 100, slope: float = 2.0, noise: float = 0.0, seed: Optional[in
     return x.astype(np.float32), y.astype(np.float32)
 
 
-def sine(n: int = 256, noise: float = 0.1, seed: Optional[int] = 0):
+def sine(n: int = 256, noise: float = 0.1, seed: int | None = 0):
     """y = sin(x) + noise for x uniform in [-pi, pi]: a curve for a network to approximate."""
     n = _n(n)
     rng = np.random.default_rng(seed)
@@ -62,7 +62,7 @@ def sine(n: int = 256, noise: float = 0.1, seed: Optional[int] = 0):
     return x.astype(np.float32), y.astype(np.float32)
 
 
-def spirals(n_per_class: int = 100, noise: float = 0.1, turns: float = 1.5, seed: Optional[int] = 0):
+def spirals(n_per_class: int = 100, noise: float = 0.1, turns: float = 1.5, seed: int | None = 0):
     """Two interleaved spirals in the plane (classes 0 and 1), coordinates in about [-1, 1]."""
     n = _n(n_per_class, "n_per_class")
     rng = np.random.default_rng(seed)
@@ -85,8 +85,10 @@ def load_digits(scale: bool = True):
     try:
         from sklearn.datasets import load_digits as _load
     except ImportError as exc:
-        raise ImportError("whygpu.datasets.load_digits needs scikit-learn, which bundles the digits data: "
-                          "pip install whygpu[digits]  (or: pip install scikit-learn)") from exc
+        raise ImportError(
+            "whygpu.datasets.load_digits needs scikit-learn, which bundles the digits data: "
+            "pip install whygpu[digits]  (or: pip install scikit-learn)"
+        ) from exc
     d = _load()
     X = d.data.astype(np.float32)
     if scale:
@@ -94,7 +96,7 @@ def load_digits(scale: bool = True):
     return X, d.target.astype(np.int64)
 
 
-def train_test_split(X, y, test_size: float = 0.2, stratify: bool = True, seed: Optional[int] = 0):
+def train_test_split(X, y, test_size: float = 0.2, stratify: bool = True, seed: int | None = 0):
     """Split (X, y) into ``X_train, X_test, y_train, y_test`` at random.
 
     With ``stratify`` every class gets the same share of test samples (rounded
@@ -127,7 +129,7 @@ def train_test_split(X, y, test_size: float = 0.2, stratify: bool = True, seed: 
             test_parts.append(rng.permutation(members)[:k])
         test = np.concatenate(test_parts)
     else:
-        test = rng.permutation(n)[:max(1, int(round(frac * n)))]
+        test = rng.permutation(n)[: max(1, int(round(frac * n)))]
     mask = np.zeros(n, dtype=bool)
     mask[test] = True
     train_idx = rng.permutation(np.flatnonzero(~mask))

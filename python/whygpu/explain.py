@@ -14,10 +14,11 @@ precision (bf16 about 1e-2, TF32 about 1e-3) for speed::
 
 The roofs are measured once per process (about half a second) and reused.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
 
 from ._threads import check_threads, get_num_threads
 from .roofline import COMPUTE_ROOFS, kernel_model, measure_machine, prediction_error
@@ -30,48 +31,48 @@ _MACHINES = {}  # threads -> measured roofs, reused within this process
 # and bandwidth; these are the costs it does not count).
 _WHY = {
     "python": "every multiply-add is a dozen bytecodes and a new float object; the kernel also "
-              "indexes B[p][j] through a list of lists, one more lookup than the dot-product loop "
-              "that sets the interpreter roof",
+    "indexes B[p][j] through a list of lists, one more lookup than the dot-product loop "
+    "that sets the interpreter roof",
     "cython": "it walks B down a column: each multiply-add touches a new cache line (and, for large n, "
-              "a new 4 KiB page), so it waits on memory latency and TLB misses, which no bandwidth roof counts",
+    "a new 4 KiB page), so it waits on memory latency and TLB misses, which no bandwidth roof counts",
     "naive": "it walks B down a column: each multiply-add touches a new cache line (and, for large n, "
-             "a new 4 KiB page), so it waits on memory latency and TLB misses, which no bandwidth roof counts",
+    "a new 4 KiB page), so it waits on memory latency and TLB misses, which no bandwidth roof counts",
     "reordered": "C[i, :] is loaded and stored again for every multiply-add (no register blocking): "
-                 "two loads and a store per multiply-add keep the load/store units busy, not the "
-                 "arithmetic units",
+    "two loads and a store per multiply-add keep the load/store units busy, not the "
+    "arithmetic units",
     "blocked": "B comes from L2 now, but C is still loaded and stored at every step of k (no register "
-               "blocking), and each tile row is only 256 numbers long, so loop overhead and the "
-               "load/store units, not arithmetic, set the pace",
+    "blocking), and each tile row is only 256 numbers long, so loop overhead and the "
+    "load/store units, not arithmetic, set the pace",
     "packed": "packing A and B, the edge tiles and the loads around the micro-kernel cost a few percent; "
-              "small sizes pay the packing without enough work to amortize it",
+    "small sizes pay the packing without enough work to amortize it",
     "openmp": "on top of packed's overheads, threads wait at a barrier after each packed panel and "
-              "share the memory bandwidth; on a busy machine another process takes a core from it",
+    "share the memory bandwidth; on a busy machine another process takes a core from it",
     "cuda_naive": "a warp's 32 loads of A fall on 32 different rows, so each load instruction becomes 32 "
-                  "memory transactions, and every multiply-add waits on a global load: memory latency and "
-                  "the load units set the pace",
+    "memory transactions, and every multiply-add waits on a global load: memory latency and "
+    "the load units set the pace",
     "cuda_coalesced": "every multiply-add still needs a global load instruction through L1; the load units and "
-                      "the memory latency (hundreds of cycles, hidden only by other warps) set the pace, not "
-                      "the L2 bandwidth the model counts",
+    "the memory latency (hundreds of cycles, hidden only by other warps) set the pace, not "
+    "the L2 bandwidth the model counts",
     "cuda_smem": "each multiply-add needs two shared-memory loads, so shared-memory bandwidth, not "
-                 "arithmetic, is the limit, and the block waits at two barriers per tile",
+    "arithmetic, is the limit, and the block waits at two barriers per tile",
     "cuda_1d_tiling": "9 shared-memory loads per 8 multiply-adds: still more loads than arithmetic, and the "
-                      "barriers around every 8-deep tile",
+    "barriers around every 8-deep tile",
     "cuda_2d_tiling": "16 shared loads per 64 multiply-adds; what is left is bank conflicts in those loads, "
-                      "the barriers, and global loads that are not yet overlapped with the arithmetic",
+    "the barriers, and global loads that are not yet overlapped with the arithmetic",
     "cuda_vectorized": "wider loads remove instructions, but the barriers and the wait for each tile's global "
-                       "loads remain",
+    "loads remain",
     "cuda_warptile": "each thread needs about 128 registers, so only two blocks fit on an SM (25% occupancy): "
-                     "too few warps to hide all the latency, and small sizes leave SMs idle",
+    "too few warps to hide all the latency, and small sizes leave SMs idle",
     "cuda_mma": "the tensor cores finish a 16 x 8 x 8 TF32 product in one instruction, so feeding them is the "
-                "work now: operands are first rewritten K-major (B transposed through a scratch copy), every "
-                "fragment goes through shared memory and ldmatrix, and with 4 warps per block the cp.async "
-                "pipeline and the barriers cannot hide all the waiting",
+    "work now: operands are first rewritten K-major (B transposed through a scratch copy), every "
+    "fragment goes through shared memory and ldmatrix, and with 4 warps per block the cp.async "
+    "pipeline and the barriers cannot hide all the waiting",
     "cuda_mma_bf16": "as cuda_mma, and each call first rounds A and B to bf16 copies (extra passes over "
-                     "memory); the tensor cores are twice as fast in bf16, so the loads, barriers and the "
-                     "operand preparation weigh twice as much",
+    "memory); the tensor cores are twice as fast in bf16, so the loads, barriers and the "
+    "operand preparation weigh twice as much",
     "cuda_wgmma": "a warpgroup's wgmma reads its operands straight from shared memory and TMA fills it, so "
-                  "what is left is the operand rounding before the launch, the pipeline's fill and drain, "
-                  "and tiles that do not fill every SM at smaller sizes",
+    "what is left is the operand rounding before the launch, the pipeline's fill and drain, "
+    "and tiles that do not fill every SM at smaller sizes",
     "cublas": "NVIDIA's own tuned kernels: the practical ceiling for float32 on these cores",
 }
 
@@ -84,12 +85,13 @@ def why_below(kernel: str, fraction: float) -> str:
     base = "numpy" if kernel.startswith("numpy") else kernel
     reason = _WHY.get(base, "BLAS's own packing and threading overheads")
     if base.startswith("cuda") and fraction < 0.1:
-        reason += ("; at a small size the launch (a few microseconds) and too few blocks to fill the GPU "
-                   "dominate as well")
+        reason += (
+            "; at a small size the launch (a few microseconds) and too few blocks to fill the GPU dominate as well"
+        )
     return f"{kernel} runs at {pct:.0f}% of its roof: {reason}."
 
 
-def format_error(e: Optional[float]) -> str:
+def format_error(e: float | None) -> str:
     """A relative error in two significant digits ('-' when not measured)."""
     if e is None:
         return "-"
@@ -103,8 +105,9 @@ def format_bytes(b: float) -> str:
     return f"{b:.0f} B"
 
 
-def _fmt_s(s: Optional[float]) -> str:
+def _fmt_s(s: float | None) -> str:
     from .bench.measure import format_seconds
+
     return "-" if s is None else format_seconds(s)
 
 
@@ -113,14 +116,15 @@ class Explanation:
     """The result of :func:`explain`: ``rows`` (one dict per kernel: the
     roofline model plus ``measured_s``/``measured_gflops`` or ``skipped``),
     ``roofs`` (the measured machine) and the shape.  ``str()`` is a table."""
+
     m: int
     n: int
     k: int
     dtype: str
-    rows: List[dict] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
     roofs: dict = field(default_factory=dict)
     # Kernels asked for (or known) that cannot run here: {"kernel", "device", "reason"}.
-    unavailable: List[dict] = field(default_factory=list)
+    unavailable: list[dict] = field(default_factory=list)
 
     @property
     def flops(self) -> float:
@@ -128,9 +132,19 @@ class Explanation:
 
     def as_dict(self) -> dict:
         from .bench.ladder import ERROR_METRIC
-        return {"schema": "whygpu.explain/1", "m": self.m, "n": self.n, "k": self.k, "dtype": self.dtype,
-                "flops": self.flops, "rows": self.rows, "roofs": self.roofs, "unavailable": self.unavailable,
-                "error_metric": ERROR_METRIC}
+
+        return {
+            "schema": "whygpu.explain/1",
+            "m": self.m,
+            "n": self.n,
+            "k": self.k,
+            "dtype": self.dtype,
+            "flops": self.flops,
+            "rows": self.rows,
+            "roofs": self.roofs,
+            "unavailable": self.unavailable,
+            "error_metric": ERROR_METRIC,
+        }
 
     def __str__(self) -> str:
         s = 4 if self.dtype == "float32" else 8
@@ -141,18 +155,40 @@ class Explanation:
             f"(at best {self.flops / compulsory:.1f} flop/byte if each matrix moved once)",
             "",
         ]
-        head = ("kernel", "roof", "roof GFLOP/s", "bytes moved", "flop/B", "bound", "predicted", "measured",
-                "pred/meas", "precision", "max rel err")
+        head = (
+            "kernel",
+            "roof",
+            "roof GFLOP/s",
+            "bytes moved",
+            "flop/B",
+            "bound",
+            "predicted",
+            "measured",
+            "pred/meas",
+            "precision",
+            "max rel err",
+        )
         table = [head]
         for r in self.rows:
             worst = max(r["traffic"], key=lambda t: t["seconds"]) if r["traffic"] else None
             moved = f"{format_bytes(worst['bytes'])} {worst['level']}" if worst else "(in L1)"
             meas = _fmt_s(r.get("measured_s")) if "measured_s" in r else "skipped"
             ratio = f"{r['predicted_s'] / r['measured_s']:.2f}" if "measured_s" in r else "-"
-            table.append((r["kernel"], r["compute_roof"], f"{r['compute_gflops']:.3g}", moved,
-                          f"{r['intensity']:.3g}" if r["intensity"] else "-",
-                          r["bound"], _fmt_s(r["predicted_s"]), meas, ratio, r.get("precision", self.dtype),
-                          format_error(r.get("max_rel_error"))))
+            table.append(
+                (
+                    r["kernel"],
+                    r["compute_roof"],
+                    f"{r['compute_gflops']:.3g}",
+                    moved,
+                    f"{r['intensity']:.3g}" if r["intensity"] else "-",
+                    r["bound"],
+                    _fmt_s(r["predicted_s"]),
+                    meas,
+                    ratio,
+                    r.get("precision", self.dtype),
+                    format_error(r.get("max_rel_error")),
+                )
+            )
         for u in self.unavailable:
             table.append((u["kernel"], "unavailable", "", "", "", "", "", "", "", u.get("precision") or "", ""))
         widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
@@ -161,26 +197,39 @@ class Explanation:
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
         lines.append("")
-        lines.append(f"Roofs{' (float32; the SIMD roofs halve for float64)' if self.dtype == 'float64' else ''}: " + "; ".join(f"{name} = {self.roofs['compute'][name]:.3g} GFLOP/s"
-                                         for name in COMPUTE_ROOFS if name in self.roofs.get("compute", {})))
+        lines.append(
+            f"Roofs{' (float32; the SIMD roofs halve for float64)' if self.dtype == 'float64' else ''}: "
+            + "; ".join(
+                f"{name} = {self.roofs['compute'][name]:.3g} GFLOP/s"
+                for name in COMPUTE_ROOFS
+                if name in self.roofs.get("compute", {})
+            )
+        )
         bw = self.roofs.get("bandwidth", {}).get("1", {})
         if bw:
             lines.append("Bandwidth (1 core): " + "; ".join(f"{lvl} {v:.3g} GB/s" for lvl, v in bw.items()))
         gpu = self.roofs.get("gpu")
         if gpu:
             tensor = gpu.get("tensor_gflops") or {}
-            tc = ("; tensor-core (mma.sync) peak " + ", ".join(f"{p} {v:.4g}" for p, v in tensor.items())
-                  + " GFLOP/s" if tensor else
-                  (f"; no tensor-core peak ({gpu['tensor_reason']})" if gpu.get("tensor_reason") else ""))
-            lines.append(f"GPU ({gpu['device']}): float32 FMA peak {gpu['fma_gflops']:.4g} GFLOP/s{tc}; bandwidth "
-                         + "; ".join(f"{lvl} {v:.4g} GB/s" for lvl, v in gpu["bandwidth"].items())
-                         + " (read + write). The CUDA rows are timed on data already on the GPU.")
+            tc = (
+                "; tensor-core (mma.sync) peak " + ", ".join(f"{p} {v:.4g}" for p, v in tensor.items()) + " GFLOP/s"
+                if tensor
+                else (f"; no tensor-core peak ({gpu['tensor_reason']})" if gpu.get("tensor_reason") else "")
+            )
+            lines.append(
+                f"GPU ({gpu['device']}): float32 FMA peak {gpu['fma_gflops']:.4g} GFLOP/s{tc}; bandwidth "
+                + "; ".join(f"{lvl} {v:.4g} GB/s" for lvl, v in gpu["bandwidth"].items())
+                + " (read + write). The CUDA rows are timed on data already on the GPU."
+            )
         if any("max_rel_error" in r for r in self.rows):
             from .bench.ladder import ERROR_METRIC
             from .cuda import UNIT_ROUNDOFF
-            lines.append(f"Error: {ERROR_METRIC}, on this shape. Unit roundoff of the products' operands: "
-                         + ", ".join(f"{p} {u:.2g}" for p, u in UNIT_ROUNDOFF.items())
-                         + " (the sums are float32 in every case).")
+
+            lines.append(
+                f"Error: {ERROR_METRIC}, on this shape. Unit roundoff of the products' operands: "
+                + ", ".join(f"{p} {u:.2g}" for p, u in UNIT_ROUNDOFF.items())
+                + " (the sums are float32 in every case)."
+            )
         notes = [why_below(r["kernel"], r["predicted_s"] / r["measured_s"]) for r in self.rows if "measured_s" in r]
         notes += [f"{r['kernel']} not measured: {r['skipped']}" for r in self.rows if "skipped" in r]
         notes += [f"{u['kernel']} is unavailable here: {u['reason']}" for u in self.unavailable]
@@ -195,6 +244,7 @@ class Explanation:
 
 def _positive(x, name: str) -> int:
     import numbers
+
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         raise TypeError(f"{name} must be a positive integer, got {x!r}")
     if x < 1:
@@ -202,9 +252,20 @@ def _positive(x, name: str) -> int:
     return int(x)
 
 
-def explain(m: int, n: int, k: int, *, kernels: Optional[Sequence[str]] = None, dtype: str = "float32",
-            threads: Optional[int] = None, measure: bool = True, budget: float = 1.0, repeats: int = 3,
-            force: bool = False, machine: Optional[dict] = None) -> Explanation:
+def explain(
+    m: int,
+    n: int,
+    k: int,
+    *,
+    kernels: Sequence[str] | None = None,
+    dtype: str = "float32",
+    threads: int | None = None,
+    measure: bool = True,
+    budget: float = 1.0,
+    repeats: int = 3,
+    force: bool = False,
+    machine: dict | None = None,
+) -> Explanation:
     """Explain an (m, k) @ (k, n) product on each kernel: FLOPs, bytes moved,
     arithmetic intensity, the roofline's predicted time and (``measure=True``)
     the measured time, with the precision each kernel multiplies in and its max
@@ -214,8 +275,16 @@ def explain(m: int, n: int, k: int, *, kernels: Optional[Sequence[str]] = None, 
     seconds per call is not measured (unless ``force``).  ``machine`` is a
     :func:`whygpu.roofline.measure_machine` result; by default the roofs are
     measured once per process."""
-    from .bench.ladder import (measure_error, measure_matmul, resolve_kernels, scout, series_device,
-                               series_precision, split_unavailable, threads_used)
+    from .bench.ladder import (
+        measure_error,
+        measure_matmul,
+        resolve_kernels,
+        scout,
+        series_device,
+        series_precision,
+        split_unavailable,
+        threads_used,
+    )
 
     m, n, k = _positive(m, "m"), _positive(n, "n"), _positive(k, "k")
     if dtype not in ("float32", "float64"):
@@ -230,19 +299,34 @@ def explain(m: int, n: int, k: int, *, kernels: Optional[Sequence[str]] = None, 
         u["precision"] = series_precision(u["kernel"], dtype)
     names = resolve_kernels(kernels, threads)
     if dtype != "float32":  # the GPU rungs compute on float32 data only
-        unavailable += [{"kernel": x, "device": "cuda", "precision": series_precision(x),
-                         "reason": f"it runs on the GPU on float32 data ({series_precision(x)} products); "
-                                   f"{dtype} is for the CPU kernels"}
-                        for x in names if series_device(x) == "cuda"]
+        unavailable += [
+            {
+                "kernel": x,
+                "device": "cuda",
+                "precision": series_precision(x),
+                "reason": f"it runs on the GPU on float32 data ({series_precision(x)} products); "
+                f"{dtype} is for the CPU kernels",
+            }
+            for x in names
+            if series_device(x) == "cuda"
+        ]
         names = [x for x in names if series_device(x) == "cpu"]
     if any(series_device(x) == "cuda" for x in names) and not machine.get("gpu"):
         if "gpu" not in _MACHINES:
             from .bench.gpu import measure_gpu
+
             _MACHINES["gpu"] = measure_gpu(quick=True)
         if _MACHINES["gpu"] is None:
-            unavailable += [{"kernel": x, "device": "cuda", "precision": series_precision(x),
-                             "reason": "the GPU's roofs could not be measured (no usable GPU)"}
-                            for x in names if series_device(x) == "cuda"]
+            unavailable += [
+                {
+                    "kernel": x,
+                    "device": "cuda",
+                    "precision": series_precision(x),
+                    "reason": "the GPU's roofs could not be measured (no usable GPU)",
+                }
+                for x in names
+                if series_device(x) == "cuda"
+            ]
             names = [x for x in names if series_device(x) == "cpu"]
         else:
             machine = {**machine, "gpu": _MACHINES["gpu"]}
@@ -253,17 +337,26 @@ def explain(m: int, n: int, k: int, *, kernels: Optional[Sequence[str]] = None, 
         if measure:
             expected = scout(name, m, n, k, dtype=dtype, threads=threads, budget=budget)["expected_s"]
             if expected > budget and not force:
-                row["skipped"] = (f"one call would take ~{_fmt_s(expected)} (budget {_fmt_s(budget)}; "
-                                  f"force=True / --all measures it)")
+                row["skipped"] = (
+                    f"one call would take ~{_fmt_s(expected)} (budget {_fmt_s(budget)}; force=True / --all measures it)"
+                )
             else:
-                rec = measure_matmul(name, m, n, k, dtype=dtype, threads=threads, repeats=repeats,
-                                     budget=budget, expected=expected)
+                rec = measure_matmul(
+                    name, m, n, k, dtype=dtype, threads=threads, repeats=repeats, budget=budget, expected=expected
+                )
                 best = rec["seconds_min"]  # best sample, like the roofs (see whygpu.roofline.run_roofline)
-                row.update(measured_s=best, measured_gflops=rec["flops"] / best / 1e9, median_s=rec["seconds"],
-                           error=prediction_error(row["predicted_s"], best))
+                row.update(
+                    measured_s=best,
+                    measured_gflops=rec["flops"] / best / 1e9,
+                    median_s=rec["seconds"],
+                    error=prediction_error(row["predicted_s"], best),
+                )
                 # Speed and accuracy side by side: the same shape against a float64 reference.
                 err = measure_error(name, m, n, k, dtype=dtype, threads=threads)
-                row.update(max_rel_error=err["max_rel_error"], error_bound=err["error_bound"],
-                           unit_roundoff=err["unit_roundoff"])
+                row.update(
+                    max_rel_error=err["max_rel_error"],
+                    error_bound=err["error_bound"],
+                    unit_roundoff=err["unit_roundoff"],
+                )
         out.rows.append(row)
     return out

@@ -12,6 +12,7 @@ momentum, Adam's averages -- lives in GPU memory too) one kernel launch does
 (a call or launch per parameter costs more than the update of a small bias).
 The formulas are PyTorch's.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,7 @@ class SGD(Optimizer):
     ``p -= lr * (g + momentum * v)``).
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-                 nesterov: bool = False):
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(params, lr)
         self.momentum = _check_number(momentum, "momentum", 0.0, True)
         self.weight_decay = _check_number(weight_decay, "weight_decay", 0.0, True)
@@ -71,15 +71,16 @@ class Adam(Optimizer):
     ``p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params, lr)
         try:
             b1, b2 = betas
         except (TypeError, ValueError):
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        self.betas = (_check_number(b1, "beta1", 0.0, True, 1.0, False),
-                      _check_number(b2, "beta2", 0.0, True, 1.0, False))
+        self.betas = (
+            _check_number(b1, "beta1", 0.0, True, 1.0, False),
+            _check_number(b2, "beta2", 0.0, True, 1.0, False),
+        )
         self.eps = _check_number(eps, "eps", 0.0, True)
         self.weight_decay = _check_number(weight_decay, "weight_decay", 0.0, True)
         self.t = 0
@@ -95,20 +96,23 @@ class Adam(Optimizer):
         self.t += 1
 
     def _device_states(self):
-        return ([self._state(self._m, i, p) for i, p in enumerate(self.params)],
-                [self._state(self._v, i, p) for i, p in enumerate(self.params)])
+        return (
+            [self._state(self._m, i, p) for i, p in enumerate(self.params)],
+            [self._state(self._v, i, p) for i, p in enumerate(self.params)],
+        )
 
     def _hyper(self):
         b1, b2 = self.betas
-        bc1, bc2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
-        return [self.lr / bc1, b1, b2, self.eps, self.weight_decay, 1.0 / bc2 ** 0.5]
+        bc1, bc2 = 1.0 - b1**self.t, 1.0 - b2**self.t
+        return [self.lr / bc1, b1, b2, self.eps, self.weight_decay, 1.0 / bc2**0.5]
 
     def _update(self, i, p, g):
         b1, b2 = self.betas
         m = self._state(self._m, i, p)
         v = self._state(self._v, i, p)
-        p._backend.adam_update(p._data, g, m, v, self.lr, b1, b2, self.eps, self.weight_decay,
-                               1.0 - b1 ** self.t, 1.0 - b2 ** self.t)
+        p._backend.adam_update(
+            p._data, g, m, v, self.lr, b1, b2, self.eps, self.weight_decay, 1.0 - b1**self.t, 1.0 - b2**self.t
+        )
 
     def __repr__(self):
         return f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps})"

@@ -5,9 +5,8 @@ Uses matplotlib's object-oriented API on an Agg canvas (``Figure`` +
 switched, and it works on headless machines and in tests.  Every function
 takes a document and a path, writes one PNG and returns the path.
 """
-from __future__ import annotations
 
-from typing import Dict, List
+from __future__ import annotations
 
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -15,26 +14,49 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from .bench.scaling import amdahl
 
-__all__ = ["plot_ladder", "plot_ladder_steps", "plot_scaling", "plot_roofline", "plot_roofline_gpu", "plot_train",
-           "plot_train_sweep", "plot_benchmarks", "kernel_color"]
+__all__ = [
+    "plot_ladder",
+    "plot_ladder_steps",
+    "plot_scaling",
+    "plot_roofline",
+    "plot_roofline_gpu",
+    "plot_train",
+    "plot_train_sweep",
+    "plot_benchmarks",
+    "kernel_color",
+]
 
 _DPI = 110
 _COLORS = {
-    "python": "#7f7f7f", "cython": "#8c564b", "naive": "#d62728", "reordered": "#ff7f0e",
-    "blocked": "#bcbd22", "packed": "#2ca02c", "openmp": "#1f77b4", "numpy": "#9467bd",
+    "python": "#7f7f7f",
+    "cython": "#8c564b",
+    "naive": "#d62728",
+    "reordered": "#ff7f0e",
+    "blocked": "#bcbd22",
+    "packed": "#2ca02c",
+    "openmp": "#1f77b4",
+    "numpy": "#9467bd",
     # the GPU rungs: one sequential palette, light (naive) to dark (warp tiling); cuBLAS in black
-    "cuda_naive": "#fdae61", "cuda_coalesced": "#f46d43", "cuda_smem": "#d53e4f", "cuda_1d_tiling": "#9e0142",
-    "cuda_2d_tiling": "#5e4fa2", "cuda_vectorized": "#3288bd", "cuda_warptile": "#00441b", "cuda": "#00441b",
+    "cuda_naive": "#fdae61",
+    "cuda_coalesced": "#f46d43",
+    "cuda_smem": "#d53e4f",
+    "cuda_1d_tiling": "#9e0142",
+    "cuda_2d_tiling": "#5e4fa2",
+    "cuda_vectorized": "#3288bd",
+    "cuda_warptile": "#00441b",
+    "cuda": "#00441b",
     "cublas": "#000000",
     # the tensor-core rungs: magenta to purple, apart from the float32 palette
-    "cuda_mma": "#e7298a", "cuda_mma_bf16": "#ae017e", "cuda_wgmma": "#49006a",
+    "cuda_mma": "#e7298a",
+    "cuda_mma_bf16": "#ae017e",
+    "cuda_wgmma": "#49006a",
 }
 # Line styles of the tensor-core roofs, by precision.
 _TENSOR_ROOF_STYLE = {"bf16": "-", "tf32": "--"}
 _EXTRA = ["#17becf", "#e377c2", "#393b79", "#637939", "#843c39"]
 
 
-def kernel_color(name: str, _seen: Dict[str, str] = {}) -> str:  # noqa: B006 - a stable palette
+def kernel_color(name: str, _seen: dict[str, str] = {}) -> str:  # noqa: B006 - a stable palette
     base = name.split("-")[0].split("[")[0]
     if base in _COLORS:
         return _COLORS[base]
@@ -43,16 +65,19 @@ def kernel_color(name: str, _seen: Dict[str, str] = {}) -> str:  # noqa: B006 - 
     return _seen[name]
 
 
-_MARKERS = {"python": "o", "cython": "D", "naive": "o", "reordered": "v", "blocked": "^", "packed": "o",
-            "openmp": "o"}
+_MARKERS = {"python": "o", "cython": "D", "naive": "o", "reordered": "v", "blocked": "^", "packed": "o", "openmp": "o"}
 
 
 def _style(name: str) -> dict:
     ref = name.startswith("numpy") or name.startswith("cuda") or name.startswith("gpu")
     dashed = name.startswith("numpy-") and not name.startswith("numpy-1t")
-    return {"color": kernel_color(name), "linestyle": ":" if dashed else ("--" if ref else "-"),
-            "marker": "s" if ref else _MARKERS.get(name, "o"), "linewidth": 1.6 if ref else 2.0,
-            "markersize": 6 if name == "cython" else 5}
+    return {
+        "color": kernel_color(name),
+        "linestyle": ":" if dashed else ("--" if ref else "-"),
+        "marker": "s" if ref else _MARKERS.get(name, "o"),
+        "linewidth": 1.6 if ref else 2.0,
+        "markersize": 6 if name == "cython" else 5,
+    }
 
 
 def _cpu_title(doc: dict) -> str:
@@ -73,8 +98,8 @@ def _num(x: float) -> str:
     return f"{x:.2g}"
 
 
-def _series(doc: dict) -> Dict[str, List[dict]]:
-    out: Dict[str, List[dict]] = {}
+def _series(doc: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
     for rec in doc.get("measurements", []):
         out.setdefault(rec["kernel"], []).append(rec)
     for recs in out.values():
@@ -99,24 +124,49 @@ def plot_ladder(doc: dict, path) -> str:
         peak["gflops_all"] /= 2
     if peak:
         ax.axhline(peak["gflops_1t"], color="black", linewidth=1, linestyle="-.", alpha=0.6)
-        ax.text(max(doc["params"]["sizes"]), peak["gflops_1t"] * 1.08,
-                f"FMA peak, 1 core: {peak['gflops_1t']:.0f} GFLOP/s", fontsize=8, alpha=0.8, ha="right")
+        ax.text(
+            max(doc["params"]["sizes"]),
+            peak["gflops_1t"] * 1.08,
+            f"FMA peak, 1 core: {peak['gflops_1t']:.0f} GFLOP/s",
+            fontsize=8,
+            alpha=0.8,
+            ha="right",
+        )
         if peak["threads"] > 1:
             ax.axhline(peak["gflops_all"], color="black", linewidth=1, linestyle=":", alpha=0.6)
-            ax.text(max(doc["params"]["sizes"]), peak["gflops_all"] * 1.08,
-                    f"FMA peak, {peak['threads']} cores: {peak['gflops_all']:.0f} GFLOP/s", fontsize=8, alpha=0.8,
-                    ha="right")
-    if peak.get("gpu_gflops") and any(series_dev == "cuda" for series_dev in
-                                      (r.get("device") for r in doc.get("measurements", []))):
+            ax.text(
+                max(doc["params"]["sizes"]),
+                peak["gflops_all"] * 1.08,
+                f"FMA peak, {peak['threads']} cores: {peak['gflops_all']:.0f} GFLOP/s",
+                fontsize=8,
+                alpha=0.8,
+                ha="right",
+            )
+    if peak.get("gpu_gflops") and any(
+        series_dev == "cuda" for series_dev in (r.get("device") for r in doc.get("measurements", []))
+    ):
         ax.axhline(peak["gpu_gflops"], color="#2b6f2b", linewidth=1, linestyle="--", alpha=0.7)
-        ax.text(max(doc["params"]["sizes"]), peak["gpu_gflops"] * 1.08,
-                f"GPU float32 FMA peak: {_num(peak['gpu_gflops'])} GFLOP/s", fontsize=8, alpha=0.8, ha="right")
+        ax.text(
+            max(doc["params"]["sizes"]),
+            peak["gpu_gflops"] * 1.08,
+            f"GPU float32 FMA peak: {_num(peak['gpu_gflops'])} GFLOP/s",
+            fontsize=8,
+            alpha=0.8,
+            ha="right",
+        )
     used = {r.get("precision") for r in doc.get("measurements", []) if r.get("device") == "cuda"}
     for prec, g in (peak.get("gpu_tensor_gflops") or {}).items():
         if prec in used:  # a tensor-core roof only where a rung in that precision was measured
             ax.axhline(g, color="#ae017e", linewidth=1, linestyle=_TENSOR_ROOF_STYLE.get(prec, ":"), alpha=0.7)
-            ax.text(min(doc["params"]["sizes"]), g * 1.08, f"GPU {prec} tensor-core peak: {_num(g)} GFLOP/s",
-                    fontsize=8, alpha=0.8, ha="left", color="#ae017e")
+            ax.text(
+                min(doc["params"]["sizes"]),
+                g * 1.08,
+                f"GPU {prec} tensor-core peak: {_num(g)} GFLOP/s",
+                fontsize=8,
+                alpha=0.8,
+                ha="left",
+                color="#ae017e",
+            )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     sizes = doc["params"]["sizes"]
@@ -141,8 +191,9 @@ def plot_ladder_steps(doc: dict, path) -> str:
     ax = fig.subplots()
     names = [r["kernel"] for r in rows]
     vals = [r["gflops"] for r in rows]
-    bars = ax.bar(range(len(rows)), vals, color=[kernel_color(x) for x in names],
-                  hatch=None, edgecolor="black", linewidth=0.5)
+    bars = ax.bar(
+        range(len(rows)), vals, color=[kernel_color(x) for x in names], hatch=None, edgecolor="black", linewidth=0.5
+    )
     for i, (r, bar) in enumerate(zip(rows, bars)):
         if r.get("reference"):
             bar.set_hatch("//")
@@ -157,8 +208,9 @@ def plot_ladder_steps(doc: dict, path) -> str:
     ax.set_ylabel("speed (GFLOP/s, log scale)")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
     ax.set_ylim(min(vals) / 3, max(vals) * 6)
-    ax.set_title("Each rung at its largest measured size (x = speed-up over the rung before)\n"
-                 + _cpu_title(doc), fontsize=10)
+    ax.set_title(
+        "Each rung at its largest measured size (x = speed-up over the rung before)\n" + _cpu_title(doc), fontsize=10
+    )
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)
 
@@ -179,13 +231,22 @@ def plot_scaling(doc: dict, path) -> str:
     for s in doc["series"]:
         color = kernel_color(s["name"]) if s["kind"] != "peak" else "black"
         f = s["serial_fraction"]
-        label = (f"{s['label']}: serial fraction {100 * f:.2g}%"
-                 + (f", x{amdahl(xmax, f):.3g} on {xmax}" if len(s["threads"]) > 1 else ""))
-        ax.plot(s["threads"], s["speedup"], marker="o" if s["kind"] != "peak" else "^", linestyle="none",
-                color=color, markersize=7, label=label)
+        label = f"{s['label']}: serial fraction {100 * f:.2g}%" + (
+            f", x{amdahl(xmax, f):.3g} on {xmax}" if len(s["threads"]) > 1 else ""
+        )
+        ax.plot(
+            s["threads"],
+            s["speedup"],
+            marker="o" if s["kind"] != "peak" else "^",
+            linestyle="none",
+            color=color,
+            markersize=7,
+            label=label,
+        )
         if len(s["threads"]) > 1:
-            ax.plot(xs, [amdahl(x, s["serial_fraction"]) for x in xs], color=color, linestyle="--",
-                    linewidth=1.2, alpha=0.8)
+            ax.plot(
+                xs, [amdahl(x, s["serial_fraction"]) for x in xs], color=color, linestyle="--", linewidth=1.2, alpha=0.8
+            )
     cores = doc.get("machine", {}).get("cpu", {}).get("cores")
     if cores and cores < pmax:
         ax.axvline(cores, color="grey", linestyle=":", linewidth=1)
@@ -202,8 +263,11 @@ def plot_scaling(doc: dict, path) -> str:
 
 
 _ROOF_LABELS = {
-    "interpreter": "Python interpreter", "scalar": "scalar add chain",
-    "simd_baseline": "SIMD, baseline ISA, 1 core", "simd_1t": "SIMD FMA, 1 core", "simd_all": "SIMD FMA, all cores",
+    "interpreter": "Python interpreter",
+    "scalar": "scalar add chain",
+    "simd_baseline": "SIMD, baseline ISA, 1 core",
+    "simd_1t": "SIMD FMA, 1 core",
+    "simd_all": "SIMD FMA, all cores",
 }
 
 
@@ -211,7 +275,7 @@ def _roof_points(ax, pts: list, x_none: float, is_ref) -> None:
     """Each kernel at its intensity: measured (filled), predicted (hollow), a
     line between.  Kernels at the same intensity would hide each other, so a
     group is spread a little sideways (by a constant factor: the axis is log)."""
-    groups: Dict[float, list] = {}
+    groups: dict[float, list] = {}
     for p in pts:
         groups.setdefault(round(p["intensity"] or x_none, 3), []).append(p["kernel"])
     for p in pts:
@@ -221,13 +285,34 @@ def _roof_points(ax, pts: list, x_none: float, is_ref) -> None:
         c = kernel_color(p["kernel"])
         ref = is_ref(p["kernel"])
         ax.plot([x, x], [p["measured_gflops"], p["predicted_gflops"]], color=c, linewidth=1, alpha=0.7)
-        ax.plot(x, p["predicted_gflops"], marker="s" if ref else "o", markerfacecolor="white", markeredgecolor=c,
-                markersize=8, linestyle="none")
-        ax.plot(x, p["measured_gflops"], marker="s" if ref else "o", color=c, markersize=8, linestyle="none",
-                alpha=0.75 if ref else 1.0,
-                label=f"{p['kernel']} (n={p['n']}): {_num(p['measured_gflops'])} of {_num(p['predicted_gflops'])}")
-    ax.plot([], [], marker="o", markerfacecolor="white", markeredgecolor="black", linestyle="none",
-            label="hollow: roofline prediction")
+        ax.plot(
+            x,
+            p["predicted_gflops"],
+            marker="s" if ref else "o",
+            markerfacecolor="white",
+            markeredgecolor=c,
+            markersize=8,
+            linestyle="none",
+        )
+        ax.plot(
+            x,
+            p["measured_gflops"],
+            marker="s" if ref else "o",
+            color=c,
+            markersize=8,
+            linestyle="none",
+            alpha=0.75 if ref else 1.0,
+            label=f"{p['kernel']} (n={p['n']}): {_num(p['measured_gflops'])} of {_num(p['predicted_gflops'])}",
+        )
+    ax.plot(
+        [],
+        [],
+        marker="o",
+        markerfacecolor="white",
+        markeredgecolor="black",
+        linestyle="none",
+        label="hollow: roofline prediction",
+    )
 
 
 def _roof_axes(ax, x_lo: float, x_hi: float, y_lo: float, y_hi: float, title: str) -> None:
@@ -266,8 +351,14 @@ def plot_roofline(doc: dict, path) -> str:
         if name == "simd_all":
             label = f"SIMD FMA, {roofs.get('threads')} cores"
         below = prev is not None and prev / g < 1.3  # two roofs close together: the lower label under its line
-        ax.text(x_hi / 1.05, g / 1.06 if below else g * 1.06, f"{label}: {_num(g)} GFLOP/s", ha="right",
-                va="top" if below else "bottom", fontsize=7.5)
+        ax.text(
+            x_hi / 1.05,
+            g / 1.06 if below else g * 1.06,
+            f"{label}: {_num(g)} GFLOP/s",
+            ha="right",
+            va="top" if below else "bottom",
+            fontsize=7.5,
+        )
         prev = g
     styles = {"L2": "-", "L3": "--", "DRAM": ":"}
     for i, (level, gbps) in enumerate(roofs["bandwidth"]["1"].items()):
@@ -276,12 +367,25 @@ def plot_roofline(doc: dict, path) -> str:
         y_at = top / (4 ** (i + 1))  # stagger the labels down the diagonals
         x_at = y_at / gbps
         if x_lo < x_at < x_hi:
-            ax.text(x_at * 1.1, y_at, f"{level} {gbps:.0f} GB/s (1 core)", fontsize=7.5, color="#444444",
-                    ha="left", va="top")
+            ax.text(
+                x_at * 1.1,
+                y_at,
+                f"{level} {gbps:.0f} GB/s (1 core)",
+                fontsize=7.5,
+                color="#444444",
+                ha="left",
+                va="top",
+            )
     _roof_points(ax, pts, x_hi / 2, lambda k: k.startswith("numpy"))
     ys_all = [p["measured_gflops"] for p in pts] + list(roofs["compute"].values())
-    _roof_axes(ax, x_lo, x_hi, min(ys_all) / 3, top * 2.5,
-               "Roofline of this machine, measured, with every kernel on it\n" + _cpu_title(doc))
+    _roof_axes(
+        ax,
+        x_lo,
+        x_hi,
+        min(ys_all) / 3,
+        top * 2.5,
+        "Roofline of this machine, measured, with every kernel on it\n" + _cpu_title(doc),
+    )
     return _save(fig, path)
 
 
@@ -305,20 +409,45 @@ def plot_roofline_gpu(doc: dict, path) -> str:
     # The tensor cores: a second compute roof (per precision), measured by the mma.sync probe.
     for prec, g in tensor.items():
         ax.axhline(g, color="#ae017e", linewidth=1.2, alpha=0.8, linestyle=_TENSOR_ROOF_STYLE.get(prec, ":"))
-        ax.text(x_lo * 1.1, g * 1.06, f"{prec} tensor cores (mma.sync): {_num(g)} GFLOP/s", ha="left",
-                va="bottom", fontsize=8, color="#ae017e")
+        ax.text(
+            x_lo * 1.1,
+            g * 1.06,
+            f"{prec} tensor cores (mma.sync): {_num(g)} GFLOP/s",
+            ha="left",
+            va="bottom",
+            fontsize=8,
+            color="#ae017e",
+        )
     for i, (level, gbps) in enumerate(gpu["bandwidth"].items()):
-        ax.plot(xs, [min(top, gbps * x) for x in xs], color="#444444", linewidth=1,
-                linestyle={"L2": "-", "DRAM": ":"}.get(level, "--"), alpha=0.7)
+        ax.plot(
+            xs,
+            [min(top, gbps * x) for x in xs],
+            color="#444444",
+            linewidth=1,
+            linestyle={"L2": "-", "DRAM": ":"}.get(level, "--"),
+            alpha=0.7,
+        )
         y_at = top / (4 ** (i + 1))
         if x_lo < y_at / gbps < x_hi:
-            ax.text(y_at / gbps * 1.1, y_at, f"{'device memory' if level == 'DRAM' else level} {_num(gbps)} GB/s",
-                    fontsize=8, color="#444444", ha="left", va="top")
+            ax.text(
+                y_at / gbps * 1.1,
+                y_at,
+                f"{'device memory' if level == 'DRAM' else level} {_num(gbps)} GB/s",
+                fontsize=8,
+                color="#444444",
+                ha="left",
+                va="top",
+            )
     _roof_points(ax, pts, 1.0, lambda k: k == "cublas")
     ys = [p["measured_gflops"] for p in pts] + [fma, *tensor.values()]
-    _roof_axes(ax, x_lo, x_hi, min(ys) / 3, top * 2.5,
-               f"Roofline of the GPU, measured, with every CUDA rung on it\n{gpu['device']}, "
-               f"{gpu['multiprocessors']} SMs")
+    _roof_axes(
+        ax,
+        x_lo,
+        x_hi,
+        min(ys) / 3,
+        top * 2.5,
+        f"Roofline of the GPU, measured, with every CUDA rung on it\n{gpu['device']}, {gpu['multiprocessors']} SMs",
+    )
     return _save(fig, path)
 
 
@@ -330,11 +459,13 @@ def plot_train_sweep(doc: dict, path) -> str:
     sw = doc["sweep"]
     fig = Figure(figsize=(8.8, 5.2), layout="constrained")
     ax = fig.subplots()
-    styles = {"cuda, copied": dict(color="#2b6f2b", linestyle="--", marker="s"),
-              "cuda, resident": dict(color="#2b6f2b", linestyle="-", marker="s"),
-              "cuda, copied, graph": dict(color="#7a3fb0", linestyle="--", marker="D"),
-              "cuda, resident, graph": dict(color="#7a3fb0", linestyle="-", marker="D"),
-              "cuda, resident, graph, bf16": dict(color="#d95f02", linestyle="-", marker="^")}
+    styles = {
+        "cuda, copied": dict(color="#2b6f2b", linestyle="--", marker="s"),
+        "cuda, resident": dict(color="#2b6f2b", linestyle="-", marker="s"),
+        "cuda, copied, graph": dict(color="#7a3fb0", linestyle="--", marker="D"),
+        "cuda, resident, graph": dict(color="#7a3fb0", linestyle="-", marker="D"),
+        "cuda, resident, graph, bf16": dict(color="#d95f02", linestyle="-", marker="^"),
+    }
     for ser in sw["series"]:
         pts = ser["points"]
         if not pts:
@@ -347,8 +478,15 @@ def plot_train_sweep(doc: dict, path) -> str:
         b = summ.get(f"overtakes_{key}")
         if b:
             ax.axvline(b, color="#2b6f2b", alpha=0.3, linestyle=":" if key == "copied" else "-")
-            ax.text(b * 1.05, 0.98 if key == "resident" else 0.86, f"{what}\nat batch {b}",
-                    transform=ax.get_xaxis_transform(), fontsize=8, va="top", color="#2b6f2b")
+            ax.text(
+                b * 1.05,
+                0.98 if key == "resident" else 0.86,
+                f"{what}\nat batch {b}",
+                transform=ax.get_xaxis_transform(),
+                fontsize=8,
+                va="top",
+                color="#2b6f2b",
+            )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(sw["batches"])
@@ -357,8 +495,10 @@ def plot_train_sweep(doc: dict, path) -> str:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
     ax.set_xlabel("batch size")
     ax.set_ylabel("time per training step (ms, log scale)")
-    ax.set_title(f"Where the GPU wins: one training step of the MLP {sw['layers']} by batch size\n"
-                 + _cpu_title(doc), fontsize=11)
+    ax.set_title(
+        f"Where the GPU wins: one training step of the MLP {sw['layers']} by batch size\n" + _cpu_title(doc),
+        fontsize=11,
+    )
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return _save(fig, path)
@@ -375,20 +515,35 @@ def plot_train(doc: dict, path) -> str:
     x = range(len(runs))
     ax.bar(x, mm, color=[kernel_color(nm) for nm in names], edgecolor="black", linewidth=0.5)
     ax.bar(x, other, bottom=mm, color="#dddddd", edgecolor="black", linewidth=0.5, hatch="..")
-    handles = [Patch(facecolor="#777777", edgecolor="black", label="matrix multiplication (coloured)"),
-               Patch(facecolor="#dddddd", edgecolor="black", hatch="..",
-                     label="everything else (bias, activations, loss, update, Python)")]
+    handles = [
+        Patch(facecolor="#777777", edgecolor="black", label="matrix multiplication (coloured)"),
+        Patch(
+            facecolor="#dddddd",
+            edgecolor="black",
+            hatch="..",
+            label="everything else (bias, activations, loss, update, Python)",
+        ),
+    ]
     for i, r in enumerate(runs):
         total = 1e3 * r["step_s"]
-        ax.text(i, total * 1.02, f"{total:.3g} ms\n{100 * r['matmul_share']:.0f}% matmul",
-                ha="center", va="bottom", fontsize=8)
+        ax.text(
+            i,
+            total * 1.02,
+            f"{total:.3g} ms\n{100 * r['matmul_share']:.0f}% matmul",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.set_xticks(list(x))
     ax.set_xticklabels(names)
     ax.set_ylabel("time per training step (ms)")
     ax.set_ylim(0, max([1e3 * r["step_s"] for r in runs] + [1e-3]) * 1.3)
     p = doc.get("params", {})
-    ax.set_title(f"Where a training step's time goes: MLP {p.get('layers', '')}, batch {p.get('batch', '?')}\n"
-                 + _cpu_title(doc), fontsize=11)
+    ax.set_title(
+        f"Where a training step's time goes: MLP {p.get('layers', '')}, batch {p.get('batch', '?')}\n"
+        + _cpu_title(doc),
+        fontsize=11,
+    )
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="upper left")
     return _save(fig, path)
@@ -410,8 +565,9 @@ def plot_benchmarks(doc: dict, path) -> str:
     ax.set_yticklabels(names, fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("speed (GFLOP/s, from the median time; log scale)" if use_gflops
-                  else "median time per call (s, log scale)")
+    ax.set_xlabel(
+        "speed (GFLOP/s, from the median time; log scale)" if use_gflops else "median time per call (s, log scale)"
+    )
     ax.set_title(f"pytest-benchmark results ({len(rows)} benchmarks)", fontsize=11)
     ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, path)

@@ -22,11 +22,11 @@ L2, L3 and DRAM.  :func:`measure_machine` runs them (about a second; it
 lives in :mod:`whygpu.bench.probes`, with the other measurements);
 :func:`kernel_model` applies the model to one kernel and shape.
 """
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Optional
 
 from ._cpu import cpu_info
 from ._registry import KERNELS
@@ -34,9 +34,22 @@ from ._threads import check_threads, get_num_threads
 from .bench.probes import fma_peaks, measure_machine
 from .cuda import precision_of
 
-__all__ = ["measure_machine", "fma_peaks", "run_roofline", "prediction_error", "kernel_model", "gpu_kernel_model",
-           "COMPUTE_ROOFS", "KERNEL_ROOF", "GPU_TRAFFIC", "GPU_OPERAND_BYTES", "GPU_ROOF", "gpu_precision",
-           "gpu_roof_gflops", "level_for"]
+__all__ = [
+    "measure_machine",
+    "fma_peaks",
+    "run_roofline",
+    "prediction_error",
+    "kernel_model",
+    "gpu_kernel_model",
+    "COMPUTE_ROOFS",
+    "KERNEL_ROOF",
+    "GPU_TRAFFIC",
+    "GPU_OPERAND_BYTES",
+    "GPU_ROOF",
+    "gpu_precision",
+    "gpu_roof_gflops",
+    "level_for",
+]
 
 # The compute roofs, with what each one stands for (shown in the report).
 COMPUTE_ROOFS = {
@@ -47,20 +60,20 @@ COMPUTE_ROOFS = {
     "simd_all": "SIMD fused multiply-add at the chosen ISA on every core: this machine's peak",
     "gpu_fma": "float32 fused multiply-add on every lane of every SM of the GPU (csrc/cuda/probe.cu)",
     "gpu_tensor_bf16": "bf16 tensor cores: independent warp-level mma.sync m16n8k16 chains on every SM "
-                       "(csrc/cuda/probe.cu)",
+    "(csrc/cuda/probe.cu)",
     "gpu_tensor_tf32": "TF32 tensor cores: independent warp-level mma.sync m16n8k8 chains on every SM "
-                       "(csrc/cuda/probe.cu)",
+    "(csrc/cuda/probe.cu)",
 }
 
 # Which compute roof each rung can honestly use, and why.
 KERNEL_ROOF = {
     "python": "interpreter",
-    "cython": "scalar",      # acc = acc + a*b: each add waits for the previous one
-    "naive": "scalar",       # the same single-sum loop in C++ (no -ffast-math: no reassociation)
+    "cython": "scalar",  # acc = acc + a*b: each add waits for the previous one
+    "naive": "scalar",  # the same single-sum loop in C++ (no -ffast-math: no reassociation)
     "reordered": "simd_baseline",  # auto-vectorized with the baseline ISA, one core
     "blocked": "simd_baseline",
-    "packed": "simd_1t",     # hand-written FMA micro-kernel at the chosen ISA, one core
-    "openmp": "simd_all",    # the same on every core
+    "packed": "simd_1t",  # hand-written FMA micro-kernel at the chosen ISA, one core
+    "openmp": "simd_all",  # the same on every core
 }
 
 # The CUDA rungs on the GPU's roofline: the compute roof of rungs 8-14 is the
@@ -74,21 +87,32 @@ KERNEL_ROOF = {
 # rungs also rewrite operands first: GPU_OPERAND_BYTES).  Values from the
 # tile sizes in csrc/cuda/*.cu; the text says where each comes from.
 GPU_TRAFFIC = {
-    "cuda_naive": (4.0 + 4.0 / 32, "a warp reads A 32 rows apart: one 32-byte sector per row, reused over 8 "
-                                   "steps of k from L1 (4 B per FMA), B broadcast"),
-    "cuda_coalesced": (4.0 * (1 / 32 + 1 / 32), "rows of B shared through L1 by the 32 warps of a 32 x 32 block, "
-                                                 "A broadcast: as a 32 x 32 tile"),
+    "cuda_naive": (
+        4.0 + 4.0 / 32,
+        "a warp reads A 32 rows apart: one 32-byte sector per row, reused over 8 "
+        "steps of k from L1 (4 B per FMA), B broadcast",
+    ),
+    "cuda_coalesced": (
+        4.0 * (1 / 32 + 1 / 32),
+        "rows of B shared through L1 by the 32 warps of a 32 x 32 block, A broadcast: as a 32 x 32 tile",
+    ),
     "cuda_smem": (4.0 * (1 / 32 + 1 / 32), "32 x 32 tiles in shared memory: each load used 32 times"),
     "cuda_1d_tiling": (4.0 * (1 / 64 + 1 / 64), "64 x 64 block tiles: each load used 64 times"),
     "cuda_2d_tiling": (4.0 * (1 / 128 + 1 / 128), "128 x 128 block tiles: each load used 128 times"),
     "cuda_vectorized": (4.0 * (1 / 128 + 1 / 128), "128 x 128 block tiles: each load used 128 times"),
     "cuda_warptile": (4.0 * (1 / 128 + 1 / 128), "128 x 128 block tiles: each load used 128 times"),
-    "cuda_mma": (4.0 * (1 / 128 + 1 / 128), "128 x 128 block tiles of TF32 (4-byte) operands: each load used "
-                                            "128 times"),
-    "cuda_mma_bf16": (2.0 * (1 / 128 + 1 / 128), "128 x 128 block tiles of bf16 (2-byte) operands: each load "
-                                                 "used 128 times"),
-    "cuda_wgmma": (2.0 * (1 / 128 + 1 / 256), "128 x 256 block tiles of bf16 (2-byte) operands: each load of A "
-                                              "used 256 times, of B 128 times"),
+    "cuda_mma": (
+        4.0 * (1 / 128 + 1 / 128),
+        "128 x 128 block tiles of TF32 (4-byte) operands: each load used 128 times",
+    ),
+    "cuda_mma_bf16": (
+        2.0 * (1 / 128 + 1 / 128),
+        "128 x 128 block tiles of bf16 (2-byte) operands: each load used 128 times",
+    ),
+    "cuda_wgmma": (
+        2.0 * (1 / 128 + 1 / 256),
+        "128 x 256 block tiles of bf16 (2-byte) operands: each load of A used 256 times, of B 128 times",
+    ),
 }
 
 # DRAM bytes per element of A and B (C: 4, written once) for a plain a @ b of
@@ -98,8 +122,7 @@ GPU_TRAFFIC = {
 # copy, read the copy again).  Rungs 8-14 read each matrix once.
 GPU_OPERAND_BYTES = {
     "float32": (4.0, 4.0, "A, B and C from device memory once"),
-    "tf32": (4.0, 12.0, "A once (used as stored); B copied K-major first (4 B read + 4 written + 4 read back); "
-                        "C once"),
+    "tf32": (4.0, 12.0, "A once (used as stored); B copied K-major first (4 B read + 4 written + 4 read back); C once"),
     "bf16": (8.0, 8.0, "A and B rounded to bf16 copies first (4 B read + 2 written + 2 read back each); C once"),
 }
 
@@ -165,8 +188,9 @@ def _traffic(kernel: str, m: int, n: int, k: int, s: int, caches: dict, blocking
     return out
 
 
-def kernel_model(kernel: str, m: int, n: int, k: int, machine: dict, *,
-                 dtype: str = "float32", threads: Optional[int] = None) -> dict:
+def kernel_model(
+    kernel: str, m: int, n: int, k: int, machine: dict, *, dtype: str = "float32", threads: int | None = None
+) -> dict:
     """What the roofline predicts for ``kernel`` on an (m, k) @ (k, n) product.
 
     ``machine`` comes from :func:`measure_machine`.  Returns flops, the
@@ -204,18 +228,26 @@ def kernel_model(kernel: str, m: int, n: int, k: int, machine: dict, *,
     base = "numpy" if kernel.startswith("numpy") else kernel
     for level, nbytes, what in _traffic(base, m, n, k, s, info.get("caches", machine.get("caches", {})), blocking):
         gbps = bw.get(level) or bw.get("DRAM")
-        traffic.append({"level": level, "bytes": nbytes, "gbps": gbps, "seconds": nbytes / (gbps * 1e9),
-                        "what": what})
+        traffic.append({"level": level, "bytes": nbytes, "gbps": gbps, "seconds": nbytes / (gbps * 1e9), "what": what})
     worst = max(traffic, key=lambda t: t["seconds"]) if traffic else None
     t_mem = worst["seconds"] if worst else 0.0
     predicted = max(t_compute, t_mem)
     bound = "compute" if t_compute >= t_mem else worst["level"]
     intensity = flops / worst["bytes"] if worst and worst["bytes"] else None  # None: all in L1
     return {
-        "kernel": kernel, "m": m, "n": n, "k": k, "dtype": dtype, "flops": flops,
-        "compute_roof": roof, "compute_gflops": compute, "traffic": traffic,
-        "intensity": intensity, "intensity_level": worst["level"] if worst else None,
-        "predicted_s": predicted, "predicted_gflops": flops / predicted / 1e9 if predicted else None,
+        "kernel": kernel,
+        "m": m,
+        "n": n,
+        "k": k,
+        "dtype": dtype,
+        "flops": flops,
+        "compute_roof": roof,
+        "compute_gflops": compute,
+        "traffic": traffic,
+        "intensity": intensity,
+        "intensity_level": worst["level"] if worst else None,
+        "predicted_s": predicted,
+        "predicted_gflops": flops / predicted / 1e9 if predicted else None,
         "bound": bound,
     }
 
@@ -228,7 +260,7 @@ def gpu_precision(kernel: str) -> str:
     return precision_of(kernel)
 
 
-def gpu_roof_gflops(gpu: dict, precision: str) -> Optional[float]:
+def gpu_roof_gflops(gpu: dict, precision: str) -> float | None:
     """The measured compute roof for `precision` in a :func:`whygpu.bench.gpu.measure_gpu`
     result: the FMA peak for float32, the tensor-core probe's peak for tf32/bf16 (None when
     it was not measured: an older result, or a GPU without those tensor cores)."""
@@ -251,27 +283,47 @@ def gpu_kernel_model(kernel: str, m: int, n: int, k: int, gpu: dict) -> dict:
     compute = gpu_roof_gflops(gpu, precision)
     if compute is None:
         why = gpu.get("tensor_reason") or "these roofs were measured without the tensor-core probe"
-        raise ValueError(f"{kernel!r} runs on {precision} tensor cores, and there is no measured {precision} "
-                         f"tensor-core roof: {why}")
+        raise ValueError(
+            f"{kernel!r} runs on {precision} tensor cores, and there is no measured {precision} tensor-core roof: {why}"
+        )
     bw = gpu["bandwidth"]
     traffic = []
     if kernel in GPU_TRAFFIC:
         per_fma, what = GPU_TRAFFIC[kernel]
         nbytes = per_fma * m * n * k
-        traffic.append({"level": "L2", "bytes": nbytes, "gbps": bw["L2"], "seconds": nbytes / (bw["L2"] * 1e9),
-                        "what": what})
+        traffic.append(
+            {"level": "L2", "bytes": nbytes, "gbps": bw["L2"], "seconds": nbytes / (bw["L2"] * 1e9), "what": what}
+        )
     a_bytes, b_bytes, what = GPU_OPERAND_BYTES[precision]
     compulsory = a_bytes * m * k + b_bytes * k * n + 4.0 * m * n
-    traffic.append({"level": "DRAM", "bytes": compulsory, "gbps": bw["DRAM"],
-                    "seconds": compulsory / (bw["DRAM"] * 1e9), "what": what})
+    traffic.append(
+        {
+            "level": "DRAM",
+            "bytes": compulsory,
+            "gbps": bw["DRAM"],
+            "seconds": compulsory / (bw["DRAM"] * 1e9),
+            "what": what,
+        }
+    )
     t_compute = flops / (compute * 1e9) if flops else 0.0
     worst = max(traffic, key=lambda t: t["seconds"])
     predicted = max(t_compute, worst["seconds"])
     return {
-        "kernel": kernel, "m": m, "n": n, "k": k, "dtype": "float32", "flops": flops, "device": "cuda",
-        "precision": precision, "compute_roof": GPU_ROOF[precision], "compute_gflops": compute, "traffic": traffic,
-        "intensity": flops / worst["bytes"] if worst["bytes"] else None, "intensity_level": worst["level"],
-        "predicted_s": predicted, "predicted_gflops": flops / predicted / 1e9 if predicted else None,
+        "kernel": kernel,
+        "m": m,
+        "n": n,
+        "k": k,
+        "dtype": "float32",
+        "flops": flops,
+        "device": "cuda",
+        "precision": precision,
+        "compute_roof": GPU_ROOF[precision],
+        "compute_gflops": compute,
+        "traffic": traffic,
+        "intensity": flops / worst["bytes"] if worst["bytes"] else None,
+        "intensity_level": worst["level"],
+        "predicted_s": predicted,
+        "predicted_gflops": flops / predicted / 1e9 if predicted else None,
         "bound": "compute" if t_compute >= worst["seconds"] else worst["level"],
     }
 
@@ -287,10 +339,23 @@ def prediction_error(predicted_s: float, measured_s: float) -> float:
     return (predicted_s - measured_s) / measured_s
 
 
-def run_roofline(*, n: int = 1024, kernels=None, dtype: str = "float32", threads: Optional[int] = None,
-                 repeats: int = 5, budget: float = 2.0, force: bool = False, quick: bool = False,
-                 machine: Optional[dict] = None, ladder: Optional[dict] = None, progress: bool = False,
-                 gpu: Optional[dict] = None, gpu_n: int = 4096, log=lambda s: None) -> dict:
+def run_roofline(
+    *,
+    n: int = 1024,
+    kernels=None,
+    dtype: str = "float32",
+    threads: int | None = None,
+    repeats: int = 5,
+    budget: float = 2.0,
+    force: bool = False,
+    quick: bool = False,
+    machine: dict | None = None,
+    ladder: dict | None = None,
+    progress: bool = False,
+    gpu: dict | None = None,
+    gpu_n: int = 4096,
+    log=lambda s: None,
+) -> dict:
     """Measure the roofs (unless ``machine`` is given) and each kernel at n x n x n.
 
     A kernel predicted to take longer than ``budget`` at n is measured at the
@@ -351,11 +416,14 @@ def run_roofline(*, n: int = 1024, kernels=None, dtype: str = "float32", threads
                     nk //= 2
                     exp_k /= 8
                 if rec is None or rec["n"] < nk:
-                    rec = measure_matmul(name, nk, nk, nk, dtype=dtype, threads=threads, repeats=repeats,
-                                         budget=budget, expected=exp_k)
+                    rec = measure_matmul(
+                        name, nk, nk, nk, dtype=dtype, threads=threads, repeats=repeats, budget=budget, expected=exp_k
+                    )
                 if rec["n"] != size:
-                    notes.append(f"{name} measured at n={rec['n']}: n={size} would take ~{format_seconds(expected)} "
-                                 f"per call (budget {format_seconds(budget)}; --all measures it)")
+                    notes.append(
+                        f"{name} measured at n={rec['n']}: n={size} would take ~{format_seconds(expected)} "
+                        f"per call (budget {format_seconds(budget)}; --all measures it)"
+                    )
                     log(notes[-1])
             m = rec["n"]
             model = kernel_model(name, m, m, m, gmachine, dtype=dtype, threads=threads_used(name, threads))
@@ -363,16 +431,38 @@ def run_roofline(*, n: int = 1024, kernels=None, dtype: str = "float32", threads
             # machine *can* do, so a sample spoiled by another program does
             # not count against the model.  The median is kept alongside.
             best = rec.get("seconds_min", rec["seconds"])
-            points.append({**model, "measured_s": best, "measured_gflops": model["flops"] / best / 1e9,
-                           "median_s": rec["seconds"], "samples": rec.get("samples"),
-                           "threads": rec["threads"], "device": "cuda" if on_gpu else "cpu",
-                           "error": prediction_error(model["predicted_s"], best),
-                           "fraction_of_roof": model["predicted_s"] / best})
+            points.append(
+                {
+                    **model,
+                    "measured_s": best,
+                    "measured_gflops": model["flops"] / best / 1e9,
+                    "median_s": rec["seconds"],
+                    "samples": rec.get("samples"),
+                    "threads": rec["threads"],
+                    "device": "cuda" if on_gpu else "cpu",
+                    "error": prediction_error(model["predicted_s"], best),
+                    "fraction_of_roof": model["predicted_s"] / best,
+                }
+            )
             bar.advance()
     return {
-        "schema": SCHEMA, "machine": minfo,
-        "params": {"n": n, "kernels": names + gpu_names, "dtype": dtype, "threads": threads, "repeats": repeats,
-                   "budget_s": budget, "force": force, "quick": quick, "gpu_n": gpu_n if gpu_names else None},
-        "roofs": machine, "gpu_roofs": gpu, "points": points, "notes": notes, "unavailable": unavailable,
+        "schema": SCHEMA,
+        "machine": minfo,
+        "params": {
+            "n": n,
+            "kernels": names + gpu_names,
+            "dtype": dtype,
+            "threads": threads,
+            "repeats": repeats,
+            "budget_s": budget,
+            "force": force,
+            "quick": quick,
+            "gpu_n": gpu_n if gpu_names else None,
+        },
+        "roofs": machine,
+        "gpu_roofs": gpu,
+        "points": points,
+        "notes": notes,
+        "unavailable": unavailable,
         "seconds": time.perf_counter() - t_start,
     }

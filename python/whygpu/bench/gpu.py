@@ -23,15 +23,16 @@ in ``csrc/cuda/probe.cu``, timed with CUDA events:
 All figures are best-of-samples, like the CPU roofs: a roof is what the
 hardware *can* do.  :func:`measure_gpu` returns None where no GPU is usable.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 __all__ = ["measure_gpu", "gpu_usable", "gpu_peak", "tensor_peaks", "vendor_runner", "vendor_name"]
 
-_THREADS = 256          # threads per block of the FMA probe
-_BLOCKS_PER_SM = 8      # 8 x 256 = 2048 threads: a full SM on every GPU since Volta
+_THREADS = 256  # threads per block of the FMA probe
+_BLOCKS_PER_SM = 8  # 8 x 256 = 2048 threads: a full SM on every GPU since Volta
 # The tensor-core probe: 2 x 8 warps per SM, 4 per tensor core (one per SM quarter), each
 # with 8 independent mma.sync in flight -- more than the pipes' latency needs.
 _MMA_BLOCKS_PER_SM = 2
@@ -51,6 +52,7 @@ def gpu_usable() -> bool:
 
 def _probe():
     from .. import cuda
+
     return cuda._require().probe
 
 
@@ -91,10 +93,13 @@ def tensor_peaks(sms: int, *, quick: bool = True) -> dict:
     """{'tensor_gflops': {'bf16': GFLOP/s, 'tf32': GFLOP/s}} from the tensor-core probe,
     or {'tensor_gflops': {}, 'tensor_reason': why} on a GPU without bf16/TF32 tensor cores."""
     from .. import cuda
+
     target_s, samples = (0.01, 2) if quick else (0.03, 5)
     try:
-        return {"tensor_gflops": {prec: _mma_gflops(sms, prec, target_s, samples) for prec in ("bf16", "tf32")},
-                "tensor_reason": None}
+        return {
+            "tensor_gflops": {prec: _mma_gflops(sms, prec, target_s, samples) for prec in ("bf16", "tf32")},
+            "tensor_reason": None,
+        }
     except cuda.CudaUnavailableError as exc:
         return {"tensor_gflops": {}, "tensor_reason": str(exc)}
     except AttributeError:  # a whygpu._cuda built before the probe existed
@@ -111,31 +116,38 @@ def _host_gbps(nbytes: int, direction: str, memory: str, reps: int) -> float:
     return nbytes / min(times) / 1e9
 
 
-def gpu_peak(*, quick: bool = True) -> Optional[dict]:
+def gpu_peak(*, quick: bool = True) -> dict | None:
     """Only the peaks: {'device', 'multiprocessors', 'fma_gflops', 'tensor_gflops', 'tensor_reason'}
     (see :func:`tensor_peaks`), or None without a GPU."""
     if not gpu_usable():
         return None
     from .. import cuda
+
     info = cuda.device_info()
     sms = int(info.get("multiprocessors") or 1)
     target_s, samples = (0.01, 3) if quick else (0.03, 5)
-    return {"device": str(info.get("name", "GPU")), "multiprocessors": sms,
-            "fma_gflops": _fma_gflops(sms, target_s, samples), **tensor_peaks(sms, quick=quick)}
+    return {
+        "device": str(info.get("name", "GPU")),
+        "multiprocessors": sms,
+        "fma_gflops": _fma_gflops(sms, target_s, samples),
+        **tensor_peaks(sms, quick=quick),
+    }
 
 
-def measure_gpu(*, quick: bool = False, log: Callable[[str], None] = lambda s: None) -> Optional[dict]:
+def measure_gpu(*, quick: bool = False, log: Callable[[str], None] = lambda s: None) -> dict | None:
     """Measure the GPU's roofs (about a second; less with ``quick``); None without a usable GPU.
 
     Returns a JSON-ready dict: ``device`` (name), ``device_info``,
     ``fma_gflops`` (float32 peak), ``tensor_gflops`` ({"bf16": GFLOP/s, "tf32": GFLOP/s}
-    from the mma.sync probe; empty, with ``tensor_reason``, without tensor cores), ``bandwidth`` ({"L2": GB/s, "DRAM": GB/s},
+    from the mma.sync probe; empty, with ``tensor_reason``, without tensor cores),
+    ``bandwidth`` ({"L2": GB/s, "DRAM": GB/s},
     device-to-device, read + write), ``host`` ({"h2d"|"d2h": {"pageable"|
     "pinned"|"staged": GB/s}}), the byte counts used, and ``seconds``.
     """
     if not gpu_usable():
         return None
     from .. import cuda
+
     start = time.perf_counter()
     info = cuda.device_info()
     sms = int(info.get("multiprocessors") or 1)
@@ -153,14 +165,21 @@ def measure_gpu(*, quick: bool = False, log: Callable[[str], None] = lambda s: N
     reps = 5 if quick else 10
     bandwidth = {"L2": _copy_gbps(l2_bytes, reps), "DRAM": _copy_gbps(dram_bytes, reps)}
     host_bytes = (16 if quick else 64) << 20
-    host = {d: {m: _host_gbps(host_bytes, d, m, 3 if quick else 5) for m in ("pageable", "pinned", "staged")}
-            for d in ("h2d", "d2h")}
+    host = {
+        d: {m: _host_gbps(host_bytes, d, m, 3 if quick else 5) for m in ("pageable", "pinned", "staged")}
+        for d in ("h2d", "d2h")
+    }
     return {
         "device": str(info.get("name", "GPU")),
         "device_info": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))},
-        "multiprocessors": sms, "fma_gflops": fma, **tensor, "bandwidth": bandwidth, "host": host,
+        "multiprocessors": sms,
+        "fma_gflops": fma,
+        **tensor,
+        "bandwidth": bandwidth,
+        "host": host,
         "bytes": {"dram_copy": dram_bytes, "l2_copy": l2_bytes, "host_copy": host_bytes},
-        "fma_threads": sms * _BLOCKS_PER_SM * _THREADS, "mma_warps": sms * _MMA_BLOCKS_PER_SM * _THREADS // 32,
+        "fma_threads": sms * _BLOCKS_PER_SM * _THREADS,
+        "mma_warps": sms * _MMA_BLOCKS_PER_SM * _THREADS // 32,
         "emulated": "emulated" in str(info.get("name", "")).lower(),
         "seconds": time.perf_counter() - start,
     }
@@ -169,15 +188,17 @@ def measure_gpu(*, quick: bool = False, log: Callable[[str], None] = lambda s: N
 # --------------------------------------------------------------------------
 # cuBLAS, the vendor's reference, through CuPy or PyTorch (never linked by whygpu)
 # --------------------------------------------------------------------------
-def vendor_name() -> Optional[str]:
+def vendor_name() -> str | None:
     """'cupy' or 'torch' when one of them is installed *and* reaches the GPU; else None."""
     if not gpu_usable():
         return None
     from .. import cuda
+
     lib = cuda.vendor_library()
     if lib == "cupy":
         try:
             import cupy as cp
+
             cp.cuda.runtime.getDeviceCount()
             return "cupy"
         except Exception:
@@ -185,6 +206,7 @@ def vendor_name() -> Optional[str]:
     if lib == "torch":
         try:
             import torch
+
             return "torch" if torch.cuda.is_available() else None
         except Exception:
             return None
@@ -193,25 +215,29 @@ def vendor_name() -> Optional[str]:
 
 def _has(mod: str) -> bool:
     import importlib.util
+
     return importlib.util.find_spec(mod) is not None
 
 
-def vendor_runner(a, b) -> Optional[Callable[[], None]]:
+def vendor_runner(a, b) -> Callable[[], None] | None:
     """A callable computing a @ b with cuBLAS on copies of the float32 NumPy
     arrays already on the GPU (strict float32: TF32 tensor cores off), and
     waiting for it -- or None without CuPy/PyTorch and a GPU."""
     lib = vendor_name()
     if lib == "cupy":
         import cupy as cp
+
         da, db = cp.asarray(a), cp.asarray(b)
         dc = cp.empty((a.shape[0], b.shape[1]), dtype=cp.float32)
 
         def run():
             cp.matmul(da, db, out=dc)
             cp.cuda.get_current_stream().synchronize()
+
         return run
     if lib == "torch":
         import torch
+
         torch.backends.cuda.matmul.allow_tf32 = False  # strict float32, like whygpu's kernels
         da, db = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
         dc = torch.empty((a.shape[0], b.shape[1]), dtype=torch.float32, device="cuda")
@@ -219,5 +245,6 @@ def vendor_runner(a, b) -> Optional[Callable[[], None]]:
         def run():
             torch.matmul(da, db, out=dc)
             torch.cuda.synchronize()
+
         return run
     return None

@@ -6,10 +6,12 @@ NumPy's BLAS (and a GPU, when there is one) as references, shows how much
 each idea buys on this machine.  A measurement predicted to exceed the
 per-measurement budget is skipped, with a note, unless ``force``.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -21,15 +23,28 @@ from .measure import Estimator, blas_threads, format_seconds, gflops, matmul_flo
 from .probes import fma_peaks
 from .progress import Progress
 
-__all__ = ["SCHEMA", "run_ladder", "measure_matmul", "calibrate", "scout", "threads_used", "resolve_kernels",
-           "ladder_summary", "pct_of_peak", "series_device", "series_precision", "measure_error", "split_unavailable",
-           "ERROR_METRIC"]
+__all__ = [
+    "SCHEMA",
+    "run_ladder",
+    "measure_matmul",
+    "calibrate",
+    "scout",
+    "threads_used",
+    "resolve_kernels",
+    "ladder_summary",
+    "pct_of_peak",
+    "series_device",
+    "series_precision",
+    "measure_error",
+    "split_unavailable",
+    "ERROR_METRIC",
+]
 
 SCHEMA = "whygpu.ladder/1"
 _CALIBRATION_N = 32
 
 
-def _numpy_refs(threads: int) -> List[str]:
+def _numpy_refs(threads: int) -> list[str]:
     return ["numpy-1t"] + ([f"numpy-{threads}t"] if threads > 1 else [])
 
 
@@ -50,7 +65,7 @@ def series_precision(name: str, dtype: str = "float32") -> str:
     return (kern.precision if kern is not None else None) or dtype
 
 
-def split_unavailable(names: Optional[Sequence[str]]) -> tuple:
+def split_unavailable(names: Sequence[str] | None) -> tuple:
     """(names without the known-but-unusable kernels, [{"kernel", "device", "reason"}] for those).
 
     Named kernels that exist but cannot run here are listed with the reason
@@ -59,6 +74,7 @@ def split_unavailable(names: Optional[Sequence[str]]) -> tuple:
     usable (without one, every CUDA kernel is out for the one reason the GPU
     sections already give).  Unknown names are left in (resolve_kernels raises)."""
     from .gpu import gpu_usable
+
     out = []
     if names is None or list(names) == ["all"]:
         gpu = gpu_usable()
@@ -78,12 +94,15 @@ def split_unavailable(names: Optional[Sequence[str]]) -> tuple:
 
 
 # How the error against the float64 reference is measured (everywhere: ladder, explain, roofline, report).
-ERROR_METRIC = ("max relative error: max|C - C64| / max|C64|, where C64 is the product of the same float32 "
-                "inputs computed in float64")
+ERROR_METRIC = (
+    "max relative error: max|C - C64| / max|C64|, where C64 is the product of the same float32 "
+    "inputs computed in float64"
+)
 
 
-def measure_error(name: str, m: int, n: int, k: int, *, dtype: str = "float32", threads: int = 1,
-                  seed: int = 0) -> dict:
+def measure_error(
+    name: str, m: int, n: int, k: int, *, dtype: str = "float32", threads: int = 1, seed: int = 0
+) -> dict:
     """One (m, k) @ (k, n) product of series `name` on standard-normal data against the
     same product computed in float64 (:data:`ERROR_METRIC`).
 
@@ -100,6 +119,7 @@ def measure_error(name: str, m: int, n: int, k: int, *, dtype: str = "float32", 
             c = np.matmul(a, b)
     elif name == "cublas":
         import whygpu.cuda as wc
+
         c = wc.vendor_matmul(a, b)
         if c is None:
             raise KernelUnavailableError("'cublas' needs CuPy or PyTorch with a usable GPU")
@@ -110,27 +130,36 @@ def measure_error(name: str, m: int, n: int, k: int, *, dtype: str = "float32", 
     top = float(np.max(np.abs(ref))) if ref.size else 0.0
     err = float(np.max(np.abs(c.astype(np.float64) - ref))) if ref.size else 0.0
     precision = series_precision(name, dtype)
-    u_sum = 2.0 ** -53 if dtype == "float64" else 2.0 ** -24
+    u_sum = 2.0**-53 if dtype == "float64" else 2.0**-24
     if precision == "float64":
-        u = 2.0 ** -53
+        u = 2.0**-53
     else:
         from ..cuda import UNIT_ROUNDOFF
+
         u = UNIT_ROUNDOFF[precision]
     gamma = 2 * u + u * u + 2 * (k + 2) * u_sum * (1 + 2 * u)
     mag = float(np.max(np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64))) if ref.size else 0.0
-    return {"m": m, "n": n, "k": k, "precision": precision, "unit_roundoff": u,
-            "max_rel_error": err / top if top > 0 else err,
-            "error_bound": gamma * mag / top if top > 0 else 0.0}
+    return {
+        "m": m,
+        "n": n,
+        "k": k,
+        "precision": precision,
+        "unit_roundoff": u,
+        "max_rel_error": err / top if top > 0 else err,
+        "error_bound": gamma * mag / top if top > 0 else 0.0,
+    }
 
 
-def resolve_kernels(names: Optional[Sequence[str]], threads: int, *, references: bool = True,
-                    gpu: bool = True) -> List[str]:
+def resolve_kernels(
+    names: Sequence[str] | None, threads: int, *, references: bool = True, gpu: bool = True
+) -> list[str]:
     """The measured series, in ladder order: the requested (or all available)
     kernels, then NumPy on 1 and all threads, then the CUDA kernels where a
     GPU is usable (``gpu``) and cuBLAS (through CuPy or PyTorch) when one of
     them reaches the GPU.  Unknown names raise ValueError, unusable ones
     KernelUnavailableError."""
     from .gpu import vendor_name
+
     if names is None or list(names) == ["all"]:
         cpu = [k for k in available_kernels() if KERNELS[k].device == "cpu"]
         gpu_k = [k for k in available_kernels() if KERNELS[k].device != "cpu"] if gpu else []
@@ -163,6 +192,7 @@ def _runner(name: str, a, b, c, threads: int):
         return (lambda: np.matmul(a, b, out=c)), blas_threads(t)
     if name == "cublas":
         from .gpu import vendor_runner
+
         fn = vendor_runner(a, b)
         if fn is None:
             raise KernelUnavailableError("'cublas' needs CuPy or PyTorch with a usable GPU")
@@ -180,12 +210,14 @@ def _cuda_runner(name: str, a, b, c):
     transfers) if this whygpu.cuda has no device arrays."""
     try:
         import whygpu.cuda as wc
+
         da, db = wc.to_device(a), wc.to_device(b)
         dc = wc.empty(c.shape, c.dtype)
 
         def fn():
             wc.matmul(da, db, kernel=name, out=dc)
             wc.synchronize()  # launches are asynchronous: time the work, not the launch
+
         return fn
     except (ImportError, AttributeError, TypeError):
         return lambda: matmul(a, b, kernel=name, out=c)
@@ -205,8 +237,7 @@ def _measure(fn, ctx, *, repeats, budget, expected):
         return time_call(fn, repeats=repeats, budget=budget, expected=expected)
 
 
-def calibrate(name: str, *, dtype: str = "float32", threads: int = 1, n: int = _CALIBRATION_N,
-              seed: int = 0) -> float:
+def calibrate(name: str, *, dtype: str = "float32", threads: int = 1, n: int = _CALIBRATION_N, seed: int = 0) -> float:
     """Seconds per call of series `name` on a tiny n x n product (also a warm-up)."""
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((n, n)).astype(dtype)
@@ -216,9 +247,19 @@ def calibrate(name: str, *, dtype: str = "float32", threads: int = 1, n: int = _
     return _measure(fn, ctx, repeats=2, budget=0.2, expected=None).best
 
 
-def measure_matmul(name: str, m: int, n: int, k: int, *, dtype: str = "float32", threads: int = 1,
-                   repeats: int = 5, budget: float = 2.0, expected: Optional[float] = None,
-                   seed: int = 0) -> dict:
+def measure_matmul(
+    name: str,
+    m: int,
+    n: int,
+    k: int,
+    *,
+    dtype: str = "float32",
+    threads: int = 1,
+    repeats: int = 5,
+    budget: float = 2.0,
+    expected: float | None = None,
+    seed: int = 0,
+) -> dict:
     """Time one (m, k) @ (k, n) product on series `name`; a measurement record."""
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((m, k)).astype(dtype)
@@ -227,15 +268,25 @@ def measure_matmul(name: str, m: int, n: int, k: int, *, dtype: str = "float32",
     fn, ctx = _runner(name, a, b, c, threads)
     tm = _measure(fn, ctx, repeats=repeats, budget=budget, expected=expected)
     flops = matmul_flops(m, n, k)
-    rec = {"kernel": name, "m": m, "n": n, "k": k, "dtype": dtype, "device": series_device(name),
-           "precision": series_precision(name, dtype), "threads": threads_used(name, threads), "flops": flops,
-           "gflops": gflops(flops, tm.median)}
+    rec = {
+        "kernel": name,
+        "m": m,
+        "n": n,
+        "k": k,
+        "dtype": dtype,
+        "device": series_device(name),
+        "precision": series_precision(name, dtype),
+        "threads": threads_used(name, threads),
+        "flops": flops,
+        "gflops": gflops(flops, tm.median),
+    }
     rec.update(tm.as_dict())
     return rec
 
 
-def scout(name: str, m: int, n: int, k: int, *, dtype: str = "float32", threads: int = 1,
-          budget: float = 2.0, seed: int = 0) -> dict:
+def scout(
+    name: str, m: int, n: int, k: int, *, dtype: str = "float32", threads: int = 1, budget: float = 2.0, seed: int = 0
+) -> dict:
     """How long one (m, k) @ (k, n) call of `name` will take, found cheaply.
 
     Times the shape scaled down by 2^j (each dimension), from a tiny one up,
@@ -257,8 +308,7 @@ def scout(name: str, m: int, n: int, k: int, *, dtype: str = "float32", threads:
             predicted = t_last * f / f_last * Estimator.MARGIN
             if predicted > budget / 4:
                 break
-        rec = measure_matmul(name, *shape, dtype=dtype, threads=threads, repeats=2, budget=budget / 8,
-                             seed=seed)
+        rec = measure_matmul(name, *shape, dtype=dtype, threads=threads, repeats=2, budget=budget / 8, seed=seed)
         t_last, f_last = rec["seconds_min"], f
         steps.append((j, t_last))
         j -= 1
@@ -267,7 +317,7 @@ def scout(name: str, m: int, n: int, k: int, *, dtype: str = "float32", threads:
     return {"expected_s": expected, "steps": steps}
 
 
-def _cost(expected: Optional[float], repeats: int, budget: float) -> float:
+def _cost(expected: float | None, repeats: int, budget: float) -> float:
     """Seconds a measurement is expected to take (warm-up + samples)."""
     if expected is None:
         return 0.01
@@ -275,11 +325,23 @@ def _cost(expected: Optional[float], repeats: int, budget: float) -> float:
     return warm + max(expected, min(repeats * expected, budget))
 
 
-def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None, dtype: str = "float32",
-               threads: Optional[int] = None, repeats: int = 5, budget: float = 2.0, force: bool = False,
-               references: bool = True, progress: bool = False, quick_peak: bool = False,
-               peak: Optional[dict] = None, gpu_sizes: Optional[Sequence[int]] = None,
-               log: Callable[[str], None] = lambda s: None, seed: int = 0) -> dict:
+def run_ladder(
+    *,
+    sizes: Sequence[int],
+    kernels: Sequence[str] | None = None,
+    dtype: str = "float32",
+    threads: int | None = None,
+    repeats: int = 5,
+    budget: float = 2.0,
+    force: bool = False,
+    references: bool = True,
+    progress: bool = False,
+    quick_peak: bool = False,
+    peak: dict | None = None,
+    gpu_sizes: Sequence[int] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+    seed: int = 0,
+) -> dict:
     """Measure the ladder; returns the ``whygpu.ladder/1`` document.
 
     sizes: square sizes n (m = n = k); budget: seconds per measurement (a
@@ -326,18 +388,26 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
         peak = fma_peaks(threads, quick=quick_peak)
     if gpu_names and not peak.get("gpu_gflops"):
         from .gpu import gpu_peak
+
         g = gpu_peak(quick=True)
         if g:
-            peak = {**peak, "gpu_gflops": g["fma_gflops"], "gpu_device": g["device"],
-                    "gpu_tensor_gflops": g.get("tensor_gflops") or {}}
+            peak = {
+                **peak,
+                "gpu_gflops": g["fma_gflops"],
+                "gpu_device": g["device"],
+                "gpu_tensor_gflops": g.get("tensor_gflops") or {},
+            }
     measurements, skipped = [], []
-    plan = ([(n, name) for n in sizes for name in names if name not in gpu_names] +
-            [(n, name) for n in gpu_sizes for name in gpu_names])
+    plan = [(n, name) for n in sizes for name in names if name not in gpu_names] + [
+        (n, name) for n in gpu_sizes for name in gpu_names
+    ]
 
     def remaining(i):
-        return sum(_cost(est.predict(nm, matmul_flops(n, n, n)), repeats, budget)
-                   for n, nm in plan[i:]
-                   if force or (est.predict(nm, matmul_flops(n, n, n)) or 0) <= budget)
+        return sum(
+            _cost(est.predict(nm, matmul_flops(n, n, n)), repeats, budget)
+            for n, nm in plan[i:]
+            if force or (est.predict(nm, matmul_flops(n, n, n)) or 0) <= budget
+        )
 
     with Progress(len(plan), "ladder", progress) as bar:
         for i, (n, name) in enumerate(plan):
@@ -349,19 +419,35 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
                 c = np.empty((n, n), dtype)
             bar.show(f"{name} n={n}", remaining(i))
             if expected is not None and expected > budget and not force:
-                skipped.append({"kernel": name, "n": n, "predicted_s": expected,
-                                "reason": f"one call would take ~{format_seconds(expected)} "
-                                          f"(budget {format_seconds(budget)})"})
-                log(f"skipped {name} at n={n}: one call would take ~{format_seconds(expected)} "
-                    f"(budget {format_seconds(budget)} per measurement; --all runs it)")
+                skipped.append(
+                    {
+                        "kernel": name,
+                        "n": n,
+                        "predicted_s": expected,
+                        "reason": f"one call would take ~{format_seconds(expected)} (budget {format_seconds(budget)})",
+                    }
+                )
+                log(
+                    f"skipped {name} at n={n}: one call would take ~{format_seconds(expected)} "
+                    f"(budget {format_seconds(budget)} per measurement; --all runs it)"
+                )
                 bar.advance()
                 continue
             fn, ctx = _runner(name, a, b, c, threads)
             tm = _measure(fn, ctx, repeats=repeats, budget=budget, expected=expected)
             est.record(name, flops, tm.median)
-            rec = {"kernel": name, "n": n, "m": n, "k": n, "dtype": dtype, "device": series_device(name),
-                   "precision": series_precision(name, dtype), "threads": threads_used(name, threads),
-                   "flops": flops, "gflops": gflops(flops, tm.median)}
+            rec = {
+                "kernel": name,
+                "n": n,
+                "m": n,
+                "k": n,
+                "dtype": dtype,
+                "device": series_device(name),
+                "precision": series_precision(name, dtype),
+                "threads": threads_used(name, threads),
+                "flops": flops,
+                "gflops": gflops(flops, tm.median),
+            }
             rec.update(tm.as_dict())
             measurements.append(rec)
             bar.advance()
@@ -369,13 +455,22 @@ def run_ladder(*, sizes: Sequence[int], kernels: Optional[Sequence[str]] = None,
     doc = {
         "schema": SCHEMA,
         "machine": minfo,
-        "params": {"sizes": sorted(set(sizes) | (set(gpu_sizes) if gpu_names else set())), "cpu_sizes": sizes,
-                   "gpu_sizes": gpu_sizes if gpu_names else [], "kernels": names, "dtype": dtype, "threads": threads,
-                   "repeats": repeats, "budget_s": budget, "force": force},
+        "params": {
+            "sizes": sorted(set(sizes) | (set(gpu_sizes) if gpu_names else set())),
+            "cpu_sizes": sizes,
+            "gpu_sizes": gpu_sizes if gpu_names else [],
+            "kernels": names,
+            "dtype": dtype,
+            "threads": threads,
+            "repeats": repeats,
+            "budget_s": budget,
+            "force": force,
+        },
         "peak": peak,
         "measurements": measurements,
         "skipped": skipped,
-        "errors": errors, "error_metric": ERROR_METRIC,
+        "errors": errors,
+        "error_metric": ERROR_METRIC,
         "unavailable": unavailable,
         "seconds": time.perf_counter() - t_start,
     }
@@ -393,7 +488,11 @@ def pct_of_peak(rec: dict, peak: dict) -> float:
         # a tensor-core rung against the tensor-core peak in its precision, the others against the FMA peak
         g = peak.get("gpu_gflops") if prec == "float32" else (peak.get("gpu_tensor_gflops") or {}).get(prec)
         return 100.0 * rec["gflops"] / g if g else float("nan")
-    p = peak["gflops_1t"] if rec["threads"] <= 1 else peak["gflops_all"] * min(rec["threads"], peak["threads"]) / peak["threads"]
+    p = (
+        peak["gflops_1t"]
+        if rec["threads"] <= 1
+        else peak["gflops_all"] * min(rec["threads"], peak["threads"]) / peak["threads"]
+    )
     if rec.get("dtype") == "float64":
         p /= 2  # the peak is measured in float32; a register holds half as many float64
     return 100.0 * rec["gflops"] / p
@@ -413,10 +512,17 @@ def ladder_summary(doc: dict) -> dict:
         pts = by[name]
         n_max = max(pts)
         rec = pts[n_max]
-        row = {"kernel": name, "n": n_max, "gflops": rec["gflops"], "seconds": rec["seconds"],
-               "threads": rec["threads"], "pct_peak": pct_of_peak(rec, doc.get("peak")),
-               "device": series_device(name), "reference": name not in KERNELS,
-               "precision": rec.get("precision") or series_precision(name, rec.get("dtype", "float32"))}
+        row = {
+            "kernel": name,
+            "n": n_max,
+            "gflops": rec["gflops"],
+            "seconds": rec["seconds"],
+            "threads": rec["threads"],
+            "pct_peak": pct_of_peak(rec, doc.get("peak")),
+            "device": series_device(name),
+            "reference": name not in KERNELS,
+            "precision": rec.get("precision") or series_precision(name, rec.get("dtype", "float32")),
+        }
         err = (doc.get("errors") or {}).get(name)
         if err:
             row.update(max_rel_error=err["max_rel_error"], error_n=err["n"])
@@ -433,12 +539,17 @@ def ladder_summary(doc: dict) -> dict:
     span = None
     if len(cpu_rungs) >= 2:
         first, best = cpu_rungs[0], max(cpu_rungs, key=lambda r: r["gflops"])
-        span = {"slowest": first["kernel"], "fastest": best["kernel"],
-                "ratio": best["gflops"] / first["gflops"], "slowest_n": first["n"], "fastest_n": best["n"]}
+        span = {
+            "slowest": first["kernel"],
+            "fastest": best["kernel"],
+            "ratio": best["gflops"] / first["gflops"],
+            "slowest_n": first["n"],
+            "fastest_n": best["n"],
+        }
     return {"rows": rows, "span": span, "gpu": _gpu_summary(by, rows, cpu_rungs)}
 
 
-def _gpu_summary(by: dict, rows: list, cpu_rungs: list) -> Optional[dict]:
+def _gpu_summary(by: dict, rows: list, cpu_rungs: list) -> dict | None:
     """The best CUDA rung at its largest size, against cuBLAS and the best CPU
     rung at the largest size each shares with it; None without GPU series."""
     gpu_rungs = [r for r in rows if not r["reference"] and r["device"] == "cuda"]
@@ -451,8 +562,11 @@ def _gpu_summary(by: dict, rows: list, cpu_rungs: list) -> Optional[dict]:
         common = set(by["cublas"]) & set(by[best["kernel"]])
         if common:
             n_c = max(common)
-            out.update(cublas_n=n_c, cublas_gflops=by["cublas"][n_c]["gflops"],
-                       vs_cublas=by[best["kernel"]][n_c]["gflops"] / by["cublas"][n_c]["gflops"])
+            out.update(
+                cublas_n=n_c,
+                cublas_gflops=by["cublas"][n_c]["gflops"],
+                vs_cublas=by[best["kernel"]][n_c]["gflops"] / by["cublas"][n_c]["gflops"],
+            )
     if cpu_rungs:
         cpu = max(cpu_rungs, key=lambda r: r["gflops"])
         common = set(by[cpu["kernel"]]) & set(by[best["kernel"]])

@@ -2,6 +2,7 @@
 set, OpenMP, BLAS, CUDA and software versions.  Every JSON document the
 command line writes embeds this, so a saved result says where it came from.
 Nothing here is measured; it is all asked of the OS and the libraries."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -51,9 +52,12 @@ def cuda_status() -> dict:
 def _blas() -> list:
     try:
         from threadpoolctl import threadpool_info
-        return [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture",
-                                       "threading_layer")}
-                for d in threadpool_info() if d.get("user_api") == "blas"]
+
+        return [
+            {k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture", "threading_layer")}
+            for d in threadpool_info()
+            if d.get("user_api") == "blas"
+        ]
     except Exception:  # pragma: no cover - threadpoolctl is a dependency
         return []
 
@@ -61,6 +65,7 @@ def _blas() -> list:
 def _compiler() -> str:
     try:
         from .. import _probe
+
         return str(_probe.compiler)
     except ImportError:  # pragma: no cover - broken build
         return "unknown"
@@ -80,12 +85,14 @@ def _cpu_busy(interval: float = 0.1):
     seconds, from /proc/stat minus this process's own CPU time (an OpenMP
     team still spinning after a parallel region is ours, not theirs); None
     where there is no /proc/stat."""
+
     def sample():
         with open("/proc/stat") as f:
             vals = [int(x) for x in f.readline().split()[1:]]
         idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
         own = os.times()
         return idle, sum(vals[:8]), own.user + own.system
+
     try:
         i0, t0, o0 = sample()
         time.sleep(interval)
@@ -104,6 +111,7 @@ def machine_info() -> dict:
     cpu = cpu_info()
     try:
         import matplotlib
+
         mpl = matplotlib.__version__
     except ImportError:  # pragma: no cover - a declared dependency
         mpl = None

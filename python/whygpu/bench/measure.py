@@ -14,13 +14,14 @@ Why each piece is here:
 * ``blas_threads`` -- NumPy's BLAS would otherwise use every core, which
   makes a one-thread kernel look bad for the wrong reason.
 """
+
 from __future__ import annotations
 
 import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable
 
 from threadpoolctl import threadpool_limits
 
@@ -32,7 +33,8 @@ _MIN_SAMPLE_S = 2e-3  # calls shorter than this are batched inside one sample
 @dataclass
 class Timing:
     """Seconds per call for each sample (a sample may batch several calls)."""
-    times: List[float] = field(default_factory=list)
+
+    times: list[float] = field(default_factory=list)
     calls_per_sample: int = 1
 
     @property
@@ -44,12 +46,18 @@ class Timing:
         return min(self.times)
 
     def as_dict(self) -> dict:
-        return {"seconds": self.median, "seconds_min": self.best, "samples": len(self.times),
-                "calls_per_sample": self.calls_per_sample, "times": list(self.times)}
+        return {
+            "seconds": self.median,
+            "seconds_min": self.best,
+            "samples": len(self.times),
+            "calls_per_sample": self.calls_per_sample,
+            "times": list(self.times),
+        }
 
 
-def time_call(fn: Callable[[], object], *, repeats: int = 5, budget: float = 1.0,
-              expected: Optional[float] = None) -> Timing:
+def time_call(
+    fn: Callable[[], object], *, repeats: int = 5, budget: float = 1.0, expected: float | None = None
+) -> Timing:
     """Time ``fn()``: warm up, then up to ``repeats`` samples within ``budget`` s.
 
     ``expected`` (seconds per call, if known) lets a slow call skip the
@@ -108,7 +116,7 @@ class Estimator:
     def record(self, key: str, flops: float, seconds: float) -> None:
         self._last[key] = (flops, seconds)
 
-    def predict(self, key: str, flops: float) -> Optional[float]:
+    def predict(self, key: str, flops: float) -> float | None:
         if key not in self._last:
             return None
         f0, s0 = self._last[key]

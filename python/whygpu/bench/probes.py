@@ -2,11 +2,11 @@
 (FMA peaks, one dependent chain of adds, the interpreter loop, STREAM-triad
 bandwidths): what :mod:`whygpu.roofline` models against and the ladder's
 "% of peak" divides by."""
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Dict, Optional
 
 from .._cpu import cpu_info
 from .._threads import get_num_threads
@@ -76,7 +76,7 @@ def _interpreter_gflops(target_s: float, samples: int) -> float:
     return 2000 / best / 1e9
 
 
-def _working_sets(caches: dict, threads: int) -> Dict[str, int]:
+def _working_sets(caches: dict, threads: int) -> dict[str, int]:
     """Elements per thread of each triad array so that the 3 arrays sit in
     the named level (half of it, leaving room) but not in the level above."""
     l2 = caches.get("L2") or 1 << 20
@@ -96,7 +96,7 @@ def _triad_gbps(arch: str, n_per_thread: int, threads: int, target_bytes: float,
     return bytes_per_sweep * sweeps / min(times) / 1e9
 
 
-def fma_peaks(threads: Optional[int] = None, *, quick: bool = False, arch: Optional[str] = None) -> dict:
+def fma_peaks(threads: int | None = None, *, quick: bool = False, arch: str | None = None) -> dict:
     """Only the FMA peaks (a fraction of a second): {'arch', 'threads',
     'gflops_1t', 'gflops_all'} -- for the "% of peak" columns of the ladder."""
     _need_probe()
@@ -107,12 +107,15 @@ def fma_peaks(threads: Optional[int] = None, *, quick: bool = False, arch: Optio
     arch = arch or info.get("arch", "portable")
     target_s, samples = (0.015, 3) if quick else (0.04, 5)
     one = _fma_gflops(arch, 1, target_s, samples)
-    return {"arch": arch, "threads": threads, "gflops_1t": one,
-            "gflops_all": _fma_gflops(arch, threads, target_s, samples) if threads > 1 else one}
+    return {
+        "arch": arch,
+        "threads": threads,
+        "gflops_1t": one,
+        "gflops_all": _fma_gflops(arch, threads, target_s, samples) if threads > 1 else one,
+    }
 
 
-def measure_machine(threads: Optional[int] = None, *, quick: bool = False,
-                    arch: Optional[str] = None) -> dict:
+def measure_machine(threads: int | None = None, *, quick: bool = False, arch: str | None = None) -> dict:
     """Measure this machine's roofs (about 1 s, 0.4 s with ``quick``).
 
     Returns a JSON-ready dict: ``compute`` (GFLOP/s per roof of
@@ -144,12 +147,20 @@ def measure_machine(threads: Optional[int] = None, *, quick: bool = False,
     target_bytes = 0.3e9 if quick else 1e9
     bandwidth = {"1": {}, "all": {}}
     for level, n_elems in sets.items():
-        bandwidth["1"][level] = _triad_gbps(arch, n_elems * (threads if level == "DRAM" else 1), 1,
-                                            target_bytes, samples)
-        bandwidth["all"][level] = (_triad_gbps(arch, n_elems, threads, target_bytes, samples)
-                                   if threads > 1 else bandwidth["1"][level])
+        bandwidth["1"][level] = _triad_gbps(
+            arch, n_elems * (threads if level == "DRAM" else 1), 1, target_bytes, samples
+        )
+        bandwidth["all"][level] = (
+            _triad_gbps(arch, n_elems, threads, target_bytes, samples) if threads > 1 else bandwidth["1"][level]
+        )
     return {
-        "arch": arch, "threads": threads, "dtype": "float32", "caches": dict(info.get("caches", {})),
-        "compute": compute, "bandwidth": bandwidth, "fma_by_arch": fma_by_arch,
-        "triad_elements_per_thread": sets, "seconds": time.perf_counter() - start,
+        "arch": arch,
+        "threads": threads,
+        "dtype": "float32",
+        "caches": dict(info.get("caches", {})),
+        "compute": compute,
+        "bandwidth": bandwidth,
+        "fma_by_arch": fma_by_arch,
+        "triad_elements_per_thread": sets,
+        "seconds": time.perf_counter() - start,
     }

@@ -5,6 +5,7 @@ so far, which is wrong here: the first measurements (small sizes) are fast,
 the last (large sizes, slow kernels) slow.  The callers know a per-step
 estimate, so the bar shows that instead.  Off unless asked for (the CLI
 turns it on when stderr is a terminal)."""
+
 from __future__ import annotations
 
 import sys
@@ -21,9 +22,14 @@ class Progress:
         self.enabled = bool(enabled)
         self._bar = None
         if self.enabled:
-            self._bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
-                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                                        "[{elapsed}{postfix}]")
+            self._bar = tqdm(
+                total=total,
+                desc=desc,
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+            )
 
     def show(self, label: str, remaining_s: float) -> None:
         """Say what runs now and how long is left (our estimate)."""

@@ -11,10 +11,12 @@ and, when the training stack is there, for a whole training step -- and fit
 f to each.  The fit is least squares on 1/S(p) - 1/p = f (1 - 1/p), a line
 through the origin, so f = sum(x y) / sum(x x) with x = 1 - 1/p.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -32,11 +34,15 @@ __all__ = ["SCHEMA", "run_scaling", "fit_amdahl", "amdahl"]
 SCHEMA = "whygpu.scaling/1"
 
 
+def _parallel_cpu_kernels() -> list[str]:
+    return [k for k, v in KERNELS.items() if v.parallel and v.available and v.device == "cpu"]
+
+
 def amdahl(p: float, serial: float) -> float:
     return 1.0 / (serial + (1.0 - serial) / p)
 
 
-def fit_amdahl(threads: Sequence[int], speedup: Sequence[float]) -> Optional[float]:
+def fit_amdahl(threads: Sequence[int], speedup: Sequence[float]) -> float | None:
     """The serial fraction f that best fits S(p) (None with only p = 1)."""
     xs, ys = [], []
     for p, s in zip(threads, speedup):
@@ -49,27 +55,45 @@ def fit_amdahl(threads: Sequence[int], speedup: Sequence[float]) -> Optional[flo
     return min(1.0, max(0.0, f))
 
 
-def _series(name: str, label: str, kind: str, threads: List[int], seconds: List[float],
-            extra: Optional[dict] = None) -> dict:
+def _series(
+    name: str, label: str, kind: str, threads: list[int], seconds: list[float], extra: dict | None = None
+) -> dict:
     speedup = [seconds[0] / s for s in seconds]
     # Fit only up to the core count: beyond it threads share cores, which is
     # not what Amdahl's law describes.
     cores = _cpus_available()
     f = fit_amdahl([p for p in threads if p <= cores], [s for p, s in zip(threads, speedup) if p <= cores])
-    out = {"name": name, "label": label, "kind": kind, "threads": threads, "seconds": seconds,
-           "speedup": speedup, "efficiency": [s / p for s, p in zip(speedup, threads)],
-           "serial_fraction": f if f is not None else 0.0,
-           "max_speedup": (1 / f) if f else None}  # None: no limit (f = 0)
+    out = {
+        "name": name,
+        "label": label,
+        "kind": kind,
+        "threads": threads,
+        "seconds": seconds,
+        "speedup": speedup,
+        "efficiency": [s / p for s, p in zip(speedup, threads)],
+        "serial_fraction": f if f is not None else 0.0,
+        "max_speedup": (1 / f) if f else None,
+    }  # None: no limit (f = 0)
     if extra:
         out.update(extra)
     return out
 
 
-def run_scaling(*, n: int = 1024, threads_list: Optional[Sequence[int]] = None, kernel: str = "openmp",
-                dtype: str = "float32", repeats: int = 5, budget: float = 2.0, numpy: bool = True,
-                peak: bool = True, train_step: Optional[Callable[[int], dict]] = None,
-                train_label: str = "training step", progress: bool = False,
-                log: Callable[[str], None] = lambda s: None) -> dict:
+def run_scaling(
+    *,
+    n: int = 1024,
+    threads_list: Sequence[int] | None = None,
+    kernel: str = "openmp",
+    dtype: str = "float32",
+    repeats: int = 5,
+    budget: float = 2.0,
+    numpy: bool = True,
+    peak: bool = True,
+    train_step: Callable[[int], dict] | None = None,
+    train_label: str = "training step",
+    progress: bool = False,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict:
     """Measure speed-up against threads; returns the ``whygpu.scaling/1`` document.
 
     ``train_step(threads)``, when given, must return {"seconds": per step,
@@ -80,12 +104,16 @@ def run_scaling(*, n: int = 1024, threads_list: Optional[Sequence[int]] = None, 
     n = int(n)
     kern = get_kernel(kernel)
     if kern.device != "cpu":
-        raise ValueError(f"kernel {kernel!r} runs on the GPU, and scaling measures speed-up against CPU threads; "
-                         f"scale one of: {', '.join(k for k, v in KERNELS.items() if v.parallel and v.available and v.device == 'cpu')} "
-                         "(the GPU's figures are in 'whygpu ladder', 'roofline' and 'train')")
+        raise ValueError(
+            f"kernel {kernel!r} runs on the GPU, and scaling measures speed-up against CPU threads; "
+            f"scale one of: {', '.join(_parallel_cpu_kernels())} "
+            "(the GPU's figures are in 'whygpu ladder', 'roofline' and 'train')"
+        )
     if not kern.parallel:
-        raise ValueError(f"kernel {kernel!r} is not parallel; scaling needs one of: "
-                         f"{', '.join(k for k, v in KERNELS.items() if v.parallel and v.available and v.device == 'cpu')}")
+        raise ValueError(
+            f"kernel {kernel!r} is not parallel; scaling needs one of: "
+            f"{', '.join(k for k, v in KERNELS.items() if v.parallel and v.available and v.device == 'cpu')}"
+        )
     if threads_list is None:
         threads_list = list(range(1, _cpus_available() + 1))
     threads_list = sorted({check_threads(t) for t in threads_list} | {1})
@@ -110,7 +138,9 @@ def run_scaling(*, n: int = 1024, threads_list: Optional[Sequence[int]] = None, 
         for kind, p in jobs:
             bar.show(f"{kind} on {p} thread{'s' if p > 1 else ''}", 0.0)
             if kind == "kernel":
-                tm = time_call(lambda: matmul(a, b, kernel=kernel, threads=p, out=c), repeats=repeats, budget=budget)
+                tm = time_call(
+                    lambda p=p: matmul(a, b, kernel=kernel, threads=p, out=c), repeats=repeats, budget=budget
+                )
                 results[kind].append(tm.median)
             elif kind == "numpy":
                 with blas_threads(p):
@@ -124,27 +154,69 @@ def run_scaling(*, n: int = 1024, threads_list: Optional[Sequence[int]] = None, 
                 results[kind].append(rec["seconds"])
                 extras["train"].append(rec)
             bar.advance()
-    series = [_series(kernel, f"{kernel} kernel, n={n}", "kernel", threads_list, results["kernel"],
-                      {"gflops": [gflops(flops, s) for s in results["kernel"]]})]
+    series = [
+        _series(
+            kernel,
+            f"{kernel} kernel, n={n}",
+            "kernel",
+            threads_list,
+            results["kernel"],
+            {"gflops": [gflops(flops, s) for s in results["kernel"]]},
+        )
+    ]
     if numpy:
-        series.append(_series("numpy", f"NumPy/BLAS, n={n}", "reference", threads_list, results["numpy"],
-                               {"gflops": [gflops(flops, s) for s in results["numpy"]]}))
+        series.append(
+            _series(
+                "numpy",
+                f"NumPy/BLAS, n={n}",
+                "reference",
+                threads_list,
+                results["numpy"],
+                {"gflops": [gflops(flops, s) for s in results["numpy"]]},
+            )
+        )
     if peak:
-        series.append(_series("peak", "FMA peak (microbenchmark)", "peak", threads_list, results["peak"],
-                              {"gflops": [1.0 / s for s in results["peak"]]}))
+        series.append(
+            _series(
+                "peak",
+                "FMA peak (microbenchmark)",
+                "peak",
+                threads_list,
+                results["peak"],
+                {"gflops": [1.0 / s for s in results["peak"]]},
+            )
+        )
     if train_step is not None:
         shares = [r.get("matmul_share") for r in extras["train"]]
-        series.append(_series("train", train_label, "train", threads_list, results["train"],
-                              {"matmul_share": shares, "steps": extras["train"]}))
+        series.append(
+            _series(
+                "train",
+                train_label,
+                "train",
+                threads_list,
+                results["train"],
+                {"matmul_share": shares, "steps": extras["train"]},
+            )
+        )
     cores = _cpus_available()
     if max(threads_list) > cores:
         log(f"note: {max(threads_list)} threads on {cores} cores: beyond {cores}, threads share cores")
     return {
-        "schema": SCHEMA, "machine": minfo,
-        "params": {"n": n, "threads": threads_list, "kernel": kernel, "dtype": dtype, "repeats": repeats,
-                   "budget_s": budget},
-        "series": series, "seconds": time.perf_counter() - t_start,
-        "note": (None if len(threads_list) > 2 else
-                 "with two thread counts (1 and p) the Amdahl fit is exact: one equation, one unknown"),
+        "schema": SCHEMA,
+        "machine": minfo,
+        "params": {
+            "n": n,
+            "threads": threads_list,
+            "kernel": kernel,
+            "dtype": dtype,
+            "repeats": repeats,
+            "budget_s": budget,
+        },
+        "series": series,
+        "seconds": time.perf_counter() - t_start,
+        "note": (
+            None
+            if len(threads_list) > 2
+            else "with two thread counts (1 and p) the Amdahl fit is exact: one equation, one unknown"
+        ),
     }
-

@@ -8,20 +8,22 @@ steps but learnable in a few dozen.  Every back end starts from the same
 weights (``whygpu.manual_seed``) and sees the same batches, so the accuracy
 column shows they compute the same thing, and the time columns how fast.
 """
+
 from __future__ import annotations
 
 import contextlib
 import numbers
 import time
-from typing import Callable, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import numpy as np
 
 from .. import nn, optim
 from .._random import manual_seed
 from .._registry import KERNELS
-from ..nn._backend import get_backend
 from .._threads import check_threads, get_num_threads, set_num_threads
+from ..nn._backend import get_backend
 from .machine import machine_info
 from .measure import blas_threads, format_seconds
 from .progress import Progress
@@ -74,7 +76,7 @@ def _step_flops(layers: Sequence[int], batch: int) -> float:
 
 
 @contextlib.contextmanager
-def _threads(backend: str, threads: Optional[int]):
+def _threads(backend: str, threads: int | None):
     """Run a back end on `threads` threads: whygpu's kernels read
     get_num_threads(); NumPy's BLAS is pinned with threadpoolctl."""
     old = get_num_threads()
@@ -95,6 +97,7 @@ def _estimate_step(backend: str, layers: Sequence[int], batch: int, threads: int
     (scouted cheaply) scaled to the step's FLOPs -- so a slow back end is
     never run for even one step before we know it fits the budget."""
     from .ladder import scout
+
     widest = max(zip(layers[:-1], layers[1:]), key=lambda ab: ab[0] * ab[1])
     be = get_backend(backend)
     name = f"numpy-{threads}t" if backend == "numpy" else getattr(be, "kernel", backend)  # cuda -> its rung
@@ -111,8 +114,8 @@ def _one_run(backend: str, X, y, Xte, yte, layers, steps: int, batch: int, lr: f
 
     def step(i):
         s = (i % nb) * batch
-        logits = model(X[s:s + batch])
-        loss = loss_fn(logits, y[s:s + batch])
+        logits = model(X[s : s + batch])
+        loss = loss_fn(logits, y[s : s + batch])
         model.zero_grad()
         model.backward(loss_fn.backward())
         opt.step()
@@ -128,20 +131,37 @@ def _one_run(backend: str, X, y, Xte, yte, layers, steps: int, batch: int, lr: f
         ev = model.evaluate(Xte, yte, loss=loss_fn)
     b = prof.breakdown()
     step_s = prof.wall_s / steps
-    rows = [{"name": r["name"], "matmul_s": r["matmul_s"] / steps, "other_s": r["other_s"] / steps}
-            for r in b["rows"]]
-    return {"backend": backend, "step_s": step_s, "samples_per_s": batch / step_s,
-            "matmul_share": prof.matmul_share, "matmul_s": prof.matmul_s / steps,
-            "other_s": (prof.wall_s - prof.matmul_s) / steps, "accuracy": ev.get("accuracy"),
-            "final_loss": losses[-1] if losses else None, "first_loss": losses[0] if losses else None,
-            "gflops": _step_flops(layers, batch) / step_s / 1e9, "rows": rows}
+    rows = [{"name": r["name"], "matmul_s": r["matmul_s"] / steps, "other_s": r["other_s"] / steps} for r in b["rows"]]
+    return {
+        "backend": backend,
+        "step_s": step_s,
+        "samples_per_s": batch / step_s,
+        "matmul_share": prof.matmul_share,
+        "matmul_s": prof.matmul_s / steps,
+        "other_s": (prof.wall_s - prof.matmul_s) / steps,
+        "accuracy": ev.get("accuracy"),
+        "final_loss": losses[-1] if losses else None,
+        "first_loss": losses[0] if losses else None,
+        "gflops": _step_flops(layers, batch) / step_s / 1e9,
+        "rows": rows,
+    }
 
 
-def run_train(*, steps: int = 30, batch: int = 256, layers: Sequence[int] = (784, 512, 256, 10),
-              backends: Optional[Sequence[str]] = None, threads: Optional[int] = None, budget: float = 8.0,
-              force: bool = False, lr: float = 0.1, seed: int = 0, progress: bool = False,
-              sweep_batches: Optional[Sequence[int]] = None,
-              log: Callable[[str], None] = lambda s: None) -> dict:
+def run_train(
+    *,
+    steps: int = 30,
+    batch: int = 256,
+    layers: Sequence[int] = (784, 512, 256, 10),
+    backends: Sequence[str] | None = None,
+    threads: int | None = None,
+    budget: float = 8.0,
+    force: bool = False,
+    lr: float = 0.1,
+    seed: int = 0,
+    progress: bool = False,
+    sweep_batches: Sequence[int] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict:
     """Train on each back end; returns the ``whygpu.train/1`` document.
 
     ``budget`` is seconds per back end: one whose estimated time for
@@ -170,7 +190,7 @@ def run_train(*, steps: int = 30, batch: int = 256, layers: Sequence[int] = (784
     n_train = batch * max(4, min(steps + _WARMUP, 16))
     X, y = synthetic_clusters(n_train + 2000, layers[0], layers[-1], seed)
     X, Xte, y, yte = X[:n_train], X[n_train:], y[:n_train], y[n_train:]
-    runs: List[dict] = []
+    runs: list[dict] = []
     with Progress(len(names), "train", progress) as bar:
         for name in names:
             be = get_backend(name)
@@ -181,8 +201,10 @@ def run_train(*, steps: int = 30, batch: int = 256, layers: Sequence[int] = (784
             with _threads(name, th):
                 est = _estimate_step(name, layers, batch, use, budget)
                 if est * (steps + _WARMUP) > budget and not force:
-                    why = (f"{steps} steps would take ~{format_seconds(est * (steps + _WARMUP))} "
-                           f"(budget {format_seconds(budget)})")
+                    why = (
+                        f"{steps} steps would take ~{format_seconds(est * (steps + _WARMUP))} "
+                        f"(budget {format_seconds(budget)})"
+                    )
                     runs.append({"backend": name, "skipped": why, "estimated_step_s": est})
                     log(f"skipped training on {name}: {why}; --all trains it")
                     bar.advance()
@@ -197,21 +219,48 @@ def run_train(*, steps: int = 30, batch: int = 256, layers: Sequence[int] = (784
     if sweep_batches is None:
         sweep_batches = SWEEP_BATCHES if _gpu_backend_usable() else []
     if sweep_batches:
-        sweep = run_sweep(batches=sweep_batches, layers=layers, threads=th, budget=budget, force=force,
-                          seed=seed, progress=progress, log=log)
+        sweep = run_sweep(
+            batches=sweep_batches,
+            layers=layers,
+            threads=th,
+            budget=budget,
+            force=force,
+            seed=seed,
+            progress=progress,
+            log=log,
+        )
     return {
-        "schema": SCHEMA, "machine": minfo, "sweep": sweep,
-        "params": {"steps": steps, "batch": batch, "layers": "-".join(map(str, layers)), "widths": layers,
-                   "backends": names, "threads": th, "lr": lr, "optimizer": "SGD", "warmup_steps": _WARMUP,
-                   "dataset": f"synthetic: {layers[-1]} Gaussian clusters in {layers[0]} dimensions, "
-                              f"{n_train} training / {len(yte)} test samples",
-                   "budget_s": budget, "force": force},
-        "runs": runs, "seconds": time.perf_counter() - t_start,
+        "schema": SCHEMA,
+        "machine": minfo,
+        "sweep": sweep,
+        "params": {
+            "steps": steps,
+            "batch": batch,
+            "layers": "-".join(map(str, layers)),
+            "widths": layers,
+            "backends": names,
+            "threads": th,
+            "lr": lr,
+            "optimizer": "SGD",
+            "warmup_steps": _WARMUP,
+            "dataset": f"synthetic: {layers[-1]} Gaussian clusters in {layers[0]} dimensions, "
+            f"{n_train} training / {len(yte)} test samples",
+            "budget_s": budget,
+            "force": force,
+        },
+        "runs": runs,
+        "seconds": time.perf_counter() - t_start,
     }
 
 
-def step_timer(*, batch: int = 256, backend: str = "openmp", layers: Sequence[int] = (784, 512, 256, 10),
-               quick: bool = False, seed: int = 0) -> Callable[[int], dict]:
+def step_timer(
+    *,
+    batch: int = 256,
+    backend: str = "openmp",
+    layers: Sequence[int] = (784, 512, 256, 10),
+    quick: bool = False,
+    seed: int = 0,
+) -> Callable[[int], dict]:
     """For ``whygpu scaling``: a function threads -> {"seconds": per step,
     "matmul_share", "matmul_s", "other_s"} that times a few training steps
     of the MLP on `backend` with that many threads."""
@@ -221,8 +270,14 @@ def step_timer(*, batch: int = 256, backend: str = "openmp", layers: Sequence[in
     def timed(threads: int) -> dict:
         with _threads(backend, threads):
             rec = _one_run(backend, X, y, X[:batch], y[:batch], list(layers), steps, batch, 0.1, seed)
-        return {"seconds": rec["step_s"], "matmul_share": rec["matmul_share"], "matmul_s": rec["matmul_s"],
-                "other_s": rec["other_s"], "threads": threads}
+        return {
+            "seconds": rec["step_s"],
+            "matmul_share": rec["matmul_share"],
+            "matmul_s": rec["matmul_s"],
+            "other_s": rec["other_s"],
+            "threads": threads,
+        }
+
     return timed
 
 
@@ -269,9 +324,18 @@ def _timed_steps(backend: str, model, loss_fn, opt, xb, yb, steps: int, graph: b
     return times
 
 
-def run_sweep(*, batches: Sequence[int] = SWEEP_BATCHES, layers: Sequence[int] = (784, 512, 256, 10),
-              threads: Optional[int] = None, steps: int = 5, budget: float = 8.0, force: bool = False,
-              seed: int = 0, progress: bool = False, log: Callable[[str], None] = lambda s: None) -> dict:
+def run_sweep(
+    *,
+    batches: Sequence[int] = SWEEP_BATCHES,
+    layers: Sequence[int] = (784, 512, 256, 10),
+    threads: int | None = None,
+    steps: int = 5,
+    budget: float = 8.0,
+    force: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict:
     """ms per training step of the MLP over a sweep of batch sizes, for
 
     * each CPU back end at all cores (``openmp`` and ``numpy``; the faster of
@@ -302,8 +366,12 @@ def run_sweep(*, batches: Sequence[int] = SWEEP_BATCHES, layers: Sequence[int] =
     cpu = [b for b in ("openmp", "numpy") if b in nn.backends()]
     series = [(b, b, False, False) for b in cpu]
     if _gpu_backend_usable():
-        series += [("cuda, copied", "cuda", False, False), ("cuda, resident", "cuda", True, False),
-                   ("cuda, copied, graph", "cuda", False, True), ("cuda, resident, graph", "cuda", True, True)]
+        series += [
+            ("cuda, copied", "cuda", False, False),
+            ("cuda, resident", "cuda", True, False),
+            ("cuda, copied, graph", "cuda", False, True),
+            ("cuda, resident, graph", "cuda", True, True),
+        ]
         if "cuda_mma_bf16" in nn.backends():  # mixed precision: the matmuls on the bf16 tensor cores
             series.append(("cuda, resident, graph, bf16", "cuda_mma_bf16", True, True))
     X, y = synthetic_clusters(batches[-1], layers[0], layers[-1], seed)
@@ -326,8 +394,10 @@ def run_sweep(*, batches: Sequence[int] = SWEEP_BATCHES, layers: Sequence[int] =
                     else:
                         est = per_flop * flops * 1.3
                     if est * (steps + 1) > budget and not force:
-                        why = f"{steps + 1} steps would take ~{format_seconds(est * (steps + 1))} " \
-                              f"(budget {format_seconds(budget)})"
+                        why = (
+                            f"{steps + 1} steps would take ~{format_seconds(est * (steps + 1))} "
+                            f"(budget {format_seconds(budget)})"
+                        )
                         skipped.append({"series": label, "batch": b, "estimated_step_s": est, "reason": why})
                         log(f"sweep: skipped {label} at batch {b}: {why}; --all runs it")
                         bar.advance()
@@ -335,19 +405,42 @@ def run_sweep(*, batches: Sequence[int] = SWEEP_BATCHES, layers: Sequence[int] =
                     xb, yb = X[:b], y[:b]
                     if resident:
                         from .. import cuda as wc
+
                         xb, yb = wc.to_device(xb), wc.to_device(yb)
                     times = _timed_steps(backend, model, loss_fn, opt, xb, yb, steps, graph)
                     med = float(np.median(times))
                     per_flop = med / flops
-                    pts.append({"batch": b, "step_s": med, "step_s_min": min(times), "samples_per_s": b / med,
-                                "gflops": flops / med / 1e9})
+                    pts.append(
+                        {
+                            "batch": b,
+                            "step_s": med,
+                            "step_s_min": min(times),
+                            "samples_per_s": b / med,
+                            "gflops": flops / med / 1e9,
+                        }
+                    )
                     bar.advance()
-            out_series.append({"label": label, "backend": backend, "resident": resident, "graph": graph,
-                               "device": "cuda" if on_gpu else "cpu", "threads": 1 if on_gpu else th,
-                               "points": pts})
-    doc = {"batches": batches, "layers": "-".join(map(str, layers)), "steps": steps, "threads": th,
-           "series": out_series, "skipped": skipped, "budget_s": budget,
-           "seconds": time.perf_counter() - t_start}
+            out_series.append(
+                {
+                    "label": label,
+                    "backend": backend,
+                    "resident": resident,
+                    "graph": graph,
+                    "device": "cuda" if on_gpu else "cpu",
+                    "threads": 1 if on_gpu else th,
+                    "points": pts,
+                }
+            )
+    doc = {
+        "batches": batches,
+        "layers": "-".join(map(str, layers)),
+        "steps": steps,
+        "threads": th,
+        "series": out_series,
+        "skipped": skipped,
+        "budget_s": budget,
+        "seconds": time.perf_counter() - t_start,
+    }
     doc["summary"] = sweep_summary(doc)
     return doc
 
@@ -363,9 +456,13 @@ def sweep_summary(sweep: dict) -> dict:
         if cpu:
             best = min(cpu, key=cpu.get)
             row.update(best_cpu=best, best_cpu_s=cpu[best])
-        for key, lbl in (("copied", "cuda, copied"), ("resident", "cuda, resident"),
-                         ("copied_graph", "cuda, copied, graph"), ("resident_graph", "cuda, resident, graph"),
-                         ("resident_graph_bf16", "cuda, resident, graph, bf16")):
+        for key, lbl in (
+            ("copied", "cuda, copied"),
+            ("resident", "cuda, resident"),
+            ("copied_graph", "cuda, copied, graph"),
+            ("resident_graph", "cuda, resident, graph"),
+            ("resident_graph_bf16", "cuda, resident, graph, bf16"),
+        ):
             if b in by.get(lbl, {}):
                 row[f"{key}_s"] = by[lbl][b]
                 if cpu:
@@ -385,14 +482,29 @@ def sweep_summary(sweep: dict) -> dict:
     if ref:
         at = min(ref, key=lambda r: abs(np.log2(r["batch"] / 1024)))  # batch 1024, or the nearest measured
         out["at_batch"] = at["batch"]
-        for k in ("speedup_copied", "speedup_resident", "speedup_copied_graph", "speedup_resident_graph",
-                  "copy_share", "graph_gain", "bf16_gain", "best_cpu"):
+        for k in (
+            "speedup_copied",
+            "speedup_resident",
+            "speedup_copied_graph",
+            "speedup_resident_graph",
+            "copy_share",
+            "graph_gain",
+            "bf16_gain",
+            "best_cpu",
+        ):
             if k in at:
                 out[k] = at[k]
         big = max(ref, key=lambda r: r["batch"])
         out["largest_batch"] = big["batch"]
-        for k in ("speedup_copied", "speedup_resident", "speedup_copied_graph", "speedup_resident_graph",
-                  "copy_share", "graph_gain", "bf16_gain"):
+        for k in (
+            "speedup_copied",
+            "speedup_resident",
+            "speedup_copied_graph",
+            "speedup_resident_graph",
+            "copy_share",
+            "graph_gain",
+            "bf16_gain",
+        ):
             if k in big:
                 out[f"{k}_largest"] = big[k]
     return out

@@ -18,12 +18,13 @@ with ``--plot``, PNG figures.  User errors (bad arguments, unknown kernels,
 an unwritable folder) print one line and exit with status 2; set
 WHYGPU_DEBUG=1 to see the traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # never open a window, even if pyplot gets imported
 
@@ -41,8 +42,11 @@ COMMANDS = (info, ladder, scaling, roofline, train, explain, demo, report)
 def _parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    p = _Parser(prog="whygpu", description="Measure why parallel hardware speeds up deep learning, on this machine.",
-                epilog="Run 'whygpu demo' for everything at once and a report.")
+    p = _Parser(
+        prog="whygpu",
+        description="Measure why parallel hardware speeds up deep learning, on this machine.",
+        epilog="Run 'whygpu demo' for everything at once and a report.",
+    )
     p.add_argument("--version", action="version", version=f"whygpu {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -51,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 user error)."""
     parser = _parser()
     try:
@@ -59,6 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # argparse: --help, --version, or a usage error (already printed)
         return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     from .._registry import KernelUnavailableError
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

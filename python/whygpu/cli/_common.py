@@ -1,5 +1,6 @@
 """What every subcommand shares: the user-error type, argument types, parent parsers, output folder and
 JSON saving, tables and notes."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,9 @@ import datetime as _dt
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable
 
 
 class CliError(Exception):
@@ -45,7 +47,7 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def _int_list(text: str) -> List[int]:
+def _int_list(text: str) -> list[int]:
     """'64,128,256' or '64:1024' (powers of two from 64 to 1024)."""
     text = text.strip()
     if ":" in text:
@@ -65,7 +67,7 @@ def _int_list(text: str) -> List[int]:
     return [_positive_int(p.strip()) for p in parts]
 
 
-def _name_list(text: str) -> List[str]:
+def _name_list(text: str) -> list[str]:
     names = [p.strip() for p in text.split(",") if p.strip()]
     if not names:
         raise argparse.ArgumentTypeError("expected a comma-separated list of names")
@@ -80,17 +82,24 @@ def _name_list(text: str) -> List[str]:
 def _common_args() -> _Parser:
     """--out and --progress (every subcommand)."""
     common = _Parser(add_help=False)
-    common.add_argument("--out", metavar="DIR",
-                        help="output folder (default: ./whygpu-report-YYYYmmdd-HHMMSS)")
-    common.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="show a progress bar on stderr (default: when stderr is a terminal)")
+    common.add_argument("--out", metavar="DIR", help="output folder (default: ./whygpu-report-YYYYmmdd-HHMMSS)")
+    common.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar on stderr (default: when stderr is a terminal)",
+    )
     return common
 
 
 def _threads_arg() -> _Parser:
     threads = _Parser(add_help=False)
-    threads.add_argument("--threads", type=_positive_int, default=None,
-                         help="threads for the parallel kernels (default: all usable cores)")
+    threads.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="threads for the parallel kernels (default: all usable cores)",
+    )
     return threads
 
 
@@ -98,10 +107,19 @@ def _measure_args(budget: float, per: str = "measurement") -> _Parser:
     """--repeats, --budget (default `budget` seconds per `per`) and --all."""
     m = _Parser(add_help=False)
     m.add_argument("--repeats", type=_positive_int, default=5, help="timed samples per measurement (default 5)")
-    m.add_argument("--budget", type=_positive_float, default=budget,
-                   help=f"seconds allowed per {per}; slower ones are skipped (default {budget:g})")
-    m.add_argument("--all", "--force", dest="all", action="store_true",
-                   help="run measurements even when predicted to exceed the budget")
+    m.add_argument(
+        "--budget",
+        type=_positive_float,
+        default=budget,
+        help=f"seconds allowed per {per}; slower ones are skipped (default {budget:g})",
+    )
+    m.add_argument(
+        "--all",
+        "--force",
+        dest="all",
+        action="store_true",
+        help="run measurements even when predicted to exceed the budget",
+    )
     return m
 
 
@@ -124,7 +142,7 @@ def _default_out() -> Path:
     return Path.cwd() / f"whygpu-report-{_dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
-def _prepare_out(path: Optional[str]) -> Path:
+def _prepare_out(path: str | None) -> Path:
     """The output folder, created and checked writable *before* any measuring."""
     p = Path(path) if path else _default_out()
     try:
@@ -169,6 +187,7 @@ def _save(out: Path, name: str, doc: dict, plot: bool, figures=()) -> None:
     print(f"\nwrote {_write_json(out, name, doc)}")
     if plot and figures:
         from .. import plots
+
         d = _roundtrip(doc)
         for fn, filename in figures:
             print(f"wrote {getattr(plots, fn)(d, out / filename)}")
@@ -190,6 +209,7 @@ def _table(head: Sequence[str], rows: Sequence[Sequence], right: Sequence[int] =
 
 def _g(x) -> str:
     from ..bench.measure import format_figure
+
     return format_figure(x)
 
 
@@ -199,8 +219,10 @@ def _say(args, text: str = "") -> None:
 
 def _note(args) -> Callable[[str], None]:
     """Notes (skips, warnings) go to stderr, so stdout stays the tables."""
+
     def log(msg: str) -> None:
         print(f"note: {msg}", file=sys.stderr, flush=True)
+
     return log
 
 

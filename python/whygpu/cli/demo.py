@@ -1,4 +1,5 @@
 """``whygpu demo``: every measurement at laptop-friendly sizes, then a report, reusing the other subcommands' steps."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,21 +17,47 @@ from .train import _print_train
 # Where a GPU is usable, its rungs are measured up to n = 4096 and the
 # training step over a sweep of batches (32 to 8192) on the CPU and the GPU.
 DEMO_PLANS = {
-    "full": {"sizes": [32, 64, 128, 256, 512, 1024, 2048], "repeats": 5, "budget": 2.0, "roofline_n": 1024,
-             "scaling_n": 1024, "train_steps": 40, "train_batch": 256, "quick_probes": False,
-             "gpu_sizes": GPU_SIZES, "gpu_roofline_n": 4096, "sweep": [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]},
-    "quick": {"sizes": [64, 128, 256, 512], "repeats": 3, "budget": 0.4, "roofline_n": 1024,
-              "scaling_n": 512, "train_steps": 8, "train_batch": 128, "quick_probes": True,
-              "gpu_sizes": [128, 1024, 4096], "gpu_roofline_n": 4096, "sweep": [32, 256, 1024, 8192]},
+    "full": {
+        "sizes": [32, 64, 128, 256, 512, 1024, 2048],
+        "repeats": 5,
+        "budget": 2.0,
+        "roofline_n": 1024,
+        "scaling_n": 1024,
+        "train_steps": 40,
+        "train_batch": 256,
+        "quick_probes": False,
+        "gpu_sizes": GPU_SIZES,
+        "gpu_roofline_n": 4096,
+        "sweep": [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
+    },
+    "quick": {
+        "sizes": [64, 128, 256, 512],
+        "repeats": 3,
+        "budget": 0.4,
+        "roofline_n": 1024,
+        "scaling_n": 512,
+        "train_steps": 8,
+        "train_batch": 128,
+        "quick_probes": True,
+        "gpu_sizes": [128, 1024, 4096],
+        "gpu_roofline_n": 4096,
+        "sweep": [32, 256, 1024, 8192],
+    },
 }
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    s = sub.add_parser("demo", parents=[_common_args()],
-                       help="everything at laptop-friendly sizes, then a report (HTML + Markdown)")
+    s = sub.add_parser(
+        "demo", parents=[_common_args()], help="everything at laptop-friendly sizes, then a report (HTML + Markdown)"
+    )
     s.add_argument("--quick", action="store_true", help="smaller sizes: under a minute")
-    s.add_argument("--all", "--force", dest="all", action="store_true",
-                   help="also run measurements predicted to exceed the budget (slow)")
+    s.add_argument(
+        "--all",
+        "--force",
+        dest="all",
+        action="store_true",
+        help="also run measurements predicted to exceed the budget (slow)",
+    )
     return s
 
 
@@ -49,16 +76,21 @@ def run(args) -> int:
     def stage(name):
         print(f"\n== {name} " + "=" * max(0, 60 - len(name)), flush=True)
 
-    print(f"whygpu demo{' --quick' if args.quick else ''}: measuring this machine, then writing a report into {out}"
-          f" (about {'10 s' if args.quick else '30 s'} on a quiet 2-core laptop, more with a GPU)", flush=True)
+    print(
+        f"whygpu demo{' --quick' if args.quick else ''}: measuring this machine, then writing a report into {out}"
+        f" (about {'10 s' if args.quick else '30 s'} on a quiet 2-core laptop, more with a GPU)",
+        flush=True,
+    )
     stage("info")
     info = _info_doc()
     _print_info(info)
     _write_json(out, "info", info)
     busy = info["machine"].get("cpu_busy_before")
     if busy is not None and busy > 0.2:
-        log(f"other programs are using {100 * busy:.0f}% of the CPUs: the multi-thread figures will be low "
-            "and noisy (the report says so); for clean numbers run when the machine is idle")
+        log(
+            f"other programs are using {100 * busy:.0f}% of the CPUs: the multi-thread figures will be low "
+            "and noisy (the report says so); for clean numbers run when the machine is idle"
+        )
 
     stage("roofs of this machine")
     t = time.perf_counter()
@@ -66,6 +98,7 @@ def run(args) -> int:
     gpu = None
     if info["machine"]["cuda"].get("available"):
         from ..bench.gpu import measure_gpu
+
         gpu = measure_gpu(quick=plan["quick_probes"])
         if gpu:
             _print_gpu_roofs(gpu)
@@ -75,33 +108,63 @@ def run(args) -> int:
 
     stage("ladder")
     t = time.perf_counter()
-    peak = {"arch": machine["arch"], "threads": machine["threads"],
-            "gflops_1t": machine["compute"]["simd_1t"], "gflops_all": machine["compute"]["simd_all"]}
+    peak = {
+        "arch": machine["arch"],
+        "threads": machine["threads"],
+        "gflops_1t": machine["compute"]["simd_1t"],
+        "gflops_all": machine["compute"]["simd_all"],
+    }
     if gpu:
-        peak.update(gpu_gflops=gpu["fma_gflops"], gpu_device=gpu["device"],
-                    gpu_tensor_gflops=gpu.get("tensor_gflops") or {})
-    ladder = run_ladder(sizes=plan["sizes"], repeats=plan["repeats"], budget=plan["budget"], force=args.all,
-                        progress=prog, log=log, peak=peak, gpu_sizes=plan["gpu_sizes"])
+        peak.update(
+            gpu_gflops=gpu["fma_gflops"], gpu_device=gpu["device"], gpu_tensor_gflops=gpu.get("tensor_gflops") or {}
+        )
+    ladder = run_ladder(
+        sizes=plan["sizes"],
+        repeats=plan["repeats"],
+        budget=plan["budget"],
+        force=args.all,
+        progress=prog,
+        log=log,
+        peak=peak,
+        gpu_sizes=plan["gpu_sizes"],
+    )
     timings["ladder"] = time.perf_counter() - t
     _print_ladder(ladder)
     _write_json(out, "ladder", ladder)
 
     stage("roofline")
     t = time.perf_counter()
-    roof = run_roofline(n=plan["roofline_n"], repeats=plan["repeats"], budget=plan["budget"], force=args.all,
-                        machine=machine, ladder=ladder, progress=prog, gpu=gpu, gpu_n=plan["gpu_roofline_n"])
+    roof = run_roofline(
+        n=plan["roofline_n"],
+        repeats=plan["repeats"],
+        budget=plan["budget"],
+        force=args.all,
+        machine=machine,
+        ladder=ladder,
+        progress=prog,
+        gpu=gpu,
+        gpu_n=plan["gpu_roofline_n"],
+    )
     timings["roofline"] = time.perf_counter() - t
     _print_roofline(roof)
     _write_json(out, "roofline", roof)
 
     from .._registry import KERNELS
+
     if KERNELS["openmp"].available:
         stage("scaling")
         t = time.perf_counter()
         ns = argparse.Namespace(batch=plan["train_batch"], kernel="openmp")
         step = _train_step_fn(ns, quick=args.quick)
-        scaling = run_scaling(n=plan["scaling_n"], repeats=plan["repeats"], budget=plan["budget"], train_step=step,
-                              train_label=f"training step, batch {plan['train_batch']}", progress=prog, log=log)
+        scaling = run_scaling(
+            n=plan["scaling_n"],
+            repeats=plan["repeats"],
+            budget=plan["budget"],
+            train_step=step,
+            train_label=f"training step, batch {plan['train_batch']}",
+            progress=prog,
+            log=log,
+        )
         timings["scaling"] = time.perf_counter() - t
         _print_scaling(scaling)
         _write_json(out, "scaling", scaling)
@@ -116,8 +179,15 @@ def run(args) -> int:
     if run_train is not None:
         stage("train")
         t = time.perf_counter()
-        train = run_train(steps=plan["train_steps"], batch=plan["train_batch"], budget=plan["budget"] * 4,
-                          force=args.all, progress=prog, log=log, sweep_batches=plan["sweep"] if gpu else [])
+        train = run_train(
+            steps=plan["train_steps"],
+            batch=plan["train_batch"],
+            budget=plan["budget"] * 4,
+            force=args.all,
+            progress=prog,
+            log=log,
+            sweep_batches=plan["sweep"] if gpu else [],
+        )
         timings["train"] = time.perf_counter() - t
         _print_train(train)
         _write_json(out, "train", train)
@@ -128,8 +198,17 @@ def run(args) -> int:
     res = build_report(docs, out)
     timings["report"] = time.perf_counter() - t
     total = time.perf_counter() - t0
-    _write_json(out, "demo", {"schema": "whygpu.demo/1", "quick": bool(args.quick), "seconds": total,
-                              "stages_s": timings, "files": sorted(p.name for p in out.iterdir())})
+    _write_json(
+        out,
+        "demo",
+        {
+            "schema": "whygpu.demo/1",
+            "quick": bool(args.quick),
+            "seconds": total,
+            "stages_s": timings,
+            "files": sorted(p.name for p in out.iterdir()),
+        },
+    )
     print(f"\ndemo finished in {total:.0f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + ")")
     print(f"report: {res['html']}")
     print(f"        {res['markdown']}")

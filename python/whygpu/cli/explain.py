@@ -1,4 +1,5 @@
 """``whygpu explain``: one product M x K @ K x N, predicted against measured for each kernel."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,11 @@ from ._common import (
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    s = sub.add_parser("explain", parents=[_common_args(), _threads_arg(), _measure_args(1.0), _dtype_arg()],
-                       help="one product M x K @ K x N: FLOPs, bytes, intensity, predicted vs measured")
+    s = sub.add_parser(
+        "explain",
+        parents=[_common_args(), _threads_arg(), _measure_args(1.0), _dtype_arg()],
+        help="one product M x K @ K x N: FLOPs, bytes, intensity, predicted vs measured",
+    )
     s.add_argument("m", type=_positive_int, metavar="M")
     s.add_argument("n", type=_positive_int, metavar="N")
     s.add_argument("k", type=_positive_int, metavar="K")
@@ -28,9 +32,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..explain import explain
+
     out = _prepare_out(args.out)
-    ex = explain(args.m, args.n, args.k, kernels=args.kernels, dtype=args.dtype, threads=args.threads,
-                 measure=not args.no_measure, budget=args.budget, force=args.all)
+    ex = explain(
+        args.m,
+        args.n,
+        args.k,
+        kernels=args.kernels,
+        dtype=args.dtype,
+        threads=args.threads,
+        measure=not args.no_measure,
+        budget=args.budget,
+        force=args.all,
+    )
     print(ex)
     _save(out, "explain", ex.as_dict(), plot=False)
     return 0

@@ -1,4 +1,5 @@
 """``whygpu info``: what this machine offers (CPU, caches, OpenMP, BLAS, CUDA, kernels, versions)."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,17 +8,22 @@ from ._common import _common_args, _prepare_out, _save
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    return sub.add_parser("info", parents=[_common_args()],
-                          help="CPU, cores, instruction set, caches, OpenMP, CUDA, versions")
+    return sub.add_parser(
+        "info", parents=[_common_args()], help="CPU, cores, instruction set, caches, OpenMP, CUDA, versions"
+    )
 
 
 def _info_doc() -> dict:
     from .._registry import KERNELS, default_kernel
     from ..bench.machine import machine_info
-    return {"schema": "whygpu.info/1", "machine": machine_info(),
-            "kernels": [k for k, v in KERNELS.items() if v.available],
-            "default_kernel": default_kernel(),
-            "unavailable": {k: v.unavailable() for k, v in KERNELS.items() if not v.available}}
+
+    return {
+        "schema": "whygpu.info/1",
+        "machine": machine_info(),
+        "kernels": [k for k, v in KERNELS.items() if v.available],
+        "default_kernel": default_kernel(),
+        "unavailable": {k: v.unavailable() for k, v in KERNELS.items() if not v.available},
+    }
 
 
 def _gpu_details(d: dict) -> str:
@@ -25,7 +31,7 @@ def _gpu_details(d: dict) -> str:
     if d.get("multiprocessors"):
         parts.append(f"{d['multiprocessors']} SMs")
     if d.get("memory_bytes"):
-        parts.append(f"{d['memory_bytes'] / 2 ** 30:.0f} GiB")
+        parts.append(f"{d['memory_bytes'] / 2**30:.0f} GiB")
     if d.get("driver_version"):
         parts.append(f"driver CUDA {d['driver_version']}")
     return f" ({', '.join(parts)})" if parts else ""
@@ -33,40 +39,79 @@ def _gpu_details(d: dict) -> str:
 
 def _print_info(doc: dict) -> None:
     from ..explain import format_bytes
+
     m, cpu = doc["machine"], doc["machine"]["cpu"]
 
     def kib(b):
-        return f"{b // 1024 ** 2} MiB" if b >= 1024 ** 2 and b % 1024 ** 2 == 0 else (
-            f"{b // 1024} KiB" if b % 1024 == 0 else format_bytes(b))
+        return (
+            f"{b // 1024**2} MiB"
+            if b >= 1024**2 and b % 1024**2 == 0
+            else (f"{b // 1024} KiB" if b % 1024 == 0 else format_bytes(b))
+        )
+
     blk = cpu.get("blocking", {}).get("float32", {})
     cuda = m["cuda"]
     rows = [
         ("CPU", f"{cpu.get('model', '?')} ({cpu.get('machine', '?')})"),
-        ("cores", f"{cpu.get('cores', '?')} usable" + (
-            f" on {cpu['physical_cores']} physical cores (SMT: {cpu['cores'] // cpu['physical_cores']} threads "
-            f"per core share one core's FMA units)" if cpu.get("physical_cores") and cpu.get("cores") and
-            cpu["physical_cores"] < cpu["cores"] else "") + f"; default threads {m.get('threads_default')}"),
-        ("instruction set", f"{cpu.get('arch', '?')} (best {cpu.get('best_arch', '?')}; supported: "
-                            f"{', '.join(cpu.get('supported_archs', []))})"),
-        ("micro-kernel", f"{blk.get('micro_kernel', '?')} (MR={blk.get('mr')}, NR={blk.get('nr')}, "
-                         f"KC={blk.get('kc')}, NC={blk.get('nc')})" if blk else "n/a"),
+        (
+            "cores",
+            f"{cpu.get('cores', '?')} usable"
+            + (
+                f" on {cpu['physical_cores']} physical cores (SMT: {cpu['cores'] // cpu['physical_cores']} threads "
+                f"per core share one core's FMA units)"
+                if cpu.get("physical_cores") and cpu.get("cores") and cpu["physical_cores"] < cpu["cores"]
+                else ""
+            )
+            + f"; default threads {m.get('threads_default')}",
+        ),
+        (
+            "instruction set",
+            f"{cpu.get('arch', '?')} (best {cpu.get('best_arch', '?')}; supported: "
+            f"{', '.join(cpu.get('supported_archs', []))})",
+        ),
+        (
+            "micro-kernel",
+            f"{blk.get('micro_kernel', '?')} (MR={blk.get('mr')}, NR={blk.get('nr')}, "
+            f"KC={blk.get('kc')}, NC={blk.get('nc')})"
+            if blk
+            else "n/a",
+        ),
         ("caches", ", ".join(f"{k} {kib(v)}" for k, v in cpu.get("caches", {}).items()) or "unknown"),
         ("OpenMP", "yes" if cpu.get("openmp") else "no (the openmp kernel is unavailable)"),
-        ("BLAS (NumPy)", "; ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')}, "
-                                   f"{b.get('num_threads')} threads)" for b in m.get("blas", [])) or "unknown"),
-        ("CUDA", f"available: {cuda.get('device', 'GPU')}{_gpu_details(cuda.get('device_info') or {})}"
-         if cuda.get("available") else f"not available ({cuda.get('reason')})"),
+        (
+            "BLAS (NumPy)",
+            "; ".join(
+                f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')}, {b.get('num_threads')} threads)"
+                for b in m.get("blas", [])
+            )
+            or "unknown",
+        ),
+        (
+            "CUDA",
+            f"available: {cuda.get('device', 'GPU')}{_gpu_details(cuda.get('device_info') or {})}"
+            if cuda.get("available")
+            else f"not available ({cuda.get('reason')})",
+        ),
         ("kernels", ", ".join(doc["kernels"])),
-        ("default kernel", doc["default_kernel"] if doc["default_kernel"] == "openmp" else
-         f"{doc['default_kernel']} (this build has no OpenMP: whygpu.matmul without kernel= runs on one core)"),
+        (
+            "default kernel",
+            doc["default_kernel"]
+            if doc["default_kernel"] == "openmp"
+            else f"{doc['default_kernel']} (this build has no OpenMP: whygpu.matmul without kernel= runs on one core)",
+        ),
     ]
     by_reason = {}
     for k, why in doc["unavailable"].items():  # one line per reason, not per kernel
         by_reason.setdefault(why, []).append(k)
     rows += [("unavailable", f"{', '.join(ks)}: {why}") for why, ks in by_reason.items()]
-    rows.append(("versions", f"whygpu {m['versions']['whygpu']}, Python {m['python']}, NumPy "
-                             f"{m['versions']['numpy']}, matplotlib {m['versions']['matplotlib']}, "
-                             f"{m.get('compiler')}"))
+    rows.append(
+        (
+            "versions",
+            f"whygpu {m['versions']['whygpu']}, Python {m['python']}, NumPy "
+            f"{m['versions']['numpy']}, matplotlib {m['versions']['matplotlib']}, "
+            f"{m.get('compiler')}",
+        )
+    )
     rows.append(("OS", m.get("os", "?")))
     w = max(len(r[0]) for r in rows)
     print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))

@@ -1,4 +1,5 @@
 """``whygpu report``: rebuild the report (HTML + Markdown) from saved JSON results."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,13 +9,18 @@ from ._common import _common_args, _prepare_out
 
 def add_parser(sub) -> argparse.ArgumentParser:
     s = sub.add_parser("report", parents=[_common_args()], help="rebuild the report from saved JSON results")
-    s.add_argument("results", nargs="+", metavar="RESULTS",
-                   help="JSON files written by whygpu (or folders of them) and pytest-benchmark JSON")
+    s.add_argument(
+        "results",
+        nargs="+",
+        metavar="RESULTS",
+        help="JSON files written by whygpu (or folders of them) and pytest-benchmark JSON",
+    )
     return s
 
 
 def run(args) -> int:
     from ..report import build_report, load_results
+
     docs = load_results(args.results)
     out = _prepare_out(args.out)
     res = build_report(docs, out)

@@ -1,4 +1,5 @@
 """``whygpu roofline``: the machine's measured roofs with every kernel placed on them, and their tables."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,19 +21,26 @@ from ._common import (
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    s = sub.add_parser("roofline", parents=[_common_args(), _threads_arg(), _measure_args(2.0), _plot_arg(),
-                                            _dtype_arg()],
-                       help="measure peak FLOP/s and bandwidth, place every kernel on the roofline")
+    s = sub.add_parser(
+        "roofline",
+        parents=[_common_args(), _threads_arg(), _measure_args(2.0), _plot_arg(), _dtype_arg()],
+        help="measure peak FLOP/s and bandwidth, place every kernel on the roofline",
+    )
     s.add_argument("--n", type=_positive_int, default=1024, help="matrix size (default 1024)")
     s.add_argument("--kernels", type=_name_list, default=None, help="comma-separated kernels (default: all)")
     s.add_argument("--quick", action="store_true", help="shorter microbenchmarks")
-    s.add_argument("--gpu-n", type=_positive_int, default=4096,
-                   help="matrix size for the GPU kernels, where a GPU is usable (default 4096)")
+    s.add_argument(
+        "--gpu-n",
+        type=_positive_int,
+        default=4096,
+        help="matrix size for the GPU kernels, where a GPU is usable (default 4096)",
+    )
     return s
 
 
 def _print_roofline(doc: dict) -> None:
     from ..roofline import COMPUTE_ROOFS
+
     r = doc["roofs"]
     print(f"Roofs of this machine (measured; {r['arch']}, {r['threads']} threads, float32)")
     rows = [[k, _g(v), COMPUTE_ROOFS.get(k, "")] for k, v in r["compute"].items()]
@@ -44,12 +52,37 @@ def _print_roofline(doc: dict) -> None:
     print()
     rows = []
     for p in doc["points"]:
-        rows.append([p["kernel"], p["n"], p.get("precision") or r.get("dtype", "float32"), p["compute_roof"],
-                     p["bound"], _g(p["intensity"]) + (f" {p['intensity_level']}" if p.get("intensity_level") else ""),
-                     _g(p["predicted_gflops"]), _g(p["measured_gflops"]), f"{100 * p['error']:+.0f}%"])
+        rows.append(
+            [
+                p["kernel"],
+                p["n"],
+                p.get("precision") or r.get("dtype", "float32"),
+                p["compute_roof"],
+                p["bound"],
+                _g(p["intensity"]) + (f" {p['intensity_level']}" if p.get("intensity_level") else ""),
+                _g(p["predicted_gflops"]),
+                _g(p["measured_gflops"]),
+                f"{100 * p['error']:+.0f}%",
+            ]
+        )
     print("Each kernel against its roof (error = (predicted - measured) / measured time)")
-    print(_table(["kernel", "n", "precision", "roof", "bound", "flop/byte", "predicted GFLOP/s", "measured GFLOP/s",
-                  "error"], rows, right=(1, 6, 7, 8)))
+    print(
+        _table(
+            [
+                "kernel",
+                "n",
+                "precision",
+                "roof",
+                "bound",
+                "flop/byte",
+                "predicted GFLOP/s",
+                "measured GFLOP/s",
+                "error",
+            ],
+            rows,
+            right=(1, 6, 7, 8),
+        )
+    )
     for n in doc.get("notes", []):
         print(f"note: {n}")
     for u in doc.get("unavailable") or []:
@@ -67,21 +100,37 @@ def _print_gpu_roofs(gpu: dict) -> None:
         rows.append([f"{prec} tensor-core peak (mma.sync)", f"{_g(v)} GFLOP/s"])
     if gpu.get("tensor_reason"):
         rows.append(["tensor-core peak", f"not measured: {gpu['tensor_reason']}"])
-    rows += [[f"device memory, {lvl} working set", f"{_g(v)} GB/s (read + write)"]
-             for lvl, v in gpu["bandwidth"].items()]
+    rows += [
+        [f"device memory, {lvl} working set", f"{_g(v)} GB/s (read + write)"] for lvl, v in gpu["bandwidth"].items()
+    ]
     for d, label in (("h2d", "host -> device"), ("d2h", "device -> host")):
         h = gpu["host"][d]
-        rows.append([f"{label}, {gpu['bytes']['host_copy'] >> 20} MiB",
-                     f"pageable {_g(h['pageable'])}, pinned {_g(h['pinned'])}, staged {_g(h['staged'])} GB/s"])
+        rows.append(
+            [
+                f"{label}, {gpu['bytes']['host_copy'] >> 20} MiB",
+                f"pageable {_g(h['pageable'])}, pinned {_g(h['pinned'])}, staged {_g(h['staged'])} GB/s",
+            ]
+        )
     print(_table(["GPU roof", "measured"], rows))
 
 
 def run(args) -> int:
     from ..roofline import run_roofline
+
     out = _prepare_out(args.out)
-    doc = run_roofline(n=args.n, kernels=args.kernels, dtype=args.dtype, threads=args.threads, repeats=args.repeats,
-                       budget=args.budget, force=args.all, quick=args.quick, progress=_progress(args),
-                       gpu_n=args.gpu_n, log=lambda s: None)
+    doc = run_roofline(
+        n=args.n,
+        kernels=args.kernels,
+        dtype=args.dtype,
+        threads=args.threads,
+        repeats=args.repeats,
+        budget=args.budget,
+        force=args.all,
+        quick=args.quick,
+        progress=_progress(args),
+        gpu_n=args.gpu_n,
+        log=lambda s: None,
+    )
     _print_roofline(doc)
     figures = [("plot_roofline", "roofline.png")]
     if doc.get("gpu_roofs"):

@@ -19,6 +19,7 @@ memory and runs all of it in CUDA kernels; :class:`GraphStep` (which
 ``fit`` uses there) replays a whole training step as one CUDA graph.  See
 ``docs/nn.md`` for a worked example and :func:`profile` for where the time goes.
 """
+
 from . import _cuda_backend  # noqa: F401  registers the "cuda" back end with get_backend; touches no GPU
 from ._backend import backends
 from ._graph import GraphStep
@@ -29,7 +30,23 @@ from .layers import Dropout, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, DeviceLoss, MSELoss
 
 __all__ = [
-    "Module", "Parameter", "Sequential", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout",
-    "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss", "DeviceLoss", "GraphStep", "backends", "profile", "Profile",
+    "Module",
+    "Parameter",
+    "Sequential",
+    "Linear",
+    "ReLU",
+    "LeakyReLU",
+    "Sigmoid",
+    "Tanh",
+    "Softmax",
+    "Dropout",
+    "CrossEntropyLoss",
+    "MSELoss",
+    "BCEWithLogitsLoss",
+    "DeviceLoss",
+    "GraphStep",
+    "backends",
+    "profile",
+    "Profile",
     "step_breakdown",
 ]

@@ -26,11 +26,12 @@ All arrays handed to a back end are made by whygpu.nn itself: C-contiguous
 outputs, one dtype, correct shapes.  So no argument is re-checked here on
 the hot path (see ``whygpu._api._gemm_unchecked``).
 """
+
 from __future__ import annotations
 
 import math
 import threading
-from typing import Callable, Dict, Optional
+from typing import Callable
 
 import numpy as np
 
@@ -42,7 +43,7 @@ try:
     from .. import _nn_core
 except ImportError as exc:  # pragma: no cover - only on a broken build
     _nn_core = None
-    _nn_core_error: Optional[str] = str(exc)
+    _nn_core_error: str | None = str(exc)
 else:
     _nn_core_error = None
 
@@ -54,7 +55,7 @@ class Backend:
 
     name = "?"
     parallel = False
-    device = None            # None: arrays are host NumPy arrays; "cuda": whygpu.cuda.DeviceArrays
+    device = None  # None: arrays are host NumPy arrays; "cuda": whygpu.cuda.DeviceArrays
     array_type = np.ndarray  # the type of this back end's arrays
 
     def threads(self) -> int:
@@ -219,7 +220,8 @@ class KernelBackend(Backend):
         if _nn_core is None:  # pragma: no cover - broken build only
             raise KernelUnavailableError(
                 f"back end {kernel_name!r} needs the compiled module whygpu._nn_core, which failed to "
-                f"import: {_nn_core_error}")
+                f"import: {_nn_core_error}"
+            )
         self.name = kernel_name
         self.parallel = self._kernel.parallel
 
@@ -300,13 +302,13 @@ class KernelBackend(Backend):
 
 
 NUMPY = NumpyBackend()
-_cache: Dict[str, Backend] = {"numpy": NUMPY}
+_cache: dict[str, Backend] = {"numpy": NUMPY}
 
 # The back ends defined above this module, by device: factory(name) makes the back end for
 # the device's own name ("cuda") and for each of its kernels.  ``_cuda_backend`` registers
 # the GPU one when imported (``whygpu.nn`` imports it, touching no GPU), so this module
 # never imports it.
-_FACTORIES: Dict[str, Callable[[str], Backend]] = {}
+_FACTORIES: dict[str, Callable[[str], Backend]] = {}
 
 
 def register_backend(device: str, factory: Callable[[str], Backend]) -> None:
@@ -327,18 +329,23 @@ def backend_for_precision(name, precision) -> str:
     ``('cuda_mma', 'bf16')`` -> ``'cuda_mma_bf16'``, ``('cuda', 'float32')`` -> ``'cuda'``...
     ValueError where there is none (a CPU back end, a float32-only rung)."""
     from .. import cuda as wc
+
     if isinstance(name, Backend):
         name = name.name
     if precision not in wc.PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(wc.PRECISIONS)}, got {precision!r}")
     if name != "cuda" and name not in all_kernels(device="cuda"):
-        raise ValueError(f"precision= chooses how a GPU back end multiplies; {name!r} runs on the CPU in the "
-                         f"model's dtype (use model.to('cuda', precision={precision!r}))")
+        raise ValueError(
+            f"precision= chooses how a GPU back end multiplies; {name!r} runs on the CPU in the "
+            f"model's dtype (use model.to('cuda', precision={precision!r}))"
+        )
     if name == "cuda" or wc._RUNGS[name] == 15:  # rung 15 computes in either tensor-core precision
         return {"float32": "cuda", "tf32": "cuda_mma", "bf16": "cuda_mma_bf16"}[precision]
     if wc.precision_of(name) != precision:
-        raise ValueError(f"back end {name!r} computes in {wc.precision_of(name)}, not {precision} "
-                         f"(model.to('cuda', precision={precision!r}) picks one that does)")
+        raise ValueError(
+            f"back end {name!r} computes in {wc.precision_of(name)}, not {precision} "
+            f"(model.to('cuda', precision={precision!r}) picks one that does)"
+        )
     return name
 
 
@@ -374,7 +381,7 @@ def note_output(arr: np.ndarray, backend: Backend) -> None:
     _tls.backend = backend
 
 
-def producer_of(arr) -> Optional[Backend]:
+def producer_of(arr) -> Backend | None:
     if getattr(_tls, "out", None) is arr:
         return _tls.backend
     return None

@@ -31,6 +31,7 @@ tensor-core back ends (``cuda_mma``: TF32, ``cuda_mma_bf16`` and
 mixed precision, the operands of each product rounded, float32 sums, float32
 master weights, gradients and optimizer state.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -200,7 +201,7 @@ class CudaBackend(Backend):
         self._done()
 
     # The losses stay in GPU memory until read: a DeviceLoss (float() waits for the GPU).
-    def softmax_xent_fwd(self, logits, labels, probs) -> "DeviceLoss":
+    def softmax_xent_fwd(self, logits, labels, probs) -> DeviceLoss:
         out = self._ops.softmax_xent_fwd(logits, labels, probs)  # [sum of losses, bad labels]
         self._done()
         return DeviceLoss(self, out, 1.0, logits.shape[1])
@@ -209,7 +210,7 @@ class CudaBackend(Backend):
         self._ops.softmax_xent_bwd(probs, labels, dx, scale)
         self._done()
 
-    def mse_fwd(self, y, t) -> "DeviceLoss":
+    def mse_fwd(self, y, t) -> DeviceLoss:
         out = self._ops.mse_fwd(y, t)
         self._done()
         return DeviceLoss(self, out)
@@ -218,7 +219,7 @@ class CudaBackend(Backend):
         self._ops.mse_bwd(y, t, dx, scale)
         self._done()
 
-    def bce_logits_fwd(self, x, t) -> "DeviceLoss":
+    def bce_logits_fwd(self, x, t) -> DeviceLoss:
         out = self._ops.bce_logits_fwd(x, t)
         self._done()
         return DeviceLoss(self, out)

@@ -28,10 +28,10 @@ On a CPU back end a GraphStep is just the step, with a float loss.
 ``fit`` uses one on a GPU back end (``fit(..., cuda_graph=False)`` turns it
 off).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional
 
 import numpy as np
 
@@ -55,10 +55,10 @@ class _Entry:
         self.x_up = mod.Uploader(be.empty(x_shape, np.float32))
         self.y_up = mod.Uploader(be.array_type(y_shape, y_dtype))
         self.x, self.y = self.x_up.target, self.y_up.target
-        self.warm = False       # one ordinary step has run on these buffers (it makes every buffer the step uses)
+        self.warm = False  # one ordinary step has run on these buffers (it makes every buffer the step uses)
         self.graph = None
-        self.loss = None        # the DeviceLoss the captured step writes
-        self.refs = None        # what the graph's launches use, and must stay what the model uses
+        self.loss = None  # the DeviceLoss the captured step writes
+        self.refs = None  # what the graph's launches use, and must stay what the model uses
 
 
 class GraphStep:
@@ -85,19 +85,21 @@ class GraphStep:
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.use_graph = bool(graph)
         self._acc = _acc  # fit's per-epoch sums on the GPU: [loss, bad labels, right]
-        self._entries: "OrderedDict[tuple, _Entry]" = OrderedDict()
+        self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
         self._backend = None
-        self.graphed = False   # whether the latest call replayed a graph
-        self.reason: Optional[str] = None  # why it did not (None when it did)
-        self.captures = 0      # graphs captured so far
+        self.graphed = False  # whether the latest call replayed a graph
+        self.reason: str | None = None  # why it did not (None when it did)
+        self.captures = 0  # graphs captured so far
         self._hyper_up = None  # the optimizer's hyperparameters, rewritten in GPU memory before each replay
 
     def __repr__(self):
-        return (f"GraphStep({type(self.model).__name__}, {self.loss!r}, {self.optimizer!r}, "
-                f"graphed={self.graphed}, captures={self.captures})")
+        return (
+            f"GraphStep({type(self.model).__name__}, {self.loss!r}, {self.optimizer!r}, "
+            f"graphed={self.graphed}, captures={self.captures})"
+        )
 
     # -- what can be captured ------------------------------------------------------------
-    def _why_not(self, be) -> Optional[str]:
+    def _why_not(self, be) -> str | None:
         """Why this step cannot be a graph now, or None when it can."""
         if be.device is None:
             return f"the {be.name!r} back end runs on the CPU: there is no GPU work to capture"
@@ -116,8 +118,10 @@ class GraphStep:
         if self.loss._backend is not None and self.loss._backend is not be:
             return "the loss runs on another back end than the model"
         if self.optimizer._fused_backend() is not be:
-            return (f"{type(self.optimizer).__name__} has no one-launch GPU update for these parameters "
-                    f"(whygpu.optim.SGD and Adam have, when all parameters are on the model's GPU back end)")
+            return (
+                f"{type(self.optimizer).__name__} has no one-launch GPU update for these parameters "
+                f"(whygpu.optim.SGD and Adam have, when all parameters are on the model's GPU back end)"
+            )
         return None
 
     # -- one step ------------------------------------------------------------------------
@@ -139,8 +143,11 @@ class GraphStep:
             x = self.model._check_input(x)
             return float(self._body(be, x, y))
         if why is not None:
-            return self._body(be, be.asarray(self._host_x(x)) if not isinstance(x, be.array_type) else x,
-                              y if isinstance(y, be.array_type) else be.asarray(self._host_y(x, y)))
+            return self._body(
+                be,
+                be.asarray(self._host_x(x)) if not isinstance(x, be.array_type) else x,
+                y if isinstance(y, be.array_type) else be.asarray(self._host_y(x, y)),
+            )
         e = self._entry(be, x, y)
         if not e.warm:  # the first step on a shape runs as it is: it allocates what the step needs
             lz = self._body(be, e.x, e.y)

@@ -10,10 +10,11 @@ On a GPU back end (``cuda``) the parameters, buffers and gradients are
 takes a DeviceArray as it is) and returns a DeviceArray; see
 ``_cuda_backend.py``.
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -95,8 +96,10 @@ class Parameter:
     def _checked(self, value, what: str) -> np.ndarray:
         arr = np.asarray(value)
         if arr.shape != self._data.shape:
-            raise ValueError(f"cannot assign an array of shape {arr.shape} to {self.name or 'a parameter'}.{what} "
-                             f"of shape {self._data.shape}")
+            raise ValueError(
+                f"cannot assign an array of shape {arr.shape} to {self.name or 'a parameter'}.{what} "
+                f"of shape {self._data.shape}"
+            )
         if arr.dtype.kind not in "fiub":
             raise TypeError(f"{what} must be numeric, got dtype {arr.dtype}")
         return arr
@@ -114,7 +117,7 @@ class Parameter:
         return 1.0
 
     @property
-    def shape(self) -> Tuple[int, ...]:
+    def shape(self) -> tuple[int, ...]:
         return self._data.shape
 
     @property
@@ -131,17 +134,17 @@ class Parameter:
             self._data = self._data.astype(dtype)
             self._grad = grad
 
-    def _place(self, backend: Backend, dtype: Optional[np.dtype]) -> None:
+    def _place(self, backend: Backend, dtype: np.dtype | None) -> None:
         """Put this parameter on `backend` (and convert it to `dtype`), moving the
         values between host and device memory when the two back ends differ there."""
         old = self._backend
         moving = backend.device != old.device
         if moving:
-            old.release(self)      # device -> host (nothing for a CPU back end)
+            old.release(self)  # device -> host (nothing for a CPU back end)
         if dtype is not None:
-            self._astype(dtype)    # on the host, or a no-op (float32 stays float32) on a device
+            self._astype(dtype)  # on the host, or a no-op (float32 stays float32) on a device
         if moving:
-            backend.adopt(self)    # host -> device (nothing for a CPU back end)
+            backend.adopt(self)  # host -> device (nothing for a CPU back end)
         self._backend = backend
 
     def __repr__(self) -> str:
@@ -161,15 +164,15 @@ class Module:
         self.training = True
         self._backend: Backend = _backend.NUMPY
         self._dtype = np.dtype(np.float32)
-        self._bufs: Dict[str, np.ndarray] = {}
-        self._prof: Optional[_profile._Record] = None  # set while a profile is active
+        self._bufs: dict[str, np.ndarray] = {}
+        self._prof: _profile._Record | None = None  # set while a profile is active
 
     # -- parameters --------------------------------------------------------
-    def parameters(self) -> List[Parameter]:
+    def parameters(self) -> list[Parameter]:
         """The learnable parameters, in a fixed order."""
         return [p for _, p in self.named_parameters()]
 
-    def named_parameters(self) -> Iterator[Tuple[str, Parameter]]:
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
         for name, value in vars(self).items():
             if isinstance(value, Parameter):
                 yield name, value
@@ -184,7 +187,7 @@ class Module:
             p.zero_grad()
 
     # -- back end, dtype, mode -----------------------------------------------
-    def to(self, backend=None, dtype=None, precision=None) -> "Module":
+    def to(self, backend=None, dtype=None, precision=None) -> Module:
         """Move to back end ``backend`` (a name from :func:`whygpu.nn.backends`:
         ``'numpy'``, a CPU kernel, or ``'cuda'`` where a GPU is usable) and/or
         convert to ``dtype`` (float32 or float64; float32 only on a GPU).
@@ -198,16 +201,17 @@ class Module:
         rounded, and the sums are float32.  It picks the back end of that
         precision: ``cuda_mma_bf16``, ``cuda_mma`` (TF32) or ``cuda``."""
         if precision is not None:
-            backend = _backend.backend_for_precision(backend if backend is not None else self._backend.name,
-                                                     precision)
+            backend = _backend.backend_for_precision(backend if backend is not None else self._backend.name, precision)
         be = get_backend(backend) if backend is not None else None
         dt = _check_dtype(dtype) if dtype is not None else None
         modules = self._modules()
         if (be or self._backend).device is not None:  # refuse before anything moves
             for m in modules:
                 if (dt or m._dtype) != np.float32:
-                    raise TypeError(f"the GPU back ends compute in float32 only; this model is {dt or m._dtype}: "
-                                    f"use model.to({(be or self._backend).name!r}, dtype=np.float32)")
+                    raise TypeError(
+                        f"the GPU back ends compute in float32 only; this model is {dt or m._dtype}: "
+                        f"use model.to({(be or self._backend).name!r}, dtype=np.float32)"
+                    )
         for m in modules:
             moving = be is not None and be.device != m._backend.device
             if be is not None:
@@ -224,10 +228,10 @@ class Module:
                     p._astype(dt)
         return self
 
-    def float(self) -> "Module":
+    def float(self) -> Module:
         return self.to(dtype=np.float32)
 
-    def double(self) -> "Module":
+    def double(self) -> Module:
         return self.to(dtype=np.float64)
 
     @property
@@ -239,15 +243,15 @@ class Module:
     def dtype(self) -> np.dtype:
         return self._dtype
 
-    def train(self, mode: bool = True) -> "Module":
+    def train(self, mode: bool = True) -> Module:
         for m in self._modules():
             m.training = bool(mode)
         return self
 
-    def eval(self) -> "Module":
+    def eval(self) -> Module:
         return self.train(False)
 
-    def _modules(self) -> List["Module"]:
+    def _modules(self) -> list[Module]:
         return [self]
 
     def _forget(self) -> None:
@@ -325,8 +329,10 @@ class Module:
         if not isinstance(grad, np.ndarray):
             grad = np.asarray(grad)
         if grad.shape != out:
-            raise ValueError(f"{type(self).__name__}.backward() got a gradient of shape {grad.shape}, "
-                             f"expected {out} (the shape of the latest output)")
+            raise ValueError(
+                f"{type(self).__name__}.backward() got a gradient of shape {grad.shape}, "
+                f"expected {out} (the shape of the latest output)"
+            )
         if grad.dtype.kind not in "fiub":
             raise TypeError(f"the gradient must be numeric, got dtype {grad.dtype}")
         return np.ascontiguousarray(grad, dtype=self._dtype)
@@ -340,7 +346,7 @@ class Module:
             return grad
         return be.asarray(self._host_grad(grad, out))
 
-    def _saved_output_shape(self) -> Optional[tuple]:  # pragma: no cover - abstract
+    def _saved_output_shape(self) -> tuple | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- helpers for subclasses ----------------------------------------------
@@ -381,15 +387,17 @@ def _check_finite(x: np.ndarray, what: str) -> None:
         return
     if np.isnan(x).any():
         bad = np.argwhere(np.isnan(x))[0]
-        raise ValueError(f"the {what} contains NaN (first at index {tuple(int(i) for i in bad)}); "
-                         f"clean the data before training")
+        raise ValueError(
+            f"the {what} contains NaN (first at index {tuple(int(i) for i in bad)}); clean the data before training"
+        )
     if np.isinf(x).any():
         raise ValueError(f"the {what} contains infinity; clean or rescale the data before training")
     # finite values whose sum overflowed: fine
 
 
-def _check_number(value, name: str, low: float = None, low_inclusive: bool = True, high: float = None,
-                  high_inclusive: bool = True) -> float:
+def _check_number(
+    value, name: str, low: float = None, low_inclusive: bool = True, high: float = None, high_inclusive: bool = True
+) -> float:
     """value as a float within bounds, or TypeError/ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")

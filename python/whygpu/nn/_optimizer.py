@@ -1,9 +1,10 @@
 """The optimizer base class, :class:`whygpu.optim.Optimizer` (re-exported there with
 SGD and Adam): it lives below ``whygpu.optim`` so that ``fit`` and ``GraphStep``
 can recognise an optimizer without importing the optimizers."""
+
 from __future__ import annotations
 
-from typing import Iterable, List
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -24,7 +25,7 @@ class Optimizer:
         if isinstance(params, Parameter):
             params = [params]
         try:
-            self.params: List[Parameter] = list(params)
+            self.params: list[Parameter] = list(params)
         except TypeError:
             raise TypeError("params must be an iterable of Parameters, e.g. model.parameters()") from None
         if not self.params:

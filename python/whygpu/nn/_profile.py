@@ -24,15 +24,15 @@ And since GPU work is asynchronous, every GPU operation waits for the GPU
 while a profile is active, so each row holds the time the GPU really took
 (a profiled step is therefore a little slower than an unprofiled one).
 """
+
 from __future__ import annotations
 
 import time
-from typing import List, Optional
 
 __all__ = ["profile", "Profile", "step_breakdown"]
 
 _clock = time.perf_counter
-_active: Optional["Profile"] = None  # the profile that losses and optimizers report to
+_active: Profile | None = None  # the profile that losses and optimizers report to
 
 
 class _Record:
@@ -56,24 +56,23 @@ class Profile:
 
     def __init__(self, model):
         self.model = model
-        self.layers: List[_Record] = []
+        self.layers: list[_Record] = []
         self.loss = _Record("loss")
         self.optimizer = _Record("optimizer")
         self.steps = 0
         self.wall_s = 0.0
-        self._t0: Optional[float] = None
+        self._t0: float | None = None
         # host <-> device copies (GPU back ends): seconds, bytes, how many
         self.transfer_s = 0.0
         self.transfer_bytes = 0
         self.transfer_calls = 0
 
     # -- context manager ---------------------------------------------------
-    def __enter__(self) -> "Profile":
+    def __enter__(self) -> Profile:
         global _active
         if _active is not None:
             raise RuntimeError("a whygpu.nn profile is already active; profiles do not nest")
-        self.layers = [
-            _Record(f"{i}: {layer!r}") for i, layer in enumerate(_leaves(self.model))]
+        self.layers = [_Record(f"{i}: {layer!r}") for i, layer in enumerate(_leaves(self.model))]
         for layer, rec in zip(_leaves(self.model), self.layers):
             layer._prof = rec
         _active = self
@@ -118,25 +117,61 @@ class Profile:
         for a per-step figure."""
         rows = []
         for r in self.layers + [self.loss, self.optimizer]:
-            rows.append({"name": r.name, "matmul_s": r.matmul_s, "other_s": r.total_s - r.matmul_s,
-                         "total_s": r.total_s, "forward_s": r.forward_s, "backward_s": r.backward_s,
-                         "matmul_calls": r.matmul_calls, "gflop": r.flops / 1e9})
+            rows.append(
+                {
+                    "name": r.name,
+                    "matmul_s": r.matmul_s,
+                    "other_s": r.total_s - r.matmul_s,
+                    "total_s": r.total_s,
+                    "forward_s": r.forward_s,
+                    "backward_s": r.backward_s,
+                    "matmul_calls": r.matmul_calls,
+                    "gflop": r.flops / 1e9,
+                }
+            )
         if self.transfer_calls:
-            rows.append({"name": "host <-> device copies", "matmul_s": 0.0, "other_s": self.transfer_s,
-                         "total_s": self.transfer_s, "forward_s": 0.0, "backward_s": 0.0, "matmul_calls": 0,
-                         "gflop": 0.0})
+            rows.append(
+                {
+                    "name": "host <-> device copies",
+                    "matmul_s": 0.0,
+                    "other_s": self.transfer_s,
+                    "total_s": self.transfer_s,
+                    "forward_s": 0.0,
+                    "backward_s": 0.0,
+                    "matmul_calls": 0,
+                    "gflop": 0.0,
+                }
+            )
         seen = sum(row["total_s"] for row in rows)
-        rows.append({"name": "outside (your loop, Python)", "matmul_s": 0.0,
-                     "other_s": max(self.wall_s - seen, 0.0), "total_s": max(self.wall_s - seen, 0.0),
-                     "forward_s": 0.0, "backward_s": 0.0, "matmul_calls": 0, "gflop": 0.0})
+        rows.append(
+            {
+                "name": "outside (your loop, Python)",
+                "matmul_s": 0.0,
+                "other_s": max(self.wall_s - seen, 0.0),
+                "total_s": max(self.wall_s - seen, 0.0),
+                "forward_s": 0.0,
+                "backward_s": 0.0,
+                "matmul_calls": 0,
+                "gflop": 0.0,
+            }
+        )
         for row in rows:
             row["share"] = row["total_s"] / self.wall_s if self.wall_s > 0 else 0.0
         matmul = self.matmul_s
-        return {"backend": getattr(self.model, "backend", "?"), "steps": self.steps, "wall_s": self.wall_s,
-                "step_ms": 1e3 * self.wall_s / self.steps if self.steps else float("nan"),
-                "matmul_s": matmul, "other_s": self.wall_s - matmul, "matmul_share": self.matmul_share,
-                "transfer_s": self.transfer_s, "transfer_share": self.transfer_share,
-                "transfer_bytes": self.transfer_bytes, "transfer_calls": self.transfer_calls, "rows": rows}
+        return {
+            "backend": getattr(self.model, "backend", "?"),
+            "steps": self.steps,
+            "wall_s": self.wall_s,
+            "step_ms": 1e3 * self.wall_s / self.steps if self.steps else float("nan"),
+            "matmul_s": matmul,
+            "other_s": self.wall_s - matmul,
+            "matmul_share": self.matmul_share,
+            "transfer_s": self.transfer_s,
+            "transfer_share": self.transfer_share,
+            "transfer_bytes": self.transfer_bytes,
+            "transfer_calls": self.transfer_calls,
+            "rows": rows,
+        }
 
     def table(self) -> str:
         """The breakdown as a text table (milliseconds per step)."""
@@ -144,20 +179,28 @@ class Profile:
         per = max(self.steps, 1)
         unit = "ms/step" if self.steps else "ms total"
         w = max([len(r["name"]) for r in b["rows"]] + [10])
-        lines = [f"time breakdown on back end {b['backend']!r}: {self.steps} step(s), "
-                 f"{b['step_ms']:.3f} ms/step" if self.steps else
-                 f"time breakdown on back end {b['backend']!r}: {1e3 * self.wall_s:.3f} ms",
-                 f"{'':{w}}  {'matmul':>10} {'other':>10} {'total':>10} {'share':>7}   ({unit})"]
+        lines = [
+            f"time breakdown on back end {b['backend']!r}: {self.steps} step(s), {b['step_ms']:.3f} ms/step"
+            if self.steps
+            else f"time breakdown on back end {b['backend']!r}: {1e3 * self.wall_s:.3f} ms",
+            f"{'':{w}}  {'matmul':>10} {'other':>10} {'total':>10} {'share':>7}   ({unit})",
+        ]
         for r in b["rows"]:
-            lines.append(f"{r['name']:{w}}  {1e3 * r['matmul_s'] / per:10.3f} {1e3 * r['other_s'] / per:10.3f} "
-                         f"{1e3 * r['total_s'] / per:10.3f} {100 * r['share']:6.1f}%")
-        lines.append(f"{'total':{w}}  {1e3 * b['matmul_s'] / per:10.3f} {1e3 * b['other_s'] / per:10.3f} "
-                     f"{1e3 * self.wall_s / per:10.3f} {100.0:6.1f}%")
+            lines.append(
+                f"{r['name']:{w}}  {1e3 * r['matmul_s'] / per:10.3f} {1e3 * r['other_s'] / per:10.3f} "
+                f"{1e3 * r['total_s'] / per:10.3f} {100 * r['share']:6.1f}%"
+            )
+        lines.append(
+            f"{'total':{w}}  {1e3 * b['matmul_s'] / per:10.3f} {1e3 * b['other_s'] / per:10.3f} "
+            f"{1e3 * self.wall_s / per:10.3f} {100.0:6.1f}%"
+        )
         lines.append(f"matrix multiplication: {100 * b['matmul_share']:.1f}% of the time")
         if self.transfer_calls:
-            lines.append(f"host <-> device copies: {100 * self.transfer_share:.1f}% of the time "
-                         f"({self.transfer_calls / per:.1f} copies, {self.transfer_bytes / per / 1e6:.3f} MB per "
-                         f"{'step' if self.steps else 'run'})")
+            lines.append(
+                f"host <-> device copies: {100 * self.transfer_share:.1f}% of the time "
+                f"({self.transfer_calls / per:.1f} copies, {self.transfer_bytes / per / 1e6:.3f} MB per "
+                f"{'step' if self.steps else 'run'})"
+            )
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -184,6 +227,7 @@ def step_breakdown(model, x, y, loss_fn, optimizer, steps: int = 10, warmup: int
 
     Note that this trains the model: its parameters change.
     """
+
     def step():
         logits = model(x)
         loss_fn(logits, y)

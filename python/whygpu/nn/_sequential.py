@@ -9,10 +9,10 @@ The explicit step, which ``fit`` runs for each batch::
     model.backward(loss_fn.backward())  # backward: two matmuls per Linear
     opt.step()                          # update every parameter
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -38,16 +38,15 @@ class Sequential(Module):
             layers = tuple(layers[0])
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module) or isinstance(layer, Sequential):
-                raise TypeError(f"Sequential takes layers (Linear, ReLU, ...); argument {i} is "
-                                f"{type(layer).__name__}")
+                raise TypeError(f"Sequential takes layers (Linear, ReLU, ...); argument {i} is {type(layer).__name__}")
         if not layers:
             raise ValueError("Sequential needs at least one layer")
-        self.layers: List[Module] = list(layers)
+        self.layers: list[Module] = list(layers)
         self._dtype = self.layers[0]._dtype
         self._backend = self.layers[0]._backend
         self.to(self._backend, self._dtype)  # one back end and dtype for all layers
         self._forwarded = False
-        self._fit_loss: Optional[_Loss] = None
+        self._fit_loss: _Loss | None = None
 
     # -- container -----------------------------------------------------------
     def __len__(self) -> int:
@@ -59,7 +58,7 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self.layers)
 
-    def _modules(self) -> List[Module]:
+    def _modules(self) -> list[Module]:
         return [self] + self.layers
 
     def _forget(self) -> None:
@@ -101,7 +100,7 @@ class Sequential(Module):
         self._forwarded = True
         return x
 
-    def backward(self, grad: np.ndarray, input_grad: bool = False) -> Optional[np.ndarray]:
+    def backward(self, grad: np.ndarray, input_grad: bool = False) -> np.ndarray | None:
         """Backpropagate dLoss/dOutput through every layer, last to first,
         accumulating each parameter's gradient.  Returns dLoss/dInput when
         ``input_grad`` is true; by default it is not computed (as in PyTorch,
@@ -134,18 +133,19 @@ class Sequential(Module):
     def _check_features(self, x) -> None:
         n_in = self.input_features()
         if n_in is not None and x.shape[1] != n_in:
-            raise ValueError(f"the model expects {n_in} input features, got an array with {x.shape[1]} "
-                             f"(shape {x.shape})")
+            raise ValueError(
+                f"the model expects {n_in} input features, got an array with {x.shape[1]} (shape {x.shape})"
+            )
 
     # -- shapes and parameters -----------------------------------------------
-    def input_features(self) -> Optional[int]:
+    def input_features(self) -> int | None:
         """Features the model takes (from its first Linear layer), or None."""
         for layer in self.layers:
             if hasattr(layer, "in_features"):
                 return layer.in_features
         return None
 
-    def output_features(self, in_features: Optional[int] = None) -> Optional[int]:
+    def output_features(self, in_features: int | None = None) -> int | None:
         n = self.input_features() if in_features is None else in_features
         for layer in self.layers:
             n = layer.output_features(n) if n is not None else getattr(layer, "out_features", None)
@@ -169,17 +169,30 @@ class Sequential(Module):
             out.append(f"{r[0]:<{w[0]}}   {r[1]:<{w[1]}}   {r[2]:>{w[2]}}")
         total = self.count_params()
         nbytes = total * self._dtype.itemsize
-        out += ["=" * len(line),
-                f"Total params: {total:,}",
-                f"Memory: {_fmt_bytes(nbytes)} as {self._dtype} (weights only; training adds gradients, "
-                f"optimizer state and activations)",
-                f"Back end: {self.backend}",
-                line]
+        out += [
+            "=" * len(line),
+            f"Total params: {total:,}",
+            f"Memory: {_fmt_bytes(nbytes)} as {self._dtype} (weights only; training adds gradients, "
+            f"optimizer state and activations)",
+            f"Back end: {self.backend}",
+            line,
+        ]
         print_fn("\n".join(out))
 
     # -- Keras-style training ------------------------------------------------
-    def fit(self, X, y, epochs: int = 1, batch_size: int = 32, optimizer=None, loss=None,
-            validation_data=None, shuffle: bool = True, verbose="auto", cuda_graph: bool = True) -> Dict[str, list]:
+    def fit(
+        self,
+        X,
+        y,
+        epochs: int = 1,
+        batch_size: int = 32,
+        optimizer=None,
+        loss=None,
+        validation_data=None,
+        shuffle: bool = True,
+        verbose="auto",
+        cuda_graph: bool = True,
+    ) -> dict[str, list]:
         """Train with mini-batches; returns the history, a dict of per-epoch
         lists: ``loss`` and, for classifiers, ``accuracy`` (plus ``val_loss``
         and ``val_accuracy`` with ``validation_data=(X_val, y_val)``).
@@ -216,7 +229,7 @@ class Sequential(Module):
             val = self._check_dataset(validation_data[0], validation_data[1], loss, "X_val", "y_val")
         self._fit_loss = loss
         classifier = loss.classifier
-        history: Dict[str, list] = {"loss": []}
+        history: dict[str, list] = {"loss": []}
         if classifier:
             history["accuracy"] = []
         if val is not None:
@@ -230,11 +243,22 @@ class Sequential(Module):
         # overflow warnings would only be noise.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if self._backend.device is not None:
-                self._fit_loop_device(X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history,
-                                      classifier, bool(cuda_graph))
+                self._fit_loop_device(
+                    X,
+                    y,
+                    epochs,
+                    batch_size,
+                    optimizer,
+                    loss,
+                    val,
+                    shuffle,
+                    verbose,
+                    history,
+                    classifier,
+                    bool(cuda_graph),
+                )
             else:
-                self._fit_loop(X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history,
-                               classifier)
+                self._fit_loop(X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier)
         return history
 
     def _fit_loop(self, X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier):
@@ -261,18 +285,30 @@ class Sequential(Module):
                 if not np.isfinite(batch_loss):
                     if bar is not None:
                         bar.close()
-                    raise FloatingPointError(f"the loss became {batch_loss} in epoch {epoch + 1}, batch {b + 1}: "
-                                             f"training diverged -- try a smaller learning rate")
+                    raise FloatingPointError(
+                        f"the loss became {batch_loss} in epoch {epoch + 1}, batch {b + 1}: "
+                        f"training diverged -- try a smaller learning rate"
+                    )
                 total_loss += batch_loss * xb.shape[0]
                 if bar is not None:
                     bar.update(1)
                     if b % 10 == 0 or b == n_batches - 1:
                         bar.set_postfix(loss=f"{total_loss / (sl.stop):.4f}", refresh=False)
-            self._end_epoch(history, total_loss / n, correct / n if classifier else None, val, loss, batch_size,
-                            bar, verbose, f"Epoch {epoch + 1}/{epochs}")
+            self._end_epoch(
+                history,
+                total_loss / n,
+                correct / n if classifier else None,
+                val,
+                loss,
+                batch_size,
+                bar,
+                verbose,
+                f"Epoch {epoch + 1}/{epochs}",
+            )
 
-    def _fit_loop_device(self, X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history,
-                         classifier, cuda_graph):
+    def _fit_loop_device(
+        self, X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier, cuda_graph
+    ):
         """fit on a GPU back end: no copy back and no wait for the GPU inside an epoch."""
         n = X.shape[0]
         n_batches = -(-n // batch_size)
@@ -299,10 +335,20 @@ class Sequential(Module):
             if not np.isfinite(sums[0]):
                 if bar is not None:
                     bar.close()
-                raise FloatingPointError(f"the loss became {sums[0]} in epoch {epoch + 1}: training diverged -- "
-                                         f"try a smaller learning rate")
-            self._end_epoch(history, float(sums[0]) / n, float(sums[2]) / n if classifier else None, val, loss,
-                            batch_size, bar, verbose, f"Epoch {epoch + 1}/{epochs}")
+                raise FloatingPointError(
+                    f"the loss became {sums[0]} in epoch {epoch + 1}: training diverged -- try a smaller learning rate"
+                )
+            self._end_epoch(
+                history,
+                float(sums[0]) / n,
+                float(sums[2]) / n if classifier else None,
+                val,
+                loss,
+                batch_size,
+                bar,
+                verbose,
+                f"Epoch {epoch + 1}/{epochs}",
+            )
 
     def _end_epoch(self, history, mean_loss, accuracy, val, loss, batch_size, bar, verbose, label):
         """Record an epoch's figures (and the validation's), and show them."""
@@ -321,7 +367,7 @@ class Sequential(Module):
         elif verbose == 2:
             print(f"{label}  {summary}", file=sys.stdout)
 
-    def evaluate(self, X, y, loss=None, batch_size: int = 256) -> Dict[str, float]:
+    def evaluate(self, X, y, loss=None, batch_size: int = 256) -> dict[str, float]:
         """Mean loss and, for classifiers, accuracy on (X, y), in eval mode
         (dropout off).  ``loss`` defaults to the one last used by ``fit``,
         else CrossEntropyLoss for integer labels and MSELoss otherwise."""
@@ -341,7 +387,7 @@ class Sequential(Module):
             total, correct, classifier = 0.0, 0, True
             be = self._backend
             for s in range(0, X.shape[0], batch_size):
-                xb, yb = X[s:s + batch_size], y[s:s + batch_size]
+                xb, yb = X[s : s + batch_size], y[s : s + batch_size]
                 out = self.forward(be.asarray(xb))
                 _backend.note_output(out, be)
                 total += loss.forward(out, yb) * xb.shape[0]
@@ -370,11 +416,11 @@ class Sequential(Module):
         be = self._backend
         try:
             for s in range(0, X.shape[0], batch_size):
-                res = self.forward(be.asarray(X[s:s + batch_size]))
+                res = self.forward(be.asarray(X[s : s + batch_size]))
                 if be.device is None:
-                    out[s:s + batch_size] = res
+                    out[s : s + batch_size] = res
                 else:
-                    be.to_host(res, out=out[s:s + batch_size])  # straight into the result
+                    be.to_host(res, out=out[s : s + batch_size])  # straight into the result
         finally:
             self.train(was_training)
         return out
@@ -385,8 +431,9 @@ class Sequential(Module):
             raise ValueError(f"{xname} is empty (0 samples)")
         y = np.asarray(y)
         if y.ndim == 0 or y.shape[0] != X.shape[0]:
-            raise ValueError(f"{xname} has {X.shape[0]} samples but {yname} has "
-                             f"{'no axis' if y.ndim == 0 else y.shape[0]}")
+            raise ValueError(
+                f"{xname} has {X.shape[0]} samples but {yname} has {'no axis' if y.ndim == 0 else y.shape[0]}"
+            )
         n_out = self.output_features(X.shape[1])
         # let the loss check the targets once, on the whole data set, with a dummy output of the right shape
         probe = np.zeros((X.shape[0], n_out if n_out is not None else 1), dtype=self._dtype)
@@ -423,6 +470,14 @@ def _progress(total: int, desc: str, verbose):
     if verbose in (0, 2):
         return None
     from tqdm import tqdm
+
     # disable=None: tqdm shows the bar only on a terminal ("auto"); verbose=1 forces it.
-    return tqdm(total=total, desc=desc, unit="batch", leave=True, disable=None if verbose == "auto" else False,
-                file=sys.stderr, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="batch",
+        leave=True,
+        disable=None if verbose == "auto" else False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )

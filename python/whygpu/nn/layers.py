@@ -6,10 +6,10 @@ input or its output) and writes its results into reusable buffers.  Read
 the chain rule, and for Linear it is two more matrix multiplications -- which
 is why training costs about three times the matmuls of inference.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 
@@ -18,8 +18,14 @@ from ._module import Module, Parameter, _check_dtype, _check_number
 
 __all__ = ["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout"]
 
-_INITS = {"default": "default", "pytorch": "default", "he": "he", "kaiming": "he",
-          "xavier": "xavier", "glorot": "xavier"}
+_INITS = {
+    "default": "default",
+    "pytorch": "default",
+    "he": "he",
+    "kaiming": "he",
+    "xavier": "xavier",
+    "glorot": "xavier",
+}
 
 
 def _check_size(n, name: str) -> int:
@@ -44,8 +50,9 @@ class Linear(Module):
     Draws come from :func:`whygpu.manual_seed`'s generator.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, init: str = "default",
-                 dtype=np.float32):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, *, init: str = "default", dtype=np.float32
+    ):
         super().__init__()
         self.in_features = _check_size(in_features, "in_features")
         self.out_features = _check_size(out_features, "out_features")
@@ -69,7 +76,7 @@ class Linear(Module):
             b = np.zeros(fan_out) if bias else None
         self.weight = Parameter(w.astype(self._dtype), "weight")
         self.bias = Parameter(b.astype(self._dtype), "bias") if bias else None
-        self._x: Optional[np.ndarray] = None
+        self._x: np.ndarray | None = None
 
     def named_parameters(self):
         yield "weight", self.weight
@@ -88,14 +95,14 @@ class Linear(Module):
             # the next layer's ReLU in (relu=True): one pass over y instead of three.
             be.matmul_into(x, self.weight._data, y, trans_b=True, bias=bias, relu=relu)
         else:
-            self._matmul(x, self.weight._data, y, trans_b=True)    # y = x . W^T
+            self._matmul(x, self.weight._data, y, trans_b=True)  # y = x . W^T
             if fused and (bias is not None or relu):
-                be.bias_relu(y, bias, relu)                        # y += b, then max(y, 0): one compiled pass
+                be.bias_relu(y, bias, relu)  # y += b, then max(y, 0): one compiled pass
             elif relu:
                 raise ValueError(f"the {be.name!r} back end cannot fuse a ReLU into a Linear layer")
             elif bias is not None:
-                be.bias_add(y, bias)                               # y += b (each row)
-        self._x = x                                                # dW needs it
+                be.bias_add(y, bias)  # y += b (each row)
+        self._x = x  # dW needs it
         return y
 
     def _backward(self, dy: np.ndarray, need_input_grad: bool):
@@ -106,7 +113,7 @@ class Linear(Module):
         if not need_input_grad:
             return None  # the first layer: nobody needs dL/d(data)
         dx = self._buf("dx", x.shape)
-        self._matmul(dy, W._data, dx)                               # dX = dY . W
+        self._matmul(dy, W._data, dx)  # dX = dY . W
         return dx
 
     def _saved_output_shape(self):
@@ -124,8 +131,8 @@ class _Activation(Module):
 
     def __init__(self):
         super().__init__()
-        self._x: Optional[np.ndarray] = None
-        self._y: Optional[np.ndarray] = None
+        self._x: np.ndarray | None = None
+        self._y: np.ndarray | None = None
 
     def _saved_output_shape(self):
         return None if self._x is None else self._x.shape
@@ -225,7 +232,7 @@ class Dropout(_Activation):
     def __init__(self, p: float = 0.5):
         super().__init__()
         self.p = _check_number(p, "p", 0.0, True, 1.0, True)
-        self._mask: Optional[np.ndarray] = None
+        self._mask: np.ndarray | None = None
 
     def _scale(self) -> float:
         return 0.0 if self.p >= 1.0 else 1.0 / (1.0 - self.p)
@@ -250,4 +257,3 @@ class Dropout(_Activation):
 
     def extra_repr(self):
         return f"p={self.p}"
-

@@ -11,9 +11,8 @@ may be a NumPy array (checked on the host, then uploaded) or a DeviceArray
 already on the GPU (int64 labels or float32 targets; labels outside the
 classes are still reported).  Only the loss itself, one float, comes back.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 
@@ -30,12 +29,12 @@ class _Loss:
     classifier = False  # does "accuracy" mean something for this loss?
 
     def __init__(self):
-        self._backend: Optional[Backend] = None  # None: follow the model that made the output
-        self._be: Optional[Backend] = None       # the back end of the latest call
-        self._grad_shape: Optional[tuple] = None
+        self._backend: Backend | None = None  # None: follow the model that made the output
+        self._be: Backend | None = None  # the back end of the latest call
+        self._grad_shape: tuple | None = None
         self._bufs = {}
 
-    def to(self, backend) -> "_Loss":
+    def to(self, backend) -> _Loss:
         """Run on back end ``backend`` always (``None``: follow the model)."""
         self._backend = None if backend is None else get_backend(backend)
         return self
@@ -98,8 +97,10 @@ class _Loss:
         """dLoss/dOutput of the latest forward call (an internal buffer,
         overwritten by the next call)."""
         if self._grad_shape is None:
-            raise RuntimeError(f"{type(self).__name__}.backward() called before the loss was computed: "
-                               f"call loss_fn(output, target) first")
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() called before the loss was computed: "
+                f"call loss_fn(output, target) first"
+            )
         prof = _profile._active
         if prof is None:
             return self._backward()
@@ -122,8 +123,10 @@ class _Loss:
                 raise TypeError(f"{type(self).__name__}: the model output must be a float array, got {output.dtype}")
             output = output.astype(np.float32)
         if output.ndim != 2:
-            raise ValueError(f"{type(self).__name__} expects the model output as a 2-D array (batch, outputs), "
-                             f"got shape {output.shape}")
+            raise ValueError(
+                f"{type(self).__name__} expects the model output as a 2-D array (batch, outputs), "
+                f"got shape {output.shape}"
+            )
         if output.shape[0] == 0:
             raise ValueError(f"{type(self).__name__}: empty batch (0 rows): the mean of nothing is undefined")
         return np.ascontiguousarray(output)
@@ -136,13 +139,14 @@ class _Loss:
         if t.ndim == 1 and output.shape[1] == 1 and t.shape[0] == output.shape[0]:
             t = t.reshape(-1, 1)
         if t.shape != output.shape:
-            raise ValueError(f"{type(self).__name__}: target shape {t.shape} does not match output shape "
-                             f"{output.shape}")
+            raise ValueError(
+                f"{type(self).__name__}: target shape {t.shape} does not match output shape {output.shape}"
+            )
         t = np.ascontiguousarray(t, dtype=output.dtype)
         _check_finite(t, "target")
         return t
 
-    def _n_correct(self, output: np.ndarray, target) -> Optional[int]:
+    def _n_correct(self, output: np.ndarray, target) -> int | None:
         """How many samples of a batch are classified right (None: not a classifier)."""
         return None
 
@@ -167,13 +171,17 @@ class CrossEntropyLoss(_Loss):
             hint = " -- convert with y.astype(np.int64)" if t.dtype.kind == "f" else ""
             raise TypeError(f"CrossEntropyLoss expects integer class labels, got dtype {t.dtype}{hint}")
         if t.ndim != 1 or t.shape[0] != output.shape[0]:
-            raise ValueError(f"CrossEntropyLoss expects one label per row: a 1-D array of {output.shape[0]} labels, "
-                             f"got shape {t.shape}")
+            raise ValueError(
+                f"CrossEntropyLoss expects one label per row: a 1-D array of {output.shape[0]} labels, "
+                f"got shape {t.shape}"
+            )
         n_classes = output.shape[1]
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= n_classes:
-            raise ValueError(f"labels must be class indices in [0, {n_classes}) for a model with {n_classes} "
-                             f"outputs; got labels from {lo} to {hi}")
+            raise ValueError(
+                f"labels must be class indices in [0, {n_classes}) for a model with {n_classes} "
+                f"outputs; got labels from {lo} to {hi}"
+            )
         return np.ascontiguousarray(t, dtype=np.int64)
 
     def _check_device_target(self, t, output):
@@ -181,8 +189,10 @@ class CrossEntropyLoss(_Loss):
         if t.dtype != np.int64:
             raise TypeError(f"CrossEntropyLoss: labels on the GPU must be int64, got {t.dtype}")
         if t.ndim != 1 or t.shape[0] != output.shape[0]:
-            raise ValueError(f"CrossEntropyLoss expects one label per row: a 1-D array of {output.shape[0]} labels, "
-                             f"got shape {t.shape}")
+            raise ValueError(
+                f"CrossEntropyLoss expects one label per row: a 1-D array of {output.shape[0]} labels, "
+                f"got shape {t.shape}"
+            )
         return t
 
     def _forward(self, be, logits, labels) -> float:
@@ -266,20 +276,22 @@ class DeviceLoss:
 
     def __init__(self, backend, out, scale: float = 1.0, classes=None):
         self._be = backend
-        self._out = out          # float64 DeviceArray: [summed loss] or [summed loss, bad labels]
-        self._scale = scale      # the mean: 1 / rows (or elements)
+        self._out = out  # float64 DeviceArray: [summed loss] or [summed loss, bad labels]
+        self._scale = scale  # the mean: 1 / rows (or elements)
         self._classes = classes  # for a cross-entropy: the number of classes
         self._value = None
 
-    def __truediv__(self, d) -> "DeviceLoss":
+    def __truediv__(self, d) -> DeviceLoss:
         return DeviceLoss(self._be, self._out, self._scale / d, self._classes)
 
     def item(self) -> float:
         if self._value is None:
             h = self._be.to_host(self._out)
             if self._classes is not None and h[1]:
-                raise ValueError(f"labels must be class indices in [0, {self._classes}) for a model with "
-                                 f"{self._classes} outputs; {int(h[1])} label(s) on the GPU are outside")
+                raise ValueError(
+                    f"labels must be class indices in [0, {self._classes}) for a model with "
+                    f"{self._classes} outputs; {int(h[1])} label(s) on the GPU are outside"
+                )
             self._value = float(h[0]) * self._scale
         return self._value
 

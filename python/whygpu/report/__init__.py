@@ -18,6 +18,7 @@ rendered twice, to Markdown and to HTML.  One module per part of it:
 - ``render``: blocks to Markdown and HTML;
 - ``page``: the list of sections, and :func:`build_report`.
 """
+
 from __future__ import annotations
 
 from .gpu import GPU_PUBLIC as GPU_PUBLIC  # re-exported: the public figures the GPU section quotes

@@ -1,9 +1,10 @@
 """The report's building block (``Block``) and the number formats every section shares."""
+
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable
 
 from ..bench.measure import format_figure
 from ..explain import format_bytes
@@ -11,16 +12,16 @@ from ..explain import format_bytes
 # A report is a list of blocks, rendered twice (render.py), to Markdown and to HTML:
 # ("h1", text), ("h2", text), ("p", text), ("fig", png name, caption),
 # ("table", header, rows), ("ul", items), ("pre", text).
-Block = Tuple  # ("h1"|"h2"|"p"|"fig"|"table"|"ul"|"pre", ...)
+Block = tuple  # ("h1"|"h2"|"p"|"fig"|"table"|"ul"|"pre", ...)
 
 # The results a report is made from: {kind: document} (see load.py).
-Docs = Dict[str, dict]
+Docs = dict[str, dict]
 
 # What every section module exposes: ``section(docs, out, figs, num)`` returns its
 # blocks (``[]`` when the results it tells about are absent), draws its figures
 # into the folder ``out`` and appends their paths to ``figs``; ``num`` is its
 # number on the page, for the sections that are numbered.
-Section = Callable[[Docs, Path, List[str], int], List[Block]]
+Section = Callable[[Docs, Path, list[str], int], list[Block]]
 
 
 def _g(x: float) -> str:

@@ -1,8 +1,8 @@
 """The CPU ladder: speed, speed-up, precision and error of each matmul rung."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
 
 from .. import plots
 from .._registry import KERNELS
@@ -11,7 +11,7 @@ from ..explain import format_error
 from ._format import Block, Docs, _g, _pct
 
 
-def section(docs: Docs, out: Path, figs: List[str], num: int) -> List[Block]:
+def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     """The ladder figures, the step table, errors and what was skipped (from ``whygpu ladder``)."""
     if "ladder" not in docs:
         return []
@@ -19,87 +19,150 @@ def section(docs: Docs, out: Path, figs: List[str], num: int) -> List[Block]:
     s = doc["summary"]
     rows = s["rows"]
     cpu_rows = [r for r in rows if not r["reference"] and r.get("device", "cpu") == "cpu"]
-    blocks: List[Block] = [("h2", f"{num}. The ladder: one idea per rung")]
+    blocks: list[Block] = [("h2", f"{num}. The ladder: one idea per rung")]
     f1 = plots.plot_ladder(doc, out / "ladder.png")
     f2 = plots.plot_ladder_steps(doc, out / "ladder_steps.png")
     figs += [f1, f2]
     peak = doc.get("peak", {})
     dtype = doc["params"]["dtype"]
-    cap = (f"Speed of C = A @ B for square n x n {dtype} matrices, n = {', '.join(map(str, doc['params']['sizes']))}"
-           f", for each kernel on this {doc['machine']['cpu'].get('model', 'CPU')} (log scale; median of repeats). ")
+    cap = (
+        f"Speed of C = A @ B for square n x n {dtype} matrices, n = {', '.join(map(str, doc['params']['sizes']))}"
+        f", for each kernel on this {doc['machine']['cpu'].get('model', 'CPU')} (log scale; median of repeats). "
+    )
     if cpu_rows:
         best = max(cpu_rows, key=lambda r: r["gflops"])
-        cap += (f"The fastest rung, {best['kernel']}, reached {_g(best['gflops'])} GFLOP/s at n = {best['n']}: "
-                f"{_pct(best['pct_peak'])} of the "
-                f"{_g(peak.get('gflops_all' if best['threads'] > 1 else 'gflops_1t', float('nan')) / (2 if dtype == 'float64' else 1))}"
-                f" GFLOP/s {dtype} FMA peak we measured on the {best['threads']} core{'s' if best['threads'] > 1 else ''} it used")
+        peak_here = peak.get("gflops_all" if best["threads"] > 1 else "gflops_1t", float("nan"))
+        cap += (
+            f"The fastest rung, {best['kernel']}, reached {_g(best['gflops'])} GFLOP/s at n = {best['n']}: "
+            f"{_pct(best['pct_peak'])} of the "
+            f"{_g(peak_here / (2 if dtype == 'float64' else 1))}"
+            f" GFLOP/s {dtype} FMA peak we measured on the {best['threads']} "
+            f"core{'s' if best['threads'] > 1 else ''} it used"
+        )
         if s.get("span") and s["span"]["slowest"] != best["kernel"]:
             sp = s["span"]
-            cap += (f", and {_g(sp['ratio'])} times the speed of the {sp['slowest']} loop "
-                    f"({_g(cpu_rows[0]['gflops'])} GFLOP/s at n = {sp['slowest_n']})")
+            cap += (
+                f", and {_g(sp['ratio'])} times the speed of the {sp['slowest']} loop "
+                f"({_g(cpu_rows[0]['gflops'])} GFLOP/s at n = {sp['slowest_n']})"
+            )
         cap += ". "
     gpu_rows = [r for r in rows if r.get("device") == "cuda"]
     if gpu_rows and peak.get("gpu_gflops"):
-        cap += (f"The CUDA rungs and cuBLAS ran on the GPU ({peak.get('gpu_device', 'GPU')}) at n = "
-                f"{', '.join(map(str, doc['params'].get('gpu_sizes') or []))}, with the data already in GPU memory; "
-                f"their % of peak is against the GPU's measured float32 FMA peak of {_g(peak['gpu_gflops'])} "
-                "GFLOP/s")
+        cap += (
+            f"The CUDA rungs and cuBLAS ran on the GPU ({peak.get('gpu_device', 'GPU')}) at n = "
+            f"{', '.join(map(str, doc['params'].get('gpu_sizes') or []))}, with the data already in GPU memory; "
+            f"their % of peak is against the GPU's measured float32 FMA peak of {_g(peak['gpu_gflops'])} "
+            "GFLOP/s"
+        )
         tensor = peak.get("gpu_tensor_gflops") or {}
         if tensor and any(r.get("precision") in tensor for r in gpu_rows):
-            cap += (", the tensor-core rungs' against the measured tensor-core peak in their precision ("
-                    + ", ".join(f"{prec} {_g(v)} GFLOP/s" for prec, v in tensor.items()) + ")")
+            cap += (
+                ", the tensor-core rungs' against the measured tensor-core peak in their precision ("
+                + ", ".join(f"{prec} {_g(v)} GFLOP/s" for prec, v in tensor.items())
+                + ")"
+            )
         cap += ". "
     refs = [r for r in rows if r["reference"]]
     if refs:
-        cap += "Dashed lines are references: " + "; ".join(
-            f"{r['kernel']} {_g(r['gflops'])} GFLOP/s at n = {r['n']}" for r in refs) + "."
+        cap += (
+            "Dashed lines are references: "
+            + "; ".join(f"{r['kernel']} {_g(r['gflops'])} GFLOP/s at n = {r['n']}" for r in refs)
+            + "."
+        )
     blocks.append(("fig", "ladder.png", cap))
     # the step table
     table = []
     for r in rows:
-        summary = KERNELS[r["kernel"]].summary if r["kernel"] in KERNELS else (
-            "NumPy's BLAS (OpenBLAS/MKL), reference" if r["kernel"].startswith("numpy") else "reference")
-        step = (f"x{_g(r['speedup_prev'])} over {r['prev']} (n={r['speedup_n']})" if "speedup_prev" in r else "")
-        table.append((r["kernel"], summary, str(r["n"]), _g(r["gflops"]), step, _pct(r["pct_peak"]),
-                      r.get("precision", ""), format_error(r.get("max_rel_error"))))
-    blocks.append(("table", ("kernel", "what it adds", "largest n", "GFLOP/s", "speed-up", "% of peak", "precision",
-                             "max rel. error"), table))
+        summary = (
+            KERNELS[r["kernel"]].summary
+            if r["kernel"] in KERNELS
+            else ("NumPy's BLAS (OpenBLAS/MKL), reference" if r["kernel"].startswith("numpy") else "reference")
+        )
+        step = f"x{_g(r['speedup_prev'])} over {r['prev']} (n={r['speedup_n']})" if "speedup_prev" in r else ""
+        table.append(
+            (
+                r["kernel"],
+                summary,
+                str(r["n"]),
+                _g(r["gflops"]),
+                step,
+                _pct(r["pct_peak"]),
+                r.get("precision", ""),
+                format_error(r.get("max_rel_error")),
+            )
+        )
+    blocks.append(
+        (
+            "table",
+            ("kernel", "what it adds", "largest n", "GFLOP/s", "speed-up", "% of peak", "precision", "max rel. error"),
+            table,
+        )
+    )
     errs = doc.get("errors") or {}
     if errs:
         ns = sorted({e["n"] for e in errs.values()})
-        text = (f"Speed is only half of it: each rung states the precision its products are computed in and its "
-                f"error against the exact answer ({doc.get('error_metric', 'against a float64 product')}; measured "
-                f"once per rung at n = {', '.join(map(str, ns))}). ")
-        by_prec: Dict[str, List[float]] = {}
+        text = (
+            f"Speed is only half of it: each rung states the precision its products are computed in and its "
+            f"error against the exact answer ({doc.get('error_metric', 'against a float64 product')}; measured "
+            f"once per rung at n = {', '.join(map(str, ns))}). "
+        )
+        by_prec: dict[str, list[float]] = {}
         for e in errs.values():
             by_prec.setdefault(e["precision"], []).append(e["max_rel_error"])
-        text += "Here: " + "; ".join(f"{prec} from {format_error(min(v))} to {format_error(max(v))}" if len(v) > 1
-                                     else f"{prec} {format_error(v[0])}" for prec, v in by_prec.items()) + ". "
+        text += (
+            "Here: "
+            + "; ".join(
+                f"{prec} from {format_error(min(v))} to {format_error(max(v))}"
+                if len(v) > 1
+                else f"{prec} {format_error(v[0])}"
+                for prec, v in by_prec.items()
+            )
+            + ". "
+        )
         if any(p in by_prec for p in ("tf32", "bf16")):
-            text += ("The tensor-core rungs are fast because their operands are short: TF32 keeps 11 significant "
-                     "bits (unit roundoff 2^-11, errors around 1e-4 to 1e-3), bf16 8 bits (2^-8, errors around "
-                     "1e-3 to 1e-2), against float32's 24 (errors around 1e-7). Training tolerates that; a "
-                     "physics simulation may not.")
+            text += (
+                "The tensor-core rungs are fast because their operands are short: TF32 keeps 11 significant "
+                "bits (unit roundoff 2^-11, errors around 1e-4 to 1e-3), bf16 8 bits (2^-8, errors around "
+                "1e-3 to 1e-2), against float32's 24 (errors around 1e-7). Training tolerates that; a "
+                "physics simulation may not."
+            )
         blocks.append(("p", text))
     if doc.get("unavailable"):
-        blocks.append(("p", "Not measured, because they cannot run here: " + "; ".join(
-            f"{u['kernel']} ({u['reason']})" for u in doc["unavailable"]) + "."))
+        blocks.append(
+            (
+                "p",
+                "Not measured, because they cannot run here: "
+                + "; ".join(f"{u['kernel']} ({u['reason']})" for u in doc["unavailable"])
+                + ".",
+            )
+        )
     steps = [r for r in rows if not r["reference"] and "speedup_prev" in r]
     if steps:
         big = max(steps, key=lambda r: r["speedup_prev"])
         slow = [r for r in steps if r["speedup_prev"] < 1]
-        cap2 = (f"Each rung at its largest measured size, with its speed-up over the rung before (measured at the "
-                f"largest size both ran). The biggest single step on this machine is {big['kernel']}: "
-                f"x{_g(big['speedup_prev'])} over {big['prev']} at n = {big['speedup_n']}. ")
+        cap2 = (
+            f"Each rung at its largest measured size, with its speed-up over the rung before (measured at the "
+            f"largest size both ran). The biggest single step on this machine is {big['kernel']}: "
+            f"x{_g(big['speedup_prev'])} over {big['prev']} at n = {big['speedup_n']}. "
+        )
         if slow:
-            cap2 += ("Not every idea pays everywhere: " + "; ".join(
-                f"{r['kernel']} is x{_g(r['speedup_prev'])} of {r['prev']} here" for r in slow) +
-                     " (the roofline section says why). ")
+            cap2 += (
+                "Not every idea pays everywhere: "
+                + "; ".join(f"{r['kernel']} is x{_g(r['speedup_prev'])} of {r['prev']} here" for r in slow)
+                + " (the roofline section says why). "
+            )
         cap2 += "'% of peak' is against the FMA peak of the cores the kernel used (1 core for serial rungs)."
         blocks.append(("fig", "ladder_steps.png", cap2))
     if doc.get("skipped"):
-        blocks.append(("p", "Skipped because one call would exceed the time budget of "
-                            f"{doc['params']['budget_s']} s per measurement (run with --all to include them): " +
-                       "; ".join(f"{x['kernel']} at n = {x['n']} (~{format_seconds(x['predicted_s'])})"
-                                 for x in doc["skipped"]) + "."))
+        blocks.append(
+            (
+                "p",
+                "Skipped because one call would exceed the time budget of "
+                f"{doc['params']['budget_s']} s per measurement (run with --all to include them): "
+                + "; ".join(
+                    f"{x['kernel']} at n = {x['n']} (~{format_seconds(x['predicted_s'])})" for x in doc["skipped"]
+                )
+                + ".",
+            )
+        )
     return blocks

@@ -1,9 +1,10 @@
 """Reading results: the JSON files the subcommands and pytest-benchmark write, sorted by kind."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Dict, Iterable, List
 
 
 class ResultsError(ValueError):
@@ -17,22 +18,23 @@ def classify(doc) -> str:
         raise ResultsError("not a JSON object")
     schema = doc.get("schema")
     if isinstance(schema, str) and schema.startswith("whygpu."):
-        kind = schema[len("whygpu."):].split("/")[0]
+        kind = schema[len("whygpu.") :].split("/")[0]
         if kind in ("info", "ladder", "scaling", "roofline", "train", "explain", "demo"):
             return kind
         raise ResultsError(f"unknown whygpu schema {schema!r}")
     if isinstance(doc.get("benchmarks"), list) and "machine_info" in doc:
         return "benchmark"
-    raise ResultsError("neither a whygpu result (no 'schema' field) nor pytest-benchmark JSON "
-                       "(no 'benchmarks' and 'machine_info')")
+    raise ResultsError(
+        "neither a whygpu result (no 'schema' field) nor pytest-benchmark JSON (no 'benchmarks' and 'machine_info')"
+    )
 
 
-def load_results(paths: Iterable) -> Dict[str, dict]:
+def load_results(paths: Iterable) -> dict[str, dict]:
     """Read result files (or folders of them) into {kind: document}.  A later
     document of the same kind replaces an earlier one, except benchmarks,
     which are merged."""
-    docs: Dict[str, dict] = {}
-    files: List[Path] = []
+    docs: dict[str, dict] = {}
+    files: list[Path] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():

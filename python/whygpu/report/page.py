@@ -1,8 +1,8 @@
 """The page: the sections of the report in order, numbered, rendered and written to disk."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 from . import bench, explain, gpu, intro, ladder, machine, roofline, scaling, training
 from ._format import Block, Docs, Section
@@ -12,7 +12,7 @@ from .render import _to_html, _to_markdown
 # The story, in page order: (a section module's ``section``, whether it is numbered).
 # A section returns [] when its results are absent; a numbered one that returns
 # blocks takes the next number.  Adding a section is adding a module and a line here.
-SECTIONS: Tuple[Tuple[Section, bool], ...] = (
+SECTIONS: tuple[tuple[Section, bool], ...] = (
     (intro.section, False),
     (ladder.section, True),
     (roofline.section, True),
@@ -25,7 +25,7 @@ SECTIONS: Tuple[Tuple[Section, bool], ...] = (
 )
 
 
-def build_report(docs: Docs, out_dir, *, extra_blocks: Optional[List[Block]] = None) -> dict:
+def build_report(docs: Docs, out_dir, *, extra_blocks: list[Block] | None = None) -> dict:
     """Write the figures, report.md and report.html into out_dir (created if
     needed) from {kind: document} (see :func:`load_results`).  Returns
     {"html": path, "markdown": path, "figures": [paths]}."""
@@ -33,8 +33,8 @@ def build_report(docs: Docs, out_dir, *, extra_blocks: Optional[List[Block]] = N
     out.mkdir(parents=True, exist_ok=True)
     if not docs:
         raise ResultsError("nothing to report")
-    figs: List[str] = []
-    blocks: List[Block] = []
+    figs: list[str] = []
+    blocks: list[Block] = []
     num = 1
     for section, numbered in SECTIONS:
         got = section(docs, out, figs, num)

@@ -1,10 +1,11 @@
 """Rendering a list of blocks: to Markdown, and to self-contained HTML with the figures embedded."""
+
 from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ._format import Block
 
@@ -50,8 +51,10 @@ pre{background:#f6f6f6;padding:.6rem;overflow-x:auto}"""
 
 def _to_html(blocks: Sequence[Block], out: Path, title: str) -> str:
     e = html.escape
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
-             f"<style>{_CSS}</style></head><body>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
+        f"<style>{_CSS}</style></head><body>"
+    ]
     fig_no = 0
     for b in blocks:
         kind = b[0]
@@ -62,8 +65,10 @@ def _to_html(blocks: Sequence[Block], out: Path, title: str) -> str:
         elif kind == "fig":
             fig_no += 1
             data = base64.b64encode((out / b[1]).read_bytes()).decode("ascii")
-            parts.append(f"<figure><img alt='Figure {fig_no}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption><b>Figure {fig_no}.</b> {e(b[2])}</figcaption></figure>")
+            parts.append(
+                f"<figure><img alt='Figure {fig_no}' src='data:image/png;base64,{data}'>"
+                f"<figcaption><b>Figure {fig_no}.</b> {e(b[2])}</figcaption></figure>"
+            )
         elif kind == "table":
             head, rows = b[1], b[2]
             h = "".join(f"<th>{e(str(x))}</th>" for x in head) if any(head) else ""

@@ -1,8 +1,8 @@
 """The roofline section: the machine's roofs and what limits each CPU kernel."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
 
 from .. import plots
 from ..explain import why_below
@@ -10,7 +10,7 @@ from ..roofline import COMPUTE_ROOFS, KERNEL_ROOF
 from ._format import Block, Docs, _g, _ms, _pct
 
 
-def section(docs: Docs, out: Path, figs: List[str], num: int) -> List[Block]:
+def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     """The CPU roofline figure, predicted against measured, and how each rung is modelled (from ``whygpu roofline``)."""
     if "roofline" not in docs:
         return []
@@ -20,25 +20,40 @@ def section(docs: Docs, out: Path, figs: List[str], num: int) -> List[Block]:
     figs.append(plots.plot_roofline(doc, out / "roofline.png"))
     c, bw = roofs["compute"], roofs["bandwidth"]["1"]
     T = roofs.get("threads", 1)
-    blocks: List[Block] = [("h2", f"{num}. The roofline: what limits each kernel")]
-    blocks.append(("p", "A kernel can go no faster than the slower of two limits: the arithmetic its code can use "
-                        "(compute roof) and the bytes it must move divided by the bandwidth of the memory they come "
-                        "from. The model predicts time = max(flops / compute roof, bytes / bandwidth). "
-                        "The arithmetic intensity (flops per byte) decides which limit applies: matrix multiplication "
-                        "does 2n^3 flops on 3n^2 numbers, so a kernel that reuses data well is compute-bound -- and "
-                        "then more parallel arithmetic makes it faster."))
-    cap = (f"This machine's roofs, measured by compiled microbenchmarks: an FMA loop with 12 independent chains "
-           f"reached {_g(c['simd_1t'])} GFLOP/s on one core ({roofs['arch']})")
+    blocks: list[Block] = [("h2", f"{num}. The roofline: what limits each kernel")]
+    blocks.append(
+        (
+            "p",
+            "A kernel can go no faster than the slower of two limits: the arithmetic its code can use "
+            "(compute roof) and the bytes it must move divided by the bandwidth of the memory they come "
+            "from. The model predicts time = max(flops / compute roof, bytes / bandwidth). "
+            "The arithmetic intensity (flops per byte) decides which limit applies: matrix multiplication "
+            "does 2n^3 flops on 3n^2 numbers, so a kernel that reuses data well is compute-bound -- and "
+            "then more parallel arithmetic makes it faster.",
+        )
+    )
+    cap = (
+        f"This machine's roofs, measured by compiled microbenchmarks: an FMA loop with 12 independent chains "
+        f"reached {_g(c['simd_1t'])} GFLOP/s on one core ({roofs['arch']})"
+    )
     if T > 1:
         cap += f" and {_g(c['simd_all'])} GFLOP/s on {T} cores"
-    cap += (f"; baseline-ISA SIMD code {_g(c['simd_baseline'])}, one dependent chain of adds {_g(c['scalar'])}, the "
-            f"Python interpreter {_g(c['interpreter'])}. A STREAM triad moved "
-            + ", ".join(f"{_g(v)} GB/s from {k}" for k, v in bw.items()) + " on one core. ")
+    cap += (
+        f"; baseline-ISA SIMD code {_g(c['simd_baseline'])}, one dependent chain of adds {_g(c['scalar'])}, the "
+        f"Python interpreter {_g(c['interpreter'])}. A STREAM triad moved "
+        + ", ".join(f"{_g(v)} GB/s from {k}" for k, v in bw.items())
+        + " on one core. "
+    )
     key = [p for p in pts if p["kernel"] in ("packed", "openmp")]
     if key:
-        cap += "Hollow markers are the model's predictions, filled ones the measurements: " + ", ".join(
-            f"{p['kernel']} reached {_pct(100 * p['fraction_of_roof'])} of its predicted speed at n = {p['n']}"
-            for p in key) + "."
+        cap += (
+            "Hollow markers are the model's predictions, filled ones the measurements: "
+            + ", ".join(
+                f"{p['kernel']} reached {_pct(100 * p['fraction_of_roof'])} of its predicted speed at n = {p['n']}"
+                for p in key
+            )
+            + "."
+        )
     blocks.append(("fig", "roofline.png", cap))
     table = []
     for p in pts:
@@ -46,28 +61,68 @@ def section(docs: Docs, out: Path, figs: List[str], num: int) -> List[Block]:
         ok = ""
         if p["kernel"] in ("packed", "openmp"):
             ok = "yes" if abs(err) <= 0.25 else "no"
-        table.append((p["kernel"], str(p["n"]), f"{p['compute_roof']} ({_g(p['compute_gflops'])})", p["bound"],
-                      _g(p["intensity"]) + (f" ({p['intensity_level']})" if p.get("intensity_level") else ""),
-                      _ms(p["predicted_s"]), _ms(p["measured_s"]), f"{100 * err:+.0f}%", ok))
-    blocks.append(("table", ("kernel", "n", "compute roof (GFLOP/s)", "bound", "flop/byte", "predicted",
-                             "measured", "error", "within 25%"), table))
-    blocks.append(("p", "Measured is the best of the timed samples, as the roofs are best-of too (the ladder above "
-                        "shows medians). "
-                        "Error is (predicted - measured) / measured time; negative means the kernel is slower than "
-                        "its roof. The target is the packed and openmp rungs at n = 1024, the ones a roofline should "
-                        "describe well because nothing but arithmetic should limit them."))
+        table.append(
+            (
+                p["kernel"],
+                str(p["n"]),
+                f"{p['compute_roof']} ({_g(p['compute_gflops'])})",
+                p["bound"],
+                _g(p["intensity"]) + (f" ({p['intensity_level']})" if p.get("intensity_level") else ""),
+                _ms(p["predicted_s"]),
+                _ms(p["measured_s"]),
+                f"{100 * err:+.0f}%",
+                ok,
+            )
+        )
+    blocks.append(
+        (
+            "table",
+            (
+                "kernel",
+                "n",
+                "compute roof (GFLOP/s)",
+                "bound",
+                "flop/byte",
+                "predicted",
+                "measured",
+                "error",
+                "within 25%",
+            ),
+            table,
+        )
+    )
+    blocks.append(
+        (
+            "p",
+            "Measured is the best of the timed samples, as the roofs are best-of too (the ladder above "
+            "shows medians). "
+            "Error is (predicted - measured) / measured time; negative means the kernel is slower than "
+            "its roof. The target is the packed and openmp rungs at n = 1024, the ones a roofline should "
+            "describe well because nothing but arithmetic should limit them.",
+        )
+    )
     blocks.append(("p", "Where and why kernels sit below their roof:"))
     blocks.append(("ul", [why_below(p["kernel"], p["fraction_of_roof"]) for p in pts]))
-    blocks.append(("p", "How each rung is modelled (the compute roof it can honestly use, and the traffic its loops "
-                        "cause):"))
-    model_rows = [(k, f"{r}: {COMPUTE_ROOFS[r]}", _TRAFFIC_TEXT.get(k, "")) for k, r in KERNEL_ROOF.items()
-                  if any(p["kernel"] == k for p in pts)]
+    blocks.append(
+        ("p", "How each rung is modelled (the compute roof it can honestly use, and the traffic its loops cause):")
+    )
+    model_rows = [
+        (k, f"{r}: {COMPUTE_ROOFS[r]}", _TRAFFIC_TEXT.get(k, ""))
+        for k, r in KERNEL_ROOF.items()
+        if any(p["kernel"] == k for p in pts)
+    ]
     blocks.append(("table", ("kernel", "compute roof", "bytes counted"), model_rows))
     if doc.get("notes"):
         blocks.append(("ul", list(doc["notes"])))
     if doc.get("unavailable"):
-        blocks.append(("p", "Not on the roofline, because they cannot run here: " + "; ".join(
-            f"{u['kernel']} ({u['reason']})" for u in doc["unavailable"]) + "."))
+        blocks.append(
+            (
+                "p",
+                "Not on the roofline, because they cannot run here: "
+                + "; ".join(f"{u['kernel']} ({u['reason']})" for u in doc["unavailable"])
+                + ".",
+            )
+        )
     return blocks
 
 

@@ -1,20 +1,20 @@
 """The training section: where the time of a training step goes, on each back end."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
 
 from .. import plots
 from ._format import Block, Docs, _g, _ms, _pct
 
 
-def section(docs: Docs, out: Path, figs: List[str], num: int) -> List[Block]:
+def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     """Time per step and its share in matmul, by back end (from ``whygpu train``)."""
     if "train" not in docs:
         return []
     doc = docs["train"]
     runs = [r for r in doc["runs"] if not r.get("skipped")]
-    blocks: List[Block] = [("h2", f"{num}. Training: where the time goes")]
+    blocks: list[Block] = [("h2", f"{num}. Training: where the time goes")]
     if not runs:
         blocks.append(("p", "No backend was fast enough to train within the budget."))
         return blocks
@@ -22,22 +22,42 @@ def section(docs: Docs, out: Path, figs: List[str], num: int) -> List[Block]:
     p = doc["params"]
     fast = min(runs, key=lambda r: r["step_s"])
     slow = max(runs, key=lambda r: r["step_s"])
-    cap = (f"The same MLP ({p.get('layers')}, batch {p.get('batch')}, {p.get('steps')} steps of SGD) trained on each "
-           f"backend; bars split each step into matrix multiplication (coloured) and everything else (grey). "
-           f"On {fast['backend']} a step takes {_ms(fast['step_s'])} ({_g(fast['samples_per_s'])} samples/s), "
-           f"{_pct(100 * fast['matmul_share'])} of it in matmul")
+    cap = (
+        f"The same MLP ({p.get('layers')}, batch {p.get('batch')}, {p.get('steps')} steps of SGD) trained on each "
+        f"backend; bars split each step into matrix multiplication (coloured) and everything else (grey). "
+        f"On {fast['backend']} a step takes {_ms(fast['step_s'])} ({_g(fast['samples_per_s'])} samples/s), "
+        f"{_pct(100 * fast['matmul_share'])} of it in matmul"
+    )
     if slow is not fast:
-        cap += (f"; on {slow['backend']} {_ms(slow['step_s'])}, {_pct(100 * slow['matmul_share'])} in matmul "
-                f"-- x{_g(slow['step_s'] / fast['step_s'])} slower for the same arithmetic")
-    cap += (". Matrix multiplication dominates a training step, so faster matmul hardware means faster training -- "
-            "until the remaining work dominates (Amdahl's law again).")
+        cap += (
+            f"; on {slow['backend']} {_ms(slow['step_s'])}, {_pct(100 * slow['matmul_share'])} in matmul "
+            f"-- x{_g(slow['step_s'] / fast['step_s'])} slower for the same arithmetic"
+        )
+    cap += (
+        ". Matrix multiplication dominates a training step, so faster matmul hardware means faster training -- "
+        "until the remaining work dominates (Amdahl's law again)."
+    )
     blocks.append(("fig", "train.png", cap))
-    rows = [(r["backend"], _ms(r["step_s"]), _g(r["samples_per_s"]), _pct(100 * r["matmul_share"]),
-             f"{100 * r['accuracy']:.1f}%" if r.get("accuracy") is not None else "n/a",
-             f"{r['final_loss']:.3f}" if r.get("final_loss") is not None else "n/a") for r in runs]
+    rows = [
+        (
+            r["backend"],
+            _ms(r["step_s"]),
+            _g(r["samples_per_s"]),
+            _pct(100 * r["matmul_share"]),
+            f"{100 * r['accuracy']:.1f}%" if r.get("accuracy") is not None else "n/a",
+            f"{r['final_loss']:.3f}" if r.get("final_loss") is not None else "n/a",
+        )
+        for r in runs
+    ]
     blocks.append(("table", ("backend", "time/step", "samples/s", "in matmul", "accuracy", "final loss"), rows))
     skipped = [r for r in doc["runs"] if r.get("skipped")]
     if skipped:
-        blocks.append(("p", "Not trained (over budget; --all includes them): " +
-                       "; ".join(f"{r['backend']} ({r['skipped']})" for r in skipped) + "."))
+        blocks.append(
+            (
+                "p",
+                "Not trained (over budget; --all includes them): "
+                + "; ".join(f"{r['backend']} ({r['skipped']})" for r in skipped)
+                + ".",
+            )
+        )
     return blocks
