@@ -1,6 +1,6 @@
 """The command line with a usable GPU, without one: every subcommand, ``demo
 --quick`` and ``report`` run against a whygpu whose ``_cuda`` is the real
-binding (src/cuda_module.cpp) built over the CPU emulation of CUDA
+binding (src/cuda/*.cpp) built over the CPU emulation of CUDA
 (tests/cuda_emu).  The emulated "GPU" is slow and its figures mean nothing;
 what is checked is that every path a GPU turns on runs -- the GPU probes, the
 CUDA rungs in the ladder, roofline and explain, GPU training in ``train`` and
@@ -9,6 +9,7 @@ results.  (``whygpu demo`` and ``whygpu train`` once crashed on a real GPU
 while the kernels' own emulated tests passed: this file is why that cannot
 happen unnoticed again.)
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,14 @@ def site(emulated_site):
 
 def whygpu_cli(site, *args, cwd, timeout=600):
     env = dict(os.environ, PYTHONPATH=str(site), MPLBACKEND="Agg", WHYGPU_NUM_THREADS="2")
-    return subprocess.run([sys.executable, "-m", "whygpu", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "whygpu", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def ok(res):
@@ -70,9 +77,26 @@ def test_info_sees_the_emulated_gpu(site, tmp_path):
 
 
 def test_ladder_measures_the_cuda_rungs_against_the_gpu_peak(site, tmp_path):
-    res = ok(whygpu_cli(site, "ladder", "--sizes", "16,32", "--gpu-sizes", "16,48", "--kernels",
-                        "packed,cuda_naive,cuda_warptile,numpy", "--repeats", "2", "--budget", "0.5", "--plot",
-                        "--out", tmp_path, cwd=tmp_path))
+    res = ok(
+        whygpu_cli(
+            site,
+            "ladder",
+            "--sizes",
+            "16,32",
+            "--gpu-sizes",
+            "16,48",
+            "--kernels",
+            "packed,cuda_naive,cuda_warptile,numpy",
+            "--repeats",
+            "2",
+            "--budget",
+            "0.5",
+            "--plot",
+            "--out",
+            tmp_path,
+            cwd=tmp_path,
+        )
+    )
     doc = load(tmp_path / "ladder.json")
     assert doc["params"]["gpu_sizes"] == [16, 48]
     got = {(m["kernel"], m["n"]): m for m in doc["measurements"]}
@@ -90,8 +114,27 @@ def test_ladder_measures_the_cuda_rungs_against_the_gpu_peak(site, tmp_path):
 
 
 def test_roofline_measures_the_gpu_and_places_the_cuda_rungs(site, tmp_path):
-    res = ok(whygpu_cli(site, "roofline", "--n", "48", "--gpu-n", "64", "--kernels", "packed,cuda_smem,cuda_warptile",
-                        "--quick", "--repeats", "2", "--budget", "1", "--plot", "--out", tmp_path, cwd=tmp_path))
+    res = ok(
+        whygpu_cli(
+            site,
+            "roofline",
+            "--n",
+            "48",
+            "--gpu-n",
+            "64",
+            "--kernels",
+            "packed,cuda_smem,cuda_warptile",
+            "--quick",
+            "--repeats",
+            "2",
+            "--budget",
+            "1",
+            "--plot",
+            "--out",
+            tmp_path,
+            cwd=tmp_path,
+        )
+    )
     doc = load(tmp_path / "roofline.json")
     gpu = doc["gpu_roofs"]
     assert positive(gpu["fma_gflops"]) and gpu["emulated"]
@@ -113,8 +156,22 @@ def test_roofline_measures_the_gpu_and_places_the_cuda_rungs(site, tmp_path):
 
 
 def test_explain_covers_the_cuda_rungs(site, tmp_path):
-    res = ok(whygpu_cli(site, "explain", "48", "40", "56", "--kernels", "packed,cuda_warptile", "--budget", "1",
-                        "--out", tmp_path, cwd=tmp_path))
+    res = ok(
+        whygpu_cli(
+            site,
+            "explain",
+            "48",
+            "40",
+            "56",
+            "--kernels",
+            "packed,cuda_warptile",
+            "--budget",
+            "1",
+            "--out",
+            tmp_path,
+            cwd=tmp_path,
+        )
+    )
     doc = load(tmp_path / "explain.json")
     rows = {r["kernel"]: r for r in doc["rows"]}
     w = rows["cuda_warptile"]
@@ -122,25 +179,41 @@ def test_explain_covers_the_cuda_rungs(site, tmp_path):
     assert "cuda_warptile" in res.stdout and "GPU (Emulated GPU" in res.stdout
 
 
-U = {"float32": 2.0 ** -24, "tf32": 2.0 ** -11, "bf16": 2.0 ** -8}  # operand unit roundoff (whygpu.cuda.UNIT_ROUNDOFF)
+U = {"float32": 2.0**-24, "tf32": 2.0**-11, "bf16": 2.0**-8}  # operand unit roundoff (whygpu.cuda.UNIT_ROUNDOFF)
 
 
 def gamma(prec: str, k: int) -> float:
     """Entry-wise error bound relative to (|A| |B|)_ij: operands rounded to u, float32 sums."""
     u = U[prec]
-    return 2 * u + u * u + 2 * (k + 2) * 2.0 ** -24 * (1 + 2 * u)
+    return 2 * u + u * u + 2 * (k + 2) * 2.0**-24 * (1 + 2 * u)
 
 
 def test_explain_states_precision_and_error_of_the_tensor_core_rungs(site, tmp_path):
-    res = ok(whygpu_cli(site, "explain", "48", "40", "56", "--kernels",
-                        "cuda_warptile,cuda_mma,cuda_mma_bf16,cuda_wgmma", "--budget", "2", "--out", tmp_path,
-                        cwd=tmp_path))
+    res = ok(
+        whygpu_cli(
+            site,
+            "explain",
+            "48",
+            "40",
+            "56",
+            "--kernels",
+            "cuda_warptile,cuda_mma,cuda_mma_bf16,cuda_wgmma",
+            "--budget",
+            "2",
+            "--out",
+            tmp_path,
+            cwd=tmp_path,
+        )
+    )
     doc = load(tmp_path / "explain.json")
     rows = {r["kernel"]: r for r in doc["rows"]}
     tensor = doc["roofs"]["gpu"]["tensor_gflops"]
     assert positive(tensor["bf16"]) and positive(tensor["tf32"])
-    want = {"cuda_warptile": ("float32", "gpu_fma"), "cuda_mma": ("tf32", "gpu_tensor_tf32"),
-            "cuda_mma_bf16": ("bf16", "gpu_tensor_bf16")}
+    want = {
+        "cuda_warptile": ("float32", "gpu_fma"),
+        "cuda_mma": ("tf32", "gpu_tensor_tf32"),
+        "cuda_mma_bf16": ("bf16", "gpu_tensor_bf16"),
+    }
     for k, (prec, roof) in want.items():
         r = rows[k]
         assert (r["precision"], r["compute_roof"]) == (prec, roof)
@@ -168,9 +241,27 @@ def test_explain_states_precision_and_error_of_the_tensor_core_rungs(site, tmp_p
 
 
 def test_roofline_has_a_tensor_core_roof_from_the_probe(site, tmp_path):
-    res = ok(whygpu_cli(site, "roofline", "--n", "32", "--gpu-n", "32", "--kernels",
-                        "cuda_warptile,cuda_mma_bf16,cuda_wgmma", "--quick", "--repeats", "2", "--budget", "1",
-                        "--plot", "--out", tmp_path, cwd=tmp_path))
+    res = ok(
+        whygpu_cli(
+            site,
+            "roofline",
+            "--n",
+            "32",
+            "--gpu-n",
+            "32",
+            "--kernels",
+            "cuda_warptile,cuda_mma_bf16,cuda_wgmma",
+            "--quick",
+            "--repeats",
+            "2",
+            "--budget",
+            "1",
+            "--plot",
+            "--out",
+            tmp_path,
+            cwd=tmp_path,
+        )
+    )
     doc = load(tmp_path / "roofline.json")
     gpu = doc["gpu_roofs"]
     assert positive(gpu["tensor_gflops"]["bf16"]) and positive(gpu["tensor_gflops"]["tf32"])
@@ -180,7 +271,9 @@ def test_roofline_has_a_tensor_core_roof_from_the_probe(site, tmp_path):
     assert pts["cuda_mma_bf16"]["compute_gflops"] == pytest.approx(gpu["tensor_gflops"]["bf16"])
     assert pts["cuda_warptile"]["compute_gflops"] == pytest.approx(gpu["fma_gflops"])
     # same 128 x 128 block tiles, 2-byte operands: half the L2 bytes of the float32 warp-tiled rung
-    l2 = {k: next(t["bytes"] for t in pts[k]["traffic"] if t["level"] == "L2") for k in ("cuda_warptile", "cuda_mma_bf16")}
+    l2 = {
+        k: next(t["bytes"] for t in pts[k]["traffic"] if t["level"] == "L2") for k in ("cuda_warptile", "cuda_mma_bf16")
+    }
     assert l2["cuda_mma_bf16"] == pytest.approx(l2["cuda_warptile"] / 2)
     assert [u["kernel"] for u in doc["unavailable"]] == ["cuda_wgmma"] and "cuda_wgmma" not in pts
     assert "bf16 tensor-core peak (mma.sync)" in res.stdout and "cuda_wgmma not measured" in res.stdout
@@ -197,10 +290,28 @@ def test_scaling_refuses_a_gpu_kernel_clearly(site, tmp_path):
 def trained(site, tmp_path_factory):
     """`whygpu train` with the cuda back end and the batch sweep, at tiny sizes."""
     out = tmp_path_factory.mktemp("train")
-    res = ok(whygpu_cli(site, "train", "--layers", "24,16,10", "--batch", "16", "--steps", "2", "--backends",
-                        "numpy,openmp,cuda,cuda_smem" if "openmp" in whygpu.available_kernels() else
-                        "numpy,cuda,cuda_smem", "--batches", "8,32", "--budget", "20", "--plot", "--out", out,
-                        cwd=out))
+    res = ok(
+        whygpu_cli(
+            site,
+            "train",
+            "--layers",
+            "24,16,10",
+            "--batch",
+            "16",
+            "--steps",
+            "2",
+            "--backends",
+            "numpy,openmp,cuda,cuda_smem" if "openmp" in whygpu.available_kernels() else "numpy,cuda,cuda_smem",
+            "--batches",
+            "8,32",
+            "--budget",
+            "20",
+            "--plot",
+            "--out",
+            out,
+            cwd=out,
+        )
+    )
     return out, res
 
 
@@ -216,8 +327,13 @@ def test_train_runs_on_the_gpu_and_sweeps_batches(trained):
     assert runs["cuda"]["final_loss"] == pytest.approx(runs["numpy"]["final_loss"], rel=1e-3)
     sw = doc["sweep"]
     series = {s["label"]: s for s in sw["series"]}
-    gpu = ("cuda, copied", "cuda, resident", "cuda, copied, graph", "cuda, resident, graph",
-           "cuda, resident, graph, bf16")
+    gpu = (
+        "cuda, copied",
+        "cuda, resident",
+        "cuda, copied, graph",
+        "cuda, resident, graph",
+        "cuda, resident, graph, bf16",
+    )
     assert {*gpu, "numpy"} <= set(series)
     assert [series[lbl]["graph"] for lbl in gpu] == [False, False, True, True, True]
     assert series["cuda, resident, graph, bf16"]["backend"] == "cuda_mma_bf16"  # mixed precision
@@ -238,10 +354,31 @@ def test_train_runs_on_the_gpu_and_sweeps_batches(trained):
 def test_report_has_the_gpu_sections_with_figures(site, trained, tmp_path):
     train_dir, _ = trained
     roof = tmp_path / "roof"
-    ok(whygpu_cli(site, "roofline", "--n", "32", "--gpu-n", "32", "--kernels", "packed,cuda_warptile,cuda_mma_bf16,"
-                  "cuda_wgmma", "--quick", "--repeats", "2", "--budget", "1", "--out", roof, cwd=tmp_path))
-    res = ok(whygpu_cli(site, "report", train_dir / "train.json", roof / "roofline.json", "--out", tmp_path / "rep",
-                        cwd=tmp_path))
+    ok(
+        whygpu_cli(
+            site,
+            "roofline",
+            "--n",
+            "32",
+            "--gpu-n",
+            "32",
+            "--kernels",
+            "packed,cuda_warptile,cuda_mma_bf16,cuda_wgmma",
+            "--quick",
+            "--repeats",
+            "2",
+            "--budget",
+            "1",
+            "--out",
+            roof,
+            cwd=tmp_path,
+        )
+    )
+    res = ok(
+        whygpu_cli(
+            site, "report", train_dir / "train.json", roof / "roofline.json", "--out", tmp_path / "rep", cwd=tmp_path
+        )
+    )
     assert "figure" in res.stdout
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "The GPU, measured on this machine" in md
@@ -280,7 +417,8 @@ def test_demo_quick_with_a_gpu(site, tmp_path):
     assert positive(ladder["peak"]["gpu_tensor_gflops"]["bf16"])
     errs = ladder["errors"]
     assert {errs[k]["precision"] for k in ("cuda_mma", "cuda_mma_bf16", "cuda_warptile")} == {"tf32", "bf16", "float32"}
-    assert errs["cuda_mma_bf16"]["max_rel_error"] > errs["cuda_mma"]["max_rel_error"] > errs["cuda_warptile"]["max_rel_error"]
+    rel = {k: e["max_rel_error"] for k, e in errs.items()}
+    assert rel["cuda_mma_bf16"] > rel["cuda_mma"] > rel["cuda_warptile"]
     for e in errs.values():
         assert e["max_rel_error"] <= e["error_bound"]
     assert any(u["kernel"] == "cuda_wgmma" and u["reason"] for u in ladder["unavailable"])
@@ -290,7 +428,8 @@ def test_demo_quick_with_a_gpu(site, tmp_path):
     assert any(p["device"] == "cuda" for p in roof["points"])
     tc = {p["kernel"]: p for p in roof["points"] if p["kernel"] in ("cuda_mma", "cuda_mma_bf16")}
     assert set(tc) == {"cuda_mma", "cuda_mma_bf16"}  # on the GPU roofline, each under its own tensor-core roof
-    assert tc["cuda_mma"]["compute_roof"] == "gpu_tensor_tf32" and tc["cuda_mma_bf16"]["compute_roof"] == "gpu_tensor_bf16"
+    assert tc["cuda_mma"]["compute_roof"] == "gpu_tensor_tf32"
+    assert tc["cuda_mma_bf16"]["compute_roof"] == "gpu_tensor_bf16"
     train = load(out / "train.json")
     assert train["sweep"] and train["sweep"]["batches"] == [32, 256, 1024, 8192]
     md = (out / "report.md").read_text()

@@ -83,7 +83,14 @@ constexpr int kConsumers = 2;               // consumer warpgroups, 64 rows of t
 constexpr int kThreads = 128 * (1 + kConsumers);  // warpgroup 0 produces, 1..2 consume
 constexpr int kStages = 4;                  // k-tiles in flight in the ring
 constexpr int kGroupM = 8;                  // block-rows per group of the tile order (L2 reuse)
-constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 x 40 + 256 x 232 <= 64 Ki registers
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 x 40 + 256 x 232 = the block's pool
+constexpr int kBlocksPerSm = 1;                         // __launch_bounds__(kThreads, kBlocksPerSm)
+constexpr int kRegisterFile = 64 * 1024;                // 32-bit registers per SM (compute capability 9.0)
+constexpr int kRegAllocUnit = 8;                        // ptxas gives a thread a multiple of 8 registers
+// The registers each thread is launched with: the launch bounds cap a thread at
+// its share of the register file, rounded down to the allocation unit --
+// 65,536 / 384 = 170.7 -> 168 (a kernel using setmaxnreg gets that maximum).
+constexpr int kLaunchRegs = kRegisterFile / (kThreads * kBlocksPerSm) / kRegAllocUnit * kRegAllocUnit;
 constexpr uint32_t kTileABytes = BM * BK * 2;             // 16 KiB
 constexpr uint32_t kTileBBytes = BN * BK * 2;             // 32 KiB
 constexpr uint32_t kStageBytes = kTileABytes + kTileBBytes;  // what TMA delivers per k-tile (boxes are always full)
@@ -96,7 +103,17 @@ static_assert(BM == 64 * kConsumers, "each consumer warpgroup owns 64 rows (wgmm
 static_assert(BM <= 256 && BN <= 256, "a TMA box has at most 256 rows");
 static_assert(kTileABytes % wgmma_host::kSw128AtomBytes == 0 && kTileBBytes % wgmma_host::kSw128AtomBytes == 0,
               "every tile starts on the swizzle pattern's 1024-byte period");
-static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumers <= 65536, "the register file");
+// setmaxnreg only moves registers between the warpgroups of one block: .dec
+// gives a warpgroup's registers back to the block's pool, .inc waits until the
+// pool can supply its request.  The pool is what the block was launched with,
+// kThreads x kLaunchRegs = 64,512 registers, not the SM's 65,536: checked
+// against the latter, a split in between (kProducerRegs = 48, say) would
+// compile, and then hang in setmaxnreg.inc.
+static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumers <= kThreads * kLaunchRegs,
+              "setmaxnreg: the warpgroups' registers must fit the block's pool (kThreads x kLaunchRegs)");
+static_assert(kProducerRegs % kRegAllocUnit == 0 && kConsumerRegs % kRegAllocUnit == 0 && kProducerRegs >= 24 &&
+                  kConsumerRegs <= 256,
+              "setmaxnreg takes a multiple of 8 in [24, 256]");
 static_assert(kSmemBytes <= 227 * 1024, "Hopper's per-block shared memory");
 
 // ---- Thin PTX wrappers (sm_90a; all shared addresses are 32-bit .shared::cta) -------------
@@ -248,7 +265,7 @@ __device__ __forceinline__ void store2(const GemmArgs& g, int i, int j, float v0
 //   A[s]: BM x 64 bf16, row r at r * 128 bytes, 16-byte chunk c at chunk c ^ (r % 8)
 //   B[s]: BN x 64 bf16, the same layout (B is stored as rows of k: K-major)
 //   full[s], empty[s]: the mbarriers of stage s.
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     wgmma_kernel(const __grid_constant__ CUtensorMap map_a,  // op(A): (m, k) bf16, boxes 64 x BM
                  const __grid_constant__ CUtensorMap map_b,  // op(B)^T: (n, k) bf16, boxes 64 x BN
                  GemmArgs g, bool vec2) {

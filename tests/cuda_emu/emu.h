@@ -45,7 +45,7 @@ using cudaStream_t = void*;
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 
 // ---- A fake runtime API: host memory stands in for device memory -------------------
-// Enough for src/cuda_module.cpp, so that the real binding can be built over
+// Enough for src/cuda/*.cpp, so that the real binding can be built over
 // the emulated kernels (build_emulated.py --module) and whygpu.cuda's GPU
 // tests run on the CPU.  One "device", always usable.
 inline const char* cudaGetErrorName(cudaError_t e) {
@@ -87,13 +87,27 @@ using cudaMemPool_t = void*;
 enum cudaMemPoolAttr { cudaMemPoolAttrReleaseThreshold = 4 };
 inline cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* p, int) { *p = nullptr; return cudaSuccess; }
 inline cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { return cudaSuccess; }
-inline cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, std::size_t) { return cudaSuccess; }
+// WHYGPU_EMU_POOL_FULL=1: the pool's cached blocks fill the device, so that
+// cudaMallocAsync outside a capture fails (out of memory, said on stderr) until
+// cudaMemPoolTrimTo has given them back -- and the next allocation fills the
+// pool again.  Each allocation then takes the allocator's retry path.
+namespace emu {
+inline std::atomic<bool> g_pool_trimmed{false};
+inline bool pool_full() {
+    const char* full = std::getenv("WHYGPU_EMU_POOL_FULL");
+    return full != nullptr && full[0] != '\0' && full[0] != '0';
+}
+}  // namespace emu
+inline cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, std::size_t) {
+    emu::g_pool_trimmed.store(true);
+    return cudaSuccess;
+}
 // The legacy default stream.  Kernels run at their launch, but a copy between
 // device memory and *pinned* host memory is only queued, and runs at the next
 // synchronising call (or launch, or copy that must come after it): as late as
 // CUDA may run it.  So code that reuses a pinned buffer before waiting for the
 // copy that reads it, or reads one before the copy into it is known to be done
-// (the staging pipeline of src/cuda_module.cpp), gets wrong data here as it
+// (the staging pipeline of src/cuda/transfer.cpp), gets wrong data here as it
 // could on a GPU.  Copies with pageable memory run at once, as CUDA stages them.
 namespace emu {
 struct PendingCopy {
@@ -133,7 +147,7 @@ inline bool pinned(const void* p) {
 namespace emu {
 struct Stream {
     bool capturing = false;
-    bool invalidated = false;
+    std::atomic<bool> invalidated{false};  // also set by cudaDeviceSynchronize, from any thread
     std::vector<std::function<void()>> nodes;
     std::vector<void*> owned;  // allocated by the captured work
 };
@@ -143,10 +157,6 @@ inline Stream* capturing(void* s) {
     if (s == nullptr) return nullptr;
     auto* st = static_cast<Stream*>(s);
     return st->capturing ? st : nullptr;
-}
-inline bool any_capturing() {
-    std::lock_guard<std::mutex> lock(g_capture_mu);
-    return !g_capturing.empty();
 }
 }  // namespace emu
 enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal = 0, cudaStreamCaptureModeThreadLocal = 1,
@@ -218,6 +228,10 @@ inline cudaError_t cudaMalloc(void** p, std::size_t n) {
     return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 inline cudaError_t cudaMallocAsync(void** p, std::size_t n, cudaStream_t s) {
+    if (!emu::capturing(s) && emu::pool_full() && !emu::g_pool_trimmed.exchange(false)) {
+        std::fprintf(stderr, "emu: cudaMallocAsync of %zu bytes refused: the pool is full (WHYGPU_EMU_POOL_FULL)\n", n);
+        return cudaErrorMemoryAllocation;
+    }
     const cudaError_t e = cudaMalloc(p, n);
     if (auto* st = emu::capturing(s); st != nullptr && e == cudaSuccess) st->owned.push_back(*p);
     return e;
@@ -258,8 +272,14 @@ inline cudaError_t cudaMemsetAsync(void* p, int v, std::size_t n, cudaStream_t s
     std::memset(p, v, n);
     return cudaSuccess;
 }
+// Waiting for every stream waits for a capturing one too: illegal, and it
+// invalidates every capture in progress (whichever thread began it).
 inline cudaError_t cudaDeviceSynchronize() {
-    if (emu::any_capturing()) return cudaErrorStreamCaptureUnsupported;  // it would wait for a capturing stream
+    {
+        std::lock_guard<std::mutex> lock(emu::g_capture_mu);
+        for (emu::Stream* st : emu::g_capturing) st->invalidated = true;
+        if (!emu::g_capturing.empty()) return cudaErrorStreamCaptureUnsupported;
+    }
     emu::drain();
     return cudaSuccess;
 }
@@ -291,6 +311,8 @@ inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) {
     return cudaSuccess;
 }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t) { emu::drain(); return cudaSuccess; }
+// One queue: work issued after the wait already runs after the event's work.
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned = 0) { return cudaSuccess; }
 // Kernels run at their launch here, so a recorded event is always complete (after the queued copies).
 inline cudaError_t cudaEventQuery(cudaEvent_t) { emu::drain(); return cudaSuccess; }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {

@@ -1,5 +1,5 @@
 """Runs the GPU tests (``-m cuda``) of tests/test_cuda.py and tests/test_nn_cuda.py
-on the CPU: builds the real binding (src/cuda_module.cpp) over the emulated
+on the CPU: builds the real binding (src/cuda/*.cpp) over the emulated
 kernels and fake runtime of emu.h as whygpu._cuda, puts it into a temporary
 copy of the package, and runs pytest there.  Slow (a minute or two) and not
 CUDA -- it checks the binding, the Python layer and the tests themselves,
@@ -8,6 +8,7 @@ this way as part of the suite.
 
     python tests/cuda_emu/run_gpu_tests.py [pytest arguments]   (default: both files)
 """
+
 from __future__ import annotations
 
 import os
