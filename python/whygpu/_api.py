@@ -59,7 +59,8 @@ def _overlaps(x: np.ndarray, y: np.ndarray) -> bool:
     if not np.may_share_memory(x, y):
         return False
     try:
-        return bool(np.shares_memory(x, y, max_work=100_000))
+        # numpy's stub allows only max_work -1 and 0; the function takes any bound >= 0 (see its docstring)
+        return bool(np.shares_memory(x, y, max_work=100_000))  # type: ignore[arg-type]
     except _TooHardError:  # pragma: no cover - pathological strides
         return True  # cannot prove they are disjoint: treat as overlapping
 

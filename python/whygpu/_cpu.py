@@ -36,7 +36,7 @@ def _size_bytes(text: str) -> int | None:
 
 def _caches() -> dict:
     """Per-core cache sizes in bytes from Linux sysfs: {'L1d': .., 'L2': .., 'L3': ..}."""
-    out = {}
+    out: dict[str, int] = {}
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
         entries = sorted(os.listdir(base))

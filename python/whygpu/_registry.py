@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 try:  # the compiled ladder; missing only in a broken or source-tree install
-    from . import _core
+    import whygpu._core as _core
 except ImportError as exc:  # pragma: no cover - exercised only on broken installs
     _core = None
     _core_error: str | None = str(exc)
@@ -23,7 +23,7 @@ else:
     _core_error = None
 
 try:
-    from . import _cython_matmul
+    import whygpu._cython_matmul as _cython_matmul
 except ImportError as exc:  # pragma: no cover
     _cython_matmul = None
     _cython_error: str | None = str(exc)

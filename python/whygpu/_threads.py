@@ -24,11 +24,12 @@ def check_threads(n, what: str = "threads") -> int:
         return n
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"{what} must be an integer >= 1, got {n!r}")
-    if n < 1:
+    v = int(n)  # exact for an Integral (numbers.Integral itself promises no `>`)
+    if v < 1:
         raise ValueError(f"{what} must be >= 1, got {n}")
-    if n > MAX_THREADS:  # the C++ side takes an int, and OpenMP aborts the process if it cannot start them
+    if v > MAX_THREADS:  # the C++ side takes an int, and OpenMP aborts the process if it cannot start them
         raise ValueError(f"{what} must be <= {MAX_THREADS}, got {n}")
-    return int(n)
+    return v
 
 
 def _initial() -> int:

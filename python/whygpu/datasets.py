@@ -32,7 +32,7 @@ def _n(n, name="n") -> int:
 
 
 def _noise(noise) -> float:
-    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not noise >= 0:
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not float(noise) >= 0:
         raise ValueError(f"noise must be a number >= 0, got {noise!r}")
     return float(noise)
 

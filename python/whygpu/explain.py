@@ -19,13 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._threads import check_threads, get_num_threads
 from .roofline import COMPUTE_ROOFS, kernel_model, measure_machine, prediction_error
 
 __all__ = ["explain", "Explanation", "why_below", "format_bytes", "format_error"]
 
-_MACHINES = {}  # threads -> measured roofs, reused within this process
+# Measured roofs, reused within this process: threads -> the CPU's; "gpu" -> the GPU's (None: no usable GPU).
+_MACHINES: dict[int | str, Any] = {}
 
 # Why a rung sits below its roof, when it does (the model counts arithmetic
 # and bandwidth; these are the costs it does not count).

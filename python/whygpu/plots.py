@@ -8,6 +8,8 @@ takes a document and a path, writes one PNG and returns the path.
 
 from __future__ import annotations
 
+from typing import Any
+
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -459,7 +461,7 @@ def plot_train_sweep(doc: dict, path) -> str:
     sw = doc["sweep"]
     fig = Figure(figsize=(8.8, 5.2), layout="constrained")
     ax = fig.subplots()
-    styles = {
+    styles: dict[str, dict[str, Any]] = {  # label -> Axes.plot keywords
         "cuda, copied": dict(color="#2b6f2b", linestyle="--", marker="s"),
         "cuda, resident": dict(color="#2b6f2b", linestyle="-", marker="s"),
         "cuda, copied, graph": dict(color="#7a3fb0", linestyle="--", marker="D"),

@@ -232,7 +232,7 @@ def kernel_model(
     worst = max(traffic, key=lambda t: t["seconds"]) if traffic else None
     t_mem = worst["seconds"] if worst else 0.0
     predicted = max(t_compute, t_mem)
-    bound = "compute" if t_compute >= t_mem else worst["level"]
+    bound = "compute" if t_compute >= t_mem or worst is None else worst["level"]
     intensity = flops / worst["bytes"] if worst and worst["bytes"] else None  # None: all in L1
     return {
         "kernel": kernel,
@@ -395,7 +395,7 @@ def run_roofline(
         raise ValueError(f"gpu_n must be a positive integer, got {gpu_n}")
     gpu_n = int(gpu_n)
     gmachine = {**machine, "gpu": gpu} if gpu else machine
-    reuse = {}
+    reuse: dict[str, dict] = {}  # kernel -> its largest square measurement in `ladder`
     if ladder is not None and ladder.get("params", {}).get("dtype") == dtype:
         for rec in ladder.get("measurements", []):
             if rec["n"] <= (gpu_n if rec["kernel"] in gpu_names else n) and rec["m"] == rec["n"] == rec["k"]:

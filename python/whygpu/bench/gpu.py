@@ -124,6 +124,8 @@ def gpu_peak(*, quick: bool = True) -> dict | None:
     from .. import cuda
 
     info = cuda.device_info()
+    if info is None:  # (None only without a usable GPU)
+        return None
     sms = int(info.get("multiprocessors") or 1)
     target_s, samples = (0.01, 3) if quick else (0.03, 5)
     return {
@@ -150,6 +152,8 @@ def measure_gpu(*, quick: bool = False, log: Callable[[str], None] = lambda s: N
 
     start = time.perf_counter()
     info = cuda.device_info()
+    if info is None:  # (None only without a usable GPU)
+        return None
     sms = int(info.get("multiprocessors") or 1)
     l2 = int(info.get("l2_cache_bytes") or (4 << 20))
     free, _total = cuda.memory_info()

@@ -84,12 +84,12 @@ def split_unavailable(names: Sequence[str] | None) -> tuple:
         return names, out
     kept = []
     for name in names:
-        k = KERNELS.get(name) if isinstance(name, str) else None
-        why = k.unavailable() if k is not None else None
-        if why is None:
+        kern = KERNELS.get(name) if isinstance(name, str) else None
+        why = kern.unavailable() if kern is not None else None
+        if kern is None or why is None:
             kept.append(name)
         elif not any(u["kernel"] == name for u in out):
-            out.append({"kernel": name, "device": k.device, "reason": why})
+            out.append({"kernel": name, "device": kern.device, "reason": why})
     return kept, out
 
 
@@ -312,6 +312,7 @@ def scout(
         t_last, f_last = rec["seconds_min"], f
         steps.append((j, t_last))
         j -= 1
+    assert t_last is not None and f_last is not None  # (the first step always runs)
     full = matmul_flops(m, n, k)
     expected = t_last if f_last == full else t_last * full / f_last * Estimator.MARGIN
     return {"expected_s": expected, "steps": steps}
@@ -478,7 +479,7 @@ def run_ladder(
     return doc
 
 
-def pct_of_peak(rec: dict, peak: dict) -> float:
+def pct_of_peak(rec: dict, peak: dict | None) -> float:
     """% of the FMA peak of what the measurement used: 1 core for the serial
     rungs, all of them for the parallel ones, the whole GPU for the CUDA ones."""
     if not peak:
@@ -502,7 +503,7 @@ def ladder_summary(doc: dict) -> dict:
     """Per series: the largest size measured and its GFLOP/s and % of peak;
     per rung: the speed-up over the previous rung, at the largest size both
     were measured at."""
-    by = {}
+    by: dict[str, dict[int, dict]] = {}  # kernel -> n -> measurement
     for rec in doc["measurements"]:
         by.setdefault(rec["kernel"], {})[rec["n"]] = rec
     order = [k for k in doc["params"]["kernels"] if k in by]

@@ -64,7 +64,7 @@ def _blas() -> list:
 
 def _compiler() -> str:
     try:
-        from .. import _probe
+        import whygpu._probe as _probe
 
         return str(_probe.compiler)
     except ImportError:  # pragma: no cover - broken build

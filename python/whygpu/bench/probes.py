@@ -12,10 +12,10 @@ from .._cpu import cpu_info
 from .._threads import get_num_threads
 
 try:
-    from .. import _probe
+    import whygpu._probe as _probe
 except ImportError as exc:  # pragma: no cover - only on a broken build
     _probe = None
-    _probe_error = str(exc)
+    _probe_error: str | None = str(exc)
 else:
     _probe_error = None
 
@@ -145,7 +145,7 @@ def measure_machine(threads: int | None = None, *, quick: bool = False, arch: st
     compute["simd_all"] = _fma_gflops(arch, threads, target_s, samples) if threads > 1 else compute["simd_1t"]
     sets = _working_sets(info.get("caches", {}), threads)
     target_bytes = 0.3e9 if quick else 1e9
-    bandwidth = {"1": {}, "all": {}}
+    bandwidth: dict[str, dict[str, float]] = {"1": {}, "all": {}}  # threads ("1" or "all") -> level -> GB/s
     for level, n_elems in sets.items():
         bandwidth["1"][level] = _triad_gbps(
             arch, n_elems * (threads if level == "DRAM" else 1), 1, target_bytes, samples

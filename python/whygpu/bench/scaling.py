@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -132,15 +133,13 @@ def run_scaling(
         jobs += [("peak", p) for p in threads_list]
     if train_step is not None:
         jobs += [("train", p) for p in threads_list]
-    results = {k: [] for k in ("kernel", "numpy", "peak", "train")}
-    extras = {"train": []}
+    results: dict[str, list[float]] = {k: [] for k in ("kernel", "numpy", "peak", "train")}  # kind -> seconds
+    extras: dict[str, list[dict]] = {"train": []}
     with Progress(len(jobs), "scaling", progress) as bar:
         for kind, p in jobs:
             bar.show(f"{kind} on {p} thread{'s' if p > 1 else ''}", 0.0)
             if kind == "kernel":
-                tm = time_call(
-                    lambda p=p: matmul(a, b, kernel=kernel, threads=p, out=c), repeats=repeats, budget=budget
-                )
+                tm = time_call(partial(matmul, a, b, kernel=kernel, threads=p, out=c), repeats=repeats, budget=budget)
                 results[kind].append(tm.median)
             elif kind == "numpy":
                 with blas_threads(p):
@@ -149,7 +148,7 @@ def run_scaling(
             elif kind == "peak":
                 g = _fma_gflops(cpu_info().get("arch", "portable"), p, 0.03, 3)
                 results[kind].append(1.0 / g)  # "seconds" per GFLOP: speed-ups come out right
-            else:
+            elif train_step is not None:  # "train" (queued only with a train_step)
                 rec = train_step(p)
                 results[kind].append(rec["seconds"])
                 extras["train"].append(rec)

@@ -15,7 +15,7 @@ import contextlib
 import numbers
 import time
 from collections.abc import Sequence
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def build_mlp(layers: Sequence[int], backend: str, seed: int = 0):
     if len(layers) < 2:
         raise ValueError(f"layers needs at least an input and an output width, got {list(layers)}")
     manual_seed(seed)
-    mods = []
+    mods: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(layers[:-1], layers[1:])):
         mods.append(nn.Linear(int(a), int(b)))
         if i < len(layers) - 2:
@@ -454,7 +454,7 @@ def sweep_summary(sweep: dict) -> dict:
         cpu = {lbl: by[lbl][b] for lbl in cpu_labels if b in by[lbl]}
         row = {"batch": b}
         if cpu:
-            best = min(cpu, key=cpu.get)
+            best = min(cpu, key=cpu.__getitem__)
             row.update(best_cpu=best, best_cpu_s=cpu[best])
         for key, lbl in (
             ("copied", "cuda, copied"),
@@ -474,7 +474,7 @@ def sweep_summary(sweep: dict) -> dict:
         if "resident_graph_s" in row and "resident_graph_bf16_s" in row:
             row["bf16_gain"] = row["resident_graph_s"] / row["resident_graph_bf16_s"]  # bf16 over float32 matmuls
         rows.append(row)
-    out = {"rows": rows}
+    out: dict[str, Any] = {"rows": rows}
     for key in ("copied", "resident", "copied_graph", "resident_graph"):
         wins = [r["batch"] for r in rows if r.get(f"speedup_{key}", 0) > 1]
         out[f"overtakes_{key}"] = wins[0] if wins else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TypedDict
 
 from ._common import _common_args, _note, _prepare_out, _progress, _write_json
 from .info import _info_doc, _print_info
@@ -12,11 +13,26 @@ from .roofline import _print_gpu_roofs, _print_roofline
 from .scaling import _print_scaling, _train_step_fn
 from .train import _print_train
 
+
+class _Plan(TypedDict):
+    sizes: list[int]  # the ladder's matrix sizes (CPU rungs)
+    repeats: int
+    budget: float  # seconds per measurement (the training step: four times this)
+    roofline_n: int
+    scaling_n: int
+    train_steps: int
+    train_batch: int
+    quick_probes: bool
+    gpu_sizes: list[int]  # the ladder's sizes for the CUDA rungs
+    gpu_roofline_n: int
+    sweep: list[int]  # the training step's batch sizes, CPU against GPU
+
+
 # The demo's two plans: sizes and budgets that finish in < 3 min (full) and
 # < 60 s (quick) on a 2-core laptop, measured in docs/cli.md.
 # Where a GPU is usable, its rungs are measured up to n = 4096 and the
 # training step over a sweep of batches (32 to 8192) on the CPU and the GPU.
-DEMO_PLANS = {
+DEMO_PLANS: dict[str, _Plan] = {
     "full": {
         "sizes": [32, 64, 128, 256, 512, 1024, 2048],
         "repeats": 5,
@@ -174,9 +190,8 @@ def run(args) -> int:
     try:
         from ..bench.train import run_train
     except ImportError:
-        run_train = None
         log("the training stack (whygpu.nn) is not available: the training section is left out")
-    if run_train is not None:
+    else:
         stage("train")
         t = time.perf_counter()
         train = run_train(

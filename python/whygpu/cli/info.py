@@ -100,7 +100,7 @@ def _print_info(doc: dict) -> None:
             else f"{doc['default_kernel']} (this build has no OpenMP: whygpu.matmul without kernel= runs on one core)",
         ),
     ]
-    by_reason = {}
+    by_reason: dict[str, list[str]] = {}
     for k, why in doc["unavailable"].items():  # one line per reason, not per kernel
         by_reason.setdefault(why, []).append(k)
     rows += [("unavailable", f"{', '.join(ks)}: {why}") for why, ks in by_reason.items()]

@@ -56,7 +56,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def _print_ladder(doc: dict) -> None:
     sizes = doc["params"]["sizes"]
-    by = {}
+    by: dict[str, dict[int, float]] = {}  # kernel -> n -> GFLOP/s
     for r in doc["measurements"]:
         by.setdefault(r["kernel"], {})[r["n"]] = r["gflops"]
     skipped = {(s["kernel"], s["n"]) for s in doc["skipped"]}

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -39,15 +39,18 @@ from .._api import _gemm_unchecked
 from .._registry import KernelUnavailableError, all_kernels, available_kernels, get_kernel
 from .._threads import get_num_threads
 
+if TYPE_CHECKING:
+    from .losses import DeviceLoss
+
 try:
-    from .. import _nn_core
+    import whygpu._nn_core as _nn_core
 except ImportError as exc:  # pragma: no cover - only on a broken build
     _nn_core = None
     _nn_core_error: str | None = str(exc)
 else:
     _nn_core_error = None
 
-__all__ = ["Backend", "NumpyBackend", "KernelBackend", "get_backend", "backends", "register_backend"]
+__all__ = ["Backend", "DeviceBackend", "NumpyBackend", "KernelBackend", "get_backend", "backends", "register_backend"]
 
 
 class Backend:
@@ -55,8 +58,11 @@ class Backend:
 
     name = "?"
     parallel = False
-    device = None  # None: arrays are host NumPy arrays; "cuda": whygpu.cuda.DeviceArrays
-    array_type = np.ndarray  # the type of this back end's arrays
+    device: str | None = None  # None: arrays are host NumPy arrays; "cuda": whygpu.cuda.DeviceArrays
+    # the class of this back end's arrays (whygpu.cuda.DeviceArray is compiled, without type information)
+    array_type: type[Any] = np.ndarray
+    # bias_relu() exists, and a GEMM followed by it is what a Linear (+ ReLU) forward pass costs
+    fused_epilogue = False
 
     def threads(self) -> int:
         """Threads this back end uses for a call made now."""
@@ -83,8 +89,104 @@ class Backend:
     def release(self, param) -> None:
         """Move a Parameter on this back end's device back to the host (GPU back ends)."""
 
+    # -- the arithmetic: every back end implements these (see the module docstring) ----
+    def matmul_into(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0) -> None:
+        """out = alpha * op(a) @ op(b) + beta * out."""
+        raise NotImplementedError
+
+    def bias_relu(self, y, b, relu) -> None:
+        """y += b (b may be None), then y = max(y, 0) when relu (back ends with fused_epilogue)."""
+        raise NotImplementedError
+
+    def bias_add(self, y, b) -> None:
+        raise NotImplementedError
+
+    def bias_grad(self, dy, db, beta) -> None:
+        raise NotImplementedError
+
+    def leaky_relu_fwd(self, x, y, slope) -> None:
+        raise NotImplementedError
+
+    def leaky_relu_bwd(self, dy, x, dx, slope) -> None:
+        raise NotImplementedError
+
+    def sigmoid_fwd(self, x, y) -> None:
+        raise NotImplementedError
+
+    def sigmoid_bwd(self, dy, y, dx) -> None:
+        raise NotImplementedError
+
+    def tanh_fwd(self, x, y) -> None:
+        raise NotImplementedError
+
+    def tanh_bwd(self, dy, y, dx) -> None:
+        raise NotImplementedError
+
+    def softmax_fwd(self, x, y) -> None:
+        raise NotImplementedError
+
+    def softmax_bwd(self, dy, y, dx) -> None:
+        raise NotImplementedError
+
+    # The losses' sums: a float, or on a GPU back end a DeviceLoss still in GPU memory.
+    def softmax_xent_fwd(self, logits, labels, probs) -> float | DeviceLoss:
+        raise NotImplementedError
+
+    def softmax_xent_bwd(self, probs, labels, dx, scale) -> None:
+        raise NotImplementedError
+
+    def mse_fwd(self, y, t) -> float | DeviceLoss:
+        raise NotImplementedError
+
+    def mse_bwd(self, y, t, dx, scale) -> None:
+        raise NotImplementedError
+
+    def bce_logits_fwd(self, x, t) -> float | DeviceLoss:
+        raise NotImplementedError
+
+    def bce_logits_bwd(self, x, t, dx, scale) -> None:
+        raise NotImplementedError
+
+    def mask_scale(self, x, mask, y, scale) -> None:
+        raise NotImplementedError
+
+    def sgd_update(self, p, g, buf, lr, momentum, weight_decay, nesterov) -> None:
+        raise NotImplementedError
+
+    def adam_update(self, p, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2) -> None:
+        raise NotImplementedError
+
+    # (``optimizer_update``, every parameter's update in one call, is optional: a back end
+    # that has it says so by having it -- see whygpu.nn._optimizer.Optimizer._fused_backend.)
+
     def __repr__(self):
         return f"<whygpu.nn backend {self.name!r}>"
+
+
+class DeviceBackend(Backend):
+    """A back end whose arrays live in a device's memory (``device`` is not None): the
+    GPU back end of ``_cuda_backend.py``.  What whygpu.nn calls on one besides the
+    Backend interface."""
+
+    device: str
+    _mod: Any  # the compiled module behind it (whygpu._cuda): uploaders, copies, CUDA graphs
+
+    def synchronize(self) -> None:
+        """Wait until all work issued so far is done."""
+        raise NotImplementedError
+
+    def check_matrix(self, x, what: str, shape=None) -> None:
+        """TypeError/ValueError unless x is a live 2-D array of this back end (of `shape`)."""
+        raise NotImplementedError
+
+    def matmul_into(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=None, relu=False) -> None:
+        """Backend.matmul_into with the epilogue in the same launch: then out += bias (each
+        row, unless None) and out = max(out, 0) when relu."""
+        raise NotImplementedError
+
+    def fit_metrics(self, loss, out, labels, targets, acc) -> None:
+        """acc += [the batch's summed loss, bad labels, rows right], in device memory."""
+        raise NotImplementedError
 
 
 class NumpyBackend(Backend):

@@ -34,12 +34,14 @@ master weights, gradients and optimizer state.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import cuda as _wc
 from .._registry import KernelUnavailableError
 from . import _profile
-from ._backend import Backend, register_backend
+from ._backend import DeviceBackend, register_backend
 from ._module import Parameter
 from .losses import DeviceLoss
 
@@ -49,7 +51,7 @@ _clock = _profile._clock
 _F32 = np.dtype(np.float32)
 
 
-class CudaBackend(Backend):
+class CudaBackend(DeviceBackend):
     """Matmuls on one CUDA rung, the rest on the CUDA nn ops; arrays in GPU memory."""
 
     device = "cuda"
@@ -267,6 +269,9 @@ class DeviceParameter(Parameter):
     ``.grad`` copy to the host; assigning them copies to the GPU."""
 
     __slots__ = ()
+    # whygpu.cuda.DeviceArrays (a compiled class, without type information)
+    _data: Any
+    _grad: Any
 
     @property
     def data(self) -> np.ndarray:

@@ -32,10 +32,12 @@ off).
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
 from . import _backend, _profile
+from ._backend import Backend
 from ._optimizer import Optimizer
 from .layers import Dropout, LeakyReLU, Linear, Sigmoid, Softmax, Tanh
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, DeviceLoss, MSELoss, _Loss
@@ -90,7 +92,8 @@ class GraphStep:
         self.graphed = False  # whether the latest call replayed a graph
         self.reason: str | None = None  # why it did not (None when it did)
         self.captures = 0  # graphs captured so far
-        self._hyper_up = None  # the optimizer's hyperparameters, rewritten in GPU memory before each replay
+        # the optimizer's hyperparameters, rewritten in GPU memory before each replay: (back end, uploader, array)
+        self._hyper_up: tuple[Backend, Any, Any] | None = None
 
     def __repr__(self):
         return (
@@ -158,9 +161,8 @@ class GraphStep:
         opt = self.optimizer
         opt._begin_step()
         hyper = self._hyper_on_device(be)
-        if e.graph is None:
-            self._capture(be, e, hyper)
-        e.graph.replay()
+        graph = e.graph if e.graph is not None else self._capture(be, e, hyper)
+        graph.replay()
         self.graphed = True
         return e.loss
 
@@ -230,7 +232,8 @@ class GraphStep:
         up.load(vals)
         return target
 
-    def _capture(self, be, e, hyper) -> None:
+    def _capture(self, be, e, hyper):
+        """Record the step into a CUDA graph: e.graph, which is returned."""
         mod = be._mod
         mod.capture_begin()
         try:
@@ -240,6 +243,7 @@ class GraphStep:
         e.graph, e.loss = graph, lz
         e.refs = self._refs()
         self.captures += 1
+        return graph
 
     def _refs(self):
         """The arrays the captured launches use that the model or optimizer

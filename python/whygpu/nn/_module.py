@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from . import _backend, _profile
-from ._backend import Backend, get_backend
+from ._backend import Backend, DeviceBackend, get_backend
 
 __all__ = ["Parameter", "Module"]
 
@@ -77,14 +77,6 @@ class Parameter:
     def grad(self) -> np.ndarray:
         return self._grad_array()
 
-    def _grad_array(self):
-        """The gradient array itself (on the back end's device), zeroed first if
-        zero_grad() was called since the last backward pass."""
-        if self._grad_is_zero:
-            self._grad.fill(0)
-            self._grad_is_zero = False
-        return self._grad
-
     @grad.setter
     def grad(self, value) -> None:
         if value is None:
@@ -92,6 +84,14 @@ class Parameter:
             return
         self._grad[...] = self._checked(value, "grad")
         self._grad_is_zero = False
+
+    def _grad_array(self):
+        """The gradient array itself (on the back end's device), zeroed first if
+        zero_grad() was called since the last backward pass."""
+        if self._grad_is_zero:
+            self._grad.fill(0)
+            self._grad_is_zero = False
+        return self._grad
 
     def _checked(self, value, what: str) -> np.ndarray:
         arr = np.asarray(value)
@@ -263,22 +263,23 @@ class Module:
     # -- calling -------------------------------------------------------------
     def __call__(self, x):
         x = self._check_input(x) if self._backend.device is None else self._device_input(x)
-        rec = self._prof
-        if rec is None:
+        rec, prof = self._prof, _profile._active
+        if rec is None or prof is None:  # (a layer has a record only while a profile is active)
             out = self.forward(x).copy()  # the caller owns the result; buffers are reused
         else:
-            t0, x0 = _clock(), _profile._active.transfer_s
+            t0, x0 = _clock(), prof.transfer_s
             out = self.forward(x).copy()
-            rec.forward_s += _clock() - t0 - (_profile._active.transfer_s - x0)  # copies have their own row
+            rec.forward_s += _clock() - t0 - (prof.transfer_s - x0)  # copies have their own row
         _backend.note_output(out, self._backend)
         return out
 
     def forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray) -> np.ndarray | None:
         """Given dLoss/dOutput of the latest forward pass, accumulate the
-        parameters' gradients and return dLoss/dInput."""
+        parameters' gradients and return dLoss/dInput (a layer always does;
+        ``Sequential`` only when asked)."""
         grad = self._check_grad(grad)
         rec = self._prof
         if rec is None:
@@ -288,7 +289,8 @@ class Module:
         rec.backward_s += _clock() - t0
         return dx
 
-    def _backward(self, grad: np.ndarray, need_input_grad: bool):  # pragma: no cover - abstract
+    def _backward(self, grad: np.ndarray, need_input_grad: bool) -> np.ndarray | None:  # pragma: no cover - abstract
+        """backward() without the checks; dLoss/dInput only when need_input_grad (else None)."""
         raise NotImplementedError
 
     def _check_input(self, x) -> np.ndarray:
@@ -308,6 +310,7 @@ class Module:
         """x for a module on a GPU back end: a DeviceArray is checked and used as
         it is (no copy); anything else is checked as on the CPU and uploaded."""
         be = self._backend
+        assert isinstance(be, DeviceBackend)  # called for a back end whose device is not None
         if isinstance(x, be.array_type):
             be.check_matrix(x, f"{type(self).__name__} input")
             self._check_features(x)
@@ -341,12 +344,18 @@ class Module:
         """_check_grad on a GPU back end: a DeviceArray is checked and used as it
         is; anything else is checked as on the CPU and uploaded."""
         be = self._backend
+        assert isinstance(be, DeviceBackend)  # called for a back end whose device is not None
         if isinstance(grad, be.array_type):
             be.check_matrix(grad, "the gradient", out)
             return grad
         return be.asarray(self._host_grad(grad, out))
 
     def _saved_output_shape(self) -> tuple | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def output_features(self, in_features: int) -> int:  # pragma: no cover - abstract
+        """How many features the output has for `in_features` input features (what
+        Sequential's shapes, ``predict`` and ``summary`` ask each layer)."""
         raise NotImplementedError
 
     # -- helpers for subclasses ----------------------------------------------
@@ -396,7 +405,12 @@ def _check_finite(x: np.ndarray, what: str) -> None:
 
 
 def _check_number(
-    value, name: str, low: float = None, low_inclusive: bool = True, high: float = None, high_inclusive: bool = True
+    value,
+    name: str,
+    low: float | None = None,
+    low_inclusive: bool = True,
+    high: float | None = None,
+    high_inclusive: bool = True,
 ) -> float:
     """value as a float within bounds, or TypeError/ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

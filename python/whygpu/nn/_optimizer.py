@@ -19,7 +19,7 @@ _clock = _profile._clock
 class Optimizer:
     """Base class: holds the parameters and runs ``_update`` on each in ``step``."""
 
-    _kind = None  # "sgd" / "adam": the one-call update a compiled or GPU back end has for this optimizer
+    _kind: str | None = None  # "sgd" / "adam": the one-call update a compiled or GPU back end has for this optimizer
 
     def __init__(self, params: Iterable[Parameter], lr: float):
         if isinstance(params, Parameter):

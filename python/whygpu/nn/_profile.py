@@ -28,6 +28,7 @@ while a profile is active, so each row holds the time the GPU really took
 from __future__ import annotations
 
 import time
+from typing import Any
 
 __all__ = ["profile", "Profile", "step_breakdown"]
 
@@ -77,13 +78,15 @@ class Profile:
             layer._prof = rec
         _active = self
         backend = getattr(self.model, "_backend", None)
-        if getattr(backend, "device", None) is not None:
+        if backend is not None and getattr(backend, "device", None) is not None:
             backend.synchronize()  # GPU work queued before the profile is not its time
         self._t0 = _clock()
         return self
 
     def __exit__(self, *exc) -> None:
         global _active
+        if self._t0 is None:
+            raise RuntimeError("Profile.__exit__ without __enter__: use it as `with whygpu.nn.profile(model):`")
         self.wall_s += _clock() - self._t0
         for layer in _leaves(self.model):
             layer._prof = None
@@ -110,12 +113,12 @@ class Profile:
         """Fraction of the wall time spent inside matrix multiplications."""
         return self.matmul_s / self.wall_s if self.wall_s > 0 else 0.0
 
-    def breakdown(self) -> dict:
+    def breakdown(self) -> dict[str, Any]:
         """Per row (each layer, the loss, the optimizer, "outside"): matmul
         seconds, other seconds, total seconds and share of the wall time;
         plus totals.  Times are summed over all steps; divide by ``steps``
         for a per-step figure."""
-        rows = []
+        rows: list[dict[str, Any]] = []  # name: str; the rest are numbers
         for r in self.layers + [self.loss, self.optimizer]:
             rows.append(
                 {

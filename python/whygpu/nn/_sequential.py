@@ -13,11 +13,13 @@ The explicit step, which ``fit`` runs for each batch::
 from __future__ import annotations
 
 import sys
+from typing import overload
 
 import numpy as np
 
 from .. import _random
 from . import _backend, _profile
+from ._backend import DeviceBackend
 from ._graph import GraphStep
 from ._module import Module, _check_finite
 from ._optimizer import Optimizer
@@ -81,22 +83,22 @@ class Sequential(Module):
         # Linear + ReLU as one GEMM launch on the GPU (one compiled pass after the GEMM on the CPU).
         # A profiled GPU step keeps them apart, so that each operation has its own row.
         be = self._backend
-        fuse = getattr(be, "fused_epilogue", False) and (prof is None or be.device is None)
+        fuse = be.fused_epilogue and (prof is None or be.device is None)
         while i < len(layers):
-            layer = layers[i]
-            pair = fuse and i + 1 < len(layers) and type(layer) is Linear and _plain_relu(layers[i + 1])
-            if prof is None:  # not profiling: no timers at all
-                x = layer.forward(x, relu=True) if pair else layer.forward(x)
+            layer, rec = layers[i], layers[i]._prof
+            pair = _fusable_pair(layers, i) if fuse else None  # (the Linear, the ReLU) or None
+            if prof is None or rec is None:  # not profiling: no timers at all
+                x = layer.forward(x) if pair is None else pair[0].forward(x, relu=True)
             else:
                 t0, x0 = _clock(), prof.transfer_s
-                x = layer.forward(x, relu=True) if pair else layer.forward(x)
-                layer._prof.forward_s += _clock() - t0 - (prof.transfer_s - x0)  # copies have their own row
-            if pair:
-                # The ReLU keeps its output as its input: its backward masks by x > 0, the same set.
-                layers[i + 1]._x = x
-                i += 2
-            else:
+                x = layer.forward(x) if pair is None else pair[0].forward(x, relu=True)
+                rec.forward_s += _clock() - t0 - (prof.transfer_s - x0)  # copies have their own row
+            if pair is None:
                 i += 1
+            else:
+                # The ReLU keeps its output as its input: its backward masks by x > 0, the same set.
+                pair[1]._x = x
+                i += 2
         self._forwarded = True
         return x
 
@@ -110,14 +112,14 @@ class Sequential(Module):
 
     def _backward(self, grad, need_input_grad):
         last = len(self.layers) - 1
-        profiling = self.layers[0]._prof is not None
         for i in range(last, -1, -1):
             layer = self.layers[i]
             need = need_input_grad or i > 0
-            if profiling:
+            rec = layer._prof  # None unless a profile is active
+            if rec is not None:
                 t0 = _clock()
                 grad = layer._backward(grad, need)
-                layer._prof.backward_s += _clock() - t0
+                rec.backward_s += _clock() - t0
             else:
                 grad = layer._backward(grad, need)
         return grad
@@ -145,7 +147,15 @@ class Sequential(Module):
                 return layer.in_features
         return None
 
+    @overload
+    def output_features(self, in_features: int) -> int: ...
+
+    @overload
+    def output_features(self, in_features: None = None) -> int | None: ...
+
     def output_features(self, in_features: int | None = None) -> int | None:
+        """Features of the output for `in_features` input features (default: those the
+        model takes; None when that is not known)."""
         n = self.input_features() if in_features is None else in_features
         for layer in self.layers:
             n = layer.output_features(n) if n is not None else getattr(layer, "out_features", None)
@@ -314,6 +324,7 @@ class Sequential(Module):
         n_batches = -(-n // batch_size)
         rng = _random.get_rng()
         be = self._backend
+        assert isinstance(be, DeviceBackend)  # fit calls this for a back end whose device is not None
         acc_up = be._mod.Uploader(be.array_type((3,), np.float64))  # [summed loss, bad labels, right], on the GPU
         zeros3 = np.zeros(3)
         step = GraphStep(self, loss, optimizer, graph=cuda_graph, _acc=acc_up.target)
@@ -443,9 +454,15 @@ class Sequential(Module):
         return X, y
 
 
-def _plain_relu(layer) -> bool:
-    """A ReLU (a LeakyReLU of slope 0) of whygpu's own, which a GEMM's epilogue can apply."""
-    return type(layer) in (ReLU, LeakyReLU) and layer.negative_slope == 0.0
+def _fusable_pair(layers: list[Module], i: int) -> tuple[Linear, LeakyReLU] | None:
+    """(layers[i], layers[i + 1]) when they are a Linear and a ReLU (a LeakyReLU of slope 0)
+    of whygpu's own, which the Linear's GEMM epilogue can apply; else None."""
+    if i + 1 >= len(layers):
+        return None
+    lin, act = layers[i], layers[i + 1]
+    if type(lin) is Linear and (type(act) is ReLU or type(act) is LeakyReLU) and act.negative_slope == 0.0:
+        return lin, act
+    return None
 
 
 def _positive_int(v, name) -> int:

@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from .. import _random
+from ._backend import DeviceBackend
 from ._module import Module, Parameter, _check_dtype, _check_number
 
 __all__ = ["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout"]
@@ -75,7 +76,7 @@ class Linear(Module):
             w = rng.uniform(-bound, bound, shape)
             b = np.zeros(fan_out) if bias else None
         self.weight = Parameter(w.astype(self._dtype), "weight")
-        self.bias = Parameter(b.astype(self._dtype), "bias") if bias else None
+        self.bias = Parameter(b.astype(self._dtype), "bias") if b is not None else None
         self._x: np.ndarray | None = None
 
     def named_parameters(self):
@@ -89,8 +90,8 @@ class Linear(Module):
         y = self._buf("y", (x.shape[0], self.out_features))
         be, b = self._backend, self.bias
         bias = None if b is None else b._data
-        fused = getattr(be, "fused_epilogue", False)
-        if fused and be.device is not None and self._prof is None:
+        fused = be.fused_epilogue
+        if fused and isinstance(be, DeviceBackend) and self._prof is None:
             # The GPU: one GEMM launch writes y = x . W^T + b, and max(y, 0) when Sequential fuses
             # the next layer's ReLU in (relu=True): one pass over y instead of three.
             be.matmul_into(x, self.weight._data, y, trans_b=True, bias=bias, relu=relu)
@@ -107,6 +108,7 @@ class Linear(Module):
 
     def _backward(self, dy: np.ndarray, need_input_grad: bool):
         x, W = self._x, self.weight
+        assert x is not None  # a forward pass came first (Module._check_grad, Sequential.backward)
         self._matmul(dy, x, W._grad, trans_a=True, beta=W._grad_beta())  # dW (+)= dY^T . X
         if self.bias is not None:
             self._backend.bias_grad(dy, self.bias._grad, self.bias._grad_beta())  # db (+)= column sums of dY

@@ -14,6 +14,8 @@ classes are still reported).  Only the loss itself, one float, comes back.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import _backend, _profile
@@ -31,8 +33,8 @@ class _Loss:
     def __init__(self):
         self._backend: Backend | None = None  # None: follow the model that made the output
         self._be: Backend | None = None  # the back end of the latest call
-        self._grad_shape: tuple | None = None
-        self._bufs = {}
+        self._grad_shape: tuple | None = None  # the shape of the latest output (None: no call yet)
+        self._bufs: dict[str, Any] = {}  # NumPy arrays, or DeviceArrays on a GPU back end
 
     def to(self, backend) -> _Loss:
         """Run on back end ``backend`` always (``None``: follow the model)."""
@@ -82,6 +84,20 @@ class _Loss:
             target = be.asarray(self._check_target(target, output))
         return self._forward(be, output, target)
 
+    # -- what each loss implements ---------------------------------------------------------
+    def _check_target(self, target, output) -> np.ndarray:  # pragma: no cover - abstract
+        """The target as the loss needs it (checked against `output`), or TypeError/ValueError."""
+        raise NotImplementedError
+
+    def _forward(self, be: Backend, output, target) -> float | DeviceLoss:  # pragma: no cover - abstract
+        """The mean loss, computed on back end `be` (a DeviceLoss on a GPU back end); sets
+        ``_be``, ``_grad_shape`` and whatever ``_backward`` needs."""
+        raise NotImplementedError
+
+    def _backward(self, be: Backend, shape: tuple) -> np.ndarray:  # pragma: no cover - abstract
+        """dLoss/dOutput of the latest call, made on `be`, whose output had `shape`."""
+        raise NotImplementedError
+
     def _check_device_target(self, t, output):
         """A float32 DeviceArray target shaped like output (1-D matches a (B, 1) output)."""
         name = type(self).__name__
@@ -96,23 +112,25 @@ class _Loss:
     def backward(self) -> np.ndarray:
         """dLoss/dOutput of the latest forward call (an internal buffer,
         overwritten by the next call)."""
-        if self._grad_shape is None:
+        be, shape = self._be, self._grad_shape
+        if be is None or shape is None:  # (_forward sets both)
             raise RuntimeError(
                 f"{type(self).__name__}.backward() called before the loss was computed: "
                 f"call loss_fn(output, target) first"
             )
         prof = _profile._active
         if prof is None:
-            return self._backward()
+            return self._backward(be, shape)
         t0 = _clock()
-        g = self._backward()
+        g = self._backward(be, shape)
         prof.loss.backward_s += _clock() - t0
         return g
 
-    def _buf(self, key, shape, dtype):
+    def _buf(self, be: Backend, key, shape, dtype):
+        """A reusable buffer in `be`'s memory (the back end of the call under way)."""
         b = self._bufs.get(key)
         if b is None or b.shape != shape or b.dtype != dtype:
-            b = self._bufs[key] = self._be.empty(shape, dtype)  # _forward has set _be
+            b = self._bufs[key] = be.empty(shape, dtype)
         return b
 
     def _check_output(self, output) -> np.ndarray:
@@ -195,17 +213,17 @@ class CrossEntropyLoss(_Loss):
             )
         return t
 
-    def _forward(self, be, logits, labels) -> float:
+    def _forward(self, be, logits, labels) -> float | DeviceLoss:
         self._be = be
-        self._probs = self._buf("probs", logits.shape, logits.dtype)
+        self._probs = self._buf(be, "probs", logits.shape, logits.dtype)
         total = be.softmax_xent_fwd(logits, labels, self._probs)  # also keeps softmax(logits)
         self._labels = labels
         self._grad_shape = logits.shape
         return total / logits.shape[0]
 
-    def _backward(self) -> np.ndarray:
-        dx = self._buf("dx", self._grad_shape, self._probs.dtype)
-        self._be.softmax_xent_bwd(self._probs, self._labels, dx, 1.0 / self._grad_shape[0])  # (p - onehot) / B
+    def _backward(self, be, shape) -> np.ndarray:
+        dx = self._buf(be, "dx", shape, self._probs.dtype)
+        be.softmax_xent_bwd(self._probs, self._labels, dx, 1.0 / shape[0])  # (p - onehot) / B
         return dx
 
     def _n_correct(self, output, target):
@@ -219,14 +237,14 @@ class MSELoss(_Loss):
     def _check_target(self, target, output):
         return self._float_target(target, output)
 
-    def _forward(self, be, y, t) -> float:
+    def _forward(self, be, y, t) -> float | DeviceLoss:
         self._be, self._y, self._t = be, y, t
         self._grad_shape = y.shape
         return be.mse_fwd(y, t) / y.size
 
-    def _backward(self):
-        dx = self._buf("dx", self._grad_shape, self._y.dtype)
-        self._be.mse_bwd(self._y, self._t, dx, 1.0 / self._y.size)
+    def _backward(self, be, shape):
+        dx = self._buf(be, "dx", shape, self._y.dtype)
+        be.mse_bwd(self._y, self._t, dx, 1.0 / self._y.size)
         return dx
 
 
@@ -246,14 +264,14 @@ class BCEWithLogitsLoss(_Loss):
             raise ValueError("BCEWithLogitsLoss targets must lie in [0, 1]")
         return t
 
-    def _forward(self, be, x, t) -> float:
+    def _forward(self, be, x, t) -> float | DeviceLoss:
         self._be, self._x, self._t = be, x, t
         self._grad_shape = x.shape
         return be.bce_logits_fwd(x, t) / x.size
 
-    def _backward(self):
-        dx = self._buf("dx", self._grad_shape, self._x.dtype)
-        self._be.bce_logits_bwd(self._x, self._t, dx, 1.0 / self._x.size)
+    def _backward(self, be, shape):
+        dx = self._buf(be, "dx", shape, self._x.dtype)
+        be.bce_logits_bwd(self._x, self._t, dx, 1.0 / self._x.size)
         return dx
 
     def _n_correct(self, output, target):
@@ -279,7 +297,7 @@ class DeviceLoss:
         self._out = out  # float64 DeviceArray: [summed loss] or [summed loss, bad labels]
         self._scale = scale  # the mean: 1 / rows (or elements)
         self._classes = classes  # for a cross-entropy: the number of classes
-        self._value = None
+        self._value: float | None = None
 
     def __truediv__(self, d) -> DeviceLoss:
         return DeviceLoss(self._be, self._out, self._scale / d, self._classes)
