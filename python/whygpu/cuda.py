@@ -53,6 +53,8 @@ __all__ = [
     "device_info",
     "synchronize",
     "memory_info",
+    "device_count",
+    "set_device",
     "DeviceArray",
     "to_device",
     "from_dlpack",
@@ -251,6 +253,18 @@ def kernels() -> list:
         if name == "cuda_mma":
             names.append("cuda_mma_bf16")
     return names
+
+
+def device_count() -> int:
+    """How many GPUs this process sees (0 without a usable GPU)."""
+    return int(_module().device_count()) if is_available() else 0
+
+
+def set_device(device: int) -> None:
+    """Make GPU ``device`` (0 .. device_count() - 1) the one this process uses from now on.
+    Call it before anything is put on a GPU; ``whygpu.distributed.init()`` calls it
+    with the rank's number on its node, so that ranks sharing a node spread over its GPUs."""
+    _require().set_device(int(device))
 
 
 def device_info() -> dict | None:

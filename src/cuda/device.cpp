@@ -74,6 +74,10 @@ void bind_device(py::module_& m) {
         if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; }
         return n;
     });
+    m.def("set_device", [](int device) {
+        ensure_usable();
+        check(cudaSetDevice(device), "cudaSetDevice");
+    }, py::arg("device"), "Make `device` this thread's current GPU (before anything is allocated on it).");
     m.def("device_info", &device_info, "Properties of the current device (raises without a usable GPU).");
     m.def("synchronize", [] {
         ensure_usable();

@@ -13,7 +13,7 @@ The explicit step, which ``fit`` runs for each batch::
 from __future__ import annotations
 
 import sys
-from typing import overload
+from typing import Callable, overload
 
 import numpy as np
 
@@ -49,6 +49,9 @@ class Sequential(Module):
         self.to(self._backend, self._dtype)  # one back end and dtype for all layers
         self._forwarded = False
         self._fit_loss: _Loss | None = None
+        # Called with a layer's index as soon as its backward pass is done (its parameters'
+        # gradients are final): whygpu.distributed.DataParallel starts sending them from there.
+        self._grads_ready: Callable[[int], None] | None = None
 
     # -- container -----------------------------------------------------------
     def __len__(self) -> int:
@@ -112,6 +115,7 @@ class Sequential(Module):
 
     def _backward(self, grad, need_input_grad):
         last = len(self.layers) - 1
+        ready = self._grads_ready
         for i in range(last, -1, -1):
             layer = self.layers[i]
             need = need_input_grad or i > 0
@@ -122,6 +126,8 @@ class Sequential(Module):
                 rec.backward_s += _clock() - t0
             else:
                 grad = layer._backward(grad, need)
+            if ready is not None:
+                ready(i)
         return grad
 
     def _saved_output_shape(self):

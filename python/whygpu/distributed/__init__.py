@@ -1,0 +1,12 @@
+"""whygpu.distributed: data-parallel training over MPI ranks (``mpiexec -n 4 python train.py``).
+
+Needs mpi4py and an MPI library (``pip install 'whygpu[mpi]'``); importing it
+without them raises ImportError saying so.  Nothing else in whygpu imports it.
+"""
+
+from __future__ import annotations
+
+from ._runtime import barrier, comm, gpu, init, local_rank, rank, size
+from .data_parallel import DataParallel, share
+
+__all__ = ["init", "rank", "size", "local_rank", "comm", "barrier", "gpu", "DataParallel", "share"]
