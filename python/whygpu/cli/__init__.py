@@ -8,6 +8,7 @@ each kind of parallelism speeds up deep learning.
     whygpu scaling [--n N]           speed-up against threads, Amdahl's law fitted
     whygpu roofline [--n N]          the machine's measured roofs, every kernel on them
     whygpu train   [--steps S]       the same MLP trained on each back end
+    whygpu scaleout [--ranks 1,2]    data-parallel training on P MPI ranks, and its cost model
     whygpu explain M N K             one product: predicted vs measured, per kernel
     whygpu demo    [--quick]         all of the above, then a report (HTML + Markdown)
     whygpu report  RESULTS...        rebuild the report from saved JSON
@@ -28,7 +29,7 @@ from collections.abc import Sequence
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # never open a window, even if pyplot gets imported
 
-from . import demo, explain, info, ladder, report, roofline, scaling, train  # noqa: E402
+from . import demo, explain, info, ladder, report, roofline, scaleout, scaling, train  # noqa: E402
 from ._common import CliError, _Parser  # noqa: E402
 
 __all__ = ["main"]
@@ -36,7 +37,7 @@ __all__ = ["main"]
 # The subcommands, in the order `whygpu --help` lists them.  Each module has
 # add_parser(subparsers) -> its parser (arguments and help) and run(args) -> exit status;
 # a new subcommand is a new module added here.
-COMMANDS = (info, ladder, scaling, roofline, train, explain, demo, report)
+COMMANDS = (info, ladder, scaling, roofline, train, scaleout, explain, demo, report)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -26,6 +26,10 @@ class _Plan(TypedDict):
     gpu_sizes: list[int]  # the ladder's sizes for the CUDA rungs
     gpu_roofline_n: int
     sweep: list[int]  # the training step's batch sizes, CPU against GPU
+    scaleout_layers: list[int]  # the data-parallel MLP on ranks 1, 2 (where mpi4py and mpiexec are installed)
+    scaleout_batch: int
+    scaleout_steps: int
+    scaleout_sweep_max: int  # the largest allreduce of the sweep, bytes
 
 
 # The demo's two plans: sizes and budgets that finish in < 3 min (full) and
@@ -45,6 +49,10 @@ DEMO_PLANS: dict[str, _Plan] = {
         "gpu_sizes": GPU_SIZES,
         "gpu_roofline_n": 4096,
         "sweep": [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
+        "scaleout_layers": [784, 1024, 1024, 10],
+        "scaleout_batch": 512,
+        "scaleout_steps": 6,
+        "scaleout_sweep_max": 16 << 20,
     },
     "quick": {
         "sizes": [64, 128, 256, 512],
@@ -58,6 +66,10 @@ DEMO_PLANS: dict[str, _Plan] = {
         "gpu_sizes": [128, 1024, 4096],
         "gpu_roofline_n": 4096,
         "sweep": [32, 256, 1024, 8192],
+        "scaleout_layers": [784, 256, 256, 10],
+        "scaleout_batch": 256,
+        "scaleout_steps": 4,
+        "scaleout_sweep_max": 1 << 20,
     },
 }
 
@@ -75,6 +87,37 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="also run measurements predicted to exceed the budget (slow)",
     )
     return s
+
+
+def _scaleout(plan: _Plan, out, prog: bool, log) -> None:
+    """Data parallelism on 1 and 2 ranks at small sizes where mpi4py and mpiexec are installed; elsewhere a
+    scaleout.json that says how to get them (the report's section shows it), and the demo goes on."""
+    from ..bench.scaleout import INSTALL_HINT, SCHEMA, ScaleoutError, mpi_status
+    from ..scaleout import run_scaleout
+    from .scaleout import _print_scaleout
+
+    st = mpi_status()
+    why = st.get("reason")
+    if st["available"]:
+        try:
+            doc = run_scaleout(
+                ranks=[1, 2],
+                layers=plan["scaleout_layers"],
+                batch=plan["scaleout_batch"],
+                steps=plan["scaleout_steps"],
+                sweep_max=plan["scaleout_sweep_max"],
+                timeout=120.0,
+                log=log,
+                progress=prog,
+            )
+        except (ScaleoutError, ValueError) as exc:
+            why = f"the MPI run failed: {exc}"
+        else:
+            _print_scaleout(doc)
+            _write_json(out, "scaleout", doc)
+            return
+    log(f"no scale-out measurement: {why} ({INSTALL_HINT})")
+    _write_json(out, "scaleout", {"schema": SCHEMA, "available": False, "reason": why, "install": INSTALL_HINT})
 
 
 def run(args) -> int:
@@ -206,6 +249,11 @@ def run(args) -> int:
         timings["train"] = time.perf_counter() - t
         _print_train(train)
         _write_json(out, "train", train)
+
+    stage("scaleout")
+    t = time.perf_counter()
+    _scaleout(plan, out, prog, log)
+    timings["scaleout"] = time.perf_counter() - t
 
     stage("report")
     t = time.perf_counter()

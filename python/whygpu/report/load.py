@@ -12,14 +12,14 @@ class ResultsError(ValueError):
 
 
 def classify(doc) -> str:
-    """'info', 'ladder', 'scaling', 'roofline', 'train', 'explain', 'demo' or
+    """'info', 'ladder', 'scaling', 'roofline', 'train', 'scaleout', 'explain', 'demo' or
     'benchmark' (pytest-benchmark), by the document's keys."""
     if not isinstance(doc, dict):
         raise ResultsError("not a JSON object")
     schema = doc.get("schema")
     if isinstance(schema, str) and schema.startswith("whygpu."):
         kind = schema[len("whygpu.") :].split("/")[0]
-        if kind in ("info", "ladder", "scaling", "roofline", "train", "explain", "demo"):
+        if kind in ("info", "ladder", "scaling", "roofline", "train", "scaleout", "explain", "demo"):
             return kind
         raise ResultsError(f"unknown whygpu schema {schema!r}")
     if isinstance(doc.get("benchmarks"), list) and "machine_info" in doc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import bench, explain, gpu, intro, ladder, machine, roofline, scaling, training
+from . import bench, explain, gpu, intro, ladder, machine, roofline, scaleout, scaling, training
 from ._format import Block, Docs, Section
 from .load import ResultsError
 from .render import _to_html, _to_markdown
@@ -18,6 +18,7 @@ SECTIONS: tuple[tuple[Section, bool], ...] = (
     (roofline.section, True),
     (scaling.section, True),
     (training.section, True),
+    (scaleout.section, True),
     (gpu.section, True),
     (explain.section, True),
     (bench.section, True),

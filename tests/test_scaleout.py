@@ -1,0 +1,185 @@
+"""Scale-out: the cost model of data-parallel training (known alpha and B, the fit), ``whygpu scaleout`` end to end
+under a real mpiexec (skipped where mpi4py or mpiexec is missing), its JSON and report section, and the demo and
+report path without MPI, which must say how to get it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import whygpu
+from whygpu import scaleout as so
+from whygpu.bench import scaleout as bso
+from whygpu.cli import main
+from whygpu.report import build_report, load_results
+
+PACKAGE_ROOT = str(Path(whygpu.__file__).resolve().parent.parent)
+MPI = bso.mpi_status()
+needs_mpi = pytest.mark.skipif(not MPI["available"], reason=f"no MPI here: {MPI.get('reason')}")
+
+
+def finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+# ---------------------------------------------------------------- the model
+def test_one_rank_is_compute_only():
+    assert so.ring_allreduce_s(1e8, 1, 1e-5, 1e9) == 0.0
+    p = so.predict_step(0.2, 1e8, 1, 1e-5, 1e9, exposed_fraction=0.3)
+    assert p == {"compute_s": 0.2, "comm_s": 0.0, "overlap_s": 0.0, "step_s": 0.2}
+
+
+def test_ring_terms():
+    S, a, B = 64e6, 5e-6, 2e9
+    assert so.ring_allreduce_s(S, 2, a, B) == pytest.approx(2 * a + S / B)
+    # the bandwidth term tends to 2 S / B: each rank sends and receives (almost) twice the message
+    big = so.ring_allreduce_s(S, 4096, 0.0, B)
+    assert big == pytest.approx(2 * S / B, rel=1e-3) and big < 2 * S / B
+    # the latency term grows linearly with P
+    assert so.ring_allreduce_s(8, 1025, a, 1e30) == pytest.approx(2048 * a)
+    with pytest.raises(ValueError):
+        so.ring_allreduce_s(S, 0, a, B)
+
+
+def test_strong_and_weak_scaling_and_overlap():
+    Tc, S, a, B = 1.0, 1e8, 1e-5, 1e9  # comm on 2 ranks: 0.1 s
+    p = so.predict_step(Tc, S, 2, a, B)  # exposed fraction 1: no overlap
+    assert p["step_s"] == pytest.approx(0.5 + S / B + 2 * a)
+    # everything hidden (e = 0) but only under the backward pass: 0.5 s of compute, half of it backward
+    p = so.predict_step(Tc, S, 64, a, B, exposed_fraction=0.0, backward_fraction=0.5)
+    assert p["overlap_s"] == pytest.approx(min(p["comm_s"], 0.5 * Tc / 64))
+    strong = so.scaling_curve(Tc, S, [1, 2, 8, 64], a, B, scaling="strong")
+    weak = so.scaling_curve(Tc, S, [1, 2, 8, 64], a, B, scaling="weak")
+    assert strong["efficiency"][0] == pytest.approx(1.0) and weak["efficiency"][0] == pytest.approx(1.0)
+    assert all(x > y for x, y in zip(strong["efficiency"], strong["efficiency"][1:]))  # falls with P
+    assert all(w >= s for w, s in zip(weak["efficiency"], strong["efficiency"]))  # weak scaling scales better
+    assert strong["speedup"][1] == pytest.approx(Tc / strong["step_s"][1])
+    with pytest.raises(ValueError):
+        so.predict_step(Tc, S, 2, a, B, scaling="sideways")
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_fit_recovers_alpha_and_bandwidth(ranks):
+    a, B = 6e-6, 3e9
+    sizes = [1 << k for k in range(10, 27, 2)]
+    t = [so.ring_allreduce_s(s, ranks, a, B) for s in sizes]
+    f = so.fit_alpha_bandwidth(sizes, t, ranks)
+    assert f["alpha_s"] == pytest.approx(a, rel=1e-6) and f["bandwidth_Bps"] == pytest.approx(B, rel=1e-6)
+    assert f["rms_rel_error"] < 1e-9 and f["points"] == len(sizes)
+    noisy = np.array(t) * np.random.default_rng(0).uniform(0.97, 1.03, len(t))
+    f = so.fit_alpha_bandwidth(sizes, noisy, ranks)
+    assert f["alpha_s"] == pytest.approx(a, rel=0.1) and f["bandwidth_Bps"] == pytest.approx(B, rel=0.1)
+
+
+def test_fit_keeps_alpha_non_negative():
+    sizes = [1e3, 1e5, 1e7]
+    t = [s / 1e9 - 1e-7 for s in sizes]  # a free fit would give a negative latency
+    f = so.fit_alpha_bandwidth(sizes, t, 2)
+    assert f["alpha_s"] == 0.0 and f["bandwidth_Bps"] > 0
+    with pytest.raises(ValueError):
+        so.fit_alpha_bandwidth(sizes, t, 1)
+
+
+def test_model_sizes():
+    assert so.mlp_params([784, 2048, 2048, 10]) == 5_824_522  # the figure whygpu.nn counts
+    assert so.mlp_step_flops([4, 3], 2) == 6 * 2 * 12
+    assert all(x["public"] and "public figure" in x["source"] for x in so.INTERCONNECTS)
+
+
+def test_configs_pair_each_run_with_its_baselines():
+    assert bso._configs([1, 2], 2) == [(1, 1), (1, 2), (2, 1)]
+    assert bso._configs([2, 4], 4) == [(1, 1), (1, 4), (1, 2), (2, 2), (4, 1)]
+    assert bso._sweep_sizes(64 << 20)[0] == 1024 and bso._sweep_sizes(64 << 20)[-1] == 64 << 20
+
+
+# ---------------------------------------------------------------- without MPI
+@pytest.fixture
+def no_mpi(monkeypatch):
+    monkeypatch.setenv(bso.NO_MPI_ENV, "1")
+
+
+def test_cli_without_mpi_says_how_to_get_it(no_mpi, tmp_path, capsys):
+    rc = main(["scaleout", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.count("\n") == 1 and "pip install 'whygpu[mpi]'" in err and "Traceback" not in err
+
+
+def test_demo_and_report_without_mpi(no_mpi, tmp_path, capsys):
+    from whygpu.cli.demo import DEMO_PLANS, _scaleout
+
+    notes: list[str] = []
+    _scaleout(DEMO_PLANS["quick"], tmp_path, False, notes.append)
+    doc = json.loads((tmp_path / "scaleout.json").read_text())
+    assert doc["schema"] == "whygpu.scaleout/1" and doc["available"] is False
+    assert any("whygpu[mpi]" in n for n in notes)
+    res = build_report(load_results([tmp_path / "scaleout.json"]), tmp_path)
+    md = Path(res["markdown"]).read_text()
+    assert "More than one machine" in md and "pip install 'whygpu[mpi]'" in md and res["figures"] == []
+
+
+def test_report_without_scaleout_results_has_no_section(tmp_path):
+    from whygpu.report.scaleout import section
+
+    assert section({"info": {}}, tmp_path, [], 1) == []
+
+
+# ---------------------------------------------------------------- under mpiexec
+@pytest.fixture(scope="module")
+def scaleout_dir(tmp_path_factory):
+    if not MPI["available"]:
+        pytest.skip(f"no MPI here: {MPI.get('reason')}")
+    out = tmp_path_factory.mktemp("scaleout")
+    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop(bso.NO_MPI_ENV, None)
+    cmd = [sys.executable, "-m", "whygpu", "scaleout", "--ranks", "1,2", "--layers", "64,32,10", "--batch", "64"]
+    cmd += ["--steps", "3", "--sweep-max", str(1 << 20), "--timeout", "60", "--out", str(out), "--plot"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return out, res.stdout
+
+
+@needs_mpi
+def test_cli_measures_and_models(scaleout_dir):
+    out, stdout = scaleout_dir
+    assert "2 x 1" in stdout and "alpha" in stdout and "public figures" in stdout
+    text = (out / "scaleout.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    doc = json.loads(text)
+    assert doc["schema"] == "whygpu.scaleout/1" and doc["available"] is True
+    assert doc["machine"]["load_average"] is None or doc["machine"]["load_average"] >= 0
+    runs = {(r["ranks"], r["threads"]): r for r in doc["runs"]}
+    assert (1, 1) in runs and (2, max(1, doc["params"]["cores"] // 2)) in runs
+    for r in doc["runs"]:
+        for k in ("step_s", "step_s_min", "step_s_max", "compute_s", "predicted_s"):
+            assert finite_positive(r[k]), (k, r)
+        assert r["step_s_min"] <= r["step_s"] <= r["step_s_max"]
+    dp = [r for r in doc["runs"] if r["ranks"] == 2][0]
+    for k in ("allreduce_s", "bare_allreduce_s", "bandwidth_ratio", "bytes"):
+        assert finite_positive(dp[k]), k
+    assert dp["bytes"] == 4 * so.mlp_params([64, 32, 10]) and dp["weights_spread"] == 0.0
+    assert 0 <= dp["exposed_s"] <= dp["allreduce_s"] * 1.05 + 1e-4
+    assert math.isfinite(dp["prediction_error"])
+    assert finite_positive(doc["fit"]["alpha_s"]) or doc["fit"]["alpha_s"] == 0
+    assert finite_positive(doc["fit"]["bandwidth_Bps"])
+    assert len(doc["sweep"]["bytes"]) == len(doc["sweep"]["seconds"]) >= 6
+    ex = doc["extrapolation"]
+    assert ex["ranks"][-1] == 1024 and {c["scaling"] for c in ex["curves"]} == {"strong", "weak"}
+    assert all(0 < e <= 1.0 + 1e-9 for c in ex["curves"] for e in c["efficiency"])
+    assert (out / "scaleout.png").stat().st_size > 10_000
+
+
+@needs_mpi
+def test_report_section_from_scaleout_json(scaleout_dir, tmp_path):
+    out, _ = scaleout_dir
+    res = build_report(load_results([out / "scaleout.json"]), tmp_path)
+    md = Path(res["markdown"]).read_text()
+    assert "More than one machine" in md and "](scaleout.png)" in md
+    assert "public figure" in md and "measured here" in md.lower()
+    assert res["figures"] == [str(tmp_path / "scaleout.png")]
