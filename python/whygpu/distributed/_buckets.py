@@ -12,6 +12,12 @@ The backward pass produces gradients last layer first, so the buckets are
 filled in *reverse* layer order: bucket 0 holds the last layers' gradients
 and is ready first.  A parameter is never split between two buckets (one
 bigger than the bucket size gets a bucket of its own).
+
+On the CPU the buckets *are* the gradients (DDP's ``gradient_as_bucket_view``):
+each parameter's gradient array is a view into its bucket, so the backward
+pass writes straight into the buffer MPI sends, and the sum lands where the
+optimizer reads it -- no copy in, no copy out.  A GPU model's gradients live
+in GPU memory: they are copied into pinned host buckets and back.
 """
 
 from __future__ import annotations
@@ -67,6 +73,11 @@ class GradBuckets:
                 group, nbytes = [], 0
         if group:
             self._add(group, lowest, dtype)
+        if not device:  # the gradients move into the buckets: from now on the backward pass writes there
+            for b in self.buckets:
+                for p, view in zip(b.params, b.views):
+                    view[...] = p._grad
+                    p._grad = view
         self.nbytes = sum(b.buf.nbytes for b in self.buckets)
         self.weight = 1.0
         self._next = 0  # the first bucket not yet started
@@ -83,7 +94,8 @@ class GradBuckets:
 
     # -- one step ------------------------------------------------------------------
     def begin(self, weight: float) -> None:
-        """Before the backward pass: each gradient will be scaled by ``weight`` (this rank's share)."""
+        """Before the backward pass: each gradient will be scaled by ``weight`` (this rank's share;
+        on the CPU DataParallel scales the loss gradient instead, and passes 1)."""
         self.weight = float(weight)
         self._next = 0
 
@@ -104,12 +116,13 @@ class GradBuckets:
         for p, view in zip(b.params, b.views):
             if p._grad_is_zero:  # no backward pass wrote it this step (a rank without samples)
                 view.fill(0)
+                p._grad_is_zero = self.device  # on the CPU, view is the gradient itself: now zeros
             elif self.device:
                 p._grad.to_host(out=view)  # waits for the GPU to finish this gradient
                 if w != 1.0:
                     view *= w
-            else:
-                np.multiply(p._grad, w, out=view)  # the copy and the scaling in one pass
+            elif w != 1.0:
+                view *= w  # view is the gradient itself
         b.t_start = _clock()
         b.request = self.comm.Iallreduce(MPI.IN_PLACE, b.buf, op=MPI.SUM)  # buf += every other rank's buf
 
@@ -123,10 +136,19 @@ class GradBuckets:
                 b.request.Wait()
                 b.request, b.t_done = None, _clock()
         exposed = _clock() - t0
-        for b in self.buckets:
-            for p, view in zip(b.params, b.views):
-                p.grad = view  # a copy into the gradient (an upload on a GPU)
+        if self.device:
+            for b in self.buckets:
+                for p, view in zip(b.params, b.views):
+                    p.grad = view  # an upload into the GPU's gradient
+        else:
+            for b in self.buckets:
+                for p in b.params:
+                    p._grad_is_zero = False  # the sum is already in place: the gradient is a view of buf
         return exposed
+
+    def attached(self) -> bool:
+        """On the CPU: every gradient is still its bucket's view (model.to() makes new arrays)."""
+        return self.device or all(p._grad is v for b in self.buckets for p, v in zip(b.params, b.views))
 
     def allreduce_seconds(self) -> float:
         """Sum over buckets of start-to-completion as observed (a completion is seen at the next Test)."""

@@ -130,8 +130,13 @@ class DataParallel:
     def _reduce(self, grad, weight: float) -> None:
         """backward with the allreduces; ``grad`` None: this rank had no samples (it adds zeros)."""
         buckets = self._ensure_buckets()
-        buckets.begin(weight)
         model = self.module
+        if grad is not None and not buckets.device and weight != 1.0:
+            # The backward pass is linear in the loss gradient: scaling this (batch, out) array scales
+            # every parameter's gradient, without a pass over the parameters.
+            grad = np.multiply(grad, weight, dtype=grad.dtype)
+            weight = 1.0
+        buckets.begin(weight)
         t0 = _clock()
         if grad is not None:
             model._grads_ready = buckets.ready  # Sequential calls it after each layer's backward pass
@@ -154,7 +159,7 @@ class DataParallel:
         model = self.module
         params = model.parameters()
         placed = (model._backend.device, model._dtype, tuple(id(p._data) for p in params))
-        if self._buckets is None or placed != self._placed:
+        if self._buckets is None or placed != self._placed or not self._buckets.attached():
             layers = [layer.parameters() for layer in model.layers]
             cap = self.bucket_mb * 2**20
             self._buckets = GradBuckets(layers, model._dtype, cap, self.comm, model._backend.device is not None)
