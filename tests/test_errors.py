@@ -206,6 +206,7 @@ def test_bad_threads(ab, kernel, threads, exc, msg):
         whygpu.gemm(a, b, kernel=kernel, threads=threads)
 
 
+@pytest.mark.filterwarnings("ignore::whygpu.ThreadsWarning")  # packed runs on one thread: threads=2 is ignored
 def test_numpy_integer_threads_are_fine(ab):
     a, b = ab
     got = whygpu.matmul(a, b, threads=np.int64(2), kernel="packed")

@@ -21,9 +21,10 @@ from . import (  # noqa: E402  (the training stack, on top of the kernels)
 )
 from ._api import gemm, matmul
 from ._cpu import _warn_env, cpu_info, set_arch
+from ._memory import TooLargeError
 from ._random import manual_seed
 from ._registry import KernelUnavailableError, all_kernels, available_kernels, default_kernel, kernel_info
-from ._threads import get_num_threads, set_num_threads
+from ._threads import ThreadsWarning, get_num_threads, set_num_threads
 from ._version import __version__
 from .explain import explain
 
@@ -35,6 +36,8 @@ __all__ = [
     "default_kernel",
     "kernel_info",
     "KernelUnavailableError",
+    "TooLargeError",
+    "ThreadsWarning",
     "cpu_info",
     "set_arch",
     "set_num_threads",

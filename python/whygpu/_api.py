@@ -16,8 +16,9 @@ import numbers
 import numpy as np
 
 from . import _threads
+from ._memory import check_fits
 from ._registry import KERNELS, default_kernel, get_kernel
-from ._threads import check_threads, get_num_threads
+from ._threads import _warn, check_threads, get_num_threads
 
 _DEFAULT_KERNEL = default_kernel()  # fixed by the build: openmp, or packed without OpenMP
 
@@ -25,6 +26,30 @@ __all__ = ["matmul", "gemm"]
 
 _TooHardError = getattr(np, "exceptions", np).TooHardError
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_CHECKED_OUT_BYTES = 1 << 26  # outputs from 64 MiB up are checked against the memory available before allocating
+
+
+def _threads_for(kern, threads) -> int:
+    """The thread count a call runs with; a ThreadsWarning when it is more than the CPUs, or when the kernel
+    runs on one thread whatever it is given."""
+    if threads is None:
+        return get_num_threads()
+    if kern.parallel:
+        return check_threads(threads)
+    threads = check_threads(threads, warn=False)
+    if threads != 1:
+        parallel = ", ".join(k.name for k in KERNELS.values() if k.parallel and k.device == "cpu" and k.available)
+        _warn(
+            f"threads={threads} has no effect: kernel {kern.name!r} runs on one thread"
+            + (f" (parallel on the CPU: {parallel})" if parallel else "")
+        )
+    return threads
+
+
+def _check_output_fits(m: int, n: int, k: int, dtype: np.dtype) -> None:
+    nbytes = m * n * dtype.itemsize
+    if nbytes >= _CHECKED_OUT_BYTES:
+        check_fits(nbytes, f"the {m} x {n} {dtype} result of a ({m}, {k}) @ ({k}, {n}) product")
 
 
 def _as_matrix(x, name: str) -> np.ndarray:
@@ -96,7 +121,7 @@ def _kernel_ready(x: np.ndarray, layout: str) -> np.ndarray:
 
 def _gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel, threads, c_name, c_is_out):
     kern = get_kernel(_DEFAULT_KERNEL if kernel is None else kernel)
-    threads = get_num_threads() if threads is None else check_threads(threads)
+    threads = _threads_for(kern, threads)
     a = _as_matrix(a, "a")
     b = _as_matrix(b, "b")
     if a.dtype != b.dtype:
@@ -111,6 +136,7 @@ def _gemm(a, b, c, alpha, beta, trans_a, trans_b, kernel, threads, c_name, c_is_
             f"inner dimensions do not match: op(a) is {op_a.shape} and op(b) is {op_b.shape} (need (m, k) @ (k, n))"
         )
     if c is None:
+        _check_output_fits(m, n, k, a.dtype)
         c = np.empty((m, n), dtype=a.dtype)
         beta = 0.0
     else:
@@ -174,6 +200,14 @@ def _gemm_unchecked(
     kern.run(op_a, op_b, c, alpha, beta, threads)
 
 
+def _small(a, b) -> bool:
+    """True unless a @ b would be a large output (then the checked path compares it with the memory available)."""
+    sa, sb = getattr(a, "shape", None), getattr(b, "shape", None)
+    if type(sa) is not tuple or type(sb) is not tuple or len(sa) != 2 or len(sb) != 2:
+        return True  # the fast path turns these away itself
+    return sa[0] * sb[1] * 8 < _CHECKED_OUT_BYTES
+
+
 def matmul(a, b, *, kernel: str | None = None, threads: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Matrix product ``a @ b`` of two 2-D float32 or float64 arrays on a
     chosen rung of the kernel ladder.
@@ -201,9 +235,13 @@ def matmul(a, b, *, kernel: str | None = None, threads: int | None = None, out: 
     kern = KERNELS.get(kernel) if type(kernel) is str else None
     if out is None and kern is not None and kern.fast is not None:  # fast path, see _registry
         if threads is None:
-            threads = _threads._num_threads
-        if type(threads) is int and 1 <= threads <= _threads.MAX_THREADS and kern.available:
-            result = kern.fast(a, b, threads)
+            th = _threads._num_threads
+            ok = 1 <= th <= _threads.MAX_THREADS
+        else:  # more threads than CPUs, or threads for a one-thread kernel: the checked path, which warns
+            th = threads
+            ok = type(th) is int and 1 <= th <= _threads._CPUS and (th == 1 or kern.parallel)
+        if ok and kern.available and _small(a, b):
+            result = kern.fast(a, b, th)
             if result is not None:
                 return result
     return _gemm(a, b, out, 1.0, 0.0, False, False, kernel, threads, "out", True)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._memory import check_product_fits
 from ._threads import check_threads, get_num_threads
 from .roofline import COMPUTE_ROOFS, kernel_model, measure_machine, prediction_error
 
@@ -79,18 +80,32 @@ _WHY = {
 }
 
 
-def why_below(kernel: str, fraction: float) -> str:
-    """A sentence on a kernel at `fraction` (predicted / measured time) of its roof."""
-    pct = 100 * fraction
+# A product whose 1x1x1 call already takes this share of its time is dominated by the fixed cost of a call.
+OVERHEAD_DOMINATES = 1 / 3
+
+
+def why_below(kernel: str, fraction: float, overhead_s: float | None = None, measured_s: float | None = None) -> str:
+    """A sentence on a kernel at `fraction` (predicted / measured time) of its roof; ``overhead_s``, the time of
+    a 1x1x1 call, says when a tiny product is mostly that fixed cost."""
+    pct = f"{100 * fraction:.0f}" if fraction >= 0.01 else f"{100 * fraction:.1g}"
     if fraction >= 0.75:
-        return f"{kernel} runs at {pct:.0f}% of its roof: the model explains it."
+        return f"{kernel} runs at {pct}% of its roof: the model explains it."
+    if overhead_s is not None and measured_s and overhead_s >= OVERHEAD_DOMINATES * measured_s:
+        return (
+            f"{kernel} runs at {pct}% of its roof: a product this small is dominated by the fixed cost of "
+            f"a call, not by its arithmetic -- a 1x1x1 product already takes {_fmt_s(overhead_s)} of the "
+            f"{_fmt_s(measured_s)} (checking the arguments, dispatching"
+            + (", a launch" if kernel.startswith("cuda") or kernel == "cublas" else "")
+            + (", waking the threads" if kernel == "openmp" or kernel.startswith("numpy") else "")
+            + "); the roofline describes products large enough to hide it."
+        )
     base = "numpy" if kernel.startswith("numpy") else kernel
     reason = _WHY.get(base, "BLAS's own packing and threading overheads")
     if base.startswith("cuda") and fraction < 0.1:
         reason += (
             "; at a small size the launch (a few microseconds) and too few blocks to fill the GPU dominate as well"
         )
-    return f"{kernel} runs at {pct:.0f}% of its roof: {reason}."
+    return f"{kernel} runs at {pct}% of its roof: {reason}."
 
 
 def format_error(e: float | None) -> str:
@@ -98,6 +113,14 @@ def format_error(e: float | None) -> str:
     if e is None:
         return "-"
     return "0" if e == 0 else f"{e:.2g}"
+
+
+def format_flops(f: float) -> str:
+    """``480 FLOP``, ``2.1 kFLOP``, ``524.3 MFLOP``, ``2,000.0 GFLOP``: a unit that fits the product."""
+    for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if f >= scale:
+            return f"{f / scale:,.1f} {unit}"
+    return f"{f:.0f} FLOP"
 
 
 def format_bytes(b: float) -> str:
@@ -153,7 +176,7 @@ class Explanation:
         compulsory = s * (self.m * self.k + self.k * self.n + self.m * self.n)
         lines = [
             f"C = A @ B with A {self.m}x{self.k}, B {self.k}x{self.n} ({self.dtype}): "
-            f"{self.flops / 1e6:,.1f} MFLOP on {format_bytes(compulsory)} of data "
+            f"{format_flops(self.flops)} on {format_bytes(compulsory)} of data "
             f"(at best {self.flops / compulsory:.1f} flop/byte if each matrix moved once)",
             "",
         ]
@@ -232,7 +255,11 @@ class Explanation:
                 + ", ".join(f"{p} {u:.2g}" for p, u in UNIT_ROUNDOFF.items())
                 + " (the sums are float32 in every case)."
             )
-        notes = [why_below(r["kernel"], r["predicted_s"] / r["measured_s"]) for r in self.rows if "measured_s" in r]
+        notes = [
+            why_below(r["kernel"], r["predicted_s"] / r["measured_s"], r.get("call_overhead_s"), r["measured_s"])
+            for r in self.rows
+            if "measured_s" in r
+        ]
         notes += [f"{r['kernel']} not measured: {r['skipped']}" for r in self.rows if "skipped" in r]
         notes += [f"{u['kernel']} is unavailable here: {u['reason']}" for u in self.unavailable]
         if notes:
@@ -252,6 +279,9 @@ def _positive(x, name: str) -> int:
     if x < 1:
         raise ValueError(f"{name} must be a positive integer, got {x}")
     return int(x)
+
+
+_SMALL_S = 1e-3  # a measured call shorter than this gets its 1x1x1 call timed too (row["call_overhead_s"])
 
 
 def explain(
@@ -292,6 +322,8 @@ def explain(
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     threads = get_num_threads() if threads is None else check_threads(threads)
+    if measure and force:  # measured at this size, however long: refused now if it cannot fit
+        check_product_fits(m, n, k, dtype)
     if machine is None:
         if threads not in _MACHINES:
             _MACHINES[threads] = measure_machine(threads, quick=True)
@@ -343,10 +375,14 @@ def explain(
                     f"one call would take ~{_fmt_s(expected)} (budget {_fmt_s(budget)}; force=True / --all measures it)"
                 )
             else:
+                check_product_fits(m, n, k, dtype)
                 rec = measure_matmul(
                     name, m, n, k, dtype=dtype, threads=threads, repeats=repeats, budget=budget, expected=expected
                 )
                 best = rec["seconds_min"]  # best sample, like the roofs (see whygpu.roofline.run_roofline)
+                if best < _SMALL_S:  # so short that the fixed cost of a call may be most of it: measure that
+                    one = measure_matmul(name, 1, 1, 1, dtype=dtype, threads=threads, repeats=repeats, budget=budget)
+                    row["call_overhead_s"] = one["seconds_min"]
                 row.update(
                     measured_s=best,
                     measured_gflops=rec["flops"] / best / 1e9,

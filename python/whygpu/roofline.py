@@ -29,6 +29,7 @@ import math
 import time
 
 from ._cpu import cpu_info
+from ._memory import check_product_fits
 from ._registry import KERNELS
 from ._threads import check_threads, get_num_threads
 from .bench.probes import fma_peaks, measure_machine
@@ -379,6 +380,8 @@ def run_roofline(
         raise ValueError(f"n must be a positive integer, got {n}")
     n = int(n)
     threads = get_num_threads() if threads is None else check_threads(threads)
+    if force:  # measured at n itself, however long: refused now if it cannot fit, not after the roofs
+        check_product_fits(n, n, n, dtype)
     minfo = machine_info()  # before measuring: how busy the machine was when we started
     t_start = time.perf_counter()
     if machine is None:
@@ -416,6 +419,7 @@ def run_roofline(
                     nk //= 2
                     exp_k /= 8
                 if rec is None or rec["n"] < nk:
+                    check_product_fits(nk, nk, nk, dtype)
                     rec = measure_matmul(
                         name, nk, nk, nk, dtype=dtype, threads=threads, repeats=repeats, budget=budget, expected=exp_k
                     )

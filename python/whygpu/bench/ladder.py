@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from .._api import matmul
+from .._memory import check_product_fits
 from .._registry import KERNELS, KernelUnavailableError, available_kernels, get_kernel
 from .._threads import check_threads, get_num_threads
 from .machine import machine_info
@@ -368,6 +369,9 @@ def run_ladder(
     if dtype != "float32":  # the GPU rungs are float32 only
         names = [k for k in names if series_device(k) == "cpu"]
     gpu_names = [k for k in names if series_device(k) == "cuda"]
+    largest = max(([sizes[-1]] if len(gpu_names) < len(names) else []) + ([gpu_sizes[-1]] if gpu_names else []) or [0])
+    if largest:  # before anything is allocated: a size that cannot fit is refused, not met by the OOM killer
+        check_product_fits(largest, largest, largest, dtype)
     rng = np.random.default_rng(seed)
     est = Estimator()
     minfo = machine_info()  # before measuring: how busy the machine was when we started

@@ -15,6 +15,7 @@ through the origin, so f = sum(x y) / sum(x x) with x = 1 - 1/p.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from functools import partial
 from typing import Callable
@@ -23,8 +24,9 @@ import numpy as np
 
 from .._api import matmul
 from .._cpu import cpu_info
+from .._memory import check_product_fits
 from .._registry import KERNELS, get_kernel
-from .._threads import _cpus_available, check_threads
+from .._threads import ThreadsWarning, _cpus_available, check_threads
 from .machine import machine_info
 from .measure import blas_threads, gflops, matmul_flops, time_call
 from .probes import _fma_gflops
@@ -117,7 +119,8 @@ def run_scaling(
         )
     if threads_list is None:
         threads_list = list(range(1, _cpus_available() + 1))
-    threads_list = sorted({check_threads(t) for t in threads_list} | {1})
+    threads_list = sorted({check_threads(t, warn=False) for t in threads_list} | {1})  # beyond the cores: a note
+    check_product_fits(n, n, n, dtype)
     minfo = machine_info()  # before measuring: how busy the machine was when we started
     t_start = time.perf_counter()
     rng = np.random.default_rng(0)
@@ -135,7 +138,8 @@ def run_scaling(
         jobs += [("train", p) for p in threads_list]
     results: dict[str, list[float]] = {k: [] for k in ("kernel", "numpy", "peak", "train")}  # kind -> seconds
     extras: dict[str, list[dict]] = {"train": []}
-    with Progress(len(jobs), "scaling", progress) as bar:
+    with Progress(len(jobs), "scaling", progress) as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ThreadsWarning)  # threads beyond the cores are the point here (a note says so)
         for kind, p in jobs:
             bar.show(f"{kind} on {p} thread{'s' if p > 1 else ''}", 0.0)
             if kind == "kernel":
@@ -199,7 +203,7 @@ def run_scaling(
         )
     cores = _cpus_available()
     if max(threads_list) > cores:
-        log(f"note: {max(threads_list)} threads on {cores} cores: beyond {cores}, threads share cores")
+        log(f"{max(threads_list)} threads on {cores} cores: beyond {cores}, threads share cores")
     return {
         "schema": SCHEMA,
         "machine": minfo,

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import nn, optim
+from .._memory import check_fits
 from .._random import manual_seed
 from .._registry import KERNELS
 from .._threads import check_threads, get_num_threads, set_num_threads
@@ -33,6 +34,15 @@ __all__ = ["SCHEMA", "SWEEP_BATCHES", "run_train", "run_sweep", "step_timer", "s
 SCHEMA = "whygpu.train/1"
 _WARMUP = 2  # untimed steps before the profiled ones: first-touch, scratch buffers
 SWEEP_BATCHES = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def _train_bytes(batch: int, n_samples: int, layers: Sequence[int]) -> int:
+    """Bytes of what a run allocates: the data set (float32 features, int64 labels), each layer's activations
+    and their gradients for one batch, and the weights, biases and their gradients."""
+    data = n_samples * (layers[0] * 4 + 8)
+    activations = 2 * batch * sum(layers) * 4
+    params = 2 * sum((w_in + 1) * w_out for w_in, w_out in zip(layers, layers[1:])) * 4
+    return data + activations + params
 
 
 def _count(n, what: str) -> int:
@@ -185,9 +195,14 @@ def run_train(
             if b not in names:
                 names.append(b)
     th = get_num_threads() if threads is None else check_threads(threads)
+    n_train = batch * max(4, min(steps + _WARMUP, 16))
+    check_fits(  # before anything is allocated
+        _train_bytes(batch, n_train + 2000, layers),
+        f"training at batch {batch} (a {n_train + 2000}-sample data set of width {layers[0]}, and the layers "
+        f"{'-'.join(map(str, layers))})",
+    )
     minfo = machine_info()  # before measuring: how busy the machine was when we started
     t_start = time.perf_counter()
-    n_train = batch * max(4, min(steps + _WARMUP, 16))
     X, y = synthetic_clusters(n_train + 2000, layers[0], layers[-1], seed)
     X, Xte, y, yte = X[:n_train], X[n_train:], y[:n_train], y[n_train:]
     runs: list[dict] = []
@@ -374,6 +389,7 @@ def run_sweep(
         ]
         if "cuda_mma_bf16" in nn.backends():  # mixed precision: the matmuls on the bf16 tensor cores
             series.append(("cuda, resident, graph, bf16", "cuda_mma_bf16", True, True))
+    check_fits(_train_bytes(batches[-1], batches[-1], layers), f"the training sweep at batch {batches[-1]}")
     X, y = synthetic_clusters(batches[-1], layers[0], layers[-1], seed)
     out_series, skipped = [], []
     t_start = time.perf_counter()

@@ -25,12 +25,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # never open a window, even if pyplot gets imported
 
 from . import demo, explain, info, ladder, report, roofline, scaleout, scaling, train  # noqa: E402
-from ._common import CliError, _Parser  # noqa: E402
+from ._common import _CREATED, CliError, _Parser, _remove_empty_outs  # noqa: E402
 
 __all__ = ["main"]
 
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"whygpu: warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 user error)."""
     parser = _parser()
@@ -64,10 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help, --version, or a usage error (already printed)
         return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     from .._registry import KernelUnavailableError
+    from .._threads import ThreadsWarning
 
+    _CREATED.clear()
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # a warning is one line, like an error; a thread count's only once
+            warnings.showwarning = _show_warning
+            warnings.filterwarnings("once", category=ThreadsWarning)
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        _remove_empty_outs()
         print("whygpu: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `whygpu ladder | head`: stop quietly, like other command-line tools
@@ -77,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ValueError, TypeError, KernelUnavailableError, OSError) as exc:
         if os.environ.get("WHYGPU_DEBUG"):
             raise
+        _remove_empty_outs()  # e.g. a size refused for memory: no empty report folder left behind
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"whygpu: error: {msg}", file=sys.stderr)
         return 2

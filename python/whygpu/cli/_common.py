@@ -142,10 +142,24 @@ def _default_out() -> Path:
     return Path.cwd() / f"whygpu-report-{_dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
+_CREATED: list[Path] = []  # folders _prepare_out made: removed again if a command fails before writing in them
+
+
+def _remove_empty_outs() -> None:
+    """After a failed command: the output folders it created and left empty go (rmdir removes only empty ones)."""
+    while _CREATED:
+        try:
+            _CREATED.pop().rmdir()
+        except OSError:
+            pass
+
+
 def _prepare_out(path: str | None) -> Path:
     """The output folder, created and checked writable *before* any measuring."""
     p = Path(path) if path else _default_out()
     try:
+        if not p.exists():
+            _CREATED.append(p)
         p.mkdir(parents=True, exist_ok=True)
         probe = p / ".whygpu-write-test"
         probe.write_text("")

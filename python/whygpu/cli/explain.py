@@ -33,7 +33,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..explain import explain
 
-    out = _prepare_out(args.out)
+    # Predictions only (--no-measure): nothing measured, so no report folder unless --out asks for one.
+    out = _prepare_out(args.out) if args.out or not args.no_measure else None
     ex = explain(
         args.m,
         args.n,
@@ -46,5 +47,6 @@ def run(args) -> int:
         force=args.all,
     )
     print(ex)
-    _save(out, "explain", ex.as_dict(), plot=False)
+    if out is not None:
+        _save(out, "explain", ex.as_dict(), plot=False)
     return 0

@@ -118,8 +118,9 @@ def _print_info(doc: dict) -> None:
 
 
 def run(args) -> int:
-    out = _prepare_out(args.out)
+    out = _prepare_out(args.out) if args.out else None  # a look at the machine: no report folder unless asked
     doc = _info_doc()
     _print_info(doc)
-    _save(out, "info", doc, plot=False)
+    if out is not None:
+        _save(out, "info", doc, plot=False)
     return 0
