@@ -28,7 +28,6 @@ import numpy as np
 
 from .. import _random
 from ..nn import _backend
-from ..nn._optimizer import Optimizer
 from ..nn._sequential import Sequential, _positive_int, _progress
 from ..nn.losses import CrossEntropyLoss, MSELoss, _Loss
 from . import _runtime
@@ -187,32 +186,12 @@ class DataParallel:
         ranks' samples; only rank 0 shows progress.  A diverging loss is reported at
         the end of its epoch."""
         model = self.module
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError("fit() needs optimizer=, e.g. whygpu.optim.SGD(model.parameters(), lr=0.1)")
-        if not isinstance(loss, _Loss):
-            raise TypeError("fit() needs loss=, e.g. whygpu.nn.CrossEntropyLoss()")
-        epochs = _positive_int(epochs, "epochs")
-        batch_size = _positive_int(batch_size, "batch_size")
-        if verbose not in ("auto", 0, 1, 2):
-            raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
-        X, y = model._check_dataset(X, y, loss, "X", "y")
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data must be a pair (X_val, y_val)")
-            val = model._check_dataset(validation_data[0], validation_data[1], loss, "X_val", "y_val")
-        model._fit_loss = loss
+        X, y, val, epochs, batch_size, history = model._fit_setup(
+            X, y, epochs, batch_size, optimizer, loss, validation_data, verbose
+        )
         show = verbose if self.rank == 0 else 0
         if model._backend.device is not None and show != 0:
             print(f"note: {GRAPH_NOTE}", file=sys.stderr)
-        history: dict[str, list] = {"loss": []}
-        if loss.classifier:
-            history["accuracy"] = []
-        if val is not None:
-            history["val_loss"] = []
-            if loss.classifier:
-                history["val_accuracy"] = []
-        model.train()
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(epochs):
                 label = f"Epoch {epoch + 1}/{epochs}"

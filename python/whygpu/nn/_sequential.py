@@ -227,33 +227,12 @@ class Sequential(Module):
         GPU, and the loss and accuracy are summed on the GPU and read once
         per epoch (so a diverging loss is reported at the end of its epoch).
         """
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError("fit() needs optimizer=, e.g. whygpu.optim.SGD(model.parameters(), lr=0.1)")
-        if not isinstance(loss, _Loss):
-            raise TypeError("fit() needs loss=, e.g. whygpu.nn.CrossEntropyLoss()")
-        epochs = _positive_int(epochs, "epochs")
-        batch_size = _positive_int(batch_size, "batch_size")
         if not isinstance(cuda_graph, (bool, np.bool_)):
             raise TypeError(f"cuda_graph must be True or False, got {cuda_graph!r}")
-        if verbose not in ("auto", 0, 1, 2):
-            raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
-        X, y = self._check_dataset(X, y, loss, "X", "y")
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data must be a pair (X_val, y_val)")
-            val = self._check_dataset(validation_data[0], validation_data[1], loss, "X_val", "y_val")
-        self._fit_loss = loss
+        X, y, val, epochs, batch_size, history = self._fit_setup(
+            X, y, epochs, batch_size, optimizer, loss, validation_data, verbose
+        )
         classifier = loss.classifier
-        history: dict[str, list] = {"loss": []}
-        if classifier:
-            history["accuracy"] = []
-        if val is not None:
-            history["val_loss"] = []
-            if classifier:
-                history["val_accuracy"] = []
-
-        self.train()
         # A diverging run overflows; the loss check below reports it (as
         # FloatingPointError) on every back end alike, so NumPy's own
         # overflow warnings would only be noise.
@@ -276,6 +255,35 @@ class Sequential(Module):
             else:
                 self._fit_loop(X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier)
         return history
+
+    def _fit_setup(self, X, y, epochs, batch_size, optimizer, loss, validation_data, verbose):
+        """fit's checks and set-up, shared with whygpu.distributed.DataParallel.fit: the
+        checked data, validation pair, epochs and batch size, and the empty history;
+        the model is put in training mode."""
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError("fit() needs optimizer=, e.g. whygpu.optim.SGD(model.parameters(), lr=0.1)")
+        if not isinstance(loss, _Loss):
+            raise TypeError("fit() needs loss=, e.g. whygpu.nn.CrossEntropyLoss()")
+        epochs = _positive_int(epochs, "epochs")
+        batch_size = _positive_int(batch_size, "batch_size")
+        if verbose not in ("auto", 0, 1, 2):
+            raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
+        X, y = self._check_dataset(X, y, loss, "X", "y")
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (X_val, y_val)")
+            val = self._check_dataset(validation_data[0], validation_data[1], loss, "X_val", "y_val")
+        self._fit_loss = loss
+        history: dict[str, list] = {"loss": []}
+        if loss.classifier:
+            history["accuracy"] = []
+        if val is not None:
+            history["val_loss"] = []
+            if loss.classifier:
+                history["val_accuracy"] = []
+        self.train()
+        return X, y, val, epochs, batch_size, history
 
     def _fit_loop(self, X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier):
         n = X.shape[0]
