@@ -20,12 +20,23 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
 from threadpoolctl import threadpool_limits
 
-__all__ = ["Timing", "time_call", "blas_threads", "gflops", "matmul_flops", "Estimator", "format_seconds"]
+__all__ = [
+    "Timing",
+    "time_call",
+    "time_interleaved",
+    "blas_threads",
+    "gflops",
+    "matmul_flops",
+    "Estimator",
+    "format_seconds",
+]
 
 _MIN_SAMPLE_S = 2e-3  # calls shorter than this are batched inside one sample
 
@@ -86,6 +97,59 @@ def time_call(
         if spent + timing.times[-1] * number > budget:
             break
     return timing
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    repeats: int = 5,
+    budget: float = 1.0,
+    contexts: Mapping[str, Callable[[], AbstractContextManager]] | None = None,
+    expected: Mapping[str, float | None] | None = None,
+) -> dict[str, Timing]:
+    """Time several calls interleaved -- A B C A B C ... -- so that whatever
+    disturbs the machine for a second disturbs all of them, and their ratio
+    stays fair.  One warm-up each (unless ``expected`` says a call is slow),
+    then rounds of one sample per call until each has ``repeats`` samples
+    or ``budget`` seconds *per call* are used (at least one round).
+
+    ``contexts[name]()`` returns a fresh context manager entered around each
+    of that call's samples (e.g. :func:`blas_threads`).  Returns name -> Timing,
+    whose ``times[i]`` all come from round i (paired samples).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    contexts = contexts or {}
+    expected = expected or {}
+    names = list(fns)
+    start = time.perf_counter()
+
+    def run(name: str, number: int) -> float:
+        ctx = contexts.get(name)
+        with ctx() if ctx is not None else nullcontext():
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fns[name]()
+            return (time.perf_counter() - t0) / number
+
+    number: dict[str, int] = {}
+    for name in names:
+        per_call = expected.get(name)
+        if per_call is None or per_call < budget / 4:
+            per_call = run(name, 1)  # warm-up: not counted
+        number[name] = max(1, math.ceil(_MIN_SAMPLE_S / max(per_call, 1e-9)))
+    out = {name: Timing(calls_per_sample=number[name]) for name in names}
+    while True:
+        t_round = time.perf_counter()
+        for name in names:
+            out[name].times.append(run(name, number[name]))
+        rounds = len(out[names[0]].times) if names else repeats
+        if rounds >= repeats:
+            break
+        spent = time.perf_counter() - start
+        if spent + (time.perf_counter() - t_round) > budget * len(names):
+            break
+    return out
 
 
 def blas_threads(n: int):

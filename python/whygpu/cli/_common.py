@@ -197,7 +197,13 @@ def _roundtrip(doc: dict) -> dict:
 
 
 def _save(out: Path, name: str, doc: dict, plot: bool, figures=()) -> None:
-    """Write <name>.json and, with --plot, each figure: (plots function name, file name)."""
+    """Write <name>.json and, with --plot, each figure: (plots function name, file name).
+    A document whose quiet guard saw a busy machine gets a caution on stderr."""
+    from ..bench.trust import quiet_caution
+
+    caution = quiet_caution(doc.get("quiet"))
+    if caution:
+        print(f"caution: {caution}", file=sys.stderr, flush=True)
     print(f"\nwrote {_write_json(out, name, doc)}")
     if plot and figures:
         from .. import plots

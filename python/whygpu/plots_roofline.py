@@ -1,0 +1,198 @@
+"""The roofline figures: the CPU's measured roofs with every CPU rung placed on them, and the GPU's."""
+
+from __future__ import annotations
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from ._plot_common import _TENSOR_ROOF_STYLE, _cpu_title, _num, _save, kernel_color
+
+__all__ = ["plot_roofline", "plot_roofline_gpu"]
+
+_ROOF_LABELS = {
+    "interpreter": "Python interpreter",
+    "scalar": "scalar add chain",
+    "simd_baseline": "SIMD, baseline ISA, 1 core",
+    "simd_1t": "SIMD FMA, 1 core",
+    "simd_all": "SIMD FMA, all cores",
+}
+
+
+def _roof_points(ax, pts: list, x_none: float, is_ref) -> None:
+    """Each kernel at its intensity: measured (filled), predicted (hollow), a
+    line between.  Kernels at the same intensity would hide each other, so a
+    group is spread a little sideways (by a constant factor: the axis is log)."""
+    groups: dict[float, list] = {}
+    for p in pts:
+        groups.setdefault(round(p["intensity"] or x_none, 3), []).append(p["kernel"])
+    for p in pts:
+        x = p["intensity"] or x_none  # None: all data in L1, no memory roof
+        grp = groups[round(x, 3)]
+        x *= 1.12 ** (grp.index(p["kernel"]) - (len(grp) - 1) / 2)
+        c = kernel_color(p["kernel"])
+        ref = is_ref(p["kernel"])
+        ax.plot([x, x], [p["measured_gflops"], p["predicted_gflops"]], color=c, linewidth=1, alpha=0.7)
+        ax.plot(
+            x,
+            p["predicted_gflops"],
+            marker="s" if ref else "o",
+            markerfacecolor="white",
+            markeredgecolor=c,
+            markersize=8,
+            linestyle="none",
+        )
+        ax.plot(
+            x,
+            p["measured_gflops"],
+            marker="s" if ref else "o",
+            color=c,
+            markersize=8,
+            linestyle="none",
+            alpha=0.75 if ref else 1.0,
+            label=f"{p['kernel']} (n={p['n']}): {_num(p['measured_gflops'])} of {_num(p['predicted_gflops'])}",
+        )
+    ax.plot(
+        [],
+        [],
+        marker="o",
+        markerfacecolor="white",
+        markeredgecolor="black",
+        linestyle="none",
+        label="hollow: roofline prediction",
+    )
+
+
+def _roof_axes(ax, x_lo: float, x_hi: float, y_lo: float, y_hi: float, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_lo, y_hi)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    ax.set_xlabel("arithmetic intensity (flop per byte, from the memory level that limits most)")
+    ax.set_ylabel("speed (GFLOP/s)")
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, which="major", alpha=0.25)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="measured GFLOP/s of roof")
+
+
+def plot_roofline(doc: dict, path) -> str:
+    """Log-log roofline: horizontal compute roofs, diagonal bandwidth roofs,
+    each kernel at its arithmetic intensity, measured (filled) and predicted
+    (hollow)."""
+    roofs = doc["roofs"]
+    pts = [p for p in doc["points"] if p.get("device", "cpu") == "cpu"]  # the GPU's: plot_roofline_gpu
+    fig = Figure(figsize=(9.0, 6.0), layout="constrained")
+    ax = fig.subplots()
+    finite = [p["intensity"] for p in pts if p.get("intensity")]
+    x_lo = min([0.05] + [x / 3 for x in finite])
+    x_hi = max([200.0] + [x * 3 for x in finite])
+    xs = [x_lo * (x_hi / x_lo) ** (i / 200) for i in range(201)]
+    top = max(roofs["compute"].values())
+    prev = None
+    for name, g in sorted(roofs["compute"].items(), key=lambda kv: -kv[1]):
+        if name == "simd_all" and roofs.get("threads", 1) == 1:
+            continue
+        ax.axhline(g, color="black", linewidth=1, alpha=0.55, linestyle="-")
+        label = _ROOF_LABELS.get(name, name)
+        if name == "simd_all":
+            label = f"SIMD FMA, {roofs.get('threads')} cores"
+        below = prev is not None and prev / g < 1.3  # two roofs close together: the lower label under its line
+        ax.text(
+            x_hi / 1.05,
+            g / 1.06 if below else g * 1.06,
+            f"{label}: {_num(g)} GFLOP/s",
+            ha="right",
+            va="top" if below else "bottom",
+            fontsize=7.5,
+        )
+        prev = g
+    styles = {"L2": "-", "L3": "--", "DRAM": ":"}
+    for i, (level, gbps) in enumerate(roofs["bandwidth"]["1"].items()):
+        ys = [min(top, gbps * x) for x in xs]
+        ax.plot(xs, ys, color="#444444", linewidth=1, linestyle=styles.get(level, "-."), alpha=0.7)
+        y_at = top / (4 ** (i + 1))  # stagger the labels down the diagonals
+        x_at = y_at / gbps
+        if x_lo < x_at < x_hi:
+            ax.text(
+                x_at * 1.1,
+                y_at,
+                f"{level} {gbps:.0f} GB/s (1 core)",
+                fontsize=7.5,
+                color="#444444",
+                ha="left",
+                va="top",
+            )
+    _roof_points(ax, pts, x_hi / 2, lambda k: k.startswith("numpy"))
+    ys_all = [p["measured_gflops"] for p in pts] + list(roofs["compute"].values())
+    _roof_axes(
+        ax,
+        x_lo,
+        x_hi,
+        min(ys_all) / 3,
+        top * 2.5,
+        "Roofline of this machine, measured, with every kernel on it\n" + _cpu_title(doc),
+    )
+    return _save(fig, path)
+
+
+def plot_roofline_gpu(doc: dict, path) -> str:
+    """The GPU's roofline: its measured FMA peak and tensor-core peaks (bf16,
+    TF32), its L2 and device-memory bandwidths, and each CUDA rung (and
+    cuBLAS) at its intensity, measured (filled) and predicted (hollow)."""
+    gpu = doc["gpu_roofs"]
+    pts = [p for p in doc["points"] if p.get("device") == "cuda"]
+    fig = Figure(figsize=(9.0, 6.0), layout="constrained")
+    ax = fig.subplots()
+    finite = [p["intensity"] for p in pts if p.get("intensity")]
+    x_lo = min([0.1] + [x / 3 for x in finite])
+    x_hi = max([2000.0] + [x * 3 for x in finite])
+    xs = [x_lo * (x_hi / x_lo) ** (i / 200) for i in range(201)]
+    fma = gpu["fma_gflops"]
+    tensor = gpu.get("tensor_gflops") or {}
+    top = max([fma, *tensor.values()])  # the highest roof: the bandwidth slopes rise to it
+    ax.axhline(fma, color="black", linewidth=1, alpha=0.6)
+    ax.text(x_hi / 1.05, fma * 1.06, f"float32 FMA peak: {_num(fma)} GFLOP/s", ha="right", va="bottom", fontsize=8)
+    # The tensor cores: a second compute roof (per precision), measured by the mma.sync probe.
+    for prec, g in tensor.items():
+        ax.axhline(g, color="#ae017e", linewidth=1.2, alpha=0.8, linestyle=_TENSOR_ROOF_STYLE.get(prec, ":"))
+        ax.text(
+            x_lo * 1.1,
+            g * 1.06,
+            f"{prec} tensor cores (mma.sync): {_num(g)} GFLOP/s",
+            ha="left",
+            va="bottom",
+            fontsize=8,
+            color="#ae017e",
+        )
+    for i, (level, gbps) in enumerate(gpu["bandwidth"].items()):
+        ax.plot(
+            xs,
+            [min(top, gbps * x) for x in xs],
+            color="#444444",
+            linewidth=1,
+            linestyle={"L2": "-", "DRAM": ":"}.get(level, "--"),
+            alpha=0.7,
+        )
+        y_at = top / (4 ** (i + 1))
+        if x_lo < y_at / gbps < x_hi:
+            ax.text(
+                y_at / gbps * 1.1,
+                y_at,
+                f"{'device memory' if level == 'DRAM' else level} {_num(gbps)} GB/s",
+                fontsize=8,
+                color="#444444",
+                ha="left",
+                va="top",
+            )
+    _roof_points(ax, pts, 1.0, lambda k: k == "cublas")
+    ys = [p["measured_gflops"] for p in pts] + [fma, *tensor.values()]
+    _roof_axes(
+        ax,
+        x_lo,
+        x_hi,
+        min(ys) / 3,
+        top * 2.5,
+        f"Roofline of the GPU, measured, with every CUDA rung on it\n{gpu['device']}, {gpu['multiprocessors']} SMs",
+    )
+    return _save(fig, path)
