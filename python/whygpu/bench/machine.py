@@ -10,13 +10,13 @@ import importlib
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 
 from .._cpu import cpu_info
 from .._threads import get_num_threads
 from .._version import __version__
+from .trust import sample_load
 
 __all__ = ["machine_info", "cuda_status", "now_iso"]
 
@@ -80,30 +80,14 @@ def _load():
         return None
 
 
-def _cpu_busy(interval: float = 0.1):
-    """Fraction of all CPUs that *other* programs kept busy over `interval`
-    seconds, from /proc/stat minus this process's own CPU time (an OpenMP
-    team still spinning after a parallel region is ours, not theirs); None
-    where there is no /proc/stat."""
-
-    def sample():
-        with open("/proc/stat") as f:
-            vals = [int(x) for x in f.readline().split()[1:]]
-        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
-        own = os.times()
-        return idle, sum(vals[:8]), own.user + own.system
-
-    try:
-        i0, t0, o0 = sample()
-        time.sleep(interval)
-        i1, t1, o1 = sample()
-        hz = os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-    if t1 <= t0:
-        return None
-    busy = (t1 - t0) - (i1 - i0) - (o1 - o0) * hz
-    return max(0.0, min(1.0, busy / (t1 - t0)))
+def _cpu_load() -> dict:
+    """Other programs' share and the steal share of our cores over 0.1 s, when the run starts
+    (None each where there is no /proc/stat): whygpu.bench.trust.sample_load."""
+    load = sample_load(0.1)
+    return {
+        "cpu_busy_before": None if load is None else load["others"],
+        "steal_before": None if load is None else load["steal"],
+    }
 
 
 def machine_info() -> dict:
@@ -125,6 +109,6 @@ def machine_info() -> dict:
         "blas": _blas(),
         "cuda": cuda_status(),
         "load_average": _load(),
-        "cpu_busy_before": _cpu_busy(),
+        **_cpu_load(),
         "time": now_iso(),
     }

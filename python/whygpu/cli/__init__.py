@@ -69,13 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help, --version, or a usage error (already printed)
         return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     from .._registry import KernelUnavailableError
-    from .._threads import ThreadsWarning
+    from .._threads import ThreadsWarning, check_threads
 
     _CREATED.clear()
     try:
         with warnings.catch_warnings():  # a warning is one line, like an error; a thread count's only once
             warnings.showwarning = _show_warning
             warnings.filterwarnings("once", category=ThreadsWarning)
+            if isinstance(getattr(args, "threads", None), int):
+                check_threads(args.threads)  # warned before any measuring, not when the first kernel runs
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         _remove_empty_outs()

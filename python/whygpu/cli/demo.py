@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import TypedDict
 
+from ..bench.trust import QUIET_THRESHOLD, merge_quiet, quiet_caution
 from ._common import _common_args, _note, _prepare_out, _progress, _write_json
 from .info import _info_doc, _print_info
 from .ladder import GPU_SIZES, _print_ladder
@@ -144,11 +146,12 @@ def run(args) -> int:
     info = _info_doc()
     _print_info(info)
     _write_json(out, "info", info)
-    busy = info["machine"].get("cpu_busy_before")
-    if busy is not None and busy > 0.2:
+    busy, steal = info["machine"].get("cpu_busy_before"), info["machine"].get("steal_before")
+    if (busy or 0) > QUIET_THRESHOLD or (steal or 0) > QUIET_THRESHOLD:
         log(
-            f"other programs are using {100 * busy:.0f}% of the CPUs: the multi-thread figures will be low "
-            "and noisy (the report says so); for clean numbers run when the machine is idle"
+            f"other programs are using {100 * (busy or 0):.0f}% of the CPUs"
+            + (f" and the host steals {100 * steal:.0f}%" if (steal or 0) > QUIET_THRESHOLD else "")
+            + ": each measurement waits a few seconds for quiet, and the report cautions where it did not come"
         )
 
     stage("roofs of this machine")
@@ -272,6 +275,9 @@ def run(args) -> int:
             "files": sorted(p.name for p in out.iterdir()),
         },
     )
+    caution = quiet_caution(merge_quiet([d.get("quiet") for d in docs.values()]))
+    if caution:
+        print(f"caution: {caution}", file=sys.stderr, flush=True)
     print(f"\ndemo finished in {total:.0f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + ")")
     print(f"report: {res['html']}")
     print(f"        {res['markdown']}")

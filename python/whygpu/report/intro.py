@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..bench.trust import QUIET_THRESHOLD, merge_quiet, quiet_caution
 from ._format import Block, Docs, _cache, _pct
 
 
@@ -51,17 +52,22 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
                 f", compiler {m.get('compiler', '?')}.",
             )
         )
-    busy = [d.get("machine", {}).get("cpu_busy_before") for d in docs.values()]
+    # The quiet guard's records (whygpu.bench.trust): other programs' CPU time and steal time before and
+    # during every measurement block; an older document has only the load when its run started.
+    caution = quiet_caution(merge_quiet([d.get("quiet") for d in docs.values()]))
+    busy = [d.get("machine", {}).get("cpu_busy_before") for d in docs.values() if not d.get("quiet")]
     busy = [x for x in busy if isinstance(x, (int, float))]
-    cores = m.get("cpu", {}).get("cores") or 1
-    if busy and max(busy) > 0.2:
+    if caution is None and busy and max(busy) > QUIET_THRESHOLD:
+        caution = (
+            f"the machine was not quiet: other programs used up to {100 * max(busy):.0f}% of its "
+            f"{m.get('cpu', {}).get('cores') or 1} cores just before a measurement started"
+        )
+    if caution:
         blocks.append(
             (
                 "p",
-                f"Caution: this machine was busy while it was measured: other programs used up to "
-                f"{100 * max(busy):.0f}% of its {cores} cores just before a measurement started. They "
-                "take cores and caches away, so the multi-thread figures (openmp, NumPy on all threads, "
-                "scaling) are lower and noisier than the machine can do; run again when it is idle.",
+                f"Caution: {caution}. Other programs take cores and caches away, so the multi-thread figures "
+                "(openmp, NumPy on all threads, scaling) come out lower and noisier than this machine can do.",
             )
         )
     runs = [r for r in docs.get("train", {}).get("runs", []) if not r.get("skipped")]

@@ -1,0 +1,235 @@
+"""The building blocks of trustworthy figures (whygpu.bench.trust, time_interleaved): the quiet guard on
+planted CPU-time readings, spreads and "faster" only when they do not overlap, the impossible-figure tests,
+and re-measuring once."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from whygpu.bench import trust
+from whygpu.bench.measure import time_interleaved
+
+_STAT = """cpu  {u} 0 {s} {i} 0 0 0 {st} 0 0
+cpu0 {u0} 0 {s0} {i0} 0 0 0 {st0} 0 0
+cpu1 {u1} 0 {s1} {i1} 0 0 0 {st1} 0 0
+intr 1 2 3
+"""
+
+
+def _write_stat(path, cpus):
+    """A /proc/stat with two cores given as (user, system, idle, steal) in clock ticks."""
+    (u0, s0, i0, st0), (u1, s1, i1, st1) = cpus
+    path.write_text(
+        _STAT.format(
+            u=u0 + u1, s=s0 + s1, i=i0 + i1, st=st0 + st1, u0=u0, s0=s0, i0=i0, st0=st0, u1=u1, s1=s1, i1=i1, st1=st1
+        )
+    )
+
+
+def test_cpu_times_reads_only_our_cores(tmp_path, monkeypatch):
+    p = tmp_path / "stat"
+    _write_stat(p, [(100, 0, 0, 0), (0, 0, 100, 0)])
+    monkeypatch.setattr(trust, "_allowed_cpus", lambda: {1})  # only cpu1 is ours: it was idle
+    t = trust.cpu_times(str(p))
+    hz = trust.os.sysconf("SC_CLK_TCK")
+    assert t["cpus"] == 1
+    assert t["total"] == pytest.approx(100 / hz) and t["idle"] == pytest.approx(100 / hz)
+    monkeypatch.setattr(trust, "_allowed_cpus", lambda: {0, 1})
+    assert trust.cpu_times(str(p))["total"] == pytest.approx(200 / hz)
+    assert trust.cpu_times(str(tmp_path / "missing")) is None
+
+
+def test_load_between_subtracts_our_own_time_and_separates_steal():
+    t0 = {"total": 0.0, "idle": 0.0, "steal": 0.0, "own": 0.0}
+    # 10 s of core time: 4 idle, 1 stolen, 5 busy of which 3 were ours -> others 20%, steal 10%
+    t1 = {"total": 10.0, "idle": 4.0, "steal": 1.0, "own": 3.0}
+    load = trust.load_between(t0, t1)
+    assert load == pytest.approx({"others": 0.2, "steal": 0.1})
+    assert trust.load_between(None, t1) is None
+    assert trust.load_between(t1, t1) is None  # no time passed
+
+
+def _sampler(values):
+    it = iter(values)
+    return lambda: next(it)
+
+
+def test_guard_waits_for_quiet_and_records_it():
+    busy, quiet = {"others": 0.5, "steal": 0.0}, {"others": 0.01, "steal": 0.0}
+    reads = itertools.count()
+    g = trust.QuietGuard(
+        max_wait=10,
+        sampler=_sampler([busy, busy, quiet]),
+        reader=lambda: {"total": 10.0 * next(reads), "idle": 0.0, "steal": 0.0, "own": 0.0},
+    )
+    with g.block("openmp n=64") as rec:
+        pass
+    assert rec["others"] == 0.01 and rec["quiet"] is True
+    assert rec["during"] == {"others": 1.0, "steal": 0.0}  # the planted reader: all busy, none ours
+    doc = g.as_dict()
+    assert doc["blocks"][0]["label"] == "openmp n=64"
+    assert doc["busy"] is True and doc["others_max"] == 1.0  # busy during the block
+    assert "other programs used up to 100%" in trust.quiet_caution(doc)
+
+
+def test_guard_wait_is_bounded_and_steal_counts():
+    stolen = {"others": 0.0, "steal": 0.3}
+    g = trust.QuietGuard(max_wait=0.05, sampler=lambda: stolen, reader=lambda: None)
+    rec = g.wait("peak")
+    assert rec["quiet"] is False and rec["waited_s"] < 2
+    caution = trust.quiet_caution(g.as_dict())
+    assert "steal time" in caution and "30%" in caution
+    # the total bound: once spent, no block waits
+    g2 = trust.QuietGuard(max_wait=10, total_wait=0.0, sampler=lambda: stolen, reader=lambda: None)
+    assert g2.wait("x")["waited_s"] < 0.5
+
+
+def test_quiet_machine_has_no_caution_and_none_without_proc_stat():
+    g = trust.QuietGuard(max_wait=0, sampler=lambda: {"others": 0.04, "steal": 0.0}, reader=lambda: None)
+    g.wait("a")
+    assert trust.quiet_caution(g.as_dict()) is None
+    g = trust.QuietGuard(max_wait=5, sampler=lambda: None, reader=lambda: None)
+    rec = g.wait("a")
+    assert rec["quiet"] is None and rec["waited_s"] < 1  # nothing to read: never waits
+    assert trust.quiet_caution(g.as_dict()) is None and g.as_dict()["measured"] is False
+
+
+def test_merge_quiet_keeps_the_worst():
+    a = trust.summarize([{"label": "a", "others": 0.01, "steal": 0.0}])
+    b = trust.summarize([{"label": "b", "others": 0.2, "steal": 0.0}])
+    m = trust.merge_quiet([a, None, b])
+    assert m["others_max"] == 0.2 and m["busy"] and len(m["blocks"]) == 2
+    assert trust.merge_quiet([None]) is None
+
+
+def test_wait_setting_from_environment(monkeypatch):
+    monkeypatch.setenv("WHYGPU_QUIET_WAIT", "0")
+    assert trust.QuietGuard().max_wait == 0
+    monkeypatch.setenv("WHYGPU_QUIET_WAIT", "soon")
+    with pytest.warns(RuntimeWarning, match="WHYGPU_QUIET_WAIT"):
+        assert trust.QuietGuard().max_wait == trust._WAIT_PER_BLOCK_S
+
+
+def test_spread_and_compare():
+    assert trust.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "low": 1.0, "high": 3.0}
+    assert trust.spread([1.0, 2.0]) == {"median": 1.5, "low": 1.0, "high": 2.0}
+    with pytest.raises(ValueError):
+        trust.spread([])
+    fast, slow = [1.0, 1.1, 0.9], [2.0, 2.2, 1.9]
+    c = trust.compare(fast, slow)
+    assert c["clear"] and c["ratio"] == pytest.approx(2.0) and c["low"] == pytest.approx(1.9 / 1.1)
+    assert "x2 faster" in trust.faster_text("packed", "blocked", c)
+    assert "slower" in trust.faster_text("blocked", "packed", trust.compare(slow, fast))
+    overlap = trust.compare([1.0, 1.2], [1.1, 1.3])
+    assert not overlap["clear"]
+    text = trust.faster_text("a", "b", overlap)
+    assert "faster" not in text and "cannot be told apart" in text
+
+
+def test_impossible_figures():
+    assert trust.impossible_fraction(1.43) and not trust.impossible_fraction(1.0)
+    assert not trust.impossible_fraction(None) and not trust.impossible_fraction(float("nan"))
+    assert trust.impossible_speedup(3.4, 4, cores=2)  # 4 threads on 2 cores: at most x2
+    assert not trust.impossible_speedup(1.9, 4, cores=2)
+    assert trust.impossible_speedup(2.1, 2) and not trust.impossible_speedup(2.0, 2)
+    assert trust.impossible_serial(-0.1) and trust.impossible_serial(1.5)
+    assert not trust.impossible_serial(0.0) and not trust.impossible_serial(None)
+    # the 1-thread row against its own baseline: apart by more than 10% with separate spreads
+    assert trust.baseline_differs([1.2, 1.25, 1.22], [1.0, 1.01, 0.99])
+    assert not trust.baseline_differs([1.05, 1.06], [1.0, 1.01])  # 5%: within the tolerance
+    assert not trust.baseline_differs([1.2, 0.9], [1.0, 1.01])  # spreads overlap: noise
+
+
+def test_remeasure_once():
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return [1.5, 0.9][len(calls) - 1]
+
+    value, flag = trust.remeasure_once(measure, trust.impossible_fraction)
+    assert value == 0.9 and flag == {"remeasured": True, "disturbed": False} and len(calls) == 2
+    calls.clear()
+    value, flag = trust.remeasure_once(lambda: calls.append(1) or 1.4, trust.impossible_fraction)
+    assert flag == {"remeasured": True, "disturbed": True} and len(calls) == 2  # once, not more
+    calls.clear()
+    value, flag = trust.remeasure_once(lambda: calls.append(1) or 0.5, trust.impossible_fraction, first=0.8)
+    assert value == 0.8 and flag["remeasured"] is False and not calls
+
+
+def test_time_interleaved_alternates_and_pairs_samples():
+    order = []
+    t = time_interleaved(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+        repeats=3,
+        budget=10,
+        expected={"a": 5.0, "b": 5.0},  # "slow" (>= budget / 4): no warm-up, one call per sample
+    )
+    assert order == ["a", "b"] * 3
+    assert len(t["a"].times) == len(t["b"].times) == 3
+    entered = []
+
+    class Ctx:
+        def __enter__(self):
+            entered.append(1)
+
+        def __exit__(self, *exc):
+            return False
+
+    t = time_interleaved({"x": lambda: None}, repeats=2, budget=10, contexts={"x": Ctx}, expected={"x": 5.0})
+    assert len(entered) == 2  # a fresh context around every sample
+    with pytest.raises(ValueError):
+        time_interleaved({"x": lambda: None}, repeats=0)
+
+
+# ---- The CLI warns about a thread count before measuring; the training figure keeps openmp --------------
+
+
+def test_cli_warns_about_threads_before_any_measuring(monkeypatch, capsys):
+    import whygpu.cli.explain as cli_explain
+    from whygpu._threads import _CPUS
+    from whygpu.cli import main
+
+    seen = []
+    monkeypatch.setattr(cli_explain, "run", lambda args: seen.append(capsys.readouterr().err) or 0)
+    assert main(["explain", "8", "8", "8", "--threads", str(_CPUS + 1)]) == 0
+    assert seen and f"warning: {_CPUS + 1} threads on {_CPUS} cores" in seen[0]
+
+
+def test_train_keeps_the_parallel_bar_when_the_estimate_is_close(monkeypatch):
+    import whygpu.bench.train as bt
+    from whygpu import nn
+
+    names = [b for b in ("openmp", "packed") if b in nn.backends()]
+    if "openmp" not in names:
+        pytest.skip("this build has no OpenMP back end")
+    monkeypatch.setattr(bt, "_estimate_step", lambda *a, **k: 0.2)  # 3 steps + 2 warm-up: ~1 s
+    doc = bt.run_train(steps=3, batch=16, layers=(8, 4, 3), backends=names, budget=0.5, sweep_batches=[])
+    runs = {r["backend"]: r for r in doc["runs"]}
+    assert "skipped" not in runs["openmp"] and "over_budget" in runs["openmp"]  # 2x the budget: kept
+    if "packed" in runs:
+        assert "skipped" in runs["packed"]  # the same estimate skips a serial rung
+    assert doc["quiet"]["blocks"] and doc["quiet"]["blocks"][0]["label"] == "train openmp"
+    monkeypatch.setattr(bt, "_estimate_step", lambda *a, **k: 10.0)  # far beyond: skipped after all
+    doc = bt.run_train(steps=3, batch=16, layers=(8, 4, 3), backends=["openmp"], budget=0.5, sweep_batches=[])
+    assert "skipped" in doc["runs"][0]
+
+
+def test_report_cautions_from_the_quiet_records(tmp_path):
+    from whygpu.report import intro
+
+    machine = {"cpu": {"cores": 2}, "cpu_busy_before": 0.0}
+    busy = trust.summarize([{"label": "openmp n=512", "others": 0.01, "steal": 0.0, "during": {"others": 0.3}}])
+    quiet = trust.summarize([{"label": "openmp n=512", "others": 0.01, "steal": 0.02}])
+
+    def text(docs):
+        return " ".join(b[1] for b in intro.section(docs, tmp_path, [], 0) if b[0] == "p")
+
+    assert "Caution: the machine was not quiet: other programs used up to 30%" in text(
+        {"ladder": {"machine": machine, "quiet": busy}, "scaling": {"machine": machine, "quiet": quiet}}
+    )
+    assert "Caution" not in text({"ladder": {"machine": machine, "quiet": quiet}})
+    # an older document, without the guard's record: the load when its run started, at the same threshold
+    assert "Caution" in text({"ladder": {"machine": {**machine, "cpu_busy_before": 0.08}}})
