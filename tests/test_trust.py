@@ -233,3 +233,33 @@ def test_report_cautions_from_the_quiet_records(tmp_path):
     assert "Caution" not in text({"ladder": {"machine": machine, "quiet": quiet}})
     # an older document, without the guard's record: the load when its run started, at the same threshold
     assert "Caution" in text({"ladder": {"machine": {**machine, "cpu_busy_before": 0.08}}})
+
+
+def test_training_caption_says_slower_only_when_step_spreads_do_not_overlap(tmp_path):
+    from whygpu.report import training
+
+    def run(name, s, lo, hi):
+        return {
+            "backend": name,
+            "step_s": s,
+            "step_s_low": lo,
+            "step_s_high": hi,
+            "samples_per_s": 256 / s,
+            "matmul_share": 0.8,
+            "accuracy": 0.9,
+            "final_loss": 0.3,
+            "threads": 1,
+            "device": "cpu",
+            "rows": [],
+            "matmul_s": 0.8 * s,
+            "other_s": 0.2 * s,
+        }
+
+    def caption(runs):
+        doc = {"params": {"layers": "8-4-3", "batch": 256, "steps": 3}, "runs": runs, "machine": {}}
+        return next(b[2] for b in training.section({"train": doc}, tmp_path, [], 1) if b[0] == "fig")
+
+    apart = caption([run("openmp", 0.010, 0.009, 0.011), run("packed", 0.020, 0.019, 0.022)])
+    assert "x2.00 slower" in apart
+    close = caption([run("openmp", 0.010, 0.008, 0.013), run("packed", 0.012, 0.011, 0.014)])
+    assert "slower" not in close and "no back end is measurably faster" in close

@@ -138,10 +138,12 @@ def _one_run(backend: str, X, y, Xte, yte, layers, steps: int, batch: int, lr: f
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for i in range(_WARMUP):
             step(i)
-        losses = []
+        losses, times = [], []
         with nn.profile(model) as prof:
             for i in range(_WARMUP, _WARMUP + steps):
+                t0 = time.perf_counter()
                 losses.append(float(step(i)))
+                times.append(time.perf_counter() - t0)  # each step's time: the spread of step_s
         ev = model.evaluate(Xte, yte, loss=loss_fn)
     b = prof.breakdown()
     step_s = prof.wall_s / steps
@@ -149,6 +151,8 @@ def _one_run(backend: str, X, y, Xte, yte, layers, steps: int, batch: int, lr: f
     return {
         "backend": backend,
         "step_s": step_s,
+        "step_s_low": min(times) if times else step_s,
+        "step_s_high": max(times) if times else step_s,
         "samples_per_s": batch / step_s,
         "matmul_share": prof.matmul_share,
         "matmul_s": prof.matmul_s / steps,

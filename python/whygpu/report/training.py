@@ -29,10 +29,12 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         f"{_pct(100 * fast['matmul_share'])} of it in matmul"
     )
     if slow is not fast:
-        cap += (
-            f"; on {slow['backend']} {_ms(slow['step_s'])}, {_pct(100 * slow['matmul_share'])} in matmul "
-            f"-- x{_g(slow['step_s'] / fast['step_s'])} slower for the same arithmetic"
-        )
+        cap += f"; on {slow['backend']} {_ms(slow['step_s'])}, {_pct(100 * slow['matmul_share'])} in matmul"
+        # "slower" only when the steps' min-max spreads do not overlap (older documents have no spread)
+        if slow.get("step_s_low", slow["step_s"]) > fast.get("step_s_high", fast["step_s"]):
+            cap += f" -- x{_g(slow['step_s'] / fast['step_s'])} slower for the same arithmetic"
+        else:
+            cap += " -- their step times overlap: no back end is measurably faster here"
     cap += (
         ". Matrix multiplication dominates a training step, so faster matmul hardware means faster training -- "
         "until the remaining work dominates (Amdahl's law again)."
@@ -41,7 +43,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     rows = [
         (
             r["backend"],
-            _ms(r["step_s"]),
+            _ms(r["step_s"]) + (f" ({_ms(r['step_s_low'])}-{_ms(r['step_s_high'])})" if "step_s_low" in r else ""),
             _g(r["samples_per_s"]),
             _pct(100 * r["matmul_share"]),
             f"{100 * r['accuracy']:.1f}%" if r.get("accuracy") is not None else "n/a",
@@ -49,7 +51,9 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         )
         for r in runs
     ]
-    blocks.append(("table", ("backend", "time/step", "samples/s", "in matmul", "accuracy", "final loss"), rows))
+    blocks.append(
+        ("table", ("backend", "time/step (min-max)", "samples/s", "in matmul", "accuracy", "final loss"), rows)
+    )
     skipped = [r for r in doc["runs"] if r.get("skipped")]
     if skipped:
         blocks.append(
