@@ -18,12 +18,23 @@ The roofs are measured once per process (about half a second) and reused.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._memory import check_product_fits
 from ._threads import check_threads, get_num_threads
-from .roofline import COMPUTE_ROOFS, kernel_model, measure_machine, prediction_error
+from .bench.trust import DISTURBED, QuietGuard, quiet_caution
+from .roofline import COMPUTE_ROOFS, kernel_model, measure_machine
+from .roofline_trust import (
+    MODEL_ERROR,
+    ROOF_BELOW_PEAK,
+    measured_fields,
+    pct_text,
+    plain,
+    settle_impossible,
+    within_model_error,
+)
 
 __all__ = ["explain", "Explanation", "why_below", "format_bytes", "format_error"]
 
@@ -84,15 +95,44 @@ _WHY = {
 OVERHEAD_DOMINATES = 1 / 3
 
 
-def why_below(kernel: str, fraction: float, overhead_s: float | None = None, measured_s: float | None = None) -> str:
+def why_below(
+    kernel: str,
+    fraction: float,
+    overhead_s: float | None = None,
+    measured_s: float | None = None,
+    *,
+    remeasured: bool = True,
+    disturbed: str | None = None,
+) -> str:
     """A sentence on a kernel at `fraction` (predicted / measured time) of its roof; ``overhead_s``, the time of
-    a 1x1x1 call, says when a tiny product is mostly that fixed cost."""
-    pct = f"{100 * fraction:.0f}" if fraction >= 0.01 else f"{100 * fraction:.1g}"
-    if fraction >= 0.75:
-        return f"{kernel} runs at {pct}% of its roof: the model explains it."
+    a 1x1x1 call, says when a tiny product is mostly that fixed cost.
+
+    The roof is an upper bound, so only a fraction within the model's stated
+    error below it (:data:`whygpu.roofline.MODEL_ERROR`) is "explained"; above
+    100% is impossible -- a disturbed figure, never explained (``remeasured``:
+    it was measured once more and stayed impossible, as run_roofline and
+    explain do; False for a record from before that check).  ``disturbed``,
+    a flagged row's reason (e.g. it stands on a disturbed roof), leaves it
+    unexplained whatever its fraction."""
+    pct = pct_text(fraction) if fraction >= 0.01 else f"{plain(100 * fraction, 1)}%"
+    if fraction > 1 and kernel in ROOF_BELOW_PEAK:
+        return f"{kernel} runs at {pct} of its roof, which is possible here: {ROOF_BELOW_PEAK[kernel]}."
+    if fraction > 1:
+        return (
+            f"{kernel} measured at {pct} of its roof, which is impossible (the roof is an upper bound on speed) -- "
+            + (DISTURBED if remeasured else "a disturbed figure, left out of the conclusions")
+            + "."
+        )
+    if disturbed:
+        return f"{kernel} at {pct} of its roof: {disturbed}."
+    if within_model_error(fraction):
+        return (
+            f"{kernel} runs at {pct} of its roof: within the model's stated error ({100 * MODEL_ERROR:.0f}%), "
+            "so the model explains it."
+        )
     if overhead_s is not None and measured_s and overhead_s >= OVERHEAD_DOMINATES * measured_s:
         return (
-            f"{kernel} runs at {pct}% of its roof: a product this small is dominated by the fixed cost of "
+            f"{kernel} runs at {pct} of its roof: a product this small is dominated by the fixed cost of "
             f"a call, not by its arithmetic -- a 1x1x1 product already takes {_fmt_s(overhead_s)} of the "
             f"{_fmt_s(measured_s)} (checking the arguments, dispatching"
             + (", a launch" if kernel.startswith("cuda") or kernel == "cublas" else "")
@@ -105,7 +145,7 @@ def why_below(kernel: str, fraction: float, overhead_s: float | None = None, mea
         reason += (
             "; at a small size the launch (a few microseconds) and too few blocks to fill the GPU dominate as well"
         )
-    return f"{kernel} runs at {pct}% of its roof: {reason}."
+    return f"{kernel} runs at {pct} of its roof: {reason}."
 
 
 def format_error(e: float | None) -> str:
@@ -126,7 +166,7 @@ def format_flops(f: float) -> str:
 def format_bytes(b: float) -> str:
     for unit, f in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if b >= f:
-            return f"{b / f:.3g} {unit}"
+            return f"{plain(b / f)} {unit}"
     return f"{b:.0f} B"
 
 
@@ -150,6 +190,9 @@ class Explanation:
     roofs: dict = field(default_factory=dict)
     # Kernels asked for (or known) that cannot run here: {"kernel", "device", "reason"}.
     unavailable: list[dict] = field(default_factory=list)
+    quiet: dict | None = None
+    # True when a figure came out impossible and the roofs were measured again (each: best of both).
+    roofs_remeasured: bool = False
 
     @property
     def flops(self) -> float:
@@ -169,9 +212,22 @@ class Explanation:
             "roofs": self.roofs,
             "unavailable": self.unavailable,
             "error_metric": ERROR_METRIC,
+            "model_error": MODEL_ERROR,
+            "roofs_remeasured": self.roofs_remeasured,
+            "quiet": self.quiet,
         }
 
+    @property
+    def caution(self) -> str | None:
+        """What to say when other programs (or a hypervisor) took the cores while this was measured."""
+        return quiet_caution(self.quiet)
+
     def __str__(self) -> str:
+        return self.text()
+
+    def text(self, caution: bool = True) -> str:
+        """The table and the notes; ``caution=False`` leaves out the busy-machine caution (the CLI
+        prints it on stderr)."""
         s = 4 if self.dtype == "float32" else 8
         compulsory = s * (self.m * self.k + self.k * self.n + self.m * self.n)
         lines = [
@@ -189,7 +245,7 @@ class Explanation:
             "bound",
             "predicted",
             "measured",
-            "pred/meas",
+            "of roof",
             "precision",
             "max rel err",
         )
@@ -198,14 +254,16 @@ class Explanation:
             worst = max(r["traffic"], key=lambda t: t["seconds"]) if r["traffic"] else None
             moved = f"{format_bytes(worst['bytes'])} {worst['level']}" if worst else "(in L1)"
             meas = _fmt_s(r.get("measured_s")) if "measured_s" in r else "skipped"
-            ratio = f"{r['predicted_s'] / r['measured_s']:.2f}" if "measured_s" in r else "-"
+            ratio = "-"
+            if "measured_s" in r:
+                ratio = pct_text(r["predicted_s"] / r["measured_s"]) + (" (disturbed)" if r.get("disturbed") else "")
             table.append(
                 (
                     r["kernel"],
                     r["compute_roof"],
-                    f"{r['compute_gflops']:.3g}",
+                    plain(r["compute_gflops"]),
                     moved,
-                    f"{r['intensity']:.3g}" if r["intensity"] else "-",
+                    plain(r["intensity"]) if r["intensity"] else "-",
                     r["bound"],
                     _fmt_s(r["predicted_s"]),
                     meas,
@@ -225,25 +283,27 @@ class Explanation:
         lines.append(
             f"Roofs{' (float32; the SIMD roofs halve for float64)' if self.dtype == 'float64' else ''}: "
             + "; ".join(
-                f"{name} = {self.roofs['compute'][name]:.3g} GFLOP/s"
+                f"{name} = {plain(self.roofs['compute'][name])} GFLOP/s"
                 for name in COMPUTE_ROOFS
                 if name in self.roofs.get("compute", {})
             )
         )
         bw = self.roofs.get("bandwidth", {}).get("1", {})
         if bw:
-            lines.append("Bandwidth (1 core): " + "; ".join(f"{lvl} {v:.3g} GB/s" for lvl, v in bw.items()))
+            lines.append("Bandwidth (1 core): " + "; ".join(f"{lvl} {plain(v)} GB/s" for lvl, v in bw.items()))
         gpu = self.roofs.get("gpu")
         if gpu:
             tensor = gpu.get("tensor_gflops") or {}
             tc = (
-                "; tensor-core (mma.sync) peak " + ", ".join(f"{p} {v:.4g}" for p, v in tensor.items()) + " GFLOP/s"
+                "; tensor-core (mma.sync) peak "
+                + ", ".join(f"{p} {plain(v, 4)}" for p, v in tensor.items())
+                + " GFLOP/s"
                 if tensor
                 else (f"; no tensor-core peak ({gpu['tensor_reason']})" if gpu.get("tensor_reason") else "")
             )
             lines.append(
-                f"GPU ({gpu['device']}): float32 FMA peak {gpu['fma_gflops']:.4g} GFLOP/s{tc}; bandwidth "
-                + "; ".join(f"{lvl} {v:.4g} GB/s" for lvl, v in gpu["bandwidth"].items())
+                f"GPU ({gpu['device']}): float32 FMA peak {plain(gpu['fma_gflops'], 4)} GFLOP/s{tc}; bandwidth "
+                + "; ".join(f"{lvl} {plain(v, 4)} GB/s" for lvl, v in gpu["bandwidth"].items())
                 + " (read + write). The CUDA rows are timed on data already on the GPU."
             )
         if any("max_rel_error" in r for r in self.rows):
@@ -255,13 +315,28 @@ class Explanation:
                 + ", ".join(f"{p} {u:.2g}" for p, u in UNIT_ROUNDOFF.items())
                 + " (the sums are float32 in every case)."
             )
+        if self.roofs_remeasured:
+            lines.append(
+                "A figure came out impossible (a kernel faster than its roof, or the all-core roof below one "
+                "core's), so the roofs were measured again: each is the best of both."
+            )
+        if self.roofs.get("disturbed"):
+            lines.append(f"The roofs are disturbed: {self.roofs['disturbed']}.")
         notes = [
-            why_below(r["kernel"], r["predicted_s"] / r["measured_s"], r.get("call_overhead_s"), r["measured_s"])
+            why_below(
+                r["kernel"],
+                r["predicted_s"] / r["measured_s"],
+                r.get("call_overhead_s"),
+                r["measured_s"],
+                disturbed=r.get("disturbed_reason") if r.get("disturbed") else None,
+            )
             for r in self.rows
             if "measured_s" in r
         ]
         notes += [f"{r['kernel']} not measured: {r['skipped']}" for r in self.rows if "skipped" in r]
         notes += [f"{u['kernel']} is unavailable here: {u['reason']}" for u in self.unavailable]
+        if caution and self.caution:
+            notes.append(f"Caution: {self.caution}.")
         if notes:
             lines.append("")
             lines.extend(notes)
@@ -306,7 +381,13 @@ def explain(
     cannot run here are listed in ``unavailable`` with the reason.  A kernel predicted to take longer than ``budget``
     seconds per call is not measured (unless ``force``).  ``machine`` is a
     :func:`whygpu.roofline.measure_machine` result; by default the roofs are
-    measured once per process."""
+    measured once per process.
+
+    Each measurement waits (a bounded time) for a quiet machine and records
+    how busy it was (``quiet``).  A kernel measured faster than its roof is
+    impossible: the roofs and that kernel are measured once more, and a row
+    still impossible is flagged ``disturbed``, never explained
+    (:func:`whygpu.roofline_trust.settle_impossible`)."""
     from .bench.ladder import (
         measure_error,
         measure_matmul,
@@ -324,9 +405,18 @@ def explain(
     threads = get_num_threads() if threads is None else check_threads(threads)
     if measure and force:  # measured at this size, however long: refused now if it cannot fit
         check_product_fits(m, n, k, dtype)
+    # Each measurement block waits (a bounded time) for a quiet machine and records the load; nothing is
+    # timed against the model without --measure, so then there is no record (and no caution).
+    guard = QuietGuard() if measure else None
+
+    def block(label: str):
+        return guard.block(label) if guard is not None else nullcontext()
+
+    cached = machine is None  # the roofs measured once per process: a re-measure improves the cache too
     if machine is None:
         if threads not in _MACHINES:
-            _MACHINES[threads] = measure_machine(threads, quick=True)
+            with block("roofs"):
+                _MACHINES[threads] = measure_machine(threads, quick=True)
         machine = _MACHINES[threads]
     kernels, unavailable = split_unavailable(kernels)  # listed with their reasons, never silently dropped
     for u in unavailable:
@@ -365,30 +455,35 @@ def explain(
         else:
             machine = {**machine, "gpu": _MACHINES["gpu"]}
     out = Explanation(m, n, k, dtype, roofs=machine, unavailable=unavailable)
+    recs: dict[str, dict] = {}  # kernel -> its measurement, to place it again if the roofs are measured again
+    expect: dict[str, float] = {}
     for name in names:
         row = kernel_model(name, m, n, k, machine, dtype=dtype, threads=threads_used(name, threads))
         row["precision"] = series_precision(name, dtype)
+        row["device"] = series_device(name)
         if measure:
-            expected = scout(name, m, n, k, dtype=dtype, threads=threads, budget=budget)["expected_s"]
-            if expected > budget and not force:
+            with block(f"{name} {m}x{k} @ {k}x{n}"):
+                expected = scout(name, m, n, k, dtype=dtype, threads=threads, budget=budget)["expected_s"]
+                if expected > budget and not force:
+                    rec = None
+                else:
+                    check_product_fits(m, n, k, dtype)
+                    rec = measure_matmul(
+                        name, m, n, k, dtype=dtype, threads=threads, repeats=repeats, budget=budget, expected=expected
+                    )
+                    if rec["seconds_min"] < _SMALL_S:  # so short that the fixed cost of a call may be most of it
+                        one = measure_matmul(
+                            name, 1, 1, 1, dtype=dtype, threads=threads, repeats=repeats, budget=budget
+                        )
+                        row["call_overhead_s"] = one["seconds_min"]
+            if rec is None:
                 row["skipped"] = (
                     f"one call would take ~{_fmt_s(expected)} (budget {_fmt_s(budget)}; force=True / --all measures it)"
                 )
             else:
-                check_product_fits(m, n, k, dtype)
-                rec = measure_matmul(
-                    name, m, n, k, dtype=dtype, threads=threads, repeats=repeats, budget=budget, expected=expected
-                )
-                best = rec["seconds_min"]  # best sample, like the roofs (see whygpu.roofline.run_roofline)
-                if best < _SMALL_S:  # so short that the fixed cost of a call may be most of it: measure that
-                    one = measure_matmul(name, 1, 1, 1, dtype=dtype, threads=threads, repeats=repeats, budget=budget)
-                    row["call_overhead_s"] = one["seconds_min"]
-                row.update(
-                    measured_s=best,
-                    measured_gflops=rec["flops"] / best / 1e9,
-                    median_s=rec["seconds"],
-                    error=prediction_error(row["predicted_s"], best),
-                )
+                recs[name], expect[name] = rec, expected
+                # The best sample, like the roofs (see whygpu.roofline_trust.measured_fields).
+                row.update(measured_fields(row, rec))
                 # Speed and accuracy side by side: the same shape against a float64 reference.
                 err = measure_error(name, m, n, k, dtype=dtype, threads=threads)
                 row.update(
@@ -397,4 +492,50 @@ def explain(
                     unit_roundoff=err["unit_roundoff"],
                 )
         out.rows.append(row)
+    if guard is None:
+        return out
+
+    def remeasure(row: dict) -> dict:
+        with block(f"{row['kernel']} {m}x{k} @ {k}x{n}, again"):
+            return measure_matmul(
+                row["kernel"],
+                m,
+                n,
+                k,
+                dtype=dtype,
+                threads=threads,
+                repeats=repeats,
+                budget=budget,
+                expected=expect[row["kernel"]],
+            )
+
+    def roofs_again() -> dict:
+        with block("roofs, again"):
+            return measure_machine(threads, quick=False)  # the full probes: more chances at a quiet moment
+
+    def gpu_again() -> dict | None:
+        from .bench.gpu import measure_gpu
+
+        with block("GPU roofs, again"):
+            return measure_gpu(quick=True)
+
+    # A row faster than its roof is impossible: its roofs and its kernel are measured once more.
+    machine, out.roofs_remeasured = settle_impossible(
+        out.rows,
+        recs,
+        machine,
+        remodel=lambda row, mach: kernel_model(
+            row["kernel"], m, n, k, mach, dtype=dtype, threads=threads_used(row["kernel"], threads)
+        ),
+        remeasure=remeasure,
+        roofs_again=roofs_again,
+        gpu_again=gpu_again,
+    )
+    if out.roofs_remeasured:
+        out.roofs = machine
+        if cached:
+            _MACHINES[threads] = {k_: v for k_, v in machine.items() if k_ != "gpu"}
+            if machine.get("gpu"):
+                _MACHINES["gpu"] = machine["gpu"]
+    out.quiet = guard.as_dict()
     return out

@@ -37,11 +37,50 @@ def plot_ladder(doc: dict, path) -> str:
     ax = fig.subplots()
     series = _series(doc)
     order = [k for k in doc["params"]["kernels"] if k in series]
+    # a figure left out of the conclusions (impossible, disturbed) is drawn hollow, off its line
+    left = {(x["kernel"], x["n"]) for x in (doc.get("summary") or {}).get("left_out") or []}
+    left |= {(r["kernel"], r["n"]) for r in doc.get("measurements", []) if r.get("disturbed")}
     for name in order:
         recs = series[name]
+        good = [r for r in recs if (name, r["n"]) not in left]
+        bad = [r for r in recs if (name, r["n"]) in left]
         prec = recs[0].get("precision")
         label = name + (f" ({prec})" if prec in ("tf32", "bf16") else "")  # the tensor cores' input precision
-        ax.plot([r["n"] for r in recs], [r["gflops"] for r in recs], label=label, **_style(name))
+        look = _style(name)
+        ax.plot([r["n"] for r in good], [r["gflops"] for r in good], label=label, **look)
+        spread = [r for r in good if "gflops_low" in r]
+        if spread:  # the min-max range of the interleaved samples
+            ax.vlines(
+                [r["n"] for r in spread],
+                [r["gflops_low"] for r in spread],
+                [r["gflops_high"] for r in spread],
+                color=look["color"],
+                linewidth=1.2,
+                alpha=0.7,
+            )
+        if bad:
+            ax.plot(
+                [r["n"] for r in bad],
+                [r["gflops"] for r in bad],
+                linestyle="none",
+                marker=look["marker"],
+                markersize=9,
+                markerfacecolor="none",
+                markeredgecolor=look["color"],
+                markeredgewidth=1.6,
+                label=None if good else label,
+            )
+    if left:
+        ax.plot(
+            [],
+            [],
+            linestyle="none",
+            marker="o",
+            markersize=9,
+            markerfacecolor="none",
+            markeredgecolor="black",
+            label="disturbed (left out)",
+        )
     peak = dict(doc.get("peak") or {})
     if peak and doc["params"].get("dtype") == "float64":  # half the float32 lanes per register
         peak["gflops_1t"] /= 2
@@ -121,18 +160,37 @@ def plot_ladder_steps(doc: dict, path) -> str:
         if r.get("reference"):
             bar.set_hatch("//")
             bar.set_alpha(0.6)
-        label = f"{_num(r['gflops'])}"
+        if r.get("disturbed"):  # shown, but left out of the conclusions
+            bar.set_facecolor("white")
+            bar.set_edgecolor(kernel_color(r["kernel"]))
+            bar.set_hatch("xx")
+        label = f"{_num(r['gflops'])}" + ("\ndisturbed" if r.get("disturbed") else "")
         if "speedup_prev" in r:
-            label += f"\nx{_num(r['speedup_prev'])}"
-        ax.text(i, r["gflops"] * 1.1, label, ha="center", va="bottom", fontsize=8)
+            # overlapping spreads: not faster, and the label says so
+            noise = not r.get("speedup_clear", True)
+            label += f"\n≈ x{_num(r['speedup_prev'])} (noise)" if noise else f"\nx{_num(r['speedup_prev'])}"
+        top = r.get("gflops_high", r["gflops"])
+        if "gflops_low" in r:  # the min-max range of the samples
+            ax.vlines(i, r["gflops_low"], top, color="black", linewidth=1)
+        ax.text(i, top * 1.1, label, ha="center", va="bottom", fontsize=8)
+    if any(r.get("disturbed") for r in rows):
+        ax.legend(
+            handles=[Patch(facecolor="white", edgecolor="black", hatch="xx", label="disturbed (left out)")],
+            fontsize=8,
+            loc="upper left",
+        )
     ax.set_yscale("log")
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([f"{r['kernel']}\nn={r['n']}" for r in rows], fontsize=8)
     ax.set_ylabel("speed (GFLOP/s, log scale)")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
-    ax.set_ylim(min(vals) / 3, max(vals) * 6)
+    lows = [r.get("gflops_low", r["gflops"]) for r in rows]
+    highs = [r.get("gflops_high", r["gflops"]) for r in rows]
+    ax.set_ylim(min(vals + lows) / 3, max(vals + highs) * 6)
     ax.set_title(
-        "Each rung at its largest measured size (x = speed-up over the rung before)\n" + _cpu_title(doc), fontsize=10
+        "Each rung at its largest measured size (x = speed-up over the rung before; ≈ = within the noise)\n"
+        + _cpu_title(doc),
+        fontsize=10,
     )
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from ._plot_common import _TENSOR_ROOF_STYLE, _cpu_title, _num, _save, kernel_color
+from ._plot_common import _TENSOR_ROOF_STYLE, _cpu_title, _save, kernel_color
+from .roofline_trust import impossible_point, pct_text, plain  # plain: '100' in a legend, never '1e+02'
 
 __all__ = ["plot_roofline", "plot_roofline_gpu"]
 
@@ -18,10 +19,17 @@ _ROOF_LABELS = {
 }
 
 
+def _disturbed(p: dict) -> bool:
+    """Still faster than its roof when measured again (or, in an older document, faster at all)."""
+    return bool(p.get("disturbed")) or (impossible_point(p) and "remeasured" not in p)
+
+
 def _roof_points(ax, pts: list, x_none: float, is_ref) -> None:
     """Each kernel at its intensity: measured (filled), predicted (hollow), a
     line between.  Kernels at the same intensity would hide each other, so a
-    group is spread a little sideways (by a constant factor: the axis is log)."""
+    group is spread a little sideways (by a constant factor: the axis is log).
+    A disturbed point (faster than its roof, twice) is a grey cross: shown,
+    flagged, and left out of the conclusions."""
     groups: dict[float, list] = {}
     for p in pts:
         groups.setdefault(round(p["intensity"] or x_none, 3), []).append(p["kernel"])
@@ -31,7 +39,15 @@ def _roof_points(ax, pts: list, x_none: float, is_ref) -> None:
         x *= 1.12 ** (grp.index(p["kernel"]) - (len(grp) - 1) / 2)
         c = kernel_color(p["kernel"])
         ref = is_ref(p["kernel"])
-        ax.plot([x, x], [p["measured_gflops"], p["predicted_gflops"]], color=c, linewidth=1, alpha=0.7)
+        bad = _disturbed(p)
+        ax.plot(
+            [x, x],
+            [p["measured_gflops"], p["predicted_gflops"]],
+            color=c,
+            linewidth=1,
+            alpha=0.7,
+            linestyle=":" if bad else "-",
+        )
         ax.plot(
             x,
             p["predicted_gflops"],
@@ -41,6 +57,19 @@ def _roof_points(ax, pts: list, x_none: float, is_ref) -> None:
             markersize=8,
             linestyle="none",
         )
+        if bad:
+            ax.plot(
+                x,
+                p["measured_gflops"],
+                marker="X",
+                color="#888888",
+                markeredgecolor=c,
+                markersize=10,
+                linestyle="none",
+                label=f"{p['kernel']} (n={p['n']}): {plain(p['measured_gflops'])} of {plain(p['predicted_gflops'])}, "
+                f"{pct_text(p['fraction_of_roof'])} -- disturbed (left out)",
+            )
+            continue
         ax.plot(
             x,
             p["measured_gflops"],
@@ -49,7 +78,7 @@ def _roof_points(ax, pts: list, x_none: float, is_ref) -> None:
             markersize=8,
             linestyle="none",
             alpha=0.75 if ref else 1.0,
-            label=f"{p['kernel']} (n={p['n']}): {_num(p['measured_gflops'])} of {_num(p['predicted_gflops'])}",
+            label=f"{p['kernel']} (n={p['n']}): {plain(p['measured_gflops'])} of {plain(p['predicted_gflops'])}",
         )
     ax.plot(
         [],
@@ -60,6 +89,8 @@ def _roof_points(ax, pts: list, x_none: float, is_ref) -> None:
         linestyle="none",
         label="hollow: roofline prediction",
     )
+    if any(_disturbed(p) for p in pts):
+        ax.plot([], [], marker="X", color="#888888", linestyle="none", label="disturbed (left out)")
 
 
 def _roof_axes(ax, x_lo: float, x_hi: float, y_lo: float, y_hi: float, title: str) -> None:
@@ -67,8 +98,8 @@ def _roof_axes(ax, x_lo: float, x_hi: float, y_lo: float, y_hi: float, title: st
     ax.set_yscale("log")
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(y_lo, y_hi)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: plain(v)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: plain(v)))
     ax.set_xlabel("arithmetic intensity (flop per byte, from the memory level that limits most)")
     ax.set_ylabel("speed (GFLOP/s)")
     ax.set_title(title, fontsize=11)
@@ -101,7 +132,7 @@ def plot_roofline(doc: dict, path) -> str:
         ax.text(
             x_hi / 1.05,
             g / 1.06 if below else g * 1.06,
-            f"{label}: {_num(g)} GFLOP/s",
+            f"{label}: {plain(g)} GFLOP/s",
             ha="right",
             va="top" if below else "bottom",
             fontsize=7.5,
@@ -152,14 +183,14 @@ def plot_roofline_gpu(doc: dict, path) -> str:
     tensor = gpu.get("tensor_gflops") or {}
     top = max([fma, *tensor.values()])  # the highest roof: the bandwidth slopes rise to it
     ax.axhline(fma, color="black", linewidth=1, alpha=0.6)
-    ax.text(x_hi / 1.05, fma * 1.06, f"float32 FMA peak: {_num(fma)} GFLOP/s", ha="right", va="bottom", fontsize=8)
+    ax.text(x_hi / 1.05, fma * 1.06, f"float32 FMA peak: {plain(fma)} GFLOP/s", ha="right", va="bottom", fontsize=8)
     # The tensor cores: a second compute roof (per precision), measured by the mma.sync probe.
     for prec, g in tensor.items():
         ax.axhline(g, color="#ae017e", linewidth=1.2, alpha=0.8, linestyle=_TENSOR_ROOF_STYLE.get(prec, ":"))
         ax.text(
             x_lo * 1.1,
             g * 1.06,
-            f"{prec} tensor cores (mma.sync): {_num(g)} GFLOP/s",
+            f"{prec} tensor cores (mma.sync): {plain(g)} GFLOP/s",
             ha="left",
             va="bottom",
             fontsize=8,
@@ -179,7 +210,7 @@ def plot_roofline_gpu(doc: dict, path) -> str:
             ax.text(
                 y_at / gbps * 1.1,
                 y_at,
-                f"{'device memory' if level == 'DRAM' else level} {_num(gbps)} GB/s",
+                f"{'device memory' if level == 'DRAM' else level} {plain(gbps)} GB/s",
                 fontsize=8,
                 color="#444444",
                 ha="left",

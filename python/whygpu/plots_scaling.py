@@ -1,58 +1,97 @@
-"""The scaling figure: speed-up against threads for each series, the ideal line, and Amdahl's law where it
-can be fitted."""
+"""The scaling figure: speed-up against threads for each series (median and min-max range), the ideal
+line, Amdahl's law where it could be fitted, and disturbed points marked and left out."""
 
 from __future__ import annotations
 
 from matplotlib.figure import Figure
 
 from ._plot_common import _cpu_title, _save, kernel_color
-from .bench.scaling import amdahl
+from .bench.measure import format_figure
+from .bench.scaling import TWO_POINTS, amdahl, percent, with_checks
 
 __all__ = ["plot_scaling"]
 
 
+def _legend(s: dict, xmax: int) -> str:
+    """Plain numbers: 'serial fraction 12%, x5.3 on 16', or why there is no fit."""
+    if s.get("fitted"):
+        f = s["serial_fraction"]
+        return f"{s['label']}: serial fraction {percent(f)}, x{format_figure(amdahl(xmax, f))} on {xmax}"
+    if s.get("serial_disturbed"):
+        return f"{s['label']}: fit impossible ({percent(s.get('serial_fraction_fit'))}), left out"
+    note = s.get("fit_note") or ""
+    return f"{s['label']}: no fit ({'two points' if note.startswith(TWO_POINTS) else 'too few points'})"
+
+
 def plot_scaling(doc: dict, path) -> str:
-    """Speed-up against threads for each series, the ideal line, and the
-    fitted Amdahl curves (serial fraction in the legend)."""
+    """Speed-up against threads for each series with its min-max range, the ideal
+    line, the fitted Amdahl curves (serial fraction in the legend) where at least
+    three thread counts allow one, and disturbed points as red crosses."""
+    doc = with_checks(doc)
     fig = Figure(figsize=(8.0, 5.2), layout="constrained")
     ax = fig.subplots()
-    pmax = max(max(s["threads"]) for s in doc["series"]) if doc["series"] else 1
+    series = doc["series"]
+    pmax = max(max(s["threads"]) for s in series) if series else 1
+    fitted = [s for s in series if s.get("fitted")]
     # Amdahl's curves go on past the measured thread counts: what the fitted
     # serial fraction implies for a machine with more cores.
-    xmax = max(16, 4 * pmax)
+    xmax = max(16, 4 * pmax) if fitted else max(4, 2 * pmax)
     xs = [1 + i * (xmax - 1) / 200 for i in range(201)]
     ax.plot(xs, xs, color="black", linewidth=1, linestyle="-", alpha=0.5, label="ideal (speed-up = threads)")
-    ax.axvspan(pmax, xmax, color="#f2f2f2", zorder=0)
-    ax.text(pmax * 1.05, 1.1, f"beyond {pmax} threads: Amdahl's law extrapolated", fontsize=8, color="#555555")
-    for s in doc["series"]:
+    if fitted:
+        ax.axvspan(pmax, xmax, color="#f2f2f2", zorder=0)
+        ax.text(pmax * 1.05, 1.1, f"beyond {pmax} threads: Amdahl's law extrapolated", fontsize=8, color="#555555")
+    bad_label = "disturbed (left out)"
+    for s in series:
         color = kernel_color(s["name"]) if s["kind"] != "peak" else "black"
-        f = s["serial_fraction"]
-        label = f"{s['label']}: serial fraction {100 * f:.2g}%" + (
-            f", x{amdahl(xmax, f):.3g} on {xmax}" if len(s["threads"]) > 1 else ""
-        )
-        ax.plot(
-            s["threads"],
-            s["speedup"],
+        dist = s.get("disturbed") or [False] * len(s["threads"])
+        lo = s.get("speedup_low") or s["speedup"]
+        hi = s.get("speedup_high") or s["speedup"]
+        ok = [i for i, d in enumerate(dist) if not d]
+        ax.errorbar(
+            [s["threads"][i] for i in ok],
+            [s["speedup"][i] for i in ok],
+            yerr=[[s["speedup"][i] - lo[i] for i in ok], [hi[i] - s["speedup"][i] for i in ok]],
             marker="o" if s["kind"] != "peak" else "^",
             linestyle="none",
             color=color,
             markersize=7,
-            label=label,
+            capsize=3,
+            label=_legend(s, xmax),
         )
-        if len(s["threads"]) > 1:
+        bad = [i for i, d in enumerate(dist) if d]
+        if bad:
             ax.plot(
-                xs, [amdahl(x, s["serial_fraction"]) for x in xs], color=color, linestyle="--", linewidth=1.2, alpha=0.8
+                [s["threads"][i] for i in bad],
+                [s["speedup"][i] for i in bad],
+                marker="x",
+                linestyle="none",
+                color="red",
+                markersize=10,
+                markeredgewidth=2,
+                label=bad_label,
             )
-    cores = doc.get("machine", {}).get("cpu", {}).get("cores")
+            bad_label = "_nolegend_"  # one legend entry for all of them
+        if s.get("fitted"):
+            f = s["serial_fraction"]
+            ax.plot(xs, [amdahl(x, f) for x in xs], color=color, linestyle="--", linewidth=1.2, alpha=0.8)
+    cores = doc.get("cores") or doc.get("machine", {}).get("cpu", {}).get("cores")
     if cores and cores < pmax:
         ax.axvline(cores, color="grey", linestyle=":", linewidth=1)
-        ax.text(cores, 1, f" {cores} cores", color="grey", fontsize=8, va="bottom")
+        ax.text(cores, 0.55, f" {cores} cores", color="grey", fontsize=8, transform=ax.get_xaxis_transform())
     ax.set_xlabel("threads")
-    ax.set_ylabel("speed-up over 1 thread (x)")
-    ax.set_xticks(sorted({t for s in doc["series"] for t in s["threads"]} | {xmax // 2, xmax}))
+    ax.set_ylabel("speed-up over 1 thread (x), median and min-max of the rounds")
+    ax.set_xticks(sorted({t for s in series for t in s["threads"]} | {xmax // 2, xmax}))
     ax.set_xlim(0.5, xmax + 0.5)
-    ax.set_ylim(0, xmax * 1.05)
-    ax.set_title("Parallel speed-up and Amdahl's law (dashed: fitted)\n" + _cpu_title(doc), fontsize=11)
+    # Scaled to the medians (a flagged x50 included), not to one wild round's range: that is clipped.
+    ax.set_ylim(0, max([xmax * 1.05] + [1.1 * v for s in series for v in s["speedup"]]))
+    if fitted:
+        title = "Parallel speed-up and Amdahl's law (dashed: fitted)"
+    elif any((s.get("fit_note") or "").startswith(TWO_POINTS) for s in series):
+        title = f"Parallel speed-up -- no Amdahl fit:\n{TWO_POINTS}"
+    else:
+        title = "Parallel speed-up (no Amdahl fit)"
+    ax.set_title(title + "\n" + _cpu_title(doc), fontsize=11)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return _save(fig, path)

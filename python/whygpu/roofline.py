@@ -33,7 +33,16 @@ from ._memory import check_product_fits
 from ._registry import KERNELS
 from ._threads import check_threads, get_num_threads
 from .bench.probes import fma_peaks, measure_machine
+from .bench.trust import QuietGuard
 from .cuda import precision_of
+from .roofline_trust import (
+    MODEL_ERROR,
+    ROOF_BELOW_PEAK,
+    impossible_point,
+    measured_fields,
+    prediction_error,
+    settle_impossible,
+)
 
 __all__ = [
     "measure_machine",
@@ -50,6 +59,11 @@ __all__ = [
     "gpu_precision",
     "gpu_roof_gflops",
     "level_for",
+    "MODEL_ERROR",
+    "ROOF_BELOW_PEAK",
+    "impossible_point",
+    "measured_fields",
+    "settle_impossible",
 ]
 
 # The compute roofs, with what each one stands for (shown in the report).
@@ -335,11 +349,6 @@ def gpu_kernel_model(kernel: str, m: int, n: int, k: int, gpu: dict) -> dict:
 SCHEMA = "whygpu.roofline/1"
 
 
-def prediction_error(predicted_s: float, measured_s: float) -> float:
-    """(predicted - measured) / measured: -0.2 means the model is 20% optimistic."""
-    return (predicted_s - measured_s) / measured_s
-
-
 def run_roofline(
     *,
     n: int = 1024,
@@ -367,6 +376,13 @@ def run_roofline(
     given: :func:`whygpu.bench.gpu.measure_gpu`) and the CUDA rungs (and
     cuBLAS, when CuPy or PyTorch can reach the GPU) are placed on them at
     ``gpu_n`` (or the largest size that fits the budget).
+
+    Each measurement block (the roofs, each kernel) waits a bounded time for
+    a quiet machine and records how busy it was (``quiet``:
+    :class:`whygpu.bench.trust.QuietGuard`).  A point faster than its roof is
+    impossible: its roofs and its kernel are measured once more
+    (:func:`whygpu.roofline_trust.settle_impossible`); one still impossible is
+    flagged ``disturbed`` and left out of the conclusions.
     """
     # Deferred, not circular (whygpu.bench imports nothing above it): the measuring modules
     # pull in tqdm and threadpoolctl, which ``import whygpu`` (explain -> roofline) need not load.
@@ -384,14 +400,17 @@ def run_roofline(
         check_product_fits(n, n, n, dtype)
     minfo = machine_info()  # before measuring: how busy the machine was when we started
     t_start = time.perf_counter()
+    guard = QuietGuard()  # waits (a bounded time) for quiet before each block, and records the load
     if machine is None:
-        machine = measure_machine(threads, quick=quick)
+        with guard.block("roofs"):
+            machine = measure_machine(threads, quick=quick)
     kernels, unavailable = split_unavailable(kernels)  # listed with their reasons, not measured
     all_names = resolve_kernels(kernels, threads, gpu=True)
     names = [k for k in all_names if k.startswith("numpy-") or KERNELS[k].device == "cpu"]
     gpu_names = [k for k in all_names if k not in names] if dtype == "float32" else []  # the GPU rungs: float32
     if gpu_names and gpu is None:
-        gpu = measure_gpu(quick=quick)
+        with guard.block("GPU roofs"):
+            gpu = measure_gpu(quick=quick)
     if gpu is None:
         gpu_names = []
     if isinstance(gpu_n, bool) or int(gpu_n) < 1:
@@ -405,50 +424,98 @@ def run_roofline(
                 if rec["kernel"] not in reuse or rec["n"] > reuse[rec["kernel"]]["n"]:
                     reuse[rec["kernel"]] = rec
     points, notes = [], []
+    recs: dict[str, dict] = {}  # kernel -> its measurement (kept to place it again on re-measured roofs)
+    expect: dict[str, float | None] = {}  # kernel -> expected seconds per call at its n (for a re-measure)
+
+    def remodel(p: dict, mach: dict) -> dict:
+        return kernel_model(
+            p["kernel"], p["n"], p["n"], p["n"], mach, dtype=dtype, threads=threads_used(p["kernel"], threads)
+        )
+
     with Progress(len(names) + len(gpu_names), "roofline", progress) as bar:
         for name in names + gpu_names:
             bar.show(name, 0.0)
             on_gpu = name in gpu_names
             size = gpu_n if on_gpu else n
             rec = reuse.get(name)
+            exp_rec = None if rec is None else rec["seconds"]  # seconds per call at the measured n
             if rec is None or rec["n"] != size:
-                sc = scout(name, size, size, size, dtype=dtype, threads=threads, budget=budget)
-                expected = sc["expected_s"]
-                nk, exp_k = size, expected
-                while exp_k > budget and not force and nk > 16:
-                    nk //= 2
-                    exp_k /= 8
-                if rec is None or rec["n"] < nk:
-                    check_product_fits(nk, nk, nk, dtype)
-                    rec = measure_matmul(
-                        name, nk, nk, nk, dtype=dtype, threads=threads, repeats=repeats, budget=budget, expected=exp_k
-                    )
+                with guard.block(f"{name} n={size}"):
+                    sc = scout(name, size, size, size, dtype=dtype, threads=threads, budget=budget)
+                    expected = sc["expected_s"]
+                    nk, exp_k = size, expected
+                    while exp_k > budget and not force and nk > 16:
+                        nk //= 2
+                        exp_k /= 8
+                    if rec is None or rec["n"] < nk:
+                        check_product_fits(nk, nk, nk, dtype)
+                        rec = measure_matmul(
+                            name,
+                            nk,
+                            nk,
+                            nk,
+                            dtype=dtype,
+                            threads=threads,
+                            repeats=repeats,
+                            budget=budget,
+                            expected=exp_k,
+                        )
+                        exp_rec = exp_k
                 if rec["n"] != size:
                     notes.append(
                         f"{name} measured at n={rec['n']}: n={size} would take ~{format_seconds(expected)} "
                         f"per call (budget {format_seconds(budget)}; --all measures it)"
                     )
                     log(notes[-1])
-            m = rec["n"]
-            model = kernel_model(name, m, m, m, gmachine, dtype=dtype, threads=threads_used(name, threads))
-            # Best sample, like the roofs (best-of too): both say what this
-            # machine *can* do, so a sample spoiled by another program does
-            # not count against the model.  The median is kept alongside.
-            best = rec.get("seconds_min", rec["seconds"])
+            recs[name] = rec
+            expect[name] = exp_rec
+            model = kernel_model(
+                name, rec["n"], rec["n"], rec["n"], gmachine, dtype=dtype, threads=threads_used(name, threads)
+            )
+            # The best sample, like the roofs (best-of too): see measured_fields.
             points.append(
                 {
                     **model,
-                    "measured_s": best,
-                    "measured_gflops": model["flops"] / best / 1e9,
-                    "median_s": rec["seconds"],
-                    "samples": rec.get("samples"),
+                    **measured_fields(model, rec),
                     "threads": rec["threads"],
                     "device": "cuda" if on_gpu else "cpu",
-                    "error": prediction_error(model["predicted_s"], best),
-                    "fraction_of_roof": model["predicted_s"] / best,
                 }
             )
             bar.advance()
+
+    def remeasure(p: dict) -> dict:
+        m = p["n"]
+        with guard.block(f"{p['kernel']} n={m}, again"):
+            return measure_matmul(
+                p["kernel"],
+                m,
+                m,
+                m,
+                dtype=dtype,
+                threads=threads,
+                repeats=repeats,
+                budget=budget,
+                expected=expect[p["kernel"]],
+            )
+
+    def roofs_again() -> dict:
+        with guard.block("roofs, again"):  # the full probes: more samples, more chances at a quiet moment
+            return measure_machine(threads, quick=False)
+
+    def gpu_again() -> dict | None:
+        with guard.block("GPU roofs, again"):
+            return measure_gpu(quick=quick)
+
+    # A point faster than its roof is impossible: its roofs and its kernel are measured once more.
+    gmachine, roofs_remeasured = settle_impossible(
+        points, recs, gmachine, remodel=remodel, remeasure=remeasure, roofs_again=roofs_again, gpu_again=gpu_again
+    )
+    machine = {k: v for k, v in gmachine.items() if k != "gpu"}
+    gpu = gmachine.get("gpu")
+    for p in points:
+        if p.get("disturbed"):
+            notes.append(f"{p['kernel']} at n={p['n']}: {p['disturbed_reason']}")
+            log(notes[-1])
     return {
         "schema": SCHEMA,
         "machine": minfo,
@@ -465,8 +532,11 @@ def run_roofline(
         },
         "roofs": machine,
         "gpu_roofs": gpu,
+        "roofs_remeasured": roofs_remeasured,
+        "model_error": MODEL_ERROR,
         "points": points,
         "notes": notes,
         "unavailable": unavailable,
+        "quiet": guard.as_dict(),
         "seconds": time.perf_counter() - t_start,
     }

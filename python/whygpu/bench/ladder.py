@@ -5,24 +5,56 @@ blocking, SIMD + packing, threads); measuring them side by side, with
 NumPy's BLAS (and a GPU, when there is one) as references, shows how much
 each idea buys on this machine.  A measurement predicted to exceed the
 per-measurement budget is skipped, with a note, unless ``force``.
+
+Figures a student can trust (:mod:`whygpu.bench.trust`): the rungs at one
+size are timed interleaved (A B C A B C ...) inside one quiet-guarded block,
+so a disturbance hits them all and their ratios stay fair; each keeps its
+min-max spread.  A rung above 100% of the FMA peak is impossible: it and the
+peak are measured once more, and a figure still impossible is flagged
+``disturbed`` and left out of the conclusions (:mod:`whygpu.bench.ladder_results`).
+The series' descriptions live in :mod:`whygpu.bench.ladder_series`; every
+name of both is re-exported here.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
-from typing import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
 from .._api import matmul
 from .._memory import check_product_fits
-from .._registry import KERNELS, KernelUnavailableError, available_kernels, get_kernel
+from .._registry import KERNELS, KernelUnavailableError
 from .._threads import check_threads, get_num_threads
+from .ladder_results import impossible_record, ladder_summary, pct_of_peak, pct_text
+from .ladder_series import (
+    ERROR_METRIC,
+    measure_error,
+    resolve_kernels,
+    series_device,
+    series_precision,
+    split_unavailable,
+    threads_used,
+)
 from .machine import machine_info
-from .measure import Estimator, blas_threads, format_seconds, gflops, matmul_flops, time_call
+from .measure import (
+    Estimator,
+    Timing,
+    blas_threads,
+    format_seconds,
+    gflops,
+    matmul_flops,
+    time_call,
+    time_interleaved,
+)
 from .probes import fma_peaks
 from .progress import Progress
+from .trust import DISTURBED, QuietGuard, remeasure_once
 
 __all__ = [
     "SCHEMA",
@@ -44,153 +76,16 @@ __all__ = [
 SCHEMA = "whygpu.ladder/1"
 _CALIBRATION_N = 32
 
-
-def _numpy_refs(threads: int) -> list[str]:
-    return ["numpy-1t"] + ([f"numpy-{threads}t"] if threads > 1 else [])
-
-
-def series_device(name: str) -> str:
-    """'cuda' for the CUDA rungs and the cuBLAS reference, 'cpu' for everything else."""
-    if name == "cublas":
-        return "cuda"
-    kern = KERNELS.get(name)
-    return kern.device if kern is not None else "cpu"
+# None, or a function returning a fresh context manager to time a call in (e.g. BLAS on 1 thread)
+Ctx = Optional[Callable[[], AbstractContextManager]]
 
 
-def series_precision(name: str, dtype: str = "float32") -> str:
-    """What a series multiplies in: the inputs' dtype for the CPU kernels and NumPy,
-    'float32', 'tf32' or 'bf16' for the CUDA ones (the registry's ``precision``)."""
-    if name == "cublas":
-        return "float32"  # strict float32: TF32 off (whygpu.bench.gpu.vendor_runner)
-    kern = KERNELS.get(name)
-    return (kern.precision if kern is not None else None) or dtype
-
-
-def split_unavailable(names: Sequence[str] | None) -> tuple:
-    """(names without the known-but-unusable kernels, [{"kernel", "device", "reason"}] for those).
-
-    Named kernels that exist but cannot run here are listed with the reason
-    instead of raising; with ``names`` None (or ["all"]) the list holds every
-    unusable CPU kernel, and the unusable CUDA kernels only where a GPU is
-    usable (without one, every CUDA kernel is out for the one reason the GPU
-    sections already give).  Unknown names are left in (resolve_kernels raises)."""
-    from .gpu import gpu_usable
-
-    out = []
-    if names is None or list(names) == ["all"]:
-        gpu = gpu_usable()
-        for k in KERNELS.values():
-            if (k.device == "cpu" or gpu) and not k.available:
-                out.append({"kernel": k.name, "device": k.device, "reason": k.unavailable()})
-        return names, out
-    kept = []
-    for name in names:
-        kern = KERNELS.get(name) if isinstance(name, str) else None
-        why = kern.unavailable() if kern is not None else None
-        if kern is None or why is None:
-            kept.append(name)
-        elif not any(u["kernel"] == name for u in out):
-            out.append({"kernel": name, "device": kern.device, "reason": why})
-    return kept, out
-
-
-# How the error against the float64 reference is measured (everywhere: ladder, explain, roofline, report).
-ERROR_METRIC = (
-    "max relative error: max|C - C64| / max|C64|, where C64 is the product of the same float32 "
-    "inputs computed in float64"
-)
-
-
-def measure_error(
-    name: str, m: int, n: int, k: int, *, dtype: str = "float32", threads: int = 1, seed: int = 0
-) -> dict:
-    """One (m, k) @ (k, n) product of series `name` on standard-normal data against the
-    same product computed in float64 (:data:`ERROR_METRIC`).
-
-    Returns {"n", "m", "k", "precision", "unit_roundoff", "max_rel_error", "error_bound"}:
-    ``error_bound`` is what the precision guarantees for this data -- every entry is off
-    by at most gamma * (|A| |B|)_ij with gamma = 2u + u^2 (each product of two operands
-    rounded to unit roundoff u) + 2 (k + 2) u_sum (1 + 2u) (the sums, float32 or float64),
-    so the max error is at most gamma * max(|A| |B|) / max|C64|."""
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((m, k)).astype(dtype)
-    b = rng.standard_normal((k, n)).astype(dtype)
-    if name.startswith("numpy-"):
-        with blas_threads(int(name[6:-1])):
-            c = np.matmul(a, b)
-    elif name == "cublas":
-        import whygpu.cuda as wc
-
-        c = wc.vendor_matmul(a, b)
-        if c is None:
-            raise KernelUnavailableError("'cublas' needs CuPy or PyTorch with a usable GPU")
-    else:
-        kern = KERNELS[name]
-        c = matmul(a, b, kernel=name, threads=threads if kern.parallel else 1)
-    ref = a.astype(np.float64) @ b.astype(np.float64)
-    top = float(np.max(np.abs(ref))) if ref.size else 0.0
-    err = float(np.max(np.abs(c.astype(np.float64) - ref))) if ref.size else 0.0
-    precision = series_precision(name, dtype)
-    u_sum = 2.0**-53 if dtype == "float64" else 2.0**-24
-    if precision == "float64":
-        u = 2.0**-53
-    else:
-        from ..cuda import UNIT_ROUNDOFF
-
-        u = UNIT_ROUNDOFF[precision]
-    gamma = 2 * u + u * u + 2 * (k + 2) * u_sum * (1 + 2 * u)
-    mag = float(np.max(np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64))) if ref.size else 0.0
-    return {
-        "m": m,
-        "n": n,
-        "k": k,
-        "precision": precision,
-        "unit_roundoff": u,
-        "max_rel_error": err / top if top > 0 else err,
-        "error_bound": gamma * mag / top if top > 0 else 0.0,
-    }
-
-
-def resolve_kernels(
-    names: Sequence[str] | None, threads: int, *, references: bool = True, gpu: bool = True
-) -> list[str]:
-    """The measured series, in ladder order: the requested (or all available)
-    kernels, then NumPy on 1 and all threads, then the CUDA kernels where a
-    GPU is usable (``gpu``) and cuBLAS (through CuPy or PyTorch) when one of
-    them reaches the GPU.  Unknown names raise ValueError, unusable ones
-    KernelUnavailableError."""
-    from .gpu import vendor_name
-
-    if names is None or list(names) == ["all"]:
-        cpu = [k for k in available_kernels() if KERNELS[k].device == "cpu"]
-        gpu_k = [k for k in available_kernels() if KERNELS[k].device != "cpu"] if gpu else []
-        out = cpu + (_numpy_refs(threads) if references else []) + gpu_k
-        if gpu_k and references and vendor_name():
-            out.append("cublas")
-        return out
-    out = []
-    for name in names:
-        if name == "numpy":
-            out += [r for r in _numpy_refs(threads) if r not in out]
-        elif name.startswith("numpy-") and name.endswith("t") and name[6:-1].isdigit():
-            out.append(name)
-        elif name == "cublas":
-            if vendor_name() is None:
-                raise KernelUnavailableError("'cublas' needs CuPy or PyTorch with a usable GPU (neither is here)")
-            if name not in out:
-                out.append(name)
-        else:
-            get_kernel(name)  # raises for unknown / unavailable
-            if name not in out:
-                out.append(name)
-    return out
-
-
-def _runner(name: str, a, b, c, threads: int):
-    """(callable, context manager or None) that computes c = a @ b with `name`."""
+def _runner(name: str, a, b, c, threads: int) -> tuple[Callable[[], object], Ctx]:
+    """(callable, None or a function returning a fresh context manager to time it
+    in) that computes c = a @ b with `name`."""
     if name.startswith("numpy-"):
         t = int(name[6:-1])
-        return (lambda: np.matmul(a, b, out=c)), blas_threads(t)
+        return (lambda: np.matmul(a, b, out=c)), (lambda: blas_threads(t))
     if name == "cublas":
         from .gpu import vendor_runner
 
@@ -224,17 +119,8 @@ def _cuda_runner(name: str, a, b, c):
         return lambda: matmul(a, b, kernel=name, out=c)
 
 
-def threads_used(name: str, threads: int) -> int:
-    if name.startswith("numpy-"):
-        return int(name[6:-1])
-    kern = KERNELS.get(name)
-    return threads if kern is not None and kern.parallel else 1
-
-
-def _measure(fn, ctx, *, repeats, budget, expected):
-    if ctx is None:
-        return time_call(fn, repeats=repeats, budget=budget, expected=expected)
-    with ctx:
+def _measure(fn, ctx: Ctx, *, repeats, budget, expected) -> Timing:
+    with ctx() if ctx is not None else nullcontext():
         return time_call(fn, repeats=repeats, budget=budget, expected=expected)
 
 
@@ -327,6 +213,128 @@ def _cost(expected: float | None, repeats: int, budget: float) -> float:
     return warm + max(expected, min(repeats * expected, budget))
 
 
+def _record(name: str, n: int, dtype: str, threads: int, tm: Timing) -> dict:
+    """A measurement record: the median GFLOP/s with its min-max spread, and the samples."""
+    flops = matmul_flops(n, n, n)
+    rec = {
+        "kernel": name,
+        "n": n,
+        "m": n,
+        "k": n,
+        "dtype": dtype,
+        "device": series_device(name),
+        "precision": series_precision(name, dtype),
+        "threads": threads_used(name, threads),
+        "flops": flops,
+        "gflops": gflops(flops, tm.median),
+        "gflops_low": gflops(flops, max(tm.times)),
+        "gflops_high": gflops(flops, tm.best),
+    }
+    rec.update(tm.as_dict())
+    rec.update(remeasured=False, disturbed=False)
+    return rec
+
+
+class _Peaks:
+    """The FMA peaks the rungs are held against, measured again (each device's
+    at most once per run) when a rung comes out above them: a peak timed while
+    another program ran is too low.  A disturbance can only lower a peak, so the
+    higher of the two measurements is kept, as in STREAM's best-of-samples."""
+
+    def __init__(self, peak: dict, threads: int, quick: bool, guard: QuietGuard):
+        self.peak = peak
+        self.threads, self.quick, self.guard = threads, quick, guard
+        self.again: dict[str, dict] = {}  # device -> {"first", "again", "kept"}
+
+    def remeasure(self, device: str) -> None:
+        if device in self.again:
+            return
+        old = self.peak
+        if device == "cpu":
+            keys = ["gflops_1t", "gflops_all"]
+            with self.guard.block("FMA peak (again)"):
+                new = fma_peaks(self.threads, quick=self.quick)
+            self.peak = {**old, **{k: max(old.get(k) or 0.0, new[k]) for k in keys}}
+        else:
+            from .gpu import gpu_peak
+
+            keys = ["gpu_gflops", "gpu_tensor_gflops"]
+            with self.guard.block("GPU peak (again)"):
+                g = gpu_peak(quick=True) or {}
+            new = {"gpu_gflops": g.get("fma_gflops") or 0.0, "gpu_tensor_gflops": g.get("tensor_gflops") or {}}
+            tensor = dict(old.get("gpu_tensor_gflops") or {})
+            for prec, v in new["gpu_tensor_gflops"].items():
+                tensor[prec] = max(tensor.get(prec) or 0.0, v)
+            self.peak = {
+                **old,
+                "gpu_gflops": max(old.get("gpu_gflops") or 0.0, new["gpu_gflops"]),
+                "gpu_tensor_gflops": tensor,
+            }
+        self.again[device] = {
+            "first": {k: old.get(k) for k in keys},
+            "again": {k: new.get(k) for k in keys},
+            "kept": {k: self.peak.get(k) for k in keys},
+        }
+
+
+@dataclass
+class _Setup:
+    """What every block of one ladder run shares."""
+
+    dtype: str
+    threads: int
+    repeats: int
+    budget: float
+    guard: QuietGuard
+    peaks: _Peaks
+
+
+def _time_block(setup: _Setup, label: str, runners: dict, expected: dict) -> dict[str, Timing]:
+    """Time the rungs of one size interleaved (A B C A B C ...) inside one quiet-guarded block.
+
+    A round lasts as long as its slowest rung, so the rounds are as many as
+    that rung's budget allows (what it alone would have had), but at least two:
+    one sample has no spread, and a figure without one cannot be compared."""
+    e_max = max((e for e in expected.values() if e is not None), default=0.0)
+    rounds = setup.repeats if e_max <= 0 else min(setup.repeats, max(2, int(setup.budget // e_max)))
+    cap = max(setup.budget, 1.5 * rounds * e_max)  # per call: room for those rounds, a stop if a call is slower
+    with setup.guard.block(label):
+        return time_interleaved(
+            {nm: r[0] for nm, r in runners.items()},
+            repeats=rounds,
+            budget=cap,
+            contexts={nm: r[1] for nm, r in runners.items() if r[1] is not None},
+            expected=expected,
+        )
+
+
+def _again(setup: _Setup, name: str, n: int, label: str, runner: tuple, expected: float | None) -> dict:
+    """One rung at one size measured once more, after its peak is measured again."""
+    setup.peaks.remeasure(series_device(name))
+    tm = _time_block(setup, f"{name} {label} (again)", {name: runner}, {name: expected})[name]
+    return _record(name, n, setup.dtype, setup.threads, tm)
+
+
+def _check(rec: dict, peaks: _Peaks, measure_again: Callable[[], dict]) -> dict:
+    """The record, or -- when it is above 100% of its peak -- the record measured
+    once more (with its peak measured again); flagged ``disturbed`` when that
+    one is impossible too."""
+    new, flag = remeasure_once(measure_again, lambda r: impossible_record(r, peaks.peak), first=rec)
+    if not flag["remeasured"]:
+        return rec
+    p1, p2 = pct_of_peak(rec, peaks.peak), pct_of_peak(new, peaks.peak)
+    new["remeasured"] = True
+    new["first"] = {k: rec[k] for k in ("gflops", "gflops_low", "gflops_high", "seconds", "times")}
+    new["first"]["pct_peak"] = p1  # against the peak as it stands now
+    if flag["disturbed"]:
+        new["disturbed"] = True
+        new["disturbed_reason"] = (
+            f"{pct_text(p1)} of the peak at first, {pct_text(p2)} when it and the peak were measured again; "
+            + DISTURBED
+        )
+    return new
+
+
 def run_ladder(
     *,
     sizes: Sequence[int],
@@ -352,6 +360,11 @@ def run_ladder(
     ``gpu_gflops`` from :func:`whygpu.bench.gpu.gpu_peak`), else measured here.
     gpu_sizes: the sizes for the GPU series (default: ``sizes``) -- a GPU
     needs n in the thousands before its launch overheads stop mattering.
+
+    At each size the rungs are timed interleaved in one quiet-guarded block
+    (``doc["quiet"]``); a rung above 100% of its peak is measured once more
+    with the peak (``doc["peak_remeasured"]``), and flagged ``disturbed`` if
+    it stays impossible.
     """
     sizes = sorted({int(n) for n in sizes})
     if not sizes or sizes[0] < 1:
@@ -369,11 +382,13 @@ def run_ladder(
     if dtype != "float32":  # the GPU rungs are float32 only
         names = [k for k in names if series_device(k) == "cpu"]
     gpu_names = [k for k in names if series_device(k) == "cuda"]
-    largest = max(([sizes[-1]] if len(gpu_names) < len(names) else []) + ([gpu_sizes[-1]] if gpu_names else []) or [0])
+    cpu_names = [k for k in names if k not in gpu_names]
+    largest = max(([sizes[-1]] if cpu_names else []) + ([gpu_sizes[-1]] if gpu_names else []) or [0])
     if largest:  # before anything is allocated: a size that cannot fit is refused, not met by the OOM killer
         check_product_fits(largest, largest, largest, dtype)
     rng = np.random.default_rng(seed)
     est = Estimator()
+    guard = QuietGuard()
     minfo = machine_info()  # before measuring: how busy the machine was when we started
     t_start = time.perf_counter()
 
@@ -390,11 +405,13 @@ def run_ladder(
         errors[name] = measure_error(name, n_err, n_err, n_err, dtype=dtype, threads=threads, seed=seed)
 
     if peak is None:
-        peak = fma_peaks(threads, quick=quick_peak)
+        with guard.block("FMA peak"):
+            peak = fma_peaks(threads, quick=quick_peak)
     if gpu_names and not peak.get("gpu_gflops"):
         from .gpu import gpu_peak
 
-        g = gpu_peak(quick=True)
+        with guard.block("GPU peak"):
+            g = gpu_peak(quick=True)
         if g:
             peak = {
                 **peak,
@@ -402,10 +419,11 @@ def run_ladder(
                 "gpu_device": g["device"],
                 "gpu_tensor_gflops": g.get("tensor_gflops") or {},
             }
+    setup = _Setup(dtype, threads, repeats, budget, guard, _Peaks(peak, threads, quick_peak, guard))
     measurements, skipped = [], []
-    plan = [(n, name) for n in sizes for name in names if name not in gpu_names] + [
-        (n, name) for n in gpu_sizes for name in gpu_names
-    ]
+    # One block per size and device: the rungs in it are timed interleaved.
+    blocks = [(n, cpu_names) for n in sizes if cpu_names] + [(n, gpu_names) for n in gpu_sizes if gpu_names]
+    plan = [(n, name) for n, group in blocks for name in group]
 
     def remaining(i):
         return sum(
@@ -414,48 +432,41 @@ def run_ladder(
             if force or (est.predict(nm, matmul_flops(n, n, n)) or 0) <= budget
         )
 
+    done = 0
     with Progress(len(plan), "ladder", progress) as bar:
-        for i, (n, name) in enumerate(plan):
+        for n, group in blocks:
             flops = matmul_flops(n, n, n)
-            expected = est.predict(name, flops)
-            if i == 0 or plan[i - 1][0] != n:
-                a = rng.standard_normal((n, n)).astype(dtype)
-                b = rng.standard_normal((n, n)).astype(dtype)
-                c = np.empty((n, n), dtype)
-            bar.show(f"{name} n={n}", remaining(i))
-            if expected is not None and expected > budget and not force:
-                skipped.append(
-                    {
-                        "kernel": name,
-                        "n": n,
-                        "predicted_s": expected,
-                        "reason": f"one call would take ~{format_seconds(expected)} (budget {format_seconds(budget)})",
-                    }
-                )
-                log(
-                    f"skipped {name} at n={n}: one call would take ~{format_seconds(expected)} "
-                    f"(budget {format_seconds(budget)} per measurement; --all runs it)"
-                )
-                bar.advance()
+            a = rng.standard_normal((n, n)).astype(dtype)
+            b = rng.standard_normal((n, n)).astype(dtype)
+            c = np.empty((n, n), dtype)
+            bar.show(f"n={n}, {len(group)} series interleaved", remaining(done))
+            # The skip decision comes before the round: a rung too slow for the budget is not in it.
+            todo: dict[str, float | None] = {}
+            for name in group:
+                expected = est.predict(name, flops)
+                if expected is not None and expected > budget and not force:
+                    why = f"one call would take ~{format_seconds(expected)} (budget {format_seconds(budget)})"
+                    skipped.append({"kernel": name, "n": n, "predicted_s": expected, "reason": why})
+                    log(
+                        f"skipped {name} at n={n}: one call would take ~{format_seconds(expected)} "
+                        f"(budget {format_seconds(budget)} per measurement; --all runs it)"
+                    )
+                    bar.advance()
+                    done += 1
+                else:
+                    todo[name] = expected
+            if not todo:
                 continue
-            fn, ctx = _runner(name, a, b, c, threads)
-            tm = _measure(fn, ctx, repeats=repeats, budget=budget, expected=expected)
-            est.record(name, flops, tm.median)
-            rec = {
-                "kernel": name,
-                "n": n,
-                "m": n,
-                "k": n,
-                "dtype": dtype,
-                "device": series_device(name),
-                "precision": series_precision(name, dtype),
-                "threads": threads_used(name, threads),
-                "flops": flops,
-                "gflops": gflops(flops, tm.median),
-            }
-            rec.update(tm.as_dict())
-            measurements.append(rec)
-            bar.advance()
+            runners = {name: _runner(name, a, b, c, threads) for name in todo}
+            label = f"n={n}" + (" (GPU)" if group is gpu_names else "")
+            timings = _time_block(setup, f"ladder {label}", runners, todo)
+            for name, tm in timings.items():
+                est.record(name, flops, tm.median)
+                rec = _record(name, n, dtype, threads, tm)
+                again = functools.partial(_again, setup, name, n, label, runners[name], todo[name])
+                measurements.append(_check(rec, setup.peaks, again))
+                bar.advance()
+                done += 1
 
     doc = {
         "schema": SCHEMA,
@@ -470,113 +481,17 @@ def run_ladder(
             "repeats": repeats,
             "budget_s": budget,
             "force": force,
+            "interleaved": True,
         },
-        "peak": peak,
+        "peak": setup.peaks.peak,
+        "peak_remeasured": setup.peaks.again,
         "measurements": measurements,
         "skipped": skipped,
         "errors": errors,
         "error_metric": ERROR_METRIC,
         "unavailable": unavailable,
+        "quiet": guard.as_dict(),
         "seconds": time.perf_counter() - t_start,
     }
     doc["summary"] = ladder_summary(doc)
     return doc
-
-
-def pct_of_peak(rec: dict, peak: dict | None) -> float:
-    """% of the FMA peak of what the measurement used: 1 core for the serial
-    rungs, all of them for the parallel ones, the whole GPU for the CUDA ones."""
-    if not peak:
-        return float("nan")
-    if rec.get("device", "cpu") != "cpu":
-        prec = rec.get("precision") or "float32"
-        # a tensor-core rung against the tensor-core peak in its precision, the others against the FMA peak
-        g = peak.get("gpu_gflops") if prec == "float32" else (peak.get("gpu_tensor_gflops") or {}).get(prec)
-        return 100.0 * rec["gflops"] / g if g else float("nan")
-    p = (
-        peak["gflops_1t"]
-        if rec["threads"] <= 1
-        else peak["gflops_all"] * min(rec["threads"], peak["threads"]) / peak["threads"]
-    )
-    if rec.get("dtype") == "float64":
-        p /= 2  # the peak is measured in float32; a register holds half as many float64
-    return 100.0 * rec["gflops"] / p
-
-
-def ladder_summary(doc: dict) -> dict:
-    """Per series: the largest size measured and its GFLOP/s and % of peak;
-    per rung: the speed-up over the previous rung, at the largest size both
-    were measured at."""
-    by: dict[str, dict[int, dict]] = {}  # kernel -> n -> measurement
-    for rec in doc["measurements"]:
-        by.setdefault(rec["kernel"], {})[rec["n"]] = rec
-    order = [k for k in doc["params"]["kernels"] if k in by]
-    rows = []
-    prev = None
-    for name in order:
-        pts = by[name]
-        n_max = max(pts)
-        rec = pts[n_max]
-        row = {
-            "kernel": name,
-            "n": n_max,
-            "gflops": rec["gflops"],
-            "seconds": rec["seconds"],
-            "threads": rec["threads"],
-            "pct_peak": pct_of_peak(rec, doc.get("peak")),
-            "device": series_device(name),
-            "reference": name not in KERNELS,
-            "precision": rec.get("precision") or series_precision(name, rec.get("dtype", "float32")),
-        }
-        err = (doc.get("errors") or {}).get(name)
-        if err:
-            row.update(max_rel_error=err["max_rel_error"], error_n=err["n"])
-        if not row["reference"] and prev is not None:
-            common = set(by[prev]) & set(pts)
-            if common:
-                n_c = max(common)
-                row.update(prev=prev, speedup_prev=pts[n_c]["gflops"] / by[prev][n_c]["gflops"], speedup_n=n_c)
-        if not row["reference"]:
-            prev = name
-        rows.append(row)
-    # The whole span: the best CPU rung over the slowest, at their common size (or extrapolated rates).
-    cpu_rungs = [r for r in rows if not r["reference"] and r["device"] == "cpu"]
-    span = None
-    if len(cpu_rungs) >= 2:
-        first, best = cpu_rungs[0], max(cpu_rungs, key=lambda r: r["gflops"])
-        span = {
-            "slowest": first["kernel"],
-            "fastest": best["kernel"],
-            "ratio": best["gflops"] / first["gflops"],
-            "slowest_n": first["n"],
-            "fastest_n": best["n"],
-        }
-    return {"rows": rows, "span": span, "gpu": _gpu_summary(by, rows, cpu_rungs)}
-
-
-def _gpu_summary(by: dict, rows: list, cpu_rungs: list) -> dict | None:
-    """The best CUDA rung at its largest size, against cuBLAS and the best CPU
-    rung at the largest size each shares with it; None without GPU series."""
-    gpu_rungs = [r for r in rows if not r["reference"] and r["device"] == "cuda"]
-    if not gpu_rungs:
-        return None
-    n_top = max(r["n"] for r in gpu_rungs)
-    best = max((r for r in gpu_rungs if r["n"] == n_top), key=lambda r: r["gflops"])
-    out = {"best": best["kernel"], "n": best["n"], "gflops": best["gflops"], "pct_peak": best["pct_peak"]}
-    if "cublas" in by:
-        common = set(by["cublas"]) & set(by[best["kernel"]])
-        if common:
-            n_c = max(common)
-            out.update(
-                cublas_n=n_c,
-                cublas_gflops=by["cublas"][n_c]["gflops"],
-                vs_cublas=by[best["kernel"]][n_c]["gflops"] / by["cublas"][n_c]["gflops"],
-            )
-    if cpu_rungs:
-        cpu = max(cpu_rungs, key=lambda r: r["gflops"])
-        common = set(by[cpu["kernel"]]) & set(by[best["kernel"]])
-        out.update(best_cpu=cpu["kernel"], best_cpu_gflops=cpu["gflops"], best_cpu_n=cpu["n"])
-        if common:
-            n_c = max(common)
-            out.update(vs_cpu_n=n_c, vs_cpu=by[best["kernel"]][n_c]["gflops"] / by[cpu["kernel"]][n_c]["gflops"])
-    return out

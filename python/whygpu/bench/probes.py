@@ -19,7 +19,7 @@ except ImportError as exc:  # pragma: no cover - only on a broken build
 else:
     _probe_error = None
 
-__all__ = ["fma_peaks", "measure_machine"]
+__all__ = ["fma_peaks", "measure_machine", "best_of_roofs"]
 
 
 def _need_probe():
@@ -164,3 +164,25 @@ def measure_machine(threads: int | None = None, *, quick: bool = False, arch: st
         "triad_elements_per_thread": sets,
         "seconds": time.perf_counter() - start,
     }
+
+
+# The measured figures of a roofs record: the CPU's (measure_machine) and the GPU's (bench.gpu.measure_gpu).
+_ROOF_KEYS = ("compute", "bandwidth", "fma_by_arch", "fma_gflops", "tensor_gflops")
+
+
+def best_of_roofs(first: dict, again: dict | None) -> dict:
+    """Two measurements of the same roofs as one: each roof the higher of the
+    two.  A roof is what the machine *can* reach (best-of samples, as in
+    STREAM), and a busy moment only ever makes it come out low, so the best of
+    more samples is the better figure.  Other fields are the first's."""
+    if not again:
+        return first
+
+    def best(a, b):
+        if isinstance(a, dict) and isinstance(b, dict):
+            return {k: best(v, b[k]) if k in b else v for k, v in a.items()}
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            return max(a, b)
+        return a
+
+    return {k: best(v, again[k]) if k in _ROOF_KEYS and k in again else v for k, v in first.items()}

@@ -10,6 +10,24 @@ microbenchmark (no memory, no synchronisation: the hardware's own limit)
 and, when the training stack is there, for a whole training step -- and fit
 f to each.  The fit is least squares on 1/S(p) - 1/p = f (1 - 1/p), a line
 through the origin, so f = sum(x y) / sum(x x) with x = 1 - 1/p.
+
+How the figures are kept honest (see :mod:`whygpu.bench.trust`):
+
+* the thread counts of a series are timed in rounds -- 1 thread, 2, ..., p,
+  then again -- and each round's speed-up is taken against that round's own
+  1-thread sample, so a disturbance hits numerator and denominator alike;
+  a series reports the median speed-up with its min-max range;
+* every round also times the series' *baseline*: the same work on one core
+  measured as a separate entry (for ``openmp``, the serial ``packed`` rung it
+  runs as on one thread).  A 1-thread row that differs from it says the
+  machine changed under us, so every speed-up of that series is suspect;
+* impossible figures -- a speed-up above min(threads, cores), a serial
+  fraction outside [0, 1], the 1-thread row off its baseline -- make the
+  series be measured once more; still impossible, they are flagged
+  ``disturbed`` and left out of the fit and the conclusions;
+* Amdahl's law is fitted only from at least three thread counts within the
+  cores: with two (1 and p) the one equation has one unknown, and the noise
+  is read as the serial fraction.
 """
 
 from __future__ import annotations
@@ -28,13 +46,43 @@ from .._memory import check_product_fits
 from .._registry import KERNELS, get_kernel
 from .._threads import ThreadsWarning, _cpus_available, check_threads
 from .machine import machine_info
-from .measure import blas_threads, gflops, matmul_flops, time_call
+from .measure import blas_threads, format_figure, gflops, matmul_flops, time_interleaved
 from .probes import _fma_gflops
 from .progress import Progress
+from .trust import (
+    DISTURBED,
+    QuietGuard,
+    baseline_differs,
+    impossible_serial,
+    impossible_speedup,
+    remeasure_once,
+    spread,
+)
 
-__all__ = ["SCHEMA", "run_scaling", "fit_amdahl", "amdahl"]
+__all__ = [
+    "SCHEMA",
+    "MIN_FIT_THREADS",
+    "TWO_POINTS",
+    "run_scaling",
+    "fit_amdahl",
+    "fit_series",
+    "check_series",
+    "amdahl",
+    "percent",
+    "speedup_text",
+    "plain_text",
+    "with_checks",
+    "fit_text",
+]
 
 SCHEMA = "whygpu.scaling/1"
+# Amdahl's law has one unknown: 1 and p threads give one equation, which any noise satisfies exactly.
+MIN_FIT_THREADS = 3
+TWO_POINTS = "two points cannot separate the serial part from the noise"
+# The serial rung a parallel kernel runs as on one thread (07_openmp.cpp: a team of 1 calls gemm_packed).
+_SERIAL_TWIN = {"openmp": "packed"}
+# The FMA probe's target time per call: long enough to swamp the start of a thread team.
+_PEAK_TARGET_S = 0.03
 
 
 def _parallel_cpu_kernels() -> list[str]:
@@ -46,7 +94,8 @@ def amdahl(p: float, serial: float) -> float:
 
 
 def fit_amdahl(threads: Sequence[int], speedup: Sequence[float]) -> float | None:
-    """The serial fraction f that best fits S(p) (None with only p = 1)."""
+    """The least-squares serial fraction f of S(p), *not* clamped to [0, 1],
+    so a disturbed fit shows as impossible (None with only p = 1)."""
     xs, ys = [], []
     for p, s in zip(threads, speedup):
         if p > 1 and s > 0:
@@ -54,32 +103,303 @@ def fit_amdahl(threads: Sequence[int], speedup: Sequence[float]) -> float | None
             ys.append(1 / s - 1 / p)
     if not xs:
         return None
-    f = sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs)
-    return min(1.0, max(0.0, f))
+    return sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs)
 
 
-def _series(
-    name: str, label: str, kind: str, threads: list[int], seconds: list[float], extra: dict | None = None
+# --------------------------------------------------------------------------
+# Plain numbers for tables, captions and legends
+# --------------------------------------------------------------------------
+def percent(fraction: float | None) -> str:
+    """'12%', '0.5%', '100%' -- never '1e+02%'."""
+    if fraction is None or fraction != fraction:
+        return "n/a"
+    v = 100 * fraction
+    if v == 0 or abs(v) >= 1:
+        return f"{v:.0f}%"
+    return f"{v:.1f}%" if abs(v) >= 0.1 else ("<0.1%" if v > 0 else ">-0.1%")
+
+
+def _x(v: float) -> str:
+    """A ratio with plain digits: 'x1.62', 'x0.034', 'x16', 'x1,024'."""
+    return "x" + format_figure(v)
+
+
+def _range(lo: float, hi: float) -> str:
+    return f"(x{format_figure(lo)}-{format_figure(hi)})" if lo != hi else "(one round: no spread)"
+
+
+def speedup_text(s: dict, i: int) -> str:
+    """One thread count of a series in words: 'x1.62 on 2 threads (x1.55-1.70)', or
+    'no measurable speed-up on 2 threads (x0.97-1.04: ...)' when the range includes x1,
+    or the flag of a disturbed point."""
+    p, med = s["threads"][i], s["speedup"][i]
+    lo, hi = s["speedup_low"][i], s["speedup_high"][i]
+    cores = s.get("cores")
+    thr = f"{p} thread{'s' if p > 1 else ''}" + (f" sharing {cores} cores" if cores and p > cores else "")
+    if s["disturbed"][i]:
+        return f"{_x(med)} on {thr} -- {s['disturbed_reason'][i]}; {DISTURBED}"
+    if lo <= 1.0 <= hi:
+        return f"no measurable speed-up on {thr} {_range(lo, hi)[:-1]}: the range includes x1)"
+    if hi < 1.0:
+        return f"slower on {thr} than on one: {_x(med)} {_range(lo, hi)}"
+    return f"{_x(med)} on {thr} {_range(lo, hi)}"
+
+
+def plain_text(s: dict) -> str:
+    """The plain speed-ups of a series: at its largest undisturbed thread count within the
+    cores, and at each beyond them ('' when no count above 1 is left)."""
+    cores = s.get("cores") or max(s["threads"])
+    ok = [i for i, p in enumerate(s["threads"]) if p > 1 and not s["disturbed"][i]]
+    inside = [i for i in ok if s["threads"][i] <= cores]
+    pick = inside[-1:] + [i for i in ok if s["threads"][i] > cores]
+    return "; ".join(speedup_text(s, i) for i in pick)
+
+
+def _best_clear(s: dict) -> int | None:
+    """The largest thread count with a clear (range above x1), undisturbed speed-up."""
+    idx = [i for i in range(len(s["threads"])) if not s["disturbed"][i] and s["speedup_low"][i] > 1.0]
+    return idx[-1] if idx else None
+
+
+def fit_text(s: dict, cores_extrapolated: int | None = None) -> str:
+    """What Amdahl's law says of a series, or why it was not fitted."""
+    if not s.get("fitted"):
+        return f"no Amdahl fit: {s['fit_note']}"
+    f = s["serial_fraction"]
+    out = f"Amdahl's law fits a serial fraction of {percent(f)} (from {', '.join(map(str, s['fit_threads']))} threads)"
+    if _best_clear(s) is None:
+        return out + ", but no thread count gave a measurable speed-up, so there is no limit to extrapolate"
+    if f <= 0:
+        return out + ": no serial part is visible at these thread counts"
+    if 1 / f < 1.05:  # 'at most x1.00 on any number of cores' would read as physics; it is no speed-up
+        return out + ": the serial part is nearly all of it, so more cores do not help"
+    out += f", which allows at most {_x(1 / f)} on any number of cores"
+    if cores_extrapolated:
+        out += f" ({_x(amdahl(cores_extrapolated, f))} on {cores_extrapolated} cores; ideal: x{cores_extrapolated})"
+    return out
+
+
+# --------------------------------------------------------------------------
+# Checking a measured series
+# --------------------------------------------------------------------------
+def fit_series(threads: Sequence[int], speedup: Sequence[float], disturbed: Sequence[bool], cores: int) -> dict:
+    """Amdahl's law from the undisturbed points within the cores, only from at
+    least :data:`MIN_FIT_THREADS` thread counts.  ``serial_fraction`` is None
+    when not fitted or when the fit is impossible (``serial_fraction_fit``
+    keeps the raw value, ``impossible`` says so)."""
+    pts = [(p, v) for p, v, d in zip(threads, speedup, disturbed) if p <= cores and not d]
+    rec: dict = {
+        "fitted": False,
+        "fit_threads": [p for p, _ in pts],
+        "serial_fraction": None,
+        "serial_fraction_fit": None,
+        "max_speedup": None,
+        "fit_note": None,
+        "impossible": False,
+    }
+    beyond = [p for p in threads if p > cores]
+    why_beyond = (
+        f" ({', '.join(map(str, beyond))} threads share the {cores} cores and are not fitted)" if beyond else ""
+    )
+    left_out = (
+        " after leaving out the disturbed points" if any(d for p, d in zip(threads, disturbed) if p <= cores) else ""
+    )
+    if len(pts) < MIN_FIT_THREADS:
+        if len(pts) == 2:
+            rec["fit_note"] = f"{TWO_POINTS} -- Amdahl's law needs at least {MIN_FIT_THREADS} thread counts"
+        else:
+            rec["fit_note"] = f"{len(pts)} thread count{'s' if len(pts) != 1 else ''}: no speed-up to fit"
+        rec["fit_note"] += left_out + why_beyond
+        return rec
+    f = fit_amdahl([p for p, _ in pts], [v for _, v in pts])
+    rec["serial_fraction_fit"] = f
+    if f is None:  # pragma: no cover - pts has a p > 1 here
+        return rec
+    if impossible_serial(f):
+        rec["impossible"] = True
+        rec["fit_note"] = f"the fitted serial fraction is {percent(f)}, outside 0-100%"
+        return rec
+    rec.update(fitted=True, serial_fraction=f, max_speedup=(1 / f) if f > 0 else None)
+    if left_out or why_beyond:
+        rec["fit_note"] = f"fitted from {', '.join(str(p) for p, _ in pts)} threads{left_out}{why_beyond}"
+    return rec
+
+
+def check_series(
+    threads: Sequence[int], times: dict[int, list[float]], baseline: list[float] | None, cores: int
 ) -> dict:
-    speedup = [seconds[0] / s for s in seconds]
-    # Fit only up to the core count: beyond it threads share cores, which is
-    # not what Amdahl's law describes.
-    cores = _cpus_available()
-    f = fit_amdahl([p for p in threads if p <= cores], [s for p, s in zip(threads, speedup) if p <= cores])
-    out = {
+    """Speed-ups of paired rounds and every impossible figure of one measurement:
+    ``{"speedup", "speedup_low", "speedup_high", "reasons" (per thread count,
+    None when possible), "fit" (fit_series), "impossible"}``."""
+    ratios = [[b / t for b, t in zip(times[1], times[p]) if t > 0] for p in threads]
+    spreads = [spread(r) for r in ratios]
+    med = [sp["median"] for sp in spreads]
+    reasons: list[str | None] = [None] * len(threads)
+    base_off = baseline is not None and baseline_differs(times[1], baseline)
+    for i, p in enumerate(threads):
+        why = []
+        if base_off:
+            b1, b0 = spread(times[1])["median"], spread(baseline or [1.0])["median"]
+            why.append(f"the 1-thread row differs from its own baseline by {percent(abs(b1 / b0 - 1))}")
+        if impossible_speedup(med[i], p, cores):
+            lim = min(p, cores)
+            why.append(f"{_x(med[i])} is more than the {lim} {'cores' if lim < p else 'threads'} used allow")
+        reasons[i] = "; ".join(why) or None
+    fit = fit_series(threads, med, [r is not None for r in reasons], cores)
+    return {
+        "speedup": med,
+        "speedup_low": [sp["low"] for sp in spreads],
+        "speedup_high": [sp["high"] for sp in spreads],
+        "reasons": reasons,
+        "fit": fit,
+        "impossible": any(r is not None for r in reasons) or fit["impossible"],
+    }
+
+
+def with_checks(doc: dict) -> dict:
+    """A scaling document with every field the checks add, for one written before them (no
+    spreads, a clamped 2-point fit): its medians are checked and fitted again, so an old
+    impossible figure is flagged too.  Documents that have the fields are returned as they are."""
+    if all("disturbed" in s for s in doc.get("series", [])):
+        return doc
+    cores = doc.get("cores") or (doc.get("machine", {}).get("cpu", {}) or {}).get("cores") or _cpus_available()
+    out = dict(doc, cores=cores, series=[])
+    for s in doc.get("series", []):
+        if "disturbed" not in s:
+            ths, med = s["threads"], s["speedup"]
+            why = [
+                f"{_x(v)} is more than {min(p, cores)} cores allow" if impossible_speedup(v, p, cores) else None
+                for p, v in zip(ths, med)
+            ]
+            fit = fit_series(ths, med, [w is not None for w in why], cores)
+            s = dict(
+                s,
+                cores=cores,
+                speedup_low=list(med),
+                speedup_high=list(med),
+                disturbed=[w is not None for w in why],
+                disturbed_reason=why,
+            )
+            s.update(
+                {
+                    k: fit[k]
+                    for k in (
+                        "fitted",
+                        "fit_threads",
+                        "fit_note",
+                        "serial_fraction",
+                        "serial_fraction_fit",
+                        "max_speedup",
+                    )
+                },
+                serial_disturbed=fit["impossible"],
+            )
+        out["series"].append(s)
+    if "cores" not in doc:
+        within = [p for p in doc.get("params", {}).get("threads", []) if p <= cores]
+        out["note"] = _doc_note(within, cores)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------
+def _in_rounds(calls: dict[str, Callable[[], float]], repeats: int, budget: float) -> dict[str, list[float]]:
+    """Call each of `calls` (returning its own seconds) once per round, in order, for
+    `repeats` rounds or until `budget` seconds per call are used (at least one round)."""
+    out: dict[str, list[float]] = {k: [] for k in calls}
+    start = time.perf_counter()
+    for _ in range(repeats):
+        t_round = time.perf_counter()
+        for name, call in calls.items():
+            out[name].append(call())
+        now = time.perf_counter()
+        if now - start + (now - t_round) > budget * len(calls):
+            break
+    return out
+
+
+Rounds = Callable[[list[int], bool], dict[str, list[float]]]  # (thread counts, with baseline) -> samples by name
+
+
+def _block(
+    guard: QuietGuard, label: str, ps: list[int], rounds: Rounds, with_baseline: bool, cores: int
+) -> tuple[dict[int, list[float]], list[float] | None, dict, dict]:
+    """One measurement block (guarded), checked, and measured once more when a figure is impossible:
+    (times by thread count, baseline samples, check_series, remeasure_once's record)."""
+    tries = []
+
+    def measure() -> tuple[dict[int, list[float]], list[float] | None, dict]:
+        tries.append(1)
+        with guard.block(
+            f"{label}: {', '.join(map(str, ps))} threads" + (" (measured again)" if len(tries) > 1 else "")
+        ):
+            samples = rounds(ps, with_baseline)
+        times = {p: list(samples[str(p)]) for p in ps}
+        base = samples.get("baseline")
+        return times, base, check_series(ps, times, base, cores)
+
+    (times, base, chk), how = remeasure_once(measure, lambda r: bool(r[2]["impossible"]))
+    return times, base, chk, how
+
+
+def _merge(threads: list[int], blocks: list[tuple], cores: int, log: Callable[[str], None], label: str) -> dict:
+    """One series from its blocks (within the cores, with the baseline; then those beyond the cores,
+    each round with its own 1-thread sample), and Amdahl's law fitted to the undisturbed points."""
+    rec: dict = {k: [] for k in ("times", "times_1t", "speedup", "speedup_low", "speedup_high", "reasons")}
+    seen: set[int] = set()
+    for times, _, chk, how in blocks:
+        if how["remeasured"]:
+            log(f"{label}: an impossible figure, measured again" + (" -- still impossible" if how["disturbed"] else ""))
+        for i, p in enumerate(times):
+            if p in seen:
+                continue  # the second block's 1-thread samples: only its pairs' reference
+            seen.add(p)
+            rec["times"].append(times[p])
+            rec["times_1t"].append(times[1])
+            for k in ("speedup", "speedup_low", "speedup_high", "reasons"):
+                rec[k].append(chk[k][i])
+    rec["baseline"] = blocks[0][1] or []
+    rec["remeasured"] = any(b[3]["remeasured"] for b in blocks)
+    rec["fit"] = fit_series(threads, rec["speedup"], [r is not None for r in rec["reasons"]], cores)
+    return rec
+
+
+def _series_doc(name: str, label: str, kind: str, threads: list[int], m: dict, baseline_name: str, cores: int) -> dict:
+    fit = m["fit"]
+    med = m["speedup"]
+    return {
         "name": name,
         "label": label,
         "kind": kind,
         "threads": threads,
-        "seconds": seconds,
-        "speedup": speedup,
-        "efficiency": [s / p for s, p in zip(speedup, threads)],
-        "serial_fraction": f if f is not None else 0.0,
-        "max_speedup": (1 / f) if f else None,
-    }  # None: no limit (f = 0)
-    if extra:
-        out.update(extra)
-    return out
+        "cores": cores,  # the speed-up limit: min(threads, cores)
+        "seconds": [spread(t)["median"] for t in m["times"]],
+        "times": m["times"],
+        # the 1-thread samples each count's speed-ups were paired with, round by round
+        "times_1t": m["times_1t"],
+        "rounds": len(m["times"][0]),
+        "speedup": med,
+        "speedup_low": m["speedup_low"],
+        "speedup_high": m["speedup_high"],
+        "efficiency": [s / p for s, p in zip(med, threads)],
+        "baseline": {
+            "name": baseline_name,
+            "seconds": spread(m["baseline"])["median"] if m["baseline"] else None,
+            "times": list(m["baseline"]),
+            "differs": bool(m["baseline"]) and baseline_differs(m["times"][0], m["baseline"]),
+        },
+        "disturbed": [r is not None for r in m["reasons"]],
+        "disturbed_reason": m["reasons"],
+        "remeasured": m["remeasured"],
+        "fitted": fit["fitted"],
+        "fit_threads": fit["fit_threads"],
+        "fit_note": fit["fit_note"],
+        "serial_fraction": fit["serial_fraction"],
+        "serial_fraction_fit": fit["serial_fraction_fit"],
+        "serial_disturbed": fit["impossible"],
+        "max_speedup": fit["max_speedup"],  # None: not fitted, or no serial part seen (no limit)
+    }
 
 
 def run_scaling(
@@ -114,112 +434,133 @@ def run_scaling(
         )
     if not kern.parallel:
         raise ValueError(
-            f"kernel {kernel!r} is not parallel; scaling needs one of: "
-            f"{', '.join(k for k, v in KERNELS.items() if v.parallel and v.available and v.device == 'cpu')}"
+            f"kernel {kernel!r} is not parallel; scaling needs one of: {', '.join(_parallel_cpu_kernels())}"
         )
     if threads_list is None:
         threads_list = list(range(1, _cpus_available() + 1))
-    threads_list = sorted({check_threads(t, warn=False) for t in threads_list} | {1})  # beyond the cores: a note
+    threads = sorted({check_threads(t, warn=False) for t in threads_list} | {1})  # beyond the cores: a note
     check_product_fits(n, n, n, dtype)
     minfo = machine_info()  # before measuring: how busy the machine was when we started
+    cores = _cpus_available()
+    guard = QuietGuard()
     t_start = time.perf_counter()
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
     c = np.empty((n, n), dtype)
     flops = matmul_flops(n, n, n)
+    twin = _SERIAL_TWIN.get(kernel) if _SERIAL_TWIN.get(kernel) in KERNELS else None
+    twin = twin if twin is not None and KERNELS[twin].available else None
 
-    jobs = [("kernel", p) for p in threads_list]
-    if numpy:
-        jobs += [("numpy", p) for p in threads_list]
-    if peak:
-        jobs += [("peak", p) for p in threads_list]
-    if train_step is not None:
-        jobs += [("train", p) for p in threads_list]
-    results: dict[str, list[float]] = {k: [] for k in ("kernel", "numpy", "peak", "train")}  # kind -> seconds
-    extras: dict[str, list[dict]] = {"train": []}
-    with Progress(len(jobs), "scaling", progress) as bar, warnings.catch_warnings():
-        warnings.simplefilter("ignore", ThreadsWarning)  # threads beyond the cores are the point here (a note says so)
-        for kind, p in jobs:
-            bar.show(f"{kind} on {p} thread{'s' if p > 1 else ''}", 0.0)
-            if kind == "kernel":
-                tm = time_call(partial(matmul, a, b, kernel=kernel, threads=p, out=c), repeats=repeats, budget=budget)
-                results[kind].append(tm.median)
-            elif kind == "numpy":
-                with blas_threads(p):
-                    tm = time_call(lambda: np.matmul(a, b, out=c), repeats=repeats, budget=budget)
-                results[kind].append(tm.median)
-            elif kind == "peak":
-                g = _fma_gflops(cpu_info().get("arch", "portable"), p, 0.03, 3)
-                results[kind].append(1.0 / g)  # "seconds" per GFLOP: speed-ups come out right
-            elif train_step is not None:  # "train" (queued only with a train_step)
-                rec = train_step(p)
-                results[kind].append(rec["seconds"])
-                extras["train"].append(rec)
-            bar.advance()
-    series = [
-        _series(
-            kernel,
-            f"{kernel} kernel, n={n}",
-            "kernel",
-            threads_list,
-            results["kernel"],
-            {"gflops": [gflops(flops, s) for s in results["kernel"]]},
-        )
+    def kernel_rounds(ps: list[int], with_baseline: bool) -> dict[str, list[float]]:
+        fns: dict[str, Callable[[], object]] = {
+            str(p): partial(matmul, a, b, kernel=kernel, threads=p, out=c) for p in ps
+        }
+        if with_baseline:  # the serial rung this kernel runs as on one thread, or the kernel itself again
+            fns["baseline"] = partial(matmul, a, b, kernel=twin or kernel, out=c)
+        return {k: tm.times for k, tm in time_interleaved(fns, repeats=repeats, budget=budget).items()}
+
+    def numpy_rounds(ps: list[int], with_baseline: bool) -> dict[str, list[float]]:
+        fns: dict[str, Callable[[], object]] = {str(p): partial(np.matmul, a, b, out=c) for p in ps}
+        ctx = {str(p): partial(blas_threads, p) for p in ps}
+        if with_baseline:
+            fns["baseline"], ctx["baseline"] = partial(np.matmul, a, b, out=c), partial(blas_threads, 1)
+        tms = time_interleaved(fns, repeats=repeats, budget=budget, contexts=ctx)
+        return {k: tm.times for k, tm in tms.items()}
+
+    arch = cpu_info().get("arch", "portable")
+
+    def peak_rounds(ps: list[int], with_baseline: bool) -> dict[str, list[float]]:
+        # "seconds" per GFLOP, so speed-ups come out right; one probe call per thread count per round.
+        def probe(q: int) -> float:
+            return 1.0 / _fma_gflops(arch, q, _PEAK_TARGET_S, 1)
+
+        calls: dict[str, Callable[[], float]] = {str(p): partial(probe, p) for p in ps}
+        if with_baseline:
+            calls["baseline"] = partial(probe, 1)
+        return _in_rounds(calls, repeats, budget)
+
+    train_recs: dict[int, dict] = {}
+
+    def train_rounds(ps: list[int], with_baseline: bool) -> dict[str, list[float]]:
+        assert train_step is not None
+
+        def one(p: int) -> float:
+            rec = train_step(p)
+            train_recs[p] = rec  # the last round's records: what the step was made of
+            return float(rec["seconds"])
+
+        calls: dict[str, Callable[[], float]] = {str(p): partial(one, p) for p in ps}
+        if with_baseline:
+            calls["baseline"] = lambda: float(train_step(1)["seconds"])
+        return _in_rounds(calls, min(repeats, 3), budget)  # a training step is expensive: at most 3 rounds
+
+    plan: list[tuple[str, str, str, str, Rounds]] = [
+        (kernel, f"{kernel} kernel, n={n}", "kernel", twin or f"{kernel} on 1 thread", kernel_rounds)
     ]
     if numpy:
-        series.append(
-            _series(
-                "numpy",
-                f"NumPy/BLAS, n={n}",
-                "reference",
-                threads_list,
-                results["numpy"],
-                {"gflops": [gflops(flops, s) for s in results["numpy"]]},
-            )
-        )
+        plan.append(("numpy", f"NumPy/BLAS, n={n}", "reference", "numpy on 1 thread", numpy_rounds))
     if peak:
-        series.append(
-            _series(
-                "peak",
-                "FMA peak (microbenchmark)",
-                "peak",
-                threads_list,
-                results["peak"],
-                {"gflops": [1.0 / s for s in results["peak"]]},
-            )
-        )
+        plan.append(("peak", "FMA peak (microbenchmark)", "peak", "FMA probe on 1 thread", peak_rounds))
     if train_step is not None:
-        shares = [r.get("matmul_share") for r in extras["train"]]
-        series.append(
-            _series(
-                "train",
-                train_label,
-                "train",
-                threads_list,
-                results["train"],
-                {"matmul_share": shares, "steps": extras["train"]},
-            )
-        )
-    cores = _cpus_available()
-    if max(threads_list) > cores:
-        log(f"{max(threads_list)} threads on {cores} cores: beyond {cores}, threads share cores")
+        plan.append(("train", train_label, "train", f"{train_label} on 1 thread", train_rounds))
+
+    within = [p for p in threads if p <= cores]
+    beyond = [p for p in threads if p > cores]
+    # Threads beyond the cores go last, and NumPy's last of all: threads that share cores leave
+    # the machine disturbed for a while after (OpenBLAS's spinning threads slow its next calls up
+    # to x50), which would spoil the rounds of the counts within the cores.
+    blocks: dict[str, list[tuple]] = {}
+    jobs = [(name, within, True) for name, *_ in plan]
+    if beyond:
+        jobs += sorted(((name, [1] + beyond, False) for name, *_ in plan), key=lambda j: j[0] == "numpy")
+    rounds_of = {name: (label, rounds) for name, label, _, _, rounds in plan}
+    with Progress(len(jobs), "scaling", progress) as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ThreadsWarning)  # threads beyond the cores are the point here (a note says so)
+        for name, ps, with_baseline in jobs:
+            label, rounds = rounds_of[name]
+            bar.show(f"{label} on {', '.join(map(str, ps))} threads", 0.0)
+            blocks.setdefault(name, []).append(_block(guard, label, ps, rounds, with_baseline, cores))
+            bar.advance()
+    series = []
+    for name, label, kind, base_name, _ in plan:
+        s = _series_doc(name, label, kind, threads, _merge(threads, blocks[name], cores, log, label), base_name, cores)
+        if kind in ("kernel", "reference"):
+            s["gflops"] = [gflops(flops, x) for x in s["seconds"]]
+        elif kind == "peak":
+            s["gflops"] = [1.0 / x for x in s["seconds"]]
+        else:
+            recs = [train_recs[p] for p in threads]
+            s["matmul_share"] = [r.get("matmul_share") for r in recs]
+            s["steps"] = recs
+        series.append(s)
+    if max(threads) > cores:
+        log(f"{max(threads)} threads on {cores} cores: beyond {cores}, threads share cores")
     return {
         "schema": SCHEMA,
         "machine": minfo,
         "params": {
             "n": n,
-            "threads": threads_list,
+            "threads": threads,
             "kernel": kernel,
             "dtype": dtype,
             "repeats": repeats,
             "budget_s": budget,
         },
+        "cores": cores,
         "series": series,
+        "quiet": guard.as_dict(),
         "seconds": time.perf_counter() - t_start,
-        "note": (
-            None
-            if len(threads_list) > 2
-            else "with two thread counts (1 and p) the Amdahl fit is exact: one equation, one unknown"
-        ),
+        "note": _doc_note(within, cores),
     }
+
+
+def _doc_note(within: list[int], cores: int) -> str | None:
+    """Why no series can be fitted, when the thread counts themselves rule it out."""
+    if len(within) >= MIN_FIT_THREADS:
+        return None
+    first = TWO_POINTS if len(within) == 2 else "one thread count within the cores gives no speed-up to fit"
+    return (
+        f"{first}: Amdahl's law is fitted only from at least {MIN_FIT_THREADS} thread counts within the {cores} "
+        f"cores (measured within them: {', '.join(map(str, within))}), so the plain speed-ups are shown"
+    )

@@ -62,7 +62,7 @@ DISTURBED = "disturbed: still impossible when measured again, so left out of the
 # How long the guard waits for quiet before one block, and before all blocks of a run together.
 # WHYGPU_QUIET_WAIT (seconds; 0: never wait, only record) overrides the first.
 _WAIT_PER_BLOCK_S = 3.0
-_WAIT_TOTAL_S = 30.0
+_WAIT_TOTAL_S = 20.0
 _POLL_S = 0.1
 # The 1-thread row may differ from its baseline by this much before it counts as "differing".
 BASELINE_TOLERANCE = 0.10

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ._common import (
     _common_args,
@@ -46,7 +47,9 @@ def run(args) -> int:
         budget=args.budget,
         force=args.all,
     )
-    print(ex)
+    print(ex.text(caution=False))  # the busy-machine caution goes to stderr, as for every command
     if out is not None:
-        _save(out, "explain", ex.as_dict(), plot=False)
+        _save(out, "explain", ex.as_dict(), plot=False)  # prints the caution from the document's "quiet"
+    elif ex.caution:
+        print(f"caution: {ex.caution}", file=sys.stderr, flush=True)
     return 0

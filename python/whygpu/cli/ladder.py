@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 from ._common import (
     _common_args,
@@ -55,44 +54,46 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _print_ladder(doc: dict) -> None:
+    from ..bench.ladder_results import left_out_text, pct_of_peak, pct_text, step_text, trusted
+    from ..explain import format_error
+
     sizes = doc["params"]["sizes"]
-    by: dict[str, dict[int, float]] = {}  # kernel -> n -> GFLOP/s
+    peak = doc.get("peak")
+    by: dict[str, dict[int, str]] = {}  # kernel -> n -> the cell
     for r in doc["measurements"]:
-        by.setdefault(r["kernel"], {})[r["n"]] = r["gflops"]
+        cell = _g(r["gflops"])
+        if not trusted(r, peak):  # shown, flagged: never a plain figure
+            cell += f" ({pct_text(pct_of_peak(r, peak))}: disturbed)"
+        by.setdefault(r["kernel"], {})[r["n"]] = cell
     skipped = {(s["kernel"], s["n"]) for s in doc["skipped"]}
-    rows = []
+    rows: list[list] = []
     for k in doc["params"]["kernels"]:
-        rows.append(
-            [k]
-            + [
-                _g(by.get(k, {}).get(n)) if n in by.get(k, {}) else ("skip" if (k, n) in skipped else "-")
-                for n in sizes
-            ]
-        )
+        rows.append([k] + [by.get(k, {}).get(n) or ("skip" if (k, n) in skipped else "-") for n in sizes])
+    how = "interleaved " if doc["params"].get("interleaved") else ""
     print(
         f"GFLOP/s, C = A @ B with n x n {doc['params']['dtype']} matrices "
-        f"(median of up to {doc['params']['repeats']} runs)"
+        f"(median of up to {doc['params']['repeats']} {how}runs)"
     )
     print(_table(["kernel"] + [f"n={n}" for n in sizes], rows, right=range(1, len(sizes) + 1)))
     print()
-    from ..explain import format_error
-
+    s = doc["summary"]
     rows = []
-    for r in doc["summary"]["rows"]:
-        step = f"x{_g(r['speedup_prev'])} vs {r['prev']} @{r['speedup_n']}" if "speedup_prev" in r else ""
-        pct = r.get("pct_peak")
+    for r in s["rows"]:
+        gf = _g(r["gflops"])
+        if "gflops_low" in r:
+            gf += f" ({_g(r['gflops_low'])}-{_g(r['gflops_high'])})"
         rows.append(
             [
                 r["kernel"],
                 r["n"],
-                _g(r["gflops"]),
-                step,
-                "n/a" if pct is None or not math.isfinite(pct) else f"{pct:.3g}%",
+                gf,
+                step_text(r),
+                pct_text(r.get("pct_peak"), r.get("disturbed", False)),
                 r.get("precision", ""),
                 format_error(r.get("max_rel_error")),
             ]
         )
-    pk = doc.get("peak") or {}
+    pk = peak or {}
     half = 2 if doc["params"]["dtype"] == "float64" else 1
     gpu_pk = (
         f"; the GPU ({pk.get('gpu_device', 'GPU')}): {_g(pk['gpu_gflops'])} GFLOP/s float32"
@@ -107,7 +108,15 @@ def _print_ladder(doc: dict) -> None:
     )
     print(
         _table(
-            ["kernel", "largest n", "GFLOP/s", "speed-up over previous rung", "% of peak", "precision", "max rel err"],
+            [
+                "kernel",
+                "largest n",
+                "GFLOP/s (min-max)",
+                "speed-up over previous rung (min-max)",
+                "% of peak",
+                "precision",
+                "max rel err",
+            ],
             rows,
             right=(1, 2, 4, 6),
         )
@@ -118,23 +127,40 @@ def _print_ladder(doc: dict) -> None:
             f"(% of peak: the tensor-core rungs against the tensor-core peak in their precision; max rel err: "
             f"{doc.get('error_metric', 'against float64')}, at n = {', '.join(map(str, ns))})"
         )
+    if any(not r.get("speedup_clear", True) for r in s["rows"]):
+        print("(within the noise: the two rungs' min-max spreads overlap, so neither is faster here)")
+    sp = s.get("span")
+    if sp and sp["fastest"] != sp["slowest"]:
+        rng = f"x{_g(sp['low'])}-{_g(sp['high'])}" if "low" in sp else ""
+        if sp.get("clear", True):
+            print(
+                f"Fastest over slowest: {sp['fastest']} at n={sp['fastest_n']} runs at x{_g(sp['ratio'])} "
+                f"the speed of {sp['slowest']} at n={sp['slowest_n']}" + (f" ({rng})" if rng else "")
+            )
+        else:
+            print(f"{sp['fastest']} and {sp['slowest']} cannot be told apart here ({rng}: their spreads overlap)")
+        if sp.get("tied"):
+            print(f"  ({', '.join(sp['tied'])}: within the noise of {sp['fastest']}, so not slower)")
+    note = left_out_text(s)
+    if note:
+        print(note)
     for u in doc.get("unavailable") or []:
         print(f"{u['kernel']}: not measured, unavailable here: {u['reason']}")
-    g = doc["summary"].get("gpu")
+    g = s.get("gpu")
     if g:
         line = (
             f"Best GPU rung: {g['best']} at n={g['n']}, {_g(g['gflops'])} GFLOP/s "
-            f"({_pct_txt(g.get('pct_peak'))} of the GPU's measured peak)"
+            f"({pct_text(g.get('pct_peak'))} of the GPU's measured peak)"
         )
         if "vs_cublas" in g:
             line += f"; {100 * g['vs_cublas']:.0f}% of cuBLAS at n={g['cublas_n']}"
+            if not g.get("vs_cublas_clear", True):
+                line += " (within the noise)"
         if "vs_cpu" in g:
             line += f"; x{_g(g['vs_cpu'])} the best CPU rung ({g['best_cpu']}) at n={g['vs_cpu_n']}"
+            if not g.get("vs_cpu_clear", True):
+                line += " (within the noise)"
         print(line)
-
-
-def _pct_txt(p) -> str:
-    return "n/a" if p is None or not math.isfinite(p) else f"{p:.3g}%"
 
 
 def run(args) -> int:

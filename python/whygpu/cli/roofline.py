@@ -38,8 +38,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return s
 
 
+def _of_roof(p: dict) -> str:
+    """'91%', or '143% (disturbed)' for a point still faster than its roof when measured again."""
+    from ..roofline import impossible_point
+    from ..roofline_trust import pct_text
+
+    flag = p.get("disturbed") or (impossible_point(p) and "remeasured" not in p)  # (an older document)
+    return pct_text(p["fraction_of_roof"]) + (" (disturbed)" if flag else "")
+
+
 def _print_roofline(doc: dict) -> None:
-    from ..roofline import COMPUTE_ROOFS
+    from ..roofline import COMPUTE_ROOFS, MODEL_ERROR
 
     r = doc["roofs"]
     print(f"Roofs of this machine (measured; {r['arch']}, {r['threads']} threads, float32)")
@@ -63,9 +72,13 @@ def _print_roofline(doc: dict) -> None:
                 _g(p["predicted_gflops"]),
                 _g(p["measured_gflops"]),
                 f"{100 * p['error']:+.0f}%",
+                _of_roof(p),
             ]
         )
-    print("Each kernel against its roof (error = (predicted - measured) / measured time)")
+    print(
+        "Each kernel against its roof (error = (predicted - measured) / measured time; "
+        f"within {100 * doc.get('model_error', MODEL_ERROR):.0f}% below the roof the model explains it)"
+    )
     print(
         _table(
             [
@@ -78,11 +91,19 @@ def _print_roofline(doc: dict) -> None:
                 "predicted GFLOP/s",
                 "measured GFLOP/s",
                 "error",
+                "of roof",
             ],
             rows,
-            right=(1, 6, 7, 8),
+            right=(1, 6, 7, 8, 9),
         )
     )
+    if r.get("disturbed"):
+        print(f"note: the roofs are disturbed: {r['disturbed']}")
+    if doc.get("roofs_remeasured"):
+        print(
+            "note: a figure came out impossible (a kernel faster than its roof, or the all-core roof below "
+            "one core's), so the roofs were measured again (each: best of both)"
+        )
     for n in doc.get("notes", []):
         print(f"note: {n}")
     for u in doc.get("unavailable") or []:

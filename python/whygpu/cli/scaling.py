@@ -40,19 +40,56 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return s
 
 
+def _cell(s: dict, i: int) -> str:
+    """'x1.85 (1.80-1.90)': the median speed-up and its min-max over the rounds; '*' marks a disturbed point."""
+    if s["threads"][i] == 1 and not s["disturbed"][i]:
+        return "x1"  # by definition: each round's 1-thread sample is its own reference
+    lo, hi = s["speedup_low"][i], s["speedup_high"][i]
+    cell = f"x{_g(s['speedup'][i])}" + (f" ({_g(lo)}-{_g(hi)})" if lo != hi else "")
+    return cell + (" disturbed*" if s["disturbed"][i] else "")
+
+
+def _serial_cells(s: dict) -> list[str]:
+    from ..bench.scaling import percent
+
+    if s.get("serial_disturbed"):
+        return ["disturbed*", "-"]
+    if not s.get("fitted"):
+        return ["no fit", "-"]
+    lim = s.get("max_speedup")
+    return [percent(s["serial_fraction"]), "none" if lim is None or not math.isfinite(lim) else f"x{_g(lim)}"]
+
+
 def _print_scaling(doc: dict) -> None:
+    from ..bench.scaling import fit_text, plain_text, speedup_text
+    from ..bench.trust import DISTURBED
+
     ths = doc["params"]["threads"]
-    rows = []
-    for s in doc["series"]:
-        f = s["serial_fraction"]
-        lim = s.get("max_speedup")
-        rows.append(
-            [s["label"]]
-            + [f"x{_g(v)}" for v in s["speedup"]]
-            + [f"{100 * f:.0f}%", "none" if lim is None or not math.isfinite(lim) else f"x{_g(lim)}"]
-        )
-    print("Speed-up over 1 thread, and the serial fraction Amdahl's law fits")
+    rows = [[s["label"]] + [_cell(s, i) for i in range(len(ths))] + _serial_cells(s) for s in doc["series"]]
+    rounds = sorted({s.get("rounds", 1) for s in doc["series"]})
+    n_rounds = f"{rounds[0]}-{rounds[-1]}" if len(rounds) > 1 else str(rounds[0])
+    print(
+        f"Speed-up over 1 thread: median of {n_rounds} interleaved round{'s' if rounds[-1] > 1 else ''} (min-max); "
+        "serial fraction and limit from Amdahl's law"
+    )
     print(_table(["series"] + [f"{p} thr" for p in ths] + ["serial", "limit"], rows, right=range(1, len(ths) + 3)))
+    flagged = False
+    for s in doc["series"]:
+        for i in range(len(ths)):
+            if s["disturbed"][i]:
+                flagged = True
+                print(f"* {s['label']}: {speedup_text(s, i)}")
+        if s.get("serial_disturbed"):
+            flagged = True
+            print(f"* {s['label']}: {s['fit_note']}; {DISTURBED}")
+    if doc.get("note"):
+        print(f"({doc['note']})")
+    for s in doc["series"]:
+        plain = [plain_text(s)] if plain_text(s) else []
+        # With the note above saying why nothing was fitted, the plain speed-up is what is left to say.
+        fit = [] if not s.get("fitted") and doc.get("note") else [fit_text(s)]
+        if plain or fit:
+            print(f"{s['label']}: {'; '.join(plain + fit)}")
     for s in doc["series"]:
         steps = s.get("steps") or []
         if s["kind"] == "train" and len(steps) >= 2:
@@ -62,8 +99,8 @@ def _print_scaling(doc: dict) -> None:
                 f"everything else {1e3 * a['other_s']:.3g} -> {1e3 * b['other_s']:.3g} ms "
                 f"({a['threads']} -> {b['threads']} threads)"
             )
-    if doc.get("note"):
-        print(f"({doc['note']})")
+    if flagged:
+        print("(* a figure the hardware cannot produce, measured twice: the machine was disturbed, not the code)")
 
 
 def _train_step_fn(args, quick: bool = False):

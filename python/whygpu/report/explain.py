@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..bench.trust import DISTURBED
 from ..explain import format_bytes, format_error
+from ..roofline_trust import pct_text
 from ._format import Block, Docs, _g, _ms
+from .roofline import flagged
 
 
 def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
@@ -25,12 +28,13 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
                 r["bound"],
                 _ms(r["predicted_s"]),
                 _ms(r["measured_s"]) if "measured_s" in r else "not measured",
+                _of_roof(r),
                 r.get("precision", doc["dtype"]),
                 format_error(r.get("max_rel_error")),
             )
         )
     for u in doc.get("unavailable") or []:
-        rows.append((u["kernel"], "unavailable: " + u["reason"], "", "", "", "", "", u.get("precision") or "", ""))
+        rows.append((u["kernel"], "unavailable: " + u["reason"], "", "", "", "", "", "", u.get("precision") or "", ""))
     return [
         ("h2", f"{num}. One product explained: {doc['m']} x {doc['k']} @ {doc['k']} x {doc['n']}"),
         (
@@ -51,9 +55,40 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
                 "bound",
                 "predicted",
                 "measured",
+                "of roof",
                 "precision",
                 "max rel. error",
             ),
             rows,
         ),
+    ] + _disturbed(doc)
+
+
+def _of_roof(r: dict) -> str:
+    if "measured_s" not in r:
+        return ""
+    return pct_text(r["predicted_s"] / r["measured_s"]) + (" (disturbed)" if flagged(_point(r)) else "")
+
+
+def _point(r: dict) -> dict:
+    """A row as a roofline point (older documents have no fraction_of_roof)."""
+    return {**r, "fraction_of_roof": r.get("fraction_of_roof", r["predicted_s"] / r["measured_s"])}
+
+
+def _disturbed(doc: dict) -> list[Block]:
+    bad = [r for r in doc["rows"] if "measured_s" in r and flagged(_point(r))]
+    if not bad:
+        return []
+    return [
+        (
+            "p",
+            "Flagged: "
+            + "; ".join(
+                f"{r['kernel']} " + (r.get("disturbed_reason") or f"measured above its roof -- {DISTURBED}")
+                for r in bad
+            )
+            + ". A kernel cannot run faster than its roof: another program most likely held a core while the "
+            "roofs or the kernel were measured. These rows are left out of the conclusions; run again on an "
+            "idle machine.",
+        )
     ]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from .. import plots
 from .._registry import KERNELS
+from ..bench.ladder_results import left_out_text, pct_text, step_text
 from ..bench.measure import format_seconds
 from ..explain import format_error
-from ._format import Block, Docs, _g, _pct
+from ._format import Block, Docs, _g
 
 
 def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
@@ -18,7 +19,8 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     doc = docs["ladder"]
     s = doc["summary"]
     rows = s["rows"]
-    cpu_rows = [r for r in rows if not r["reference"] and r.get("device", "cpu") == "cpu"]
+    # the conclusions use trustworthy figures only: a disturbed one is shown, flagged, and left out
+    cpu_rows = [r for r in rows if not r["reference"] and r.get("device", "cpu") == "cpu" and not r.get("disturbed")]
     blocks: list[Block] = [("h2", f"{num}. The ladder: one idea per rung")]
     f1 = plots.plot_ladder(doc, out / "ladder.png")
     f2 = plots.plot_ladder_steps(doc, out / "ladder_steps.png")
@@ -27,24 +29,32 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     dtype = doc["params"]["dtype"]
     cap = (
         f"Speed of C = A @ B for square n x n {dtype} matrices, n = {', '.join(map(str, doc['params']['sizes']))}"
-        f", for each kernel on this {doc['machine']['cpu'].get('model', 'CPU')} (log scale; median of repeats). "
+        f", for each kernel on this {doc['machine']['cpu'].get('model', 'CPU')} (log scale; median of repeats"
+        + (", the kernels of one size timed interleaved; bars: min-max" if doc["params"].get("interleaved") else "")
+        + "). "
     )
     if cpu_rows:
         best = max(cpu_rows, key=lambda r: r["gflops"])
         peak_here = peak.get("gflops_all" if best["threads"] > 1 else "gflops_1t", float("nan"))
+        tied = (s.get("span") or {}).get("tied")
+        tie = f" ({', '.join(tied)} within the noise of it: their spreads overlap, so not slower)" if tied else ""
         cap += (
-            f"The fastest rung, {best['kernel']}, reached {_g(best['gflops'])} GFLOP/s at n = {best['n']}: "
-            f"{_pct(best['pct_peak'])} of the "
+            f"The fastest rung, {best['kernel']}, reached {_g(best['gflops'])} GFLOP/s at n = {best['n']}{tie}: "
+            f"{pct_text(best['pct_peak'])} of the "
             f"{_g(peak_here / (2 if dtype == 'float64' else 1))}"
             f" GFLOP/s {dtype} FMA peak we measured on the {best['threads']} "
             f"core{'s' if best['threads'] > 1 else ''} it used"
         )
         if s.get("span") and s["span"]["slowest"] != best["kernel"]:
             sp = s["span"]
-            cap += (
-                f", and {_g(sp['ratio'])} times the speed of the {sp['slowest']} loop "
-                f"({_g(cpu_rows[0]['gflops'])} GFLOP/s at n = {sp['slowest_n']})"
-            )
+            rng = f" (x{_g(sp['low'])}-{_g(sp['high'])})" if "low" in sp else ""
+            if sp.get("clear", True):
+                cap += (
+                    f", and {_g(sp['ratio'])} times the speed of the {sp['slowest']} loop{rng} "
+                    f"({_g(cpu_rows[0]['gflops'])} GFLOP/s at n = {sp['slowest_n']})"
+                )
+            else:
+                cap += f"; it cannot be told apart from the {sp['slowest']} loop{rng}: their spreads overlap"
         cap += ". "
     gpu_rows = [r for r in rows if r.get("device") == "cuda"]
     if gpu_rows and peak.get("gpu_gflops"):
@@ -66,7 +76,11 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     if refs:
         cap += (
             "Dashed lines are references: "
-            + "; ".join(f"{r['kernel']} {_g(r['gflops'])} GFLOP/s at n = {r['n']}" for r in refs)
+            + "; ".join(
+                f"{r['kernel']} {_g(r['gflops'])} GFLOP/s at n = {r['n']}"
+                + (" (disturbed)" if r.get("disturbed") else "")
+                for r in refs
+            )
             + "."
         )
     blocks.append(("fig", "ladder.png", cap))
@@ -78,15 +92,15 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
             if r["kernel"] in KERNELS
             else ("NumPy's BLAS (OpenBLAS/MKL), reference" if r["kernel"].startswith("numpy") else "reference")
         )
-        step = f"x{_g(r['speedup_prev'])} over {r['prev']} (n={r['speedup_n']})" if "speedup_prev" in r else ""
+        gf = _g(r["gflops"]) + (f" ({_g(r['gflops_low'])}-{_g(r['gflops_high'])})" if "gflops_low" in r else "")
         table.append(
             (
                 r["kernel"],
                 summary,
                 str(r["n"]),
-                _g(r["gflops"]),
-                step,
-                _pct(r["pct_peak"]),
+                gf,
+                step_text(r),
+                pct_text(r["pct_peak"], r.get("disturbed", False)),
                 r.get("precision", ""),
                 format_error(r.get("max_rel_error")),
             )
@@ -94,10 +108,22 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     blocks.append(
         (
             "table",
-            ("kernel", "what it adds", "largest n", "GFLOP/s", "speed-up", "% of peak", "precision", "max rel. error"),
+            (
+                "kernel",
+                "what it adds",
+                "largest n",
+                "GFLOP/s (min-max)",
+                "speed-up (min-max)",
+                "% of peak",
+                "precision",
+                "max rel. error",
+            ),
             table,
         )
     )
+    left = left_out_text(s)
+    if left:
+        blocks.append(("p", left))
     errs = doc.get("errors") or {}
     if errs:
         ns = sorted({e["n"] for e in errs.values()})
@@ -138,18 +164,38 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         )
     steps = [r for r in rows if not r["reference"] and "speedup_prev" in r]
     if steps:
-        big = max(steps, key=lambda r: r["speedup_prev"])
-        slow = [r for r in steps if r["speedup_prev"] < 1]
+        clear = [r for r in steps if r.get("speedup_clear", True)]
+        noise = [r for r in steps if not r.get("speedup_clear", True)]
+        up = [r for r in clear if r["speedup_prev"] > 1]
+        slow = [r for r in clear if r["speedup_prev"] < 1]
         cap2 = (
-            f"Each rung at its largest measured size, with its speed-up over the rung before (measured at the "
-            f"largest size both ran). The biggest single step on this machine is {big['kernel']}: "
-            f"x{_g(big['speedup_prev'])} over {big['prev']} at n = {big['speedup_n']}. "
+            "Each rung at its largest measured size, with its speed-up over the rung before (from the two rungs' "
+            "interleaved samples at the largest size both ran; the range is what their min-max spreads allow). "
         )
+        if up:
+            big = max(up, key=lambda r: r["speedup_prev"])
+            cap2 += f"The biggest single step on this machine is {big['kernel']}: {step_text(big)}. "
         if slow:
             cap2 += (
                 "Not every idea pays everywhere: "
                 + "; ".join(f"{r['kernel']} is x{_g(r['speedup_prev'])} of {r['prev']} here" for r in slow)
-                + " (the roofline section says why). "
+                + (
+                    # a busy machine slows a rung for reasons that are not the idea: no physics for it then
+                    " (the machine was not quiet while they ran, so this may be the other programs, not the idea:"
+                    " run again on an idle machine). "
+                    if (doc.get("quiet") or {}).get("busy")
+                    else " (the roofline section says why). "
+                )
+            )
+        if noise:
+            cap2 += (
+                "Within the noise, so not faster: "
+                + "; ".join(
+                    f"{r['kernel']} against {r['prev']} (x{_g(r['speedup_prev'])}, x{_g(r['speedup_low'])}-"
+                    f"{_g(r['speedup_high'])} at n = {r['speedup_n']})"
+                    for r in noise
+                )
+                + " -- their spreads overlap. "
             )
         cap2 += "'% of peak' is against the FMA peak of the cores the kernel used (1 core for serial rungs)."
         blocks.append(("fig", "ladder_steps.png", cap2))

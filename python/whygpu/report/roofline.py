@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import plots
+from ..bench.trust import DISTURBED
 from ..explain import why_below
-from ..roofline import COMPUTE_ROOFS, KERNEL_ROOF
+from ..roofline import COMPUTE_ROOFS, KERNEL_ROOF, MODEL_ERROR, impossible_point
+from ..roofline_trust import pct_text, within_model_error
 from ._format import Block, Docs, _g, _ms, _pct
+
+
+def flagged(p: dict) -> bool:
+    """A point shown flagged and left out of the conclusions: still faster than its roof when measured
+    again -- or, in a document from before that check, faster than its roof at all."""
+    return bool(p.get("disturbed")) or (impossible_point(p) and "remeasured" not in p)
 
 
 def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
@@ -44,14 +52,23 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         + ", ".join(f"{_g(v)} GB/s from {k}" for k, v in bw.items())
         + " on one core. "
     )
-    key = [p for p in pts if p["kernel"] in ("packed", "openmp")]
-    if key:
+    err_pct = f"{100 * doc.get('model_error', MODEL_ERROR):.0f}%"
+    key = [p for p in pts if p["kernel"] in ("packed", "openmp") and not flagged(p)]
+    cap += "Hollow markers are the model's predictions, filled ones the measurements" + (
+        ": "
+        + ", ".join(
+            f"{p['kernel']} reached {_pct(100 * p['fraction_of_roof'])} of its predicted speed at n = {p['n']}"
+            for p in key
+        )
+        + "."
+        if key
+        else "."
+    )
+    bad = [p for p in pts if flagged(p)]
+    if bad:
         cap += (
-            "Hollow markers are the model's predictions, filled ones the measurements: "
-            + ", ".join(
-                f"{p['kernel']} reached {_pct(100 * p['fraction_of_roof'])} of its predicted speed at n = {p['n']}"
-                for p in key
-            )
+            " Crossed markers are disturbed points, left out of the conclusions: "
+            + ", ".join(f"{p['kernel']} measured at {pct_text(p['fraction_of_roof'])} of its roof" for p in bad)
             + "."
         )
     blocks.append(("fig", "roofline.png", cap))
@@ -59,8 +76,10 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     for p in pts:
         err = p["error"]
         ok = ""
-        if p["kernel"] in ("packed", "openmp"):
-            ok = "yes" if abs(err) <= 0.25 else "no"
+        if flagged(p):
+            ok = "disturbed (left out)"
+        elif p["kernel"] in ("packed", "openmp"):
+            ok = "yes" if within_model_error(p["fraction_of_roof"]) else "no"
         table.append(
             (
                 p["kernel"],
@@ -70,7 +89,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
                 _g(p["intensity"]) + (f" ({p['intensity_level']})" if p.get("intensity_level") else ""),
                 _ms(p["predicted_s"]),
                 _ms(p["measured_s"]),
-                f"{100 * err:+.0f}%",
+                f"{100 * err:+.0f}%" + (" (disturbed)" if flagged(p) else ""),
                 ok,
             )
         )
@@ -86,7 +105,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
                 "predicted",
                 "measured",
                 "error",
-                "within 25%",
+                f"within {err_pct} below the roof",
             ),
             table,
         )
@@ -98,11 +117,46 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
             "shows medians). "
             "Error is (predicted - measured) / measured time; negative means the kernel is slower than "
             "its roof. The target is the packed and openmp rungs at n = 1024, the ones a roofline should "
-            "describe well because nothing but arithmetic should limit them.",
+            "describe well because nothing but arithmetic should limit them. The roofline is an upper bound: "
+            f"within {err_pct} below it the model explains a kernel (its stated error), and a kernel measured "
+            "above it is impossible -- its roofs and the kernel are measured once more, and a point still "
+            "above is flagged disturbed and left out of the conclusions, never explained.",
         )
     )
+    if bad or doc.get("roofs_remeasured"):
+        text = f"The roofs are disturbed: {roofs['disturbed']}. " if roofs.get("disturbed") else ""
+        text += (
+            "A figure came out impossible (a kernel faster than its roof, or the all-core roof below one "
+            "core's), so the roofs were measured again (each is the best of both measurements), and each "
+            "kernel that passed its roof once more. "
+            if doc.get("roofs_remeasured")
+            else ""
+        )
+        if bad:
+            text += (
+                "Flagged: "
+                + "; ".join(
+                    f"{p['kernel']} " + (p.get("disturbed_reason") or f"above its roof -- {DISTURBED}") for p in bad
+                )
+                + ". Another program most likely held a core while the roofs or the kernel were measured; "
+                "run again on an idle machine."
+            )
+        blocks.append(("p", text.strip()))
     blocks.append(("p", "Where and why kernels sit below their roof:"))
-    blocks.append(("ul", [why_below(p["kernel"], p["fraction_of_roof"]) for p in pts]))
+    blocks.append(
+        (
+            "ul",
+            [
+                why_below(
+                    p["kernel"],
+                    p["fraction_of_roof"],
+                    remeasured=bool(p.get("remeasured", False)),
+                    disturbed=p.get("disturbed_reason") if p.get("disturbed") else None,
+                )
+                for p in pts
+            ],
+        )
+    )
     blocks.append(
         ("p", "How each rung is modelled (the compute roof it can honestly use, and the traffic its loops cause):")
     )

@@ -1,82 +1,107 @@
-"""The scaling section: speed-up on more cores, and Amdahl's law."""
+"""The scaling section: speed-up on more cores (median and min-max of interleaved rounds), Amdahl's law
+where at least three thread counts allow a fit, and disturbed figures flagged rather than explained."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .. import plots
-from ._format import Block, Docs, _g, _ms, _pct
+from ..bench.scaling import fit_text, percent, plain_text, with_checks
+from ..bench.trust import DISTURBED
+from ._format import Block, Docs, _g, _ms
+
+
+def _plain(s: dict) -> str:
+    return plain_text(s) or "no undisturbed thread count above 1"
+
+
+def _cell(s: dict, i: int) -> str:
+    p, lo, hi = s["threads"][i], s["speedup_low"][i], s["speedup_high"][i]
+    txt = f"{p}: x{_g(s['speedup'][i])}" + (f" ({_g(lo)}-{_g(hi)})" if lo != hi and p > 1 else "")
+    return txt + (" [disturbed, left out]" if s["disturbed"][i] else "")
+
+
+def _train_caption(t: dict, X: int) -> str:
+    cap = f"A whole training step: {_plain(t)}" + (f"; {fit_text(t, X)}" if t.get("fitted") else "")
+    steps = t.get("steps") or []
+    if not any(t["disturbed"]) and len(steps) >= 2 and all("matmul_s" in x for x in (steps[0], steps[-1])):
+        a, b = steps[0], steps[-1]
+        cap += (
+            f". Inside it (one round), matrix multiplication went from {_ms(a['matmul_s'])} to {_ms(b['matmul_s'])} "
+            f"per step and everything else from {_ms(a['other_s'])} to {_ms(b['other_s'])}"
+        )
+        cap += " -- the part that scales worse sets the limit" if t.get("fitted") else ""
+    return cap + ". "
 
 
 def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     """Speed-up by threads and the serial fractions fitted to it (from ``whygpu scaling``)."""
     if "scaling" not in docs:
         return []
-    doc = docs["scaling"]
+    doc = with_checks(docs["scaling"])  # a document written before the checks is checked now
     figs.append(plots.plot_scaling(doc, out / "scaling.png"))
     ser = {s["name"]: s for s in doc["series"]}
     P = max(doc["params"]["threads"])
+    X = max(16, 4 * P)  # the core count Amdahl's law is extrapolated to
     blocks: list[Block] = [("h2", f"{num}. More cores: speed-up and Amdahl's law")]
     k = ser.get(doc["params"]["kernel"])
-    cap = ""
+    cap = (
+        "Each thread count was timed in interleaved rounds (1 thread, 2, ..., then again); a speed-up is the median "
+        "over the rounds of each round's ratio to its own 1-thread time, with the min-max range. "
+    )
     if k:
-        S, Pk = k["speedup"][-1], k["threads"][-1]
-        cap += (
-            f"Speed-up of the {k['name']} kernel at n = {doc['params']['n']} on 1 to {P} threads: "
-            f"x{_g(S)} on {Pk} threads ({_pct(100 * k['efficiency'][-1])} parallel efficiency). "
-        )
-        if S < 1:
+        cap += f"The {k['name']} kernel at n = {doc['params']['n']}: {_plain(k)}. "
+        if any(
+            hi < 1
+            for p, hi, d in zip(k["threads"], k["speedup_high"], k["disturbed"])
+            if 1 < p <= doc["cores"] and not d
+        ):
             cap += (
-                f"It ran slower on {Pk} threads than on one: another program was using the cores, so this "
-                "shows contention, not the kernel's scaling. "
+                "Slower on more threads than on one: another program was using the cores, so this shows "
+                "contention, not the kernel's scaling. "
             )
-        elif k["max_speedup"] is not None:
-            cap += (
-                f"Amdahl's law fitted to it gives a serial fraction of {_pct(100 * k['serial_fraction'])}, so no "
-                f"number of cores could make it more than x{_g(k['max_speedup'])} faster. "
-            )
-        else:
-            cap += "Amdahl's law finds no serial fraction here: it scales like the ideal line. "
+        if k.get("fitted") or not doc.get("note"):
+            cap += fit_text(k, X) + ". "
     if "peak" in ser:
         cap += (
-            f"The FMA microbenchmark (no memory traffic, no synchronisation) scales "
-            f"x{_g(ser['peak']['speedup'][-1])}: the hardware's own limit. "
+            "The FMA microbenchmark (no memory traffic, no synchronisation; the hardware's own limit): "
+            f"{_plain(ser['peak'])}. "
         )
     if "numpy" in ser:
-        cap += f"NumPy's BLAS scales x{_g(ser['numpy']['speedup'][-1])}. "
+        cap += f"NumPy's BLAS: {_plain(ser['numpy'])}. "
     if "train" in ser:
-        t = ser["train"]
+        cap += _train_caption(ser["train"], X)
+    flagged = [s for s in doc["series"] if any(s["disturbed"]) or s.get("serial_disturbed")]
+    if flagged:
         cap += (
-            f"A whole training step scales x{_g(t['speedup'][-1])} (Amdahl serial fraction "
-            f"{_pct(100 * t['serial_fraction'])})"
+            "Red crosses: figures the hardware cannot produce (" + "; ".join(_flags(s) for s in flagged) + ") -- "
+            f"{DISTURBED}. "
         )
-        steps = t.get("steps") or []
-        if len(steps) >= 2 and all("matmul_s" in x for x in (steps[0], steps[-1])):
-            a, b = steps[0], steps[-1]
-            cap += (
-                f": inside it, matrix multiplication went from {_ms(a['matmul_s'])} to {_ms(b['matmul_s'])} per "
-                f"step (x{_g(a['matmul_s'] / b['matmul_s'])}) and everything else from {_ms(a['other_s'])} to "
-                f"{_ms(b['other_s'])} (x{_g(a['other_s'] / b['other_s'])}) -- the part that scales worse "
-                "sets the limit"
-            )
-        X = max(16, 4 * P)
-        cap += (
-            f". Extrapolated with Amdahl's law (dashed curves, shaded region), {X} cores would make the step "
-            f"x{_g(1 / (t['serial_fraction'] + (1 - t['serial_fraction']) / X))} faster, not x{X}"
-        )
-        cap += "."
+    if doc.get("note"):
+        cap += f"No Amdahl fit -- {doc['note']}."
     blocks.append(("fig", "scaling.png", cap.strip()))
     rows = []
     for s in doc["series"]:
-        rows.append(
-            (
-                s["label"],
-                ", ".join(f"{p}: x{_g(v)}" for p, v in zip(s["threads"], s["speedup"])),
-                _pct(100 * s["serial_fraction"]),
-                "none" if s["max_speedup"] is None else f"x{_g(s['max_speedup'])}",
-            )
-        )
-    blocks.append(("table", ("series", "speed-up by threads", "serial fraction (Amdahl)", "limit on any cores"), rows))
-    if doc.get("note"):
-        blocks.append(("p", "Note: " + doc["note"] + "."))
+        if s.get("serial_disturbed"):
+            serial, limit = f"{percent(s.get('serial_fraction_fit'))}: impossible, left out", "-"
+        elif not s.get("fitted"):
+            serial, limit = "not fitted", "-"
+        else:
+            serial = percent(s["serial_fraction"])
+            limit = "none seen" if s["max_speedup"] is None else f"x{_g(s['max_speedup'])}"
+        rows.append((s["label"], ", ".join(_cell(s, i) for i in range(len(s["threads"]))), serial, limit))
+    blocks.append(
+        ("table", ("series", "speed-up by threads (min-max)", "serial fraction (Amdahl)", "limit on any cores"), rows)
+    )
     return blocks
+
+
+def _flags(s: dict) -> str:
+    parts = [
+        f"{s['label']} on {p} threads: {why}"
+        for p, d, why in zip(s["threads"], s["disturbed"], s["disturbed_reason"])
+        if d
+    ]
+    if s.get("serial_disturbed"):
+        parts.append(f"{s['label']}: {s['fit_note']}")
+    return "; ".join(parts)
