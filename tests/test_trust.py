@@ -122,6 +122,8 @@ def test_spread_and_compare():
     assert c["clear"] and c["ratio"] == pytest.approx(2.0) and c["low"] == pytest.approx(1.9 / 1.1)
     assert "x2 faster" in trust.faster_text("packed", "blocked", c)
     assert "slower" in trust.faster_text("blocked", "packed", trust.compare(slow, fast))
+    assert not trust.compare([1.0], [1.2])["clear"]  # one sample each: no spread, 20% is not enough
+    assert trust.compare([1.0], [2.0])["clear"]  # ... but a factor of 2 is
     overlap = trust.compare([1.0, 1.2], [1.1, 1.3])
     assert not overlap["clear"]
     text = trust.faster_text("a", "b", overlap)

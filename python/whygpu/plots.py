@@ -139,7 +139,7 @@ def plot_ladder(doc: dict, path) -> str:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
     ax.set_xlabel("matrix size n  (C = A @ B, all n x n, " + doc["params"].get("dtype", "float32") + ")")
     ax.set_ylabel("speed (GFLOP/s, log scale)")
-    ax.set_title(f"The kernel ladder: each rung one idea faster\n{_cpu_title(doc)}", fontsize=11)
+    ax.set_title(f"The kernel ladder: each rung adds one idea\n{_cpu_title(doc)}", fontsize=11)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, title="kernel")
     return _save(fig, path)

@@ -64,6 +64,8 @@ DISTURBED = "disturbed: still impossible when measured again, so left out of the
 _WAIT_PER_BLOCK_S = 3.0
 _WAIT_TOTAL_S = 20.0
 _POLL_S = 0.1
+# Two figures of which one has a single sample (no spread) are "clearly" apart only beyond this ratio.
+SINGLE_SAMPLE_MARGIN = 1.5
 # The 1-thread row may differ from its baseline by this much before it counts as "differing".
 BASELINE_TOLERANCE = 0.10
 
@@ -305,13 +307,21 @@ def compare(times_a: Sequence[float], times_b: Sequence[float]) -> dict:
     """How many times faster A is than B from interleaved samples (seconds):
     ``{"ratio": median_b / median_a, "low", "high", "clear"}``, where ``low``..``high``
     is the range the two min-max spreads allow and ``clear`` is False when the
-    spreads overlap (then no one is faster: the difference is within the noise)."""
+    spreads overlap (then no one is faster: the difference is within the noise).
+
+    A single sample has no spread (a slow call measured once, within its
+    budget): then only a difference larger than :data:`SINGLE_SAMPLE_MARGIN`
+    (50%) counts as clear."""
     a, b = spread(times_a), spread(times_b)
+    ratio = b["median"] / a["median"] if a["median"] > 0 else float("nan")
+    clear = a["high"] < b["low"] or b["high"] < a["low"]
+    if min(len(times_a), len(times_b)) < 2:
+        clear = clear and not (1 / SINGLE_SAMPLE_MARGIN <= ratio <= SINGLE_SAMPLE_MARGIN)
     return {
-        "ratio": b["median"] / a["median"] if a["median"] > 0 else float("nan"),
+        "ratio": ratio,
         "low": b["low"] / a["high"] if a["high"] > 0 else float("nan"),
         "high": b["high"] / a["low"] if a["low"] > 0 else float("nan"),
-        "clear": a["high"] < b["low"] or b["high"] < a["low"],
+        "clear": clear,
     }
 
 
