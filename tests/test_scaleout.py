@@ -154,6 +154,9 @@ def test_cli_measures_and_models(scaleout_dir):
     doc = json.loads(text)
     assert doc["schema"] == "whygpu.scaleout/1" and doc["available"] is True
     assert doc["machine"]["load_average"] is None or doc["machine"]["load_average"] >= 0
+    # the quiet guard looked before every launch: each run and the sweep
+    labels = [b["label"] for b in doc["quiet"]["blocks"]]
+    assert len(labels) == len(doc["runs"]) + 1 and labels[-1].startswith("allreduce sweep")
     runs = {(r["ranks"], r["threads"]): r for r in doc["runs"]}
     assert (1, 1) in runs and (2, max(1, doc["params"]["cores"] // 2)) in runs
     for r in doc["runs"]:

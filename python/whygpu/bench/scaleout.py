@@ -29,6 +29,7 @@ from .._registry import KERNELS
 from .._threads import _cpus_available
 from .machine import _load, machine_info
 from .progress import Progress
+from .trust import QuietGuard
 
 __all__ = ["SCHEMA", "INSTALL_HINT", "NO_MPI_ENV", "ScaleoutError", "find_mpiexec", "mpi_status", "measure"]
 
@@ -200,11 +201,14 @@ def measure(
     common += ["--steps", str(steps), "--warmup", str(WARMUP), "--bucket-mb", repr(float(bucket_mb))]
     configs = _configs(ranks, cores)
     runs, library = [], None
+    # Waits for quiet before each launch; only "before": during a run the ranks are other processes.
+    guard = QuietGuard()
     with Progress(len(configs) + 1, "scaleout", progress) as bar:
         for p, t in configs:
             bar.show(f"{p} rank(s) x {t} thread(s)", 0.0)
             if p * t > cores:
                 log(f"{p} ranks x {t} threads oversubscribe {cores} cores: contention, not scaling")
+            guard.wait(f"{p} rank(s) x {t} thread(s)")
             raw = launch(st["mpiexec"], p, t, ["--mode", "step", *common], timeout)
             library = raw.get("mpi_library", library)
             runs.append(summarize(raw))
@@ -212,6 +216,7 @@ def measure(
         P = max(ranks)
         bar.show(f"allreduce sweep on {P} ranks", 0.0)
         sizes = _sweep_sizes(sweep_max)
+        guard.wait(f"allreduce sweep on {P} ranks")
         sw = launch(st["mpiexec"], P, 1, ["--mode", "sweep", "--sizes", ",".join(map(str, sizes))], timeout)
         bar.advance()
     return {
@@ -219,6 +224,7 @@ def measure(
         "available": True,
         "machine": minfo,
         "load_average_after": _load(),
+        "quiet": guard.as_dict(),
         "seconds": time.perf_counter() - t0,
         "params": {
             "ranks": ranks,
