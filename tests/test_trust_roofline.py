@@ -341,3 +341,15 @@ def test_plain_numbers_never_in_exponent_notation(monkeypatch, tmp_path):
     texts += [ax.xaxis.get_major_formatter()(v, 0) for v in (1e-5, 100.0)]
     assert "packed (n=64): 100 of 100" in texts
     assert not any("e+" in t or "e-" in t for t in texts), texts
+
+
+def test_the_l3_roof_is_measured_in_l3_even_when_a_vm_reports_its_hosts_whole_l3():
+    from whygpu.bench.probes import _working_sets
+
+    mib = 1 << 20
+    # a 2-core guest that reports 480 MiB of L3: half of that would be a DRAM set; 8 L2s per thread is not
+    vm = _working_sets({"L2": 2 * mib, "L3": 480 * mib}, 2)
+    assert 32 * mib - 48 < vm["L3"] * 24 * 2 <= 32 * mib
+    assert vm["DRAM"] * 24 * 2 > 8 * 32 * mib  # DRAM still far beyond it
+    # a real 32 MiB L3 shared by 2 cores with 1 MiB L2 each: half of it, as before
+    assert 16 * mib - 48 < _working_sets({"L2": mib, "L3": 32 * mib}, 2)["L3"] * 24 * 2 <= 16 * mib

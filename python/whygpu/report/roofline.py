@@ -48,7 +48,8 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         cap += f" and {_g(c['simd_all'])} GFLOP/s on {T} cores"
     cap += (
         f"; baseline-ISA SIMD code {_g(c['simd_baseline'])}, one dependent chain of adds {_g(c['scalar'])}, the "
-        f"Python interpreter {_g(c['interpreter'])}. A STREAM triad moved "
+        f"Python interpreter {_g(c['interpreter'])}. A STREAM triad (counting the read for ownership of "
+        "each written line: 32 bytes per element) moved "
         + ", ".join(f"{_g(v)} GB/s from {k}" for k, v in bw.items())
         + " on one core. "
     )
