@@ -49,6 +49,13 @@ def test_load_between_subtracts_our_own_time_and_separates_steal():
     assert load == pytest.approx({"others": 0.2, "steal": 0.1})
     assert trust.load_between(None, t1) is None
     assert trust.load_between(t1, t1) is None  # no time passed
+    assert trust.load_between(t0, t1, min_total=20.0) is None  # shorter than asked: too short to tell
+    # one clock tick of difference between the cores' counters and ours is resolution, not another program
+    t0 = {"total": 0.0, "idle": 0.0, "steal": 0.0, "own": 0.0, "tick": 0.01}
+    short = {"total": 0.2, "idle": 0.0, "steal": 0.0, "own": 0.19, "tick": 0.01}
+    assert trust.load_between(t0, short) == pytest.approx({"others": 0.0, "steal": 0.0})
+    busy = {**short, "own": 0.1}  # 10 ticks of 20 not ours (9 after the slack): another program
+    assert trust.load_between(t0, busy)["others"] == pytest.approx(0.45)
 
 
 def _sampler(values):

@@ -63,7 +63,9 @@ DISTURBED = "disturbed: still impossible when measured again, so left out of the
 # WHYGPU_QUIET_WAIT (seconds; 0: never wait, only record) overrides the first.
 _WAIT_PER_BLOCK_S = 3.0
 _WAIT_TOTAL_S = 20.0
-_POLL_S = 0.1
+_POLL_S = 0.1  # the first look before a block: 20 clock ticks on 2 cores
+_RESAMPLE_S = 0.3  # a busy first look is checked over a longer span: one tick is then under 2%
+_DURING_MIN_CORE_S = 0.5  # a block shorter than this (core-seconds) has no "during" record: too short to tell
 # Two figures of which one has a single sample (no spread) are "clearly" apart only beyond this ratio.
 SINGLE_SAMPLE_MARGIN = 1.5
 # The 1-thread row may differ from its baseline by this much before it counts as "differing".
@@ -119,20 +121,26 @@ def cpu_times(path: str = "/proc/stat") -> dict | None:
         "steal": steal / hz,
         "own": own.user + own.system,
         "cpus": len(rows),
+        "tick": 1.0 / hz,
     }
 
 
-def load_between(t0: dict | None, t1: dict | None) -> dict | None:
+def load_between(t0: dict | None, t1: dict | None, min_total: float = 0.0) -> dict | None:
     """``{"others", "steal"}``: the share of our cores' time between two
-    :func:`cpu_times` readings that other programs used, and that was stolen."""
+    :func:`cpu_times` readings that other programs used, and that was stolen
+    (None when less than ``min_total`` core-seconds passed: too short to tell)."""
     if t0 is None or t1 is None:
         return None
     total = t1["total"] - t0["total"]
-    if total <= 0:
+    if total <= 0 or total < min_total:
         return None
+    # One clock tick of slack: the cores' counters and this process's own tick separately, so over a
+    # short span their difference is off by a tick either way (5% of 0.1 s on 2 cores), not by more.
+    tick = t1.get("tick", 0.0)
     steal = t1["steal"] - t0["steal"]
     busy = total - (t1["idle"] - t0["idle"]) - steal
-    others = busy - (t1["own"] - t0["own"])
+    others = busy - (t1["own"] - t0["own"]) - tick
+    steal -= tick
     return {"others": min(1.0, max(0.0, others / total)), "steal": min(1.0, max(0.0, steal / total))}
 
 
@@ -189,6 +197,7 @@ class QuietGuard:
         self.max_wait = _wait_setting() if max_wait is None else float(max_wait)
         self.total_wait = float(total_wait)
         self._sample = sampler or sample_load
+        self._resample = sampler or (lambda: sample_load(_RESAMPLE_S))
         self._read = reader or cpu_times
         self.blocks: list[dict] = []
         self._waited = 0.0
@@ -204,7 +213,7 @@ class QuietGuard:
         load = self._sample()
         limit = min(self.max_wait, max(0.0, self.total_wait - self._waited))
         while self._busy(load) and time.perf_counter() - t0 < limit:
-            load = self._sample()
+            load = self._resample()
         waited = time.perf_counter() - t0
         self._waited += waited
         rec = {
@@ -225,7 +234,7 @@ class QuietGuard:
         try:
             yield rec
         finally:
-            during = load_between(t0, self._read())
+            during = load_between(t0, self._read(), _DURING_MIN_CORE_S)
             rec["during"] = (
                 None if during is None else {"others": round(during["others"], 4), "steal": round(during["steal"], 4)}
             )
