@@ -404,6 +404,10 @@ def test_demo_quick_writes_everything(demo_dir):
     demo = load(demo_dir / "demo.json")
     assert demo["schema"] == "whygpu.demo/1" and demo["quick"] is True
     assert demo["seconds"] < 60, f"demo --quick took {demo['seconds']:.0f} s"
+    # every measurement was guarded, the demo's own roofs measurement too
+    for name in ("ladder", "roofline", "train") + (("scaling",) if HAVE_OPENMP else ()):
+        assert load(demo_dir / f"{name}.json")["quiet"]["blocks"], name
+    assert load(demo_dir / "roofline.json")["quiet"]["blocks"][0]["label"] == "roofs (demo)"
     pngs = sorted(demo_dir.glob("*.png"))
     assert {p.name for p in pngs} >= {"ladder.png", "ladder_steps.png", "roofline.png", "train.png"} | (
         {"scaling.png"} if HAVE_OPENMP else set()

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TypedDict
 
-from ..bench.trust import QUIET_THRESHOLD, merge_quiet, quiet_caution
+from ..bench.trust import QUIET_THRESHOLD, QuietGuard, merge_quiet, quiet_caution
 from ._common import _common_args, _note, _prepare_out, _progress, _write_json
 from .info import _info_doc, _print_info
 from .ladder import GPU_SIZES, _print_ladder
@@ -156,7 +156,9 @@ def run(args) -> int:
 
     stage("roofs of this machine")
     t = time.perf_counter()
-    machine = measure_machine(quick=plan["quick_probes"])
+    roofs_guard = QuietGuard()  # the roofs are measured here, once for every stage: guarded like the rest
+    with roofs_guard.block("roofs (demo)"):
+        machine = measure_machine(quick=plan["quick_probes"])
     gpu = None
     if info["machine"]["cuda"].get("available"):
         from ..bench.gpu import measure_gpu
@@ -209,6 +211,7 @@ def run(args) -> int:
     )
     timings["roofline"] = time.perf_counter() - t
     _print_roofline(roof)
+    roof["quiet"] = merge_quiet([roofs_guard.as_dict(), roof.get("quiet")])
     _write_json(out, "roofline", roof)
 
     from .._registry import KERNELS
