@@ -52,7 +52,7 @@ from .measure import (
     time_call,
     time_interleaved,
 )
-from .probes import fma_peaks
+from .probes import best_of_roofs, fma_peaks
 from .progress import Progress
 from .trust import DISTURBED, QuietGuard, remeasure_once
 
@@ -154,21 +154,7 @@ def measure_matmul(
     c = np.empty((m, n), dtype)
     fn, ctx = _runner(name, a, b, c, threads)
     tm = _measure(fn, ctx, repeats=repeats, budget=budget, expected=expected)
-    flops = matmul_flops(m, n, k)
-    rec = {
-        "kernel": name,
-        "m": m,
-        "n": n,
-        "k": k,
-        "dtype": dtype,
-        "device": series_device(name),
-        "precision": series_precision(name, dtype),
-        "threads": threads_used(name, threads),
-        "flops": flops,
-        "gflops": gflops(flops, tm.median),
-    }
-    rec.update(tm.as_dict())
-    return rec
+    return _record(name, m, n, k, dtype, threads, tm)
 
 
 def scout(
@@ -213,14 +199,14 @@ def _cost(expected: float | None, repeats: int, budget: float) -> float:
     return warm + max(expected, min(repeats * expected, budget))
 
 
-def _record(name: str, n: int, dtype: str, threads: int, tm: Timing) -> dict:
+def _record(name: str, m: int, n: int, k: int, dtype: str, threads: int, tm: Timing) -> dict:
     """A measurement record: the median GFLOP/s with its min-max spread, and the samples."""
-    flops = matmul_flops(n, n, n)
+    flops = matmul_flops(m, n, k)
     rec = {
         "kernel": name,
+        "m": m,
         "n": n,
-        "m": n,
-        "k": n,
+        "k": k,
         "dtype": dtype,
         "device": series_device(name),
         "precision": series_precision(name, dtype),
@@ -231,7 +217,6 @@ def _record(name: str, n: int, dtype: str, threads: int, tm: Timing) -> dict:
         "gflops_high": gflops(flops, tm.best),
     }
     rec.update(tm.as_dict())
-    rec.update(remeasured=False, disturbed=False)
     return rec
 
 
@@ -254,7 +239,6 @@ class _Peaks:
             keys = ["gflops_1t", "gflops_all"]
             with self.guard.block("FMA peak (again)"):
                 new = fma_peaks(self.threads, quick=self.quick)
-            self.peak = {**old, **{k: max(old.get(k) or 0.0, new[k]) for k in keys}}
         else:
             from .gpu import gpu_peak
 
@@ -262,14 +246,7 @@ class _Peaks:
             with self.guard.block("GPU peak (again)"):
                 g = gpu_peak(quick=True) or {}
             new = {"gpu_gflops": g.get("fma_gflops") or 0.0, "gpu_tensor_gflops": g.get("tensor_gflops") or {}}
-            tensor = dict(old.get("gpu_tensor_gflops") or {})
-            for prec, v in new["gpu_tensor_gflops"].items():
-                tensor[prec] = max(tensor.get(prec) or 0.0, v)
-            self.peak = {
-                **old,
-                "gpu_gflops": max(old.get("gpu_gflops") or 0.0, new["gpu_gflops"]),
-                "gpu_tensor_gflops": tensor,
-            }
+        self.peak = best_of_roofs(old, new, keys)
         self.again[device] = {
             "first": {k: old.get(k) for k in keys},
             "again": {k: new.get(k) for k in keys},
@@ -312,7 +289,7 @@ def _again(setup: _Setup, name: str, n: int, label: str, runner: tuple, expected
     """One rung at one size measured once more, after its peak is measured again."""
     setup.peaks.remeasure(series_device(name))
     tm = _time_block(setup, f"{name} {label} (again)", {name: runner}, {name: expected})[name]
-    return _record(name, n, setup.dtype, setup.threads, tm)
+    return {**_record(name, n, n, n, setup.dtype, setup.threads, tm), "remeasured": False, "disturbed": False}
 
 
 def _check(rec: dict, peaks: _Peaks, measure_again: Callable[[], dict]) -> dict:
@@ -462,7 +439,7 @@ def run_ladder(
             timings = _time_block(setup, f"ladder {label}", runners, todo)
             for name, tm in timings.items():
                 est.record(name, flops, tm.median)
-                rec = _record(name, n, dtype, threads, tm)
+                rec = {**_record(name, n, n, n, dtype, threads, tm), "remeasured": False, "disturbed": False}
                 again = functools.partial(_again, setup, name, n, label, runners[name], todo[name])
                 measurements.append(_check(rec, setup.peaks, again))
                 bar.advance()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 
 from .._cpu import cpu_info
 from .._threads import get_num_threads
@@ -180,19 +181,24 @@ def measure_machine(threads: int | None = None, *, quick: bool = False, arch: st
 _ROOF_KEYS = ("compute", "bandwidth", "fma_by_arch", "fma_gflops", "tensor_gflops")
 
 
-def best_of_roofs(first: dict, again: dict | None) -> dict:
-    """Two measurements of the same roofs as one: each roof the higher of the
-    two.  A roof is what the machine *can* reach (best-of samples, as in
-    STREAM), and a busy moment only ever makes it come out low, so the best of
-    more samples is the better figure.  Other fields are the first's."""
+def best_of_roofs(first: dict, again: dict | None, keys: Sequence[str] = _ROOF_KEYS) -> dict:
+    """Two measurements of the same roofs (or peaks) as one: each figure under
+    ``keys`` the higher of the two.  A roof is what the machine *can* reach
+    (best-of samples, as in STREAM), and a busy moment only ever makes it come
+    out low, so the best of more samples is the better figure.  Other fields
+    are the first's."""
     if not again:
         return first
 
     def best(a, b):
         if isinstance(a, dict) and isinstance(b, dict):
-            return {k: best(v, b[k]) if k in b else v for k, v in a.items()}
+            return {k: best(a.get(k), b.get(k)) for k in {**a, **b}}
+        if a is None:
+            return b
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
             return max(a, b)
         return a
 
-    return {k: best(v, again[k]) if k in _ROOF_KEYS and k in again else v for k, v in first.items()}
+    out = {k: best(v, again[k]) if k in keys and k in again else v for k, v in first.items()}
+    out.update({k: again[k] for k in keys if k in again and k not in first})
+    return out
