@@ -46,14 +46,17 @@ def test_load_between_subtracts_our_own_time_and_separates_steal():
     # 10 s of core time: 4 idle, 1 stolen, 5 busy of which 3 were ours -> others 20%, steal 10%
     t1 = {"total": 10.0, "idle": 4.0, "steal": 1.0, "own": 3.0}
     load = trust.load_between(t0, t1)
-    assert load == pytest.approx({"others": 0.2, "steal": 0.1})
+    assert load["core"] is None  # no per-core readings
+    assert {k: load[k] for k in ("others", "steal")} == pytest.approx({"others": 0.2, "steal": 0.1})
     assert trust.load_between(None, t1) is None
     assert trust.load_between(t1, t1) is None  # no time passed
     assert trust.load_between(t0, t1, min_total=20.0) is None  # shorter than asked: too short to tell
     # one clock tick of difference between the cores' counters and ours is resolution, not another program
     t0 = {"total": 0.0, "idle": 0.0, "steal": 0.0, "own": 0.0, "tick": 0.01}
     short = {"total": 0.2, "idle": 0.0, "steal": 0.0, "own": 0.19, "tick": 0.01}
-    assert trust.load_between(t0, short) == pytest.approx({"others": 0.0, "steal": 0.0})
+    assert {k: trust.load_between(t0, short)[k] for k in ("others", "steal")} == pytest.approx(
+        {"others": 0.0, "steal": 0.0}
+    )
     busy = {**short, "own": 0.1}  # 10 ticks of 20 not ours (9 after the slack): another program
     assert trust.load_between(t0, busy)["others"] == pytest.approx(0.45)
 
@@ -272,3 +275,72 @@ def test_training_caption_says_slower_only_when_step_spreads_do_not_overlap(tmp_
     assert "x2.00 slower" in apart
     close = caption([run("openmp", 0.010, 0.008, 0.013), run("packed", 0.012, 0.011, 0.014)])
     assert "slower" not in close and "no back end is measurably faster" in close
+
+
+# ---------------------------------------------------------------- the process's cores, one busy core
+def _status(path, cpus: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"Name:\tpython\nCpus_allowed:\tff\nCpus_allowed_list:\t{cpus}\nMems_allowed_list:\t0\n")
+
+
+def test_allowed_cpus_are_the_whole_process_not_the_calling_thread(tmp_path):
+    # the main thread pinned to core 0 (what os.sched_getaffinity(0) reads on Linux), its workers on 2-5 and 7
+    proc = tmp_path / "self"
+    _status(proc / "status", "0")
+    _status(proc / "task" / "100" / "status", "0")
+    _status(proc / "task" / "101" / "status", "2-5")
+    _status(proc / "task" / "102" / "status", "7")
+    assert trust._allowed_cpus(str(proc)) == {0, 2, 3, 4, 5, 7}
+    assert trust._parse_cpu_list("0-1,4,8-9\n") == {0, 1, 4, 8, 9}
+
+
+def _cores(busy: list[float], own: float = 0.0, span: float = 1.0) -> tuple[dict, dict]:
+    """Two readings `span` s apart of len(busy) cores, core i busy for busy[i] of it; `own` s ours."""
+    t0 = {"total": 0.0, "idle": 0.0, "steal": 0.0, "own": 0.0, "tick": 0.0, "per_cpu": [[0.0, 0.0, 0.0]] * len(busy)}
+    per = [[span, span * (1 - b), 0.0] for b in busy]
+    t1 = {
+        "total": span * len(busy),
+        "idle": sum(p[1] for p in per),
+        "steal": 0.0,
+        "own": own,
+        "tick": 0.0,
+        "per_cpu": per,
+    }
+    return t0, t1
+
+
+def test_one_fully_busy_core_among_many_is_flagged_though_the_average_is_low():
+    t0, t1 = _cores([1.0] + [0.0] * 63)  # another program holds one core of 64: 1.6% on average
+    load = trust.load_between(t0, t1)
+    assert load["others"] == pytest.approx(1 / 64) and load["others"] < trust.QUIET_THRESHOLD
+    assert load["core"] == pytest.approx(1.0)
+    g = trust.QuietGuard(max_wait=0, sampler=lambda: load, reader=lambda: None)
+    rec = g.wait("openmp n=1024")
+    assert rec["quiet"] is False and rec["core"] == 1.0
+    doc = g.as_dict()
+    assert doc["busy"] and doc["core_max"] == 1.0
+    assert "held one core up to 100%" in trust.quiet_caution(doc)
+    # our own threads on the cores are not another program: all our time is taken off the busiest core
+    t0, t1 = _cores([1.0] + [0.0] * 63, own=1.0)
+    assert trust.load_between(t0, t1)["core"] == pytest.approx(0.0)
+    # a core a third busy is below the per-core threshold (one clock tick is 10% of a 0.1 s look)
+    t0, t1 = _cores([0.3] + [0.0] * 63)
+    assert not trust.QuietGuard(max_wait=0)._busy(trust.load_between(t0, t1))
+
+
+def test_cpu_times_keeps_each_cores_counters(tmp_path, monkeypatch):
+    p = tmp_path / "stat"
+    _write_stat(p, [(100, 0, 0, 5), (0, 0, 100, 0)])
+    monkeypatch.setattr(trust, "_allowed_cpus", lambda: {0, 1})
+    hz = trust.os.sysconf("SC_CLK_TCK")
+    per = trust.cpu_times(str(p))["per_cpu"]
+    assert per == [pytest.approx([105 / hz, 0.0, 5 / hz]), pytest.approx([100 / hz, 100 / hz, 0.0])]
+
+
+def test_remeasure_once_can_keep_the_better_of_both_draws():
+    # a figure impossible at first (1.3), then 0.8: the plain rule keeps the fresh draw, `best` the better one
+    assert trust.remeasure_once(lambda: 0.8, trust.impossible_fraction, first=1.3)[0] == 0.8
+    value, flag = trust.remeasure_once(lambda: 0.8, trust.impossible_fraction, first=1.3, best=max)
+    assert value == 1.3 and flag == {"remeasured": True, "disturbed": True}
+    value, flag = trust.remeasure_once(lambda: 0.9, lambda v: v > 1.0 and v != 0.95, first=1.2, best=min)
+    assert value == 0.9 and flag == {"remeasured": True, "disturbed": False}

@@ -230,12 +230,18 @@ def kernel_model(
     else:
         raise ValueError(f"no roofline model for kernel {kernel!r} (CPU kernels only)")
     compute = float(machine["compute"][roof])
+    one_core = float(machine["compute"]["simd_1t"])
+    best = max((machine.get("fma_by_arch") or {}).values(), default=0.0)
+    if kernel.startswith("numpy") and best > one_core:
+        # BLAS picks its own ISA: its roof is this CPU's best one (whygpu's may be WHYGPU_ARCH=portable)
+        compute *= best / one_core
+        one_core = best
     if dtype == "float64" and roof.startswith("simd"):
         compute /= 2
     parallel = roof == "simd_all"
     mthreads = machine.get("threads", 1)
     if parallel and threads is not None and threads < mthreads:
-        compute = min(compute, machine["compute"]["simd_1t"] * threads / (2 if dtype == "float64" else 1))
+        compute = min(compute, one_core * threads / (2 if dtype == "float64" else 1))
     bw = machine["bandwidth"]["all" if parallel else "1"]
     flops = 2.0 * m * n * k
     t_compute = flops / (compute * 1e9) if flops else 0.0

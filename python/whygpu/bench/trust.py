@@ -29,6 +29,7 @@ tools, used by every measuring command:
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 import warnings
@@ -38,6 +39,7 @@ from typing import Callable, TypeVar
 
 __all__ = [
     "QUIET_THRESHOLD",
+    "CORE_THRESHOLD",
     "DISTURBED",
     "cpu_times",
     "load_between",
@@ -57,6 +59,10 @@ __all__ = [
 
 # Other programs' share of our cores (or steal time) above which a figure may be disturbed.
 QUIET_THRESHOLD = 0.05
+# Other programs' share of the busiest one of our cores above which it counts as taken: one busy core
+# stalls a kernel's whole thread team (the others wait for it) even when it is 1/64 of the average.
+# Half a core, not 5%: over a 0.1 s look, one core's clock tick is already 10% of its time.
+CORE_THRESHOLD = 0.5
 # The words every command and the report use for a figure that stayed impossible.
 DISTURBED = "disturbed: still impossible when measured again, so left out of the conclusions"
 # How long the guard waits for quiet before one block, and before all blocks of a run together.
@@ -77,7 +83,35 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------
 # The quiet guard
 # --------------------------------------------------------------------------
-def _allowed_cpus() -> set[int] | None:
+def _parse_cpu_list(text: str) -> set[int]:
+    """'0-3,8,10-11' (the kernel's list format) -> {0, 1, 2, 3, 8, 10, 11}."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if not part.strip():
+            continue
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _allowed_cpus(proc: str = "/proc/self") -> set[int] | None:
+    """The cores this *process* may run on: the union over its threads' ``Cpus_allowed_list``.
+
+    ``os.sched_getaffinity(0)`` is the calling thread's mask on Linux, and a thread
+    pinned to one core (an OpenMP or BLAS worker, a pinned main thread) would make
+    the guard watch only that core, missing another program on the process's others."""
+    cpus: set[int] = set()
+    for status in [f"{proc}/status", *sorted(glob.glob(f"{proc}/task/*/status"))]:
+        try:
+            with open(status) as f:
+                for line in f:
+                    if line.startswith("Cpus_allowed_list:"):
+                        cpus |= _parse_cpu_list(line.split(":", 1)[1])
+                        break
+        except (OSError, ValueError):  # a thread that ended meanwhile, or no /proc
+            continue
+    if cpus:
+        return cpus
     try:
         return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
@@ -86,9 +120,10 @@ def _allowed_cpus() -> set[int] | None:
 
 def cpu_times(path: str = "/proc/stat") -> dict | None:
     """Cumulative CPU time of the cores this process may run on, in seconds:
-    ``{"total", "idle", "steal", "own", "cpus"}`` -- ``own`` is this process's
-    user + system time (all its threads), ``steal`` the time a hypervisor gave
-    our virtual cores to another guest.  None where there is no ``/proc/stat``
+    ``{"total", "idle", "steal", "own", "cpus", "per_cpu"}`` -- ``own`` is this
+    process's user + system time (all its threads), ``steal`` the time a
+    hypervisor gave our virtual cores to another guest, ``per_cpu`` each core's
+    ``[total, idle, steal]`` (so one busy core is seen among many idle ones).  None where there is no ``/proc/stat``
     (macOS, Windows: the guard then records nothing and never waits)."""
     try:
         hz = os.sysconf("SC_CLK_TCK")
@@ -114,6 +149,9 @@ def cpu_times(path: str = "/proc/stat") -> dict | None:
     total = sum(sum(r[:8]) for r in rows)
     idle = sum(r[3] + (r[4] if len(r) > 4 else 0) for r in rows)
     steal = sum(r[7] if len(r) > 7 else 0 for r in rows)
+    per_cpu = [
+        [sum(r[:8]) / hz, (r[3] + (r[4] if len(r) > 4 else 0)) / hz, (r[7] if len(r) > 7 else 0) / hz] for r in rows
+    ]
     own = os.times()
     return {
         "total": total / hz,
@@ -122,13 +160,16 @@ def cpu_times(path: str = "/proc/stat") -> dict | None:
         "own": own.user + own.system,
         "cpus": len(rows),
         "tick": 1.0 / hz,
+        "per_cpu": per_cpu,
     }
 
 
 def load_between(t0: dict | None, t1: dict | None, min_total: float = 0.0) -> dict | None:
-    """``{"others", "steal"}``: the share of our cores' time between two
+    """``{"others", "steal", "core"}``: the share of our cores' time between two
     :func:`cpu_times` readings that other programs used, and that was stolen
-    (None when less than ``min_total`` core-seconds passed: too short to tell)."""
+    (None when less than ``min_total`` core-seconds passed: too short to tell);
+    ``core`` is other programs' share of the busiest core (None without per-core
+    readings) -- a lower bound, as all of this process's time is counted against it."""
     if t0 is None or t1 is None:
         return None
     total = t1["total"] - t0["total"]
@@ -141,7 +182,27 @@ def load_between(t0: dict | None, t1: dict | None, min_total: float = 0.0) -> di
     busy = total - (t1["idle"] - t0["idle"]) - steal
     others = busy - (t1["own"] - t0["own"]) - tick
     steal -= tick
-    return {"others": min(1.0, max(0.0, others / total)), "steal": min(1.0, max(0.0, steal / total))}
+    return {
+        "others": min(1.0, max(0.0, others / total)),
+        "steal": min(1.0, max(0.0, steal / total)),
+        "core": _busiest_core(t0, t1, t1["own"] - t0["own"] + tick),
+    }
+
+
+def _busiest_core(t0: dict, t1: dict, own: float) -> float | None:
+    """Other programs' share of the busiest core between two readings.  Which core this
+    process ran on is unknown, so all of its time (`own`, with a tick of slack) is taken
+    off each core: never a false alarm while we compute, exact while we wait."""
+    a, b = t0.get("per_cpu"), t1.get("per_cpu")
+    if not a or not b or len(a) != len(b):
+        return None
+    worst = 0.0
+    for (tot0, idle0, st0), (tot1, idle1, st1) in zip(a, b):
+        tot = tot1 - tot0
+        if tot > 0:
+            busy = tot - (idle1 - idle0) - (st1 - st0)
+            worst = max(worst, min(1.0, (busy - own) / tot))
+    return worst
 
 
 def sample_load(interval: float = _POLL_S) -> dict | None:
@@ -203,7 +264,11 @@ class QuietGuard:
         self._waited = 0.0
 
     def _busy(self, load: dict | None) -> bool:
-        return load is not None and (load["others"] > self.threshold or load["steal"] > self.threshold)
+        return load is not None and (
+            load["others"] > self.threshold
+            or load["steal"] > self.threshold
+            or (load.get("core") or 0.0) > CORE_THRESHOLD
+        )
 
     def wait(self, label: str) -> dict:
         """Sample the load; while it is above the threshold, keep sampling (at
@@ -220,6 +285,7 @@ class QuietGuard:
             "label": label,
             "others": None if load is None else round(load["others"], 4),
             "steal": None if load is None else round(load["steal"], 4),
+            "core": None if load is None or load.get("core") is None else round(load["core"], 4),
             "waited_s": round(waited, 3),
             "quiet": None if load is None else not self._busy(load),
         }
@@ -236,7 +302,9 @@ class QuietGuard:
         finally:
             during = load_between(t0, self._read(), _DURING_MIN_CORE_S)
             rec["during"] = (
-                None if during is None else {"others": round(during["others"], 4), "steal": round(during["steal"], 4)}
+                None
+                if during is None
+                else {k: round(during[k], 4) for k in ("others", "steal", "core") if during.get(k) is not None}
             )
 
     def as_dict(self) -> dict:
@@ -245,23 +313,27 @@ class QuietGuard:
 
 
 def summarize(blocks: list[dict], threshold: float = QUIET_THRESHOLD, max_wait: float | None = None) -> dict:
-    others, steal = [], []
+    others, steal, core = [], [], []
     for b in blocks:
         for rec in (b, b.get("during") or {}):
             if rec.get("others") is not None:
                 others.append(rec["others"])
             if rec.get("steal") is not None:
                 steal.append(rec["steal"])
+            if rec.get("core") is not None:
+                core.append(rec["core"])
     om = max(others) if others else None
     sm = max(steal) if steal else None
+    cm = max(core) if core else None
     return {
         "threshold": threshold,
         "max_wait_s": max_wait,
         "blocks": blocks,
         "others_max": om,
         "steal_max": sm,
+        "core_max": cm,
         "measured": bool(others),
-        "busy": bool((om or 0) > threshold or (sm or 0) > threshold),
+        "busy": bool((om or 0) > threshold or (sm or 0) > threshold or (cm or 0) > CORE_THRESHOLD),
         "waited_s": round(sum(b.get("waited_s") or 0 for b in blocks), 3),
     }
 
@@ -287,6 +359,8 @@ def quiet_caution(quiet: dict | None) -> str | None:
         parts.append(f"other programs used up to {100 * quiet['others_max']:.0f}% of the cores")
     if (quiet.get("steal_max") or 0) * 100 > thr:
         parts.append(f"the virtual machine's host took (steal time) up to {100 * quiet['steal_max']:.0f}% of them")
+    if (quiet.get("core_max") or 0) > CORE_THRESHOLD:
+        parts.append(f"other programs held one core up to {100 * quiet['core_max']:.0f}% of its time")
     n = sum(1 for b in quiet.get("blocks", []) if _block_busy(b, quiet.get("threshold", QUIET_THRESHOLD)))
     return (
         f"the machine was not quiet: {' and '.join(parts)} in {n} of {len(quiet.get('blocks', []))} "
@@ -296,7 +370,10 @@ def quiet_caution(quiet: dict | None) -> str | None:
 
 
 def _block_busy(b: dict, threshold: float) -> bool:
-    return any((rec.get(k) or 0) > threshold for rec in (b, b.get("during") or {}) for k in ("others", "steal"))
+    recs = (b, b.get("during") or {})
+    return any((rec.get(k) or 0) > threshold for rec in recs for k in ("others", "steal")) or any(
+        (rec.get("core") or 0) > CORE_THRESHOLD for rec in recs
+    )
 
 
 # --------------------------------------------------------------------------
@@ -374,13 +451,24 @@ def baseline_differs(row_s: Sequence[float], baseline_s: Sequence[float], tol: f
     return apart and compare(row_s, baseline_s)["clear"]
 
 
-def remeasure_once(measure: Callable[[], T], impossible: Callable[[T], bool], first: T | None = None) -> tuple[T, dict]:
+def remeasure_once(
+    measure: Callable[[], T],
+    impossible: Callable[[T], bool],
+    first: T | None = None,
+    best: Callable[[T, T], T] | None = None,
+) -> tuple[T, dict]:
     """Measure (or take `first`); if the result is impossible, measure once more.
     Returns (result, {"remeasured": bool, "disturbed": bool}): ``disturbed``
-    when the second measurement is impossible too -- the figure is then shown
-    flagged and left out of the conclusions."""
+    when the kept result is impossible too -- the figure is then shown flagged
+    and left out of the conclusions.
+
+    ``best(first, second)`` keeps the better of the two draws.  Where the roof is
+    the best of two measurements, the figure held against it must be too: keeping
+    only the fresh draw would pull exactly the fastest figures down (a fresh draw
+    is as likely to be disturbed as the first), a bias no roof-side fix can undo."""
     result = measure() if first is None else first
     if not impossible(result):
         return result, {"remeasured": False, "disturbed": False}
-    result = measure()
-    return result, {"remeasured": True, "disturbed": bool(impossible(result))}
+    again = measure()
+    kept = again if best is None else best(result, again)
+    return kept, {"remeasured": True, "disturbed": bool(impossible(kept))}
