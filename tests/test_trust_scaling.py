@@ -351,3 +351,125 @@ def test_train_step_gets_the_same_checks_and_the_quiet_record(planted):
     q = doc["quiet"]
     assert {"blocks", "others_max", "steal_max", "busy", "threshold"} <= set(q)
     assert [b["label"].split(":")[0] for b in q["blocks"]] == ["openmp kernel, n=8"] + ["training step"] * 2
+
+
+# ---- no speed-up above the cores is shown as a result (issue 23) -------------------------------------
+
+
+def test_a_round_above_the_cores_is_left_out_of_the_range_and_said():
+    # Round 3's 1-thread sample was slowed by another program: its ratio, x4 on 2 cores, is impossible.
+    chk = check_series([1, 2], {1: [1.0, 1.0, 2.0], 2: [0.55, 0.56, 0.5]}, None, 2)
+    assert chk["rounds_left_out"] == [0, 1] and not chk["impossible"]
+    assert chk["speedup_high"][1] == pytest.approx(1 / 0.55) and chk["speedup_high"][1] <= 2
+    assert chk["speedup"][1] == pytest.approx((1 / 0.55 + 1 / 0.56) / 2)
+    s = {
+        "threads": [1, 2],
+        "cores": 2,
+        "disturbed": [False, False],
+        "disturbed_reason": [None, None],
+        **{k: chk[k] for k in ("speedup", "speedup_low", "speedup_high", "rounds_left_out")},
+    }
+    text = scaling.speedup_text(s, 1)
+    assert "1 round above the 2 cores, impossible, left out" in text and "x4" not in text
+
+
+def test_most_rounds_above_the_cores_flag_the_point():
+    chk = check_series([1, 2], {1: [1.0, 2.0, 2.0], 2: [0.55, 0.5, 0.5]}, None, 2)
+    assert chk["impossible"] and chk["reasons"][1] and "more than the 2 threads" in chk["reasons"][1]
+
+
+def _two_core_doc(kernel: float, probe: float, probe_high: float | None = None) -> dict:
+    """A 2-core scaling document: the openmp kernel and the FMA probe on 1 and 2 threads, planted."""
+
+    def series(name, label, kind, v, hi):
+        return {
+            "name": name,
+            "label": label,
+            "kind": kind,
+            "threads": [1, 2],
+            "cores": 2,
+            "speedup": [1.0, v],
+            "speedup_low": [1.0, v * 0.97],
+            "speedup_high": [1.0, hi],
+            "rounds_left_out": [0, 0],
+            "disturbed": [False, False],
+            "disturbed_reason": [None, None],
+            **fit_series([1, 2], [1.0, v], [False, False], 2),
+        }
+
+    return {
+        "schema": scaling.SCHEMA,
+        "machine": {"cpu": {"cores": 2}},
+        "params": {"n": 1024, "threads": [1, 2], "kernel": "openmp"},
+        "cores": 2,
+        "note": scaling.doc_note([1, 2], 2),
+        "series": [
+            series("openmp", "openmp kernel, n=1024", "kernel", kernel, kernel * 1.02),
+            series("peak", "FMA peak (microbenchmark)", "peak", probe, probe_high or probe * 1.02),
+        ],
+    }
+
+
+def test_the_hardware_limit_is_never_below_what_a_kernel_measured(tmp_path):
+    from whygpu.report.scaling import section
+
+    doc = _two_core_doc(kernel=1.87, probe=1.73)
+    lim = scaling.probe_limit(doc)
+    assert lim["by"] == "openmp" and lim["limit"] == pytest.approx(1.87) and lim["probe"] == pytest.approx(1.73)
+    cap = next(b[2] for b in section({"scaling": doc}, tmp_path, [], 3) if b[0] == "fig")
+    assert "the hardware's own limit: x1.73" not in cap
+    assert "below the openmp kernel, n=1024's measured x1.87" in cap and "the probe was disturbed" in cap
+    assert "at least x1.87, at most x2" in cap
+    # a probe above the kernel is the limit, and said so
+    doc = _two_core_doc(kernel=1.6, probe=1.95)
+    assert scaling.probe_limit(doc)["by"] == "peak"
+    cap = next(b[2] for b in section({"scaling": doc}, tmp_path, [], 3) if b[0] == "fig")
+    assert "the hardware's own limit: x1.95 on 2 threads" in cap
+
+
+def _axes(doc, tmp_path):
+    from whygpu import plots_scaling
+
+    figs = []
+    real = plots_scaling._save
+    plots_scaling._save = lambda fig, path: figs.append(fig) or real(fig, path)
+    try:
+        plots_scaling.plot_scaling(doc, tmp_path / "scaling.png")
+    finally:
+        plots_scaling._save = real
+    return figs[0].axes[0]
+
+
+def _bar_tops(ax) -> list[tuple[float, float]]:
+    """(x, top) of every error bar drawn."""
+    out = []
+    for coll in ax.collections:
+        for seg in getattr(coll, "get_segments", lambda: [])():
+            if len(seg) == 2 and seg[0][0] == seg[1][0]:
+                out.append((float(seg[0][0]), float(max(seg[0][1], seg[1][1]))))
+    return out
+
+
+def test_the_figure_stops_at_the_cores_and_no_bar_rises_above_the_ideal(tmp_path):
+    # the samples of the issue's figure: a round at x2.10 on 2 cores is left out when the document is read
+    doc = _two_core_doc(kernel=1.87, probe=1.73, probe_high=2.10)
+    doc["series"][1].pop("rounds_left_out")  # written before impossible rounds were left out
+    doc["series"][1]["times_1t"] = [[1.0, 1.0, 1.0], [1.0, 1.0, 1.26]]
+    doc["series"][1]["times"] = [[1.0, 1.0, 1.0], [0.578, 0.6, 0.6]]
+    ax = _axes(doc, tmp_path)
+    assert ax.get_xlim()[1] == pytest.approx(2.5)  # no axis past the 2 cores
+    tops = _bar_tops(ax)
+    assert tops and all(top <= min(x, 2) + 1e-9 for x, top in tops)
+    checked = scaling.with_checks(doc)["series"][1]
+    assert checked["rounds_left_out"] == [0, 1] and checked["speedup_high"][1] == pytest.approx(1 / 0.578)
+
+
+def test_threads_beyond_the_cores_extend_the_axis_and_the_ideal_stays_at_the_cores(tmp_path):
+    doc = _fitted_doc(0.3)
+    for s in doc["series"]:
+        s["rounds_left_out"] = [0] * 4
+    doc["cores"] = 4  # 8 threads on 4 cores: oversubscription asked for, so it is drawn
+    ax = _axes(doc, tmp_path)
+    assert ax.get_xlim()[1] == pytest.approx(8.5)
+    ideal = next(ln for ln in ax.lines if (ln.get_label() or "").startswith("ideal"))
+    assert max(ideal.get_ydata()) == pytest.approx(4) and "at most the 4 cores" in ideal.get_label()

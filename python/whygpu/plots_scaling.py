@@ -12,11 +12,12 @@ from .bench.scaling import TWO_POINTS, amdahl, percent, with_checks
 __all__ = ["plot_scaling"]
 
 
-def _legend(s: dict, xmax: int) -> str:
-    """Plain numbers: 'serial fraction 12%, x5.3 on 16', or why there is no fit."""
+def _legend(s: dict, extrapolated: int) -> str:
+    """Plain numbers: 'serial fraction 12%, x5.3 on 16 (extrapolated)', or why there is no fit."""
     if s.get("fitted"):
         f = s["serial_fraction"]
-        return f"{s['label']}: serial fraction {percent(f)}, x{format_figure(amdahl(xmax, f))} on {xmax}"
+        x = format_figure(amdahl(extrapolated, f))
+        return f"{s['label']}: serial fraction {percent(f)}, x{x} on {extrapolated} (extrapolated)"
     if s.get("serial_disturbed"):
         return f"{s['label']}: fit impossible ({percent(s.get('serial_fraction_fit'))}), left out"
     note = s.get("fit_note") or ""
@@ -26,21 +27,23 @@ def _legend(s: dict, xmax: int) -> str:
 def plot_scaling(doc: dict, path) -> str:
     """Speed-up against threads for each series with its min-max range, the ideal
     line, the fitted Amdahl curves (serial fraction in the legend) where at least
-    three thread counts allow one, and disturbed points as red crosses."""
+    three thread counts allow one, and disturbed points as red crosses.
+
+    The x axis stops at the largest thread count measured: the cores, unless
+    threads sharing cores were asked for (then oversubscription is the point).
+    No speed-up can pass the cores, so the ideal line is min(threads, cores);
+    what Amdahl's law implies for more cores is said in the legend, not drawn."""
     doc = with_checks(doc)
     fig = Figure(figsize=(8.0, 5.2), layout="constrained")
     ax = fig.subplots()
     series = doc["series"]
     pmax = max(max(s["threads"]) for s in series) if series else 1
-    fitted = [s for s in series if s.get("fitted")]
-    # Amdahl's curves go on past the measured thread counts: what the fitted
-    # serial fraction implies for a machine with more cores.
-    xmax = max(16, 4 * pmax) if fitted else max(4, 2 * pmax)
-    xs = [1 + i * (xmax - 1) / 200 for i in range(201)]
-    ax.plot(xs, xs, color="black", linewidth=1, linestyle="-", alpha=0.5, label="ideal (speed-up = threads)")
-    if fitted:
-        ax.axvspan(pmax, xmax, color="#f2f2f2", zorder=0)
-        ax.text(pmax * 1.05, 1.1, f"beyond {pmax} threads: Amdahl's law extrapolated", fontsize=8, color="#555555")
+    cores = doc.get("cores") or doc.get("machine", {}).get("cpu", {}).get("cores") or pmax
+    xmax = max(2, pmax)
+    extrapolated = max(16, 4 * pmax)  # the legend's "on N cores": as the report's text
+    xs = sorted({1 + i * (xmax - 1) / 200 for i in range(201)} | {float(min(cores, xmax))})
+    ideal = "ideal (speed-up = threads)" if xmax <= cores else f"ideal (speed-up = threads, at most the {cores} cores)"
+    ax.plot(xs, [min(x, cores) for x in xs], color="black", linewidth=1, linestyle="-", alpha=0.5, label=ideal)
     bad_label = "disturbed (left out)"
     for s in series:
         color = kernel_color(s["name"]) if s["kind"] != "peak" else "black"
@@ -57,7 +60,7 @@ def plot_scaling(doc: dict, path) -> str:
             color=color,
             markersize=7,
             capsize=3,
-            label=_legend(s, xmax),
+            label=_legend(s, extrapolated),
         )
         bad = [i for i, d in enumerate(dist) if d]
         if bad:
@@ -75,17 +78,20 @@ def plot_scaling(doc: dict, path) -> str:
         if s.get("fitted"):
             f = s["serial_fraction"]
             ax.plot(xs, [amdahl(x, f) for x in xs], color=color, linestyle="--", linewidth=1.2, alpha=0.8)
-    cores = doc.get("cores") or doc.get("machine", {}).get("cpu", {}).get("cores")
-    if cores and cores < pmax:
+    if cores < pmax:
         ax.axvline(cores, color="grey", linestyle=":", linewidth=1)
         ax.text(cores, 0.55, f" {cores} cores", color="grey", fontsize=8, transform=ax.get_xaxis_transform())
     ax.set_xlabel("threads")
     ax.set_ylabel("speed-up over 1 thread (x), median and min-max of the rounds")
-    ax.set_xticks(sorted({t for s in series for t in s["threads"]} | {xmax // 2, xmax}))
+    ax.set_xticks(sorted({t for s in series for t in s["threads"]}))
     ax.set_xlim(0.5, xmax + 0.5)
-    # Scaled to the medians (a flagged x50 included), not to one wild round's range: that is clipped.
-    ax.set_ylim(0, max([xmax * 1.05] + [1.1 * v for s in series for v in s["speedup"]]))
-    if fitted:
+    # Room for the medians (a flagged x50 included) and the ranges; the ranges of points that are results
+    # never pass the cores (check_series leaves impossible rounds out).
+    tops = [v for s in series for v in s["speedup"]] + [
+        hi for s in series for hi, d in zip(s.get("speedup_high") or [], s.get("disturbed") or []) if not d
+    ]
+    ax.set_ylim(0, max([min(xmax, cores) * 1.15] + [1.1 * v for v in tops]))
+    if any(s.get("fitted") for s in series):
         title = "Parallel speed-up and Amdahl's law (dashed: fitted)"
     elif any((s.get("fit_note") or "").startswith(TWO_POINTS) for s in series):
         title = f"Parallel speed-up -- no Amdahl fit:\n{TWO_POINTS}"

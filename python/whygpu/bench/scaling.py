@@ -28,6 +28,9 @@ How the figures are kept honest (see :mod:`whygpu.bench.trust`):
 * Amdahl's law is fitted only from at least three thread counts within the
   cores: with two (1 and p) the one equation has one unknown, and the noise
   is read as the serial fraction.
+
+Judging the figures (the checks, the fit, the words) lives in
+:mod:`whygpu.bench.scaling_results`; every name of it is re-exported here.
 """
 
 from __future__ import annotations
@@ -46,18 +49,26 @@ from .._memory import check_product_fits
 from .._registry import KERNELS, get_kernel
 from .._threads import ThreadsWarning, _cpus_available, check_threads
 from .machine import machine_info
-from .measure import blas_threads, format_figure, gflops, matmul_flops, time_interleaved
+from .measure import blas_threads, gflops, matmul_flops, time_interleaved
 from .probes import _fma_gflops
 from .progress import Progress
-from .trust import (
-    DISTURBED,
-    QuietGuard,
-    baseline_differs,
-    impossible_serial,
-    impossible_speedup,
-    remeasure_once,
-    spread,
+from .scaling_results import (
+    MIN_FIT_THREADS,
+    TWO_POINTS,
+    amdahl,
+    check_series,
+    doc_note,
+    fit_amdahl,
+    fit_series,
+    fit_text,
+    percent,
+    plain_text,
+    probe_limit,
+    probe_text,
+    speedup_text,
+    with_checks,
 )
+from .trust import QuietGuard, baseline_differs, remeasure_once, spread
 
 __all__ = [
     "SCHEMA",
@@ -73,12 +84,11 @@ __all__ = [
     "plain_text",
     "with_checks",
     "fit_text",
+    "probe_limit",
+    "probe_text",
 ]
 
 SCHEMA = "whygpu.scaling/1"
-# Amdahl's law has one unknown: 1 and p threads give one equation, which any noise satisfies exactly.
-MIN_FIT_THREADS = 3
-TWO_POINTS = "two points cannot separate the serial part from the noise"
 # The serial rung a parallel kernel runs as on one thread (07_openmp.cpp: a team of 1 calls gemm_packed).
 _SERIAL_TWIN = {"openmp": "packed"}
 # The FMA probe's target time per call: long enough to swamp the start of a thread team.
@@ -87,218 +97,6 @@ _PEAK_TARGET_S = 0.03
 
 def _parallel_cpu_kernels() -> list[str]:
     return [k for k, v in KERNELS.items() if v.parallel and v.available and v.device == "cpu"]
-
-
-def amdahl(p: float, serial: float) -> float:
-    return 1.0 / (serial + (1.0 - serial) / p)
-
-
-def fit_amdahl(threads: Sequence[int], speedup: Sequence[float]) -> float | None:
-    """The least-squares serial fraction f of S(p), *not* clamped to [0, 1],
-    so a disturbed fit shows as impossible (None with only p = 1)."""
-    xs, ys = [], []
-    for p, s in zip(threads, speedup):
-        if p > 1 and s > 0:
-            xs.append(1 - 1 / p)
-            ys.append(1 / s - 1 / p)
-    if not xs:
-        return None
-    return sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs)
-
-
-# --------------------------------------------------------------------------
-# Plain numbers for tables, captions and legends
-# --------------------------------------------------------------------------
-def percent(fraction: float | None) -> str:
-    """'12%', '0.5%', '100%' -- never '1e+02%'."""
-    if fraction is None or fraction != fraction:
-        return "n/a"
-    v = 100 * fraction
-    if v == 0 or abs(v) >= 1:
-        return f"{v:.0f}%"
-    return f"{v:.1f}%" if abs(v) >= 0.1 else ("<0.1%" if v > 0 else ">-0.1%")
-
-
-def _x(v: float) -> str:
-    """A ratio with plain digits: 'x1.62', 'x0.034', 'x16', 'x1,024'."""
-    return "x" + format_figure(v)
-
-
-def _range(lo: float, hi: float) -> str:
-    return f"(x{format_figure(lo)}-{format_figure(hi)})" if lo != hi else "(one round: no spread)"
-
-
-def speedup_text(s: dict, i: int) -> str:
-    """One thread count of a series in words: 'x1.62 on 2 threads (x1.55-1.70)', or
-    'no measurable speed-up on 2 threads (x0.97-1.04: ...)' when the range includes x1,
-    or the flag of a disturbed point."""
-    p, med = s["threads"][i], s["speedup"][i]
-    lo, hi = s["speedup_low"][i], s["speedup_high"][i]
-    cores = s.get("cores")
-    thr = f"{p} thread{'s' if p > 1 else ''}" + (f" sharing {cores} cores" if cores and p > cores else "")
-    if s["disturbed"][i]:
-        return f"{_x(med)} on {thr} -- {s['disturbed_reason'][i]}; {DISTURBED}"
-    if lo <= 1.0 <= hi:
-        return f"no measurable speed-up on {thr} {_range(lo, hi)[:-1]}: the range includes x1)"
-    if hi < 1.0:
-        return f"slower on {thr} than on one: {_x(med)} {_range(lo, hi)}"
-    return f"{_x(med)} on {thr} {_range(lo, hi)}"
-
-
-def plain_text(s: dict) -> str:
-    """The plain speed-ups of a series: at its largest undisturbed thread count within the
-    cores, and at each beyond them ('' when no count above 1 is left)."""
-    cores = s.get("cores") or max(s["threads"])
-    ok = [i for i, p in enumerate(s["threads"]) if p > 1 and not s["disturbed"][i]]
-    inside = [i for i in ok if s["threads"][i] <= cores]
-    pick = inside[-1:] + [i for i in ok if s["threads"][i] > cores]
-    return "; ".join(speedup_text(s, i) for i in pick)
-
-
-def _best_clear(s: dict) -> int | None:
-    """The largest thread count with a clear (range above x1), undisturbed speed-up."""
-    idx = [i for i in range(len(s["threads"])) if not s["disturbed"][i] and s["speedup_low"][i] > 1.0]
-    return idx[-1] if idx else None
-
-
-def fit_text(s: dict, cores_extrapolated: int | None = None) -> str:
-    """What Amdahl's law says of a series, or why it was not fitted."""
-    if not s.get("fitted"):
-        return f"no Amdahl fit: {s['fit_note']}"
-    f = s["serial_fraction"]
-    out = f"Amdahl's law fits a serial fraction of {percent(f)} (from {', '.join(map(str, s['fit_threads']))} threads)"
-    if _best_clear(s) is None:
-        return out + ", but no thread count gave a measurable speed-up, so there is no limit to extrapolate"
-    if f <= 0:
-        return out + ": no serial part is visible at these thread counts"
-    if 1 / f < 1.05:  # 'at most x1.00 on any number of cores' would read as physics; it is no speed-up
-        return out + ": the serial part is nearly all of it, so more cores do not help"
-    out += f", which allows at most {_x(1 / f)} on any number of cores"
-    if cores_extrapolated:
-        out += f" ({_x(amdahl(cores_extrapolated, f))} on {cores_extrapolated} cores; ideal: x{cores_extrapolated})"
-    return out
-
-
-# --------------------------------------------------------------------------
-# Checking a measured series
-# --------------------------------------------------------------------------
-def fit_series(threads: Sequence[int], speedup: Sequence[float], disturbed: Sequence[bool], cores: int) -> dict:
-    """Amdahl's law from the undisturbed points within the cores, only from at
-    least :data:`MIN_FIT_THREADS` thread counts.  ``serial_fraction`` is None
-    when not fitted or when the fit is impossible (``serial_fraction_fit``
-    keeps the raw value, ``impossible`` says so)."""
-    pts = [(p, v) for p, v, d in zip(threads, speedup, disturbed) if p <= cores and not d]
-    rec: dict = {
-        "fitted": False,
-        "fit_threads": [p for p, _ in pts],
-        "serial_fraction": None,
-        "serial_fraction_fit": None,
-        "max_speedup": None,
-        "fit_note": None,
-        "impossible": False,
-    }
-    beyond = [p for p in threads if p > cores]
-    why_beyond = (
-        f" ({', '.join(map(str, beyond))} threads share the {cores} cores and are not fitted)" if beyond else ""
-    )
-    left_out = (
-        " after leaving out the disturbed points" if any(d for p, d in zip(threads, disturbed) if p <= cores) else ""
-    )
-    if len(pts) < MIN_FIT_THREADS:
-        if len(pts) == 2:
-            rec["fit_note"] = f"{TWO_POINTS} -- Amdahl's law needs at least {MIN_FIT_THREADS} thread counts"
-        else:
-            rec["fit_note"] = f"{len(pts)} thread count{'s' if len(pts) != 1 else ''}: no speed-up to fit"
-        rec["fit_note"] += left_out + why_beyond
-        return rec
-    f = fit_amdahl([p for p, _ in pts], [v for _, v in pts])
-    rec["serial_fraction_fit"] = f
-    if f is None:  # pragma: no cover - pts has a p > 1 here
-        return rec
-    if impossible_serial(f):
-        rec["impossible"] = True
-        rec["fit_note"] = f"the fitted serial fraction is {percent(f)}, outside 0-100%"
-        return rec
-    rec.update(fitted=True, serial_fraction=f, max_speedup=(1 / f) if f > 0 else None)
-    if left_out or why_beyond:
-        rec["fit_note"] = f"fitted from {', '.join(str(p) for p, _ in pts)} threads{left_out}{why_beyond}"
-    return rec
-
-
-def check_series(
-    threads: Sequence[int], times: dict[int, list[float]], baseline: list[float] | None, cores: int
-) -> dict:
-    """Speed-ups of paired rounds and every impossible figure of one measurement:
-    ``{"speedup", "speedup_low", "speedup_high", "reasons" (per thread count,
-    None when possible), "fit" (fit_series), "impossible"}``."""
-    ratios = [[b / t for b, t in zip(times[1], times[p]) if t > 0] for p in threads]
-    spreads = [spread(r) for r in ratios]
-    med = [sp["median"] for sp in spreads]
-    reasons: list[str | None] = [None] * len(threads)
-    base_off = baseline is not None and baseline_differs(times[1], baseline)
-    for i, p in enumerate(threads):
-        why = []
-        if base_off:
-            b1, b0 = spread(times[1])["median"], spread(baseline or [1.0])["median"]
-            why.append(f"the 1-thread row differs from its own baseline by {percent(abs(b1 / b0 - 1))}")
-        if impossible_speedup(med[i], p, cores):
-            lim = min(p, cores)
-            why.append(f"{_x(med[i])} is more than the {lim} {'cores' if lim < p else 'threads'} used allow")
-        reasons[i] = "; ".join(why) or None
-    fit = fit_series(threads, med, [r is not None for r in reasons], cores)
-    return {
-        "speedup": med,
-        "speedup_low": [sp["low"] for sp in spreads],
-        "speedup_high": [sp["high"] for sp in spreads],
-        "reasons": reasons,
-        "fit": fit,
-        "impossible": any(r is not None for r in reasons) or fit["impossible"],
-    }
-
-
-def with_checks(doc: dict) -> dict:
-    """A scaling document with every field the checks add, for one written before them (no
-    spreads, a clamped 2-point fit): its medians are checked and fitted again, so an old
-    impossible figure is flagged too.  Documents that have the fields are returned as they are."""
-    if all("disturbed" in s for s in doc.get("series", [])):
-        return doc
-    cores = doc.get("cores") or (doc.get("machine", {}).get("cpu", {}) or {}).get("cores") or _cpus_available()
-    out = dict(doc, cores=cores, series=[])
-    for s in doc.get("series", []):
-        if "disturbed" not in s:
-            ths, med = s["threads"], s["speedup"]
-            why = [
-                f"{_x(v)} is more than {min(p, cores)} cores allow" if impossible_speedup(v, p, cores) else None
-                for p, v in zip(ths, med)
-            ]
-            fit = fit_series(ths, med, [w is not None for w in why], cores)
-            s = dict(
-                s,
-                cores=cores,
-                speedup_low=list(med),
-                speedup_high=list(med),
-                disturbed=[w is not None for w in why],
-                disturbed_reason=why,
-            )
-            s.update(
-                {
-                    k: fit[k]
-                    for k in (
-                        "fitted",
-                        "fit_threads",
-                        "fit_note",
-                        "serial_fraction",
-                        "serial_fraction_fit",
-                        "max_speedup",
-                    )
-                },
-                serial_disturbed=fit["impossible"],
-            )
-        out["series"].append(s)
-    if "cores" not in doc:
-        within = [p for p in doc.get("params", {}).get("threads", []) if p <= cores]
-        out["note"] = _doc_note(within, cores)
-    return out
 
 
 # --------------------------------------------------------------------------
@@ -346,7 +144,8 @@ def _block(
 def _merge(threads: list[int], blocks: list[tuple], cores: int, log: Callable[[str], None], label: str) -> dict:
     """One series from its blocks (within the cores, with the baseline; then those beyond the cores,
     each round with its own 1-thread sample), and Amdahl's law fitted to the undisturbed points."""
-    rec: dict = {k: [] for k in ("times", "times_1t", "speedup", "speedup_low", "speedup_high", "reasons")}
+    keys = ("speedup", "speedup_low", "speedup_high", "rounds_left_out", "reasons")
+    rec: dict = {k: [] for k in ("times", "times_1t", *keys)}
     seen: set[int] = set()
     for times, _, chk, how in blocks:
         if how["remeasured"]:
@@ -357,7 +156,7 @@ def _merge(threads: list[int], blocks: list[tuple], cores: int, log: Callable[[s
             seen.add(p)
             rec["times"].append(times[p])
             rec["times_1t"].append(times[1])
-            for k in ("speedup", "speedup_low", "speedup_high", "reasons"):
+            for k in keys:
                 rec[k].append(chk[k][i])
     rec["baseline"] = blocks[0][1] or []
     rec["remeasured"] = any(b[3]["remeasured"] for b in blocks)
@@ -382,6 +181,8 @@ def _series_doc(name: str, label: str, kind: str, threads: list[int], m: dict, b
         "speedup": med,
         "speedup_low": m["speedup_low"],
         "speedup_high": m["speedup_high"],
+        # rounds whose ratio passed the cores (their 1-thread sample was disturbed): not in the range
+        "rounds_left_out": m["rounds_left_out"],
         "efficiency": [s / p for s, p in zip(med, threads)],
         "baseline": {
             "name": baseline_name,
@@ -551,16 +352,5 @@ def run_scaling(
         "series": series,
         "quiet": guard.as_dict(),
         "seconds": time.perf_counter() - t_start,
-        "note": _doc_note(within, cores),
+        "note": doc_note(within, cores),
     }
-
-
-def _doc_note(within: list[int], cores: int) -> str | None:
-    """Why no series can be fitted, when the thread counts themselves rule it out."""
-    if len(within) >= MIN_FIT_THREADS:
-        return None
-    first = TWO_POINTS if len(within) == 2 else "one thread count within the cores gives no speed-up to fit"
-    return (
-        f"{first}: Amdahl's law is fitted only from at least {MIN_FIT_THREADS} thread counts within the {cores} "
-        f"cores (measured within them: {', '.join(map(str, within))}), so the plain speed-ups are shown"
-    )

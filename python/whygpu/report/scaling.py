@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import plots
-from ..bench.scaling import fit_text, percent, plain_text, with_checks
+from ..bench.scaling import fit_text, percent, plain_text, probe_text, with_checks
 from ..bench.trust import DISTURBED
 from ._format import Block, Docs, _g, _ms
 
@@ -62,11 +62,9 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
             )
         if k.get("fitted") or not doc.get("note"):
             cap += fit_text(k, X) + ". "
-    if "peak" in ser:
-        cap += (
-            "The FMA microbenchmark (no memory traffic, no synchronisation; the hardware's own limit): "
-            f"{_plain(ser['peak'])}. "
-        )
+    probe = probe_text(doc)  # never a 'limit' below what a kernel measured
+    if probe:
+        cap += probe + ". "
     if "numpy" in ser:
         cap += f"NumPy's BLAS: {_plain(ser['numpy'])}. "
     if "train" in ser:
