@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from ._plot_common import _TENSOR_ROOF_STYLE, _cpu_title, _num, _save, _series, _style, kernel_color
+from ._plot_common import _TENSOR_ROOF_STYLE, _cpu_title, _num, _save, _series, _style, kernel_color, place_clear
 from .plots_roofline import plot_roofline, plot_roofline_gpu
 from .plots_scaling import plot_scaling
 
@@ -85,50 +85,27 @@ def plot_ladder(doc: dict, path) -> str:
     if peak and doc["params"].get("dtype") == "float64":  # half the float32 lanes per register
         peak["gflops_1t"] /= 2
         peak["gflops_all"] /= 2
+    labels: list[tuple[float, str, bool, dict]] = []  # (y, text, below first, text keywords): placed at the end
     if peak:
         # Two close peaks (within ~15%, e.g. 2 cores on one busy core) would print their labels over
-        # each other: the lower one's label then goes below its line, the higher one's above.
+        # each other: the lower one's label then goes below its line first, the higher one's above.
         multi = peak["threads"] > 1
         low = "gflops_1t" if peak["gflops_1t"] <= peak["gflops_all"] else "gflops_all"
         close = multi and max(peak["gflops_1t"], peak["gflops_all"]) < 1.15 * peak[low]
         roofs = [("gflops_1t", "1 core", "-.")] + ([("gflops_all", f"{peak['threads']} cores", ":")] if multi else [])
         for key, who, style in roofs:
-            under = close and key == low
             ax.axhline(peak[key], color="black", linewidth=1, linestyle=style, alpha=0.6)
-            ax.text(
-                max(doc["params"]["sizes"]),
-                peak[key] / 1.08 if under else peak[key] * 1.08,
-                f"FMA peak, {who}: {peak[key]:.0f} GFLOP/s",
-                fontsize=8,
-                alpha=0.8,
-                ha="right",
-                va="top" if under else "baseline",
-            )
+            labels.append((peak[key], f"FMA peak, {who}: {peak[key]:.0f} GFLOP/s", close and key == low, {}))
     if peak.get("gpu_gflops") and any(
         series_dev == "cuda" for series_dev in (r.get("device") for r in doc.get("measurements", []))
     ):
         ax.axhline(peak["gpu_gflops"], color="#2b6f2b", linewidth=1, linestyle="--", alpha=0.7)
-        ax.text(
-            max(doc["params"]["sizes"]),
-            peak["gpu_gflops"] * 1.08,
-            f"GPU float32 FMA peak: {_num(peak['gpu_gflops'])} GFLOP/s",
-            fontsize=8,
-            alpha=0.8,
-            ha="right",
-        )
+        labels.append((peak["gpu_gflops"], f"GPU float32 FMA peak: {_num(peak['gpu_gflops'])} GFLOP/s", False, {}))
     used = {r.get("precision") for r in doc.get("measurements", []) if r.get("device") == "cuda"}
     for prec, g in (peak.get("gpu_tensor_gflops") or {}).items():
         if prec in used:  # a tensor-core roof only where a rung in that precision was measured
             ax.axhline(g, color="#ae017e", linewidth=1, linestyle=_TENSOR_ROOF_STYLE.get(prec, ":"), alpha=0.7)
-            ax.text(
-                min(doc["params"]["sizes"]),
-                g * 1.08,
-                f"GPU {prec} tensor-core peak: {_num(g)} GFLOP/s",
-                fontsize=8,
-                alpha=0.8,
-                ha="left",
-                color="#ae017e",
-            )
+            labels.append((g, f"GPU {prec} tensor-core peak: {_num(g)} GFLOP/s", False, {"color": "#ae017e"}))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     sizes = doc["params"]["sizes"]
@@ -142,12 +119,37 @@ def plot_ladder(doc: dict, path) -> str:
     ax.set_title(f"The kernel ladder: each rung adds one idea\n{_cpu_title(doc)}", fontsize=11)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, title="kernel")
+    # The roofs' labels last, on the final axes: each where it covers no measured point (nor another label).
+    placed: list = []
+    lo, hi = min(sizes), max(sizes)
+    for y, text, below, kw in labels:
+        above_ = [(hi, y * 1.08, {"ha": "right"}), (lo, y * 1.08, {"ha": "left"}), ((lo * hi) ** 0.5, y * 1.08, {})]
+        under_ = [(x, y / 1.08, {**k, "va": "top"}) for x, _, k in above_]
+        order = under_ + above_ if below else above_ + under_
+        place_clear(ax, text, order, placed, fontsize=8, alpha=0.8, va="baseline", ha="center", **kw)
     return _save(fig, path)
 
 
+def _bar_step(rows: list[dict], i: int) -> tuple[float, bool] | None:
+    """(ratio, clear) of row i's bar over the bar of the rung before it, as drawn; None for none.
+    From the summary (``bar_ratio``), or -- a summary written before it -- from the two rows' figures."""
+    r = rows[i]
+    if "bar_ratio" in r:
+        return r["bar_ratio"], r.get("bar_clear", True)
+    if "speedup_prev" not in r:
+        return None
+    before = next((x for x in rows[:i] if x["kernel"] == r["prev"]), None)
+    if before is None:
+        return None
+    lo = r.get("gflops_low", r["gflops"]) / before.get("gflops_high", before["gflops"])
+    hi = r.get("gflops_high", r["gflops"]) / before.get("gflops_low", before["gflops"])
+    return r["gflops"] / before["gflops"], lo > 1 or hi < 1
+
+
 def plot_ladder_steps(doc: dict, path) -> str:
-    """GFLOP/s of each rung at its largest measured size, with the speed-up
-    over the previous rung written on each bar."""
+    """GFLOP/s of each rung at its largest measured size, with its bar's ratio
+    to the bar of the rung before written on it (the bars drawn, so the label and
+    the bars always agree; the same-size comparison is the report's table)."""
     rows = doc["summary"]["rows"]
     fig = Figure(figsize=(8.4, 4.6), layout="constrained")
     ax = fig.subplots()
@@ -165,10 +167,11 @@ def plot_ladder_steps(doc: dict, path) -> str:
             bar.set_edgecolor(kernel_color(r["kernel"]))
             bar.set_hatch("xx")
         label = f"{_num(r['gflops'])}" + ("\ndisturbed" if r.get("disturbed") else "")
-        if "speedup_prev" in r:
+        step = _bar_step(rows, i)
+        if step is not None:
             # overlapping spreads: not faster, and the label says so
-            noise = not r.get("speedup_clear", True)
-            label += f"\n≈ x{_num(r['speedup_prev'])} (noise)" if noise else f"\nx{_num(r['speedup_prev'])}"
+            ratio, clear = step
+            label += f"\nx{_num(ratio)}" if clear else f"\n≈ x{_num(ratio)} (noise)"
         top = r.get("gflops_high", r["gflops"])
         if "gflops_low" in r:  # the min-max range of the samples
             ax.vlines(i, r["gflops_low"], top, color="black", linewidth=1)
@@ -188,7 +191,7 @@ def plot_ladder_steps(doc: dict, path) -> str:
     highs = [r.get("gflops_high", r["gflops"]) for r in rows]
     ax.set_ylim(min(vals + lows) / 3, max(vals + highs) * 6)
     ax.set_title(
-        "Each rung at its largest measured size (x = speed-up over the rung before; ≈ = within the noise)\n"
+        "Each rung at its largest measured size (x = this bar / the previous rung's bar; ≈ = within the noise)\n"
         + _cpu_title(doc),
         fontsize=10,
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from ._plot_common import _TENSOR_ROOF_STYLE, _cpu_title, _save, kernel_color
+from ._plot_common import _TENSOR_ROOF_STYLE, _cpu_title, _save, kernel_color, place_clear
 from .roofline_trust import impossible_point, pct_text, plain  # plain: '100' in a legend, never '1e+02'
 
 __all__ = ["plot_roofline", "plot_roofline_gpu"]
+
+_TENSOR_TEXT = {"fontsize": 8, "color": "#ae017e"}
 
 _ROOF_LABELS = {
     "interpreter": "Python interpreter",
@@ -93,6 +95,26 @@ def _roof_points(ax, pts: list, x_none: float, is_ref) -> None:
         ax.plot([], [], marker="X", color="#888888", linestyle="none", label="disturbed (left out)")
 
 
+def _flat_spots(y: float, x_lo: float, x_hi: float, below_first: bool) -> list[tuple[float, float, dict]]:
+    """Where a compute roof's label may go: at the right end, the left end or the middle, above the
+    line (or below it first, when a roof just above would print over it)."""
+    xs = [(x_hi / 1.05, {"ha": "right"}), (x_lo * 1.1, {"ha": "left"}), ((x_lo * x_hi) ** 0.5, {"ha": "center"})]
+    above = [(x, y * 1.06, {**k, "va": "bottom"}) for x, k in xs]
+    below = [(x, y / 1.06, {**k, "va": "top"}) for x, k in xs]
+    return below + above if below_first else above + below
+
+
+def _slope_spots(y_at: float, gbps: float, top: float, x_lo: float, x_hi: float) -> list[tuple[float, float, dict]]:
+    """Where a bandwidth roof's label may go: along its diagonal, first at `y_at`, then further
+    up and down it (a measured point may sit on the first spot)."""
+    out = []
+    for f in (1, 1 / 3, 3, 1 / 9, 9, 1 / 27):
+        y = y_at * f
+        if y < top and x_lo < y / gbps * 1.1 < x_hi:
+            out.append((y / gbps * 1.1, y, {"ha": "left", "va": "top"}))
+    return out
+
+
 def _roof_axes(ax, x_lo: float, x_hi: float, y_lo: float, y_hi: float, title: str) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -121,6 +143,7 @@ def plot_roofline(doc: dict, path) -> str:
     xs = [x_lo * (x_hi / x_lo) ** (i / 200) for i in range(201)]
     top = max(roofs["compute"].values())
     prev = None
+    labels: list[tuple[str, list, dict]] = []  # (text, spots, keywords): placed once the axes are final
     for name, g in sorted(roofs["compute"].items(), key=lambda kv: -kv[1]):
         if name == "simd_all" and roofs.get("threads", 1) == 1:
             continue
@@ -129,31 +152,15 @@ def plot_roofline(doc: dict, path) -> str:
         if name == "simd_all":
             label = f"SIMD FMA, {roofs.get('threads')} cores"
         below = prev is not None and prev / g < 1.3  # two roofs close together: the lower label under its line
-        ax.text(
-            x_hi / 1.05,
-            g / 1.06 if below else g * 1.06,
-            f"{label}: {plain(g)} GFLOP/s",
-            ha="right",
-            va="top" if below else "bottom",
-            fontsize=7.5,
-        )
+        labels.append((f"{label}: {plain(g)} GFLOP/s", _flat_spots(g, x_lo, x_hi, below), {"fontsize": 7.5}))
         prev = g
     styles = {"L2": "-", "L3": "--", "DRAM": ":"}
     for i, (level, gbps) in enumerate(roofs["bandwidth"]["1"].items()):
         ys = [min(top, gbps * x) for x in xs]
         ax.plot(xs, ys, color="#444444", linewidth=1, linestyle=styles.get(level, "-."), alpha=0.7)
-        y_at = top / (4 ** (i + 1))  # stagger the labels down the diagonals
-        x_at = y_at / gbps
-        if x_lo < x_at < x_hi:
-            ax.text(
-                x_at * 1.1,
-                y_at,
-                f"{level} {gbps:.0f} GB/s (1 core)",
-                fontsize=7.5,
-                color="#444444",
-                ha="left",
-                va="top",
-            )
+        spots = _slope_spots(top / (4 ** (i + 1)), gbps, top, x_lo, x_hi)  # staggered down the diagonals
+        if spots:
+            labels.append((f"{level} {gbps:.0f} GB/s (1 core)", spots, {"fontsize": 7.5, "color": "#444444"}))
     _roof_points(ax, pts, x_hi / 2, lambda k: k.startswith("numpy"))
     ys_all = [p["measured_gflops"] for p in pts] + list(roofs["compute"].values())
     _roof_axes(
@@ -164,7 +171,15 @@ def plot_roofline(doc: dict, path) -> str:
         top * 2.5,
         "Roofline of this machine, measured, with every kernel on it\n" + _cpu_title(doc),
     )
+    _place(ax, labels)
     return _save(fig, path)
+
+
+def _place(ax, labels: list[tuple[str, list, dict]]) -> None:
+    """Each roof's label at its first spot that covers no measured point and no other label."""
+    placed: list = []
+    for text, spots, kw in labels:
+        place_clear(ax, text, spots, placed, **kw)
 
 
 def plot_roofline_gpu(doc: dict, path) -> str:
@@ -183,19 +198,14 @@ def plot_roofline_gpu(doc: dict, path) -> str:
     tensor = gpu.get("tensor_gflops") or {}
     top = max([fma, *tensor.values()])  # the highest roof: the bandwidth slopes rise to it
     ax.axhline(fma, color="black", linewidth=1, alpha=0.6)
-    ax.text(x_hi / 1.05, fma * 1.06, f"float32 FMA peak: {plain(fma)} GFLOP/s", ha="right", va="bottom", fontsize=8)
+    labels: list[tuple[str, list, dict]] = [
+        (f"float32 FMA peak: {plain(fma)} GFLOP/s", _flat_spots(fma, x_lo, x_hi, False), {"fontsize": 8})
+    ]
     # The tensor cores: a second compute roof (per precision), measured by the mma.sync probe.
     for prec, g in tensor.items():
         ax.axhline(g, color="#ae017e", linewidth=1.2, alpha=0.8, linestyle=_TENSOR_ROOF_STYLE.get(prec, ":"))
-        ax.text(
-            x_lo * 1.1,
-            g * 1.06,
-            f"{prec} tensor cores (mma.sync): {plain(g)} GFLOP/s",
-            ha="left",
-            va="bottom",
-            fontsize=8,
-            color="#ae017e",
-        )
+        spots = _flat_spots(g, x_lo, x_hi, False)
+        labels.append((f"{prec} tensor cores (mma.sync): {plain(g)} GFLOP/s", spots[1:] + spots[:1], _TENSOR_TEXT))
     for i, (level, gbps) in enumerate(gpu["bandwidth"].items()):
         ax.plot(
             xs,
@@ -205,17 +215,10 @@ def plot_roofline_gpu(doc: dict, path) -> str:
             linestyle={"L2": "-", "DRAM": ":"}.get(level, "--"),
             alpha=0.7,
         )
-        y_at = top / (4 ** (i + 1))
-        if x_lo < y_at / gbps < x_hi:
-            ax.text(
-                y_at / gbps * 1.1,
-                y_at,
-                f"{'device memory' if level == 'DRAM' else level} {plain(gbps)} GB/s",
-                fontsize=8,
-                color="#444444",
-                ha="left",
-                va="top",
-            )
+        spots = _slope_spots(top / (4 ** (i + 1)), gbps, top, x_lo, x_hi)
+        if spots:
+            name = "device memory" if level == "DRAM" else level
+            labels.append((f"{name} {plain(gbps)} GB/s", spots, {"fontsize": 8, "color": "#444444"}))
     _roof_points(ax, pts, 1.0, lambda k: k == "cublas")
     ys = [p["measured_gflops"] for p in pts] + [fma, *tensor.values()]
     _roof_axes(
@@ -226,4 +229,5 @@ def plot_roofline_gpu(doc: dict, path) -> str:
         top * 2.5,
         f"Roofline of the GPU, measured, with every CUDA rung on it\n{gpu['device']}, {gpu['multiprocessors']} SMs",
     )
+    _place(ax, labels)
     return _save(fig, path)

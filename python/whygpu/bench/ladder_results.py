@@ -1,7 +1,8 @@
 """What the ladder's measurements say: % of the FMA peak, which figures are
 impossible (and so left out), the summary (each rung's speed-up over the one
 before, with its spread; the span; the GPU), and the plain words the CLI and
-the report use for them.
+the report use for them (with why cache blocking does or does not pay on this
+machine's caches).
 
 A figure above 100% of the measured peak is not physics: the machine was
 disturbed while the peak or the rung was measured.  :func:`whygpu.bench.ladder.run_ladder`
@@ -27,6 +28,7 @@ __all__ = [
     "ladder_summary",
     "step_text",
     "left_out_text",
+    "blocking_text",
 ]
 
 
@@ -99,7 +101,8 @@ def ladder_summary(doc: dict) -> dict:
     (median, low, high) and % of peak; per rung: the speed-up over the previous
     rung from the two rungs' interleaved samples at the largest size both were
     measured at (``speedup_low``/``speedup_high``; ``speedup_clear`` False when
-    their spreads overlap: no faster, within the noise).  Measurements flagged
+    their spreads overlap: no faster, within the noise), and the ratio of the two
+    rows' own figures, as their bars are drawn (``bar_ratio``, ``bar_clear``...).  Measurements flagged
     ``disturbed`` (or impossible) are listed in ``left_out`` and used nowhere
     else; a series with nothing else keeps a row flagged ``disturbed``."""
     peak = doc.get("peak")
@@ -123,12 +126,13 @@ def ladder_summary(doc: dict) -> dict:
     order = [k for k in doc["params"]["kernels"] if k in by]
     rows = []
     prev = None
+    drawn: dict[str, dict] = {}  # kernel -> the measurement its row (and its bar) shows
     for name in order:
         pts = ok.get(name) or {}
         disturbed = not pts
         use = pts or by[name]
         n_max = max(use)
-        rec = use[n_max]
+        rec = drawn[name] = use[n_max]
         gs = gflops_spread(rec)
         row = {
             "kernel": name,
@@ -162,6 +166,7 @@ def ladder_summary(doc: dict) -> dict:
                     speedup_clear=cmp["clear"],
                     speedup_n=n_c,
                 )
+            row.update(_bar_ratio(rec, drawn[prev], prev))
         if not row["reference"] and not disturbed:
             prev = name
         rows.append(row)
@@ -184,6 +189,21 @@ def ladder_summary(doc: dict) -> dict:
             "tied": [r["kernel"] for r in cpu_rungs if r is not best and r["gflops_high"] >= best["gflops_low"]],
         }
     return {"rows": rows, "span": span, "gpu": _gpu_summary(ok, rows, cpu_rungs), "left_out": left_out}
+
+
+def _bar_ratio(rec: dict, before: dict, prev: str) -> dict:
+    """This row's figure over the row before's, each at the size its bar is drawn at (rates from their
+    samples, so two sizes compare): what the steps figure writes on the bar, so that the label and the
+    bars it sits between always agree.  ``bar_clear`` False when the spreads overlap."""
+    cmp = compare([t / rec["flops"] for t in _times(rec)], [t / before["flops"] for t in _times(before)])
+    return {
+        "bar_prev": prev,
+        "bar_prev_n": before["n"],
+        "bar_ratio": cmp["ratio"],
+        "bar_low": cmp["low"],
+        "bar_high": cmp["high"],
+        "bar_clear": cmp["clear"],
+    }
 
 
 def _gpu_summary(ok: dict, rows: list, cpu_rungs: list) -> dict | None:
@@ -248,4 +268,74 @@ def left_out_text(summary: dict) -> str | None:
         f"{len(out)} measurement{'' if one else 's'} came out faster than the hardware allows and "
         f"{'is' if one else 'are'} left out of the conclusions: {items}. More than 100% of a measured peak "
         "is not physics: another program disturbed the peak or the kernel while they were timed."
+    )
+
+
+def _size(nbytes: float) -> str:
+    """'512 KiB', '4 MiB', '1.5 GiB': a cache or a matrix, in the units a CPU's data sheet uses."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{round(nbytes / scale, 1):g} {unit}"
+    return f"{nbytes:.0f} bytes"
+
+
+def blocking_text(summary: dict, caches: dict, dtype: str = "float32", bandwidth: dict | None = None) -> str | None:
+    """Why cache blocking did (or did not) beat the reordered loop on this machine, from the
+    measured step and this machine's cache sizes (``cpu_info()['caches']``); None when the
+    blocked rung was not compared with reordered.
+
+    Blocking saves re-reads of B: reordered reads all of B once per row of C, blocked once per
+    tile of rows.  That only pays where B's re-reads are expensive -- B outside the caches --
+    so on a CPU whose L3 holds B, and whose prefetchers keep up with reordered's in-order
+    stream, the two rungs run at about the same speed, and the figure must say so rather than
+    suggest the idea is wrong.  ``bandwidth`` (GB/s by level, 1 core), when the roofline was
+    measured too, puts a figure on "keeps up"."""
+    rows = {r["kernel"]: r for r in summary.get("rows", [])}
+    b, r = rows.get("blocked"), rows.get("reordered")
+    if not b or not r or b.get("prev") != "reordered" or "speedup_prev" not in b:
+        return None
+    item = 8 if dtype == "float64" else 4
+    n = b["speedup_n"]
+    mat = n * n * item
+    l2, l3 = caches.get("L2"), caches.get("L3")
+    won = b.get("speedup_clear", True) and b["speedup_prev"] > 1
+    step = step_text(b)
+    where = f"At n = {n}, B is {_size(mat)} ({dtype})"
+    if won:
+        beyond = (
+            f", beyond this machine's {_size(l3)} L3"
+            if l3 and mat > l3
+            else (f", beyond this machine's {_size(l2)} L2" if l2 and mat > l2 else "")
+        )
+        return f"Cache blocking pays here: blocked is {step}. {where}{beyond}: reordered re-reads it for each row of C."
+    slower = b.get("speedup_clear", True) and b["speedup_prev"] < 1
+    # clearly slower: the tiles' extra loops and shorter inner loops cost more than the re-reads they save
+    head = f"Cache blocking did not beat reordered here (blocked is {step}" + (
+        "; slower, as its tile loops cost more than they save). " if slower else "). "
+    )
+    # one element of B (item bytes) per multiply-add (2 flops): reordered's B stream in GB/s
+    stream = item / 2 * r["gflops"]
+    rate = f"about {format_figure(stream)} GB/s at its {format_figure(r['gflops'])} GFLOP/s (n = {r['n']})"
+    if not l2 or not l3:
+        return head + f"{where}; this machine's cache sizes are unknown, so where B sits cannot be said."
+    if mat <= l2:
+        return head + (
+            f"{where}: it fits in this machine's {_size(l2)} L2, so reordered already reads it from a cache "
+            "and blocking has nothing to save. Its lesson shows only on matrices larger than the caches."
+        )
+    n_l3 = int(math.sqrt(l3 / item))
+    if mat <= l3:
+        keep = f" (the L3 delivers about {format_figure(bandwidth['L3'])} GB/s to one core)" if bandwidth else ""
+        return head + (
+            f"{where}: larger than the {_size(l2)} L2, but inside the {_size(l3)} L3. Reordered reads B in order, "
+            f"{rate}, and the hardware "
+            f"prefetchers stream that from L3 in time{keep}: re-reading B is nearly free, so there is little for "
+            f"blocking to save. B leaves the L3 only above n = {n_l3} ({dtype}); there, reordered's re-reads come "
+            "from DRAM and blocking should win."
+        )
+    keep = f" (about {format_figure(bandwidth['DRAM'])} GB/s measured)" if bandwidth and bandwidth.get("DRAM") else ""
+    return head + (
+        f"{where}, more than the {_size(l3)} L3, so reordered re-reads it from DRAM -- but only "
+        f"{rate}, which this machine's memory "
+        f"delivers{keep}: the re-reads are not yet what limits it, so blocking's saving does not show."
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import plots
 from .._registry import KERNELS
-from ..bench.ladder_results import left_out_text, pct_text, step_text
+from ..bench.ladder_results import blocking_text, left_out_text, pct_text, step_text
 from ..bench.measure import format_seconds
 from ..explain import format_error
 from ._format import Block, Docs, _g
@@ -169,8 +169,10 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         up = [r for r in clear if r["speedup_prev"] > 1]
         slow = [r for r in clear if r["speedup_prev"] < 1]
         cap2 = (
-            "Each rung at its largest measured size, with its speed-up over the rung before (from the two rungs' "
-            "interleaved samples at the largest size both ran; the range is what their min-max spreads allow). "
+            "Each rung at its largest measured size. The x on a bar is that bar over the previous rung's bar, as "
+            "drawn: where the two are at different sizes it mixes the idea with the size. The speed-ups below "
+            "compare two rungs at one size, the largest both ran, from their interleaved samples (the range is "
+            "what their min-max spreads allow). "
         )
         if up:
             big = max(up, key=lambda r: r["speedup_prev"])
@@ -199,6 +201,13 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
             )
         cap2 += "'% of peak' is against the FMA peak of the cores the kernel used (1 core for serial rungs)."
         blocks.append(("fig", "ladder_steps.png", cap2))
+    # why the blocked rung does (not) beat reordered, from this machine's caches and the measured step
+    roofs = (docs.get("roofline") or {}).get("roofs") or {}
+    why_blocking = blocking_text(
+        s, doc["machine"]["cpu"].get("caches") or {}, dtype, (roofs.get("bandwidth") or {}).get("1")
+    )
+    if why_blocking:
+        blocks.append(("p", why_blocking))
     if doc.get("skipped"):
         blocks.append(
             (
