@@ -23,35 +23,24 @@
 namespace whygpu {
 
 // ---- The table: one row per (instruction set, type) -----------------------
-// kc: an A micro-panel of kc x mr must sit in L1 (32 KiB) next to the B
-//     vectors streaming through; nc: the kc x nc packed B panel in L2 (1 MiB
-//     per core on Zen 4, 256 KiB-2 MiB elsewhere), with room to spare.
-// Tuned on AMD Zen 4 (see benchmarks/); reasonable on other x86 cores.
+// Only the register tile is fixed here: it is set by the registers an
+// instruction set has.  The block sizes kc, mc and nc depend on the caches of
+// the CPU the code runs on, so 06_blocking.cpp derives them at run time.
 namespace {
 const Blocking<float> kFloatTable[] = {
-    {4, 8, 256, 512, sgemm_ukr_portable, "sgemm_portable_4x8"},
+    {4, 8, sgemm_ukr_portable, "sgemm_portable_4x8"},
 #if defined(WHYGPU_X86_KERNELS)
-    {6, 16, 256, 1024, sgemm_ukr_avx2, "sgemm_avx2_6x16", 8, sgemm_ukr_avx2_narrow},
-    {8, 32, 256, 1024, sgemm_ukr_avx512, "sgemm_avx512_8x32", 16, sgemm_ukr_avx512_narrow},
+    {6, 16, sgemm_ukr_avx2, "sgemm_avx2_6x16", 8, sgemm_ukr_avx2_narrow},
+    {8, 32, sgemm_ukr_avx512, "sgemm_avx512_8x32", 16, sgemm_ukr_avx512_narrow},
 #endif
 };
 const Blocking<double> kDoubleTable[] = {
-    {4, 4, 256, 256, dgemm_ukr_portable, "dgemm_portable_4x4"},
+    {4, 4, dgemm_ukr_portable, "dgemm_portable_4x4"},
 #if defined(WHYGPU_X86_KERNELS)
-    {6, 8, 256, 512, dgemm_ukr_avx2, "dgemm_avx2_6x8", 4, dgemm_ukr_avx2_narrow},
-    {8, 16, 256, 256, dgemm_ukr_avx512, "dgemm_avx512_8x16", 8, dgemm_ukr_avx512_narrow},
+    {6, 8, dgemm_ukr_avx2, "dgemm_avx2_6x8", 4, dgemm_ukr_avx2_narrow},
+    {8, 16, dgemm_ukr_avx512, "dgemm_avx512_8x16", 8, dgemm_ukr_avx512_narrow},
 #endif
 };
-
-// Optional override of kc / nc for tuning experiments (read once).
-std::int64_t env_int(const char* name, std::int64_t fallback, std::int64_t lo, std::int64_t hi) {
-    const char* s = std::getenv(name);
-    if (s == nullptr || *s == '\0') return fallback;
-    char* end = nullptr;
-    long long v = std::strtoll(s, &end, 10);
-    if (end == s || *end != '\0' || v < lo || v > hi) return fallback;
-    return static_cast<std::int64_t>(v);
-}
 
 template <typename T, std::size_t N>
 const Blocking<T>* tuned(const Blocking<T> (&table)[N]) {
@@ -61,8 +50,7 @@ const Blocking<T>* tuned(const Blocking<T> (&table)[N]) {
         explicit Tuned(const Blocking<T> (&t)[N]) {
             for (std::size_t i = 0; i < N; ++i) {
                 rows[i] = t[i];
-                rows[i].kc = env_int("WHYGPU_KC", rows[i].kc, 1, 4096);
-                rows[i].nc = env_int("WHYGPU_NC", rows[i].nc, 1, 1 << 20);
+                choose_blocks(rows[i], sizeof(T));  // 06_blocking.cpp
             }
         }
     } t(table);

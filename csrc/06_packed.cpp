@@ -25,17 +25,19 @@
 //      a narrow micro-kernel serves a last strip of <= NR/2 columns, and a
 //      product with very few columns is computed as C^T = B^T A^T (orient).
 //
-// Cache plan (sizes in 06_dispatch.cpp, per micro-kernel):
-//   a kc x MR micro-panel of A       -> L1   (reused across nc/NR strips of B)
-//   the kc x nc packed panel of B    -> L2   (reused by every row strip of A)
-//   C                                -> streamed once per kc-deep panel
+// Cache plan (block sizes derived from this CPU's caches in 06_blocking.cpp):
+//   a kc x NR micro-panel of B       -> L1   (reused by the mc/MR A micro-panels)
+//   the mc x kc packed block of A    -> L2   (reused by every B strip of the panel)
+//   the kc x nc packed panel of B    -> L3   (reused by every A block)
+//   C                                -> each MR x NR tile loaded and stored once per panel
 //
-// The loops, outermost first:
+// The loops, outermost first (the five loops of Goto and BLIS):
 //   jc: columns of C in steps of nc        (a B panel per step)
 //    pc: depth in steps of kc              (pack B[pc:pc+kc, jc:jc+nc])
-//     ir: rows of C in steps of MR         (pack A[ir:ir+MR, pc:pc+kc])
-//      jr: columns in steps of NR          (one micro-kernel call)
-//       p: inside the micro-kernel, kc rank-1 updates of the register tile
+//     ic: rows of C in steps of mc         (pack A[ic:ic+mc, pc:pc+kc])
+//      jr: columns in steps of NR          (one B micro-panel)
+//       ir: rows in steps of MR            (one micro-kernel call)
+//        p: inside the micro-kernel, kc rank-1 updates of the register tile
 #include <algorithm>
 
 #include "packed.h"
@@ -51,12 +53,13 @@ void gemm_packed(const GemmArgs<T>& call) {
     const GemmArgs<T> g = orient(call, bk);  // maybe compute C^T = B^T A^T instead
     const Plan plan = plan_blocks(bk, g.n, g.k);
     const std::int64_t KC = plan.kc, NC = plan.nc;
-    const std::int64_t nc_round = (NC + bk.nr - 1) / bk.nr * bk.nr;
-    // Packed B panel (kc x nc, in NR strips): per-thread scratch, no malloc per call.
-    T* bp = static_cast<T*>(thread_scratch(kScratchB, sizeof(T) * KC * nc_round));
-    T* ap = static_cast<T*>(thread_scratch(kScratchA, sizeof(T) * KC * bk.mr));  // (kc x MR), lives in L1
-
     const std::int64_t m_strips = (g.m + bk.mr - 1) / bk.mr;
+    const std::int64_t a_strips = std::min(m_strips, plan.mc_strips);
+    // Packed B panel (kc x nc, in NR strips) and A block (mc x kc, in MR strips):
+    // per-thread scratch, no malloc per call.
+    T* bp = static_cast<T*>(thread_scratch(kScratchB, sizeof(T) * KC * std::min(NC, (g.n + bk.nr - 1) / bk.nr * bk.nr)));
+    T* ap = static_cast<T*>(thread_scratch(kScratchA, sizeof(T) * KC * bk.mr * a_strips));
+
     for (std::int64_t jc = 0; jc < g.n; jc += NC) {
         const std::int64_t nc = std::min(NC, g.n - jc);
         const Direct d = choose_direct(bk, g, nc);  // operands read in place, unpacked
@@ -64,12 +67,8 @@ void gemm_packed(const GemmArgs<T>& call) {
         for (std::int64_t pc = 0; pc < g.k; pc += KC) {
             const std::int64_t kc = std::min(KC, g.k - pc);
             const T beta = (pc == 0) ? g.beta : T(1);  // later panels accumulate
-            for (std::int64_t js = 0; js < n_strips; ++js) {
-                const int nr = static_cast<int>(std::min<std::int64_t>(bk.nr, nc - js * bk.nr));
-                if (b_strip_packed(bk, d, nc, js))
-                        pack_b_strip(g, pc, kc, jc + js * bk.nr, nr, bk.strip_width(nr), bp + js * kc * bk.nr);
-            }
-            macro_kernel(bk, g, d, jc, nc, pc, kc, beta, bp, ap, 0, m_strips * n_strips);
+            pack_b_panel(bk, g, d, jc, nc, pc, kc, bp, 0, n_strips);
+            macro_kernel(bk, plan, g, d, jc, nc, pc, kc, beta, bp, ap, 0, m_strips, 0, n_strips);
         }
     }
 }

@@ -47,12 +47,26 @@ struct MicroArgs {
 template <typename T>
 using MicroKernel = void (*)(const MicroArgs<T>&);
 
-// One row of the table: a micro-kernel and the block sizes tuned for it.
+// How big each block of the five loops is, and why (06_blocking.cpp derives
+// it from this CPU's caches with the analytical model of Low, Igual, Smith
+// and Quintana-Orti, "Analytical modeling is enough for high-performance
+// BLIS", ACM TOMS 2016).
+struct CacheLevel {
+    std::int64_t bytes = 0;  // total size of one instance
+    int ways = 0;            // associativity
+    std::int64_t sets = 0;   // bytes / (ways * line)
+    int line = 64;           // bytes per cache line
+};
+struct CacheModel {
+    CacheLevel l1, l2, l3;  // data caches as one core sees them
+    const char* source;     // "sysfs" (what the OS says) or "assumed" (it said nothing)
+};
+const CacheModel& cache_model();  // read once from the OS
+
+// One row of the table: a micro-kernel and the block sizes chosen for it.
 template <typename T>
 struct Blocking {
     int mr, nr;          // register tile (rows x columns of C)
-    std::int64_t kc;     // depth of a panel: an A micro-panel (kc x mr) stays in L1
-    std::int64_t nc;     // width of the packed B panel (kc x nc) that stays in L2
     MicroKernel<T> ukr;
     const char* name;    // e.g. "sgemm_avx512_8x32"
     // Optional narrow variant for the last column strip when it is at most
@@ -60,12 +74,21 @@ struct Blocking {
     // half the wasted lanes.  nr_narrow == 0: none.
     int nr_narrow = 0;
     MicroKernel<T> ukr_narrow = nullptr;
+    // Filled in at run time (06_blocking.cpp), from the caches or WHYGPU_BLOCKING:
+    std::int64_t kc = 0;  // depth of a panel: a kc x nr B micro-panel stays in L1
+    std::int64_t mc = 0;  // rows of the packed A block (mc x kc) that stays in L2
+    std::int64_t nc = 0;  // width of the packed B panel (kc x nc) that stays in L3
+    const char* source = "model";  // "model" or "WHYGPU_BLOCKING"
 
     // Width a B strip with nr valid columns is computed (and padded) at.
     int strip_width(std::int64_t nr) const { return nr <= nr_narrow ? nr_narrow : this->nr; }
 };
 template <typename T>
 const Blocking<T>& blocking_for(Arch a);
+const char* blocking_env_warning();  // non-empty if WHYGPU_BLOCKING could not be used
+// Fills bk.kc, bk.mc, bk.nc for elements of elem_bytes (06_blocking.cpp).
+template <typename T>
+void choose_blocks(Blocking<T>& bk, std::size_t elem_bytes);
 
 constexpr int kMaxMR = 16, kMaxNR = 32;
 
@@ -84,7 +107,7 @@ WHYGPU_DECLARE_UKR(avx512_narrow)
 
 // ---- Scratch memory ------------------------------------------------------
 // Per-thread, grow-only, 64-byte aligned buffers (slot 0: the packed B
-// panel, slot 1: an A micro-panel).  Thread-local, so two Python threads
+// panel, slot 1: the packed A block).  Thread-local, so two Python threads
 // calling a kernel at once never share one; reused across calls, so small
 // GEMMs do not pay for malloc and page faults every time.
 enum ScratchSlot : int { kScratchB = 0, kScratchA = 1 };
@@ -143,14 +166,26 @@ void pack_b_strip(const GemmArgs<T>& g, std::int64_t p0, std::int64_t kc, std::i
     }
 }
 
-// ---- The macro-kernel ----------------------------------------------------
-// One kc-deep panel: op(B)[pc:pc+kc, jc:jc+nc] times op(A)[:, pc:pc+kc].
-// The panel's columns are cut into NR-wide strips and C's rows into MR-tall
-// strips: a grid of micro-tiles, numbered row by row.  This runs tiles
-// [t0, t1) of that grid.  For each row strip it readies the A micro-panel
-// once (packing it into `ap` unless it can be read in place), then sweeps it
-// across the B strips.
-//
+// ---- Planning a call -------------------------------------------------------
+// Block sizes from the model are upper bounds; a call splits k and n into
+// equal blocks no larger than them (784 = 392 + 392, not 384 + 384 + 16), so
+// no panel is a sliver and the threads get even shares.
+struct Plan {
+    std::int64_t kc, nc;
+    std::int64_t mc_strips;  // MR-tall strips per A block (mc / MR)
+};
+template <typename T>
+Plan plan_blocks(const Blocking<T>& bk, std::int64_t n, std::int64_t k) {
+    const std::int64_t kb = (k + bk.kc - 1) / bk.kc;
+    const std::int64_t nb = (n + bk.nc - 1) / bk.nc;
+    Plan p;
+    p.kc = (k + kb - 1) / kb;
+    p.nc = ((n + nb - 1) / nb + bk.nr - 1) / bk.nr * bk.nr;  // whole NR strips
+    p.mc_strips = std::max<std::int64_t>(1, bk.mc / bk.mr);
+    return p;
+}
+
+// ---- Reading operands in place ------------------------------------------------
 // `direct` says which operands are read in place instead of packed: worth it
 // when an operand is used by only a few tiles, so the copy would cost more
 // than it saves (the skinny shapes of deep learning: a batch of 32 rows, an
@@ -170,101 +205,101 @@ Direct choose_direct(const Blocking<T>& bk, const GemmArgs<T>& g, std::int64_t n
     return d;
 }
 
-// Pointer to B strip js of the current panel, and its row stride.
-template <typename T>
-const T* b_strip(const Blocking<T>& bk, const GemmArgs<T>& g, Direct d, std::int64_t jc,
-                 std::int64_t nc, std::int64_t pc, std::int64_t kc, const T* bp, std::int64_t js,
-                 std::int64_t* b_rs) {
-    const std::int64_t j0 = js * bk.nr;
-    const std::int64_t nr = std::min<std::int64_t>(bk.nr, nc - j0);
-    if (d.b && nr == bk.nr) {
-        *b_rs = g.rs_b;
-        return g.b + pc * g.rs_b + (jc + j0);
-    }
-    *b_rs = bk.strip_width(nr);
-    return bp + js * kc * bk.nr;
-}
-
-// Does strip js need packing (see b_strip)?
+// Does strip js of a panel nc wide need packing (or is it read in place)?
 template <typename T>
 bool b_strip_packed(const Blocking<T>& bk, Direct d, std::int64_t nc, std::int64_t js) {
     return !(d.b && (js + 1) * bk.nr <= nc);
 }
 
+// Pack the B panel op(B)[pc:pc+kc, jc:jc+nc] strips [s0, s1) into bp:
+// strip js at bp + js*kc*NR, kc x width (NR or nr_narrow), zero-padded.
 template <typename T>
-void macro_kernel(const Blocking<T>& bk, const GemmArgs<T>& g, Direct d, std::int64_t jc,
-                  std::int64_t nc, std::int64_t pc, std::int64_t kc, T beta, const T* bp, T* ap,
-                  std::int64_t t0, std::int64_t t1) {
+void pack_b_panel(const Blocking<T>& bk, const GemmArgs<T>& g, Direct d, std::int64_t jc,
+                  std::int64_t nc, std::int64_t pc, std::int64_t kc, T* bp, std::int64_t s0,
+                  std::int64_t s1) {
+    for (std::int64_t js = s0; js < s1; ++js) {
+        const int nr = static_cast<int>(std::min<std::int64_t>(bk.nr, nc - js * bk.nr));
+        if (b_strip_packed(bk, d, nc, js))
+            pack_b_strip(g, pc, kc, jc + js * bk.nr, nr, bk.strip_width(nr), bp + js * kc * bk.nr);
+    }
+}
+
+// ---- The macro-kernel ----------------------------------------------------
+// One kc-deep panel: rows strips [r0, r1) of C (MR tall) times column strips
+// [s0, s1) of the panel (NR wide), C += op(A)[rows, pc:pc+kc] *
+// op(B)[pc:pc+kc, cols] (beta applied on the first panel).  The B panel is
+// already packed (bp, or read in place); here, for each block of up to
+// mc_strips row strips:
+//   ic: pack that A block (mc x kc, one kc x MR micro-panel per strip) into
+//       `ap`; it stays in L2 while every B strip of the panel meets it;
+//    jr: for each B micro-panel (kc x NR, stays in L1)...
+//     ir: ...sweep the block's A micro-panels past it, one micro-kernel call each.
+template <typename T>
+void macro_kernel(const Blocking<T>& bk, const Plan& plan, const GemmArgs<T>& g, Direct d,
+                  std::int64_t jc, std::int64_t nc, std::int64_t pc, std::int64_t kc, T beta,
+                  const T* bp, T* ap, std::int64_t r0, std::int64_t r1, std::int64_t s0,
+                  std::int64_t s1) {
     const int MR = bk.mr;
-    const std::int64_t n_strips = (nc + bk.nr - 1) / bk.nr;
     alignas(64) T tile[kMaxMR * kMaxNR];  // for edge tiles and strided C
     MicroArgs<T> u;
     u.kc = kc;
     u.alpha = g.alpha;
-    std::int64_t t = t0;
-    while (t < t1) {
-        if (stopping(g)) return;  // Ctrl-C (gemm.h): checked once per row strip, MR x nc x kc of work
-        const std::int64_t is = t / n_strips;  // row strip of C
-        const std::int64_t js_end = std::min<std::int64_t>((is + 1) * n_strips, t1) - is * n_strips;
-        const std::int64_t i0 = is * MR;
-        const int mr = static_cast<int>(std::min<std::int64_t>(MR, g.m - i0));
-        if (d.a && mr == MR) {  // read A's rows where they are
-            u.a = g.a + i0 * g.rs_a + pc;
-            u.a_rs = g.rs_a;
-            u.a_cs = 1;
-        } else {
-            pack_a_strip(g, i0, mr, pc, kc, MR, ap);
-            u.a = ap;
-            u.a_rs = 1;
-            u.a_cs = MR;
+    // Equal A blocks of at most mc_strips strips (43 strips, 32 per block -> 22 + 21).
+    const std::int64_t strips = r1 - r0;
+    const std::int64_t blocks = (strips + plan.mc_strips - 1) / plan.mc_strips;
+    for (std::int64_t blk = 0; blk < blocks; ++blk) {
+        if (stopping(g)) return;  // Ctrl-C (gemm.h): checked once per A block, mc x nc x kc of work
+        const std::int64_t ib = r0 + strips * blk / blocks, ie = r0 + strips * (blk + 1) / blocks;
+        // ic: the A block, strip is at ap + (is - ib)*kc*MR (kc x MR, step p's MR numbers adjacent)
+        for (std::int64_t is = ib; is < ie; ++is) {
+            const std::int64_t i0 = is * MR;
+            const int mr = static_cast<int>(std::min<std::int64_t>(MR, g.m - i0));
+            if (!(d.a && mr == MR)) pack_a_strip(g, i0, mr, pc, kc, MR, ap + (is - ib) * kc * MR);
         }
-        for (std::int64_t js = t - is * n_strips; js < js_end; ++js) {
+        for (std::int64_t js = s0; js < s1; ++js) {  // jr: one B micro-panel, in L1
             const std::int64_t j0 = js * bk.nr;
             const int nr = static_cast<int>(std::min<std::int64_t>(bk.nr, nc - j0));
             const int width = bk.strip_width(nr);  // NR, or nr_narrow
             const MicroKernel<T> ukr = (width == bk.nr) ? bk.ukr : bk.ukr_narrow;
-            u.b = b_strip(bk, g, d, jc, nc, pc, kc, bp, js, &u.b_rs);
-            T* c = g.c + i0 * g.rs_c + (jc + j0) * g.cs_c;  // C tile, (mr x nr)
-            if (mr == MR && nr == width && g.cs_c == 1) {
-                u.beta = beta;
-                u.c = c;
-                u.ldc = g.rs_c;
-                ukr(u);
-            } else {  // partial tile: compute all of it aside, copy the valid part
-                u.beta = T(0);
-                u.c = tile;
-                u.ldc = width;
-                ukr(u);
-                for (int i = 0; i < mr; ++i)
-                    for (int j = 0; j < nr; ++j) {
-                        T& cij = c[i * g.rs_c + j * g.cs_c];
-                        cij = (beta == T(0)) ? tile[i * width + j] : tile[i * width + j] + beta * cij;
-                    }
+            if (b_strip_packed(bk, d, nc, js)) {  // kc x width, rows adjacent
+                u.b = bp + js * kc * bk.nr;
+                u.b_rs = width;
+            } else {  // straight from a row-major B
+                u.b = g.b + pc * g.rs_b + (jc + j0);
+                u.b_rs = g.rs_b;
+            }
+            for (std::int64_t is = ib; is < ie; ++is) {  // ir: A micro-panels stream from L2
+                const std::int64_t i0 = is * MR;
+                const int mr = static_cast<int>(std::min<std::int64_t>(MR, g.m - i0));
+                if (d.a && mr == MR) {  // read A's rows where they are
+                    u.a = g.a + i0 * g.rs_a + pc;
+                    u.a_rs = g.rs_a;
+                    u.a_cs = 1;
+                } else {
+                    u.a = ap + (is - ib) * kc * MR;
+                    u.a_rs = 1;
+                    u.a_cs = MR;
+                }
+                T* c = g.c + i0 * g.rs_c + (jc + j0) * g.cs_c;  // C tile, (mr x nr)
+                if (mr == MR && nr == width && g.cs_c == 1) {
+                    u.beta = beta;
+                    u.c = c;
+                    u.ldc = g.rs_c;
+                    ukr(u);
+                } else {  // partial tile: compute all of it aside, copy the valid part
+                    u.beta = T(0);
+                    u.c = tile;
+                    u.ldc = width;
+                    ukr(u);
+                    for (int i = 0; i < mr; ++i)
+                        for (int j = 0; j < nr; ++j) {
+                            T& cij = c[i * g.rs_c + j * g.cs_c];
+                            cij = (beta == T(0)) ? tile[i * width + j] : tile[i * width + j] + beta * cij;
+                        }
+                }
             }
         }
-        t = (is + 1) * n_strips;
     }
-}
-
-}  // namespace whygpu
-
-namespace whygpu {
-
-// ---- Planning a call -------------------------------------------------------
-// Block sizes from the table are upper bounds; a call splits k and n into
-// equal blocks no larger than them (784 = 392 + 392, not 384 + 384 + 16), so
-// no panel is a sliver and the threads get even shares.
-struct Plan {
-    std::int64_t kc, nc;
-};
-template <typename T>
-Plan plan_blocks(const Blocking<T>& bk, std::int64_t n, std::int64_t k) {
-    const std::int64_t kb = (k + bk.kc - 1) / bk.kc;
-    const std::int64_t nb = (n + bk.nc - 1) / bk.nc;
-    Plan p;
-    p.kc = (k + kb - 1) / kb;
-    p.nc = ((n + nb - 1) / nb + bk.nr - 1) / bk.nr * bk.nr;  // whole NR strips
-    return p;
 }
 
 // C = A B and C^T = B^T A^T are the same computation, on different strides.

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "gemm.h"
 #include "packed.h"
@@ -159,7 +160,10 @@ py::dict blocking_dict(whygpu::Arch a) {
     d["mr"] = bk.mr;
     d["nr"] = bk.nr;
     d["kc"] = bk.kc;
+    d["mc"] = bk.mc;
     d["nc"] = bk.nc;
+    d["source"] = bk.source;       // "model" (from the caches) or "WHYGPU_BLOCKING"
+    d["elem_bytes"] = static_cast<int>(sizeof(T));
     return d;
 }
 
@@ -185,6 +189,24 @@ PYBIND11_MODULE(_core, m) {
         return out;
     });
     m.def("arch_env_warning", [] { return std::string(whygpu::arch_env_warning()); });
+    m.def("blocking_env_warning", [] { return std::string(whygpu::blocking_env_warning()); });
+    m.def("cache_model", [] {
+        // The caches the block sizes were derived from (06_blocking.cpp).
+        const auto& cm = whygpu::cache_model();
+        py::dict out;
+        const std::pair<const char*, const whygpu::CacheLevel*> levels[] = {
+            {"L1d", &cm.l1}, {"L2", &cm.l2}, {"L3", &cm.l3}};
+        for (const auto& lv : levels) {
+            py::dict c;
+            c["bytes"] = lv.second->bytes;
+            c["ways"] = lv.second->ways;
+            c["sets"] = lv.second->sets;
+            c["line"] = lv.second->line;
+            out[lv.first] = c;
+        }
+        out["source"] = cm.source;
+        return out;
+    });
     m.def("blocking", [](const std::string& dtype, const std::string& arch) {
         const auto a = arch.empty() ? whygpu::current_arch() : parse_arch(arch);
         if (dtype == "float32") return blocking_dict<float>(a);

@@ -42,10 +42,11 @@ def test_cpu_info_is_consistent():
     assert info["cores"] >= 1
     for dtype in ("float32", "float64"):
         bk = info["blocking"][dtype]
-        assert set(bk) == {"micro_kernel", "mr", "nr", "kc", "nc"}
+        assert set(bk) == {"micro_kernel", "mr", "nr", "kc", "mc", "nc", "source", "elem_bytes"}
         assert bk["micro_kernel"].startswith("sgemm_" if dtype == "float32" else "dgemm_")
         assert info["arch"] in bk["micro_kernel"]
         assert 1 <= bk["mr"] <= 16 and 1 <= bk["nr"] <= 32 and bk["kc"] >= 1 and bk["nc"] >= 1
+        assert bk["mc"] >= bk["mr"] and bk["source"] in ("model", "WHYGPU_BLOCKING")
 
 
 def test_cpu_info_is_fresh_each_call(restore_arch):
@@ -154,9 +155,11 @@ with warnings.catch_warnings(record=True) as caught:
 import numpy as np
 rng = np.random.default_rng(0)
 ok = True
+# (37 x 53: threads split C's rows; 5 x 300: one row strip, so they split its columns)
 for dtype in (np.float32, np.float64):
-    a = rng.uniform(-1, 1, (37, 801)).astype(dtype)
-    b = rng.uniform(-1, 1, (801, 53)).astype(dtype)
+  for m, n in ((37, 53), (5, 300)):
+    a = rng.uniform(-1, 1, (m, 801)).astype(dtype)
+    b = rng.uniform(-1, 1, (801, n)).astype(dtype)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     tol = np.finfo(dtype).eps * (801 + 4) * (np.abs(a64) @ np.abs(b64))
     for kernel in [k for k in ("packed", "openmp") if k in whygpu.available_kernels()]:
@@ -216,19 +219,58 @@ def test_whygpu_arch_named_isa(arch):
         ]
 
 
-@pytest.mark.parametrize("kc,nc", [("7", "13"), ("1", "1")])
-def test_small_block_sizes_from_the_environment(kc, nc):
-    """WHYGPU_KC / WHYGPU_NC (tuning knobs) shrink the panels: the same product then
-    crosses dozens of kc and nc boundaries, and must still be right."""
-    r = _probe(WHYGPU_KC=kc, WHYGPU_NC=nc)
+@pytest.mark.parametrize("spec", ["7,5,13", "1,1,1", "16,6,16"])
+def test_small_block_sizes_from_the_environment(spec):
+    """WHYGPU_BLOCKING=kc,mc,nc (the lesson "what blocking buys") shrinks the blocks:
+    the same product then crosses dozens of kc, mc and nc boundaries, and must still
+    be right (the probe checks packed and openmp against NumPy)."""
+    kc, mc, nc = (int(x) for x in spec.split(","))
+    r = _probe(WHYGPU_BLOCKING=spec)
+    assert r["warnings"] == []
     for dtype in ("float32", "float64"):
-        assert r["info"]["blocking"][dtype]["kc"] == int(kc)
-        assert r["info"]["blocking"][dtype]["nc"] == int(nc)
+        bk = r["info"]["blocking"][dtype]
+        assert (bk["kc"], bk["mc"], bk["nc"], bk["source"]) == (kc, mc, nc, "WHYGPU_BLOCKING")
 
 
-@pytest.mark.parametrize("kc", ["0", "-3", "abc", "99999"])
-def test_bad_block_sizes_in_the_environment_are_ignored(kc):
-    assert _probe(WHYGPU_KC=kc)["info"]["blocking"] == _probe()["info"]["blocking"]
+def test_an_empty_field_keeps_the_model():
+    """'256,,' sets kc only; mc is derived again from that kc (the A block still fills
+    about half of L2), nc too."""
+    model = _probe()["info"]["blocking"]["float32"]
+    bk = _probe(WHYGPU_BLOCKING="256,,")["info"]["blocking"]["float32"]
+    assert bk["kc"] == 256 and bk["source"] == "WHYGPU_BLOCKING"
+    l2 = whygpu._core.cache_model()["L2"]["bytes"]
+    assert bk["mc"] == max(bk["mr"], l2 // 2 // (256 * 4) // bk["mr"] * bk["mr"])
+    if model["kc"] == 256:
+        assert bk["mc"] == model["mc"]
+
+
+@pytest.mark.parametrize("spec", ["0,0,0", "-3,,", "abc", "99999999,,", "1,2", "1,2,3,4"])
+def test_bad_block_sizes_in_the_environment_are_reported(spec):
+    """An unusable WHYGPU_BLOCKING is said once, not silently ignored; the model's
+    sizes are used."""
+    r = _probe(WHYGPU_BLOCKING=spec)
+    assert r["info"]["blocking"] == _probe()["info"]["blocking"]
+    assert len(r["warnings"]) == 1
+    category, message = r["warnings"][0]
+    assert category == "RuntimeWarning" and message.startswith(f"WHYGPU_BLOCKING={spec} is not kc,mc,nc")
+
+
+def test_block_sizes_follow_the_cache_model():
+    """kc: an A and a B micro-panel fill L1 but one way; mc: the A block about half
+    of L2; nc: two B panels half of L3 (capped) -- from the caches the OS reports."""
+    cm = whygpu._core.cache_model()
+    assert cm["source"] in ("sysfs", "assumed")
+    l1, l2, l3 = cm["L1d"], cm["L2"], cm["L3"]
+    for dtype, s in (("float32", 4), ("float64", 8)):
+        bk = INFO["blocking"][dtype]
+        if bk["source"] != "model":
+            continue
+        usable = (l1["ways"] - 1) * l1["sets"] * l1["line"]
+        assert bk["kc"] == max(8, usable // ((bk["mr"] + bk["nr"]) * s) // 8 * 8)
+        assert (bk["mr"] + bk["nr"]) * bk["kc"] * s <= usable
+        assert bk["mc"] % bk["mr"] == 0 and bk["mc"] * bk["kc"] * s <= l2["bytes"] // 2
+        assert bk["nc"] % bk["nr"] == 0 and bk["nc"] <= 8192
+        assert 2 * bk["kc"] * bk["nc"] * s <= max(l3["bytes"] // 2, 2 * bk["kc"] * bk["nr"] * s)
 
 
 # ---- Kernels that cannot run here ----------------------------------------------------------
@@ -272,3 +314,22 @@ def test_any_kernel_can_be_marked_unavailable(monkeypatch):
         whygpu.matmul(np.ones((2, 2)), np.ones((2, 2)), kernel="packed")
     assert "packed" not in whygpu.available_kernels()
     assert whygpu.kernel_info("packed").endswith("[unavailable: no reason]")
+
+
+@pytest.mark.parametrize("arch", SUPPORTED)
+def test_the_printed_derivation_is_the_kernels_own(arch):
+    """whygpu info and explain show the model's arithmetic (whygpu._blocking); it must
+    give the sizes the C++ kernels really use, for every instruction set and type."""
+    from whygpu._blocking import blocking_lines, model_blocks
+
+    cm = whygpu._core.cache_model()
+    for dtype in ("float32", "float64"):
+        bk = dict(whygpu._core.blocking(dtype, arch))
+        if bk["source"] != "model":
+            continue
+        m = model_blocks(bk["mr"], bk["nr"], bk["elem_bytes"], cm)
+        assert (m["kc"], m["mc"], m["nc"]) == (bk["kc"], bk["mc"], bk["nc"])
+        info = {"blocking": {dtype: bk}, "cache_model": cm}
+        text = "\n".join(blocking_lines(dtype, info))
+        for name in ("kc", "mc", "nc"):
+            assert f"{name} = {bk[name]}:" in text

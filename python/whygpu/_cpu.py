@@ -89,7 +89,9 @@ def cpu_info() -> dict:
     topology; fewer than ``cores`` with SMT/hyper-threading; None if unknown),
     ``arch`` (instruction set the packed kernels use now), ``best_arch``,
     ``supported_archs``, ``caches`` (bytes, when the OS says), ``openmp``,
-    ``blocking`` (micro-kernel and block sizes per dtype).
+    ``blocking`` (micro-kernel and block sizes per dtype: ``kc``, ``mc``,
+    ``nc`` derived from the caches, or from WHYGPU_BLOCKING), ``cache_model``
+    (the caches they were derived from: bytes, ways, sets, line per level).
     """
     info = {
         "model": _model_name(),
@@ -105,6 +107,7 @@ def cpu_info() -> dict:
             supported_archs=list(_core.supported_archs()),
             openmp=bool(_core.openmp_available()),
             blocking={dt: dict(_core.blocking(dt)) for dt in ("float32", "float64")},
+            cache_model={k: (dict(v) if isinstance(v, dict) else v) for k, v in _core.cache_model().items()},
         )
     return info
 
@@ -131,6 +134,6 @@ def set_arch(name: str) -> str:
 
 def _warn_env() -> None:
     if _core is not None:
-        msg = _core.arch_env_warning()
-        if msg:
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        for msg in (_core.arch_env_warning(), _core.blocking_env_warning()):
+            if msg:
+                warnings.warn(msg, RuntimeWarning, stacklevel=3)

@@ -322,6 +322,15 @@ class Explanation:
             )
         if self.roofs.get("disturbed"):
             lines.append(f"The roofs are disturbed: {self.roofs['disturbed']}.")
+        if any(r["kernel"] in ("packed", "openmp") for r in self.rows):
+            from ._blocking import blocking_lines
+
+            derivation = blocking_lines(self.dtype)
+            if derivation:
+                lines.append(
+                    "Block sizes of packed and openmp (WHYGPU_BLOCKING=kc,mc,nc overrides them): " + derivation[0]
+                )
+                lines.extend(derivation[1:])
         notes = [
             why_below(
                 r["kernel"],

@@ -38,6 +38,7 @@ def _gpu_details(d: dict) -> str:
 
 
 def _print_info(doc: dict) -> None:
+    from .._blocking import blocking_lines
     from ..explain import format_bytes
 
     m, cpu = doc["machine"], doc["machine"]["cpu"]
@@ -72,7 +73,7 @@ def _print_info(doc: dict) -> None:
         (
             "micro-kernel",
             f"{blk.get('micro_kernel', '?')} (MR={blk.get('mr')}, NR={blk.get('nr')}, "
-            f"KC={blk.get('kc')}, NC={blk.get('nc')})"
+            f"KC={blk.get('kc')}, MC={blk.get('mc')}, NC={blk.get('nc')}; how, below)"
             if blk
             else "n/a",
         ),
@@ -115,6 +116,10 @@ def _print_info(doc: dict) -> None:
     rows.append(("OS", m.get("os", "?")))
     w = max(len(r[0]) for r in rows)
     print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
+    derivation = blocking_lines("float32", cpu)
+    if derivation:
+        print("\nblock sizes of the packed and openmp kernels (WHYGPU_BLOCKING=kc,mc,nc overrides them):")
+        print("\n".join("  " + line for line in derivation))
 
 
 def run(args) -> int:
