@@ -20,7 +20,7 @@ import sys
 import time
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import whygpu  # noqa: E402
@@ -52,7 +52,15 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     info = whygpu.cpu_info()
-    print(f"# {info['model']}, {info['cores']} cores, arch {info['arch']}; GFLOP/s, medians of {args.rounds} rounds")
+    blas = "; ".join(f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture')})" for d in threadpool_info())
+    bk = info["blocking"]["float32"]
+    isa = f"whygpu ISA {info['arch']} (best {info['best_arch']})"
+    print(f"# {info['model']}, {info['cores']} cores; {isa}; BLAS {blas}")
+    print(
+        f"# blocking {bk['micro_kernel']}: kc={bk['kc']} mc={bk['mc']} nc={bk['nc']} ({bk['source']}); "
+        f"caches " + ", ".join(f"{k} {v // 1024} KiB" for k, v in info["caches"].items())
+    )
+    print(f"# GFLOP/s, medians of {args.rounds} rounds; ratio = openmp / numpy (above 1: whygpu faster)")
     start = cpu_busy_snapshot()
     todo = cases(args.batches, args.sizes)
     head = "| GEMM | " + " | ".join(f"openmp x{t} | numpy x{t} | ratio x{t}" for t in args.threads) + " |"
