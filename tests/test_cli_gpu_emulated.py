@@ -22,6 +22,7 @@ import sys
 import pytest
 
 import whygpu
+from whygpu.bench.measure import PLANT_ENV
 
 HERE = pathlib.Path(__file__).resolve().parent
 EMU = HERE / "cuda_emu"
@@ -35,8 +36,8 @@ def site(emulated_site):
     return emulated_site
 
 
-def whygpu_cli(site, *args, cwd, timeout=600):
-    env = dict(os.environ, PYTHONPATH=str(site), MPLBACKEND="Agg", WHYGPU_NUM_THREADS="2")
+def whygpu_cli(site, *args, cwd, timeout=600, env=None):
+    env = dict(os.environ, PYTHONPATH=str(site), MPLBACKEND="Agg", WHYGPU_NUM_THREADS="2", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "whygpu", *map(str, args)],
         cwd=cwd,
@@ -91,6 +92,7 @@ def test_ladder_measures_the_cuda_rungs_against_the_gpu_peak(site, tmp_path):
             "2",
             "--budget",
             "0.5",
+            "--all",  # the emulation's speed means nothing: every rung at every size, on any machine
             "--plot",
             "--out",
             tmp_path,
@@ -167,6 +169,7 @@ def test_explain_covers_the_cuda_rungs(site, tmp_path):
             "packed,cuda_warptile",
             "--budget",
             "1",
+            "--all",  # measured however slow the emulation is on this machine
             "--out",
             tmp_path,
             cwd=tmp_path,
@@ -200,6 +203,7 @@ def test_explain_states_precision_and_error_of_the_tensor_core_rungs(site, tmp_p
             "cuda_warptile,cuda_mma,cuda_mma_bf16,cuda_wgmma",
             "--budget",
             "2",
+            "--all",  # measured however slow the emulation is on this machine
             "--out",
             tmp_path,
             cwd=tmp_path,
@@ -306,6 +310,7 @@ def trained(site, tmp_path_factory):
             "8,32",
             "--budget",
             "20",
+            "--all",  # every back end and batch trains, however slow the emulation is on this machine
             "--plot",
             "--out",
             out,
@@ -399,17 +404,22 @@ def test_report_has_the_gpu_sections_with_figures(site, trained, tmp_path):
 
 
 def test_demo_quick_with_a_gpu(site, tmp_path):
-    res = ok(whygpu_cli(site, "demo", "--quick", "--out", tmp_path / "demo", cwd=tmp_path, timeout=900))
+    # The demo skips what its budget (0.4 s a call) cannot afford, and the emulation's speed depends on
+    # the machine: the warp-tiled rung's is planted (0.1 GFLOP/s: n=128 fits, n=1024 does not), so one
+    # CUDA rung is measured and the sizes beyond the budget are skipped on any machine.
+    planted = {PLANT_ENV: "cuda_warptile=0.1"}
+    res = ok(whygpu_cli(site, "demo", "--quick", "--out", tmp_path / "demo", cwd=tmp_path, timeout=900, env=planted))
     out = tmp_path / "demo"
     assert "Roofs of the GPU" in res.stdout
     ladder = load(out / "ladder.json")
     assert positive(ladder["peak"]["gpu_gflops"])
     assert ladder["params"]["gpu_sizes"] == [128, 1024, 4096]
     gpu_meas = [m for m in ladder["measurements"] if m["device"] == "cuda"]
-    assert gpu_meas, "no CUDA rung was measured"
+    assert ("cuda_warptile", 128) in {(m["kernel"], m["n"]) for m in gpu_meas}, "the planted rung was not measured"
     # what the emulation cannot do in the budget is skipped with a reason, never silently left out
     measured = {(m["kernel"], m["n"]) for m in ladder["measurements"]}
     skipped = {(s["kernel"], s["n"]) for s in ladder["skipped"]}
+    assert {("cuda_warptile", 1024), ("cuda_warptile", 4096)} <= skipped  # over the budget at the planted speed
     for k in (k for k in ladder["params"]["kernels"] if k.startswith("cuda")):
         for n in (128, 1024, 4096):
             assert (k, n) in measured | skipped
