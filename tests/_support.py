@@ -196,6 +196,12 @@ def emu_compiler_ok(tmp: pathlib.Path) -> bool:
     return r.returncode == 0
 
 
+def emu_cache() -> pathlib.Path:
+    """Where the emulation's builds are cached, by content hash (build_emulated.default_cache():
+    ~/.cache/whygpu-tests/cuda-emu, or $WHYGPU_EMU_CACHE)."""
+    return emu_runner().build_emulated.default_cache()
+
+
 def emu_runner():
     """tests/cuda_emu/run_gpu_tests.py as a module: make_site(), pytest_command()."""
     spec = importlib.util.spec_from_file_location("whygpu_run_gpu_tests", EMU_DIR / "run_gpu_tests.py")

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 
 import whygpu
 
-from ._support import emu_compiler_ok, emu_runner
+from ._support import emu_cache, emu_compiler_ok, emu_runner
 
 # The quiet guard (whygpu.bench.trust) records how busy the machine is but does not wait in tests:
 # a test is not a benchmark, and a busy CI machine must not make the suite slower.
@@ -74,8 +74,9 @@ def restore_num_threads():
 def emulated_site(tmp_path_factory):
     """A folder to put on PYTHONPATH: a copy of the whygpu under test whose _cuda
     is the real binding built over the CPU emulation of CUDA (tests/cuda_emu).
-    Built once per run; object files are cached in <basetemp>/cuda_emu_objects,
-    shared with tests/test_cuda_emulated.py's check_kernels build."""
+    The build is cached by content hash outside the tree (emu_cache(): a later run
+    compiles nothing unless a source, a flag or the compiler changed), shared with
+    tests/test_cuda_emulated.py's check_kernels build."""
     if not (pathlib.Path(__file__).resolve().parent.parent / "csrc" / "cuda").is_dir():
         pytest.skip("no csrc/cuda in this tree")
     if not importlib.util.find_spec("pybind11"):
@@ -83,6 +84,4 @@ def emulated_site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("emulated_site")
     if not emu_compiler_ok(tmp):
         pytest.skip("needs g++ with C++20 <barrier>")
-    cache = tmp_path_factory.getbasetemp() / "cuda_emu_objects"
-    cache.mkdir(exist_ok=True)
-    return emu_runner().make_site(tmp, cache=str(cache), package=str(pathlib.Path(whygpu.__file__).parent))
+    return emu_runner().make_site(tmp, cache=str(emu_cache()), package=str(pathlib.Path(whygpu.__file__).parent))

@@ -31,7 +31,7 @@ import sys
 
 import pytest
 
-from ._support import emu_compiler_ok, emu_runner
+from ._support import emu_cache, emu_compiler_ok, emu_runner
 
 HERE = pathlib.Path(__file__).resolve().parent
 EMU = HERE / "cuda_emu"
@@ -51,9 +51,8 @@ def emulated(tmp_path_factory):
     sanitize = os.environ.get("WHYGPU_EMU_SANITIZE", "")
     if sanitize:
         flags = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"]
-    # Objects cached where tests/test_cli_gpu_emulated.py looks too: each file is compiled once per run.
-    cache = tmp_path_factory.getbasetemp() / ("cuda_emu_objects" + (f"-{sanitize}" if sanitize else ""))
-    cache.mkdir(exist_ok=True)
+    # Built in the cache tests/test_cli_gpu_emulated.py uses too: each file is compiled once, not once per run.
+    cache = emu_cache()
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import build_emulated; "
         "build_emulated.main(sys.argv[2], *sys.argv[4:], cache=sys.argv[3])"
@@ -97,7 +96,7 @@ def test_every_cuda_rung_and_nn_op_matches_the_reference_under_emulation(emulate
     assert "cuda_wgmma unavailable here: the CUDA emulation cannot run wgmma" in r.stdout
 
 
-def test_the_emulation_catches_a_wrong_kernel(tmp_path, tmp_path_factory, emulated):
+def test_the_emulation_catches_a_wrong_kernel(tmp_path, emulated):
     """The check is honest: a kernel with one guard removed must fail it.
     (Objects of the unchanged files come from the `emulated` build's cache.)"""
     tree = tmp_path / "tree"
@@ -109,7 +108,7 @@ def test_the_emulation_catches_a_wrong_kernel(tmp_path, tmp_path_factory, emulat
     assert good in text
     kernel.write_text(text.replace(good, "if (i < g.m && j <= g.n) detail::c_store"))  # one column too far
     out = tmp_path / "out"
-    r = _build(tree / "tests" / "cuda_emu", out, tmp_path_factory.getbasetemp() / "cuda_emu_objects")
+    r = _build(tree / "tests" / "cuda_emu", out, emu_cache())
     assert r.returncode == 0, r.stderr
     r = subprocess.run([str(out / "check_kernels"), "quick", "12"], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0
@@ -135,7 +134,7 @@ def test_the_emulation_catches_a_wrong_kernel(tmp_path, tmp_path_factory, emulat
         ),
     ],
 )
-def test_the_emulation_catches_a_wrong_tensor_core_kernel(tmp_path, tmp_path_factory, emulated, good, bad, what):
+def test_the_emulation_catches_a_wrong_tensor_core_kernel(tmp_path, emulated, good, bad, what):
     """Rung 15's check is honest: a kernel with one such mistake (`what`) must fail
     it -- the emulated cp.async lands only at its wait, ldmatrix and mma.sync follow
     the PTX fragment layouts, and the check compares with the exactly rounded operands."""
@@ -147,7 +146,7 @@ def test_the_emulation_catches_a_wrong_tensor_core_kernel(tmp_path, tmp_path_fac
     assert text.count(good) == 1
     kernel.write_text(text.replace(good, bad))
     out = tmp_path / "out"
-    r = _build(tree / "tests" / "cuda_emu", out, tmp_path_factory.getbasetemp() / "cuda_emu_objects")
+    r = _build(tree / "tests" / "cuda_emu", out, emu_cache())
     assert r.returncode == 0, r.stderr
     r = subprocess.run([str(out / "check_kernels"), "quick", "15"], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "FAIL cuda_mma" in r.stdout, what
@@ -180,7 +179,7 @@ def test_gpu_tests_run_on_the_emulated_gpu(emulated_site):
     assert all("emulated GPU" in line or "emulation cannot run wgmma" in line for line in skips), report
 
 
-def test_the_emulation_catches_a_staging_pipeline_that_does_not_wait(tmp_path, tmp_path_factory, emulated_site):
+def test_the_emulation_catches_a_staging_pipeline_that_does_not_wait(tmp_path, emulated_site):
     """The staging check is honest: emu.h runs a copy from pinned memory as late as
     CUDA may, so refilling a staging buffer before its previous copy is known to be
     done (the wait removed from copy_h2d) must give wrong data."""
@@ -206,7 +205,7 @@ def test_the_emulation_catches_a_staging_pipeline_that_does_not_wait(tmp_path, t
             code,
             str(tree / "tests" / "cuda_emu"),
             str(tmp_path),
-            str(tmp_path_factory.getbasetemp() / "cuda_emu_objects"),
+            str(emu_cache()),
             str(emulated_site / "whygpu"),
         ],
         capture_output=True,

@@ -5,17 +5,31 @@ the files are compiled as C++20.
 
     build_emulated.py OUT_DIR [g++ flags]            the check_kernels program
     build_emulated.py --module OUT_DIR [g++ flags]   whygpu._cuda over the emulation
+
+Every object file and linked program is cached by a hash of what went into it
+(its text, the headers it may include, the flags, the compiler's version and,
+for the binding, Python's and pybind11's), by default in
+~/.cache/whygpu-tests/cuda-emu ($XDG_CACHE_HOME is honoured; WHYGPU_EMU_CACHE
+names another folder): a second test run compiles nothing, and one changed
+.cu file recompiles that file only.  Each result is written under a temporary
+name and renamed into place, so an interrupted build leaves nothing half
+written, and two test runs building at once both get a whole one.  Entries
+unused for CACHE_DAYS days are removed; deleting the folder is always safe.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -24,6 +38,8 @@ BINDING_SRC = ROOT / "src" / "cuda"  # the _cuda binding, one file per concern (
 # WHYGPU_CUDA_EMULATION: for the few sources with code no CPU can stand in for (16_wgmma.cu)
 # -fPIC: one object serves both programs below
 COMMON = ["-std=c++20", "-O1", "-g", "-pthread", "-fPIC", "-DWHYGPU_CUDA_EMULATION=1"]
+CACHE_ENV = "WHYGPU_EMU_CACHE"
+CACHE_DAYS = 14  # an entry not used for this long is from an old tree: removed
 LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\s*\((.*?)\);", re.S)
 
 
@@ -66,9 +82,58 @@ def emulated_sources(out: pathlib.Path) -> list:
     return sources
 
 
-def _compile(src: pathlib.Path, flags: list, cache: pathlib.Path) -> pathlib.Path:
-    """src compiled to an object in `cache`, named by a hash of its text, the
-    headers it may include and the flags: an unchanged file is compiled once."""
+def default_cache() -> pathlib.Path:
+    """The cache folder: $WHYGPU_EMU_CACHE, else <$XDG_CACHE_HOME or ~/.cache>/whygpu-tests/cuda-emu
+    (outside the source tree: a second checkout or a fresh clone reuses it too)."""
+    if os.environ.get(CACHE_ENV):
+        return pathlib.Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "whygpu-tests" / "cuda-emu"
+
+
+@functools.cache
+def _toolchain() -> str:
+    """What identifies the compiler: a new g++ must not reuse the old one's objects."""
+    cxx = shutil.which("g++") or "g++"
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
+    return f"{os.path.realpath(cxx)}\n{version}"
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+def _fresh(path: pathlib.Path) -> bool:
+    """Whether a cached `path` exists; marks it used now (so _prune keeps it) before it is relied on."""
+    try:
+        os.utime(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _prune(cache: pathlib.Path) -> None:
+    """Remove entries not used for CACHE_DAYS days, and temporaries an interrupted build left a day ago."""
+    now = time.time()
+    for entry in [*cache.glob("*.o"), *cache.glob("linked/*"), *cache.glob(".tmp-*")]:
+        limit = 86400 if entry.name.startswith(".tmp-") else CACHE_DAYS * 86400
+        try:
+            if now - entry.stat().st_mtime <= limit:
+                continue
+            if entry.is_dir():  # moved aside first: a folder is never seen half removed
+                gone = cache / f".tmp-gone-{os.getpid()}-{entry.name}"
+                os.rename(entry, gone)
+                shutil.rmtree(gone)
+            else:
+                entry.unlink()
+        except OSError:
+            pass  # another test run removed or replaced it first
+
+
+def _compile(src: pathlib.Path, flags: list, cache: pathlib.Path, salt: str = "") -> pathlib.Path:
+    """src compiled to an object in `cache`, named by a hash of its text, the headers
+    it may include, the flags, the compiler and `salt` (what else its output depends
+    on): an unchanged file is compiled once."""
     h = hashlib.sha1(src.read_bytes())
     headers = [
         *HERE.glob("*.h"),
@@ -79,50 +144,83 @@ def _compile(src: pathlib.Path, flags: list, cache: pathlib.Path) -> pathlib.Pat
     ]
     for header in sorted(headers):
         h.update(header.read_bytes())
-    h.update(" ".join(flags).encode())
+    h.update("\0".join([*COMMON, *flags, _toolchain(), salt]).encode())
     obj = cache / f"{src.stem}-{h.hexdigest()[:16]}.o"
-    if not obj.exists():
-        tmp = obj.with_suffix(".tmp.o")
-        subprocess.run(
-            ["g++", *COMMON, "-c", f"-I{HERE}", f"-I{CUDA_SRC}", *flags, str(src), "-o", str(tmp)], check=True
-        )
-        tmp.replace(obj)
+    if not _fresh(obj):
+        # a name of its own, renamed into place when whole: a build running next to this one
+        # compiling the same file, or one interrupted half-way, never leaves a broken object
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".o", dir=cache)
+        os.close(fd)
+        try:
+            subprocess.run(
+                ["g++", *COMMON, "-c", f"-I{HERE}", f"-I{CUDA_SRC}", *flags, str(src), "-o", tmp], check=True
+            )
+            os.replace(tmp, obj)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return obj
 
 
 def _compile_all(jobs: list, cache: pathlib.Path) -> list:
-    """_compile for each (source, flags), a few at a time; the objects in the order of `jobs`."""
+    """_compile for each (source, flags[, salt]), a few at a time; the objects in the order of `jobs`."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda job: _compile(job[0], job[1], cache), jobs))
+        return list(pool.map(lambda job: _compile(*job[:2], cache, *job[2:]), jobs))
+
+
+def _link(objects: list, args: list, name: str, cache: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    """g++ `args` over `objects` into `name`, cached in cache/linked/<hash of the objects and
+    args>/ (built in a temporary folder renamed into place), then copied to out/name."""
+    final = cache / "linked" / _key(*map(str, objects), *COMMON, *args, _toolchain())
+    if not _fresh(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache))
+        try:
+            subprocess.run(["g++", *COMMON, *args, *map(str, objects), "-o", str(tmp / name)], check=True)
+            try:
+                os.rename(tmp, final)  # atomic; fails if another test run got there first
+            except OSError:
+                if not (final / name).exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(final / name, out / name)
+    return out / name
+
+
+def _cache_dir(cache: str) -> pathlib.Path:
+    cache_dir = pathlib.Path(cache) if cache else default_cache()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _prune(cache_dir)
+    return cache_dir
 
 
 def main(out_dir: str, *flags: str, cache: str = "") -> pathlib.Path:
-    """The check_kernels program (objects cached in `cache`, default OUT_DIR/obj)."""
+    """OUT_DIR/check_kernels (built in `cache`, default default_cache())."""
     out = pathlib.Path(out_dir)
     sources = emulated_sources(out)
-    cache_dir = pathlib.Path(cache) if cache else out / "obj"
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = _cache_dir(cache)
     objects = _compile_all(
         [(pathlib.Path(src), list(flags)) for src in [str(HERE / "check_kernels.cpp"), *sources]], cache_dir
     )
-    exe = out / "check_kernels"
-    subprocess.run(["g++", *COMMON, *flags, *map(str, objects), "-o", str(exe)], check=True)
-    return exe
+    return _link(objects, list(flags), "check_kernels", cache_dir, out)
 
 
 def module(out_dir: str, *flags: str, cache: str = "") -> pathlib.Path:
     """The real binding src/cuda/*.cpp over the emulated kernels, as an
     importable whygpu._cuda extension in OUT_DIR (copy it next to whygpu's
     Python files to run the GPU tests on the CPU: run_gpu_tests.py).  Objects
-    are cached in `cache` (default OUT_DIR/obj), shared with main()'s."""
+    is built in `cache` (default default_cache()), shared with main()'s."""
     import sysconfig
 
     import pybind11
 
     out = pathlib.Path(out_dir)
     sources = emulated_sources(out)
-    cache_dir = pathlib.Path(cache) if cache else out / "obj"
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = _cache_dir(cache)
+    # the binding's objects depend on the Python and pybind11 whose headers they include
+    python = f"{sys.version} {sysconfig.get_config_var('EXT_SUFFIX')} pybind11 {pybind11.__version__}"
     binding = [
         f"-I{pybind11.get_include()}",
         f"-I{sysconfig.get_paths()['include']}",
@@ -130,12 +228,10 @@ def module(out_dir: str, *flags: str, cache: str = "") -> pathlib.Path:
         '-DWHYGPU_CUDA_ARCHITECTURES="80-real,90-real,90-virtual"',
         '-DWHYGPU_CUDA_COMPILER_VERSION="emulated"',
     ]
-    jobs = [(src, [*binding, *flags]) for src in sorted(BINDING_SRC.glob("*.cpp"))]
+    jobs = [(src, [*binding, *flags], python) for src in sorted(BINDING_SRC.glob("*.cpp"))]
     jobs += [(pathlib.Path(src), list(flags)) for src in sources]
     objects = _compile_all(jobs, cache_dir)
-    target = out / ("_cuda" + sysconfig.get_config_var("EXT_SUFFIX"))
-    subprocess.run(["g++", *COMMON, "-shared", *flags, *map(str, objects), "-o", str(target)], check=True)
-    return target
+    return _link(objects, ["-shared", *flags], "_cuda" + sysconfig.get_config_var("EXT_SUFFIX"), cache_dir, out)
 
 
 if __name__ == "__main__":
