@@ -115,12 +115,48 @@ void* thread_scratch(ScratchSlot slot, std::size_t bytes);          // throws st
 void* thread_scratch_nothrow(ScratchSlot slot, std::size_t bytes);  // nullptr on failure
 
 // ---- Packing -------------------------------------------------------------
+#if defined(__GNUC__) || defined(__clang__)
+#define WHYGPU_PACK_PREFETCH(p) __builtin_prefetch((p), 0, 2)  // into L2: it is read soon, not now
+#else
+#define WHYGPU_PACK_PREFETCH(p) ((void)(p))
+#endif
+
 // Pack rows [i0, i0+mr) x depth [p0, p0+kc) of op(A) into an MR-tall
 // micro-panel (kc x MR, see above); rows mr..MR-1 are zero.
+// Rows of A contiguous (the usual case): a transpose, MR rows in, kc columns
+// of MR numbers out.  Done 8 steps of k at a time with MR known at compile
+// time, so each row is read as whole vectors and the output is written in
+// order; the next strip's rows are prefetched meanwhile -- they lie rs_a
+// apart, where the hardware prefetcher does not look ahead.
+template <int MR, typename T>
+void pack_a_rows(const T* a, std::int64_t rs_a, std::int64_t kc, bool prefetch_next, T* out) {
+    std::int64_t p = 0;
+    for (; p + 8 <= kc; p += 8) {
+        if (prefetch_next)  // the same 8 steps of the next strip's rows
+            for (int i = 0; i < MR; ++i) WHYGPU_PACK_PREFETCH(a + (MR + i) * rs_a + p);
+        T* o = out + p * MR;
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; ++q)
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; ++i) o[q * MR + i] = a[i * rs_a + p + q];
+    }
+    for (; p < kc; ++p)
+        for (int i = 0; i < MR; ++i) out[p * MR + i] = a[i * rs_a + p];
+}
+
 template <typename T>
 void pack_a_strip(const GemmArgs<T>& g, std::int64_t i0, int mr, std::int64_t p0,
                   std::int64_t kc, int MR, T* out) {
     const T* a = g.a + i0 * g.rs_a + p0 * g.cs_a;
+    if (g.cs_a == 1 && mr == MR) {
+        const bool next = i0 + 2 * MR <= g.m;  // the next strip is a full one too
+        switch (MR) {  // the register tiles in use (06_dispatch.cpp)
+            case 4: pack_a_rows<4>(a, g.rs_a, kc, next, out); return;
+            case 6: pack_a_rows<6>(a, g.rs_a, kc, next, out); return;
+            case 8: pack_a_rows<8>(a, g.rs_a, kc, next, out); return;
+            default: break;
+        }
+    }
     if (g.cs_a == 1) {  // rows of A are contiguous: read each row as one stream
         for (int i = 0; i < mr; ++i) {
             const T* row = a + i * g.rs_a;
@@ -211,12 +247,38 @@ bool b_strip_packed(const Blocking<T>& bk, Direct d, std::int64_t nc, std::int64
     return !(d.b && (js + 1) * bk.nr <= nc);
 }
 
+// Copy W numbers (W known at compile time: whole vectors, no loop overhead).
+template <int W, typename T>
+inline void copy_row(const T* src, T* dst) {
+#pragma GCC unroll 32
+    for (int j = 0; j < W; ++j) dst[j] = src[j];
+}
+
 // Pack the B panel op(B)[pc:pc+kc, jc:jc+nc] strips [s0, s1) into bp:
 // strip js at bp + js*kc*NR, kc x width (NR or nr_narrow), zero-padded.
 template <typename T>
 void pack_b_panel(const Blocking<T>& bk, const GemmArgs<T>& g, Direct d, std::int64_t jc,
                   std::int64_t nc, std::int64_t pc, std::int64_t kc, T* bp, std::int64_t s0,
                   std::int64_t s1) {
+    const int NR = bk.nr;
+    const std::int64_t full = std::min(s1, nc / NR);  // strips [s0, full) are NR wide
+    if (g.cs_b == 1 && !d.b && full > s0 && (NR == 8 || NR == 16 || NR == 32)) {
+        // B's rows contiguous: walk each row once across all the full strips,
+        // so memory is read in order (the hardware prefetcher follows it),
+        // instead of kc rows rs_b apart for every strip.
+        for (std::int64_t p = 0; p < kc; ++p) {
+            const T* row = g.b + (pc + p) * g.rs_b + jc;
+            T* dst = bp + p * NR;
+            for (std::int64_t js = s0; js < full; ++js) {
+                const T* src = row + js * NR;
+                T* out = dst + js * kc * NR;
+                if (NR == 8) copy_row<8>(src, out);
+                else if (NR == 16) copy_row<16>(src, out);
+                else copy_row<32>(src, out);
+            }
+        }
+        s0 = full;  // what is left: the last, partial strip
+    }
     for (std::int64_t js = s0; js < s1; ++js) {
         const int nr = static_cast<int>(std::min<std::int64_t>(bk.nr, nc - js * bk.nr));
         if (b_strip_packed(bk, d, nc, js))
