@@ -123,39 +123,60 @@ void* thread_scratch_nothrow(ScratchSlot slot, std::size_t bytes);  // nullptr o
 
 // Pack rows [i0, i0+mr) x depth [p0, p0+kc) of op(A) into an MR-tall
 // micro-panel (kc x MR, see above); rows mr..MR-1 are zero.
-// Rows of A contiguous (the usual case): a transpose, MR rows in, kc columns
-// of MR numbers out.  Done 8 steps of k at a time with MR known at compile
-// time, so each row is read as whole vectors and the output is written in
-// order; the next strip's rows are prefetched meanwhile -- they lie rs_a
-// apart, where the hardware prefetcher does not look ahead.
-template <int MR, typename T>
-void pack_a_rows(const T* a, std::int64_t rs_a, std::int64_t kc, bool prefetch_next, T* out) {
+// out[p*W + i] = src[i*stride + p] for i < W, p < kc: W contiguous runs of kc
+// numbers in, kc groups of W out -- a transpose.  It packs A when its rows
+// are contiguous (W = MR) and B when its columns are (W = NR: a weight
+// matrix used as W^T).  Done 8 steps of k at a time with W known at compile
+// time, so each run is read as whole vectors and the output is written in
+// order; with `prefetch_next`, the next W runs (the next strip) are
+// prefetched meanwhile -- they lie stride apart, where the hardware
+// prefetcher does not look ahead.
+template <int W, typename T>
+void pack_transpose(const T* src, std::int64_t stride, std::int64_t kc, bool prefetch_next, T* out) {
     std::int64_t p = 0;
     for (; p + 8 <= kc; p += 8) {
-        if (prefetch_next)  // the same 8 steps of the next strip's rows
-            for (int i = 0; i < MR; ++i) WHYGPU_PACK_PREFETCH(a + (MR + i) * rs_a + p);
-        T* o = out + p * MR;
+        if (prefetch_next)  // the same 8 steps of the next strip
+            for (int i = 0; i < W; ++i) WHYGPU_PACK_PREFETCH(src + (W + i) * stride + p);
+        T* o = out + p * W;
 #pragma GCC unroll 8
         for (int q = 0; q < 8; ++q)
-#pragma GCC unroll 16
-            for (int i = 0; i < MR; ++i) o[q * MR + i] = a[i * rs_a + p + q];
+#pragma GCC unroll 32
+            for (int i = 0; i < W; ++i) o[q * W + i] = src[i * stride + p + q];
     }
     for (; p < kc; ++p)
-        for (int i = 0; i < MR; ++i) out[p * MR + i] = a[i * rs_a + p];
+        for (int i = 0; i < W; ++i) out[p * W + i] = src[i * stride + p];
 }
 
+// Copy W numbers (W known at compile time: whole vectors, no loop overhead).
+template <int W, typename T>
+inline void copy_row(const T* src, T* dst) {
+#pragma GCC unroll 32
+    for (int j = 0; j < W; ++j) dst[j] = src[j];
+}
+
+// Pack rows [i0, i0+mr) x depth [p0, p0+kc) of op(A) into an MR-tall
+// micro-panel (kc x MR, see above); rows mr..MR-1 are zero.
 template <typename T>
 void pack_a_strip(const GemmArgs<T>& g, std::int64_t i0, int mr, std::int64_t p0,
                   std::int64_t kc, int MR, T* out) {
     const T* a = g.a + i0 * g.rs_a + p0 * g.cs_a;
-    if (g.cs_a == 1 && mr == MR) {
+    if (mr == MR && g.cs_a == 1) {  // rows contiguous: transpose MR rows
         const bool next = i0 + 2 * MR <= g.m;  // the next strip is a full one too
         switch (MR) {  // the register tiles in use (06_dispatch.cpp)
-            case 4: pack_a_rows<4>(a, g.rs_a, kc, next, out); return;
-            case 6: pack_a_rows<6>(a, g.rs_a, kc, next, out); return;
-            case 8: pack_a_rows<8>(a, g.rs_a, kc, next, out); return;
+            case 4: pack_transpose<4>(a, g.rs_a, kc, next, out); return;
+            case 6: pack_transpose<6>(a, g.rs_a, kc, next, out); return;
+            case 8: pack_transpose<8>(a, g.rs_a, kc, next, out); return;
             default: break;
         }
+    }
+    if (mr == MR && g.rs_a == 1 && (MR == 4 || MR == 6 || MR == 8)) {  // columns contiguous (A^T): copies
+        for (std::int64_t p = 0; p < kc; ++p) {
+            const T* col = a + p * g.cs_a;
+            if (MR == 4) copy_row<4>(col, out + p * MR);
+            else if (MR == 6) copy_row<6>(col, out + p * MR);
+            else copy_row<8>(col, out + p * MR);
+        }
+        return;
     }
     if (g.cs_a == 1) {  // rows of A are contiguous: read each row as one stream
         for (int i = 0; i < mr; ++i) {
@@ -180,6 +201,15 @@ template <typename T>
 void pack_b_strip(const GemmArgs<T>& g, std::int64_t p0, std::int64_t kc, std::int64_t j0,
                   int nr, int NR, T* out) {
     const T* b = g.b + p0 * g.rs_b + j0 * g.cs_b;
+    if (g.rs_b == 1 && g.cs_b != 1 && nr == NR) {  // B stored by columns, a full strip: transpose NR columns
+        switch (NR) {
+            case 4: pack_transpose<4>(b, g.cs_b, kc, false, out); return;
+            case 8: pack_transpose<8>(b, g.cs_b, kc, false, out); return;
+            case 16: pack_transpose<16>(b, g.cs_b, kc, false, out); return;
+            case 32: pack_transpose<32>(b, g.cs_b, kc, false, out); return;
+            default: break;
+        }
+    }
     if (g.rs_b == 1 && g.cs_b != 1) {  // B stored by columns (a transposed weight matrix):
         for (int j = 0; j < nr; ++j) {  // read each column as one stream
             const T* col = b + j * g.cs_b;
@@ -245,13 +275,6 @@ Direct choose_direct(const Blocking<T>& bk, const GemmArgs<T>& g, std::int64_t n
 template <typename T>
 bool b_strip_packed(const Blocking<T>& bk, Direct d, std::int64_t nc, std::int64_t js) {
     return !(d.b && (js + 1) * bk.nr <= nc);
-}
-
-// Copy W numbers (W known at compile time: whole vectors, no loop overhead).
-template <int W, typename T>
-inline void copy_row(const T* src, T* dst) {
-#pragma GCC unroll 32
-    for (int j = 0; j < W; ++j) dst[j] = src[j];
 }
 
 // Pack the B panel op(B)[pc:pc+kc, jc:jc+nc] strips [s0, s1) into bp:
