@@ -9,7 +9,7 @@
 //      for 2 vector loads and 8 broadcasts.  C is touched once per panel,
 //      not once per k step as in rung 5.
 //   2. Packing.  Before computing, a kc x nc panel of B is copied into NR-wide
-//      strips and each MR-tall strip of A into a kc x MR micro-panel, both in
+//      strips and an mc x kc block of A into MR-tall micro-panels, both in
 //      exactly the order the micro-kernel reads them.  The micro-kernel then
 //      reads memory strictly sequentially, with no TLB misses and no stride,
 //      whatever the layout of the inputs (transposed, sliced, Fortran).

@@ -139,8 +139,9 @@ MLP_SHAPES = [
 
 def block_edge_shapes(blocking: dict):
     """(m, n, k) shapes just below, on and above the packed kernels' block sizes
-    (mr, nr: register tile; kc: panel depth; nc: panel width)."""
+    (mr, nr: register tile; kc: panel depth; mc: rows of an A block; nc: panel width)."""
     mr, nr, kc, nc = blocking["mr"], blocking["nr"], blocking["kc"], blocking["nc"]
+    mc = blocking.get("mc", 8 * mr)
     shapes = [
         (mr - 1, nr - 1, kc - 1),
         (mr, nr, kc),
@@ -151,6 +152,9 @@ def block_edge_shapes(blocking: dict):
         (1, nc + nr + 1, 3),
         (mr + 1, 1, kc + 1),
         (4 * mr + 3, 2 * nc + 1, 17),  # three jc panels, ragged last one
+        (mc - 1, nr + 1, kc + 1),  # one A block, its last strip ragged
+        (mc + 1, 2 * nr - 1, 9),  # one row into a second A block
+        (2 * mc + mr + 1, nr, kc),  # three A blocks (split evenly), a ragged last strip
     ]
     return sorted({tuple(max(d, 1) for d in s) for s in shapes})
 

@@ -1,5 +1,5 @@
 """The run-time dispatcher: which micro-kernel the packed and openmp kernels
-use (cpu_info, set_arch, WHYGPU_ARCH, WHYGPU_KC/WHYGPU_NC), that every
+use (cpu_info, set_arch, WHYGPU_ARCH, WHYGPU_BLOCKING), that every
 supported instruction set gives the same results as the portable one, and
 that kernels the build or machine lacks report themselves unavailable
 (KernelUnavailableError) instead of failing some other way.

@@ -193,9 +193,15 @@ def _traffic(kernel: str, m: int, n: int, k: int, s: int, caches: dict, blocking
         add(level_for(s * min(bk, k) * min(bj, n), caches), s * m * k * n, "a tile of B per row of C")
         add(level_for(s * k * n, caches), s * math.ceil(m / bi) * k * n, "B once per 64 rows of C")
     elif kernel in ("packed", "openmp", "numpy"):
-        mr, kc, nc = blocking["mr"], blocking["kc"], blocking["nc"]
+        # The five loops (csrc/06_packed.cpp): a kc x NR micro-panel of B stays in L1 while the
+        # A block (mc x kc, in L2) streams past it once per NR columns; each B micro-panel
+        # comes from the B panel (kc x nc, in L3) once per A block.
+        mr, nr, kc, nc = blocking["mr"], blocking.get("nr", 32), blocking["kc"], blocking["nc"]
+        mc = blocking.get("mc", 64 * mr)
+        a_block = s * min(mc, m) * min(kc, k)
+        add(level_for(a_block, caches), s * m * k * math.ceil(n / nr), "the packed A block once per NR columns")
         panel = s * min(kc, k) * min(nc, n)
-        add(level_for(panel, caches), s * m * n * k / mr, "the packed B panel once per MR rows")
+        add(level_for(panel, caches), s * k * n * math.ceil(m / mc), "the packed B panel once per A block")
         mem = s * (m * k * math.ceil(n / nc) + 2 * k * n + 2 * m * n * math.ceil(k / kc))
         add(level_for(compulsory, caches), mem, "A, B and C from memory, with packing")
     else:
@@ -222,7 +228,7 @@ def kernel_model(
         return gpu_kernel_model(kernel, m, n, k, machine["gpu"])
     s = 4 if dtype == "float32" else 8
     info = cpu_info()
-    blocking = info.get("blocking", {}).get(dtype, {"mr": 8, "nr": 32, "kc": 256, "nc": 512})
+    blocking = info.get("blocking", {}).get(dtype, {"mr": 8, "nr": 32, "kc": 256, "mc": 512, "nc": 4096})
     if kernel.startswith("numpy"):  # a reference: BLAS on 1 or all threads
         roof = "simd_1t" if threads == 1 else "simd_all"
     elif kernel in KERNEL_ROOF:

@@ -187,6 +187,7 @@ _TRAFFIC_TEXT = {
     "naive": "B walked down a column: a 64-byte line per multiply-add once a column panel overflows L1",
     "reordered": "all of B once per row of C, from the level B fits in",
     "blocked": "a 128 x 256 tile of B once per row of C from L2; B from memory once per 64 rows",
-    "packed": "the packed B panel once per MR rows from L2; A, B, C from memory with packing",
+    "packed": "the packed A block once per NR columns from L2, the B panel once per A block from L3; "
+    "A, B, C from memory with packing",
     "openmp": "as packed, against all cores' bandwidth",
 }
