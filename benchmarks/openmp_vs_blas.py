@@ -52,7 +52,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     info = whygpu.cpu_info()
-    blas = "; ".join(f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture')})" for d in threadpool_info())
+    libs = [d for d in threadpool_info() if d.get("user_api") == "blas"]
+    blas = "; ".join(f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture')})" for d in libs)
     bk = info["blocking"]["float32"]
     isa = f"whygpu ISA {info['arch']} (best {info['best_arch']})"
     print(f"# {info['model']}, {info['cores']} cores; {isa}; BLAS {blas}")

@@ -119,6 +119,10 @@ def plot_ladder(doc: dict, path) -> str:
     ax.set_title(f"The kernel ladder: each rung adds one idea\n{_cpu_title(doc)}", fontsize=11)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, title="kernel")
+    if labels:  # room above the highest roof for its label (else it is pushed under its line)
+        top = max(y for y, *_ in labels) * 1.3
+        if ax.get_ylim()[1] < top:
+            ax.set_ylim(top=top)
     # The roofs' labels last, on the final axes: each where it covers no measured point (nor another label).
     placed: list = []
     lo, hi = min(sizes), max(sizes)

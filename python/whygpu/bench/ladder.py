@@ -50,6 +50,7 @@ from .measure import (
     format_seconds,
     gflops,
     matmul_flops,
+    planted_seconds,
     time_call,
     time_interleaved,
 )
@@ -169,7 +170,11 @@ def scout(
     that was cheap to run, not from a tiny one (a parallel kernel's fixed
     costs, or a slow kernel leaving the caches, would fool that).
     Returns {"expected_s": seconds at the full shape, "steps": [(j, seconds)]}.
+    A speed planted for `name` (WHYGPU_PLANT_GFLOPS, for tests) is used instead of timing.
     """
+    planted = planted_seconds(name, matmul_flops(m, n, k))
+    if planted is not None:
+        return {"expected_s": planted, "steps": []}
     j = 0
     while matmul_flops(max(m >> j, 1), max(n >> j, 1), max(k >> j, 1)) > 2e5 and (m >> j, n >> j, k >> j) != (0, 0, 0):
         j += 1
