@@ -21,8 +21,7 @@
 //
 // What else keeps the FMA pipes fed (as OpenBLAS's and BLIS's hand-written
 // Haswell/Zen kernels do):
-//   * C's MR rows are prefetched before the k loop (when C is read: beta
-//     != 0, i.e. every panel of k after the first): they lie ldc apart,
+//   * C's MR rows are prefetched before the k loop: they lie ldc apart,
 //     where no hardware prefetcher looks, and are needed only at the end, so
 //     their misses overlap kc steps of arithmetic instead of stalling after;
 //   * the A micro-panel streaming in from L2 is prefetched a few steps ahead;
@@ -63,12 +62,12 @@ inline void ukernel_loop(const MicroArgs<typename V::T>& u) {
     T* __restrict c = u.c;
     const std::int64_t ldc = u.ldc;
 
-    if (u.beta != T(0)) {  // C will be read at the end (with beta == 0 it is only written)
+    // C's rows, first and last byte of each: read at the end when beta != 0, and even when it is
+    // only written (beta == 0) a store that misses waits for its line to be fetched.
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) {  // C's rows: first and last byte of each
-            WHYGPU_PREFETCH(c + i * ldc);
-            WHYGPU_PREFETCH(c + i * ldc + NR - 1);
-        }
+    for (int i = 0; i < MR; ++i) {
+        WHYGPU_PREFETCH(c + i * ldc);
+        WHYGPU_PREFETCH(c + i * ldc + NR - 1);
     }
 
     R acc[MR][NV];
