@@ -11,6 +11,7 @@ Quintana-Orti, "Analytical modeling is enough for high-performance BLIS"
 from __future__ import annotations
 
 from ._cpu import cpu_info
+from .bench.measure import format_binary_bytes as _bin
 
 __all__ = ["model_blocks", "blocking_lines"]
 
@@ -29,14 +30,6 @@ def model_blocks(mr: int, nr: int, elem_bytes: int, caches: dict) -> dict:
     nc_fit = l3["bytes"] // 2 // (2 * kc * s) // nr * nr
     nc = min(NC_CAP, max(nr, nc_fit))
     return {"kc": kc, "mc": mc, "nc": nc, "l1_usable": l1_usable, "nc_capped": nc_fit > NC_CAP}
-
-
-def _size(b: float) -> str:
-    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
-        if b >= scale:
-            v = b / scale
-            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
-    return f"{b:.0f} B"
 
 
 def blocking_lines(dtype: str = "float32", info: dict | None = None) -> list[str]:
@@ -62,16 +55,16 @@ def blocking_lines(dtype: str = "float32", info: dict | None = None) -> list[str
     m = model_blocks(mr, nr, s, cm)
     out.append(
         f"  kc = {m['kc']}: an A micro-panel ({mr} x kc) and a B micro-panel (kc x {nr}) fill L1 "
-        f"({_size(l1['bytes'])}, {l1['ways']} ways) but one way, left for C: "
-        f"({mr} + {nr}) x {m['kc']} x {s} B = {_size((mr + nr) * m['kc'] * s)} <= {_size(m['l1_usable'])}"
+        f"({_bin(l1['bytes'])}, {l1['ways']} ways) but one way, left for C: "
+        f"({mr} + {nr}) x {m['kc']} x {s} B = {_bin((mr + nr) * m['kc'] * s)} <= {_bin(m['l1_usable'])}"
     )
     out.append(
-        f"  mc = {m['mc']}: the packed A block (mc x kc) fills about half of L2 ({_size(l2['bytes'])}): "
-        f"{m['mc']} x {m['kc']} x {s} B = {_size(m['mc'] * m['kc'] * s)}"
+        f"  mc = {m['mc']}: the packed A block (mc x kc) fills about half of L2 ({_bin(l2['bytes'])}): "
+        f"{m['mc']} x {m['kc']} x {s} B = {_bin(m['mc'] * m['kc'] * s)}"
     )
     out.append(
         f"  nc = {m['nc']}: two packed B panels (kc x nc, one read while the next is packed) in half of L3 "
-        f"({_size(l3['bytes'])}): 2 x {m['kc']} x {m['nc']} x {s} B = {_size(2 * m['kc'] * m['nc'] * s)}"
+        f"({_bin(l3['bytes'])}): 2 x {m['kc']} x {m['nc']} x {s} B = {_bin(2 * m['kc'] * m['nc'] * s)}"
         + (f" (capped at {NC_CAP} columns)" if m["nc_capped"] else "")
     )
     return out

@@ -16,6 +16,7 @@ import math
 
 from .._registry import KERNELS
 from .ladder_series import series_device, series_precision
+from .measure import format_binary_bytes as _bin
 from .measure import format_figure
 from .trust import DISTURBED, compare, impossible_fraction, spread
 
@@ -271,14 +272,6 @@ def left_out_text(summary: dict) -> str | None:
     )
 
 
-def _size(nbytes: float) -> str:
-    """'512 KiB', '4 MiB', '1.5 GiB': a cache or a matrix, in the units a CPU's data sheet uses."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if nbytes >= scale:
-            return f"{round(nbytes / scale, 1):g} {unit}"
-    return f"{nbytes:.0f} bytes"
-
-
 def blocking_text(summary: dict, caches: dict, dtype: str = "float32", bandwidth: dict | None = None) -> str | None:
     """Why cache blocking did (or did not) beat the reordered loop on this machine, from the
     measured step and this machine's cache sizes (``cpu_info()['caches']``); None when the
@@ -300,12 +293,12 @@ def blocking_text(summary: dict, caches: dict, dtype: str = "float32", bandwidth
     l2, l3 = caches.get("L2"), caches.get("L3")
     won = b.get("speedup_clear", True) and b["speedup_prev"] > 1
     step = step_text(b)
-    where = f"At n = {n}, B is {_size(mat)} ({dtype})"
+    where = f"At n = {n}, B is {_bin(mat)} ({dtype})"
     if won:
         beyond = (
-            f", beyond this machine's {_size(l3)} L3"
+            f", beyond this machine's {_bin(l3)} L3"
             if l3 and mat > l3
-            else (f", beyond this machine's {_size(l2)} L2" if l2 and mat > l2 else "")
+            else (f", beyond this machine's {_bin(l2)} L2" if l2 and mat > l2 else "")
         )
         return f"Cache blocking pays here: blocked is {step}. {where}{beyond}: reordered re-reads it for each row of C."
     slower = b.get("speedup_clear", True) and b["speedup_prev"] < 1
@@ -320,14 +313,14 @@ def blocking_text(summary: dict, caches: dict, dtype: str = "float32", bandwidth
         return head + f"{where}; this machine's cache sizes are unknown, so where B sits cannot be said."
     if mat <= l2:
         return head + (
-            f"{where}: it fits in this machine's {_size(l2)} L2, so reordered already reads it from a cache "
+            f"{where}: it fits in this machine's {_bin(l2)} L2, so reordered already reads it from a cache "
             "and blocking has nothing to save. Its lesson shows only on matrices larger than the caches."
         )
     n_l3 = int(math.sqrt(l3 / item))
     if mat <= l3:
         keep = f" (the L3 delivers about {format_figure(bandwidth['L3'])} GB/s to one core)" if bandwidth else ""
         return head + (
-            f"{where}: larger than the {_size(l2)} L2, but inside the {_size(l3)} L3. Reordered reads B in order, "
+            f"{where}: larger than the {_bin(l2)} L2, but inside the {_bin(l3)} L3. Reordered reads B in order, "
             f"{rate}, and the hardware "
             f"prefetchers stream that from L3 in time{keep}: re-reading B is nearly free, so there is little for "
             f"blocking to save. B leaves the L3 only above n = {n_l3} ({dtype}); there, reordered's re-reads come "
@@ -335,7 +328,7 @@ def blocking_text(summary: dict, caches: dict, dtype: str = "float32", bandwidth
         )
     keep = f" (about {format_figure(bandwidth['DRAM'])} GB/s measured)" if bandwidth and bandwidth.get("DRAM") else ""
     return head + (
-        f"{where}, more than the {_size(l3)} L3, so reordered re-reads it from DRAM -- but only "
+        f"{where}, more than the {_bin(l3)} L3, so reordered re-reads it from DRAM -- but only "
         f"{rate}, which this machine's memory "
         f"delivers{keep}: the re-reads are not yet what limits it, so blocking's saving does not show."
     )

@@ -230,6 +230,14 @@ def format_figure(x) -> str:
     return f"{x:.2g}"
 
 
+def format_binary_bytes(nbytes: float) -> str:
+    """'32 KiB', '1 MiB', '27.5 KiB': a cache or a buffer, in the binary units a CPU's data sheet uses."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{round(nbytes / scale, 1):g} {unit}"
+    return f"{nbytes:.0f} bytes"
+
+
 def format_seconds(s: float) -> str:
     """'850 us', '12 ms', '3.4 s', '2 min 5 s' -- for estimates and skip notes."""
     if s != s:  # NaN

@@ -39,16 +39,9 @@ def _gpu_details(d: dict) -> str:
 
 def _print_info(doc: dict) -> None:
     from .._blocking import blocking_lines
-    from ..explain import format_bytes
+    from ..bench.measure import format_binary_bytes
 
     m, cpu = doc["machine"], doc["machine"]["cpu"]
-
-    def kib(b):
-        return (
-            f"{b // 1024**2} MiB"
-            if b >= 1024**2 and b % 1024**2 == 0
-            else (f"{b // 1024} KiB" if b % 1024 == 0 else format_bytes(b))
-        )
 
     blk = cpu.get("blocking", {}).get("float32", {})
     cuda = m["cuda"]
@@ -77,7 +70,7 @@ def _print_info(doc: dict) -> None:
             if blk
             else "n/a",
         ),
-        ("caches", ", ".join(f"{k} {kib(v)}" for k, v in cpu.get("caches", {}).items()) or "unknown"),
+        ("caches", ", ".join(f"{k} {format_binary_bytes(v)}" for k, v in cpu.get("caches", {}).items()) or "unknown"),
         ("OpenMP", "yes" if cpu.get("openmp") else "no (the openmp kernel is unavailable)"),
         (
             "BLAS (NumPy)",

@@ -6,8 +6,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from ..bench.measure import format_figure
-from ..explain import format_bytes
+from ..bench.measure import format_binary_bytes, format_figure
 
 # A report is a list of blocks, rendered twice (render.py), to Markdown and to HTML:
 # ("h1", text), ("h2", text), ("p", text), ("fig", png name, caption),
@@ -45,7 +44,4 @@ def _ms(s: float) -> str:
 
 def _cache(b: int) -> str:
     """Cache sizes in binary units, as the vendors write them (32 KiB, 1 MiB)."""
-    for unit, f in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if b >= f and b % f == 0:
-            return f"{b // f} {unit}"
-    return format_bytes(b)
+    return format_binary_bytes(b)
