@@ -1,43 +1,88 @@
-"""The scale-out figure: modelled scaling efficiency against the number of ranks for each interconnect,
-strong and weak scaling, with the efficiencies measured on this machine marked."""
+"""The scale-out figure: the multi-rank step measured here next to the model's terms, and the model's scaling
+efficiency against the number of ranks for each system, strong and weak scaling, with the efficiencies
+measured here and the published figures each marked beside their own kind of scaling."""
 
 from __future__ import annotations
 
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-__all__ = ["plot_scaleout"]
+__all__ = ["plot_scaleout", "scaleout_figure"]
 
 _DPI = 110
 _STYLES = ["-", "--", ":"]
-_LINK_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+_SYSTEM_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+
+
+def _breakdown(ax, doc: dict) -> None:
+    """Stacked bars, per multi-rank run: measured here (compute, exposed allreduce) and the model (the
+    compute of one rank alone on its share, the exposed part of the bare Allreduce)."""
+    runs = [r for r in doc["runs"] if r.get("breakdown")]
+    labels, x = [], 0.0
+    for r in runs:
+        for what, src in (("measured here", r["breakdown"]["measured"]), ("model", r["breakdown"]["model"])):
+            comp, exp = 1e3 * src["compute_s"], 1e3 * src["exposed_s"]
+            hatch = None if what == "measured here" else "//"
+            ax.bar(x, comp, color="#7f7f7f", hatch=hatch, edgecolor="black", linewidth=0.5)
+            ax.bar(x, exp, bottom=comp, color="#ff7f0e", hatch=hatch, edgecolor="black", linewidth=0.5)
+            labels.append(f"{r['ranks']} x {r['threads']}\n{what}")
+            x += 1
+        err = r.get("prediction_error")
+        if err is not None:
+            top = 1e3 * max(r["breakdown"]["measured"]["step_s"], r["breakdown"]["model"]["step_s"])
+            flag = " disturbed" if r.get("disturbed") else ""
+            ax.annotate(f"{100 * err:+.0f}%{flag}", (x - 1.5, top), ha="center", va="bottom", fontsize=8)
+        x += 0.5
+    ax.set_xticks([i + 0.5 * (i // 2) for i in range(len(labels))], labels, fontsize=7.5)
+    ax.legend(
+        handles=[
+            Patch(facecolor="#7f7f7f", label="compute (a rank on its share)"),
+            Patch(facecolor="#ff7f0e", label="exposed allreduce"),
+            Patch(facecolor="white", edgecolor="black", hatch="//", label="model (terms measured apart)"),
+        ],
+        fontsize=7.5,
+        loc="lower left",
+    )
+    ax.set_ylabel("ms per step")
+    ax.set_title("one step: measured here and the model", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
 
 
 def plot_scaleout(doc: dict, path) -> str:
-    """Two panels (strong scaling: fixed global batch; weak scaling: fixed batch per rank): efficiency =
-    speed-up / P against P = 1..1024, one colour per interconnect, solid for the MLP measured here and dashed
-    dashed and dotted for the larger models; the measured runs as black points."""
+    """Draw :func:`scaleout_figure` into `path` (PNG); returns the path."""
+    scaleout_figure(doc).savefig(path, dpi=_DPI, format="png")
+    return str(path)
+
+
+def scaleout_figure(doc: dict) -> Figure:
+    """Three panels: the measured step next to the model's terms; then the model's efficiency = speed-up / P
+    against P (strong scaling: fixed global batch; weak: fixed batch per rank), one colour per system, solid
+    for the MLP measured here and dashed and dotted for the larger models; black points: measured here;
+    a star: a published figure, on the panel of its own kind of scaling."""
     ex = doc["extrapolation"]
-    fig = Figure(figsize=(11.0, 4.8), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    links = [x["name"] for x in ex["interconnects"]]
+    fig = Figure(figsize=(14.0, 4.8), layout="constrained")
+    axb, ax_s, ax_w = fig.subplots(1, 3, gridspec_kw={"width_ratios": [0.8, 1.2, 1.2]})
+    ax_w.sharey(ax_s)
+    _breakdown(axb, doc)
+    systems = [s["name"] for s in ex["systems"]]
     models = [m["name"] for m in ex["models"]]
     measured = [r for r in doc["runs"] if r["ranks"] > 1 and r.get("efficiency") is not None]
-    for ax, scaling in zip(axes, ("strong", "weak")):
+    for ax, scaling in ((ax_s, "strong"), (ax_w, "weak")):
         for c in ex["curves"]:
             if c["scaling"] != scaling:
                 continue
-            color = _LINK_COLORS[links.index(c["interconnect"]) % len(_LINK_COLORS)]
+            color = _SYSTEM_COLORS[systems.index(c["system"]) % len(_SYSTEM_COLORS)]
             k = models.index(c["model"])
-            solid = k == 0
-            pub = next(x for x in ex["interconnects"] if x["name"] == c["interconnect"])["public"]
-            label = f"{c['interconnect']}{' (public figure)' if pub else ' (fitted here)'}" if solid else None
+            label = f"model: {c['system']}" if k == 0 else None
             ax.plot(
                 c["ranks"],
                 c["efficiency"],
                 color=color,
                 linestyle=_STYLES[k % len(_STYLES)],
-                linewidth=1.8 if solid else 1.2,
+                linewidth=1.8 if k == 0 else 1.2,
+                marker="o" if len(c["ranks"]) <= 2 else None,  # this machine: a line of two points
+                markersize=3,
                 label=label,
             )
         if scaling == "strong":
@@ -50,6 +95,17 @@ def plot_scaleout(doc: dict, path) -> str:
                     xytext=(8, -4),
                     fontsize=8,
                 )
+        for pt in ex.get("public_points", []):
+            if pt["scaling"] == scaling:
+                ax.plot(pt["ranks"], pt["efficiency"], "k*", markersize=11, zorder=5)
+                ax.annotate(
+                    pt["label"],
+                    (pt["ranks"], pt["efficiency"]),
+                    textcoords="offset points",
+                    xytext=(-8, 8),
+                    ha="right",
+                    fontsize=7.5,
+                )
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.set_xlim(1, max(ex["ranks"]))
@@ -58,14 +114,17 @@ def plot_scaleout(doc: dict, path) -> str:
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{100 * y:.0f}%"))
         ax.set_xlabel("ranks P")
         ax.grid(True, alpha=0.3)
-        what = "fixed global batch" if scaling == "strong" else "fixed batch per rank"
-        ax.set_title(f"{scaling} scaling ({what} {ex['batch']})", fontsize=10)
-    axes[0].set_ylabel("scaling efficiency = speed-up / P")
+        what = f"fixed global batch {ex['batch']}, P <= batch" if scaling == "strong" else f"{ex['batch']} per rank"
+        ax.set_title(f"model, {scaling} scaling ({what})", fontsize=10)
+    ax_s.set_ylabel("scaling efficiency = speed-up / P")
     for k, m in enumerate(models):
-        what = "measured here" if k == 0 else "compute scaled by FLOPs"
-        axes[0].plot([], [], color="black", linestyle=_STYLES[k % len(_STYLES)], label=f"{m} ({what})")
-    handles, labels = axes[0].get_legend_handles_labels()
-    axes[1].legend(handles, labels, fontsize=7.5, loc="lower left")  # the strong panel's lower left has the point
-    fig.suptitle("Data parallelism: the cost model T(P) = T_compute/P + ring allreduce - overlap", fontsize=11)
-    fig.savefig(path, dpi=_DPI, format="png")
-    return str(path)
+        what = "the MLP measured here" if k == 0 else "CPU compute scaled by FLOPs"
+        ax_s.plot([], [], color="black", linestyle=_STYLES[k % len(_STYLES)], label=f"{m} ({what})")
+    handles, labels = ax_s.get_legend_handles_labels()
+    ax_w.legend(handles, labels, fontsize=7, loc="lower left")
+    fig.suptitle(
+        "Data parallelism: T(P) = T_compute(B/P) + exposed allreduce; the curves are the model, "
+        "the black points measured here",
+        fontsize=11,
+    )
+    return fig

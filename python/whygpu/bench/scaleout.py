@@ -27,11 +27,23 @@ import numpy as np
 
 from .._registry import KERNELS
 from .._threads import _cpus_available
-from .machine import _load, machine_info
+from .machine import machine_info
 from .progress import Progress
-from .trust import QuietGuard
+from .trust import QuietGuard, cpu_times
 
-__all__ = ["SCHEMA", "INSTALL_HINT", "NO_MPI_ENV", "ScaleoutError", "find_mpiexec", "mpi_status", "measure"]
+__all__ = [
+    "SCHEMA",
+    "INSTALL_HINT",
+    "NO_MPI_ENV",
+    "OVERSUBSCRIBE_LIMIT",
+    "ScaleoutError",
+    "find_mpiexec",
+    "mpi_status",
+    "check_ranks",
+    "end_job",
+    "run_job",
+    "measure",
+]
 
 SCHEMA = "whygpu.scaleout/1"
 INSTALL_HINT = "pip install 'whygpu[mpi]'"
@@ -91,29 +103,134 @@ def _env(threads: int) -> dict[str, str]:
     return env
 
 
-def launch(mpiexec: str, ranks: int, threads: int, worker_args: Sequence[str], timeout: float) -> dict:
+def _ppid_map() -> dict[int, list[int]]:
+    """{parent pid: [child pids]} from /proc (empty where there is no /proc)."""
+    kids: dict[int, list[int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return kids
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(name))
+    return kids
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...), from /proc."""
+    kids, out, todo = _ppid_map(), [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a zombie holds no core and is gone once its parent is)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)  # no /proc (macOS): at least whether the pid exists
+        except OSError:
+            return False
+        return True
+
+
+def end_job(proc: subprocess.Popen, grace: float = 1.0) -> None:
+    """End mpiexec and every process it started, within about `grace` + 0.2 s.
+
+    MPICH's hydra puts its proxy and each rank in a session of its own, so signalling mpiexec's
+    process group reaches mpiexec alone: the ranks would live on as orphans.  So: note the whole
+    tree first (once mpiexec is gone its children are re-parented and can no longer be found),
+    send mpiexec SIGINT (hydra then ends the ranks itself, as on a terminal's Ctrl-C), and SIGKILL
+    whatever of the tree, or of mpiexec's group, is still there after `grace` seconds."""
+    tree = descendants(proc.pid)
+    try:
+        os.kill(proc.pid, signal.SIGINT)
+    except OSError:
+        pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not any(_alive(p) for p in tree):
+            break
+        tree += [p for p in descendants(proc.pid) if p not in tree]  # one started since: end it too
+        time.sleep(0.02)
+    for pid in tree + [proc.pid]:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        proc.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        pass
+
+
+def run_job(
+    cmd: Sequence[str], env: dict, timeout: float, tick: Callable[[float], None] | None = None
+) -> tuple[int, str]:
+    """Run an MPI job, returning (status, output).  Any exception while it runs -- a timeout, Ctrl-C
+    (KeyboardInterrupt) -- ends mpiexec and every rank (:func:`end_job`) before it propagates;
+    `tick(elapsed)` is called about twice a second (the progress bar)."""
+    proc = subprocess.Popen(
+        list(cmd),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # the terminal's Ctrl-C reaches us alone; we end the job (end_job)
+    )
+    t0 = time.monotonic()
+    try:
+        while True:
+            left = timeout - (time.monotonic() - t0)
+            if left <= 0:
+                raise subprocess.TimeoutExpired(cmd, timeout)
+            try:
+                text, _ = proc.communicate(timeout=min(0.5, left))
+                return proc.returncode, text
+            except subprocess.TimeoutExpired:
+                if tick is not None:
+                    tick(time.monotonic() - t0)
+    except BaseException:
+        end_job(proc)
+        raise
+
+
+def launch(
+    mpiexec: str,
+    ranks: int,
+    threads: int,
+    worker_args: Sequence[str],
+    timeout: float,
+    tick: Callable[[float], None] | None = None,
+) -> dict:
     """Run the worker on `ranks` ranks x `threads` threads; returns the JSON rank 0 wrote."""
     with tempfile.TemporaryDirectory(prefix="whygpu-scaleout-") as tmp:
         out = Path(tmp) / "rank0.json"
         cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "whygpu.bench.scaleout_worker"]
         cmd += [*worker_args, "--threads", str(threads), "--json", str(out)]
-        proc = subprocess.Popen(
-            cmd,
-            env=_env(threads),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # one process group: a timeout kills every rank, not just mpiexec
-        )
         try:
-            text, _ = proc.communicate(timeout=timeout)
+            status, text = run_job(cmd, _env(threads), timeout, tick)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
             raise ScaleoutError(f"mpiexec -n {ranks} timed out after {timeout:g} s") from None
         tail = " | ".join(text.strip().splitlines()[-6:])
-        if proc.returncode != 0 or not out.exists():
-            raise ScaleoutError(f"mpiexec -n {ranks} failed (status {proc.returncode}): {tail or 'no output'}")
+        if status != 0 or not out.exists():
+            raise ScaleoutError(f"mpiexec -n {ranks} failed (status {status}): {tail or 'no output'}")
         return json.loads(out.read_text())
 
 
@@ -157,16 +274,60 @@ def summarize(raw: dict) -> dict:
     return rec
 
 
-def _configs(ranks: Sequence[int], cores: int) -> list[tuple[int, int]]:
-    """(ranks, threads per rank): each P with P*T = cores, one rank on every such T (the baselines), and one
-    rank on one thread and on all cores; baselines first."""
-    wanted = [(p, max(1, cores // p)) for p in ranks]
-    base = [(1, 1), (1, cores)] + [(1, t) for _, t in wanted]
-    out: list[tuple[int, int]] = []
-    for c in base + wanted:
-        if c not in out:
-            out.append(c)
+OVERSUBSCRIBE_LIMIT = 4  # ranks x threads above this many times the cores are refused without --oversubscribe
+
+
+def check_ranks(ranks: Sequence[int], batch: int, cores: int, oversubscribe: bool = False) -> list[int]:
+    """The sorted rank counts, or a ValueError saying why not: fewer than 2, more than the global batch has
+    samples, or more than 4x the cores (time-sharing, not scaling; and a 2-core machine running 64 Python
+    ranks takes minutes) unless `oversubscribe`."""
+    out = sorted(set(int(p) for p in ranks))
+    if not out or out[0] < 1:
+        raise ValueError(f"--ranks must be counts >= 1, got {list(ranks)}")
+    if max(out) < 2:
+        raise ValueError("--ranks needs a count of 2 or more: one rank has nothing to communicate")
+    if batch < max(out):
+        raise ValueError(f"a global batch of {batch} cannot be split over {max(out)} ranks")
+    if max(out) > OVERSUBSCRIBE_LIMIT * cores and not oversubscribe:
+        raise ValueError(
+            f"{max(out)} ranks on {cores} cores is more than {OVERSUBSCRIBE_LIMIT}x the cores: the ranks would "
+            "take turns on the cores (contention, not scaling) and the run would take minutes; "
+            "pass --oversubscribe to run it anyway"
+        )
     return out
+
+
+def share_batch(batch: int, ranks: int) -> int:
+    """The largest share of a global batch over `ranks` ranks (whygpu.distributed.share's split): the rank
+    every step waits for."""
+    return -(-batch // ranks)
+
+
+def _configs(ranks: Sequence[int], cores: int, batch: int) -> list[tuple[int, int, int]]:
+    """(ranks, threads per rank, batch of one rank's step): the baselines first -- one rank on the whole
+    global batch with one thread, all cores and each T = cores // P -- then for each P, one rank alone on
+    its share of the batch (the model's compute term) right before the P ranks (so that both see the
+    same machine)."""
+    wanted = [(p, max(1, cores // p)) for p in ranks if p > 1]
+    base = [(1, 1), (1, cores)] + [(1, t) for _, t in wanted]
+    out: list[tuple[int, int, int]] = []
+    for p, t in base:
+        if (p, t, batch) not in out:
+            out.append((p, t, batch))
+    for p, t in wanted:
+        out += [(1, t, share_batch(batch, p)), (p, t, batch)]
+    return out
+
+
+def _cpu_times_with_ranks() -> dict | None:
+    """The guard's reading with the ranks' CPU time counted as ours: the job's processes are waited for
+    (mpiexec waits for its proxy, the proxy for the ranks), so their time is in os.times()'s children
+    fields once the job ended.  Then "others" is what *other* programs took from the ranks' cores."""
+    t = cpu_times()
+    if t is not None:
+        own = os.times()
+        t["own"] = own.user + own.system + own.children_user + own.children_system
+    return t
 
 
 def measure(
@@ -180,50 +341,94 @@ def measure(
     timeout: float = 300.0,
     log: Callable[[str], None] = lambda s: None,
     progress: bool = False,
+    oversubscribe: bool = False,
+    judge: Callable[[dict, dict], list[str]] | None = None,
 ) -> dict:
     """Every run of :func:`_configs` and an allreduce sweep (1 KB to ``sweep_max``) on the largest P; the
-    measured part of the ``whygpu.scaleout/1`` document (``whygpu.scaleout.annotate`` adds the model)."""
+    measured part of the ``whygpu.scaleout/1`` document (``whygpu.scaleout.annotate`` adds the model).
+
+    ``judge(share_run, run)`` (the model's check) returns what is wrong with a multi-rank run (its
+    DataParallel bandwidth, its model error); such a run is measured once more with its share run, and
+    flagged ``disturbed`` if the second is wrong too."""
     st = mpi_status()
     if not st["available"]:
         raise ScaleoutError(f"cannot measure scale-out: {st['reason']}")
-    ranks = sorted(set(int(p) for p in ranks))
-    if max(ranks) < 2:
-        raise ValueError("--ranks needs a count of 2 or more: one rank has nothing to communicate")
-    if batch < max(ranks):
-        raise ValueError(f"a global batch of {batch} cannot be split over {max(ranks)} ranks")
     cores = _cpus_available()
+    ranks = check_ranks(ranks, batch, cores, oversubscribe)
     backend = "openmp" if KERNELS["openmp"].available else "packed"
     if backend != "openmp":
         log(f"the openmp back end is not available ({KERNELS['openmp'].unavailable()}): using packed")
-    minfo = machine_info()
     t0 = time.perf_counter()
-    common = ["--layers", ",".join(map(str, layers)), "--batch", str(batch), "--backend", backend]
+    common = ["--layers", ",".join(map(str, layers)), "--backend", backend]
     common += ["--steps", str(steps), "--warmup", str(WARMUP), "--bucket-mb", repr(float(bucket_mb))]
-    configs = _configs(ranks, cores)
-    runs, library = [], None
-    # Waits for quiet before each launch; only "before": during a run the ranks are other processes.
-    guard = QuietGuard()
+    configs = _configs(ranks, cores, batch)
+    runs: list[dict] = []
+    library = None
+    # Waits for quiet before each launch and reads, across the ranks' cores, what other programs took
+    # while the ranks ran (their own time counted as ours: _cpu_times_with_ranks).
+    guard = QuietGuard(reader=_cpu_times_with_ranks)
+    P = max(ranks)
     with Progress(len(configs) + 1, "scaleout", progress) as bar:
-        for p, t in configs:
-            bar.show(f"{p} rank(s) x {t} thread(s)", 0.0)
+
+        def one(p: int, t: int, b: int, extra: str = "") -> dict:
+            nonlocal library
+            label = f"{p} rank(s) x {t} thread(s), batch {b}{extra}"
+            bar.show(label, 0.0)
             if p * t > cores:
                 log(f"{p} ranks x {t} threads oversubscribe {cores} cores: contention, not scaling")
-            guard.wait(f"{p} rank(s) x {t} thread(s)")
-            raw = launch(st["mpiexec"], p, t, ["--mode", "step", *common], timeout)
+            with guard.block(label) as q:
+                raw = launch(st["mpiexec"], p, t, ["--mode", "step", "--batch", str(b), *common], timeout, tick)
             library = raw.get("mpi_library", library)
-            runs.append(summarize(raw))
+            rec = summarize(raw)
+            rec["global_batch"] = batch
+            rec["quiet"] = q
+            return rec
+
+        def tick(elapsed: float) -> None:
+            bar.show(f"{bar_label[0]}: {elapsed:.0f} s", 0.0)
+
+        bar_label = [""]
+        machine_done = False
+        minfo: dict = {}
+        pending: dict | None = None  # the share run waiting for its P-rank run
+        for p, t, b in configs:
+            bar_label[0] = f"{p} rank(s) x {t} thread(s), batch {b}"
+            if not machine_done:  # after the bar is up: the progress shows within a second of starting
+                minfo, machine_done = machine_info(), True
+            rec = one(p, t, b)
             bar.advance()
-        P = max(ranks)
-        bar.show(f"allreduce sweep on {P} ranks", 0.0)
+            if p == 1 and b != batch:
+                rec["share_of"] = share_for = next(q for q in ranks if q > 1 and share_batch(batch, q) == b)
+                rec["share_ranks"] = share_for
+                pending = rec
+                runs.append(rec)
+                continue
+            if p > 1 and judge is not None and pending is not None:
+                why = judge(pending, rec)
+                if why:
+                    log(f"{p} ranks: {'; '.join(why)}: measuring the pair once more")
+                    first = {"step_s": rec["step_s"], "share_step_s": pending["step_s"], "reasons": why}
+                    runs.remove(pending)
+                    pending = one(1, t, pending["batch"], " (again)")
+                    pending["share_of"] = pending["share_ranks"] = p
+                    runs.append(pending)
+                    rec = one(p, t, b, " (again)")
+                    again = judge(pending, rec)
+                    rec["remeasured"] = first
+                    rec["disturbed"] = again or None
+                    if again:
+                        log(f"{p} ranks: still {'; '.join(again)}: flagged disturbed, left out of the conclusions")
+            runs.append(rec)
+        bar_label[0] = f"allreduce sweep on {P} ranks"
+        bar.show(bar_label[0], 0.0)
         sizes = _sweep_sizes(sweep_max)
-        guard.wait(f"allreduce sweep on {P} ranks")
-        sw = launch(st["mpiexec"], P, 1, ["--mode", "sweep", "--sizes", ",".join(map(str, sizes))], timeout)
+        with guard.block(bar_label[0]):
+            sw = launch(st["mpiexec"], P, 1, ["--mode", "sweep", "--sizes", ",".join(map(str, sizes))], timeout, tick)
         bar.advance()
     return {
         "schema": SCHEMA,
         "available": True,
         "machine": minfo,
-        "load_average_after": _load(),
         "quiet": guard.as_dict(),
         "seconds": time.perf_counter() - t0,
         "params": {
@@ -239,6 +444,7 @@ def measure(
             "optimizer": "SGD",
             "mpiexec": st["mpiexec"],
             "mpi_library": library,
+            "oversubscribe": bool(oversubscribe),
             "dataset": f"synthetic: {layers[-1]} Gaussian clusters in {layers[0]} dimensions",
         },
         "runs": runs,

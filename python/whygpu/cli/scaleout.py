@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from .._threads import _cpus_available
+from ..bench.scaleout import OVERSUBSCRIBE_LIMIT
+from ..bench.trust import DISTURBED
+from ..scaleout import quiet_reading
 from ._common import (
     CliError,
     _common_args,
@@ -25,7 +29,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s = sub.add_parser(
         "scaleout",
         parents=[_common_args(), _plot_arg()],
-        help="data-parallel training on P MPI ranks: measured, and the cost model up to 1024 ranks",
+        help="data-parallel training on P MPI ranks: measured term by term, and the cost model extrapolated",
     )
     s.add_argument("--ranks", type=_int_list, default=[1, 2], help="rank counts, e.g. '1,2' (default 1,2)")
     s.add_argument(
@@ -38,11 +42,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--sweep-max", type=_positive_int, default=64 << 20, help="largest allreduce of the sweep, bytes (64 MiB)"
     )
     s.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds allowed per mpiexec job (600)")
+    s.add_argument(
+        "--oversubscribe",
+        action="store_true",
+        help=f"allow more than {OVERSUBSCRIBE_LIMIT}x as many ranks as cores (they take turns: contention)",
+    )
     return s
 
 
 def _ms(s) -> str:
     return "n/a" if s is None else f"{1e3 * s:.3g}"
+
+
+def _pm(x) -> str:
+    return "n/a" if x is None else f"{100 * x:+.0f}%"
 
 
 def _print_scaleout(doc: dict) -> None:
@@ -54,22 +67,54 @@ def _print_scaleout(doc: dict) -> None:
     print(f"medians over {p['steps']} steps after {p['warmup_steps']} warm-up; ms per step (min-max)")
     rows = []
     for r in doc["runs"]:
-        err = r.get("prediction_error")
+        what = f"{r['ranks']} x {r['threads']}" + (f", {r['batch']} samples" if r.get("share_of") else "")
+        role = f"share of {r['share_of']} ranks" if r.get("share_of") else ("baseline" if r["ranks"] == 1 else "")
         rows.append(
             [
-                f"{r['ranks']} x {r['threads']}",
+                what,
                 f"{_ms(r['step_s'])} ({_ms(r['step_s_min'])}-{_ms(r['step_s_max'])})",
                 _ms(r["compute_s"]),
                 _ms(r["allreduce_s"]) if r["ranks"] > 1 else "-",
                 _ms(r["exposed_s"]) if r["ranks"] > 1 else "-",
-                f"x{_g(r['speedup_vs_1x1'])}" if r.get("speedup_vs_1x1") else "n/a",
-                (f"{_ms(r['predicted_s'])} ({100 * err:+.0f}%)" if err is not None else "n/a")
-                if r["ranks"] > 1
-                else "(input)",
+                f"x{_g(r['speedup_vs_1x1'])}" if r.get("speedup_vs_1x1") else "-",
+                f"{_ms(r['predicted_s'])} ({_pm(r['prediction_error'])})" if r.get("predicted_s") else role,
             ]
         )
     head = ["ranks x threads", "step", "compute", "allreduce", "exposed", "vs 1x1", "model (error)"]
     print(_table(head, rows, right=range(1, 7)))
+    for r in doc["runs"]:
+        b = r.get("breakdown")
+        if not b:
+            continue
+        m, x = b["model"], b["measured"]
+        print(
+            f"\n{r['ranks']} ranks x {r['threads']} thread(s), ms per step: measured here, and the model "
+            "(its terms measured apart)"
+        )
+        rows = [
+            [
+                "compute (a rank, its share)",
+                _ms(x["compute_s"]),
+                _ms(m["compute_s"]),
+                "one rank alone on its share"
+                + (f" x{r['model']['stretch']:.2g} (ranks take turns)" if r["model"]["stretch"] > 1 else ""),
+            ],
+            ["allreduce", _ms(x["allreduce_s"]), _ms(m["comm_s"]), "bare Allreduce of the gradient, same ranks"],
+            [
+                "exposed allreduce",
+                _ms(x["exposed_s"]),
+                _ms(m["exposed_s"]),
+                f"e = {r['model']['exposed_fraction']:.2f} of it",
+            ],
+            ["step", _ms(x["step_s"]), _ms(m["step_s"]), f"model error {_pm(r['prediction_error'])}"],
+        ]
+        print(_table(["term", "measured", "model", "model's source"], rows, right=range(1, 3)))
+        print(r["lost"]["text"])
+        if r.get("remeasured"):
+            f = r["remeasured"]
+            print(f"measured twice: the first try ({'; '.join(f['reasons'])}) was {_ms(f['step_s'])} ms per step")
+        if r.get("disturbed"):
+            print(f"DISTURBED: {'; '.join(r['disturbed'])} again when measured a second time: {DISTURBED}")
     f, s = doc["fit"], doc["summary"]
     print(
         f"\nallreduce sweep on {f['ranks']} ranks ({len(doc['sweep']['bytes'])} sizes, 1 KB to "
@@ -81,45 +126,55 @@ def _print_scaleout(doc: dict) -> None:
         r = dp[-1]
         print(
             f"DataParallel's allreduce of {r['bytes'] / 1e6:.3g} MB in {r['buckets']} bucket(s): "
-            f"{_ms(r['allreduce_s'])} ms vs a bare Allreduce {_ms(r['bare_allreduce_s'])} ms "
-            f"(x{_g(s.get('dp_over_bare_bandwidth'))} of its bandwidth"
-            f"{', understated: overlapped buckets count backward time' if r['buckets'] > 1 else ''}); "
-            "exposed / allreduce "
+            f"{_ms(r['allreduce_s'])} ms in flight vs a bare Allreduce {_ms(r['bare_allreduce_s'])} ms "
+            f"(x{_g(s.get('dp_over_bare_bandwidth'))} of its bandwidth; the fit gives "
+            f"{_ms(s.get('fit_at_gradient_s'))} ms); exposed / allreduce "
             f"{_g(s.get('exposed_over_allreduce'))}; weights identical on all ranks: {r.get('weights_spread') == 0}"
         )
     m = doc["model"]
-    print(f"model: {m['formula']}; {m['overlap']} (e = {_g(m['exposed_fraction'])})")
+    print(f"model: {m['formula']}; {m['terms']}")
     ex = doc.get("extrapolation") or {}
     if ex:
-        print(f"\nModelled scaling efficiency, strong scaling (global batch {ex['batch']}), {ex['compute_note']}:")
-        marks = [P for P in (2, 8, 64, 1024) if P in ex["ranks"]]
+        print(f"\nModel, strong scaling (global batch {ex['batch']}): scaling efficiency; {ex['compute_note']}:")
+        marks = [P for P in (2, 8, 64, 512) if P in ex["ranks"]]
         rows = []
         for c in ex["curves"]:
             if c["scaling"] != "strong":
                 continue
-            rows.append(
-                [c["interconnect"], c["model"]] + [f"{100 * c['efficiency'][ex['ranks'].index(P)]:.0f}%" for P in marks]
-            )
-        print(_table(["interconnect", "model"] + [f"P={P}" for P in marks], rows, right=range(2, 2 + len(marks))))
-        print("(interconnects other than this machine: public figures, not measured here)")
-    la, lb = doc["machine"].get("load_average"), doc.get("load_average_after")
-    if la is not None and la > 0.5 * p["cores"]:
+            eff = dict(zip(c["ranks"], c["efficiency"]))
+            rows.append([c["system"], c["model"]] + [f"{100 * eff[P]:.0f}%" if P in eff else "-" for P in marks])
         print(
-            f"note: load average {la:.1f} (after: {lb if lb is None else round(lb, 1)}) on {p['cores']} cores: "
-            "other programs shared the cores, so these times are contended"
+            _table(
+                ["system (model)", "network trained"] + [f"P={P}" for P in marks], rows, right=range(2, 2 + len(marks))
+            )
         )
+        print(
+            "(all rows are the model; the systems other than this machine use public figures, not measured here; "
+            "'-': past this machine's cores, or more ranks than samples)"
+        )
+    print(quiet_reading(doc))
 
 
 def run(args) -> int:
-    from ..bench.scaleout import INSTALL_HINT, ScaleoutError, mpi_status
+    from ..bench.scaleout import INSTALL_HINT, ScaleoutError, check_ranks, mpi_status
     from ..scaleout import run_scaleout
 
+    if len(args.layers) < 2:
+        raise CliError("--layers needs at least an input and an output width")
+    try:  # refused before anything starts, MPI or not
+        check_ranks(args.ranks, args.batch, _cpus_available(), args.oversubscribe)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     st = mpi_status()
     if not st["available"]:
         raise CliError(f"scaleout needs mpi4py and mpiexec: {st['reason']}; install them with {INSTALL_HINT}")
-    if len(args.layers) < 2:
-        raise CliError("--layers needs at least an input and an output width")
     out = _prepare_out(args.out)
+    n = len([p for p in set(args.ranks) if p > 1])
+    print(
+        f"whygpu scaleout: {3 + 2 * n} MPI jobs on up to {max(args.ranks)} ranks (baselines, each P with its "
+        "share run, an allreduce sweep); Ctrl-C ends every rank",
+        flush=True,
+    )
     try:
         doc = run_scaleout(
             ranks=args.ranks,
@@ -131,6 +186,7 @@ def run(args) -> int:
             timeout=args.timeout,
             log=_note(args),
             progress=_progress(args),
+            oversubscribe=args.oversubscribe,
         )
     except ScaleoutError as exc:
         raise CliError(str(exc)) from None

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._format import Block, Docs, _g, _ms, _pct
+from ..bench.trust import DISTURBED
+from ..scaleout import quiet_reading
+from ._format import Block, Docs, _g, _ms
 
 TITLE = "More than one machine"
 
@@ -25,52 +27,67 @@ def _unavailable(doc: dict, num: int) -> list[Block]:
     ]
 
 
+GLOSSARY: tuple[tuple[str, str], ...] = (
+    ("rank", "one of the P processes of an MPI job; each holds a full copy of the model."),
+    ("allreduce", "every rank contributes its gradient and every rank receives the sum."),
+    ("ring", "an allreduce in which each rank passes pieces to its neighbour, 2(P-1) times round the circle."),
+    ("bucket", "a group of layers' gradients sent in one allreduce, started as soon as the group is ready."),
+    ("exposed", "the part of the allreduce still being waited for after the backward pass has ended."),
+    ("alpha (latency)", "the fixed cost of one message, whatever its size."),
+    ("bandwidth", "the bytes per second a link carries once a message is under way."),
+)
+
+
 def _half_point(ranks: list[int], eff: list[float]) -> int | None:
     """The largest P whose efficiency is still >= 50% (None when even P = 2 is below)."""
     ok = [p for p, e in zip(ranks, eff) if p > 1 and e >= 0.5]
     return max(ok) if ok else None
 
 
-def _curve(ex: dict, link: str, model: str, scaling: str) -> dict | None:
+def _curve(ex: dict, system: str, model: str, scaling: str) -> dict | None:
     for c in ex["curves"]:
-        if c["interconnect"] == link and c["model"] == model and c["scaling"] == scaling:
+        if c["system"] == system and c["model"] == model and c["scaling"] == scaling:
             return c
     return None
 
 
 def _lesson(doc: dict) -> str:
+    """What the model's curves say (a model, not a measurement: the words say so)."""
     ex = doc["extrapolation"]
     mlp, big, cnn = ex["models"][0], ex["models"][1], ex["models"][-1]
     parts = []
-    for link in ex["interconnects"]:
-        c = _curve(ex, link["name"], mlp["name"], "strong")
-        if c:
+    for s in ex["systems"]:
+        c = _curve(ex, s["name"], mlp["name"], "strong")
+        if c and len(c["ranks"]) > 2:
             h = _half_point(c["ranks"], c["efficiency"])
-            parts.append(f"{link['name']} {'below 50% already at 2' if h is None else f'up to about {h}'}")
+            parts.append(f"{s['name']} {'below 50% already at 2' if h is None else f'up to about {h}'}")
     text = (
         "Each step sends the whole gradient (4 bytes per parameter) however many ranks there are, while with a "
-        "fixed global batch (strong scaling) each rank's compute shrinks as 1/P: once T_compute/P falls to the "
-        "allreduce time, more ranks stop paying. For this MLP, efficiency stays at 50% or more with "
-        + ", ".join(parts)
-        + " ranks. "
+        "fixed global batch (strong scaling) each rank's compute shrinks -- less than 1/P, as the per-step costs "
+        "stay whole. By the model, this MLP keeps 50% efficiency or more with " + ", ".join(parts) + " ranks. "
     )
     text += (
-        f"In an MLP the gradient and the compute both grow with the square of the width, so the ratio is set by "
-        f"the batch: {_g(mlp['flops_per_byte'])} FLOPs per gradient byte at a batch of {ex['batch']} for "
-        f"{mlp['name']} and {_g(big['flops_per_byte'])} for {big['name']}. A larger batch, or keeping each "
-        "rank's batch as P grows (weak scaling, right panel), keeps that ratio and scales; wider layers make the "
-        "fixed costs -- the latency 2(P-1) alpha, the per-step overheads -- small next to the compute, while tiny "
-        "layers have microseconds of compute that those fixed costs swamp. A convolutional network reuses "
-        f"each weight at every pixel: {cnn['name'].split(' (')[0]} does {_g(cnn['flops_per_byte'])} FLOPs per "
-        "gradient byte, which is why such models scale to hundreds of GPUs (Horovod reports ~90% efficiency "
-        "on 512 GPUs for ResNet-101)."
+        f"The ratio of compute to gradient is set by the batch: {_g(mlp['flops_per_byte'])} FLOPs per gradient "
+        f"byte at a batch of {ex['batch']} for {mlp['name']}, {_g(big['flops_per_byte'])} for {big['name']} and "
+        f"{_g(cnn['flops_per_byte'])} for {cnn['name'].split(' (')[0]}, which reuses each weight at every pixel. "
+        "The faster the device, the smaller its compute next to the same allreduce: by its public figures an "
+        f"H100 computes this MLP's step in {_ms(mlp.get('gpu_step_s'))} against {_ms(mlp.get('cpu_step_s'))} "
+        "for a rank here, so in the model its ranks stop paying sooner than CPU nodes on a slower network. "
+        "Keeping each rank's batch as P grows (weak scaling, right panel) keeps the ratio and "
+        "scales much further."
     )
+    pub = ex.get("public_points") or []
+    for pt in pub:
+        text += (
+            f" A published figure for comparison, on the {pt['scaling']}-scaling panel: {pt['label']} "
+            f"({100 * pt['efficiency']:.0f}%; {pt['source']})."
+        )
     return text
 
 
 def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
-    """Measured data-parallel steps, the allreduce fit, the model next to them, and the extrapolation (from
-    ``whygpu scaleout``); where MPI was missing, how to get it."""
+    """Measured data-parallel steps, the model's terms next to them, where the lost efficiency went, the
+    trust flags, and the model's extrapolation (from ``whygpu scaleout``); where MPI was missing, how to get it."""
     if "scaleout" not in docs:
         return []
     doc = docs["scaleout"]
@@ -80,73 +97,94 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
 
     p, runs, fit, s = doc["params"], doc["runs"], doc["fit"], doc["summary"]
     dp = [r for r in runs if r["ranks"] > 1]
-    one = next((r for r in runs if r["ranks"] == 1 and r["threads"] == 1), None)
-    full = next((r for r in runs if r["ranks"] == 1 and r["threads"] == p["cores"]), None)
+    one = next((r for r in runs if r["ranks"] == 1 and r["threads"] == 1 and not r.get("share_of")), None)
     blocks: list[Block] = [("h2", f"{num}. {TITLE}")]
-    if not dp or one is None or not doc.get("extrapolation"):
+    if not dp or one is None or not doc.get("extrapolation") or not dp[-1].get("breakdown"):
         blocks.append(("p", "The scale-out run has no multi-rank measurement to report."))
         return blocks
-    figs.append(plot_scaleout(doc, out / "scaleout.png"))
     r = dp[-1]
+    blocks.append(
+        (
+            "p",
+            "Data parallelism: each of P processes trains a full copy of the model on 1/P of every batch, and "
+            "after the backward pass they add up their gradients so that every copy takes the same step. "
+            "The words this section uses: " + " ".join(f"{w.capitalize()}: {d}" for w, d in GLOSSARY),
+        )
+    )
+    figs.append(plot_scaleout(doc, out / "scaleout.png"))
     cap = (
-        f"Measured here: the MLP {p['layers']} (global batch {p['batch']}, {p['backend']} back end) trained "
-        f"data-parallel on {r['ranks']} MPI ranks x {r['threads']} thread(s) of this {p['cores']}-core machine "
-        f"took {_ms(r['step_s'])} per step (median of {r['timed_steps']}), against {_ms(one['step_s'])} on one "
-        f"rank with one thread (x{_g(r['speedup_vs_1x1'])}, {_pct(100 * r['speedup_vs_1x1'] / r['ranks'])} "
-        "scaling efficiency)"
+        f"Left, measured here: {r['ranks']} ranks x {r['threads']} thread(s) train the MLP {p['layers']} (global "
+        f"batch {p['batch']}) in {_ms(r['step_s'])} a step; the model, from terms measured apart, says "
+        f"{_ms(r['predicted_s'])} ({100 * r['prediction_error']:+.0f}%). Middle and right: the model alone, "
+        "for this machine and for other systems on public figures; black points are measured here, the star "
+        "a published figure."
     )
-    if full is not None and full is not one:
-        cap += f" and {_ms(full['step_s'])} on one rank with all {p['cores']} cores"
-    ratio = r["allreduce_s"] / r["compute_s"] if r["compute_s"] > 0 else float("nan")
-    cap += (
-        f". The allreduce of the {r['bytes'] / 1e6:.3g} MB gradient took {_ms(r['allreduce_s'])} a step, "
-        f"{_pct(100 * ratio)} of the {_ms(r['compute_s'])} of computation: the ratio of communication to "
-        f"computation; {_ms(r['exposed_s'])} of it was exposed (waited for after the backward pass). "
-        f"A sweep of bare MPI Allreduce calls (1 KB to {doc['sweep']['bytes'][-1] / 2**20:.3g} MiB) fits this "
-        f"machine's latency alpha = {1e6 * fit['alpha_s']:.3g} us and bandwidth B = "
-        f"{fit['bandwidth_Bps'] / 1e9:.3g} GB/s; with them the model T(P) = T_compute/P + 2(P-1)/P S/B + "
-        f"2(P-1) alpha - overlap predicts {_ms(r['predicted_s'])} for this step "
-        f"({100 * r['prediction_error']:+.0f}%); at the gradient's size the fit gives "
-        f"{_ms(s['fit_at_gradient_s'])} where the bare Allreduce took {_ms(r['bare_allreduce_s'])} -- in one "
-        "machine's shared memory the 'link' is the cache hierarchy, fast while the buffers fit in cache. "
-        "Everything else in the figure is the model, not a measurement: the same step on 1 to 1024 ranks, "
-        "each computing like one rank here, over this machine's shared memory (the fit) and over 10 GbE, "
-        "InfiniBand EDR and NVLink 4 (public figures, not measured here); the black point is measured. "
-    )
-    cap += _lesson(doc)
     blocks.append(("fig", "scaleout.png", cap))
+    m, x = r["breakdown"]["model"], r["breakdown"]["measured"]
+    blocks.append(
+        (
+            "p",
+            f"How the model is built, term by term. Compute: one rank alone on its share of the batch "
+            f"({_ms(r['model']['compute_s'] / r['model']['stretch'])} for {-(-p['batch'] // r['ranks'])} samples"
+            + (
+                f", stretched x{r['model']['stretch']:.2g} as the ranks take turns on the cores"
+                if r["model"]["stretch"] > 1
+                else ""
+            )
+            + f"), not one rank's whole step / P. The allreduce: a bare MPI Allreduce of the "
+            f"{r['bytes'] / 1e6:.3g} MB gradient on the same {r['ranks']} ranks ({_ms(m['comm_s'])}). Exposed: "
+            f"the fraction e = {r['model']['exposed_fraction']:.2f} of it that DataParallel still waited for after "
+            f"the backward pass. Together: {_ms(m['step_s'])} against {_ms(x['step_s'])} measured "
+            f"({100 * r['prediction_error']:+.0f}%; a run beyond {100 * doc['model']['tolerance']:.0f}% is measured "
+            "again and then flagged, not explained). " + r["lost"]["text"],
+        )
+    )
     rows = []
-    for x in runs:
+    for y in runs:
         rows.append(
             (
-                f"{x['ranks']} x {x['threads']}",
-                f"{_ms(x['step_s'])} ({_ms(x['step_s_min'])} - {_ms(x['step_s_max'])})",
-                _ms(x["compute_s"]),
-                _ms(x["allreduce_s"]) if x["ranks"] > 1 else "-",
-                _ms(x["exposed_s"]) if x["ranks"] > 1 else "-",
-                f"x{_g(x['speedup_vs_1x1'])}" if x.get("speedup_vs_1x1") else "n/a",
-                f"{_ms(x['predicted_s'])} ({100 * x['prediction_error']:+.0f}%)"
-                if x["ranks"] > 1 and x.get("predicted_s")
-                else "(model input)",
+                f"{y['ranks']} x {y['threads']}" + (f", {y['batch']} samples" if y.get("share_of") else ""),
+                f"{_ms(y['step_s'])} ({_ms(y['step_s_min'])} - {_ms(y['step_s_max'])})",
+                _ms(y["compute_s"]),
+                _ms(y["allreduce_s"]) if y["ranks"] > 1 else "-",
+                _ms(y["exposed_s"]) if y["ranks"] > 1 else "-",
+                f"x{_g(y['speedup_vs_1x1'])}" if y.get("speedup_vs_1x1") else "-",
+                f"{_ms(y['predicted_s'])} ({100 * y['prediction_error']:+.0f}%)"
+                + (" disturbed" if y.get("disturbed") else "")
+                if y.get("predicted_s")
+                else ("share run (model input)" if y.get("share_of") else "baseline"),
             )
         )
     head = ("ranks x threads", "step (min - max)", "compute", "allreduce", "exposed", "vs 1 x 1", "model (error)")
     blocks.append(("table", head, rows))
-    blocks.append(
-        (
-            "p",
-            f"DataParallel summed the gradient in {r['buckets']} bucket(s) at "
-            f"x{_g(s.get('dp_over_bare_bandwidth'))} the bandwidth of a bare Allreduce of the same size in the "
-            f"same run ({_ms(r['bare_allreduce_s'])}); every rank ended with the same weights: "
-            f"{'yes' if r.get('weights_spread') == 0 else 'no (spread ' + str(r.get('weights_spread')) + ')'}. "
-            f"The overlap in the model: {doc['model']['overlap']} (e = {_g(doc['model']['exposed_fraction'])})."
-            + (
-                " With several buckets the allreduce time runs from each bucket's start to its completion while "
-                "the backward pass computes, so the bandwidth it implies is understated next to the bare call."
-                if r["buckets"] > 1
-                else ""
-            ),
+    brows = [
+        ("compute (a rank, its share)", _ms(x["compute_s"]), _ms(m["compute_s"])),
+        ("allreduce", _ms(x["allreduce_s"]), _ms(m["comm_s"])),
+        ("exposed allreduce", _ms(x["exposed_s"]), _ms(m["exposed_s"])),
+        ("step", _ms(x["step_s"]), _ms(m["step_s"])),
+    ]
+    blocks.append(("table", (f"{r['ranks']} ranks, ms per step", "measured here", "model"), brows))
+    trust = (
+        f"DataParallel summed the gradient in {r['buckets']} bucket(s), its allreduce in flight "
+        f"{_ms(r['allreduce_s'])}, at x{_g(s.get('dp_over_bare_bandwidth'))} the bandwidth of the bare "
+        f"Allreduce in the same run; every rank ended with the same weights: "
+        f"{'yes' if r.get('weights_spread') == 0 else 'no (spread ' + str(r.get('weights_spread')) + ')'}. "
+        f"A sweep of bare Allreduce calls (1 KB to {doc['sweep']['bytes'][-1] / 2**20:.3g} MiB) fits this "
+        f"machine's alpha = {1e6 * fit['alpha_s']:.3g} us and bandwidth B = {fit['bandwidth_Bps'] / 1e9:.3g} GB/s "
+        f"(rms error {100 * fit['rms_rel_error']:.0f}%), used only for the curves; at the gradient's size the "
+        f"fit gives {_ms(s.get('fit_at_gradient_s'))} where the bare call took {_ms(r['bare_allreduce_s'])} "
+        "-- in one machine's shared memory the 'link' is the cache hierarchy, fast while the buffers fit in it."
+    )
+    if r.get("remeasured"):
+        trust += (
+            f" This run was measured twice: the first try ({'; '.join(r['remeasured']['reasons'])}) took "
+            f"{_ms(r['remeasured']['step_s'])} a step."
         )
+    if r.get("disturbed"):
+        trust += f" Flagged: {'; '.join(r['disturbed'])} on the second try too -- {DISTURBED}."
+    blocks.append(("p", trust))
+    blocks.append(
+        ("p", "Where the model's curves come from. " + doc["extrapolation"]["compute_note"] + ". " + _lesson(doc))
     )
     ex = doc["extrapolation"]
     links = [
@@ -158,14 +196,8 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         )
         for x in ex["interconnects"]
     ]
-    blocks.append(("table", ("interconnect", "bandwidth B", "latency alpha", "where the figure comes from"), links))
-    la = doc.get("machine", {}).get("load_average")
-    if la is not None and la > 0.5 * p["cores"]:
-        blocks.append(
-            (
-                "p",
-                f"Note: the load average was {la:.1f} on {p['cores']} cores when this was measured: other "
-                "programs shared the cores, so the times are contended and the speed-ups understated or noisy.",
-            )
-        )
+    links.append((f"{ex['gpu']['name']} compute", f"{ex['gpu']['gflops'] / 1e3:g} TFLOP/s", "-", ex["gpu"]["source"]))
+    blocks.append(("table", ("figure", "bandwidth B / rate", "latency alpha", "where the figure comes from"), links))
+    q = quiet_reading(doc)
+    blocks.append(("p", q[0].upper() + q[1:] + "."))
     return blocks

@@ -1,0 +1,216 @@
+"""whygpu scaleout with planted timings (no MPI, no dependence on this machine's speed): the model is built
+from the terms measured apart (the share run, the bare Allreduce, the exposed fraction), a run it misses by
+more than 25% or whose DataParallel bandwidth is below half the bare one is measured once more and then
+flagged disturbed, the breakdown and where the efficiency went appear in the CLI, JSON, figure and report,
+the extrapolation uses each device's own compute, and progress shows before the first job."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from whygpu import scaleout as so
+from whygpu.bench import scaleout as bso
+from whygpu.bench.trust import DISTURBED
+from whygpu.cli import main
+from whygpu.report import build_report, load_results
+
+GRAD = 4 * so.mlp_params([784, 2048, 2048, 10])
+
+
+class Plant:
+    """A fake `launch`: step times per (ranks, threads, batch) and try; records the calls."""
+
+    def __init__(self, steps: dict, dp: dict | None = None, cores: int = 2):
+        self.steps, self.dp, self.calls, self.tries = steps, dp or {}, [], {}
+        self.cores = cores
+
+    def __call__(self, mpiexec, ranks, threads, args, timeout, tick=None):
+        mode = args[args.index("--mode") + 1]
+        self.calls.append((mode, ranks, threads))
+        if mode == "sweep":
+            sizes = [int(x) for x in args[args.index("--sizes") + 1].split(",")]
+            secs = [so.ring_allreduce_s(s, ranks, 5e-6, 2e9) for s in sizes]
+            return {"ranks": ranks, "bytes": sizes, "seconds": secs, "seconds_min": secs, "seconds_max": secs,
+                    "reps": [5] * len(sizes)}  # fmt: skip
+        b = int(args[args.index("--batch") + 1])
+        key = (ranks, threads, b)
+        k = self.tries[key] = self.tries.get(key, 0) + 1
+        step = self.steps[key]
+        step = step[min(k, len(step)) - 1] if isinstance(step, list) else step
+        dp = ranks > 1
+        d = self.dp.get(k, self.dp.get(1, {"allreduce_s": 0.005, "exposed_s": 0.005, "bare": 0.005}))
+        rec = {"step_s": step, "forward_s": step / 3, "backward_s": step / 2,
+               "allreduce_s": d["allreduce_s"] if dp else 0.0, "exposed_s": d["exposed_s"] if dp else 0.0,
+               "bytes": GRAD if dp else 0, "buckets": 1 if dp else 0}  # fmt: skip
+        return {"ranks": ranks, "threads": threads, "data_parallel": dp, "backend": "openmp", "batch": b,
+                "steps": [dict(rec) for _ in range(3)], "bare_allreduce_s": [d["bare"]] * 5 if dp else [],
+                "rank_step_s": [step] * ranks, "weights_spread": 0.0, "mpi_library": "planted MPI"}  # fmt: skip
+
+
+@pytest.fixture
+def planted(monkeypatch):
+    monkeypatch.setenv("WHYGPU_QUIET_WAIT", "0")
+    monkeypatch.setattr(bso, "mpi_status", lambda: {"available": True, "mpiexec": "mpiexec", "install": ""})
+    monkeypatch.setattr(bso, "_cpus_available", lambda: 2)
+    monkeypatch.setattr(bso, "machine_info", lambda: {})
+    monkeypatch.setattr(so, "_cpus_available", lambda: 2, raising=False)
+    import whygpu._threads
+
+    monkeypatch.setattr(whygpu._threads, "_cpus_available", lambda: 2)
+
+    def plant(steps, dp=None):
+        p = Plant(steps, dp)
+        monkeypatch.setattr(bso, "launch", p)
+        return p
+
+    return plant
+
+
+BASE = {(1, 1, 512): 0.100, (1, 2, 512): 0.055}
+
+
+def run(**kw):
+    return so.run_scaleout(ranks=[1, 2], steps=3, **kw)
+
+
+def test_the_model_takes_the_share_run_not_t_over_p(planted):
+    planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512): 0.070})
+    doc = run()
+    r = next(x for x in doc["runs"] if x["ranks"] == 2)
+    # compute of one rank alone on 256 samples (60 ms, not 100/2) + e * bare Allreduce (e = 1, 5 ms)
+    assert r["predicted_s"] == pytest.approx(0.065)
+    assert r["prediction_error"] == pytest.approx(0.065 / 0.070 - 1)
+    assert r["breakdown"]["model"] == pytest.approx(
+        {"compute_s": 0.060, "comm_s": 0.005, "exposed_s": 0.005, "step_s": 0.065}
+    )
+    assert r["breakdown"]["measured"]["compute_s"] == pytest.approx(0.065)
+    # where the 20 ms lost against 100 / 2 went: 10 to the smaller batch, 5 beside the other rank, 5 waiting
+    lost = r["lost"]
+    assert (lost["batch_s"], lost["beside_s"], lost["exposed_s"]) == pytest.approx((0.010, 0.005, 0.005))
+    assert lost["batch_s"] + lost["beside_s"] + lost["exposed_s"] == pytest.approx(lost["lost_s"])
+    assert "smaller batch per rank" in lost["text"] and "waiting for the allreduce" in lost["text"]
+    assert not r.get("remeasured") and not r.get("disturbed") and r["model_within_tolerance"]
+    share = next(x for x in doc["runs"] if x.get("share_of") == 2)
+    assert share["batch"] == 256 and share["threads"] == 1
+    json.dumps(doc, allow_nan=False)
+
+
+def test_oversubscribed_ranks_take_turns_in_the_model(planted):
+    planted({(1, 1, 512): 0.1, (1, 2, 512): 0.06, (1, 1, 128): 0.03, (1, 1, 256): 0.055,
+             (2, 1, 512): 0.06, (4, 1, 512): 0.07})  # fmt: skip
+    doc = so.run_scaleout(ranks=[2, 4], steps=3)
+    r4 = next(x for x in doc["runs"] if x["ranks"] == 4)
+    assert r4["model"]["stretch"] == 2.0 and r4["model"]["compute_s"] == pytest.approx(0.06)
+
+
+def test_a_missed_run_is_measured_again_and_kept_when_the_second_fits(planted):
+    p = planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512): [0.150, 0.068]})
+    notes: list[str] = []
+    doc = run(log=notes.append)
+    r = next(x for x in doc["runs"] if x["ranks"] == 2)
+    assert p.calls.count(("step", 2, 1)) == 2 and p.tries[(1, 1, 256)] == 2  # the pair, measured again
+    assert r["step_s"] == pytest.approx(0.068) and r["remeasured"]["step_s"] == pytest.approx(0.150)
+    assert "model error" in r["remeasured"]["reasons"][0] and not r["disturbed"]
+    assert len([x for x in doc["runs"] if x.get("share_of")]) == 1  # the first share run replaced
+    assert any("once more" in n for n in notes)
+
+
+@pytest.mark.parametrize("why", ["model", "bandwidth"])
+def test_a_run_wrong_twice_is_flagged_disturbed(planted, why, tmp_path, capsys, monkeypatch):
+    if why == "model":
+        planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512): 0.150})
+    else:  # DataParallel's allreduce 20 ms against a bare 5 ms: x0.25 of its bandwidth
+        planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512): 0.080},
+                dp={1: {"allreduce_s": 0.020, "exposed_s": 0.020, "bare": 0.005}})  # fmt: skip
+    assert main(["scaleout", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path), "--plot"]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads((tmp_path / "scaleout.json").read_text())
+    r = next(x for x in doc["runs"] if x["ranks"] == 2)
+    word = "model error" if why == "model" else "bandwidth"
+    assert r["disturbed"] and word in r["disturbed"][0] and doc["summary"]["disturbed"]
+    assert "DISTURBED" in out and DISTURBED in out
+    res = build_report(load_results([tmp_path / "scaleout.json"]), tmp_path / "rep")
+    assert "disturbed" in Path(res["markdown"]).read_text()
+
+
+def test_cli_json_and_report_show_the_breakdown_side_by_side(planted, tmp_path, capsys):
+    planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512): 0.070})
+    assert main(["scaleout", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path), "--plot"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("whygpu scaleout: 5 MPI jobs")  # said before anything is measured
+    assert "measured here, and the model" in out and "exposed allreduce" in out
+    assert "Against perfect scaling" in out and "quiet guard" in out and "load average" not in out
+    doc = json.loads((tmp_path / "scaleout.json").read_text())
+    assert {"measured", "model"} <= set(doc["runs"][-1]["breakdown"])
+    res = build_report(load_results([tmp_path / "scaleout.json"]), tmp_path / "rep")
+    md = Path(res["markdown"]).read_text()
+    sec = md[md.index("More than one machine") :]
+    # the glossary comes before the first figure, each word with one sentence
+    gloss = sec[: sec.index("![")]
+    for word in ("Rank:", "Allreduce:", "Ring:", "Bucket:", "Exposed:", "Alpha (latency):", "Bandwidth:"):
+        assert word in gloss, word
+    cap = re.search(r"\*Figure \d+\.\* (.*)", sec).group(1)
+    assert len(cap.split()) <= 80, len(cap.split())
+    assert "| measured here | model |" in sec and "Against perfect scaling" in sec
+    assert "load average" not in sec and "Quiet guard" in sec
+
+
+def test_extrapolation_uses_each_devices_compute_and_caps_ranks(planted):
+    planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512): 0.070})
+    doc = run()
+    ex = doc["extrapolation"]
+    curves = {(c["system"], c["model"], c["scaling"]): c for c in ex["curves"]}
+    mlp = ex["models"][0]
+    here = "this machine (shared memory)"
+    # this machine: never past its cores; strong scaling: never past the global batch
+    assert curves[(here, mlp["name"], "strong")]["ranks"] == [1, 2]
+    assert curves[(here, mlp["name"], "weak")]["ranks"] == [1, 2]
+    for c in ex["curves"]:
+        if c["scaling"] == "strong":
+            assert max(c["ranks"]) <= ex["batch"]
+    # CPU rows compute like a rank here (c0 + c1 b through the two measured points), the H100 row at its rate
+    assert mlp["cpu_step_s"] == pytest.approx(0.100)
+    flops = so.mlp_step_flops([784, 2048, 2048, 10], 512)
+    assert mlp["gpu_step_s"] == pytest.approx(flops / (so.H100["gflops"] * 1e9) + 3 * 3 * so.H100["launch_s"])
+    assert ex["compute_fit"]["c0_s"] == pytest.approx(0.020)  # 2 x 60 - 100 ms
+    gpu = next(s for s in ex["systems"] if s["device"] == "gpu")
+    assert gpu["public"] and gpu["exposed_fraction"] == 1.0 and gpu["per_node"] == 8
+    assert not next(s for s in ex["systems"] if s["name"] == here)["public"]
+    # the public figures beside their own kind of scaling
+    assert {p["scaling"] for p in ex["public_points"]} == {"weak"}
+
+
+def test_figure_legends_say_model_and_measured_where_they_are(planted):
+    from whygpu.plots_scaleout import scaleout_figure
+
+    planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512): 0.070})
+    fig = scaleout_figure(json.loads(json.dumps(run())))
+    bars, strong, weak = fig.axes
+    labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    curves = [x for x in labels if "shared memory" in x or "nodes" in x or "H100" in x]
+    assert curves and all(x.startswith("model: ") for x in curves)
+    assert not any("measured here" in x for x in curves)
+    notes_s = [t.get_text() for t in strong.texts]
+    notes_w = [t.get_text() for t in weak.texts]
+    assert any(t.startswith("measured here: 2 x 1") for t in notes_s)
+    assert any("Horovod" in t and "weak" in t for t in notes_w) and not any("Horovod" in t for t in notes_s)
+    assert {t.get_text() for t in bars.get_xticklabels()} == {"2 x 1\nmeasured here", "2 x 1\nmodel"}
+
+
+def test_progress_shows_before_the_first_job(planted, capsys):
+    seen = []
+
+    def first_launch(*a, **k):
+        seen.append(capsys.readouterr().err)
+        raise bso.ScaleoutError("stop here")
+
+    import whygpu.bench.scaleout as b
+
+    b.launch = first_launch  # restored by monkeypatch (planted set it)
+    with pytest.raises(bso.ScaleoutError):
+        run(progress=True)
+    assert "scaleout" in seen[0] and "1 rank(s) x 1 thread(s)" in seen[0]
