@@ -49,8 +49,9 @@ class Sequential(Module):
         self.to(self._backend, self._dtype)  # one back end and dtype for all layers
         self._forwarded = False
         self._fit_loss: _Loss | None = None
-        # Called with a layer's index as soon as its backward pass is done (its parameters'
-        # gradients are final): whygpu.distributed.DataParallel starts sending them from there.
+        # Called with a layer's index as soon as its parameters' gradients are final (a Linear's
+        # before its input gradient, any layer's after its backward pass; it may be called twice
+        # for a layer): whygpu.distributed.DataParallel starts sending them from there.
         self._grads_ready: Callable[[int], None] | None = None
 
     # -- container -----------------------------------------------------------
@@ -120,12 +121,20 @@ class Sequential(Module):
             layer = self.layers[i]
             need = need_input_grad or i > 0
             rec = layer._prof  # None unless a profile is active
-            if rec is not None:
-                t0 = _clock()
-                grad = layer._backward(grad, need)
-                rec.backward_s += _clock() - t0
-            else:
-                grad = layer._backward(grad, need)
+            if ready is not None and isinstance(layer, Linear):
+                # A Linear's parameter gradients are final before its input gradient (dX = dY W) is
+                # computed: announced from there, they can travel during that matmul too.
+                layer._grads_done = lambda i=i: ready(i)
+            try:
+                if rec is not None:
+                    t0 = _clock()
+                    grad = layer._backward(grad, need)
+                    rec.backward_s += _clock() - t0
+                else:
+                    grad = layer._backward(grad, need)
+            finally:
+                if ready is not None and isinstance(layer, Linear):
+                    layer._grads_done = None
             if ready is not None:
                 ready(i)
         return grad

@@ -10,6 +10,7 @@ is why training costs about three times the matmuls of inference.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -78,6 +79,8 @@ class Linear(Module):
         self.weight = Parameter(w.astype(self._dtype), "weight")
         self.bias = Parameter(b.astype(self._dtype), "bias") if b is not None else None
         self._x: np.ndarray | None = None
+        # Set by Sequential while whygpu.distributed sends gradients: called once dW and db are final.
+        self._grads_done: Callable[[], None] | None = None
 
     def named_parameters(self):
         yield "weight", self.weight
@@ -112,6 +115,8 @@ class Linear(Module):
         self._matmul(dy, x, W._grad, trans_a=True, beta=W._grad_beta())  # dW (+)= dY^T . X
         if self.bias is not None:
             self._backend.bias_grad(dy, self.bias._grad, self.bias._grad_beta())  # db (+)= column sums of dY
+        if self._grads_done is not None:
+            self._grads_done()
         if not need_input_grad:
             return None  # the first layer: nobody needs dL/d(data)
         dx = self._buf("dx", x.shape)
@@ -235,6 +240,10 @@ class Dropout(_Activation):
         super().__init__()
         self.p = _check_number(p, "p", 0.0, True, 1.0, True)
         self._mask: np.ndarray | None = None
+        # (first row, rows) of a larger batch whose rows [first, first + len(x)) x is; None: x is
+        # the whole batch.  Set by whygpu.distributed.DataParallel so that P ranks, each holding
+        # its share of a global batch, draw exactly the mask one process draws for that batch.
+        self._rows: tuple[int, int] | None = None
 
     def _scale(self) -> float:
         return 0.0 if self.p >= 1.0 else 1.0 / (1.0 - self.p)
@@ -244,7 +253,15 @@ class Dropout(_Activation):
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
-        mask = _random.get_rng().random(x.shape, dtype=np.float32) >= np.float32(self.p)
+        if self._rows is None:
+            mask = _random.get_rng().random(x.shape, dtype=np.float32) >= np.float32(self.p)
+        else:
+            # the whole batch's draws (so the generator advances alike on every rank), then x's rows
+            first, rows = self._rows
+            if not 0 <= first <= first + x.shape[0] <= rows:
+                raise ValueError(f"rows {first}..{first + x.shape[0]} do not lie in a batch of {rows}")
+            draws = _random.get_rng().random((rows, *x.shape[1:]), dtype=np.float32)
+            mask = draws[first : first + x.shape[0]] >= np.float32(self.p)
         self._mask = self._backend.asarray(mask)  # drawn on the host (same draws everywhere); a GPU uploads it
         y = self._buf("y", x.shape)
         self._backend.mask_scale(x, self._mask, y, self._scale())
