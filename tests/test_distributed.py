@@ -113,7 +113,13 @@ def test_one_rank_without_mpiexec_in_process():
     for p, g in zip(model.parameters(), expected):
         np.testing.assert_array_equal(p.grad, g)
     step = dp.last_step
-    assert set(step) == {"backward_s", "allreduce_s", "exposed_s", "bytes", "buckets"}
+    assert set(step) == {"backward_s", "allreduce_s", "exposed_s", "bytes", "buckets"} | {
+        "allreduce_sum_s",
+        "first_start_s",
+        "last_done_s",
+        "progress",
+    }
+    assert 0 <= step["first_start_s"] <= step["last_done_s"] and step["allreduce_s"] <= step["allreduce_sum_s"]
     assert step["buckets"] == 2 and step["bytes"] == model.count_params() * 4
     assert model._grads_ready is None  # the hook is set only during dp.backward
     optim.SGD(model.parameters(), lr=0.1).step()

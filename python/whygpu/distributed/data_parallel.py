@@ -6,10 +6,11 @@
     model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 10)).to("openmp")
     dp = dist.DataParallel(model)                 # every rank now holds rank 0's weights
     opt = optim.SGD(model.parameters(), lr=0.1)
-    out = dp(x_share)                             # this rank's share of the global batch
-    loss = loss_fn(out, y_share)
+    s0, s1 = dist.share(len(xb), dist.size(), dist.rank())   # this rank's rows of the global batch xb
+    out = dp(xb[s0:s1], global_batch=len(xb))     # the forward pass on them
+    loss = loss_fn(out, yb[s0:s1])
     dp.zero_grad()
-    dp.backward(loss_fn.backward())               # every p.grad: the mean over all ranks
+    dp.backward(loss_fn.backward())               # every p.grad: the global batch's mean-loss gradient
     opt.step()                                    # the same update on every rank
 
 Run it with ``mpiexec -n 4 python train.py``.  Each rank keeps a full copy of
@@ -17,18 +18,66 @@ the model and its own optimizer; only the gradients travel, summed by an
 allreduce that overlaps the backward pass (see ``_buckets.py``).  Since every
 rank then applies the same update to the same weights, the copies stay
 bitwise identical without ever sending the weights again.
+
+``dp(x, global_batch=N, offset=None)``: x is rows [offset, offset + len(x))
+of a global batch of N rows (offset defaults to this rank's ``share``, and x
+must then hold exactly that share).  It does two things: Dropout layers take
+x's rows of the mask one process would draw for the whole batch (every rank
+draws the whole mask from the same generator -- DataParallel gives every rank
+rank 0's random state when wrapping and when ``fit`` starts -- and keeps its
+rows), so P ranks compute exactly what one process computes; and the next
+``dp.backward(grad)`` weights this rank's gradient by len(x) / N.  A rank
+with no rows in a small batch calls ``dp(x[0:0], global_batch=N)`` too when
+the model has Dropout (so that its generator stays in step), then
+``dp.backward(None)``.  Plain ``dp(x)`` still works: Dropout then draws a
+mask for x alone, the same on every rank seeded alike (correlated masks, not
+what one process draws), and backward weights by 1/size() unless told.
+``fit`` does all of this itself.
+
+``with dp.no_sync():`` (as in PyTorch's DDP) ``dp.backward`` only accumulates
+this rank's gradient, without any communication; the first ``dp.backward``
+after the block sums everything accumulated since ``zero_grad()`` over the
+ranks.  Gradient accumulation over k micro-batches costs one allreduce.
+
+An exception during ``dp.backward`` (a bad gradient, an error in a layer):
+that rank still starts and completes every allreduce of the step, so all
+ranks issue the same collectives and the next step starts clean; every
+rank's gradients are then zero (as after ``zero_grad()``: what was
+accumulated since is lost) and every rank raises -- the failed one its own
+exception, the others a RuntimeError naming how many ranks failed -- so no
+rank takes an optimizer step on half a gradient.  Under ``no_sync()`` there
+are no collectives: only the failed rank's gradient is left partial.
+
+``dp.last_step`` describes the last synchronised backward pass (seconds are
+wall-clock, ``time.perf_counter``):
+
+* ``backward_s``: the backward pass, with the copies into the buckets and the
+  starts of their allreduces;
+* ``allreduce_s``: the time at least one allreduce was in flight (the union of
+  the buckets' start-to-completion intervals);
+* ``exposed_s``: waiting for the allreduces after the backward pass ended;
+* ``bytes``, ``buckets``: the gradients' size and how many buckets carried them;
+* ``allreduce_sum_s``: the buckets' intervals summed (>= allreduce_s);
+* ``first_start_s``, ``last_done_s``: the first allreduce's start and the last
+  one's completion, from the backward pass's start;
+* ``progress``: "thread" (a helper thread waits inside MPI) or "test".
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
 from .. import _random
 from ..nn import _backend
 from ..nn._sequential import Sequential, _positive_int, _progress
+from ..nn.layers import Dropout
 from ..nn.losses import CrossEntropyLoss, MSELoss, _Loss
 from . import _runtime
 from ._buckets import GradBuckets
@@ -42,6 +91,25 @@ GRAPH_NOTE = (
     "DataParallel.fit on a GPU runs ordinary steps, not CUDA graphs: the gradients' allreduce "
     "(MPI, on the host) has to run between the backward pass and the update"
 )
+
+
+def _dropouts(model: Sequential) -> list[Dropout]:
+    """The model's Dropout layers that draw a mask now (training mode, p > 0)."""
+    return [m for m in model.layers if isinstance(m, Dropout) and m.training and m.p > 0.0]
+
+
+@contextlib.contextmanager
+def _batch_rows(model: Sequential, first: int, rows: int) -> Iterator[None]:
+    """While it lasts, the model's input is rows [first, ...) of a batch of ``rows``: Dropout draws
+    the whole batch's mask and keeps those rows."""
+    layers = [m for m in model.layers if isinstance(m, Dropout)]
+    for m in layers:
+        m._rows = (first, rows)
+    try:
+        yield
+    finally:
+        for m in layers:
+            m._rows = None
 
 
 def share(n: int, ranks: int, rank: int) -> tuple[int, int]:
@@ -58,30 +126,102 @@ class DataParallel:
     ``bucket_mb``: the gradients travel in buckets of about this many MiB
     (PyTorch DDP's default, 25); smaller buckets start communicating earlier
     in the backward pass, larger ones pay the per-message latency less often.
-    On wrapping, rank 0's parameters are copied to every rank.
+    ``first_bucket_mb`` (DDP's 1 MiB): the first bucket, the last layers'
+    gradients, closes early so that communication starts at once.
+    On wrapping, every rank must hold the same model (the parameters' shapes
+    and dtypes are compared: a difference raises ValueError on every rank),
+    and rank 0's parameters and random state are copied to every rank.
     """
 
-    def __init__(self, model: Sequential, *, bucket_mb: float = 25.0):
+    def __init__(self, model: Sequential, *, bucket_mb: float = 25.0, first_bucket_mb: float = 1.0):
         if not isinstance(model, Sequential):
             raise TypeError(f"DataParallel wraps a whygpu.nn.Sequential, got {type(model).__name__}")
-        if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float)) or not bucket_mb >= 0:
-            raise ValueError(f"bucket_mb must be a number >= 0, got {bucket_mb!r}")
+        for name, v in (("bucket_mb", bucket_mb), ("first_bucket_mb", first_bucket_mb)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
         self.module = model
         self.bucket_mb = float(bucket_mb)
+        self.first_bucket_mb = float(first_bucket_mb)
         self.comm = _runtime.init()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self._buckets: GradBuckets | None = None
         self._placed: tuple = ()  # what the buckets were made for: (back end's device, dtype, parameter arrays)
+        self._sync = True  # False inside no_sync()
+        self._weight: float | None = None  # len(x) / global_batch from the last dp(x, global_batch=...)
+        self._warned_dropout = False
         self.last_step: dict = {}
+        self._check_same_model()
         self.broadcast_parameters()
+        self.broadcast_random_state()
 
     def __repr__(self) -> str:
         return f"DataParallel({self.module.backend!r}, ranks={self.size}, bucket_mb={self.bucket_mb:g})"
 
+    def _check_same_model(self) -> None:
+        """Every rank must hold parameters of the same shapes and dtypes, in the same order: otherwise
+        the broadcast and every allreduce would mismatch (a hang or a wrong sum).  One allgather of
+        a small signature; every rank raises the same ValueError."""
+        if self.size == 1:
+            return
+        mine = [(name, tuple(p.shape), str(p.dtype)) for name, p in self.module.named_parameters()]
+        every = self.comm.allgather(mine)
+        ref = every[0]
+        for r, sig in enumerate(every[1:], start=1):
+            for k, (a, b) in enumerate(zip(ref, sig)):
+                if a[1:] != b[1:]:
+                    raise ValueError(
+                        f"DataParallel: the ranks hold different models: parameter {k} ({a[0]}) is "
+                        f"{a[1]} {a[2]} on rank 0 but parameter {k} ({b[0]}) is {b[1]} {b[2]} on rank {r}; "
+                        f"every rank must build the same model"
+                    )
+            if len(sig) != len(ref):
+                first = ref[len(sig)][0] if len(ref) > len(sig) else sig[len(ref)][0]
+                raise ValueError(
+                    f"DataParallel: the ranks hold different models: rank 0 has {len(ref)} parameters, "
+                    f"rank {r} has {len(sig)} (the first that only one of them has: {first}); "
+                    f"every rank must build the same model"
+                )
+
     # -- the explicit step -------------------------------------------------------------
-    def __call__(self, x):
-        """The forward pass on this rank's samples (the wrapped model's ``model(x)``)."""
-        return self.module(x)
+    def __call__(self, x, global_batch: int | None = None, offset: int | None = None):
+        """The forward pass on this rank's samples (the wrapped model's ``model(x)``).
+
+        ``global_batch``: x is rows [offset, offset + len(x)) of a global batch of this many
+        rows (``offset`` defaults to this rank's :func:`share` of it, and x must hold exactly
+        that share).  Dropout then takes those rows of the whole batch's mask, and the next
+        ``backward`` weights this rank's gradient by len(x) / global_batch (see the module
+        docstring)."""
+        model = self.module
+        if global_batch is None:
+            if offset is not None:
+                raise ValueError("offset needs global_batch (the rows of which batch?)")
+            self._weight = None
+            if self.size > 1 and model.training and not self._warned_dropout and _dropouts(model):
+                self._warned_dropout = True
+                warnings.warn(
+                    "dp(x) without global_batch: Dropout draws its mask for this rank's rows alone, the "
+                    "same on every rank seeded alike; pass dp(x, global_batch=N) to draw one process's masks",
+                    stacklevel=2,
+                )
+            return model(x)
+        x = model._check_input(x)
+        n = _positive_int(global_batch, "global_batch")
+        if offset is None:
+            s0, s1 = share(n, self.size, self.rank)
+            if x.shape[0] != s1 - s0:
+                raise ValueError(
+                    f"rank {self.rank}'s share of a global batch of {n} is rows {s0}..{s1} ({s1 - s0} rows), "
+                    f"but x has {x.shape[0]}: pass x[s0:s1] with (s0, s1) = share({n}, size, rank), or offset="
+                )
+        else:
+            if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
+                raise TypeError(f"offset must be an integer, got {offset!r}")
+            s0 = int(offset)
+            if not 0 <= s0 <= s0 + x.shape[0] <= n:
+                raise ValueError(f"rows {s0}..{s0 + x.shape[0]} of x do not lie in a global batch of {n}")
+        self._weight = x.shape[0] / n
+        with _batch_rows(model, s0, n):
+            return model(x)
 
     def parameters(self):
         return self.module.parameters()
@@ -108,50 +248,102 @@ class DataParallel:
                 self.comm.Bcast(host, root=root)
                 p.data = host
 
+    def broadcast_random_state(self, root: int = 0) -> None:
+        """Give every rank rank ``root``'s state of whygpu's random generator (shuffling, Dropout),
+        so that the ranks draw the same numbers from here on."""
+        if self.size == 1:
+            return
+        gen = _random.get_rng().bit_generator
+        gen.state = self.comm.bcast(gen.state, root=root)
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Inside the block ``backward`` accumulates this rank's gradient locally, without any
+        allreduce (PyTorch DDP's ``no_sync``); the next ``backward`` outside it sums, over the ranks,
+        everything accumulated since ``zero_grad()``.  Every rank must use the same steps inside."""
+        old = self._sync
+        self._sync = False
+        try:
+            yield
+        finally:
+            self._sync = old
+
     def backward(self, grad, weight: float | None = None) -> None:
         """The model's backward pass, then every gradient summed over the ranks.
 
-        Each rank's gradient is multiplied by ``weight``, its share of the
-        global batch (n_rank / N; None means 1/size(), equal shares), so that
-        every ``p.grad`` ends up the gradient of the mean loss over the whole
-        global batch, the same on every rank.  The gradient of each group of
-        layers starts travelling as soon as the backward pass has produced it.
-        Call it once per step, after ``zero_grad()`` (what it sums is the
-        gradient accumulated since then).  A rank without samples in this
+        This call's gradient is multiplied by ``weight``, this rank's share of
+        the global batch (n_rank / N; None means len(x) / global_batch when the
+        forward pass was ``dp(x, global_batch=...)``, else 1/size(), equal
+        shares), so that every ``p.grad`` ends up the gradient of the mean loss
+        over the whole global batch, the same on every rank.  Only this call's
+        gradient is scaled (the loss gradient is, before the backward pass):
+        what was accumulated before (``no_sync``) keeps its own weights.  The
+        gradient of each group of layers starts travelling as soon as the
+        backward pass has produced it.  What is summed is the gradient
+        accumulated since ``zero_grad()``.  A rank without samples in this
         batch calls ``dp.backward(None)``: it adds zeros, but every rank must
-        take part in every allreduce."""
-        if grad is None:
-            self._reduce(None, 0.0)
-            return
-        grad = self.module._check_grad(grad)
-        self._reduce(grad, 1.0 / self.size if weight is None else float(weight))
+        take part in every allreduce.  If the backward pass raises on some
+        rank, every rank raises and every gradient is zero (module docstring)."""
+        w = self._weight if weight is None else weight
+        self._weight = None
+        if w is None:
+            w = 1.0 / self.size
+        self._reduce(grad, w)
 
-    def _reduce(self, grad, weight: float) -> None:
+    def _reduce(self, grad, weight) -> None:
         """backward with the allreduces; ``grad`` None: this rank had no samples (it adds zeros)."""
-        buckets = self._ensure_buckets()
         model = self.module
-        if grad is not None and not buckets.device and weight != 1.0:
-            # The backward pass is linear in the loss gradient: scaling this (batch, out) array scales
-            # every parameter's gradient, without a pass over the parameters.
-            grad = np.multiply(grad, weight, dtype=grad.dtype)
-            weight = 1.0
-        buckets.begin(weight)
+        if not self._sync:  # no_sync(): the backward pass alone, nothing leaves this rank
+            if grad is not None:
+                model._backward(self._scaled(grad, weight), False)
+            return
+        buckets = self._ensure_buckets()
+        buckets.begin()
         t0 = _clock()
-        if grad is not None:
-            model._grads_ready = buckets.ready  # Sequential calls it after each layer's backward pass
-            try:
-                model._backward(grad, False)
-            finally:
-                model._grads_ready = None
+        try:
+            if grad is not None:
+                grad = self._scaled(grad, weight)
+                model._grads_ready = buckets.ready  # Sequential calls it as each layer's gradients are final
+                try:
+                    model._backward(grad, False)
+                finally:
+                    model._grads_ready = None
+        except BaseException:
+            # Start and complete the rest of this step's allreduces (every rank issues the same
+            # collectives, and the others learn of the failure), then re-raise.
+            buckets.abandon()
+            raise
         t1 = _clock()
-        exposed = buckets.finish()
+        exposed, failed = buckets.finish()
         self.last_step = {
-            "backward_s": t1 - t0,  # the backward pass, with the copies into the buckets and the Tests
-            "allreduce_s": buckets.allreduce_seconds(),  # start to completion, summed over buckets
-            "exposed_s": exposed,  # waiting for the allreduces after the backward pass
+            "backward_s": t1 - t0,
+            **buckets.timing(),
+            "exposed_s": exposed,
             "bytes": buckets.nbytes,
             "buckets": len(buckets),
+            "progress": buckets.progress,
         }
+        if failed:
+            raise RuntimeError(
+                f"dp.backward failed on {failed} other rank(s) in this step: the gradients were not summed "
+                f"and are zero on every rank (as after zero_grad()); repeat the step"
+            )
+
+    def _scaled(self, grad, weight):
+        """The checked loss gradient times ``weight``: the backward pass is linear in it, so this scales
+        this call's parameter gradients alone (a (batch, out) array, not a pass over the parameters)."""
+        if isinstance(weight, bool) or not isinstance(weight, (int, float, np.floating, np.integer)):
+            raise TypeError(f"weight must be a number, got {weight!r}")
+        if not math.isfinite(weight):
+            raise ValueError(f"weight must be finite, got {weight!r}")
+        model = self.module
+        grad = model._check_grad(grad)
+        if weight == 1.0:
+            return grad
+        be = model._backend
+        if be.device is None:
+            return np.multiply(grad, weight, dtype=grad.dtype)
+        return be.asarray(np.multiply(be.to_host(grad), weight, dtype=model._dtype))  # a small array
 
     def _ensure_buckets(self) -> GradBuckets:
         """The buckets, made anew when the model moved or changed dtype (model.to)."""
@@ -160,8 +352,10 @@ class DataParallel:
         placed = (model._backend.device, model._dtype, tuple(id(p._data) for p in params))
         if self._buckets is None or placed != self._placed or not self._buckets.attached():
             layers = [layer.parameters() for layer in model.layers]
-            cap = self.bucket_mb * 2**20
-            self._buckets = GradBuckets(layers, model._dtype, cap, self.comm, model._backend.device is not None)
+            cap, first = self.bucket_mb * 2**20, self.first_bucket_mb * 2**20
+            self._buckets = GradBuckets(
+                layers, model._dtype, cap, self.comm, model._backend.device is not None, first_bucket_bytes=first
+            )
             self._placed = placed
         return self._buckets
 
@@ -181,7 +375,8 @@ class DataParallel:
         """Sequential.fit over all ranks.  ``batch_size`` is the global batch: each rank
         holds all of X and y, draws the same order, and trains on its contiguous share
         of each batch (shares differ by at most one sample; each is weighted by its
-        size, so P ranks compute what one process computes on the same batches).
+        size, and Dropout takes its rows of the whole batch's mask, drawn from rank 0's
+        random state: P ranks compute what one process computes on the same batches).
         The history (the same on every rank) holds the losses and accuracies over all
         ranks' samples; only rank 0 shows progress.  A diverging loss is reported at
         the end of its epoch."""
@@ -189,6 +384,7 @@ class DataParallel:
         X, y, val, epochs, batch_size, history = model._fit_setup(
             X, y, epochs, batch_size, optimizer, loss, validation_data, verbose
         )
+        self.broadcast_random_state()  # every rank shuffles and drops out as rank 0 (as one process) would
         show = verbose if self.rank == 0 else 0
         if model._backend.device is not None and show != 0:
             print(f"note: {GRAPH_NOTE}", file=sys.stderr)
@@ -226,11 +422,10 @@ class DataParallel:
         model, be = self.module, self.module._backend
         n = X.shape[0]
         n_batches = -(-n // batch_size)
-        # Drawn as Sequential.fit draws it (so one rank gives exactly its result), then rank 0's
-        # order for all: ranks seeded differently must still cut the same batches.
+        # Drawn as Sequential.fit draws it, from the generator fit gave every rank (rank 0's state):
+        # one rank gives exactly Sequential.fit's result, and every rank cuts the same batches.
         order = _random.get_rng().permutation(n) if shuffle else None
-        if order is not None and self.size > 1:
-            self.comm.Bcast(order, root=0)
+        dropout = bool(_dropouts(model))
         total, correct, seen = 0.0, 0, 0
         for b in range(n_batches):
             lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
@@ -240,7 +435,8 @@ class DataParallel:
             model.zero_grad()
             if s1 > s0:
                 xb, yb = X[idx], y[idx]
-                out = model.forward(be.asarray(xb))
+                with _batch_rows(model, s0, hi - lo):  # Dropout: these rows of the whole batch's mask
+                    out = model.forward(be.asarray(xb))
                 _backend.note_output(out, be)
                 batch_loss = float(loss(out, yb))
                 if loss.classifier:
@@ -250,6 +446,9 @@ class DataParallel:
                 # this rank's mean loss times its share of the batch: the ranks' sum is the batch's mean
                 self._reduce(loss.backward(), (s1 - s0) / (hi - lo))
             else:  # no samples for this rank in a small last batch: it adds zeros, but must take part
+                if dropout:  # an empty forward pass draws the batch's masks: the generator stays in step
+                    with _batch_rows(model, s0, hi - lo):
+                        model.forward(be.asarray(X[:0]))
                 self._reduce(None, 0.0)
             optimizer.step()
             if bar is not None:
