@@ -214,27 +214,36 @@ def scaleout_dir(tmp_path_factory):
 @needs_mpi
 def test_cli_measures_and_models(scaleout_dir):
     out, stdout = scaleout_dir
-    assert "2 x 1" in stdout and "alpha" in stdout and "public figures" in stdout
+    assert "2 x 1" in stdout and "alpha" in stdout and "public figures" in stdout and "measured here" in stdout
     text = (out / "scaleout.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     doc = json.loads(text)
     assert doc["schema"] == "whygpu.scaleout/1" and doc["available"] is True
     assert doc["machine"]["load_average"] is None or doc["machine"]["load_average"] >= 0
-    # the quiet guard looked before every launch: each run and the sweep
+    # the quiet guard looked before every launch (each run, a run measured again, the sweep), and across the
+    # ranks' cores while each ran
     labels = [b["label"] for b in doc["quiet"]["blocks"]]
-    assert len(labels) == len(doc["runs"]) + 1 and labels[-1].startswith("allreduce sweep")
-    runs = {(r["ranks"], r["threads"]): r for r in doc["runs"]}
-    assert (1, 1) in runs and (2, max(1, doc["params"]["cores"] // 2)) in runs
+    assert len(labels) >= len(doc["runs"]) + 1 and labels[-1].startswith("allreduce sweep")
+    assert all("quiet" in r and "others" in r["quiet"] for r in doc["runs"])
+    runs = {(r["ranks"], r["threads"], r["batch"]): r for r in doc["runs"] if not r.get("side_by_side")}
+    T = max(1, doc["params"]["cores"] // 2)
+    assert (1, 1, 64) in runs and (2, T, 64) in runs and runs[(1, T, 32)]["share_of"] == 2
+    side = next(r for r in doc["runs"] if r.get("side_by_side"))
     for r in doc["runs"]:
-        for k in ("step_s", "step_s_min", "step_s_max", "compute_s", "predicted_s"):
+        for k in ("step_s", "step_s_min", "step_s_max", "compute_s"):
             assert finite_positive(r[k]), (k, r)
         assert r["step_s_min"] <= r["step_s"] <= r["step_s_max"]
-    dp = [r for r in doc["runs"] if r["ranks"] == 2][0]
-    for k in ("allreduce_s", "bare_allreduce_s", "bandwidth_ratio", "bytes"):
+    dp = runs[(2, T, 64)]
+    for k in ("allreduce_s", "bare_allreduce_s", "bandwidth_ratio", "bytes", "predicted_s"):
         assert finite_positive(dp[k]), k
     assert dp["bytes"] == 4 * so.mlp_params([64, 32, 10]) and dp["weights_spread"] == 0.0
     assert 0 <= dp["exposed_s"] <= dp["allreduce_s"] * 1.05 + 1e-4
     assert math.isfinite(dp["prediction_error"])
+    # the model's compute is the share run's, measured; a miss beyond 25% was measured again, then flagged
+    assert dp["model"]["compute_s"] == pytest.approx(side["step_s"]) and side["ranks"] == 2
+    assert abs(dp["prediction_error"]) <= 0.25 or dp.get("remeasured")
+    assert abs(dp["prediction_error"]) <= 0.25 or dp.get("disturbed")
+    assert "Against perfect scaling" in dp["lost"]["text"] or "no efficiency was lost" in dp["lost"]["text"]
     assert finite_positive(doc["fit"]["alpha_s"]) or doc["fit"]["alpha_s"] == 0
     assert finite_positive(doc["fit"]["bandwidth_Bps"])
     assert len(doc["sweep"]["bytes"]) == len(doc["sweep"]["seconds"]) >= 6

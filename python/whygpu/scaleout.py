@@ -328,28 +328,38 @@ def _find(runs: list[dict], ranks: int, threads: int, batch: int | None = None) 
 
 def _share(runs: list[dict], ranks: int, threads: int) -> dict | None:
     """The one-rank run on the share of `ranks` ranks with `threads` threads."""
-    return next((r for r in runs if r.get("share_of") == ranks and r["threads"] == threads), None)
+    return next((r for r in runs if r.get("share_of") == ranks and r["ranks"] == 1 and r["threads"] == threads), None)
+
+
+def _side(runs: list[dict], ranks: int, threads: int) -> dict | None:
+    """The `ranks` ranks on their shares side by side, without communicating."""
+    return next((r for r in runs if r.get("side_by_side") and r["ranks"] == ranks and r["threads"] == threads), None)
 
 
 def _dp_runs(runs: list[dict]) -> list[dict]:
-    return sorted((r for r in runs if r["ranks"] > 1), key=lambda r: r["ranks"])
+    return sorted((r for r in runs if r["ranks"] > 1 and not r.get("side_by_side")), key=lambda r: r["ranks"])
 
 
-def check_run(share: dict, run: dict, cores: int) -> dict:
-    """The model's prediction of a measured P-rank step from its terms measured apart: the compute of one
-    rank alone on its share (stretched by P*T/cores where the ranks take turns on the cores), and the
-    bare Allreduce of the gradient measured on the same P ranks, exposed as DataParallel's was."""
+def check_run(share: dict, side: dict | None, run: dict, cores: int) -> dict:
+    """The model's prediction of a measured P-rank step from its terms measured apart.  Compute: the P ranks
+    on their shares side by side without communicating (each step as long as its slowest rank: they share
+    the cores, caches and memory, and whatever else runs on the machine, as the P-rank step does); without
+    that run, one rank alone on its share, stretched by P*T/cores where the ranks take turns on the cores.
+    Communication: the bare Allreduce of the gradient measured on the same P ranks, exposed as
+    DataParallel's was."""
     P, T = run["ranks"], run["threads"]
     stretch = max(1.0, P * T / max(1, cores))
     e = run["exposed_s"] / run["allreduce_s"] if run.get("allreduce_s") else 1.0
-    pred = predict_step(share["step_s"] * stretch, run["bare_allreduce_s"], exposed_fraction=e)
-    pred["stretch"] = stretch
+    compute = side["step_s"] if side else share["step_s"] * stretch
+    pred: dict[str, Any] = dict(predict_step(compute, run["bare_allreduce_s"], exposed_fraction=e))
+    pred["stretch"] = 1.0 if side else stretch
+    pred["compute_from"] = "side by side" if side else "alone"
     pred["exposed_fraction"] = min(1.0, max(0.0, e))
     pred["error"] = (pred["step_s"] - run["step_s"]) / run["step_s"]
     return pred
 
 
-def judge_run(share: dict, run: dict, cores: int) -> list[str]:
+def judge_run(share: dict, side: dict | None, run: dict, cores: int) -> list[str]:
     """What makes a measured P-rank run untrustworthy ([] when nothing): DataParallel's allreduce below
     :data:`BANDWIDTH_FLOOR` of the bare Allreduce's bandwidth, or the model off by more than
     :data:`MODEL_TOLERANCE`."""
@@ -357,22 +367,25 @@ def judge_run(share: dict, run: dict, cores: int) -> list[str]:
     ratio = run.get("bandwidth_ratio")
     if ratio is not None and ratio < BANDWIDTH_FLOOR:
         why.append(f"DataParallel's allreduce at x{ratio:.2f} of the bare Allreduce's bandwidth (< {BANDWIDTH_FLOOR})")
-    err = check_run(share, run, cores)["error"]
+    err = check_run(share, side, run, cores)["error"]
     if abs(err) > MODEL_TOLERANCE:
         why.append(f"model error {100 * err:+.0f}% (beyond {100 * MODEL_TOLERANCE:.0f}%)")
     return why
 
 
-def _lost(base: dict, share: dict, run: dict) -> dict[str, Any]:
-    """Where the P-rank step lost against perfect scaling (one rank's step / P), in three measured parts
-    that add up to the loss: the smaller batch per rank, running beside the other ranks, and waiting."""
+def _lost(base: dict, share: dict, side: dict | None, run: dict) -> dict[str, Any]:
+    """Where the P-rank step lost against perfect scaling (one rank's step / P), in measured parts that add
+    up to the loss: the smaller batch per rank, running beside the other ranks, DataParallel's own work, and
+    waiting for the allreduce."""
     P = run["ranks"]
     ideal = base["step_s"] / P
+    beside_to = side["step_s"] if side else run["compute_s"]
     parts = {
         "ideal_s": ideal,
         "lost_s": run["step_s"] - ideal,
         "batch_s": share["step_s"] - ideal,  # one rank alone on B/P samples, against B's time / P
-        "beside_s": run["compute_s"] - share["step_s"],  # the same share computed while the others run
+        "beside_s": beside_to - share["step_s"],  # the P shares computed at once, each step the slowest rank's
+        "bookkeeping_s": run["compute_s"] - beside_to,  # DataParallel's copies, tests, weighting
         "exposed_s": run["step_s"] - run["compute_s"],  # waiting for the allreduce after the backward pass
     }
     lost = parts["lost_s"]
@@ -384,14 +397,15 @@ def _lost(base: dict, share: dict, run: dict) -> dict[str, Any]:
             f"({ms(ideal)}): no efficiency was lost."
         )
     else:
-        over = " and taking turns on the cores" if P * run["threads"] > base.get("cores", 10**9) else ""
+        over = ", taking turns on the cores" if P * run["threads"] > base.get("cores", 10**9) else ""
         text = (
             f"Against perfect scaling ({ms(base['step_s'])} / {P} = {ms(ideal)}) the {P}-rank step "
             f"({ms(run['step_s'])}) lost {ms(lost)}: {ms(parts['batch_s'])} ({pc(parts['batch_s'])}) to the "
             f"smaller batch per rank (one rank alone on {share['batch']} samples took {ms(share['step_s'])}, "
             f"not {ms(ideal)}), {ms(parts['beside_s'])} ({pc(parts['beside_s'])}) to running beside the other "
-            f"ranks (shared caches and memory, DataParallel's bookkeeping{over}), and {ms(parts['exposed_s'])} "
-            f"({pc(parts['exposed_s'])}) to waiting for the allreduce."
+            f"ranks (shared cores, caches and memory, and each step waiting for the slowest rank{over}), "
+            f"{ms(parts['bookkeeping_s'])} ({pc(parts['bookkeeping_s'])}) to DataParallel's own work, and "
+            f"{ms(parts['exposed_s'])} ({pc(parts['exposed_s'])}) to waiting for the allreduce."
         )
     parts["text"] = text
     return parts
@@ -416,16 +430,17 @@ def annotate(doc: dict) -> dict:
         r["speedup_vs_1x1"] = one["step_s"] / r["step_s"] if one and not r.get("share_of") else None
         r["speedup_vs_1xall"] = full["step_s"] / r["step_s"] if full and not r.get("share_of") else None
         r["predicted_s"] = r["prediction_error"] = None
-        if r["ranks"] == 1:
+        if r["ranks"] == 1 or r.get("side_by_side"):
             continue
         base = _find(runs, 1, r["threads"], batch)
         share = _share(runs, r["ranks"], r["threads"])
+        side = _side(runs, r["ranks"], r["threads"])
         if base is not None:
             r["speedup"] = base["step_s"] / r["step_s"]  # over one rank with the same threads
             r["efficiency"] = r["speedup"] / r["ranks"]
         if share is None or base is None:
             continue
-        pred = check_run(share, r, cores)
+        pred = check_run(share, side, r, cores)
         r["predicted_s"], r["prediction_error"] = pred["step_s"], pred["error"]
         r["model"] = pred
         r["model_within_tolerance"] = abs(pred["error"]) <= MODEL_TOLERANCE
@@ -439,11 +454,12 @@ def annotate(doc: dict) -> dict:
             },
             "model": {k: pred[k] for k in ("compute_s", "comm_s", "exposed_s", "step_s")},
         }
-        r["lost"] = _lost(dict(base, cores=cores), share, r)
+        r["lost"] = _lost(dict(base, cores=cores), share, side, r)
     e = ref["model"]["exposed_fraction"] if ref and ref.get("model") else 1.0
     doc["model"] = {
         "formula": "T(P) = T_compute(B/P) + e * T_allreduce(S, P)",
-        "terms": "T_compute(B/P): one rank alone on its share of the batch, measured; T_allreduce: the bare "
+        "terms": "T_compute(B/P): the P ranks on their shares of the batch side by side without communicating, "
+        "measured (and one rank alone on its share, for where the time went); T_allreduce: the bare "
         "Allreduce of the gradient on P ranks, measured (the fit of alpha and B for other P); e: DataParallel's "
         "exposed / allreduce, measured",
         "exposed_fraction": e,
@@ -652,6 +668,6 @@ def run_scaleout(
         log=log,
         progress=progress,
         oversubscribe=oversubscribe,
-        judge=lambda share, run: judge_run(share, run, cores),
+        judge=lambda share, side, run: judge_run(share, side, run, cores),
     )
     return annotate(doc)

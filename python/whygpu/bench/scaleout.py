@@ -342,12 +342,12 @@ def measure(
     log: Callable[[str], None] = lambda s: None,
     progress: bool = False,
     oversubscribe: bool = False,
-    judge: Callable[[dict, dict], list[str]] | None = None,
+    judge: Callable[[dict, dict, dict], list[str]] | None = None,
 ) -> dict:
     """Every run of :func:`_configs` and an allreduce sweep (1 KB to ``sweep_max``) on the largest P; the
     measured part of the ``whygpu.scaleout/1`` document (``whygpu.scaleout.annotate`` adds the model).
 
-    ``judge(share_run, run)`` (the model's check) returns what is wrong with a multi-rank run (its
+    ``judge(share_run, side_by_side_run, run)`` (the model's check) returns what is wrong with a multi-rank run (its
     DataParallel bandwidth, its model error); such a run is measured once more with its share run, and
     flagged ``disturbed`` if the second is wrong too."""
     st = mpi_status()
@@ -370,18 +370,21 @@ def measure(
     P = max(ranks)
     with Progress(len(configs) + 1, "scaleout", progress) as bar:
 
-        def one(p: int, t: int, b: int, extra: str = "") -> dict:
+        def one(p: int, t: int, b: int, extra: str = "", side: bool = False) -> dict:
             nonlocal library
-            label = f"{p} rank(s) x {t} thread(s), batch {b}{extra}"
+            label = f"{p} rank(s) x {t} thread(s), batch {b}{', side by side' if side else ''}{extra}"
             bar.show(label, 0.0)
             if p * t > cores:
                 log(f"{p} ranks x {t} threads oversubscribe {cores} cores: contention, not scaling")
             with guard.block(label) as q:
-                raw = launch(st["mpiexec"], p, t, ["--mode", "step", "--batch", str(b), *common], timeout, tick)
+                args = ["--mode", "step", "--batch", str(b), *common] + (["--independent"] if side else [])
+                raw = launch(st["mpiexec"], p, t, args, timeout, tick)
             library = raw.get("mpi_library", library)
             rec = summarize(raw)
             rec["global_batch"] = batch
             rec["quiet"] = q
+            if side:
+                rec["side_by_side"] = True
             return rec
 
         def tick(elapsed: float) -> None:
@@ -391,11 +394,22 @@ def measure(
         machine_done = False
         minfo: dict = {}
         pending: dict | None = None  # the share run waiting for its P-rank run
+
+        def pair(p: int, t: int, b: int, extra: str = "") -> tuple[dict, dict]:
+            """P ranks on their shares side by side without communicating, then the same with DataParallel."""
+            side = one(p, t, b, extra, side=True)
+            side["share_of"] = p
+            return side, one(p, t, b, extra)
+
         for p, t, b in configs:
             bar_label[0] = f"{p} rank(s) x {t} thread(s), batch {b}"
             if not machine_done:  # after the bar is up: the progress shows within a second of starting
                 minfo, machine_done = machine_info(), True
-            rec = one(p, t, b)
+            if p > 1:
+                side, rec = pair(p, t, b)
+                runs.append(side)
+            else:
+                rec = one(p, t, b)
             bar.advance()
             if p == 1 and b != batch:
                 rec["share_of"] = share_for = next(q for q in ranks if q > 1 and share_batch(batch, q) == b)
@@ -404,16 +418,22 @@ def measure(
                 runs.append(rec)
                 continue
             if p > 1 and judge is not None and pending is not None:
-                why = judge(pending, rec)
+                why = judge(pending, side, rec)
                 if why:
-                    log(f"{p} ranks: {'; '.join(why)}: measuring the pair once more")
-                    first = {"step_s": rec["step_s"], "share_step_s": pending["step_s"], "reasons": why}
+                    log(f"{p} ranks: {'; '.join(why)}: measuring its share runs and it once more")
+                    first = {
+                        "step_s": rec["step_s"],
+                        "share_step_s": pending["step_s"],
+                        "side_by_side_step_s": side["step_s"],
+                        "reasons": why,
+                    }
                     runs.remove(pending)
+                    runs.remove(side)
                     pending = one(1, t, pending["batch"], " (again)")
                     pending["share_of"] = pending["share_ranks"] = p
-                    runs.append(pending)
-                    rec = one(p, t, b, " (again)")
-                    again = judge(pending, rec)
+                    side, rec = pair(p, t, b, " (again)")
+                    runs += [pending, side]
+                    again = judge(pending, side, rec)
                     rec["remeasured"] = first
                     rec["disturbed"] = again or None
                     if again:

@@ -35,6 +35,11 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--sizes", default="1024", help="sweep: message sizes in bytes")
     p.add_argument("--budget", type=float, default=0.25, help="sweep: seconds per size, about")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--independent",
+        action="store_true",
+        help="step: P ranks each train the plain model on their share, without communicating (side by side)",
+    )
     p.add_argument("--json", required=True, help="where rank 0 writes its result")
     return p.parse_args(argv)
 
@@ -84,13 +89,15 @@ def _steps(a, comm, MPI) -> dict:
     lo, hi = dist.share(a.batch, P, r)
     model = build_mlp(layers, a.backend, seed=0)
     loss_fn = nn.CrossEntropyLoss()
-    dp = dist.DataParallel(model, bucket_mb=a.bucket_mb) if P > 1 else None
+    dp = dist.DataParallel(model, bucket_mb=a.bucket_mb) if P > 1 and not a.independent else None
     opt = optim.SGD(model.parameters(), lr=0.01)
     records = []
     with blas_threads(a.threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for i in range(a.warmup + a.steps):
             s = (i % n_batches) * a.batch
             xb, yb = X[s + lo : s + hi], y[s + lo : s + hi]
+            if P > 1:
+                comm.Barrier()  # untimed: every rank starts the step together, as after an allreduce
             t0 = _clock()
             if dp is not None:
                 loss_fn(dp(xb), yb)
@@ -116,11 +123,17 @@ def _steps(a, comm, MPI) -> dict:
         if dp is not None:
             buf = np.ones(max(1, records[-1]["bytes"] // 4), dtype=np.float32)
             bare = _timed_allreduce(comm, MPI, buf, max(a.steps, 5))
+    if a.independent and P > 1:
+        # side by side, a step is over when the slowest rank is done (as it is once an allreduce joins them)
+        per_rank = comm.allgather([x["step_s"] for x in records])
+        for i, x in enumerate(records):
+            x["step_s"] = max(steps[i] for steps in per_rank)
     checksum = float(sum(np.asarray(p.data, dtype=np.float64).sum() for p in model.parameters()))
     sums = comm.allgather(checksum)
     rank_step = comm.allgather(float(np.median([x["step_s"] for x in records])))
     return {
         "data_parallel": dp is not None,
+        "independent": bool(a.independent and P > 1),
         "backend": a.backend,
         "batch": a.batch,
         "layers": layers,

@@ -67,15 +67,17 @@ def _print_scaleout(doc: dict) -> None:
     print(f"medians over {p['steps']} steps after {p['warmup_steps']} warm-up; ms per step (min-max)")
     rows = []
     for r in doc["runs"]:
-        what = f"{r['ranks']} x {r['threads']}" + (f", {r['batch']} samples" if r.get("share_of") else "")
+        what = f"{r['ranks']} x {r['threads']}" + (
+            ", side by side" if r.get("side_by_side") else f", {r['batch']} samples" if r.get("share_of") else ""
+        )
         role = f"share of {r['share_of']} ranks" if r.get("share_of") else ("baseline" if r["ranks"] == 1 else "")
         rows.append(
             [
                 what,
                 f"{_ms(r['step_s'])} ({_ms(r['step_s_min'])}-{_ms(r['step_s_max'])})",
                 _ms(r["compute_s"]),
-                _ms(r["allreduce_s"]) if r["ranks"] > 1 else "-",
-                _ms(r["exposed_s"]) if r["ranks"] > 1 else "-",
+                _ms(r["allreduce_s"]) if r.get("data_parallel") else "-",
+                _ms(r["exposed_s"]) if r.get("data_parallel") else "-",
                 f"x{_g(r['speedup_vs_1x1'])}" if r.get("speedup_vs_1x1") else "-",
                 f"{_ms(r['predicted_s'])} ({_pm(r['prediction_error'])})" if r.get("predicted_s") else role,
             ]
@@ -96,7 +98,9 @@ def _print_scaleout(doc: dict) -> None:
                 "compute (a rank, its share)",
                 _ms(x["compute_s"]),
                 _ms(m["compute_s"]),
-                "one rank alone on its share"
+                "the ranks side by side, no communication"
+                if r["model"]["compute_from"] == "side by side"
+                else "one rank alone on its share"
                 + (f" x{r['model']['stretch']:.2g} (ranks take turns)" if r["model"]["stretch"] > 1 else ""),
             ],
             ["allreduce", _ms(x["allreduce_s"]), _ms(m["comm_s"]), "bare Allreduce of the gradient, same ranks"],
@@ -171,8 +175,8 @@ def run(args) -> int:
     out = _prepare_out(args.out)
     n = len([p for p in set(args.ranks) if p > 1])
     print(
-        f"whygpu scaleout: {3 + 2 * n} MPI jobs on up to {max(args.ranks)} ranks (baselines, each P with its "
-        "share run, an allreduce sweep); Ctrl-C ends every rank",
+        f"whygpu scaleout: {3 + 3 * n} MPI jobs on up to {max(args.ranks)} ranks (baselines; each P with one "
+        "rank alone and P ranks side by side on their shares; an allreduce sweep); Ctrl-C ends every rank",
         flush=True,
     )
     try:

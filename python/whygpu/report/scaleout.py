@@ -124,14 +124,10 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     blocks.append(
         (
             "p",
-            f"How the model is built, term by term. Compute: one rank alone on its share of the batch "
-            f"({_ms(r['model']['compute_s'] / r['model']['stretch'])} for {-(-p['batch'] // r['ranks'])} samples"
-            + (
-                f", stretched x{r['model']['stretch']:.2g} as the ranks take turns on the cores"
-                if r["model"]["stretch"] > 1
-                else ""
-            )
-            + f"), not one rank's whole step / P. The allreduce: a bare MPI Allreduce of the "
+            f"How the model is built, term by term. Compute: the {r['ranks']} ranks on their shares of the batch "
+            f"({-(-p['batch'] // r['ranks'])} samples) side by side without communicating, each step as long as "
+            f"its slowest rank ({_ms(r['model']['compute_s'])}), not one rank's whole step / P. "
+            "The allreduce: a bare MPI Allreduce of the "
             f"{r['bytes'] / 1e6:.3g} MB gradient on the same {r['ranks']} ranks ({_ms(m['comm_s'])}). Exposed: "
             f"the fraction e = {r['model']['exposed_fraction']:.2f} of it that DataParallel still waited for after "
             f"the backward pass. Together: {_ms(m['step_s'])} against {_ms(x['step_s'])} measured "
@@ -143,7 +139,14 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     for y in runs:
         rows.append(
             (
-                f"{y['ranks']} x {y['threads']}" + (f", {y['batch']} samples" if y.get("share_of") else ""),
+                f"{y['ranks']} x {y['threads']}"
+                + (
+                    ", side by side"
+                    if y.get("side_by_side")
+                    else f", {y['batch']} samples"
+                    if y.get("share_of")
+                    else ""
+                ),
                 f"{_ms(y['step_s'])} ({_ms(y['step_s_min'])} - {_ms(y['step_s_max'])})",
                 _ms(y["compute_s"]),
                 _ms(y["allreduce_s"]) if y["ranks"] > 1 else "-",
