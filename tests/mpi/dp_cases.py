@@ -1,10 +1,11 @@
 """The worker tests/test_distributed_correctness.py launches: ``mpiexec -n P python dp_cases.py CASE BACKEND``.
 
-Cases (issue 24's correctness list): ``weight`` (a backward's weight scales
-only its own gradient), ``pending`` (an exception in the backward pass after
-some allreduces started), ``dropout_fit``, ``dropout_explicit`` (P ranks draw one process's masks),
-``no_sync`` (local accumulation, then one allreduce), ``shapes`` (ranks that
-hold different models).  Every rank computes its case and catches what it
+Cases (issue 24): ``weight`` (a backward's weight scales only its own
+gradient), ``pending`` (an exception in the backward pass after some
+allreduces started), ``dropout_fit`` and ``dropout_explicit`` (P ranks draw
+one process's masks), ``no_sync`` (local accumulation, then one allreduce),
+``shapes`` (ranks that hold different models), ``progress`` (allreduces move
+without Test calls).  Every rank computes its case and catches what it
 raises; rank 0 gathers every rank's result and prints one line
 ``RESULT {json}``: ``{"size": P, "ranks": [rank 0's dict, rank 1's, ...]}``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import numpy as np
 
@@ -248,6 +250,29 @@ def shapes_case(backend: str) -> dict:
     return out
 
 
+def progress_case(backend: str) -> dict:
+    """The allreduces move while Python calls nothing: layer 0's backward pass sleeps 1.5 s (in C,
+    the GIL released) after the buckets of the layers above it started; with a progress mechanism
+    that needs Test() calls they would complete only after it, so at least 1.5 s in flight."""
+    model = make_model(backend, seed=8)
+    dp = dist.DataParallel(model, bucket_mb=0.0)  # a bucket per Linear: two start before layer 0
+    X, y = data(16)
+    s0, s1 = dist.share(16, dist.size(), dist.rank())
+    first = model.layers[0]
+    own = first._backward
+
+    def slow(dy, need_input_grad):
+        time.sleep(1.5)
+        return own(dy, need_input_grad)
+
+    first._backward = slow  # type: ignore[method-assign]
+    lf = nn.CrossEntropyLoss()
+    lf(dp(X[s0:s1], global_batch=16), y[s0:s1])
+    dp.zero_grad()
+    dp.backward(lf.backward())
+    return dict(dp.last_step)
+
+
 CASES = {
     "weight": weight_case,
     "pending": pending_case,
@@ -255,6 +280,7 @@ CASES = {
     "dropout_explicit": dropout_explicit_case,
     "no_sync": no_sync_case,
     "shapes": shapes_case,
+    "progress": progress_case,
 }
 
 
