@@ -155,7 +155,10 @@ class DataParallel:
         self.broadcast_random_state()
 
     def __repr__(self) -> str:
-        return f"DataParallel({self.module.backend!r}, ranks={self.size}, bucket_mb={self.bucket_mb:g})"
+        return (
+            f"DataParallel({self.module.backend!r}, ranks={self.size}, bucket_mb={self.bucket_mb:g}, "
+            f"first_bucket_mb={self.first_bucket_mb:g})"
+        )
 
     def _check_same_model(self) -> None:
         """Every rank must hold parameters of the same shapes and dtypes, in the same order: otherwise
