@@ -188,12 +188,12 @@ EMU_DIR = pathlib.Path(__file__).resolve().parent / "cuda_emu"
 
 
 def emu_compiler_ok(tmp: pathlib.Path) -> bool:
-    """Whether g++ can build the emulation (C++20 <barrier>)."""
+    """Whether g++ can build the emulation (C++20, and ucontext.h where the CPU is not x86-64)."""
     cxx = shutil.which("g++")
     if cxx is None:
         return False
     probe = tmp / "probe.cpp"
-    probe.write_text("#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait(); }\n")
+    probe.write_text("#include <bit>\n#include <ucontext.h>\nint main() { return std::popcount(1u) - 1; }\n")
     r = subprocess.run(
         [cxx, "-std=c++20", "-pthread", str(probe), "-o", str(tmp / "probe")], capture_output=True, text=True
     )

@@ -83,5 +83,5 @@ def emulated_site(tmp_path_factory):
         pytest.skip("needs pybind11 to build the binding")
     tmp = tmp_path_factory.mktemp("emulated_site")
     if not emu_compiler_ok(tmp):
-        pytest.skip("needs g++ with C++20 <barrier>")
+        pytest.skip("needs g++ with C++20")
     return emu_runner().make_site(tmp, cache=str(emu_cache()), package=str(pathlib.Path(whygpu.__file__).parent))

@@ -46,7 +46,7 @@ def emulated(tmp_path_factory):
         pytest.skip("no csrc/cuda in this tree")
     tmp = tmp_path_factory.mktemp("cuda_emu")
     if not emu_compiler_ok(tmp):
-        pytest.skip("needs g++ with C++20 <barrier>")
+        pytest.skip("needs g++ with C++20")
     flags = []
     sanitize = os.environ.get("WHYGPU_EMU_SANITIZE", "")
     if sanitize:

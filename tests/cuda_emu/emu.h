@@ -1,19 +1,24 @@
 // emu.h -- just enough of CUDA to run whygpu's kernels on the CPU, for
 // checking their index arithmetic, edge guards and barriers on a machine
 // without a GPU (tests/test_cuda_emulated.py).  NOT a CUDA implementation:
-// each thread of a block is an OS thread (from a pool), __syncthreads is a std::barrier,
-// shared memory is a static array (blocks run one after the other), a warp
-// shuffle goes through memory between two per-warp barriers, a copy with
-// pinned host memory waits for the next synchronisation (as late as CUDA may
-// run it).  Timing, coalescing and bank conflicts mean nothing here; results
-// and races do.
+// each thread of a block is a fiber (a coroutine with its own stack),
+// all of a block's fibers run on the launching OS thread and switch only at a
+// barrier, so __syncthreads costs two context switches and no system call to
+// wake an OS thread (with one OS thread per CUDA thread, 256 threads on 2 cores
+// spent most of the test time in futex calls).  Shared memory is a static array
+// (blocks run one after the other), a warp shuffle goes through memory between
+// two per-warp barriers, a copy with pinned host memory waits for the next
+// synchronisation (as late as CUDA may run it).  The thread that completes a
+// barrier runs on first, up to its next barrier, before the threads it
+// released: a kernel missing a barrier before it overwrites shared memory the
+// others still read gets wrong results here every time.  A barrier that not
+// every thread of the block reaches is reported (abort), not a hang.  Timing,
+// coalescing and bank conflicts mean nothing here; results and races do.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -23,8 +28,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <semaphore>
 #include <thread>
+#include <deque>
+#include <sys/mman.h>
+#include <ucontext.h>
 #include <vector>
 
 struct dim3 {
@@ -377,9 +384,13 @@ using std::max;
 using std::min;
 
 namespace emu {
+class Barrier;
+// What a CUDA thread reads about itself.  All fibers run on the launching OS thread, so these
+// are set by the scheduler before it resumes a fiber (thread_local: Python threads may launch
+// at once; launches are serialised by g_launch_mu, each runs its fibers on its own thread).
 inline thread_local dim3 tl_thread, tl_block;
-inline thread_local std::barrier<>* tl_block_barrier = nullptr;
-inline thread_local std::barrier<>* tl_warp_barrier = nullptr;
+inline thread_local Barrier* tl_block_barrier = nullptr;
+inline thread_local Barrier* tl_warp_barrier = nullptr;
 inline thread_local float* tl_warp_slots = nullptr;
 // Per warp, two areas of 64 bytes per lane for the warp-collective instructions of
 // tests/cuda_emu/ptx.cuh (ldmatrix hands rows between lanes, mma.sync gathers the warp's
@@ -387,64 +398,168 @@ inline thread_local float* tl_warp_slots = nullptr;
 constexpr unsigned kXchgBytes = 64;
 inline thread_local unsigned char* tl_warp_xchg = nullptr;
 inline thread_local unsigned tl_lane = 0;
-inline thread_local unsigned tl_warp_size = 32;
-inline thread_local unsigned long long tl_block_serial = 0;  // changes with every block a thread runs  // lanes in this thread's warp (fewer in a partial last warp)
+inline thread_local unsigned tl_tid = 0;  // the linear thread index in the block: the slot of per-thread state
+inline thread_local unsigned tl_warp_size = 32;  // lanes in this thread's warp (fewer in a partial last warp)
+inline thread_local unsigned long long tl_block_serial = 0;  // changes with every block run
+inline std::atomic<unsigned long long> g_block_serial{0};
 inline dim3 g_grid, g_block;
-inline std::mutex g_launch_mu;  // one launch at a time (one pool, one grid): Python threads may launch at once
+inline std::mutex g_launch_mu;  // one launch at a time (one grid): Python threads may launch at once
 
-// 1024 worker threads made once (creating threads per block dominates otherwise).
-// A launch wakes only the workers it needs, each through its own semaphore:
-// on a small machine, waking all 1024 for a 256-thread block costs more than the work.
-class Pool {
+// Switching between fibers.  On x86-64 a dozen instructions (save the callee-saved registers
+// and the SSE/x87 control words on the old stack, load the new stack pointer, restore): ~10 ns,
+// where glibc's swapcontext makes a system call each time (~0.4 us here, most of a test's time).
+// Elsewhere, ucontext.
+#if defined(__x86_64__)
+// emu_fiber_switch(&save_sp, new_sp): saves this context on its stack, *save_sp = its stack
+// pointer, and continues the context saved at new_sp.  (Weak: every file including emu.h has it.)
+extern "C" void emu_fiber_switch(void** save_sp, void* new_sp);
+asm(R"(
+    .text
+    .weak emu_fiber_switch
+    .type emu_fiber_switch, @function
+emu_fiber_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_fiber_switch, .-emu_fiber_switch
+)");
+struct Context {
+    void* sp = nullptr;
+};
+inline void switch_to(Context& from, Context& to) { emu_fiber_switch(&from.sp, to.sp); }
+// A new context that starts in start() (which must never return) on the stack [lo, lo + size).
+inline void make_context(Context& c, char* lo, std::size_t size, void (*start)()) {
+    auto* top = reinterpret_cast<std::uint64_t*>(reinterpret_cast<std::uintptr_t>(lo + size) & ~std::uintptr_t(15));
+    std::uint32_t csr[2];
+    asm volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(csr[0]), "=m"(csr[1]));
+    // from the stack pointer up, what emu_fiber_switch pops: the control words, r15 .. rbp, and
+    // the address it returns to (start, entered as if called: rsp % 16 == 8)
+    top[-1] = 0;
+    top[-2] = reinterpret_cast<std::uint64_t>(start);
+    for (int r = 3; r <= 8; ++r) top[-r] = 0;
+    std::memcpy(&top[-9], csr, 8);
+    c.sp = &top[-9];
+}
+#else
+struct Context {
+    ucontext_t uc{};
+};
+inline void switch_to(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void make_context(Context& c, char* lo, std::size_t size, void (*start)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = lo;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, start, 0);
+}
+#endif
+
+// The fibers of one block, and the scheduler that runs them: a queue of the fibers ready to run.
+// A fiber leaves it when it waits at a barrier and is put back, in arrival order, when the last
+// thread arrives.  Stacks are made once (mmap, a guard page below each) and reused.
+class Fibers {
   public:
-    static Pool& get() {
-        static Pool pool;
-        return pool;
+    static constexpr std::size_t kStack = 256 * 1024;
+    static Fibers& here() {
+        thread_local Fibers f;
+        return f;
     }
-    // Runs job(t) on workers t = 0 .. nt-1 and waits for all of them.
-    void run(unsigned nt, std::function<void(unsigned)> job) {
-        job_ = std::move(job);
-        remaining_.store(nt);
-        for (unsigned t = 0; t < nt; ++t) workers_[t]->go.release();  // publishes job_ to worker t
-        std::unique_lock<std::mutex> lock(mu_);
-        done_.wait(lock, [this] { return remaining_.load() == 0; });
+    ~Fibers() {
+        for (char* s : stacks_) munmap(s, kStack + kGuard);
+    }
+    // Runs body() as threads 0 .. nt-1 of one block; setup(t) sets thread t's thread_locals.
+    template <typename Body, typename Setup>
+    void run_block(unsigned nt, Body& body, Setup& setup) {
+        while (stacks_.size() < nt) stacks_.push_back(new_stack());
+        ctx_.resize(nt);
+        done_ = 0;
+        body_ = [&body] { body(); };
+        for (unsigned t = 0; t < nt; ++t) {
+            make_context(ctx_[t], stacks_[t] + kGuard, kStack, &Fibers::entry);
+            ready_.push_back(t);
+        }
+        while (done_ < nt) {
+            if (ready_.empty()) {
+                std::fprintf(stderr, "emulated kernel: %u of %u threads of block (%u,%u,%u) wait at a barrier "
+                             "the others never reach (a __syncthreads or warp collective in divergent code)\n",
+                             nt - done_, nt, tl_block.x, tl_block.y, tl_block.z);
+                std::abort();
+            }
+            current_ = ready_.front();
+            ready_.pop_front();
+            setup(current_);
+            switch_to(sched_, ctx_[current_]);  // back here when the fiber waits or is done
+        }
+    }
+    unsigned current() const { return current_; }
+    void make_ready(unsigned t) { ready_.push_back(t); }
+    void yield() { switch_to(ctx_[current_], sched_); }  // to the scheduler; resumed once ready again
+
+  private:
+    static constexpr std::size_t kGuard = 4096;
+    [[noreturn]] static void entry() {
+        Fibers& f = here();
+        f.body_();
+        ++f.done_;
+        switch_to(f.ctx_[f.current_], f.sched_);  // never resumed: its context is made anew per block
+        std::abort();
+    }
+    static char* new_stack() {
+        void* p = mmap(nullptr, kStack + kGuard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+        if (p == MAP_FAILED) { std::perror("emu: mmap of a fiber stack"); std::abort(); }
+        mprotect(p, kGuard, PROT_NONE);  // a kernel that overflows its stack faults here, not in another's
+        return static_cast<char*>(p);
+    }
+    Context sched_{};
+    std::vector<Context> ctx_;
+    std::vector<char*> stacks_;
+    std::deque<unsigned> ready_;
+    std::function<void()> body_;
+    unsigned current_ = 0, done_ = 0;
+};
+
+// __syncthreads (the whole block) and the warp collectives (one warp): the last thread to arrive
+// releases the others, in the order they arrived, and runs on.
+class Barrier {
+  public:
+    explicit Barrier(unsigned expected) : expected_(expected) { waiting_.reserve(expected); }
+    void arrive_and_wait() {
+        Fibers& f = Fibers::here();
+        if (waiting_.size() + 1 == expected_) {
+            for (unsigned t : waiting_) f.make_ready(t);
+            waiting_.clear();
+            return;
+        }
+        waiting_.push_back(f.current());
+        f.yield();
     }
 
   private:
-    struct Worker {
-        std::binary_semaphore go{0};
-        std::thread thread;
-    };
-    Pool() {
-        for (unsigned t = 0; t < 1024; ++t) workers_.emplace_back(new Worker);
-        for (unsigned t = 0; t < 1024; ++t) workers_[t]->thread = std::thread([this, t] { loop(t); });
-    }
-    ~Pool() {
-        stop_.store(true);
-        for (auto& w : workers_) w->go.release();
-        for (auto& w : workers_) w->thread.join();
-    }
-    void loop(unsigned t) {
-        for (;;) {
-            workers_[t]->go.acquire();
-            if (stop_.load()) return;
-            job_(t);
-            if (remaining_.fetch_sub(1) == 1) {
-                std::lock_guard<std::mutex> lock(mu_);  // the waiter is either before its check or waiting
-                done_.notify_one();
-            }
-        }
-    }
-    std::vector<std::unique_ptr<Worker>> workers_;
-    std::mutex mu_;
-    std::condition_variable done_;
-    std::function<void(unsigned)> job_;
-    std::atomic<unsigned> remaining_{0};
-    std::atomic<bool> stop_{false};
+    unsigned expected_;
+    std::vector<unsigned> waiting_;
 };
 
-// Runs f() as every thread of every block of the grid; blocks one at a time
-// (shared memory is a static array), a barrier between blocks.
+// Runs f() as every thread of every block of the grid, blocks one at a time (shared memory is
+// a static array): each block's threads are fibers on this OS thread.
 template <typename F>
 void launch(dim3 grid, dim3 block, F f) {
     std::lock_guard<std::mutex> serial(g_launch_mu);
@@ -454,28 +569,29 @@ void launch(dim3 grid, dim3 block, F f) {
     const unsigned nt = block.x * block.y * block.z;
     const unsigned nwarps = (nt + 31) / 32;
     if (nt == 0 || nt > 1024) { std::fprintf(stderr, "bad block size %u\n", nt); std::abort(); }
-    std::barrier<> block_barrier(nt);
-    std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
-    for (unsigned w = 0; w < nwarps; ++w) warp_barriers.emplace_back(new std::barrier<>(std::min(32u, nt - 32 * w)));
     std::vector<float> slots(nwarps * 32);
     std::vector<unsigned char> xchg(std::size_t(nwarps) * 2 * 32 * kXchgBytes);
-    Pool::get().run(nt, [&](unsigned t) {
-        tl_thread = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-        tl_block_barrier = &block_barrier;
-        tl_warp_barrier = warp_barriers[t / 32].get();
-        tl_warp_slots = &slots[(t / 32) * 32];
-        tl_warp_xchg = &xchg[std::size_t(t / 32) * 2 * 32 * kXchgBytes];
-        tl_lane = t % 32;
-        tl_warp_size = std::min(32u, nt - 32 * (t / 32));
-        for (unsigned bz = 0; bz < grid.z; ++bz)
-            for (unsigned by = 0; by < grid.y; ++by)
-                for (unsigned bx = 0; bx < grid.x; ++bx) {
-                    tl_block = dim3(bx, by, bz);
-                    ++tl_block_serial;
-                    f();
-                    block_barrier.arrive_and_wait();  // the block is over before the next one reuses shared memory
-                }
-    });
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                Barrier block_barrier(nt);  // new per block: a block that aborts leaves no waiter behind
+                std::vector<Barrier> warp_barriers;
+                warp_barriers.reserve(nwarps);
+                for (unsigned w = 0; w < nwarps; ++w) warp_barriers.emplace_back(std::min(32u, nt - 32 * w));
+                tl_block = dim3(bx, by, bz);
+                tl_block_serial = ++g_block_serial;
+                tl_block_barrier = &block_barrier;
+                auto setup = [&](unsigned t) {
+                    tl_thread = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+                    tl_tid = t;
+                    tl_warp_barrier = &warp_barriers[t / 32];
+                    tl_warp_slots = &slots[(t / 32) * 32];
+                    tl_warp_xchg = &xchg[std::size_t(t / 32) * 2 * 32 * kXchgBytes];
+                    tl_lane = t % 32;
+                    tl_warp_size = std::min(32u, nt - 32 * (t / 32));
+                };
+                Fibers::here().run_block(nt, f, setup);
+            }
 }
 // A launch as written in the sources (build_emulated.py rewrites kernel<<<g, b, smem, stream>>>(args)
 // to this): run now, or recorded while `stream` is being captured.

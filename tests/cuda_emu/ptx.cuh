@@ -53,17 +53,21 @@ struct Phase {
     unsigned long long block = 0;
     unsigned area = 0;
 };
-inline thread_local Phase tl_phase;
+inline Phase g_phase[1024];  // per thread of the block (all fibers share one OS thread)
+inline Phase& phase() {
+    Phase& p = g_phase[emu::tl_tid];
+    if (p.block != emu::tl_block_serial) p = {emu::tl_block_serial, 0};
+    return p;
+}
 inline unsigned char* area() {
-    if (tl_phase.block != emu::tl_block_serial) tl_phase = {emu::tl_block_serial, 0};
-    return emu::tl_warp_xchg + tl_phase.area * 32 * emu::kXchgBytes;
+    return emu::tl_warp_xchg + phase().area * 32 * emu::kXchgBytes;
 }
 // Lane `lane`'s slot in the current area.
 inline unsigned char* slot(unsigned lane) { return area() + lane * emu::kXchgBytes; }
 // Publish-then-read: after this, every lane's slot of the current area holds what it wrote;
 // the next instruction goes to the other area.
 inline void warp_barrier() { emu::tl_warp_barrier->arrive_and_wait(); }
-inline void next_area() { tl_phase.area ^= 1u; }
+inline void next_area() { phase().area ^= 1u; }
 
 struct Copy {
     void* dst;
@@ -75,14 +79,15 @@ struct AsyncCopies {
     std::vector<Copy> open;           // issued since the last commit
     std::vector<std::vector<Copy>> groups;  // committed, oldest first
 };
-inline thread_local AsyncCopies tl_async;
+inline AsyncCopies g_async[1024];  // per thread of the block
 inline AsyncCopies& async_state() {
-    if (tl_async.block != emu::tl_block_serial) {  // a new block: nothing of the last one carries over
-        tl_async.open.clear();
-        tl_async.groups.clear();
-        tl_async.block = emu::tl_block_serial;
+    AsyncCopies& a = g_async[emu::tl_tid];
+    if (a.block != emu::tl_block_serial) {  // a new block: nothing of the last one carries over
+        a.open.clear();
+        a.groups.clear();
+        a.block = emu::tl_block_serial;
     }
-    return tl_async;
+    return a;
 }
 inline void land(const std::vector<Copy>& group) {
     for (const Copy& c : group) {
