@@ -85,3 +85,14 @@ def emulated_site(tmp_path_factory):
     if not emu_compiler_ok(tmp):
         pytest.skip("needs g++ with C++20")
     return emu_runner().make_site(tmp, cache=str(emu_cache()), package=str(pathlib.Path(whygpu.__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """One ``whygpu demo --quick`` for the session: the CLI tests and the browser test read its folder."""
+    from whygpu.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    rc = main(["demo", "--quick", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    return out

@@ -401,14 +401,7 @@ def test_explain_api():
 
 
 # ---------------------------------------------------------------- demo and report
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    rc = main(["demo", "--quick", "--out", str(out)])
-    assert rc == 0
-    return out
-
-
+# (demo_dir: one `whygpu demo --quick` per session, in conftest.py: the browser test reads it too)
 def test_demo_quick_writes_everything(demo_dir):
     for name in ("info", "ladder", "roofline", "train", "demo") + (("scaling",) if HAVE_OPENMP else ()):
         assert (demo_dir / f"{name}.json").exists(), name

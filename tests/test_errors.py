@@ -163,15 +163,21 @@ def test_out_sharing_a_buffer_but_not_memory_is_fine():
 # ---- kernel names, threads, scalars -------------------------------------------------------
 
 
-def test_unknown_kernel_lists_the_valid_ones(ab):
+def test_unknown_kernel_lists_the_usable_ones_first(ab):
+    """The usable kernels first; the CUDA rungs (without a GPU) apart, under why they cannot run."""
     a, b = ab
-    with pytest.raises(ValueError, match="unknown kernel 'cuda-magic'; valid kernels are: python, cython") as e:
+    with pytest.raises(ValueError, match="unknown kernel 'cuda-magic'; kernels usable here: python, cython") as e:
         whygpu.matmul(a, b, kernel="cuda-magic")
+    msg = str(e.value)
+    usable_part = msg.split("; these ")[0]
     for name in whygpu.all_kernels():
-        assert name in str(e.value)
+        assert name in msg
+        assert (name in usable_part.split(": ")[1].split(", ")) == (name in whygpu.available_kernels())
+    if whygpu.all_kernels("cuda") and not whygpu.available_kernels("cuda"):
+        assert "these need a GPU (" in msg
     with pytest.raises(ValueError, match="unknown kernel 'Packed'"):
         whygpu.gemm(a, b, kernel="Packed")
-    with pytest.raises(ValueError, match="unknown kernel 'nope'; valid kernels are"):
+    with pytest.raises(ValueError, match="unknown kernel 'nope'; kernels usable here"):
         whygpu.kernel_info("nope")
 
 

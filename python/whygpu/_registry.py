@@ -201,6 +201,22 @@ def available_kernels(device: str | None = None) -> list:
     return [k.name for k in _TABLE if (device is None or k.device == device) and k.available]
 
 
+def unknown_kernel_message(name) -> str:
+    """What to say about a kernel name whygpu does not know: the kernels usable here, then
+    the ones known but unusable here (the CUDA rungs without a GPU) with the reason."""
+    usable = [k.name for k in _TABLE if k.available]
+    elsewhere: dict[str, list[str]] = {}  # reason -> kernels
+    for k in _TABLE:
+        why = k.unavailable()
+        if why is not None:
+            elsewhere.setdefault(why, []).append(k.name)
+    text = f"unknown kernel {name!r}; kernels usable here: {', '.join(usable)}"
+    for why, names in elsewhere.items():
+        need = "need a GPU" if all(KERNELS[x].device == "cuda" for x in names) else "unusable here"
+        text += f"; these {need} ({why}): {', '.join(names)}"
+    return text
+
+
 def get_kernel(name) -> Kernel:
     """The Kernel called `name`; ValueError for unknown names, KernelUnavailableError
     for known kernels that cannot run here (with the reason)."""
@@ -208,7 +224,7 @@ def get_kernel(name) -> Kernel:
         raise TypeError(f"kernel must be a string naming a kernel, got {type(name).__name__}")
     kernel = KERNELS.get(name)
     if kernel is None:
-        raise ValueError(f"unknown kernel {name!r}; valid kernels are: {', '.join(all_kernels())}")
+        raise ValueError(unknown_kernel_message(name))
     why = kernel.unavailable()
     if why is not None:
         raise KernelUnavailableError(f"kernel {name!r} is unavailable: {why}")
@@ -224,7 +240,7 @@ def default_kernel() -> str:
 def kernel_info(name: str) -> str:
     """A one-line description of kernel `name` (known kernels, available or not)."""
     if not isinstance(name, str) or name not in KERNELS:
-        raise ValueError(f"unknown kernel {name!r}; valid kernels are: {', '.join(all_kernels())}")
+        raise ValueError(unknown_kernel_message(name))
     k = KERNELS[name]
     why = k.unavailable()
     tail = "" if why is None else f" [unavailable: {why}]"

@@ -486,9 +486,7 @@ def explain(
                         )
                         row["call_overhead_s"] = one["seconds_min"]
             if rec is None:
-                row["skipped"] = (
-                    f"one call would take ~{_fmt_s(expected)} (budget {_fmt_s(budget)}; force=True / --all measures it)"
-                )
+                row["skipped"] = f"one call would take ~{_fmt_s(expected)}, over the budget of {_fmt_s(budget)}"
             else:
                 recs[name], expect[name] = rec, expected
                 # The best sample, like the roofs (see whygpu.roofline_trust.measured_fields).

@@ -409,6 +409,12 @@ def run_ladder(
     guard = QuietGuard()
     minfo = machine_info()  # before measuring: how busy the machine was when we started
     t_start = time.perf_counter()
+    # One block per size and device: the rungs in it are timed interleaved.
+    blocks = [(n, cpu_names) for n in sizes if cpu_names] + [(n, gpu_names) for n in gpu_sizes if gpu_names]
+    plan = [(n, name) for n, group in blocks for name in group]
+    # The bar shows from the start: the calibration, the errors and the peaks come first (seconds).
+    bar = Progress(len(plan), "ladder", progress)
+    bar.show("calibrating every rung at a tiny size", None)
 
     # Calibrate every series at a tiny size: the first estimate, and a warm-up.
     for name in names:
@@ -422,6 +428,7 @@ def run_ladder(
         n_err = min(64, (gpu_sizes if name in gpu_names else sizes)[0])
         errors[name] = measure_error(name, n_err, n_err, n_err, dtype=dtype, threads=threads, seed=seed)
 
+    bar.show("measuring the FMA peak (the roof every rung is held against)", None)
     if peak is None:
         with guard.block("FMA peak"):
             peak = fma_peaks(threads, quick=quick_peak)
@@ -442,9 +449,6 @@ def run_ladder(
             }
     setup = _Setup(dtype, threads, repeats, budget, guard, _Peaks(peak, threads, quick_peak, guard))
     measurements, skipped = [], []
-    # One block per size and device: the rungs in it are timed interleaved.
-    blocks = [(n, cpu_names) for n in sizes if cpu_names] + [(n, gpu_names) for n in gpu_sizes if gpu_names]
-    plan = [(n, name) for n, group in blocks for name in group]
 
     def remaining(i):
         return sum(
@@ -454,7 +458,7 @@ def run_ladder(
         )
 
     done = 0
-    with Progress(len(plan), "ladder", progress) as bar:
+    with bar:
         for n, group in blocks:
             flops = matmul_flops(n, n, n)
             a = rng.standard_normal((n, n)).astype(dtype)

@@ -31,10 +31,11 @@ class Progress:
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
             )
 
-    def show(self, label: str, remaining_s: float) -> None:
-        """Say what runs now and how long is left (our estimate)."""
+    def show(self, label: str, remaining_s: float | None) -> None:
+        """Say what runs now and how long is left (our estimate; None: not known yet)."""
         if self._bar is not None:
-            self._bar.set_postfix_str(f"{label}, ~{format_seconds(max(remaining_s, 0.0))} left", refresh=True)
+            left = "" if remaining_s is None else f", ~{format_seconds(max(remaining_s, 0.0))} left"
+            self._bar.set_postfix_str(label + left, refresh=True)
 
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 os.environ.setdefault("MPLBACKEND", "Agg")  # never open a window, even if pyplot gets imported
 
 from . import demo, explain, info, ladder, report, roofline, scaleout, scaling, train  # noqa: E402
-from ._common import _CREATED, CliError, _Parser, _remove_empty_outs  # noqa: E402
+from ._common import _CREATED, CliError, _Parser, _remove_unfinished_outs  # noqa: E402
 
 __all__ = ["main"]
 
@@ -80,8 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check_threads(args.threads)  # warned before any measuring, not when the first kernel runs
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        _remove_empty_outs()
         print("whygpu: interrupted", file=sys.stderr)
+        _remove_unfinished_outs()
         return 130
     except BrokenPipeError:  # e.g. `whygpu ladder | head`: stop quietly, like other command-line tools
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -90,7 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ValueError, TypeError, KernelUnavailableError, OSError) as exc:
         if os.environ.get("WHYGPU_DEBUG"):
             raise
-        _remove_empty_outs()  # e.g. a size refused for memory: no empty report folder left behind
+        _remove_unfinished_outs()  # e.g. a size refused for memory: no empty report folder left behind
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"whygpu: error: {msg}", file=sys.stderr)
         return 2
+    except BaseException:  # a bug (the traceback follows) or SystemExit: no half-written folder either
+        _remove_unfinished_outs()
+        raise

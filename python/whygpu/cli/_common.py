@@ -131,7 +131,12 @@ def _plot_arg() -> _Parser:
 
 def _dtype_arg() -> _Parser:
     dtype = _Parser(add_help=False)
-    dtype.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    dtype.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="the matrices' number type: float32 (4 bytes, default) or float64 (8 bytes, half the SIMD lanes)",
+    )
     return dtype
 
 
@@ -142,16 +147,27 @@ def _default_out() -> Path:
     return Path.cwd() / f"whygpu-report-{_dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
-_CREATED: list[Path] = []  # folders _prepare_out made: removed again if a command fails before writing in them
+_CREATED: list[Path] = []  # folders _prepare_out made: removed again if the command does not finish
 
 
-def _remove_empty_outs() -> None:
-    """After a failed command: the output folders it created and left empty go (rmdir removes only empty ones)."""
+def _remove_unfinished_outs() -> None:
+    """After a failed or interrupted command: the output folders it created go, with what it had
+    written in them so far (a half-written report folder would read as a finished one), and it
+    says so.  A folder that existed before the command is left as it is."""
+    import shutil
+
     while _CREATED:
-        try:
-            _CREATED.pop().rmdir()
-        except OSError:
-            pass
+        p = _CREATED.pop()
+        if not p.exists():
+            continue
+        if any(p.iterdir()):
+            shutil.rmtree(p, ignore_errors=True)
+            print(f"whygpu: removed the unfinished output folder {p}", file=sys.stderr, flush=True)
+        else:
+            try:
+                p.rmdir()
+            except OSError:
+                pass
 
 
 def _prepare_out(path: str | None) -> Path:

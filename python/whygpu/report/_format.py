@@ -11,7 +11,7 @@ from ..bench.measure import format_binary_bytes, format_figure
 # A report is a list of blocks, rendered twice (render.py), to Markdown and to HTML:
 # ("h1", text), ("h2", text), ("p", text), ("fig", png name, caption),
 # ("table", header, rows), ("ul", items), ("pre", text).
-Block = tuple  # ("h1"|"h2"|"p"|"fig"|"table"|"ul"|"pre", ...)
+Block = tuple  # ("h1"|"h2"|"p"|"fig"|"table"|"ul"|"pre"|"glossary", ...)
 
 # The results a report is made from: {kind: document} (see load.py).
 Docs = dict[str, dict]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from ._format import Block, Docs, _cache
 
+TITLE = "The machine"
+
 
 def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     """The machine's CPU, caches, BLAS and CUDA, as a table (not numbered)."""
@@ -31,4 +33,4 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         ),
         ("kernels", ", ".join(doc.get("kernels", []))),
     ]
-    return [("h2", "The machine"), ("table", ("", ""), rows)]
+    return [("h2", TITLE), ("table", ("", ""), rows)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import bench, explain, gpu, intro, ladder, machine, roofline, scaleout, scaling, training
+from . import bench, explain, glossary, gpu, intro, ladder, machine, roofline, scaleout, scaling, training
 from ._format import Block, Docs, Section
 from .load import ResultsError
 from .render import _to_html, _to_markdown
@@ -18,8 +18,8 @@ SECTIONS: tuple[tuple[Section, bool], ...] = (
     (roofline.section, True),
     (scaling.section, True),
     (training.section, True),
-    (scaleout.section, True),
-    (gpu.section, True),
+    (gpu.section, True),  # one device first, all the way to the GPU ...
+    (scaleout.section, True),  # ... then many of them
     (explain.section, True),
     (bench.section, True),
     (machine.section, False),
@@ -44,6 +44,9 @@ def build_report(docs: Docs, out_dir, *, extra_blocks: list[Block] | None = None
             num += 1
     if extra_blocks:
         blocks += extra_blocks
+    # the words used, before the machine's description (the last, unnumbered section)
+    at = next((i for i, b in enumerate(blocks) if b[0] == "h2" and b[1] == machine.TITLE), len(blocks))
+    blocks[at:at] = glossary.section(blocks)
     md = out / "report.md"
     md.write_text(_to_markdown(blocks))
     page = out / "report.html"
