@@ -54,6 +54,7 @@ __all__ = ["Bucket", "GradBuckets", "FIRST_BUCKET_BYTES", "progress_mode"]
 
 _clock = time.perf_counter
 
+_NONE = np.empty(0)  # an unsharded bucket's sharded fields
 FIRST_BUCKET_BYTES = 2**20  # PyTorch DDP's first bucket: the last layer's gradients leave at once
 
 
@@ -65,21 +66,41 @@ def progress_mode() -> str:
 class Bucket:
     """One flat buffer and the parameters whose gradients it carries."""
 
-    def __init__(self, params: list, lowest_layer: int, buf: np.ndarray):
+    def __init__(self, params: list, lowest_layer: int, buf: np.ndarray, kind: str = "allreduce"):
         self.params = params  # in the order they sit in buf
         self.lowest_layer = lowest_layer  # ready once this layer's parameters have their gradients
-        self.buf = buf  # the params' sizes (+1: the failure count, last bucket) in the model's dtype
+        self.kind = kind  # the collective: "allreduce", "reduce_scatter" (sharded) or "flag" (the failure count)
+        self.n = sum(p.size for p in params)  # gradient elements (without padding or a failure count)
+        self.nbytes = self.n * buf.itemsize  # the gradients' bytes
+        self.buf: np.ndarray | None = None
         self.views: list[np.ndarray] = []  # buf's slices, each shaped like its parameter
-        off = 0
-        for p in params:
-            self.views.append(buf[off : off + p.size].reshape(p.shape))
-            off += p.size
-        self.nbytes = off * buf.itemsize  # the gradients' bytes (without a failure count)
+        self.attach(buf)
         self.request: Any = None  # the MPI request of its allreduce while in flight
         self.done = threading.Event()  # set once the allreduce has completed (or never started)
         self.done.set()
         self.error: BaseException | None = None  # what the progress thread's Wait raised
         self.t_start = self.t_done = 0.0
+        # sharded (_sharded.py): shard length c, flat parameters pbuf (P*c,) and their per-parameter
+        # views, this rank's slice of pbuf (c,), and where this rank's summed gradient shard lands (c,)
+        self.chunk = 0
+        self.pbuf: np.ndarray = _NONE
+        self.pviews: list[np.ndarray] = []
+        self.pshard: np.ndarray = _NONE
+        self.gshard: np.ndarray = _NONE
+
+    def attach(self, buf: np.ndarray) -> None:
+        """Make ``buf`` (the params' sizes, + a failure count or padding) this bucket's buffer."""
+        self.buf = buf
+        self.views = []
+        off = 0
+        for p in self.params:
+            self.views.append(buf[off : off + p.size].reshape(p.shape))
+            off += p.size
+
+    def detach(self) -> None:
+        """Drop the buffer (sharded stage 2: the memory goes back once nothing else holds it)."""
+        self.buf = None
+        self.views = []
 
 
 class _Progress:
@@ -160,24 +181,33 @@ class GradBuckets:
         for k, (params, low) in enumerate(groups):
             self._add(params, low, dtype, extra=int(k == len(groups) - 1))
         if not device:  # the gradients move into the buckets: from now on the backward pass writes there
-            for b in self.buckets:
-                for p, view in zip(b.params, b.views):
-                    view[...] = p._grad
-                    p._grad = view
+            self._adopt_grads()
         self.nbytes = sum(b.nbytes for b in self.buckets)
-        self._flag = self.buckets[-1].buf[-1:]  # the failure count travels with the last bucket
+        self._flag = self._make_flag(dtype)
         self._next = len(self.buckets)  # the first bucket not yet started (none: no step under way)
         self.t_begin = 0.0
 
     def _add(self, params: list, lowest: int, dtype: np.dtype, extra: int) -> None:
         n = sum(p.size for p in params) + extra
+        self.buckets.append(Bucket(params, lowest, self._host_empty(n, dtype)))
+
+    def _host_empty(self, n: int, dtype: np.dtype) -> np.ndarray:
         if self.device:  # the copy engine moves pinned memory straight to and from the GPU
             from .. import cuda
 
-            buf = cuda.pinned_empty((n,), dtype)
-        else:
-            buf = np.empty(n, dtype)
-        self.buckets.append(Bucket(params, lowest, buf))
+            return cuda.pinned_empty((n,), dtype)
+        return np.empty(n, dtype)
+
+    def _adopt_grads(self) -> None:
+        for b in self.buckets:
+            for p, view in zip(b.params, b.views):
+                view[...] = p._grad
+                p._grad = view
+
+    def _make_flag(self, dtype: np.dtype) -> np.ndarray:
+        last = self.buckets[-1].buf
+        assert last is not None
+        return last[-1:]  # the failure count travels with the last bucket
 
     # -- one step ------------------------------------------------------------------
     def begin(self) -> None:
@@ -201,6 +231,10 @@ class GradBuckets:
                 if b.request is not None and b.request.Test():
                     b.request, b.t_done = None, _clock()
                     b.done.set()
+        self._after_ready()
+
+    def _after_ready(self) -> None:
+        """What a subclass does once the complete buckets are started (sharded stage 2: free, allocate)."""
 
     def _start(self, b: Bucket, copy: bool) -> None:
         if copy:
@@ -212,10 +246,13 @@ class GradBuckets:
                     p._grad.to_host(out=view)  # waits for the GPU to finish this gradient
         b.error = None
         b.t_start = _clock()
-        b.request = self.comm.Iallreduce(MPI.IN_PLACE, b.buf, op=MPI.SUM)  # buf += every other rank's buf
+        b.request = self._collective(b)
         b.done.clear()  # only once started: a failed start leaves nothing to wait for
         if self.progress == "thread":
             _Progress.submit(b)
+
+    def _collective(self, b: Bucket) -> Any:
+        return self.comm.Iallreduce(MPI.IN_PLACE, b.buf, op=MPI.SUM)  # buf += every other rank's buf
 
     def _wait_all(self) -> None:
         error = None
@@ -243,7 +280,13 @@ class GradBuckets:
         failed = int(self._flag[0])
         if failed:
             self._zero()
-        elif self.device:
+        else:
+            self._deliver()
+        return exposed, failed
+
+    def _deliver(self) -> None:
+        """The sums where the optimizer reads them."""
+        if self.device:
             for b in self.buckets:
                 for p, view in zip(b.params, b.views):
                     p.grad = view  # an upload into the GPU's gradient
@@ -251,7 +294,6 @@ class GradBuckets:
             for b in self.buckets:
                 for p in b.params:
                     p._grad_is_zero = False  # the sum is already in place: the gradient is a view of buf
-        return exposed, failed
 
     def abandon(self) -> None:
         """The backward pass raised: start every allreduce not yet started, as they are (no copies:
@@ -283,13 +325,8 @@ class GradBuckets:
         those intervals summed (more than allreduce_s when buckets overlap); ``first_start_s`` and
         ``last_done_s``, the first start and the last completion, from the backward pass's start."""
         spans = sorted((b.t_start, b.t_done) for b in self.buckets)
-        union, end = 0.0, -np.inf
-        for s, e in spans:
-            if e > end:
-                union += e - max(s, end)
-                end = e
         return {
-            "allreduce_s": union,
+            "allreduce_s": _union(spans),
             "allreduce_sum_s": sum(e - s for s, e in spans),
             "first_start_s": spans[0][0] - self.t_begin,
             "last_done_s": max(e for _, e in spans) - self.t_begin,
@@ -297,3 +334,13 @@ class GradBuckets:
 
     def __len__(self) -> int:
         return len(self.buckets)
+
+
+def _union(spans: list[tuple[float, float]]) -> float:
+    """The length of the union of the (start, end) intervals: the time at least one was under way."""
+    union, end = 0.0, -np.inf
+    for s, e in sorted(spans):
+        if e > end:
+            union += e - max(s, end)
+            end = e
+    return union

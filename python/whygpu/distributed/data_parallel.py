@@ -71,6 +71,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +82,7 @@ from ..nn.layers import Dropout
 from ..nn.losses import CrossEntropyLoss, MSELoss, _Loss
 from . import _runtime
 from ._buckets import GradBuckets
+from ._sharded import SHARDS, ShardedBuckets, ShardedOptimizer, memory_report
 
 __all__ = ["DataParallel", "share"]
 
@@ -133,18 +135,26 @@ class DataParallel:
     and rank 0's parameters and random state are copied to every rank.
     """
 
-    def __init__(self, model: Sequential, *, bucket_mb: float = 25.0, first_bucket_mb: float = 1.0):
+    def __init__(
+        self, model: Sequential, *, shard: str = "none", bucket_mb: float = 25.0, first_bucket_mb: float = 1.0
+    ):
         if not isinstance(model, Sequential):
             raise TypeError(f"DataParallel wraps a whygpu.nn.Sequential, got {type(model).__name__}")
+        if not isinstance(shard, str) or shard not in SHARDS:
+            raise ValueError(
+                f"shard must be 'none', 'optimizer' (ZeRO stage 1) or 'gradients' (ZeRO stage 2), got {shard!r}"
+            )
         for name, v in (("bucket_mb", bucket_mb), ("first_bucket_mb", first_bucket_mb)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
                 raise ValueError(f"{name} must be a number >= 0, got {v!r}")
         self.module = model
+        self.shard = shard
         self.bucket_mb = float(bucket_mb)
         self.first_bucket_mb = float(first_bucket_mb)
         self.comm = _runtime.init()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self._buckets: GradBuckets | None = None
+        self._optimizer: Any = None  # the last made by dp.optimizer() or given to fit: what memory() counts
         self._placed: tuple = ()  # what the buckets were made for: (back end's device, dtype, parameter arrays)
         self._sync = True  # False inside no_sync()
         self._weight: float | None = None  # len(x) / global_batch from the last dp(x, global_batch=...)
@@ -153,10 +163,13 @@ class DataParallel:
         self._check_same_model()
         self.broadcast_parameters()
         self.broadcast_random_state()
+        if shard != "none":  # the flat layout and the shards exist before the optimizer is made
+            self._ensure_buckets()
 
     def __repr__(self) -> str:
         return (
-            f"DataParallel({self.module.backend!r}, ranks={self.size}, bucket_mb={self.bucket_mb:g}, "
+            f"DataParallel({self.module.backend!r}, ranks={self.size}, shard={self.shard!r}, "
+            f"bucket_mb={self.bucket_mb:g}, "
             f"first_bucket_mb={self.first_bucket_mb:g})"
         )
 
@@ -250,6 +263,8 @@ class DataParallel:
                 host = np.ascontiguousarray(p.data)  # a copy from the GPU
                 self.comm.Bcast(host, root=root)
                 p.data = host
+        if isinstance(self._buckets, ShardedBuckets):
+            self._buckets.refresh()
 
     def broadcast_random_state(self, root: int = 0) -> None:
         """Give every rank rank ``root``'s state of whygpu's random generator (shuffling, Dropout),
@@ -298,6 +313,9 @@ class DataParallel:
         model = self.module
         if not self._sync:  # no_sync(): the backward pass alone, nothing leaves this rank
             if grad is not None:
+                if isinstance(self._buckets, ShardedBuckets):
+                    self._buckets.check_zeroed()
+                    self._buckets.alloc_all()  # stage 2: the full gradient accumulates until the synced backward
                 model._backward(self._scaled(grad, weight), False)
             return
         buckets = self._ensure_buckets()
@@ -326,6 +344,10 @@ class DataParallel:
             "buckets": len(buckets),
             "progress": buckets.progress,
         }
+        if self.shard != "none":  # allreduce_s is then the reduce-scatters' time; the step fills in the rest
+            self.last_step.update(
+                reduce_scatter_s=self.last_step["allreduce_s"], update_s=math.nan, allgather_s=math.nan
+            )
         if failed:
             raise RuntimeError(
                 f"dp.backward failed on {failed} other rank(s) in this step: the gradients were not summed "
@@ -354,13 +376,80 @@ class DataParallel:
         params = model.parameters()
         placed = (model._backend.device, model._dtype, tuple(id(p._data) for p in params))
         if self._buckets is None or placed != self._placed or not self._buckets.attached():
+            if self._buckets is not None and self.shard != "none":
+                raise RuntimeError(
+                    f"the model was moved or converted (model.to) after DataParallel(shard={self.shard!r}) laid "
+                    f"its parameters out in shards: call model.to(...) first, then wrap it and make the optimizer"
+                )
             layers = [layer.parameters() for layer in model.layers]
             cap, first = self.bucket_mb * 2**20, self.first_bucket_mb * 2**20
-            self._buckets = GradBuckets(
-                layers, model._dtype, cap, self.comm, model._backend.device is not None, first_bucket_bytes=first
-            )
-            self._placed = placed
+            if self.shard == "none":
+                self._buckets = GradBuckets(
+                    layers, model._dtype, cap, self.comm, model._backend.device is not None, first_bucket_bytes=first
+                )
+            else:
+                self._buckets = ShardedBuckets(
+                    layers, model._dtype, cap, self.comm, model._backend, self.shard, first_bucket_bytes=first
+                )
+            self._placed = (model._backend.device, model._dtype, tuple(id(p._data) for p in params))
         return self._buckets
+
+    # -- ZeRO: the optimizer on this rank's shards -------------------------------------------
+    def optimizer(self, optimizer_class, **kwargs):
+        """The optimizer for this model, made here as PyTorch's ``ZeroRedundancyOptimizer(params,
+        optimizer_class=..., **kwargs)`` makes it: ``opt = dp.optimizer(optim.Adam, lr=1e-3)``.
+
+        With ``shard="none"`` this is ``optimizer_class(model.parameters(), **kwargs)``.  Sharded, it
+        is a :class:`ShardedOptimizer`: ``optimizer_class`` made on this rank's flat shard of every
+        bucket (so its state -- momentum, Adam's m and v -- covers 1/P of the parameters), whose
+        ``step()`` updates that shard and allgathers the parameters."""
+        from ..nn._optimizer import Optimizer
+
+        if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)):
+            made = isinstance(optimizer_class, Optimizer)
+            raise TypeError(
+                "dp.optimizer takes an optimizer class and its arguments, e.g. dp.optimizer(optim.Adam, lr=1e-3)"
+                + (
+                    f"; got an optimizer already made ({type(optimizer_class).__name__}): it would keep state "
+                    f"for every parameter"
+                    if made
+                    else f"; got {optimizer_class!r}"
+                )
+            )
+        if self.shard == "none":
+            opt = optimizer_class(self.module.parameters(), **kwargs)
+        else:
+            buckets = self._ensure_buckets()
+            assert isinstance(buckets, ShardedBuckets)
+            opt = ShardedOptimizer(self, optimizer_class(buckets.shard_params, **kwargs))
+        self._optimizer = opt
+        return opt
+
+    def _sharded_step(self, opt: ShardedOptimizer) -> None:
+        """The sharded optimizer's step: this rank's shards updated, then every parameter allgathered."""
+        buckets = self._ensure_buckets()
+        assert isinstance(buckets, ShardedBuckets)
+        t0 = _clock()
+        opt.optimizer.step()
+        t1 = _clock()
+        gathered = buckets.allgather()
+        self.last_step["update_s"] = t1 - t0
+        self.last_step["allgather_s"] = gathered
+
+    def memory(self, optimizer=None) -> dict:
+        """This rank's bytes of parameters, gradients and optimizer state, measured: the nbytes of
+        the arrays the package holds now (each allocation once, however many views of it there are;
+        padding included; on a GPU, GPU memory, with the pinned host staging apart), beside the
+        formula's figures.  ``optimizer``: whose state to count (default: the last one made by
+        ``dp.optimizer`` or given to ``fit``).  Optimizer state exists from the first step on.
+
+        Keys: ``params_bytes``, ``grads_bytes``, ``optimizer_bytes``, ``total_bytes``, ``shard``,
+        ``ranks``, ``n_params``, ``optimizer`` (its class name or None), ``formula_bytes`` (the three
+        byte keys from the formula: fp32 Adam 4 + 4 + 8 bytes per parameter unsharded, 4 + 4 + 8/P
+        with shard="optimizer", 4 + 4/P + 8/P with "gradients"), ``host_staging_bytes`` (a GPU model's
+        pinned buffers) and ``grads_peak_bytes`` ("gradients": the most full-gradient bytes held at
+        once during the last backward pass; else None)."""
+        return memory_report(self, optimizer)
 
     # -- Keras-style -------------------------------------------------------------------
     def fit(
@@ -387,6 +476,14 @@ class DataParallel:
         X, y, val, epochs, batch_size, history = model._fit_setup(
             X, y, epochs, batch_size, optimizer, loss, validation_data, verbose
         )
+        if self.shard != "none" and not (isinstance(optimizer, ShardedOptimizer) and optimizer._dp is self):
+            raise ValueError(
+                f"DataParallel(shard={self.shard!r}) updates each rank's shard of the parameters: make the "
+                f"optimizer with dp.optimizer(optim.{type(optimizer).__name__}, lr=...), not on "
+                f"model.parameters() (that one would keep state for every parameter, and read gradients "
+                f"that were never summed)"
+            )
+        self._optimizer = optimizer
         self.broadcast_random_state()  # every rank shuffles and drops out as rank 0 (as one process) would
         show = verbose if self.rank == 0 else 0
         if model._backend.device is not None and show != 0:

@@ -1,0 +1,394 @@
+"""ZeRO stages 1 and 2 (Rajbhandari et al., SC 2020): each rank keeps the optimizer state of 1/P
+of the parameters, and (stage 2) only 1/P of the summed gradient.
+
+Layout.  Each gradient bucket of ``_buckets.py`` (the same buckets, in the
+same backward order) is one flat buffer of n elements padded with zeros to
+P * c (c = ceil(n / P)) and cut into P contiguous shards of c elements; rank
+r owns shard r of every bucket, as FSDP shards each flat parameter.  The
+parameters are laid out the same way, in one flat buffer per bucket::
+
+    pbuf  (P*c,)   [ shard 0 | shard 1 | ... | shard P-1 ]   the parameters (CPU: p.data are views)
+    buf   (P*c,)   the gradients (CPU: p.grad are views); stage 1 keeps it,
+                   stage 2 allocates it for the backward pass and frees it once reduced
+    gshard (c,)    stage 2: this rank's summed gradient shard (stage 1: buf[:c], MPI's in-place result)
+
+A step: the backward pass writes the gradients into ``buf``; as each bucket
+is complete its non-blocking ``Ireduce_scatter_block`` starts (the progress
+thread moves it along, as the allreduce) and leaves each rank the sum of
+its own shard only; the optimizer updates ``pbuf``'s shard r (one flat 1-D
+Parameter per bucket, so the existing optimizer math and its state arrays,
+of c elements, are reused); an in-place ``Iallgather`` of every ``pbuf``
+gives every rank everyone's updated shards before the next forward pass.
+The failure count, which an allreduce of the last bucket used to carry,
+travels in an allreduce of its own (one element), started with the last
+bucket.
+
+A GPU model: the gradients are copied into pinned host buckets as for the
+allreduce; the shard parameter and its optimizer state live on the GPU (its
+summed gradient is uploaded, c elements), the updated shard comes down into
+a pinned ``pbuf``, and after the allgather each parameter is uploaded.
+The layers still write full gradients in GPU memory, so there stage 2
+frees the host staging only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..nn._module import Parameter
+from ..nn._optimizer import Optimizer
+from ._buckets import Bucket, GradBuckets, _clock, _Progress, _union
+from ._runtime import MPI
+
+__all__ = ["SHARDS", "ShardedBuckets", "ShardedOptimizer", "memory_report"]
+
+SHARDS = ("none", "optimizer", "gradients")  # ZeRO stage 0, 1, 2
+
+
+class ShardedBuckets(GradBuckets):
+    """GradBuckets whose gradients are reduce-scattered, with the flat parameter shards the
+    optimizer updates (``shard_params``, one per bucket) and the allgather that follows."""
+
+    def __init__(
+        self,
+        layers: list[list],
+        dtype: np.dtype,
+        bucket_bytes: float,
+        comm,
+        backend,
+        stage: str,
+        first_bucket_bytes: float,
+        progress: str | None = None,
+    ):
+        if stage not in ("optimizer", "gradients"):
+            raise ValueError(f"stage must be 'optimizer' or 'gradients', got {stage!r}")
+        self.stage = stage
+        self.rank, self.ranks = comm.Get_rank(), comm.Get_size()
+        self.backend = backend
+        self.dtype = np.dtype(dtype)
+        self._reduced = False  # a synced backward left reduced shards (zero_grad needed before the next)
+        self._placeholders: dict[tuple, np.ndarray] = {}
+        self._zero1 = np.zeros(1, self.dtype)  # stage 2: what a freed gradient reads as (read-only zeros)
+        self.peak_bytes = 0  # stage 2: the most full-gradient bytes held at once in the last backward pass
+        super().__init__(layers, dtype, bucket_bytes, comm, backend.device is not None, first_bucket_bytes, progress)
+        self.grad_buckets = [b for b in self.buckets if b.kind == "reduce_scatter"]
+        self.shard_params = [self._shard_param(k, b) for k, b in enumerate(self.grad_buckets)]
+        if self.stage == "gradients":
+            for b in self.grad_buckets:
+                self._release(b)
+
+    # -- layout ---------------------------------------------------------------------
+    def _add(self, params: list, lowest: int, dtype: np.dtype, extra: int) -> None:
+        n = sum(p.size for p in params)
+        c = -(-n // self.ranks)  # this rank's shard length; the last shard is padded with zeros
+        buf = self._padded(n, c)
+        b = Bucket(params, lowest, buf, kind="reduce_scatter")
+        b.chunk = c
+        # the parameters, flat and padded like the gradients: shard r is what rank r updates
+        pbuf = self._host_empty(c * self.ranks, dtype)
+        pbuf[n:] = 0
+        off = 0
+        pviews = []
+        for p in params:
+            view = pbuf[off : off + p.size].reshape(p.shape)
+            view[...] = p.data  # a download on a GPU
+            if not self.device:
+                p._data = view  # the layers compute with the flat buffer's views from now on
+            pviews.append(view)
+            off += p.size
+        b.pbuf, b.pviews = pbuf, pviews
+        b.pshard = pbuf[self.rank * c : (self.rank + 1) * c]
+        # stage 1: MPI's in-place reduce-scatter leaves the summed shard at the front of buf
+        b.gshard = self._host_empty(c, dtype) if self.stage == "gradients" else buf[:c]
+        self.buckets.append(b)
+
+    def _padded(self, n: int, c: int) -> np.ndarray:
+        buf = self._host_empty(c * self.ranks, self.dtype)
+        buf[n:] = 0  # the padding: summed and updated as zeros, never read
+        return buf
+
+    def _adopt_grads(self) -> None:
+        if self.stage == "optimizer":
+            super()._adopt_grads()
+
+    def _make_flag(self, dtype: np.dtype) -> np.ndarray:
+        # A reduce-scatter would leave the failure count on one rank: it gets an allreduce of its
+        # own, started right after the last gradient bucket.
+        low = self.buckets[-1].lowest_layer
+        flag = Bucket([], low, np.zeros(1, dtype), kind="flag")
+        self.buckets.append(flag)
+        assert flag.buf is not None
+        return flag.buf
+
+    def _shard_param(self, k: int, b: Bucket) -> Parameter:
+        """Bucket b's shard r as a 1-D Parameter: the optimizer's view of what this rank updates."""
+        c, lo = b.chunk, self.rank * b.chunk
+        if not self.device:
+            sp = Parameter(b.pshard, name=f"bucket{k}[{lo}:{lo + c}]")
+            assert np.shares_memory(sp._data, b.pbuf)  # updated in place
+            sp._grad = b.gshard
+            sp._backend = self.backend
+        else:
+            sp = Parameter(np.array(b.pshard), name=f"bucket{k}[{lo}:{lo + c}]")
+            sp._place(self.backend, None)  # a DeviceParameter: the update and its state on the GPU
+        return sp
+
+    # -- stage 2: gradient buffers that live for one backward pass -------------------------
+    def _placeholder(self, p) -> np.ndarray:
+        """Read-only zeros shaped like p, 4 bytes in all: a freed gradient (a write raises)."""
+        return np.broadcast_to(self._zero1, p.shape)
+
+    def _alloc(self, b: Bucket) -> None:
+        if b.kind != "reduce_scatter" or b.buf is not None:
+            return
+        b.attach(self._padded(b.n, b.chunk))
+        if not self.device:
+            for p, view in zip(b.params, b.views):
+                p._grad = view
+                p._grad_is_zero = True  # nothing accumulated in it yet: the backward pass overwrites
+        held = sum(x.buf.nbytes for x in self.grad_buckets if x.buf is not None)
+        self.peak_bytes = max(self.peak_bytes, held)
+
+    def _release(self, b: Bucket) -> None:
+        if b.buf is None:
+            return
+        if not self.device:
+            for p in b.params:
+                p._grad = self._placeholder(p)
+                p._grad_is_zero = False  # reads as zeros; zero_grad() before the next backward is checked
+        b.detach()
+
+    def alloc_all(self) -> None:
+        """Every bucket's gradient buffer (no_sync: the local gradient accumulates in full)."""
+        if self.stage == "gradients":
+            for b in self.grad_buckets:
+                self._alloc(b)
+
+    def _after_ready(self) -> None:
+        if self.stage != "gradients":
+            return
+        for b in self.buckets[: self._next]:  # started and reduced: the rest of the buffer goes
+            if b.kind == "reduce_scatter" and b.buf is not None and b.done.is_set() and b.error is None:
+                self._release(b)
+        if self._next < len(self.buckets):  # the next layers' gradients go there
+            self._alloc(self.buckets[self._next])
+
+    # -- one step ------------------------------------------------------------------
+    def check_zeroed(self) -> None:
+        """A backward after a synced one needs zero_grad() between: the gradient outside this rank's
+        shard was reduced away (stage 1) or freed (stage 2), so there is nothing to accumulate onto."""
+        if self._reduced:
+            if any(not p._grad_is_zero for b in self.grad_buckets for p in b.params):
+                raise RuntimeError(
+                    f"DataParallel(shard={self.stage!r}): call dp.zero_grad() (or opt.zero_grad()) before the "
+                    f"next backward: after a synced backward each rank holds the summed gradient of its shard "
+                    f"only, so there is no full gradient to accumulate onto (accumulate with dp.no_sync())"
+                )
+            self._reduced = False
+
+    def begin(self) -> None:
+        self.check_zeroed()
+        super().begin()
+        self.peak_bytes = 0
+        if self.stage == "gradients":
+            self._alloc(self.buckets[0])
+
+    def _start(self, b: Bucket, copy: bool) -> None:
+        self._alloc(b)
+        super()._start(b, copy)
+
+    def _collective(self, b: Bucket) -> Any:
+        if b.kind == "flag":
+            return self.comm.Iallreduce(MPI.IN_PLACE, b.buf, op=MPI.SUM)
+        if self.stage == "optimizer":  # the sum of shard r lands in buf[:c] on rank r
+            return self.comm.Ireduce_scatter_block(MPI.IN_PLACE, b.buf, op=MPI.SUM)
+        return self.comm.Ireduce_scatter_block(b.buf, b.gshard, op=MPI.SUM)
+
+    def _deliver(self) -> None:
+        for b, sp in zip(self.grad_buckets, self.shard_params):
+            if self.device:
+                sp.grad = b.gshard  # c elements up to the GPU
+            else:
+                sp._grad_is_zero = False  # the sum is in place: sp's gradient is gshard
+            if self.stage == "gradients":
+                self._release(b)
+            elif not self.device:
+                for p in b.params:
+                    p._grad_is_zero = False
+        self._reduced = True
+
+    def _zero(self) -> None:
+        super()._zero()
+        for sp in self.shard_params if hasattr(self, "shard_params") else []:
+            sp.zero_grad()
+        if self.stage == "gradients":
+            for b in self.grad_buckets:
+                self._release(b)
+                for p in b.params:
+                    p._grad_is_zero = True
+
+    def attached(self) -> bool:
+        """The model's parameters are still the flat buffers' views (CPU), the same DeviceArrays (GPU)."""
+        if self.device:
+            return True
+        return all(p._data is v for b in self.grad_buckets for p, v in zip(b.params, b.pviews))
+
+    def refresh(self) -> None:
+        """A GPU model's parameters changed outside a step (broadcast_parameters): the host copy and
+        the shard parameter follow.  (On the CPU the parameters are the flat buffers' views.)"""
+        if not self.device:
+            return
+        for b, sp in zip(self.grad_buckets, self.shard_params):
+            for p, view in zip(b.params, b.pviews):
+                view[...] = p.data
+            sp.data = b.pshard
+
+    def allgather(self) -> float:
+        """Every rank's updated shards into every rank's parameters (in place); the seconds at least
+        one allgather was under way.  The first layers' buckets first: the forward pass needs them first."""
+        if self.device:
+            for b, sp in zip(self.grad_buckets, self.shard_params):
+                dev: Any = sp._data  # a DeviceArray
+                dev.to_host(out=b.pshard)  # the updated shard comes down
+        order = self.grad_buckets[::-1]
+        for b in order:
+            b.error = None
+            b.t_start = _clock()
+            b.request = self.comm.Iallgather(MPI.IN_PLACE, b.pbuf)
+            b.done.clear()
+            if self.progress == "thread":
+                _Progress.submit(b)
+        self._wait_all()
+        if self.device:
+            for b in self.grad_buckets:
+                for p, view in zip(b.params, b.pviews):
+                    p.data = view  # an upload
+        return _union([(b.t_start, b.t_done) for b in order])
+
+    def __len__(self) -> int:
+        return len(self.grad_buckets) if hasattr(self, "grad_buckets") else len(self.buckets)
+
+
+class ShardedOptimizer(Optimizer):
+    """What ``dp.optimizer(optim.Adam, lr=...)`` returns under ``shard="optimizer"`` or
+    ``"gradients"``: the optimizer class made on this rank's flat shards (``.optimizer``, which
+    keeps state for them only), and a ``step()`` that updates the shards and allgathers the
+    parameters.  ``zero_grad()`` zeroes the model's gradients; ``lr`` and the other
+    hyperparameters are the inner optimizer's (assign ``opt.lr`` for a schedule)."""
+
+    def __init__(self, dp, inner: Optimizer):
+        # Optimizer.__init__ is not run: the parameters it stands for are the model's (fit's checks),
+        # the ones it updates are the inner optimizer's shards.
+        self._dp = dp
+        self.optimizer = inner
+        self.params = dp.module.parameters()
+        self._placed = [None] * len(self.params)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.optimizer.lr = value
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name == "optimizer":
+            raise AttributeError(name)
+        return getattr(self.optimizer, name)  # momentum, betas, t ...
+
+    def step(self) -> None:
+        """Update this rank's shards from their summed gradients, then allgather the parameters."""
+        self._dp._sharded_step(self)
+
+    def zero_grad(self) -> None:
+        self._dp.zero_grad()
+
+    def _states(self) -> list:
+        return self.optimizer._states()
+
+    def __repr__(self) -> str:
+        dp = self._dp
+        return f"ShardedOptimizer({self.optimizer!r}, shard={dp.shard!r}, rank {dp.rank} of {dp.size})"
+
+
+# -- memory ------------------------------------------------------------------------
+
+
+def _owner(a) -> tuple[int, int]:
+    """(identity, bytes) of the allocation array ``a`` lives in: a view counts its whole base once."""
+    if isinstance(a, np.ndarray):
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+    return id(a), int(a.nbytes)
+
+
+def _bytes(arrays) -> int:
+    seen: dict[int, int] = {}
+    for a in arrays:
+        if a is not None:
+            k, n = _owner(a)
+            seen[k] = n
+    return sum(seen.values())
+
+
+def state_count(opt) -> int:
+    """How many parameter-sized state arrays the optimizer keeps: Adam 2 (m, v), SGD 1 with momentum, else 0."""
+    inner = getattr(opt, "optimizer", opt) if isinstance(opt, ShardedOptimizer) else opt
+    if inner is None:
+        return 0
+    if getattr(inner, "_kind", None) == "sgd" and getattr(inner, "momentum", 0.0) == 0.0:
+        return 0
+    return len(inner._states())
+
+
+def memory_report(dp, optimizer=None) -> dict:
+    """dp.memory(): see DataParallel.memory."""
+    model = dp.module
+    params = model.parameters()
+    buckets = dp._buckets
+    sharded = isinstance(buckets, ShardedBuckets)
+    device = model._backend.device is not None
+    opt = optimizer if optimizer is not None else dp._optimizer
+    # what lives where the model computes (GPU memory for cuda), and the host staging beside it
+    p_arrays: list = [p._data for p in params]
+    g_arrays: list = [p._grad for p in params]
+    staging: list = []
+    if buckets is not None:
+        bufs = [b.buf for b in buckets.buckets if b.kind != "flag"]
+        (staging if device else g_arrays).extend(bufs)
+    if sharded:
+        assert isinstance(buckets, ShardedBuckets)
+        pbufs = [b.pbuf for b in buckets.grad_buckets]
+        (staging if device else p_arrays).extend(pbufs)
+        if buckets.stage == "gradients":
+            (staging if device else g_arrays).extend(b.gshard for b in buckets.grad_buckets)
+        if device:  # the shard parameter's own values and gradient on the GPU
+            p_arrays += [sp._data for sp in buckets.shard_params]
+            g_arrays += [sp._grad for sp in buckets.shard_params]
+    states = [s for store in (opt._states() if opt is not None else []) for s in store if s is not None]
+    n = model.count_params()
+    isz = model._dtype.itemsize
+    P = dp.size
+    k = state_count(opt)
+    out = {
+        "params_bytes": _bytes(p_arrays),
+        "grads_bytes": _bytes(g_arrays),
+        "optimizer_bytes": _bytes(states),
+        "shard": dp.shard,
+        "ranks": P,
+        "n_params": n,
+        "optimizer": type(getattr(opt, "optimizer", opt)).__name__ if opt is not None else None,
+        "formula_bytes": {
+            "params_bytes": n * isz,
+            "grads_bytes": math.ceil(n * isz / (P if dp.shard == "gradients" else 1)),
+            "optimizer_bytes": math.ceil(k * n * isz / (P if dp.shard != "none" else 1)),
+        },
+        "host_staging_bytes": _bytes(staging),
+        "grads_peak_bytes": buckets.peak_bytes if sharded and buckets.stage == "gradients" else None,
+    }
+    out["total_bytes"] = out["params_bytes"] + out["grads_bytes"] + out["optimizer_bytes"]
+    return out
