@@ -71,7 +71,7 @@ class ShardedBuckets(GradBuckets):
         self.dtype = np.dtype(dtype)
         self._reduced = False  # a synced backward left reduced shards (zero_grad needed before the next)
         self._placeholders: dict[tuple, np.ndarray] = {}
-        self._zero1 = np.zeros(1, self.dtype)  # stage 2: what a freed gradient reads as (read-only zeros)
+        self._zero1 = np.zeros(1, self.dtype)  # stage 2: what a freed gradient reads as (zeros)
         self.peak_bytes = 0  # stage 2: the most full-gradient bytes held at once in the last backward pass
         super().__init__(layers, dtype, bucket_bytes, comm, backend.device is not None, first_bucket_bytes, progress)
         self.grad_buckets = [b for b in self.buckets if b.kind == "reduce_scatter"]
@@ -138,8 +138,10 @@ class ShardedBuckets(GradBuckets):
 
     # -- stage 2: gradient buffers that live for one backward pass -------------------------
     def _placeholder(self, p) -> np.ndarray:
-        """Read-only zeros shaped like p, 4 bytes in all: a freed gradient (a write raises)."""
-        return np.broadcast_to(self._zero1, p.shape)
+        """A freed gradient: p's shape over one element (strides 0), so that p.grad, zero_grad() and
+        model.to() still work and read zeros.  Writable, because zero_grad() fills it; the compiled
+        back ends refuse to write a gradient into it (not contiguous)."""
+        return np.lib.stride_tricks.as_strided(self._zero1, shape=p.shape, strides=(0,) * len(p.shape))
 
     def _alloc(self, b: Bucket) -> None:
         if b.kind != "reduce_scatter" or b.buf is not None:
@@ -158,7 +160,7 @@ class ShardedBuckets(GradBuckets):
         if not self.device:
             for p in b.params:
                 p._grad = self._placeholder(p)
-                p._grad_is_zero = False  # reads as zeros; zero_grad() before the next backward is checked
+                p._grad_is_zero = False  # zero_grad() before the next backward is checked (check_zeroed)
         b.detach()
 
     def alloc_all(self) -> None:
@@ -320,9 +322,13 @@ class ShardedOptimizer(Optimizer):
 
 def _owner(a) -> tuple[int, int]:
     """(identity, bytes) of the allocation array ``a`` lives in: a view counts its whole base once."""
-    if isinstance(a, np.ndarray):
-        while isinstance(a.base, np.ndarray):
-            a = a.base
+    while isinstance(a, np.ndarray):
+        base = a.base
+        if not isinstance(base, np.ndarray):  # as_strided's views hold their array through a wrapper
+            base = getattr(base, "base", None)
+        if not isinstance(base, np.ndarray):
+            break
+        a = base
     return id(a), int(a.nbytes)
 
 
