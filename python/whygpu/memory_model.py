@@ -189,6 +189,6 @@ def extrapolate_memory(
         "devices": [dict(d) for d in devices],
         "rows": rows,
         "not_counted": "activations, temporary and communication buffers, the framework's own memory and "
-        "fragmentation: the counts are lower bounds",
+        "fragmentation",  # so every count is a lower bound
         "source": "bytes per parameter: Rajbhandari et al., ZeRO, SC 2020 (mixed-precision Adam: 2 + 2 + 12)",
     }

@@ -28,6 +28,18 @@ takes the same step.  The model of one step is::
   after the backward pass, measured (DataParallel's ``exposed_s`` over its
   ``allreduce_s``); 1 - e of it hid behind the backward pass.
 
+Sharded (ZeRO stage 1, ``shard="optimizer"``; stage 2, ``shard="gradients"``): the allreduce becomes a
+*reduce-scatter* (each rank receives the sum of its 1/P shard of the gradient only: (P-1)/P * S/B on
+the wire) after the backward pass, each rank updates its shard (1/P of the optimizer's work), and an
+*allgather* of the updated parameters ((P-1)/P * S/B again) -- together the ring allreduce's
+2(P-1)/P * S/B::
+
+    T(P) = T_compute(B/P) - T_update + e * T_reduce_scatter(S, P) + T_update / P + T_allgather(S, P)
+
+with ``T_update`` the full optimizer update (measured in the side-by-side run, where each rank
+updates everything), the bare Reduce_scatter and Allgather measured on the same ranks, and ``e``
+DataParallel's exposed / reduce-scatter; the allgather is counted whole (it ends the step).
+
 The check: this prediction against the measured P-rank step, within 25%
 (:data:`MODEL_TOLERANCE`) or the run is measured again and then flagged.
 Other systems (:data:`SYSTEMS`) use the compute of their own device -- this
@@ -54,6 +66,10 @@ __all__ = [
     "MODEL_TOLERANCE",
     "BANDWIDTH_FLOOR",
     "ring_allreduce_s",
+    "reduce_scatter_s",
+    "allgather_s",
+    "predict_sharded_step",
+    "SHARDS",
     "allreduce_s",
     "hierarchical_allreduce_s",
     "system_allreduce_s",
@@ -184,6 +200,39 @@ def allreduce_s(
     return buckets * steps * alpha_s + 2 * (ranks - 1) / ranks * nbytes / bandwidth_Bps
 
 
+# DataParallel's shard settings the scale-out measures (ZeRO stages 0, 1, 2), in order.
+SHARDS: tuple[str, ...] = ("none", "optimizer", "gradients")
+
+
+def _half_collective_s(nbytes: float, ranks: int, alpha_s: float, bandwidth_Bps: float, latency: str, buckets: int):
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    if latency not in ("ring", "tree"):
+        raise ValueError(f"latency must be 'ring' or 'tree', got {latency!r}")
+    if buckets < 1:
+        raise ValueError(f"buckets must be >= 1, got {buckets}")
+    if ranks == 1:
+        return 0.0
+    steps = ranks - 1 if latency == "ring" else math.ceil(math.log2(ranks))
+    return buckets * steps * alpha_s + (ranks - 1) / ranks * nbytes / bandwidth_Bps
+
+
+def reduce_scatter_s(
+    nbytes: float, ranks: int, alpha_s: float, bandwidth_Bps: float, *, latency: str = "ring", buckets: int = 1
+) -> float:
+    """A reduce-scatter of ``nbytes`` (each rank receives the sum of its 1/P shard): (P-1)/P S/B on the wire,
+    and per bucket P-1 latencies (ring) or ceil(log2 P) (recursive halving) -- half an allreduce."""
+    return _half_collective_s(nbytes, ranks, alpha_s, bandwidth_Bps, latency, buckets)
+
+
+def allgather_s(
+    nbytes: float, ranks: int, alpha_s: float, bandwidth_Bps: float, *, latency: str = "ring", buckets: int = 1
+) -> float:
+    """An allgather into ``nbytes`` (each rank contributes its 1/P shard, all receive everything): the same
+    (P-1)/P S/B and latencies as the reduce-scatter; the two together are the ring allreduce."""
+    return _half_collective_s(nbytes, ranks, alpha_s, bandwidth_Bps, latency, buckets)
+
+
 def hierarchical_allreduce_s(
     nbytes: float, ranks: int, intra: dict, inter: dict, per_node: int = 8, *, buckets: int = 1
 ) -> float:
@@ -222,6 +271,38 @@ def predict_step(compute_s: float, comm_s: float, *, exposed_fraction: float = 1
         "exposed_s": e * comm_s,
         "overlap_s": (1.0 - e) * comm_s,
         "step_s": compute_s + e * comm_s,
+    }
+
+
+def predict_sharded_step(
+    compute_s: float,
+    update_s: float,
+    ranks: int,
+    reduce_scatter_s: float,
+    allgather_s: float,
+    *,
+    exposed_fraction: float = 1.0,
+) -> dict[str, float]:
+    """One sharded data-parallel step by the model: ``compute_s`` is a rank's step on its share *with the full
+    optimizer update* (``update_s`` of it, as an unsharded rank does); sharded, the update is update_s / P,
+    the reduce-scatter is exposed by ``exposed_fraction`` and the allgather counted whole.  Returns
+    {"compute_s" (without the update), "update_s", "reduce_scatter_s", "allgather_s", "comm_s", "exposed_s"
+    (of the reduce-scatter), "step_s"}."""
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    e = min(1.0, max(0.0, exposed_fraction))
+    update = max(0.0, min(update_s, compute_s))
+    compute = compute_s - update
+    return {
+        "compute_s": compute,
+        "update_s": update / ranks,
+        "full_update_s": update,
+        "reduce_scatter_s": reduce_scatter_s,
+        "allgather_s": allgather_s,
+        "comm_s": reduce_scatter_s + allgather_s,
+        "exposed_s": e * reduce_scatter_s,
+        "overlap_s": (1.0 - e) * reduce_scatter_s,
+        "step_s": compute + e * reduce_scatter_s + update / ranks + allgather_s,
     }
 
 
@@ -337,7 +418,10 @@ def _side(runs: list[dict], ranks: int, threads: int) -> dict | None:
 
 
 def _dp_runs(runs: list[dict]) -> list[dict]:
-    return sorted((r for r in runs if r["ranks"] > 1 and not r.get("side_by_side")), key=lambda r: r["ranks"])
+    """The DataParallel runs by P, and at each P the unsharded one last (the reference the allreduce's
+    summary and extrapolation take is the widest unsharded run)."""
+    dp = [r for r in runs if r["ranks"] > 1 and not r.get("side_by_side")]
+    return sorted(dp, key=lambda r: (r["ranks"], not is_sharded(r)))
 
 
 def check_run(share: dict, side: dict | None, run: dict, cores: int) -> dict:
@@ -349,14 +433,31 @@ def check_run(share: dict, side: dict | None, run: dict, cores: int) -> dict:
     DataParallel's was."""
     P, T = run["ranks"], run["threads"]
     stretch = max(1.0, P * T / max(1, cores))
-    e = run["exposed_s"] / run["allreduce_s"] if run.get("allreduce_s") else 1.0
     compute = side["step_s"] if side else share["step_s"] * stretch
-    pred: dict[str, Any] = dict(predict_step(compute, run["bare_allreduce_s"], exposed_fraction=e))
+    pred: dict[str, Any]
+    if is_sharded(run):
+        # Sharded: the reduce-scatter (exposed as DataParallel's was), the update of 1/P of the parameters
+        # (the full update measured in the side-by-side run, or alone, / P) and the allgather, measured bare.
+        e = run["exposed_s"] / run["reduce_scatter_s"] if run.get("reduce_scatter_s") else 1.0
+        full_update = (side or share).get("update_s") or 0.0
+        pred = dict(
+            predict_sharded_step(
+                compute, full_update, P, run["bare_reduce_scatter_s"], run["bare_allgather_s"], exposed_fraction=e
+            )
+        )
+    else:
+        e = run["exposed_s"] / run["allreduce_s"] if run.get("allreduce_s") else 1.0
+        pred = dict(predict_step(compute, run["bare_allreduce_s"], exposed_fraction=e))
     pred["stretch"] = 1.0 if side else stretch
     pred["compute_from"] = "side by side" if side else "alone"
     pred["exposed_fraction"] = min(1.0, max(0.0, e))
     pred["error"] = (pred["step_s"] - run["step_s"]) / run["step_s"]
     return pred
+
+
+def is_sharded(run: dict) -> bool:
+    """A DataParallel run with its gradient and optimizer state sharded (ZeRO stage 1 or 2)."""
+    return (run.get("shard") or "none") != "none" and bool(run.get("data_parallel"))
 
 
 def judge_run(share: dict, side: dict | None, run: dict, cores: int) -> list[str]:
@@ -366,7 +467,9 @@ def judge_run(share: dict, side: dict | None, run: dict, cores: int) -> list[str
     why = []
     ratio = run.get("bandwidth_ratio")
     if ratio is not None and ratio < BANDWIDTH_FLOOR:
-        why.append(f"DataParallel's allreduce at x{ratio:.2f} of the bare Allreduce's bandwidth (< {BANDWIDTH_FLOOR})")
+        what = "reduce-scatter" if is_sharded(run) else "allreduce"
+        bare = "Reduce_scatter" if is_sharded(run) else "Allreduce"
+        why.append(f"DataParallel's {what} at x{ratio:.2f} of the bare {bare}'s bandwidth (< {BANDWIDTH_FLOOR})")
     err = check_run(share, side, run, cores)["error"]
     if abs(err) > MODEL_TOLERANCE:
         why.append(f"model error {100 * err:+.0f}% (beyond {100 * MODEL_TOLERANCE:.0f}%)")
@@ -388,6 +491,14 @@ def _lost(base: dict, share: dict, side: dict | None, run: dict) -> dict[str, An
         "bookkeeping_s": run["compute_s"] - beside_to,  # DataParallel's copies, tests, weighting
         "exposed_s": run["step_s"] - run["compute_s"],  # waiting for the allreduce after the backward pass
     }
+    sharded = is_sharded(run)
+    if sharded:
+        # the run's compute_s leaves out its update (1/P of it) and the allgather: the update is its own part,
+        # against the full update each rank side by side made (negative: time the shard's update saved)
+        full_update = ((side or share).get("update_s") or 0.0) if side else (share.get("update_s") or 0.0)
+        parts["bookkeeping_s"] = run["compute_s"] - (beside_to - full_update)
+        parts["update_s"] = run.get("update_s", 0.0) - full_update
+        parts["exposed_s"] = run["step_s"] - run["compute_s"] - run.get("update_s", 0.0)
     lost = parts["lost_s"]
     ms = lambda x: f"{1e3 * x:.3g} ms"  # noqa: E731
     pc = lambda x: f"{100 * x / lost:.0f}%" if lost > 0 else ""  # noqa: E731
@@ -407,6 +518,15 @@ def _lost(base: dict, share: dict, side: dict | None, run: dict) -> dict[str, An
             f"{ms(parts['bookkeeping_s'])} ({pc(parts['bookkeeping_s'])}) to DataParallel's own work, and "
             f"{ms(parts['exposed_s'])} ({pc(parts['exposed_s'])}) to waiting for the allreduce."
         )
+        if sharded:
+            upd = parts["update_s"]
+            text = text.replace(
+                ", and " + f"{ms(parts['exposed_s'])} ({pc(parts['exposed_s'])}) to waiting for the allreduce.",
+                f", {ms(upd)} ({pc(upd)}) to the optimizer update of its 1/{P} shard "
+                f"({'less' if upd < 0 else 'more'} than the whole update each rank made side by side), and "
+                f"{ms(parts['exposed_s'])} ({pc(parts['exposed_s'])}) to waiting for the reduce-scatter and the "
+                "allgather.",
+            )
     parts["text"] = text
     return parts
 
@@ -424,7 +544,7 @@ def annotate(doc: dict) -> dict:
     fit.update(ranks=P_sweep, weighting="relative residuals", source="measured here: bare MPI Allreduce sweep")
     doc["fit"] = fit
     dp = _dp_runs(runs)
-    ref = dp[-1] if dp else None  # the widest run measured
+    ref = dp[-1] if dp else None  # the widest run measured (unsharded where one was)
     one, full = _find(runs, 1, 1, batch), _find(runs, 1, cores, batch)
     for r in runs:
         r["speedup_vs_1x1"] = one["step_s"] / r["step_s"] if one and not r.get("share_of") else None
@@ -445,15 +565,23 @@ def annotate(doc: dict) -> dict:
         r["model"] = pred
         r["model_within_tolerance"] = abs(pred["error"]) <= MODEL_TOLERANCE
         r["fit_at_gradient_s"] = ring_allreduce_s(r["bytes"], r["ranks"], fit["alpha_s"], fit["bandwidth_Bps"])
-        r["breakdown"] = {
-            "measured": {
-                "compute_s": r["compute_s"],
-                "allreduce_s": r["allreduce_s"],
-                "exposed_s": r["exposed_s"],
-                "step_s": r["step_s"],
-            },
-            "model": {k: pred[k] for k in ("compute_s", "comm_s", "exposed_s", "step_s")},
-        }
+        if is_sharded(r):
+            r["fit_at_gradient_s"] = 2 * reduce_scatter_s(r["bytes"], r["ranks"], fit["alpha_s"], fit["bandwidth_Bps"])
+            keys = ("compute_s", "reduce_scatter_s", "exposed_s", "update_s", "allgather_s", "step_s")
+            r["breakdown"] = {
+                "measured": {k: r.get(k, 0.0) for k in keys},
+                "model": {k: pred[k] for k in (*keys, "comm_s")},
+            }
+        else:
+            r["breakdown"] = {
+                "measured": {
+                    "compute_s": r["compute_s"],
+                    "allreduce_s": r["allreduce_s"],
+                    "exposed_s": r["exposed_s"],
+                    "step_s": r["step_s"],
+                },
+                "model": {k: pred[k] for k in ("compute_s", "comm_s", "exposed_s", "step_s")},
+            }
         r["lost"] = _lost(dict(base, cores=cores), share, side, r)
     e = ref["model"]["exposed_fraction"] if ref and ref.get("model") else 1.0
     doc["model"] = {
@@ -468,8 +596,16 @@ def annotate(doc: dict) -> dict:
         "gradient_bytes": ref["bytes"] if ref else 4 * mlp_params(doc["params"]["widths"]),
         "alpha_s": fit["alpha_s"],
         "bandwidth_Bps": fit["bandwidth_Bps"],
+        "formula_sharded": "T(P) = T_compute(B/P) - T_update + e * T_reduce_scatter(S, P) + T_update / P "
+        "+ T_allgather(S, P)",
+        "terms_sharded": "T_update: the optimizer update of the whole model, measured in the side-by-side run; "
+        "T_reduce_scatter, T_allgather: the bare Reduce_scatter and Allgather of the gradient's size on the same "
+        "P ranks, measured, each (P-1)/P * S/B on the wire (together the allreduce's 2(P-1)/P * S/B); e: "
+        "DataParallel's exposed / reduce-scatter, measured",
     }
     doc["summary"] = _summary(doc, ref)
+    doc["summary"]["sharded"] = _sharded_summary(doc)
+    doc["memory"] = memory_section(doc)
     doc["extrapolation"] = _extrapolate(doc, ref, e)
     return doc
 
@@ -498,6 +634,96 @@ def _summary(doc: dict, ref: dict | None) -> dict:
             ],
         )
     return out
+
+
+def _sharded_summary(doc: dict) -> list[dict]:
+    """Per shard setting at the widest P: the step against one rank with every core (the issue's target,
+    >= 0.95x for shard="optimizer" on 2 ranks x 1 thread), and the model's error."""
+    runs, cores, batch = doc["runs"], doc["params"]["cores"], doc["params"]["batch"]
+    full = _find(runs, 1, cores, batch)
+    out: list[dict] = []
+    dp = _dp_runs(runs)
+    if not dp:
+        return out
+    P = dp[-1]["ranks"]
+    for r in dp:
+        if r["ranks"] != P:
+            continue
+        out.append(
+            {
+                "shard": r.get("shard") or "none",
+                "ranks": r["ranks"],
+                "threads": r["threads"],
+                "step_s": r["step_s"],
+                "vs_1xall": full["step_s"] / r["step_s"] if full else None,  # > 1: faster than one rank
+                "prediction_error": r.get("prediction_error"),
+                "disturbed": bool(r.get("disturbed")),
+            }
+        )
+    return out
+
+
+MEMORY_KEYS = ("params_bytes", "grads_bytes", "optimizer_bytes", "total_bytes")
+
+
+def memory_section(doc: dict, max_ranks: int = 16) -> dict | None:
+    """Per-rank memory measured in each run (from DataParallel.memory(), or the plain model's buffers for
+    one rank) next to the formula (:mod:`whygpu.memory_model`, the last shard padded), the formula's lines
+    against P for the figure, and the devices public models need.  None when no run measured memory."""
+    from . import memory_model as mm
+
+    runs = [r for r in doc["runs"] if r.get("memory") and not r.get("side_by_side") and not r.get("share_of")]
+    if not runs:
+        return None
+    opt = str(doc["params"].get("optimizer") or "sgd").lower()
+    n = int(runs[0]["memory"]["n_params"])
+    rows = []
+    unsharded_opt = mm.rank_bytes(n, "none", 1, "fp32", opt)["optimizer"]
+    for r in sorted(runs, key=lambda x: (x["ranks"], SHARDS.index(x.get("shard") or "none"))):
+        shard = r.get("shard") or "none"
+        f = mm.rank_bytes(n, shard, r["ranks"], "fp32", opt)
+        meas = r["memory"]["max"]
+        rows.append(
+            {
+                "shard": shard,
+                "zero_stage": mm.ZERO_STAGE[shard],
+                "ranks": r["ranks"],
+                "threads": r["threads"],
+                "measured": {k: int(meas[k]) for k in MEMORY_KEYS},
+                "formula": {k + "_bytes": int(f[k]) for k in ("params", "grads", "optimizer", "total")},
+                "dp_formula": r["memory"].get("formula_bytes"),
+                "per_rank": r["memory"].get("per_rank"),
+                "optimizer_vs_unsharded": meas["optimizer_bytes"] / unsharded_opt if unsharded_opt else None,
+                # padding: DataParallel pads each bucket's flat buffer to a multiple of P, the formula the whole
+                "formula_error": (meas["total_bytes"] - f["total"]) / f["total"] if f["total"] else None,
+                "grads_peak_bytes": r["memory"].get("grads_peak_bytes"),
+            }
+        )
+    top = max(max_ranks, max(r["ranks"] for r in rows))
+    ranks = sorted({1, 2, 3, 4, 6, 8, 12, 16, top, *[r["ranks"] for r in rows]})
+    ranks = [p for p in ranks if p <= top]
+    lines = {
+        stage: {
+            "ranks": ranks,
+            **{
+                k + "_bytes": [mm.rank_bytes(n, stage, p, "fp32", opt)[k] for p in ranks]
+                for k in ("params", "grads", "optimizer", "total")
+            },
+        }
+        for stage in mm.STAGES
+    }
+    return {
+        "n_params": n,
+        "optimizer": opt,
+        "precision": "fp32",
+        "rows": rows,
+        "lines": lines,
+        "note": "measured: the bytes of the buffers DataParallel (or, on one rank, the model and optimizer) "
+        "allocated for parameters, gradients and optimizer state, the largest over the ranks; formula: "
+        f"{mm.bytes_per_param('none', 1, 'fp32', opt)['total']:g} bytes per parameter unsharded, the sharded "
+        "parts ceil(n/P) elements per rank; activations not counted",
+        "extrapolation": mm.extrapolate_memory(optimizer="adam"),
+    }
 
 
 def _extrapolate(doc: dict, ref: dict | None, e: float) -> dict:
@@ -649,6 +875,8 @@ def run_scaleout(
     log: Callable[[str], None] = lambda s: None,
     progress: bool = False,
     oversubscribe: bool = False,
+    shards: Sequence[str] | str = ("none",),
+    optimizer: str = "sgd",
 ) -> dict:
     """Measure (``whygpu.bench.scaleout.measure``: P ranks under mpiexec; a run the model misses by more than
     25%, or whose DataParallel allreduce is below half the bare bandwidth, measured once more) and
@@ -669,5 +897,7 @@ def run_scaleout(
         progress=progress,
         oversubscribe=oversubscribe,
         judge=lambda share, side, run: judge_run(share, side, run, cores),
+        shards=[shards] if isinstance(shards, str) and shards != "all" else shards,
+        optimizer=optimizer,
     )
     return annotate(doc)

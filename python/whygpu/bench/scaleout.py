@@ -40,6 +40,9 @@ __all__ = [
     "find_mpiexec",
     "mpi_status",
     "check_ranks",
+    "check_shards",
+    "SHARDS",
+    "OPTIMIZERS",
     "end_job",
     "run_job",
     "measure",
@@ -262,6 +265,22 @@ def summarize(raw: dict) -> dict:
     rec["timed_steps"] = len(steps)
     rec["rank_step_s"] = raw.get("rank_step_s")
     rec["weights_spread"] = raw.get("weights_spread")
+    rec["shard"] = raw.get("shard") or "none"
+    rec["memory"] = raw.get("memory")
+    upd = [s.get("update_s") for s in steps]
+    if all(u is not None for u in upd):
+        rec["update_s"], rec["update_s_min"], rec["update_s_max"] = _stats(upd)
+    sharded = raw["data_parallel"] and rec["shard"] != "none"
+    if sharded:
+        # the step's parts by DataParallel's timing: the reduce-scatter (its exposed part waited for after the
+        # backward pass), the update of this rank's shard and the allgather; compute is what is left
+        for key in ("reduce_scatter_s", "allgather_s"):
+            rec[key], rec[key + "_min"], rec[key + "_max"] = _stats([s.get(key) or 0.0 for s in steps])
+        comp = [
+            s["step_s"] - (s.get("exposed_s") or 0.0) - (s.get("allgather_s") or 0.0) - (s.get("update_s") or 0.0)
+            for s in steps
+        ]
+        rec["compute_s"], rec["compute_s_min"], rec["compute_s_max"] = _stats(comp)
     if raw["data_parallel"]:
         rec["bytes"] = int(steps[-1]["bytes"])
         rec["buckets"] = int(steps[-1]["buckets"])
@@ -270,8 +289,32 @@ def summarize(raw: dict) -> dict:
         rec["dp_bandwidth_Bps"] = rec["bytes"] / rec["allreduce_s"] if rec["allreduce_s"] > 0 else None
         rec["bare_bandwidth_Bps"] = rec["bytes"] / rec["bare_allreduce_s"]
         rec["bandwidth_ratio"] = rec["bare_allreduce_s"] / rec["allreduce_s"] if rec["allreduce_s"] > 0 else None
+        if sharded:
+            for key in ("bare_reduce_scatter_s", "bare_allgather_s"):
+                rec[key], rec[key + "_min"], rec[key + "_max"] = _stats(raw[key])
+            rs = rec["reduce_scatter_s"]
+            rec["bandwidth_ratio"] = rec["bare_reduce_scatter_s"] / rs if rs > 0 else None
     rec["oversubscribed"] = raw["ranks"] * raw["threads"] > _cpus_available()
     return rec
+
+
+SHARDS = ("none", "optimizer", "gradients")  # DataParallel's shard= settings (ZeRO stage 0, 1, 2)
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def check_shards(shards: Sequence[str] | str) -> list[str]:
+    """The shard settings to measure, in ZeRO order: "all" is the three; else each of :data:`SHARDS`."""
+    if isinstance(shards, str):
+        shards = list(SHARDS) if shards == "all" else [shards]
+    out = []
+    for sh in shards:
+        if sh not in SHARDS:
+            raise ValueError(f"shard must be one of {', '.join(SHARDS)} or 'all'; got {sh!r}")
+        if sh not in out:
+            out.append(sh)
+    if not out:
+        raise ValueError("no shard setting to measure")
+    return sorted(out, key=SHARDS.index)
 
 
 OVERSUBSCRIBE_LIMIT = 4  # ranks x threads above this many times the cores are refused without --oversubscribe
@@ -343,13 +386,20 @@ def measure(
     progress: bool = False,
     oversubscribe: bool = False,
     judge: Callable[[dict, dict, dict], list[str]] | None = None,
+    shards: Sequence[str] = ("none",),
+    optimizer: str = "sgd",
 ) -> dict:
     """Every run of :func:`_configs` and an allreduce sweep (1 KB to ``sweep_max``) on the largest P; the
     measured part of the ``whygpu.scaleout/1`` document (``whygpu.scaleout.annotate`` adds the model).
 
     ``judge(share_run, side_by_side_run, run)`` (the model's check) returns what is wrong with a multi-rank run (its
     DataParallel bandwidth, its model error); such a run is measured once more with its share run, and
-    flagged ``disturbed`` if the second is wrong too."""
+    flagged ``disturbed`` if the second is wrong too.  ``shards``: the DataParallel runs at each P, one per
+    shard setting ("none", "optimizer", "gradients"), after one side-by-side run; ``optimizer``: "sgd",
+    "momentum" or "adam", on every run."""
+    shards = check_shards(shards)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
     st = mpi_status()
     if not st["available"]:
         raise ScaleoutError(f"cannot measure scale-out: {st['reason']}")
@@ -361,6 +411,7 @@ def measure(
     t0 = time.perf_counter()
     common = ["--layers", ",".join(map(str, layers)), "--backend", backend]
     common += ["--steps", str(steps), "--warmup", str(WARMUP), "--bucket-mb", repr(float(bucket_mb))]
+    common += ["--optimizer", optimizer]
     configs = _configs(ranks, cores, batch)
     runs: list[dict] = []
     library = None
@@ -370,14 +421,16 @@ def measure(
     P = max(ranks)
     with Progress(len(configs) + 1, "scaleout", progress) as bar:
 
-        def one(p: int, t: int, b: int, extra: str = "", side: bool = False) -> dict:
+        def one(p: int, t: int, b: int, extra: str = "", side: bool = False, shard: str = "none") -> dict:
             nonlocal library
-            label = f"{p} rank(s) x {t} thread(s), batch {b}{', side by side' if side else ''}{extra}"
+            how = ", side by side" if side else (f", shard {shard}" if shard != "none" else "")
+            label = f"{p} rank(s) x {t} thread(s), batch {b}{how}{extra}"
             bar.show(label, 0.0)
             if p * t > cores:
                 log(f"{p} ranks x {t} threads oversubscribe {cores} cores: contention, not scaling")
             with guard.block(label) as q:
                 args = ["--mode", "step", "--batch", str(b), *common] + (["--independent"] if side else [])
+                args += ["--shard", shard] if p > 1 and not side else []
                 raw = launch(st["mpiexec"], p, t, args, timeout, tick)
             library = raw.get("mpi_library", library)
             rec = summarize(raw)
@@ -395,50 +448,56 @@ def measure(
         minfo: dict = {}
         pending: dict | None = None  # the share run waiting for its P-rank run
 
-        def pair(p: int, t: int, b: int, extra: str = "") -> tuple[dict, dict]:
-            """P ranks on their shares side by side without communicating, then the same with DataParallel."""
+        def beside(p: int, t: int, b: int, extra: str = "") -> dict:
+            """P ranks on their shares side by side without communicating (the model's compute)."""
             side = one(p, t, b, extra, side=True)
             side["share_of"] = p
-            return side, one(p, t, b, extra)
+            return side
 
         for p, t, b in configs:
             bar_label[0] = f"{p} rank(s) x {t} thread(s), batch {b}"
             if not machine_done:  # after the bar is up: the progress shows within a second of starting
                 minfo, machine_done = machine_info(), True
             if p > 1:
-                side, rec = pair(p, t, b)
+                side = beside(p, t, b)
                 runs.append(side)
+                recs = [one(p, t, b, shard=sh) for sh in shards]  # each shard setting after the same side run
             else:
-                rec = one(p, t, b)
+                recs = [one(p, t, b)]
             bar.advance()
             if p == 1 and b != batch:
+                rec = recs[0]
                 rec["share_of"] = share_for = next(q for q in ranks if q > 1 and share_batch(batch, q) == b)
                 rec["share_ranks"] = share_for
                 pending = rec
                 runs.append(rec)
                 continue
-            if p > 1 and judge is not None and pending is not None:
-                why = judge(pending, side, rec)
-                if why:
-                    log(f"{p} ranks: {'; '.join(why)}: measuring its share runs and it once more")
-                    first = {
-                        "step_s": rec["step_s"],
-                        "share_step_s": pending["step_s"],
-                        "side_by_side_step_s": side["step_s"],
-                        "reasons": why,
-                    }
-                    runs.remove(pending)
-                    runs.remove(side)
-                    pending = one(1, t, pending["batch"], " (again)")
-                    pending["share_of"] = pending["share_ranks"] = p
-                    side, rec = pair(p, t, b, " (again)")
-                    runs += [pending, side]
-                    again = judge(pending, side, rec)
-                    rec["remeasured"] = first
-                    rec["disturbed"] = again or None
-                    if again:
-                        log(f"{p} ranks: still {'; '.join(again)}: flagged disturbed, left out of the conclusions")
-            runs.append(rec)
+            for rec in recs:
+                if p > 1 and judge is not None and pending is not None:
+                    why = judge(pending, side, rec)
+                    if why:
+                        sh = rec.get("shard") or "none"
+                        log(f"{p} ranks{'' if sh == 'none' else ', shard ' + sh}: {'; '.join(why)}: measuring its "
+                            "share runs and it once more")  # fmt: skip
+                        first = {
+                            "step_s": rec["step_s"],
+                            "share_step_s": pending["step_s"],
+                            "side_by_side_step_s": side["step_s"],
+                            "reasons": why,
+                        }
+                        runs.remove(pending)
+                        runs.remove(side)
+                        pending = one(1, t, pending["batch"], " (again)")
+                        pending["share_of"] = pending["share_ranks"] = p
+                        side = beside(p, t, b, " (again)")
+                        rec = one(p, t, b, " (again)", shard=sh)
+                        runs += [pending, side]
+                        again = judge(pending, side, rec)
+                        rec["remeasured"] = first
+                        rec["disturbed"] = again or None
+                        if again:
+                            log(f"{p} ranks: still {'; '.join(again)}: flagged disturbed, left out of the conclusions")
+                runs.append(rec)
         bar_label[0] = f"allreduce sweep on {P} ranks"
         bar.show(bar_label[0], 0.0)
         sizes = _sweep_sizes(sweep_max)
@@ -461,7 +520,8 @@ def measure(
             "backend": backend,
             "cores": cores,
             "bucket_mb": bucket_mb,
-            "optimizer": "SGD",
+            "optimizer": optimizer,
+            "shards": list(shards),
             "mpiexec": st["mpiexec"],
             "mpi_library": library,
             "oversubscribe": bool(oversubscribe),

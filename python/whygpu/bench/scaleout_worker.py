@@ -9,6 +9,10 @@ when there is more than one rank (one rank trains the plain model: the
 baseline); per step the wall time and ``dp.last_step``; then a bare
 ``Allreduce`` of the gradient's size in the same job, for comparison.
 ``--mode sweep``: bare ``Allreduce`` of float32 buffers at each size.
+``--shard optimizer|gradients``: DataParallel shards the optimizer state (ZeRO-1), and the gradient
+(ZeRO-2), over the ranks; the job then also times a bare ``Reduce_scatter`` and ``Allgather`` of
+the gradient's size.  Every ``--mode step`` job reports each rank's bytes of parameters, gradients
+and optimizer state (``dp.memory()``, or the plain model's and optimizer's buffers).
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import argparse
 import json
 import os
 import time
+from typing import Any
 
 import numpy as np
 
 _clock = time.perf_counter
+_MEMORY_KEYS = ("params_bytes", "grads_bytes", "optimizer_bytes", "total_bytes")
 
 
 def _args(argv=None) -> argparse.Namespace:
@@ -35,6 +41,8 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--sizes", default="1024", help="sweep: message sizes in bytes")
     p.add_argument("--budget", type=float, default=0.25, help="sweep: seconds per size, about")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--shard", choices=("none", "optimizer", "gradients"), default="none")
+    p.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default="sgd")
     p.add_argument(
         "--independent",
         action="store_true",
@@ -54,6 +62,69 @@ def _timed_allreduce(comm, MPI, buf: np.ndarray, reps: int) -> list[float]:
         comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         times.append(_clock() - t0)
     return times
+
+
+def _timed_reduce_scatter_allgather(comm, MPI, nbytes: int, reps: int) -> tuple[list[float], list[float]]:
+    """Seconds of `reps` bare Reduce_scatter_block and Allgather calls on a float32 gradient of `nbytes`
+    (padded to a multiple of P, as a sharded DataParallel pads its flat buffer)."""
+    P = comm.Get_size()
+    shard = max(1, -(-(nbytes // 4) // P))
+    full = np.ones(shard * P, dtype=np.float32)
+    part = np.empty(shard, dtype=np.float32)
+    rs, ag = [], []
+    comm.Barrier()
+    comm.Reduce_scatter_block(full, part, op=MPI.SUM)  # untimed first calls
+    comm.Allgather(part, full)
+    for _ in range(reps):
+        comm.Barrier()
+        t0 = _clock()
+        comm.Reduce_scatter_block(full, part, op=MPI.SUM)
+        t1 = _clock()
+        comm.Allgather(part, full)
+        t2 = _clock()
+        rs.append(t1 - t0)
+        ag.append(t2 - t1)
+    return rs, ag
+
+
+def _optimizer(name: str, model, dp=None):
+    """The optimizer; through ``dp.optimizer`` where DataParallel makes it (sharded: state for this rank's
+    shard only; and what ``dp.memory()`` counts), else on the model's parameters."""
+    from whygpu import optim
+
+    kw: dict[str, Any] = {"lr": 1e-3 if name == "adam" else 0.01}
+    cls: Any = optim.Adam if name == "adam" else optim.SGD
+    if name == "momentum":
+        kw["momentum"] = 0.9
+    if dp is not None and callable(getattr(dp, "optimizer", None)):
+        return dp.optimizer(cls, **kw)
+    return cls(model.parameters(), **kw)
+
+
+def _plain_memory(model, opt, ranks: int) -> dict:
+    """Bytes of the buffers the plain model and its optimizer allocated (one rank, or ranks side by side)."""
+    params = list(model.parameters())
+    states = [x for lst in opt._states() for x in lst if x is not None]
+    p = int(sum(x.data.nbytes for x in params))
+    g = int(sum(x.grad.nbytes for x in params if x.grad is not None))
+    o = int(sum(getattr(x, "nbytes", 0) for x in states))
+    n = int(sum(x.data.size for x in params))
+    src = "the model's and optimizer's buffers"
+    return {"params_bytes": p, "grads_bytes": g, "optimizer_bytes": o, "total_bytes": p + g + o, "n_params": n,
+            "shard": "none", "ranks": ranks, "formula_bytes": None, "source": src}  # fmt: skip
+
+
+def _data_parallel(dist, model, a):
+    """DataParallel, sharded where asked: a clear error where this whygpu.distributed has no shard= yet."""
+    if a.shard == "none":
+        return dist.DataParallel(model, bucket_mb=a.bucket_mb)
+    import inspect
+
+    if "shard" not in inspect.signature(dist.DataParallel).parameters:
+        raise SystemExit(
+            f"--shard {a.shard}: this whygpu.distributed.DataParallel has no shard= (ZeRO stage 1/2) parameter"
+        )
+    return dist.DataParallel(model, bucket_mb=a.bucket_mb, shard=a.shard)
 
 
 def _sweep(a, comm, MPI) -> dict:
@@ -76,7 +147,7 @@ def _sweep(a, comm, MPI) -> dict:
 
 def _steps(a, comm, MPI) -> dict:
     import whygpu.distributed as dist
-    from whygpu import nn, optim
+    from whygpu import nn
     from whygpu._threads import set_num_threads
     from whygpu.bench.measure import blas_threads
     from whygpu.bench.train import build_mlp, synthetic_clusters
@@ -89,8 +160,8 @@ def _steps(a, comm, MPI) -> dict:
     lo, hi = dist.share(a.batch, P, r)
     model = build_mlp(layers, a.backend, seed=0)
     loss_fn = nn.CrossEntropyLoss()
-    dp = dist.DataParallel(model, bucket_mb=a.bucket_mb) if P > 1 and not a.independent else None
-    opt = optim.SGD(model.parameters(), lr=0.01)
+    dp = _data_parallel(dist, model, a) if P > 1 and not a.independent else None
+    opt = _optimizer(a.optimizer, model, dp)
     records = []
     with blas_threads(a.threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for i in range(a.warmup + a.steps):
@@ -104,9 +175,11 @@ def _steps(a, comm, MPI) -> dict:
                 t1 = _clock()
                 dp.zero_grad()
                 dp.backward(loss_fn.backward(), weight=(hi - lo) / a.batch)
+                tu = _clock()
                 opt.step()
                 t2 = _clock()
                 rec = dict(dp.last_step)
+                rec.setdefault("update_s", t2 - tu)  # unsharded: the whole update, timed here
             else:
                 loss_fn(model(xb), yb)
                 t1 = _clock()
@@ -114,15 +187,24 @@ def _steps(a, comm, MPI) -> dict:
                 tb = _clock()
                 model.backward(loss_fn.backward())
                 rec = {"backward_s": _clock() - tb, "allreduce_s": 0.0, "exposed_s": 0.0, "bytes": 0, "buckets": 0}
+                tu = _clock()
                 opt.step()
                 t2 = _clock()
+                rec["update_s"] = t2 - tu
             rec.update(step_s=t2 - t0, forward_s=t1 - t0)
             if i >= a.warmup:
                 records.append(rec)
-        bare = []
+        bare: list[float] = []
+        bare_rs: list[float] = []
+        bare_ag: list[float] = []
         if dp is not None:
             buf = np.ones(max(1, records[-1]["bytes"] // 4), dtype=np.float32)
             bare = _timed_allreduce(comm, MPI, buf, max(a.steps, 5))
+            if a.shard != "none":
+                bare_rs, bare_ag = _timed_reduce_scatter_allgather(comm, MPI, records[-1]["bytes"], max(a.steps, 5))
+    mem = dict(dp.memory()) if dp is not None and hasattr(dp, "memory") else _plain_memory(model, opt, P)
+    mem.setdefault("source", "DataParallel.memory(): the buffers it allocated")
+    mem_ranks = comm.allgather(mem)
     if a.independent and P > 1:
         # side by side, a step is over when the slowest rank is done (as it is once an allreduce joins them)
         per_rank = comm.allgather([x["step_s"] for x in records])
@@ -139,6 +221,18 @@ def _steps(a, comm, MPI) -> dict:
         "layers": layers,
         "steps": records,
         "bare_allreduce_s": bare,
+        "bare_reduce_scatter_s": bare_rs,
+        "bare_allgather_s": bare_ag,
+        "shard": a.shard if dp is not None else "none",
+        "optimizer": a.optimizer,
+        "memory": {
+            "per_rank": mem_ranks,
+            "max": {k: max(int(m[k]) for m in mem_ranks) for k in _MEMORY_KEYS},
+            "n_params": int(mem_ranks[0]["n_params"]),
+            "formula_bytes": mem_ranks[0].get("formula_bytes"),
+            "grads_peak_bytes": max((m.get("grads_peak_bytes") or 0 for m in mem_ranks), default=0) or None,
+            "source": mem_ranks[0]["source"],
+        },
         "rank_step_s": rank_step,
         "weights_spread": float(max(sums) - min(sums)),
     }

@@ -7,7 +7,8 @@ import argparse
 from .._threads import _cpus_available
 from ..bench.scaleout import OVERSUBSCRIBE_LIMIT
 from ..bench.trust import DISTURBED
-from ..scaleout import quiet_reading
+from ..memory_model import ZERO_STAGE
+from ..scaleout import is_sharded, quiet_reading
 from ._common import (
     CliError,
     _common_args,
@@ -41,6 +42,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument(
         "--sweep-max", type=_positive_int, default=64 << 20, help="largest allreduce of the sweep, bytes (64 MiB)"
     )
+    s.add_argument(
+        "--shard",
+        choices=("none", "optimizer", "gradients", "all"),
+        default="none",
+        help="DataParallel's sharding: none (every rank all the state), optimizer (ZeRO-1), gradients (ZeRO-2), "
+        "or all three at each P, for comparison (default none)",
+    )
+    s.add_argument(
+        "--optimizer",
+        choices=("sgd", "momentum", "adam"),
+        default=None,
+        help="the optimizer of every run (default adam with --shard, whose state is what sharding saves; else sgd)",
+    )
     s.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds allowed per mpiexec job (600)")
     s.add_argument(
         "--oversubscribe",
@@ -62,7 +76,7 @@ def _print_scaleout(doc: dict) -> None:
     p = doc["params"]
     print(
         f"Data-parallel MLP {p['layers']}, global batch {p['batch']}, {p['backend']} back end, "
-        f"{p['cores']} cores ({p.get('mpi_library') or 'MPI'})"
+        f"{p['cores']} cores ({p.get('mpi_library') or 'MPI'}), optimizer {p.get('optimizer') or 'sgd'}"
     )
     print(f"medians over {p['steps']} steps after {p['warmup_steps']} warm-up; ms per step (min-max)")
     rows = []
@@ -70,6 +84,7 @@ def _print_scaleout(doc: dict) -> None:
         what = f"{r['ranks']} x {r['threads']}" + (
             ", side by side" if r.get("side_by_side") else f", {r['batch']} samples" if r.get("share_of") else ""
         )
+        what += f", shard {r['shard']}" if is_sharded(r) else ""
         role = f"share of {r['share_of']} ranks" if r.get("share_of") else ("baseline" if r["ranks"] == 1 else "")
         rows.append(
             [
@@ -90,9 +105,15 @@ def _print_scaleout(doc: dict) -> None:
             continue
         m, x = b["model"], b["measured"]
         print(
-            f"\n{r['ranks']} ranks x {r['threads']} thread(s), ms per step: measured here, and the model "
-            "(its terms measured apart)"
+            f"\n{r['ranks']} ranks x {r['threads']} thread(s)"
+            + (f", shard={r['shard']} (ZeRO stage {ZERO_STAGE[r['shard']]})" if is_sharded(r) else "")
+            + ", ms per step: measured here, and the model (its terms measured apart)"
         )
+        if is_sharded(r):
+            print(_table(["term", "measured", "model", "model's source"], _sharded_rows(r), right=range(1, 3)))
+            print(r["lost"]["text"])
+            _print_flags(r)
+            continue
         rows = [
             [
                 "compute (a rank, its share)",
@@ -114,18 +135,14 @@ def _print_scaleout(doc: dict) -> None:
         ]
         print(_table(["term", "measured", "model", "model's source"], rows, right=range(1, 3)))
         print(r["lost"]["text"])
-        if r.get("remeasured"):
-            f = r["remeasured"]
-            print(f"measured twice: the first try ({'; '.join(f['reasons'])}) was {_ms(f['step_s'])} ms per step")
-        if r.get("disturbed"):
-            print(f"DISTURBED: {'; '.join(r['disturbed'])} again when measured a second time: {DISTURBED}")
+        _print_flags(r)
     f, s = doc["fit"], doc["summary"]
     print(
         f"\nallreduce sweep on {f['ranks']} ranks ({len(doc['sweep']['bytes'])} sizes, 1 KB to "
         f"{doc['sweep']['bytes'][-1] / 2**20:.3g} MiB): alpha = {1e6 * f['alpha_s']:.3g} us, "
         f"B = {f['bandwidth_Bps'] / 1e9:.3g} GB/s (rms error of the fit {100 * f['rms_rel_error']:.0f}%)"
     )
-    dp = [r for r in doc["runs"] if r["ranks"] > 1]
+    dp = [r for r in doc["runs"] if r["ranks"] > 1 and r.get("data_parallel") and not is_sharded(r)]
     if dp:
         r = dp[-1]
         print(
@@ -156,11 +173,80 @@ def _print_scaleout(doc: dict) -> None:
             "(all rows are the model; the systems other than this machine use public figures, not measured here; "
             "'-': past this machine's cores, or more ranks than samples)"
         )
+    _print_memory(doc)
     print(quiet_reading(doc))
 
 
+def _print_flags(r: dict) -> None:
+    if r.get("remeasured"):
+        f = r["remeasured"]
+        print(f"measured twice: the first try ({'; '.join(f['reasons'])}) was {_ms(f['step_s'])} ms per step")
+    if r.get("disturbed"):
+        print(f"DISTURBED: {'; '.join(r['disturbed'])} again when measured a second time: {DISTURBED}")
+
+
+def _sharded_rows(r: dict) -> list[list[str]]:
+    """The sharded step's terms, measured and modelled (whygpu.scaleout.predict_sharded_step)."""
+    m, x, P = r["breakdown"]["model"], r["breakdown"]["measured"], r["ranks"]
+    e = r["model"]["exposed_fraction"]
+    return [
+        ["compute (a rank, its share)", _ms(x["compute_s"]), _ms(m["compute_s"]), "side by side, less its update"],
+        ["reduce-scatter", _ms(x["reduce_scatter_s"]), _ms(m["reduce_scatter_s"]), "bare Reduce_scatter, same ranks"],
+        ["exposed reduce-scatter", _ms(x["exposed_s"]), _ms(m["exposed_s"]), f"e = {e:.2f} of it"],
+        ["update (its 1/P shard)", _ms(x["update_s"]), _ms(m["update_s"]), f"the whole update side by side / {P}"],
+        ["allgather", _ms(x["allgather_s"]), _ms(m["allgather_s"]), "bare Allgather, same ranks"],
+        ["step", _ms(x["step_s"]), _ms(m["step_s"]), f"model error {_pm(r['prediction_error'])}"],
+    ]
+
+
+def _mb(b) -> str:
+    return "n/a" if b is None else f"{b / 1e6:.3g}"
+
+
+def _print_memory(doc: dict) -> None:
+    """Per-rank bytes measured next to the formula, and the devices public models need."""
+    mem = doc.get("memory")
+    if not mem:
+        return
+    print(
+        f"\nMemory per rank, MB (1 MB = 1e6 bytes), {mem['n_params']:,} parameters, {mem['precision']} "
+        f"{mem['optimizer']}: measured (the largest rank) / formula"
+    )
+    rows = []
+    for row in mem["rows"]:
+        x, f = row["measured"], row["formula"]
+        rows.append(
+            [
+                f"{row['ranks']} x {row['threads']}",
+                f"{row['shard']} ({row['zero_stage']})",
+                *[f"{_mb(x[k])} / {_mb(f[k])}" for k in ("params_bytes", "grads_bytes", "optimizer_bytes")],
+                f"{_mb(x['total_bytes'])} / {_mb(f['total_bytes'])}",
+                "-" if row["optimizer_vs_unsharded"] is None else f"x{row['optimizer_vs_unsharded']:.3g}",
+            ]
+        )
+    head = ["ranks x threads", "shard (ZeRO)", "params", "grads", "optimizer state", "total", "opt. vs unsharded"]
+    print(_table(head, rows, right=range(2, 7)))
+    print(mem["note"])
+    ex = mem["extrapolation"]
+    print(
+        f"\nModel: devices needed just to hold the training state (parameters, gradients, {ex['optimizer']}'s "
+        f"state) of public-size models; not counted: {ex['not_counted']}, so these are lower bounds; "
+        "'-': never, the unsharded part alone exceeds a device"
+    )
+    rows = []
+    for row in ex["rows"]:
+        cells = []
+        for st in ex["stages"]:
+            d = row[st]["devices"]
+            cells.append("-" if d is None else str(d))
+        rows.append([row["model"], row["precision"], row["device"], *cells])
+    stages = [f"{st} ({ex['zero_stage'][st]})" for st in ex["stages"]]
+    print(_table(["model", "precision", "device", *stages], rows, right=range(3, 3 + len(stages))))
+    print(ex["source"])
+
+
 def run(args) -> int:
-    from ..bench.scaleout import INSTALL_HINT, ScaleoutError, check_ranks, mpi_status
+    from ..bench.scaleout import INSTALL_HINT, ScaleoutError, check_ranks, check_shards, mpi_status
     from ..scaleout import run_scaleout
 
     if len(args.layers) < 2:
@@ -174,9 +260,14 @@ def run(args) -> int:
         raise CliError(f"scaleout needs mpi4py and mpiexec: {st['reason']}; install them with {INSTALL_HINT}")
     out = _prepare_out(args.out)
     n = len([p for p in set(args.ranks) if p > 1])
+    shards = check_shards(args.shard)
+    optimizer = args.optimizer or ("sgd" if shards == ["none"] else "adam")
+    k = len(shards)
+    each = "" if k == 1 else f", and P ranks with each of shard={', '.join(shards)}"
     print(
-        f"whygpu scaleout: {3 + 3 * n} MPI jobs on up to {max(args.ranks)} ranks (baselines; each P with one "
-        "rank alone and P ranks side by side on their shares; an allreduce sweep); Ctrl-C ends every rank",
+        f"whygpu scaleout: {3 + (2 + k) * n} MPI jobs on up to {max(args.ranks)} ranks (baselines; each P with one "
+        f"rank alone and P ranks side by side on their shares{each}; an allreduce sweep); {optimizer}; "
+        "Ctrl-C ends every rank",
         flush=True,
     )
     try:
@@ -191,6 +282,8 @@ def run(args) -> int:
             log=_note(args),
             progress=_progress(args),
             oversubscribe=args.oversubscribe,
+            shards=shards,
+            optimizer=optimizer,
         )
     except ScaleoutError as exc:
         raise CliError(str(exc)) from None

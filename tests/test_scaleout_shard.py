@@ -1,0 +1,269 @@
+"""whygpu scaleout --shard with planted timings and memory (no MPI, nothing depends on this machine's speed): the
+reduce-scatter and allgather terms, the 1/P optimizer update, the sharded step's model next to the measured one
+(re-measured, then flagged, as the allreduce's), the memory table measured next to the formula, the devices
+public models need, in the CLI, JSON, figure and report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from whygpu import scaleout as so
+from whygpu.bench import scaleout as bso
+from whygpu.cli import main
+from whygpu.report import build_report, load_results
+
+N = so.mlp_params([784, 2048, 2048, 10])  # 5,824,522
+GRAD = 4 * N
+
+
+def planted_memory(shard: str, ranks: int, optimizer: str, extra: int = 0) -> dict:
+    """Per-rank bytes as DataParallel.memory() reports them, worked by hand for fp32 (Adam: 8 bytes of state)."""
+    k = {"sgd": 0, "momentum": 4, "adam": 8}[optimizer]
+    shard_n = -(-N // ranks)
+    m = {
+        "params_bytes": 4 * N,
+        "grads_bytes": 4 * (shard_n if shard == "gradients" else N) + extra,
+        "optimizer_bytes": k * (shard_n if shard != "none" else N),
+    }
+    m["total_bytes"] = sum(m.values())
+    return {"per_rank": [dict(m, shard=shard, ranks=ranks)] * ranks, "max": m, "n_params": N,
+            "formula_bytes": None, "source": "planted"}  # fmt: skip
+
+
+class Plant:
+    """A fake `launch`: step times per (ranks, threads, batch, kind) and try, kind "side" or the shard."""
+
+    def __init__(self, steps: dict, terms: dict | None = None, extra: int = 0):
+        self.steps, self.terms, self.calls, self.tries, self.extra = steps, terms or {}, [], {}, extra
+
+    def __call__(self, mpiexec, ranks, threads, args, timeout, tick=None):
+        mode = args[args.index("--mode") + 1]
+        self.calls.append((mode, ranks, threads, args))
+        if mode == "sweep":
+            sizes = [int(x) for x in args[args.index("--sizes") + 1].split(",")]
+            secs = [so.ring_allreduce_s(s, ranks, 5e-6, 2e9) for s in sizes]
+            return {"ranks": ranks, "bytes": sizes, "seconds": secs, "seconds_min": secs, "seconds_max": secs,
+                    "reps": [5] * len(sizes)}  # fmt: skip
+        b = int(args[args.index("--batch") + 1])
+        opt = args[args.index("--optimizer") + 1]
+        side = "--independent" in args
+        shard = args[args.index("--shard") + 1] if "--shard" in args else "none"
+        kind = "side" if side else (shard if ranks > 1 else "plain")
+        key = (ranks, threads, b, kind)
+        k = self.tries[key] = self.tries.get(key, 0) + 1
+        step = self.steps[key]
+        step = step[min(k, len(step)) - 1] if isinstance(step, list) else step
+        dp = ranks > 1 and not side
+        t = dict(self.terms.get(kind, {}))
+        rec = {"step_s": step, "forward_s": step / 3, "backward_s": step / 2, "update_s": t.get("update_s", 0.010),
+               "allreduce_s": t.get("allreduce_s", 0.005) if dp else 0.0,
+               "exposed_s": t.get("exposed_s", 0.005) if dp else 0.0,
+               "bytes": GRAD if dp else 0, "buckets": 1 if dp else 0}  # fmt: skip
+        if dp and shard != "none":
+            rec.update(reduce_scatter_s=t.get("allreduce_s", 0.004), allgather_s=t.get("allgather_s", 0.003))
+        sharded = dp and shard != "none"
+        mem = planted_memory(shard if dp else "none", ranks, opt, self.extra if sharded else 0)
+        return {"ranks": ranks, "threads": threads, "data_parallel": dp, "backend": "openmp", "batch": b,
+                "independent": side, "shard": shard if dp else "none", "optimizer": opt, "memory": mem,
+                "steps": [dict(rec) for _ in range(3)], "bare_allreduce_s": [0.005] * 5 if dp else [],
+                "bare_reduce_scatter_s": [t.get("bare_rs", 0.004)] * 5 if sharded else [],
+                "bare_allgather_s": [t.get("bare_ag", 0.003)] * 5 if sharded else [],
+                "rank_step_s": [step] * ranks, "weights_spread": 0.0, "mpi_library": "planted MPI"}  # fmt: skip
+
+
+@pytest.fixture
+def planted(monkeypatch):
+    monkeypatch.setenv("WHYGPU_QUIET_WAIT", "0")
+    monkeypatch.setattr(bso, "mpi_status", lambda: {"available": True, "mpiexec": "mpiexec", "install": ""})
+    monkeypatch.setattr(bso, "_cpus_available", lambda: 2)
+    monkeypatch.setattr(bso, "machine_info", lambda: {})
+    import whygpu._threads
+
+    monkeypatch.setattr(whygpu._threads, "_cpus_available", lambda: 2)
+
+    def plant(steps, terms=None, extra=0):
+        p = Plant(steps, terms, extra)
+        monkeypatch.setattr(bso, "launch", p)
+        return p
+
+    return plant
+
+
+# side by side: 62 ms a step, 10 ms of it the whole update; ZeRO-1: 4 ms reduce-scatter (all exposed), 5 ms
+# update of the half, 3 ms allgather
+STEPS = {
+    (1, 1, 512, "plain"): 0.100,
+    (1, 2, 512, "plain"): 0.055,
+    (1, 1, 256, "plain"): 0.060,
+    (2, 1, 512, "side"): 0.062,
+    (2, 1, 512, "none"): 0.070,
+    (2, 1, 512, "optimizer"): 0.066,
+    (2, 1, 512, "gradients"): 0.066,
+}
+TERMS = {
+    "optimizer": {"update_s": 0.005, "allreduce_s": 0.004, "exposed_s": 0.004, "allgather_s": 0.003},
+    "gradients": {"update_s": 0.005, "allreduce_s": 0.004, "exposed_s": 0.004, "allgather_s": 0.003},
+}
+
+
+def dp_run(doc: dict, shard: str) -> dict:
+    return next(r for r in doc["runs"] if r["ranks"] == 2 and r["data_parallel"] and r["shard"] == shard)
+
+
+# ---------------------------------------------------------------- the terms
+def test_reduce_scatter_and_allgather_are_the_two_halves_of_the_allreduce():
+    S, a, B = 64e6, 5e-6, 2e9
+    for P in (2, 3, 8, 1024):
+        for lat in ("ring", "tree"):
+            rs = so.reduce_scatter_s(S, P, a, B, latency=lat, buckets=3)
+            ag = so.allgather_s(S, P, a, B, latency=lat, buckets=3)
+            assert rs + ag == pytest.approx(so.allreduce_s(S, P, a, B, latency=lat, buckets=3))
+    # by hand: P = 4, no latency, (P-1)/P S/B = 3/4 * 64e6 / 2e9 = 24 ms
+    assert so.reduce_scatter_s(S, 4, 0.0, B) == pytest.approx(0.024)
+    assert so.allgather_s(S, 4, a, 1e30) == pytest.approx(3 * a) and so.reduce_scatter_s(S, 1, a, B) == 0.0
+    with pytest.raises(ValueError, match="ranks"):
+        so.reduce_scatter_s(S, 0, a, B)
+    with pytest.raises(ValueError, match="latency"):
+        so.allgather_s(S, 2, a, B, latency="star")
+
+
+def test_sharded_step_updates_one_pth():
+    p = so.predict_sharded_step(0.062, 0.010, 2, 0.004, 0.003, exposed_fraction=0.5)
+    # 52 ms of compute + 0.5 * 4 ms reduce-scatter + 10/2 ms update + 3 ms allgather
+    assert p["step_s"] == pytest.approx(0.052 + 0.002 + 0.005 + 0.003)
+    assert (p["compute_s"], p["update_s"], p["comm_s"]) == pytest.approx((0.052, 0.005, 0.007))
+    assert so.predict_sharded_step(0.062, 0.010, 4, 0, 0)["update_s"] == pytest.approx(0.0025)
+    with pytest.raises(ValueError, match="ranks"):
+        so.predict_sharded_step(0.062, 0.010, 0, 0, 0)
+
+
+# ---------------------------------------------------------------- the measurement, planted
+def test_shard_all_models_each_run_and_measures_memory(planted):
+    p = planted(STEPS, TERMS)
+    doc = so.run_scaleout(ranks=[1, 2], steps=3, shards="all", optimizer="adam")
+    # one side-by-side run, then DataParallel with each shard setting; Adam on every run
+    steps = [c for c in p.calls if c[0] == "step" and c[1] == 2]
+    assert [c[3][c[3].index("--shard") + 1] if "--shard" in c[3] else "side" for c in steps] == [
+        "side", "none", "optimizer", "gradients"
+    ]  # fmt: skip
+    assert all(c[3][c[3].index("--optimizer") + 1] == "adam" for c in p.calls if c[0] == "step")
+    r = dp_run(doc, "optimizer")
+    # measured compute: 66 - 4 exposed - 3 allgather - 5 update = 54 ms; the model: 62 - 10 = 52 ms of compute,
+    # + 4 reduce-scatter + 10 / 2 update + 3 allgather = 64 ms against 66 measured
+    assert r["compute_s"] == pytest.approx(0.054)
+    assert r["breakdown"]["model"]["compute_s"] == pytest.approx(0.052)
+    assert r["breakdown"]["model"]["update_s"] == pytest.approx(0.005)
+    assert r["predicted_s"] == pytest.approx(0.064)
+    assert r["prediction_error"] == pytest.approx(0.064 / 0.066 - 1) and r["model_within_tolerance"]
+    assert set(r["breakdown"]["measured"]) == {
+        "compute_s", "reduce_scatter_s", "exposed_s", "update_s", "allgather_s", "step_s"
+    }  # fmt: skip
+    lost = r["lost"]
+    parts = (lost["batch_s"], lost["beside_s"], lost["bookkeeping_s"], lost["update_s"], lost["exposed_s"])
+    # 10 to the batch, 2 beside, 54 - 52 = 2 DataParallel's own, 5 - 10 = -5 saved by the update, 4 + 3 waiting
+    assert parts == pytest.approx((0.010, 0.002, 0.002, -0.005, 0.007))
+    assert sum(parts) == pytest.approx(lost["lost_s"]) and "reduce-scatter and the allgather" in lost["text"]
+    # the unsharded run is still the reference for the allreduce's summary
+    assert doc["summary"]["dp_over_bare_bandwidth"] == pytest.approx(1.0)
+    sh = {x["shard"]: x for x in doc["summary"]["sharded"]}
+    assert sh["optimizer"]["vs_1xall"] == pytest.approx(0.055 / 0.066)
+    json.dumps(doc, allow_nan=False)
+
+
+def test_memory_rows_measured_next_to_the_formula(planted):
+    planted(STEPS, TERMS, extra=8)  # the sharded runs' gradient 8 bytes over the formula (padding)
+    doc = so.run_scaleout(ranks=[1, 2], steps=3, shards="all", optimizer="adam")
+    mem = doc["memory"]
+    rows = {(r["ranks"], r["threads"], r["shard"]): r for r in mem["rows"]}
+    assert set(rows) == {(1, 1, "none"), (1, 2, "none"), (2, 1, "none"), (2, 1, "optimizer"), (2, 1, "gradients")}
+    one = rows[(2, 1, "optimizer")]
+    # fp32 Adam at P = 2, by hand: 4 N + 4 N + 8 ceil(N/2) = 23,298,088 + 23,298,088 + 23,298,088
+    assert one["formula"] == {"params_bytes": 23_298_088, "grads_bytes": 23_298_088, "optimizer_bytes": 23_298_088,
+                              "total_bytes": 69_894_264}  # fmt: skip
+    assert one["optimizer_vs_unsharded"] == pytest.approx(0.5) and one["zero_stage"] == 1
+    two = rows[(2, 1, "gradients")]
+    assert two["formula"]["grads_bytes"] == 4 * 2_912_261 and two["measured"]["grads_bytes"] == 4 * 2_912_261 + 8
+    assert two["formula_error"] == pytest.approx(8 / two["formula"]["total_bytes"])
+    assert rows[(2, 1, "none")]["formula_error"] == 0 and rows[(2, 1, "none")]["optimizer_vs_unsharded"] == 1
+    lines = mem["lines"]["gradients"]
+    i = lines["ranks"].index(4)
+    assert lines["total_bytes"][i] == 4 * N + 12 * -(-N // 4)
+    assert mem["lines"]["parameters"]["total_bytes"][lines["ranks"].index(16)] == 16 * -(-N // 16)
+    assert mem["extrapolation"]["rows"] and "activations" in mem["extrapolation"]["not_counted"]
+
+
+def test_a_sharded_run_wrong_twice_is_flagged(planted):
+    # DataParallel's reduce-scatter 40 ms against a bare 4 ms: x0.1 of its bandwidth, and the model far off
+    terms = dict(TERMS, optimizer={"update_s": 0.005, "allreduce_s": 0.040, "exposed_s": 0.040, "allgather_s": 0.003})
+    p = planted({**STEPS, (2, 1, 512, "optimizer"): 0.150}, terms)
+    notes: list[str] = []
+    doc = so.run_scaleout(ranks=[1, 2], steps=3, shards=["optimizer"], optimizer="adam", log=notes.append)
+    r = dp_run(doc, "optimizer")
+    assert p.tries[(2, 1, 512, "optimizer")] == 2 and p.tries[(2, 1, 512, "side")] == 2
+    assert r["remeasured"] and r["disturbed"] and any("reduce-scatter" in w for w in r["disturbed"])
+    assert any("shard optimizer" in n for n in notes)
+    assert [x["shard"] for x in doc["runs"] if x["data_parallel"]] == ["optimizer"]
+
+
+def test_cli_shard_all_prints_memory_and_devices_and_json_holds_both(planted, tmp_path, capsys):
+    planted(STEPS, TERMS)
+    assert main(["scaleout", "--ranks", "1,2", "--steps", "3", "--shard", "all", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("whygpu scaleout: 8 MPI jobs") and "; adam;" in out.splitlines()[0]
+    assert "shard=optimizer (ZeRO stage 1)" in out and "reduce-scatter" in out and "allgather" in out
+    assert "Memory per rank" in out and "x0.5" in out
+    # the devices table: 70B mixed on 141 GB with ZeRO-2: 980, by hand
+    line = next(x for x in out.splitlines() if x.startswith("70B model") and "mixed" in x and "141" in x)
+    assert line.split()[-4:] == ["-", "-", "980", "8"]
+    assert "lower bounds" in out and "activations" in out
+    doc = json.loads((tmp_path / "scaleout.json").read_text())
+    assert doc["params"]["optimizer"] == "adam" and doc["params"]["shards"] == ["none", "optimizer", "gradients"]
+    assert doc["memory"]["rows"] and doc["memory"]["extrapolation"]["rows"]
+
+
+def test_cli_default_optimizer_stays_sgd_without_shard_and_refuses_bad_shard(planted, tmp_path, capsys):
+    p = planted(STEPS, TERMS)
+    assert main(["scaleout", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path)]) == 0
+    assert all(c[3][c[3].index("--optimizer") + 1] == "sgd" for c in p.calls if c[0] == "step")
+    assert not any("--shard" in c[3] and c[3][c[3].index("--shard") + 1] != "none" for c in p.calls)
+    capsys.readouterr()
+    assert main(["scaleout", "--shard", "parameters", "--out", str(tmp_path)]) == 2  # ZeRO-3: on paper only
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="shard must be one of"):
+        bso.check_shards(["zero3"])
+    assert bso.check_shards(["gradients", "none", "gradients"]) == ["none", "gradients"]
+
+
+def test_report_memory_table_figure_and_glossary(planted, tmp_path):
+    planted(STEPS, TERMS)
+    assert main(["scaleout", "--ranks", "1,2", "--steps", "3", "--shard", "all", "--out", str(tmp_path)]) == 0
+    res = build_report(load_results([tmp_path / "scaleout.json"]), tmp_path / "rep")
+    md = Path(res["markdown"]).read_text()
+    sec = md[md.index("More than one machine") :]
+    gloss = sec[: sec.index("![")]
+    for word in ("Shard:", "ZeRO:", "Reduce-scatter:", "Allgather:"):
+        assert word in gloss, word
+    assert "](scaleout_memory.png)" in sec and str(tmp_path / "rep" / "scaleout_memory.png") in res["figures"]
+    for cap in re.findall(r"\*Figure \d+\.\* (.*)", sec):
+        assert len(cap.split()) <= 80, len(cap.split())
+    assert "| shard (ZeRO stage) |" in sec and "980" in sec
+
+
+def test_memory_figure_lines_are_the_model_and_points_measured(planted):
+    from whygpu.plots_scaleout import memory_figure
+
+    planted(STEPS, TERMS)
+    doc = json.loads(json.dumps(so.run_scaleout(ranks=[1, 2], steps=3, shards="all", optimizer="adam")))
+    fig = memory_figure(doc)
+    labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert any(x.startswith("model") for x in labels) and any(x.startswith("measured") for x in labels)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any("ZeRO-1" in t for t in titles) and any("on paper" in t for t in titles)
+    # measured points: one per part at each measured (P, shard), on the panel of its shard
+    ax1 = next(ax for ax in fig.axes if "ZeRO-1" in ax.get_title())
+    pts = [ln for ln in ax1.get_lines() if ln.get_linestyle() == "None"]
+    assert pts and all(list(ln.get_xdata()) == [2] for ln in pts)
