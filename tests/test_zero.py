@@ -226,3 +226,28 @@ def test_one_rank_sharded_is_exactly_one_process():
         assert opt.lr == 0.01 and (shard == "none" or opt.t == 3)
         mem = dp.memory()
         assert mem["optimizer_bytes"] == mem["formula_bytes"]["optimizer_bytes"] == 8 * model.count_params()
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("shard", ["optimizer", "gradients"])
+def test_a_rank_that_raises_in_its_shard_update_ends_the_job(shard):
+    """The last rank raises in its shard's update while the other waits in the allgather: the job
+    ends within 5 s (tests/test_distributed_failure.py's bound), non-zero, with that rank's traceback."""
+    import re
+    import time
+
+    import whygpu
+
+    env = dict(os.environ, WHYGPU_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(pathlib.Path(whygpu.__file__).resolve().parent.parent)
+    cmd = [MPIEXEC, "-n", "2", sys.executable, str(WORKER.parent / "zero_fail.py"), shard]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)  # a hang fails here
+    ended = time.time()
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    raised = re.search(r"raising at (\d+\.\d+)", out)
+    assert raised, out
+    assert ended - float(raised.group(1)) < 5.0, out
+    assert "[rank 1] Traceback (most recent call last):" in out, out
+    assert "[rank 1] RuntimeError: rank 1 fails on purpose in its shard's update" in out, out
+    assert "fit returned" not in out, out

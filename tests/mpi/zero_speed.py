@@ -1,0 +1,102 @@
+"""A measurement, not a test: issue 25's speed target for ZeRO stage 1.
+
+    OMP_NUM_THREADS=2 timeout 600 mpiexec -n 2 python tests/mpi/zero_speed.py [steps]
+
+The MLP 784-2048-2048-10, global batch 512, openmp, Adam, on 2 cores.  Settings
+alternate step by step in one job, so a disturbance of the shared machine hits
+all alike:
+
+* ``1x2``: rank 0 alone, plain Sequential, 2 OpenMP threads, the whole batch (rank 1
+  waits in a sleeping poll, off the cores: a Barrier would spin on one);
+* ``2x1 none``: 2 ranks x 1 thread, DataParallel (allreduce, full Adam on every rank);
+* ``2x1 optimizer``: 2 ranks x 1 thread, shard="optimizer" (reduce-scatter, Adam on
+  half the parameters, allgather);
+* ``2x1 gradients``: shard="gradients".
+
+A step is forward, loss, backward (with its communication) and the optimizer step (with
+the allgather).  Rank 0 prints each setting's median step and the ratio step(1x2) /
+step(2x1 ...): issue 25's target is >= 0.95 for shard="optimizer".  It also prints the
+median of the sharded steps' update_s, reduce_scatter_s, allgather_s and exposed_s.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+import whygpu.distributed as dist
+from whygpu import nn, optim
+from whygpu._threads import set_num_threads
+from whygpu.bench.measure import blas_threads
+from whygpu.bench.train import build_mlp, synthetic_clusters
+
+LAYERS, BATCH = [784, 2048, 2048, 10], 512
+
+
+def idle_wait(comm) -> None:
+    """Wait for the other rank without taking a core (MPICH's Barrier busy-polls)."""
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(5e-4)
+
+
+def main(steps: int = 15, warmup: int = 3) -> None:
+    comm = dist.init()
+    P, r = comm.Get_size(), comm.Get_rank()
+    if P != 2:
+        raise SystemExit("run it with mpiexec -n 2")
+    X, y = synthetic_clusters(BATCH * 4, LAYERS[0], LAYERS[-1], seed=0)
+    loss_fn = nn.CrossEntropyLoss()
+    single = build_mlp(LAYERS, "openmp", seed=0) if r == 0 else None
+    single_opt = optim.Adam(single.parameters(), lr=1e-3) if single is not None else None
+    runs = {}
+    for shard in ("none", "optimizer", "gradients"):
+        model = build_mlp(LAYERS, "openmp", seed=0)
+        dp = dist.DataParallel(model, shard=shard)
+        runs[f"2x1 {shard}"] = (dp, dp.optimizer(optim.Adam, lr=1e-3))
+    times: dict[str, list[float]] = {"1x2": [], **{k: [] for k in runs}}
+    parts: dict[str, dict[str, list[float]]] = {k: {} for k in runs}
+    clock = time.perf_counter
+    lo, hi = dist.share(BATCH, P, r)
+    with blas_threads(1), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for i in range(warmup + steps):
+            s = (i % 4) * BATCH
+            xb, yb = X[s : s + BATCH], y[s : s + BATCH]
+            # 1 rank x 2 threads: rank 0 alone
+            idle_wait(comm)
+            if single is not None and single_opt is not None:
+                set_num_threads(2)
+                t0 = clock()
+                loss_fn(single(xb), yb)
+                single.zero_grad()
+                single.backward(loss_fn.backward())
+                single_opt.step()
+                if i >= warmup:
+                    times["1x2"].append(clock() - t0)
+            set_num_threads(1)
+            idle_wait(comm)
+            for name, (dp, opt) in runs.items():
+                comm.Barrier()
+                t0 = clock()
+                loss_fn(dp(xb[lo:hi], global_batch=BATCH), yb[lo:hi])
+                dp.zero_grad()
+                dp.backward(loss_fn.backward())
+                opt.step()
+                t = clock() - t0
+                if i >= warmup:
+                    times[name].append(max(comm.allgather(t)))  # the step ends when the slower rank's does
+                    for k in ("update_s", "reduce_scatter_s", "allgather_s", "exposed_s", "backward_s"):
+                        if k in dp.last_step:
+                            parts[name].setdefault(k, []).append(dp.last_step[k])
+    if r == 0:
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        print(f"{steps} steps each, interleaved; median step, ms (ratio = step(1x2) / step(setting)):")
+        for k, v in med.items():
+            extra = "  ".join(f"{p} {1e3 * float(np.median(x)):.1f}" for p, x in parts.get(k, {}).items())
+            print(f"  {k:15s} {1e3 * v:7.1f}  ratio {med['1x2'] / v:.3f}  {extra}")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 15)
