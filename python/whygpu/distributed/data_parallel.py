@@ -19,6 +19,33 @@ allreduce that overlaps the backward pass (see ``_buckets.py``).  Since every
 rank then applies the same update to the same weights, the copies stay
 bitwise identical without ever sending the weights again.
 
+Sharding (ZeRO stages 1 and 2, Rajbhandari et al. 2020; the API of PyTorch's
+``ZeroRedundancyOptimizer`` and FSDP's ``SHARD_GRAD_OP``)::
+
+    dp = dist.DataParallel(model, shard="optimizer")   # or "gradients"; "none" (the default) as above
+    opt = dp.optimizer(optim.Adam, lr=1e-3)             # like ZeroRedundancyOptimizer(params, optim.Adam, lr=...)
+    ... dp(x, global_batch=N); dp.zero_grad(); dp.backward(g); opt.step()   # or dp.fit(..., optimizer=opt)
+
+Each gradient bucket is a flat buffer padded to P equal contiguous shards;
+rank r owns shard r of every bucket.  The buckets are reduce-scattered
+(non-blocking, during the backward pass, as the allreduce was) so that each
+rank receives the summed gradient of its shard only; ``opt`` is the optimizer
+class made on this rank's flat shards (its state -- momentum, Adam's m and v
+-- covers 1/P of the parameters), and ``opt.step()`` updates them and
+allgathers the parameters, so every rank again holds the same bits.  With
+``"gradients"`` the full gradient buffer lives only during the backward pass:
+each bucket's is freed once reduced, and between steps ``p.grad`` reads as
+zeros.  ``dp.memory()`` measures the bytes this rank holds (see there).
+Rules: make the optimizer with ``dp.optimizer`` (``fit`` refuses one made on
+``model.parameters()``: it would keep state for every parameter and read
+gradients that were never summed); call ``zero_grad()`` between steps (a
+second synced backward has no full gradient to add to: RuntimeError;
+accumulate with ``no_sync()``); move the model (``model.to``) before wrapping
+it.  On a GPU, the shard's update and state are on the GPU; the gradients
+travel through pinned host buckets as for the allreduce, and stage 2 frees
+that host staging (the layers still write full gradients in GPU memory).
+``dp.optimizer(cls, **kw)`` with ``shard="none"`` is ``cls(model.parameters(), **kw)``.
+
 ``dp(x, global_batch=N, offset=None)``: x is rows [offset, offset + len(x))
 of a global batch of N rows (offset defaults to this rank's ``share``, and x
 must then hold exactly that share).  It does two things: Dropout layers take
@@ -60,7 +87,11 @@ wall-clock, ``time.perf_counter``):
 * ``allreduce_sum_s``: the buckets' intervals summed (>= allreduce_s);
 * ``first_start_s``, ``last_done_s``: the first allreduce's start and the last
   one's completion, from the backward pass's start;
-* ``progress``: "thread" (a helper thread waits inside MPI) or "test".
+* ``progress``: "thread" (a helper thread waits inside MPI) or "test";
+* sharded only: ``reduce_scatter_s`` (the same as ``allreduce_s``, which then
+  means the reduce-scatters), and, once ``opt.step()`` has run (NaN before),
+  ``update_s``, the optimizer's update of this rank's shards, and
+  ``allgather_s``, the time the parameters' allgathers were in flight.
 """
 
 from __future__ import annotations
