@@ -260,4 +260,6 @@ def test_report_section_from_scaleout_json(scaleout_dir, tmp_path):
     md = Path(res["markdown"]).read_text()
     assert "More than one machine" in md and "](scaleout.png)" in md
     assert "public figure" in md and "measured here" in md.lower()
-    assert res["figures"] == [str(tmp_path / "scaleout.png")]
+    # the step and scaling figure, and each rank's memory measured next to the formula
+    assert res["figures"] == [str(tmp_path / "scaleout.png"), str(tmp_path / "scaleout_memory.png")]
+    assert "Memory. Every rank" in md and "(ZeRO-3)" in md

@@ -8,10 +8,17 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-__all__ = ["plot_scaleout", "scaleout_figure"]
+__all__ = ["plot_scaleout", "scaleout_figure", "plot_memory", "memory_figure"]
 
 _DPI = 110
 _STYLES = ["-", "--", ":"]
+_ZERO = {"none": "ZeRO-0", "optimizer": "ZeRO-1", "gradients": "ZeRO-2", "parameters": "ZeRO-3"}
+_PART_COLORS = {"params_bytes": "#1f77b4", "grads_bytes": "#d62728", "optimizer_bytes": "#2ca02c", "total_bytes": "k"}
+# parameters and gradients are equal unsharded: thicker dash-dots and larger squares under the gradients' dashes
+_PART_STYLE = {"params_bytes": ("-.", 3.2, "s", 10), "grads_bytes": ("--", 1.4, "o", 6),
+               "optimizer_bytes": ("--", 1.4, "^", 7), "total_bytes": ("-", 2.0, "D", 6)}  # fmt: skip
+_PARTS = {"params_bytes": "parameters", "grads_bytes": "gradients", "optimizer_bytes": "optimizer state",
+          "total_bytes": "total"}  # fmt: skip
 _SYSTEM_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
@@ -22,11 +29,17 @@ def _breakdown(ax, doc: dict) -> None:
     labels, x = [], 0.0
     for r in runs:
         for what, src in (("measured here", r["breakdown"]["measured"]), ("model", r["breakdown"]["model"])):
-            comp, exp = 1e3 * src["compute_s"], 1e3 * src["exposed_s"]
+            # sharded: the update of its shard, and the allgather with the exposed reduce-scatter
+            comp, upd = 1e3 * src["compute_s"], 1e3 * src.get("update_s", 0.0)
+            exp = 1e3 * (src["exposed_s"] + src.get("allgather_s", 0.0))
             hatch = None if what == "measured here" else "//"
             ax.bar(x, comp, color="#7f7f7f", hatch=hatch, edgecolor="black", linewidth=0.5)
-            ax.bar(x, exp, bottom=comp, color="#ff7f0e", hatch=hatch, edgecolor="black", linewidth=0.5)
-            labels.append(f"{r['ranks']} x {r['threads']}\n{what}")
+            if "update_s" in src:
+                ax.bar(x, upd, bottom=comp, color="#2ca02c", hatch=hatch, edgecolor="black", linewidth=0.5)
+            ax.bar(x, exp, bottom=comp + upd, color="#ff7f0e", hatch=hatch, edgecolor="black", linewidth=0.5)
+            shard = r.get("shard") or "none"
+            tag = "" if shard == "none" or not r.get("data_parallel") else f" ({_ZERO.get(shard, shard)})"
+            labels.append(f"{r['ranks']} x {r['threads']}{tag}\n{what}")
             x += 1
         err = r.get("prediction_error")
         if err is not None:
@@ -38,7 +51,12 @@ def _breakdown(ax, doc: dict) -> None:
     ax.legend(
         handles=[
             Patch(facecolor="#7f7f7f", label="compute (a rank on its share)"),
-            Patch(facecolor="#ff7f0e", label="exposed allreduce"),
+            Patch(facecolor="#ff7f0e", label="exposed allreduce (sharded: reduce-scatter + allgather)"),
+            *(
+                [Patch(facecolor="#2ca02c", label="update of its shard")]
+                if any("update_s" in r["breakdown"]["measured"] for r in runs)
+                else []
+            ),
             Patch(facecolor="white", edgecolor="black", hatch="//", label="model (terms measured apart)"),
         ],
         fontsize=7.5,
@@ -125,6 +143,73 @@ def scaleout_figure(doc: dict) -> Figure:
     fig.suptitle(
         "Data parallelism: T(P) = T_compute(B/P) + exposed allreduce; the curves are the model, "
         "the black points measured here",
+        fontsize=11,
+    )
+    return fig
+
+
+_PANELS = (
+    ("none", "shard none: every rank all of it"),
+    ("optimizer", "shard optimizer (ZeRO-1)"),
+    ("gradients", "shard gradients (ZeRO-2)"),
+    ("parameters", "shard parameters (ZeRO-3, on paper)"),
+)
+
+
+def plot_memory(doc: dict, path) -> str:
+    """Draw :func:`memory_figure` into `path` (PNG); returns the path."""
+    memory_figure(doc).savefig(path, dpi=_DPI, format="png")
+    return str(path)
+
+
+def memory_figure(doc: dict) -> Figure:
+    """Four panels, one per shard setting: each rank's MB of parameters, gradients, optimizer state and their
+    total against P, the formula as lines ("model") and the bytes measured here as points."""
+    mem = doc["memory"]
+    fig = Figure(figsize=(14.0, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(_PANELS), sharey=True)
+    for ax, (stage, title) in zip(axes, _PANELS):
+        line = mem["lines"][stage]
+        for k, name in _PARTS.items():
+            ax.plot(
+                line["ranks"],
+                [b / 1e6 for b in line[k]],
+                color=_PART_COLORS[k],
+                linewidth=_PART_STYLE[k][1],
+                linestyle=_PART_STYLE[k][0],
+                label=f"model: {name}",
+            )
+        for row in mem["rows"]:
+            if row["shard"] != stage:
+                continue
+            for k, name in _PARTS.items():
+                ax.plot(
+                    [row["ranks"]],
+                    [row["measured"][k] / 1e6],
+                    marker=_PART_STYLE[k][2],
+                    linestyle="None",
+                    color=_PART_COLORS[k],
+                    markersize=_PART_STYLE[k][3],
+                    markeredgecolor="black",
+                    label=f"measured here: {name}",
+                )
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.set_xlabel("ranks P")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.set_ylim(bottom=0)
+    axes[0].set_ylabel("MB per rank (1 MB = 1e6 bytes)")
+    handles, labels = [], []
+    for ax in axes:  # one legend entry per label, measured where it was
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    axes[-1].legend(handles, labels, fontsize=7, loc="upper right")
+    fig.suptitle(
+        f"Training state per rank, {mem['n_params']:,} parameters, {mem['precision']} {mem['optimizer']}: "
+        "lines the formula, points measured here (activations not counted)",
         fontsize=11,
     )
     return fig

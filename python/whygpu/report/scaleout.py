@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..bench.trust import DISTURBED
-from ..scaleout import quiet_reading
+from ..memory_model import ZERO_STAGE
+from ..scaleout import _dp_runs, is_sharded, quiet_reading
 from ._format import Block, Docs, _g, _ms
 
 TITLE = "More than one machine"
@@ -35,6 +36,14 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ("exposed", "the part of the allreduce still being waited for after the backward pass has ended."),
     ("alpha (latency)", "the fixed cost of one message, whatever its size."),
     ("bandwidth", "the bytes per second a link carries once a message is under way."),
+    ("shard", "one rank's 1/P slice of a buffer that is split over the ranks instead of copied to each."),
+    (
+        "ZeRO",
+        "data parallelism that shards the optimizer state (stage 1), also the gradients (stage 2), also the "
+        "parameters (stage 3), so each rank holds 1/P of them.",
+    ),
+    ("reduce-scatter", "the ranks sum their gradients and each receives the sum of its own shard only."),
+    ("allgather", "each rank contributes its shard and every rank receives all of them."),
 )
 
 
@@ -96,7 +105,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     from ..plots_scaleout import plot_scaleout
 
     p, runs, fit, s = doc["params"], doc["runs"], doc["fit"], doc["summary"]
-    dp = [r for r in runs if r["ranks"] > 1]
+    dp = _dp_runs(runs)  # the unsharded run last at the widest P: the allreduce's reference
     one = next((r for r in runs if r["ranks"] == 1 and r["threads"] == 1 and not r.get("share_of")), None)
     blocks: list[Block] = [("h2", f"{num}. {TITLE}")]
     if not dp or one is None or not doc.get("extrapolation") or not dp[-1].get("breakdown"):
@@ -108,7 +117,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
             "p",
             "Data parallelism: each of P processes trains a full copy of the model on 1/P of every batch, and "
             "after the backward pass they add up their gradients so that every copy takes the same step. "
-            "The words this section uses: " + " ".join(f"{w.capitalize()}: {d}" for w, d in GLOSSARY),
+            "The words this section uses: " + " ".join(f"{w[0].upper() + w[1:]}: {d}" for w, d in GLOSSARY),
         )
     )
     figs.append(plot_scaleout(doc, out / "scaleout.png"))
@@ -201,6 +210,129 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     ]
     links.append((f"{ex['gpu']['name']} compute", f"{ex['gpu']['gflops'] / 1e3:g} TFLOP/s", "-", ex["gpu"]["source"]))
     blocks.append(("table", ("figure", "bandwidth B / rate", "latency alpha", "where the figure comes from"), links))
+    blocks += _sharded_blocks(doc)
+    blocks += _memory_blocks(doc, out, figs)
     q = quiet_reading(doc)
     blocks.append(("p", q[0].upper() + q[1:] + "."))
+    return blocks
+
+
+def _mb(b) -> str:
+    return "n/a" if b is None else f"{b / 1e6:.3g} MB"
+
+
+def _sharded_blocks(doc: dict) -> list[Block]:
+    """The sharded steps' terms, measured next to the model (whygpu.scaleout.predict_sharded_step)."""
+    sh = [r for r in doc["runs"] if is_sharded(r) and r.get("breakdown")]
+    if not sh:
+        return []
+    rows = []
+    for r in sh:
+        x, m = r["breakdown"]["measured"], r["breakdown"]["model"]
+        rows.append(
+            (
+                f"{r['ranks']} x {r['threads']}, {r['shard']} (ZeRO-{ZERO_STAGE[r['shard']]})",
+                *(
+                    f"{_ms(x[k])} / {_ms(m[k])}"
+                    for k in ("compute_s", "exposed_s", "update_s", "allgather_s", "step_s")
+                ),
+                f"{100 * r['prediction_error']:+.0f}%" + (" disturbed" if r.get("disturbed") else ""),
+            )
+        )
+    text = (
+        "Sharded, the allreduce splits in two: after the backward pass a reduce-scatter gives each rank the "
+        "summed gradient of its shard, each rank updates only that shard (1/P of the optimizer's work), and an "
+        "allgather brings every rank the updated parameters: (P-1)/P S/B each on the wire, together the "
+        f"allreduce's 2(P-1)/P S/B. The model: {doc['model']['formula_sharded']}; {doc['model']['terms_sharded']}."
+    )
+    head = ("ranks x threads, shard", "compute", "exposed reduce-scatter", "update", "allgather", "step", "model")
+    return [
+        ("p", text),
+        ("table", tuple(h if i in (0, 6) else f"{h}: measured / model" for i, h in enumerate(head)), rows),
+    ]
+
+
+def _memory_blocks(doc: dict, out: Path, figs: list[str]) -> list[Block]:
+    """Per-rank memory measured next to the formula, its figure against P, and the devices public models need."""
+    mem = doc.get("memory")
+    if not mem or not mem.get("rows"):
+        return []
+    from ..plots_scaleout import plot_memory
+
+    rows = []
+    for row in mem["rows"]:
+        x, f = row["measured"], row["formula"]
+        rows.append(
+            (
+                f"{row['ranks']} x {row['threads']}",
+                f"{row['shard']} ({row['zero_stage']})",
+                *(f"{_mb(x[k])} / {_mb(f[k])}" for k in ("params_bytes", "grads_bytes", "optimizer_bytes")),
+                f"{_mb(x['total_bytes'])} / {_mb(f['total_bytes'])}",
+                "-" if row["optimizer_vs_unsharded"] is None else f"x{row['optimizer_vs_unsharded']:.3g}",
+            )
+        )
+    bpp = mem["extrapolation"]["bytes_per_param"]["fp32"] if mem["optimizer"] == "adam" else None
+    per = (
+        f"{bpp['params']:g} + {bpp['grads']:g} + {bpp['optimizer']:g} bytes per parameter unsharded"
+        if bpp
+        else "the bytes per parameter of its optimizer"
+    )
+    blocks: list[Block] = [
+        (
+            "p",
+            f"Memory. Every rank of plain data parallelism holds all the training state: for {mem['optimizer']} in "
+            f"{mem['precision']}, {per}. Sharding (ZeRO) divides the optimizer state by P (stage 1), then the "
+            "gradients (stage 2), then the parameters (stage 3, described here on paper only). "
+            f"Measured here from the buffers the package allocated, the largest rank, next to the formula: "
+            f"{mem['note'].split('; formula: ')[-1]}.",
+        ),
+        (
+            "table",
+            (
+                "ranks x threads",
+                "shard (ZeRO stage)",
+                "params: measured / formula",
+                "gradients",
+                "optimizer state",
+                "total",
+                "optimizer state vs unsharded",
+            ),
+            rows,
+        ),  # fmt: skip
+    ]
+    figs.append(plot_memory(doc, out / "scaleout_memory.png"))
+    P = max(r["ranks"] for r in mem["rows"])
+    cap = (
+        f"Each rank's bytes of parameters, gradients and optimizer state for the {mem['n_params']:,}-parameter "
+        f"MLP with {mem['optimizer']}, one panel per shard setting: lines are the formula (model), points were "
+        f"measured here at P = {P} and below. Each stage divides the part it shards by P; what is not "
+        "sharded stays whole however many ranks there are, the parameters until stage 3."
+    )
+    blocks.append(("fig", "scaleout_memory.png", cap))
+    ex = mem["extrapolation"]
+    drows = []
+    for row in ex["rows"]:
+        drows.append(
+            (
+                row["model"],
+                row["precision"],
+                row["device"],
+                _mb(row["unsharded_bytes"]).replace(" MB", "e6 bytes")
+                if row["unsharded_bytes"] < 1e9
+                else f"{row['unsharded_bytes'] / 1e9:.4g} GB",
+                *("-" if row[st]["devices"] is None else str(row[st]["devices"]) for st in ex["stages"]),
+            )
+        )
+    blocks.append(
+        (
+            "p",
+            "By the same formula, the devices a public-size model needs just to hold its training state with "
+            f"Adam (a model, not measured here; not counted: {ex['not_counted']}, so these are lower bounds; "
+            "'-': never, the part that is not sharded alone exceeds one device). Mixed precision keeps 2-byte "
+            "parameters and gradients and 12 bytes of fp32 optimizer state, as the ZeRO paper counts "
+            f"({ex['source'].split(': ', 1)[-1]}): the same 16 bytes per parameter, split differently.",
+        )
+    )
+    head = ("model", "precision", "device", "state, unsharded")
+    blocks.append(("table", head + tuple(f"{st} (ZeRO-{ex['zero_stage'][st]})" for st in ex["stages"]), drows))
     return blocks
