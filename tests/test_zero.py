@@ -223,9 +223,21 @@ def test_one_rank_sharded_is_exactly_one_process():
             ref_opt.step()
         for p, q in zip(model.parameters(), ref.parameters()):
             np.testing.assert_array_equal(p.data, q.data, err_msg=shard)
+            if shard == "gradients":  # freed between steps: reads as zeros, zero_grad() still works
+                assert not np.any(p.grad) and p.grad.shape == p.shape
         assert opt.lr == 0.01 and (shard == "none" or opt.t == 3)
         mem = dp.memory()
         assert mem["optimizer_bytes"] == mem["formula_bytes"]["optimizer_bytes"] == 8 * model.count_params()
+        # the interface the CLI and the report build on
+        assert {"params_bytes", "grads_bytes", "optimizer_bytes", "total_bytes", "shard", "ranks", "n_params"} | {
+            "formula_bytes"
+        } <= set(mem)
+        assert mem["shard"] == shard and mem["ranks"] == 1 and mem["n_params"] == model.count_params()
+        step = dp.last_step
+        assert {"backward_s", "allreduce_s", "exposed_s", "bytes", "buckets", "progress"} <= set(step)
+        if shard != "none":
+            assert all(np.isfinite(step[k]) for k in ("reduce_scatter_s", "allgather_s", "update_s")), step
+            assert step["reduce_scatter_s"] == step["allreduce_s"]
 
 
 @needs_mpiexec
