@@ -113,7 +113,7 @@ from ..nn.layers import Dropout
 from ..nn.losses import CrossEntropyLoss, MSELoss, _Loss
 from . import _runtime
 from ._buckets import GradBuckets
-from ._sharded import SHARDS, ShardedBuckets, ShardedOptimizer, memory_report
+from ._sharded import SHARDS, ShardedBuckets, ShardedOptimizer, memory_report, state_count
 
 __all__ = ["DataParallel", "share"]
 
@@ -453,6 +453,11 @@ class DataParallel:
             buckets = self._ensure_buckets()
             assert isinstance(buckets, ShardedBuckets)
             opt = ShardedOptimizer(self, optimizer_class(buckets.shard_params, **kwargs))
+        inner = opt.optimizer if isinstance(opt, ShardedOptimizer) else opt
+        if state_count(inner):  # the state made now (zeros, as the first step would): memory() sees it at once
+            for store in inner._states():
+                for i, p in enumerate(inner.params):
+                    inner._state(store, i, p)
         self._optimizer = opt
         return opt
 
@@ -472,7 +477,8 @@ class DataParallel:
         the arrays the package holds now (each allocation once, however many views of it there are;
         padding included; on a GPU, GPU memory, with the pinned host staging apart), beside the
         formula's figures.  ``optimizer``: whose state to count (default: the last one made by
-        ``dp.optimizer`` or given to ``fit``).  Optimizer state exists from the first step on.
+        ``dp.optimizer`` or given to ``fit``).  ``dp.optimizer`` makes the state at once (an
+        optimizer made otherwise makes it at its first step).
 
         Keys: ``params_bytes``, ``grads_bytes``, ``optimizer_bytes``, ``total_bytes``, ``shard``,
         ``ranks``, ``n_params``, ``optimizer`` (its class name or None), ``formula_bytes`` (the three
