@@ -7,6 +7,10 @@ without them raises ImportError saying so.  Nothing else in whygpu imports it.
 from __future__ import annotations
 
 from ._runtime import barrier, comm, gpu, init, local_rank, rank, size
+from ._sharded import SHARDS, ShardedOptimizer
 from .data_parallel import DataParallel, share
 
-__all__ = ["init", "rank", "size", "local_rank", "comm", "barrier", "gpu", "DataParallel", "share"]
+__all__ = [
+    "init", "rank", "size", "local_rank", "comm", "barrier", "gpu", "DataParallel", "share", "ShardedOptimizer",
+    "SHARDS",
+]  # fmt: skip
