@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .scaleout_model import SHARDS
+
 __all__ = [
     "STAGES",
     "ZERO_STAGE",
@@ -191,4 +193,66 @@ def extrapolate_memory(
         "not_counted": "activations, temporary and communication buffers, the framework's own memory and "
         "fragmentation",  # so every count is a lower bound
         "source": "bytes per parameter: Rajbhandari et al., ZeRO, SC 2020 (mixed-precision Adam: 2 + 2 + 12)",
+    }
+
+
+MEMORY_KEYS = ("params_bytes", "grads_bytes", "optimizer_bytes", "total_bytes")
+
+
+def memory_section(doc: dict, max_ranks: int = 16) -> dict | None:
+    """Per-rank memory measured in each run (from DataParallel.memory(), or the plain model's buffers for
+    one rank) next to the formula (:mod:`whygpu.memory_model`, the last shard padded), the formula's lines
+    against P for the figure, and the devices public models need.  None when no run measured memory."""
+
+    runs = [r for r in doc["runs"] if r.get("memory") and not r.get("side_by_side") and not r.get("share_of")]
+    if not runs:
+        return None
+    opt = str(doc["params"].get("optimizer") or "sgd").lower()
+    n = int(runs[0]["memory"]["n_params"])
+    rows = []
+    unsharded_opt = rank_bytes(n, "none", 1, "fp32", opt)["optimizer"]
+    for r in sorted(runs, key=lambda x: (x["ranks"], SHARDS.index(x.get("shard") or "none"))):
+        shard = r.get("shard") or "none"
+        f = rank_bytes(n, shard, r["ranks"], "fp32", opt)
+        meas = r["memory"]["max"]
+        rows.append(
+            {
+                "shard": shard,
+                "zero_stage": ZERO_STAGE[shard],
+                "ranks": r["ranks"],
+                "threads": r["threads"],
+                "measured": {k: int(meas[k]) for k in MEMORY_KEYS},
+                "formula": {k + "_bytes": int(f[k]) for k in ("params", "grads", "optimizer", "total")},
+                "dp_formula": r["memory"].get("formula_bytes"),
+                "per_rank": r["memory"].get("per_rank"),
+                "optimizer_vs_unsharded": meas["optimizer_bytes"] / unsharded_opt if unsharded_opt else None,
+                # padding: DataParallel pads each bucket's flat buffer to a multiple of P, the formula the whole
+                "formula_error": (meas["total_bytes"] - f["total"]) / f["total"] if f["total"] else None,
+                "grads_peak_bytes": r["memory"].get("grads_peak_bytes"),
+            }
+        )
+    top = max(max_ranks, max(r["ranks"] for r in rows))
+    ranks = sorted({1, 2, 3, 4, 6, 8, 12, 16, top, *[r["ranks"] for r in rows]})
+    ranks = [p for p in ranks if p <= top]
+    lines = {
+        stage: {
+            "ranks": ranks,
+            **{
+                k + "_bytes": [rank_bytes(n, stage, p, "fp32", opt)[k] for p in ranks]
+                for k in ("params", "grads", "optimizer", "total")
+            },
+        }
+        for stage in STAGES
+    }
+    return {
+        "n_params": n,
+        "optimizer": opt,
+        "precision": "fp32",
+        "rows": rows,
+        "lines": lines,
+        "note": "measured: the bytes of the buffers DataParallel (or, on one rank, the model and optimizer) "
+        "allocated for parameters, gradients and optimizer state, the largest over the ranks; formula: "
+        f"{bytes_per_param('none', 1, 'fp32', opt)['total']:g} bytes per parameter unsharded, the sharded "
+        "parts ceil(n/P) elements per rank; activations not counted",
+        "extrapolation": extrapolate_memory(optimizer="adam"),
     }
