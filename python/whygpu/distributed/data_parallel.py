@@ -98,7 +98,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -107,53 +106,19 @@ from typing import Any
 import numpy as np
 
 from .. import _random
-from ..nn import _backend
-from ..nn._sequential import Sequential, _positive_int, _progress
-from ..nn.layers import Dropout
-from ..nn.losses import CrossEntropyLoss, MSELoss, _Loss
+from ..nn._sequential import Sequential, _positive_int
 from . import _runtime
 from ._buckets import GradBuckets
+from ._keras import KerasMethods
 from ._sharded import SHARDS, ShardedBuckets, ShardedOptimizer, memory_report, state_count
+from ._shares import _batch_rows, _dropouts, share
 
 __all__ = ["DataParallel", "share"]
 
 _clock = time.perf_counter
 
-# Why fit on a GPU runs ordinary steps here, where Sequential.fit replays CUDA graphs.
-GRAPH_NOTE = (
-    "DataParallel.fit on a GPU runs ordinary steps, not CUDA graphs: the gradients' allreduce "
-    "(MPI, on the host) has to run between the backward pass and the update"
-)
 
-
-def _dropouts(model: Sequential) -> list[Dropout]:
-    """The model's Dropout layers that draw a mask now (training mode, p > 0)."""
-    return [m for m in model.layers if isinstance(m, Dropout) and m.training and m.p > 0.0]
-
-
-@contextlib.contextmanager
-def _batch_rows(model: Sequential, first: int, rows: int) -> Iterator[None]:
-    """While it lasts, the model's input is rows [first, ...) of a batch of ``rows``: Dropout draws
-    the whole batch's mask and keeps those rows."""
-    layers = [m for m in model.layers if isinstance(m, Dropout)]
-    for m in layers:
-        m._rows = (first, rows)
-    try:
-        yield
-    finally:
-        for m in layers:
-            m._rows = None
-
-
-def share(n: int, ranks: int, rank: int) -> tuple[int, int]:
-    """This rank's contiguous part [start, stop) of n samples, as np.array_split cuts them:
-    the first n % ranks ranks get one more (and a rank gets none when n < ranks)."""
-    q, r = divmod(n, ranks)
-    start = rank * q + min(rank, r)
-    return start, start + q + (rank < r)
-
-
-class DataParallel:
+class DataParallel(KerasMethods):
     """Wraps a :class:`whygpu.nn.Sequential` (on any back end) for data-parallel training.
 
     ``bucket_mb``: the gradients travel in buckets of about this many MiB
@@ -487,168 +452,3 @@ class DataParallel:
         pinned buffers) and ``grads_peak_bytes`` ("gradients": the most full-gradient bytes held at
         once during the last backward pass; else None)."""
         return memory_report(self, optimizer)
-
-    # -- Keras-style -------------------------------------------------------------------
-    def fit(
-        self,
-        X,
-        y,
-        epochs: int = 1,
-        batch_size: int = 32,
-        optimizer=None,
-        loss=None,
-        shuffle: bool = True,
-        verbose="auto",
-        validation_data=None,
-    ) -> dict[str, list]:
-        """Sequential.fit over all ranks.  ``batch_size`` is the global batch: each rank
-        holds all of X and y, draws the same order, and trains on its contiguous share
-        of each batch (shares differ by at most one sample; each is weighted by its
-        size, and Dropout takes its rows of the whole batch's mask, drawn from rank 0's
-        random state: P ranks compute what one process computes on the same batches).
-        The history (the same on every rank) holds the losses and accuracies over all
-        ranks' samples; only rank 0 shows progress.  A diverging loss is reported at
-        the end of its epoch."""
-        model = self.module
-        X, y, val, epochs, batch_size, history = model._fit_setup(
-            X, y, epochs, batch_size, optimizer, loss, validation_data, verbose
-        )
-        if self.shard != "none" and not (isinstance(optimizer, ShardedOptimizer) and optimizer._dp is self):
-            raise ValueError(
-                f"DataParallel(shard={self.shard!r}) updates each rank's shard of the parameters: make the "
-                f"optimizer with dp.optimizer(optim.{type(optimizer).__name__}, lr=...), not on "
-                f"model.parameters() (that one would keep state for every parameter, and read gradients "
-                f"that were never summed)"
-            )
-        self._optimizer = optimizer
-        self.broadcast_random_state()  # every rank shuffles and drops out as rank 0 (as one process) would
-        show = verbose if self.rank == 0 else 0
-        if model._backend.device is not None and show != 0:
-            print(f"note: {GRAPH_NOTE}", file=sys.stderr)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for epoch in range(epochs):
-                label = f"Epoch {epoch + 1}/{epochs}"
-                bar = _progress(-(-X.shape[0] // batch_size), label, show)
-                total, correct = self._epoch(X, y, batch_size, optimizer, loss, shuffle, bar)
-                n = X.shape[0]
-                if not np.isfinite(total):
-                    if bar is not None:
-                        bar.close()
-                    raise FloatingPointError(
-                        f"the loss became {total / n} in epoch {epoch + 1}: training diverged -- "
-                        f"try a smaller learning rate"
-                    )
-                history["loss"].append(total / n)
-                if loss.classifier:
-                    history["accuracy"].append(correct / n)
-                if val is not None:
-                    res = self._evaluate(val[0], val[1], loss, max(batch_size, 256))
-                    history["val_loss"].append(res["loss"])
-                    if loss.classifier:
-                        history["val_accuracy"].append(res["accuracy"])
-                summary = "  ".join(f"{k} {v[-1]:.4f}" for k, v in history.items())
-                if bar is not None:
-                    bar.set_postfix_str(summary, refresh=True)
-                    bar.close()
-                elif show == 2:
-                    print(f"{label}  {summary}", file=sys.stdout)
-        return history
-
-    def _epoch(self, X, y, batch_size, optimizer, loss, shuffle, bar) -> tuple[float, int]:
-        """One epoch of fit; returns (the loss summed over all samples, samples right), over all ranks."""
-        model, be = self.module, self.module._backend
-        n = X.shape[0]
-        n_batches = -(-n // batch_size)
-        # Drawn as Sequential.fit draws it, from the generator fit gave every rank (rank 0's state):
-        # one rank gives exactly Sequential.fit's result, and every rank cuts the same batches.
-        order = _random.get_rng().permutation(n) if shuffle else None
-        dropout = bool(_dropouts(model))
-        total, correct, seen = 0.0, 0, 0
-        for b in range(n_batches):
-            lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
-            s0, s1 = share(hi - lo, self.size, self.rank)
-            sl = slice(lo + s0, lo + s1)
-            idx = order[sl] if order is not None else sl
-            model.zero_grad()
-            if s1 > s0:
-                xb, yb = X[idx], y[idx]
-                with _batch_rows(model, s0, hi - lo):  # Dropout: these rows of the whole batch's mask
-                    out = model.forward(be.asarray(xb))
-                _backend.note_output(out, be)
-                batch_loss = float(loss(out, yb))
-                if loss.classifier:
-                    correct += loss._n_correct(be.to_host(out), yb)
-                total += batch_loss * (s1 - s0)
-                seen += s1 - s0
-                # this rank's mean loss times its share of the batch: the ranks' sum is the batch's mean
-                self._reduce(loss.backward(), (s1 - s0) / (hi - lo))
-            else:  # no samples for this rank in a small last batch: it adds zeros, but must take part
-                if dropout:  # an empty forward pass draws the batch's masks: the generator stays in step
-                    with _batch_rows(model, s0, hi - lo):
-                        model.forward(be.asarray(X[:0]))
-                self._reduce(None, 0.0)
-            optimizer.step()
-            if bar is not None:
-                bar.update(1)
-                if b % 10 == 0 or b == n_batches - 1:
-                    bar.set_postfix(loss=f"{total / max(seen, 1):.4f}", refresh=False)  # rank 0's samples
-        sums = self._sum_over_ranks(total, correct)
-        return sums[0], int(sums[1])
-
-    def _sum_over_ranks(self, *values: float) -> list[float]:
-        """Each value summed over the ranks, in rank order on every rank (so all get the same bits)."""
-        if self.size == 1:
-            return [float(v) for v in values]
-        every = self.comm.allgather(tuple(float(v) for v in values))
-        out = [0.0] * len(values)
-        for vals in every:
-            out = [a + v for a, v in zip(out, vals)]
-        return out
-
-    def evaluate(self, X, y, loss=None, batch_size: int = 256) -> dict[str, float]:
-        """Sequential.evaluate with the samples split over the ranks; every rank gets the result."""
-        model = self.module
-        if loss is None:
-            loss = model._fit_loss
-        if loss is None:
-            loss = CrossEntropyLoss() if np.asarray(y).dtype.kind in "iu" else MSELoss()
-        if not isinstance(loss, _Loss):
-            raise TypeError(f"loss must be a whygpu.nn loss, got {type(loss).__name__}")
-        X, y = model._check_dataset(X, y, loss, "X", "y")
-        return self._evaluate(X, y, loss, _positive_int(batch_size, "batch_size"))
-
-    def _evaluate(self, X, y, loss, batch_size) -> dict[str, float]:
-        model, be = self.module, self.module._backend
-        s0, s1 = share(X.shape[0], self.size, self.rank)
-        total, correct = 0.0, 0
-        was_training = model.training
-        model.eval()
-        try:
-            for s in range(s0, s1, batch_size):
-                xb, yb = X[s : min(s + batch_size, s1)], y[s : min(s + batch_size, s1)]
-                out = model.forward(be.asarray(xb))
-                _backend.note_output(out, be)
-                total += loss.forward(out, yb) * xb.shape[0]
-                c = loss._n_correct(be.to_host(out), yb)
-                correct += c if c is not None else 0
-        finally:
-            model.train(was_training)
-        sums = self._sum_over_ranks(total, correct)
-        result = {"loss": sums[0] / X.shape[0]}
-        if loss.classifier:
-            result["accuracy"] = sums[1] / X.shape[0]
-        return result
-
-    def predict(self, X, batch_size: int = 256) -> np.ndarray:
-        """Sequential.predict with the samples split over the ranks; every rank gets all outputs."""
-        model = self.module
-        X = model._check_input(X)
-        n_out = model.output_features(X.shape[1])
-        s0, s1 = share(X.shape[0], self.size, self.rank)
-        mine = model.predict(X[s0:s1], batch_size) if s1 > s0 else np.empty((0, n_out), model._dtype)
-        if self.size == 1:
-            return mine
-        out = np.empty((X.shape[0], n_out), dtype=model._dtype)
-        counts = [(b - a) * n_out for a, b in (share(X.shape[0], self.size, r) for r in range(self.size))]
-        self.comm.Allgatherv(np.ascontiguousarray(mine), [out, counts])  # rank r's rows land at its share
-        return out
