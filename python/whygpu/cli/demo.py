@@ -139,7 +139,7 @@ def run(args) -> int:
 
     print(
         f"whygpu demo{' --quick' if args.quick else ''}: measuring this machine, then writing a report into {out}"
-        f" (about {'10 s' if args.quick else '30 s'} on a quiet 2-core laptop, more with a GPU)",
+        f" (about {'25 s' if args.quick else '50 s'} on a quiet 2-core machine, more with a GPU)",
         flush=True,
     )
     stage("info")
