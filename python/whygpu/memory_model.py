@@ -256,3 +256,28 @@ def memory_section(doc: dict, max_ranks: int = 16) -> dict | None:
         "parts ceil(n/P) elements per rank; activations not counted",
         "extrapolation": extrapolate_memory(optimizer="adam"),
     }
+
+
+MEMORY_HEAD = ("ranks x threads", "shard (ZeRO)", "params", "grads", "optimizer state", "total", "opt. vs unsharded")
+
+
+def memory_rows(mem: dict, unit: str = "") -> list[list[str]]:
+    """The memory table (:func:`memory_section`'s ``rows``) as text, one row per run: measured / formula
+    in MB (1e6 bytes) for each kind of state, as the CLI prints it and the report shows it (``unit``: " MB")."""
+
+    def mb(b) -> str:
+        return "n/a" if b is None else f"{b / 1e6:.3g}{unit}"
+
+    rows = []
+    for row in mem["rows"]:
+        x, f = row["measured"], row["formula"]
+        rows.append(
+            [
+                f"{row['ranks']} x {row['threads']}",
+                f"{row['shard']} ({row['zero_stage']})",
+                *[f"{mb(x[k])} / {mb(f[k])}" for k in ("params_bytes", "grads_bytes", "optimizer_bytes")],
+                f"{mb(x['total_bytes'])} / {mb(f['total_bytes'])}",
+                "-" if row["optimizer_vs_unsharded"] is None else f"x{row['optimizer_vs_unsharded']:.3g}",
+            ]
+        )
+    return rows

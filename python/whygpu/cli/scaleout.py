@@ -199,10 +199,6 @@ def _sharded_rows(r: dict) -> list[list[str]]:
     ]
 
 
-def _mb(b) -> str:
-    return "n/a" if b is None else f"{b / 1e6:.3g}"
-
-
 def _print_memory(doc: dict) -> None:
     """Per-rank bytes measured next to the formula, and the devices public models need."""
     mem = doc.get("memory")
@@ -212,19 +208,9 @@ def _print_memory(doc: dict) -> None:
         f"\nMemory per rank, MB (1 MB = 1e6 bytes), {mem['n_params']:,} parameters, {mem['precision']} "
         f"{mem['optimizer']}: measured (the largest rank) / formula"
     )
-    rows = []
-    for row in mem["rows"]:
-        x, f = row["measured"], row["formula"]
-        rows.append(
-            [
-                f"{row['ranks']} x {row['threads']}",
-                f"{row['shard']} ({row['zero_stage']})",
-                *[f"{_mb(x[k])} / {_mb(f[k])}" for k in ("params_bytes", "grads_bytes", "optimizer_bytes")],
-                f"{_mb(x['total_bytes'])} / {_mb(f['total_bytes'])}",
-                "-" if row["optimizer_vs_unsharded"] is None else f"x{row['optimizer_vs_unsharded']:.3g}",
-            ]
-        )
-    head = ["ranks x threads", "shard (ZeRO)", "params", "grads", "optimizer state", "total", "opt. vs unsharded"]
+    from ..memory_model import MEMORY_HEAD, memory_rows
+
+    rows, head = memory_rows(mem), list(MEMORY_HEAD)
     print(_table(head, rows, right=range(2, 7)))
     print(mem["note"])
     ex = mem["extrapolation"]

@@ -257,20 +257,10 @@ def _memory_blocks(doc: dict, out: Path, figs: list[str]) -> list[Block]:
     mem = doc.get("memory")
     if not mem or not mem.get("rows"):
         return []
+    from ..memory_model import memory_rows
     from ..plots_scaleout import plot_memory
 
-    rows = []
-    for row in mem["rows"]:
-        x, f = row["measured"], row["formula"]
-        rows.append(
-            (
-                f"{row['ranks']} x {row['threads']}",
-                f"{row['shard']} ({row['zero_stage']})",
-                *(f"{_mb(x[k])} / {_mb(f[k])}" for k in ("params_bytes", "grads_bytes", "optimizer_bytes")),
-                f"{_mb(x['total_bytes'])} / {_mb(f['total_bytes'])}",
-                "-" if row["optimizer_vs_unsharded"] is None else f"x{row['optimizer_vs_unsharded']:.3g}",
-            )
-        )
+    rows = [tuple(r) for r in memory_rows(mem, unit=" MB")]
     bpp = mem["extrapolation"]["bytes_per_param"]["fp32"] if mem["optimizer"] == "adam" else None
     per = (
         f"{bpp['params']:g} + {bpp['grads']:g} + {bpp['optimizer']:g} bytes per parameter unsharded"
