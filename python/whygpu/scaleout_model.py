@@ -154,17 +154,8 @@ def allreduce_s(
 ) -> float:
     """An allreduce of ``nbytes`` in ``buckets`` allreduces over one link: 2(P-1)/P S/B on the wire (however
     it is split), and per bucket 2(P-1) latencies (ring) or 2 ceil(log2 P) (tree: reduce then broadcast,
-    or recursive halving and doubling)."""
-    if ranks < 1:
-        raise ValueError(f"ranks must be >= 1, got {ranks}")
-    if latency not in ("ring", "tree"):
-        raise ValueError(f"latency must be 'ring' or 'tree', got {latency!r}")
-    if buckets < 1:
-        raise ValueError(f"buckets must be >= 1, got {buckets}")
-    if ranks == 1:
-        return 0.0
-    steps = 2 * (ranks - 1) if latency == "ring" else 2 * math.ceil(math.log2(ranks))
-    return buckets * steps * alpha_s + 2 * (ranks - 1) / ranks * nbytes / bandwidth_Bps
+    or recursive halving and doubling): a reduce-scatter then an allgather, each half of it."""
+    return 2.0 * _half_collective_s(nbytes, ranks, alpha_s, bandwidth_Bps, latency, buckets)
 
 
 # DataParallel's shard settings the scale-out measures (ZeRO stages 0, 1, 2), in order.
@@ -172,6 +163,8 @@ SHARDS: tuple[str, ...] = ("none", "optimizer", "gradients")
 
 
 def _half_collective_s(nbytes: float, ranks: int, alpha_s: float, bandwidth_Bps: float, latency: str, buckets: int):
+    """A reduce-scatter or an allgather: (P-1)/P S/B on the wire, and per bucket P-1 latencies (ring) or
+    ceil(log2 P) (tree)."""
     if ranks < 1:
         raise ValueError(f"ranks must be >= 1, got {ranks}")
     if latency not in ("ring", "tree"):
