@@ -177,3 +177,15 @@ def test_the_checker_sees_circles():
     assert circles(edges) == [["a", "b", "c"]]
     tree = ast.parse("def f():\n    from . import x\nif TYPE_CHECKING:\n    import y\n")
     assert [type(n).__name__ for n in _imports(tree)] == ["ImportFrom"]
+
+
+def test_every_notebook_cell_has_an_id():
+    """nbformat 4.5 cells carry an id; without one, nbformat warns when nbmake reads the notebook, and
+    the warning (an error under this project's pytest settings) fails the notebook in CI."""
+    import json
+
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        assert (nb["nbformat"], nb["nbformat_minor"]) >= (4, 5), path.name
+        missing = [i for i, c in enumerate(nb["cells"]) if not c.get("id")]
+        assert not missing, f"{path.name}: cells without an id: {missing}"
