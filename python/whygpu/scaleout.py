@@ -45,6 +45,7 @@ __all__ = [
     "EXTRAPOLATION_RANKS",
     "MODEL_TOLERANCE",
     "BANDWIDTH_FLOOR",
+    "OVERLAP_FREE",
     "ring_allreduce_s",
     "reduce_scatter_s",
     "allgather_s",
@@ -69,6 +70,8 @@ __all__ = [
 MODEL_TOLERANCE = 0.25
 # DataParallel's allreduce below this fraction of the bare Allreduce's bandwidth: the same, measured again.
 BANDWIDTH_FLOOR = 0.5
+# ... where the collective did not overlap the backward pass: at least this share of it was waited for.
+OVERLAP_FREE = 0.9
 
 
 def _find(runs: list[dict], ranks: int, threads: int, batch: int | None = None) -> dict | None:
@@ -136,11 +139,18 @@ def is_sharded(run: dict) -> bool:
 
 def judge_run(share: dict, side: dict | None, run: dict, cores: int) -> list[str]:
     """What makes a measured P-rank run untrustworthy ([] when nothing): DataParallel's allreduce below
-    :data:`BANDWIDTH_FLOOR` of the bare Allreduce's bandwidth, or the model off by more than
+    :data:`BANDWIDTH_FLOOR` of the bare Allreduce's bandwidth where it did not overlap the backward pass
+    (exposed over in flight at least :data:`OVERLAP_FREE`), or the model off by more than
     :data:`MODEL_TOLERANCE`."""
     why = []
     ratio = run.get("bandwidth_ratio")
-    if ratio is not None and ratio < BANDWIDTH_FLOOR:
+    # Only a collective that did not overlap the backward pass is held to the bare call's bandwidth: one
+    # that overlapped shared the cores with the backward pass while in flight (on a machine without a core
+    # to spare, by design, not by disturbance), so its in-flight time says nothing about other programs;
+    # the model's error still judges the step it ends in.
+    in_flight = run.get("reduce_scatter_s") if is_sharded(run) else run.get("allreduce_s")
+    overlapped = bool(in_flight) and run.get("exposed_s", in_flight) / in_flight < OVERLAP_FREE
+    if ratio is not None and ratio < BANDWIDTH_FLOOR and not overlapped:
         what = "reduce-scatter" if is_sharded(run) else "allreduce"
         bare = "Reduce_scatter" if is_sharded(run) else "Allreduce"
         why.append(f"DataParallel's {what} at x{ratio:.2f} of the bare {bare}'s bandwidth (< {BANDWIDTH_FLOOR})")
