@@ -148,8 +148,9 @@ def judge_run(share: dict, side: dict | None, run: dict, cores: int) -> list[str
     # that overlapped shared the cores with the backward pass while in flight (on a machine without a core
     # to spare, by design, not by disturbance), so its in-flight time says nothing about other programs;
     # the model's error still judges the step it ends in.
-    in_flight = run.get("reduce_scatter_s") if is_sharded(run) else run.get("allreduce_s")
-    overlapped = bool(in_flight) and run.get("exposed_s", in_flight) / in_flight < OVERLAP_FREE
+    in_flight = float((run.get("reduce_scatter_s") if is_sharded(run) else run.get("allreduce_s")) or 0.0)
+    exposed = run.get("exposed_s")
+    overlapped = in_flight > 0 and exposed is not None and float(exposed) / in_flight < OVERLAP_FREE
     if ratio is not None and ratio < BANDWIDTH_FLOOR and not overlapped:
         what = "reduce-scatter" if is_sharded(run) else "allreduce"
         bare = "Reduce_scatter" if is_sharded(run) else "Allreduce"
