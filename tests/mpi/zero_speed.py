@@ -33,13 +33,21 @@ from whygpu.bench.measure import blas_threads
 from whygpu.bench.train import build_mlp, synthetic_clusters
 
 LAYERS, BATCH = [784, 2048, 2048, 10], 512
+# libgomp's idle worker spins for GOMP_SPINCOUNT (300,000) pauses after a parallel region -- several
+# ms on Zen 4 -- before it sleeps.  Interleaved, the 1x2 step's second thread was still spinning on
+# rank 1's core when the 2x1 step began: rank 1's forward pass ran 5-8 ms slower (measured, 784-2048-
+# 2048-10), and the sharded step's "exposed" wait on rank 0 absorbed it.  A pause between settings
+# lets every setting start as it would in a loop of its own steps.
+SETTLE_S = 0.05
 
 
-def idle_wait(comm) -> None:
-    """Wait for the other rank without taking a core (MPICH's Barrier busy-polls)."""
+def idle_wait(comm, settle_s: float = SETTLE_S) -> None:
+    """Wait for the other rank without taking a core (MPICH's Barrier busy-polls), then sleep
+    ``settle_s`` on every rank: the previous setting's spinning threads go to sleep first."""
     req = comm.Ibarrier()
     while not req.Test():
         time.sleep(5e-4)
+    time.sleep(settle_s)
 
 
 def main(steps: int = 15, warmup: int = 3) -> None:
