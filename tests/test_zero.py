@@ -81,6 +81,29 @@ def check_training(ranks: list[dict], backends: str) -> None:
                 np.testing.assert_allclose(hist[key], ref[key], rtol=RTOL, atol=RTOL, err_msg=f"{name} {key}")
 
 
+def check_prefetch(ranks: list[dict], backends: str) -> None:
+    """prefetch=True: the same training, with each step's allgather left in flight by step() and
+    waited for by the next forward pass (or by reading .data: identical_on_all_ranks reads it
+    right after each step)."""
+    rank0 = ranks[0]
+    for be in backends.split(","):
+        for shard in ("optimizer", "gradients"):
+            for kind in ("sgd", "adam"):
+                name = f"explicit-prefetch/{be}/{shard}/{kind}"
+                case = rank0[name]
+                assert all(r[name]["identical"] for r in ranks), f"{name}: the ranks' parameters differ after some step"
+                assert case["rel_diff"] <= RTOL, f"{name}: {case['rel_diff']:.3g} from one process's training"
+                assert case["steps"] == 6 and case["timing_finite"], case
+                assert {"allgather_wait_s", "prefetched_allgather_s"} <= set(case["timing_keys"]), case
+                for r in ranks:  # really deferred (the progress thread is there under mpiexec), and waited for
+                    assert r[name]["deferred"] == [True] * 6, (name, r[name]["deferred"])
+                    assert r[name]["waited_in_forward"] and all(r[name]["waited_in_forward"]), (name, r[name])
+                    assert r[name]["forward_identical"] == [True] * 6, (name, r[name]["forward_identical"])
+            name = f"fit-prefetch/{be}/{shard}/adam"
+            assert all(r[name]["identical"] for r in ranks), name
+            assert rank0[name]["rel_diff"] <= RTOL, (name, rank0[name]["rel_diff"])
+
+
 def check_pending(ranks: list[dict], backends: str) -> None:
     for be in backends.split(","):
         for shard in ("optimizer", "gradients"):
@@ -124,8 +147,9 @@ def check_memory(ranks: list[dict], backends: str, P: int) -> None:
 @needs_mpiexec
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_sharded_ranks_train_what_one_process_trains(ranks):
-    res = run_cases(ranks, CPU_BACKENDS, "explicit,fit,memory,pending,broken")
+    res = run_cases(ranks, CPU_BACKENDS, "explicit,fit,memory,pending,broken,prefetch")
     check_training(res, CPU_BACKENDS)
+    check_prefetch(res, CPU_BACKENDS)
     check_pending(res, CPU_BACKENDS)
     check_memory(res, CPU_BACKENDS, ranks)
     # the checks catch a shard update that never reaches the other ranks
@@ -138,8 +162,9 @@ def test_sharded_ranks_train_what_one_process_trains(ranks):
 @pytest.mark.slow
 def test_sharded_on_the_emulated_gpu(emulated_site):
     """The GPU path: pinned host staging, the shard's update and state on the (emulated) GPU."""
-    res = run_cases(2, "cuda", "explicit,fit,memory", pythonpath=str(emulated_site), timeout=400)
+    res = run_cases(2, "cuda", "explicit,fit,memory,prefetch", pythonpath=str(emulated_site), timeout=400)
     check_training(res, "cuda")
+    check_prefetch(res, "cuda")
     for r in res:
         mem = r["memory/cuda"]
         assert mem["optimizer"]["optimizer_bytes"] <= 0.55 * mem["none"]["optimizer_bytes"], mem
@@ -164,6 +189,11 @@ def test_bad_shard_and_optimizer_arguments_say_what_to_do():
 
     with pytest.raises(ValueError, match="shard must be 'none', 'optimizer' .* or 'gradients'.*got 'zero2'"):
         dist.DataParallel(_model(), shard="zero2")
+    with pytest.raises(ValueError, match="prefetch=True overlaps the sharded optimizer's allgather.*shard='none'"):
+        dist.DataParallel(_model(), prefetch=True)
+    with pytest.raises(TypeError, match="prefetch must be True or False, got 'yes'"):
+        dist.DataParallel(_model(), shard="optimizer", prefetch="yes")
+    assert "prefetch=True" in repr(dist.DataParallel(_model(), shard="gradients", prefetch=True))
     model = _model()
     dp = dist.DataParallel(model, shard="optimizer")
     assert "shard='optimizer'" in repr(dp)
@@ -207,9 +237,9 @@ def test_one_rank_sharded_is_exactly_one_process():
 
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((16, 4)).astype(np.float32), rng.integers(0, 3, 16)
-    for shard in ("none", "optimizer", "gradients"):
+    for shard, prefetch in (("none", False), ("optimizer", False), ("gradients", False), ("optimizer", True)):
         model, ref = _model("openmp"), _model("openmp")
-        dp = dist.DataParallel(model, shard=shard, bucket_mb=0.0)
+        dp = dist.DataParallel(model, shard=shard, bucket_mb=0.0, prefetch=prefetch)
         opt, ref_opt = dp.optimizer(optim.Adam, lr=0.01), optim.Adam(ref.parameters(), lr=0.01)
         lf = nn.CrossEntropyLoss()
         for _ in range(3):
@@ -235,7 +265,9 @@ def test_one_rank_sharded_is_exactly_one_process():
         assert mem["shard"] == shard and mem["ranks"] == 1 and mem["n_params"] == model.count_params()
         step = dp.last_step
         assert {"backward_s", "allreduce_s", "exposed_s", "bytes", "buckets", "progress"} <= set(step)
-        if shard != "none":
+        if prefetch:  # the last step's allgather still in flight when step() returned; this one's waited for
+            assert np.isnan(step["allgather_s"]) and step["allgather_wait_s"] >= 0, step
+        elif shard != "none":
             assert all(np.isfinite(step[k]) for k in ("reduce_scatter_s", "allgather_s", "update_s")), step
             assert step["reduce_scatter_s"] == step["allreduce_s"]
 

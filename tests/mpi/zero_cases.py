@@ -67,10 +67,10 @@ def rel_diff(model, ref) -> float:
     return worst
 
 
-def explicit_case(backend: str, shard: str, kind: str, broken: bool = False) -> dict:
+def explicit_case(backend: str, shard: str, kind: str, broken: bool = False, prefetch: bool = False) -> dict:
     rank, size = dist.rank(), dist.size()
     model = make_model(backend, seed=100 + rank)  # rank 0's weights after wrapping
-    dp = dist.DataParallel(model, shard=shard, bucket_mb=0.0)  # a bucket per Linear
+    dp = dist.DataParallel(model, shard=shard, bucket_mb=0.0, prefetch=prefetch)  # a bucket per Linear
     cls, kw = OPTIMIZERS[kind]
     opt = dp.optimizer(cls, **kw)
     if broken:  # the updated shards never leave their rank
@@ -82,6 +82,8 @@ def explicit_case(backend: str, shard: str, kind: str, broken: bool = False) -> 
     lf, ref_lf = nn.CrossEntropyLoss(), nn.CrossEntropyLoss()
     X, y = data(200)
     identical, start, steps = True, 0, 0
+    deferred, waited_in_forward = [], []  # prefetch: still in flight after step(); all arrived after dp(x)
+    forward_identical: list[bool] = []
     for n in (32, 7, 2, 1, "micro", 32):
         micro = n == "micro"
         n = 32 if micro else int(n)
@@ -98,12 +100,20 @@ def explicit_case(backend: str, shard: str, kind: str, broken: bool = False) -> 
                         lf(dp(xb[a + s0 : a + s1]), yb[a + s0 : a + s1])
                         dp.backward(lf.backward(), weight=w)
             elif s1 > s0:
-                lf(dp(xb[a + s0 : a + s1]), yb[a + s0 : a + s1])
+                out = dp(xb[a + s0 : a + s1])
+                if prefetch and steps:
+                    waited_in_forward.append(not dp._buckets._gathering)
+                lf(out, yb[a + s0 : a + s1])
                 dp.backward(lf.backward(), weight=w)
             else:
                 dp.backward(None)  # no samples here: it adds zeros, but joins the reduce-scatters
         opt.step()
+        deferred.append(bool(dp._buckets._gathering))
         steps += 1
+        if prefetch:  # the next forward pass alone, no .data read first: it must wait for each layer
+            y0 = model(X[:8])
+            y0 = np.asarray(y0.to_host() if hasattr(y0, "to_host") else y0, dtype=np.float64)
+            forward_identical.append(bool(np.all([np.array_equal(y0, o) for o in dist.comm().allgather(y0)])))
         identical &= identical_on_all_ranks(model)
         if ref is not None and ref_opt is not None:
             ref_lf(ref(xb), yb)
@@ -113,16 +123,20 @@ def explicit_case(backend: str, shard: str, kind: str, broken: bool = False) -> 
     step = dp.last_step
     out: dict = {"identical": identical, "steps": steps, "buckets": step["buckets"]}
     out["timing_keys"] = sorted(k for k in step if k.endswith("_s"))
-    out["timing_finite"] = all(np.isfinite(step[k]) and step[k] >= 0 for k in out["timing_keys"])
+    # prefetch: the step's own allgather is still in flight (NaN); the record has the previous one's
+    finite = [k for k in out["timing_keys"] if not (prefetch and k == "allgather_s")]
+    out["timing_finite"] = all(np.isfinite(step[k]) and step[k] >= 0 for k in finite)
+    out["deferred"], out["waited_in_forward"] = deferred, waited_in_forward
+    out["forward_identical"] = forward_identical
     if ref is not None:
         out["rel_diff"] = rel_diff(model, ref)
     return out
 
 
-def fit_case(backend: str, shard: str, kind: str, n: int = 97) -> dict:
+def fit_case(backend: str, shard: str, kind: str, n: int = 97, prefetch: bool = False) -> dict:
     rank = dist.rank()
     model = make_model(backend, seed=7 + rank)
-    dp = dist.DataParallel(model, shard=shard, bucket_mb=0.0)
+    dp = dist.DataParallel(model, shard=shard, bucket_mb=0.0, prefetch=prefetch)
     cls, kw = OPTIMIZERS[kind]
     opt = dp.optimizer(cls, **kw)
     X, y = data(n)
@@ -220,6 +234,10 @@ def run(backends: list[str], cases: list[str]) -> dict:
             if "fit" in cases:
                 for kind in ("momentum", "adam"):
                     res[f"fit/{be}/{shard}/{kind}"] = fit_case(be, shard, kind)
+            if "prefetch" in cases:
+                for kind in ("sgd", "adam"):
+                    res[f"explicit-prefetch/{be}/{shard}/{kind}"] = explicit_case(be, shard, kind, prefetch=True)
+                res[f"fit-prefetch/{be}/{shard}/adam"] = fit_case(be, shard, "adam", prefetch=True)
             if "pending" in cases and dist.size() > 1:
                 res[f"pending/{be}/{shard}"] = pending_case(be, shard)
         if "memory" in cases:

@@ -33,7 +33,9 @@ frees the host staging only.
 
 from __future__ import annotations
 
+import atexit
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,18 @@ from ._runtime import MPI
 __all__ = ["SHARDS", "ShardedBuckets", "ShardedOptimizer", "memory_report"]
 
 SHARDS = ("none", "optimizer", "gradients")  # ZeRO stage 0, 1, 2
+
+# Buckets with prefetched allgathers in flight: completed at exit, before mpi4py finalizes MPI
+# (registered after mpi4py's own exit handler, so run before it).
+_PENDING: weakref.WeakSet = weakref.WeakSet()
+
+
+def _complete_pending() -> None:
+    for b in list(_PENDING):
+        b.wait_gathered()
+
+
+atexit.register(_complete_pending)
 
 
 class ShardedBuckets(GradBuckets):
@@ -62,6 +76,7 @@ class ShardedBuckets(GradBuckets):
         stage: str,
         first_bucket_bytes: float,
         progress: str | None = None,
+        prefetch: bool = False,
     ):
         if stage not in ("optimizer", "gradients"):
             raise ValueError(f"stage must be 'optimizer' or 'gradients', got {stage!r}")
@@ -76,6 +91,15 @@ class ShardedBuckets(GradBuckets):
         super().__init__(layers, dtype, bucket_bytes, comm, backend.device is not None, first_bucket_bytes, progress)
         self.grad_buckets = [b for b in self.buckets if b.kind == "reduce_scatter"]
         self.shard_params = [self._shard_param(k, b) for k, b in enumerate(self.grad_buckets)]
+        # prefetch: the allgather is left in flight by step() and waited for layer by layer in the
+        # next forward pass (needs the progress thread: nothing else moves it along meanwhile)
+        self.prefetch = bool(prefetch) and self.progress == "thread"
+        self._gathering: list[Bucket] = []  # prefetched allgathers not yet waited for
+        self._gather_spans: list[tuple[float, float]] = []
+        self._gather_waited = 0.0
+        self.gather_timing: dict[str, float] = {}  # the last prefetched allgather, once complete
+        ids = [{id(p) for p in params} for params in layers]
+        self._layer_buckets = [[b for b in self.grad_buckets if any(id(p) in mine for p in b.params)] for mine in ids]
         if self.stage == "gradients":
             for b in self.grad_buckets:
                 self._release(b)
@@ -192,6 +216,7 @@ class ShardedBuckets(GradBuckets):
             self._reduced = False
 
     def begin(self) -> None:
+        self.wait_gathered()
         self.check_zeroed()
         super().begin()
         self.peak_bytes = 0
@@ -248,9 +273,12 @@ class ShardedBuckets(GradBuckets):
                 view[...] = p.data
             sp.data = b.pshard
 
-    def allgather(self) -> float:
-        """Every rank's updated shards into every rank's parameters (in place); the seconds at least
-        one allgather was under way.  The first layers' buckets first: the forward pass needs them first."""
+    def allgather(self) -> float | None:
+        """Every rank's updated shards into every rank's parameters (in place), the first layers'
+        buckets first: the forward pass needs them first.  Returns the seconds at least one
+        allgather was under way; with prefetch, None: they are left in flight, and the next forward
+        pass waits for each layer's bucket before that layer (see wait_layer, gather_timing)."""
+        self.wait_gathered()  # a second step without a forward pass between
         if self.device:
             for b, sp in zip(self.grad_buckets, self.shard_params):
                 dev: Any = sp._data  # a DeviceArray
@@ -263,12 +291,51 @@ class ShardedBuckets(GradBuckets):
             b.done.clear()
             if self.progress == "thread":
                 _Progress.submit(b)
+        if self.prefetch:
+            self._gathering = list(order)
+            self._gather_spans, self._gather_waited = [], 0.0
+            for b in order:
+                for p in b.params:
+                    p._pending = self.wait_gathered  # p.data read or assigned before its layer ran: wait then
+            _PENDING.add(self)
+            return None
         self._wait_all()
         if self.device:
             for b in self.grad_buckets:
                 for p, view in zip(b.params, b.pviews):
                     p.data = view  # an upload
         return _union([(b.t_start, b.t_done) for b in order])
+
+    def wait_layer(self, layer: int) -> None:
+        """Sequential's hook before layer ``layer``'s forward pass: its parameters' allgather done."""
+        if self._gathering:
+            self._complete([b for b in self._layer_buckets[layer] if b in self._gathering])
+
+    def wait_gathered(self) -> None:
+        """Every prefetched allgather done (before a backward pass, a step, a broadcast, at exit)."""
+        if self._gathering:
+            self._complete(list(self._gathering))
+
+    def _complete(self, todo: list[Bucket]) -> None:
+        t0 = _clock()
+        error = None
+        for b in todo:
+            b.done.wait()
+            error = error or b.error
+            b.error, b.request = None, None
+        self._gather_waited += _clock() - t0
+        for b in todo:
+            self._gathering.remove(b)
+            self._gather_spans.append((b.t_start, b.t_done))
+            for p, view in zip(b.params, b.pviews):
+                p._pending = None
+                if self.device:
+                    p.data = view  # an upload
+        if not self._gathering:
+            _PENDING.discard(self)
+            self.gather_timing = {"allgather_s": _union(self._gather_spans), "allgather_wait_s": self._gather_waited}
+        if error is not None:
+            raise error
 
     def __len__(self) -> int:
         return len(self.grad_buckets) if hasattr(self, "grad_buckets") else len(self.buckets)

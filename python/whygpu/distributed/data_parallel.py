@@ -46,6 +46,17 @@ travel through pinned host buckets as for the allreduce, and stage 2 frees
 that host staging (the layers still write full gradients in GPU memory).
 ``dp.optimizer(cls, **kw)`` with ``shard="none"`` is ``cls(model.parameters(), **kw)``.
 
+``prefetch=True`` (sharded only; FSDP's ``forward_prefetch``): ``opt.step()``
+starts the allgathers and returns; the next forward pass waits for each
+layer's bucket just before that layer, so the later buckets travel while the
+first layers compute.  Reading or assigning a parameter's ``.data`` before
+then waits for its bucket, and a backward pass, a step or
+``broadcast_parameters`` waits for all, so nothing reads a half-gathered
+value.  It needs the progress thread (MPI_THREAD_MULTIPLE); without it the
+allgather is waited for in ``step()`` as by default.  Off by default, as in
+PyTorch: on 2 cores the copies still take CPU from the forward pass
+(``tests/mpi/zero_speed.py`` measures what it gains).
+
 ``dp(x, global_batch=N, offset=None)``: x is rows [offset, offset + len(x))
 of a global batch of N rows (offset defaults to this rank's ``share``, and x
 must then hold exactly that share).  It does two things: Dropout layers take
@@ -91,7 +102,11 @@ wall-clock, ``time.perf_counter``):
 * sharded only: ``reduce_scatter_s`` (the same as ``allreduce_s``, which then
   means the reduce-scatters), and, once ``opt.step()`` has run (NaN before),
   ``update_s``, the optimizer's update of this rank's shards, and
-  ``allgather_s``, the time the parameters' allgathers were in flight.
+  ``allgather_s``, the time the parameters' allgathers were in flight
+  (prefetch: NaN, as they are still in flight when ``step()`` returns;
+  instead the next backward pass's record has ``allgather_wait_s``, what its
+  forward pass waited for the previous step's allgather, and
+  ``prefetched_allgather_s``, the time that allgather was in flight).
 """
 
 from __future__ import annotations
@@ -132,13 +147,26 @@ class DataParallel(KerasMethods):
     """
 
     def __init__(
-        self, model: Sequential, *, shard: str = "none", bucket_mb: float = 25.0, first_bucket_mb: float = 1.0
+        self,
+        model: Sequential,
+        *,
+        shard: str = "none",
+        bucket_mb: float = 25.0,
+        first_bucket_mb: float = 1.0,
+        prefetch: bool = False,
     ):
         if not isinstance(model, Sequential):
             raise TypeError(f"DataParallel wraps a whygpu.nn.Sequential, got {type(model).__name__}")
         if not isinstance(shard, str) or shard not in SHARDS:
             raise ValueError(
                 f"shard must be 'none', 'optimizer' (ZeRO stage 1) or 'gradients' (ZeRO stage 2), got {shard!r}"
+            )
+        if not isinstance(prefetch, bool):
+            raise TypeError(f"prefetch must be True or False, got {prefetch!r}")
+        if prefetch and shard == "none":
+            raise ValueError(
+                "prefetch=True overlaps the sharded optimizer's allgather with the next forward pass; "
+                "with shard='none' there is no allgather (use shard='optimizer' or 'gradients')"
             )
         for name, v in (("bucket_mb", bucket_mb), ("first_bucket_mb", first_bucket_mb)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
@@ -147,6 +175,7 @@ class DataParallel(KerasMethods):
         self.shard = shard
         self.bucket_mb = float(bucket_mb)
         self.first_bucket_mb = float(first_bucket_mb)
+        self.prefetch = prefetch
         self.comm = _runtime.init()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self._buckets: GradBuckets | None = None
@@ -166,7 +195,7 @@ class DataParallel(KerasMethods):
         return (
             f"DataParallel({self.module.backend!r}, ranks={self.size}, shard={self.shard!r}, "
             f"bucket_mb={self.bucket_mb:g}, "
-            f"first_bucket_mb={self.first_bucket_mb:g})"
+            f"first_bucket_mb={self.first_bucket_mb:g}" + (", prefetch=True)" if self.prefetch else ")")
         )
 
     def _check_same_model(self) -> None:
@@ -252,6 +281,8 @@ class DataParallel(KerasMethods):
         """Copy rank ``root``'s parameters to every rank (a GPU model's through host memory)."""
         if self.size == 1:
             return
+        if isinstance(self._buckets, ShardedBuckets):
+            self._buckets.wait_gathered()  # nothing may still be arriving in the arrays broadcast
         for p in self.module.parameters():
             if self.module._backend.device is None:
                 self.comm.Bcast(p._data, root=root)  # in place: the arrays the model computes with
@@ -310,6 +341,7 @@ class DataParallel(KerasMethods):
         if not self._sync:  # no_sync(): the backward pass alone, nothing leaves this rank
             if grad is not None:
                 if isinstance(self._buckets, ShardedBuckets):
+                    self._buckets.wait_gathered()
                     self._buckets.check_zeroed()
                     self._buckets.alloc_all()  # stage 2: the full gradient accumulates until the synced backward
                 model._backward(self._scaled(grad, weight), False)
@@ -344,6 +376,11 @@ class DataParallel(KerasMethods):
             self.last_step.update(
                 reduce_scatter_s=self.last_step["allreduce_s"], update_s=math.nan, allgather_s=math.nan
             )
+            if self.prefetch and isinstance(buckets, ShardedBuckets) and buckets.gather_timing:
+                # the previous step's allgather, completed during this step's forward pass
+                g = buckets.gather_timing
+                self.last_step.update(allgather_wait_s=g["allgather_wait_s"], prefetched_allgather_s=g["allgather_s"])
+                buckets.gather_timing = {}
         if failed:
             raise RuntimeError(
                 f"dp.backward failed on {failed} other rank(s) in this step: the gradients were not summed "
@@ -385,8 +422,17 @@ class DataParallel(KerasMethods):
                 )
             else:
                 self._buckets = ShardedBuckets(
-                    layers, model._dtype, cap, self.comm, model._backend, self.shard, first_bucket_bytes=first
+                    layers,
+                    model._dtype,
+                    cap,
+                    self.comm,
+                    model._backend,
+                    self.shard,
+                    first_bucket_bytes=first,
+                    prefetch=self.prefetch,
                 )
+                if self._buckets.prefetch:  # Sequential waits for each layer's parameters before it
+                    model._params_needed = self._buckets.wait_layer
             self._placed = (model._backend.device, model._dtype, tuple(id(p._data) for p in params))
         return self._buckets
 
@@ -430,12 +476,13 @@ class DataParallel(KerasMethods):
         """The sharded optimizer's step: this rank's shards updated, then every parameter allgathered."""
         buckets = self._ensure_buckets()
         assert isinstance(buckets, ShardedBuckets)
+        buckets.wait_gathered()  # a second step without a forward pass: the last allgather reads the shards
         t0 = _clock()
         opt.optimizer.step()
         t1 = _clock()
-        gathered = buckets.allgather()
+        gathered = buckets.allgather()  # None: prefetched, still in flight
         self.last_step["update_s"] = t1 - t0
-        self.last_step["allgather_s"] = gathered
+        self.last_step["allgather_s"] = math.nan if gathered is None else gathered
 
     def memory(self, optimizer=None) -> dict:
         """This rank's bytes of parameters, gradients and optimizer state, measured: the nbytes of

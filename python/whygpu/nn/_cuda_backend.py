@@ -275,10 +275,14 @@ class DeviceParameter(Parameter):
 
     @property
     def data(self) -> np.ndarray:
+        if self._pending is not None:
+            self._pending()
         return self._backend.to_host(self._data)
 
     @data.setter
     def data(self, value) -> None:
+        if self._pending is not None:
+            self._pending()
         self._data.copy_from_host(np.ascontiguousarray(self._checked(value, "data"), dtype=_F32))
 
     @property

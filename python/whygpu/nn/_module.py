@@ -14,7 +14,7 @@ takes a DeviceArray as it is) and returns a DeviceArray; see
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class Parameter:
     in-place change of a copy (``p.data[0] = 1``) does not reach the GPU.
     """
 
-    __slots__ = ("_data", "_grad", "_grad_is_zero", "_backend", "name")
+    __slots__ = ("_data", "_grad", "_grad_is_zero", "_backend", "name", "_pending")
 
     def __init__(self, data: np.ndarray, name: str = ""):
         self._data = np.ascontiguousarray(data)
@@ -64,13 +64,20 @@ class Parameter:
         self._grad_is_zero = True
         self._backend: Backend = _backend.NUMPY
         self.name = name
+        # None, or what completes new values still arriving in _data (whygpu.distributed's
+        # prefetched allgather): reading or assigning .data calls it first
+        self._pending: Callable[[], None] | None = None
 
     @property
     def data(self) -> np.ndarray:
+        if self._pending is not None:
+            self._pending()
         return self._data
 
     @data.setter
     def data(self, value) -> None:
+        if self._pending is not None:
+            self._pending()
         self._data[...] = self._checked(value, "data")
 
     @property

@@ -53,6 +53,9 @@ class Sequential(Module):
         # before its input gradient, any layer's after its backward pass; it may be called twice
         # for a layer): whygpu.distributed.DataParallel starts sending them from there.
         self._grads_ready: Callable[[int], None] | None = None
+        # Called with a layer's index before its forward pass: DataParallel(prefetch=True) waits
+        # there for that layer's parameters, still arriving from the last step's allgather.
+        self._params_needed: Callable[[int], None] | None = None
 
     # -- container -----------------------------------------------------------
     def __len__(self) -> int:
@@ -88,8 +91,11 @@ class Sequential(Module):
         # A profiled GPU step keeps them apart, so that each operation has its own row.
         be = self._backend
         fuse = be.fused_epilogue and (prof is None or be.device is None)
+        need = self._params_needed
         while i < len(layers):
             layer, rec = layers[i], layers[i]._prof
+            if need is not None:
+                need(i)  # (a fused pair's ReLU has no parameters)
             pair = _fusable_pair(layers, i) if fuse else None  # (the Linear, the ReLU) or None
             if prof is None or rec is None:  # not profiling: no timers at all
                 x = layer.forward(x) if pair is None else pair[0].forward(x, relu=True)
