@@ -6,6 +6,7 @@ public models need, in the CLI, JSON, figure and report."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -68,6 +69,9 @@ class Plant:
                "bytes": GRAD if dp else 0, "buckets": 1 if dp else 0}  # fmt: skip
         if dp and shard != "none":
             rec.update(reduce_scatter_s=t.get("allreduce_s", 0.004), allgather_s=t.get("allgather_s", 0.003))
+        if "--prefetch" in args:  # as DataParallel(prefetch=True) reports it: the allgather of the step before
+            rec.update(allgather_s=math.nan, prefetched_allgather_s=t.get("allgather_s", 0.003),
+                       allgather_wait_s=t.get("allgather_wait_s", 0.001))  # fmt: skip
         sharded = dp and shard != "none"
         mem = planted_memory(shard if dp else "none", ranks, opt, self.extra if sharded else 0)
         return {"ranks": ranks, "threads": threads, "data_parallel": dp, "backend": "openmp", "batch": b,
@@ -75,7 +79,8 @@ class Plant:
                 "steps": [dict(rec) for _ in range(3)], "bare_allreduce_s": [0.005] * 5 if dp else [],
                 "bare_reduce_scatter_s": [t.get("bare_rs", 0.004)] * 5 if sharded else [],
                 "bare_allgather_s": [t.get("bare_ag", 0.003)] * 5 if sharded else [],
-                "rank_step_s": [step] * ranks, "weights_spread": 0.0, "mpi_library": "planted MPI"}  # fmt: skip
+                "rank_step_s": [step] * ranks, "weights_spread": 0.0, "mpi_library": "planted MPI",
+                "prefetch": "--prefetch" in args}  # fmt: skip
 
 
 @pytest.fixture
@@ -144,6 +149,18 @@ def test_sharded_step_updates_one_pth():
         so.predict_sharded_step(0.062, 0.010, 0, 0, 0)
 
 
+def test_prefetch_exposes_only_the_allgather_still_in_flight():
+    p = so.predict_sharded_step(0.062, 0.010, 2, 0.004, 0.003, exposed_fraction=0.5, allgather_exposed_fraction=0.25)
+    # 52 ms of compute + 0.5 * 4 ms reduce-scatter + 10/2 ms update + 0.25 * 3 ms allgather
+    assert p["step_s"] == pytest.approx(0.052 + 0.002 + 0.005 + 0.00075)
+    assert p["exposed_allgather_s"] == pytest.approx(0.00075) and p["comm_s"] == pytest.approx(0.007)
+    assert so.predict_sharded_step(0.062, 0.010, 2, 0.004, 0.003)["exposed_allgather_s"] == pytest.approx(0.003)
+    assert so.allgather_exposed_fraction({"allgather_s": 0.004, "exposed_allgather_s": 0.003}) == 1.0  # no prefetch
+    assert so.allgather_exposed_fraction({"prefetch": True, "allgather_s": 0.004, "exposed_allgather_s": 0.001}) == (
+        pytest.approx(0.25)
+    )
+
+
 # ---------------------------------------------------------------- the measurement, planted
 def test_shard_all_models_each_run_and_measures_memory(planted):
     p = planted(STEPS, TERMS)
@@ -163,8 +180,11 @@ def test_shard_all_models_each_run_and_measures_memory(planted):
     assert r["predicted_s"] == pytest.approx(0.064)
     assert r["prediction_error"] == pytest.approx(0.064 / 0.066 - 1) and r["model_within_tolerance"]
     assert set(r["breakdown"]["measured"]) == {
-        "compute_s", "reduce_scatter_s", "exposed_s", "update_s", "allgather_s", "step_s"
+        "compute_s", "reduce_scatter_s", "exposed_s", "update_s", "allgather_s", "exposed_allgather_s", "step_s"
     }  # fmt: skip
+    # without prefetch the allgather ends the step: all of it waited for, in the measurement and the model
+    assert r["breakdown"]["measured"]["exposed_allgather_s"] == r["allgather_s"] == pytest.approx(0.003)
+    assert r["model"]["allgather_exposed_fraction"] == 1.0 and not r["prefetch"]
     lost = r["lost"]
     parts = (lost["batch_s"], lost["beside_s"], lost["bookkeeping_s"], lost["update_s"], lost["exposed_s"])
     # 10 to the batch, 2 beside, 54 - 52 = 2 DataParallel's own, 5 - 10 = -5 saved by the update, 4 + 3 waiting
@@ -175,6 +195,45 @@ def test_shard_all_models_each_run_and_measures_memory(planted):
     sh = {x["shard"]: x for x in doc["summary"]["sharded"]}
     assert sh["optimizer"]["vs_1xall"] == pytest.approx(0.055 / 0.066)
     json.dumps(doc, allow_nan=False)
+
+
+def test_prefetch_runs_the_sharded_runs_only_and_models_the_wait(planted, tmp_path, capsys):
+    terms = dict(TERMS, optimizer=dict(TERMS["optimizer"], allgather_wait_s=0.001))
+    p = planted({**STEPS, (2, 1, 512, "optimizer"): 0.064}, terms)
+    assert main(["scaleout", "--ranks", "1,2", "--steps", "3", "--shard", "optimizer", "--prefetch",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    with_prefetch = [(c[1], "--independent" in c[3]) for c in p.calls if "--prefetch" in c[3]]
+    assert with_prefetch == [(2, False)]  # the DataParallel run; not the baselines, nor the side-by-side run
+    doc = json.loads((tmp_path / "scaleout.json").read_text())
+    assert doc["params"]["prefetch"] is True
+    r = dp_run(doc, "optimizer")
+    assert r["prefetch"] and doc["summary"]["sharded"][0]["prefetch"]
+    # in flight: the step before's allgather, 3 ms; waited for in this step's forward pass: 1 ms
+    assert (r["allgather_s"], r["exposed_allgather_s"]) == pytest.approx((0.003, 0.001))
+    # measured compute: 64 - 4 exposed - 1 waited - 5 update = 54 ms; the model: 52 + 4 + 5 + 1/3 * 3 = 62 ms
+    assert r["compute_s"] == pytest.approx(0.054)
+    assert r["model"]["allgather_exposed_fraction"] == pytest.approx(1 / 3)
+    assert r["breakdown"]["model"]["exposed_allgather_s"] == pytest.approx(0.001)
+    assert r["predicted_s"] == pytest.approx(0.062)
+    assert "shard=optimizer (ZeRO stage 1), prefetch" in out
+    row = next(x for x in out.splitlines() if x.startswith("exposed allgather"))
+    assert row.split()[2:4] == ["1", "1"] and "g = 0.33" in row
+    res = build_report(load_results([tmp_path / "scaleout.json"]), tmp_path / "rep")
+    md = Path(res["markdown"]).read_text()
+    assert "| 2 x 1, optimizer (ZeRO-1), prefetch | 54 ms / 52 ms |" in md and "allgather waited for" in md
+    assert "| 2 x 1, side by side | 62 ms (62 ms - 62 ms) | 62 ms | - | - |" in md  # no allreduce side by side
+    # only sharded runs measured: the section's own term table is the sharded run's (it raised KeyError before)
+    assert "| allgather waited for | 1 ms | 1 ms |" in md and "the fraction g = 0.33 of it" in md
+    assert "Together: 62 ms against 64 ms measured (-3%" in md
+    # without --shard there is no allgather to prefetch: refused before anything starts
+    n = len(p.calls)
+    assert main(["scaleout", "--prefetch", "--out", str(tmp_path / "x")]) == 2
+    assert "--prefetch needs --shard" in capsys.readouterr().err and len(p.calls) == n
+    with pytest.raises(ValueError, match="prefetch needs a sharded run"):
+        bso.measure(prefetch=True)
+    with pytest.raises(TypeError, match="prefetch must be True or False"):
+        bso.measure(shards="optimizer", prefetch="yes")
 
 
 def test_memory_rows_measured_next_to_the_formula(planted):
@@ -254,6 +313,9 @@ def test_report_memory_table_figure_and_glossary(planted, tmp_path):
     for cap in re.findall(r"\*Figure \d+\.\* (.*)", sec):
         assert len(cap.split()) <= 80, len(cap.split())
     assert "| shard (ZeRO stage) |" in sec and "980" in sec
+    # each DataParallel run's row says its setting (three bare "2 x 1" rows before)
+    labels = [line.split("|")[1].strip() for line in sec.splitlines() if line.startswith("| 2 x 1") and "ms (" in line]
+    assert labels == ["2 x 1, side by side", "2 x 1", "2 x 1, optimizer (ZeRO-1)", "2 x 1, gradients (ZeRO-2)"]
 
 
 def test_memory_figure_lines_are_the_model_and_points_measured(planted):
@@ -299,9 +361,11 @@ MPI = bso.mpi_status()
 
 
 @pytest.mark.skipif(not MPI["available"], reason=f"no MPI here: {MPI.get('reason')}")
-def test_cli_shard_optimizer_under_mpiexec(tmp_path):
-    """The real worker and DataParallel(shard="optimizer"): memory measured equal to the formula, the sharded
-    terms finite, the model checked or flagged (the times themselves are not asserted)."""
+@pytest.mark.parametrize("prefetch", [False, True], ids=["", "prefetch"])
+def test_cli_shard_optimizer_under_mpiexec(tmp_path, prefetch):
+    """The real worker and DataParallel(shard="optimizer"), with and without prefetch: memory measured equal
+    to the formula, the sharded terms finite, the model checked or flagged (the times themselves are not
+    asserted)."""
     import inspect
 
     import whygpu.distributed as dist
@@ -312,6 +376,7 @@ def test_cli_shard_optimizer_under_mpiexec(tmp_path):
     env.pop(bso.NO_MPI_ENV, None)
     cmd = [sys.executable, "-m", "whygpu", "scaleout", "--ranks", "1,2", "--layers", "64,32,10", "--batch", "64"]
     cmd += ["--steps", "3", "--sweep-max", str(1 << 16), "--timeout", "60", "--shard", "optimizer"]
+    cmd += ["--prefetch"] if prefetch else []
     res = subprocess.run([*cmd, "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=180)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Memory per rank" in res.stdout and "shard=optimizer (ZeRO stage 1)" in res.stdout
@@ -319,6 +384,11 @@ def test_cli_shard_optimizer_under_mpiexec(tmp_path):
     r = dp_run(doc, "optimizer")
     for k in ("reduce_scatter_s", "allgather_s", "update_s", "bare_reduce_scatter_s", "bare_allgather_s"):
         assert r[k] > 0 and r[k] < 10, k
+    # the allgather the step waited for: all of it, or with prefetch what the next forward pass waited for
+    assert r["prefetch"] is prefetch and 0 <= r["exposed_allgather_s"] < 10
+    if not prefetch:
+        assert r["exposed_allgather_s"] == r["allgather_s"]
+    assert 0 <= r["model"]["allgather_exposed_fraction"] <= 1
     assert abs(r["prediction_error"]) <= 0.25 or r.get("disturbed")
     row = next(x for x in doc["memory"]["rows"] if x["ranks"] == 2 and x["shard"] == "optimizer")
     n = so.mlp_params([64, 32, 10])  # 2,410: optimizer state 8 * 1,205 bytes per rank

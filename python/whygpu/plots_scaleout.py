@@ -31,7 +31,8 @@ def _breakdown(ax, doc: dict) -> None:
         for what, src in (("measured here", r["breakdown"]["measured"]), ("model", r["breakdown"]["model"])):
             # sharded: the update of its shard, and the allgather with the exposed reduce-scatter
             comp, upd = 1e3 * src["compute_s"], 1e3 * src.get("update_s", 0.0)
-            exp = 1e3 * (src["exposed_s"] + src.get("allgather_s", 0.0))
+            # (the allgather the step waited for: with prefetch only a part of it; older documents: all)
+            exp = 1e3 * (src["exposed_s"] + src.get("exposed_allgather_s", src.get("allgather_s", 0.0)))
             hatch = None if what == "measured here" else "//"
             ax.bar(x, comp, color="#7f7f7f", hatch=hatch, edgecolor="black", linewidth=0.5)
             if "update_s" in src:

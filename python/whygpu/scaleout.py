@@ -50,6 +50,7 @@ __all__ = [
     "reduce_scatter_s",
     "allgather_s",
     "predict_sharded_step",
+    "allgather_exposed_fraction",
     "SHARDS",
     "allreduce_s",
     "hierarchical_allreduce_s",
@@ -117,11 +118,20 @@ def check_run(share: dict, side: dict | None, run: dict, cores: int) -> dict:
         # (the full update measured in the side-by-side run, or alone, / P) and the allgather, measured bare.
         e = run["exposed_s"] / run["reduce_scatter_s"] if run.get("reduce_scatter_s") else 1.0
         full_update = (side or share).get("update_s") or 0.0
+        # prefetch: the share of the allgather the next forward pass still waited for (else all of it)
+        g = allgather_exposed_fraction(run)
         pred = dict(
             predict_sharded_step(
-                compute, full_update, P, run["bare_reduce_scatter_s"], run["bare_allgather_s"], exposed_fraction=e
+                compute,
+                full_update,
+                P,
+                run["bare_reduce_scatter_s"],
+                run["bare_allgather_s"],
+                exposed_fraction=e,
+                allgather_exposed_fraction=g,
             )
         )
+        pred["allgather_exposed_fraction"] = min(1.0, max(0.0, g))
     else:
         e = run["exposed_s"] / run["allreduce_s"] if run.get("allreduce_s") else 1.0
         pred = dict(predict_step(compute, run["bare_allreduce_s"], exposed_fraction=e))
@@ -130,6 +140,15 @@ def check_run(share: dict, side: dict | None, run: dict, cores: int) -> dict:
     pred["exposed_fraction"] = min(1.0, max(0.0, e))
     pred["error"] = (pred["step_s"] - run["step_s"]) / run["step_s"]
     return pred
+
+
+def allgather_exposed_fraction(run: dict) -> float:
+    """The part of a sharded run's allgather its step waited for: 1 without prefetch (the allgather ends
+    the step); with it, the next forward pass's wait over the allgather's time in flight."""
+    if not run.get("prefetch"):
+        return 1.0
+    ag, waited = run.get("allgather_s") or 0.0, run.get("exposed_allgather_s") or 0.0
+    return min(1.0, waited / ag) if ag > 0 else 1.0
 
 
 def is_sharded(run: dict) -> bool:
@@ -252,9 +271,12 @@ def annotate(doc: dict) -> dict:
         r["fit_at_gradient_s"] = ring_allreduce_s(r["bytes"], r["ranks"], fit["alpha_s"], fit["bandwidth_Bps"])
         if is_sharded(r):
             r["fit_at_gradient_s"] = 2 * reduce_scatter_s(r["bytes"], r["ranks"], fit["alpha_s"], fit["bandwidth_Bps"])
-            keys = ("compute_s", "reduce_scatter_s", "exposed_s", "update_s", "allgather_s", "step_s")
+            keys = ("compute_s", "reduce_scatter_s", "exposed_s", "update_s", "allgather_s", "exposed_allgather_s")
+            keys += ("step_s",)
+            measured = {k: r.get(k, 0.0) for k in keys}
+            measured["exposed_allgather_s"] = r.get("exposed_allgather_s", r.get("allgather_s", 0.0))
             r["breakdown"] = {
-                "measured": {k: r.get(k, 0.0) for k in keys},
+                "measured": measured,
                 "model": {k: pred[k] for k in (*keys, "comm_s")},
             }
         else:
@@ -282,11 +304,12 @@ def annotate(doc: dict) -> dict:
         "alpha_s": fit["alpha_s"],
         "bandwidth_Bps": fit["bandwidth_Bps"],
         "formula_sharded": "T(P) = T_compute(B/P) - T_update + e * T_reduce_scatter(S, P) + T_update / P "
-        "+ T_allgather(S, P)",
+        "+ g * T_allgather(S, P)",
         "terms_sharded": "T_update: the optimizer update of the whole model, measured in the side-by-side run; "
         "T_reduce_scatter, T_allgather: the bare Reduce_scatter and Allgather of the gradient's size on the same "
         "P ranks, measured, each (P-1)/P * S/B on the wire (together the allreduce's 2(P-1)/P * S/B); e: "
-        "DataParallel's exposed / reduce-scatter, measured",
+        "DataParallel's exposed / reduce-scatter, measured; g: 1 (the allgather ends the step), or with "
+        "prefetch the next forward pass's wait / the allgather's time in flight, measured",
     }
     doc["summary"] = _summary(doc, ref)
     doc["summary"]["sharded"] = _sharded_summary(doc)
@@ -343,6 +366,7 @@ def _sharded_summary(doc: dict) -> list[dict]:
                 "vs_1xall": full["step_s"] / r["step_s"] if full else None,  # > 1: faster than one rank
                 "prediction_error": r.get("prediction_error"),
                 "disturbed": bool(r.get("disturbed")),
+                "prefetch": bool(r.get("prefetch")),
             }
         )
     return out
@@ -499,6 +523,7 @@ def run_scaleout(
     oversubscribe: bool = False,
     shards: Sequence[str] | str = ("none",),
     optimizer: str = "sgd",
+    prefetch: bool = False,
 ) -> dict:
     """Measure (``whygpu.bench.scaleout.measure``: P ranks under mpiexec; a run the model misses by more than
     25%, or whose DataParallel allreduce is below half the bare bandwidth, measured once more) and
@@ -521,5 +546,6 @@ def run_scaleout(
         judge=lambda share, side, run: judge_run(share, side, run, cores),
         shards=[shards] if isinstance(shards, str) and shards != "all" else shards,
         optimizer=optimizer,
+        prefetch=prefetch,
     )
     return annotate(doc)

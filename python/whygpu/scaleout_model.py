@@ -34,11 +34,12 @@ the wire) after the backward pass, each rank updates its shard (1/P of the optim
 *allgather* of the updated parameters ((P-1)/P * S/B again) -- together the ring allreduce's
 2(P-1)/P * S/B::
 
-    T(P) = T_compute(B/P) - T_update + e * T_reduce_scatter(S, P) + T_update / P + T_allgather(S, P)
+    T(P) = T_compute(B/P) - T_update + e * T_reduce_scatter(S, P) + T_update / P + g * T_allgather(S, P)
 
 with ``T_update`` the full optimizer update (measured in the side-by-side run, where each rank
-updates everything), the bare Reduce_scatter and Allgather measured on the same ranks, and ``e``
-DataParallel's exposed / reduce-scatter; the allgather is counted whole (it ends the step).
+updates everything), the bare Reduce_scatter and Allgather measured on the same ranks, ``e``
+DataParallel's exposed / reduce-scatter, and ``g`` the allgather's exposed fraction: 1 (it ends the
+step), or with ``prefetch=True`` the next forward pass's wait over the allgather's time in flight.
 
 The check: this prediction against the measured P-rank step, within 25%
 (:data:`MODEL_TOLERANCE`) or the run is measured again and then flagged.
@@ -242,15 +243,18 @@ def predict_sharded_step(
     allgather_s: float,
     *,
     exposed_fraction: float = 1.0,
+    allgather_exposed_fraction: float = 1.0,
 ) -> dict[str, float]:
     """One sharded data-parallel step by the model: ``compute_s`` is a rank's step on its share *with the full
     optimizer update* (``update_s`` of it, as an unsharded rank does); sharded, the update is update_s / P,
-    the reduce-scatter is exposed by ``exposed_fraction`` and the allgather counted whole.  Returns
-    {"compute_s" (without the update), "update_s", "reduce_scatter_s", "allgather_s", "comm_s", "exposed_s"
-    (of the reduce-scatter), "step_s"}."""
+    the reduce-scatter is exposed by ``exposed_fraction`` and the allgather by ``allgather_exposed_fraction``
+    (1: it ends the step; less with prefetch, where the next forward pass waits only for what has not
+    arrived).  Returns {"compute_s" (without the update), "update_s", "reduce_scatter_s", "allgather_s",
+    "comm_s", "exposed_s" (of the reduce-scatter), "exposed_allgather_s", "step_s"}."""
     if ranks < 1:
         raise ValueError(f"ranks must be >= 1, got {ranks}")
     e = min(1.0, max(0.0, exposed_fraction))
+    g = min(1.0, max(0.0, allgather_exposed_fraction))
     update = max(0.0, min(update_s, compute_s))
     compute = compute_s - update
     return {
@@ -262,7 +266,8 @@ def predict_sharded_step(
         "comm_s": reduce_scatter_s + allgather_s,
         "exposed_s": e * reduce_scatter_s,
         "overlap_s": (1.0 - e) * reduce_scatter_s,
-        "step_s": compute + e * reduce_scatter_s + update / ranks + allgather_s,
+        "exposed_allgather_s": g * allgather_s,
+        "step_s": compute + e * reduce_scatter_s + update / ranks + g * allgather_s,
     }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -252,6 +253,11 @@ def _stats(xs: Sequence[float]) -> tuple[float, float, float]:
     return float(np.median(a)), float(a.min()), float(a.max())
 
 
+def _finite(x) -> float:
+    """A timing, 0.0 where there is none (None, or NaN: a prefetched allgather not yet completed)."""
+    return float(x) if x is not None and math.isfinite(float(x)) else 0.0
+
+
 def summarize(raw: dict) -> dict:
     """One run's medians (over the timed steps) with their min-max spread, from the worker's per-step records."""
     steps = raw["steps"]
@@ -274,11 +280,20 @@ def summarize(raw: dict) -> dict:
     if sharded:
         # the step's parts by DataParallel's timing: the reduce-scatter (its exposed part waited for after the
         # backward pass), the update of this rank's shard and the allgather; compute is what is left
-        for key in ("reduce_scatter_s", "allgather_s"):
-            rec[key], rec[key + "_min"], rec[key + "_max"] = _stats([s.get(key) or 0.0 for s in steps])
+        rec["prefetch"] = bool(raw.get("prefetch"))
+        rec["reduce_scatter_s"], rec["reduce_scatter_s_min"], rec["reduce_scatter_s_max"] = _stats(
+            [s.get("reduce_scatter_s") or 0.0 for s in steps]
+        )
+        if rec["prefetch"]:
+            # the allgather in flight from the step before, waited for (in part) by this step's forward pass
+            gather = [_finite(s.get("prefetched_allgather_s")) for s in steps]
+            waited = [_finite(s.get("allgather_wait_s")) for s in steps]
+        else:  # started and waited for at the end of the step: all of it exposed
+            gather = waited = [_finite(s.get("allgather_s")) for s in steps]
+        rec["allgather_s"], rec["allgather_s_min"], rec["allgather_s_max"] = _stats(gather)
+        rec["exposed_allgather_s"], rec["exposed_allgather_s_min"], rec["exposed_allgather_s_max"] = _stats(waited)
         comp = [
-            s["step_s"] - (s.get("exposed_s") or 0.0) - (s.get("allgather_s") or 0.0) - (s.get("update_s") or 0.0)
-            for s in steps
+            s["step_s"] - (s.get("exposed_s") or 0.0) - w - (s.get("update_s") or 0.0) for s, w in zip(steps, waited)
         ]
         rec["compute_s"], rec["compute_s_min"], rec["compute_s_max"] = _stats(comp)
     if raw["data_parallel"]:
@@ -388,6 +403,7 @@ def measure(
     judge: Callable[[dict, dict, dict], list[str]] | None = None,
     shards: Sequence[str] = ("none",),
     optimizer: str = "sgd",
+    prefetch: bool = False,
 ) -> dict:
     """Every run of :func:`_configs` and an allreduce sweep (1 KB to ``sweep_max``) on the largest P; the
     measured part of the ``whygpu.scaleout/1`` document (``whygpu.scaleout.annotate`` adds the model).
@@ -396,8 +412,14 @@ def measure(
     DataParallel bandwidth, its model error); such a run is measured once more with its share run, and
     flagged ``disturbed`` if the second is wrong too.  ``shards``: the DataParallel runs at each P, one per
     shard setting ("none", "optimizer", "gradients"), after one side-by-side run; ``optimizer``: "sgd",
-    "momentum" or "adam", on every run."""
+    "momentum" or "adam", on every run; ``prefetch``: the sharded runs with ``DataParallel(prefetch=True)``
+    (each step's allgather left in flight into the next forward pass)."""
     shards = check_shards(shards)
+    if not isinstance(prefetch, bool):
+        raise TypeError(f"prefetch must be True or False, got {prefetch!r}")
+    if prefetch and shards == ["none"]:
+        raise ValueError("prefetch needs a sharded run (shard 'optimizer', 'gradients' or 'all'): unsharded, "
+                         "there is no allgather to prefetch")  # fmt: skip
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
     st = mpi_status()
@@ -424,6 +446,7 @@ def measure(
         def one(p: int, t: int, b: int, extra: str = "", side: bool = False, shard: str = "none") -> dict:
             nonlocal library
             how = ", side by side" if side else (f", shard {shard}" if shard != "none" else "")
+            how += ", prefetch" if prefetch and shard != "none" and not side else ""
             label = f"{p} rank(s) x {t} thread(s), batch {b}{how}{extra}"
             bar.show(label, 0.0)
             if p * t > cores:
@@ -431,6 +454,7 @@ def measure(
             with guard.block(label) as q:
                 args = ["--mode", "step", "--batch", str(b), *common] + (["--independent"] if side else [])
                 args += ["--shard", shard] if p > 1 and not side else []
+                args += ["--prefetch"] if prefetch and p > 1 and not side and shard != "none" else []
                 raw = launch(st["mpiexec"], p, t, args, timeout, tick)
             library = raw.get("mpi_library", library)
             rec = summarize(raw)
@@ -522,6 +546,7 @@ def measure(
             "bucket_mb": bucket_mb,
             "optimizer": optimizer,
             "shards": list(shards),
+            "prefetch": prefetch,
             "mpiexec": st["mpiexec"],
             "mpi_library": library,
             "oversubscribe": bool(oversubscribe),

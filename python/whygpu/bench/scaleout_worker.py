@@ -11,8 +11,9 @@ baseline); per step the wall time and ``dp.last_step``; then a bare
 ``--mode sweep``: bare ``Allreduce`` of float32 buffers at each size.
 ``--shard optimizer|gradients``: DataParallel shards the optimizer state (ZeRO-1), and the gradient
 (ZeRO-2), over the ranks; the job then also times a bare ``Reduce_scatter`` and ``Allgather`` of
-the gradient's size.  Every ``--mode step`` job reports each rank's bytes of parameters, gradients
-and optimizer state (``dp.memory()``, or the plain model's and optimizer's buffers).
+the gradient's size; ``--prefetch`` leaves each step's allgather in flight until the next forward pass
+needs a layer (``DataParallel(prefetch=True)``).  Every ``--mode step`` job reports each rank's bytes
+of parameters, gradients and optimizer state (``dp.memory()``, or the plain model's and optimizer's buffers).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shard", choices=("none", "optimizer", "gradients"), default="none")
     p.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default="sgd")
+    p.add_argument("--prefetch", action="store_true", help="sharded: DataParallel(prefetch=True)")
     p.add_argument(
         "--independent",
         action="store_true",
@@ -124,6 +126,10 @@ def _data_parallel(dist, model, a):
         raise SystemExit(
             f"--shard {a.shard}: this whygpu.distributed.DataParallel has no shard= (ZeRO stage 1/2) parameter"
         )
+    if a.prefetch:
+        if "prefetch" not in inspect.signature(dist.DataParallel).parameters:
+            raise SystemExit("--prefetch: this whygpu.distributed.DataParallel has no prefetch= parameter")
+        return dist.DataParallel(model, bucket_mb=a.bucket_mb, shard=a.shard, prefetch=True)
     return dist.DataParallel(model, bucket_mb=a.bucket_mb, shard=a.shard)
 
 
@@ -167,8 +173,10 @@ def _steps(a, comm, MPI) -> dict:
         for i in range(a.warmup + a.steps):
             s = (i % n_batches) * a.batch
             xb, yb = X[s + lo : s + hi], y[s + lo : s + hi]
-            if P > 1:
+            if P > 1 and not (dp is not None and a.prefetch):
                 comm.Barrier()  # untimed: every rank starts the step together, as after an allreduce
+            # (with prefetch no barrier: the ranks meet in the next forward pass, waiting for the allgather,
+            # and that wait is the step's; an untimed barrier would hide it)
             t0 = _clock()
             if dp is not None:
                 loss_fn(dp(xb), yb)
@@ -194,6 +202,9 @@ def _steps(a, comm, MPI) -> dict:
             rec.update(step_s=t2 - t0, forward_s=t1 - t0)
             if i >= a.warmup:
                 records.append(rec)
+        if dp is not None and a.prefetch:
+            for p in model.parameters():  # reading .data waits for the last step's allgather, still in flight,
+                p.data  # noqa: B018   so that it does not share the wire with the bare calls below
         bare: list[float] = []
         bare_rs: list[float] = []
         bare_ag: list[float] = []
@@ -224,6 +235,7 @@ def _steps(a, comm, MPI) -> dict:
         "bare_reduce_scatter_s": bare_rs,
         "bare_allgather_s": bare_ag,
         "shard": a.shard if dp is not None else "none",
+        "prefetch": bool(dp is not None and a.prefetch),
         "optimizer": a.optimizer,
         "memory": {
             "per_rank": mem_ranks,

@@ -55,6 +55,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=None,
         help="the optimizer of every run (default adam with --shard, whose state is what sharding saves; else sgd)",
     )
+    s.add_argument(
+        "--prefetch",
+        action="store_true",
+        help="with --shard: leave each step's allgather in flight until the next forward pass needs each layer "
+        "(DataParallel(prefetch=True))",
+    )
     s.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds allowed per mpiexec job (600)")
     s.add_argument(
         "--oversubscribe",
@@ -85,6 +91,7 @@ def _print_scaleout(doc: dict) -> None:
             ", side by side" if r.get("side_by_side") else f", {r['batch']} samples" if r.get("share_of") else ""
         )
         what += f", shard {r['shard']}" if is_sharded(r) else ""
+        what += ", prefetch" if is_sharded(r) and r.get("prefetch") else ""
         role = f"share of {r['share_of']} ranks" if r.get("share_of") else ("baseline" if r["ranks"] == 1 else "")
         rows.append(
             [
@@ -107,6 +114,7 @@ def _print_scaleout(doc: dict) -> None:
         print(
             f"\n{r['ranks']} ranks x {r['threads']} thread(s)"
             + (f", shard={r['shard']} (ZeRO stage {ZERO_STAGE[r['shard']]})" if is_sharded(r) else "")
+            + (", prefetch" if is_sharded(r) and r.get("prefetch") else "")
             + ", ms per step: measured here, and the model (its terms measured apart)"
         )
         if is_sharded(r):
@@ -195,6 +203,18 @@ def _sharded_rows(r: dict) -> list[list[str]]:
         ["exposed reduce-scatter", _ms(x["exposed_s"]), _ms(m["exposed_s"]), f"e = {e:.2f} of it"],
         ["update (its 1/P shard)", _ms(x["update_s"]), _ms(m["update_s"]), f"the whole update side by side / {P}"],
         ["allgather", _ms(x["allgather_s"]), _ms(m["allgather_s"]), "bare Allgather, same ranks"],
+        *(
+            [
+                [
+                    "exposed allgather",
+                    _ms(x.get("exposed_allgather_s")),
+                    _ms(m.get("exposed_allgather_s")),
+                    f"g = {r['model'].get('allgather_exposed_fraction', 1.0):.2f} of it (prefetch)",
+                ]
+            ]
+            if r.get("prefetch")
+            else []
+        ),
         ["step", _ms(x["step_s"]), _ms(m["step_s"]), f"model error {_pm(r['prediction_error'])}"],
     ]
 
@@ -247,6 +267,9 @@ def run(args) -> int:
     out = _prepare_out(args.out)
     n = len([p for p in set(args.ranks) if p > 1])
     shards = check_shards(args.shard)
+    if args.prefetch and shards == ["none"]:
+        raise CliError("--prefetch needs --shard optimizer, gradients or all: unsharded, there is no allgather to "
+                       "prefetch")  # fmt: skip
     optimizer = args.optimizer or ("sgd" if shards == ["none"] else "adam")
     k = len(shards)
     each = "" if k == 1 else f", and P ranks with each of shard={', '.join(shards)}"
@@ -270,6 +293,7 @@ def run(args) -> int:
             oversubscribe=args.oversubscribe,
             shards=shards,
             optimizer=optimizer,
+            prefetch=args.prefetch,
         )
     except ScaleoutError as exc:
         raise CliError(str(exc)) from None

@@ -112,6 +112,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         blocks.append(("p", "The scale-out run has no multi-rank measurement to report."))
         return blocks
     r = dp[-1]
+    sharded = is_sharded(r)  # only sharded runs were measured (whygpu scaleout --shard optimizer, say)
     blocks.append(
         (
             "p",
@@ -136,10 +137,8 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
             f"How the model is built, term by term. Compute: the {r['ranks']} ranks on their shares of the batch "
             f"({-(-p['batch'] // r['ranks'])} samples) side by side without communicating, each step as long as "
             f"its slowest rank ({_ms(r['model']['compute_s'])}), not one rank's whole step / P. "
-            "The allreduce: a bare MPI Allreduce of the "
-            f"{r['bytes'] / 1e6:.3g} MB gradient on the same {r['ranks']} ranks ({_ms(m['comm_s'])}). Exposed: "
-            f"the fraction e = {r['model']['exposed_fraction']:.2f} of it that DataParallel still waited for after "
-            f"the backward pass. Together: {_ms(m['step_s'])} against {_ms(x['step_s'])} measured "
+            + _comm_sentence(r)
+            + f" Together: {_ms(m['step_s'])} against {_ms(x['step_s'])} measured "
             f"({100 * r['prediction_error']:+.0f}%; a run beyond {100 * doc['model']['tolerance']:.0f}% is measured "
             "again and then flagged, not explained). " + r["lost"]["text"],
         )
@@ -155,11 +154,14 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
                     else f", {y['batch']} samples"
                     if y.get("share_of")
                     else ""
-                ),
+                )
+                + (f", {y['shard']} (ZeRO-{ZERO_STAGE[y['shard']]})" if is_sharded(y) else "")
+                + (", prefetch" if is_sharded(y) and y.get("prefetch") else ""),
                 f"{_ms(y['step_s'])} ({_ms(y['step_s_min'])} - {_ms(y['step_s_max'])})",
                 _ms(y["compute_s"]),
-                _ms(y["allreduce_s"]) if y["ranks"] > 1 else "-",
-                _ms(y["exposed_s"]) if y["ranks"] > 1 else "-",
+                # (side by side the ranks do not communicate: nothing to show)
+                _ms(y["allreduce_s"]) if y.get("data_parallel") else "-",
+                _ms(y["exposed_s"]) if y.get("data_parallel") else "-",
                 f"x{_g(y['speedup_vs_1x1'])}" if y.get("speedup_vs_1x1") else "-",
                 f"{_ms(y['predicted_s'])} ({100 * y['prediction_error']:+.0f}%)"
                 + (" disturbed" if y.get("disturbed") else "")
@@ -169,17 +171,38 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         )
     head = ("ranks x threads", "step (min - max)", "compute", "allreduce", "exposed", "vs 1 x 1", "model (error)")
     blocks.append(("table", head, rows))
-    brows = [
-        ("compute (a rank, its share)", _ms(x["compute_s"]), _ms(m["compute_s"])),
-        ("allreduce", _ms(x["allreduce_s"]), _ms(m["comm_s"])),
-        ("exposed allreduce", _ms(x["exposed_s"]), _ms(m["exposed_s"])),
-        ("step", _ms(x["step_s"]), _ms(m["step_s"])),
-    ]
+    if sharded:  # no unsharded run to report the allreduce by: the sharded run's own terms
+        brows = [
+            ("compute (a rank, its share)", _ms(x["compute_s"]), _ms(m["compute_s"])),
+            ("reduce-scatter", _ms(x["reduce_scatter_s"]), _ms(m["reduce_scatter_s"])),
+            ("exposed reduce-scatter", _ms(x["exposed_s"]), _ms(m["exposed_s"])),
+            ("update (its 1/P shard)", _ms(x["update_s"]), _ms(m["update_s"])),
+            ("allgather", _ms(x["allgather_s"]), _ms(m["allgather_s"])),
+            (
+                "allgather waited for",
+                _ms(x.get("exposed_allgather_s", x["allgather_s"])),
+                _ms(m.get("exposed_allgather_s", m["allgather_s"])),
+            ),
+            ("step", _ms(x["step_s"]), _ms(m["step_s"])),
+        ]
+    else:
+        brows = [
+            ("compute (a rank, its share)", _ms(x["compute_s"]), _ms(m["compute_s"])),
+            ("allreduce", _ms(x["allreduce_s"]), _ms(m["comm_s"])),
+            ("exposed allreduce", _ms(x["exposed_s"]), _ms(m["exposed_s"])),
+            ("step", _ms(x["step_s"]), _ms(m["step_s"])),
+        ]
     blocks.append(("table", (f"{r['ranks']} ranks, ms per step", "measured here", "model"), brows))
+    coll = (
+        f"its reduce-scatter in flight {_ms(r['reduce_scatter_s'])}, at x{_g(r.get('bandwidth_ratio'))} the "
+        "bandwidth of the bare Reduce_scatter"
+        if sharded
+        else f"its allreduce in flight {_ms(r['allreduce_s'])}, at x{_g(s.get('dp_over_bare_bandwidth'))} the "
+        "bandwidth of the bare Allreduce"
+    )
     trust = (
-        f"DataParallel summed the gradient in {r['buckets']} bucket(s), its allreduce in flight "
-        f"{_ms(r['allreduce_s'])}, at x{_g(s.get('dp_over_bare_bandwidth'))} the bandwidth of the bare "
-        f"Allreduce in the same run; every rank ended with the same weights: "
+        f"DataParallel summed the gradient in {r['buckets']} bucket(s), {coll} in the same run; every rank "
+        "ended with the same weights: "
         f"{'yes' if r.get('weights_spread') == 0 else 'no (spread ' + str(r.get('weights_spread')) + ')'}. "
         f"A sweep of bare Allreduce calls (1 KB to {doc['sweep']['bytes'][-1] / 2**20:.3g} MiB) fits this "
         f"machine's alpha = {1e6 * fit['alpha_s']:.3g} us and bandwidth B = {fit['bandwidth_Bps'] / 1e9:.3g} GB/s "
@@ -217,6 +240,29 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     return blocks
 
 
+def _comm_sentence(r: dict) -> str:
+    """How the model's communication term of run r is measured: the allreduce, or sharded its two halves."""
+    m, P, mb = r["breakdown"]["model"], r["ranks"], f"{r['bytes'] / 1e6:.3g} MB"
+    e = r["model"]["exposed_fraction"]
+    if not is_sharded(r):
+        return (
+            f"The allreduce: a bare MPI Allreduce of the {mb} gradient on the same {P} ranks ({_ms(m['comm_s'])}). "
+            f"Exposed: the fraction e = {e:.2f} of it that DataParallel still waited for after the backward pass."
+        )
+    g = r["model"].get("allgather_exposed_fraction", 1.0)
+    waited = (
+        f"the fraction g = {g:.2f} of it that the next forward pass still waited for (prefetch)"
+        if r.get("prefetch")
+        else "all of it (the allgather ends the step)"
+    )
+    return (
+        f"Sharded ({r['shard']}): a bare MPI Reduce_scatter of the {mb} gradient on the same {P} ranks "
+        f"({_ms(m['reduce_scatter_s'])}), of which DataParallel still waited for the fraction e = {e:.2f} after "
+        f"the backward pass; the update of 1/{P} of the parameters ({_ms(m['update_s'])}); and a bare Allgather "
+        f"({_ms(m['allgather_s'])}), {waited}."
+    )
+
+
 def _mb(b) -> str:
     return "n/a" if b is None else f"{b / 1e6:.3g} MB"
 
@@ -231,10 +277,15 @@ def _sharded_blocks(doc: dict) -> list[Block]:
         x, m = r["breakdown"]["measured"], r["breakdown"]["model"]
         rows.append(
             (
-                f"{r['ranks']} x {r['threads']}, {r['shard']} (ZeRO-{ZERO_STAGE[r['shard']]})",
+                f"{r['ranks']} x {r['threads']}, {r['shard']} (ZeRO-{ZERO_STAGE[r['shard']]})"
+                + (", prefetch" if r.get("prefetch") else ""),
                 *(
-                    f"{_ms(x[k])} / {_ms(m[k])}"
-                    for k in ("compute_s", "exposed_s", "update_s", "allgather_s", "step_s")
+                    # the allgather the step waited for: all of it, or with prefetch what the next forward
+                    # pass still waited for (older documents have no exposed_allgather_s: all of it)
+                    f"{_ms(x.get(k, x['allgather_s']))} / {_ms(m.get(k, m['allgather_s']))}"
+                    if k == "exposed_allgather_s"
+                    else f"{_ms(x[k])} / {_ms(m[k])}"
+                    for k in ("compute_s", "exposed_s", "update_s", "exposed_allgather_s", "step_s")
                 ),
                 f"{100 * r['prediction_error']:+.0f}%" + (" disturbed" if r.get("disturbed") else ""),
             )
@@ -245,7 +296,13 @@ def _sharded_blocks(doc: dict) -> list[Block]:
         "allgather brings every rank the updated parameters: (P-1)/P S/B each on the wire, together the "
         f"allreduce's 2(P-1)/P S/B. The model: {doc['model']['formula_sharded']}; {doc['model']['terms_sharded']}."
     )
-    head = ("ranks x threads, shard", "compute", "exposed reduce-scatter", "update", "allgather", "step", "model")
+    if any(r.get("prefetch") for r in sh):
+        text += (
+            " With prefetch, a step's allgather stays in flight and the next forward pass waits for each layer's "
+            "parameters just before that layer: only the part not yet arrived (g of it) is waited for."
+        )
+    head = ("ranks x threads, shard", "compute", "exposed reduce-scatter", "update", "allgather waited for", "step",
+            "model")  # fmt: skip
     return [
         ("p", text),
         ("table", tuple(h if i in (0, 6) else f"{h}: measured / model" for i, h in enumerate(head)), rows),
