@@ -271,8 +271,10 @@ def annotate(doc: dict) -> dict:
         r["fit_at_gradient_s"] = ring_allreduce_s(r["bytes"], r["ranks"], fit["alpha_s"], fit["bandwidth_Bps"])
         if is_sharded(r):
             r["fit_at_gradient_s"] = 2 * reduce_scatter_s(r["bytes"], r["ranks"], fit["alpha_s"], fit["bandwidth_Bps"])
-            keys = ("compute_s", "reduce_scatter_s", "exposed_s", "update_s", "allgather_s", "exposed_allgather_s")
-            keys += ("step_s",)
+            keys = (
+                *("compute_s", "reduce_scatter_s", "exposed_s", "update_s"),
+                *("allgather_s", "exposed_allgather_s", "step_s"),
+            )
             measured = {k: r.get(k, 0.0) for k in keys}
             measured["exposed_allgather_s"] = r.get("exposed_allgather_s", r.get("allgather_s", 0.0))
             r["breakdown"] = {

@@ -32,6 +32,8 @@ class _Plan(TypedDict):
     scaleout_batch: int
     scaleout_steps: int
     scaleout_sweep_max: int  # the largest allreduce of the sweep, bytes
+    scaleout_shards: list[str]  # DataParallel's shard settings on 2 ranks: the memory lesson (ZeRO 1 and 2)
+    scaleout_optimizer: str  # Adam: its state is what sharding divides (SGD has none)
 
 
 # The demo's two plans: sizes and budgets that finish in < 3 min (full) and
@@ -55,6 +57,8 @@ DEMO_PLANS: dict[str, _Plan] = {
         "scaleout_batch": 512,
         "scaleout_steps": 6,
         "scaleout_sweep_max": 16 << 20,
+        "scaleout_shards": ["none", "optimizer", "gradients"],
+        "scaleout_optimizer": "adam",
     },
     "quick": {
         "sizes": [64, 128, 256, 512],
@@ -72,6 +76,8 @@ DEMO_PLANS: dict[str, _Plan] = {
         "scaleout_batch": 256,
         "scaleout_steps": 4,
         "scaleout_sweep_max": 1 << 20,
+        "scaleout_shards": ["none", "optimizer", "gradients"],
+        "scaleout_optimizer": "adam",
     },
 }
 
@@ -108,6 +114,8 @@ def _scaleout(plan: _Plan, out, prog: bool, log) -> None:
                 batch=plan["scaleout_batch"],
                 steps=plan["scaleout_steps"],
                 sweep_max=plan["scaleout_sweep_max"],
+                shards=plan["scaleout_shards"],
+                optimizer=plan["scaleout_optimizer"],
                 timeout=120.0,
                 log=log,
                 progress=prog,

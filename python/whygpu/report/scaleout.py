@@ -193,9 +193,10 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
             ("step", _ms(x["step_s"]), _ms(m["step_s"])),
         ]
     blocks.append(("table", (f"{r['ranks']} ranks, ms per step", "measured here", "model"), brows))
+    ratio = r.get("bandwidth_ratio")
     coll = (
-        f"its reduce-scatter in flight {_ms(r['reduce_scatter_s'])}, at x{_g(r.get('bandwidth_ratio'))} the "
-        "bandwidth of the bare Reduce_scatter"
+        f"its reduce-scatter in flight {_ms(r['reduce_scatter_s'])}, at "
+        f"{'n/a' if ratio is None else 'x' + _g(ratio)} the bandwidth of the bare Reduce_scatter"
         if sharded
         else f"its allreduce in flight {_ms(r['allreduce_s'])}, at x{_g(s.get('dp_over_bare_bandwidth'))} the "
         "bandwidth of the bare Allreduce"
