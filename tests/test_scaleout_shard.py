@@ -236,6 +236,33 @@ def test_prefetch_runs_the_sharded_runs_only_and_models_the_wait(planted, tmp_pa
         bso.measure(shards="optimizer", prefetch="yes")
 
 
+def test_the_step_figure_reads_with_every_shard_setting(planted):
+    """`--shard all --prefetch`, as the demo runs it (prefetch aside): one tick per run under its pair of bars,
+    none touching the next; the legend over no bar; one "measured here" label per P, for the runs the curves
+    model (plain data parallelism).  Before: six two-line ticks ran into each other, the legend sat on the
+    bars, and three labels at P = 2 were drawn on top of one another."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.patches import Rectangle
+
+    from whygpu._plot_common import _renderer
+    from whygpu.plots_scaleout import scaleout_figure
+
+    planted(STEPS, TERMS)
+    doc = so.run_scaleout(ranks=[1, 2], steps=3, shards="all", optimizer="adam", prefetch=True)
+    fig = scaleout_figure(doc)
+    axb, ax_s = fig.axes[0], fig.axes[1]
+    r = _renderer(fig)
+    ticks = [t for t in axb.get_xticklabels() if t.get_text()]
+    assert [t.get_text() for t in ticks] == ["2 x 1", "2 x 1\nZeRO-1\n+ prefetch", "2 x 1\nZeRO-2\n+ prefetch"]
+    boxes = [t.get_window_extent(r) for t in ticks]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    legend = axb.get_legend().get_window_extent(r)
+    bars = [p for p in axb.patches if isinstance(p, Rectangle) and p.get_height() > 0]
+    assert len(bars) >= 6 and not any(legend.overlaps(b.get_window_extent(r)) for b in bars)
+    labels = [t for t in ax_s.texts if t.get_text().startswith("measured here")]
+    assert [t.get_text() for t in labels] == ["measured here: 2 x 1 thr, 71%"]  # 100 ms / 70 ms / 2
+
+
 def test_memory_rows_measured_next_to_the_formula(planted):
     planted(STEPS, TERMS, extra=8)  # the sharded runs' gradient 8 bytes over the formula (padding)
     doc = so.run_scaleout(ranks=[1, 2], steps=3, shards="all", optimizer="adam")

@@ -26,7 +26,8 @@ def _breakdown(ax, doc: dict) -> None:
     """Stacked bars, per multi-rank run: measured here (compute, exposed allreduce) and the model (the
     compute of one rank alone on its share, the exposed part of the bare Allreduce)."""
     runs = [r for r in doc["runs"] if r.get("breakdown")]
-    labels, x = [], 0.0
+    # one tick per run, under its pair of bars (measured here: plain; the model: hatched, as the legend says)
+    ticks, labels, x, top_all = [], [], 0.0, 0.0
     for r in runs:
         for what, src in (("measured here", r["breakdown"]["measured"]), ("model", r["breakdown"]["model"])):
             # sharded: the update of its shard, and the allgather with the exposed reduce-scatter
@@ -38,34 +39,73 @@ def _breakdown(ax, doc: dict) -> None:
             if "update_s" in src:
                 ax.bar(x, upd, bottom=comp, color="#2ca02c", hatch=hatch, edgecolor="black", linewidth=0.5)
             ax.bar(x, exp, bottom=comp + upd, color="#ff7f0e", hatch=hatch, edgecolor="black", linewidth=0.5)
-            shard = r.get("shard") or "none"
-            tag = "" if shard == "none" or not r.get("data_parallel") else f" ({_ZERO.get(shard, shard)})"
-            labels.append(f"{r['ranks']} x {r['threads']}{tag}\n{what}")
             x += 1
+        labels.append(_run_tag(r))
+        ticks.append(x - 1.5)
+        top = 1e3 * max(r["breakdown"]["measured"]["step_s"], r["breakdown"]["model"]["step_s"])
+        top_all = max(top_all, top)
         err = r.get("prediction_error")
         if err is not None:
-            top = 1e3 * max(r["breakdown"]["measured"]["step_s"], r["breakdown"]["model"]["step_s"])
             flag = " disturbed" if r.get("disturbed") else ""
             ax.annotate(f"{100 * err:+.0f}%{flag}", (x - 1.5, top), ha="center", va="bottom", fontsize=8)
         x += 0.5
-    ax.set_xticks([i + 0.5 * (i // 2) for i in range(len(labels))], labels, fontsize=7.5)
+    ax.set_xticks(ticks, labels, fontsize=8)
+    ax.set_ylim(0, 1.55 * top_all if top_all > 0 else 1.0)  # room for the legend above the bars
     ax.legend(
         handles=[
             Patch(facecolor="#7f7f7f", label="compute (a rank on its share)"),
-            Patch(facecolor="#ff7f0e", label="exposed allreduce (sharded: reduce-scatter + allgather)"),
+            Patch(facecolor="#ff7f0e", label="exposed allreduce\n(sharded: reduce-scatter + allgather)"),
             *(
                 [Patch(facecolor="#2ca02c", label="update of its shard")]
                 if any("update_s" in r["breakdown"]["measured"] for r in runs)
                 else []
             ),
-            Patch(facecolor="white", edgecolor="black", hatch="//", label="model (terms measured apart)"),
+            Patch(facecolor="white", edgecolor="black", label="plain: measured here"),
+            Patch(facecolor="white", edgecolor="black", hatch="//", label="hatched: the model (terms measured apart)"),
         ],
-        fontsize=7.5,
-        loc="lower left",
+        fontsize=7,
+        loc="upper center",
     )
     ax.set_ylabel("ms per step")
     ax.set_title("one step: measured here and the model", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
+
+
+def _run_tag(r: dict) -> str:
+    """A multi-rank run in a few words: "2 x 1", and its ZeRO stage and prefetch where sharded."""
+    shard = r.get("shard") or "none"
+    tag = f"{r['ranks']} x {r['threads']}"
+    if shard != "none" and r.get("data_parallel"):
+        tag += f"\n{_ZERO.get(shard, shard)}" + ("\n+ prefetch" if r.get("prefetch") else "")
+    return tag
+
+
+def _measured_points(ax, doc: dict) -> None:
+    """The efficiencies measured here, on the strong-scaling panel: the runs the curves model (plain data
+    parallelism), or where only sharded runs were measured, those; one label per P, listing each."""
+    dp = [r for r in doc["runs"] if r["ranks"] > 1 and r.get("efficiency") is not None and r.get("data_parallel")]
+    plain = [r for r in dp if (r.get("shard") or "none") == "none"]
+    by_p: dict[int, list[dict]] = {}
+    for r in plain or dp:
+        by_p.setdefault(r["ranks"], []).append(r)
+    for P, rs in by_p.items():
+        for r in rs:
+            ax.plot(P, r["efficiency"], "ko", markersize=8 if r is rs[0] else 6, zorder=5)
+        each = ", ".join(f"{100 * r['efficiency']:.0f}%{_shard_word(r)}" for r in rs)
+        ax.annotate(
+            f"measured here: {P} x {rs[0]['threads']} thr, {each}",
+            (P, max(r["efficiency"] for r in rs)),
+            textcoords="offset points",
+            xytext=(8, -4),
+            fontsize=8,
+        )
+
+
+def _shard_word(r: dict) -> str:
+    shard = r.get("shard") or "none"
+    if shard == "none":
+        return ""
+    return f" ({_ZERO.get(shard, shard)}{' + prefetch' if r.get('prefetch') else ''})"
 
 
 def plot_scaleout(doc: dict, path) -> str:
@@ -86,7 +126,6 @@ def scaleout_figure(doc: dict) -> Figure:
     _breakdown(axb, doc)
     systems = [s["name"] for s in ex["systems"]]
     models = [m["name"] for m in ex["models"]]
-    measured = [r for r in doc["runs"] if r["ranks"] > 1 and r.get("efficiency") is not None]
     for ax, scaling in ((ax_s, "strong"), (ax_w, "weak")):
         for c in ex["curves"]:
             if c["scaling"] != scaling:
@@ -105,15 +144,7 @@ def scaleout_figure(doc: dict) -> Figure:
                 label=label,
             )
         if scaling == "strong":
-            for r in measured:
-                ax.plot(r["ranks"], r["efficiency"], "ko", markersize=8, zorder=5)
-                ax.annotate(
-                    f"measured here: {r['ranks']} x {r['threads']} thr, {100 * r['efficiency']:.0f}%",
-                    (r["ranks"], r["efficiency"]),
-                    textcoords="offset points",
-                    xytext=(8, -4),
-                    fontsize=8,
-                )
+            _measured_points(ax, doc)
         for pt in ex.get("public_points", []):
             if pt["scaling"] == scaling:
                 ax.plot(pt["ranks"], pt["efficiency"], "k*", markersize=11, zorder=5)
