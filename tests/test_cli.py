@@ -531,6 +531,18 @@ def test_report_rejects_foreign_json(tmp_path, capsys):
     assert rc == 2 and "not valid JSON" in err
 
 
+def test_report_says_which_of_two_results_of_one_kind_it_keeps(demo_dir, tmp_path, capsys):
+    """Two info.json (a folder and a file after it): the report keeps the last one given, and says so."""
+    other = tmp_path / "info.json"
+    doc = load(demo_dir / "info.json")
+    other.write_text(json.dumps(doc))
+    rc, out, err = run(["report", demo_dir, other, "--out", tmp_path / "r"], capsys)
+    assert rc == 0
+    assert f"note: {other} replaces {demo_dir / 'info.json'}: the report has one info result" in err
+    rc, out, err = run(["report", demo_dir, "--out", tmp_path / "r2"], capsys)
+    assert rc == 0 and "replaces" not in err  # one of each: nothing to say
+
+
 def test_help_and_version(capsys):
     rc, out, err = run(["--help"], capsys)
     assert rc == 0 and "demo" in out and "roofline" in out

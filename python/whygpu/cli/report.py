@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import _common_args, _prepare_out
+from ._common import _common_args, _note, _prepare_out
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..report import build_report, load_results
 
-    docs = load_results(args.results)
+    docs = load_results(args.results, log=_note(args))
     out = _prepare_out(args.out)
     res = build_report(docs, out)
     print(f"report from {', '.join(sorted(docs))}: {len(res['figures'])} figure(s)")

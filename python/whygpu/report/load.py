@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Callable
 
 
 class ResultsError(ValueError):
@@ -29,11 +30,13 @@ def classify(doc) -> str:
     )
 
 
-def load_results(paths: Iterable) -> dict[str, dict]:
+def load_results(paths: Iterable, log: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Read result files (or folders of them) into {kind: document}.  A later
-    document of the same kind replaces an earlier one, except benchmarks,
-    which are merged."""
+    document of the same kind replaces an earlier one (``log`` is told which),
+    except benchmarks, which are merged."""
+    paths = list(paths)
     docs: dict[str, dict] = {}
+    origin: dict[str, Path] = {}
     files: list[Path] = []
     for p in paths:
         p = Path(p)
@@ -64,7 +67,10 @@ def load_results(paths: Iterable) -> dict[str, dict]:
         if kind == "benchmark" and "benchmark" in docs:
             docs["benchmark"]["benchmarks"] += doc["benchmarks"]
         else:
+            if kind in docs and log is not None:
+                log(f"{f} replaces {origin[kind]}: the report has one {kind} result, the last one given")
             docs[kind] = doc
+            origin[kind] = f
     if not docs:
         raise ResultsError("no whygpu or pytest-benchmark results found")
     return docs
