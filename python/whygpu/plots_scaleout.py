@@ -71,13 +71,18 @@ def _breakdown(ax, doc: dict) -> None:
     ax.grid(True, axis="y", alpha=0.3)
 
 
-def _run_tag(r: dict) -> str:
-    """A multi-rank run in a few words: "2 x 1", and its ZeRO stage and prefetch where sharded."""
+def _setting(r: dict, sep: str = " + ") -> str:
+    """A sharded run's ZeRO stage, and prefetch where it was on ("ZeRO-1 + prefetch"); "" unsharded."""
     shard = r.get("shard") or "none"
-    tag = f"{r['ranks']} x {r['threads']}"
-    if shard != "none" and r.get("data_parallel"):
-        tag += f"\n{_ZERO.get(shard, shard)}" + ("\n+ prefetch" if r.get("prefetch") else "")
-    return tag
+    if shard == "none" or not r.get("data_parallel"):
+        return ""
+    return _ZERO.get(shard, shard) + (f"{sep}prefetch" if r.get("prefetch") else "")
+
+
+def _run_tag(r: dict) -> str:
+    """A multi-rank run in a few words, a tick label: "2 x 1", and below it its setting where sharded."""
+    setting = _setting(r, sep="\n+ ")
+    return f"{r['ranks']} x {r['threads']}" + (f"\n{setting}" if setting else "")
 
 
 def _measured_points(ax, doc: dict) -> None:
@@ -91,7 +96,7 @@ def _measured_points(ax, doc: dict) -> None:
     for P, rs in by_p.items():
         for r in rs:
             ax.plot(P, r["efficiency"], "ko", markersize=8 if r is rs[0] else 6, zorder=5)
-        each = ", ".join(f"{100 * r['efficiency']:.0f}%{_shard_word(r)}" for r in rs)
+        each = ", ".join(f"{100 * r['efficiency']:.0f}%" + (f" ({_setting(r)})" if _setting(r) else "") for r in rs)
         ax.annotate(
             f"measured here: {P} x {rs[0]['threads']} thr, {each}",
             (P, max(r["efficiency"] for r in rs)),
@@ -99,13 +104,6 @@ def _measured_points(ax, doc: dict) -> None:
             xytext=(8, -4),
             fontsize=8,
         )
-
-
-def _shard_word(r: dict) -> str:
-    shard = r.get("shard") or "none"
-    if shard == "none":
-        return ""
-    return f" ({_ZERO.get(shard, shard)}{' + prefetch' if r.get('prefetch') else ''})"
 
 
 def plot_scaleout(doc: dict, path) -> str:

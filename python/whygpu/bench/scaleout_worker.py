@@ -126,11 +126,7 @@ def _data_parallel(dist, model, a):
         raise SystemExit(
             f"--shard {a.shard}: this whygpu.distributed.DataParallel has no shard= (ZeRO stage 1/2) parameter"
         )
-    if a.prefetch:
-        if "prefetch" not in inspect.signature(dist.DataParallel).parameters:
-            raise SystemExit("--prefetch: this whygpu.distributed.DataParallel has no prefetch= parameter")
-        return dist.DataParallel(model, bucket_mb=a.bucket_mb, shard=a.shard, prefetch=True)
-    return dist.DataParallel(model, bucket_mb=a.bucket_mb, shard=a.shard)
+    return dist.DataParallel(model, bucket_mb=a.bucket_mb, shard=a.shard, prefetch=a.prefetch)
 
 
 def _sweep(a, comm, MPI) -> dict:
