@@ -5,6 +5,7 @@ object-oriented API (``Figure`` on an Agg canvas), never ``pyplot``."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import Bbox
 
-__all__ = ["kernel_color", "place_clear"]
+__all__ = ["kernel_color", "place_clear", "ms_text", "pct_text"]
 
 _DPI = 110
 _COLORS = {
@@ -136,6 +137,24 @@ def _cpu_title(doc: dict) -> str:
 def _save(fig: Figure, path) -> str:
     fig.savefig(path, dpi=_DPI, format="png")
     return str(path)
+
+
+# The report's number formats, here so that a figure's label and the report's text write one value alike
+# (report/_format.py re-exports them): one number for one thing, not 47.6 on a bar and 47.55 in the text.
+def ms_text(s: float) -> str:
+    """Seconds as '1.23 s', '4.56 ms' or '789 us' (3 significant digits)."""
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s * 1e6:.3g} us"
+
+
+def pct_text(x: float | None) -> str:
+    """A percentage (x in %): '43%', '0.52%', 'n/a'."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:.0f}%" if abs(x) >= 1 or x == 0 else f"{x:.2g}%"
 
 
 def _num(x: float) -> str:

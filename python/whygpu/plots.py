@@ -14,7 +14,19 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from ._plot_common import _TENSOR_ROOF_STYLE, _cpu_title, _num, _save, _series, _style, kernel_color, place_clear
+from ._plot_common import (
+    _TENSOR_ROOF_STYLE,
+    _cpu_title,
+    _num,
+    _save,
+    _series,
+    _style,
+    kernel_color,
+    ms_text,
+    pct_text,
+    place_clear,
+)
+from .bench.measure import format_figure
 from .plots_roofline import plot_roofline, plot_roofline_gpu
 from .plots_scaling import plot_scaling
 
@@ -28,6 +40,8 @@ __all__ = [
     "plot_train_sweep",
     "plot_benchmarks",
     "kernel_color",
+    "ladder_steps",
+    "step_label",
 ]
 
 
@@ -95,17 +109,17 @@ def plot_ladder(doc: dict, path) -> str:
         roofs = [("gflops_1t", "1 core", "-.")] + ([("gflops_all", f"{peak['threads']} cores", ":")] if multi else [])
         for key, who, style in roofs:
             ax.axhline(peak[key], color="black", linewidth=1, linestyle=style, alpha=0.6)
-            labels.append((peak[key], f"FMA peak, {who}: {peak[key]:.0f} GFLOP/s", close and key == low, {}))
+            labels.append((peak[key], f"FMA peak, {who}: {format_figure(peak[key])} GFLOP/s", close and key == low, {}))
     if peak.get("gpu_gflops") and any(
         series_dev == "cuda" for series_dev in (r.get("device") for r in doc.get("measurements", []))
     ):
         ax.axhline(peak["gpu_gflops"], color="#2b6f2b", linewidth=1, linestyle="--", alpha=0.7)
-        labels.append((peak["gpu_gflops"], f"GPU float32 FMA peak: {_num(peak['gpu_gflops'])} GFLOP/s", False, {}))
+        labels.append((peak["gpu_gflops"], f"GPU float32 FMA peak: {format_figure(peak['gpu_gflops'])} GFLOP/s", False, {}))
     used = {r.get("precision") for r in doc.get("measurements", []) if r.get("device") == "cuda"}
     for prec, g in (peak.get("gpu_tensor_gflops") or {}).items():
         if prec in used:  # a tensor-core roof only where a rung in that precision was measured
             ax.axhline(g, color="#ae017e", linewidth=1, linestyle=_TENSOR_ROOF_STYLE.get(prec, ":"), alpha=0.7)
-            labels.append((g, f"GPU {prec} tensor-core peak: {_num(g)} GFLOP/s", False, {"color": "#ae017e"}))
+            labels.append((g, f"GPU {prec} tensor-core peak: {format_figure(g)} GFLOP/s", False, {"color": "#ae017e"}))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     sizes = doc["params"]["sizes"]
@@ -134,68 +148,68 @@ def plot_ladder(doc: dict, path) -> str:
     return _save(fig, path)
 
 
-def _bar_step(rows: list[dict], i: int) -> tuple[float, bool] | None:
-    """(ratio, clear) of row i's bar over the bar of the rung before it, as drawn; None for none.
-    From the summary (``bar_ratio``), or -- a summary written before it -- from the two rows' figures."""
-    r = rows[i]
-    if "bar_ratio" in r:
-        return r["bar_ratio"], r.get("bar_clear", True)
+def ladder_steps(doc: dict) -> list[dict]:
+    """The rows of the steps figure: each rung with a speed-up over the rung before (the summary's
+    ``speedup_prev``: the two rungs at the largest size both ran, ratio of their medians, from interleaved
+    samples), and each rung left out as disturbed.  The figure, the report's table and its text all read
+    these summary fields, so a rung's speed-up is one number wherever it is written."""
+    return [
+        r
+        for r in doc["summary"]["rows"]
+        if not r.get("reference") and ("speedup_prev" in r or r.get("disturbed"))
+    ]
+
+
+def step_label(r: dict) -> str:
+    """What the steps figure writes on a rung's bar: 'x38.3', '≈ x1.03 (noise)' where the spreads overlap,
+    'disturbed' for a rung left out (the same digits as the report's table: ``format_figure``)."""
     if "speedup_prev" not in r:
-        return None
-    before = next((x for x in rows[:i] if x["kernel"] == r["prev"]), None)
-    if before is None:
-        return None
-    lo = r.get("gflops_low", r["gflops"]) / before.get("gflops_high", before["gflops"])
-    hi = r.get("gflops_high", r["gflops"]) / before.get("gflops_low", before["gflops"])
-    return r["gflops"] / before["gflops"], lo > 1 or hi < 1
+        return "disturbed\n(left out)"
+    x = format_figure(r["speedup_prev"])
+    return f"x{x}" if r.get("speedup_clear", True) else f"≈ x{x} (noise)"
 
 
 def plot_ladder_steps(doc: dict, path) -> str:
-    """GFLOP/s of each rung at its largest measured size, with its bar's ratio
-    to the bar of the rung before written on it (the bars drawn, so the label and
-    the bars always agree; the same-size comparison is the report's table)."""
-    rows = doc["summary"]["rows"]
+    """What each idea buys: one bar per rung, its speed-up over the rung before, both at one size (the
+    largest both ran), with the min-max range their spreads allow.  The bar's height is the number written
+    on it and the number in the report's table and text (:func:`ladder_steps`)."""
+    rows = ladder_steps(doc)
     fig = Figure(figsize=(8.4, 4.6), layout="constrained")
     ax = fig.subplots()
-    names = [r["kernel"] for r in rows]
-    vals = [r["gflops"] for r in rows]
+    # a rung left out has no speed-up: an empty, hatched bar at x1 says it is there and not counted
+    vals = [r.get("speedup_prev", 1.0) for r in rows]
     bars = ax.bar(
-        range(len(rows)), vals, color=[kernel_color(x) for x in names], hatch=None, edgecolor="black", linewidth=0.5
+        range(len(rows)), vals, color=[kernel_color(r["kernel"]) for r in rows], edgecolor="black", linewidth=0.5
     )
     for i, (r, bar) in enumerate(zip(rows, bars)):
-        if r.get("reference"):
-            bar.set_hatch("//")
-            bar.set_alpha(0.6)
-        if r.get("disturbed"):  # shown, but left out of the conclusions
+        if "speedup_prev" not in r:  # shown, but left out of the conclusions
             bar.set_facecolor("white")
             bar.set_edgecolor(kernel_color(r["kernel"]))
             bar.set_hatch("xx")
-        label = f"{_num(r['gflops'])}" + ("\ndisturbed" if r.get("disturbed") else "")
-        step = _bar_step(rows, i)
-        if step is not None:
-            # overlapping spreads: not faster, and the label says so
-            ratio, clear = step
-            label += f"\nx{_num(ratio)}" if clear else f"\n≈ x{_num(ratio)} (noise)"
-        top = r.get("gflops_high", r["gflops"])
-        if "gflops_low" in r:  # the min-max range of the samples
-            ax.vlines(i, r["gflops_low"], top, color="black", linewidth=1)
-        ax.text(i, top * 1.1, label, ha="center", va="bottom", fontsize=8)
-    if any(r.get("disturbed") for r in rows):
+        top = max(vals[i], r.get("speedup_high", vals[i]))
+        if "speedup_low" in r:  # the range the two rungs' min-max spreads allow
+            ax.vlines(i, r["speedup_low"], r["speedup_high"], color="black", linewidth=1)
+        ax.text(i, top * 1.1, step_label(r), ha="center", va="bottom", fontsize=8)
+    if any("speedup_prev" not in r for r in rows):
         ax.legend(
             handles=[Patch(facecolor="white", edgecolor="black", hatch="xx", label="disturbed (left out)")],
             fontsize=8,
-            loc="upper left",
+            loc="upper right",
         )
+    ax.axhline(1.0, color="black", linewidth=0.8, alpha=0.6)  # below: slower than the rung before
     ax.set_yscale("log")
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{r['kernel']}\nn={r['n']}" for r in rows], fontsize=8)
-    ax.set_ylabel("speed (GFLOP/s, log scale)")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
-    lows = [r.get("gflops_low", r["gflops"]) for r in rows]
-    highs = [r.get("gflops_high", r["gflops"]) for r in rows]
-    ax.set_ylim(min(vals + lows) / 3, max(vals + highs) * 6)
+    ax.set_xticklabels(
+        [f"{r['kernel']}\nvs {r['prev']}\nn={r['speedup_n']}" if "prev" in r else r["kernel"] for r in rows],
+        fontsize=8,
+    )
+    ax.set_ylabel("speed-up over the rung before (x, log scale)")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"x{_num(v)}"))
+    lows = [r.get("speedup_low", v) for r, v in zip(rows, vals)] or [1.0]
+    highs = [r.get("speedup_high", v) for r, v in zip(rows, vals)] or [1.0]
+    ax.set_ylim(min(lows + [1.0]) / 3, max(highs + [1.0]) * 6)
     ax.set_title(
-        "Each rung at its largest measured size (x = this bar / the previous rung's bar; ≈ = within the noise)\n"
+        "What each idea buys: each rung over the rung before, both at one size (≈ = within the noise)\n"
         + _cpu_title(doc),
         fontsize=10,
     )
@@ -281,7 +295,7 @@ def plot_train(doc: dict, path) -> str:
         ax.text(
             i,
             total * 1.02,
-            f"{total:.3g} ms\n{100 * r['matmul_share']:.0f}% matmul",
+            f"{ms_text(r['step_s'])}\n{pct_text(100 * r['matmul_share'])} matmul",
             ha="center",
             va="bottom",
             fontsize=8,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable
 
+from .._plot_common import ms_text, pct_text
 from ..bench.measure import format_binary_bytes, format_figure
 
 # A report is a list of blocks, rendered twice (render.py), to Markdown and to HTML:
@@ -29,17 +29,11 @@ def _g(x: float) -> str:
 
 
 def _pct(x: float) -> str:
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    return f"{x:.0f}%" if abs(x) >= 1 or x == 0 else f"{x:.2g}%"
+    return pct_text(x)
 
 
 def _ms(s: float) -> str:
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.3g} ms"
-    return f"{s * 1e6:.3g} us"
+    return ms_text(s)
 
 
 def _cache(b: int) -> str:

@@ -22,9 +22,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     # the conclusions use trustworthy figures only: a disturbed one is shown, flagged, and left out
     cpu_rows = [r for r in rows if not r["reference"] and r.get("device", "cpu") == "cpu" and not r.get("disturbed")]
     blocks: list[Block] = [("h2", f"{num}. The ladder: one idea per rung")]
-    f1 = plots.plot_ladder(doc, out / "ladder.png")
-    f2 = plots.plot_ladder_steps(doc, out / "ladder_steps.png")
-    figs += [f1, f2]
+    figs.append(plots.plot_ladder(doc, out / "ladder.png"))
     peak = doc.get("peak", {})
     dtype = doc["params"]["dtype"]
     cap = (
@@ -169,10 +167,11 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         up = [r for r in clear if r["speedup_prev"] > 1]
         slow = [r for r in clear if r["speedup_prev"] < 1]
         cap2 = (
-            "Each rung at its largest measured size. The x on a bar is that bar over the previous rung's bar, as "
-            "drawn: where the two are at different sizes it mixes the idea with the size. The speed-ups below "
-            "compare two rungs at one size, the largest both ran, from their interleaved samples (the range is "
-            "what their min-max spreads allow). "
+            "What each idea buys: a bar is one rung's speed-up over the rung before it, the two at one size (the "
+            "largest both ran, under the bar), the ratio of their median times from interleaved samples; the "
+            "whisker is the range their min-max spreads allow. It is the same figure as the table's speed-up "
+            "column (each rung's GFLOP/s is in the table and the figure "
+            "above). "
         )
         if up:
             big = max(up, key=lambda r: r["speedup_prev"])
@@ -199,7 +198,8 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
                 )
                 + " -- their spreads overlap. "
             )
-        cap2 += "'% of peak' is against the FMA peak of the cores the kernel used (1 core for serial rungs)."
+        cap2 += "'% of peak' in the table is against the FMA peak of the cores the kernel used (1 core for serial rungs)."
+        figs.append(plots.plot_ladder_steps(doc, out / "ladder_steps.png"))
         blocks.append(("fig", "ladder_steps.png", cap2))
     # why the blocked rung does (not) beat reordered, from this machine's caches and the measured step
     roofs = (docs.get("roofline") or {}).get("roofs") or {}
