@@ -43,6 +43,8 @@ __all__ = [
     "shard_elements",
     "rank_bytes",
     "devices_needed",
+    "devices_reason",
+    "kept_bytes",
     "extrapolate_memory",
 ]
 
@@ -158,6 +160,49 @@ def devices_needed(
     while whole + split / p > device_bytes:
         p += 1
     return {"devices": p, "per_rank_bytes": whole + split / p, "why": ""}
+
+
+def kept_bytes(n_params: int, stage: str, precision: str = "fp32", optimizer: str = "adam") -> float:
+    """Bytes of the training state a stage does not shard: on every rank, whatever P."""
+    _check(stage, 1, precision, optimizer)
+    return sum(v for k, v in _full(precision, optimizer).items() if k not in _SHARDED[stage]) * n_params
+
+
+_NAMES = {"params": "parameters", "grads": "gradients", "optimizer": "optimizer state"}
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def devices_reason(
+    n_params: int, device_bytes: float, stage: str, precision: str = "fp32", optimizer: str = "adam"
+) -> str:
+    """Why :func:`devices_needed` gives the count it gives, in one sentence worked from the same numbers: what
+    stays whole on every device, what it leaves of the device for the sharded part, and that part over what is
+    left (a 70B model in mixed precision with ZeRO-2 on 141 GB: 140 GB of 2-byte parameters on every device leave
+    1 GB a device for the 980 GB it shards, so 980 devices)."""
+    need = devices_needed(n_params, device_bytes, stage, precision, optimizer)
+    if need["devices"] is None:
+        return need["why"]
+    full = _full(precision, optimizer)
+    kept = [k for k in KEYS if k not in _SHARDED[stage] and full[k]]
+    split_k = [k for k in KEYS if k in _SHARDED[stage] and full[k]]
+    whole = sum(full[k] for k in kept) * n_params
+    split = sum(full[k] for k in split_k) * n_params
+    gb = lambda b: f"{b / 1e9:.4g} GB"  # noqa: E731
+    width = "fp32" if precision == "fp32" else "fp16/bf16"
+    bpp = lambda ks: " + ".join(f"{full[k]:g}" for k in ks)  # noqa: E731
+    devs = f"{need['devices']} device{'s' if need['devices'] > 1 else ''}"
+    if not split:
+        return f"nothing is sharded: all {gb(whole)} ({bpp(kept)} bytes a parameter) fit on one device"
+    shards = f"the {gb(split)} of {_and([_NAMES[k] for k in split_k])} it shards ({bpp(split_k)} bytes a parameter)"
+    if not kept:
+        return f"everything is sharded: {shards} over {gb(device_bytes)} a device needs {devs}"
+    return (
+        f"{gb(whole)} of {_and([_NAMES[k] for k in kept])} ({bpp(kept)} bytes a parameter, {width}) on every device "
+        f"leave {gb(device_bytes - whole)} of its {gb(device_bytes)} for {shards}: {devs}"
+    )
 
 
 def extrapolate_memory(

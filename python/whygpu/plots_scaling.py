@@ -7,21 +7,40 @@ from matplotlib.figure import Figure
 
 from ._plot_common import _cpu_title, _save, kernel_color
 from .bench.measure import format_figure
-from .bench.scaling import TWO_POINTS, amdahl, percent, with_checks
+from .bench.scaling import amdahl, percent, plain_text, with_checks
 
-__all__ = ["plot_scaling"]
+__all__ = ["plot_scaling", "extrapolated_cores", "any_fit", "measured_title"]
+
+
+def extrapolated_cores(doc: dict) -> int:
+    """The core count Amdahl's law is extrapolated to, in the legend and in the report's text alike: 16, or
+    four times the most threads measured."""
+    series = doc.get("series") or []
+    pmax = max((max(s["threads"]) for s in series), default=1)
+    return max(16, 4 * pmax)
+
+
+def any_fit(doc: dict) -> bool:
+    """Whether Amdahl's law was fitted to any series: else the figure and the section show the speed-ups only."""
+    return any(s.get("fitted") for s in doc.get("series") or [])
+
+
+def measured_title(doc: dict) -> str:
+    """The title of what a machine that allows no fit does show: 'Threads on 2 cores: the speed-up measured'."""
+    cores = doc.get("cores") or doc.get("machine", {}).get("cpu", {}).get("cores") or "?"
+    return f"Threads on {cores} core{'' if cores == 1 else 's'}: the speed-up measured"
 
 
 def _legend(s: dict, extrapolated: int) -> str:
-    """Plain numbers: 'serial fraction 12%, x5.3 on 16 (extrapolated)', or why there is no fit."""
+    """Plain numbers: 'serial fraction 12%, x5.3 on 16 (extrapolated)', or without a fit the speed-up measured."""
     if s.get("fitted"):
         f = s["serial_fraction"]
         x = format_figure(amdahl(extrapolated, f))
         return f"{s['label']}: serial fraction {percent(f)}, x{x} on {extrapolated} (extrapolated)"
     if s.get("serial_disturbed"):
         return f"{s['label']}: fit impossible ({percent(s.get('serial_fraction_fit'))}), left out"
-    note = s.get("fit_note") or ""
-    return f"{s['label']}: no fit ({'two points' if note.startswith(TWO_POINTS) else 'too few points'})"
+    # no fit: the speed-up measured, in the words (and digits) of the report's text
+    return f"{s['label']}: {plain_text(s) or 'no undisturbed thread count above 1'}"
 
 
 def plot_scaling(doc: dict, path) -> str:
@@ -40,7 +59,7 @@ def plot_scaling(doc: dict, path) -> str:
     pmax = max(max(s["threads"]) for s in series) if series else 1
     cores = doc.get("cores") or doc.get("machine", {}).get("cpu", {}).get("cores") or pmax
     xmax = max(2, pmax)
-    extrapolated = max(16, 4 * pmax)  # the legend's "on N cores": as the report's text
+    extrapolated = extrapolated_cores(doc)  # the legend's "on N cores": as the report's text
     xs = sorted({1 + i * (xmax - 1) / 200 for i in range(201)} | {float(min(cores, xmax))})
     ideal = "ideal (speed-up = threads)" if xmax <= cores else f"ideal (speed-up = threads, at most the {cores} cores)"
     ax.plot(xs, [min(x, cores) for x in xs], color="black", linewidth=1, linestyle="-", alpha=0.5, label=ideal)
@@ -91,12 +110,8 @@ def plot_scaling(doc: dict, path) -> str:
         hi for s in series for hi, d in zip(s.get("speedup_high") or [], s.get("disturbed") or []) if not d
     ]
     ax.set_ylim(0, max([min(xmax, cores) * 1.15] + [1.1 * v for v in tops]))
-    if any(s.get("fitted") for s in series):
-        title = "Parallel speed-up and Amdahl's law (dashed: fitted)"
-    elif any((s.get("fit_note") or "").startswith(TWO_POINTS) for s in series):
-        title = f"Parallel speed-up -- no Amdahl fit:\n{TWO_POINTS}"
-    else:
-        title = "Parallel speed-up (no Amdahl fit)"
+    # the lesson this machine can show: a fitted serial fraction where one was fitted, else the speed-ups
+    title = "Parallel speed-up and Amdahl's law (dashed: fitted)" if any_fit(doc) else measured_title(doc)
     ax.set_title(title + "\n" + _cpu_title(doc), fontsize=11)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")

@@ -65,6 +65,7 @@ __all__ = [
     "annotate",
     "run_scaleout",
     "quiet_reading",
+    "where_lost",
 ]
 
 # A model error beyond this (|predicted - measured| / measured) is measured again, then flagged, not explained.
@@ -182,57 +183,117 @@ def judge_run(share: dict, side: dict | None, run: dict, cores: int) -> list[str
 
 def _lost(base: dict, share: dict, side: dict | None, run: dict) -> dict[str, Any]:
     """Where the P-rank step lost against perfect scaling (one rank's step / P), in measured parts that add
-    up to the loss: the smaller batch per rank, running beside the other ranks, DataParallel's own work, and
-    waiting for the allreduce."""
+    up to the loss: the smaller batch per rank, running beside the other ranks, DataParallel's own work, (sharded)
+    the update of its shard, waiting for the collectives -- the exposed time the run's table shows, the same
+    number -- and what the medians do not split (each figure is a median over the steps, and the median step is
+    not the sum of its parts' medians)."""
     P = run["ranks"]
     ideal = base["step_s"] / P
     beside_to = side["step_s"] if side else run["compute_s"]
+    sharded = is_sharded(run)
     parts = {
         "ideal_s": ideal,
         "lost_s": run["step_s"] - ideal,
         "batch_s": share["step_s"] - ideal,  # one rank alone on B/P samples, against B's time / P
         "beside_s": beside_to - share["step_s"],  # the P shares computed at once, each step the slowest rank's
         "bookkeeping_s": run["compute_s"] - beside_to,  # DataParallel's copies, tests, weighting
-        "exposed_s": run["step_s"] - run["compute_s"],  # waiting for the allreduce after the backward pass
+        "exposed_s": run["exposed_s"],  # waiting for the allreduce after the backward pass (the table's exposed)
     }
-    sharded = is_sharded(run)
+    outside = run["step_s"] - run["compute_s"]  # the step beyond its compute, by the medians
     if sharded:
         # the run's compute_s leaves out its update (1/P of it) and the allgather: the update is its own part,
         # against the full update each rank side by side made (negative: time the shard's update saved)
         full_update = ((side or share).get("update_s") or 0.0) if side else (share.get("update_s") or 0.0)
         parts["bookkeeping_s"] = run["compute_s"] - (beside_to - full_update)
         parts["update_s"] = run.get("update_s", 0.0) - full_update
-        parts["exposed_s"] = run["step_s"] - run["compute_s"] - run.get("update_s", 0.0)
-    lost = parts["lost_s"]
+        outside -= run.get("update_s", 0.0)
+        # the reduce-scatter's exposed part and the allgather waited for, as the sharded table shows them
+        parts["exposed_s"] = run["exposed_s"] + run.get("exposed_allgather_s", run.get("allgather_s", 0.0))
+    parts["medians_s"] = outside - parts["exposed_s"]
+    parts["text"] = _lost_text(parts, base, share, run)
+    return parts
+
+
+def _lost_text(parts: dict, base: dict, share: dict, run: dict) -> str:
+    """The loss in words: each part that lost time as a share of all the time lost (so no share is negative), and
+    each part that won time back said as such, with what it means."""
+    P, lost, ideal = run["ranks"], parts["lost_s"], parts["ideal_s"]
     ms = lambda x: f"{1e3 * x:.3g} ms"  # noqa: E731
-    pc = lambda x: f"{100 * x / lost:.0f}%" if lost > 0 else ""  # noqa: E731
     if lost <= 0:
-        text = (
+        return (
             f"The {P}-rank step ({ms(run['step_s'])}) was at least as fast as one rank's step / {P} "
             f"({ms(ideal)}): no efficiency was lost."
         )
-    else:
-        over = ", taking turns on the cores" if P * run["threads"] > base.get("cores", 10**9) else ""
-        text = (
-            f"Against perfect scaling ({ms(base['step_s'])} / {P} = {ms(ideal)}) the {P}-rank step "
-            f"({ms(run['step_s'])}) lost {ms(lost)}: {ms(parts['batch_s'])} ({pc(parts['batch_s'])}) to the "
-            f"smaller batch per rank (one rank alone on {share['batch']} samples took {ms(share['step_s'])}, "
-            f"not {ms(ideal)}), {ms(parts['beside_s'])} ({pc(parts['beside_s'])}) to running beside the other "
-            f"ranks (shared cores, caches and memory, and each step waiting for the slowest rank{over}), "
-            f"{ms(parts['bookkeeping_s'])} ({pc(parts['bookkeeping_s'])}) to DataParallel's own work, and "
-            f"{ms(parts['exposed_s'])} ({pc(parts['exposed_s'])}) to waiting for the allreduce."
-        )
-        if sharded:
-            upd = parts["update_s"]
-            text = text.replace(
-                ", and " + f"{ms(parts['exposed_s'])} ({pc(parts['exposed_s'])}) to waiting for the allreduce.",
-                f", {ms(upd)} ({pc(upd)}) to the optimizer update of its 1/{P} shard "
-                f"({'less' if upd < 0 else 'more'} than the whole update each rank made side by side), and "
-                f"{ms(parts['exposed_s'])} ({pc(parts['exposed_s'])}) to waiting for the reduce-scatter and the "
-                "allgather.",
+    over = ", taking turns on the cores" if P * run["threads"] > base.get("cores", 10**9) else ""
+    sharded = is_sharded(run)
+    waited = "the reduce-scatter and the allgather" if sharded else "the allreduce"
+    # (key, what it lost time to, what it means when it won time back instead)
+    words: list[tuple[str, str, str]] = [
+        (
+            "batch_s",
+            f"the smaller batch per rank (one rank alone on {share['batch']} samples took {ms(share['step_s'])}, "
+            f"not {ms(ideal)})",
+            f"the smaller batch per rank: one rank alone on {share['batch']} samples took {ms(share['step_s'])}, "
+            f"less than {ms(ideal)}",
+        ),
+        (
+            "beside_s",
+            "running beside the other ranks (shared cores, caches and memory, and each step waiting for the "
+            f"slowest rank{over})",
+            "the ranks side by side ran faster than one rank alone on its share: noise larger than this term",
+        ),
+        (
+            "bookkeeping_s",
+            "DataParallel's own work",
+            "DataParallel's ranks computed faster than the same ranks side by side without it: noise larger "
+            "than this term",
+        ),
+    ]
+    if sharded:
+        words.append(
+            (
+                "update_s",
+                f"the optimizer update of its 1/{P} shard (more than the whole update each rank made side by side)",
+                f"the optimizer update of its 1/{P} shard took less than the whole update each rank made side by "
+                "side: the work sharding saves",
             )
-    parts["text"] = text
-    return parts
+        )
+    words += [
+        ("exposed_s", f"waiting for {waited} (the exposed time of the table)", f"waiting for {waited}"),
+        (
+            "medians_s",
+            "what the medians do not split (each figure is the median over the steps, and the median step is "
+            "longer than its parts' medians added up)",
+            "what the medians do not split (the median step is shorter than its parts' medians added up)",
+        ),
+    ]
+    lose = [(parts[k], w) for k, w, _ in words if parts[k] > 0 and not (k == "medians_s" and parts[k] < 0.005 * lost)]
+    won = [(-parts[k], w) for k, _, w in words if parts[k] < 0 and not (k == "medians_s" and -parts[k] < 0.005 * lost)]
+    gross = sum(x for x, _ in lose)  # the time lost in all: each share is of this, so none is negative
+    pc = lambda x: f"{100 * x / gross:.0f}%"  # noqa: E731
+    text = (
+        f"Against perfect scaling ({ms(base['step_s'])} / {P} = {ms(ideal)}) the {P}-rank step "
+        f"({ms(run['step_s'])}) lost {ms(lost)}"
+    )
+    listed = "; ".join(f"{ms(x)} ({pc(x)}) to {w}" for x, w in lose)
+    if not won:
+        return text + f": {listed}."
+    return (
+        text + f" net: {ms(gross)} lost in all, {listed}; less {ms(sum(x for x, _ in won))} won back, "
+        + "; ".join(f"{ms(x)} by {w}" for x, w in won)
+        + "."
+    )
+
+
+def where_lost(doc: dict, run: dict) -> dict[str, Any] | None:
+    """:func:`_lost` of a multi-rank run of a document, from its runs (a document written before the parts
+    matched its table holds older words); None where the runs it needs were not measured."""
+    runs, batch = doc["runs"], doc["params"]["batch"]
+    base = _find(runs, 1, run["threads"], batch)
+    share = _share(runs, run["ranks"], run["threads"])
+    if run["ranks"] < 2 or run.get("side_by_side") or base is None or share is None:
+        return None
+    return _lost(dict(base, cores=doc["params"]["cores"]), share, _side(runs, run["ranks"], run["threads"]), run)
 
 
 def annotate(doc: dict) -> dict:

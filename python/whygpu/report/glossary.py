@@ -3,7 +3,8 @@
 :func:`section` returns the glossary of the terms the page actually uses (none of the
 others), placed near the end; the HTML renderer (``render._to_html``) turns the first
 use of each into a link to its entry, with the sentence as a tooltip.  The scale-out
-section explains its own words (rank, allreduce, ring, bucket, ...) where it uses them.
+section explains its own words (rank, allreduce, ring, bucket, ...) where it uses them, and the
+glossary holds them too, from the same sentences.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from collections.abc import Sequence
 
 from ._format import Block
+from .scaleout import GLOSSARY as _SCALEOUT_GLOSSARY
 
 # (anchor, the term as shown, what finds it in the text, the sentence)
 TERMS: tuple[tuple[str, str, str, str], ...] = (
@@ -112,6 +114,201 @@ TERMS: tuple[tuple[str, str, str, str], ...] = (
         r"cuBLAS",
         "NVIDIA's own matrix library: the reference a hand-written GPU kernel is held against.",
     ),
+)
+
+# The words of the story's arguments: what limits a kernel, what threads and ranks buy, how figures are judged.
+TERMS += (
+    (
+        "speedup",
+        "speed-up",
+        r"speed-ups?",
+        "How many times faster: the old time over the new one (x2 is twice as fast, x0.5 half as fast). Here "
+        "it is always between two measurements of one size, from their median times.",
+    ),
+    (
+        "median",
+        "median and min-max",
+        r"median|min-max",
+        "A figure here is the median of several timed samples (the middle one, unmoved by one slow sample); "
+        "min-max is the range of the samples, the spread the noise allows.",
+    ),
+    (
+        "noise",
+        "within the noise",
+        r"within the noise|noise",
+        "Two figures whose min-max spreads overlap: the measurements cannot tell which is faster, so neither is "
+        "called faster.",
+    ),
+    (
+        "disturbed",
+        "disturbed",
+        r"disturbed",
+        "A figure the hardware cannot produce (above the measured peak, a speed-up above the cores): another "
+        "program took the machine while it was measured, so it is shown, flagged and left out of the conclusions.",
+    ),
+    (
+        "blas",
+        "BLAS (OpenBLAS, MKL)",
+        r"BLAS|OpenBLAS|MKL",
+        "Basic Linear Algebra Subprograms: the standard interface of matrix libraries; NumPy's a @ b calls one "
+        "(OpenBLAS or Intel's MKL), tuned by hand for each CPU.",
+    ),
+    (
+        "vectorize",
+        "vectorize, unit stride",
+        r"vectori[sz]es?|vectori[sz]ed|unit-stride|unit stride",
+        "A loop the compiler turns into SIMD instructions; it can when the loop walks memory one element after "
+        "the next (unit stride), so a vector load takes neighbouring numbers.",
+    ),
+    (
+        "cacheblocking",
+        "cache blocking (tiling)",
+        r"cache[- ]block(?:ing|ed)|cache-sized tiles|blocking",
+        "Working on tiles of the matrices small enough to stay in a cache, so each number loaded from memory "
+        "is used many times before it is evicted.",
+    ),
+    (
+        "registerblocking",
+        "register blocking",
+        r"register[- ](?:blocking|blocked|tiled|tiling|tiles?)",
+        "The same idea one level closer to the arithmetic: a small tile of C is kept in the vector registers "
+        "while A and B stream past, so each load feeds several FMAs.",
+    ),
+    (
+        "packing",
+        "packing",
+        r"pack(?:ed|ing) (?:panels?|blocks?|A|B)|packing",
+        "Copying a block of A or B into a contiguous buffer in the order the micro-kernel reads it, so its "
+        "loads are unit-stride and it stays in cache.",
+    ),
+    (
+        "prefetcher",
+        "hardware prefetcher",
+        r"hardware prefetchers?",
+        "Circuitry in the core that spots a regular walk through memory and fetches the next cache lines "
+        "before they are asked for, hiding memory's latency for in-order streams.",
+    ),
+    (
+        "roofline",
+        "roofline",
+        r"roofline|roofs?",
+        "A model of a kernel's speed: the lower of its compute roof (the arithmetic it can issue) and its "
+        "arithmetic intensity times the bandwidth of the memory its data comes from.",
+    ),
+    (
+        "intensity",
+        "arithmetic intensity (flop/byte)",
+        r"arithmetic intensity|intensity|flop/byte|FLOPs per gradient byte",
+        "Floating-point operations per byte moved: high, a kernel is compute-bound; low, memory-bound.",
+    ),
+    (
+        "bound",
+        "compute-bound, memory-bound",
+        r"(?:compute|memory|bandwidth)[- ]bound",
+        "Which limit of the roofline a kernel sits under: the arithmetic (compute-bound) or the bytes it must "
+        "move (memory-bound).",
+    ),
+    (
+        "bandwidth",
+        "bandwidth (GB/s)",
+        r"bandwidth|GB/s",
+        "Bytes per second a memory (or a link between machines) delivers once a transfer is under way.",
+    ),
+    (
+        "amdahl",
+        "Amdahl's law",
+        r"Amdahl(?:'|&#x27;)s law",
+        "If a fraction f of the work cannot be parallelised, p cores give at most 1 / (f + (1 - f) / p), and "
+        "no number of cores more than 1/f.",
+    ),
+    (
+        "serial",
+        "serial fraction",
+        r"serial fractions?|serial part",
+        "The share f of the work that runs on one core whatever the others do; Amdahl's law fits it to the "
+        "speed-ups measured on several thread counts.",
+    ),
+    (
+        "threads",
+        "thread, core",
+        r"threads?|cores?",
+        "A core is one processor of the chip; a thread is one stream of instructions the program runs on a "
+        "core. More threads than cores take turns (oversubscription).",
+    ),
+    (
+        "efficiency",
+        "scaling efficiency",
+        r"efficiency",
+        "Speed-up over the number of ranks or cores: 100% is perfect scaling, every added rank paying in full.",
+    ),
+    (
+        "strongweak",
+        "strong and weak scaling",
+        r"(?:strong|weak)[- ]scaling",
+        "Strong scaling: more ranks on a fixed global batch, each rank's share shrinking. Weak scaling: each "
+        "rank keeps its batch, so the global batch grows with the ranks.",
+    ),
+    (
+        "dataparallel",
+        "data parallelism",
+        r"[Dd]ata parallelism|[Dd]ata-parallel|DataParallel",
+        "Every rank holds a copy of the model, trains on its share of each batch, and the ranks add up their "
+        "gradients so that all copies take the same step.",
+    ),
+    (
+        "mpi",
+        "MPI",
+        r"MPI",
+        "The Message Passing Interface: the standard library with which separate processes (ranks) send each "
+        "other data and run collectives such as an allreduce.",
+    ),
+    (
+        "training",
+        "training step, batch, SGD, Adam",
+        r"training step|batch|SGD|Adam|backward pass|forward pass",
+        "One step of training: the forward pass computes the loss on a batch of samples, the backward pass "
+        "its gradient, and the optimizer (SGD, or Adam with its two moments per parameter) updates the weights.",
+    ),
+    (
+        "mixed",
+        "mixed precision",
+        r"[Mm]ixed precision|fp16|fp32",
+        "Parameters and gradients in 2-byte floats (fp16/bf16) for speed, with an fp32 master copy in the "
+        "optimizer for accuracy.",
+    ),
+    (
+        "gpu",
+        "GPU, CUDA",
+        r"GPU|CUDA",
+        "A graphics processor: thousands of simple lanes running one program over many data; CUDA is NVIDIA's "
+        "way to program it.",
+    ),
+    (
+        "quiet",
+        "quiet guard",
+        r"[Qq]uiet guard",
+        "whygpu's check that no other program uses the cores while it measures: it waits for a quiet machine "
+        "and records what other programs used before and during each measurement.",
+    ),
+)
+# The scale-out section's own words (rank, allreduce, ...), defined there where it uses them: listed here too, so
+# the page's glossary holds every term the page uses.
+_SCALEOUT = {
+    "rank": r"ranks?",
+    "allreduce": r"[Aa]llreduce",
+    "ring": r"ring",
+    "bucket": r"buckets?(?:\(s\))?",
+    "exposed": r"exposed",
+    "alpha (latency)": r"alpha|latency",
+    "shard": r"shards?|sharded|sharding",
+    "ZeRO": r"ZeRO",
+    "reduce-scatter": r"[Rr]educe[-_][Ss]catter",
+    "allgather": r"[Aa]llgather",
+}
+TERMS += tuple(
+    ("so_" + re.sub(r"\W+", "_", w.lower()).strip("_"), w, _SCALEOUT[w], d[0].upper() + d[1:])
+    for w, d in _SCALEOUT_GLOSSARY
+    if w in _SCALEOUT
 )
 
 _PATTERNS = {slug: re.compile(r"(?<![\w/-])(?:" + rx + r")(?![\w-])") for slug, _, rx, _ in TERMS}

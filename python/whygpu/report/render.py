@@ -86,7 +86,8 @@ def _to_html(blocks: Sequence[Block], out: Path, title: str) -> str:
             )
         elif kind == "table":
             head, rows = b[1], b[2]
-            h = "".join(f"<th>{e(str(x))}</th>" for x in head) if any(head) else ""
+            # (headers linked too: the glossary lists a term a header alone uses, so the header links it)
+            h = "".join(f"<th>{text(x)}</th>" for x in head) if any(head) else ""
             body = "".join("<tr>" + "".join(f"<td>{text(c)}</td>" for c in row) + "</tr>" for row in rows)
             # in a box of its own that scrolls sideways: a wide table on a phone does not widen the page
             parts.append(f"<div class='scroll'><table>{'<tr>' + h + '</tr>' if h else ''}{body}</table></div>")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..bench.trust import DISTURBED
 from ..memory_model import ZERO_STAGE
-from ..scaleout import _dp_runs, is_sharded, quiet_reading
+from ..scaleout import _dp_runs, is_sharded, quiet_reading, where_lost
 from ._format import Block, Docs, _g, _ms
 
 TITLE = "More than one machine"
@@ -140,7 +140,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
             + _comm_sentence(r)
             + f" Together: {_ms(m['step_s'])} against {_ms(x['step_s'])} measured "
             f"({100 * r['prediction_error']:+.0f}%; a run beyond {100 * doc['model']['tolerance']:.0f}% is measured "
-            "again and then flagged, not explained). " + r["lost"]["text"],
+            "again and then flagged, not explained). " + (where_lost(doc, r) or r.get("lost") or {}).get("text", ""),
         )
     )
     rows = []
@@ -383,4 +383,34 @@ def _memory_blocks(doc: dict, out: Path, figs: list[str]) -> list[Block]:
     )
     head = ("model", "precision", "device", "state, unsharded")
     blocks.append(("table", head + tuple(f"{st} (ZeRO-{ex['zero_stage'][st]})" for st in ex["stages"]), drows))
+    why = _devices_why(ex)
+    if why:
+        blocks.append(("p", why))
     return blocks
+
+
+# A count is surprising where what a stage leaves whole takes more than this share of the device: the sharded rest
+# gets only a sliver of each device, so a stage that looks like it should help needs hundreds of them.
+_CRAMPED = 0.75
+
+
+def _devices_why(ex: dict) -> str | None:
+    """One line of reason for each device count that looks impossible (980 devices with ZeRO-2 where ZeRO-3 needs
+    8), worked from the same formula as the table."""
+    from ..memory_model import devices_reason, kept_bytes
+
+    lines = []
+    stages = ex["stages"]
+    for row in ex["rows"]:
+        for i, st in enumerate(stages):
+            n = row[st]["devices"]
+            kept = kept_bytes(row["params"], st, row["precision"], ex["optimizer"])
+            if n is None or n <= 1 or kept <= _CRAMPED * row["device_bytes"]:
+                continue
+            reason = devices_reason(row["params"], row["device_bytes"], st, row["precision"], ex["optimizer"])
+            line = f"the {row['model']} in {row['precision']} with ZeRO-{ex['zero_stage'][st]} on {row['device']}: {reason}"
+            nxt = stages[i + 1] if i + 1 < len(stages) else None
+            if nxt and row[nxt]["devices"] is not None and row[nxt]["devices"] < n:
+                line += f" (ZeRO-{ex['zero_stage'][nxt]}, which shards more of it, needs {row[nxt]['devices']})"
+            lines.append(line)
+    return "Why some counts are so large: " + "; ".join(lines) + "." if lines else None

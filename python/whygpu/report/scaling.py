@@ -1,12 +1,15 @@
 """The scaling section: speed-up on more cores (median and min-max of interleaved rounds), Amdahl's law
-where at least three thread counts allow a fit, and disturbed figures flagged rather than explained."""
+where at least three thread counts allow a fit, and disturbed figures flagged rather than explained.  On a
+machine whose cores allow no fit (2 cores: two points) the section is titled and written for what it does
+show, the speed-ups measured."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .. import plots
-from ..bench.scaling import fit_text, percent, plain_text, probe_text, with_checks
+from ..plots_scaling import any_fit, extrapolated_cores, measured_title
+from ..bench.scaling import MIN_FIT_THREADS, fit_text, percent, plain_text, probe_text, with_checks
 from ..bench.trust import DISTURBED
 from ._format import Block, Docs, _g, _ms
 
@@ -41,9 +44,10 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     doc = with_checks(docs["scaling"])  # a document written before the checks is checked now
     figs.append(plots.plot_scaling(doc, out / "scaling.png"))
     ser = {s["name"]: s for s in doc["series"]}
-    P = max(doc["params"]["threads"])
-    X = max(16, 4 * P)  # the core count Amdahl's law is extrapolated to
-    blocks: list[Block] = [("h2", f"{num}. More cores: speed-up and Amdahl's law")]
+    X = extrapolated_cores(doc)  # the core count Amdahl's law is extrapolated to (the figure's legend's too)
+    fitted = any_fit(doc)
+    title = "More cores: speed-up and Amdahl's law" if fitted else measured_title(doc)
+    blocks: list[Block] = [("h2", f"{num}. {title}")]
     k = ser.get(doc["params"]["kernel"])
     cap = (
         "Each thread count was timed in interleaved rounds (1 thread, 2, ..., then again); a speed-up is the median "
@@ -60,7 +64,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
                 "Slower on more threads than on one: another program was using the cores, so this shows "
                 "contention, not the kernel's scaling. "
             )
-        if k.get("fitted") or not doc.get("note"):
+        if k.get("fitted") or (fitted and not doc.get("note")):
             cap += fit_text(k, X) + ". "
     probe = probe_text(doc)  # never a 'limit' below what a kernel measured
     if probe:
@@ -75,9 +79,13 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
             "Red crosses: figures the hardware cannot produce (" + "; ".join(_flags(s) for s in flagged) + ") -- "
             f"{DISTURBED}. "
         )
-    if doc.get("note"):
-        cap += f"No Amdahl fit -- {doc['note']}."
+    if not fitted:
+        cap += _no_fit_text(doc)
     blocks.append(("fig", "scaling.png", cap.strip()))
+    if not fitted:  # the speed-ups measured: no serial fraction or limit columns to leave empty
+        rows = [(s["label"], ", ".join(_cell(s, i) for i in range(len(s["threads"])))) for s in doc["series"]]
+        blocks.append(("table", ("series", "speed-up by threads (min-max)"), rows))
+        return blocks
     rows = []
     for s in doc["series"]:
         if s.get("serial_disturbed"):
@@ -92,6 +100,29 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         ("table", ("series", "speed-up by threads (min-max)", "serial fraction (Amdahl)", "limit on any cores"), rows)
     )
     return blocks
+
+
+def _no_fit_text(doc: dict) -> str:
+    """Why this machine shows speed-ups and no serial fraction, from its cores and the thread counts measured."""
+    cores = doc.get("cores") or max(doc["params"]["threads"])
+    within = sorted({p for s in doc["series"] for p in s["threads"] if p <= cores})
+    counts = " and ".join(map(str, within)) if len(within) <= 2 else ", ".join(map(str, within))
+    shown = []
+    for s in doc["series"]:  # each series at the most threads within the cores, undisturbed, against the ideal
+        idx = [i for i, p in enumerate(s["threads"]) if 1 < p <= cores and not s["disturbed"][i]]
+        if idx and s["speedup_low"][idx[-1]] > 1:
+            i = idx[-1]
+            p, x = s["threads"][i], s["speedup"][i]
+            shown.append(f"x{_g(x)} on {p} threads ({s['label']}), {percent(x / p)} of the ideal x{p}")
+    return (
+        f"What {cores} core{'' if cores == 1 else 's'} can show is the speed-up itself"
+        + (": " + "; ".join(shown) if shown else "")
+        + ". Amdahl's law says a serial "
+        "fraction f of the work caps the speed-up at 1/f however many cores there are; telling f from the noise "
+        f"takes at least {MIN_FIT_THREADS} thread counts within the cores, and here there "
+        f"{'is' if len(within) == 1 else 'are'} {len(within)} ({counts} thread{'' if within == [1] else 's'}), "
+        "so no serial fraction is claimed: on a machine with more cores 'whygpu scaling' fits one."
+    )
 
 
 def _flags(s: dict) -> str:
