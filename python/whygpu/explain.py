@@ -24,8 +24,9 @@ from typing import Any
 
 from ._memory import check_product_fits
 from ._threads import check_threads, get_num_threads
+from .bench.machine import isa_name
 from .bench.trust import DISTURBED, QuietGuard, quiet_caution
-from .roofline import COMPUTE_ROOFS, kernel_model, measure_machine
+from .roofline import _BLOCKED_TILE, COMPUTE_ROOFS, kernel_model, measure_machine
 from .roofline_trust import (
     MODEL_ERROR,
     ROOF_BELOW_PEAK,
@@ -36,13 +37,13 @@ from .roofline_trust import (
     within_model_error,
 )
 
-__all__ = ["explain", "Explanation", "why_below", "format_bytes", "format_error"]
+__all__ = ["explain", "Explanation", "why_below", "blas_why", "roof_label", "format_bytes", "format_error", "NOT_SAID"]
 
 # Measured roofs, reused within this process: threads -> the CPU's; "gpu" -> the GPU's (None: no usable GPU).
 _MACHINES: dict[int | str, Any] = {}
 
-# Why a rung sits below its roof, when it does (the model counts arithmetic
-# and bandwidth; these are the costs it does not count).
+# Why a rung sits below its roof, from its own code: the costs its loops have by design (the lesson
+# of each rung) that the model, which counts arithmetic and bandwidth, does not count.
 _WHY = {
     "python": "every multiply-add is a dozen bytecodes and a new float object; the kernel also "
     "indexes B[p][j] through a list of lists, one more lookup than the dot-product loop "
@@ -55,18 +56,13 @@ _WHY = {
     "two loads and a store per multiply-add keep the load/store units busy, not the "
     "arithmetic units",
     "blocked": "B comes from L2 now, but C is still loaded and stored at every step of k (no register "
-    "blocking), and each tile row is only 256 numbers long, so loop overhead and the "
+    f"blocking), and each tile row is only {_BLOCKED_TILE[2]} numbers long, so loop overhead and the "
     "load/store units, not arithmetic, set the pace",
-    "packed": "packing A and B, the edge tiles and the loads around the micro-kernel cost a few percent; "
-    "small sizes pay the packing without enough work to amortize it",
-    "openmp": "on top of packed's overheads, threads wait at a barrier after each packed panel and "
-    "share the memory bandwidth; on a busy machine another process takes a core from it",
     "cuda_naive": "a warp's 32 loads of A fall on 32 different rows, so each load instruction becomes 32 "
     "memory transactions, and every multiply-add waits on a global load: memory latency and "
     "the load units set the pace",
     "cuda_coalesced": "every multiply-add still needs a global load instruction through L1; the load units and "
-    "the memory latency (hundreds of cycles, hidden only by other warps) set the pace, not "
-    "the L2 bandwidth the model counts",
+    "the memory latency (hidden only by other warps) set the pace, not the L2 bandwidth the model counts",
     "cuda_smem": "each multiply-add needs two shared-memory loads, so shared-memory bandwidth, not "
     "arithmetic, is the limit, and the block waits at two barriers per tile",
     "cuda_1d_tiling": "9 shared-memory loads per 8 multiply-adds: still more loads than arithmetic, and the "
@@ -75,8 +71,8 @@ _WHY = {
     "the barriers, and global loads that are not yet overlapped with the arithmetic",
     "cuda_vectorized": "wider loads remove instructions, but the barriers and the wait for each tile's global "
     "loads remain",
-    "cuda_warptile": "each thread needs about 128 registers, so only two blocks fit on an SM (25% occupancy): "
-    "too few warps to hide all the latency, and small sizes leave SMs idle",
+    "cuda_warptile": "the kernel is written to fit in 128 registers a thread, so two blocks share an SM (25% "
+    "occupancy): too few warps to hide all the latency, and small sizes leave SMs idle",
     "cuda_mma": "the tensor cores finish a 16 x 8 x 8 TF32 product in one instruction, so feeding them is the "
     "work now: operands are first rewritten K-major (B transposed through a scratch copy), every "
     "fragment goes through shared memory and ldmatrix, and with 4 warps per block the cp.async "
@@ -87,8 +83,22 @@ _WHY = {
     "cuda_wgmma": "a warpgroup's wgmma reads its operands straight from shared memory and TMA fills it, so "
     "what is left is the operand rounding before the launch, the pipeline's fill and drain, "
     "and tiles that do not fill every SM at smaller sizes",
-    "cublas": "NVIDIA's own tuned kernels: the practical ceiling for float32 on these cores",
 }
+
+# The rungs whose model counts every cost their design has (packed, openmp, cuBLAS): what the model
+# leaves out is named, but nothing here measures it, so it is no reason -- below the model's error the
+# sentence says the measurement does not say why.
+_NOT_COUNTED = {
+    "packed": "packing A and B, the edge tiles and the loop around the micro-kernel",
+    "openmp": "packed's packing and edge tiles, the barrier after each packed panel, and the threads "
+    "sharing the memory bandwidth",
+    "cublas": "the inside of NVIDIA's own kernels",
+}
+
+# Said where no measured or detected fact explains a gap.
+NOT_SAID = "the measurement does not say why"
+
+_BLAS_NAMES = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS", "accelerate": "Accelerate"}
 
 
 # A product whose 1x1x1 call already takes this share of its time is dominated by the fixed cost of a call.
@@ -103,6 +113,7 @@ def why_below(
     *,
     remeasured: bool = True,
     disturbed: str | None = None,
+    row: dict | None = None,
 ) -> str:
     """A sentence on a kernel at `fraction` (predicted / measured time) of its roof; ``overhead_s``, the time of
     a 1x1x1 call, says when a tiny product is mostly that fixed cost.
@@ -113,7 +124,12 @@ def why_below(
     it was measured once more and stayed impossible, as run_roofline and
     explain do; False for a record from before that check).  ``disturbed``,
     a flagged row's reason (e.g. it stands on a disturbed roof), leaves it
-    unexplained whatever its fraction."""
+    unexplained whatever its fraction.
+
+    Every reason is chosen from facts: the rung's own code (what its loops cost that the model does
+    not count), the measured 1x1x1 call, and for NumPy the detected BLAS kernel and the roof of its
+    instruction set (``row``, the model row or roofline point: :func:`blas_why`).  Where none applies,
+    the sentence says the measurement does not say why."""
     pct = pct_text(fraction) if fraction >= 0.01 else f"{plain(100 * fraction, 1)}%"
     if fraction > 1 and kernel in ROOF_BELOW_PEAK:
         return f"{kernel} runs at {pct} of its roof, which is possible here: {ROOF_BELOW_PEAK[kernel]}."
@@ -126,26 +142,102 @@ def why_below(
     if disturbed:
         return f"{kernel} at {pct} of its roof: {disturbed}."
     if within_model_error(fraction):
-        return (
-            f"{kernel} runs at {pct} of its roof: within the model's stated error ({100 * MODEL_ERROR:.0f}%), "
-            "so the model explains it."
+        tail = f"within the model's stated error ({100 * MODEL_ERROR:.0f}%), so the model explains it"
+    elif overhead_s is not None and measured_s and overhead_s >= OVERHEAD_DOMINATES * measured_s:
+        tail = _overhead_text(kernel, overhead_s, measured_s, row)
+    else:
+        tail = None
+    if kernel.startswith("numpy"):
+        return blas_why(kernel, pct, row or {}, tail)
+    if tail is not None:
+        return f"{kernel} runs at {pct} of its roof: {tail}."
+    if kernel in _WHY:
+        return f"{kernel} runs at {pct} of its roof: {_WHY[kernel]}."
+    left_out = f" (the model leaves out {_NOT_COUNTED[kernel]}, and nothing here measures them)"
+    return f"{kernel} runs at {pct} of its roof: {NOT_SAID}" + (left_out if kernel in _NOT_COUNTED else "") + "."
+
+
+def _overhead_text(kernel: str, overhead_s: float, measured_s: float, row: dict | None) -> str:
+    """A tiny product dominated by the fixed cost of a call: the measured 1x1x1 call against the product."""
+    threads = (row or {}).get("threads")
+    woken = (kernel == "openmp" and threads != 1) or (kernel.startswith("numpy") and not kernel.endswith("-1t"))
+    return (
+        f"a product this small is dominated by the fixed cost of "
+        f"a call, not by its arithmetic -- a 1x1x1 product already takes {_fmt_s(overhead_s)} of the "
+        f"{_fmt_s(measured_s)} (checking the arguments, dispatching"
+        + (", a launch" if kernel.startswith("cuda") or kernel == "cublas" else "")
+        + (", waking the threads" if woken else "")
+        + "); the roofline describes products large enough to hide it"
+    )
+
+
+def blas_why(kernel: str, pct: str, row: dict, tail: str | None = None) -> str:
+    """The sentence on a NumPy row, from the detected facts of its BLAS (``row["blas"]``:
+    :func:`whygpu.bench.machine.blas_facts`) and the roof it was held against (``row["roof_isa"]``,
+    ``row["roof_is_kernel_isa"]``: :func:`whygpu.roofline.blas_roof`): which kernel runs, its
+    instruction set against this CPU's best and why it is narrower (a variable that forces it, or an
+    OpenBLAS that does not know the CPU), the share of that ISA's roof it reached, ``tail`` (the model
+    explains it, or the fixed cost of a call) or that the measurement does not say why, and how to
+    run the full kernel."""
+    f = row.get("blas") or {}
+    if not f:  # a record from before the facts were kept
+        return f"{kernel} runs at {pct} of its roof: {tail or NOT_SAID + ' (no record of which BLAS kernel ran)'}."
+    lib, name, isa, cpu = f.get("library"), f.get("kernel"), f.get("kernel_isa"), f.get("cpu_isa")
+    env = f.get("env") or {}
+    label = _BLAS_NAMES.get(str(lib))
+    if label is None:
+        text = f"{kernel} runs a BLAS whygpu cannot identify"
+    elif lib == "mkl":
+        cap = env.get("MKL_ENABLE_INSTRUCTIONS")
+        text = f"{kernel} runs MKL" + (
+            f", held to {isa_name(isa)} by MKL_ENABLE_INSTRUCTIONS={cap}"
+            if cap and isa
+            else ", which does not report the instruction set it picks (no MKL_ENABLE_INSTRUCTIONS is set)"
         )
-    if overhead_s is not None and measured_s and overhead_s >= OVERHEAD_DOMINATES * measured_s:
-        return (
-            f"{kernel} runs at {pct} of its roof: a product this small is dominated by the fixed cost of "
-            f"a call, not by its arithmetic -- a 1x1x1 product already takes {_fmt_s(overhead_s)} of the "
-            f"{_fmt_s(measured_s)} (checking the arguments, dispatching"
-            + (", a launch" if kernel.startswith("cuda") or kernel == "cublas" else "")
-            + (", waking the threads" if kernel == "openmp" or kernel.startswith("numpy") else "")
-            + "); the roofline describes products large enough to hide it."
+        if env.get("MKL_DEBUG_CPU_TYPE"):
+            text += f" (MKL_DEBUG_CPU_TYPE={env['MKL_DEBUG_CPU_TYPE']} is set)"
+    elif name:
+        text = f"{kernel} runs {label}'s {name} kernel" + (
+            f" ({isa_name(isa)})" if isa else ", whose instruction set whygpu does not know"
         )
-    base = "numpy" if kernel.startswith("numpy") else kernel
-    reason = _WHY.get(base, "BLAS's own packing and threading overheads")
-    if base.startswith("cuda") and fraction < 0.1:
-        reason += (
-            "; at a small size the launch (a few microseconds) and too few blocks to fill the GPU dominate as well"
+    else:
+        text = f"{kernel} runs {label}, which does not report its kernel"
+    advice = None
+    if f.get("below"):
+        cause = str(f.get("cause"))
+        text += f" on this {isa_name(cpu)} CPU"
+        if lib == "openblas" and env.get("OPENBLAS_CORETYPE"):
+            text += f" because {cause}"
+            advice = "unset OPENBLAS_CORETYPE to let OpenBLAS pick its kernel for this CPU"
+        elif lib == "openblas":
+            text += f", and no OPENBLAS_CORETYPE forces it: {cause}"
+            advice = f"a newer OpenBLAS (with a newer NumPy) may know it and run its {isa_name(cpu)} kernel"
+        elif lib == "mkl":
+            advice = f"unset MKL_ENABLE_INSTRUCTIONS to let MKL use {isa_name(cpu)}"
+    elif f.get("below") is False and isa == cpu and lib != "mkl":
+        text += ", this CPU's best instruction set" + (
+            f" (OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']} is set)" if env.get("OPENBLAS_CORETYPE") else ""
         )
-    return f"{kernel} runs at {pct} of its roof: {reason}."
+    roof_isa, exact = row.get("roof_isa"), row.get("roof_is_kernel_isa")
+    if roof_isa and exact:
+        text += f": it reached {pct} of the {isa_name(roof_isa)} roof"
+    elif roof_isa:
+        why = f"whygpu measured no {isa_name(isa)} roof" if isa else "its kernel's instruction set is unknown"
+        text += f": it reached {pct} of this CPU's best roof ({isa_name(roof_isa)}), an upper bound, as {why}"
+    else:
+        text += f": it reached {pct} of its roof"
+    if tail and tail.startswith("within"):
+        text += f", {tail}"
+    else:
+        text += f"; {tail or NOT_SAID + ' it is not closer'}"
+    return text + (f"; {advice}" if advice else "") + "."
+
+
+def roof_label(row: dict) -> str:
+    """The compute roof a row is held against: 'simd_1t', and for NumPy the ISA of its BLAS kernel's roof
+    ('simd_1t (AVX2)')."""
+    isa = row.get("roof_isa")
+    return f"{row['compute_roof']} ({isa_name(isa)})" if isa else str(row["compute_roof"])
 
 
 def format_error(e: float | None) -> str:
@@ -260,7 +352,7 @@ class Explanation:
             table.append(
                 (
                     r["kernel"],
-                    r["compute_roof"],
+                    roof_label(r),
                     plain(r["compute_gflops"]),
                     moved,
                     plain(r["intensity"]) if r["intensity"] else "-",
@@ -338,6 +430,7 @@ class Explanation:
                 r.get("call_overhead_s"),
                 r["measured_s"],
                 disturbed=r.get("disturbed_reason") if r.get("disturbed") else None,
+                row=r,
             )
             for r in self.rows
             if "measured_s" in r
@@ -431,6 +524,11 @@ def explain(
     for u in unavailable:
         u["precision"] = series_precision(u["kernel"], dtype)
     names = resolve_kernels(kernels, threads)
+    blas = None
+    if any(x.startswith("numpy") for x in names):  # NumPy's BLAS, detected once: the roof its kernel's ISA sets
+        from .bench.machine import blas_facts
+
+        blas = blas_facts()
     if dtype != "float32":  # the GPU rungs compute on float32 data only
         unavailable += [
             {
@@ -467,7 +565,7 @@ def explain(
     recs: dict[str, dict] = {}  # kernel -> its measurement, to place it again if the roofs are measured again
     expect: dict[str, float] = {}
     for name in names:
-        row = kernel_model(name, m, n, k, machine, dtype=dtype, threads=threads_used(name, threads))
+        row = kernel_model(name, m, n, k, machine, dtype=dtype, threads=threads_used(name, threads), blas=blas)
         row["precision"] = series_precision(name, dtype)
         row["device"] = series_device(name)
         if measure:
@@ -532,7 +630,7 @@ def explain(
         recs,
         machine,
         remodel=lambda row, mach: kernel_model(
-            row["kernel"], m, n, k, mach, dtype=dtype, threads=threads_used(row["kernel"], threads)
+            row["kernel"], m, n, k, mach, dtype=dtype, threads=threads_used(row["kernel"], threads), blas=blas
         ),
         remeasure=remeasure,
         roofs_again=roofs_again,

@@ -6,6 +6,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from ._plot_common import _TENSOR_ROOF_STYLE, _cpu_title, _save, kernel_color, place_clear
+from .bench.machine import isa_name
 from .roofline_trust import impossible_point, pct_text, plain  # plain: '100' in a legend, never '1e+02'
 
 __all__ = ["plot_roofline", "plot_roofline_gpu"]
@@ -80,7 +81,8 @@ def _roof_points(ax, pts: list, x_none: float, is_ref) -> None:
             markersize=8,
             linestyle="none",
             alpha=0.75 if ref else 1.0,
-            label=f"{p['kernel']} (n={p['n']}): {plain(p['measured_gflops'])} of {plain(p['predicted_gflops'])}",
+            label=f"{p['kernel']} (n={p['n']}{_isa_note(p)}): {plain(p['measured_gflops'])} of "
+            f"{plain(p['predicted_gflops'])}",
         )
     ax.plot(
         [],
@@ -93,6 +95,11 @@ def _roof_points(ax, pts: list, x_none: float, is_ref) -> None:
     )
     if any(_disturbed(p) for p in pts):
         ax.plot([], [], marker="X", color="#888888", linestyle="none", label="disturbed (left out)")
+
+
+def _isa_note(p: dict) -> str:
+    """', AVX2 roof' for a NumPy point: the instruction set of the roof it is held against."""
+    return f", {isa_name(p['roof_isa'])} roof" if p["kernel"].startswith("numpy") and p.get("roof_isa") else ""
 
 
 def _flat_spots(y: float, x_lo: float, x_hi: float, below_first: bool) -> list[tuple[float, float, dict]]:
@@ -141,7 +148,8 @@ def plot_roofline(doc: dict, path) -> str:
     x_lo = min([0.05] + [x / 3 for x in finite])
     x_hi = max([200.0] + [x * 3 for x in finite])
     xs = [x_lo * (x_hi / x_lo) ** (i / 200) for i in range(201)]
-    top = max(roofs["compute"].values())
+    blas_lines = _blas_roofs(pts, roofs)
+    top = max([*roofs["compute"].values(), *(g for g, _ in blas_lines)])  # the bandwidth slopes rise to it
     prev = None
     labels: list[tuple[str, list, dict]] = []  # (text, spots, keywords): placed once the axes are final
     for name, g in sorted(roofs["compute"].items(), key=lambda kv: -kv[1]):
@@ -154,6 +162,9 @@ def plot_roofline(doc: dict, path) -> str:
         below = prev is not None and prev / g < 1.3  # two roofs close together: the lower label under its line
         labels.append((f"{label}: {plain(g)} GFLOP/s", _flat_spots(g, x_lo, x_hi, below), {"fontsize": 7.5}))
         prev = g
+    for g, text in blas_lines:
+        ax.axhline(g, color=kernel_color("numpy"), linewidth=1, alpha=0.7, linestyle="--")
+        labels.append((text, _flat_spots(g, x_lo, x_hi, True), {"fontsize": 7.5, "color": kernel_color("numpy")}))
     styles = {"L2": "-", "L3": "--", "DRAM": ":"}
     for i, (level, gbps) in enumerate(roofs["bandwidth"]["1"].items()):
         ys = [min(top, gbps * x) for x in xs]
@@ -173,6 +184,24 @@ def plot_roofline(doc: dict, path) -> str:
     )
     _place(ax, labels)
     return _save(fig, path)
+
+
+def _blas_roofs(pts: list, roofs: dict) -> list[tuple[float, str]]:
+    """NumPy's own roofs, where they are not whygpu's: the FMA roof of the ISA its BLAS kernel runs
+    (the AVX2 roof for OpenBLAS's Haswell kernel on an AVX-512 CPU), one line per distinct roof."""
+    drawn = list(roofs["compute"].values())
+    out: dict[float, str] = {}
+    for p in pts:
+        if not p["kernel"].startswith("numpy") or not p.get("roof_isa"):
+            continue
+        g = float(p["compute_gflops"])
+        if any(abs(g - d) <= 0.01 * d for d in drawn + list(out)):
+            continue  # the same line as a roof already drawn
+        f = p.get("blas") or {}
+        kernel = f"{f['kernel']} kernel, " if f.get("kernel") and p.get("roof_is_kernel_isa") else ""
+        cores = "1 core" if p["compute_roof"] == "simd_1t" else f"{p.get('threads', '')} cores".strip()
+        out[g] = f"NumPy's BLAS ({kernel}{isa_name(p['roof_isa'])} FMA), {cores}: {plain(g)} GFLOP/s"
+    return sorted(out.items(), key=lambda kv: -kv[0])
 
 
 def _place(ax, labels: list[tuple[str, list, dict]]) -> None:

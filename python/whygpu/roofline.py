@@ -51,6 +51,7 @@ __all__ = [
     "prediction_error",
     "kernel_model",
     "gpu_kernel_model",
+    "blas_roof",
     "COMPUTE_ROOFS",
     "KERNEL_ROOF",
     "GPU_TRAFFIC",
@@ -209,8 +210,33 @@ def _traffic(kernel: str, m: int, n: int, k: int, s: int, caches: dict, blocking
     return out
 
 
+def blas_roof(machine: dict, blas: dict) -> tuple[str | None, float | None, bool]:
+    """The 1-core FMA roof NumPy's BLAS is held against: (instruction set, GFLOP/s, whether it is the
+    ISA its kernel runs).  That is the measured roof of the ISA its kernel uses
+    (:func:`whygpu.bench.machine.blas_facts`: OpenBLAS's Haswell kernel on an AVX-512 CPU runs AVX2,
+    and is held against the AVX2 roof); where that ISA is unknown, or whygpu measured no roof for it,
+    this CPU's best measured roof -- an upper bound, whatever the kernel ((None, None, False) when the
+    roofs hold no roof per ISA)."""
+    by = {a: float(g) for a, g in (machine.get("fma_by_arch") or {}).items() if g}
+    isa = blas.get("kernel_isa")
+    if isa in by:
+        return isa, by[isa], True
+    if not by:
+        return None, None, False
+    best = max(by, key=lambda a: by[a])
+    return best, by[best], False
+
+
 def kernel_model(
-    kernel: str, m: int, n: int, k: int, machine: dict, *, dtype: str = "float32", threads: int | None = None
+    kernel: str,
+    m: int,
+    n: int,
+    k: int,
+    machine: dict,
+    *,
+    dtype: str = "float32",
+    threads: int | None = None,
+    blas: dict | None = None,
 ) -> dict:
     """What the roofline predicts for ``kernel`` on an (m, k) @ (k, n) product.
 
@@ -219,6 +245,9 @@ def kernel_model(
     GB/s, seconds), the arithmetic intensity against the level that limits
     most, the predicted seconds and what bounds it ("compute" or a level).
     float64 halves the SIMD roofs (half as many lanes) and doubles the bytes.
+    A NumPy row is held against the roof of the ISA its BLAS kernel runs (:func:`blas_roof`), with
+    ``roof_isa``, ``roof_is_kernel_isa`` and the ``blas`` facts it was chosen from (``blas``:
+    :func:`whygpu.bench.machine.blas_facts`, detected in this process when not given).
     """
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
@@ -237,11 +266,19 @@ def kernel_model(
         raise ValueError(f"no roofline model for kernel {kernel!r} (CPU kernels only)")
     compute = float(machine["compute"][roof])
     one_core = float(machine["compute"]["simd_1t"])
-    best = max((machine.get("fma_by_arch") or {}).values(), default=0.0)
-    if kernel.startswith("numpy") and best > one_core:
-        # BLAS picks its own ISA: its roof is this CPU's best one (whygpu's may be WHYGPU_ARCH=portable)
-        compute *= best / one_core
-        one_core = best
+    extra: dict = {}
+    if kernel.startswith("numpy"):
+        # BLAS picks its own ISA, whatever whygpu's (WHYGPU_ARCH=portable, say): the roof is that of the
+        # ISA its kernel runs, scaled from whygpu's own 1-core roof to all cores alike.
+        if blas is None:
+            from .bench.machine import blas_facts
+
+            blas = blas_facts()
+        isa, isa_gflops, exact = blas_roof(machine, blas)
+        if isa_gflops:
+            compute *= isa_gflops / one_core
+            one_core = isa_gflops
+        extra = {"roof_isa": isa, "roof_is_kernel_isa": exact, "blas": blas}
     if dtype == "float64" and roof.startswith("simd"):
         compute /= 2
     parallel = roof == "simd_all"
@@ -276,6 +313,7 @@ def kernel_model(
         "predicted_s": predicted,
         "predicted_gflops": flops / predicted / 1e9 if predicted else None,
         "bound": bound,
+        **extra,
     }
 
 
@@ -441,7 +479,14 @@ def run_roofline(
 
     def remodel(p: dict, mach: dict) -> dict:
         return kernel_model(
-            p["kernel"], p["n"], p["n"], p["n"], mach, dtype=dtype, threads=threads_used(p["kernel"], threads)
+            p["kernel"],
+            p["n"],
+            p["n"],
+            p["n"],
+            mach,
+            dtype=dtype,
+            threads=threads_used(p["kernel"], threads),
+            blas=minfo.get("blas_facts"),
         )
 
     with Progress(len(names) + len(gpu_names), "roofline", progress) as bar:
@@ -482,7 +527,14 @@ def run_roofline(
             recs[name] = rec
             expect[name] = exp_rec
             model = kernel_model(
-                name, rec["n"], rec["n"], rec["n"], gmachine, dtype=dtype, threads=threads_used(name, threads)
+                name,
+                rec["n"],
+                rec["n"],
+                rec["n"],
+                gmachine,
+                dtype=dtype,
+                threads=threads_used(name, threads),
+                blas=minfo.get("blas_facts"),  # NumPy's BLAS as detected when the run started
             )
             # The best sample, like the roofs (best-of too): see measured_fields.
             points.append(

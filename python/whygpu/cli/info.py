@@ -37,6 +37,23 @@ def _gpu_details(d: dict) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def _blas_line(m: dict) -> str:
+    """Each BLAS loaded, NumPy's with its kernel's instruction set against the CPU's best and, when it is
+    narrower, why: 'openblas 0.3.31 (Haswell kernel, AVX2, below this CPU's AVX-512: OPENBLAS_CORETYPE=Haswell
+    is set; 2 threads)'."""
+    from ..bench.machine import blas_summary, numpy_blas
+
+    libs = m.get("blas") or []
+    ours, facts = numpy_blas(libs), m.get("blas_facts")
+    parts = []
+    for b in libs:
+        kernel = blas_summary(facts) if b is ours and facts else str(b.get("architecture"))
+        parts.append(f"{b.get('internal_api')} {b.get('version')} ({kernel}; {b.get('num_threads')} threads)")
+    if not parts and facts and facts.get("library") != "unknown":  # Accelerate: known from NumPy's build only
+        parts.append(f"{facts['library']} ({blas_summary(facts)})")
+    return "; ".join(parts) or "unknown"
+
+
 def _print_info(doc: dict) -> None:
     from .._blocking import blocking_lines
     from ..bench.measure import format_binary_bytes
@@ -72,14 +89,7 @@ def _print_info(doc: dict) -> None:
         ),
         ("caches", ", ".join(f"{k} {format_binary_bytes(v)}" for k, v in cpu.get("caches", {}).items()) or "unknown"),
         ("OpenMP", "yes" if cpu.get("openmp") else "no (the openmp kernel is unavailable)"),
-        (
-            "BLAS (NumPy)",
-            "; ".join(
-                f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')}, {b.get('num_threads')} threads)"
-                for b in m.get("blas", [])
-            )
-            or "unknown",
-        ),
+        ("BLAS (NumPy)", _blas_line(m)),
         (
             "CUDA",
             f"available: {cuda.get('device', 'GPU')}{_gpu_details(cuda.get('device_info') or {})}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..bench.machine import blas_summary
 from ._format import Block, Docs, _cache
 
 TITLE = "The machine"
@@ -22,7 +23,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         ("instruction set (used / best)", f"{cpu.get('arch', '?')} / {cpu.get('best_arch', '?')}"),
         ("caches", ", ".join(f"{k} {_cache(v)}" for k, v in cpu.get("caches", {}).items()) or "unknown"),
         ("OpenMP", "yes" if cpu.get("openmp") else "no"),
-        ("BLAS", ", ".join(f"{b.get('internal_api')} {b.get('version')}" for b in m.get("blas", [])) or "unknown"),
+        ("BLAS", blas_text(m)),
         (
             "CUDA",
             (
@@ -34,3 +35,14 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         ("kernels", ", ".join(doc.get("kernels", []))),
     ]
     return [("h2", TITLE), ("table", ("", ""), rows)]
+
+
+def blas_text(m: dict) -> str:
+    """The BLAS libraries loaded, NumPy's with its kernel and that kernel's instruction set against the
+    CPU's best (and why when it is narrower), as detected when the document was written."""
+    libs = m.get("blas") or []
+    facts = m.get("blas_facts")
+    text = ", ".join(f"{b.get('internal_api')} {b.get('version')}" for b in libs) or "unknown"
+    if facts and facts.get("library") != "unknown":
+        text += f" (NumPy's: {blas_summary(facts)})"
+    return text

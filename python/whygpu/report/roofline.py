@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import plots
+from ..bench.machine import isa_name
 from ..bench.trust import DISTURBED
-from ..explain import why_below
+from ..explain import roof_label, why_below
 from ..roofline import COMPUTE_ROOFS, KERNEL_ROOF, MODEL_ERROR, impossible_point
 from ..roofline_trust import pct_text, within_model_error
 from ._format import Block, Docs, _g, _ms, _pct
@@ -85,7 +86,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
             (
                 p["kernel"],
                 str(p["n"]),
-                f"{p['compute_roof']} ({_g(p['compute_gflops'])})",
+                f"{roof_label(p)} ({_g(p['compute_gflops'])})",
                 p["bound"],
                 _g(p["intensity"]) + (f" ({p['intensity_level']})" if p.get("intensity_level") else ""),
                 _ms(p["predicted_s"]),
@@ -153,6 +154,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
                     p["fraction_of_roof"],
                     remeasured=bool(p.get("remeasured", False)),
                     disturbed=p.get("disturbed_reason") if p.get("disturbed") else None,
+                    row=p,
                 )
                 for p in pts
             ],
@@ -165,6 +167,11 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         (k, f"{r}: {COMPUTE_ROOFS[r]}", _TRAFFIC_TEXT.get(k, ""))
         for k, r in KERNEL_ROOF.items()
         if any(p["kernel"] == k for p in pts)
+    ]
+    model_rows += [
+        (p["kernel"], _blas_roof_text(p), "as packed (BLAS packs its blocks the same way)")
+        for p in pts
+        if p["kernel"].startswith("numpy")
     ]
     blocks.append(("table", ("kernel", "compute roof", "bytes counted"), model_rows))
     if doc.get("notes"):
@@ -191,3 +198,18 @@ _TRAFFIC_TEXT = {
     "A, B, C from memory with packing",
     "openmp": "as packed, against all cores' bandwidth",
 }
+
+
+def _blas_roof_text(p: dict) -> str:
+    """NumPy's compute roof: the FMA roof of the ISA its BLAS kernel runs, from the facts detected."""
+    isa, f = p.get("roof_isa"), p.get("blas") or {}
+    cores = "1 core" if p["compute_roof"] == "simd_1t" else "all its threads"
+    if not isa:
+        return f"{p['compute_roof']}: SIMD fused multiply-add, {cores} (its BLAS's kernel was not recorded)"
+    kernel = f"its {f['kernel']} kernel" if f.get("kernel") else "its BLAS"
+    if p.get("roof_is_kernel_isa"):
+        return f"{p['compute_roof']}: {isa_name(isa)} fused multiply-add, {cores}, the instruction set {kernel} runs"
+    return (
+        f"{p['compute_roof']}: {isa_name(isa)} fused multiply-add, {cores}, this CPU's best: an upper bound, "
+        f"as the instruction set {kernel} runs " + ("is unknown" if not f.get("kernel_isa") else "has no measured roof")
+    )
