@@ -6,6 +6,11 @@
 * The machine info saved with ``--benchmark-json`` gets whygpu's cpu_info
   and NumPy's BLAS (from threadpoolctl), so a result file says what it ran on.
 * After a real run, GFLOP/s tables (benchmarks/report_table.py) are printed.
+* pytest-benchmark's own tables fit a 120-column terminal: the columns are
+  TABLE_COLUMNS and names drop ``test_`` (unless ``--benchmark-columns`` or
+  ``--benchmark-name`` is given), and a group's times are shown in the unit
+  that keeps its slowest below 100,000 (benchmarks/test_table_width.py checks
+  the width on planted times, so it does not depend on this machine's speed).
 """
 
 from __future__ import annotations
@@ -15,9 +20,39 @@ import os
 
 import pytest
 
+# pytest-benchmark's defaults: min, max, mean, stddev, median, iqr, outliers, ops, rounds, iterations (about
+# 250 columns).  The median is what report_table.py turns into GFLOP/s, the IQR its spread, the min the best
+# time (gflops_best); each with its ratio to the group's fastest (every group holds NumPy's baseline).
+TABLE_COLUMNS = ["median", "iqr", "min", "rounds"]
+DEFAULT_COLUMNS = ["min", "max", "mean", "stddev", "median", "iqr", "outliers", "ops", "rounds", "iterations"]
+TABLE_WIDTH = 120
+_TIME_COLUMNS = ("min", "max", "mean", "stddev", "median", "iqr")
 
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's, which reads the options into its session
 def pytest_configure(config):
     config.addinivalue_line("markers", "heavy: a big size, skipped when benchmarks are disabled")
+    option = config.option
+    if getattr(option, "benchmark_columns", None) == DEFAULT_COLUMNS:  # not chosen on the command line
+        option.benchmark_columns = list(TABLE_COLUMNS)
+    if getattr(option, "benchmark_name", None) == "normal":  # the default
+        option.benchmark_name = "short"  # "ladder[numpy-x1-n64]", not "test_ladder[numpy-x1-n64]"
+
+
+def pytest_benchmark_scale_unit(config, unit, benchmarks, best, worst, sort):
+    """The time unit of a group's table: pytest-benchmark's (that of the fastest) unless the slowest shown
+    would then take more than five digits before the point (a pure-Python rung beside NumPy: 250,000 us):
+    then the next larger unit, so each column stays narrow.  Operations per second: pytest-benchmark's."""
+    if unit != "seconds":
+        return None
+    shown = [c for c in (config.getoption("benchmark_columns") if config else TABLE_COLUMNS) if c in _TIME_COLUMNS]
+    slowest = max((worst[c] for c in shown if c in worst), default=0.0)
+    fastest = best.get(sort if sort in best else "min", 0.0)
+    units = [("n", 1e9), ("u", 1e6), ("m", 1e3), ("", 1.0)]
+    i = next((j for j, (_, scale) in enumerate(units[:-1]) if fastest * scale < 1e3), len(units) - 1)
+    while i < len(units) - 1 and slowest * units[i][1] >= 1e5:
+        i += 1
+    return units[i]
 
 
 def _benchmarks_disabled(config) -> bool:

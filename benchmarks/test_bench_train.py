@@ -7,9 +7,10 @@ whygpu benchmark's extra_info also records the matmul share of the step
 (suite "train"), so a full run prints them as a table with each row's ratio
 to NumPy at the same thread count.
 
-    python -m pytest benchmarks/test_bench_train.py --benchmark-group-by=group
+    python -m pytest benchmarks/test_bench_train.py
 
-groups the three implementations side by side per (batch, threads).  For a
+prints one table per batch: the three implementations at 1 and 2 threads side by side
+(named impl-xT-Bbatch, e.g. openmp-x2-B256).  For a
 table measured with A/B alternation see benchmarks/train_step_table.py.
 """
 
@@ -28,15 +29,15 @@ IMPLS = ["numpy", "openmp", "torch"]
 RUNG = {"openmp": 7, "numpy": 99, "torch": 100}  # report_table's row order: ours first, NumPy, then PyTorch
 
 
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("n_threads", THREADS, ids=lambda t: f"x{t}")
 @pytest.mark.parametrize("impl", IMPLS)
 def test_train_step(benchmark, impl, n_threads, batch):
     if impl == "torch":
         pytest.importorskip("torch", reason="PyTorch is optional: pip install torch to compare")
     elif impl not in nn.backends():
         pytest.skip(f"back end {impl!r} is unavailable: {whygpu.kernel_info(impl)}")
-    benchmark.group = f"train step 784-512-256-10, batch {batch}, {n_threads} thread(s)"
+    benchmark.group = f"train step 784-512-256-10, batch {batch}"  # both thread counts: NumPy's at each
     benchmark.extra_info.update(
         suite="train",
         row=f"{impl} x{n_threads}",

@@ -326,7 +326,7 @@ def test_the_gpu_notebook_runs_on_the_emulated_gpu(emulated_site, tmp_path):
 
     nb = HERE.parent / "notebooks" / "06_the_gpu.ipynb"
     if not nb.exists():
-        pytest.skip("no notebooks/ in this tree")
+        pytest.skip(f"no {nb.name} in {nb.parent}")
     cells = json.loads(nb.read_text())["cells"]
     script = tmp_path / "nb06.py"
     script.write_text("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"))

@@ -38,9 +38,10 @@ RTOL = 1e-5  # see the module docstring
 
 MPIEXEC = shutil.which("mpiexec") or str(pathlib.Path(sys.executable).parent / "mpiexec")
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
-needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py (pip install 'whygpu[mpi]')")
+needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py (pip install '.[mpi]' from the source folder)")
 needs_mpiexec = pytest.mark.skipif(
-    not (HAVE_MPI4PY and os.access(MPIEXEC, os.X_OK)), reason="needs mpi4py and mpiexec (pip install 'whygpu[mpi]')"
+    not (HAVE_MPI4PY and os.access(MPIEXEC, os.X_OK)),
+    reason="needs mpi4py and mpiexec (pip install '.[mpi]' from the source folder)",
 )
 
 

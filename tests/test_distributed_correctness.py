@@ -39,7 +39,8 @@ RTOL = 1e-5  # tests/test_distributed.py's: float32 sums in another order
 MPIEXEC = shutil.which("mpiexec") or str(pathlib.Path(sys.executable).parent / "mpiexec")
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 needs_mpiexec = pytest.mark.skipif(
-    not (HAVE_MPI4PY and os.access(MPIEXEC, os.X_OK)), reason="needs mpi4py and mpiexec (pip install 'whygpu[mpi]')"
+    not (HAVE_MPI4PY and os.access(MPIEXEC, os.X_OK)),
+    reason="needs mpi4py and mpiexec (pip install '.[mpi]' from the source folder)",
 )
 
 

@@ -37,9 +37,9 @@ def _mpiexec():
 
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 MPIEXEC = _mpiexec()
-needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py (pip install 'whygpu[mpi]')")
+needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py (pip install '.[mpi]' from the source folder)")
 needs_mpiexec = pytest.mark.skipif(
-    not (HAVE_MPI4PY and MPIEXEC), reason="needs mpi4py and an mpiexec (pip install 'whygpu[mpi]')"
+    not (HAVE_MPI4PY and MPIEXEC), reason="needs mpi4py and an mpiexec (pip install '.[mpi]' from the source folder)"
 )
 
 

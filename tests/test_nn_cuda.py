@@ -612,7 +612,9 @@ def test_mixed_precision_bf16_reaches_96_percent_on_digits():
     tensor-core rung, float32 master weights, gradients, optimizer state and sums -- and
     digits still trains to >= 96%.  (Batch 256 and 10 epochs keep it to a minute on the
     emulated GPU; the same recipe gives 97% in float32 with NumPy.)"""
-    pytest.importorskip("sklearn", reason="digits are bundled with scikit-learn (pip install whygpu[digits])")
+    pytest.importorskip(
+        "sklearn", reason="digits are bundled with scikit-learn (pip install '.[digits]' from the source folder)"
+    )
     X, y = datasets.load_digits()
     X_train, X_test, y_train, y_test = datasets.train_test_split(X, y, test_size=0.2, stratify=True, seed=0)
     X_train, X_test = datasets.standardize(X_train, X_test)

@@ -113,7 +113,9 @@ def test_bce_binary_classifier():
 @pytest.mark.parametrize("backend", ["numpy", "openmp"])
 @pytest.mark.parametrize("opt", ["sgd-momentum", "adam"])
 def test_digits_96_percent(backend, opt):
-    pytest.importorskip("sklearn", reason="digits are bundled with scikit-learn (pip install whygpu[digits])")
+    pytest.importorskip(
+        "sklearn", reason="digits are bundled with scikit-learn (pip install '.[digits]' from the source folder)"
+    )
     if backend not in nn.backends():
         pytest.skip(f"{backend} unavailable")
     X, y = datasets.load_digits()

@@ -223,6 +223,56 @@ def test_progress_shows_before_the_first_job(planted, capsys):
     assert "scaleout" in seen[0] and "1 rank(s) x 1 thread(s)" in seen[0]
 
 
+class CountingBar:
+    """A stand-in for bench.progress.Progress that keeps the total it was given and what it counted."""
+
+    made: list[CountingBar] = []
+
+    def __init__(self, total, desc, enabled):
+        self.total, self.counted = total, 0
+        CountingBar.made.append(self)
+
+    def show(self, label, remaining_s):
+        pass
+
+    def advance(self, n=1):
+        self.counted += n
+
+    def extend(self, n):
+        self.total += n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+@pytest.mark.parametrize("again", [False, True])
+def test_progress_counts_the_jobs_the_cli_announced(planted, tmp_path, capsys, monkeypatch, again):
+    """The CLI says "whygpu scaleout: N MPI jobs" and the bar counts to N (it used to count the configurations, 5 of
+    the 6 jobs); a run measured once more adds its three jobs to the total, and the note says so."""
+    step = [0.150, 0.068] if again else 0.070
+    p = planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512, "side"): 0.062, (2, 1, 512): step})
+    CountingBar.made.clear()
+    monkeypatch.setattr(bso, "Progress", CountingBar)
+    assert main(["scaleout", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    announced = int(re.match(r"whygpu scaleout: (\d+) MPI jobs", out.out).group(1))
+    (bar,) = CountingBar.made
+    assert announced == 6 and len(p.calls) == announced + (3 if again else 0)
+    assert bar.counted == bar.total == len(p.calls)
+    assert ("3 more jobs" in out.err) == again
+
+
+def test_job_count_follows_the_cores_and_the_shard_settings():
+    # 4 cores, P = 2 and 4: baselines 1x1, 1x4 and 1x2; each P a share run, a side-by-side run and one run
+    # per shard setting; the sweep
+    assert bso.job_count([1, 2, 4], 512, "all", cores=4) == 3 + 2 * (1 + 1 + 3) + 1
+    assert bso.job_count([2], 512, "none", cores=2) == 2 + (1 + 1 + 1) + 1
+    assert bso.job_count([2, 2, 1], 512, ["none"], cores=2) == 6
+
+
 def test_an_overlapped_allreduce_is_not_held_to_the_bare_bandwidth(planted, tmp_path, capsys):
     """An allreduce in flight for 20 ms beside a bare 5 ms (x0.25) but only 4 ms of it waited for: it shared
     the cores with the backward pass, which is no disturbance; the model (within 25%) judges the step."""

@@ -20,6 +20,7 @@ __all__ = ["Progress"]
 class Progress:
     def __init__(self, total: int, desc: str, enabled: bool):
         self.enabled = bool(enabled)
+        self.total = total
         self._bar = None
         if self.enabled:
             self._bar = tqdm(
@@ -40,6 +41,13 @@ class Progress:
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:
             self._bar.update(n)
+
+    def extend(self, n: int) -> None:
+        """Count ``n`` more steps than announced (a run measured once more): the total shown grows."""
+        self.total += n
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
 
     def close(self) -> None:
         if self._bar is not None:

@@ -377,6 +377,18 @@ def _configs(ranks: Sequence[int], cores: int, batch: int) -> list[tuple[int, in
     return out
 
 
+def job_count(
+    ranks: Sequence[int], batch: int, shards: Sequence[str] | str = ("none",), cores: int | None = None
+) -> int:
+    """How many MPI jobs :func:`measure` launches before any is measured again: one per baseline and share
+    run, one side-by-side run and one per shard setting at each P > 1, and the allreduce sweep (``cores``:
+    those measure sees, by default).  The CLI announces this number and the progress bar counts to it
+    (each run measured once more adds three)."""
+    cores = _cpus_available() if cores is None else cores
+    k = len(check_shards(shards))
+    return sum(1 if p == 1 else 1 + k for p, _, _ in _configs(sorted(set(ranks)), cores, batch)) + 1
+
+
 def _cpu_times_with_ranks() -> dict | None:
     """The guard's reading with the ranks' CPU time counted as ours: the job's processes are waited for
     (mpiexec waits for its proxy, the proxy for the ranks), so their time is in os.times()'s children
@@ -441,7 +453,7 @@ def measure(
     # while the ranks ran (their own time counted as ours: _cpu_times_with_ranks).
     guard = QuietGuard(reader=_cpu_times_with_ranks)
     P = max(ranks)
-    with Progress(len(configs) + 1, "scaleout", progress) as bar:
+    with Progress(job_count(ranks, batch, shards, cores), "scaleout", progress) as bar:
 
         def one(p: int, t: int, b: int, extra: str = "", side: bool = False, shard: str = "none") -> dict:
             nonlocal library
@@ -456,6 +468,7 @@ def measure(
                 args += ["--shard", shard] if p > 1 and not side else []
                 args += ["--prefetch"] if prefetch and p > 1 and not side and shard != "none" else []
                 raw = launch(st["mpiexec"], p, t, args, timeout, tick)
+            bar.advance()  # one job: the bar counts the jobs the CLI announced
             library = raw.get("mpi_library", library)
             rec = summarize(raw)
             rec["global_batch"] = batch
@@ -488,7 +501,6 @@ def measure(
                 recs = [one(p, t, b, shard=sh) for sh in shards]  # each shard setting after the same side run
             else:
                 recs = [one(p, t, b)]
-            bar.advance()
             if p == 1 and b != batch:
                 rec = recs[0]
                 rec["share_of"] = share_for = next(q for q in ranks if q > 1 and share_batch(batch, q) == b)
@@ -502,7 +514,8 @@ def measure(
                     if why:
                         sh = rec.get("shard") or "none"
                         log(f"{p} ranks{'' if sh == 'none' else ', shard ' + sh}: {'; '.join(why)}: measuring its "
-                            "share runs and it once more")  # fmt: skip
+                            "share runs and it once more (3 more jobs)")  # fmt: skip
+                        bar.extend(3)  # the share run, the side-by-side run and this one, again
                         first = {
                             "step_s": rec["step_s"],
                             "share_step_s": pending["step_s"],
@@ -527,7 +540,7 @@ def measure(
         sizes = _sweep_sizes(sweep_max)
         with guard.block(bar_label[0]):
             sw = launch(st["mpiexec"], P, 1, ["--mode", "sweep", "--sizes", ",".join(map(str, sizes))], timeout, tick)
-        bar.advance()
+        bar.advance()  # the last job
     return {
         "schema": SCHEMA,
         "available": True,

@@ -252,7 +252,7 @@ def _print_memory(doc: dict) -> None:
 
 
 def run(args) -> int:
-    from ..bench.scaleout import INSTALL_HINT, ScaleoutError, check_ranks, check_shards, mpi_status
+    from ..bench.scaleout import INSTALL_HINT, ScaleoutError, check_ranks, check_shards, job_count, mpi_status
     from ..scaleout import run_scaleout
 
     if len(args.layers) < 2:
@@ -265,16 +265,15 @@ def run(args) -> int:
     if not st["available"]:
         raise CliError(f"scaleout needs mpi4py and mpiexec: {st['reason']}; install them with {INSTALL_HINT}")
     out = _prepare_out(args.out)
-    n = len([p for p in set(args.ranks) if p > 1])
     shards = check_shards(args.shard)
     if args.prefetch and shards == ["none"]:
         raise CliError("--prefetch needs --shard optimizer, gradients or all: unsharded, there is no allgather to "
                        "prefetch")  # fmt: skip
     optimizer = args.optimizer or ("sgd" if shards == ["none"] else "adam")
-    k = len(shards)
-    each = "" if k == 1 else f", and P ranks with each of shard={', '.join(shards)}"
+    each = "" if len(shards) == 1 else f", and P ranks with each of shard={', '.join(shards)}"
+    jobs = job_count(args.ranks, args.batch, shards)  # what measure launches and its progress bar counts to
     print(
-        f"whygpu scaleout: {3 + (2 + k) * n} MPI jobs on up to {max(args.ranks)} ranks (baselines; each P with one "
+        f"whygpu scaleout: {jobs} MPI jobs on up to {max(args.ranks)} ranks (baselines; each P with one "
         f"rank alone and P ranks side by side on their shares{each}; an allreduce sweep); {optimizer}; "
         "Ctrl-C ends every rank",
         flush=True,

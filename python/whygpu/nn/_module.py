@@ -207,6 +207,9 @@ class Module:
         float32 (the "master weights"); only the operands of each product are
         rounded, and the sums are float32.  It picks the back end of that
         precision: ``cuda_mma_bf16``, ``cuda_mma`` (TF32) or ``cuda``."""
+        alias = _device_alias_error(backend)
+        if alias is not None:
+            raise alias
         if precision is not None:
             backend = _backend.backend_for_precision(backend if backend is not None else self._backend.name, precision)
         be = get_backend(backend) if backend is not None else None
@@ -430,3 +433,23 @@ def _check_number(
     if high is not None and (v > high or (v == high and not high_inclusive)):
         raise ValueError(f"{name} must be {'<=' if high_inclusive else '<'} {high}, got {value}")
     return v
+
+
+def _device_alias_error(name) -> ValueError | None:
+    """The error for a device name another framework uses ('gpu', 'cpu', 'cuda:0'): it names whygpu's back
+    ends for it -- 'cuda' for the GPU, a kernel or 'numpy' for the CPU.  None for any other name."""
+    if not isinstance(name, str):
+        return None
+    key = name.strip().lower()
+    if key in ("gpu", "device", "nvidia", "mps") or key.startswith(("cuda:", "gpu:")):
+        return ValueError(
+            f"unknown device {name!r}: use 'cuda' (the GPU back end; model.to('cuda')) or a CPU back end "
+            f"({', '.join(_backend.backends())})"
+        )
+    if key == "cpu" or key.startswith("cpu:"):
+        return ValueError(
+            f"unknown device {name!r}: on the CPU a back end is named by its kernel -- 'openmp' (every core), "
+            f"'packed' (one core), 'numpy' (NumPy's BLAS), ... ({', '.join(_backend.backends())}); 'cuda' is "
+            "the GPU back end"
+        )
+    return None

@@ -244,6 +244,7 @@ class Sequential(Module):
         """
         if not isinstance(cuda_graph, (bool, np.bool_)):
             raise TypeError(f"cuda_graph must be True or False, got {cuda_graph!r}")
+        self._note_cast(X, verbose)
         X, y, val, epochs, batch_size, history = self._fit_setup(
             X, y, epochs, batch_size, optimizer, loss, validation_data, verbose
         )
@@ -270,6 +271,23 @@ class Sequential(Module):
             else:
                 self._fit_loop(X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier)
         return history
+
+    def _note_cast(self, X, verbose) -> None:
+        """Say once per model (unless verbose=0) that fit casts float64 data to a float32 model: a copy
+        of the data in the model's dtype, and float32 arithmetic -- or model.double() to train in float64."""
+        dt = getattr(X, "dtype", None)
+        if verbose == 0 or getattr(self, "_cast_noted", False) or dt is None or dt.kind != "f":
+            return
+        if np.dtype(dt).itemsize <= self._dtype.itemsize:
+            return
+        self._cast_noted = True
+        src, to = np.dtype(dt), self._dtype
+        other = "" if self._backend.device is not None else f", or train in {src} with model.to(dtype=np.{src})"
+        print(
+            f"note: fit casts X from {src} to the model's {to} (a copy; the model computes in {to}): pass "
+            f"X.astype(np.{to}) to skip the copy{other}",
+            file=sys.stderr,
+        )
 
     def _fit_setup(self, X, y, epochs, batch_size, optimizer, loss, validation_data, verbose):
         """fit's checks and set-up, shared with whygpu.distributed.DataParallel.fit: the
