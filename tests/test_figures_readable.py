@@ -1,7 +1,7 @@
 """The report's figures a student can read on any CPU (issue 23): the ladder's step labels are the heights
-of the bars that are drawn (issue 32: the speed-up at one size, the table's), every series has its own colour, and the roofs' labels sit clear of the measured
-markers.  Every document here is planted by hand: nothing is timed, and no figure depends on this
-machine's speed."""
+of the bars that are drawn (issue 32: the speed-up at one size, the table's), every series has its own
+colour, and the roofs' labels sit clear of the measured markers.  Every document here is planted by hand:
+nothing is timed, and no figure depends on this machine's speed."""
 
 from __future__ import annotations
 

@@ -114,7 +114,9 @@ def plot_ladder(doc: dict, path) -> str:
         series_dev == "cuda" for series_dev in (r.get("device") for r in doc.get("measurements", []))
     ):
         ax.axhline(peak["gpu_gflops"], color="#2b6f2b", linewidth=1, linestyle="--", alpha=0.7)
-        labels.append((peak["gpu_gflops"], f"GPU float32 FMA peak: {format_figure(peak['gpu_gflops'])} GFLOP/s", False, {}))
+        labels.append(
+            (peak["gpu_gflops"], f"GPU float32 FMA peak: {format_figure(peak['gpu_gflops'])} GFLOP/s", False, {})
+        )
     used = {r.get("precision") for r in doc.get("measurements", []) if r.get("device") == "cuda"}
     for prec, g in (peak.get("gpu_tensor_gflops") or {}).items():
         if prec in used:  # a tensor-core roof only where a rung in that precision was measured
@@ -153,11 +155,7 @@ def ladder_steps(doc: dict) -> list[dict]:
     ``speedup_prev``: the two rungs at the largest size both ran, ratio of their medians, from interleaved
     samples), and each rung left out as disturbed.  The figure, the report's table and its text all read
     these summary fields, so a rung's speed-up is one number wherever it is written."""
-    return [
-        r
-        for r in doc["summary"]["rows"]
-        if not r.get("reference") and ("speedup_prev" in r or r.get("disturbed"))
-    ]
+    return [r for r in doc["summary"]["rows"] if not r.get("reference") and ("speedup_prev" in r or r.get("disturbed"))]
 
 
 def step_label(r: dict) -> str:

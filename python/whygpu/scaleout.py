@@ -279,7 +279,8 @@ def _lost_text(parts: dict, base: dict, share: dict, run: dict) -> str:
     if not won:
         return text + f": {listed}."
     return (
-        text + f" net: {ms(gross)} lost in all, {listed}; less {ms(sum(x for x, _ in won))} won back, "
+        text
+        + f" net: {ms(gross)} lost in all, {listed}; less {ms(sum(x for x, _ in won))} won back, "
         + "; ".join(f"{ms(x)} by {w}" for x, w in won)
         + "."
     )

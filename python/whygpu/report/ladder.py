@@ -198,7 +198,9 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
                 )
                 + " -- their spreads overlap. "
             )
-        cap2 += "'% of peak' in the table is against the FMA peak of the cores the kernel used (1 core for serial rungs)."
+        cap2 += (
+            "'% of peak' in the table is against the FMA peak of the cores the kernel used (1 core for serial rungs)."
+        )
         figs.append(plots.plot_ladder_steps(doc, out / "ladder_steps.png"))
         blocks.append(("fig", "ladder_steps.png", cap2))
     # why the blocked rung does (not) beat reordered, from this machine's caches and the measured step

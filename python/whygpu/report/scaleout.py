@@ -408,7 +408,8 @@ def _devices_why(ex: dict) -> str | None:
             if n is None or n <= 1 or kept <= _CRAMPED * row["device_bytes"]:
                 continue
             reason = devices_reason(row["params"], row["device_bytes"], st, row["precision"], ex["optimizer"])
-            line = f"the {row['model']} in {row['precision']} with ZeRO-{ex['zero_stage'][st]} on {row['device']}: {reason}"
+            line = f"the {row['model']} in {row['precision']} with ZeRO-{ex['zero_stage'][st]} on {row['device']}: "
+            line += reason
             nxt = stages[i + 1] if i + 1 < len(stages) else None
             if nxt and row[nxt]["devices"] is not None and row[nxt]["devices"] < n:
                 line += f" (ZeRO-{ex['zero_stage'][nxt]}, which shards more of it, needs {row[nxt]['devices']})"

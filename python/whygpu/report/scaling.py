@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import plots
-from ..plots_scaling import any_fit, extrapolated_cores, measured_title
 from ..bench.scaling import MIN_FIT_THREADS, fit_text, percent, plain_text, probe_text, with_checks
 from ..bench.trust import DISTURBED
+from ..plots_scaling import any_fit, extrapolated_cores, measured_title
 from ._format import Block, Docs, _g, _ms
 
 
@@ -83,8 +83,8 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         cap += _no_fit_text(doc)
     blocks.append(("fig", "scaling.png", cap.strip()))
     if not fitted:  # the speed-ups measured: no serial fraction or limit columns to leave empty
-        rows = [(s["label"], ", ".join(_cell(s, i) for i in range(len(s["threads"])))) for s in doc["series"]]
-        blocks.append(("table", ("series", "speed-up by threads (min-max)"), rows))
+        measured = [(s["label"], ", ".join(_cell(s, i) for i in range(len(s["threads"])))) for s in doc["series"]]
+        blocks.append(("table", ("series", "speed-up by threads (min-max)"), measured))
         return blocks
     rows = []
     for s in doc["series"]:
