@@ -2,7 +2,7 @@
 on every back end of the kernel ladder that is fast enough, and show where
 the time of a training step goes.
 
-    pip install whygpu[digits]        # scikit-learn ships the digits data
+    pip install ".[digits]"           # in whygpu's folder: scikit-learn ships the digits data
     python examples/train_digits.py
 """
 import time
