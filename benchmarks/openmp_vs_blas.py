@@ -17,7 +17,6 @@ import functools
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -81,9 +80,8 @@ def main(argv=None):
             with threadpool_limits(limits=t, user_api="blas"):
                 for _ in range(args.rounds):
                     for k, fn in fns.items():
-                        # Both libraries' idle threads spin for a while after a call: let the other's
-                        # stop before timing (time_call's first, untimed call wakes this one's).
-                        time.sleep(0.1)
+                        # No settling pause: alternated as a user calls them (time_call's first,
+                        # untimed call wakes this one's threads).
                         samples[k].append(time_call(fn, min_time))
             g = {k: flops / statistics.median(v) / 1e9 for k, v in samples.items()}
             cells.append(f"{g['openmp']:.1f} | {g['numpy']:.1f} | {g['openmp'] / g['numpy']:.2f}")

@@ -70,8 +70,8 @@ def main(argv=None):
             for _ in range(args.rounds):
                 for impl in impls:
                     with threads(impl, nt):
-                        if nt > 1:
-                            time.sleep(0.1)  # let the previous library's idle threads stop spinning
+                        # No settling pause: measured as a user alternates them (whygpu keeps both
+                        # libraries' idle spins short, python/whygpu/_idle_threads.py).
                         steps[impl]()  # one untimed step after switching: idle threads wake up
                         rounds[impl].append(measure(steps[impl], STEPS.get(b, 10)))
             for impl in impls:

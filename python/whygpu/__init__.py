@@ -13,6 +13,15 @@ faster than the last::
            [4., 4.]], dtype=float32)
 """
 
+from . import _idle_threads
+
+# Idle OpenMP and OpenBLAS threads spin for a short, measured time after a call, not for milliseconds:
+# both runtimes read that setting once, when loaded, which is here (see _idle_threads.py).
+with _idle_threads.applied():
+    import numpy  # noqa: F401  (loads NumPy's BLAS)
+
+    from . import _registry  # noqa: F401  (loads whygpu._core, and with it OpenMP's runtime)
+
 from . import (  # noqa: E402  (the training stack, on top of the kernels)
     cuda,  # registers the CUDA rungs (usable only where a GPU is); touches no GPU here
     datasets,
