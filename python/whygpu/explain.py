@@ -37,7 +37,17 @@ from .roofline_trust import (
     within_model_error,
 )
 
-__all__ = ["explain", "Explanation", "why_below", "blas_why", "roof_label", "format_bytes", "format_error", "NOT_SAID"]
+__all__ = [
+    "explain",
+    "Explanation",
+    "why_below",
+    "blas_why",
+    "roof_label",
+    "busy_while",
+    "format_bytes",
+    "format_error",
+    "NOT_SAID",
+]
 
 # Measured roofs, reused within this process: threads -> the CPU's; "gpu" -> the GPU's (None: no usable GPU).
 _MACHINES: dict[int | str, Any] = {}
@@ -114,6 +124,7 @@ def why_below(
     remeasured: bool = True,
     disturbed: str | None = None,
     row: dict | None = None,
+    busy: bool = False,
 ) -> str:
     """A sentence on a kernel at `fraction` (predicted / measured time) of its roof; ``overhead_s``, the time of
     a 1x1x1 call, says when a tiny product is mostly that fixed cost.
@@ -128,7 +139,8 @@ def why_below(
 
     Every reason is chosen from facts: the rung's own code (what its loops cost that the model does
     not count), the measured 1x1x1 call, and for NumPy the detected BLAS kernel and the roof of its
-    instruction set (``row``, the model row or roofline point: :func:`blas_why`).  Where none applies,
+    instruction set (``row``, the model row or roofline point: :func:`blas_why`), and whether other
+    programs held the cores while it was measured (``busy``: :func:`busy_while`).  Where none applies,
     the sentence says the measurement does not say why."""
     pct = pct_text(fraction) if fraction >= 0.01 else f"{plain(100 * fraction, 1)}%"
     if fraction > 1 and kernel in ROOF_BELOW_PEAK:
@@ -148,13 +160,28 @@ def why_below(
     else:
         tail = None
     if kernel.startswith("numpy"):
-        return blas_why(kernel, pct, row or {}, tail)
+        return blas_why(kernel, pct, row or {}, tail or (f"{_BUSY}; past that, {NOT_SAID}" if busy else None))
     if tail is not None:
         return f"{kernel} runs at {pct} of its roof: {tail}."
     if kernel in _WHY:
-        return f"{kernel} runs at {pct} of its roof: {_WHY[kernel]}."
+        return f"{kernel} runs at {pct} of its roof: {_WHY[kernel]}" + (f"; and {_BUSY}." if busy else ".")
+    if busy:
+        return f"{kernel} runs at {pct} of its roof: {_BUSY}; past that, {NOT_SAID}."
     left_out = f" (the model leaves out {_NOT_COUNTED[kernel]}, and nothing here measures them)"
     return f"{kernel} runs at {pct} of its roof: {NOT_SAID}" + (left_out if kernel in _NOT_COUNTED else "") + "."
+
+
+# Said of a row whose measurement the quiet record shows disturbed (whygpu.bench.trust.QuietGuard).
+_BUSY = "other programs held the cores while it was measured (the caution says how much), which only slows it"
+
+
+def busy_while(quiet: dict | None, kernel: str) -> bool:
+    """Whether the quiet record (:meth:`whygpu.bench.trust.QuietGuard.as_dict`) shows other programs
+    on the cores while ``kernel`` was measured: its blocks are labelled with the kernel's name first."""
+    from .bench.trust import QUIET_THRESHOLD, summarize
+
+    blocks = [b for b in (quiet or {}).get("blocks") or [] if str(b.get("label", "")).split(" ")[0] == kernel]
+    return bool(blocks) and summarize(blocks, (quiet or {}).get("threshold") or QUIET_THRESHOLD)["busy"]
 
 
 def _overhead_text(kernel: str, overhead_s: float, measured_s: float, row: dict | None) -> str:
@@ -431,6 +458,7 @@ class Explanation:
                 r["measured_s"],
                 disturbed=r.get("disturbed_reason") if r.get("disturbed") else None,
                 row=r,
+                busy=busy_while(self.quiet, r["kernel"]),
             )
             for r in self.rows
             if "measured_s" in r

@@ -18,7 +18,16 @@ from .._threads import get_num_threads
 from .._version import __version__
 from .trust import sample_load
 
-__all__ = ["machine_info", "cuda_status", "now_iso", "blas_facts", "blas_summary", "numpy_blas", "KERNEL_ISA", "isa_name"]
+__all__ = [
+    "machine_info",
+    "cuda_status",
+    "now_iso",
+    "blas_facts",
+    "blas_summary",
+    "numpy_blas",
+    "KERNEL_ISA",
+    "isa_name",
+]
 
 
 def now_iso() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import _idle_threads
 from ._common import _common_args, _prepare_out, _save
 
 
@@ -48,7 +49,8 @@ def _blas_line(m: dict) -> str:
     parts = []
     for b in libs:
         kernel = blas_summary(facts) if b is ours and facts else str(b.get("architecture"))
-        parts.append(f"{b.get('internal_api')} {b.get('version')} ({kernel}; {b.get('num_threads')} threads)")
+        n = b.get("num_threads")
+        parts.append(f"{b.get('internal_api')} {b.get('version')} ({kernel}; {n} thread{'' if n == 1 else 's'})")
     if not parts and facts and facts.get("library") != "unknown":  # Accelerate: known from NumPy's build only
         parts.append(f"{facts['library']} ({blas_summary(facts)})")
     return "; ".join(parts) or "unknown"
@@ -90,6 +92,8 @@ def _print_info(doc: dict) -> None:
         ("caches", ", ".join(f"{k} {format_binary_bytes(v)}" for k, v in cpu.get("caches", {}).items()) or "unknown"),
         ("OpenMP", "yes" if cpu.get("openmp") else "no (the openmp kernel is unavailable)"),
         ("BLAS (NumPy)", _blas_line(m)),
+        # how long each library's idle threads hold a core after a call (they fight when alternated)
+        *(("idle threads", line) for line in _idle_threads.describe()),
         (
             "CUDA",
             f"available: {cuda.get('device', 'GPU')}{_gpu_details(cuda.get('device_info') or {})}"

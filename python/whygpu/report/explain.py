@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..bench.trust import DISTURBED
-from ..explain import format_bytes, format_error, roof_label, why_below
+from ..explain import busy_while, format_bytes, format_error, roof_label, why_below
 from ..roofline_trust import pct_text
 from ._format import Block, Docs, _g, _ms
 from .roofline import flagged
@@ -76,6 +76,7 @@ def _why(doc: dict) -> list[Block]:
             remeasured="remeasured" in r,
             disturbed=r.get("disturbed_reason") if r.get("disturbed") else None,
             row=r,
+            busy=busy_while(doc.get("quiet"), r["kernel"]),
         )
         for r in doc["rows"]
         if "measured_s" in r

@@ -7,7 +7,7 @@ from pathlib import Path
 from .. import plots
 from ..bench.machine import isa_name
 from ..bench.trust import DISTURBED
-from ..explain import roof_label, why_below
+from ..explain import busy_while, roof_label, why_below
 from ..roofline import COMPUTE_ROOFS, KERNEL_ROOF, MODEL_ERROR, impossible_point
 from ..roofline_trust import pct_text, within_model_error
 from ._format import Block, Docs, _g, _ms, _pct
@@ -155,6 +155,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
                     remeasured=bool(p.get("remeasured", False)),
                     disturbed=p.get("disturbed_reason") if p.get("disturbed") else None,
                     row=p,
+                    busy=busy_while(doc.get("quiet"), p["kernel"]),
                 )
                 for p in pts
             ],
