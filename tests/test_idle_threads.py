@@ -17,20 +17,36 @@ STEP_S = 25e-9  # a planted busy-wait step (a Zen 1 here: 26 ns)
 TSC_HZ = 2e9
 
 
-def plan(environ=None, *, step_s=STEP_S, tsc_hz=TSC_HZ, numpy_loaded=False, gomp_loaded=False):
-    return idle._plan(dict(environ or {}), step_s, tsc_hz, numpy_loaded, gomp_loaded)
+def plan(environ=None, *, step_s=STEP_S, tsc_hz=TSC_HZ, numpy_loaded=False, gomp_loaded=False, openmp_s=50e-6):
+    return idle._plan(dict(environ or {}), step_s, tsc_hz, numpy_loaded, gomp_loaded, openmp_s)
 
 
 def test_both_spins_are_set_to_the_target_from_the_measured_clocks():
     to_set, state = plan()
     steps = int(to_set["GOMP_SPINCOUNT"])
-    assert steps == round(idle.OPENMP_SPIN_S / STEP_S) == 2000
+    assert steps == round(50e-6 / STEP_S) == 2000
     log2 = int(to_set["OPENBLAS_THREAD_TIMEOUT"])
     assert 2 ** (log2 - 1) < idle.OPENBLAS_SPIN_S * TSC_HZ * 2 and 2**log2 / TSC_HZ < 4 * idle.OPENBLAS_SPIN_S
     assert state["openmp"]["by"] == state["openblas"]["by"] == "whygpu"
     # the default it replaces, from the same clocks: 300,000 steps and 2**28 cycles
     assert state["openmp"]["default_spin_s"] == pytest.approx(300_000 * STEP_S)
     assert state["openblas"]["default_spin_s"] == pytest.approx(2**28 / TSC_HZ)
+
+
+def test_by_default_libgomps_spin_is_kept_and_said_with_its_length_here():
+    to_set, state = plan(openmp_s=idle.OPENMP_SPIN_S)
+    assert idle.OPENMP_SPIN_S is None and "GOMP_SPINCOUNT" not in to_set
+    assert "OPENBLAS_THREAD_TIMEOUT" in to_set  # OpenBLAS's is shortened all the same
+    line = idle.describe(state)[0]
+    assert "default spin, 8 ms here" in line and "WHYGPU_OPENMP_SPIN_US" in line  # 300,000 x 25 ns
+
+
+def test_whygpu_openmp_spin_us_is_read_and_a_bad_value_warns(monkeypatch):
+    monkeypatch.setenv("WHYGPU_OPENMP_SPIN_US", "50")
+    assert idle._openmp_target() == pytest.approx(50e-6)
+    monkeypatch.setenv("WHYGPU_OPENMP_SPIN_US", "fast")
+    with pytest.warns(RuntimeWarning, match="WHYGPU_OPENMP_SPIN_US"):
+        assert idle._openmp_target() == idle.OPENMP_SPIN_S
 
 
 def test_a_slower_pause_gets_fewer_steps_for_the_same_time():
@@ -103,6 +119,7 @@ def test_libgomp_reads_the_spin_whygpu_chose_and_the_environment_is_clean_after(
         "print('STATE', t.STATE['openmp'].get('env')); "
         "print('LEFT', [k for k in ('GOMP_SPINCOUNT', 'OPENBLAS_THREAD_TIMEOUT') if k in os.environ])",
         OMP_DISPLAY_ENV="verbose",
+        WHYGPU_OPENMP_SPIN_US="50",
     )
     assert r.returncode == 0, r.stderr
     if "OPENMP DISPLAY ENVIRONMENT" not in r.stderr + r.stdout:

@@ -15,11 +15,10 @@ calls (the GEMMs of one training step come microseconds apart) only hurts once t
 moved on.
 
 What whygpu does, once, at import: it measures how long a busy-wait step and a TSC cycle last on
-this CPU (whygpu._spin, a module without OpenMP) and asks each runtime for a spin of
-tens of microseconds (``OPENMP_SPIN_S``, ``OPENBLAS_SPIN_S``): long enough to bridge the gaps
-between the calls of one training step, short enough that a core is handed back before the other
-library's next call needs it.  Both runtimes read their setting once, when they are loaded, so whygpu sets the
-variable, loads the library, and then removes the variable again (subprocesses and libraries
+this CPU (whygpu._spin, a module without OpenMP) and asks OpenBLAS for a spin of ``OPENBLAS_SPIN_S``
+(20 us), and libgomp for one of ``WHYGPU_OPENMP_SPIN_US`` when that is set (see OPENMP_SPIN_S for
+why its default is kept).  Both runtimes read their setting once, when they are loaded, so whygpu
+sets the variable, loads the library, and removes the variable again (subprocesses and libraries
 loaded later, PyTorch's own OpenMP included, see the environment as the user left it).
 
 It changes nothing that the user chose: ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` set, or
@@ -38,11 +37,14 @@ from contextlib import contextmanager
 
 __all__ = ["OPENMP_SPIN_S", "OPENBLAS_SPIN_S", "STATE", "applied", "describe"]
 
-# How long each runtime's idle threads spin (see above).  OpenMP's must also cover the waits inside
-# one whygpu call (a thread at a barrier that sleeps must be woken: 20 us cost a 128^3 call 20% on a
-# Zen 1); OpenBLAS's, as short as OpenBLAS's own back-to-back calls allow, since a NumPy call of
-# 0.1 ms alternated with whygpu's (n = 128) must find the core free.
-OPENMP_SPIN_S = 50e-6
+# How long each runtime's idle threads spin (see above).  OpenBLAS's: as short as its own
+# back-to-back calls allow, so that a whygpu call right after a NumPy call finds both cores free.
+# OpenMP's: libgomp's default, unless WHYGPU_OPENMP_SPIN_US asks for a short one.  A short spin
+# (50 us) ends the fight in the other direction too, but a worker that has fallen asleep is then
+# woken for every call after a pause, and on some machines (a 2-vCPU VM here) the kernel places it
+# on the core of the thread that woke it: `whygpu ladder` then drew openmp at half speed at n = 256,
+# interleaved with packed.  Until whygpu runs its own pool, that trade is the user's to make.
+OPENMP_SPIN_S: float | None = None
 OPENBLAS_SPIN_S = 20e-6
 _GOMP_DEFAULT_STEPS = 300_000  # libgomp's GOMP_SPINCOUNT when neither it nor OMP_WAIT_POLICY is set
 _OPENBLAS_DEFAULT_LOG2 = 28  # OpenBLAS's THREAD_TIMEOUT when OPENBLAS_THREAD_TIMEOUT is not set
@@ -79,7 +81,12 @@ def _libgomp_loaded() -> bool:
 
 
 def _plan(
-    environ: MutableMapping[str, str], step_s: float | None, tsc_hz: float | None, numpy_loaded: bool, gomp_loaded: bool
+    environ: MutableMapping[str, str],
+    step_s: float | None,
+    tsc_hz: float | None,
+    numpy_loaded: bool,
+    gomp_loaded: bool,
+    openmp_spin_s: float | None = OPENMP_SPIN_S,
 ) -> tuple[dict[str, str], dict[str, dict]]:
     """The variables to set (name -> value) and what to report about each runtime."""
     to_set: dict[str, str] = {}
@@ -92,8 +99,14 @@ def _plan(
         state["openmp"] = {"by": "none", "why": "libgomp was loaded by another module before whygpu"}
     elif step_s is None:
         state["openmp"] = {"by": "none", "why": "the busy-wait step could not be timed here"}
+    elif openmp_spin_s is None:
+        state["openmp"] = {
+            "by": "none",
+            "why": "libgomp's default, kept by whygpu",
+            "default_spin_s": _GOMP_DEFAULT_STEPS * step_s,
+        }
     else:
-        steps = max(1, round(OPENMP_SPIN_S / step_s))
+        steps = max(1, round(openmp_spin_s / step_s))
         to_set["GOMP_SPINCOUNT"] = str(steps)
         state["openmp"] = {
             "by": "whygpu",
@@ -122,6 +135,25 @@ def _plan(
     return to_set, state
 
 
+def _openmp_target() -> float | None:
+    """WHYGPU_OPENMP_SPIN_US (microseconds), else OPENMP_SPIN_S; a bad value warns and is ignored."""
+    raw = os.environ.get("WHYGPU_OPENMP_SPIN_US", "").strip()
+    if not raw:
+        return OPENMP_SPIN_S
+    try:
+        us = float(raw)
+        if not (0 <= us <= 1e6):
+            raise ValueError
+    except ValueError:
+        import warnings
+
+        warnings.warn(
+            f"WHYGPU_OPENMP_SPIN_US={raw!r} ignored: give microseconds, 0 to 1e6", RuntimeWarning, stacklevel=3
+        )
+        return OPENMP_SPIN_S
+    return us * 1e-6
+
+
 @contextmanager
 def applied(environ: MutableMapping[str, str] = os.environ) -> Iterator[None]:
     """Set the short spins while the block loads NumPy's BLAS and whygpu's OpenMP, then unset them."""
@@ -133,7 +165,7 @@ def applied(environ: MutableMapping[str, str] = os.environ) -> Iterator[None]:
         yield
         return
     step_s, tsc_hz = _calibrate()
-    to_set, state = _plan(environ, step_s, tsc_hz, "numpy" in sys.modules, _libgomp_loaded())
+    to_set, state = _plan(environ, step_s, tsc_hz, "numpy" in sys.modules, _libgomp_loaded(), _openmp_target())
     STATE.update(state)
     environ.update(to_set)
     try:
@@ -175,9 +207,10 @@ def describe(state: dict[str, dict] | None = None) -> list[str]:
             elif key == "openblas":
                 fix = "import whygpu before numpy, or set OPENBLAS_THREAD_TIMEOUT before starting Python"
             else:
-                fix = "set GOMP_SPINCOUNT before starting Python"
+                fix = "WHYGPU_OPENMP_SPIN_US=50 before importing whygpu shortens it"
+            held = f", {_fmt(s['default_spin_s'])} here" if "default_spin_s" in s else ""
             lines.append(
-                f"{name}: idle threads keep their default spin ({s['why']}); alternating with the "
-                f"other library then shares a core with them: {fix}"
+                f"{name}: idle threads keep their default spin{held} ({s['why']}); a call of the "
+                f"other library in that time shares a core with them: {fix}"
             )
     return lines
