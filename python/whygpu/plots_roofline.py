@@ -198,9 +198,10 @@ def _blas_roofs(pts: list, roofs: dict) -> list[tuple[float, str]]:
         if any(abs(g - d) <= 0.01 * d for d in drawn + list(out)):
             continue  # the same line as a roof already drawn
         f = p.get("blas") or {}
-        kernel = f"{f['kernel']} kernel, " if f.get("kernel") and p.get("roof_is_kernel_isa") else ""
+        isa = isa_name(p["roof_isa"])
+        what = f"{f['kernel']} kernel ({isa})" if f.get("kernel") and p.get("roof_is_kernel_isa") else f"BLAS ({isa})"
         cores = "1 core" if p["compute_roof"] == "simd_1t" else f"{p.get('threads', '')} cores".strip()
-        out[g] = f"NumPy's BLAS ({kernel}{isa_name(p['roof_isa'])} FMA), {cores}: {plain(g)} GFLOP/s"
+        out[g] = f"NumPy's {what}, {cores}: {plain(g)} GFLOP/s"
     return sorted(out.items(), key=lambda kv: -kv[0])
 
 
