@@ -57,7 +57,7 @@ STATE: dict[str, dict] = {}
 def _calibrate() -> tuple[float | None, float | None]:
     """(seconds per busy-wait step, TSC ticks per second), each None when it cannot be measured."""
     try:
-        from . import _spin
+        from . import _spin  # type: ignore[attr-defined]  # compiled, without type information
     except ImportError:  # a source tree without the compiled modules
         return None, None
     step_s, tsc_hz = math.inf, None
