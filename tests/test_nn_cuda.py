@@ -79,7 +79,7 @@ def test_to_cuda_without_a_gpu_says_why(name):
 
 
 def test_unknown_cuda_spelling_is_refused():
-    with pytest.raises(ValueError, match="unknown back end 'cuda:0'"):
+    with pytest.raises(ValueError, match="unknown device 'cuda:0'"):
         make_mlp([4, 2]).to("cuda:0")
 
 

@@ -28,6 +28,7 @@ already, and its spin can no longer be changed: `whygpu info` says so, and what 
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import sys
@@ -57,7 +58,7 @@ STATE: dict[str, dict] = {}
 def _calibrate() -> tuple[float | None, float | None]:
     """(seconds per busy-wait step, TSC ticks per second), each None when it cannot be measured."""
     try:
-        from . import _spin  # type: ignore[attr-defined]  # compiled, without type information
+        _spin = importlib.import_module("whygpu._spin")  # compiled; by name, as whygpu itself imports this module
     except ImportError:  # a source tree without the compiled modules
         return None, None
     step_s, tsc_hz = math.inf, None
