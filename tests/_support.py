@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 import shutil
+import statistics
 import subprocess
 
 import numpy as np
@@ -212,3 +213,41 @@ def emu_runner():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# ---- Planted results ------------------------------------------------------------------
+
+
+def planted_ladder_record(kernel: str, n: int, gflops: float, threads: int = 1, spread: float = 0.02) -> dict:
+    """One ladder measurement as whygpu.bench.ladder writes it: n x n float32 at `gflops`, three samples
+    `spread` apart (a planted result for report and figure tests; nothing is timed)."""
+    flops = 2.0 * n**3
+    t = flops / gflops / 1e9
+    times = [t, t * (1 + spread), t * (1 - spread)]
+    return {
+        "kernel": kernel,
+        "n": n,
+        "dtype": "float32",
+        "device": "cpu",
+        "precision": "float32",
+        "threads": threads,
+        "flops": flops,
+        "seconds": statistics.median(times),
+        "seconds_min": min(times),
+        "samples": 3,
+        "times": times,
+        "gflops": flops / statistics.median(times) / 1e9,
+        "gflops_low": flops / max(times) / 1e9,
+        "gflops_high": flops / min(times) / 1e9,
+    }
+
+
+def planted_sweep(args: list, ranks: int) -> dict:
+    """What the scale-out worker's ``--mode sweep`` returns, from the ring model (5 us, 2 GB/s) instead
+    of a bare Allreduce: the fake runners of the scale-out tests answer it with this."""
+    from whygpu import scaleout as so
+
+    sizes = [int(x) for x in args[args.index("--sizes") + 1].split(",")]
+    secs = [so.ring_allreduce_s(s, ranks, 5e-6, 2e9) for s in sizes]
+    return {"ranks": ranks, "bytes": sizes, "seconds": secs, "seconds_min": secs, "seconds_max": secs,
+            "reps": [5] * len(sizes)}  # fmt: skip

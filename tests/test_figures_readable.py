@@ -5,8 +5,6 @@ nothing is timed, and no figure depends on this machine's speed."""
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 
 pytest.importorskip("matplotlib")
@@ -18,29 +16,9 @@ from whygpu._plot_common import _marker_boxes, _renderer, kernel_color  # noqa: 
 from whygpu._registry import KERNELS  # noqa: E402
 from whygpu.bench.ladder_results import ladder_summary, step_text  # noqa: E402
 
+from ._support import planted_ladder_record as _rec  # noqa: E402
+
 PEAK = {"arch": "planted", "threads": 2, "gflops_1t": 120.0, "gflops_all": 240.0}
-
-
-def _rec(kernel: str, n: int, gflops: float, threads: int = 1, spread: float = 0.02) -> dict:
-    flops = 2.0 * n**3
-    t = flops / gflops / 1e9
-    times = [t, t * (1 + spread), t * (1 - spread)]
-    return {
-        "kernel": kernel,
-        "n": n,
-        "dtype": "float32",
-        "device": "cpu",
-        "precision": "float32",
-        "threads": threads,
-        "flops": flops,
-        "seconds": statistics.median(times),
-        "seconds_min": min(times),
-        "samples": 3,
-        "times": times,
-        "gflops": flops / statistics.median(times) / 1e9,
-        "gflops_low": flops / max(times) / 1e9,
-        "gflops_high": flops / min(times) / 1e9,
-    }
 
 
 def ladder_doc() -> dict:

@@ -8,7 +8,6 @@ glossary entry.  Every document here is planted: nothing is timed."""
 from __future__ import annotations
 
 import re
-import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,29 +25,15 @@ from whygpu.bench.ladder_results import ladder_summary  # noqa: E402
 from whygpu.bench.measure import Timing  # noqa: E402
 from whygpu.report import build_report, glossary  # noqa: E402
 
+from ._support import planted_ladder_record, planted_sweep  # noqa: E402
+
 # ---------------------------------------------------------------- planted documents
 MACHINE = {"cpu": {"model": "planted CPU", "cores": 2, "arch": "avx512", "caches": {"L2": 1 << 20, "L3": 32 << 20}}}
 PEAK = {"arch": "avx512", "threads": 2, "gflops_1t": 117.3, "gflops_all": 234.6}
 
 
-def _rec(kernel: str, n: int, gflops: float, threads: int = 1, spread: float = 0.03) -> dict:
-    flops = 2.0 * n**3
-    t = flops / gflops / 1e9
-    times = [t, t * (1 + spread), t * (1 - spread)]
-    return {
-        "kernel": kernel,
-        "n": n,
-        "dtype": "float32",
-        "device": "cpu",
-        "precision": "float32",
-        "threads": threads,
-        "flops": flops,
-        "seconds": statistics.median(times),
-        "seconds_min": min(times),
-        "samples": 3,
-        "times": times,
-        "gflops": flops / statistics.median(times) / 1e9,
-    }
+def _rec(kernel: str, n: int, gflops: float, threads: int = 1) -> dict:
+    return planted_ladder_record(kernel, n, gflops, threads, spread=0.03)
 
 
 def ladder_doc() -> dict:
@@ -141,10 +126,7 @@ class _Launch:
     def __call__(self, mpiexec, ranks, threads, args, timeout, tick=None):
         mode = args[args.index("--mode") + 1]
         if mode == "sweep":
-            sizes = [int(x) for x in args[args.index("--sizes") + 1].split(",")]
-            secs = [so.ring_allreduce_s(s, ranks, 5e-6, 2e9) for s in sizes]
-            return {"ranks": ranks, "bytes": sizes, "seconds": secs, "seconds_min": secs, "seconds_max": secs,
-                    "reps": [5] * len(sizes)}  # fmt: skip
+            return planted_sweep(args, ranks)
         b = int(args[args.index("--batch") + 1])
         opt = args[args.index("--optimizer") + 1]
         side = "--independent" in args

@@ -18,6 +18,8 @@ from whygpu.bench.trust import DISTURBED
 from whygpu.cli import main
 from whygpu.report import build_report, load_results
 
+from ._support import planted_sweep
+
 GRAD = 4 * so.mlp_params([784, 2048, 2048, 10])
 
 
@@ -32,10 +34,7 @@ class Plant:
         mode = args[args.index("--mode") + 1]
         self.calls.append((mode, ranks, threads))
         if mode == "sweep":
-            sizes = [int(x) for x in args[args.index("--sizes") + 1].split(",")]
-            secs = [so.ring_allreduce_s(s, ranks, 5e-6, 2e9) for s in sizes]
-            return {"ranks": ranks, "bytes": sizes, "seconds": secs, "seconds_min": secs, "seconds_max": secs,
-                    "reps": [5] * len(sizes)}  # fmt: skip
+            return planted_sweep(args, ranks)
         b = int(args[args.index("--batch") + 1])
         side = "--independent" in args
         key = (ranks, threads, b, "side") if side else (ranks, threads, b)

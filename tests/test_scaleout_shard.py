@@ -20,6 +20,8 @@ from whygpu.bench import scaleout as bso
 from whygpu.cli import main
 from whygpu.report import build_report, load_results
 
+from ._support import planted_sweep
+
 N = so.mlp_params([784, 2048, 2048, 10])  # 5,824,522
 GRAD = 4 * N
 
@@ -48,10 +50,7 @@ class Plant:
         mode = args[args.index("--mode") + 1]
         self.calls.append((mode, ranks, threads, args))
         if mode == "sweep":
-            sizes = [int(x) for x in args[args.index("--sizes") + 1].split(",")]
-            secs = [so.ring_allreduce_s(s, ranks, 5e-6, 2e9) for s in sizes]
-            return {"ranks": ranks, "bytes": sizes, "seconds": secs, "seconds_min": secs, "seconds_max": secs,
-                    "reps": [5] * len(sizes)}  # fmt: skip
+            return planted_sweep(args, ranks)
         b = int(args[args.index("--batch") + 1])
         opt = args[args.index("--optimizer") + 1]
         side = "--independent" in args

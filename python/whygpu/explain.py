@@ -172,6 +172,21 @@ def why_below(
 
 
 # Said of a row whose measurement the quiet record shows disturbed (whygpu.bench.trust.QuietGuard).
+def why_row(r: dict, quiet: dict | None, *, remeasured: bool = True) -> str:
+    """why_below for one measured row of a result (its fraction of the roof, its 1x1x1 call, its flags and
+    BLAS facts) and the run's quiet record: what `whygpu explain` and the report both say."""
+    return why_below(
+        r["kernel"],
+        r["predicted_s"] / r["measured_s"],
+        r.get("call_overhead_s"),
+        r["measured_s"],
+        remeasured=remeasured,
+        disturbed=r.get("disturbed_reason") if r.get("disturbed") else None,
+        row=r,
+        busy=busy_while(quiet, r["kernel"]),
+    )
+
+
 _BUSY = "other programs held the cores while it was measured (the caution says how much), which only slows it"
 
 
@@ -450,19 +465,7 @@ class Explanation:
                     "Block sizes of packed and openmp (WHYGPU_BLOCKING=kc,mc,nc overrides them): " + derivation[0]
                 )
                 lines.extend(derivation[1:])
-        notes = [
-            why_below(
-                r["kernel"],
-                r["predicted_s"] / r["measured_s"],
-                r.get("call_overhead_s"),
-                r["measured_s"],
-                disturbed=r.get("disturbed_reason") if r.get("disturbed") else None,
-                row=r,
-                busy=busy_while(self.quiet, r["kernel"]),
-            )
-            for r in self.rows
-            if "measured_s" in r
-        ]
+        notes = [why_row(r, self.quiet) for r in self.rows if "measured_s" in r]
         notes += [f"{r['kernel']} not measured: {r['skipped']}" for r in self.rows if "skipped" in r]
         notes += [f"{u['kernel']} is unavailable here: {u['reason']}" for u in self.unavailable]
         if caution and self.caution:

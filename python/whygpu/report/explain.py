@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..bench.trust import DISTURBED
-from ..explain import busy_while, format_bytes, format_error, roof_label, why_below
+from ..explain import format_bytes, format_error, roof_label, why_row
 from ..roofline_trust import pct_text
 from ._format import Block, Docs, _g, _ms
 from .roofline import flagged
@@ -67,20 +67,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
 def _why(doc: dict) -> list[Block]:
     """Why each measured kernel sits where it does, from the facts the document holds (a NumPy row's BLAS
     kernel and the roof of its instruction set included), then the flagged rows."""
-    items = [
-        why_below(
-            r["kernel"],
-            r["predicted_s"] / r["measured_s"],
-            r.get("call_overhead_s"),
-            r["measured_s"],
-            remeasured="remeasured" in r,
-            disturbed=r.get("disturbed_reason") if r.get("disturbed") else None,
-            row=r,
-            busy=busy_while(doc.get("quiet"), r["kernel"]),
-        )
-        for r in doc["rows"]
-        if "measured_s" in r
-    ]
+    items = [why_row(r, doc.get("quiet"), remeasured="remeasured" in r) for r in doc["rows"] if "measured_s" in r]
     return ([("ul", items)] if items else []) + _disturbed(doc)
 
 
