@@ -134,3 +134,15 @@ def test_whygpu_info_says_how_long_idle_threads_spin():
     r = _run("import whygpu.cli as c; c.main(['info'])")
     assert r.returncode == 0, r.stderr
     assert "idle threads spin" in r.stdout or "default spin" in r.stdout
+
+
+def test_the_report_says_what_the_run_recorded_about_idle_threads():
+    from whygpu.report import machine
+
+    planted = {"openblas": {"by": "none", "why": "NumPy (and its BLAS) was imported before whygpu", "suggest": 15}}
+    doc = {"machine": {"cpu": {"model": "planted"}, "idle_threads": planted}, "kernels": []}
+    table = machine.section({"info": doc}, None, [], 0)[1][2]
+    rows = [r for r in table if r[0] == "idle threads"]
+    assert len(rows) == 1 and "OPENBLAS_THREAD_TIMEOUT=15" in rows[0][1]
+    doc["machine"].pop("idle_threads")  # a document written before whygpu recorded it: no row, no error
+    assert not [r for r in machine.section({"info": doc}, None, [], 0)[1][2] if r[0] == "idle threads"]

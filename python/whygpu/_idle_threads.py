@@ -3,7 +3,7 @@
 Why this exists.  After a parallel call, both runtimes keep their worker threads spinning on their
 cores so that the next call finds them awake:
 
-* libgomp (whygpu's OpenMP) for ``GOMP_SPINCOUNT`` busy-wait steps, 300,000 by default: about 12 ms
+* libgomp (whygpu's OpenMP) for ``GOMP_SPINCOUNT`` busy-wait steps, 300,000 by default: about 8 ms
   of a core on a Zen 1, more or less elsewhere (a step is one ``pause``, 3 to 150 cycles by CPU);
 * OpenBLAS (NumPy's BLAS) for ``2**OPENBLAS_THREAD_TIMEOUT`` time-stamp-counter cycles, ``2**28``
   by default: about 0.1 s, without ever yielding the core.
@@ -24,6 +24,7 @@ loaded later, PyTorch's own OpenMP included, see the environment as the user lef
 It changes nothing that the user chose: ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` set, or
 ``OPENBLAS_THREAD_TIMEOUT`` set, is kept.  NumPy imported before whygpu has loaded OpenBLAS
 already, and its spin can no longer be changed: `whygpu info` says so, and what to do.
+``WHYGPU_KEEP_SPIN=1`` leaves both runtimes at their defaults (to measure what this changes).
 """
 
 from __future__ import annotations
@@ -49,9 +50,8 @@ OPENMP_SPIN_S: float | None = None
 OPENBLAS_SPIN_S = 20e-6
 _GOMP_DEFAULT_STEPS = 300_000  # libgomp's GOMP_SPINCOUNT when neither it nor OMP_WAIT_POLICY is set
 _OPENBLAS_DEFAULT_LOG2 = 28  # OpenBLAS's THREAD_TIMEOUT when OPENBLAS_THREAD_TIMEOUT is not set
-_CALIBRATION_STEPS = (
-    5_000  # 0.1-0.2 ms a run at 26 ns a step (a Zen 1): import stays quick; log2 rounding needs no more
-)
+# 0.1-0.2 ms a run at 26 ns a step (a Zen 1): import stays quick, and the settings are rounded anyway.
+_CALIBRATION_STEPS = 5_000
 
 # What was decided at import, for `whygpu info` and the report: {"openmp": {...}, "openblas": {...}}.
 STATE: dict[str, dict] = {}

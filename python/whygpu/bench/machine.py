@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 
+from .. import _idle_threads
 from .._cpu import cpu_info
 from .._threads import get_num_threads
 from .._version import __version__
@@ -295,6 +296,8 @@ def machine_info() -> dict:
         "versions": {"whygpu": __version__, "numpy": np.__version__, "matplotlib": mpl},
         "blas": blas,
         "blas_facts": blas_facts(blas, cpu_best=cpu.get("best_arch")),
+        # how long OpenMP's and OpenBLAS's idle threads held a core after each call in this run
+        "idle_threads": {k: dict(v) for k, v in _idle_threads.STATE.items()},
         "cuda": cuda_status(),
         "load_average": _load(),
         **_cpu_load(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._idle_threads import describe as describe_idle
 from ..bench.machine import blas_summary
 from ._format import Block, Docs, _cache
 
@@ -34,6 +35,8 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         ),
         ("kernels", ", ".join(doc.get("kernels", []))),
     ]
+    # how long each library's idle threads held a core after a call (older documents do not say)
+    rows += [("idle threads", line) for line in describe_idle(m.get("idle_threads") or {})]
     return [("h2", TITLE), ("table", ("", ""), rows)]
 
 
