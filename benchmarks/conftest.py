@@ -33,7 +33,8 @@ _TIME_COLUMNS = ("min", "max", "mean", "stddev", "median", "iqr")
 def pytest_configure(config):
     config.addinivalue_line("markers", "heavy: a big size, skipped when benchmarks are disabled")
     option = config.option
-    if getattr(option, "benchmark_columns", None) == DEFAULT_COLUMNS:  # not chosen on the command line
+    # Not chosen on the command line: pytest-benchmark's default list (5.2) or None, resolved later (5.3).
+    if getattr(option, "benchmark_columns", DEFAULT_COLUMNS) in (None, DEFAULT_COLUMNS):
         option.benchmark_columns = list(TABLE_COLUMNS)
     if getattr(option, "benchmark_name", None) == "normal":  # the default
         option.benchmark_name = "short"  # "ladder[numpy-x1-n64]", not "test_ladder[numpy-x1-n64]"
