@@ -10,8 +10,8 @@ the cores alone; 0.02 means a call waited on them for most of its time.
 
 ``--ab`` runs this script in fresh processes, rounds interleaved, under each setting of the idle
 spins (python/whygpu/_idle_threads.py), since both runtimes read theirs once, when loaded:
-``default`` (whygpu's: OpenBLAS short, libgomp as shipped), ``keep`` (WHYGPU_KEEP_SPIN=1: both as
-shipped, what whygpu did before) and ``short`` (WHYGPU_OPENMP_SPIN_US=50 as well).  It also times
+``default`` (whygpu's: OpenBLAS 20 us, libgomp 2 ms), ``keep`` (WHYGPU_KEEP_SPIN=1: both as shipped,
+what whygpu did before) and ``short`` (WHYGPU_OPENMP_SPIN_US=50: libgomp 50 us).  It also times
 each setting's 128^3 openmp call and openmp training step alone, so a setting that ends the fight by
 slowing the kernels shows it.  whygpu is imported before NumPy here on purpose: after NumPy,
 OpenBLAS's spin can no longer be changed (`whygpu info` says which case a process is in).

@@ -33,12 +33,11 @@ def test_both_spins_are_set_to_the_target_from_the_measured_clocks():
     assert state["openblas"]["default_spin_s"] == pytest.approx(2**28 / TSC_HZ)
 
 
-def test_by_default_libgomps_spin_is_kept_and_said_with_its_length_here():
-    to_set, state = plan(openmp_s=idle.OPENMP_SPIN_S)
-    assert idle.OPENMP_SPIN_S is None and "GOMP_SPINCOUNT" not in to_set
-    assert "OPENBLAS_THREAD_TIMEOUT" in to_set  # OpenBLAS's is shortened all the same
-    line = idle.describe(state)[0]
-    assert "default spin, 8 ms here" in line and "WHYGPU_OPENMP_SPIN_US" in line  # 300,000 x 25 ns
+def test_by_default_libgomp_spins_2_ms_whatever_a_step_lasts():
+    for step_s in (3e-9, 25e-9, 50e-9):  # a pause of ~10, ~100 and ~150 cycles
+        to_set, state = plan(step_s=step_s, openmp_s=idle.OPENMP_SPIN_S)
+        assert int(to_set["GOMP_SPINCOUNT"]) * step_s == pytest.approx(2e-3, rel=1e-3)
+        assert "spin 2 ms after a call" in idle.describe(state)[0]
 
 
 def test_whygpu_openmp_spin_us_is_read_and_a_bad_value_warns(monkeypatch):
@@ -46,7 +45,7 @@ def test_whygpu_openmp_spin_us_is_read_and_a_bad_value_warns(monkeypatch):
     assert idle._openmp_target() == pytest.approx(50e-6)
     monkeypatch.setenv("WHYGPU_OPENMP_SPIN_US", "fast")
     with pytest.warns(RuntimeWarning, match="WHYGPU_OPENMP_SPIN_US"):
-        assert idle._openmp_target() == idle.OPENMP_SPIN_S
+        assert idle._openmp_target() == idle.OPENMP_SPIN_S == 2e-3
 
 
 def test_a_slower_pause_gets_fewer_steps_for_the_same_time():

@@ -16,8 +16,8 @@ moved on.
 
 What whygpu does, once, at import: it measures how long a busy-wait step and a TSC cycle last on
 this CPU (whygpu._spin, a module without OpenMP) and asks OpenBLAS for a spin of ``OPENBLAS_SPIN_S``
-(20 us), and libgomp for one of ``WHYGPU_OPENMP_SPIN_US`` when that is set (see OPENMP_SPIN_S for
-why its default is kept).  Both runtimes read their setting once, when they are loaded, so whygpu
+(20 us) and libgomp for one of ``OPENMP_SPIN_S`` (2 ms; ``WHYGPU_OPENMP_SPIN_US`` chooses another).
+Both runtimes read their setting once, when they are loaded, so whygpu
 sets the variable, loads the library, and removes the variable again (subprocesses and libraries
 loaded later, PyTorch's own OpenMP included, see the environment as the user left it).
 
@@ -39,14 +39,16 @@ from contextlib import contextmanager
 
 __all__ = ["OPENMP_SPIN_S", "OPENBLAS_SPIN_S", "STATE", "applied", "describe"]
 
-# How long each runtime's idle threads spin (see above).  OpenBLAS's: as short as its own
-# back-to-back calls allow, so that a whygpu call right after a NumPy call finds both cores free.
-# OpenMP's: libgomp's default, unless WHYGPU_OPENMP_SPIN_US asks for a short one.  A short spin
-# (50 us) ends the fight in the other direction too, but a worker that has fallen asleep is then
-# woken for every call after a pause, and on some machines (a 2-vCPU VM here) the kernel places it
-# on the core of the thread that woke it: `whygpu ladder` then drew openmp at half speed at n = 256,
-# interleaved with packed.  Until whygpu runs its own pool, that trade is the user's to make.
-OPENMP_SPIN_S: float | None = None
+# How long each runtime's idle threads spin (see above), in seconds whatever the CPU.
+# OpenBLAS's: as short as its own back-to-back calls allow, so that a whygpu call right after a NumPy
+# call finds both cores free.  OpenMP's: 2 ms, a quarter of libgomp's default on a Zen 1 (and ~5 to
+# 40 ms elsewhere: its default counts steps, not time).  It still bridges every gap inside a training
+# step and a ladder's round; shorter ones cost: at 50 us a worker that fell asleep was woken for each
+# call after a pause, and on a 2-vCPU VM the kernel placed it on the waking thread's core (openmp at
+# half speed at n = 256 in `whygpu ladder`; a 128^3 call 20% slower at 20 us).  Alternated with
+# NumPy (benchmarks/alternation.py, Zen 1): every ratio 0.86-1.36 at 1 and 2 ms, 0.78-0.82 for NumPy
+# at n = 1024 with libgomp's default.
+OPENMP_SPIN_S = 2e-3
 OPENBLAS_SPIN_S = 20e-6
 _GOMP_DEFAULT_STEPS = 300_000  # libgomp's GOMP_SPINCOUNT when neither it nor OMP_WAIT_POLICY is set
 _OPENBLAS_DEFAULT_LOG2 = 28  # OpenBLAS's THREAD_TIMEOUT when OPENBLAS_THREAD_TIMEOUT is not set
@@ -89,7 +91,7 @@ def _plan(
     tsc_hz: float | None,
     numpy_loaded: bool,
     gomp_loaded: bool,
-    openmp_spin_s: float | None = OPENMP_SPIN_S,
+    openmp_spin_s: float = OPENMP_SPIN_S,
 ) -> tuple[dict[str, str], dict[str, dict]]:
     """The variables to set (name -> value) and what to report about each runtime."""
     to_set: dict[str, str] = {}
@@ -102,12 +104,6 @@ def _plan(
         state["openmp"] = {"by": "none", "why": "libgomp was loaded by another module before whygpu"}
     elif step_s is None:
         state["openmp"] = {"by": "none", "why": "the busy-wait step could not be timed here"}
-    elif openmp_spin_s is None:
-        state["openmp"] = {
-            "by": "none",
-            "why": "libgomp's default, kept by whygpu",
-            "default_spin_s": _GOMP_DEFAULT_STEPS * step_s,
-        }
     else:
         steps = max(1, round(openmp_spin_s / step_s))
         to_set["GOMP_SPINCOUNT"] = str(steps)
@@ -138,7 +134,7 @@ def _plan(
     return to_set, state
 
 
-def _openmp_target() -> float | None:
+def _openmp_target() -> float:
     """WHYGPU_OPENMP_SPIN_US (microseconds), else OPENMP_SPIN_S; a bad value warns and is ignored."""
     raw = os.environ.get("WHYGPU_OPENMP_SPIN_US", "").strip()
     if not raw:
@@ -210,7 +206,7 @@ def describe(state: dict[str, dict] | None = None) -> list[str]:
             elif key == "openblas":
                 fix = "import whygpu before numpy, or set OPENBLAS_THREAD_TIMEOUT before starting Python"
             else:
-                fix = "WHYGPU_OPENMP_SPIN_US=50 before importing whygpu shortens it"
+                fix = "set GOMP_SPINCOUNT before starting Python"
             held = f", {_fmt(s['default_spin_s'])} here" if "default_spin_s" in s else ""
             lines.append(
                 f"{name}: idle threads keep their default spin{held} ({s['why']}); a call of the "
