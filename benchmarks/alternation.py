@@ -96,6 +96,37 @@ def alone_costs(threads: int) -> dict:
     return out
 
 
+def torch_alternation(batch: int, threads: int, reps: int) -> dict | None:
+    """whygpu's openmp training step and PyTorch's CPU step of the same MLP, alone and in turn (medians, s);
+    None without PyTorch.  PyTorch's own OpenMP keeps its shipped spin (whygpu sets nothing for it)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _train_common import torch_step, whygpu_step
+
+    torch.set_num_threads(threads)
+    whygpu.set_num_threads(threads)
+    calls = {"whygpu": whygpu_step("openmp", batch)[0], "torch": torch_step(batch)}
+    out: dict = {}
+    for first, second in (("whygpu", "torch"), ("torch", "whygpu")):
+        for k, f in calls.items():
+            for _ in range(3):
+                f()
+            out.setdefault(f"{k} alone", []).append(statistics.median(_call_s(f) for _ in range(reps)))
+        for _ in range(2):
+            calls[first]()
+            calls[second]()
+        t1, t2 = [], []
+        for _ in range(reps):
+            t1.append(_call_s(calls[first]))
+            t2.append(_call_s(calls[second]))
+        out[f"{first} after {second}"] = statistics.median(t1)
+        out[f"{second} after {first}"] = statistics.median(t2)
+    return {k: (statistics.median(v) if isinstance(v, list) else v) for k, v in out.items()}
+
+
 def run_here(args) -> None:
     from whygpu import _idle_threads
 
@@ -110,6 +141,17 @@ def run_here(args) -> None:
             gf = {k: 2 * n**3 / r[f"{k} alone"] / 1e9 for k in ("openmp", "numpy")}
             print(f"n={n}: alone openmp {gf['openmp']:.1f}, numpy {gf['numpy']:.1f} GFLOP/s; "
                   f"alternated / alone: {', '.join(cells)}", flush=True)  # fmt: skip
+    for batch in args.torch:
+        r = torch_alternation(batch, args.threads, args.reps)
+        if r is None:
+            print("PyTorch is not installed: no training-step alternation with it")
+            break
+        cells = [
+            f"{who} {r[f'{who} alone'] / r[f'{who} after {other}']:.2f}x"
+            for who, other in (("whygpu", "torch"), ("torch", "whygpu"))
+        ]
+        alone = f"whygpu {r['whygpu alone'] * 1e3:.2f} ms, torch {r['torch alone'] * 1e3:.2f} ms"
+        print(f"MLP step B={batch}: alone {alone}; alternated / alone: {', '.join(cells)}", flush=True)
     if args.costs:
         for k, s in alone_costs(args.threads).items():
             print(f"alone {k}: {s * 1e3:.3f} ms", flush=True)
@@ -117,7 +159,7 @@ def run_here(args) -> None:
 
 def run_ab(args) -> None:
     base = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads), "--reps", str(args.reps),
-            "--costs", "--sizes", *map(str, args.sizes)]  # fmt: skip
+            "--costs", "--sizes", *map(str, args.sizes), "--torch", *map(str, args.torch)]  # fmt: skip
     for r in range(1, args.rounds + 1):
         for name in args.settings:
             env = {k: v for k, v in os.environ.items() if k not in ("WHYGPU_KEEP_SPIN", "WHYGPU_OPENMP_SPIN_US")}
@@ -132,6 +174,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 1024])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=9, help="alternations per median (default 9)")
+    ap.add_argument("--torch", type=int, nargs="*", default=[], metavar="B",
+                    help="also alternate the MLP training step with PyTorch's at these batch sizes")  # fmt: skip
     ap.add_argument("--costs", action="store_true", help="also time the 128^3 call and training step alone")
     ap.add_argument("--ab", action="store_true", help="compare the idle-spin settings in fresh processes")
     ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=["keep", "default", "short"])
