@@ -161,7 +161,7 @@ def no_mpi(monkeypatch):
 def test_cli_without_mpi_says_how_to_get_it(no_mpi, tmp_path, capsys):
     rc = main(["scaleout", "--out", str(tmp_path)])
     out, err = capsys.readouterr()
-    assert rc == 2 and err.count("\n") == 1 and "pip install 'whygpu[mpi]'" in err and "Traceback" not in err
+    assert rc == 2 and err.count("\n") == 1 and "pip install mpi4py mpich" in err and "Traceback" not in err
 
 
 def test_demo_and_report_without_mpi(no_mpi, tmp_path, capsys):
@@ -171,10 +171,10 @@ def test_demo_and_report_without_mpi(no_mpi, tmp_path, capsys):
     _scaleout(DEMO_PLANS["quick"], tmp_path, False, notes.append)
     doc = json.loads((tmp_path / "scaleout.json").read_text())
     assert doc["schema"] == "whygpu.scaleout/1" and doc["available"] is False
-    assert any("whygpu[mpi]" in n for n in notes)
+    assert any("pip install mpi4py mpich" in n for n in notes)
     res = build_report(load_results([tmp_path / "scaleout.json"]), tmp_path)
     md = Path(res["markdown"]).read_text()
-    assert "More than one machine" in md and "pip install 'whygpu[mpi]'" in md and res["figures"] == []
+    assert "More than one machine" in md and "pip install mpi4py mpich" in md and res["figures"] == []
 
 
 def test_cli_refuses_too_many_ranks_before_anything_starts(no_mpi, tmp_path, capsys, monkeypatch):
@@ -187,7 +187,7 @@ def test_cli_refuses_too_many_ranks_before_anything_starts(no_mpi, tmp_path, cap
     # with --oversubscribe the count passes; here it stops at the missing MPI instead
     assert main(["scaleout", "--ranks", "1,9", "--oversubscribe", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "whygpu[mpi]" in err and "--oversubscribe" not in err
+    assert "pip install mpi4py mpich" in err and "--oversubscribe" not in err
 
 
 def test_report_without_scaleout_results_has_no_section(tmp_path):

@@ -85,3 +85,9 @@ def test_skip_reasons_install_from_this_folder():
     for path in sorted(TESTS.glob("test_*.py")):
         for m in re.finditer(r"reason=(f?\"[^\"]*\"|f?'[^']*')", path.read_text(encoding="utf-8")):
             assert "whygpu[" not in m.group(1), f"{path.name}: {m.group(1)}"
+    # nor do the package's own install hints (they name what to pip install, which works from a wheel too)
+    package = TESTS.parent / "python" / "whygpu"
+    if package.is_dir():
+        for path in sorted(package.rglob("*.py")):
+            assert "install 'whygpu[" not in path.read_text(encoding="utf-8"), path.name
+            assert "install whygpu[" not in path.read_text(encoding="utf-8"), path.name

@@ -8,7 +8,7 @@ shape (n, 1) for regression.
 * :func:`sine` -- a noisy sine wave: a hidden layer approximates any smooth curve;
 * :func:`spirals` -- two interleaved spirals: a non-linear decision boundary;
 * :func:`load_digits` -- 1,797 handwritten 8x8 digits, bundled with scikit-learn
-  (``pip install whygpu[digits]``).
+  (``pip install scikit-learn``).
 
 :func:`train_test_split` splits with stratification without needing scikit-learn;
 :func:`standardize` rescales features with the training set's statistics.
@@ -80,14 +80,13 @@ def load_digits(scale: bool = True):
     images flattened; divided by 16 into [0, 1] when ``scale``), y int64 in 0..9.
 
     Needs scikit-learn (the data ships inside it; nothing is downloaded):
-    ``pip install whygpu[digits]``.
+    ``pip install scikit-learn``.
     """
     try:
         from sklearn.datasets import load_digits as _load
     except ImportError as exc:
         raise ImportError(
-            "whygpu.datasets.load_digits needs scikit-learn, which bundles the digits data: "
-            "pip install whygpu[digits]  (or: pip install scikit-learn)"
+            "whygpu.datasets.load_digits needs scikit-learn, which bundles the digits data: pip install scikit-learn"
         ) from exc
     d = _load()
     X = d.data.astype(np.float32)

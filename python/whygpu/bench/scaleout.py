@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 SCHEMA = "whygpu.scaleout/1"
-INSTALL_HINT = "pip install 'whygpu[mpi]'"
+INSTALL_HINT = "pip install mpi4py mpich"
 # Set to 1 to act as if mpi4py / mpiexec were missing (the tests; or to leave the measurement out of the demo).
 NO_MPI_ENV = "WHYGPU_NO_MPI"
 WARMUP = 2  # untimed steps before the timed ones

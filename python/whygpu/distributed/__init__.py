@@ -1,6 +1,6 @@
 """whygpu.distributed: data-parallel training over MPI ranks (``mpiexec -n 4 python train.py``).
 
-Needs mpi4py and an MPI library (``pip install 'whygpu[mpi]'``); importing it
+Needs mpi4py and an MPI library (``pip install mpi4py mpich``); importing it
 without them raises ImportError saying so.  Nothing else in whygpu imports it.
 """
 

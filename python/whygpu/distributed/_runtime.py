@@ -10,7 +10,7 @@ from __future__ import annotations
 try:
     from mpi4py import MPI
 except (ImportError, RuntimeError, OSError):  # mpi4py missing, or it found no MPI library
-    raise ImportError("whygpu.distributed needs mpi4py and an MPI library: pip install 'whygpu[mpi]'") from None
+    raise ImportError("whygpu.distributed needs mpi4py and an MPI library: pip install mpi4py mpich") from None
 
 __all__ = ["init", "rank", "size", "local_rank", "comm", "barrier", "gpu", "MPI"]
 

@@ -15,7 +15,7 @@ TITLE = "More than one machine"
 
 def _unavailable(doc: dict, num: int) -> list[Block]:
     why = doc.get("reason") or "mpi4py or mpiexec is missing"
-    hint = doc.get("install") or "pip install 'whygpu[mpi]'"
+    hint = doc.get("install") or "pip install mpi4py mpich"
     return [
         ("h2", f"{num}. {TITLE}"),
         (
