@@ -181,7 +181,7 @@ def test_load_digits_without_sklearn(monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(ImportError, match=r"pip install whygpu\[digits\]"):
+    with pytest.raises(ImportError, match="pip install scikit-learn"):
         datasets.load_digits()
 
 
