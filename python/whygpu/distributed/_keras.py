@@ -17,6 +17,7 @@ from .. import _random
 from ..nn import _backend
 from ..nn._sequential import _positive_int, _progress
 from ..nn.losses import CrossEntropyLoss, MSELoss, _Loss
+from ._agree import agree_fit
 from ._sharded import ShardedOptimizer
 from ._shares import _batch_rows, _dropouts, share
 
@@ -76,6 +77,7 @@ class KerasMethods:
                 f"model.parameters() (that one would keep state for every parameter, and read gradients "
                 f"that were never summed)"
             )
+        agree_fit(self, X, y, val, epochs, batch_size, shuffle)  # else a hang in the first collective
         self._optimizer = optimizer
         self.broadcast_random_state()  # every rank shuffles and drops out as rank 0 (as one process) would
         show = verbose if self.rank == 0 else 0

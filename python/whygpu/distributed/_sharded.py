@@ -42,6 +42,7 @@ import numpy as np
 
 from ..nn._module import Parameter
 from ..nn._optimizer import Optimizer
+from . import _sharded_state
 from ._buckets import Bucket, GradBuckets, _clock, _Progress, _union
 from ._runtime import MPI
 
@@ -378,6 +379,22 @@ class ShardedOptimizer(Optimizer):
 
     def _states(self) -> list:
         return self.optimizer._states()
+
+    # -- checkpoints: the full per-parameter state, whatever the layout (see _sharded_state.py) --
+    def consolidate_state_dict(self, to: int = 0) -> None:
+        """Gather the full per-parameter optimizer state on rank ``to`` (a collective: every rank
+        calls it), as PyTorch's ZeroRedundancyOptimizer; ``state_dict()`` then returns it there."""
+        _sharded_state.consolidate(self, to)
+
+    def state_dict(self) -> dict:
+        """The consolidated state (after ``consolidate_state_dict`` on this rank), keyed per
+        parameter as an unsharded optimizer's: loadable on any number of ranks."""
+        return _sharded_state.state_dict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load a full optimizer state (an unsharded optimizer's, or a consolidated one from any
+        number of ranks): each rank keeps its shards' slices of it."""
+        _sharded_state.load_state_dict(self, state)
 
     def __repr__(self) -> str:
         dp = self._dp
