@@ -31,8 +31,9 @@ from . import (  # noqa: E402  (the training stack, on top of the kernels)
 from ._api import gemm, matmul
 from ._cpu import _warn_env, cpu_info, set_arch
 from ._memory import TooLargeError
-from ._random import manual_seed
+from ._random import get_rng_state, manual_seed, set_rng_state
 from ._registry import KernelUnavailableError, all_kernels, available_kernels, default_kernel, kernel_info
+from ._serialize import CheckpointError, load, save
 from ._threads import ThreadsWarning, get_num_threads, set_num_threads
 from ._version import __version__
 from .explain import explain
@@ -52,6 +53,11 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "manual_seed",
+    "get_rng_state",
+    "set_rng_state",
+    "save",
+    "load",
+    "CheckpointError",
     "nn",
     "optim",
     "datasets",

@@ -193,6 +193,26 @@ class Module:
         for p in self.parameters():
             p.zero_grad()
 
+    # -- saving and loading (see _state.py) ------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every parameter's values, a copy as NumPy arrays, named as PyTorch names them
+        (``"0.weight"``, ``"0.bias"``, ...): ``whygpu.save(model.state_dict(), path)``, or
+        ``torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``."""
+        from ._state import module_state_dict
+
+        return module_state_dict(self)
+
+    def load_state_dict(self, state, strict: bool = True) -> tuple[list[str], list[str]]:
+        """Copy the values of ``state`` (from :meth:`state_dict`, ``whygpu.load`` or a PyTorch
+        model's state dict) into the parameters, keeping this model's back end and dtype.
+
+        Every name, shape and dtype is checked first (``strict``: no name missing or extra);
+        when anything differs a ``whygpu.CheckpointError`` says exactly what, and no parameter
+        has changed.  Returns the (missing, unexpected) names, as PyTorch does."""
+        from ._state import load_module_state
+
+        return load_module_state(self, state, strict)
+
     # -- back end, dtype, mode -----------------------------------------------
     def to(self, backend=None, dtype=None, precision=None) -> Module:
         """Move to back end ``backend`` (a name from :func:`whygpu.nn.backends`:

@@ -65,6 +65,24 @@ class Optimizer:
     def _begin_step(self) -> None:
         pass
 
+    # -- saving and loading (see _state.py) -----------------------------------------------
+    def state_dict(self) -> dict:
+        """The state (SGD's momentum buffers; Adam's two moments and its step count) and the
+        hyperparameters, keyed by each parameter's index in the list the optimizer was made on,
+        as PyTorch's: ``{"state": {0: {"exp_avg": ..., ...}}, "param_groups": [{"lr": ..., ...}]}``."""
+        from ._state import optimizer_state_dict
+
+        return optimizer_state_dict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load a state from :meth:`state_dict` (or a sharded optimizer's consolidated one): the
+        state arrays (into each parameter's memory, host or GPU) and the hyperparameters.
+        Checked first: a state of another optimizer or model raises ``whygpu.CheckpointError``
+        and changes nothing."""
+        from ._state import load_optimizer_state
+
+        load_optimizer_state(self, state)
+
     # -- every parameter in one call (compiled back ends) or one launch (GPU) ----------
     def _fused_backend(self):
         """The back end all parameters are on, when it can update them all in one call; else None."""
