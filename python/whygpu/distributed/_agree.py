@@ -1,12 +1,80 @@
 """What every rank must agree on before a collective, checked with one small allgather.
 
-(being written: agree_fit)
+A rank given other arguments than the rest would otherwise issue other
+collectives (another number of batches, another bucket layout) and wait
+forever for a partner that never comes, or sum mismatched buffers.  Each
+check here gathers a short signature of named fields from every rank (one
+``comm.allgather`` of a few tuples) and compares every rank's with rank 0's;
+on the first difference *every* rank raises the same ValueError, naming the
+field and the values on rank 0 and on the first rank that differs.  With one
+rank nothing is sent.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["agree", "disagreement", "agree_fit", "fit_signature"]
+
+
+def disagreement(every: list[list[tuple[str, Any]]]) -> tuple[str, Any, int, Any] | None:
+    """The first (field, rank 0's value, rank, that rank's value) where a rank's signature differs
+    from rank 0's (the ranks in order, the fields in order), or None when all agree."""
+    ref = every[0]
+    for r, sig in enumerate(every[1:], start=1):
+        for (name, a), (_, b) in zip(ref, sig):
+            if a != b:
+                return name, a, r, b
+    return None
+
+
+def agree(comm, signature: list[tuple[str, Any]], what: str, hint: str = "") -> None:
+    """Every rank's ``signature`` (a list of (field, value) pairs, the same fields in the same order
+    on every rank; values that pickle and compare with ==) must equal rank 0's: else the same
+    ValueError on every rank.  One allgather; nothing with one rank."""
+    if comm.Get_size() == 1:
+        return
+    found = disagreement(comm.allgather(signature))
+    if found is not None:
+        name, a, r, b = found
+        raise ValueError(f"{what}: the ranks disagree on {name}: {a!r} on rank 0 but {b!r} on rank {r}{hint}")
+
+
+def _array_sig(a) -> tuple:
+    a = np.asarray(a) if not hasattr(a, "shape") else a
+    return tuple(int(n) for n in a.shape), str(a.dtype)
+
+
+def fit_signature(X, y, val, epochs: int, batch_size: int, shuffle) -> list[tuple[str, Any]]:
+    """fit's arguments that decide which collectives each rank issues (and how many)."""
+    (xs, xd), (ys, yd) = _array_sig(X), _array_sig(y)
+    if val is None:
+        v: Any = None
+    else:
+        (vxs, vxd), (vys, vyd) = _array_sig(val[0]), _array_sig(val[1])
+        v = f"X_val {vxs} {vxd}, y_val {vys} {vyd}"
+    return [
+        ("the number of samples (len(X))", xs[0] if xs else 0),
+        ("X's shape", xs),
+        ("X's dtype", xd),
+        ("y's shape", ys),
+        ("y's dtype", yd),
+        ("batch_size", int(batch_size)),
+        ("epochs", int(epochs)),
+        ("shuffle", bool(shuffle)),
+        ("validation_data", v),
+    ]
 
 
 def agree_fit(dp, X, y, val, epochs: int, batch_size: int, shuffle: bool) -> None:
     """DataParallel.fit's start: every rank was given the same data set length, shapes and dtypes,
     batch size, epochs, shuffle and validation setting; else the same ValueError on every rank."""
-    raise NotImplementedError
+    agree(
+        dp.comm,
+        fit_signature(X, y, val, epochs, batch_size, shuffle),
+        "DataParallel.fit",
+        "; every rank must call fit with the same arguments and a data set of the same size "
+        "(each rank holds all of X and y and trains on its share of every batch)",
+    )
