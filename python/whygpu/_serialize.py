@@ -93,7 +93,7 @@ def load(path: str | os.PathLike) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:  # closed even when np.load fails
             names = set(npz.files)
             if _MANIFEST not in names:
                 raise CheckpointError(
@@ -160,7 +160,8 @@ def _decode(node: Any, npz, names: set) -> Any:
         arr = npz[key]
         if list(arr.shape) != node["shape"] or arr.dtype.str != node["dtype"]:
             raise CheckpointError(
-                f"the array {key!r} is {arr.dtype.str} {list(arr.shape)} but was saved as {node['dtype']} {node['shape']}"
+                f"the array {key!r} is {arr.dtype.str} {list(arr.shape)} "
+                f"but was saved as {node['dtype']} {node['shape']}"
             )
         return arr
     if "value" in node:

@@ -17,10 +17,7 @@ from typing import Callable, overload
 
 import numpy as np
 
-from .. import _random
-from . import _backend, _profile
-from ._backend import DeviceBackend
-from ._graph import GraphStep
+from . import _backend, _checkpoint, _fit, _profile
 from ._module import Module, _check_finite
 from ._optimizer import Optimizer
 from .layers import LeakyReLU, Linear, ReLU
@@ -223,6 +220,9 @@ class Sequential(Module):
         shuffle: bool = True,
         verbose="auto",
         cuda_graph: bool = True,
+        checkpoint=None,
+        checkpoint_every: int | None = None,
+        resume=None,
     ) -> dict[str, list]:
         """Train with mini-batches; returns the history, a dict of per-epoch
         lists: ``loss`` and, for classifiers, ``accuracy`` (plus ``val_loss``
@@ -241,35 +241,38 @@ class Sequential(Module):
         ordinary steps), the batches are copied in without waiting for the
         GPU, and the loss and accuracy are summed on the GPU and read once
         per epoch (so a diverging loss is reported at the end of its epoch).
+
+        ``checkpoint="run.npz"`` saves the model, the optimizer's state, the
+        random generator and the progress at the end of every epoch (and every
+        ``checkpoint_every`` batches, when given), atomically: a run killed
+        at any moment leaves the last whole checkpoint.  ``resume="run.npz"``
+        goes on from one, with the same data and arguments (``epochs`` may
+        be more): the run then ends with the weights the uninterrupted run
+        would have, to the bit.  Pass both (the same path) to keep saving.
         """
         if not isinstance(cuda_graph, (bool, np.bool_)):
             raise TypeError(f"cuda_graph must be True or False, got {cuda_graph!r}")
+        path, every, resume = _checkpoint.checked_args(checkpoint, checkpoint_every, resume)
         self._note_cast(X, verbose)
         X, y, val, epochs, batch_size, history = self._fit_setup(
             X, y, epochs, batch_size, optimizer, loss, validation_data, verbose
         )
+        pr = _checkpoint.Progress(history=history)
+        if resume is not None:
+            pr = _checkpoint.restore(resume, self, optimizer, X.shape[0], batch_size, shuffle)
+            history.update(pr.history)
+            pr.history = history
+        ck = _checkpoint.Checkpointer(path, every, X.shape[0], batch_size, shuffle, epochs) if path else None
         classifier = loss.classifier
         # A diverging run overflows; the loss check below reports it (as
         # FloatingPointError) on every back end alike, so NumPy's own
         # overflow warnings would only be noise.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            args = (X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier)
             if self._backend.device is not None:
-                self._fit_loop_device(
-                    X,
-                    y,
-                    epochs,
-                    batch_size,
-                    optimizer,
-                    loss,
-                    val,
-                    shuffle,
-                    verbose,
-                    history,
-                    classifier,
-                    bool(cuda_graph),
-                )
+                _fit.device_loop(self, *args, bool(cuda_graph), pr, ck)
             else:
-                self._fit_loop(X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier)
+                _fit.host_loop(self, *args, pr, ck)
         return history
 
     def _note_cast(self, X, verbose) -> None:
@@ -317,96 +320,6 @@ class Sequential(Module):
                 history["val_accuracy"] = []
         self.train()
         return X, y, val, epochs, batch_size, history
-
-    def _fit_loop(self, X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier):
-        n = X.shape[0]
-        n_batches = -(-n // batch_size)
-        rng = _random.get_rng()
-        be = self._backend  # on a GPU back end each batch is uploaded and the logits come back for accuracy
-        for epoch in range(epochs):
-            order = rng.permutation(n) if shuffle else None
-            bar = _progress(n_batches, f"Epoch {epoch + 1}/{epochs}", verbose)
-            total_loss, correct = 0.0, 0
-            for b in range(n_batches):
-                sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
-                idx = order[sl] if order is not None else sl
-                xb, yb = X[idx], y[idx]
-                out = self.forward(be.asarray(xb))
-                _backend.note_output(out, be)
-                batch_loss = loss(out, yb)
-                if classifier:
-                    correct += loss._n_correct(be.to_host(out), yb)
-                self.zero_grad()
-                self.backward(loss.backward())
-                optimizer.step()
-                if not np.isfinite(batch_loss):
-                    if bar is not None:
-                        bar.close()
-                    raise FloatingPointError(
-                        f"the loss became {batch_loss} in epoch {epoch + 1}, batch {b + 1}: "
-                        f"training diverged -- try a smaller learning rate"
-                    )
-                total_loss += batch_loss * xb.shape[0]
-                if bar is not None:
-                    bar.update(1)
-                    if b % 10 == 0 or b == n_batches - 1:
-                        bar.set_postfix(loss=f"{total_loss / (sl.stop):.4f}", refresh=False)
-            self._end_epoch(
-                history,
-                total_loss / n,
-                correct / n if classifier else None,
-                val,
-                loss,
-                batch_size,
-                bar,
-                verbose,
-                f"Epoch {epoch + 1}/{epochs}",
-            )
-
-    def _fit_loop_device(
-        self, X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier, cuda_graph
-    ):
-        """fit on a GPU back end: no copy back and no wait for the GPU inside an epoch."""
-        n = X.shape[0]
-        n_batches = -(-n // batch_size)
-        rng = _random.get_rng()
-        be = self._backend
-        assert isinstance(be, DeviceBackend)  # fit calls this for a back end whose device is not None
-        acc_up = be._mod.Uploader(be.array_type((3,), np.float64))  # [summed loss, bad labels, right], on the GPU
-        zeros3 = np.zeros(3)
-        step = GraphStep(self, loss, optimizer, graph=cuda_graph, _acc=acc_up.target)
-        self._last_step = step  # for tests and the benchmarks: how the steps ran
-        for epoch in range(epochs):
-            order = rng.permutation(n) if shuffle else None
-            bar = _progress(n_batches, f"Epoch {epoch + 1}/{epochs}", verbose)
-            acc_up.load(zeros3)
-            for b in range(n_batches):
-                sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
-                idx = order[sl] if order is not None else sl
-                step._step(X[idx], y[idx])  # the loss is summed on the GPU: no copy of it per step
-                if bar is not None:
-                    bar.update(1)
-                    if b % 10 == 0 or b == n_batches - 1:  # reading the sums waits for the GPU
-                        sums = be.to_host(acc_up.target)
-                        bar.set_postfix(loss=f"{sums[0] / sl.stop:.4f}", refresh=False)
-            sums = be.to_host(acc_up.target)
-            if not np.isfinite(sums[0]):
-                if bar is not None:
-                    bar.close()
-                raise FloatingPointError(
-                    f"the loss became {sums[0]} in epoch {epoch + 1}: training diverged -- try a smaller learning rate"
-                )
-            self._end_epoch(
-                history,
-                float(sums[0]) / n,
-                float(sums[2]) / n if classifier else None,
-                val,
-                loss,
-                batch_size,
-                bar,
-                verbose,
-                f"Epoch {epoch + 1}/{epochs}",
-            )
 
     def _end_epoch(self, history, mean_loss, accuracy, val, loss, batch_size, bar, verbose, label):
         """Record an epoch's figures (and the validation's), and show them."""
@@ -530,7 +443,7 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _progress(total: int, desc: str, verbose):
+def _progress(total: int, desc: str, verbose, initial: int = 0):
     if verbose in (0, 2):
         return None
     from tqdm import tqdm
@@ -538,6 +451,7 @@ def _progress(total: int, desc: str, verbose):
     # disable=None: tqdm shows the bar only on a terminal ("auto"); verbose=1 forces it.
     return tqdm(
         total=total,
+        initial=initial,
         desc=desc,
         unit="batch",
         leave=True,
