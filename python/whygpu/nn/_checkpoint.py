@@ -138,9 +138,11 @@ def restore(path: str, model, optimizer, n: int, batch_size: int, shuffle: bool,
         raise CheckpointError(f"{path!r}: the random state is not valid ({e})") from None
     order = pg.get("order")
     n_batches = -(-n // batch_size)
-    if not 0 <= int(pg["batch"]) < max(n_batches, 1) or (
-        order is not None and (np.shape(order) != (n,) or np.asarray(order).dtype.kind not in "iu")
-    ) or (shuffle and int(pg["batch"]) > 0 and order is None):
+    if (
+        not 0 <= int(pg["batch"]) < max(n_batches, 1)
+        or (order is not None and (np.shape(order) != (n,) or np.asarray(order).dtype.kind not in "iu"))
+        or (shuffle and int(pg["batch"]) > 0 and order is None)
+    ):
         raise CheckpointError(f"{path!r}: its progress (batch {pg['batch']}, order) does not fit {n} samples")
     optimizer.load_state_dict(ck["optimizer"])  # checks everything before it assigns anything
     for p, v in pairs:

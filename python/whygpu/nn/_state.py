@@ -157,7 +157,8 @@ def check_optimizer_state(opt, state, shapes: list[tuple], dtypes: list) -> tupl
             a = np.asarray(entry[name])
             if a.shape != shapes[i]:
                 raise CheckpointError(
-                    f"parameter {i}'s {name} is {a.shape} in the state but the parameter is {shapes[i]} (another model?)"
+                    f"parameter {i}'s {name} is {a.shape} in the state but the parameter is {shapes[i]} "
+                    "(another model?)"
                 )
             if a.dtype.kind != "f":
                 raise CheckpointError(f"parameter {i}'s {name} has dtype {a.dtype}, not floating point")
