@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from .. import _random
-from ..nn import _backend
+from ..nn import _backend, _checkpoint
 from ..nn._sequential import _positive_int, _progress
 from ..nn.losses import CrossEntropyLoss, MSELoss, _Loss
 from ._agree import agree_fit
+from ._ckpt import RankCheckpointer, restore_on_every_rank
 from ._sharded import ShardedOptimizer
 from ._shares import _batch_rows, _dropouts, share
 
@@ -57,6 +58,9 @@ class KerasMethods:
         shuffle: bool = True,
         verbose="auto",
         validation_data=None,
+        checkpoint=None,
+        checkpoint_every: int | None = None,
+        resume=None,
     ) -> dict[str, list]:
         """Sequential.fit over all ranks.  ``batch_size`` is the global batch: each rank
         holds all of X and y, draws the same order, and trains on its contiguous share
@@ -65,7 +69,13 @@ class KerasMethods:
         random state: P ranks compute what one process computes on the same batches).
         The history (the same on every rank) holds the losses and accuracies over all
         ranks' samples; only rank 0 shows progress.  A diverging loss is reported at
-        the end of its epoch."""
+        the end of its epoch.
+
+        ``checkpoint``, ``checkpoint_every`` and ``resume`` as in Sequential.fit: rank 0
+        writes the file (a sharded optimizer's state consolidated there, per parameter),
+        every rank reads it; the file is the one Sequential.fit writes, and it resumes on
+        any number of ranks, sharded or not (see docs/distributed.md)."""
+        path, every, resume = _checkpoint.checked_args(checkpoint, checkpoint_every, resume)
         model = self.module
         X, y, val, epochs, batch_size, history = model._fit_setup(
             X, y, epochs, batch_size, optimizer, loss, validation_data, verbose
@@ -79,15 +89,22 @@ class KerasMethods:
             )
         agree_fit(self, X, y, val, epochs, batch_size, shuffle)  # else a hang in the first collective
         self._optimizer = optimizer
+        pr = _checkpoint.Progress(history=history)
+        if resume is not None:
+            pr = restore_on_every_rank(self, resume, optimizer, X.shape[0], batch_size, shuffle)
+            history.update(pr.history)
+            pr.history = history
+        ck = RankCheckpointer(self, path, every, X.shape[0], batch_size, shuffle, epochs) if path else None
         self.broadcast_random_state()  # every rank shuffles and drops out as rank 0 (as one process) would
         show = verbose if self.rank == 0 else 0
         if model._backend.device is not None and show != 0:
             print(f"note: {GRAPH_NOTE}", file=sys.stderr)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for epoch in range(epochs):
+            for epoch in range(pr.epoch, epochs):
                 label = f"Epoch {epoch + 1}/{epochs}"
-                bar = _progress(-(-X.shape[0] // batch_size), label, show)
-                total, correct = self._epoch(X, y, batch_size, optimizer, loss, shuffle, bar)
+                first = pr.batch if pr.epoch == epoch else 0
+                bar = _progress(-(-X.shape[0] // batch_size), label, show, initial=first)
+                total, correct = self._epoch(X, y, batch_size, optimizer, loss, shuffle, bar, epoch, pr, ck)
                 n = X.shape[0]
                 if not np.isfinite(total):
                     if bar is not None:
@@ -110,19 +127,26 @@ class KerasMethods:
                     bar.close()
                 elif show == 2:
                     print(f"{label}  {summary}", file=sys.stdout)
+                if ck is not None:
+                    ck.save(model, optimizer, _checkpoint.Progress(epoch + 1, 0, None, 0.0, 0, history))
         return history
 
-    def _epoch(self, X, y, batch_size, optimizer, loss, shuffle, bar) -> tuple[float, int]:
-        """One epoch of fit; returns (the loss summed over all samples, samples right), over all ranks."""
+    def _epoch(self, X, y, batch_size, optimizer, loss, shuffle, bar, epoch, pr, ck) -> tuple[float, int]:
+        """One epoch of fit; returns (the loss summed over all samples, samples right), over all ranks.
+        A resumed fit enters its first epoch at the checkpoint's batch, with its order and sums."""
         model, be = self.module, self.module._backend
         n = X.shape[0]
         n_batches = -(-n // batch_size)
-        # Drawn as Sequential.fit draws it, from the generator fit gave every rank (rank 0's state):
-        # one rank gives exactly Sequential.fit's result, and every rank cuts the same batches.
-        order = _random.get_rng().permutation(n) if shuffle else None
         dropout = bool(_dropouts(model))
-        total, correct, seen = 0.0, 0, 0
-        for b in range(n_batches):
+        if pr.epoch == epoch and pr.batch > 0:
+            order, first, total, correct = pr.order, pr.batch, pr.loss_sum, pr.correct
+        else:
+            # Drawn as Sequential.fit draws it, from the generator fit gave every rank (rank 0's state):
+            # one rank gives exactly Sequential.fit's result, and every rank cuts the same batches.
+            order = _random.get_rng().permutation(n) if shuffle else None
+            first, total, correct = 0, 0.0, 0
+        seen = 0
+        for b in range(first, n_batches):
             lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
             s0, s1 = share(hi - lo, self.size, self.rank)
             sl = slice(lo + s0, lo + s1)
@@ -150,6 +174,8 @@ class KerasMethods:
                 bar.update(1)
                 if b % 10 == 0 or b == n_batches - 1:
                     bar.set_postfix(loss=f"{total / max(seen, 1):.4f}", refresh=False)  # rank 0's samples
+            if ck is not None and ck.due(b + 1, n_batches):
+                ck.save(model, optimizer, _checkpoint.Progress(epoch, b + 1, order, total, correct, pr.history))
         sums = self._sum_over_ranks(total, correct)
         return sums[0], int(sums[1])
 

@@ -116,11 +116,19 @@ def read(path: str) -> dict:
     return ck
 
 
-def restore(path: str, model, optimizer, n: int, batch_size: int, shuffle: bool, ck: dict | None = None) -> Progress:
+def restore(path: str, model, optimizer, n: int, batch_size: int, shuffle: bool) -> Progress:
     """Resume: check the checkpoint against this fit's data and arguments, the model and the
     optimizer (nothing assigned until all of it fits), then load the model, the optimizer and the
     random state.  Returns where to go on from."""
-    ck = read(path) if ck is None else ck
+    apply, progress = prepare(path, model, optimizer, n, batch_size, shuffle)
+    apply()
+    return progress
+
+
+def prepare(path: str, model, optimizer, n: int, batch_size: int, shuffle: bool):
+    """restore's checks, nothing assigned: (a function that assigns it all, the Progress).  A
+    DataParallel fit checks on every rank, agrees, and only then assigns."""
+    ck = read(path)
     pg = ck["progress"]
     for key, mine in (("n", n), ("batch_size", batch_size), ("shuffle", bool(shuffle))):
         if pg.get(key) != mine:
@@ -144,11 +152,15 @@ def restore(path: str, model, optimizer, n: int, batch_size: int, shuffle: bool,
         or (shuffle and int(pg["batch"]) > 0 and order is None)
     ):
         raise CheckpointError(f"{path!r}: its progress (batch {pg['batch']}, order) does not fit {n} samples")
-    optimizer.load_state_dict(ck["optimizer"])  # checks everything before it assigns anything
-    for p, v in pairs:
-        p.data = v
-    _random.set_rng_state(rng)
-    return Progress(
+    load_optimizer = optimizer._prepare_load(ck["optimizer"])  # checked; assigned by load_optimizer()
+
+    def apply() -> None:
+        load_optimizer()
+        for p, v in pairs:
+            p.data = v
+        _random.set_rng_state(rng)
+
+    return apply, Progress(
         epoch=int(pg["epoch"]),
         batch=int(pg["batch"]),
         order=np.asarray(order) if order is not None else None,

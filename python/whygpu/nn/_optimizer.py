@@ -39,6 +39,7 @@ class Optimizer:
         # The p._data each parameter's state was last made for: when model.to()
         # converts or moves a parameter, its state follows at the next step.
         self._placed: list = [None] * len(self.params)
+        self._steps = 0  # steps taken and states loaded: a sharded optimizer's consolidated state says which it holds
 
     def zero_grad(self) -> None:
         """Zero the gradients of every parameter this optimizer updates."""
@@ -50,6 +51,7 @@ class Optimizer:
         prof = _profile._active
         t0, x0 = (_clock(), prof.transfer_s) if prof is not None else (0.0, 0.0)
         self._begin_step()
+        self._steps += 1
         be = self._fused_backend()
         if be is not None:
             self._fused_step(be)
@@ -79,9 +81,16 @@ class Optimizer:
         state arrays (into each parameter's memory, host or GPU) and the hyperparameters.
         Checked first: a state of another optimizer or model raises ``whygpu.CheckpointError``
         and changes nothing."""
-        from ._state import load_optimizer_state
+        self._prepare_load(state)()
 
-        load_optimizer_state(self, state)
+    def _prepare_load(self, state: dict):
+        """load_state_dict's checks: a function that assigns the checked state (nothing before)."""
+        from ._state import assign_optimizer_state, check_optimizer_state
+
+        per, hyper, step = check_optimizer_state(
+            self, state, [p.shape for p in self.params], [p.dtype for p in self.params]
+        )
+        return lambda: assign_optimizer_state(self, per, hyper, step)
 
     # -- every parameter in one call (compiled back ends) or one launch (GPU) ----------
     def _fused_backend(self):

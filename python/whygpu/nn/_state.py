@@ -24,7 +24,13 @@ import numpy as np
 from .._serialize import CheckpointError
 from ._module import _check_number
 
-__all__ = ["module_state_dict", "load_module_state", "optimizer_state_dict", "load_optimizer_state"]
+__all__ = [
+    "module_state_dict",
+    "load_module_state",
+    "optimizer_state_dict",
+    "check_optimizer_state",
+    "assign_optimizer_state",
+]
 
 # what each optimizer keeps per parameter, in its _states() order, under PyTorch's names
 STATE_NAMES = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq")}
@@ -200,9 +206,4 @@ def assign_optimizer_state(opt, per: dict, hyper: dict, step: int) -> None:
         setattr(opt, h, v)
     if opt._kind == "adam":
         opt.t = step
-
-
-def load_optimizer_state(opt, state) -> None:
-    """Optimizer.load_state_dict: check everything, then assign."""
-    per, hyper, step = check_optimizer_state(opt, state, [p.shape for p in opt.params], [p.dtype for p in opt.params])
-    assign_optimizer_state(opt, per, hyper, step)
+    opt._steps += 1
