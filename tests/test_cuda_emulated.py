@@ -162,6 +162,7 @@ def test_gpu_tests_run_on_the_emulated_gpu(emulated_site):
             str(HERE / "test_nn_cuda.py"),
             str(HERE / "test_cuda.py"),
             str(HERE / "test_cuda_tensor_cores.py"),
+            str(HERE / "test_checkpoint_cuda.py"),
             "-q",
             "-rs",
         ]
