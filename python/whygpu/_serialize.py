@@ -62,7 +62,7 @@ def save(obj: Mapping, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # a file object: numpy adds no ".npz" to the name
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # a file object: numpy adds no ".npz" to the name
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one

@@ -107,7 +107,7 @@ def optimizer_state_dict(opt) -> dict:
     names = STATE_NAMES[kind]
     state: dict[int, dict] = {}
     for i in range(len(opt.params)):
-        entry = {}
+        entry: dict = {}
         for key, store in zip(names, opt._states()):
             if store[i] is not None:
                 entry[key] = _host(store[i])
