@@ -77,6 +77,7 @@ class KerasMethods:
         any number of ranks, sharded or not (see docs/distributed.md)."""
         path, every, resume = _checkpoint.checked_args(checkpoint, checkpoint_every, resume)
         model = self.module
+        model._note_cast(X, verbose if self.rank == 0 else 0)  # once, from rank 0
         X, y, val, epochs, batch_size, history = model._fit_setup(
             X, y, epochs, batch_size, optimizer, loss, validation_data, verbose
         )
