@@ -53,6 +53,17 @@ def test_fit_says_once_when_it_casts_float64_data_to_a_float32_model(capsys):
     assert "casts" not in capsys.readouterr().err  # once per model
 
 
+def test_data_parallel_fit_says_it_too(capsys):
+    pytest.importorskip("mpi4py")
+    import whygpu.distributed as dist
+
+    model = nn.Sequential(nn.Linear(4, 2))
+    dp = dist.DataParallel(model)  # one rank, in this process
+    X = np.random.default_rng(0).standard_normal((8, 4))
+    dp.fit(X, np.arange(8) % 2, optimizer=optim.SGD(model.parameters(), lr=0.01), loss=nn.CrossEntropyLoss(), verbose=2)
+    assert capsys.readouterr().err.count("note: fit casts X from float64 to the model's float32") == 1
+
+
 @pytest.mark.parametrize("case", ["float32 data", "float64 model", "verbose=0"])
 def test_fit_says_nothing_without_a_cast_or_when_silent(capsys, case):
     model = nn.Sequential(nn.Linear(4, 2))
