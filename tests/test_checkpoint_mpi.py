@@ -81,9 +81,10 @@ def test_sharded_state_reshards_to_other_rank_counts_and_stages(tmp_path):
     for stage in ("optimizer", "gradients"):
         ranks = launch(2, "fit", tmp_path, "numpy", stage, 1, stage)
         assert all(r["buckets"] == 2 for r in ranks)  # shards of two buckets cut the parameters apart
-        assert (
-            "holds no consolidated state" in ranks[1]["unconsolidated"] and "rank 0 holds no" in ranks[0]["elsewhere"]
-        )
+        assert "holds no consolidated state" in ranks[1]["unconsolidated"]
+        assert "rank 0 holds no" in ranks[0]["elsewhere"]
+        assert "out of date" in ranks[1]["stale"] and "holds no consolidated" in ranks[0]["stale"]
+        assert all("to must be a rank in 0..1" in r["bad_rank"] for r in ranks)
     # the consolidated state, keyed per parameter, is one process's Adam state after one epoch
     _, opt1 = one_process(1)
     want = opt1.state_dict()

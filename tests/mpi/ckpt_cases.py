@@ -74,9 +74,21 @@ def main(argv: list[str]) -> None:
                 out["elsewhere"] = "no error"
             except RuntimeError as e:
                 out["elsewhere"] = str(e)
-    every = dist.comm().gather(out, root=0)
     if rank == size - 1:
         whygpu.save(final, os.path.join(folder, f"{tag}.final.npz"))
+    if shard != "none":
+        opt.step()  # every rank: the state consolidated above is now out of date
+        try:
+            opt.state_dict()
+            out["stale"] = "no error"
+        except RuntimeError as e:
+            out["stale"] = str(e)
+        try:
+            opt.consolidate_state_dict(to=size)
+            out["bad_rank"] = "no error"
+        except ValueError as e:
+            out["bad_rank"] = str(e)
+    every = dist.comm().gather(out, root=0)
     dist.barrier()
     if rank == 0:
         print("RESULT " + json.dumps({"size": size, "ranks": every}), flush=True)
