@@ -283,6 +283,10 @@ def test_resume_checks_before_it_changes_anything(tmp_path):
         _fit(other, optim.Adam(other.parameters()), checkpoint=path, checkpoint_every=0)
     with pytest.raises(TypeError, match="file path"):
         _fit(other, optim.Adam(other.parameters()), checkpoint=3)
+    with pytest.raises(FileNotFoundError, match="no folder"):
+        _fit(other, optim.Adam(other.parameters()), checkpoint=tmp_path / "nope" / "run.npz")
+    with pytest.raises(IsADirectoryError, match="file name"):
+        _fit(other, optim.Adam(other.parameters()), checkpoint=tmp_path)
 
 
 def test_checkpoint_every_saves_mid_epoch_and_history_continues(tmp_path):

@@ -57,6 +57,12 @@ def checked_args(checkpoint, checkpoint_every, resume):
         if checkpoint is None:
             raise ValueError("checkpoint_every needs checkpoint= (the file to write)")
         every = int(checkpoint_every)
+    if checkpoint is not None:  # found out now, not after the first epoch's training
+        folder = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"checkpoint={os.fspath(checkpoint)!r}: there is no folder {folder!r}")
+        if os.path.isdir(os.fspath(checkpoint)):
+            raise IsADirectoryError(f"checkpoint={os.fspath(checkpoint)!r} is a folder; give a file name (run.npz)")
     return (
         os.fspath(checkpoint) if checkpoint is not None else None,
         every,
