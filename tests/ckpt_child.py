@@ -35,6 +35,16 @@ def data(n=103):
     return rng.standard_normal((n, 10)).astype(np.float32), rng.integers(0, 4, n)
 
 
+def steps(model, opt, X, y, k: int) -> None:
+    """k explicit training steps on (X, y), cross-entropy."""
+    lf = nn.CrossEntropyLoss()
+    for _ in range(k):
+        lf(model(X), y)
+        model.zero_grad()
+        model.backward(lf.backward())
+        opt.step()
+
+
 def fit(model, opt, **kw):
     X, y = data()
     return model.fit(X, y, batch_size=16, optimizer=opt, loss=nn.CrossEntropyLoss(), verbose=0, **kw)

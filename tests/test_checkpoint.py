@@ -19,7 +19,7 @@ import pytest
 import whygpu
 from whygpu import nn, optim
 
-from .ckpt_child import data, make
+from .ckpt_child import data, make, steps
 
 HERE = pathlib.Path(__file__).resolve().parent
 CHILD = HERE / "ckpt_child.py"
@@ -153,23 +153,15 @@ def test_loading_another_model_says_what_differs_and_changes_nothing():
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
 def test_optimizer_state_round_trips_and_continues_the_same(kind, tmp_path):
     X, y = data(40)
-    lf = nn.CrossEntropyLoss()
 
     def opt_for(m):
         if kind == "sgd":
             return optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
         return optim.Adam(m.parameters(), lr=1e-2, betas=(0.8, 0.99), weight_decay=1e-3)
 
-    def steps(m, o, k):
-        for _ in range(k):
-            lf(m(X), y)
-            m.zero_grad()
-            m.backward(lf.backward())
-            o.step()
-
     a = make(dropout=False)
     oa = opt_for(a)
-    steps(a, oa, 3)
+    steps(a, oa, X, y, 3)
     sd = oa.state_dict()
     assert sd["param_groups"][0]["params"] == [0, 1, 2, 3]
     names = {"sgd": {"momentum_buffer"}, "adam": {"exp_avg", "exp_avg_sq", "step"}}[kind]
@@ -182,8 +174,8 @@ def test_optimizer_state_round_trips_and_continues_the_same(kind, tmp_path):
     ob.lr = 123.0  # the state's hyperparameters win, as in PyTorch
     ob.load_state_dict(ck["o"])
     assert ob.lr == oa.lr
-    steps(a, oa, 2)
-    steps(b, ob, 2)
+    steps(a, oa, X, y, 2)
+    steps(b, ob, X, y, 2)
     for x, z in zip(weights(a), weights(b)):
         np.testing.assert_array_equal(x, z)
     with pytest.raises(whygpu.CheckpointError, match="'sgd' optimizer's|'adam' optimizer's"):

@@ -12,6 +12,8 @@ import whygpu
 import whygpu.cuda as wc
 from whygpu import nn, optim
 
+from .ckpt_child import steps
+
 needs_gpu = pytest.mark.skipif(not wc.is_available(), reason=f"no usable GPU: {wc.unavailable_reason()}")
 pytestmark = [pytest.mark.cuda, needs_gpu]
 
@@ -45,26 +47,17 @@ def test_state_dict_on_the_gpu_comes_down_and_loads_back_up(tmp_path):
 
 def test_optimizer_state_in_gpu_memory_round_trips():
     X, y = data()
-    lf = nn.CrossEntropyLoss()
-
-    def steps(m, o, k):
-        for _ in range(k):
-            lf(m(X), y)
-            m.zero_grad()
-            m.backward(lf.backward())
-            o.step()
-
     a = make(dropout=False)
     oa = optim.Adam(a.parameters(), lr=1e-2)
-    steps(a, oa, 3)
+    steps(a, oa, X, y, 3)
     sd = oa.state_dict()
     assert type(sd["state"][0]["exp_avg"]) is np.ndarray and sd["state"][0]["step"] == 3
     b = make(seed=5, dropout=False)
     b.load_state_dict(a.state_dict())
     ob = optim.Adam(b.parameters())
     ob.load_state_dict(sd)
-    steps(a, oa, 2)
-    steps(b, ob, 2)
+    steps(a, oa, X, y, 2)
+    steps(b, ob, X, y, 2)
     for (name, w), v in zip(a.state_dict().items(), b.state_dict().values()):
         np.testing.assert_array_equal(w, v, err_msg=name)
 
