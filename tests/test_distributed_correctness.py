@@ -2,7 +2,8 @@
 
 * ``weight``: a backward's weight scales only that call's gradient, on the CPU
   and on the (emulated) GPU path, where it used to scale the whole
-  accumulated gradient.
+  accumulated gradient; and two synced backward passes without zero_grad
+  give G1 + G2, as PyTorch's DDP (it used to be size * G1 + G2).
 * ``pending``: rank 1's backward pass raises after some allreduces started;
   every rank raises (rank 1 its error, the others a RuntimeError), the
   gradients are zero everywhere, and the next step sums correctly -- where the
@@ -65,7 +66,8 @@ def run_case(case: str, ranks: int, backend: str = "numpy", pythonpath: str | No
 
 def check_weight(ranks: list[dict]) -> None:
     for r, res in enumerate(ranks):
-        assert res["rel_diff"] <= RTOL, f"rank {r}: {res['rel_diff']:.3g} from size * G1 + G2"
+        assert res["rel_diff"] <= RTOL, f"rank {r}: {res['rel_diff']:.3g} from G1 + G2"
+        assert res["identical"], "the ranks' gradients differ after the second synced backward"
 
 
 def check_no_sync(ranks: list[dict]) -> None:

@@ -211,18 +211,32 @@ def test_bad_shard_and_optimizer_arguments_say_what_to_do():
         dp.fit(x, y, optimizer=other, loss=nn.CrossEntropyLoss(), verbose=0)
     opt = dp.optimizer(optim.SGD, lr=0.1)
     dp.fit(x, y, optimizer=opt, loss=nn.CrossEntropyLoss(), verbose=0, batch_size=3)
-    # a backward onto a reduced gradient, without zero_grad, has nothing to accumulate onto
+    # after a synced backward the model's p.grad is in shards: reading it says where they are; a
+    # second backward without zero_grad accumulates (G + G), as PyTorch
     lf = nn.CrossEntropyLoss()
     for shard in ("optimizer", "gradients"):
         m = _model()
-        d = dist.DataParallel(m, shard=shard)
+        d = dist.DataParallel(m, shard=shard, bucket_mb=0.0)
+        o = d.optimizer(optim.SGD, lr=0.1)
         lf(d(x), y)
         d.zero_grad()
         d.backward(lf.backward())
+        once = [np.array(sp.grad) for sp in o.optimizer.params]
+        where = (
+            rf"2.weight.grad cannot be read after a synced backward: DataParallel\(shard='{shard}'\) .* elements "
+            r"\[0:24\] of bucket 0 \(1 shards of 27\), held by rank 0; this rank \(0\) holds its flat elements "
+            r"\[0:24\] as opt.optimizer.params\[0\].grad\[0:24\]"
+        )
+        with pytest.raises(RuntimeError, match=where):
+            m.layers[2].weight.grad  # noqa: B018
+        with pytest.raises(RuntimeError, match="cannot be assigned after a synced backward"):
+            m.layers[0].bias.grad = np.ones(8)
         lf(d(x), y)
-        with pytest.raises(RuntimeError, match="call dp.zero_grad\\(\\) .* before the next backward"):
-            d.backward(lf.backward())
+        d.backward(lf.backward())
+        for g, sp in zip(once, o.optimizer.params):
+            np.testing.assert_allclose(sp.grad, 2 * g, rtol=1e-6, err_msg=shard)
         d.zero_grad()
+        assert not any(np.any(sp.grad) for sp in o.optimizer.params) and not np.any(m.layers[2].weight.grad)
         d.backward(lf.backward())
     d.zero_grad()
     m.to(dtype=np.float64)  # new arrays: the flat layout is gone
@@ -254,8 +268,12 @@ def test_one_rank_sharded_is_exactly_one_process():
             ref_opt.step()
         for p, q in zip(model.parameters(), ref.parameters()):
             np.testing.assert_array_equal(p.data, q.data, err_msg=shard)
-            if shard == "gradients":  # freed between steps: reads as zeros, zero_grad() still works
-                assert not np.any(p.grad) and p.grad.shape == p.shape
+            if shard != "none":  # the summed gradient is in the shards until zero_grad()
+                with pytest.raises(RuntimeError, match="cannot be read after a synced backward"):
+                    p.grad  # noqa: B018
+        dp.zero_grad()
+        for p in model.parameters():  # (stage 2: freed between steps) zeros, of the parameter's shape
+            assert not np.any(p.grad) and p.grad.shape == p.shape
         assert opt.lr == 0.01 and (shard == "none" or opt.t == 3)
         mem = dp.memory()
         assert mem["optimizer_bytes"] == mem["formula_bytes"]["optimizer_bytes"] == 8 * model.count_params()

@@ -1,7 +1,7 @@
 """The worker tests/test_distributed_correctness.py launches: ``mpiexec -n P python dp_cases.py CASE BACKEND``.
 
 Cases (issue 24): ``weight`` (a backward's weight scales only its own
-gradient), ``pending`` (an exception in the backward pass after some
+gradient; two backward passes accumulate G1 + G2, issue 33), ``pending`` (an exception in the backward pass after some
 allreduces started), ``dropout_fit`` and ``dropout_explicit`` (P ranks draw
 one process's masks), ``no_sync`` (local accumulation, then one allreduce),
 ``shapes`` (ranks that hold different models), ``progress`` (allreduces move
@@ -71,8 +71,9 @@ def identical_on_all_ranks(arrays) -> bool:
 
 def weight_case(backend: str) -> dict:
     """Two backward passes without zero_grad between them: the second's weight must scale only its
-    own gradient.  The first leaves every rank holding the sum G1; the second sums again what was
-    accumulated since zero_grad(), so every rank ends with size * G1 + G2."""
+    own gradient, and the two accumulate as in PyTorch's DDP: every rank ends with G1 + G2, each Gi
+    the global batch's mean-loss gradient of backward i (it used to be size * G1 + G2: the first
+    sum was summed again over the ranks)."""
     rank, size = dist.rank(), dist.size()
     model = make_model(backend, seed=1)
     dp = dist.DataParallel(model, bucket_mb=0.001)
@@ -84,8 +85,9 @@ def weight_case(backend: str) -> dict:
         s0, s1 = dist.share(len(x), size, rank)
         lf(dp(x[s0:s1]), t[s0:s1])
         dp.backward(lf.backward(), weight=(s1 - s0) / len(x))
-    want = ref_grads(backend, 1, [(xa, ya), (xb, yb)], [size, 1.0])
-    return {"rel_diff": rel_diff(grads(model), want)}
+    want = ref_grads(backend, 1, [(xa, ya), (xb, yb)], [1.0, 1.0])
+    got = grads(model)
+    return {"rel_diff": rel_diff(got, want), "identical": identical_on_all_ranks(got)}
 
 
 def pending_case(backend: str) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["agree", "disagreement", "agree_fit", "fit_signature"]
+__all__ = ["agree", "disagreement", "agree_fit", "fit_signature", "check_same_model"]
 
 
 def disagreement(every: list[list[tuple[str, Any]]]) -> tuple[str, Any, int, Any] | None:
@@ -78,3 +78,46 @@ def agree_fit(dp, X, y, val, epochs: int, batch_size: int, shuffle: bool) -> Non
         "; every rank must call fit with the same arguments and a data set of the same size "
         "(each rank holds all of X and y and trains on its share of every batch)",
     )
+
+
+def check_same_model(dp) -> None:
+    """DataParallel's wrapping: every rank holds parameters of the same shapes and dtypes, in the same
+    order, and wrapped them with the same settings (shard, bucket sizes, prefetch, back end and
+    dtype): otherwise the broadcast and every collective would mismatch (a hang, a wrong sum) or the
+    ranks would drift apart.  One allgather of a small signature; every rank raises the same ValueError."""
+    if dp.size == 1:
+        return
+    model = dp.module
+    mine = [(name, tuple(p.shape), str(p.dtype)) for name, p in model.named_parameters()]
+    settings = [
+        ("shard", dp.shard),
+        ("bucket_mb", dp.bucket_mb),
+        ("first_bucket_mb", dp.first_bucket_mb),
+        ("prefetch", dp.prefetch),
+        ("the back end", model.backend),
+        ("the dtype", str(model.dtype)),
+    ]
+    every = dp.comm.allgather((mine, settings))
+    ref = every[0][0]
+    for r, (sig, _) in enumerate(every[1:], start=1):
+        for k, (a, b) in enumerate(zip(ref, sig)):
+            if a[1:] != b[1:]:
+                raise ValueError(
+                    f"DataParallel: the ranks hold different models: parameter {k} ({a[0]}) is "
+                    f"{a[1]} {a[2]} on rank 0 but parameter {k} ({b[0]}) is {b[1]} {b[2]} on rank {r}; "
+                    f"every rank must build the same model"
+                )
+        if len(sig) != len(ref):
+            first = ref[len(sig)][0] if len(ref) > len(sig) else sig[len(ref)][0]
+            raise ValueError(
+                f"DataParallel: the ranks hold different models: rank 0 has {len(ref)} parameters, "
+                f"rank {r} has {len(sig)} (the first that only one of them has: {first}); "
+                f"every rank must build the same model"
+            )
+    found = disagreement([s for _, s in every])
+    if found is not None:
+        name, a, r, b = found
+        raise ValueError(
+            f"DataParallel: the ranks disagree on {name}: {a!r} on rank 0 but {b!r} on rank {r}; every "
+            f"rank must wrap the same model with the same arguments (on the same kind of back end)"
+        )

@@ -32,6 +32,16 @@ kernels release the GIL), however seldom the backward pass returns to
 Python.  Without that thread level, ``Test()`` after each layer is the
 fallback.
 
+Accumulation.  After a synchronised backward every rank holds the sum G1
+in its buckets.  A second backward without ``zero_grad()`` must end with G1 +
+G2 (PyTorch DDP's contract), not P * G1 + G2, which summing every rank's
+buffer again would give.  So before the next backward adds to a bucket that
+holds a sum (``settle``), rank 0 keeps it and every other rank starts from
+zero (lazily, as ``zero_grad()`` does): the next allreduce adds the sum once.
+Exact, with no copy and no extra memory, on the CPU and the GPU alike; inside
+``no_sync()`` after a synced backward, rank 0's gradient then reads as the
+sum plus its own accumulation and the others' as their own accumulation.
+
 Failure.  The last bucket carries one more element, a failure count: a rank
 whose backward pass raised still starts every remaining allreduce (with
 whatever its buffers hold, and a 1 there), waits for them and re-raises, so
@@ -80,6 +90,7 @@ class Bucket:
         self.done.set()
         self.error: BaseException | None = None  # what the progress thread's Wait raised
         self.t_start = self.t_done = 0.0
+        self.summed = False  # it holds the ranks' sum from the last synced backward (see settle)
         # sharded (_sharded.py): shard length c, flat parameters pbuf (P*c,) and their per-parameter
         # views, this rank's slice of pbuf (c,), and where this rank's summed gradient shard lands (c,)
         self.chunk = 0
@@ -158,6 +169,7 @@ class GradBuckets:
         progress: str | None = None,
     ):
         self.comm = comm
+        self.rank = comm.Get_rank()
         self.device = device  # gradients in GPU memory: copied to (pinned) host buffers and back
         self.progress = progress_mode() if progress is None else progress
         if self.progress not in ("thread", "test"):
@@ -178,6 +190,9 @@ class GradBuckets:
             groups.append((group, lowest))
         if not groups:
             raise ValueError("the model has no parameters: there is nothing to train in parallel")
+        for params, _ in groups:
+            for p in params:
+                p._hook = None  # a layout made for this model before (a sharded DataParallel's) lets go
         for k, (params, low) in enumerate(groups):
             self._add(params, low, dtype, extra=int(k == len(groups) - 1))
         if not device:  # the gradients move into the buckets: from now on the backward pass writes there
@@ -210,10 +225,22 @@ class GradBuckets:
         return last[-1:]  # the failure count travels with the last bucket
 
     # -- one step ------------------------------------------------------------------
+    def settle(self) -> None:
+        """Before a backward pass adds to the gradients (synced or under no_sync): each bucket that
+        still holds the ranks' sum from the last synced backward keeps it on rank 0 only, the other
+        ranks' gradients are zeroed (lazily), so that the next sum counts it once (module docstring)."""
+        for b in self.buckets:
+            if b.summed:
+                b.summed = False
+                if self.rank != 0:
+                    for p in b.params:
+                        p.zero_grad()
+
     def begin(self) -> None:
         """Before the backward pass.  Never starts on a buffer in flight: anything still travelling
         (only possible after an interrupted finish) is waited for first."""
         self._wait_all()
+        self.settle()
         self._next = 0
         self._flag[0] = 0
         self.t_begin = _clock()
@@ -290,10 +317,12 @@ class GradBuckets:
             for b in self.buckets:
                 for p, view in zip(b.params, b.views):
                     p.grad = view  # an upload into the GPU's gradient
+                b.summed = True
         else:
             for b in self.buckets:
                 for p in b.params:
                     p._grad_is_zero = False  # the sum is already in place: the gradient is a view of buf
+                b.summed = True
 
     def abandon(self) -> None:
         """The backward pass raised: start every allreduce not yet started, as they are (no copies:
@@ -312,6 +341,7 @@ class GradBuckets:
 
     def _zero(self) -> None:
         for b in self.buckets:
+            b.summed = False
             for p in b.params:
                 p.zero_grad()
 

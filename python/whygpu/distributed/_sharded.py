@@ -29,12 +29,29 @@ summed gradient is uploaded, c elements), the updated shard comes down into
 a pinned ``pbuf``, and after the allgather each parameter is uploaded.
 The layers still write full gradients in GPU memory, so there stage 2
 frees the host staging only.
+
+The model's ``p.grad`` after a synced backward.  No rank holds a full summed
+gradient (stage 1's buffer was reduce-scattered in place, stage 2's freed, a
+GPU's still holds this rank's own): until ``zero_grad()``, reading or
+assigning it raises a RuntimeError saying which shard holds which elements
+(each parameter's hook, see ``Parameter._hook``).  ``opt.optimizer.params[k]``
+is bucket k's shard on this rank, its ``.grad`` the summed gradient.
+
+Accumulation (a second backward without ``zero_grad()``, as PyTorch: G1 +
+G2).  Before it adds to a bucket whose shards hold the sum G1 (``settle``),
+each rank writes its own shard's sum at its place in the bucket and zeros
+elsewhere, so that the next reduce-scatter adds G1 once.  ``zero_grad()``
+zeroes the shards' gradients too, and ``step()`` uses zeros for the elements
+of any parameter zeroed since the synced backward, as an unsharded optimizer.
+
+A GPU model's parameters and its shard parameter are separate copies:
+assigning ``p.data`` marks it, and ``step()`` copies the marked ones into the
+shard first (``refresh_dirty``), so that loading weights is not undone.
 """
 
 from __future__ import annotations
 
 import atexit
-import math
 import weakref
 from typing import Any
 
@@ -46,7 +63,7 @@ from . import _sharded_state
 from ._buckets import Bucket, GradBuckets, _clock, _Progress, _union
 from ._runtime import MPI
 
-__all__ = ["SHARDS", "ShardedBuckets", "ShardedOptimizer", "memory_report"]
+__all__ = ["SHARDS", "ShardedBuckets", "ShardedOptimizer"]
 
 SHARDS = ("none", "optimizer", "gradients")  # ZeRO stage 0, 1, 2
 
@@ -61,6 +78,47 @@ def _complete_pending() -> None:
 
 
 atexit.register(_complete_pending)
+
+_HOOKED: dict[type, type] = {}
+
+
+def _upload(p, view: np.ndarray) -> None:
+    """A GPU parameter's values from the gathered host buffer (not through ``.data``, which would mark
+    them assigned); in place on the host if the model has since moved there (``model.to``)."""
+    if isinstance(p._data, np.ndarray):
+        p._data[...] = view
+    else:
+        p._data.copy_from_host(view)
+
+
+def _hooked(cls: type) -> type:
+    """``cls`` (a GPU's DeviceParameter, whose ``.grad`` and ``.data`` are its own) with properties
+    that call the parameter's hook as Parameter's do: the class a sharded GPU model's parameters take."""
+    if getattr(cls, "_calls_hook", False):
+        return cls
+    sub = _HOOKED.get(cls)
+    if sub is None:
+        grad, data = cls.grad, cls.data  # type: ignore[attr-defined]
+
+        def get_grad(p):
+            if p._hook is not None:
+                p._hook(p, "grad")
+            return grad.fget(p)
+
+        def set_grad(p, value):
+            if value is not None and p._hook is not None:
+                p._hook(p, "grad=")
+            grad.fset(p, value)
+
+        def set_data(p, value):
+            data.fset(p, value)
+            if p._hook is not None:
+                p._hook(p, "data=")
+
+        attrs = {"__slots__": (), "_calls_hook": True, "grad": property(get_grad, set_grad)}
+        attrs["data"] = property(data.fget, set_data)
+        sub = _HOOKED[cls] = type(cls.__name__, (cls,), attrs)
+    return sub
 
 
 class ShardedBuckets(GradBuckets):
@@ -78,6 +136,7 @@ class ShardedBuckets(GradBuckets):
         first_bucket_bytes: float,
         progress: str | None = None,
         prefetch: bool = False,
+        names: dict[int, str] | None = None,
     ):
         if stage not in ("optimizer", "gradients"):
             raise ValueError(f"stage must be 'optimizer' or 'gradients', got {stage!r}")
@@ -85,8 +144,8 @@ class ShardedBuckets(GradBuckets):
         self.rank, self.ranks = comm.Get_rank(), comm.Get_size()
         self.backend = backend
         self.dtype = np.dtype(dtype)
-        self._reduced = False  # a synced backward left reduced shards (zero_grad needed before the next)
-        self._placeholders: dict[tuple, np.ndarray] = {}
+        self._summed: set[int] = set()  # ids of the parameters whose summed gradient is in shards (till zero_grad)
+        self._dirty: set[int] = set()  # GPU: ids of the parameters whose .data was assigned since the last step
         self._zero1 = np.zeros(1, self.dtype)  # stage 2: what a freed gradient reads as (zeros)
         self.peak_bytes = 0  # stage 2: the most full-gradient bytes held at once in the last backward pass
         super().__init__(layers, dtype, bucket_bytes, comm, backend.device is not None, first_bucket_bytes, progress)
@@ -104,6 +163,16 @@ class ShardedBuckets(GradBuckets):
         if self.stage == "gradients":
             for b in self.grad_buckets:
                 self._release(b)
+        # each parameter's place, for the error that says where its summed gradient lives
+        self._where: dict[int, tuple[int, int, str]] = {}
+        for k, b in enumerate(self.grad_buckets):
+            off = 0
+            for p in b.params:
+                self._where[id(p)] = (k, off, (names or {}).get(id(p)) or p.name or "a parameter")
+                off += p.size
+                if self.device:  # DeviceParameter's .grad and .data: the ones that call the hook
+                    p.__class__ = _hooked(type(p))
+                p._hook = self._hook
 
     # -- layout ---------------------------------------------------------------------
     def _add(self, params: list, lowest: int, dtype: np.dtype, extra: int) -> None:
@@ -185,7 +254,7 @@ class ShardedBuckets(GradBuckets):
         if not self.device:
             for p in b.params:
                 p._grad = self._placeholder(p)
-                p._grad_is_zero = False  # zero_grad() before the next backward is checked (check_zeroed)
+                p._grad_is_zero = True  # read as zeros (after zero_grad; before that the hook refuses)
         b.detach()
 
     def alloc_all(self) -> None:
@@ -203,24 +272,111 @@ class ShardedBuckets(GradBuckets):
         if self._next < len(self.buckets):  # the next layers' gradients go there
             self._alloc(self.buckets[self._next])
 
-    # -- one step ------------------------------------------------------------------
-    def check_zeroed(self) -> None:
-        """A backward after a synced one needs zero_grad() between: the gradient outside this rank's
-        shard was reduced away (stage 1) or freed (stage 2), so there is nothing to accumulate onto."""
-        if self._reduced:
-            if any(not p._grad_is_zero for b in self.grad_buckets for p in b.params):
-                raise RuntimeError(
-                    f"DataParallel(shard={self.stage!r}): call dp.zero_grad() (or opt.zero_grad()) before the "
-                    f"next backward: after a synced backward each rank holds the summed gradient of its shard "
-                    f"only, so there is no full gradient to accumulate onto (accumulate with dp.no_sync())"
-                )
-            self._reduced = False
+    # -- the model's gradients, and what a step reads ---------------------------------
+    def _hook(self, p, event: str) -> None:
+        """Each model parameter's hook (Parameter._hook): zero_grad forgets that p's summed gradient
+        is in shards; reading or assigning p.grad before that raises; a GPU's .data assigned is noted."""
+        if event == "zero":
+            self._summed.discard(id(p))
+        elif event == "data=":
+            if self.device:
+                self._dirty.add(id(p))
+        elif id(p) in self._summed:
+            raise RuntimeError(self._elsewhere(p, "read" if event == "grad" else "assigned"))
+        elif event == "grad=" and not self.device and self.grad_buckets[self._where[id(p)][0]].buf is None:
+            raise RuntimeError(
+                f"{self._where[id(p)][2]}.grad cannot be assigned between steps: DataParallel(shard='gradients') "
+                f"frees the full gradient's buffer once it is reduced (ZeRO stage 2); assign the shards' "
+                f"gradients (opt.optimizer.params[k].grad), or use shard='optimizer'"
+            )
 
+    def _elsewhere(self, p, what: str) -> str:
+        """Where p's summed gradient lives: which bucket and elements, which ranks, what this rank holds."""
+        k, off, name = self._where[id(p)]
+        c, r = self.grad_buckets[k].chunk, self.rank
+        first, last = off // c, (off + p.size - 1) // c
+        lo, hi = max(off, r * c), min(off + p.size, (r + 1) * c)
+        mine = (
+            f"this rank ({r}) holds its flat elements [{lo - off}:{hi - off}] as "
+            f"opt.optimizer.params[{k}].grad[{lo - r * c}:{hi - r * c}]"
+            if lo < hi
+            else f"this rank ({r}) holds none of them"
+        )
+        ranks = f"rank {first}" if first == last else f"ranks {first}-{last}"
+        return (
+            f"{name}.grad cannot be {what} after a synced backward: DataParallel(shard={self.stage!r}) keeps "
+            f"each rank's shard of the summed gradient only (ZeRO), so no rank holds {name}'s full gradient. "
+            f"It is elements [{off}:{off + p.size}] of bucket {k} ({self.ranks} shards of {c}), held by {ranks}; "
+            f"{mine}. Read the shards there (dp.clip_grad_norm_ clips them), call dp.zero_grad() first (.grad is "
+            f"zeros again), or use shard='none' for the full averaged gradient on every rank"
+        )
+
+    def settle(self) -> None:
+        """Before a backward pass adds to the gradients: each bucket whose shards hold the last synced
+        sum (not zeroed since) gets it back, this rank's shard at its place and zeros elsewhere, so the
+        next reduce-scatter adds it once (G1 + G2).  A parameter zeroed since starts from zero."""
+        for b, sp in zip(self.grad_buckets, self.shard_params):
+            if not b.summed:
+                continue
+            b.summed = False
+            keep = [id(p) in self._summed for p in b.params]
+            if not any(keep):
+                continue
+            shard = np.array(sp.grad)  # a copy (stage 1's is buf's front); a download on a GPU
+            self._alloc(b)  # stage 2: a buffer for this backward pass
+            assert b.buf is not None
+            lo = self.rank * b.chunk
+            b.buf.fill(0)
+            b.buf[lo : lo + b.chunk] = shard
+            for p, view, kept in zip(b.params, b.views, keep):
+                if not kept:
+                    p._grad_is_zero = True  # the backward pass overwrites it
+                elif self.device:
+                    p._grad_array().copy_from_host(view)  # into the GPU's gradient
+                    p._grad_is_zero = False
+                else:
+                    p._grad_is_zero = False  # the view is the gradient
+
+    def sync_zeroed(self) -> None:
+        """Before a step (or a clip): the shards' gradients are zero where the model's were zeroed
+        since the synced backward (zero_grad() on the model, or some parameters), as unsharded."""
+        for b, sp in zip(self.grad_buckets, self.shard_params):
+            live = [id(p) in self._summed for p in b.params]
+            if all(live) or sp._grad_is_zero:
+                continue
+            if not any(live):
+                sp.zero_grad()
+                continue
+            g, c, lo = sp.grad, b.chunk, self.rank * b.chunk  # CPU: the gradient itself; GPU: a copy
+            off = 0
+            for p, kept in zip(b.params, live):
+                a, z = max(off, lo), min(off + p.size, lo + c)
+                if not kept and a < z:
+                    g[a - lo : z - lo] = 0
+                off += p.size
+            if self.device:
+                sp.grad = g
+
+    def refresh_dirty(self) -> None:
+        """GPU: the parameters whose .data was assigned since the last step (weights loaded) into the
+        host copy and this rank's shard parameter, which the step updates (else it would undo them)."""
+        if not self._dirty:
+            return
+        for b, sp in zip(self.grad_buckets, self.shard_params):
+            hit = False
+            for p, view in zip(b.params, b.pviews):
+                if id(p) in self._dirty:
+                    view[...] = p.data  # a download
+                    hit = True
+            if hit:
+                sp.data = b.pshard
+        self._dirty.clear()
+
+    # -- one step ------------------------------------------------------------------
     def begin(self) -> None:
         self.wait_gathered()
-        self.check_zeroed()
-        super().begin()
         self.peak_bytes = 0
+        super().begin()  # settles first
         if self.stage == "gradients":
             self._alloc(self.buckets[0])
 
@@ -245,11 +401,12 @@ class ShardedBuckets(GradBuckets):
                 self._release(b)
             elif not self.device:
                 for p in b.params:
-                    p._grad_is_zero = False
-        self._reduced = True
+                    p._grad_is_zero = False  # buf: reduce-scattered in place (settle reads the shard)
+            self._summed.update(id(p) for p in b.params)  # p.grad refuses until zero_grad
+            b.summed = True
 
     def _zero(self) -> None:
-        super()._zero()
+        super()._zero()  # (each parameter's zero_grad: out of _summed)
         for sp in self.shard_params if hasattr(self, "shard_params") else []:
             sp.zero_grad()
         if self.stage == "gradients":
@@ -273,6 +430,7 @@ class ShardedBuckets(GradBuckets):
             for p, view in zip(b.params, b.pviews):
                 view[...] = p.data
             sp.data = b.pshard
+        self._dirty.clear()
 
     def allgather(self) -> float | None:
         """Every rank's updated shards into every rank's parameters (in place), the first layers'
@@ -304,7 +462,7 @@ class ShardedBuckets(GradBuckets):
         if self.device:
             for b in self.grad_buckets:
                 for p, view in zip(b.params, b.pviews):
-                    p.data = view  # an upload
+                    _upload(p, view)
         return _union([(b.t_start, b.t_done) for b in order])
 
     def wait_layer(self, layer: int) -> None:
@@ -331,7 +489,7 @@ class ShardedBuckets(GradBuckets):
             for p, view in zip(b.params, b.pviews):
                 p._pending = None
                 if self.device:
-                    p.data = view  # an upload
+                    _upload(p, view)
         if not self._gathering:
             _PENDING.discard(self)
             self.gather_timing = {"allgather_s": _union(self._gather_spans), "allgather_wait_s": self._gather_waited}
@@ -346,8 +504,11 @@ class ShardedOptimizer(Optimizer):
     """What ``dp.optimizer(optim.Adam, lr=...)`` returns under ``shard="optimizer"`` or
     ``"gradients"``: the optimizer class made on this rank's flat shards (``.optimizer``, which
     keeps state for them only), and a ``step()`` that updates the shards and allgathers the
-    parameters.  ``zero_grad()`` zeroes the model's gradients; ``lr`` and the other
-    hyperparameters are the inner optimizer's (assign ``opt.lr`` for a schedule)."""
+    parameters.  ``zero_grad()`` zeroes the model's gradients and the shards'.  ``lr`` and every
+    other hyperparameter (``momentum``, ``betas``, ``eps``, ``weight_decay``, ``nesterov``, ``t``)
+    are the inner optimizer's, read and assigned through this one (``opt.lr = ...`` for a schedule)."""
+
+    _OWN = frozenset({"optimizer", "params"})  # this object's own public attributes (the rest: the inner's)
 
     def __init__(self, dp, inner: Optimizer):
         # Optimizer.__init__ is not run: the parameters it stands for are the model's (fit's checks),
@@ -357,18 +518,18 @@ class ShardedOptimizer(Optimizer):
         self.params = dp.module.parameters()
         self._placed = [None] * len(self.params)
 
-    @property
-    def lr(self) -> float:
-        return self.optimizer.lr
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        self.optimizer.lr = value
-
     def __getattr__(self, name: str):
-        if name.startswith("_") or name == "optimizer":
+        if name.startswith("_") or name in self._OWN:
             raise AttributeError(name)
-        return getattr(self.optimizer, name)  # momentum, betas, t ...
+        return getattr(self.optimizer, name)  # lr, momentum, betas, t ...
+
+    def __setattr__(self, name: str, value) -> None:
+        # the hyperparameters go to the optimizer that steps (else it would never see them); private
+        # names, this object's own and what its class defines (a method replaced on the instance) stay
+        if name.startswith("_") or name in self._OWN or hasattr(type(self), name):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.optimizer, name, value)
 
     def step(self) -> None:
         """Update this rank's shards from their summed gradients, then allgather the parameters."""
@@ -399,86 +560,3 @@ class ShardedOptimizer(Optimizer):
     def __repr__(self) -> str:
         dp = self._dp
         return f"ShardedOptimizer({self.optimizer!r}, shard={dp.shard!r}, rank {dp.rank} of {dp.size})"
-
-
-# -- memory ------------------------------------------------------------------------
-
-
-def _owner(a) -> tuple[int, int]:
-    """(identity, bytes) of the allocation array ``a`` lives in: a view counts its whole base once."""
-    while isinstance(a, np.ndarray):
-        base = a.base
-        if not isinstance(base, np.ndarray):  # as_strided's views hold their array through a wrapper
-            base = getattr(base, "base", None)
-        if not isinstance(base, np.ndarray):
-            break
-        a = base
-    return id(a), int(a.nbytes)
-
-
-def _bytes(arrays) -> int:
-    seen: dict[int, int] = {}
-    for a in arrays:
-        if a is not None:
-            k, n = _owner(a)
-            seen[k] = n
-    return sum(seen.values())
-
-
-def state_count(opt) -> int:
-    """How many parameter-sized state arrays the optimizer keeps: Adam 2 (m, v), SGD 1 with momentum, else 0."""
-    inner = getattr(opt, "optimizer", opt) if isinstance(opt, ShardedOptimizer) else opt
-    if inner is None:
-        return 0
-    if getattr(inner, "_kind", None) == "sgd" and getattr(inner, "momentum", 0.0) == 0.0:
-        return 0
-    return len(inner._states())
-
-
-def memory_report(dp, optimizer=None) -> dict:
-    """dp.memory(): see DataParallel.memory."""
-    model = dp.module
-    params = model.parameters()
-    buckets = dp._buckets
-    sharded = isinstance(buckets, ShardedBuckets)
-    device = model._backend.device is not None
-    opt = optimizer if optimizer is not None else dp._optimizer
-    # what lives where the model computes (GPU memory for cuda), and the host staging beside it
-    p_arrays: list = [p._data for p in params]
-    g_arrays: list = [p._grad for p in params]
-    staging: list = []
-    if buckets is not None:
-        bufs = [b.buf for b in buckets.buckets if b.kind != "flag"]
-        (staging if device else g_arrays).extend(bufs)
-    if sharded:
-        assert isinstance(buckets, ShardedBuckets)
-        pbufs = [b.pbuf for b in buckets.grad_buckets]
-        (staging if device else p_arrays).extend(pbufs)
-        if buckets.stage == "gradients":
-            (staging if device else g_arrays).extend(b.gshard for b in buckets.grad_buckets)
-        if device:  # the shard parameter's own values and gradient on the GPU
-            p_arrays += [sp._data for sp in buckets.shard_params]
-            g_arrays += [sp._grad for sp in buckets.shard_params]
-    states = [s for store in (opt._states() if opt is not None else []) for s in store if s is not None]
-    n = model.count_params()
-    isz = model._dtype.itemsize
-    P = dp.size
-    k = state_count(opt)
-    out = {
-        "params_bytes": _bytes(p_arrays),
-        "grads_bytes": _bytes(g_arrays),
-        "optimizer_bytes": _bytes(states),
-        "shard": dp.shard,
-        "ranks": P,
-        "n_params": n,
-        "optimizer": type(getattr(opt, "optimizer", opt)).__name__ if opt is not None else None,
-        "formula_bytes": {
-            "params_bytes": n * isz,
-            "grads_bytes": math.ceil(n * isz / (P if dp.shard == "gradients" else 1)),
-            "optimizer_bytes": math.ceil(k * n * isz / (P if dp.shard != "none" else 1)),
-        },
-        "host_staging_bytes": _bytes(staging),
-        "grads_peak_bytes": buckets.peak_bytes if sharded and buckets.stage == "gradients" else None,
-    }
-    out["total_bytes"] = out["params_bytes"] + out["grads_bytes"] + out["optimizer_bytes"]
-    return out

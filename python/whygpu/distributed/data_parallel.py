@@ -34,26 +34,38 @@ class made on this rank's flat shards (its state -- momentum, Adam's m and v
 -- covers 1/P of the parameters), and ``opt.step()`` updates them and
 allgathers the parameters, so every rank again holds the same bits.  With
 ``"gradients"`` the full gradient buffer lives only during the backward pass:
-each bucket's is freed once reduced, and between steps ``p.grad`` reads as
-zeros.  ``dp.memory()`` measures the bytes this rank holds (see there).
-Rules: make the optimizer with ``dp.optimizer`` (``fit`` refuses one made on
-``model.parameters()``: it would keep state for every parameter and read
-gradients that were never summed); call ``zero_grad()`` between steps (a
-second synced backward has no full gradient to add to: RuntimeError;
-accumulate with ``no_sync()``); move the model (``model.to``) before wrapping
-it.  On a GPU, the shard's update and state are on the GPU; the gradients
-travel through pinned host buckets as for the allreduce, and stage 2 frees
-that host staging (the layers still write full gradients in GPU memory).
+each bucket's is freed once reduced.  ``dp.memory()`` measures the bytes this
+rank holds (see there).  So after a synced backward no rank holds a model
+parameter's full summed gradient: until ``zero_grad()``, reading (or
+assigning) ``p.grad`` raises a RuntimeError that says which bucket, which
+ranks and which elements of ``opt.optimizer.params[k].grad`` (this rank's
+shard of bucket k) hold it; after ``zero_grad()`` it reads zeros, and under
+``no_sync()`` the local gradient.  Accumulating without ``zero_grad()``
+works as unsharded (see below); ``zero_grad()`` (dp's or opt's) zeroes the
+shards' gradients too, and a step after it with no backward does what the
+unsharded optimizer would.  Hyperparameters assigned on ``opt``
+(``opt.lr``, ``opt.momentum``, ``opt.betas`` ...) reach the optimizer that
+steps.  Rules: make the optimizer with ``dp.optimizer`` (``fit`` refuses one
+made on ``model.parameters()``: it would keep state for every parameter and
+read gradients that were never summed); move the model (``model.to``)
+before wrapping it.  On a GPU, the shard's update and state are on the GPU;
+the gradients travel through pinned host buckets as for the allreduce, and
+stage 2 frees that host staging (the layers still write full gradients in
+GPU memory).  The shard is a GPU copy of the parameters: weights assigned
+after wrapping (``p.data = ...``, ``model.load_state_dict``) are copied into
+it at the next step, so that the step starts from them.
 ``dp.optimizer(cls, **kw)`` with ``shard="none"`` is ``cls(model.parameters(), **kw)``.
 
 ``prefetch=True`` (sharded only; FSDP's ``forward_prefetch``): ``opt.step()``
 starts the allgathers and returns; the next forward pass waits for each
 layer's bucket just before that layer, so the later buckets travel while the
-first layers compute.  Reading or assigning a parameter's ``.data`` before
-then waits for its bucket, and a backward pass, a step or
-``broadcast_parameters`` waits for all, so nothing reads a half-gathered
-value.  It needs the progress thread (MPI_THREAD_MULTIPLE); without it the
-allgather is waited for in ``step()`` as by default.  Off by default, as in
+first layers compute.  Reading or assigning a parameter's ``.data`` (so
+``state_dict``) or moving or converting it (``model.to``) before then waits
+for its bucket, and a backward pass, a step or ``broadcast_parameters``
+waits for all, so nothing reads a half-gathered value.  It needs the
+progress thread (MPI_THREAD_MULTIPLE); without it DataParallel warns once
+(UserWarning), runs with ``prefetch=False`` (``dp.prefetch`` and the repr
+say so) and waits for the allgather in ``step()``.  Off by default, as in
 PyTorch: on 2 cores the copies still take CPU from the forward pass
 (``tests/mpi/zero_speed.py`` measures what it gains).
 
@@ -72,10 +84,23 @@ mask for x alone, the same on every rank seeded alike (correlated masks, not
 what one process draws), and backward weights by 1/size() unless told.
 ``fit`` does all of this itself.
 
-``with dp.no_sync():`` (as in PyTorch's DDP) ``dp.backward`` only accumulates
-this rank's gradient, without any communication; the first ``dp.backward``
-after the block sums everything accumulated since ``zero_grad()`` over the
-ranks.  Gradient accumulation over k micro-batches costs one allreduce.
+Gradients accumulate as in PyTorch's DDP: synced backward passes without
+``zero_grad()`` between them leave every rank with G1 + G2 + ..., each Gi
+the global batch's mean-loss gradient of backward i (the sum already in the
+buffers is counted once: before the next backward adds to it, rank 0 keeps
+it and the others start from zero -- sharded, each rank its own shard's;
+see ``_buckets.py``).  ``with dp.no_sync():`` ``dp.backward`` only
+accumulates this rank's gradient, without any communication; the next
+synced ``dp.backward`` adds everything accumulated since, summed over the
+ranks, to what the gradients held.  Gradient accumulation over k
+micro-batches costs one allreduce.  (Inside ``no_sync()`` after a synced
+backward, unsharded, ``p.grad`` reads rank 0's sum plus its own
+accumulation on rank 0 and the rank's own accumulation elsewhere.)
+
+``dp.clip_grad_norm_(max_norm, norm_type=2.0)`` after the synced backward
+(before ``opt.step()``) is ``torch.nn.utils.clip_grad_norm_`` over the
+global summed gradient, sharded or not: it returns the total norm and
+scales by max_norm / (total + 1e-6) where that is below 1.
 
 An exception during ``dp.backward`` (a bad gradient, an error in a layer):
 that rank still starts and completes every allreduce of the step, so all
@@ -121,11 +146,14 @@ from typing import Any
 import numpy as np
 
 from .. import _random
+from ..nn._module import _check_number
 from ..nn._sequential import Sequential, _positive_int
 from . import _runtime
+from ._agree import check_same_model
 from ._buckets import GradBuckets
 from ._keras import KerasMethods
-from ._sharded import SHARDS, ShardedBuckets, ShardedOptimizer, memory_report, state_count
+from ._memory import memory_report, state_count
+from ._sharded import SHARDS, ShardedBuckets, ShardedOptimizer
 from ._shares import _batch_rows, _dropouts, share
 
 __all__ = ["DataParallel", "share"]
@@ -141,9 +169,11 @@ class DataParallel(KerasMethods):
     in the backward pass, larger ones pay the per-message latency less often.
     ``first_bucket_mb`` (DDP's 1 MiB): the first bucket, the last layers'
     gradients, closes early so that communication starts at once.
-    On wrapping, every rank must hold the same model (the parameters' shapes
-    and dtypes are compared: a difference raises ValueError on every rank),
-    and rank 0's parameters and random state are copied to every rank.
+    On wrapping, every rank must hold the same model and wrap it alike (the
+    parameters' shapes and dtypes, ``shard``, the bucket sizes, ``prefetch``
+    and the back end and dtype are compared, in one small allgather: a
+    difference raises the same ValueError on every rank), and rank 0's
+    parameters and random state are copied to every rank.
     """
 
     def __init__(
@@ -185,11 +215,20 @@ class DataParallel(KerasMethods):
         self._weight: float | None = None  # len(x) / global_batch from the last dp(x, global_batch=...)
         self._warned_dropout = False
         self.last_step: dict = {}
-        self._check_same_model()
+        check_same_model(self)  # the same ValueError on every rank, else a hang in the broadcast
         self.broadcast_parameters()
         self.broadcast_random_state()
         if shard != "none":  # the flat layout and the shards exist before the optimizer is made
-            self._ensure_buckets()
+            buckets = self._ensure_buckets()
+            if prefetch and not getattr(buckets, "prefetch", False):
+                self.prefetch = False
+                warnings.warn(
+                    f"DataParallel(prefetch=True) needs MPI_THREAD_MULTIPLE (a progress thread moves the "
+                    f"allgather along while the forward pass computes); this MPI gives progress mode "
+                    f"{buckets.progress!r}: running with prefetch=False (step() waits for the allgather)",
+                    UserWarning,
+                    stacklevel=2,
+                )
 
     def __repr__(self) -> str:
         return (
@@ -197,31 +236,6 @@ class DataParallel(KerasMethods):
             f"bucket_mb={self.bucket_mb:g}, "
             f"first_bucket_mb={self.first_bucket_mb:g}" + (", prefetch=True)" if self.prefetch else ")")
         )
-
-    def _check_same_model(self) -> None:
-        """Every rank must hold parameters of the same shapes and dtypes, in the same order: otherwise
-        the broadcast and every allreduce would mismatch (a hang or a wrong sum).  One allgather of
-        a small signature; every rank raises the same ValueError."""
-        if self.size == 1:
-            return
-        mine = [(name, tuple(p.shape), str(p.dtype)) for name, p in self.module.named_parameters()]
-        every = self.comm.allgather(mine)
-        ref = every[0]
-        for r, sig in enumerate(every[1:], start=1):
-            for k, (a, b) in enumerate(zip(ref, sig)):
-                if a[1:] != b[1:]:
-                    raise ValueError(
-                        f"DataParallel: the ranks hold different models: parameter {k} ({a[0]}) is "
-                        f"{a[1]} {a[2]} on rank 0 but parameter {k} ({b[0]}) is {b[1]} {b[2]} on rank {r}; "
-                        f"every rank must build the same model"
-                    )
-            if len(sig) != len(ref):
-                first = ref[len(sig)][0] if len(ref) > len(sig) else sig[len(ref)][0]
-                raise ValueError(
-                    f"DataParallel: the ranks hold different models: rank 0 has {len(ref)} parameters, "
-                    f"rank {r} has {len(sig)} (the first that only one of them has: {first}); "
-                    f"every rank must build the same model"
-                )
 
     # -- the explicit step -------------------------------------------------------------
     def __call__(self, x, global_batch: int | None = None, offset: int | None = None):
@@ -268,7 +282,11 @@ class DataParallel(KerasMethods):
         return self.module.parameters()
 
     def zero_grad(self) -> None:
+        """Zero every parameter's gradient, and (sharded) the shards' summed gradients."""
         self.module.zero_grad()
+        if isinstance(self._buckets, ShardedBuckets):
+            for sp in self._buckets.shard_params:
+                sp.zero_grad()
 
     def train(self, mode: bool = True) -> DataParallel:
         self.module.train(mode)
@@ -342,8 +360,9 @@ class DataParallel(KerasMethods):
             if grad is not None:
                 if isinstance(self._buckets, ShardedBuckets):
                     self._buckets.wait_gathered()
-                    self._buckets.check_zeroed()
                     self._buckets.alloc_all()  # stage 2: the full gradient accumulates until the synced backward
+                if self._buckets is not None:
+                    self._buckets.settle()  # a synced sum in the buckets counts once at the next sum
                 model._backward(self._scaled(grad, weight), False)
             return
         buckets = self._ensure_buckets()
@@ -415,6 +434,7 @@ class DataParallel(KerasMethods):
                     f"its parameters out in shards: call model.to(...) first, then wrap it and make the optimizer"
                 )
             layers = [layer.parameters() for layer in model.layers]
+            names = {id(p): name for name, p in model.named_parameters()}
             cap, first = self.bucket_mb * 2**20, self.first_bucket_mb * 2**20
             if self.shard == "none":
                 self._buckets = GradBuckets(
@@ -430,6 +450,7 @@ class DataParallel(KerasMethods):
                     self.shard,
                     first_bucket_bytes=first,
                     prefetch=self.prefetch,
+                    names=names,
                 )
                 if self._buckets.prefetch:  # Sequential waits for each layer's parameters before it
                     model._params_needed = self._buckets.wait_layer
@@ -472,11 +493,52 @@ class DataParallel(KerasMethods):
         self._optimizer = opt
         return opt
 
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> float:
+        """``torch.nn.utils.clip_grad_norm_`` over the whole model's summed gradient: returns its total
+        ``norm_type``-norm (before clipping) and, when ``max_norm / (total + 1e-6)`` is below 1,
+        scales every gradient by it.  Call it after the synced backward, before ``opt.step()``.
+        The norm is global: unsharded, each rank computes it from the full (averaged) gradient it
+        holds, the same on every rank; sharded, from the shards' summed gradients (padding is
+        zeros), each rank's part added in rank order after one small allgather, and each rank
+        scales its own shards."""
+        max_norm = _check_number(max_norm, "max_norm", 0.0)
+        if isinstance(norm_type, str) and norm_type.strip().lower() == "inf":
+            norm_type = math.inf
+        p = _check_number(norm_type, "norm_type", 0.0, False)
+        sharded = self.shard != "none"
+        if sharded:
+            buckets = self._ensure_buckets()
+            assert isinstance(buckets, ShardedBuckets)
+            buckets.sync_zeroed()  # what the step would read
+            params = buckets.shard_params
+        else:
+            params = self.module.parameters()
+        grads = [q.grad for q in params]  # CPU: the gradients themselves; GPU: copies
+
+        def part(g) -> float:  # sum |g|^p, or max |g| for the infinity norm
+            a = np.abs(g, dtype=np.float64)
+            return float(a.max(initial=0.0)) if p == math.inf else float(np.sum(a**p))
+
+        parts = [part(g) for g in grads]
+        if sharded and self.size > 1:  # rank order on every rank: the same bits everywhere
+            parts = [x for rank_parts in self.comm.allgather(parts) for x in rank_parts]
+        total = max(parts, default=0.0) if p == math.inf else math.fsum(parts) ** (1.0 / p)
+        coef = max_norm / (total + 1e-6)
+        if not coef >= 1.0:  # (NaN too, as PyTorch: the gradients become NaN)
+            device = self.module._backend.device is not None
+            for q, g in zip(params, grads):
+                g *= g.dtype.type(coef)
+                if device:
+                    q.grad = g  # an upload
+        return total
+
     def _sharded_step(self, opt: ShardedOptimizer) -> None:
         """The sharded optimizer's step: this rank's shards updated, then every parameter allgathered."""
         buckets = self._ensure_buckets()
         assert isinstance(buckets, ShardedBuckets)
         buckets.wait_gathered()  # a second step without a forward pass: the last allgather reads the shards
+        buckets.refresh_dirty()  # GPU: weights assigned since (p.data = ...) into the shard copy
+        buckets.sync_zeroed()  # zeros where the model's gradients were zeroed since the synced backward
         t0 = _clock()
         opt.optimizer.step()
         t1 = _clock()

@@ -54,7 +54,7 @@ class Parameter:
     in-place change of a copy (``p.data[0] = 1``) does not reach the GPU.
     """
 
-    __slots__ = ("_data", "_grad", "_grad_is_zero", "_backend", "name", "_pending")
+    __slots__ = ("_data", "_grad", "_grad_is_zero", "_backend", "name", "_pending", "_hook")
 
     def __init__(self, data: np.ndarray, name: str = ""):
         self._data = np.ascontiguousarray(data)
@@ -67,6 +67,10 @@ class Parameter:
         # None, or what completes new values still arriving in _data (whygpu.distributed's
         # prefetched allgather): reading or assigning .data calls it first
         self._pending: Callable[[], None] | None = None
+        # None, or what the layout this parameter lives in (whygpu.distributed's sharded
+        # DataParallel) does first: hook(p, "grad") before .grad is read, "grad=" before it is
+        # assigned, "zero" on zero_grad(), "data=" after .data is assigned
+        self._hook: Callable[[Parameter, str], None] | None = None
 
     @property
     def data(self) -> np.ndarray:
@@ -79,9 +83,13 @@ class Parameter:
         if self._pending is not None:
             self._pending()
         self._data[...] = self._checked(value, "data")
+        if self._hook is not None:
+            self._hook(self, "data=")
 
     @property
     def grad(self) -> np.ndarray:
+        if self._hook is not None:
+            self._hook(self, "grad")
         return self._grad_array()
 
     @grad.setter
@@ -89,6 +97,8 @@ class Parameter:
         if value is None:
             self.zero_grad()
             return
+        if self._hook is not None:
+            self._hook(self, "grad=")
         self._grad[...] = self._checked(value, "grad")
         self._grad_is_zero = False
 
@@ -114,6 +124,8 @@ class Parameter:
     def zero_grad(self) -> None:
         """Forget the accumulated gradient (lazily: see the class docstring)."""
         self._grad_is_zero = True
+        if self._hook is not None:
+            self._hook(self, "zero")
 
     def _grad_beta(self) -> float:
         """For a backward pass about to write the gradient: 0.0 (overwrite)
@@ -136,14 +148,18 @@ class Parameter:
         return self._data.dtype
 
     def _astype(self, dtype: np.dtype) -> None:
+        if self._pending is not None:  # values still arriving (a prefetched allgather): converted once there
+            self._pending()
         if self._data.dtype != dtype:
-            grad = self.grad.astype(dtype)
+            grad = self._grad_array().astype(dtype)
             self._data = self._data.astype(dtype)
             self._grad = grad
 
     def _place(self, backend: Backend, dtype: np.dtype | None) -> None:
         """Put this parameter on `backend` (and convert it to `dtype`), moving the
         values between host and device memory when the two back ends differ there."""
+        if self._pending is not None:  # values still arriving (a prefetched allgather): moved once there
+            self._pending()
         old = self._backend
         moving = backend.device != old.device
         if moving:
