@@ -158,7 +158,7 @@ class _Launch:
                 "steps": steps, "bare_allreduce_s": [0.005] * 5 if dp else [],
                 "bare_reduce_scatter_s": [0.004] * 5 if sharded else [],
                 "bare_allgather_s": [0.003] * 5 if sharded else [],
-                "rank_step_s": [step] * ranks, "weights_spread": 0.0, "mpi_library": "planted MPI",
+                "rank_step_s": [step] * ranks, "weights_identical": True, "mpi_library": "planted MPI",
                 "prefetch": False}  # fmt: skip
 
 

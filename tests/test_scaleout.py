@@ -190,6 +190,16 @@ def test_cli_refuses_too_many_ranks_before_anything_starts(no_mpi, tmp_path, cap
     assert "pip install mpi4py mpich" in err and "--oversubscribe" not in err
 
 
+def test_the_same_weights_are_the_same_bytes():
+    """The worker compares the ranks' SHA-256 of their weights' bytes (a sum of the values missed
+    differences that cancel or hide under its rounding); the report reads the comparison."""
+    from whygpu.report.scaleout import _same_weights
+
+    assert _same_weights(True) == "yes, bit for bit"
+    assert _same_weights(False).startswith("NO")
+    assert _same_weights(None) == "not checked"  # a run from before the check
+
+
 def test_report_without_scaleout_results_has_no_section(tmp_path):
     from whygpu.report.scaleout import section
 
@@ -215,6 +225,7 @@ def scaleout_dir(tmp_path_factory):
 def test_cli_measures_and_models(scaleout_dir):
     out, stdout = scaleout_dir
     assert "2 x 1" in stdout and "alpha" in stdout and "public figures" in stdout and "measured here" in stdout
+    assert "weights identical on all ranks (SHA-256 of the bytes): True" in stdout, stdout
     text = (out / "scaleout.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     doc = json.loads(text)
@@ -236,7 +247,7 @@ def test_cli_measures_and_models(scaleout_dir):
     dp = runs[(2, T, 64)]
     for k in ("allreduce_s", "bare_allreduce_s", "bandwidth_ratio", "bytes", "predicted_s"):
         assert finite_positive(dp[k]), k
-    assert dp["bytes"] == 4 * so.mlp_params([64, 32, 10]) and dp["weights_spread"] == 0.0
+    assert dp["bytes"] == 4 * so.mlp_params([64, 32, 10]) and dp["weights_identical"] is True
     assert 0 <= dp["exposed_s"] <= dp["allreduce_s"] * 1.05 + 1e-4
     assert math.isfinite(dp["prediction_error"])
     # the model's compute is the share run's, measured; a miss beyond 25% was measured again, then flagged
@@ -259,6 +270,7 @@ def test_report_section_from_scaleout_json(scaleout_dir, tmp_path):
     res = build_report(load_results([out / "scaleout.json"]), tmp_path)
     md = Path(res["markdown"]).read_text()
     assert "More than one machine" in md and "](scaleout.png)" in md
+    assert "ended with the same weights (a SHA-256 of every parameter's bytes, compared over the ranks): yes" in md
     assert "public figure" in md and "measured here" in md.lower()
     # the step and scaling figure, and each rank's memory measured next to the formula
     assert res["figures"] == [str(tmp_path / "scaleout.png"), str(tmp_path / "scaleout_memory.png")]

@@ -49,7 +49,7 @@ class Plant:
         return {"ranks": ranks, "threads": threads, "data_parallel": dp, "backend": "openmp", "batch": b,
                 "independent": side,
                 "steps": [dict(rec) for _ in range(3)], "bare_allreduce_s": [d["bare"]] * 5 if dp else [],
-                "rank_step_s": [step] * ranks, "weights_spread": 0.0, "mpi_library": "planted MPI"}  # fmt: skip
+                "rank_step_s": [step] * ranks, "weights_identical": True, "mpi_library": "planted MPI"}  # fmt: skip
 
 
 @pytest.fixture

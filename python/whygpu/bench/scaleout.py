@@ -270,7 +270,7 @@ def summarize(raw: dict) -> dict:
     rec["samples_per_s"] = raw["batch"] / rec["step_s"]
     rec["timed_steps"] = len(steps)
     rec["rank_step_s"] = raw.get("rank_step_s")
-    rec["weights_spread"] = raw.get("weights_spread")
+    rec["weights_identical"] = raw.get("weights_identical")  # the ranks' SHA-256 of the weights' bytes agree
     rec["shard"] = raw.get("shard") or "none"
     rec["memory"] = raw.get("memory")
     upd = [s.get("update_s") for s in steps]

@@ -13,12 +13,15 @@ baseline); per step the wall time and ``dp.last_step``; then a bare
 (ZeRO-2), over the ranks; the job then also times a bare ``Reduce_scatter`` and ``Allgather`` of
 the gradient's size; ``--prefetch`` leaves each step's allgather in flight until the next forward pass
 needs a layer (``DataParallel(prefetch=True)``).  Every ``--mode step`` job reports each rank's bytes
-of parameters, gradients and optimizer state (``dp.memory()``, or the plain model's and optimizer's buffers).
+of parameters, gradients and optimizer state (``dp.memory()``, or the plain model's and optimizer's buffers),
+and whether every rank ended with the same weights (``weights_identical``: the ranks' SHA-256 of every
+parameter's bytes, allgathered and compared; ``weights_sha256``: rank 0's).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -217,8 +220,12 @@ def _steps(a, comm, MPI) -> dict:
         per_rank = comm.allgather([x["step_s"] for x in records])
         for i, x in enumerate(records):
             x["step_s"] = max(steps[i] for steps in per_rank)
-    checksum = float(sum(np.asarray(p.data, dtype=np.float64).sum() for p in model.parameters()))
-    sums = comm.allgather(checksum)
+    # every rank's weights, bit for bit: a SHA-256 of every parameter's bytes (a sum of the values
+    # would miss two ranks whose differences cancel, or that differ below the sum's rounding)
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(np.ascontiguousarray(p.data).tobytes())  # (prefetch: reading .data waits for it)
+    hashes = comm.allgather(digest.hexdigest())
     rank_step = comm.allgather(float(np.median([x["step_s"] for x in records])))
     return {
         "data_parallel": dp is not None,
@@ -242,7 +249,8 @@ def _steps(a, comm, MPI) -> dict:
             "source": mem_ranks[0]["source"],
         },
         "rank_step_s": rank_step,
-        "weights_spread": float(max(sums) - min(sums)),
+        "weights_sha256": hashes[0],
+        "weights_identical": len(set(hashes)) == 1,
     }
 
 

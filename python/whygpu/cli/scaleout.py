@@ -158,7 +158,8 @@ def _print_scaleout(doc: dict) -> None:
             f"{_ms(r['allreduce_s'])} ms in flight vs a bare Allreduce {_ms(r['bare_allreduce_s'])} ms "
             f"(x{_g(s.get('dp_over_bare_bandwidth'))} of its bandwidth; the fit gives "
             f"{_ms(s.get('fit_at_gradient_s'))} ms); exposed / allreduce "
-            f"{_g(s.get('exposed_over_allreduce'))}; weights identical on all ranks: {r.get('weights_spread') == 0}"
+            f"{_g(s.get('exposed_over_allreduce'))}; weights identical on all ranks (SHA-256 of the bytes): "
+            f"{r.get('weights_identical') is True}"
         )
     m = doc["model"]
     print(f"model: {m['formula']}; {m['terms']}")
