@@ -36,8 +36,9 @@ def planted_memory(shard: str, ranks: int, optimizer: str, extra: int = 0) -> di
         "optimizer_bytes": k * (shard_n if shard != "none" else N),
     }
     m["total_bytes"] = sum(m.values())
+    peak = 3 * N if shard == "gradients" else None  # stage 2: the backward pass held 3/4 of the gradient at once
     return {"per_rank": [dict(m, shard=shard, ranks=ranks)] * ranks, "max": m, "n_params": N,
-            "formula_bytes": None, "source": "planted"}  # fmt: skip
+            "formula_bytes": None, "source": "planted", "grads_peak_bytes": peak}  # fmt: skip
 
 
 class Plant:
@@ -78,7 +79,7 @@ class Plant:
                 "steps": [dict(rec) for _ in range(3)], "bare_allreduce_s": [0.005] * 5 if dp else [],
                 "bare_reduce_scatter_s": [t.get("bare_rs", 0.004)] * 5 if sharded else [],
                 "bare_allgather_s": [t.get("bare_ag", 0.003)] * 5 if sharded else [],
-                "rank_step_s": [step] * ranks, "weights_spread": 0.0, "mpi_library": "planted MPI",
+                "rank_step_s": [step] * ranks, "weights_identical": True, "mpi_library": "planted MPI",
                 "prefetch": "--prefetch" in args}  # fmt: skip
 
 
@@ -304,6 +305,10 @@ def test_cli_shard_all_prints_memory_and_devices_and_json_holds_both(planted, tm
     assert out.startswith("whygpu scaleout: 8 MPI jobs") and "; adam;" in out.splitlines()[0]
     assert "shard=optimizer (ZeRO stage 1)" in out and "reduce-scatter" in out and "allgather" in out
     assert "Memory per rank" in out and "x0.5" in out
+    # stage 2's gradient between steps, and its peak during the backward pass next to it
+    row = next(x for x in out.splitlines() if "gradients (2)" in x and "/" in x)
+    assert f"{2 * N / 1e6:.3g} / {2 * N / 1e6:.3g}, peak {3 * N / 1e6:.3g}" in row, row
+    assert "grads (between steps; peak)" in out
     # the devices table: 70B mixed on 141 GB with ZeRO-2: 980, by hand
     line = next(x for x in out.splitlines() if x.startswith("70B model") and "mixed" in x and "141" in x)
     assert line.split()[-4:] == ["-", "-", "980", "8"]
@@ -339,6 +344,7 @@ def test_report_memory_table_figure_and_glossary(planted, tmp_path):
     for cap in re.findall(r"\*Figure \d+\.\* (.*)", sec):
         assert len(cap.split()) <= 80, len(cap.split())
     assert "| shard (ZeRO stage) |" in sec and "980" in sec
+    assert "gradients between steps (peak in the backward pass)" in sec and f", peak {3 * N / 1e6:.3g} MB" in sec
     # each DataParallel run's row says its setting (three bare "2 x 1" rows before)
     labels = [line.split("|")[1].strip() for line in sec.splitlines() if line.startswith("| 2 x 1") and "ms (" in line]
     assert labels == ["2 x 1, side by side", "2 x 1", "2 x 1, optimizer (ZeRO-1)", "2 x 1, gradients (ZeRO-2)"]

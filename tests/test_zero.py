@@ -141,8 +141,10 @@ def check_memory(ranks: list[dict], backends: str, P: int) -> None:
             # stage 2 holds the gradient of its shard only; stage 1 the whole gradient
             assert s1["grads_bytes"] >= none["formula_bytes"]["grads_bytes"]
             assert s2["grads_bytes"] <= (0.55 if P == 2 else 1.1 / P) * s1["grads_bytes"], (r, mem)
-            # during the backward pass stage 2 holds at most two buckets' full gradients
-            assert 0 < s2["grads_peak_bytes"] <= s1["grads_bytes"]
+            # stage 2 frees each bucket's full gradient once reduced: with three buckets (each reduce-scatter
+            # waited for as it starts) the backward pass holds the largest alone, 18,090 of 21,145 gradients
+            full = none["formula_bytes"]["grads_bytes"]
+            assert 0 < s2["grads_peak_bytes"] <= 4 * (18_090 + P) < full, (r, s2["grads_peak_bytes"], full)
 
 
 @needs_mpiexec

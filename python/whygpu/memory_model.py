@@ -303,12 +303,17 @@ def memory_section(doc: dict, max_ranks: int = 16) -> dict | None:
     }
 
 
-MEMORY_HEAD = ("ranks x threads", "shard (ZeRO)", "params", "grads", "optimizer state", "total", "opt. vs unsharded")
+MEMORY_HEAD = (
+    "ranks x threads", "shard (ZeRO)", "params", "grads (between steps; peak)", "optimizer state", "total",
+    "opt. vs unsharded",
+)  # fmt: skip
 
 
 def memory_rows(mem: dict, unit: str = "") -> list[list[str]]:
     """The memory table (:func:`memory_section`'s ``rows``) as text, one row per run: measured / formula
-    in MB (1e6 bytes) for each kind of state, as the CLI prints it and the report shows it (``unit``: " MB")."""
+    in MB (1e6 bytes) for each kind of state, as the CLI prints it and the report shows it (``unit``: " MB").
+    The measured gradient is what a rank holds between steps; where stage 2 freed the full gradient
+    once reduced, the most it held at once during the backward pass follows (", peak ...")."""
 
     def mb(b) -> str:
         return "n/a" if b is None else f"{b / 1e6:.3g}{unit}"
@@ -316,11 +321,14 @@ def memory_rows(mem: dict, unit: str = "") -> list[list[str]]:
     rows = []
     for row in mem["rows"]:
         x, f = row["measured"], row["formula"]
+        cells = [f"{mb(x[k])} / {mb(f[k])}" for k in ("params_bytes", "grads_bytes", "optimizer_bytes")]
+        if row.get("grads_peak_bytes"):
+            cells[1] += f", peak {mb(row['grads_peak_bytes'])}"
         rows.append(
             [
                 f"{row['ranks']} x {row['threads']}",
                 f"{row['shard']} ({row['zero_stage']})",
-                *[f"{mb(x[k])} / {mb(f[k])}" for k in ("params_bytes", "grads_bytes", "optimizer_bytes")],
+                *cells,
                 f"{mb(x['total_bytes'])} / {mb(f['total_bytes'])}",
                 "-" if row["optimizer_vs_unsharded"] is None else f"x{row['optimizer_vs_unsharded']:.3g}",
             ]

@@ -203,8 +203,8 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     )
     trust = (
         f"DataParallel summed the gradient in {r['buckets']} bucket(s), {coll} in the same run; every rank "
-        "ended with the same weights: "
-        f"{'yes' if r.get('weights_spread') == 0 else 'no (spread ' + str(r.get('weights_spread')) + ')'}. "
+        "ended with the same weights (a SHA-256 of every parameter's bytes, compared over the ranks): "
+        f"{_same_weights(r.get('weights_identical'))}. "
         f"A sweep of bare Allreduce calls (1 KB to {doc['sweep']['bytes'][-1] / 2**20:.3g} MiB) fits this "
         f"machine's alpha = {1e6 * fit['alpha_s']:.3g} us and bandwidth B = {fit['bandwidth_Bps'] / 1e9:.3g} GB/s "
         f"(rms error {100 * fit['rms_rel_error']:.0f}%), used only for the curves; at the gradient's size the "
@@ -310,6 +310,13 @@ def _sharded_blocks(doc: dict) -> list[Block]:
     ]
 
 
+def _same_weights(identical) -> str:
+    """The report's answer to "did every rank end with the same weights?" (the worker's hash comparison)."""
+    if identical is None:
+        return "not checked"
+    return "yes, bit for bit" if identical else "NO: the ranks' weights differ"
+
+
 def _memory_blocks(doc: dict, out: Path, figs: list[str]) -> list[Block]:
     """Per-rank memory measured next to the formula, its figure against P, and the devices public models need."""
     mem = doc.get("memory")
@@ -332,7 +339,9 @@ def _memory_blocks(doc: dict, out: Path, figs: list[str]) -> list[Block]:
             f"{mem['precision']}, {per}. Sharding (ZeRO) divides the optimizer state by P (stage 1), then the "
             "gradients (stage 2), then the parameters (stage 3, described here on paper only). "
             f"Measured here from the buffers the package allocated, the largest rank, next to the formula: "
-            f"{mem['note'].split('; formula: ')[-1]}.",
+            f"{mem['note'].split('; formula: ')[-1]}. The gradients are what a rank holds between steps; "
+            "with stage 2 the backward pass holds more, each bucket's full gradient until it is reduced "
+            "(the peak, after it).",
         ),
         (
             "table",
@@ -340,7 +349,7 @@ def _memory_blocks(doc: dict, out: Path, figs: list[str]) -> list[Block]:
                 "ranks x threads",
                 "shard (ZeRO stage)",
                 "params: measured / formula",
-                "gradients",
+                "gradients between steps (peak in the backward pass)",
                 "optimizer state",
                 "total",
                 "optimizer state vs unsharded",
