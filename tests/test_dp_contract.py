@@ -131,7 +131,9 @@ def check_prefetch(ranks: list[dict]) -> None:
 @needs_mpiexec
 @pytest.mark.parametrize("n", [2, 3])
 def test_data_parallel_keeps_ddp_and_zero_contract(n):
-    ranks = run_cases(n, "numpy", "accumulate,grad_read,clip,zero_step,hyper,assign,agree_fit,agree_wrap,prefetch")
+    ranks = run_cases(
+        n, "numpy", "accumulate,grad_read,clip,zero_step,hyper,assign,agree_fit,agree_wrap,setup_fail,prefetch"
+    )
     check_accumulate(ranks)
     check_grad_read(ranks)
     check_clip(ranks)
@@ -165,6 +167,11 @@ def test_data_parallel_keeps_ddp_and_zero_contract(n):
     }
     for key, want in wants.items():
         assert wrap[key].startswith("DataParallel: the ranks disagree on ") and want in wrap[key], (key, wrap[key])
+    # one rank's own check refused its data: it raises its error, every other rank says which rank refused
+    assert ranks[odd]["setup_fail"]["raised"].startswith("ValueError: the input contains NaN")
+    for res in ranks[:odd]:
+        want = f"RuntimeError: DataParallel.fit: rank {odd} refused its arguments (ValueError: the input contains NaN"
+        assert res["setup_fail"]["raised"].startswith(want), res["setup_fail"]
 
 
 @needs_mpiexec

@@ -18,6 +18,7 @@ applies, against one process computing the same thing:
   next step starts from.
 * ``agree_fit``, ``agree_wrap``: ranks given other fit arguments, or wrapping with other settings,
   all raise the same ValueError (instead of a hang).
+* ``setup_fail``: one rank's data is refused by its own checks (a NaN): every rank raises.
 * ``prefetch``: without MPI_THREAD_MULTIPLE, prefetch=True warns once and reports False; with it,
   ``model.to`` (a conversion on the CPU, a move to the host from a GPU) waits for the allgather
   still in flight.
@@ -388,6 +389,23 @@ def agree_fit_case(backend: str) -> dict:
     return out
 
 
+def setup_fail_case(backend: str) -> dict:
+    """One rank's own checks refuse its data (a NaN in X): every rank raises, none hangs in a collective."""
+    odd = dist.rank() == dist.size() - 1
+    X, y = data(40)
+    if odd:
+        X = X.copy()
+        X[3, 2] = np.nan
+    model = make_model(backend, 3)
+    dp = dist.DataParallel(model)
+    try:
+        dp.fit(X, y, epochs=1, batch_size=8, optimizer=optim.SGD(model.parameters(), lr=0.1),
+               loss=nn.CrossEntropyLoss(), verbose=0)  # fmt: skip
+        return {"raised": "nothing"}
+    except (ValueError, RuntimeError) as e:
+        return {"raised": f"{type(e).__name__}: {e}"}
+
+
 def agree_wrap_case(backend: str) -> dict:
     odd = dist.rank() == dist.size() - 1
     base = {"shard": "optimizer", "bucket_mb": 25.0, "first_bucket_mb": 1.0, "prefetch": False}
@@ -468,6 +486,7 @@ CASES = {
     "assign": assign_case,
     "agree_fit": agree_fit_case,
     "agree_wrap": agree_wrap_case,
+    "setup_fail": setup_fail_case,
     "prefetch": prefetch_case,
 }
 

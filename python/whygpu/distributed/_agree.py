@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["agree", "disagreement", "agree_fit", "fit_signature", "check_same_model"]
+__all__ = ["agree", "disagreement", "agree_fit", "fit_signature", "check_same_model", "fail_together"]
 
 
 def disagreement(every: list[list[tuple[str, Any]]]) -> tuple[str, Any, int, Any] | None:
@@ -40,6 +40,23 @@ def agree(comm, signature: list[tuple[str, Any]], what: str, hint: str = "") -> 
     if found is not None:
         name, a, r, b = found
         raise ValueError(f"{what}: the ranks disagree on {name}: {a!r} on rank 0 but {b!r} on rank {r}{hint}")
+
+
+def fail_together(comm, error: BaseException | None, what: str) -> None:
+    """After a step some ranks may have refused (their own checks raised ``error``): every rank
+    learns it (one allgather), the refusing ones re-raise their own error, the others a RuntimeError
+    naming the first that refused -- so no rank goes on into a collective the refusing ones skip."""
+    if comm.Get_size() == 1:
+        if error is not None:
+            raise error
+        return
+    every = comm.allgather(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    bad = [(r, e) for r, e in enumerate(every) if e is not None]
+    if bad:
+        r, e = bad[0]
+        raise RuntimeError(f"{what}: rank {r} refused its arguments ({e}); every rank stops here")
 
 
 def _array_sig(a) -> tuple:

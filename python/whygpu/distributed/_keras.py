@@ -17,7 +17,7 @@ from .. import _random
 from ..nn import _backend, _checkpoint
 from ..nn._sequential import _positive_int, _progress
 from ..nn.losses import CrossEntropyLoss, MSELoss, _Loss
-from ._agree import agree_fit
+from ._agree import agree_fit, fail_together
 from ._ckpt import RankCheckpointer, restore_on_every_rank
 from ._sharded import ShardedOptimizer
 from ._shares import _batch_rows, _dropouts, share
@@ -75,12 +75,17 @@ class KerasMethods:
         writes the file (a sharded optimizer's state consolidated there, per parameter),
         every rank reads it; the file is the one Sequential.fit writes, and it resumes on
         any number of ranks, sharded or not (see docs/distributed.md)."""
-        path, every, resume = _checkpoint.checked_args(checkpoint, checkpoint_every, resume)
         model = self.module
-        model._note_cast(X, verbose if self.rank == 0 else 0)  # once, from rank 0
-        X, y, val, epochs, batch_size, history = model._fit_setup(
-            X, y, epochs, batch_size, optimizer, loss, validation_data, verbose
-        )
+        error = None
+        try:  # a rank whose own checks fail must not leave the others waiting in a collective
+            path, every, resume = _checkpoint.checked_args(checkpoint, checkpoint_every, resume)
+            model._note_cast(X, verbose if self.rank == 0 else 0)  # once, from rank 0
+            X, y, val, epochs, batch_size, history = model._fit_setup(
+                X, y, epochs, batch_size, optimizer, loss, validation_data, verbose
+            )
+        except Exception as e:
+            error = e
+        fail_together(self.comm, error, "DataParallel.fit")
         if self.shard != "none" and not (isinstance(optimizer, ShardedOptimizer) and optimizer._dp is self):
             raise ValueError(
                 f"DataParallel(shard={self.shard!r}) updates each rank's shard of the parameters: make the "

@@ -79,8 +79,6 @@ def _complete_pending() -> None:
 
 atexit.register(_complete_pending)
 
-_HOOKED: dict[type, type] = {}
-
 
 def _upload(p, view: np.ndarray) -> None:
     """A GPU parameter's values from the gathered host buffer (not through ``.data``, which would mark
@@ -89,36 +87,6 @@ def _upload(p, view: np.ndarray) -> None:
         p._data[...] = view
     else:
         p._data.copy_from_host(view)
-
-
-def _hooked(cls: type) -> type:
-    """``cls`` (a GPU's DeviceParameter, whose ``.grad`` and ``.data`` are its own) with properties
-    that call the parameter's hook as Parameter's do: the class a sharded GPU model's parameters take."""
-    if getattr(cls, "_calls_hook", False):
-        return cls
-    sub = _HOOKED.get(cls)
-    if sub is None:
-        grad, data = cls.grad, cls.data  # type: ignore[attr-defined]
-
-        def get_grad(p):
-            if p._hook is not None:
-                p._hook(p, "grad")
-            return grad.fget(p)
-
-        def set_grad(p, value):
-            if value is not None and p._hook is not None:
-                p._hook(p, "grad=")
-            grad.fset(p, value)
-
-        def set_data(p, value):
-            data.fset(p, value)
-            if p._hook is not None:
-                p._hook(p, "data=")
-
-        attrs = {"__slots__": (), "_calls_hook": True, "grad": property(get_grad, set_grad)}
-        attrs["data"] = property(data.fget, set_data)
-        sub = _HOOKED[cls] = type(cls.__name__, (cls,), attrs)
-    return sub
 
 
 class ShardedBuckets(GradBuckets):
@@ -170,8 +138,6 @@ class ShardedBuckets(GradBuckets):
             for p in b.params:
                 self._where[id(p)] = (k, off, (names or {}).get(id(p)) or p.name or "a parameter")
                 off += p.size
-                if self.device:  # DeviceParameter's .grad and .data: the ones that call the hook
-                    p.__class__ = _hooked(type(p))
                 p._hook = self._hook
 
     # -- layout ---------------------------------------------------------------------
@@ -556,6 +522,10 @@ class ShardedOptimizer(Optimizer):
         """Load a full optimizer state (an unsharded optimizer's, or a consolidated one from any
         number of ranks): each rank keeps its shards' slices of it."""
         _sharded_state.load_state_dict(self, state)
+
+    def _prepare_load(self, state: dict):
+        """load_state_dict's checks (fit's resume): a function that assigns (nothing before)."""
+        return _sharded_state.prepare_load(self, state)
 
     def __repr__(self) -> str:
         dp = self._dp

@@ -284,9 +284,13 @@ class DeviceParameter(Parameter):
         if self._pending is not None:
             self._pending()
         self._data.copy_from_host(np.ascontiguousarray(self._checked(value, "data"), dtype=_F32))
+        if self._hook is not None:  # (a sharded DataParallel's: see Parameter)
+            self._hook(self, "data=")
 
     @property
     def grad(self) -> np.ndarray:
+        if self._hook is not None:
+            self._hook(self, "grad")
         if self._grad_is_zero:  # zeroed lazily: nothing to copy
             return np.zeros(self.shape, dtype=_F32)
         return self._backend.to_host(self._grad)
@@ -296,6 +300,8 @@ class DeviceParameter(Parameter):
         if value is None:
             self.zero_grad()
             return
+        if self._hook is not None:
+            self._hook(self, "grad=")
         self._grad.copy_from_host(np.ascontiguousarray(self._checked(value, "grad"), dtype=_F32))
         self._grad_is_zero = False
 

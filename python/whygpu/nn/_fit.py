@@ -9,6 +9,8 @@ resumed fit enters the loop at the saved epoch and batch, with the saved order.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from .. import _random
@@ -17,7 +19,7 @@ from ._backend import DeviceBackend
 from ._checkpoint import Checkpointer, Progress
 from ._graph import GraphStep
 
-__all__ = ["host_loop", "device_loop"]
+__all__ = ["host_loop", "device_loop", "_progress"]
 
 
 def _epoch_start(pr: Progress, epoch: int, n: int, shuffle: bool):
@@ -39,8 +41,6 @@ def _diverged(bar, value, epoch: int, where: str = ""):
 def host_loop(model, X, y, epochs, batch_size, optimizer, loss, val, shuffle, verbose, history, classifier,
               pr: Progress, ck: Checkpointer | None) -> None:  # fmt: skip
     """fit on a CPU back end (and a GPU model without graphs' bookkeeping: see device_loop)."""
-    from ._sequential import _progress
-
     n = X.shape[0]
     n_batches = -(-n // batch_size)
     be = model._backend  # on a GPU back end each batch is uploaded and the logits come back for accuracy
@@ -80,8 +80,6 @@ def device_loop(model, X, y, epochs, batch_size, optimizer, loss, val, shuffle, 
                 cuda_graph: bool, pr: Progress, ck: Checkpointer | None) -> None:  # fmt: skip
     """fit on a GPU back end: no copy back and no wait for the GPU inside an epoch (but to save
     a checkpoint, which reads the sums and copies the state down)."""
-    from ._sequential import _progress
-
     n = X.shape[0]
     n_batches = -(-n // batch_size)
     be = model._backend
@@ -114,3 +112,21 @@ def device_loop(model, X, y, epochs, batch_size, optimizer, loss, val, shuffle, 
         )  # fmt: skip
         if ck is not None:
             ck.save(model, optimizer, Progress(epoch + 1, 0, None, 0.0, 0, history))
+
+
+def _progress(total: int, desc: str, verbose, initial: int = 0):
+    if verbose in (0, 2):
+        return None
+    from tqdm import tqdm
+
+    # disable=None: tqdm shows the bar only on a terminal ("auto"); verbose=1 forces it.
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="batch",
+        leave=True,
+        disable=None if verbose == "auto" else False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )

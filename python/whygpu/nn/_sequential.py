@@ -18,6 +18,7 @@ from typing import Callable, overload
 import numpy as np
 
 from . import _backend, _checkpoint, _fit, _profile
+from ._fit import _progress  # noqa: F401  (whygpu.distributed's fit draws the same bar)
 from ._module import Module, _check_finite
 from ._optimizer import Optimizer
 from .layers import LeakyReLU, Linear, ReLU
@@ -441,21 +442,3 @@ def _fmt_bytes(n: int) -> str:
     if n >= 1e3:
         return f"{n / 1e3:.2f} kB"
     return f"{n} B"
-
-
-def _progress(total: int, desc: str, verbose, initial: int = 0):
-    if verbose in (0, 2):
-        return None
-    from tqdm import tqdm
-
-    # disable=None: tqdm shows the bar only on a terminal ("auto"); verbose=1 forces it.
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        unit="batch",
-        leave=True,
-        disable=None if verbose == "auto" else False,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )

@@ -22,7 +22,6 @@ from collections.abc import Mapping
 import numpy as np
 
 from .._serialize import CheckpointError
-from ._module import _check_number
 
 __all__ = [
     "module_state_dict",
@@ -176,20 +175,25 @@ def check_optimizer_state(opt, state, shapes: list[tuple], dtypes: list) -> tupl
 
 
 def _checked_hyper(name: str, v):
-    try:
-        if name == "nesterov":
-            if not isinstance(v, (bool, np.bool_)):
-                raise TypeError(f"nesterov must be True or False, got {v!r}")
-            return bool(v)
-        if name == "betas":
-            b1, b2 = v
-            return (
-                _check_number(b1, "beta1", 0.0, True, 1.0, False),
-                _check_number(b2, "beta2", 0.0, True, 1.0, False),
-            )
-        return _check_number(v, name, 0.0, True)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"the state's {name} is not valid: {e}") from None
+    """A hyperparameter read from a state dict, checked as the optimizers' constructors check it."""
+    if name == "nesterov":
+        if not isinstance(v, (bool, np.bool_)):
+            raise CheckpointError(f"the state's nesterov must be True or False, got {v!r}")
+        return bool(v)
+    if name == "betas":
+        if not isinstance(v, (list, tuple)) or len(v) != 2:
+            raise CheckpointError(f"the state's betas must be a pair, got {v!r}")
+        return tuple(_real(b, "beta", high=1.0) for b in v)
+    return _real(v, name)
+
+
+def _real(v, name: str, high: float | None = None) -> float:
+    """v as a float >= 0 (and < high), else CheckpointError."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not v >= 0.0:
+        raise CheckpointError(f"the state's {name} must be a number >= 0, got {v!r}")
+    if high is not None and not v < high:
+        raise CheckpointError(f"the state's {name} must be < {high}, got {v!r}")
+    return float(v)
 
 
 def assign_optimizer_state(opt, per: dict, hyper: dict, step: int) -> None:
