@@ -1,7 +1,7 @@
 // machine_probe.h -- microbenchmarks that measure this machine's "roofs":
 // how many floating-point operations per second its cores can retire, and
 // how many bytes per second its caches and memory can deliver.  The
-// roofline model (python/whygpu/roofline.py) compares every kernel of the
+// roofline model (python/whygpu/predict/roofline.py) compares every kernel of the
 // ladder against these measured limits, not against a data-sheet number.
 //
 //   * fma_peak   -- kChains independent chains of vector multiply-adds per

@@ -1,5 +1,5 @@
 // _probe: the pybind11 binding of the machine probes (csrc/machine_probe.h)
-// that python/whygpu/roofline.py uses to measure this machine's roofs.
+// that python/whygpu/predict/roofline.py uses to measure this machine's roofs.
 // Argument checking only; the GIL is released while a probe runs.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -24,7 +24,7 @@ whygpu::Arch parse_arch(const std::string& name) {
 }  // namespace
 
 PYBIND11_MODULE(_probe, m) {
-    m.doc() = "Microbenchmarks of this machine's peak FLOP/s and bandwidth (used by whygpu.roofline).";
+    m.doc() = "Microbenchmarks of this machine's peak FLOP/s and bandwidth (used by whygpu.predict.roofline).";
     m.def("fma_flops_per_iter", [](const std::string& arch) {
         return probe::fma_flops_per_iter(parse_arch(arch));
     }, py::arg("arch"), "float32 flops in one round of the FMA chains for `arch`.");

@@ -16,14 +16,14 @@ import pytest
 import whygpu
 import whygpu.bench.ladder as ladder
 import whygpu.bench.machine as machine_mod
-import whygpu.plots_roofline as plots_roofline
+import whygpu.plots.roofline as plots_roofline
 import whygpu.report.explain as report_explain
 import whygpu.report.machine as report_machine
 import whygpu.report.roofline as report_roofline
 from whygpu.bench.machine import blas_facts, blas_summary
 from whygpu.cli.info import _blas_line
 from whygpu.explain import NOT_SAID, why_below
-from whygpu.roofline import kernel_model
+from whygpu.predict.roofline import kernel_model
 
 explain_mod = importlib.import_module("whygpu.explain")  # `whygpu.explain` is also the function
 

@@ -11,10 +11,11 @@ pytest.importorskip("matplotlib")
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from whygpu import plots, plots_roofline  # noqa: E402
-from whygpu._plot_common import _marker_boxes, _renderer, kernel_color  # noqa: E402
+from whygpu import plots  # noqa: E402
 from whygpu._registry import KERNELS  # noqa: E402
 from whygpu.bench.ladder_results import ladder_summary, step_text  # noqa: E402
+from whygpu.plots import roofline as plots_roofline  # noqa: E402
+from whygpu.plots._common import _marker_boxes, _renderer, kernel_color  # noqa: E402
 
 from ._support import planted_ladder_record as _rec  # noqa: E402
 

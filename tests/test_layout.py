@@ -43,6 +43,46 @@ def test_every_module_says_what_it_holds():
     assert not silent, f"modules without a docstring: {silent}"
 
 
+# ---- The floors ---------------------------------------------------------------------
+
+# What each package below the top holds (docs/architecture.md): a module that is one of these belongs in it.
+FLOORS = {"bench": "what whygpu measures", "predict": "what it predicts (models)", "plots": "the figures"}
+PLOT_OR_MODEL_NAMES = re.compile(r"^_*(plot|roofline|memory_model|stepsim)|_model$|_sim$|^_*amdahl")
+
+
+def test_the_floors_are_packages():
+    missing = [floor for floor in FLOORS if not (PACKAGE / floor / "__init__.py").is_file()]
+    assert not missing, f"the floors of docs/architecture.md that are not packages: {missing}"
+
+
+def test_no_module_at_the_top_is_a_plot_or_a_model():
+    """The top of python/whygpu/ holds the package's API (matmul, explain, save/load, the scale-out run) and what
+    every floor shares; a figure belongs in whygpu/plots/, a model in whygpu/predict/ -- by its name, and a module
+    that draws (imports matplotlib) is a figure whatever its name."""
+    top = sorted(PACKAGE.glob("*.py"))
+    named = [p.name for p in top if PLOT_OR_MODEL_NAMES.search(p.stem)]
+    assert not named, f"plots or models at the top of python/whygpu/ (move them to plots/ or predict/): {named}"
+    drawing = [
+        p.name
+        for p in top
+        for node in _imports(ast.parse(p.read_text(encoding="utf-8")))
+        if any(
+            name.split(".")[0] == "matplotlib"
+            for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
+        )
+    ]
+    assert not drawing, f"modules at the top of python/whygpu/ that draw figures (move them to plots/): {drawing}"
+
+
+def test_the_floor_rule_sees_plots_and_models():
+    """The rule can fail: the names the flat top held before the floors were made are all caught."""
+    old_top = ["plots", "plots_roofline", "plots_scaling", "plots_scaleout", "_plot_common", "roofline",
+               "roofline_trust", "roofline_gpu", "scaleout_model", "memory_model"]  # fmt: skip
+    assert [n for n in old_top if not PLOT_OR_MODEL_NAMES.search(n)] == []
+    kept = ["_api", "explain", "why", "scaleout", "cuda", "datasets", "optim", "_registry", "_blocking", "_memory"]
+    assert [n for n in kept if PLOT_OR_MODEL_NAMES.search(n)] == []
+
+
 # ---- The import graph ------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
-"""The memory model of sharded data parallelism (whygpu.memory_model): bytes per parameter per ZeRO stage, per-rank
-bytes with the last shard padded, and the devices a 7B and a 70B model need, each against numbers worked by hand."""
+"""The memory model of sharded data parallelism (whygpu.predict.memory_model): bytes per parameter per ZeRO stage,
+per-rank bytes with the last shard padded, and the devices a 7B and a 70B model need, each against numbers worked by
+hand."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 import pytest
 
-from whygpu import memory_model as mm
+from whygpu.predict import memory_model as mm
 
 
 @pytest.mark.parametrize(

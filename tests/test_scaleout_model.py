@@ -188,7 +188,7 @@ def test_extrapolation_uses_each_devices_compute_and_caps_ranks(planted):
 
 
 def test_figure_legends_say_model_and_measured_where_they_are(planted):
-    from whygpu.plots_scaleout import scaleout_figure
+    from whygpu.plots.scaleout import scaleout_figure
 
     planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512, "side"): 0.062, (2, 1, 512): 0.070})
     fig = scaleout_figure(json.loads(json.dumps(run())))

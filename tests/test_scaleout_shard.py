@@ -244,8 +244,8 @@ def test_the_step_figure_reads_with_every_shard_setting(planted):
     pytest.importorskip("matplotlib")
     from matplotlib.patches import Rectangle
 
-    from whygpu._plot_common import _renderer
-    from whygpu.plots_scaleout import scaleout_figure
+    from whygpu.plots._common import _renderer
+    from whygpu.plots.scaleout import scaleout_figure
 
     planted(STEPS, TERMS)
     doc = so.run_scaleout(ranks=[1, 2], steps=3, shards="all", optimizer="adam", prefetch=True)
@@ -351,7 +351,7 @@ def test_report_memory_table_figure_and_glossary(planted, tmp_path):
 
 
 def test_memory_figure_lines_are_the_model_and_points_measured(planted):
-    from whygpu.plots_scaleout import memory_figure
+    from whygpu.plots.scaleout import memory_figure
 
     planted(STEPS, TERMS)
     doc = json.loads(json.dumps(so.run_scaleout(ranks=[1, 2], steps=3, shards="all", optimizer="adam")))

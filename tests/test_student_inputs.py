@@ -94,7 +94,7 @@ def test_cli_refuses_sizes_that_cannot_fit(tmp_path, args):
 def test_api_refuses_sizes_that_cannot_fit(monkeypatch):
     from whygpu.bench.ladder import run_ladder
     from whygpu.bench.train import run_train
-    from whygpu.roofline import run_roofline
+    from whygpu.predict.roofline import run_roofline
 
     monkeypatch.setenv("WHYGPU_AVAILABLE_MEMORY", "1M")
     with pytest.raises(TooLargeError, match=r"\(2048, 2048\) @ \(2048, 2048\) float32 product .* needs 48 MiB"):

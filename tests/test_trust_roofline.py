@@ -13,15 +13,15 @@ import json
 import pytest
 
 import whygpu
-import whygpu.roofline as roofline_mod
-from whygpu import plots_roofline
+import whygpu.predict.roofline as roofline_mod
 from whygpu.bench import ladder, trust
 from whygpu.bench.probes import best_of_roofs
 from whygpu.cli import main
 from whygpu.explain import format_bytes, why_below
+from whygpu.plots import roofline as plots_roofline
+from whygpu.predict.roofline_trust import MODEL_ERROR, impossible_point, pct_text, plain
 from whygpu.report import roofline as report_roofline
 from whygpu.report.explain import section as explain_section
-from whygpu.roofline_trust import MODEL_ERROR, impossible_point, pct_text, plain
 
 # The module, not the function ``whygpu.explain`` that the package exports under the same name.
 explain_mod = importlib.import_module("whygpu.explain")

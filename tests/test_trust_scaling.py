@@ -245,7 +245,7 @@ def test_percent_is_plain():
 
 
 def _legend_texts(doc, tmp_path) -> list[str]:
-    from whygpu import plots_scaling
+    from whygpu.plots import scaling as plots_scaling
 
     figs = []
     real = plots_scaling._save
@@ -430,7 +430,7 @@ def test_the_hardware_limit_is_never_below_what_a_kernel_measured(tmp_path):
 
 
 def _axes(doc, tmp_path):
-    from whygpu import plots_scaling
+    from whygpu.plots import scaling as plots_scaling
 
     figs = []
     real = plots_scaling._save

@@ -26,8 +26,8 @@ from ._memory import check_product_fits
 from ._threads import check_threads, get_num_threads
 from .bench.machine import isa_name
 from .bench.trust import QuietGuard, quiet_caution
-from .roofline import COMPUTE_ROOFS, kernel_model, measure_machine
-from .roofline_trust import (
+from .predict.roofline import COMPUTE_ROOFS, kernel_model, measure_machine
+from .predict.roofline_trust import (
     MODEL_ERROR,
     measured_fields,
     pct_text,
@@ -284,14 +284,14 @@ def explain(
     ``error_bound`` is what that precision guarantees for the data).  Kernels that
     cannot run here are listed in ``unavailable`` with the reason.  A kernel predicted to take longer than ``budget``
     seconds per call is not measured (unless ``force``).  ``machine`` is a
-    :func:`whygpu.roofline.measure_machine` result; by default the roofs are
+    :func:`whygpu.predict.roofline.measure_machine` result; by default the roofs are
     measured once per process.
 
     Each measurement waits (a bounded time) for a quiet machine and records
     how busy it was (``quiet``).  A kernel measured faster than its roof is
     impossible: the roofs and that kernel are measured once more, and a row
     still impossible is flagged ``disturbed``, never explained
-    (:func:`whygpu.roofline_trust.settle_impossible`)."""
+    (:func:`whygpu.predict.roofline_trust.settle_impossible`)."""
     from .bench.ladder import (
         measure_error,
         measure_matmul,
@@ -389,7 +389,7 @@ def explain(
                 row["skipped"] = f"one call would take ~{_fmt_s(expected)}, over the budget of {_fmt_s(budget)}"
             else:
                 recs[name], expect[name] = rec, expected
-                # The best sample, like the roofs (see whygpu.roofline_trust.measured_fields).
+                # The best sample, like the roofs (see whygpu.predict.roofline_trust.measured_fields).
                 row.update(measured_fields(row, rec))
                 # Speed and accuracy side by side: the same shape against a float64 reference.
                 err = measure_error(name, m, n, k, dtype=dtype, threads=threads)

@@ -1,7 +1,7 @@
 """Data-parallel training on P ranks measured term by term on this machine, checked against the step
 the cost model predicts (within :data:`MODEL_TOLERANCE`, or measured again and flagged), and extrapolated
-to named systems.  The model's formulas and the public figures are in :mod:`whygpu.scaleout_model`, the
-per-rank memory in :mod:`whygpu.memory_model`; the names of both are re-exported here.
+to named systems.  The model's formulas and the public figures are in :mod:`whygpu.predict.scaleout_model`, the
+per-rank memory in :mod:`whygpu.predict.memory_model`; the names of both are re-exported here.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import math
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from .memory_model import memory_section
-from .scaleout_lost import _lost, is_sharded
-from .scaleout_model import (
+from .bench.scaleout_lost import _lost, is_sharded
+from .predict.memory_model import memory_section
+from .predict.scaleout_model import (
     EXTRAPOLATION_RANKS,
     H100,
     INTERCONNECTS,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from .bench.machine import isa_name
 from .bench.trust import DISTURBED
-from .roofline import _BLOCKED_TILE
-from .roofline_trust import MODEL_ERROR, ROOF_BELOW_PEAK, pct_text, plain, within_model_error
+from .predict.roofline import _BLOCKED_TILE
+from .predict.roofline_trust import MODEL_ERROR, ROOF_BELOW_PEAK, pct_text, plain, within_model_error
 
 __all__ = ["why_below", "why_row", "blas_why", "busy_while", "NOT_SAID", "OVERHEAD_DOMINATES"]
 
@@ -96,7 +96,7 @@ def why_below(
     a 1x1x1 call, says when a tiny product is mostly that fixed cost.
 
     The roof is an upper bound, so only a fraction within the model's stated
-    error below it (:data:`whygpu.roofline.MODEL_ERROR`) is "explained"; above
+    error below it (:data:`whygpu.predict.roofline.MODEL_ERROR`) is "explained"; above
     100% is impossible -- a disturbed figure, never explained (``remeasured``:
     it was measured once more and stayed impossible, as run_roofline and
     explain do; False for a record from before that check).  ``disturbed``,
@@ -182,7 +182,7 @@ def _overhead_text(kernel: str, overhead_s: float, measured_s: float, row: dict 
 def blas_why(kernel: str, pct: str, row: dict, tail: str | None = None) -> str:
     """The sentence on a NumPy row, from the detected facts of its BLAS (``row["blas"]``:
     :func:`whygpu.bench.machine.blas_facts`) and the roof it was held against (``row["roof_isa"]``,
-    ``row["roof_is_kernel_isa"]``: :func:`whygpu.roofline.blas_roof`): which kernel runs, its
+    ``row["roof_is_kernel_isa"]``: :func:`whygpu.predict.roofline.blas_roof`): which kernel runs, its
     instruction set against this CPU's best and why it is narrower (a variable that forces it, or an
     OpenBLAS that does not know the CPU), the share of that ISA's roof it reached, ``tail`` (the model
     explains it, or the fixed cost of a call) or that the measurement does not say why, and how to

@@ -374,7 +374,7 @@ def run_ladder(
 
     sizes: square sizes n (m = n = k); budget: seconds per measurement (a
     call predicted to take longer is skipped unless ``force``); peak: FMA
-    peaks already measured (:func:`whygpu.roofline.fma_peaks`, plus
+    peaks already measured (:func:`whygpu.predict.roofline.fma_peaks`, plus
     ``gpu_gflops`` from :func:`whygpu.bench.gpu.gpu_peak`), else measured here.
     gpu_sizes: the sizes for the GPU series (default: ``sizes``) -- a GPU
     needs n in the thousands before its launch overheads stop mattering.

@@ -1,6 +1,6 @@
 """The CPU's roofs, measured by the compiled microbenchmarks of ``whygpu._probe``
 (FMA peaks, one dependent chain of adds, the interpreter loop, STREAM-triad
-bandwidths): what :mod:`whygpu.roofline` models against and the ladder's
+bandwidths): what :mod:`whygpu.predict.roofline` models against and the ladder's
 "% of peak" divides by."""
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def measure_machine(threads: int | None = None, *, quick: bool = False, arch: st
     """Measure this machine's roofs (about 1 s, 0.4 s with ``quick``).
 
     Returns a JSON-ready dict: ``compute`` (GFLOP/s per roof of
-    :data:`whygpu.roofline.COMPUTE_ROOFS`), ``bandwidth`` ({"1": {level: GB/s}, "all": ...}),
+    :data:`whygpu.predict.roofline.COMPUTE_ROOFS`), ``bandwidth`` ({"1": {level: GB/s}, "all": ...}),
     ``fma_by_arch`` (1-core FMA peak per instruction set), ``threads``,
     ``arch``, ``caches``, ``dtype`` (the peaks are float32) and ``seconds``.
     Peaks are best-of-samples, as in STREAM: a roof is what *can* be reached.

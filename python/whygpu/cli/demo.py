@@ -133,8 +133,8 @@ def _scaleout(plan: _Plan, out, prog: bool, log) -> None:
 def run(args) -> int:
     from ..bench.ladder import run_ladder
     from ..bench.scaling import run_scaling
+    from ..predict.roofline import measure_machine, run_roofline
     from ..report import build_report, load_results
-    from ..roofline import measure_machine, run_roofline
 
     plan = DEMO_PLANS["quick" if args.quick else "full"]
     out = _prepare_out(args.out)

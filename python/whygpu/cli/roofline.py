@@ -40,15 +40,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def _of_roof(p: dict) -> str:
     """'91%', or '143% (disturbed)' for a point still faster than its roof when measured again."""
-    from ..roofline import impossible_point
-    from ..roofline_trust import pct_text
+    from ..predict.roofline import impossible_point
+    from ..predict.roofline_trust import pct_text
 
     flag = p.get("disturbed") or (impossible_point(p) and "remeasured" not in p)  # (an older document)
     return pct_text(p["fraction_of_roof"]) + (" (disturbed)" if flag else "")
 
 
 def _print_roofline(doc: dict) -> None:
-    from ..roofline import COMPUTE_ROOFS, MODEL_ERROR
+    from ..predict.roofline import COMPUTE_ROOFS, MODEL_ERROR
 
     r = doc["roofs"]
     print(f"Roofs of this machine (measured; {r['arch']}, {r['threads']} threads, float32)")
@@ -136,7 +136,7 @@ def _print_gpu_roofs(gpu: dict) -> None:
 
 
 def run(args) -> int:
-    from ..roofline import run_roofline
+    from ..predict.roofline import run_roofline
 
     out = _prepare_out(args.out)
     doc = run_roofline(

@@ -7,7 +7,7 @@ import argparse
 from .._threads import _cpus_available
 from ..bench.scaleout import OVERSUBSCRIBE_LIMIT
 from ..bench.trust import DISTURBED
-from ..memory_model import ZERO_STAGE
+from ..predict.memory_model import ZERO_STAGE
 from ..scaleout import is_sharded, quiet_reading
 from ._common import (
     CliError,
@@ -229,7 +229,7 @@ def _print_memory(doc: dict) -> None:
         f"\nMemory per rank, MB (1 MB = 1e6 bytes), {mem['n_params']:,} parameters, {mem['precision']} "
         f"{mem['optimizer']}: measured (the largest rank) / formula"
     )
-    from ..memory_model import MEMORY_HEAD, memory_rows
+    from ..predict.memory_model import MEMORY_HEAD, memory_rows
 
     rows, head = memory_rows(mem), list(MEMORY_HEAD)
     print(_table(head, rows, right=range(2, 7)))
@@ -300,7 +300,7 @@ def run(args) -> int:
     _print_scaleout(doc)
     _save(out, "scaleout", doc, False)
     if args.plot:
-        from ..plots_scaleout import plot_scaleout
+        from ..plots.scaleout import plot_scaleout
 
         print(f"wrote {plot_scaleout(_roundtrip(doc), out / 'scaleout.png')}")
     return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .._plot_common import ms_text, pct_text
 from ..bench.measure import format_binary_bytes, format_figure
+from ..plots._common import ms_text, pct_text
 
 # A report is a list of blocks, rendered twice (render.py), to Markdown and to HTML:
 # ("h1", text), ("h2", text), ("p", text), ("fig", png name, caption),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..bench.trust import DISTURBED
 from ..explain import format_bytes, format_error, roof_label, why_row
-from ..roofline_trust import pct_text
+from ..predict.roofline_trust import pct_text
 from ._format import Block, Docs, _g, _ms
 from .roofline import flagged
 

@@ -8,8 +8,8 @@ from .. import plots
 from ..bench.machine import isa_name
 from ..bench.trust import DISTURBED
 from ..explain import busy_while, roof_label, why_below
-from ..roofline import COMPUTE_ROOFS, KERNEL_ROOF, MODEL_ERROR, impossible_point
-from ..roofline_trust import pct_text, within_model_error
+from ..predict.roofline import COMPUTE_ROOFS, KERNEL_ROOF, MODEL_ERROR, impossible_point
+from ..predict.roofline_trust import pct_text, within_model_error
 from ._format import Block, Docs, _g, _ms, _pct
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..bench.trust import DISTURBED
-from ..memory_model import ZERO_STAGE
+from ..predict.memory_model import ZERO_STAGE
 from ..scaleout import _dp_runs, is_sharded, quiet_reading, where_lost
 from ._format import Block, Docs, _g, _ms
 
@@ -102,7 +102,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     doc = docs["scaleout"]
     if not doc.get("available", True) or not doc.get("runs"):
         return _unavailable(doc, num)
-    from ..plots_scaleout import plot_scaleout
+    from ..plots.scaleout import plot_scaleout
 
     p, runs, fit, s = doc["params"], doc["runs"], doc["fit"], doc["summary"]
     dp = _dp_runs(runs)  # the unsharded run last at the widest P: the allreduce's reference
@@ -322,8 +322,8 @@ def _memory_blocks(doc: dict, out: Path, figs: list[str]) -> list[Block]:
     mem = doc.get("memory")
     if not mem or not mem.get("rows"):
         return []
-    from ..memory_model import memory_rows
-    from ..plots_scaleout import plot_memory
+    from ..plots.scaleout import plot_memory
+    from ..predict.memory_model import memory_rows
 
     rows = [tuple(r) for r in memory_rows(mem, unit=" MB")]
     bpp = mem["extrapolation"]["bytes_per_param"]["fp32"] if mem["optimizer"] == "adam" else None
@@ -406,7 +406,7 @@ _CRAMPED = 0.75
 def _devices_why(ex: dict) -> str | None:
     """One line of reason for each device count that looks impossible (980 devices with ZeRO-2 where ZeRO-3 needs
     8), worked from the same formula as the table."""
-    from ..memory_model import devices_reason, kept_bytes
+    from ..predict.memory_model import devices_reason, kept_bytes
 
     lines = []
     stages = ex["stages"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import plots
 from ..bench.scaling import MIN_FIT_THREADS, fit_text, percent, plain_text, probe_text, with_checks
 from ..bench.trust import DISTURBED
-from ..plots_scaling import any_fit, extrapolated_cores, measured_title
+from ..plots.scaling import any_fit, extrapolated_cores, measured_title
 from ._format import Block, Docs, _g, _ms
 
 

@@ -4,6 +4,12 @@ Uses matplotlib's object-oriented API on an Agg canvas (``Figure`` +
 ``savefig``), never ``pyplot``: no window ever opens, no global backend is
 switched, and it works on headless machines and in tests.  Every function
 takes a document and a path, writes one PNG and returns the path.
+
+One module per section's figures: this one the ladder's, training's and the
+benchmarks'; :mod:`whygpu.plots.roofline`, :mod:`whygpu.plots.scaling` and
+:mod:`whygpu.plots.scaleout` the others; :mod:`whygpu.plots._common` what they
+share (palette, titles, labels placed clear of the markers).  The roofline and
+scaling figures are re-exported here.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from ._plot_common import (
+from ..bench.measure import format_figure
+from ._common import (
     _TENSOR_ROOF_STYLE,
     _cpu_title,
     _num,
@@ -26,9 +33,8 @@ from ._plot_common import (
     pct_text,
     place_clear,
 )
-from .bench.measure import format_figure
-from .plots_roofline import plot_roofline, plot_roofline_gpu
-from .plots_scaling import plot_scaling
+from .roofline import plot_roofline, plot_roofline_gpu
+from .scaling import plot_scaling
 
 __all__ = [
     "plot_ladder",

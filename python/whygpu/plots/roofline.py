@@ -5,9 +5,9 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from ._plot_common import _TENSOR_ROOF_STYLE, _cpu_title, _save, kernel_color, place_clear
-from .bench.machine import isa_name
-from .roofline_trust import impossible_point, pct_text, plain  # plain: '100' in a legend, never '1e+02'
+from ..bench.machine import isa_name
+from ..predict.roofline_trust import impossible_point, pct_text, plain  # plain: '100' in a legend, never '1e+02'
+from ._common import _TENSOR_ROOF_STYLE, _cpu_title, _save, kernel_color, place_clear
 
 __all__ = ["plot_roofline", "plot_roofline_gpu"]
 

@@ -28,12 +28,12 @@ from __future__ import annotations
 import math
 import time
 
-from ._cpu import cpu_info
-from ._memory import check_product_fits
-from ._registry import KERNELS
-from ._threads import check_threads, get_num_threads
-from .bench.probes import fma_peaks, measure_machine
-from .bench.trust import QuietGuard
+from .._cpu import cpu_info
+from .._memory import check_product_fits
+from .._registry import KERNELS
+from .._threads import check_threads, get_num_threads
+from ..bench.probes import fma_peaks, measure_machine
+from ..bench.trust import QuietGuard
 from .roofline_gpu import GPU_OPERAND_BYTES, GPU_ROOF, GPU_TRAFFIC, gpu_kernel_model, gpu_precision, gpu_roof_gflops
 from .roofline_trust import (
     MODEL_ERROR,
@@ -219,7 +219,7 @@ def kernel_model(
         # BLAS picks its own ISA, whatever whygpu's (WHYGPU_ARCH=portable, say): the roof is that of the
         # ISA its kernel runs, scaled from whygpu's own 1-core roof to all cores alike.
         if blas is None:
-            from .bench.machine import blas_facts
+            from ..bench.machine import blas_facts
 
             blas = blas_facts()
         isa, isa_gflops, exact = blas_roof(machine, blas)
@@ -303,16 +303,16 @@ def run_roofline(
     a quiet machine and records how busy it was (``quiet``:
     :class:`whygpu.bench.trust.QuietGuard`).  A point faster than its roof is
     impossible: its roofs and its kernel are measured once more
-    (:func:`whygpu.roofline_trust.settle_impossible`); one still impossible is
+    (:func:`whygpu.predict.roofline_trust.settle_impossible`); one still impossible is
     flagged ``disturbed`` and left out of the conclusions.
     """
     # Deferred, not circular (whygpu.bench imports nothing above it): the measuring modules
     # pull in tqdm and threadpoolctl, which ``import whygpu`` (explain -> roofline) need not load.
-    from .bench.gpu import measure_gpu
-    from .bench.ladder import measure_matmul, resolve_kernels, scout, split_unavailable, threads_used
-    from .bench.machine import machine_info
-    from .bench.measure import format_seconds
-    from .bench.progress import Progress
+    from ..bench.gpu import measure_gpu
+    from ..bench.ladder import measure_matmul, resolve_kernels, scout, split_unavailable, threads_used
+    from ..bench.machine import machine_info
+    from ..bench.measure import format_seconds
+    from ..bench.progress import Progress
 
     if isinstance(n, bool) or int(n) < 1:
         raise ValueError(f"n must be a positive integer, got {n}")

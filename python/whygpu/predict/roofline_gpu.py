@@ -1,10 +1,10 @@
 """The roofline of the CUDA rungs: the bytes each asks of L2 and DRAM per multiply-add (from its tile
-sizes in csrc/cuda/*.cu) and its prediction from the GPU's measured roofs (whygpu.roofline holds the
+sizes in csrc/cuda/*.cu) and its prediction from the GPU's measured roofs (whygpu.predict.roofline holds the
 CPU's, and `whygpu roofline` measures both)."""
 
 from __future__ import annotations
 
-from .cuda import precision_of
+from ..cuda import precision_of
 
 # The CUDA rungs on the GPU's roofline: the compute roof of rungs 8-14 is the
 # measured float32 FMA peak, that of the tensor-core rungs (15-16) the

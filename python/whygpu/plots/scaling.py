@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from ._plot_common import _cpu_title, _save, kernel_color
-from .bench.measure import format_figure
-from .bench.scaling import amdahl, percent, plain_text, with_checks
+from ..bench.measure import format_figure
+from ..bench.scaling import amdahl, percent, plain_text, with_checks
+from ._common import _cpu_title, _save, kernel_color
 
 __all__ = ["plot_scaling", "extrapolated_cores", "any_fit", "measured_title"]
 

@@ -246,7 +246,7 @@ MEMORY_KEYS = ("params_bytes", "grads_bytes", "optimizer_bytes", "total_bytes")
 
 def memory_section(doc: dict, max_ranks: int = 16) -> dict | None:
     """Per-rank memory measured in each run (from DataParallel.memory(), or the plain model's buffers for
-    one rank) next to the formula (:mod:`whygpu.memory_model`, the last shard padded), the formula's lines
+    one rank) next to the formula (:mod:`whygpu.predict.memory_model`, the last shard padded), the formula's lines
     against P for the figure, and the devices public models need.  None when no run measured memory."""
 
     runs = [r for r in doc["runs"] if r.get("memory") and not r.get("side_by_side") and not r.get("share_of")]

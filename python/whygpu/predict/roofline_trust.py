@@ -7,7 +7,7 @@ is not physics but a disturbed figure: most often the roof was measured while
 another program held a core (so it came out low) and the kernel a moment
 later in quiet.  :func:`settle_impossible` measures both again once; what is
 still impossible is flagged ``disturbed`` and left out of the conclusions
-(:mod:`whygpu.roofline` and :mod:`whygpu.explain` use it, the CLI, report and
+(:mod:`whygpu.predict.roofline` and :mod:`whygpu.explain` use it, the CLI, report and
 figures show the flag).
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from .bench.probes import best_of_roofs
-from .bench.trust import DISTURBED, impossible_fraction, spread
+from ..bench.probes import best_of_roofs
+from ..bench.trust import DISTURBED, impossible_fraction, spread
 
 __all__ = [
     "MODEL_ERROR",
