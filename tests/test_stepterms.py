@@ -27,13 +27,10 @@ from whygpu.bench.stepterms import (
 )
 from whygpu.bench.stepterms_worker import slowdown
 from whygpu.predict import (
-    CollectiveCosts,
-    CollectiveCurve,
-    ComputeTimes,
     Interference,
-    LayerTimes,
     StepConfig,
     UpdateCost,
+    inputs_from_fields,
     simulate,
 )
 
@@ -44,18 +41,6 @@ needs_mpiexec = pytest.mark.skipif(
     reason="needs mpi4py and mpiexec (pip install '.[mpi]' from the source folder)",
 )
 SIZES = [4, 64, 1024, 16 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 32 << 20]
-
-
-def inputs(fields: dict):
-    """The simulator's input objects from :func:`simulator_fields`."""
-    c = fields["compute"]
-    compute = ComputeTimes(layers=tuple(LayerTimes(**x) for x in c["layers"]), source=c["source"], loss_s=c["loss_s"])
-    return (
-        compute,
-        UpdateCost(**fields["update"]),
-        CollectiveCosts(tuple(CollectiveCurve(**x) for x in fields["collectives"])),
-        Interference(**fields["interference"]),
-    )
 
 
 # -- fits: planted timings give back exactly what they were made from -----------------------------
@@ -157,7 +142,7 @@ def test_a_document_round_trips_through_json_into_the_simulators_inputs(tmp_path
     back = load_terms(save_terms(doc, tmp_path / "terms.json"))
     assert back == doc
     for where, stretch in (("alone", 1.0), ("beside", 1.2)):
-        compute, update, costs, shared = inputs(simulator_fields(back, compute=where))
+        compute, update, costs, shared = inputs_from_fields(simulator_fields(back, compute=where))
         assert [x.name for x in compute.layers] == ["linear0", "relu1", "linear2"]
         assert compute.layers[2].forward_s == pytest.approx(2e-3 * stretch, rel=1e-12)
         assert compute.layers[1].forward_s == 0.0 and compute.layers[1].backward_dx_s == pytest.approx(0.5e-3 * stretch)
@@ -248,7 +233,7 @@ def test_the_worker_measures_every_term_under_mpiexec(tmp_path):
         for key in ("compute_slowdown", "comm_slowdown"):
             assert all(v is None or (math.isfinite(v) and v > 0) for v in probe[key]["values"])
     fields = simulator_fields(load_terms(save_terms(doc, tmp_path / "terms.json")))
-    compute, update, costs, shared = inputs(fields)
+    compute, update, costs, shared = inputs_from_fields(fields)
     assert compute.layers[2].forward_s > 0 and compute.layers[0].backward_dw_s > 0 and update.per_byte_s >= 0
     for cfg in (StepConfig(ranks=2), StepConfig(ranks=2, shard="gradients"), StepConfig(ranks=2, shard="optimizer",
                                                                                         prefetch=True)):  # fmt: skip

@@ -37,6 +37,7 @@ from ._inputs import (
     Interference,
     LayerTimes,
     UpdateCost,
+    inputs_from_fields,
 )
 from .stepsim import SHARDS, BucketSpec, CollectiveSpan, StepConfig, StepResult, bucket_layout, simulate
 from .trace import TIDS, chrome_trace, validate_chrome_trace, write_chrome_trace
@@ -44,5 +45,6 @@ from .trace import TIDS, chrome_trace, validate_chrome_trace, write_chrome_trace
 __all__ = [
     "simulate", "StepConfig", "StepResult", "CollectiveSpan", "Event", "bucket_layout", "BucketSpec",
     "LayerTimes", "ComputeTimes", "UpdateCost", "CollectiveCurve", "CollectiveCosts", "Interference",
+    "inputs_from_fields",
     "SOURCES", "COLLECTIVES", "SHARDS", "LANES", "TIDS", "chrome_trace", "write_chrome_trace", "validate_chrome_trace",
 ]  # fmt: skip

@@ -203,3 +203,16 @@ class Interference:
                 raise ValueError(f"Interference.{f} must be a finite factor >= 1 (1: no slowdown), got {v!r}")
             object.__setattr__(self, f, float(v))
         _source(self.source, "Interference")
+
+
+def inputs_from_fields(fields: dict) -> tuple[ComputeTimes, UpdateCost, CollectiveCosts, Interference]:
+    """The simulator's input objects from plain fields (``whygpu.bench.stepterms.simulator_fields``,
+    or a JSON file): bench measures and returns data; the objects, and their checks, live here."""
+    c = fields["compute"]
+    compute = ComputeTimes(layers=tuple(LayerTimes(**x) for x in c["layers"]), source=c["source"], loss_s=c["loss_s"])
+    return (
+        compute,
+        UpdateCost(**fields["update"]),
+        CollectiveCosts(tuple(CollectiveCurve(**x) for x in fields["collectives"])),
+        Interference(**fields["interference"]),
+    )
