@@ -12,7 +12,8 @@ baseline); per step the wall time and ``dp.last_step``; then a bare
 ``--shard optimizer|gradients``: DataParallel shards the optimizer state (ZeRO-1), and the gradient
 (ZeRO-2), over the ranks; the job then also times a bare ``Reduce_scatter`` and ``Allgather`` of
 the gradient's size; ``--prefetch`` leaves each step's allgather in flight until the next forward pass
-needs a layer (``DataParallel(prefetch=True)``).  Every ``--mode step`` job reports each rank's bytes
+needs a layer (``DataParallel(prefetch=True)``); ``--first-bucket-mb`` sets DataParallel's first bucket
+(default: its own).  Every ``--mode step`` job reports each rank's bytes
 of parameters, gradients and optimizer state (``dp.memory()``, or the plain model's and optimizer's buffers),
 and whether every rank ended with the same weights (``weights_identical``: the ranks' SHA-256 of every
 parameter's bytes, allgathered and compared; ``weights_sha256``: rank 0's).
@@ -42,6 +43,9 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--bucket-mb", type=float, default=25.0)
+    p.add_argument(
+        "--first-bucket-mb", type=float, default=None, help="DataParallel's first_bucket_mb (default: its own, 1 MiB)"
+    )
     p.add_argument("--sizes", default="1024", help="sweep: message sizes in bytes")
     p.add_argument("--budget", type=float, default=0.25, help="sweep: seconds per size, about")
     p.add_argument("--threads", type=int, default=1)
@@ -121,15 +125,16 @@ def _plain_memory(model, opt, ranks: int) -> dict:
 
 def _data_parallel(dist, model, a):
     """DataParallel, sharded where asked: a clear error where this whygpu.distributed has no shard= yet."""
+    kw = {} if a.first_bucket_mb is None else {"first_bucket_mb": a.first_bucket_mb}
     if a.shard == "none":
-        return dist.DataParallel(model, bucket_mb=a.bucket_mb)
+        return dist.DataParallel(model, bucket_mb=a.bucket_mb, **kw)
     import inspect
 
     if "shard" not in inspect.signature(dist.DataParallel).parameters:
         raise SystemExit(
             f"--shard {a.shard}: this whygpu.distributed.DataParallel has no shard= (ZeRO stage 1/2) parameter"
         )
-    return dist.DataParallel(model, bucket_mb=a.bucket_mb, shard=a.shard, prefetch=a.prefetch)
+    return dist.DataParallel(model, bucket_mb=a.bucket_mb, shard=a.shard, prefetch=a.prefetch, **kw)
 
 
 def _sweep(a, comm, MPI) -> dict:

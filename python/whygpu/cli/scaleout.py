@@ -67,7 +67,63 @@ def add_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help=f"allow more than {OVERSUBSCRIBE_LIMIT}x as many ranks as cores (they take turns: contention)",
     )
+    s.add_argument(
+        "--held-out",
+        action="store_true",
+        help="instead: measure the step simulator's terms apart at each P > 1, then predict each configuration "
+        "(bucket layouts x shard x prefetch) BEFORE running it, and judge every term against its own measurement "
+        "(writes scaleout_heldout.json)",
+    )
+    s.add_argument("--quick", action="store_true", help="with --held-out: a small model, 3 steps, brief terms")
+    s.add_argument("--trace", metavar="DIR", help="with --held-out: each run's simulated and measured Chrome trace")
     return s
+
+
+def _run_heldout(args) -> int:
+    """``--held-out``: whygpu.scaleout_heldout, its table printed and its JSON written."""
+    from ..bench.scaleout import ScaleoutError
+    from ..scaleout_heldout import QUICK, run_heldout, table_rows
+
+    ranks = [p for p in args.ranks if p > 1]
+    quick = args.quick
+    layers = list(QUICK["layers"]) if quick else args.layers
+    batch = QUICK["batch"] if quick else args.batch
+    steps = QUICK["steps"] if quick else args.steps
+    print(f"whygpu scaleout --held-out: P = {', '.join(map(str, ranks))}; at each P the terms measured apart, then "
+          "every configuration predicted, then run; Ctrl-C ends every rank", flush=True)  # fmt: skip
+    out = _prepare_out(args.out)
+    try:
+        doc = run_heldout(
+            ranks=ranks,
+            layers=layers,
+            batch=batch,
+            steps=steps,
+            optimizer=args.optimizer or "sgd",
+            terms_settings=dict(QUICK["terms"]) if quick else None,
+            timeout=args.timeout,
+            trace_dir=args.trace,
+            log=_note(args),
+        )
+    except ScaleoutError as exc:
+        raise CliError(str(exc)) from None
+    p = doc["params"]
+    print(f"Held-out: MLP {'-'.join(map(str, p['layers']))}, global batch {p['batch']}, {p['backend']}, "
+          f"{p['optimizer']}; ms per step, medians of {p['steps']} steps; predicted from terms measured "
+          "apart")  # fmt: skip
+    for P, t in doc["heldout"]["terms"].items():
+        print(f"P={P}: {t['how']}")
+    head = ["configuration", "term", "predicted", "measured", "error", "verdict"]
+    print(_table(head, table_rows(doc), right=range(2, 5)))
+    sm = doc["heldout"]["summary"]
+    tol = ", ".join(f"{k} {100 * v['relative']:.0f}%" + (f" or {1e3 * v['floor_s']:g} ms" if v["floor_s"] else "")
+                    for k, v in doc["heldout"]["tolerances"].items())  # fmt: skip
+    print(f"{sm['ok']} of {sm['configurations']} configurations within every tolerance ({tol}); "
+          f"{sm['model_errors']} with model errors {sm['missed_terms'] or ''}; {sm['disturbed']} disturbed "
+          "(the quiet guard measured other programs on the cores while they ran)")  # fmt: skip
+    if args.trace:
+        print(f"traces (simulated and approximate measured, validated): {args.trace}")
+    _save(out, "scaleout_heldout", doc, False)
+    return 0
 
 
 def _ms(s) -> str:
@@ -258,6 +314,8 @@ def run(args) -> int:
 
     if len(args.layers) < 2:
         raise CliError("--layers needs at least an input and an output width")
+    if (args.quick or args.trace) and not args.held_out:
+        raise CliError("--quick and --trace go with --held-out")
     try:  # refused before anything starts, MPI or not
         check_ranks(args.ranks, args.batch, _cpus_available(), args.oversubscribe)
     except ValueError as exc:
@@ -265,6 +323,8 @@ def run(args) -> int:
     st = mpi_status()
     if not st["available"]:
         raise CliError(f"scaleout needs mpi4py and mpiexec: {st['reason']}; install them with {INSTALL_HINT}")
+    if args.held_out:
+        return _run_heldout(args)
     out = _prepare_out(args.out)
     shards = check_shards(args.shard)
     if args.prefetch and shards == ["none"]:
