@@ -6,10 +6,13 @@ build helpers (tests/cuda_emu)."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import pathlib
 import shutil
 import statistics
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -251,3 +254,32 @@ def planted_sweep(args: list, ranks: int) -> dict:
     secs = [so.ring_allreduce_s(s, ranks, 5e-6, 2e9) for s in sizes]
     return {"ranks": ranks, "bytes": sizes, "seconds": secs, "seconds_min": secs, "seconds_max": secs,
             "reps": [5] * len(sizes)}  # fmt: skip
+
+
+# -- workers under the real mpiexec (tests/mpi/*.py) ------------------------------------------
+MPIEXEC = shutil.which("mpiexec") or str(pathlib.Path(sys.executable).parent / "mpiexec")
+HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py (pip install mpi4py mpich)")
+needs_mpiexec = pytest.mark.skipif(
+    not (HAVE_MPI4PY and os.access(MPIEXEC, os.X_OK)), reason="needs mpi4py and mpiexec (pip install mpi4py mpich)"
+)
+
+
+def mpi_run(worker, ranks: int, *args, pythonpath: str | None = None, timeout: float = 120, **env_extra):
+    """``mpiexec -n ranks python worker args...`` with one thread per rank and the whygpu under test
+    (or ``pythonpath``'s) on the path; a hang ends at ``timeout`` and fails the test."""
+    env = dict(os.environ, WHYGPU_NUM_THREADS="1", OMP_NUM_THREADS="1", **env_extra)
+    env["PYTHONPATH"] = pythonpath or str(pathlib.Path(whygpu.__file__).resolve().parent.parent)
+    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, str(worker), *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def mpi_results(worker, ranks: int, *args, pythonpath: str | None = None, timeout: float = 120) -> list[dict]:
+    """Every rank's dict from a worker whose rank 0 prints one line ``RESULT {"size": P, "ranks": [...]}``."""
+    res = mpi_run(worker, ranks, *args, pythonpath=pythonpath, timeout=timeout)
+    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    lines = [line for line in res.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(lines) == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads(lines[0][len("RESULT ") :])
+    assert report["size"] == ranks
+    return report["ranks"]

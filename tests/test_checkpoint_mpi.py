@@ -11,11 +11,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,8 +19,8 @@ import pytest
 import whygpu
 from whygpu import nn, optim
 
+from ._support import mpi_results, mpi_run, needs_mpiexec
 from .mpi.ckpt_cases import data, make
-from .test_zero import MPIEXEC, needs_mpiexec
 
 WORKER = pathlib.Path(__file__).resolve().parent / "mpi" / "ckpt_cases.py"
 RTOL = 1e-5  # float32 gradients summed in another order than one process's (tests/test_zero.py)
@@ -33,19 +29,13 @@ pytestmark = needs_mpiexec
 
 
 def launch(ranks: int, *args, killed: bool = False, timeout: float = 120, pythonpath: str | None = None) -> list:
-    env = dict(os.environ, WHYGPU_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = pythonpath or str(pathlib.Path(whygpu.__file__).resolve().parent.parent)
-    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, str(WORKER), *map(str, args)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)  # a hang fails here
-    if killed:
-        assert res.returncode != 0, res.stdout[-2000:]
-        return []
-    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    lines = [line for line in res.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, res.stdout[-3000:] + res.stderr[-3000:]
-    report = json.loads(lines[0][len("RESULT ") :])
-    assert report["size"] == ranks
-    return report["ranks"]
+    """Every rank's result of ``ckpt_cases.py args`` under ``mpiexec -n ranks``; ``killed``: the run
+    must end in failure (one rank SIGKILLs itself), and gives nothing."""
+    if not killed:
+        return mpi_results(WORKER, ranks, *args, pythonpath=pythonpath, timeout=timeout)
+    res = mpi_run(WORKER, ranks, *args, pythonpath=pythonpath, timeout=timeout)
+    assert res.returncode != 0, res.stdout[-2000:]
+    return []
 
 
 def rel_diff(a: np.ndarray, b: np.ndarray) -> float:

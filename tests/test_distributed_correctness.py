@@ -22,46 +22,28 @@ several) the cases run under -n 3 too, oversubscribed on a small machine.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 
+from ._support import MPIEXEC, mpi_results, needs_mpiexec
+
 WORKER = pathlib.Path(__file__).resolve().parent / "mpi" / "dp_cases.py"
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 RTOL = 1e-5  # tests/test_distributed.py's: float32 sums in another order
 
-MPIEXEC = shutil.which("mpiexec") or str(pathlib.Path(sys.executable).parent / "mpiexec")
-HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
-needs_mpiexec = pytest.mark.skipif(
-    not (HAVE_MPI4PY and os.access(MPIEXEC, os.X_OK)),
-    reason="needs mpi4py and mpiexec (pip install '.[mpi]' from the source folder)",
-)
-
 
 def run_case(case: str, ranks: int, backend: str = "numpy", pythonpath: str | None = None, timeout: float = 90):
-    """Every rank's result of ``case`` under ``mpiexec -n ranks``."""
-    import whygpu
-
-    env = dict(os.environ, WHYGPU_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = pythonpath or str(pathlib.Path(whygpu.__file__).resolve().parent.parent)
-    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, str(WORKER), case, backend]
-    # a hang (the old pending-request bug, a mismatched broadcast) ends at the timeout and fails the test
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    lines = [line for line in res.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, res.stdout[-3000:] + res.stderr[-3000:]
-    report = json.loads(lines[0][len("RESULT ") :])
-    assert report["size"] == ranks
-    for r, rank in enumerate(report["ranks"]):
+    """Every rank's result of ``case`` under ``mpiexec -n ranks``; a hang (the old pending-request bug,
+    a mismatched broadcast) ends at the timeout and fails the test."""
+    ranks_ = mpi_results(WORKER, ranks, case, backend, pythonpath=pythonpath, timeout=timeout)
+    for r, rank in enumerate(ranks_):
         assert "error" not in rank, f"rank {r}: {rank['error']}"
-    return report["ranks"]
+    return ranks_
 
 
 def check_weight(ranks: list[dict]) -> None:

@@ -18,46 +18,25 @@ process computing the same thing.  What the old code did instead, case by case:
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
-import os
 import pathlib
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from ._support import mpi_results, needs_mpi4py, needs_mpiexec
+
 WORKER = pathlib.Path(__file__).resolve().parent / "mpi" / "contract_cases.py"
 RTOL = 1e-5  # tests/test_distributed.py's: float32 sums in another order
-
-MPIEXEC = shutil.which("mpiexec") or str(pathlib.Path(sys.executable).parent / "mpiexec")
-HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
-needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py (pip install mpi4py mpich)")
-needs_mpiexec = pytest.mark.skipif(
-    not (HAVE_MPI4PY and os.access(MPIEXEC, os.X_OK)), reason="needs mpi4py and mpiexec (pip install mpi4py mpich)"
-)
 
 
 def run_cases(ranks: int, backend: str, cases: str, pythonpath: str | None = None, timeout: float = 240) -> list:
     """Every rank's results under ``mpiexec -n ranks`` (a hang ends at the timeout and fails)."""
-    import whygpu
-
-    env = dict(os.environ, WHYGPU_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = pythonpath or str(pathlib.Path(whygpu.__file__).resolve().parent.parent)
-    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, str(WORKER), backend, cases]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    lines = [line for line in res.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, res.stdout[-3000:] + res.stderr[-3000:]
-    report = json.loads(lines[0][len("RESULT ") :])
-    assert report["size"] == ranks
-    for r, rank in enumerate(report["ranks"]):
+    ranks_ = mpi_results(WORKER, ranks, backend, cases, pythonpath=pythonpath, timeout=timeout)
+    for r, rank in enumerate(ranks_):
         for case, res_ in rank.items():
             assert "error" not in res_, f"rank {r}, {case}: {res_['error']}"
-    return report["ranks"]
+    return ranks_
 
 
 def check_accumulate(ranks: list[dict]) -> None:

@@ -14,47 +14,29 @@ the allgather, so that the same checks are seen to fail.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from ._support import MPIEXEC, mpi_results, needs_mpi4py, needs_mpiexec
+
 WORKER = pathlib.Path(__file__).resolve().parent / "mpi" / "zero_cases.py"
 RTOL = 1e-5  # tests/test_distributed.py's: float32 sums in another order
 CPU_BACKENDS = "numpy,packed,openmp"
 
-MPIEXEC = shutil.which("mpiexec") or str(pathlib.Path(sys.executable).parent / "mpiexec")
-HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
-needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py (pip install '.[mpi]' from the source folder)")
-needs_mpiexec = pytest.mark.skipif(
-    not (HAVE_MPI4PY and os.access(MPIEXEC, os.X_OK)),
-    reason="needs mpi4py and mpiexec (pip install '.[mpi]' from the source folder)",
-)
 SHARDED_KEYS = {"reduce_scatter_s", "allgather_s", "update_s"}
 
 
 def run_cases(ranks: int, backends: str, cases: str, pythonpath: str | None = None, timeout: float = 120) -> list:
     """Every rank's results under ``mpiexec -n ranks``."""
-    import whygpu
-
-    env = dict(os.environ, WHYGPU_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = pythonpath or str(pathlib.Path(whygpu.__file__).resolve().parent.parent)
-    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, str(WORKER), backends, cases]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)  # a hang fails here
-    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    lines = [line for line in res.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, res.stdout[-3000:] + res.stderr[-3000:]
-    report = json.loads(lines[0][len("RESULT ") :])
-    assert report["size"] == ranks
-    for r, rank in enumerate(report["ranks"]):
+    ranks_ = mpi_results(WORKER, ranks, backends, cases, pythonpath=pythonpath, timeout=timeout)
+    for r, rank in enumerate(ranks_):
         assert "error" not in rank, f"rank {r}: {rank['error']}"
-    return report["ranks"]
+    return ranks_
 
 
 def check_training(ranks: list[dict], backends: str) -> None:

@@ -42,7 +42,13 @@ def agree(comm, signature: list[tuple[str, Any]], what: str, hint: str = "") -> 
         raise ValueError(f"{what}: the ranks disagree on {name}: {a!r} on rank 0 but {b!r} on rank {r}{hint}")
 
 
-def fail_together(comm, error: BaseException | None, what: str) -> None:
+def fail_together(
+    comm,
+    error: BaseException | None,
+    what: str,
+    failed: str = "refused its arguments",
+    then: str = "every rank stops here",
+) -> None:
     """After a step some ranks may have refused (their own checks raised ``error``): every rank
     learns it (one allgather), the refusing ones re-raise their own error, the others a RuntimeError
     naming the first that refused -- so no rank goes on into a collective the refusing ones skip."""
@@ -56,7 +62,7 @@ def fail_together(comm, error: BaseException | None, what: str) -> None:
     bad = [(r, e) for r, e in enumerate(every) if e is not None]
     if bad:
         r, e = bad[0]
-        raise RuntimeError(f"{what}: rank {r} refused its arguments ({e}); every rank stops here")
+        raise RuntimeError(f"{what}: rank {r} {failed} ({e}); {then}")
 
 
 def _array_sig(a) -> tuple:

@@ -11,7 +11,9 @@ only when every rank can load it does any rank assign anything.
 
 from __future__ import annotations
 
+from .._serialize import save
 from ..nn._checkpoint import Checkpointer, Progress, prepare
+from ._agree import fail_together
 from ._sharded import ShardedOptimizer
 
 __all__ = ["RankCheckpointer", "restore_on_every_rank"]
@@ -33,8 +35,6 @@ class RankCheckpointer(Checkpointer):
         if dp.rank == 0:
             try:
                 whole = Progress(pr.epoch, pr.batch, pr.order, loss_sum, int(correct), pr.history)
-                from .._serialize import save
-
                 save(self.payload(model, optimizer.state_dict(), whole), self.path)
             except Exception as e:  # every rank learns of it below
                 error = e
@@ -55,13 +55,7 @@ def restore_on_every_rank(dp, path: str, optimizer, n: int, batch_size: int, shu
         apply, progress = prepare(path, model, optimizer, n, batch_size, shuffle)
     except Exception as e:  # told to every rank below, then raised
         error = e
-    verdicts = dp.comm.allgather(None if error is None else f"{type(error).__name__}: {error}")
-    if error is not None:
-        raise error
-    bad = [(r, v) for r, v in enumerate(verdicts) if v is not None]
-    if bad:
-        r, v = bad[0]
-        raise RuntimeError(f"rank {r} cannot resume from {path!r} ({v}); nothing was loaded on any rank")
+    fail_together(dp.comm, error, "DataParallel.fit", f"cannot resume from {path!r}", "nothing was loaded on any rank")
     assert apply is not None and progress is not None
     apply()
     if dp.rank != 0:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .._serialize import CheckpointError
+from .._serialize import CheckpointError, _is_tensor
 
 __all__ = [
     "module_state_dict",
@@ -68,7 +68,7 @@ def check_module_state(module, state, strict: bool = True) -> list[tuple]:
         if name not in state:
             continue
         v = state[name]
-        if type(v).__module__ == "torch":  # a CPU tensor: its array (no import of torch here)
+        if _is_tensor(v):  # a CPU tensor: its array (no import of torch here)
             v = v.detach().cpu().numpy()
         v = np.asarray(v)
         if v.shape != p.shape:
