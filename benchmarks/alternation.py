@@ -47,13 +47,20 @@ def alternation(n: int, threads: int, reps: int) -> dict:
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     calls = {"openmp": lambda: whygpu.matmul(a, b, kernel="openmp", threads=threads), "numpy": lambda: a @ b}
+    return _alone_and_alternated(calls, reps, warm_alone=5, warm_pair=3)
+
+
+def _alone_and_alternated(calls: dict, reps: int, warm_alone: int, warm_pair: int) -> dict:
+    """Medians (seconds per call) of each of the two calls alone (back to back, after ``warm_alone``
+    untimed calls) and alternated with the other (after ``warm_pair`` untimed pairs), in both orders."""
+    (a, b) = calls
     out: dict = {}
-    for first, second in (("openmp", "numpy"), ("numpy", "openmp")):
-        for k, f in calls.items():  # alone: back to back, after a few untimed calls
-            for _ in range(5):
+    for first, second in ((a, b), (b, a)):
+        for k, f in calls.items():
+            for _ in range(warm_alone):
                 f()
             out.setdefault(f"{k} alone", []).append(statistics.median(_call_s(f) for _ in range(reps)))
-        for _ in range(3):
+        for _ in range(warm_pair):
             calls[first]()
             calls[second]()
         t1, t2 = [], []
@@ -109,22 +116,7 @@ def torch_alternation(batch: int, threads: int, reps: int) -> dict | None:
     torch.set_num_threads(threads)
     whygpu.set_num_threads(threads)
     calls = {"whygpu": whygpu_step("openmp", batch)[0], "torch": torch_step(batch)}
-    out: dict = {}
-    for first, second in (("whygpu", "torch"), ("torch", "whygpu")):
-        for k, f in calls.items():
-            for _ in range(3):
-                f()
-            out.setdefault(f"{k} alone", []).append(statistics.median(_call_s(f) for _ in range(reps)))
-        for _ in range(2):
-            calls[first]()
-            calls[second]()
-        t1, t2 = [], []
-        for _ in range(reps):
-            t1.append(_call_s(calls[first]))
-            t2.append(_call_s(calls[second]))
-        out[f"{first} after {second}"] = statistics.median(t1)
-        out[f"{second} after {first}"] = statistics.median(t2)
-    return {k: (statistics.median(v) if isinstance(v, list) else v) for k, v in out.items()}
+    return _alone_and_alternated(calls, reps, warm_alone=3, warm_pair=2)
 
 
 def run_here(args) -> None:
