@@ -222,8 +222,9 @@ def measure_terms(
             "GEMM; other layers' forward/_backward; the loss) timed call by call on rank 0's share of the batch "
             f"after 2 untimed calls, median of {repeats}; 'alone': rank 0 only, the other ranks asleep in a "
             "barrier; 'beside': every rank at once without communicating, the slowest rank's median",
-            "update": f"{optimizer}.step() on one flat parameter of each size, alone and beside; fitted per call + "
-            "per byte (relative least squares)",
+            "update": f"{optimizer}.step() on one flat parameter of each size, alone and beside, each call cold (a "
+            "buffer of twice the last-level cache written just before it, untimed); fitted per call + per byte "
+            "(relative least squares)",
             "collectives": "bare, every rank after a barrier: the non-blocking call (Iallreduce in place, "
             "Ireduce_scatter_block in place, Iallgather in place, Isend+Irecv around a ring) moved by "
             "DataParallel's progress thread; median of an adaptive number of calls per size; fitted latency + "

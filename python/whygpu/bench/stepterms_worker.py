@@ -73,7 +73,7 @@ def _time_all(pieces, repeats: int, sync: Callable[[], None] | None) -> list[lis
     for pc in pieces:
         if sync is not None:
             sync()
-        out.append(time_piece(pc.call, repeats))
+        out.append(time_piece(pc.call, repeats, pc.before))
     return out
 
 
