@@ -301,6 +301,11 @@ def run_heldout(
                 "terms": judged, "misses": misses, "model_errors": [] if why else misses, "disturbed": why,
                 "verdict": v,
             }  # fmt: skip
+            from .scaleout_heldout_trace import measured_events
+
+            # the two timelines the report draws one above the other: simulated (the prediction's) and measured
+            row["timeline"] = {"simulated": _timeline(res.timeline),
+                               "measured": _timeline(measured_events(raw, cfg.shard, cfg.prefetch))}  # fmt: skip
             if trace_dir is not None:
                 from .scaleout_heldout_trace import write_traces
 
@@ -332,6 +337,18 @@ def run_heldout(
             "then run; every term judged against its own measurement",
         },
     }
+
+
+def _timeline(events: Sequence[Any]) -> list[dict[str, Any]]:
+    """A timeline for the JSON: rank 0's events as {name, lane, start_s, end_s, kind}, to the microsecond
+    (an event with a time that is not a number is left out)."""
+    out = []
+    for e in events:
+        if getattr(e, "rank", 0) != 0 or not (math.isfinite(e.start) and math.isfinite(e.end)):
+            continue
+        out.append({"name": str(e.name), "lane": str(e.lane), "start_s": round(float(e.start), 6),
+                    "end_s": round(float(e.end), 6), "kind": str(e.kind)})  # fmt: skip
+    return out
 
 
 def _now() -> str:

@@ -6,10 +6,12 @@ switched, and it works on headless machines and in tests.  Every function
 takes a document and a path, writes one PNG and returns the path.
 
 One module per section's figures: this one the ladder's, training's and the
-benchmarks'; :mod:`whygpu.plots.roofline`, :mod:`whygpu.plots.scaling` and
-:mod:`whygpu.plots.scaleout` the others; :mod:`whygpu.plots._common` what they
-share (palette, titles, labels placed clear of the markers).  The roofline and
-scaling figures are re-exported here.
+benchmarks'; :mod:`whygpu.plots.roofline`, :mod:`whygpu.plots.scaling`,
+:mod:`whygpu.plots.scaleout` and :mod:`whygpu.plots.timeline` (a step's measured
+and simulated timelines, one above the other) the others;
+:mod:`whygpu.plots._common` what they share (palette, titles, labels placed
+clear of the markers).  The roofline, scaling and timeline figures are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ._common import (
 )
 from .roofline import plot_roofline, plot_roofline_gpu
 from .scaling import plot_scaling
+from .timeline import plot_timeline
 
 __all__ = [
     "plot_ladder",
@@ -42,6 +45,7 @@ __all__ = [
     "plot_scaling",
     "plot_roofline",
     "plot_roofline_gpu",
+    "plot_timeline",
     "plot_train",
     "plot_train_sweep",
     "plot_benchmarks",

@@ -9,9 +9,9 @@ from ..bench.measure import format_binary_bytes, format_figure
 from ..plots._common import ms_text, pct_text
 
 # A report is a list of blocks, rendered twice (render.py), to Markdown and to HTML:
-# ("h1", text), ("h2", text), ("p", text), ("fig", png name, caption),
+# ("h1", text), ("h2", text), ("h3", text: a subsection), ("p", text), ("fig", png name, caption),
 # ("table", header, rows), ("ul", items), ("pre", text).
-Block = tuple  # ("h1"|"h2"|"p"|"fig"|"table"|"ul"|"pre"|"glossary", ...)
+Block = tuple  # ("h1"|"h2"|"h3"|"p"|"fig"|"table"|"ul"|"pre"|"glossary", ...)
 
 # The results a report is made from: {kind: document} (see load.py).
 Docs = dict[str, dict]

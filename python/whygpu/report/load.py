@@ -7,20 +7,23 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Callable
 
+# the kinds of whygpu's own documents, by their schema's name ("whygpu.<kind>/<version>")
+KINDS = ("info", "ladder", "scaling", "roofline", "train", "scaleout", "scaleout-heldout", "explain", "demo")
+
 
 class ResultsError(ValueError):
     """A results file that is not one whygpu understands."""
 
 
 def classify(doc) -> str:
-    """'info', 'ladder', 'scaling', 'roofline', 'train', 'scaleout', 'explain', 'demo' or
-    'benchmark' (pytest-benchmark), by the document's keys."""
+    """'info', 'ladder', 'scaling', 'roofline', 'train', 'scaleout', 'scaleout-heldout' (``whygpu scaleout
+    --held-out``), 'explain', 'demo' or 'benchmark' (pytest-benchmark), by the document's keys."""
     if not isinstance(doc, dict):
         raise ResultsError("not a JSON object")
     schema = doc.get("schema")
     if isinstance(schema, str) and schema.startswith("whygpu."):
         kind = schema[len("whygpu.") :].split("/")[0]
-        if kind in ("info", "ladder", "scaling", "roofline", "train", "scaleout", "explain", "demo"):
+        if kind in KINDS:
             return kind
         raise ResultsError(f"unknown whygpu schema {schema!r}")
     if isinstance(doc.get("benchmarks"), list) and "machine_info" in doc:

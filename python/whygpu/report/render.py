@@ -23,6 +23,8 @@ def _to_markdown(blocks: Sequence[Block]) -> str:
             out.append(f"# {b[1]}\n")
         elif kind == "h2":
             out.append(f"## {b[1]}\n")
+        elif kind == "h3":
+            out.append(f"### {b[1]}\n")
         elif kind == "p":
             out.append(b[1] + "\n")
         elif kind == "fig":
@@ -47,7 +49,8 @@ def _to_markdown(blocks: Sequence[Block]) -> str:
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:60rem;margin:2rem auto;
 padding:0 1rem;line-height:1.5;color:#222}h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2.2rem;
-border-bottom:1px solid #ddd}figure{margin:1.2rem 0}figure img{max-width:100%;border:1px solid #eee}
+border-bottom:1px solid #ddd}h3{font-size:1.05rem;margin-top:1.6rem}figure{margin:1.2rem 0}
+figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.92rem;color:#333;margin-top:.4rem}.scroll{overflow-x:auto;margin:.8rem 0}
 table{border-collapse:collapse;font-size:.85rem}p,li,figcaption{overflow-wrap:anywhere}
 td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}th{background:#f4f4f4}
@@ -73,7 +76,7 @@ def _to_html(blocks: Sequence[Block], out: Path, title: str) -> str:
 
     for b in blocks:
         kind = b[0]
-        if kind in ("h1", "h2"):
+        if kind in ("h1", "h2", "h3"):
             parts.append(f"<{kind}>{e(b[1])}</{kind}>")
         elif kind == "p":
             parts.append(f"<p>{text(b[1])}</p>")

@@ -9,6 +9,8 @@ from ..bench.trust import DISTURBED
 from ..predict.memory_model import ZERO_STAGE
 from ..scaleout import _dp_runs, is_sharded, quiet_reading, where_lost
 from ._format import Block, Docs, _g, _ms
+from .scaleout_predicted import KIND as HELDOUT
+from .scaleout_predicted import heldout_blocks, sources_blocks
 
 TITLE = "More than one machine"
 
@@ -96,12 +98,17 @@ def _lesson(doc: dict) -> str:
 
 def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     """Measured data-parallel steps, the model's terms next to them, where the lost efficiency went, the
-    trust flags, and the model's extrapolation (from ``whygpu scaleout``); where MPI was missing, how to get it."""
-    if "scaleout" not in docs:
+    trust flags, the held-out validation of the step simulator (``whygpu scaleout --held-out``: the table and
+    one run's two timelines, or how to produce it) and the model's extrapolation with its inputs' sources
+    (from ``whygpu scaleout``); where MPI was missing, how to get it."""
+    if "scaleout" not in docs and HELDOUT not in docs:
         return []
+    if "scaleout" not in docs:  # only the held-out validation was run
+        only = "Only the held-out validation was run here ('whygpu scaleout' measures the steps and extrapolates)."
+        return [("h2", f"{num}. {TITLE}"), ("p", only)] + heldout_blocks(docs, out, figs)
     doc = docs["scaleout"]
     if not doc.get("available", True) or not doc.get("runs"):
-        return _unavailable(doc, num)
+        return _unavailable(doc, num) + (heldout_blocks(docs, out, figs) if HELDOUT in docs else [])
     from ..plots.scaleout import plot_scaleout
 
     p, runs, fit, s = doc["params"], doc["runs"], doc["fit"], doc["summary"]
@@ -110,7 +117,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     blocks: list[Block] = [("h2", f"{num}. {TITLE}")]
     if not dp or one is None or not doc.get("extrapolation") or not dp[-1].get("breakdown"):
         blocks.append(("p", "The scale-out run has no multi-rank measurement to report."))
-        return blocks
+        return blocks + heldout_blocks(docs, out, figs)
     r = dp[-1]
     sharded = is_sharded(r)  # only sharded runs were measured (whygpu scaleout --shard optimizer, say)
     blocks.append(
@@ -130,6 +137,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
         "a published figure."
     )
     blocks.append(("fig", "scaleout.png", cap))
+    blocks += sources_blocks(doc["extrapolation"])  # the simulated curves' inputs, each with its source
     m, x = r["breakdown"]["model"], r["breakdown"]["measured"]
     blocks.append(
         (
@@ -219,6 +227,7 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
     if r.get("disturbed"):
         trust += f" Flagged: {'; '.join(r['disturbed'])} on the second try too -- {DISTURBED}."
     blocks.append(("p", trust))
+    blocks += heldout_blocks(docs, out, figs)
     blocks.append(
         ("p", "Where the model's curves come from. " + doc["extrapolation"]["compute_note"] + ". " + _lesson(doc))
     )
