@@ -32,8 +32,7 @@ def finite_positive(x) -> bool:
 # ---------------------------------------------------------------- the model
 def test_one_rank_is_compute_only():
     assert so.ring_allreduce_s(1e8, 1, 1e-5, 1e9) == 0.0
-    p = so.predict_step(0.2, 0.0, exposed_fraction=0.3)
-    assert p["step_s"] == 0.2 and p["exposed_s"] == 0.0
+    assert so.allreduce_s(1e8, 1, 1e-5, 1e9, latency="tree") == 0.0
 
 
 def test_ring_terms():
@@ -69,21 +68,21 @@ def test_hierarchical_allreduce_nvlink_inside_infiniband_between():
     assert so.system_allreduce_s(sysd, S, 1024) < so.allreduce_s(S, 1024, 1.5e-6, 12.5e9, latency="ring")
 
 
-def test_scaling_curve_uses_the_compute_at_each_share():
-    calls = []
+def test_scaling_curves_simulate_the_step_at_each_share():
+    """Strong scaling simulates each rank's share ceil(B/P) and stops at P = B; weak keeps B per rank. With
+    communication free (an infinitely fast link), weak scaling is perfect and strong scaling loses only to the
+    fixed cost per step."""
+    from whygpu.predict.extrapolate import CpuFigures, mlp_model, system_curves
 
-    def compute_at(b):
-        calls.append(b)
-        return 0.01 + 0.001 * b  # a fixed cost per step: strong scaling can never be perfect
-
-    strong = so.scaling_curve(compute_at, lambda p: 0.0, [1, 2, 8, 64, 1024], 64, scaling="strong")
+    cpu = CpuFigures(c0_s=0.01, c1_s_per_sample=0.001, flops_per_sample=so.mlp_step_flops([8, 4, 2], 1), bytes=4 * 46)
+    free = {"name": "free", "device": "cpu", "link": {"name": "free", "alpha_s": 0.0, "bandwidth_Bps": math.inf,
+                                                     "source": "planted"}}  # fmt: skip
+    strong, weak = system_curves(free, mlp_model([8, 4, 2]), [1, 2, 8, 64, 1024], 64, cpu=cpu)
     assert strong["ranks"] == [1, 2, 8, 64]  # P above the batch left out: a rank without a sample
-    assert 32 in calls and 8 in calls and 1 in calls
+    assert strong["step_s"] == pytest.approx([0.01 + 0.001 * b for b in (64, 32, 8, 1)])
     assert all(x > y for x, y in zip(strong["efficiency"], strong["efficiency"][1:]))
-    weak = so.scaling_curve(compute_at, lambda p: 0.0, [1, 2, 8, 64, 1024], 64, scaling="weak")
     assert weak["ranks"][-1] == 1024 and weak["efficiency"] == pytest.approx([1.0] * 5)
-    with pytest.raises(ValueError):
-        so.scaling_curve(compute_at, lambda p: 0.0, [1], 64, scaling="sideways")
+    assert strong["exposed_s"] == weak["exposed_s"][:4] == [0.0] * 4
 
 
 def test_fit_compute():

@@ -19,6 +19,7 @@ from whygpu import scaleout as so
 from whygpu.bench import scaleout as bso
 from whygpu.cli import main
 from whygpu.report import build_report, load_results
+from whygpu.report._format import _ms as ms_text
 
 from ._support import planted_sweep
 
@@ -139,26 +140,42 @@ def test_reduce_scatter_and_allgather_are_the_two_halves_of_the_allreduce():
         so.allgather_s(S, 2, a, B, latency="star")
 
 
+def sharded_run(prefetch: bool = False) -> dict:
+    """A measured ZeRO-1 run on 2 ranks, as summarize() writes it: only its configuration and the bare calls
+    may reach the prediction."""
+    return {"ranks": 2, "threads": 1, "data_parallel": True, "shard": "optimizer", "prefetch": prefetch,
+            "bytes": GRAD, "step_s": 0.066, "exposed_s": 0.004, "reduce_scatter_s": 0.004, "allgather_s": 0.003,
+            "exposed_allgather_s": 0.001 if prefetch else 0.003, "update_s": 0.005, "compute_s": 0.054,
+            "bare_allreduce_s": 0.005, "bare_reduce_scatter_s": 0.004, "bare_allgather_s": 0.003}  # fmt: skip
+
+
 def test_sharded_step_updates_one_pth():
-    p = so.predict_sharded_step(0.062, 0.010, 2, 0.004, 0.003, exposed_fraction=0.5)
-    # 52 ms of compute + 0.5 * 4 ms reduce-scatter + 10/2 ms update + 3 ms allgather
-    assert p["step_s"] == pytest.approx(0.052 + 0.002 + 0.005 + 0.003)
-    assert (p["compute_s"], p["update_s"], p["comm_s"]) == pytest.approx((0.052, 0.005, 0.007))
-    assert so.predict_sharded_step(0.062, 0.010, 4, 0, 0)["update_s"] == pytest.approx(0.0025)
-    with pytest.raises(ValueError, match="ranks"):
-        so.predict_sharded_step(0.062, 0.010, 0, 0, 0)
+    """One layer holding the whole gradient (no widths), one bucket: nothing to overlap, so the simulated step
+    is the compute, the whole reduce-scatter (and the failure count's allreduce), half the update, and the
+    whole allgather, each on the curve through its bare time (no sweep: latency 0)."""
+    side = {"step_s": 0.062, "update_s": 0.010, "forward_s": 0.020, "backward_s": 0.032}
+    p = so.check_run({}, side, sharded_run(), 2, bucket_mb=1000, first_bucket_mb=1000)
+    flag = 4 * 0.005 / GRAD  # one float32 on the Allreduce's curve
+    assert p["compute_s"] == pytest.approx(0.052) and p["update_s"] == pytest.approx(0.005)
+    assert p["exposed_s"] == pytest.approx(0.004 + flag) and p["exposed_allgather_s"] == pytest.approx(0.003)
+    assert p["step_s"] == pytest.approx(0.052 + 0.004 + flag + 0.005 + 0.003)
+    assert p["allgather_exposed_fraction"] == 1.0 and p["buckets"] == 1
+    assert p["terms"]["exposed_s"] == {"predicted": p["exposed_s"], "measured": 0.004,
+                                       "error": pytest.approx(p["exposed_s"] / 0.004 - 1)}  # fmt: skip
 
 
 def test_prefetch_exposes_only_the_allgather_still_in_flight():
-    p = so.predict_sharded_step(0.062, 0.010, 2, 0.004, 0.003, exposed_fraction=0.5, allgather_exposed_fraction=0.25)
-    # 52 ms of compute + 0.5 * 4 ms reduce-scatter + 10/2 ms update + 0.25 * 3 ms allgather
-    assert p["step_s"] == pytest.approx(0.052 + 0.002 + 0.005 + 0.00075)
-    assert p["exposed_allgather_s"] == pytest.approx(0.00075) and p["comm_s"] == pytest.approx(0.007)
-    assert so.predict_sharded_step(0.062, 0.010, 2, 0.004, 0.003)["exposed_allgather_s"] == pytest.approx(0.003)
-    assert so.allgather_exposed_fraction({"allgather_s": 0.004, "exposed_allgather_s": 0.003}) == 1.0  # no prefetch
-    assert so.allgather_exposed_fraction({"prefetch": True, "allgather_s": 0.004, "exposed_allgather_s": 0.001}) == (
-        pytest.approx(0.25)
-    )
+    """With prefetch the allgather is posted at the step's start and the first layer waits for it: with one
+    layer, all of it; the forward pass hides nothing before layer 0.  Two layers of equal bytes in two
+    buckets: layer 0's allgather goes first, and layer 1's travels beside layer 0's forward."""
+    side = {"step_s": 0.062, "update_s": 0.010, "forward_s": 0.020, "backward_s": 0.032}
+    one = so.check_run({}, side, sharded_run(True), 2, bucket_mb=1000, first_bucket_mb=1000)
+    assert one["exposed_allgather_s"] == pytest.approx(0.003) and one["allgather_exposed_fraction"] == 1.0
+    run = dict(sharded_run(True), bytes=2 * 4 * (100 * 100 + 100))
+    two = so.check_run({}, side, run, 2, widths=[100, 100, 100], bucket_mb=0, first_bucket_mb=0)
+    assert two["buckets"] == 2
+    assert two["exposed_allgather_s"] == pytest.approx(0.003 / 2)  # half the bytes: half the bare time
+    assert two["allgather_exposed_fraction"] == pytest.approx(0.5)
 
 
 # ---------------------------------------------------------------- the measurement, planted
@@ -172,13 +189,19 @@ def test_shard_all_models_each_run_and_measures_memory(planted):
     ]  # fmt: skip
     assert all(c[3][c[3].index("--optimizer") + 1] == "adam" for c in p.calls if c[0] == "step")
     r = dp_run(doc, "optimizer")
-    # measured compute: 66 - 4 exposed - 3 allgather - 5 update = 54 ms; the model: 62 - 10 = 52 ms of compute,
-    # + 4 reduce-scatter + 10 / 2 update + 3 allgather = 64 ms against 66 measured
+    # measured compute: 66 - 4 exposed - 3 allgather - 5 update = 54 ms; the simulated step: 62 - 10 = 52 ms of
+    # compute; of the reduce-scatters only the last bucket's (layer 0's 6,430,720 bytes, on the curve through the
+    # bare 4 ms at the whole gradient, 5 us latency from the sweep) and the failure count's allreduce waited for;
+    # 10 / 2 update; both allgathers (3 ms at the whole gradient, one more latency) waited for
+    a = doc["fit"]["alpha_s"]
+    exposed = a + 6_430_720 * (0.004 - a) / GRAD + 2 * a + 4 * (0.005 - 2 * a) / GRAD
+    predicted = 0.052 + exposed + 0.005 + 0.003 + a
     assert r["compute_s"] == pytest.approx(0.054)
     assert r["breakdown"]["model"]["compute_s"] == pytest.approx(0.052)
     assert r["breakdown"]["model"]["update_s"] == pytest.approx(0.005)
-    assert r["predicted_s"] == pytest.approx(0.064)
-    assert r["prediction_error"] == pytest.approx(0.064 / 0.066 - 1) and r["model_within_tolerance"]
+    assert r["breakdown"]["model"]["exposed_s"] == pytest.approx(exposed)
+    assert r["predicted_s"] == pytest.approx(predicted)
+    assert r["prediction_error"] == pytest.approx(predicted / 0.066 - 1) and r["model_within_tolerance"]
     assert set(r["breakdown"]["measured"]) == {
         "compute_s", "reduce_scatter_s", "exposed_s", "update_s", "allgather_s", "exposed_allgather_s", "step_s"
     }  # fmt: skip
@@ -211,21 +234,28 @@ def test_prefetch_runs_the_sharded_runs_only_and_models_the_wait(planted, tmp_pa
     assert r["prefetch"] and doc["summary"]["sharded"][0]["prefetch"]
     # in flight: the step before's allgather, 3 ms; waited for in this step's forward pass: 1 ms
     assert (r["allgather_s"], r["exposed_allgather_s"]) == pytest.approx((0.003, 0.001))
-    # measured compute: 64 - 4 exposed - 1 waited - 5 update = 54 ms; the model: 52 + 4 + 5 + 1/3 * 3 = 62 ms
+    # measured compute: 64 - 4 exposed - 1 waited - 5 update = 54 ms; the simulated step: the forward pass
+    # waits for layer 0's allgather only (6,430,720 bytes of the 3 ms at the whole gradient); layer 1's travels
+    # beside layer 0's forward
+    a = doc["fit"]["alpha_s"]
+    wait = a + 6_430_720 * (0.003 - a) / GRAD
+    exposed = a + 6_430_720 * (0.004 - a) / GRAD + 2 * a + 4 * (0.005 - 2 * a) / GRAD
     assert r["compute_s"] == pytest.approx(0.054)
-    assert r["model"]["allgather_exposed_fraction"] == pytest.approx(1 / 3)
-    assert r["breakdown"]["model"]["exposed_allgather_s"] == pytest.approx(0.001)
-    assert r["predicted_s"] == pytest.approx(0.062)
+    assert r["model"]["allgather_exposed_fraction"] == pytest.approx(wait / (0.003 + a))
+    assert r["breakdown"]["model"]["exposed_allgather_s"] == pytest.approx(wait)
+    assert r["predicted_s"] == pytest.approx(0.052 + exposed + 0.005 + wait)
     assert "shard=optimizer (ZeRO stage 1), prefetch" in out
     row = next(x for x in out.splitlines() if x.startswith("exposed allgather"))
-    assert row.split()[2:4] == ["1", "1"] and "g = 0.33" in row
+    g = r["model"]["allgather_exposed_fraction"]
+    assert row.split()[2:4] == ["1", f"{1e3 * wait:.3g}"] and f"g = {g:.2f}" in row
     res = build_report(load_results([tmp_path / "scaleout.json"]), tmp_path / "rep")
     md = Path(res["markdown"]).read_text()
+    step = r["predicted_s"]
     assert "| 2 x 1, optimizer (ZeRO-1), prefetch | 54 ms / 52 ms |" in md and "allgather waited for" in md
     assert "| 2 x 1, side by side | 62 ms (62 ms - 62 ms) | 62 ms | - | - |" in md  # no allreduce side by side
     # only sharded runs measured: the section's own term table is the sharded run's (it raised KeyError before)
-    assert "| allgather waited for | 1 ms | 1 ms |" in md and "the fraction g = 0.33 of it" in md
-    assert "Together: 62 ms against 64 ms measured (-3%" in md
+    assert "| allgather waited for | 1 ms | 832 us |" in md and f"the fraction g = {g:.2f} of it" in md
+    assert f"Together: {ms_text(step)} against 64 ms measured ({100 * (step / 0.064 - 1):+.0f}%" in md
     # without --shard there is no allgather to prefetch: refused before anything starts
     n = len(p.calls)
     assert main(["scaleout", "--prefetch", "--out", str(tmp_path / "x")]) == 2

@@ -1,7 +1,15 @@
 """Data-parallel training on P ranks measured term by term on this machine, checked against the step
-the cost model predicts (within :data:`MODEL_TOLERANCE`, or measured again and flagged), and extrapolated
-to named systems.  The model's formulas and the public figures are in :mod:`whygpu.predict.scaleout_model`, the
-per-rank memory in :mod:`whygpu.predict.memory_model`; the names of both are re-exported here.
+the step simulator predicts from terms measured apart (within :data:`MODEL_TOLERANCE`, or measured again
+and flagged as a model error), and extrapolated to named systems by the same simulator on their own
+figures (:mod:`whygpu.predict.extrapolate`).  The public figures and the collectives' formulas are in
+:mod:`whygpu.predict.scaleout_model`, the per-rank memory in :mod:`whygpu.predict.memory_model`; their
+names are re-exported here.
+
+The check of a measured run (:func:`check_run`) reads nothing the run measured of itself: its compute is
+the side-by-side run's (or the share run's, stretched), split over the layers by their FLOPs; its
+collectives are the bare calls measured in the same command (and the sweep's latency); no interference
+is simulated unless a probe measured it.  The run's own step, exposed and in-flight times are compared
+with the prediction afterwards, term by term, and never enter it.
 """
 
 from __future__ import annotations
@@ -11,6 +19,16 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from .bench.scaleout_lost import _lost, is_sharded
+from .predict import (
+    CollectiveCosts,
+    CollectiveCurve,
+    ComputeTimes,
+    Interference,
+    StepConfig,
+    UpdateCost,
+    simulate,
+)
+from .predict.extrapolate import CpuFigures, extrapolation, mlp_model, split_by_flops
 from .predict.memory_model import memory_section
 from .predict.scaleout_model import (
     EXTRAPOLATION_RANKS,
@@ -28,7 +46,6 @@ from .predict.scaleout_model import (
     hierarchical_allreduce_s,
     mlp_params,
     mlp_step_flops,
-    predict_sharded_step,
     predict_step,
     reduce_scatter_s,
     ring_allreduce_s,
@@ -50,14 +67,14 @@ __all__ = [
     "ring_allreduce_s",
     "reduce_scatter_s",
     "allgather_s",
-    "predict_sharded_step",
-    "allgather_exposed_fraction",
     "SHARDS",
     "allreduce_s",
     "hierarchical_allreduce_s",
     "system_allreduce_s",
     "predict_step",
     "scaling_curve",
+    "check_run",
+    "run_inputs",
     "fit_alpha_bandwidth",
     "fit_compute",
     "mlp_params",
@@ -104,60 +121,183 @@ def _dp_runs(runs: list[dict]) -> list[dict]:
     return sorted(dp, key=lambda r: (r["ranks"], not is_sharded(r)))
 
 
-def check_run(share: dict, side: dict | None, run: dict, cores: int) -> dict:
-    """The model's prediction of a measured P-rank step from its terms measured apart.  Compute: the P ranks
-    on their shares side by side without communicating (each step as long as its slowest rank: they share
-    the cores, caches and memory, and whatever else runs on the machine, as the P-rank step does); without
-    that run, one rank alone on its share, stretched by P*T/cores where the ranks take turns on the cores.
-    Communication: the bare Allreduce of the gradient measured on the same P ranks, exposed as
-    DataParallel's was."""
-    P, T = run["ranks"], run["threads"]
+def _bare_curve(kind: str, P: int, nbytes: int, bare_s: float, latency_s: float, how: str) -> CollectiveCurve:
+    """A collective's curve through its bare measurement at the gradient's ``nbytes`` (``bare_s``), with the
+    sweep's latency where there is one (never more than half the bare time); a latency of 0 otherwise."""
+    lat = min(max(0.0, latency_s), 0.5 * bare_s)
+    rest = bare_s - lat
+    bw = nbytes / rest if rest > 0 and nbytes > 0 else math.inf
+    return CollectiveCurve(kind, P, latency_s=lat, bandwidth_Bps=bw, source="measured apart: " + how)
+
+
+def run_inputs(
+    share: dict,
+    side: dict | None,
+    run: dict,
+    cores: int,
+    *,
+    widths: Sequence[int] | None = None,
+    bucket_mb: float = 25.0,
+    first_bucket_mb: float = 1.0,
+    fit: dict | None = None,
+    interference: dict | None = None,
+) -> tuple[ComputeTimes, UpdateCost, CollectiveCosts, Interference, StepConfig, dict[str, Any]]:
+    """The simulator's inputs for a measured multi-rank run, from terms measured apart only: the compute of
+    the P ranks side by side (or one rank alone on its share, stretched by P*T/cores), split over the layers
+    of ``widths`` by their FLOPs (forward and backward as that run timed them); the update that run timed;
+    the bare collectives measured in the same job (``bare_allreduce_s``, sharded ``bare_reduce_scatter_s``
+    and ``bare_allgather_s``) with the latency of the sweep's fit (``fit``: alpha per step, 2(P-1) of them
+    for an allreduce, P-1 for its halves); no interference unless ``interference`` (a probe's
+    ``compute_slowdown``, ``comm_slowdown``, ``source``) measured it.  Of ``run`` only its configuration
+    is read (ranks, threads, shard, prefetch, the gradient's bytes) and the bare calls."""
+    P, T = int(run["ranks"]), int(run["threads"])
     stretch = max(1.0, P * T / max(1, cores))
-    compute = side["step_s"] if side else share["step_s"] * stretch
-    pred: dict[str, Any]
-    if is_sharded(run):
-        # Sharded: the reduce-scatter (exposed as DataParallel's was), the update of 1/P of the parameters
-        # (the full update measured in the side-by-side run, or alone, / P) and the allgather, measured bare.
-        e = run["exposed_s"] / run["reduce_scatter_s"] if run.get("reduce_scatter_s") else 1.0
-        full_update = (side or share).get("update_s") or 0.0
-        # prefetch: the share of the allgather the next forward pass still waited for (else all of it)
-        g = allgather_exposed_fraction(run)
-        pred = dict(
-            predict_sharded_step(
-                compute,
-                full_update,
-                P,
-                run["bare_reduce_scatter_s"],
-                run["bare_allgather_s"],
-                exposed_fraction=e,
-                allgather_exposed_fraction=g,
-            )
-        )
-        pred["allgather_exposed_fraction"] = min(1.0, max(0.0, g))
+    src = side if side else share
+    scale = 1.0 if side else stretch
+    total = float(src["step_s"]) * scale
+    upd = min(total, float(src.get("update_s") or 0.0) * scale)
+    kernels = total - upd
+    fw, bw = src.get("forward_s"), src.get("backward_s")
+    assumptions = []
+    if widths:
+        model = mlp_model(widths)
+        flops, nbytes = model["layer_flops"], model["layer_bytes"]
     else:
-        e = run["exposed_s"] / run["allreduce_s"] if run.get("allreduce_s") else 1.0
-        pred = dict(predict_step(compute, run["bare_allreduce_s"], exposed_fraction=e))
-    pred["stretch"] = 1.0 if side else stretch
-    pred["compute_from"] = "side by side" if side else "alone"
-    pred["exposed_fraction"] = min(1.0, max(0.0, e))
+        flops, nbytes = [1.0], [int(run["bytes"])]
+        assumptions.append("no layer widths given: the model as one layer holding the whole gradient")
+    if fw and bw and fw + bw > 0:
+        frac = float(fw) / float(fw + bw)
+        how_fb = "forward and backward in the proportion that run timed them"
+    else:
+        frac = math.fsum(flops) / (2 * math.fsum(flops) + math.fsum(flops[1:]))
+        how_fb = "forward and backward in proportion to their FLOPs"
+    layers = split_by_flops(flops, nbytes, kernels * frac, kernels * (1 - frac))
+    assumptions.append(
+        f"compute split over the layers by their FLOPs (forward one product, backward dW and dX, the first layer "
+        f"no dX), {how_fb}; the loss and the ReLUs inside the layers' shares"
+    )
+    whence = "the ranks side by side, no communication" if side else f"one rank alone on its share x{stretch:.3g}"
+    compute = ComputeTimes(layers, source=f"measured apart: {whence}, {1e3 * kernels:.3g} ms without the update")
+    param_bytes = sum(x.param_bytes for x in layers)
+    update = UpdateCost(
+        per_byte_s=upd / param_bytes if param_bytes else 0.0,
+        source=f"measured apart: the whole update in the same run ({1e3 * upd:.3g} ms), per byte of parameters",
+    )
+    alpha = float(fit["alpha_s"]) if fit else 0.0
+    lat_how = f"latency from the sweep's fit ({1e6 * alpha:.3g} us per step)" if fit else "latency 0 (no sweep yet)"
+    nb = int(run["bytes"])
+    curves = [
+        _bare_curve("allreduce", P, nb, float(run["bare_allreduce_s"]), 2 * (P - 1) * alpha,
+                    f"bare MPI Allreduce of {nb / 1e6:.3g} MB on the same {P} ranks, {lat_how}"),
+    ]  # fmt: skip
+    sharded = is_sharded(run)
+    if sharded:
+        for kind, key, what in (
+            ("reduce_scatter", "bare_reduce_scatter_s", "Reduce_scatter"),
+            ("allgather", "bare_allgather_s", "Allgather"),
+        ):
+            curves.append(
+                _bare_curve(kind, P, nb, float(run[key]), (P - 1) * alpha,
+                            f"bare MPI {what} of {nb / 1e6:.3g} MB on the same {P} ranks, {lat_how}")
+            )  # fmt: skip
+    if interference:
+        inter = Interference(
+            compute_slowdown=float(interference["compute_slowdown"]),
+            comm_slowdown=float(interference["comm_slowdown"]),
+            source="measured apart: " + str(interference.get("source", "the interference probe")).split(": ", 1)[-1],
+        )
+    else:
+        inter = Interference(source="planted: not measured -- no interference simulated")
+        assumptions.append("no interference between compute and the collectives (not measured)")
+    cfg = StepConfig(
+        ranks=P,
+        shard=(run.get("shard") or "none") if sharded else "none",
+        prefetch=bool(run.get("prefetch")) and sharded,
+        bucket_mb=float(bucket_mb),
+        first_bucket_mb=float(first_bucket_mb),
+    )
+    info = {"stretch": 1.0 if side else stretch, "compute_from": "side by side" if side else "alone",
+            "assumptions": assumptions}  # fmt: skip
+    return compute, update, CollectiveCosts(tuple(curves)), inter, cfg, info
+
+
+def predict_run(share: dict, side: dict | None, run: dict, cores: int, **kw: Any) -> dict[str, Any]:
+    """The simulated step of a measured run from :func:`run_inputs` (nothing the run measured of itself):
+    the breakdown's model terms, the sources of the inputs and the assumptions."""
+    compute, update, costs, inter, cfg, info = run_inputs(share, side, run, cores, **kw)
+    res = simulate(compute, update, costs, inter, cfg)
+    comm = res.backward_comm_s
+    pred: dict[str, Any] = {
+        "method": f"simulated (whygpu.predict.simulate), {cfg.label}",
+        "step_s": res.step_s,
+        "exposed_s": res.exposed_s,
+        "buckets": len(res.buckets),
+        # the simulated fraction of the gradients' collectives still waited for after the backward pass
+        "exposed_fraction": res.exposed_s / comm if comm > 0 else 1.0,
+        "sources": {
+            "compute": compute.source,
+            "update": update.source,
+            "collectives": {c.kind: c.source for c in costs.curves},
+            "interference": inter.source,
+        },
+        **info,
+    }
+    if cfg.shard != "none":
+        pred.update(
+            compute_s=res.compute_s,
+            update_s=res.update_s,
+            full_update_s=update.per_byte_s * sum(x.param_bytes for x in compute.layers),
+            reduce_scatter_s=comm,
+            allgather_s=res.allgather_s,
+            comm_s=comm + res.allgather_s,
+            overlap_s=max(0.0, comm - res.exposed_s),
+            exposed_allgather_s=res.allgather_wait_s,
+            allgather_exposed_fraction=min(1.0, res.allgather_wait_s / res.allgather_s) if res.allgather_s else 1.0,
+        )
+    else:  # as the measured compute_s: everything but the wait (the update included)
+        pred.update(compute_s=res.compute_s + res.update_s, update_s=res.update_s, comm_s=comm,
+                    overlap_s=max(0.0, comm - res.exposed_s))  # fmt: skip
+    return pred
+
+
+def check_run(
+    share: dict,
+    side: dict | None,
+    run: dict,
+    cores: int,
+    *,
+    widths: Sequence[int] | None = None,
+    bucket_mb: float = 25.0,
+    first_bucket_mb: float = 1.0,
+    fit: dict | None = None,
+    interference: dict | None = None,
+) -> dict:
+    """The step simulator's prediction of a measured P-rank step (:func:`predict_run`: terms measured apart
+    only), then that prediction next to what the run measured, per term (``terms``: step, exposed, compute,
+    the collectives in flight, update, allgather), and the step's ``error`` ((predicted - measured) /
+    measured).  The measured times are read only here, after the prediction is made."""
+    pred = predict_run(share, side, run, cores, widths=widths, bucket_mb=bucket_mb,
+                       first_bucket_mb=first_bucket_mb, fit=fit, interference=interference)  # fmt: skip
+    keys = ["step_s", "exposed_s", "compute_s", "update_s"]
+    keys += ["reduce_scatter_s", "allgather_s", "exposed_allgather_s"] if is_sharded(run) else []
+    terms = {k: {"predicted": pred[k], "measured": run.get(k)} for k in keys}
+    terms["allreduce_s" if not is_sharded(run) else "reduce_scatter_s"] = {
+        "predicted": pred["comm_s"] if not is_sharded(run) else pred["reduce_scatter_s"],
+        "measured": run.get("allreduce_s") if not is_sharded(run) else run.get("reduce_scatter_s"),
+    }
+    for t in terms.values():
+        m = t["measured"]
+        t["error"] = (t["predicted"] - m) / m if m else None
+    pred["terms"] = terms
     pred["error"] = (pred["step_s"] - run["step_s"]) / run["step_s"]
     return pred
 
 
-def allgather_exposed_fraction(run: dict) -> float:
-    """The part of a sharded run's allgather its step waited for: 1 without prefetch (the allgather ends
-    the step); with it, the next forward pass's wait over the allgather's time in flight."""
-    if not run.get("prefetch"):
-        return 1.0
-    ag, waited = run.get("allgather_s") or 0.0, run.get("exposed_allgather_s") or 0.0
-    return min(1.0, waited / ag) if ag > 0 else 1.0
-
-
-def judge_run(share: dict, side: dict | None, run: dict, cores: int) -> list[str]:
+def judge_run(share: dict, side: dict | None, run: dict, cores: int, **kw: Any) -> list[str]:
     """What makes a measured P-rank run untrustworthy ([] when nothing): DataParallel's allreduce below
     :data:`BANDWIDTH_FLOOR` of the bare Allreduce's bandwidth where it did not overlap the backward pass
-    (exposed over in flight at least :data:`OVERLAP_FREE`), or the model off by more than
-    :data:`MODEL_TOLERANCE`."""
+    (exposed over in flight at least :data:`OVERLAP_FREE`), or a *model error*: the simulated step
+    (:func:`check_run`, keywords passed on) off by more than :data:`MODEL_TOLERANCE`."""
     why = []
     ratio = run.get("bandwidth_ratio")
     # Only a collective that did not overlap the backward pass is held to the bare call's bandwidth: one
@@ -171,9 +311,13 @@ def judge_run(share: dict, side: dict | None, run: dict, cores: int) -> list[str
         what = "reduce-scatter" if is_sharded(run) else "allreduce"
         bare = "Reduce_scatter" if is_sharded(run) else "Allreduce"
         why.append(f"DataParallel's {what} at x{ratio:.2f} of the bare {bare}'s bandwidth (< {BANDWIDTH_FLOOR})")
-    err = check_run(share, side, run, cores)["error"]
+    chk = check_run(share, side, run, cores, **kw)
+    err = chk["error"]
     if abs(err) > MODEL_TOLERANCE:
-        why.append(f"model error {100 * err:+.0f}% (beyond {100 * MODEL_TOLERANCE:.0f}%)")
+        why.append(
+            f"model error {100 * err:+.0f}% (beyond {100 * MODEL_TOLERANCE:.0f}%): the simulated step "
+            f"{1e3 * chk['step_s']:.3g} ms against {1e3 * run['step_s']:.3g} ms measured"
+        )
     return why
 
 
@@ -217,7 +361,7 @@ def annotate(doc: dict) -> dict:
             r["efficiency"] = r["speedup"] / r["ranks"]
         if share is None or base is None:
             continue
-        pred = check_run(share, side, r, cores)
+        pred = check_run(share, side, r, cores, **_check_kw(doc, fit))
         r["predicted_s"], r["prediction_error"] = pred["step_s"], pred["error"]
         r["model"] = pred
         r["model_within_tolerance"] = abs(pred["error"]) <= MODEL_TOLERANCE
@@ -245,32 +389,44 @@ def annotate(doc: dict) -> dict:
                 "model": {k: pred[k] for k in ("compute_s", "comm_s", "exposed_s", "step_s")},
             }
         r["lost"] = _lost(dict(base, cores=cores), share, side, r)
-    e = ref["model"]["exposed_fraction"] if ref and ref.get("model") else 1.0
     doc["model"] = {
-        "formula": "T(P) = T_compute(B/P) + e * T_allreduce(S, P)",
-        "terms": "T_compute(B/P): the P ranks on their shares of the batch side by side without communicating, "
-        "measured (and one rank alone on its share, for where the time went); T_allreduce: the bare "
-        "Allreduce of the gradient on P ranks, measured (the fit of alpha and B for other P); e: DataParallel's "
-        "exposed / allreduce, measured",
-        "exposed_fraction": e,
+        "formula": "T(P): one step of DataParallel simulated (whygpu.predict.simulate) from terms measured apart",
+        "terms": "compute: the P ranks on their shares of the batch side by side without communicating, measured, "
+        "split over the layers by their FLOPs (an assumption); the update: timed in that run; the allreduce of "
+        "each bucket: a curve through the bare Allreduce of the gradient on the same P ranks, with the sweep's "
+        "latency; interference: none unless a probe measured it. The exposed part follows from the schedule: "
+        "each bucket's allreduce posted once its last layer's dW is done, beside the rest of the backward pass",
         "tolerance": MODEL_TOLERANCE,
         "bandwidth_floor": BANDWIDTH_FLOOR,
         "gradient_bytes": ref["bytes"] if ref else 4 * mlp_params(doc["params"]["widths"]),
         "alpha_s": fit["alpha_s"],
         "bandwidth_Bps": fit["bandwidth_Bps"],
-        "formula_sharded": "T(P) = T_compute(B/P) - T_update + e * T_reduce_scatter(S, P) + T_update / P "
-        "+ g * T_allgather(S, P)",
-        "terms_sharded": "T_update: the optimizer update of the whole model, measured in the side-by-side run; "
-        "T_reduce_scatter, T_allgather: the bare Reduce_scatter and Allgather of the gradient's size on the same "
-        "P ranks, measured, each (P-1)/P * S/B on the wire (together the allreduce's 2(P-1)/P * S/B); e: "
-        "DataParallel's exposed / reduce-scatter, measured; g: 1 (the allgather ends the step), or with "
-        "prefetch the next forward pass's wait / the allgather's time in flight, measured",
+        "formula_sharded": "T(P): the sharded step simulated -- reduce-scatters beside the backward pass, the "
+        "update of this rank's 1/P shard, then the allgathers (with prefetch left in flight into the next "
+        "forward pass)",
+        "terms_sharded": "compute and the whole update as unsharded (the side-by-side run), the update of a "
+        "shard 1/P of it; the reduce-scatter and allgather: curves through the bare Reduce_scatter and "
+        "Allgather of the gradient's size on the same P ranks, each (P-1)/P * S/B on the wire (together the "
+        "allreduce's 2(P-1)/P * S/B); what of them is waited for is simulated, not measured",
     }
     doc["summary"] = _summary(doc, ref)
     doc["summary"]["sharded"] = _sharded_summary(doc)
     doc["memory"] = memory_section(doc)
-    doc["extrapolation"] = _extrapolate(doc, ref, e)
+    doc["extrapolation"] = _extrapolate(doc, ref)
     return doc
+
+
+def _check_kw(doc: dict, fit: dict | None = None) -> dict[str, Any]:
+    """What :func:`check_run` takes from a document besides the runs: the layers, DataParallel's buckets,
+    the sweep's fit and an interference probe where one was measured."""
+    p = doc["params"]
+    return {
+        "widths": p.get("widths"),
+        "bucket_mb": float(p.get("bucket_mb") or 25.0),
+        "first_bucket_mb": float(p.get("first_bucket_mb") or 1.0),
+        "fit": fit,
+        "interference": doc.get("interference"),
+    }
 
 
 def _summary(doc: dict, ref: dict | None) -> dict:
@@ -327,121 +483,41 @@ def _sharded_summary(doc: dict) -> list[dict]:
     return out
 
 
-def _extrapolate(doc: dict, ref: dict | None, e: float) -> dict:
-    """Strong and weak scaling curves for each of :data:`SYSTEMS` and three models: the MLP measured here,
-    :data:`LARGER_MODEL` and :data:`RESNET50`.  CPU systems compute like a rank measured here (c0 + c1 b
-    fitted to the one-rank steps at B and B/P, the other models scaled by FLOPs per sample) with the
-    exposed fraction measured here; the H100 system computes at its public rate, with no overlap
-    assumed.  Strong scaling stops at P = B; this machine at its cores."""
-    widths = doc["params"]["widths"]
-    batch, cores = doc["params"]["batch"], doc["params"]["cores"]
+def _extrapolate(doc: dict, ref: dict | None) -> dict:
+    """Strong and weak scaling curves for each of :data:`SYSTEMS` and three models (the MLP measured here,
+    :data:`LARGER_MODEL`, :data:`RESNET50`), each point a simulated step on the system's own figures
+    (:func:`whygpu.predict.extrapolate.extrapolation`).  What it takes from here, for the CPU systems only:
+    the one-rank steps (c0 + c1 b fitted to them), the update they timed, the Allreduce sweep's fit (this
+    machine's link) and an interference probe where one was measured.  Strong scaling stops at P = B;
+    this machine at its cores."""
+    p = doc["params"]
+    widths, batch, cores = p["widths"], p["batch"], p["cores"]
     threads = ref["threads"] if ref else 1
-    runs = doc["runs"]
-    pts = [(r["batch"], r["step_s"]) for r in runs if r["ranks"] == 1 and r["threads"] == threads]
-    if not pts:
+    ones = [r for r in doc["runs"] if r["ranks"] == 1 and r["threads"] == threads]
+    if not ones:
         return {}
-    cf = fit_compute(pts)
-    cap = max(1.0, float(doc["params"].get("bucket_mb") or 25.0)) * 2**20
-    models: list[dict[str, Any]] = []
-    for w, measured in ((list(widths), True), (list(LARGER_MODEL), False)):
-        n = mlp_params(w)
-        models.append(
-            {
-                "name": "MLP " + "-".join(map(str, w)),
-                "measured": measured,
-                "params": n,
-                "bytes": 4 * n,
-                "flops_per_sample": mlp_step_flops(w, 1),
-                "layers": len(w) - 1,
-            }
-        )
-    models.append(
-        {
-            "name": RESNET50["name"],
-            "measured": False,
-            "params": RESNET50["params"],
-            "bytes": 4 * RESNET50["params"],
-            "flops_per_sample": RESNET50["flops_per_sample"],
-            "layers": RESNET50["layers"],
-            "source": RESNET50["source"],
-        }
+    cf = fit_compute([(r["batch"], r["step_s"]) for r in ones])
+    whole = next((r for r in ones if r["batch"] == batch and not r.get("share_of")), ones[0])
+    cpu = CpuFigures(
+        c0_s=cf["c0_s"],
+        c1_s_per_sample=cf["c1_s_per_sample"],
+        flops_per_sample=mlp_step_flops(widths, 1),
+        bytes=4 * mlp_params(widths),
+        threads=threads,
+        update_s=whole.get("update_s"),
+        interference=doc.get("interference"),
     )
-    for m in models:
-        m["flops"] = m["flops_per_sample"] * batch
-        m["flops_per_byte"] = m["flops"] / m["bytes"]
-        m["buckets"] = int(ref["buckets"]) if (m["measured"] and ref) else max(1, math.ceil(m["bytes"] / cap))
-    mlp_fps = models[0]["flops_per_sample"]
-    systems = []
-    for sysd in SYSTEMS:
-        s = dict(sysd)
-        if s["link"] == "fit":
-            s["link"] = {
-                "name": "this machine's shared memory",
-                "alpha_s": doc["fit"]["alpha_s"],
-                "bandwidth_Bps": doc["fit"]["bandwidth_Bps"],
-                "source": "measured here: fitted to the Allreduce sweep",
-            }
-            s["max_ranks"] = max(1, cores // threads)  # never past the cores it has
-        s["public"] = sysd["link"] != "fit"  # its link (and for the GPU its compute) are public figures
-        s["exposed_fraction"] = e if s["device"] == "cpu" else 1.0
-        systems.append(s)
-    curves = []
-    for s in systems:
-        for m in models:
-            if s["device"] == "cpu":
-
-                def compute_at(b: int, m: dict = m) -> float:
-                    return cf["c0_s"] + cf["c1_s_per_sample"] * b * m["flops_per_sample"] / mlp_fps
-
-            else:
-
-                def compute_at(b: int, m: dict = m) -> float:
-                    launches = H100["launches_per_layer"] * m["layers"] * H100["launch_s"]
-                    return m["flops_per_sample"] * b / (H100["gflops"] * 1e9) + launches
-
-            def comm_at(p: int, m: dict = m, s: dict = s) -> float:
-                return system_allreduce_s(s, m["bytes"], p, m["buckets"])
-
-            m[f"{s['device']}_step_s"] = compute_at(batch)  # one rank's step on the whole batch, this device
-            ranks = [p for p in EXTRAPOLATION_RANKS if p <= s.get("max_ranks", 10**9)]
-            for scaling in ("strong", "weak"):
-                c = scaling_curve(
-                    compute_at, comm_at, ranks, batch, exposed_fraction=s["exposed_fraction"], scaling=scaling
-                )
-                curves.append({"system": s["name"], "device": s["device"], "model": m["name"], "scaling": scaling, **c})
-    links = [
-        {
-            "name": "this machine (shared memory)",
-            "bandwidth_Bps": doc["fit"]["bandwidth_Bps"],
-            "alpha_s": doc["fit"]["alpha_s"],
-            "public": False,
-            "source": "measured here: fitted to the Allreduce sweep",
-        }
-    ] + [{"name": k, **v, "public": True} for k, v in INTERCONNECTS.items()]
-    return {
-        "ranks": list(EXTRAPOLATION_RANKS),
-        "batch": batch,
-        "threads_per_rank": threads,
-        "compute_fit": cf,
-        "compute_note": f"CPU rows: a rank computes like one rank of {threads} thread(s) here, "
-        f"{1e3 * cf['c0_s']:.3g} ms + {1e6 * cf['c1_s_per_sample']:.3g} us per sample (fitted to the one-rank "
-        "steps measured at the global batch and at a rank's share), other models scaled by their FLOPs per "
-        f"sample, and hide what the measured e = {e:.2f} says; H100 rows: {H100['gflops'] / 1e3:g} TFLOP/s "
-        "float32 and 5 us per kernel launch (public figures), no overlap assumed",
-        "systems": [
-            {k: v for k, v in s.items() if k not in ("link", "inter")}
-            | {
-                "link": s["link"]["name"] if isinstance(s["link"], dict) else s["link"],
-                "inter": s.get("inter"),
-            }
-            for s in systems
-        ],
-        "interconnects": links,
-        "gpu": dict(H100),
-        "models": models,
-        "curves": curves,
-        "public_points": [dict(x) for x in PUBLIC_SCALING],
+    local = {
+        "alpha_s": doc["fit"]["alpha_s"],
+        "bandwidth_Bps": doc["fit"]["bandwidth_Bps"],
+        "source": "measured here: fitted to the Allreduce sweep",
     }
+    ex = extrapolation(
+        widths, batch, cpu=cpu, local_link=local, max_local_ranks=max(1, cores // threads),
+        optimizer=p.get("optimizer") or "sgd",
+    )  # fmt: skip
+    ex["compute_fit"] = cf
+    return ex
 
 
 def quiet_reading(doc: dict) -> str:
@@ -498,7 +574,8 @@ def run_scaleout(
         log=log,
         progress=progress,
         oversubscribe=oversubscribe,
-        judge=lambda share, side, run: judge_run(share, side, run, cores),
+        # the check while measuring: the same inputs as annotate's, but before the sweep (latency 0)
+        judge=lambda share, side, run: judge_run(share, side, run, cores, widths=list(layers), bucket_mb=bucket_mb),
         shards=[shards] if isinstance(shards, str) and shards != "all" else shards,
         optimizer=optimizer,
         prefetch=prefetch,

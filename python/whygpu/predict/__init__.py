@@ -8,9 +8,10 @@ of the model, not a restatement of the run.  It holds:
 * the roofline model of every kernel (:mod:`whygpu.predict.roofline`, with the CUDA rungs' traffic in
   :mod:`~whygpu.predict.roofline_gpu` and the model's stated error and impossible points in
   :mod:`~whygpu.predict.roofline_trust`);
-* the data-parallel cost model and the public figures it is extrapolated to
-  (:mod:`whygpu.predict.scaleout_model`), and the bytes each rank holds per ZeRO stage
-  (:mod:`whygpu.predict.memory_model`);
+* the public figures of the systems data parallelism is extrapolated to and the collectives' costs
+  (:mod:`whygpu.predict.scaleout_model`), the extrapolation itself, each point a step simulated on the
+  target system's figures (:mod:`whygpu.predict.extrapolate`), and the bytes each rank holds per ZeRO
+  stage (:mod:`whygpu.predict.memory_model`);
 * the step simulator of data-parallel training (:mod:`whygpu.predict.stepsim`, a discrete-event model
   of ``DataParallel``'s schedule: buckets, their collectives beside the backward pass, ZeRO's update
   and allgather, prefetch) and the Chrome trace writer and checker for its timelines
@@ -39,12 +40,13 @@ from ._inputs import (
     UpdateCost,
     inputs_from_fields,
 )
+from .extrapolate import CpuFigures, extrapolation, simulate_system, system_curves
 from .stepsim import SHARDS, BucketSpec, CollectiveSpan, StepConfig, StepResult, bucket_layout, simulate
 from .trace import TIDS, chrome_trace, validate_chrome_trace, write_chrome_trace
 
 __all__ = [
     "simulate", "StepConfig", "StepResult", "CollectiveSpan", "Event", "bucket_layout", "BucketSpec",
     "LayerTimes", "ComputeTimes", "UpdateCost", "CollectiveCurve", "CollectiveCosts", "Interference",
-    "inputs_from_fields",
+    "inputs_from_fields", "extrapolation", "system_curves", "simulate_system", "CpuFigures",
     "SOURCES", "COLLECTIVES", "SHARDS", "LANES", "TIDS", "chrome_trace", "write_chrome_trace", "validate_chrome_trace",
 ]  # fmt: skip

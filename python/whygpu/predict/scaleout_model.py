@@ -1,51 +1,34 @@
-"""The formulas of the data-parallel cost model (the collectives, the step, the fits) and the public
-figures of the systems it is extrapolated to; :mod:`whygpu.scaleout` measures, checks and extrapolates with them.
+"""The public figures and formulas of the data-parallel cost model: the links and the H100 the step is
+extrapolated to, the collectives' latency-bandwidth costs, and the fits of this machine's figures;
+:mod:`whygpu.scaleout` measures and checks with them, and :mod:`whygpu.predict.extrapolate` builds the
+step simulator's inputs from them.
 
-Data parallelism gives each of P ranks (processes: machines, GPUs, or here the
-cores of one box) a slice of the batch and a full copy of the model; after the
-backward pass the ranks sum their gradients with an *allreduce*, so every copy
-takes the same step.  The model of one step is::
+Data parallelism gives each of P ranks (processes: machines, GPUs, or here the cores of one box) a slice
+of the batch and a full copy of the model; during the backward pass the ranks sum their gradients with
+*allreduces*, one per bucket of gradients, so every copy takes the same step.  The step is not a formula
+here: it is **simulated** (:func:`whygpu.predict.simulate`, a discrete-event replay of ``DataParallel``'s
+schedule: each bucket's collective posted once its last layer's dW is done, travelling beside the rest of
+the backward pass, the rank waiting after the backward pass for what has not arrived -- the *exposed*
+communication).  What goes in:
 
-    T(P) = T_compute(b)  +  e * T_allreduce(S, P)
+* the compute of one rank on its share ``b`` of the global batch, per layer (forward, dW, dX) -- on this
+  machine measured apart (the ranks side by side without communicating; :func:`fit_compute` fits
+  ``c0 + c1 b`` to the one-rank steps for other batches), on the H100 its public FLOP rate times an
+  efficiency, both stated with their sources in :data:`H100`;
+* the collectives' costs, latency plus bytes over bandwidth: an allreduce of S bytes over P ranks puts
+  2(P-1)/P * S/B on the wire (a ring, or reduce-scatter + all-gather: each rank sends and receives almost
+  twice the gradient, Patarasuk & Yuan 2009, nccl-tests' PERFORMANCE.md) plus a latency alpha per step of
+  the algorithm: 2(P-1) for a ring, 2 ceil(log2 P) for a tree (what MPI's large allreduce and NCCL between
+  nodes use) -- :func:`allreduce_s`; sharded (ZeRO), a reduce-scatter and an allgather, half of it each
+  (:func:`reduce_scatter_s`, :func:`allgather_s`).  On this machine the bare MPI calls are measured on the
+  same ranks, and alpha and B fitted to a sweep of sizes (:func:`fit_alpha_bandwidth`); on other systems
+  alpha and B are the public figures of :data:`INTERCONNECTS`, and an H100 cluster uses NVLink inside a node
+  of 8 and InfiniBand between nodes (:func:`hierarchical_allreduce_s`);
+* the optimizer's update and how much compute and a collective slow each other when they share cores
+  (measured here, or stated as assumed).
 
-* ``T_compute(b)`` -- one rank's step on its share ``b`` of the global batch
-  (strong scaling: b = B/P; weak scaling: b = B).  On this machine it is
-  *measured*: one rank alone on B/P samples with the threads each of the P
-  ranks gets (not T_compute(B)/P: a smaller batch runs each product less
-  efficiently and keeps the per-step costs whole).  P ranks that share fewer
-  cores than they need take turns, so their compute is stretched by
-  P*T/cores.
-* ``T_allreduce(S, P)`` -- summing S bytes of gradient over P ranks: on the
-  wire 2(P-1)/P * S/B (a ring, or reduce-scatter + all-gather: each rank
-  sends and receives almost twice the gradient, Patarasuk & Yuan 2009,
-  nccl-tests' PERFORMANCE.md), plus a latency alpha per step of the
-  algorithm and per bucket: 2(P-1) steps for a ring, 2 log2 P for a tree
-  (what MPI's large allreduce and NCCL between nodes use).  On this machine
-  it is the bare MPI Allreduce of the gradient's size measured on P ranks;
-  alpha and B are fitted (:func:`fit_alpha_bandwidth`) to a sweep of sizes
-  for the extrapolation.
-* ``e`` -- the exposed fraction: the part of the allreduce still waited for
-  after the backward pass, measured (DataParallel's ``exposed_s`` over its
-  ``allreduce_s``); 1 - e of it hid behind the backward pass.
-
-Sharded (ZeRO stage 1, ``shard="optimizer"``; stage 2, ``shard="gradients"``): the allreduce becomes a
-*reduce-scatter* (each rank receives the sum of its 1/P shard of the gradient only: (P-1)/P * S/B on
-the wire) after the backward pass, each rank updates its shard (1/P of the optimizer's work), and an
-*allgather* of the updated parameters ((P-1)/P * S/B again) -- together the ring allreduce's
-2(P-1)/P * S/B::
-
-    T(P) = T_compute(B/P) - T_update + e * T_reduce_scatter(S, P) + T_update / P + g * T_allgather(S, P)
-
-with ``T_update`` the full optimizer update (measured in the side-by-side run, where each rank
-updates everything), the bare Reduce_scatter and Allgather measured on the same ranks, ``e``
-DataParallel's exposed / reduce-scatter, and ``g`` the allgather's exposed fraction: 1 (it ends the
-step), or with ``prefetch=True`` the next forward pass's wait over the allgather's time in flight.
-
-The check: this prediction against the measured P-rank step, within 25%
-(:data:`MODEL_TOLERANCE`) or the run is measured again and then flagged.
-Other systems (:data:`SYSTEMS`) use the compute of their own device -- this
-machine's CPU, or a public H100 figure -- and their own links: NVLink inside
-a node of 8 GPUs and InfiniBand between nodes (a hierarchical allreduce).
+No fraction of the communication is carried from one run to another: how much of it the backward pass
+hides follows from the schedule, the compute per layer and the link's speed.
 """
 
 from __future__ import annotations
@@ -85,17 +68,22 @@ INTERCONNECTS: dict[str, dict[str, Any]] = {
     },
 }
 
-# The H100's compute, public figures (the same SGEMM figure as the report's GPU section, report/gpu.py):
-# NVIDIA H100 SXM datasheet, FP32 67 TFLOP/s peak; cuBLAS float32 SGEMM reaches about 50 TFLOP/s on it.
-# The model trains in float32 like the CPU here.  A step is at least its kernel launches: ~5 us each
-# (CUDA's launch overhead), 3 per layer (forward, two products in backward).
+# The H100's compute, public figures (the same figures as the report's GPU section, report/gpu.py): NVIDIA
+# H100 SXM datasheet, FP32 67 TFLOP/s peak and 3.35 TB/s of HBM3; cuBLAS float32 SGEMM reaches about 50
+# TFLOP/s on it (the efficiency: 50 / 67).  The model trains in float32 like the CPU here.  A kernel is at
+# least its launch: ~5 us each (CUDA's launch overhead), 3 per layer (forward, two products in backward).
 H100: dict[str, Any] = {
     "name": "H100 SXM",
-    "gflops": 50_000.0,
+    "peak_gflops": 67_000.0,
+    "efficiency": 50_000.0 / 67_000.0,
+    "efficiency_source": "cuBLAS float32 SGEMM reaches ~50 of the 67 TFLOP/s peak on large products, the figure "
+    "the report's GPU section quotes; small per-GPU batches reach less, left to the launch cost",
+    "gflops": 50_000.0,  # peak x efficiency
+    "hbm_Bps": 3.35e12,
     "launch_s": 5e-6,
     "launches_per_layer": 3,
-    "source": "public figure: NVIDIA H100 SXM datasheet (FP32 67 TFLOP/s peak), ~50 TFLOP/s float32 SGEMM; "
-    "~5 us per kernel launch, 3 launches per layer",
+    "source": "public figure: NVIDIA H100 SXM datasheet (FP32 67 TFLOP/s peak, HBM3 3.35 TB/s), ~50 TFLOP/s "
+    "float32 SGEMM (efficiency 0.75); ~5 us per kernel launch, 3 launches per layer",
 }
 
 # The larger models the extrapolation adds next to the measured MLP: a 4096-wide MLP (its compute and
@@ -221,54 +209,12 @@ def system_allreduce_s(system: dict, nbytes: float, ranks: int, buckets: int = 1
     )
 
 
-def predict_step(compute_s: float, comm_s: float, *, exposed_fraction: float = 1.0) -> dict[str, float]:
-    """One data-parallel step by the model: a rank's compute on its share of the batch, plus the exposed
-    part of the allreduce (``exposed_fraction`` of ``comm_s``; the rest hid behind the backward pass).
-    Returns {"compute_s", "comm_s", "exposed_s", "overlap_s", "step_s"}."""
-    e = min(1.0, max(0.0, exposed_fraction))
-    return {
-        "compute_s": compute_s,
-        "comm_s": comm_s,
-        "exposed_s": e * comm_s,
-        "overlap_s": (1.0 - e) * comm_s,
-        "step_s": compute_s + e * comm_s,
-    }
-
-
-def predict_sharded_step(
-    compute_s: float,
-    update_s: float,
-    ranks: int,
-    reduce_scatter_s: float,
-    allgather_s: float,
-    *,
-    exposed_fraction: float = 1.0,
-    allgather_exposed_fraction: float = 1.0,
-) -> dict[str, float]:
-    """One sharded data-parallel step by the model: ``compute_s`` is a rank's step on its share *with the full
-    optimizer update* (``update_s`` of it, as an unsharded rank does); sharded, the update is update_s / P,
-    the reduce-scatter is exposed by ``exposed_fraction`` and the allgather by ``allgather_exposed_fraction``
-    (1: it ends the step; less with prefetch, where the next forward pass waits only for what has not
-    arrived).  Returns {"compute_s" (without the update), "update_s", "reduce_scatter_s", "allgather_s",
-    "comm_s", "exposed_s" (of the reduce-scatter), "exposed_allgather_s", "step_s"}."""
-    if ranks < 1:
-        raise ValueError(f"ranks must be >= 1, got {ranks}")
-    e = min(1.0, max(0.0, exposed_fraction))
-    g = min(1.0, max(0.0, allgather_exposed_fraction))
-    update = max(0.0, min(update_s, compute_s))
-    compute = compute_s - update
-    return {
-        "compute_s": compute,
-        "update_s": update / ranks,
-        "full_update_s": update,
-        "reduce_scatter_s": reduce_scatter_s,
-        "allgather_s": allgather_s,
-        "comm_s": reduce_scatter_s + allgather_s,
-        "exposed_s": e * reduce_scatter_s,
-        "overlap_s": (1.0 - e) * reduce_scatter_s,
-        "exposed_allgather_s": g * allgather_s,
-        "step_s": compute + e * reduce_scatter_s + update / ranks + g * allgather_s,
-    }
+def predict_step(compute_s: float, comm_s: float) -> dict[str, float]:
+    """The step with nothing hidden -- the bound a student computes by hand, before the simulator: a rank's
+    compute on its share of the batch, then the whole allreduce.  Returns {"compute_s", "comm_s",
+    "exposed_s", "step_s"}.  (How much of the allreduce the backward pass hides is simulated, not assumed:
+    :func:`whygpu.predict.simulate`, :mod:`whygpu.predict.extrapolate`.)"""
+    return {"compute_s": compute_s, "comm_s": comm_s, "exposed_s": comm_s, "step_s": compute_s + comm_s}
 
 
 def scaling_curve(
@@ -277,13 +223,12 @@ def scaling_curve(
     ranks: Sequence[int],
     batch: int,
     *,
-    exposed_fraction: float = 1.0,
     scaling: str = "strong",
 ) -> dict[str, list]:
-    """Step time, speed-up and scaling efficiency (speed-up / P) at each P, by the model.
-    ``compute_at(b)``: a rank's step on b samples; ``comm_at(P)``: the allreduce on P ranks.
-    Strong scaling: the global batch is split (b = ceil(B/P); P above B is left out: a rank without a
-    sample), speed-up = T(1) / T(P).  Weak scaling: each rank keeps B, speed-up = P T(1) / T(P)."""
+    """Step time, speed-up and scaling efficiency (speed-up / P) at each P with nothing hidden
+    (:func:`predict_step`): ``compute_at(b)``, a rank's step on b samples; ``comm_at(P)``, the allreduce on
+    P ranks.  Strong scaling: the global batch is split (b = ceil(B/P); P above B is left out: a rank
+    without a sample), speed-up = T(1) / T(P).  Weak scaling: each rank keeps B, speed-up = P T(1) / T(P)."""
     if scaling not in ("strong", "weak"):
         raise ValueError(f"scaling must be 'strong' or 'weak', got {scaling!r}")
     t1 = compute_at(batch)
@@ -292,16 +237,11 @@ def scaling_curve(
         if scaling == "strong" and p > batch:
             continue
         b = -(-batch // p) if scaling == "strong" else batch
-        t = predict_step(compute_at(b), comm_at(p), exposed_fraction=exposed_fraction)["step_s"]
+        t = predict_step(compute_at(b), comm_at(p))["step_s"]
         ps.append(p)
         steps.append(t)
         speedups.append(t1 / t if scaling == "strong" else p * t1 / t)
-    return {
-        "ranks": ps,
-        "step_s": steps,
-        "speedup": speedups,
-        "efficiency": [s / p for s, p in zip(speedups, ps)],
-    }
+    return {"ranks": ps, "step_s": steps, "speedup": speedups, "efficiency": [s / p for s, p in zip(speedups, ps)]}
 
 
 def fit_alpha_bandwidth(nbytes: Sequence[float], seconds: Sequence[float], ranks: int) -> dict[str, float]:
