@@ -228,13 +228,17 @@ def _threads(P: int, cores: int) -> int:
     return max(1, cores // P)
 
 
-def _worker_args(cfg: StepConfig, layers: Sequence[int], batch: int, steps: int, backend: str, opt: str) -> list[str]:
+def _worker_args(
+    cfg: StepConfig, layers: Sequence[int], batch: int, steps: int, backend: str, opt: str, events: bool = False
+) -> list[str]:
+    """The scale-out worker's arguments for ``cfg``; ``events``: every rank records its events (the
+    measured trace's; the steps' timings are left as they are without it)."""
     from .bench.scaleout import WARMUP
 
     args = ["--mode", "step", "--batch", str(batch), "--layers", ",".join(map(str, layers)), "--backend", backend]
     args += ["--steps", str(steps), "--warmup", str(WARMUP), "--optimizer", opt, "--shard", cfg.shard]
     args += ["--bucket-mb", repr(float(cfg.bucket_mb)), "--first-bucket-mb", repr(float(cfg.first_bucket_mb))]
-    return args + (["--prefetch"] if cfg.prefetch else [])
+    return args + (["--prefetch"] if cfg.prefetch else []) + (["--events"] if events else [])
 
 
 def run_heldout(
@@ -288,7 +292,8 @@ def run_heldout(
             pred, res = predict(terms, cfg)  # before the run: nothing of it exists yet
             log(f"{label}: predicted {1e3 * pred['terms']['step']:.3g} ms per step; running it")
             with guard.block(label) as q:
-                raw = launch(st["mpiexec"], P, T, _worker_args(cfg, layers, batch, steps, backend, optimizer), timeout)
+                args = _worker_args(cfg, layers, batch, steps, backend, optimizer, events=trace_dir is not None)
+                raw = launch(st["mpiexec"], P, T, args, timeout)
             meas = measured_terms(raw, cfg)
             judged = judge(pred["terms"], meas)
             why = disturbance(q)
