@@ -181,7 +181,7 @@ def test_a_missed_run_is_a_model_error():
 def test_interference_enters_only_when_measured():
     run = measured_run()
     bare = so.check_run(SHARE, SIDE, run, 2, widths=WIDTHS)
-    assert bare["sources"]["interference"].startswith("planted: not measured")
+    assert bare["sources"]["interference"].startswith("not measured")
     assert any("interference" in a for a in bare["assumptions"])
     probe = {"compute_slowdown": 1.5, "comm_slowdown": 2.0, "source": "measured apart: planted probe"}
     slow = so.check_run(SHARE, SIDE, run, 2, widths=WIDTHS, interference=probe)

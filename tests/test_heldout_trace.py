@@ -155,7 +155,7 @@ def test_a_run_without_events_falls_back_to_the_approximate_timeline(tmp_path):
     assert meta["approximate"] == APPROXIMATE and "approximate" in meta["approximate"]
 
 
-def test_events_are_asked_for_only_with_a_trace():
+def test_the_events_flag_is_what_the_worker_reads():
     cfg = h.StepConfig(2, shard="optimizer", prefetch=True, bucket_mb=0.0, first_bucket_mb=0.0)
     plain = h._worker_args(cfg, (8, 4), 8, 3, "numpy", "sgd")
     traced = h._worker_args(cfg, (8, 4), 8, 3, "numpy", "sgd", events=True)

@@ -213,7 +213,8 @@ def scaleout_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("scaleout")
     env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop(bso.NO_MPI_ENV, None)
-    cmd = [sys.executable, "-m", "whygpu", "scaleout", "--ranks", "1,2", "--layers", "64,32,10", "--batch", "64"]
+    cmd = [sys.executable, "-m", "whygpu", "scaleout", "--no-held-out", "--ranks", "1,2", "--layers", "64,32,10"]
+    cmd += ["--batch", "64"]
     cmd += ["--steps", "3", "--sweep-max", str(1 << 20), "--timeout", "60", "--out", str(out), "--plot"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -142,7 +142,7 @@ def test_a_run_wrong_twice_is_flagged_disturbed(planted, why, tmp_path, capsys, 
     else:  # DataParallel's allreduce 20 ms against a bare 5 ms: x0.25 of its bandwidth
         planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512, "side"): 0.062, (2, 1, 512): 0.080},
                 dp={1: {"allreduce_s": 0.020, "exposed_s": 0.020, "bare": 0.005}})  # fmt: skip
-    assert main(["scaleout", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path), "--plot"]) == 0
+    assert main(["scaleout", "--no-held-out", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path), "--plot"]) == 0
     out = capsys.readouterr().out
     doc = json.loads((tmp_path / "scaleout.json").read_text())
     r = next(x for x in doc["runs"] if x["ranks"] == 2 and x["data_parallel"])
@@ -155,7 +155,7 @@ def test_a_run_wrong_twice_is_flagged_disturbed(planted, why, tmp_path, capsys, 
 
 def test_cli_json_and_report_show_the_breakdown_side_by_side(planted, tmp_path, capsys):
     planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512, "side"): 0.062, (2, 1, 512): 0.070})
-    assert main(["scaleout", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path), "--plot"]) == 0
+    assert main(["scaleout", "--no-held-out", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path), "--plot"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("whygpu scaleout: 6 MPI jobs")  # said before anything is measured
     assert "measured here, and the model" in out and "exposed allreduce" in out
@@ -275,7 +275,7 @@ def test_progress_counts_the_jobs_the_cli_announced(planted, tmp_path, capsys, m
     p = planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512, "side"): 0.062, (2, 1, 512): step})
     CountingBar.made.clear()
     monkeypatch.setattr(bso, "Progress", CountingBar)
-    assert main(["scaleout", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path)]) == 0
+    assert main(["scaleout", "--no-held-out", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr()
     announced = int(re.match(r"whygpu scaleout: (\d+) MPI jobs", out.out).group(1))
     (bar,) = CountingBar.made
@@ -297,9 +297,47 @@ def test_an_overlapped_allreduce_is_not_held_to_the_bare_bandwidth(planted, tmp_
     the cores with the backward pass, which is no disturbance; the model (within 25%) judges the step."""
     p = planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512, "side"): 0.062, (2, 1, 512): 0.068},
                 dp={1: {"allreduce_s": 0.020, "exposed_s": 0.004, "bare": 0.005}})  # fmt: skip
-    assert main(["scaleout", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path)]) == 0
+    assert main(["scaleout", "--no-held-out", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "scaleout.json").read_text())
     r = next(x for x in doc["runs"] if x["ranks"] == 2 and x["data_parallel"])
     assert r["bandwidth_ratio"] == pytest.approx(0.25)
     assert not r.get("disturbed") and not r.get("remeasured")
     assert p.tries[(2, 1, 512)] == 1  # not measured again
+
+
+def test_every_scaleout_run_ends_with_the_held_out_validation(planted, tmp_path, capsys, monkeypatch):
+    """`whygpu scaleout` runs the held-out validation after its runs (at each P > 1, with the run's model,
+    batch, steps and optimizer), prints its table and writes scaleout_heldout.json; --no-held-out skips it."""
+    import whygpu.scaleout_heldout as h
+
+    planted({**BASE, (1, 1, 256): 0.060, (2, 1, 512, "side"): 0.062, (2, 1, 512): 0.070})
+    seen: list[dict] = []
+
+    def fake_heldout(**kw):
+        seen.append(kw)
+        row = {"label": "P=2 none, planted", "verdict": "model error: exposed", "model_errors": ["exposed"],
+               "disturbed": None, "terms": [{"term": "step", "predicted_s": 0.07, "measured_s": 0.07, "error": 0.0,
+                                             "within": True}]}  # fmt: skip
+        return {"schema": h.SCHEMA, "available": True,
+                "params": {"layers": kw["layers"], "batch": kw["batch"], "steps": kw["steps"], "backend": "openmp",
+                           "optimizer": kw["optimizer"]},
+                "heldout": {"rows": [row], "terms": {"2": {"how": "2 ranks x 1 thread(s) on 2 cores"}},
+                            "summary": h.summary([row]),
+                            "tolerances": {"step": {"relative": 0.15, "floor_s": 0.0}}}}  # fmt: skip
+
+    monkeypatch.setattr(h, "run_heldout", fake_heldout)
+    assert main(["scaleout", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert [(k["ranks"], k["steps"], k["optimizer"], k["layers"]) for k in seen] == [
+        ([2], 3, "sgd", [784, 2048, 2048, 10])
+    ]
+    assert out.index("Against perfect scaling") < out.index("held out: P = 2") < out.index("model error: exposed")
+    assert "0 of 1 configurations within every tolerance" in out and "1 with model errors" in out
+    assert json.loads((tmp_path / "scaleout_heldout.json").read_text())["schema"] == h.SCHEMA
+    assert json.loads((tmp_path / "scaleout.json").read_text())["runs"]
+
+    seen.clear()
+    assert main(["scaleout", "--no-held-out", "--ranks", "1,2", "--steps", "3", "--out", str(tmp_path / "b")]) == 0
+    assert not seen and not (tmp_path / "b" / "scaleout_heldout.json").exists()
+    assert main(["scaleout", "--no-held-out", "--trace", str(tmp_path / "t"), "--out", str(tmp_path / "c")]) == 2
+    assert main(["scaleout", "--quick", "--out", str(tmp_path / "d")]) == 2

@@ -21,6 +21,7 @@ from whygpu.predict import (
     Event,
     Interference,
     LayerTimes,
+    Skew,
     StepConfig,
     UpdateCost,
     bucket_layout,
@@ -119,6 +120,35 @@ def test_a_collective_slower_than_the_whole_backward_exposes_the_difference():
     assert close(r.exposed_s, (10.0 - 4.0) + 0.004 + 0.008) and close(r.step_s, 14.012)
     assert close(r.in_flight_s, 10.012)
     check_identity(r)
+
+
+def test_a_lagging_rank_delays_each_collective_by_its_share_of_the_compute_since_the_ranks_met():
+    # as the one-bucket test, the other rank 20% behind: it posts the bucket 0.2 x 10.5 s of compute later
+    m = model((1.0, 2.0, 3.0, 4000, "fc1"), (0.5, 0.0, 0.5, 0, "relu"), (1.0, 2.0, 3.0, 4000, "fc2"), loss_s=0.5)
+    cfg = StepConfig(2, bucket_mb=math.inf, first_bucket_mb=math.inf)
+    lag = Skew("planted", lag_fraction=0.2)
+    r = simulate(m, NO_UPDATE, costs(allreduce=(0.25, 1000.0)), NO_INTERFERENCE, cfg, lag)
+    (ar,) = r.collectives
+    assert close(ar.posted_s, 10.5) and close(ar.start_s, 10.5 + 2.1) and close(ar.end_s, 12.6 + 8.254)
+    assert close(r.exposed_s, 2.1 + 8.254) and close(r.in_flight_s, 2.1 + 8.254)
+    check_identity(r)
+    # a bucket per layer: each posted bucket waits for the lag so far; after the ranks met in the exposed
+    # wait, the lag starts again from nothing (the allgathers of ZeRO: only the update's share)
+    layers = [(1.0, 1.0, 1.0, 4000, f"fc{i}") for i in range(2)]
+    upd = UpdateCost("planted", per_call_s=1.0)
+    fast = costs(reduce_scatter=(0.0, 1e9), allgather=(0.0, 1e9), allreduce=(0.0, 1e9))
+    z = simulate(
+        model(*layers), upd, fast, NO_INTERFERENCE, StepConfig(2, "optimizer", bucket_mb=0.0), Skew("planted", 0.5)
+    )
+    starts = {c.name: (c.posted_s, c.start_s) for c in z.collectives}
+    # forward 2, dW fc1 at 3 (3 s of compute: lag 1.5), dX fc1 at 4, dW fc0 at 5 (lag 2.5)
+    assert close(starts["reduce_scatter b0"][1] - starts["reduce_scatter b0"][0], 1.5)
+    assert close(starts["reduce_scatter b1"][1] - starts["reduce_scatter b1"][0], 2.5)
+    gathers = [c for c in z.collectives if c.kind == "allgather"]
+    first = min(gathers, key=lambda c: c.start_s)  # two shard updates (2 s) since the ranks met: lag 1 s
+    assert close(first.start_s - first.posted_s, 0.5 * 2.0)
+    with pytest.raises(ValueError, match="lag_fraction"):
+        Skew("planted", lag_fraction=-0.1)
 
 
 def test_interference_slows_both_lanes_as_the_rates_say():
@@ -365,13 +395,14 @@ def test_numpy_scalars_from_a_measurement_are_taken_as_numbers():
 
 def test_simulate_reads_only_its_inputs():
     params = inspect.signature(simulate).parameters
-    assert list(params) == ["compute", "update", "collectives", "interference", "config"]
+    assert list(params) == ["compute", "update", "collectives", "interference", "config", "skew"]
     assert [p.annotation for p in params.values()] == [
         "ComputeTimes",
         "UpdateCost",
         "CollectiveCosts",
         "Interference",
         "StepConfig",
+        "Skew | None",
     ]
     measured_run = {"step_s": 9.0, "exposed_s": 1.0, "allreduce_s": 2.0}  # the run being predicted
     args = (ZERO_MODEL, ZERO_UPDATE, ZERO_COSTS, NO_INTERFERENCE, StepConfig(2, "optimizer", bucket_mb=0.0))

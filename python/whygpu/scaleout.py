@@ -207,7 +207,7 @@ def run_inputs(
             source="measured apart: " + str(interference.get("source", "the interference probe")).split(": ", 1)[-1],
         )
     else:
-        inter = Interference(source="planted: not measured -- no interference simulated")
+        inter = Interference(source="not measured: no interference simulated")
         assumptions.append("no interference between compute and the collectives (not measured)")
     cfg = StepConfig(
         ranks=P,

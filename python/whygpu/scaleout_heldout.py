@@ -39,7 +39,7 @@ import numpy as np
 from .bench.scaleout import _cpu_times_with_ranks, launch, mpi_status, summarize
 from .bench.stepterms import measure_terms, simulator_fields
 from .bench.trust import CORE_THRESHOLD, QUIET_THRESHOLD, QuietGuard
-from .predict import StepConfig, StepResult, inputs_from_fields, simulate
+from .predict import StepConfig, StepResult, inputs_from_fields, simulate, skew_from_fields
 
 __all__ = [
     "SCHEMA",
@@ -124,7 +124,8 @@ def predict(terms: dict, cfg: StepConfig) -> tuple[dict[str, Any], StepResult]:
     window = _window(terms)
     fields = simulator_fields(terms, compute="beside", probe=_comm_kind(cfg), collective_window=window)
     compute, update, costs, inter = inputs_from_fields(fields)
-    res = simulate(compute, update, costs, inter, cfg)
+    skew = skew_from_fields(fields)
+    res = simulate(compute, update, costs, inter, cfg, skew)
     pred = {
         "terms": predicted_terms(res),
         "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
@@ -134,6 +135,7 @@ def predict(terms: dict, cfg: StepConfig) -> tuple[dict[str, Any], StepResult]:
             "update": update.source,
             "collectives": {c.kind: c.source for c in costs.curves},
             "interference": inter.source,
+            "skew": None if skew is None else f"lag {100 * skew.lag_fraction:.1f}% of the compute; {skew.source}",
             "collective_window_bytes": [w if math.isfinite(w) else None for w in window],  # None: no upper end
         },
     }
@@ -292,7 +294,9 @@ def run_heldout(
             pred, res = predict(terms, cfg)  # before the run: nothing of it exists yet
             log(f"{label}: predicted {1e3 * pred['terms']['step']:.3g} ms per step; running it")
             with guard.block(label) as q:
-                args = _worker_args(cfg, layers, batch, steps, backend, optimizer, events=trace_dir is not None)
+                # every held-out run records its events (the report draws one measured timeline; about 1 us per
+                # event, some 35 events a step: +15-45 us on a 1 ms step, lost in the noise of a 100 ms one)
+                args = _worker_args(cfg, layers, batch, steps, backend, optimizer, events=True)
                 raw = launch(st["mpiexec"], P, T, args, timeout)
             meas = measured_terms(raw, cfg)
             judged = judge(pred["terms"], meas)

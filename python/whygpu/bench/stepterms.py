@@ -134,7 +134,20 @@ def assemble(raw: dict, params: dict, machine: dict | None = None) -> dict:
         "update": update,
         "collectives": colls,
         "interference": raw["interference"],
+        "skew": skew_of(comp.get("passes")),
     }
+
+
+def skew_of(passes: list[list[float]] | None) -> dict[str, Any] | None:
+    """How far the slowest rank lags rank 0 doing the same work: per pass (every rank at once, after a
+    barrier), (slowest - rank 0) / rank 0; their median is the simulator's ``lag_fraction``."""
+    if not passes or len(passes) < 2:
+        return None
+    n = min(len(p) for p in passes)
+    lags = [(max(p[k] for p in passes) - passes[0][k]) / passes[0][k] for k in range(n) if passes[0][k] > 0]
+    if not lags:
+        return None
+    return {"per_rank_s": passes, "lags": lags, "lag_fraction": float(np.median(lags))}
 
 
 def measure_terms(
@@ -221,7 +234,8 @@ def measure_terms(
             "compute": "each piece of one step (Linear.forward with its fused ReLU; the dW GEMM + bias_grad; the dX "
             "GEMM; other layers' forward/_backward; the loss) timed call by call on rank 0's share of the batch "
             f"after 2 untimed calls, median of {repeats}; 'alone': rank 0 only, the other ranks asleep in a "
-            "barrier; 'beside': every rank at once without communicating, the slowest rank's median",
+            "barrier; 'beside': every rank at once without communicating (the slowest rank's median, and rank 0's); "
+            "then whole passes of every rank at once, for how far the ranks drift apart (the skew)",
             "update": f"{optimizer}.step() on one flat parameter of each size, alone and beside, each call cold (a "
             "buffer of twice the last-level cache written just before it, untimed); fitted per call + per byte "
             "(relative least squares)",
@@ -276,8 +290,10 @@ def _unjson(x: Any) -> Any:
 
 # -- into the simulator's inputs ----------------------------------------------------------------------
 def _median(records: list[dict], layer: int, part: str) -> float:
+    """The piece's median: rank 0's where the ranks ran side by side (the rank whose step is measured; how
+    far the others lag is the skew term), else the one rank's."""
     r = next((r for r in records if r["layer"] == layer and r["part"] == part), None)
-    return 0.0 if r is None else float(r["median_s"])
+    return 0.0 if r is None else float(r.get("rank0_median_s", r["median_s"]))
 
 
 def simulator_fields(
@@ -319,7 +335,7 @@ def simulator_fields(
             "name": info["name"],
         })  # fmt: skip
     reps = p["repeats"]
-    side = "with the other ranks' compute beside it (slowest rank)" if compute == "beside" else "alone"
+    side = "with the other ranks' compute beside it (rank 0's)" if compute == "beside" else "alone"
     comp = {
         "layers": layers,
         "loss_s": _median(recs, -1, "loss"),
@@ -336,7 +352,15 @@ def simulator_fields(
             f"{f['max_bytes']} B, DataParallel's progress thread, fitted latency + bytes/bandwidth "
             f"(rms {100 * f['rms_rel_error']:.0f}%)",
         })  # fmt: skip
-    return {"compute": comp, "update": update, "collectives": curves, "interference": _interference(doc, probe)}
+    out = {"compute": comp, "update": update, "collectives": curves, "interference": _interference(doc, probe)}
+    sk = doc.get("skew")
+    if sk is not None and P > 1:
+        out["skew"] = {
+            "lag_fraction": sk["lag_fraction"],
+            "source": f"measured apart: {len(sk['lags'])} whole forward + backward passes of every rank at once after "
+            f"a barrier, no communication, {where}; median of (slowest rank - rank 0) / rank 0",
+        }
+    return out
 
 
 def _update(doc: dict, compute: str, window: tuple[float, float], source: str, where: str) -> dict[str, Any]:

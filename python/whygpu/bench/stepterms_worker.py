@@ -68,6 +68,9 @@ def _quiet_barrier(comm) -> None:
 
 
 # -- compute ------------------------------------------------------------------------------------------
+WARMUP_PASSES = 1
+
+
 def _time_all(pieces, repeats: int, sync: Callable[[], None] | None) -> list[list[float]]:
     out = []
     for pc in pieces:
@@ -118,16 +121,34 @@ def _compute(a, comm) -> dict:
         alone = _time_all(pieces, a.repeats, None) if r == 0 else None
         _quiet_barrier(comm)
         beside = _time_all(pieces, a.repeats, comm.Barrier)
+        passes = _passes([pc for pc in pieces if pc.part not in ("update", "model_update")], a.repeats, comm)
     everyone = comm.gather(beside, root=0)
+    all_passes = comm.gather(passes, root=0)
     if r != 0:
         return {}
-    assert alone is not None and everyone is not None
+    assert alone is not None and everyone is not None and all_passes is not None
     return {
         "rows": rows,
         "layers": info,
         "alone": _records(pieces, alone, None),
         "beside": _records(pieces, beside, everyone),
+        "passes": all_passes,  # [rank][pass] seconds: whole forward + backward passes, every rank at once
     }
+
+
+def _passes(pieces, repeats: int, comm) -> list[float]:
+    """Seconds of whole passes (every compute piece in the step's order, back to back), every rank after a
+    barrier, as in a step between two collectives: how far the ranks drift apart doing the same work."""
+    calls = [pc.call for pc in pieces if pc.call is not None]
+    out = []
+    for k in range(WARMUP_PASSES + max(7, repeats)):
+        comm.Barrier()
+        t0 = _clock()
+        for c in calls:
+            c()
+        if k >= WARMUP_PASSES:
+            out.append(_clock() - t0)
+    return out
 
 
 # -- collectives --------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ class _Plan(TypedDict):
     scaleout_sweep_max: int  # the largest allreduce of the sweep, bytes
     scaleout_shards: list[str]  # DataParallel's shard settings on 2 ranks: the memory lesson (ZeRO 1 and 2)
     scaleout_optimizer: str  # Adam: its state is what sharding divides (SGD has none)
+    heldout_layouts: list[str] | None  # the held-out validation's bucket layouts on 2 ranks (None: all three)
 
 
 # The demo's two plans: sizes and budgets that finish in < 3 min (full) and
@@ -59,6 +60,7 @@ DEMO_PLANS: dict[str, _Plan] = {
         "scaleout_sweep_max": 16 << 20,
         "scaleout_shards": ["none", "optimizer", "gradients"],
         "scaleout_optimizer": "adam",
+        "heldout_layouts": None,
     },
     "quick": {
         "sizes": [64, 128, 256, 512],
@@ -78,6 +80,7 @@ DEMO_PLANS: dict[str, _Plan] = {
         "scaleout_sweep_max": 1 << 20,
         "scaleout_shards": ["none", "optimizer", "gradients"],
         "scaleout_optimizer": "adam",
+        "heldout_layouts": ["DDP: 1 MiB first + 25 MiB"],
     },
 }
 
@@ -125,9 +128,37 @@ def _scaleout(plan: _Plan, out, prog: bool, log) -> None:
         else:
             _print_scaleout(doc)
             _write_json(out, "scaleout", doc)
+            _heldout(plan, out, log)
             return
     log(f"no scale-out measurement: {why} ({INSTALL_HINT})")
     _write_json(out, "scaleout", {"schema": SCHEMA, "available": False, "reason": why, "install": INSTALL_HINT})
+
+
+def _heldout(plan: _Plan, out, log) -> None:
+    """The step simulator checked on runs it never saw (whygpu.scaleout_heldout) on 2 ranks, at the demo's
+    sizes: the terms measured apart, each configuration predicted, then run; a failure is said and the demo
+    goes on (the report's section then says how to run it)."""
+    from ..bench.scaleout import ScaleoutError
+    from ..scaleout_heldout import QUICK, run_heldout
+    from .scaleout import print_heldout
+
+    try:
+        doc = run_heldout(
+            ranks=[2],
+            layers=plan["scaleout_layers"],
+            batch=plan["scaleout_batch"],
+            steps=plan["scaleout_steps"],
+            optimizer=plan["scaleout_optimizer"],
+            layouts=plan["heldout_layouts"],
+            terms_settings=dict(QUICK["terms"]) if plan["heldout_layouts"] is not None else None,
+            timeout=120.0,
+            log=log,
+        )
+    except (ScaleoutError, ValueError) as exc:
+        log(f"no held-out validation: {exc}")
+        return
+    print_heldout(doc)
+    _write_json(out, "scaleout_heldout", doc)
 
 
 def run(args) -> int:

@@ -70,26 +70,29 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument(
         "--held-out",
         action="store_true",
-        help="instead: measure the step simulator's terms apart at each P > 1, then predict each configuration "
-        "(bucket layouts x shard x prefetch) BEFORE running it, and judge every term against its own measurement "
-        "(writes scaleout_heldout.json)",
+        help="only the held-out validation (which every run ends with): measure the step simulator's terms apart "
+        "at each P > 1, then predict each configuration (bucket layouts x shard x prefetch) BEFORE running it, and "
+        "judge every term against its own measurement (writes scaleout_heldout.json)",
     )
+    s.add_argument("--no-held-out", action="store_true", help="skip the held-out validation after the runs")
     s.add_argument("--quick", action="store_true", help="with --held-out: a small model, 3 steps, brief terms")
-    s.add_argument("--trace", metavar="DIR", help="with --held-out: each run's simulated and measured Chrome trace")
+    s.add_argument("--trace", metavar="DIR", help="each held-out run's simulated and measured Chrome trace")
     return s
 
 
-def _run_heldout(args) -> int:
-    """``--held-out``: whygpu.scaleout_heldout, its table printed and its JSON written."""
+def _run_heldout(args, optimizer: str = "sgd", quick: bool = False) -> int:
+    """The held-out validation (:mod:`whygpu.scaleout_heldout`) at each P > 1 of ``args.ranks``, its
+    table printed and its JSON written; ``quick``: :data:`~whygpu.scaleout_heldout.QUICK`'s model."""
     from ..bench.scaleout import ScaleoutError
-    from ..scaleout_heldout import QUICK, run_heldout, table_rows
+    from ..scaleout_heldout import QUICK, run_heldout
 
     ranks = [p for p in args.ranks if p > 1]
-    quick = args.quick
+    if not ranks:
+        return 0
     layers = list(QUICK["layers"]) if quick else args.layers
     batch = QUICK["batch"] if quick else args.batch
     steps = QUICK["steps"] if quick else args.steps
-    print(f"whygpu scaleout --held-out: P = {', '.join(map(str, ranks))}; at each P the terms measured apart, then "
+    print(f"whygpu scaleout, held out: P = {', '.join(map(str, ranks))}; at each P the terms measured apart, then "
           "every configuration predicted, then run; Ctrl-C ends every rank", flush=True)  # fmt: skip
     out = _prepare_out(args.out)
     try:
@@ -98,7 +101,7 @@ def _run_heldout(args) -> int:
             layers=layers,
             batch=batch,
             steps=steps,
-            optimizer=args.optimizer or "sgd",
+            optimizer=optimizer,
             terms_settings=dict(QUICK["terms"]) if quick else None,
             timeout=args.timeout,
             trace_dir=args.trace,
@@ -106,6 +109,17 @@ def _run_heldout(args) -> int:
         )
     except ScaleoutError as exc:
         raise CliError(str(exc)) from None
+    print_heldout(doc)
+    if args.trace:
+        print(f"traces (simulated, and measured from every rank's recorded events; validated): {args.trace}")
+    _save(out, "scaleout_heldout", doc, False)
+    return 0
+
+
+def print_heldout(doc: dict) -> None:
+    """The held-out table and its counts."""
+    from ..scaleout_heldout import table_rows
+
     p = doc["params"]
     print(f"Held-out: MLP {'-'.join(map(str, p['layers']))}, global batch {p['batch']}, {p['backend']}, "
           f"{p['optimizer']}; ms per step, medians of {p['steps']} steps; predicted from terms measured "
@@ -120,10 +134,6 @@ def _run_heldout(args) -> int:
     print(f"{sm['ok']} of {sm['configurations']} configurations within every tolerance ({tol}); "
           f"{sm['model_errors']} with model errors {sm['missed_terms'] or ''}; {sm['disturbed']} disturbed "
           "(the quiet guard measured other programs on the cores while they ran)")  # fmt: skip
-    if args.trace:
-        print(f"traces (simulated and approximate measured, validated): {args.trace}")
-    _save(out, "scaleout_heldout", doc, False)
-    return 0
 
 
 def _ms(s) -> str:
@@ -188,13 +198,8 @@ def _print_scaleout(doc: dict) -> None:
                 else "one rank alone on its share"
                 + (f" x{r['model']['stretch']:.2g} (ranks take turns)" if r["model"]["stretch"] > 1 else ""),
             ],
-            ["allreduce", _ms(x["allreduce_s"]), _ms(m["comm_s"]), "bare Allreduce of the gradient, same ranks"],
-            [
-                "exposed allreduce",
-                _ms(x["exposed_s"]),
-                _ms(m["exposed_s"]),
-                f"e = {r['model']['exposed_fraction']:.2f} of it",
-            ],
+            ["allreduce", _ms(x["allreduce_s"]), _ms(m["comm_s"]), "simulated from the bare Allreduce, same ranks"],
+            ["exposed allreduce", _ms(x["exposed_s"]), _ms(m["exposed_s"]), "simulated: the schedule, not this run"],
             ["step", _ms(x["step_s"]), _ms(m["step_s"]), f"model error {_pm(r['prediction_error'])}"],
         ]
         print(_table(["term", "measured", "model", "model's source"], rows, right=range(1, 3)))
@@ -251,13 +256,12 @@ def _print_flags(r: dict) -> None:
 
 
 def _sharded_rows(r: dict) -> list[list[str]]:
-    """The sharded step's terms, measured and modelled (whygpu.scaleout.predict_sharded_step)."""
+    """The sharded step's terms, measured and simulated (whygpu.scaleout.check_run)."""
     m, x, P = r["breakdown"]["model"], r["breakdown"]["measured"], r["ranks"]
-    e = r["model"]["exposed_fraction"]
     return [
         ["compute (a rank, its share)", _ms(x["compute_s"]), _ms(m["compute_s"]), "side by side, less its update"],
         ["reduce-scatter", _ms(x["reduce_scatter_s"]), _ms(m["reduce_scatter_s"]), "bare Reduce_scatter, same ranks"],
-        ["exposed reduce-scatter", _ms(x["exposed_s"]), _ms(m["exposed_s"]), f"e = {e:.2f} of it"],
+        ["exposed reduce-scatter", _ms(x["exposed_s"]), _ms(m["exposed_s"]), "simulated: the schedule, not this run"],
         ["update (its 1/P shard)", _ms(x["update_s"]), _ms(m["update_s"]), f"the whole update side by side / {P}"],
         ["allgather", _ms(x["allgather_s"]), _ms(m["allgather_s"]), "bare Allgather, same ranks"],
         *(
@@ -266,7 +270,7 @@ def _sharded_rows(r: dict) -> list[list[str]]:
                     "exposed allgather",
                     _ms(x.get("exposed_allgather_s")),
                     _ms(m.get("exposed_allgather_s")),
-                    f"g = {r['model'].get('allgather_exposed_fraction', 1.0):.2f} of it (prefetch)",
+                    "simulated: the next forward pass's waits (prefetch)",
                 ]
             ]
             if r.get("prefetch")
@@ -314,8 +318,12 @@ def run(args) -> int:
 
     if len(args.layers) < 2:
         raise CliError("--layers needs at least an input and an output width")
-    if (args.quick or args.trace) and not args.held_out:
-        raise CliError("--quick and --trace go with --held-out")
+    if args.quick and not args.held_out:
+        raise CliError("--quick goes with --held-out")
+    if args.held_out and args.no_held_out:
+        raise CliError("--held-out and --no-held-out contradict each other")
+    if args.trace and args.no_held_out:
+        raise CliError("--trace writes the held-out runs' timelines: it cannot go with --no-held-out")
     try:  # refused before anything starts, MPI or not
         check_ranks(args.ranks, args.batch, _cpus_available(), args.oversubscribe)
     except ValueError as exc:
@@ -324,7 +332,7 @@ def run(args) -> int:
     if not st["available"]:
         raise CliError(f"scaleout needs mpi4py and mpiexec: {st['reason']}; install them with {INSTALL_HINT}")
     if args.held_out:
-        return _run_heldout(args)
+        return _run_heldout(args, args.optimizer or "sgd", args.quick)
     out = _prepare_out(args.out)
     shards = check_shards(args.shard)
     if args.prefetch and shards == ["none"]:
@@ -363,4 +371,6 @@ def run(args) -> int:
         from ..plots.scaleout import plot_scaleout
 
         print(f"wrote {plot_scaleout(_roundtrip(doc), out / 'scaleout.png')}")
-    return 0
+    if args.no_held_out:
+        return 0
+    return _run_heldout(args, optimizer)

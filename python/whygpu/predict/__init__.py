@@ -37,8 +37,10 @@ from ._inputs import (
     ComputeTimes,
     Interference,
     LayerTimes,
+    Skew,
     UpdateCost,
     inputs_from_fields,
+    skew_from_fields,
 )
 from .extrapolate import CpuFigures, extrapolation, simulate_system, system_curves
 from .stepsim import SHARDS, BucketSpec, CollectiveSpan, StepConfig, StepResult, bucket_layout, simulate
@@ -47,6 +49,6 @@ from .trace import TIDS, chrome_trace, validate_chrome_trace, write_chrome_trace
 __all__ = [
     "simulate", "StepConfig", "StepResult", "CollectiveSpan", "Event", "bucket_layout", "BucketSpec",
     "LayerTimes", "ComputeTimes", "UpdateCost", "CollectiveCurve", "CollectiveCosts", "Interference",
-    "inputs_from_fields", "extrapolation", "system_curves", "simulate_system", "CpuFigures",
+    "Skew", "inputs_from_fields", "skew_from_fields", "extrapolation", "system_curves", "simulate_system", "CpuFigures",
     "SOURCES", "COLLECTIVES", "SHARDS", "LANES", "TIDS", "chrome_trace", "write_chrome_trace", "validate_chrome_trace",
 ]  # fmt: skip

@@ -9,10 +9,13 @@ The compute lane runs a *program*, a list of operations in order:
 * :class:`Mark` -- note the time the program got there (the backward pass's start, its end).
 
 The communication lane runs the posted collectives one at a time, first posted first (FIFO: as one
-MPICH progress engine moves them).  Each lane advances at a *rate*: 1 when it runs alone; with both
-busy, compute at ``1 / compute_slowdown`` and the collective at ``1 / comm_slowdown``.  The loop finds
-the next completion at the current rates, advances both lanes' remaining work to it, and looks again
--- so an overlap is simulated, never assumed.  Zero-length kernels leave no event.
+MPICH progress engine moves them).  A collective starts only once every rank has posted it: with a
+``lag_fraction`` f, the slowest other rank posts it f x (the compute this rank did since the ranks last
+met, in a completed wait) later, and the lane waits for that.  Each lane advances at a *rate*: 1 when
+it runs alone; with both busy, compute at ``1 / compute_slowdown`` and the collective at
+``1 / comm_slowdown``.  The loop finds the next completion at the current rates, advances both lanes'
+remaining work to it, and looks again -- so an overlap is simulated, never assumed.  Zero-length
+kernels leave no event.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class Collective:
     work_s: float
     phase: str  # "backward" (the gradients' collectives) or "gather" (ZeRO's allgather of the parameters)
     bucket: int = -1  # -1: not a gradient bucket (the failure count)
+    ready: float = math.nan  # when the last rank has posted it (posted + the other ranks' lag)
     posted: float = math.nan
     start: float = math.nan
     end: float = math.nan
@@ -99,12 +103,13 @@ Op = Union[Compute, Post, Wait, Mark]
 
 
 def run_program(
-    program: list[Op], compute_slowdown: float, comm_slowdown: float, rank: int = 0
+    program: list[Op], compute_slowdown: float, comm_slowdown: float, rank: int = 0, lag_fraction: float = 0.0
 ) -> tuple[list[Event], float]:
     """Run ``program`` on the compute lane beside the communication lane.  Returns the events (in the
     order they ended) and the time the program ended (the step).  Fills in each collective's
-    posted/start/end.  A wait on a collective never posted, or one left in flight at the end, raises."""
+    posted/ready/start/end.  A wait on a collective never posted, or one left in flight at the end, raises."""
     t = 0.0
+    since_met = 0.0  # bare compute seconds since the ranks last met (a completed wait on collectives)
     pc = 0
     events: list[Event] = []
     queue: deque[Collective] = deque()
@@ -125,7 +130,7 @@ def run_program(
             op = program[pc]
             if isinstance(op, Post):
                 for c in op.collectives:
-                    c.posted = t
+                    c.posted, c.ready = t, t + lag_fraction * since_met
                     queue.append(c)
             elif isinstance(op, Wait):
                 if not all(c.done for c in op.on):
@@ -137,33 +142,37 @@ def run_program(
                         Event(op.name, "compute", wait_start, t, op.kind, rank, {"on": [c.name for c in op.on]})
                     )
                 wait_start = None
+                if op.on:
+                    since_met = 0.0  # every rank has taken part in these: they met
             elif isinstance(op, Mark):
                 op.at = t
             elif op.work_s > 0:
                 kernel, k_left, k_start = op, op.work_s, t
             pc += 1
-        # The communication lane: the next collective posted, if idle.
-        if comm is None and queue:
+        # The communication lane: the next collective posted, if idle and every rank has posted it.
+        if comm is None and queue and queue[0].ready <= t:
             comm = queue.popleft()
             comm.start, c_left = t, comm.work_s
             if c_left <= 0.0:
                 end_collective(comm)
                 comm = None
                 continue
-        if kernel is None and comm is None:
+        lag_dt = queue[0].ready - t if comm is None and queue else math.inf  # the other ranks yet to post
+        if kernel is None and comm is None and math.isinf(lag_dt):
             if pc >= len(program):
                 break
             raise RuntimeError(f"the program waits at {program[pc]!r} for a collective that was never posted")
-        # Both lanes at their current rates; advance to the first completion.
+        # Both lanes at their current rates; advance to the first completion (or the last rank's post).
         k_rate = 1.0 / compute_slowdown if comm is not None else 1.0
         c_rate = 1.0 / comm_slowdown if kernel is not None else 1.0
         k_dt = k_left / k_rate if kernel is not None else math.inf
         c_dt = c_left / c_rate if comm is not None else math.inf
-        dt = min(k_dt, c_dt)
+        dt = min(k_dt, c_dt, lag_dt)
         t += dt
         if kernel is not None:
             k_left = 0.0 if k_dt == dt else k_left - dt * k_rate
             if k_left <= _EPS:
+                since_met += kernel.work_s
                 args = {"bare_s": kernel.work_s, **kernel.args}
                 events.append(Event(kernel.name, "compute", k_start, t, kernel.kind, rank, args))
                 kernel = None

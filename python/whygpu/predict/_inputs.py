@@ -2,8 +2,12 @@
 each collective costs, and how much compute and a collective slow each other down when they share cores.
 
 Every input is a small frozen dataclass with a ``source``: how the figures were obtained, one of
-``"measured apart"``, ``"public figure"`` or ``"planted"`` (a test's or a lesson's made-up numbers),
-optionally followed by ``": how"`` (``"measured apart: 2 ranks, 1 thread each, 7 sizes, bare"``).
+``"measured apart"`` (by a measurement of its own, not the run predicted), ``"measured here"`` (on this
+machine, in the same command, from runs other than the one predicted), ``"public figure"``, ``"assumed"``
+(a stated assumption, e.g. no interference on a GPU whose collectives use their own engines), ``"not
+measured"`` (a neutral value standing in for a figure nobody measured) or ``"planted"`` (a test's or a
+lesson's made-up numbers), optionally followed by ``": how"`` (``"measured apart: 2 ranks, 1 thread
+each, 7 sizes, bare"``).
 The simulator reads nothing else: a prediction is only as honest as these sources say.
 
 Bad figures (negative or non-finite times, a bandwidth <= 0, an unknown collective, no source) raise a
@@ -24,10 +28,12 @@ __all__ = [
     "UpdateCost",
     "CollectiveCurve",
     "CollectiveCosts",
+    "Skew",
+    "skew_from_fields",
     "Interference",
 ]
 
-SOURCES = ("measured apart", "public figure", "planted")
+SOURCES = ("measured apart", "measured here", "public figure", "assumed", "not measured", "planted")
 COLLECTIVES = ("allreduce", "reduce_scatter", "allgather", "sendrecv")
 
 
@@ -203,6 +209,31 @@ class Interference:
                 raise ValueError(f"Interference.{f} must be a finite factor >= 1 (1: no slowdown), got {v!r}")
             object.__setattr__(self, f, float(v))
         _source(self.source, "Interference")
+
+
+@dataclass(frozen=True)
+class Skew:
+    """How far the slowest other rank lags this one: after ``x`` seconds of compute since the ranks last
+    met in a collective, the last rank reaches the same point ``lag_fraction * x`` later (measured apart:
+    whole passes of every rank side by side, the median of (slowest - this rank) / this rank).  A
+    collective cannot start before every rank has posted it, so this rank waits that long for it.
+    0: ranks in lockstep."""
+
+    source: str
+    lag_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        v = self.lag_fraction
+        if not _real(v) or not 0.0 <= v < math.inf:
+            raise ValueError(f"Skew.lag_fraction must be a finite number >= 0 (0: ranks in lockstep), got {v!r}")
+        object.__setattr__(self, "lag_fraction", float(v))
+        _source(self.source, "Skew")
+
+
+def skew_from_fields(fields: dict) -> Skew | None:
+    """The :class:`Skew` in ``fields`` (``"skew"``), or None where the fields have none (older terms)."""
+    s = fields.get("skew")
+    return None if s is None else Skew(**s)
 
 
 def inputs_from_fields(fields: dict) -> tuple[ComputeTimes, UpdateCost, CollectiveCosts, Interference]:

@@ -30,9 +30,8 @@ The inputs, each with its source:
 
 :func:`extrapolation` returns the ``extrapolation`` section of the ``whygpu.scaleout/1`` document: per
 system and model, strong and weak scaling curves (``ranks``, ``step_s``, ``exposed_s``, ``speedup``,
-``efficiency``) and the ``sources`` of their inputs.  The simulator's own ``source`` fields admit
-"measured apart", "public figure" and "planted" only: "measured here" goes in as "measured apart:
-measured here ...", an assumption or a figure not measured as "planted: assumed ...".
+``efficiency``) and the ``sources`` of their inputs, in the simulator's own words ("measured here",
+"public figure", "assumed", "not measured").
 """
 
 from __future__ import annotations
@@ -78,13 +77,13 @@ DDP_BUCKET_MB, DDP_FIRST_BUCKET_MB = 25.0, 1.0  # PyTorch DDP's bucket_cap_mb an
 
 
 def _sim_source(text: str) -> str:
-    """The simulator's source field for a curve's source text: "measured here: x" -> "measured apart:
-    measured here, x"; "assumed: x" / "not measured: x" -> "planted: ..." (an assumption, not a figure)."""
-    if text.startswith("public figure"):
+    """The simulator's source field for a curve's source text: the same words (the simulator admits
+    "measured here", "public figure", "assumed" and "not measured"); anything else is an assumption."""
+    from ._inputs import SOURCES
+
+    if any(text == s or text.startswith(s + ":") for s in SOURCES):
         return text
-    if text.startswith("measured here"):
-        return "measured apart: " + text
-    return "planted: " + text
+    return "assumed: " + text
 
 
 @dataclass(frozen=True)

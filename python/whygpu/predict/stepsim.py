@@ -27,9 +27,13 @@ Inputs: :class:`ComputeTimes`, :class:`UpdateCost`, :class:`CollectiveCosts`, :c
 (``_inputs.py``: each with its source) and :class:`StepConfig` (the strategy).  :func:`simulate` takes
 nothing else -- no measured run -- so what it predicts cannot lean on the run it predicts.
 
+Ranks that do not keep pace (:class:`Skew`): a collective starts only once the slowest rank has posted
+it, ``lag_fraction`` x the compute since the ranks last met after this rank did.
+
 Not modelled yet: MPICH's ``"test"`` progress mode (collectives move only inside MPI calls), the
 progress thread's polling delay (0.1 ms), copies to and from a GPU's pinned buckets, more ranks than
-cores (measure the compute with the other ranks' compute beside it instead), ranks that differ.
+cores (measure the compute with the other ranks' compute beside it instead), ranks that differ in
+their work.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ._engine import Collective, Compute, Event, Mark, Op, Post, Wait, run_program
-from ._inputs import CollectiveCosts, ComputeTimes, Interference, UpdateCost
+from ._inputs import CollectiveCosts, ComputeTimes, Interference, Skew, UpdateCost
 
 __all__ = ["SHARDS", "MiB", "StepConfig", "BucketSpec", "bucket_layout", "CollectiveSpan", "StepResult", "simulate"]
 
@@ -330,8 +334,10 @@ def simulate(
     collectives: CollectiveCosts,
     interference: Interference,
     config: StepConfig,
+    skew: Skew | None = None,
 ) -> StepResult:
-    """One training step of ``DataParallel`` as ``config`` sets it up, from these inputs alone.
+    """One training step of ``DataParallel`` as ``config`` sets it up, from these inputs alone;
+    ``skew``: how far the other ranks lag (None: in lockstep).
 
     Raises ValueError for inputs that cannot describe a step (see the dataclasses) and when a
     collective the strategy uses has no curve for ``config.ranks``."""
@@ -341,13 +347,15 @@ def simulate(
         (collectives, CollectiveCosts),
         (interference, Interference),
         (config, StepConfig),
+        (Skew("planted") if skew is None else skew, Skew),
     ):
         if not isinstance(value, cls):
             raise ValueError(f"simulate() needs a {cls.__name__}, got {type(value).__name__}")
     prog, buckets, colls = _program(compute, update, collectives, config)
     marks = {op.name: op for op in prog if isinstance(op, Mark)}
     bare = math.fsum(op.work_s for op in prog if isinstance(op, Compute) and op.kind != "update")
-    events, step = run_program(prog, interference.compute_slowdown, interference.comm_slowdown)
+    lag = 0.0 if skew is None or config.ranks == 1 else skew.lag_fraction
+    events, step = run_program(prog, interference.compute_slowdown, interference.comm_slowdown, lag_fraction=lag)
     events.sort(key=lambda e: (e.start, e.lane != "compute", e.end))
 
     def total(*kinds: str) -> float:

@@ -251,24 +251,25 @@ def section(docs: Docs, out: Path, figs: list[str], num: int) -> list[Block]:
 
 
 def _comm_sentence(r: dict) -> str:
-    """How the model's communication term of run r is measured: the allreduce, or sharded its two halves."""
+    """How the model's communication terms of run r come about: simulated from the bare collectives measured
+    on the same ranks and the schedule, nothing taken from the run itself."""
     m, P, mb = r["breakdown"]["model"], r["ranks"], f"{r['bytes'] / 1e6:.3g} MB"
-    e = r["model"]["exposed_fraction"]
     if not is_sharded(r):
         return (
-            f"The allreduce: a bare MPI Allreduce of the {mb} gradient on the same {P} ranks ({_ms(m['comm_s'])}). "
-            f"Exposed: the fraction e = {e:.2f} of it that DataParallel still waited for after the backward pass."
+            f"The allreduce: simulated from a bare MPI Allreduce of the {mb} gradient on the same {P} ranks, its "
+            f"buckets posted as the backward pass finishes each layer ({_ms(m['comm_s'])} in flight). Exposed: the "
+            f"simulator predicts {_ms(m['exposed_s'])} of it still waited for after the backward pass; nothing of "
+            "this run's own timing enters the prediction."
         )
-    g = r["model"].get("allgather_exposed_fraction", 1.0)
     waited = (
-        f"the fraction g = {g:.2f} of it that the next forward pass still waited for (prefetch)"
+        "the next forward pass's waits for it simulated layer by layer (prefetch)"
         if r.get("prefetch")
-        else "all of it (the allgather ends the step)"
+        else "all of it waited for (the allgather ends the step)"
     )
     return (
-        f"Sharded ({r['shard']}): a bare MPI Reduce_scatter of the {mb} gradient on the same {P} ranks "
-        f"({_ms(m['reduce_scatter_s'])}), of which DataParallel still waited for the fraction e = {e:.2f} after "
-        f"the backward pass; the update of 1/{P} of the parameters ({_ms(m['update_s'])}); and a bare Allgather "
+        f"Sharded ({r['shard']}): simulated from a bare MPI Reduce_scatter of the {mb} gradient on the same {P} "
+        f"ranks ({_ms(m['reduce_scatter_s'])} in flight, {_ms(m['exposed_s'])} of it predicted exposed after the "
+        f"backward pass); the update of 1/{P} of the parameters ({_ms(m['update_s'])}); and a bare Allgather "
         f"({_ms(m['allgather_s'])}), {waited}."
     )
 
