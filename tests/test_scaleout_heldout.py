@@ -102,7 +102,7 @@ def plant(monkeypatch, factors=None, busy=(), calls=None):
 
     def fake_terms(**kw):
         calls.append(("terms", kw["ranks"]))
-        return terms
+        return terms if not kw.get("compute_only") else {**terms, "collectives": {}, "interference": {}}
 
     def fake_launch(mpiexec, P, T, args, timeout, tick=None):
         a = dict(zip(args[::2], args[1::2]))
@@ -130,7 +130,9 @@ def test_planted_runs_give_the_exact_table_errors_and_verdicts(monkeypatch):
     calls = plant(monkeypatch, factors={PER: {"step": 1 / 1.2}})
     doc = h.run_heldout(ranks=[2], layers=(8, 8), batch=16, steps=3)
     rows = {r["label"]: r for r in doc["heldout"]["rows"]}
-    assert calls[0] == ("terms", 2) and len(rows) == 15 == len(calls) - 1  # the terms first, once per P
+    # all the terms first, once per P; then before each run its compute terms again, then the run
+    assert calls[0] == ("terms", 2) and len(rows) == 15 and len(calls) == 1 + 2 * 15
+    assert all(c == ("terms", 2) and r[0] == "run" for c, r in zip(calls[1::2], calls[2::2]))
     assert set(rows) == {h.config_label(n, c) for n, c in h.configurations(2)}
     one = rows[ONE]
     # one bucket at the end: the whole allreduce exposed (the gradient and the failure count: 8 MB + 4 B at 1 GB/s)

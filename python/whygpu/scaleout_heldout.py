@@ -3,11 +3,14 @@ terms measured apart, *then* run it, and judge every term against its own measur
 
 For each rank count P, :func:`run_heldout` first measures the simulator's inputs apart
 (:func:`whygpu.bench.stepterms.measure_terms`: per-layer compute beside the other ranks, the update, the
-bare collectives' cost curves, the interference probe) -- never from a run it predicts.  Then, for each
-configuration (:func:`configurations`: bucket layouts x shard none/optimizer/gradients x prefetch), it
-simulates the step (:func:`whygpu.predict.simulate`), records the prediction with a timestamp, and only
-then launches the run (:func:`whygpu.bench.scaleout.launch`, the scale-out worker with the matching
-``DataParallel`` settings) and compares term by term (:func:`judge`) with :data:`TOLERANCES`:
+bare collectives' cost curves, the interference probe, the ranks' skew) -- never from a run it predicts.
+Then, for each configuration (:func:`configurations`: bucket layouts x shard none/optimizer/gradients x
+prefetch), it measures the compute, the update and the skew once more, just before (a shared machine's
+speed drifts over a minute: measured once for all 15, the compute was off by -22% in one run and +40% in
+another, in the same direction for every configuration), simulates the step
+(:func:`whygpu.predict.simulate`), records the prediction with a timestamp, and only then launches the
+run (:func:`whygpu.bench.scaleout.launch`, the scale-out worker with the matching ``DataParallel``
+settings) and compares term by term (:func:`judge`) with :data:`TOLERANCES`:
 
 * ``step``: the whole step, 15%;
 * ``exposed``: the wait for the gradients' collectives after the backward pass, 30% or 2 ms;
@@ -256,12 +259,15 @@ def run_heldout(
     terms_settings: dict | None = None,
     timeout: float = 300.0,
     trace_dir: str | Path | None = None,
+    fresh_compute: bool = True,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """Measure the terms apart at each P, then predict and run each configuration; returns the document
     (``{"schema", "params", "quiet", "heldout": {"rows", "terms", "summary", "tolerances"}}``).
     ``only``: labels (:func:`config_label` without the "P=.. " prefix) to keep; ``trace_dir``: write the
-    simulated and the approximate measured timeline of each run as Chrome traces."""
+    simulated and the measured timeline of each run as Chrome traces; ``fresh_compute``: measure the
+    compute, the update and the skew again just before each configuration (apart from its run, as all
+    terms; the collectives' curves and the interference stay those measured once per P)."""
     from ._registry import KERNELS
     from ._threads import _cpus_available
     from .bench.scaleout import ScaleoutError
@@ -291,7 +297,18 @@ def run_heldout(
             label = config_label(layout, cfg)
             if only is not None and label.split(" ", 1)[1] not in only:
                 continue
-            pred, res = predict(terms, cfg)  # before the run: nothing of it exists yet
+            cterms, fresh = terms, None
+            if fresh_compute:  # the compute, the update and the skew again, just before: the machine drifts
+                with guard.block(f"compute terms for {label}") as fq:
+                    fresh = measure_terms(ranks=P, layers=layers, batch=batch, threads=T, backend=backend,
+                                          optimizer=optimizer, timeout=timeout, machine=False, compute_only=True,
+                                          **settings)  # fmt: skip
+                cterms = {**terms, **{k: fresh.get(k) for k in ("layers", "compute", "update", "skew")}}
+            pred, res = predict(cterms, cfg)  # before the run: nothing of it exists yet
+            if fresh is not None:
+                pred["compute_terms"] = {"quiet": fq, "skew": fresh.get("skew"),  # measured just before "at"
+                                         "compute": fresh["compute"]["beside"],
+                                         "update": fresh["update"]["beside"]}  # fmt: skip
             log(f"{label}: predicted {1e3 * pred['terms']['step']:.3g} ms per step; running it")
             with guard.block(label) as q:
                 # every held-out run records its events (the report draws one measured timeline; about 1 us per

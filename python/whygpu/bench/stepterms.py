@@ -169,12 +169,15 @@ def measure_terms(
     probe_reps: int = 5,
     timeout: float = 300.0,
     machine: bool = True,
+    compute_only: bool = False,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict:
     """Measure every term on ``ranks`` ranks x ``threads`` threads (default: the cores shared out) in one
     mpiexec job, each rank on its share of the global ``batch`` of the MLP ``layers`` on ``backend``
-    (default openmp, else packed).  Raises :class:`whygpu.bench.scaleout.ScaleoutError` where MPI is
-    missing, the job fails, or it runs past ``timeout`` seconds (every rank is then ended)."""
+    (default openmp, else packed); ``compute_only``: the compute pieces, the update and the skew, not the
+    collectives nor the interference (their entries are empty).  Raises
+    :class:`whygpu.bench.scaleout.ScaleoutError` where MPI is missing, the job fails, or it runs past
+    ``timeout`` seconds (every rank is then ended)."""
     from .._registry import KERNELS
     from .._threads import _cpus_available
     from .scaleout import ScaleoutError, _env, mpi_status, run_job
@@ -195,6 +198,8 @@ def measure_terms(
     args += ["--probe-kinds", ",".join(probe_kinds), "--probe-reps", str(probe_reps)]
     if update_elements:
         args += ["--update-elements", ",".join(map(str, update_elements))]
+    if compute_only:
+        args.append("--compute-only")
     minfo = None
     if machine:
         from .machine import machine_info

@@ -56,6 +56,7 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--probe-bytes", type=int, default=0, help="the probe's collective (0: the largest layer's)")
     p.add_argument("--probe-kinds", default="allreduce,reduce_scatter,allgather")
     p.add_argument("--probe-reps", type=int, default=5)
+    p.add_argument("--compute-only", action="store_true", help="only the compute pieces, the update and the skew")
     p.add_argument("--json", required=True, help="where rank 0 writes its result")
     return p.parse_args(argv)
 
@@ -141,7 +142,7 @@ def _passes(pieces, repeats: int, comm) -> list[float]:
     barrier, as in a step between two collectives: how far the ranks drift apart doing the same work."""
     calls = [pc.call for pc in pieces if pc.call is not None]
     out = []
-    for k in range(WARMUP_PASSES + max(7, repeats)):
+    for k in range(WARMUP_PASSES + max(11, repeats)):
         comm.Barrier()
         t0 = _clock()
         for c in calls:
@@ -394,9 +395,9 @@ def main(argv=None) -> None:
     t0 = _clock()
     res: dict[str, Any] = {"compute": _compute(a, comm)}
     t1 = _clock()
-    res["collectives"] = _sweep(a, comm, mode)
+    res["collectives"] = {} if a.compute_only else _sweep(a, comm, mode)
     t2 = _clock()
-    res["interference"] = _probe(a, comm, mode)
+    res["interference"] = {} if a.compute_only else _probe(a, comm, mode)
     t3 = _clock()
     if comm.Get_rank() == 0:
         res.update(
