@@ -13,6 +13,7 @@ import pathlib
 import shutil
 import sys
 
+import numpy as np
 import pytest
 
 from whygpu.bench.stepterms import (
@@ -239,3 +240,23 @@ def test_the_worker_measures_every_term_under_mpiexec(tmp_path):
                                                                                         prefetch=True)):  # fmt: skip
         r = simulate(compute, update, costs, shared, cfg)
         assert 0 < r.step_s < 10 and math.isfinite(r.exposed_s)
+    # the skew: whole passes of both ranks at once, every pass's lag of the slowest rank behind rank 0
+    sk = doc["skew"]
+    assert len(sk["per_rank_s"]) == 2 and all(len(p) == 11 and all(0 < t < 1 for t in p) for p in sk["per_rank_s"])
+    want = [(max(a, b) - a) / a for a, b in zip(*sk["per_rank_s"])]
+    assert sk["lags"] == pytest.approx(want) and sk["lag_fraction"] == pytest.approx(float(np.median(want)))
+    assert fields["skew"]["lag_fraction"] == sk["lag_fraction"] and "passes" in fields["skew"]["source"]
+    # compute only (the held-out validation's second measurement before each configuration)
+    again = measure_terms(ranks=2, layers=(16, 32, 8), batch=16, threads=1, repeats=3, update_elements=(256,),
+                          timeout=120, machine=False, compute_only=True)  # fmt: skip
+    assert again["collectives"] == {} and again["interference"] == {} and again["skew"]["lags"]
+    assert {(r["layer"], r["part"]) for r in again["compute"]["beside"]} == {
+        (r["layer"], r["part"]) for r in doc["compute"]["beside"]}  # fmt: skip
+
+
+def test_the_skew_is_the_median_lag_of_the_slowest_rank_behind_rank_0():
+    from whygpu.bench.stepterms import skew_of
+
+    s = skew_of([[1.0, 2.0, 1.0], [1.5, 1.0, 1.1]])  # rank 0's passes, rank 1's
+    assert s["lags"] == pytest.approx([0.5, 0.0, 0.1]) and s["lag_fraction"] == pytest.approx(0.1)
+    assert skew_of(None) is None and skew_of([[1.0, 2.0]]) is None
