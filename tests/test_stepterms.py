@@ -247,7 +247,7 @@ def test_the_worker_measures_every_term_under_mpiexec(tmp_path):
     assert sk["lags"] == pytest.approx(want) and sk["lag_fraction"] == pytest.approx(float(np.median(want)))
     assert fields["skew"]["lag_fraction"] == sk["lag_fraction"] and "passes" in fields["skew"]["source"]
     # compute only (the held-out validation's second measurement before each configuration)
-    again = measure_terms(ranks=2, layers=(16, 32, 8), batch=16, threads=1, repeats=3, update_elements=(256,),
+    again = measure_terms(ranks=2, layers=(16, 32, 8), batch=16, threads=1, repeats=3, update_elements=(256, 4096),
                           timeout=120, machine=False, compute_only=True)  # fmt: skip
     assert again["collectives"] == {} and again["interference"] == {} and again["skew"]["lags"]
     assert {(r["layer"], r["part"]) for r in again["compute"]["beside"]} == {
