@@ -347,10 +347,11 @@ def simulate(
         (collectives, CollectiveCosts),
         (interference, Interference),
         (config, StepConfig),
-        (Skew("planted") if skew is None else skew, Skew),
     ):
         if not isinstance(value, cls):
             raise ValueError(f"simulate() needs a {cls.__name__}, got {type(value).__name__}")
+    if skew is not None and not isinstance(skew, Skew):
+        raise ValueError(f"simulate()'s skew must be a Skew or None, got {type(skew).__name__}")
     prog, buckets, colls = _program(compute, update, collectives, config)
     marks = {op.name: op for op in prog if isinstance(op, Mark)}
     bare = math.fsum(op.work_s for op in prog if isinstance(op, Compute) and op.kind != "update")
