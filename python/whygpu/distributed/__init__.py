@@ -6,6 +6,7 @@ without them raises ImportError saying so.  Nothing else in whygpu imports it.
 
 from __future__ import annotations
 
+from ._grid import Grid, grid
 from ._runtime import barrier, comm, gpu, init, local_rank, rank, size
 from ._sharded import SHARDS, ShardedOptimizer
 from .data_parallel import DataParallel, share
@@ -13,5 +14,5 @@ from .tensor_parallel import ColumnParallelLinear, RowParallelLinear, TensorPara
 
 __all__ = [
     "init", "rank", "size", "local_rank", "comm", "barrier", "gpu", "DataParallel", "share", "ShardedOptimizer",
-    "SHARDS", "tensor_parallel", "TensorParallel", "ColumnParallelLinear", "RowParallelLinear",
+    "SHARDS", "tensor_parallel", "TensorParallel", "ColumnParallelLinear", "RowParallelLinear", "grid", "Grid",
 ]  # fmt: skip
