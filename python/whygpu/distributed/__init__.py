@@ -10,9 +10,11 @@ from ._grid import Grid, grid
 from ._runtime import barrier, comm, gpu, init, local_rank, rank, size
 from ._sharded import SHARDS, ShardedOptimizer
 from .data_parallel import DataParallel, share
+from .pipeline import Pipeline
 from .tensor_parallel import ColumnParallelLinear, RowParallelLinear, TensorParallel, tensor_parallel
 
 __all__ = [
     "init", "rank", "size", "local_rank", "comm", "barrier", "gpu", "DataParallel", "share", "ShardedOptimizer",
     "SHARDS", "tensor_parallel", "TensorParallel", "ColumnParallelLinear", "RowParallelLinear", "grid", "Grid",
+    "Pipeline",
 ]  # fmt: skip

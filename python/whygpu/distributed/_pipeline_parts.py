@@ -1,0 +1,232 @@
+"""The pieces :class:`whygpu.distributed.Pipeline` is built from, kept apart from its step: where to cut the model
+into stages (by layer counts, or by measured time), the stash that keeps each micro-batch's saved state while
+it is in flight, and ``fit``'s loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import _random
+from ..nn._backend import DeviceBackend
+from ..nn._sequential import Sequential
+
+__all__ = ["Stash", "layer_units", "balance_by_time", "stage_bounds", "time_units", "fit_loop"]
+
+# What a layer saves in its forward pass for its backward (Linear and the activations: its input; Sigmoid, Tanh and
+# Softmax: their output too; Dropout: its mask).  Everything else a backward reads is a parameter.
+_SAVED = ("_x", "_y", "_mask")
+
+
+class Stash:
+    """The state each micro-batch in flight on this stage keeps for its backward pass.
+
+    A layer writes its output into one reusable buffer per name (``Module._buf``) and saves references to its
+    input (``_x``) and the like: the next forward pass would overwrite them.  So each micro-batch gets a *slot*,
+    a set of buffer dicts (one per layer) that its forward writes into; after its forward the layers' saved
+    references are kept with it, and before its backward they are put back.  A slot is reused once its
+    micro-batch's backward has run: GPipe needs m slots, 1F1B min(m, p - r) on rank r."""
+
+    def __init__(self, stage: Sequential):
+        self.layers = stage.layers
+        self.slots: list[list[dict]] = []  # slot -> each layer's buffer dict
+        self.free: list[int] = []
+        self.held: dict[int, tuple[int, list[tuple], Any]] = {}  # micro -> (slot, saved references, loss grad)
+        self.peak = 0  # the most micro-batches held at once in this step
+        self.peak_bytes = 0  # the most bytes they held at once (the arrays their backward passes read)
+
+    def reset(self) -> None:
+        self.held.clear()
+        self.free = list(range(len(self.slots)))[::-1]
+        self.peak = self.peak_bytes = 0
+
+    def take(self, micro: int) -> int:
+        """A free slot for micro-batch ``micro``'s forward pass: its layers write into that slot's buffers."""
+        if micro in self.held:
+            raise RuntimeError(f"micro-batch {micro}'s forward ran twice before its backward")
+        if not self.free:
+            self.slots.append([{} for _ in self.layers])
+            self.free.append(len(self.slots) - 1)
+        slot = self.free.pop()
+        for layer, bufs in zip(self.layers, self.slots[slot]):
+            layer._bufs = bufs
+        return slot
+
+    def keep(self, micro: int, slot: int, loss_grad: Any) -> None:
+        """After micro-batch ``micro``'s forward: keep what its backward will read."""
+        saved = [tuple(getattr(layer, a, None) for a in _SAVED) for layer in self.layers]
+        self.held[micro] = (slot, saved, loss_grad)
+        self.peak = max(self.peak, len(self.held))
+        self.peak_bytes = max(self.peak_bytes, self.bytes_held())
+
+    def bytes_held(self) -> int:
+        """The bytes of the distinct arrays the held micro-batches' backward passes will read."""
+        seen: dict[int, int] = {}
+        for _, saved, g in self.held.values():
+            for arrays in saved:
+                for a in arrays:
+                    if a is not None:
+                        seen[id(a)] = _nbytes(a)
+            if g is not None:
+                seen[id(g)] = _nbytes(g)
+        return sum(seen.values())
+
+    def loss_grad(self, micro: int) -> Any:
+        return self.held[micro][2]
+
+    def restore(self, micro: int) -> None:
+        """Before micro-batch ``micro``'s backward: its buffers and saved references back in the layers."""
+        if micro not in self.held:
+            raise RuntimeError(f"micro-batch {micro}'s backward came before its forward")
+        slot, saved, _ = self.held[micro]
+        for layer, bufs, values in zip(self.layers, self.slots[slot], saved):
+            layer._bufs = bufs
+            for name, v in zip(_SAVED, values):
+                if v is not None or hasattr(layer, name):
+                    setattr(layer, name, v)
+
+    def release(self, micro: int) -> None:
+        """After micro-batch ``micro``'s backward: its slot is free for the next forward."""
+        self.free.append(self.held.pop(micro)[0])
+
+
+def _nbytes(a: Any) -> int:
+    return int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+
+
+# ---- Where to cut ---------------------------------------------------------------------------------------------
+
+
+def layer_units(model: Sequential) -> list[tuple[int, int]]:
+    """The model's layers as units that a cut may not split, [lo, hi): a layer with parameters and the layers
+    without any after it (a Linear and its activation, Dropout); layers before the first Linear join it."""
+    starts = [i for i, layer in enumerate(model.layers) if layer.parameters()]
+    if not starts:
+        return [(0, len(model.layers))]
+    starts[0] = 0
+    return [(lo, hi) for lo, hi in zip(starts, starts[1:] + [len(model.layers)])]
+
+
+def balance_by_time(units: Sequence[tuple[int, int]], times: Sequence[float], p: int) -> list[int]:
+    """Layers per stage: the units cut into p contiguous groups whose largest total time is the smallest
+    possible (the slowest stage sets the pipeline's pace), by dynamic programming over the cuts."""
+    u = len(units)
+    if u < p:
+        raise ValueError(f"{u} units of layers cannot fill {p} stages (one unit at least each)")
+    prefix = np.concatenate([[0.0], np.cumsum(times)])
+    inf = float("inf")
+    # best[k][j]: the smallest largest-stage time of the first j units cut into k stages; cut[k][j] its last cut
+    best = [[inf] * (u + 1) for _ in range(p + 1)]
+    cut = [[0] * (u + 1) for _ in range(p + 1)]
+    best[0][0] = 0.0
+    for k in range(1, p + 1):
+        for j in range(k, u - (p - k) + 1):
+            for c in range(k - 1, j):
+                v = max(best[k - 1][c], float(prefix[j] - prefix[c]))
+                if v < best[k][j]:
+                    best[k][j], cut[k][j] = v, c
+    bounds, j = [], u
+    for k in range(p, 0, -1):
+        c = cut[k][j]
+        bounds.append((c, j))
+        j = c
+    bounds.reverse()
+    return [units[b - 1][1] - units[a][0] for a, b in bounds]
+
+
+def stage_bounds(model: Sequential, balance: Sequence[int], p: int) -> list[tuple[int, int]]:
+    """Each stage's layers [lo, hi) from ``balance`` (layers per stage), checked."""
+    try:
+        counts = [int(b) for b in balance]
+    except (TypeError, ValueError):
+        raise ValueError(f"balance must be a list of layer counts, one per stage, got {balance!r}") from None
+    if len(counts) != p:
+        raise ValueError(f"balance gives {len(counts)} stages for {p} ranks")
+    if any(c < 1 for c in counts):
+        raise ValueError(f"every stage needs at least one layer, got balance={counts}")
+    if sum(counts) != len(model.layers):
+        raise ValueError(f"balance={counts} covers {sum(counts)} layers; the model has {len(model.layers)}")
+    bounds, lo = [], 0
+    for c in counts:
+        bounds.append((lo, lo + c))
+        lo += c
+    for r, (lo, hi) in enumerate(bounds):
+        if not any(layer.parameters() for layer in model.layers[lo:hi]):
+            raise ValueError(f"stage {r} (layers {lo}..{hi - 1}) has no parameters: give it a Linear layer")
+    return bounds
+
+
+def time_units(model: Sequential, units: Sequence[tuple[int, int]], rows: int) -> list[float]:
+    """Each unit's forward + backward seconds on ``rows`` random rows (the median of 3 after one warm-up).  The
+    gradients and the random generator are left as they were."""
+    if rows < 1:
+        raise ValueError(f"sample_rows must be at least 1, got {rows}")
+    gen = _random.get_rng().bit_generator
+    state = gen.state
+    be = model._backend
+    x = np.random.default_rng(0).standard_normal((rows, model.input_features() or 1)).astype(model.dtype)
+    out = []
+    grads = [(p, np.array(p.grad, copy=True)) for p in model.parameters()]
+    try:
+        for lo, hi in units:
+            layers = model.layers[lo:hi]
+            inp = be.asarray(x) if be.device is not None else x
+            runs = []
+            for _ in range(4):
+                t0 = time.perf_counter()
+                y = inp
+                for layer in layers:
+                    y = layer.forward(y)
+                g = y
+                for layer in reversed(layers):
+                    g = layer._backward(g, True)
+                if isinstance(be, DeviceBackend):
+                    be.synchronize()  # a GPU's kernels are asynchronous: time them to the end
+                runs.append(time.perf_counter() - t0)
+            out.append(float(np.median(runs[1:])))
+            x = _host(y, be)  # the next unit's input: this one's output
+    finally:
+        gen.state = state
+        for p, g in grads:
+            p.grad = g
+    return out
+
+
+def _host(a: Any, be: Any) -> np.ndarray:
+    return np.array(a, copy=True) if be.device is None else be.to_host(a)
+
+
+# ---- fit ------------------------------------------------------------------------------------------------------
+
+
+def fit_loop(pp: Any, X, y, epochs: int, batch_size: int, optimizer, loss, shuffle: bool) -> dict[str, list]:
+    """Sequential.fit's loop: each epoch rank 0's shuffled order (bcast), each batch ``zero_grad``, the pipeline's
+    step, ``optimizer.step()``; the history's loss is each epoch's mean over its samples."""
+    from ..nn.losses import CrossEntropyLoss, MSELoss
+
+    if optimizer is None:
+        raise ValueError("Pipeline.fit needs an optimizer made on pp.parameters() (this stage's parameters)")
+    X, y = np.ascontiguousarray(X), np.asarray(y)
+    n = X.shape[0]
+    if loss is None:
+        loss = CrossEntropyLoss() if np.issubdtype(y.dtype, np.integer) else MSELoss()
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+    history: dict[str, list] = {"loss": []}
+    for _ in range(int(epochs)):
+        order = _random.get_rng().permutation(n) if (shuffle and pp.rank == 0) else None
+        order = pp.comm.bcast(order, root=0) if shuffle else np.arange(n)
+        total = 0.0
+        for b0 in range(0, n, int(batch_size)):
+            idx = order[b0 : b0 + batch_size]
+            xb, yb = np.ascontiguousarray(X[idx]), y[idx]
+            pp.zero_grad()
+            total += pp.step(xb, yb, loss) * len(xb)
+            optimizer.step()
+        history["loss"].append(total / n)
+    return history
