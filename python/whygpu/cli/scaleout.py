@@ -77,7 +77,58 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--no-held-out", action="store_true", help="skip the held-out validation after the runs")
     s.add_argument("--quick", action="store_true", help="with --held-out: a small model, 3 steps, brief terms")
     s.add_argument("--trace", metavar="DIR", help="each held-out run's simulated and measured Chrome trace")
+    s.add_argument(
+        "--strategy",
+        metavar="LIST",
+        help="only the strategies compared on one model and global batch at the largest of --ranks: some of dp, "
+        "zero1, tp, pp (e.g. dp,zero1,tp,pp); the pipeline at m = 1, 2, 4, 8 with its bubble and simulated step "
+        "checked (writes scaleout_split.json)",
+    )
+    s.add_argument(
+        "--schedule-grid",
+        metavar="P,M",
+        type=_int_list,
+        help="print GPipe's and 1F1B's step-by-rank grids for P stages and M micro-batches, and exit",
+    )
     return s
+
+
+def _run_split(args) -> int:
+    """``--strategy``: dp, ZeRO-1, tensor and pipeline parallel side by side (:mod:`whygpu.scaleout_split`)."""
+    from ..bench.scaleout import ScaleoutError
+    from ..scaleout_split import DEFAULT_LAYERS, check_strategies, print_split, run_split
+
+    try:
+        strategies = check_strategies(args.strategy)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    ranks = max(args.ranks)
+    if ranks < 2:
+        raise CliError("--strategy splits the model over the ranks: give --ranks 2 or more")
+    layers = DEFAULT_LAYERS if args.layers == [784, 2048, 2048, 10] else tuple(args.layers)
+    print(f"whygpu scaleout --strategy: {', '.join(strategies)} on {ranks} ranks; Ctrl-C ends every rank", flush=True)
+    out = _prepare_out(args.out)
+    try:
+        doc = run_split(ranks=ranks, layers=layers, batch=args.batch, steps=args.steps, strategies=strategies,
+                        timeout=args.timeout, log=_note(args))  # fmt: skip
+    except (ScaleoutError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    print_split(doc)
+    _save(out, "scaleout_split", doc, False)
+    return 0
+
+
+def _print_grids(pm: list[int]) -> int:
+    from ..scaleout_split import schedule_grids
+
+    if len(pm) != 2 or min(pm) < 1:
+        raise CliError("--schedule-grid takes P,M: the stages and the micro-batches, e.g. 4,8")
+    p, m = pm
+    for name, text in schedule_grids(p, m).items():
+        print(f"{name.upper() if name == 'gpipe' else '1F1B'}, p = {p}, m = {m} (F3: micro-batch 3's forward, "
+              f"B3 its backward, . idle; one column per step of equal length)")  # fmt: skip
+        print(text + "\n")
+    return 0
 
 
 def _run_heldout(args, optimizer: str = "sgd", quick: bool = False) -> int:
@@ -316,8 +367,12 @@ def run(args) -> int:
     from ..bench.scaleout import INSTALL_HINT, ScaleoutError, check_ranks, check_shards, job_count, mpi_status
     from ..scaleout import run_scaleout
 
+    if args.schedule_grid:
+        return _print_grids(args.schedule_grid)
     if len(args.layers) < 2:
         raise CliError("--layers needs at least an input and an output width")
+    if args.strategy and (args.held_out or args.quick or args.trace):
+        raise CliError("--strategy runs on its own: not with --held-out, --quick or --trace")
     if args.quick and not args.held_out:
         raise CliError("--quick goes with --held-out")
     if args.held_out and args.no_held_out:
@@ -333,6 +388,8 @@ def run(args) -> int:
         raise CliError(f"scaleout needs mpi4py and mpiexec: {st['reason']}; install them with {INSTALL_HINT}")
     if args.held_out:
         return _run_heldout(args, args.optimizer or "sgd", args.quick)
+    if args.strategy:
+        return _run_split(args)
     out = _prepare_out(args.out)
     shards = check_shards(args.shard)
     if args.prefetch and shards == ["none"]:

@@ -231,16 +231,21 @@ def _dependencies(a: Action | Timed, p: int) -> list[tuple[int, str, int]]:
     return deps
 
 
-def timed(ranks: Sequence[Sequence[Action]], forward: Durations = 1.0, backward: Durations = 1.0) -> list[list[Timed]]:
+def timed(
+    ranks: Sequence[Sequence[Action]], forward: Durations = 1.0, backward: Durations = 1.0, message: float = 0.0
+) -> list[list[Timed]]:
     """When each action of ``ranks`` (rank r's actions in the order it runs them) runs: every rank runs one action at
     a time, in its list's order, each starting as soon as the rank is free and the actions it depends on are done.
 
     ``forward`` and ``backward`` are each action's duration: one number for every rank, or one per rank (stages
-    of unequal cost); 1.0 (the default) makes the times whole steps.  Raises ValueError naming a missing or doubled
-    action, or, where no rank can go on (a deadlock), what each rank waits for."""
+    of unequal cost); 1.0 (the default) makes the times whole steps.  ``message``: the time an activation or a
+    gradient takes from the rank that computed it to the next (0 by default: the unit grid).  Raises ValueError
+    naming a missing or doubled action, or, where no rank can go on (a deadlock), what each rank waits for."""
     _micro_batches(ranks)
     p = len(ranks)
     t_f, t_b = _durations("forward", forward, p), _durations("backward", backward, p)
+    if isinstance(message, bool) or not isinstance(message, numbers.Real) or not 0 <= message < math.inf:
+        raise ValueError(f"message must be a finite number of seconds >= 0, got {message!r}")
     end: dict[tuple[int, str, int], float] = {}
     free = [0.0] * p
     pos = [0] * p
@@ -253,7 +258,7 @@ def timed(ranks: Sequence[Sequence[Action]], forward: Durations = 1.0, backward:
                 deps = _dependencies(a, p)
                 if any(d not in end for d in deps):
                     break
-                start = max([free[r]] + [end[d] for d in deps])
+                start = max([free[r]] + [end[d] + (message if d[0] != r else 0.0) for d in deps])
                 stop = start + (t_f[r] if a.kind == "F" else t_b[r])
                 end[(r, a.kind, a.micro)] = stop
                 free[r] = stop
