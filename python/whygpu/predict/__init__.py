@@ -43,6 +43,7 @@ from ._inputs import (
     skew_from_fields,
 )
 from .extrapolate import CpuFigures, extrapolation, simulate_system, system_curves
+from .split_layouts import layout_rows, split_layouts
 from .stepsim import SHARDS, BucketSpec, CollectiveSpan, StepConfig, StepResult, bucket_layout, simulate
 from .trace import TIDS, chrome_trace, validate_chrome_trace, write_chrome_trace
 
@@ -51,4 +52,5 @@ __all__ = [
     "LayerTimes", "ComputeTimes", "UpdateCost", "CollectiveCurve", "CollectiveCosts", "Interference",
     "Skew", "inputs_from_fields", "skew_from_fields", "extrapolation", "system_curves", "simulate_system", "CpuFigures",
     "SOURCES", "COLLECTIVES", "SHARDS", "LANES", "TIDS", "chrome_trace", "write_chrome_trace", "validate_chrome_trace",
+    "split_layouts", "layout_rows",
 ]  # fmt: skip
