@@ -49,10 +49,10 @@ def _args(argv=None) -> argparse.Namespace:
 
 def build(widths: list[int]):
     """The model every strategy trains: Linear, ReLU, ... (no ReLU after the last Linear), seeded alike."""
-    import whygpu
     from whygpu import nn
+    from whygpu._random import manual_seed
 
-    whygpu.manual_seed(0)
+    manual_seed(0)
     layers: list = []
     for k in range(len(widths) - 1):
         layers.append(nn.Linear(widths[k], widths[k + 1]))
@@ -150,7 +150,7 @@ def run_replicated(kind: str, args, widths, comm) -> dict[str, Any]:
 # ---- pipeline -------------------------------------------------------------------------------------------------
 
 
-def pipeline_terms(pp, x, y, m: int, repeats: int) -> dict[str, float]:
+def pipeline_terms(pp, x, y, m: int, repeats: int) -> dict[str, Any]:
     """This rank's stage forward and backward on micro-batch 0 alone (no messages), and the message time."""
     from whygpu import nn
 
@@ -256,11 +256,11 @@ def run_pipeline(args, widths, comm, schedule_name: str, m: int) -> dict[str, An
 def main(argv=None) -> None:
     args = _args(argv)
     os.environ.setdefault("WHYGPU_NUM_THREADS", str(args.threads))
-    import whygpu
     import whygpu.distributed as dist
+    from whygpu._threads import set_num_threads
 
     comm = dist.init()
-    whygpu.set_num_threads(args.threads)
+    set_num_threads(args.threads)
     widths = [int(w) for w in args.layers.split(",")]
     strategies = [s for s in args.strategies.split(",") if s]
     runs: list[dict] = []
