@@ -5,6 +5,7 @@ it is in flight, and ``fit``'s loop.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from .. import _random
 from ..nn._backend import DeviceBackend
 from ..nn._sequential import Sequential
 
-__all__ = ["Stash", "layer_units", "balance_by_time", "stage_bounds", "time_units", "fit_loop"]
+__all__ = ["Stash", "SendProgress", "layer_units", "balance_by_time", "stage_bounds", "time_units", "fit_loop"]
 
 # What a layer saves in its forward pass for its backward (Linear and the activations: its input; Sigmoid, Tanh and
 # Softmax: their output too; Dropout: its mask).  Everything else a backward reads is a parameter.
@@ -92,6 +93,58 @@ class Stash:
     def release(self, micro: int) -> None:
         """After micro-batch ``micro``'s backward: its slot is free for the next forward."""
         self.free.append(self.held.pop(micro)[0])
+
+
+class SendProgress:
+    """A helper thread that moves this rank's sends along while the rank computes.
+
+    MPI moves a large message (beyond its eager size: a "rendezvous") only while the sending process is inside
+    an MPI call; a rank that posts ``Isend`` and starts its next forward pass would hold the next stage idle
+    until its next ``Wait``.  Measured here (768-1024-1024-1024-512, m = 8, 2 ranks): rank 1 started F0 1.8-2.4
+    ms after rank 0 finished it, for a 256 KiB activation that a blocking send moves in about 0.1 ms.  The
+    thread ``Test``s the sends every 0.1 ms (sleeping between, so it takes little of the core; DataParallel's
+    progress thread does the same for its allreduces) and only it touches them until :meth:`finish`.  Without
+    MPI_THREAD_MULTIPLE there is no thread: the sends move at the rank's next Wait, as before."""
+
+    poll_s = 1e-4
+
+    def __init__(self, threaded: bool):
+        self.threaded = threaded
+        self.pending: list[Any] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.pending = []
+        if self.threaded:
+            self.stop.clear()
+            self.thread = threading.Thread(target=self._run, name="whygpu-pipeline-sends", daemon=True)
+            self.thread.start()
+
+    def add(self, request: Any) -> None:
+        with self.lock:
+            self.pending.append(request)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                reqs = list(self.pending)
+            done = [r for r in reqs if r.Test()]
+            if done:
+                with self.lock:
+                    self.pending = [r for r in self.pending if all(r is not d for d in done)]
+            time.sleep(self.poll_s)
+
+    def finish(self) -> list[Any]:
+        """Stop the thread; the sends it has not seen complete (the caller waits for them)."""
+        if self.thread is not None:
+            self.stop.set()
+            self.thread.join()
+            self.thread = None
+        with self.lock:
+            left, self.pending = self.pending, []
+        return left
 
 
 def _nbytes(a: Any) -> int:

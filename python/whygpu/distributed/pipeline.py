@@ -39,6 +39,7 @@ from __future__ import annotations
 import numbers
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ from ..nn._sequential import Sequential
 from ..nn.losses import _Loss
 from . import _runtime
 from ._agree import agree
-from ._pipeline_parts import Stash, balance_by_time, layer_units, stage_bounds
+from ._pipeline_parts import SendProgress, Stash, balance_by_time, layer_units, stage_bounds
 from ._runtime import MPI
 from ._shares import share
 from .schedules import SCHEDULES, Action, check_schedule, schedule
@@ -73,6 +74,7 @@ class Pipeline:
     out_features: int
     _dtype: np.dtype
     _stash: Stash
+    _progress: SendProgress
     _sends: dict[tuple[int, int], np.ndarray]
     last_step: dict[str, Any]
 
@@ -127,6 +129,7 @@ class Pipeline:
         self.out_features = _features_before(model, hi)  # ... and sends on
         self._dtype = np.dtype(model.dtype)
         self._stash = Stash(self.stage)
+        self._progress = SendProgress(MPI.Query_thread() >= MPI.THREAD_MULTIPLE and self.size > 1)
         self._sends: dict[tuple[int, int], np.ndarray] = {}  # (kind, micro) -> host buffer the Isend reads
         self.last_step: dict[str, Any] = {}
 
@@ -201,68 +204,30 @@ class Pipeline:
         ``global_batch``: x is one data-parallel replica's share of a batch of that many rows (the gradients
         are then weighted by rows / global_batch and summed over ``data_comm``)."""
         x, y, n, total = self._check_batch(x, y, loss_fn, global_batch)
-        be = self.stage._backend
         r, p = self.rank, self.size
         m = min(self.micro_batches, n)  # a last batch smaller than m: one row per micro-batch
         rows = [share(n, m, i) for i in range(m)]
-        acts, grads, recv_req = self._post_receives(rows)
-        send_req: list[Any] = []
-        sent = {"activations": 0, "gradients": 0, "activation_bytes": 0, "gradient_bytes": 0}
+        acts, grads, recv = self._post_receives(rows)
+        st = _Step(x, y, loss_fn, rows, total, acts, grads, recv)
         self._stash.reset()
-        timeline: list[tuple[str, int, float, float]] = []
-        waits = 0.0
-        losses: dict[int, float] = {}
         self.comm.Barrier()  # every rank starts the clock together: the step's length is comparable across ranks
-        t0 = _clock()
-        for a in self.actions(m):
-            i = a.micro
-            s0, s1 = rows[i]
-            if a.kind == "F":
-                if r == 0:
-                    inp = x[s0:s1]
+        st.t0 = _clock()
+        self._progress.start()
+        try:
+            for a in self.actions(m):
+                if a.kind == "F":
+                    self._forward(st, a.micro)
                 else:
-                    w0 = _clock()
-                    recv_req[(_ACT, i)].Wait()
-                    waits += _clock() - w0
-                    inp = acts[i]
-                t_start = _clock()
-                slot = self._stash.take(i)
-                out = self.stage.forward(be.asarray(inp) if be.device is not None else inp)
-                g = None
-                if r == p - 1:
-                    losses[i] = float(loss_fn(out, y[s0:s1]))
-                    g = self._weighted(loss_fn.backward(), (s1 - s0) / total)  # a new array: the loss reuses its own
-                self._stash.keep(i, slot, g)
-                if r < p - 1:
-                    buf = self._send_buffer(_ACT, i, out)
-                    send_req.append(self.comm.Isend(buf, dest=r + 1, tag=2 * i + _ACT))
-                    sent["activations"] += 1
-                    sent["activation_bytes"] += buf.nbytes
-                timeline.append(("F", i, t_start - t0, _clock() - t0))
-            else:
-                if r == p - 1:
-                    g = self._stash.loss_grad(i)
-                else:
-                    w0 = _clock()
-                    recv_req[(_GRAD, i)].Wait()
-                    waits += _clock() - w0
-                    g = be.asarray(grads[i]) if be.device is not None else grads[i]
-                t_start = _clock()
-                self._stash.restore(i)
-                dx = self.stage._backward(g, r > 0)  # the first stage needs no dL/d(data)
-                if r > 0:
-                    buf = self._send_buffer(_GRAD, i, dx)
-                    send_req.append(self.comm.Isend(buf, dest=r - 1, tag=2 * i + _GRAD))
-                    sent["gradients"] += 1
-                    sent["gradient_bytes"] += buf.nbytes
-                self._stash.release(i)
-                timeline.append(("B", i, t_start - t0, _clock() - t0))
-                if self._sync_due(i, m):
-                    self._sync_data_parallel()  # (outside the timed action: it is communication)
+                    self._backward(st, a.micro)
+                    if self._sync_due(a.micro, m):
+                        self._sync_data_parallel()  # (outside the timed action: it is communication)
+        finally:
+            left = self._progress.finish()  # (a failed step leaves no thread behind)
         w0 = _clock()
-        MPI.Request.Waitall(send_req)
-        waits += _clock() - w0
-        step_s = _clock() - t0
+        MPI.Request.Waitall(left)
+        st.waits += _clock() - w0
+        step_s = _clock() - st.t0
+        losses, timeline, waits, sent = st.losses, st.timeline, st.waits, st.sent
         loss = sum(losses[i] * (rows[i][1] - rows[i][0]) for i in sorted(losses)) / n if r == p - 1 else 0.0
         loss = float(self.comm.bcast(loss, root=p - 1))
         self.last_step = {
@@ -280,6 +245,55 @@ class Pipeline:
             "param_bytes": int(sum(q.size for q in self.parameters()) * self._dtype.itemsize),
         }
         return loss
+
+    def _forward(self, st: _Step, i: int) -> None:
+        """F i: micro-batch i's activation in (rank 0: its rows of x), through this stage, and on to the next
+        stage (the last: its loss, and the loss gradient weighted by its rows' share, kept for B i)."""
+        r, p, be = self.rank, self.size, self.stage._backend
+        s0, s1 = st.rows[i]
+        if r == 0:
+            inp = st.x[s0:s1]  # (rows_i, in_features): a contiguous slice
+        else:
+            w0 = _clock()
+            st.recv[(_ACT, i)].Wait()
+            st.waits += _clock() - w0
+            inp = st.acts[i]
+        t_start = _clock()
+        slot = self._stash.take(i)  # this micro-batch's own buffers
+        out = self.stage.forward(be.asarray(inp) if be.device is not None else inp)
+        g = None
+        if r == p - 1:
+            st.losses[i] = float(st.loss_fn(out, st.y[s0:s1]))
+            g = self._weighted(st.loss_fn.backward(), (s1 - s0) / st.total)  # a new array: the loss reuses its own
+        self._stash.keep(i, slot, g)
+        if r < p - 1:
+            buf = self._send_buffer(_ACT, i, out)
+            self._progress.add(self.comm.Isend(buf, dest=r + 1, tag=2 * i + _ACT))
+            st.sent["activations"] += 1
+            st.sent["activation_bytes"] += buf.nbytes
+        st.timeline.append(("F", i, t_start - st.t0, _clock() - st.t0))
+
+    def _backward(self, st: _Step, i: int) -> None:
+        """B i: the gradient of micro-batch i's output in (the last stage: its loss gradient), back through this
+        stage with its stash, adding to every parameter's gradient, and dX back to the stage before."""
+        r, p, be = self.rank, self.size, self.stage._backend
+        if r == p - 1:
+            g = self._stash.loss_grad(i)
+        else:
+            w0 = _clock()
+            st.recv[(_GRAD, i)].Wait()
+            st.waits += _clock() - w0
+            g = be.asarray(st.grads[i]) if be.device is not None else st.grads[i]  # (rows_i, out_features)
+        t_start = _clock()
+        self._stash.restore(i)
+        dx = self.stage._backward(g, r > 0)  # (rows_i, in_features); the first stage needs no dL/d(data)
+        if r > 0:
+            buf = self._send_buffer(_GRAD, i, dx)
+            self._progress.add(self.comm.Isend(buf, dest=r - 1, tag=2 * i + _GRAD))
+            st.sent["gradients"] += 1
+            st.sent["gradient_bytes"] += buf.nbytes
+        self._stash.release(i)
+        st.timeline.append(("B", i, t_start - st.t0, _clock() - st.t0))
 
     def _check_batch(self, x, y, loss_fn, global_batch):
         if not isinstance(loss_fn, _Loss):
@@ -389,6 +403,27 @@ class Pipeline:
         from ._pipeline_parts import fit_loop
 
         return fit_loop(self, X, y, epochs, batch_size, optimizer, loss, shuffle)
+
+
+@dataclass
+class _Step:
+    """One step's inputs, posted receives and what it records (shared by its forward and backward actions)."""
+
+    x: Any
+    y: Any
+    loss_fn: _Loss
+    rows: list[tuple[int, int]]  # micro-batch i is rows [s0, s1) of the batch
+    total: int  # the rows the gradient is the mean over (the global batch with data parallelism)
+    acts: dict[int, np.ndarray]  # micro-batch i's activation, received from the stage before
+    grads: dict[int, np.ndarray]  # the gradient of what this stage sent on, received from the stage after
+    recv: dict[tuple[int, int], Any]  # (kind, i) -> its receive's request
+    t0: float = 0.0
+    waits: float = 0.0
+    losses: dict[int, float] = field(default_factory=dict)
+    timeline: list[tuple[str, int, float, float]] = field(default_factory=list)
+    sent: dict[str, int] = field(
+        default_factory=lambda: {"activations": 0, "gradients": 0, "activation_bytes": 0, "gradient_bytes": 0}
+    )
 
 
 def _features_before(model: Sequential, i: int) -> int:
