@@ -99,3 +99,20 @@ def test_a_quick_run_counts_bytes_and_stashes_by_their_formulas(tmp_path):
             assert [e["stash_peak"] for e in r["ranks"]] == ([m, m] if name == "gpipe" else [min(m, 2), 1])
     assert "p=2, m=4" in doc["grids"] and "F3" in doc["grids"]["p=2, m=4"]["gpipe"]
     assert "bubble within 0.05" in res.stdout
+
+
+def test_the_simulated_pipeline_step_comes_from_the_terms_alone():
+    from whygpu.distributed.schedules import schedule
+    from whygpu.predict import simulate_pipeline
+    from whygpu.scaleout_split import predict_runs
+
+    for name in ("gpipe", "1f1b"):
+        sim = simulate_pipeline(schedule(name, 2, 4), 1.0, 2.0)
+        assert sim.step_s == pytest.approx((4 + 2 - 1) * 3.0)  # equal stages: (m + p - 1)(t_f + t_b)
+        assert sim.bubble == pytest.approx(1 / 5)
+        assert simulate_pipeline(schedule(name, 2, 4), 1.0, 2.0, 0.5).step_s > sim.step_s  # messages cost
+    run = {"strategy": "pp", "schedule": "1f1b", "micro_batches": 4, "step_s": 99.0, "bubble": 0.9,
+           "terms": {"forward_s": [1.0, 1.0], "backward_s": [2.0, 2.0], "message_s": 0.0}}  # fmt: skip
+    doc = {"ranks": 2, "runs": [run]}
+    predict_runs(doc)
+    assert run["predicted_step_s"] == pytest.approx(15.0) and run["predicted_bubble"] == pytest.approx(0.2)

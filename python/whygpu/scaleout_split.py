@@ -21,7 +21,9 @@ from typing import Any
 
 from .bench.split_worker import STRATEGIES
 
-__all__ = ["BUBBLE_TOL", "STEP_TOL", "DEFAULT_LAYERS", "run_split", "checks", "print_split", "schedule_grids"]
+__all__ = [
+    "BUBBLE_TOL", "STEP_TOL", "DEFAULT_LAYERS", "run_split", "predict_runs", "checks", "print_split", "schedule_grids",
+]  # fmt: skip
 
 SCHEMA = "whygpu.split/1"
 BUBBLE_TOL = 0.05  # absolute: the measured bubble against (p - 1)/(m + p - 1)
@@ -45,6 +47,23 @@ def schedule_grids(p: int, m: int) -> dict[str, str]:
     from .distributed.schedules import grid, schedule  # (imports mpi4py: only when asked)
 
     return {name: grid(schedule(name, p, m)) for name in ("gpipe", "1f1b")}
+
+
+def predict_runs(doc: dict) -> None:
+    """Each pipeline run's step and bubble simulated from its terms measured apart (each stage's forward and
+    backward on one micro-batch, one message), added to it as ``predicted_step_s`` and ``predicted_bubble``:
+    :func:`whygpu.predict.simulate_pipeline` takes nothing else, so the run it is checked on cannot leak in."""
+    from .distributed.schedules import schedule
+    from .predict.pipeline import simulate_pipeline
+
+    for r in doc["runs"]:
+        if r["strategy"] != "pp":
+            continue
+        t = r["terms"]
+        sim = simulate_pipeline(
+            schedule(r["schedule"], doc["ranks"], r["micro_batches"]), t["forward_s"], t["backward_s"], t["message_s"]
+        )
+        r["predicted_step_s"], r["predicted_bubble"] = sim.step_s, sim.bubble
 
 
 def checks(doc: dict) -> dict[str, Any]:
@@ -114,6 +133,8 @@ def run_split(
     doc["machine"] = machine_info()
     doc["measure_s"] = time.perf_counter() - t0
     doc["grids"] = {f"p={ranks}, m={m}": schedule_grids(ranks, m) for m in sorted(set(micro)) if m <= 8}
+    if "pp" in strategies:
+        predict_runs(doc)
     doc["checks"] = checks(doc) if "pp" in strategies else None
     doc["layouts"] = _layouts()
     return doc

@@ -10,8 +10,8 @@ For the pipeline, at each m of ``--micro`` and each schedule, in this order:
    forward with its loss), every rank at once after a barrier, without any message (the median of
    ``--repeats``); then the time one activation takes from rank to rank (a ping-pong of that size, half the
    round trip, median);
-2. **prediction**: the schedule's own dependency timing (:func:`whygpu.distributed.schedules.timed`) on those
-   terms gives the step and the bubble, before the pipeline runs;
+2. (the prediction is made from these terms alone, by :func:`whygpu.scaleout_split.predict_runs`: the bench
+   never imports the model it checks);
 3. **the run**: ``--steps`` steps after 2 of warm-up; each step's length is the slowest rank's, and the
    measured bubble is the idle share of the ranks' time: 1 - sum(busy) / (p x length), busy being the time in
    forward and backward passes (waits for messages are idle).
@@ -202,7 +202,7 @@ def run_pipeline(args, widths, comm, schedule_name: str, m: int) -> dict[str, An
     import whygpu.distributed as dist
     from whygpu import nn, optim
     from whygpu.distributed.schedules import schedule as make_schedule
-    from whygpu.distributed.schedules import stash_peak, timed
+    from whygpu.distributed.schedules import stash_peak
 
     P = comm.Get_size()
     x, y = data(widths, args.batch)
@@ -210,9 +210,6 @@ def run_pipeline(args, widths, comm, schedule_name: str, m: int) -> dict[str, An
     opt = optim.Adam(pp.parameters(), lr=1e-4)
     terms = pipeline_terms(pp, x, y, m, args.repeats)
     sched = make_schedule(schedule_name, P, m)
-    lanes = timed(sched.ranks, terms["forward_s"], terms["backward_s"], message=terms["message_s"])
-    predicted_step = max(t.end for lane in lanes for t in lane)
-    predicted_busy = sum(t.end - t.start for lane in lanes for t in lane)
     loss_fn = nn.CrossEntropyLoss()
     steps, bubbles = [], []
     for k in range(args.steps + 2):
@@ -245,8 +242,6 @@ def run_pipeline(args, widths, comm, schedule_name: str, m: int) -> dict[str, An
         "bubbles": bubbles,
         "bubble_formula": (P - 1) / (m + P - 1),
         "terms": terms,
-        "predicted_step_s": predicted_step,
-        "predicted_bubble": 1.0 - predicted_busy / (P * predicted_step),
         "stash_peak_formula": stash_peak(sched.ranks),
         "ranks": every,
         "bytes_per_step": int(sum(e["messages"]["activation_bytes"] + e["messages"]["gradient_bytes"] for e in every)),

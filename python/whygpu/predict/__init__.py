@@ -15,8 +15,11 @@ of the model, not a restatement of the run.  It holds:
 * the step simulator of data-parallel training (:mod:`whygpu.predict.stepsim`, a discrete-event model
   of ``DataParallel``'s schedule: buckets, their collectives beside the backward pass, ZeRO's update
   and allgather, prefetch) and the Chrome trace writer and checker for its timelines
-  (:mod:`whygpu.predict.trace`).  Tensor and pipeline parallelism plug into the simulator as
-  schedules of their own.
+  (:mod:`whygpu.predict.trace`);
+* a pipeline step simulated from its terms (:func:`~whygpu.predict.pipeline.simulate_pipeline`: GPipe's or
+  1F1B's actions, each stage's forward and backward, the message between stages) and the layouts of a large
+  MLP split over H100 nodes, tensor parallel x pipeline x data parallel, each step simulated
+  (:mod:`whygpu.predict.split_layouts`).
 
 It sits above ``whygpu.bench`` (the roofline places measured kernels on measured roofs, and measures
 again what is impossible); ``whygpu.bench`` never imports it.  That is why Amdahl's law and its fit
@@ -43,6 +46,7 @@ from ._inputs import (
     skew_from_fields,
 )
 from .extrapolate import CpuFigures, extrapolation, simulate_system, system_curves
+from .pipeline import PipelineStep, simulate_pipeline
 from .split_layouts import layout_rows, split_layouts
 from .stepsim import SHARDS, BucketSpec, CollectiveSpan, StepConfig, StepResult, bucket_layout, simulate
 from .trace import TIDS, chrome_trace, validate_chrome_trace, write_chrome_trace
@@ -52,5 +56,5 @@ __all__ = [
     "LayerTimes", "ComputeTimes", "UpdateCost", "CollectiveCurve", "CollectiveCosts", "Interference",
     "Skew", "inputs_from_fields", "skew_from_fields", "extrapolation", "system_curves", "simulate_system", "CpuFigures",
     "SOURCES", "COLLECTIVES", "SHARDS", "LANES", "TIDS", "chrome_trace", "write_chrome_trace", "validate_chrome_trace",
-    "split_layouts", "layout_rows",
+    "split_layouts", "layout_rows", "simulate_pipeline", "PipelineStep",
 ]  # fmt: skip
