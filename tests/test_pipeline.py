@@ -88,6 +88,10 @@ def test_fit_is_the_same_loop_in_one_process(P):
         assert rank["bitwise"], rank
         assert rank["history"] == rank["ref_history"]
         assert rank["rel_vs_sequential_fit"] <= 1e-5  # whole batches: the sums in another order
+        assert rank["history_keys"] == ["accuracy", "loss", "val_accuracy", "val_loss"]
+        assert rank["evaluate"] == pytest.approx(rank["ref_evaluate"], rel=1e-6)
+        assert rank["val_loss_last"] == rank["evaluate"]["loss"]  # validated after the last update
+        assert rank["predict_rel"] <= 1e-5 and 0 < rank["accuracy"][-1] <= 1
 
 
 def test_a_1f1b_with_the_wrong_warm_up_is_refused_on_every_rank():

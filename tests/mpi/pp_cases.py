@@ -141,8 +141,13 @@ def fit_case() -> dict:
     m, batch = 4, 16
     pp = dist.Pipeline(make(np.float32, seed=2), micro_batches=m, schedule="1f1b", balance=balance(P))
     opt = optim.Adam(pp.parameters(), lr=1e-2)
-    hist = pp.fit(x, y, epochs=3, batch_size=batch, optimizer=opt, loss=nn.CrossEntropyLoss())
+    xv, yv = data(np.float32, n=30, seed=6)
+    hist = pp.fit(
+        x, y, epochs=3, batch_size=batch, optimizer=opt, loss=nn.CrossEntropyLoss(), validation_data=(xv, yv), verbose=0
+    )
     got = pp.state_dict()
+    pred = pp.predict(xv, batch_size=7)
+    ev = pp.evaluate(xv, yv, nn.CrossEntropyLoss())
     # one process: the same shuffles (the same seed, the same draws), the same micro-batches
     ref = make(np.float32, seed=2)
     ref_opt = optim.Adam(ref.parameters(), lr=1e-2)
@@ -158,8 +163,10 @@ def fit_case() -> dict:
         losses.append(total / len(x))
     want = ref.state_dict()
     # and Sequential.fit on whole batches
+    ref_pred = ref.predict(xv)
+    ref_ev = ref.evaluate(xv, yv, nn.CrossEntropyLoss())
     seq = make(np.float32, seed=2)
-    seq.fit(
+    seq_hist = seq.fit(
         x,
         y,
         epochs=3,
@@ -173,6 +180,13 @@ def fit_case() -> dict:
         "rel_vs_sequential_fit": max(rel(got[k], seq.state_dict()[k]) for k in want),
         "history": hist["loss"],
         "ref_history": losses,
+        "history_keys": sorted(hist),
+        "seq_history_keys": sorted(seq_hist),
+        "accuracy": hist["accuracy"],
+        "val_loss_last": hist["val_loss"][-1],
+        "evaluate": ev,
+        "ref_evaluate": ref_ev,
+        "predict_rel": rel(pred, ref_pred),
     }
 
 

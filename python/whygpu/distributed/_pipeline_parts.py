@@ -253,33 +253,107 @@ def _host(a: Any, be: Any) -> np.ndarray:
     return np.array(a, copy=True) if be.device is None else be.to_host(a)
 
 
-# ---- fit ------------------------------------------------------------------------------------------------------
+# ---- fit, evaluate, predict ----------------------------------------------------------------------------------
 
 
-def fit_loop(pp: Any, X, y, epochs: int, batch_size: int, optimizer, loss, shuffle: bool) -> dict[str, list]:
+def forward_only(pp: Any, X, batch_size: int) -> np.ndarray:
+    """The model's outputs for X in eval mode, on every rank: each chunk of ``batch_size`` rows through the
+    stages in turn (blocking messages: no backward pass to overlap with), gathered from the last stage."""
+    comm, r, p = pp.comm, pp.rank, pp.size
+    be = pp.stage._backend
+    X = np.ascontiguousarray(X, dtype=pp._dtype) if r == 0 else np.asarray(X)
+    n = X.shape[0]
+    out = np.empty((n, pp.out_features), pp._dtype) if r == p - 1 else None
+    was = pp.stage.training
+    pp.stage.eval()
+    try:
+        for b0 in range(0, n, batch_size):
+            rows = min(batch_size, n - b0)
+            if r == 0:
+                inp: Any = X[b0 : b0 + rows]  # (rows, in_features)
+            else:
+                inp = np.empty((rows, pp.in_features), pp._dtype)
+                comm.Recv(inp, source=r - 1, tag=0)
+            y = pp.stage.forward(be.asarray(inp) if be.device is not None else inp)
+            host = np.ascontiguousarray(_host(y, be))
+            if r < p - 1:
+                comm.Send(host, dest=r + 1, tag=0)
+            else:
+                assert out is not None
+                out[b0 : b0 + rows] = host
+    finally:
+        pp.stage.train(was)
+    return comm.bcast(out, root=p - 1)
+
+
+def evaluate(pp: Any, X, y, loss, batch_size: int) -> dict[str, float]:
+    """Sequential.evaluate over the pipeline: the mean loss and, for a classifier, the accuracy, on every rank."""
+    from ..nn.losses import CrossEntropyLoss, MSELoss
+
+    y = np.asarray(y)
+    if loss is None:
+        loss = CrossEntropyLoss() if np.issubdtype(y.dtype, np.integer) else MSELoss()
+    out = forward_only(pp, X, batch_size)
+    res = {"loss": float(loss(out, y))}
+    if loss.classifier:
+        res["accuracy"] = loss._n_correct(out, y) / len(y)
+    return res
+
+
+def fit_loop(pp: Any, X, y, epochs, batch_size, optimizer, loss, shuffle, validation_data, verbose) -> dict[str, list]:
     """Sequential.fit's loop: each epoch rank 0's shuffled order (bcast), each batch ``zero_grad``, the pipeline's
-    step, ``optimizer.step()``; the history's loss is each epoch's mean over its samples."""
+    step, ``optimizer.step()``; the history holds each epoch's mean loss (and accuracy, for a classifier) over
+    its samples, and the validation figures, the same on every rank; only rank 0 shows progress."""
+    from ..nn._fit import _progress
     from ..nn.losses import CrossEntropyLoss, MSELoss
 
     if optimizer is None:
         raise ValueError("Pipeline.fit needs an optimizer made on pp.parameters() (this stage's parameters)")
     X, y = np.ascontiguousarray(X), np.asarray(y)
     n = X.shape[0]
+    if len(y) != n:
+        raise ValueError(f"X has {n} rows but y has {len(y)}")
     if loss is None:
         loss = CrossEntropyLoss() if np.issubdtype(y.dtype, np.integer) else MSELoss()
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
     history: dict[str, list] = {"loss": []}
-    for _ in range(int(epochs)):
+    if loss.classifier:
+        history["accuracy"] = []
+    if validation_data is not None:
+        history["val_loss"] = []
+        if loss.classifier:
+            history["val_accuracy"] = []
+    show = verbose if pp.rank == 0 else 0
+    for epoch in range(int(epochs)):
         order = _random.get_rng().permutation(n) if (shuffle and pp.rank == 0) else None
         order = pp.comm.bcast(order, root=0) if shuffle else np.arange(n)
-        total = 0.0
+        bar = _progress(-(-n // batch_size), f"Epoch {epoch + 1}/{epochs}", show)
+        total, correct = 0.0, 0
         for b0 in range(0, n, int(batch_size)):
             idx = order[b0 : b0 + batch_size]
             xb, yb = np.ascontiguousarray(X[idx]), y[idx]
             pp.zero_grad()
             total += pp.step(xb, yb, loss) * len(xb)
+            correct += pp.last_step["correct"]
             optimizer.step()
+            if bar is not None:
+                bar.update(1)
+        if not np.isfinite(total):
+            raise FloatingPointError(f"the loss became {total / n} in epoch {epoch + 1}: training diverged")
         history["loss"].append(total / n)
+        if loss.classifier:
+            history["accuracy"].append(correct / n)
+        if validation_data is not None:
+            res = evaluate(pp, validation_data[0], validation_data[1], loss, max(int(batch_size), 256))
+            history["val_loss"].append(res["loss"])
+            if loss.classifier:
+                history["val_accuracy"].append(res["accuracy"])
+        summary = "  ".join(f"{k} {v[-1]:.4f}" for k, v in history.items())
+        if bar is not None:
+            bar.set_postfix_str(summary, refresh=True)
+            bar.close()
+        elif show == 2:
+            print(f"Epoch {epoch + 1}/{epochs}  {summary}")
     return history

@@ -229,7 +229,7 @@ class Pipeline:
         step_s = _clock() - st.t0
         losses, timeline, waits, sent = st.losses, st.timeline, st.waits, st.sent
         loss = sum(losses[i] * (rows[i][1] - rows[i][0]) for i in sorted(losses)) / n if r == p - 1 else 0.0
-        loss = float(self.comm.bcast(loss, root=p - 1))
+        loss, correct = self.comm.bcast((loss, st.correct), root=p - 1)
         self.last_step = {
             "rank": r,
             "stages": p,
@@ -240,11 +240,12 @@ class Pipeline:
             "wait_s": waits,
             "timeline": timeline,
             "messages": sent,
+            "correct": int(correct),
             "stash_peak": self._stash.peak,
             "stash_peak_bytes": self._stash.peak_bytes,
             "param_bytes": int(sum(q.size for q in self.parameters()) * self._dtype.itemsize),
         }
-        return loss
+        return float(loss)
 
     def _forward(self, st: _Step, i: int) -> None:
         """F i: micro-batch i's activation in (rank 0: its rows of x), through this stage, and on to the next
@@ -264,6 +265,9 @@ class Pipeline:
         g = None
         if r == p - 1:
             st.losses[i] = float(st.loss_fn(out, st.y[s0:s1]))
+            if st.loss_fn.classifier:
+                host = be.to_host(out) if be.device is not None else out
+                st.correct += st.loss_fn._n_correct(host, st.y[s0:s1]) or 0
             g = self._weighted(st.loss_fn.backward(), (s1 - s0) / st.total)  # a new array: the loss reuses its own
         self._stash.keep(i, slot, g)
         if r < p - 1:
@@ -396,13 +400,40 @@ class Pipeline:
                 local[f"{i}.{name}"] = state[key]
         self.stage.load_state_dict(local)
 
-    def fit(self, X, y, epochs: int = 1, batch_size: int = 32, optimizer=None, loss=None, shuffle: bool = True):
+    def fit(
+        self,
+        X,
+        y,
+        epochs: int = 1,
+        batch_size: int = 32,
+        optimizer=None,
+        loss=None,
+        shuffle: bool = True,
+        validation_data=None,
+        verbose="auto",
+    ) -> dict[str, list]:
         """Sequential.fit's loop over the pipeline: every rank holds X and y and runs every batch, rank 0's
         shuffled order sent to all (a stage's Dropout draws from its own generator, which would let the
-        ranks' orders drift apart).  Returns the history {"loss": [each epoch's mean]}, the same everywhere."""
+        ranks' orders drift apart).  ``optimizer`` is made on ``pp.parameters()``.  Returns the history
+        (loss, accuracy for a classifier, val_loss and val_accuracy with ``validation_data``), the same on
+        every rank; only rank 0 shows progress.  One process runs exactly this loop with the same seed."""
         from ._pipeline_parts import fit_loop
 
-        return fit_loop(self, X, y, epochs, batch_size, optimizer, loss, shuffle)
+        return fit_loop(self, X, y, epochs, batch_size, optimizer, loss, shuffle, validation_data, verbose)
+
+    def evaluate(self, X, y, loss=None, batch_size: int = 256) -> dict[str, float]:
+        """Mean loss (and accuracy, for a classifier) on (X, y) in eval mode, on every rank (a collective)."""
+        from ._pipeline_parts import evaluate
+
+        return evaluate(self, X, y, loss, batch_size)
+
+    def predict(self, X, batch_size: int = 256) -> np.ndarray:
+        """The model's outputs for X in eval mode, on every rank (a collective: every rank passes X)."""
+        from ._pipeline_parts import forward_only
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        return forward_only(self, X, int(batch_size))
 
 
 @dataclass
@@ -419,6 +450,7 @@ class _Step:
     recv: dict[tuple[int, int], Any]  # (kind, i) -> its receive's request
     t0: float = 0.0
     waits: float = 0.0
+    correct: int = 0  # samples the last stage classified right
     losses: dict[int, float] = field(default_factory=dict)
     timeline: list[tuple[str, int, float, float]] = field(default_factory=list)
     sent: dict[str, int] = field(
