@@ -9,7 +9,11 @@
   batch x in per pair, but the model's first layer's when no input gradient is asked for;
 * a ColumnParallelLinear without its backward allreduce (f's) fails that comparison;
 * 3 epochs of Adam with fit: the gathered weights within 1e-5 of one process's;
-* the slices of uneven widths, state_dict/load_state_dict with the unsplit names and shapes.
+* the slices of uneven widths, state_dict/load_state_dict with the unsplit names and shapes;
+* Dropout inside a pair (the "dropout" model: one in each pair, one replicated between them) in
+  training mode: the step as above, P = 1 bitwise, and each rank's Dropout keeps its columns of
+  the whole width's mask (without that window the step is caught); 3 epochs of Adam with fit on it;
+* (slow) the cuda back end on the emulated GPU under mpiexec -n 1 and 2 against numpy.
 """
 
 from __future__ import annotations
@@ -28,7 +32,12 @@ WORKER = pathlib.Path(__file__).resolve().parent / "mpi" / "tp_cases.py"
 RTOL = 1e-5
 BATCH = 9
 # the worker's models (tests/mpi/tp_cases.py MODELS): widths, and where each (column, row) pair starts
-PAIRS = {"13-24-10": [(0, 13, 24, 10)], "7-11-5": [(0, 7, 11, 5)], "deep": [(0, 13, 24, 16), (4, 16, 12, 10)]}
+PAIRS = {
+    "13-24-10": [(0, 13, 24, 10)],
+    "7-11-5": [(0, 7, 11, 5)],
+    "deep": [(0, 13, 24, 16), (4, 16, 12, 10)],
+    "dropout": [(0, 13, 24, 16), (5, 16, 11, 10)],  # Dropouts at 2 (split), 4 (replicated), 6 (split)
+}
 
 pytestmark = needs_mpiexec
 
@@ -45,7 +54,7 @@ def step_results(ranks: int) -> tuple:
 
 def cases(ranks: int):
     for r, res in enumerate(step_results(ranks)):
-        assert len(res) == 3 * 2 * len(backends())
+        assert len(res) == len(PAIRS) * 2 * len(backends())
         for key, case in res.items():
             yield r, key, case
 
@@ -57,6 +66,7 @@ def test_split_mlps_match_one_process(ranks):
             assert err <= RTOL, f"{ranks} ranks, rank {r}, {key}: {what} off by {err:.3g} (relative)"
         assert case["replicated"], f"{key}: the ranks' outputs differ"
         assert case["names"] and case["loaded"], key
+        assert case["same_random_state"], f"{key}: tensor_parallel left the ranks' random states apart"
 
 
 def test_one_rank_gives_sequentials_bits():
@@ -101,14 +111,60 @@ def test_a_column_layer_without_its_backward_allreduce_is_caught(ranks):
         assert case["broken"] > RTOL, f"{ranks} ranks, rank {r}, {key}: the broken f went unnoticed"
 
 
-@pytest.mark.parametrize("ranks, backend", [(2, "numpy"), (3, "openmp")])
-def test_three_epochs_of_adam_match_one_process(ranks, backend):
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_a_dropout_in_a_pair_keeps_its_columns_of_one_process_mask(ranks):
+    """The "dropout" model's split Dropouts (layers 2 and 6) hold this rank's columns of the hidden
+    layer; without that window (each rank drawing a mask of its own width) the step is caught."""
+    for r, key, case in cases(ranks):
+        if not key.startswith("dropout "):
+            continue
+        want = [[*share, h] for (_, _, h, _), share in zip(PAIRS["dropout"], case["slices"])]
+        assert case["dropout_cols"] == want, key
+        assert case["broken_dropout"] > RTOL, f"{ranks} ranks, rank {r}, {key}: a mask of its own went unnoticed"
+
+
+def test_one_rank_draws_sequentials_dropout_masks():
+    for _, key, case in cases(1):
+        if key.startswith("dropout "):
+            assert case["dropout_cols"] == [[0, 24, 24], [0, 11, 11]], key
+            assert case["broken_dropout"] == 0.0, key  # one rank: the window is the whole width
+
+
+@pytest.mark.parametrize(
+    "ranks, backend, model", [(2, "numpy", "7-11-5"), (3, "openmp", "7-11-5"), (2, "numpy", "dropout"),
+                              (3, "openmp", "dropout"), (1, "numpy", "dropout")]
+)  # fmt: skip
+def test_three_epochs_of_adam_match_one_process(ranks, backend, model):
     if backend not in nn.backends():
         pytest.skip(f"{backend} is not built here")
-    for res in mpi_results(WORKER, ranks, "fit", backend, timeout=180):
+    for res in mpi_results(WORKER, ranks, "fit", backend, model, timeout=180):
         for name, err in res["errors"].items():
             assert err <= RTOL, f"{name}: off by {err:.3g}"
         np.testing.assert_allclose(res["loss"], res["ref_loss"], rtol=1e-5)
+        if ranks == 1:
+            assert res["bitwise"], "one rank: fit should give Sequential's bits"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_the_cuda_back_end_matches_the_cpu_on_the_emulated_gpu(ranks, emulated_site):
+    """The split layers' GPU branch (the allreduce staged through the host, matmul_into with the bias
+    fused) on the emulated GPU (tests/cuda_emu), under mpiexec: one step of 13-24-10 and of the
+    dropout model, and 2 epochs of Adam with fit, against one process on numpy."""
+    every = mpi_results(WORKER, ranks, "gpu", pythonpath=str(emulated_site), timeout=300)
+    for r, res in enumerate(every):
+        fit = res.pop("fit")
+        for name, err in fit["errors"].items():
+            assert err <= RTOL, f"{ranks} ranks, rank {r}, fit: {name} off by {err:.3g}"
+        assert len(res) == 2
+        for key, case in res.items():
+            for what, err in case["errors"].items():
+                assert err <= RTOL, f"{ranks} ranks, rank {r}, {key}: {what} off by {err:.3g}"
+            assert case["replicated"] and case["names"] and case["loaded"], key
+            if ranks > 1:
+                assert case["broken"] > RTOL, key
+            if key.startswith("dropout"):
+                assert (case["broken_dropout"] > RTOL) == (ranks > 1), key
 
 
 class _Comm:
@@ -122,6 +178,9 @@ class _Comm:
 
     def Get_rank(self):
         return self.rank
+
+    def bcast(self, obj, root=0):
+        return obj
 
 
 def test_tensor_parallel_checks_what_it_splits():
@@ -146,3 +205,19 @@ def test_tensor_parallel_checks_what_it_splits():
     # Softmax is row-wise, not element-wise: the pair stays replicated
     soft = dist.tensor_parallel(nn.Sequential(nn.Linear(3, 4), nn.Softmax(), nn.Linear(4, 2)), comm=_Comm(2, 0))
     assert [type(m).__name__ for m in soft.layers] == ["Linear", "Softmax", "Linear"]
+    # activations and Dropouts in any order between the two: split, each Dropout given the columns
+    drop = nn.Dropout(0.2)
+    mixed = nn.Sequential(nn.Linear(3, 5), drop, nn.Sigmoid(), nn.Dropout(0.1), nn.Linear(5, 2), nn.Dropout(0.4))
+    tp = dist.tensor_parallel(mixed, comm=_Comm(2, 1))
+    kinds = [type(m).__name__ for m in tp.layers]
+    assert kinds == ["ColumnParallelLinear", "Dropout", "Sigmoid", "Dropout", "RowParallelLinear", "Dropout"]
+    assert tp.layers[1] is drop and drop._cols == tp.layers[3]._cols == (3, 5, 5)
+    assert tp.layers[5]._cols is None  # after the pair: replicated, the whole mask
+    only = dist.tensor_parallel(nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2)), comm=_Comm(2, 0))
+    assert [type(m).__name__ for m in only.layers] == ["ColumnParallelLinear", "Dropout", "RowParallelLinear"]
+    # a Softmax anywhere between them leaves the pair unsplit, Dropouts whole
+    soft = dist.tensor_parallel(
+        nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Softmax(), nn.Linear(4, 2)), comm=_Comm(2, 0)
+    )
+    assert [type(m).__name__ for m in soft.layers] == ["Linear", "Dropout", "Softmax", "Linear"]
+    assert soft.layers[1]._cols is None

@@ -174,6 +174,18 @@ class DataParallel(KerasMethods):
     and the back end and dtype are compared, in one small allgather: a
     difference raises the same ValueError on every rank), and rank 0's
     parameters and random state are copied to every rank.
+
+    ``comm``: the ranks that hold the replicas (an MPI communicator; default
+    None, every rank: ``dist.comm()``).  Everything -- the checks, the
+    broadcasts, the gradients' sums, the shares of each batch, ``fit`` -- runs
+    over it alone, and ``dp.rank``/``dp.size`` are this rank's place in it.
+    Give it a sub-communicator to run several data-parallel groups side by
+    side, e.g. ``g = dist.grid(2)``; ``DataParallel(dist.tensor_parallel(model,
+    comm=g.split), comm=g.data)``: the ranks holding the same tensor slice of
+    different replicas sum their gradients, each replica's ranks split the
+    model.  Each group gets its own rank 0's parameters and random state
+    (replica 0's ranks: they agree on the random state, as tensor_parallel
+    makes them, so every rank of the grid ends with the same).
     """
 
     def __init__(
@@ -184,6 +196,7 @@ class DataParallel(KerasMethods):
         bucket_mb: float = 25.0,
         first_bucket_mb: float = 1.0,
         prefetch: bool = False,
+        comm=None,
     ):
         if not isinstance(model, Sequential):
             raise TypeError(f"DataParallel wraps a whygpu.nn.Sequential, got {type(model).__name__}")
@@ -206,7 +219,8 @@ class DataParallel(KerasMethods):
         self.bucket_mb = float(bucket_mb)
         self.first_bucket_mb = float(first_bucket_mb)
         self.prefetch = prefetch
-        self.comm = _runtime.init()
+        world = _runtime.init()  # always: it installs the failure handling
+        self.comm = world if comm is None else comm
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self._buckets: GradBuckets | None = None
         self._optimizer: Any = None  # the last made by dp.optimizer() or given to fit: what memory() counts

@@ -27,6 +27,12 @@ first layer of a model skips its dX (and so its allreduce) unless ``backward(g, 
 asks for it, as :class:`whygpu.nn.Sequential` and ``DataParallel`` skip that matmul.  Widths need
 not divide by P: rank r takes ``share(width, P, r)`` (the first ``width % P`` ranks one more).
 Every layer counts its allreduces (:class:`Traffic`); ``model.traffic()`` sums them.
+
+Dropout is element-wise too: one between the column and the row layer draws the mask of the whole
+hidden width (batch x hidden, so that the generator advances alike on every rank, which
+:func:`tensor_parallel` gives rank 0's state) and keeps its columns [lo, hi); under
+``DataParallel`` it also keeps its rows of the global batch, so P ranks apply exactly the mask one
+process draws.  A Dropout outside the pairs is replicated and draws the same mask on every rank.
 """
 
 from __future__ import annotations
@@ -37,10 +43,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import _random
 from ..nn._backend import DeviceBackend
 from ..nn._module import Module, Parameter
 from ..nn._sequential import Sequential
-from ..nn.layers import LeakyReLU, Linear, ReLU, Sigmoid, Tanh
+from ..nn.layers import Dropout, LeakyReLU, Linear, ReLU, Sigmoid, Tanh
 from ._runtime import MPI
 from ._runtime import comm as _world
 from ._shares import share
@@ -49,6 +56,8 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "TensorParallel", "Traff
 
 # element-wise activations: applied to a slice of the hidden layer, they give the slice of the result
 _ELEMENTWISE = (ReLU, LeakyReLU, Sigmoid, Tanh)
+# what may stand between a column and a row layer: those, and Dropout (its mask cut by columns)
+_BETWEEN = (*_ELEMENTWISE, Dropout)
 
 
 @dataclass
@@ -216,14 +225,28 @@ class RowParallelLinear(_Split):
 
 
 class TensorParallel(Sequential):
-    """A Sequential whose (Linear, activation, Linear) pairs are (ColumnParallelLinear, activation,
-    RowParallelLinear) holding this rank's slices; made by :func:`tensor_parallel`.
+    """A Sequential whose (Linear, activations and Dropouts, Linear) runs are (ColumnParallelLinear,
+    the same layers, RowParallelLinear) holding this rank's slices; made by :func:`tensor_parallel`.
 
     Every rank feeds it the same full batch and gets the same full output, so the loss, fit's
-    shuffling and the optimizer's step run alike everywhere.  ``state_dict()`` gathers the
-    unsplit model's state (the same names and shapes, on every rank); ``full_grads()`` the
-    same for the gradients; ``load_state_dict`` takes the unsplit model's state and keeps this
-    rank's slices.  ``traffic()`` sums every split layer's allreduces."""
+    shuffling and the optimizer's step run alike everywhere (Sequential's ``fit`` works as it is).
+    ``state_dict()`` gathers the unsplit model's state (the same names and shapes, on every rank);
+    ``full_grads()`` the same for the gradients; ``load_state_dict`` takes the unsplit model's
+    state and keeps this rank's slices.  ``traffic()`` sums every split layer's allreduces.
+    ``comm``: the ranks that split it (:func:`tensor_parallel`'s).  It may itself be wrapped in
+    ``DataParallel(tp, comm=...)`` over the ranks that hold the same slices (see :func:`grid`)."""
+
+    def __init__(self, *layers: Module, comm=None):
+        super().__init__(*layers)
+        self.comm = _world() if comm is None else comm
+
+    def broadcast_random_state(self, root: int = 0) -> None:
+        """Give every rank of ``comm`` rank ``root``'s state of whygpu's random generator, so that
+        Dropout (replicated or split) and fit's shuffling draw the same numbers on every rank."""
+        if self.comm.Get_size() == 1:
+            return
+        gen = _random.get_rng().bit_generator
+        gen.state = self.comm.bcast(gen.state, root=root)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         # Sequential's loop, with a split layer + ReLU fused as a Linear + ReLU is (the same bits for P = 1).
@@ -318,17 +341,34 @@ def _host(a) -> np.ndarray:
     return np.array(a, copy=True) if isinstance(a, np.ndarray) else a.to_host()
 
 
+def _pair_end(layers: list[Module], i: int) -> int | None:
+    """The index of the Linear that closes a pair opened by the Linear at ``i``: after it one or more
+    element-wise activations and Dropouts (in any order), then a Linear taking its outputs; else None."""
+    a, j = layers[i], i + 1
+    if type(a) is not Linear:
+        return None
+    while j < len(layers) and isinstance(layers[j], _BETWEEN):
+        j += 1
+    if j == i + 1 or j == len(layers):
+        return None
+    b = layers[j]
+    return j if type(b) is Linear and b.in_features == a.out_features else None
+
+
 def tensor_parallel(model: Sequential, comm=None) -> TensorParallel:
     """Split ``model`` (a Sequential built alike on every rank: seed first) across the ranks of
     ``comm`` (default: ``dist.comm()``).
 
-    Each (Linear, element-wise activation, Linear) run of layers, found from the left, becomes
-    (ColumnParallelLinear, the activation, RowParallelLinear) with this rank's slices, copied
-    from the full weights: rows ``share(hidden, P, rank)`` of the first W and b, the same columns
-    of the second W (its b whole).  The other layers stay replicated: the returned model takes
-    them over (use it, not ``model``, from then on).  Same back end and dtype as ``model``.
-    Activations: ReLU, LeakyReLU, Sigmoid, Tanh (not Softmax, a row-wise one; Dropout inside a
-    pair is not split yet and leaves the pair unsplit)."""
+    Each run of layers (Linear, element-wise activations and Dropouts in any order -- at least one
+    --, Linear), found from the left, becomes (ColumnParallelLinear, the same layers in between,
+    RowParallelLinear) with this rank's slices, copied from the full weights: rows
+    ``share(hidden, P, rank)`` of the first W and b, the same columns of the second W (its b whole).
+    A Dropout in between keeps those columns of the mask one process draws (it draws the whole
+    width's and keeps its own: ``Dropout._cols``).  The other layers stay replicated: the returned
+    model takes them over (use it, not ``model``, from then on).  Same back end and dtype as
+    ``model``.  Activations: ReLU, LeakyReLU, Sigmoid, Tanh (not Softmax, a row-wise one).  Every
+    rank is given rank 0's random state (:meth:`TensorParallel.broadcast_random_state`), so that
+    Dropout and fit's shuffling draw the same numbers on every rank."""
     if not isinstance(model, Sequential) or isinstance(model, TensorParallel):
         raise TypeError(f"tensor_parallel takes a whygpu.nn.Sequential, got {type(model).__name__}")
     comm = _world() if comm is None else comm
@@ -337,30 +377,29 @@ def tensor_parallel(model: Sequential, comm=None) -> TensorParallel:
     out: list[Module] = []
     i = 0
     while i < len(layers):
-        a = layers[i]
-        act = layers[i + 1] if i + 1 < len(layers) else None
-        b = layers[i + 2] if i + 2 < len(layers) else None
-        if (
-            type(a) is Linear
-            and type(b) is Linear
-            and isinstance(act, _ELEMENTWISE)
-            and b.in_features == a.out_features
-        ):
-            hidden = a.out_features
-            if hidden < P:
-                raise ValueError(f"layer {i} has {hidden} outputs: too few to split across {P} ranks")
-            lo, hi = share(hidden, P, r)
-            wa, wb = _host(a.weight.data), _host(b.weight.data)
-            ba = None if a.bias is None else _host(a.bias.data)[lo:hi]
-            bb = None if b.bias is None else _host(b.bias.data)
-            out.append(ColumnParallelLinear(wa[lo:hi], ba, lo, hi, hidden, comm))
-            out.append(act)
-            out.append(RowParallelLinear(np.ascontiguousarray(wb[:, lo:hi]), bb, lo, hi, hidden, comm))
-            i += 3
-        else:
-            out.append(a)
+        j = _pair_end(layers, i)
+        if j is None:
+            out.append(layers[i])
             i += 1
-    tp = TensorParallel(*out)
+            continue
+        a, b = layers[i], layers[j]
+        assert isinstance(a, Linear) and isinstance(b, Linear)  # _pair_end checked them
+        hidden = a.out_features
+        if hidden < P:
+            raise ValueError(f"layer {i} has {hidden} outputs: too few to split across {P} ranks")
+        lo, hi = share(hidden, P, r)
+        wa, wb = _host(a.weight.data), _host(b.weight.data)
+        ba = None if a.bias is None else _host(a.bias.data)[lo:hi]
+        bb = None if b.bias is None else _host(b.bias.data)
+        out.append(ColumnParallelLinear(wa[lo:hi], ba, lo, hi, hidden, comm))
+        for m in layers[i + 1 : j]:
+            if isinstance(m, Dropout):
+                m._cols = (lo, hi, hidden)  # the mask of the whole width drawn, columns [lo, hi) kept
+            out.append(m)
+        out.append(RowParallelLinear(np.ascontiguousarray(wb[:, lo:hi]), bb, lo, hi, hidden, comm))
+        i = j + 1
+    tp = TensorParallel(*out, comm=comm)
     tp.to(model._backend.name, model._dtype)  # the new layers start on the host
     tp.train(model.training)
+    tp.broadcast_random_state()
     return tp

@@ -244,6 +244,9 @@ class Dropout(_Activation):
         # the whole batch.  Set by whygpu.distributed.DataParallel so that P ranks, each holding
         # its share of a global batch, draw exactly the mask one process draws for that batch.
         self._rows: tuple[int, int] | None = None
+        # (lo, hi, full): x is columns [lo, hi) of a layer `full` wide; None: all of it.  Set by
+        # whygpu.distributed.tensor_parallel on a Dropout between a column and a row layer.
+        self._cols: tuple[int, int, int] | None = None
 
     def _scale(self) -> float:
         return 0.0 if self.p >= 1.0 else 1.0 / (1.0 - self.p)
@@ -253,15 +256,23 @@ class Dropout(_Activation):
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
-        if self._rows is None:
+        if self._rows is None and self._cols is None:
             mask = _random.get_rng().random(x.shape, dtype=np.float32) >= np.float32(self.p)
         else:
-            # the whole batch's draws (so the generator advances alike on every rank), then x's rows
-            first, rows = self._rows
+            # the whole (rows, full) mask's draws, so the generator advances alike on every rank;
+            # then x's rows and columns of it
+            first, rows = (0, x.shape[0]) if self._rows is None else self._rows
             if not 0 <= first <= first + x.shape[0] <= rows:
                 raise ValueError(f"rows {first}..{first + x.shape[0]} do not lie in a batch of {rows}")
-            draws = _random.get_rng().random((rows, *x.shape[1:]), dtype=np.float32)
-            mask = draws[first : first + x.shape[0]] >= np.float32(self.p)
+            if self._cols is None:
+                draws = _random.get_rng().random((rows, *x.shape[1:]), dtype=np.float32)
+                mask = draws[first : first + x.shape[0]] >= np.float32(self.p)
+            else:
+                lo, hi, full = self._cols
+                if x.ndim != 2 or x.shape[1] != hi - lo or not 0 <= lo <= hi <= full:
+                    raise ValueError(f"columns {lo}..{hi} of {full}: x of shape {x.shape} is not them")
+                draws = _random.get_rng().random((rows, full), dtype=np.float32)
+                mask = draws[first : first + x.shape[0], lo:hi] >= np.float32(self.p)
         self._mask = self._backend.asarray(mask)  # drawn on the host (same draws everywhere); a GPU uploads it
         y = self._buf("y", x.shape)
         self._backend.mask_scale(x, self._mask, y, self._scale())
