@@ -1,13 +1,15 @@
 """The worker tests/test_pipeline.py launches under ``mpiexec -n P``: pipelines of P stages against one process
 running the unsplit Sequential on the same micro-batches, in this process (every rank builds it alike).
 
-    pp_cases.py exact      every schedule x m in {1, 2, 4, 8} x dtype: the gathered gradients against one process
-                           accumulating the same m micro-batches (bitwise) and one full-batch step (relative
-                           error), GPipe against 1F1B (bitwise), the loss, the peak stash and the messages
+    pp_cases.py exact B,.. every back end B (numpy by default) x schedule x m in {1, 2, 4, 8} x dtype: the
+                           gathered gradients against one process accumulating the same m micro-batches
+                           (bitwise) and one full-batch step (relative error), GPipe against 1F1B (bitwise),
+                           the loss, the peak stash and the messages
     pp_cases.py fit        3 epochs of Adam with Pipeline.fit against the same loop in one process
     pp_cases.py broken     a 1F1B with a warm-up one too long: refused before it runs (on every rank)
     pp_cases.py dp         4 ranks as 2 replicas x 2 stages (dist.grid): the gradients against one process, and a
                            data-parallel sum started before the last micro-batch's backward
+    pp_cases.py gpu        the cuda back end (the emulated GPU in CI) against numpy in one process
     pp_cases.py balance    the default cut, by measured time: every rank cuts alike, each stage non-empty
 Rank 0 prints ``RESULT {json}`` with what every rank measured.
 """
@@ -29,14 +31,14 @@ WIDTHS = (13, 24, 16, 12, 9, 10)  # 5 Linear layers: up to 5 stages
 ACTS = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.ReLU)
 
 
-def make(dtype, seed: int = 0) -> nn.Sequential:
+def make(dtype, seed: int = 0, backend: str = "numpy") -> nn.Sequential:
     whygpu.manual_seed(seed)
     layers: list = []
     for k in range(len(WIDTHS) - 1):
         layers.append(nn.Linear(WIDTHS[k], WIDTHS[k + 1], dtype=dtype))
         if k < len(ACTS):
             layers.append(ACTS[k]())
-    return nn.Sequential(*layers).to("numpy", dtype)
+    return nn.Sequential(*layers).to(backend, dtype)
 
 
 def balance(p: int) -> list[int]:
@@ -79,25 +81,26 @@ def grads(model) -> dict:
     return {k: p.grad.copy() for k, p in model.named_parameters()}
 
 
-def exact_cases() -> list[dict]:
+def exact_cases(backends: list[str]) -> list[dict]:
     P = dist.size()
     out = []
-    for dtype in (np.float32, np.float64):
+    for backend, dtype in [(b, d) for b in backends for d in (np.float32, np.float64)]:
         x, y = data(dtype)
-        full = make(dtype)  # one full-batch step
+        full = make(dtype, backend=backend)  # one full-batch step
         full.zero_grad()
         loss_fn = nn.CrossEntropyLoss()
         loss_fn(full(x), y)
         full.backward(loss_fn.backward())
         full_grads = grads(full)
         for m in (1, 2, 4, 8):
-            ref = make(dtype)
+            ref = make(dtype, backend=backend)
             ref.zero_grad()
             ref_loss = accumulate(ref, x, y, m)
             ref_grads = grads(ref)
             by_schedule = {}
             for name in ("gpipe", "1f1b"):
-                pp = dist.Pipeline(make(dtype), micro_batches=m, schedule=name, balance=balance(P))
+                model = make(dtype, backend=backend)
+                pp = dist.Pipeline(model, micro_batches=m, schedule=name, balance=balance(P))
                 pp.zero_grad()
                 loss = pp.step(x, y, nn.CrossEntropyLoss())
                 g = pp.full_grads()
@@ -106,6 +109,7 @@ def exact_cases() -> list[dict]:
                 out.append(
                     {
                         "dtype": np.dtype(dtype).name,
+                        "backend": backend,
                         "m": m,
                         "schedule": name,
                         "bitwise_vs_accumulated": all(np.array_equal(g[k], ref_grads[k]) for k in ref_grads),
@@ -125,6 +129,7 @@ def exact_cases() -> list[dict]:
             out.append(
                 {
                     "dtype": np.dtype(dtype).name,
+                    "backend": backend,
                     "m": m,
                     "schedule": "both",
                     "gpipe_is_1f1b": all(
@@ -246,6 +251,44 @@ def dp_case() -> dict:
     return out
 
 
+def gpu_case() -> dict:
+    """The cuda back end (on the emulated GPU in CI): a step of each schedule, m = 3, and 2 epochs of fit, against
+    one process on numpy running the same micro-batches."""
+    P = dist.size()
+    x, y = data(np.float32)
+    ref = make(np.float32)
+    ref.zero_grad()
+    ref_loss = accumulate(ref, x, y, 3)
+    want = grads(ref)
+    out: dict = {}
+    for name in ("gpipe", "1f1b"):
+        pp = dist.Pipeline(make(np.float32, backend="cuda"), micro_batches=3, schedule=name, balance=balance(P))
+        pp.zero_grad()
+        loss = pp.step(x, y, nn.CrossEntropyLoss().to("cuda"))
+        got = pp.full_grads()
+        out[name] = {
+            "grads": max(rel(got[k], want[k]) for k in want),
+            "loss": abs(loss - ref_loss) / abs(ref_loss),
+            "stash": pp.last_step["stash_peak"],
+            "on_gpu": pp.stage.backend == "cuda",
+        }
+    xf, yf = data(np.float32, n=32, seed=5)
+    pp = dist.Pipeline(make(np.float32, seed=2, backend="cuda"), micro_batches=2, balance=balance(P))
+    pp.fit(xf, yf, epochs=2, batch_size=8, optimizer=optim.Adam(pp.parameters(), lr=1e-2), verbose=0)
+    got = pp.state_dict()
+    seq = make(np.float32, seed=2)
+    opt = optim.Adam(seq.parameters(), lr=1e-2)
+    for _ in range(2):
+        order = whygpu._random.get_rng().permutation(len(xf))
+        for b0 in range(0, len(xf), 8):
+            idx = order[b0 : b0 + 8]
+            seq.zero_grad()
+            accumulate(seq, np.ascontiguousarray(xf[idx]), yf[idx], 2)
+            opt.step()
+    out["fit"] = max(rel(got[k], v) for k, v in seq.state_dict().items())
+    return out
+
+
 def balance_case() -> dict:
     pp = dist.Pipeline(make(np.float32), micro_batches=2)
     every = dist.comm().allgather(pp.balance)
@@ -268,11 +311,12 @@ def main() -> None:
     dist.init()
     whygpu.set_num_threads(1)
     result = {
-        "exact": lambda: {"cases": exact_cases()},
+        "exact": lambda: {"cases": exact_cases(sys.argv[2].split(",") if len(sys.argv) > 2 else ["numpy"])},
         "fit": fit_case,
         "broken": broken_case,
         "dp": dp_case,
         "balance": balance_case,
+        "gpu": gpu_case,
     }[mode]()
     result["rank"] = dist.rank()
     every = dist.comm().gather(result, root=0)
