@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from ..nn import _backend
 from ..nn._sequential import Sequential
 from ..nn.losses import _Loss
 from . import _runtime
@@ -264,6 +265,7 @@ class Pipeline:
         out = self.stage.forward(be.asarray(inp) if be.device is not None else inp)
         g = None
         if r == p - 1:
+            _backend.note_output(out, be)  # the loss then runs on the model's back end, as after model(x)
             st.losses[i] = float(st.loss_fn(out, st.y[s0:s1]))
             if st.loss_fn.classifier:
                 host = be.to_host(out) if be.device is not None else out
