@@ -14,7 +14,8 @@ rendered twice, to Markdown and to HTML.  One module per part of it:
 - one module per section of the story, in page order: ``intro``, ``ladder``,
   ``roofline``, ``scaling``, ``training``, ``gpu`` (with ``tensor_cores``),
   ``scaleout`` (with ``scaleout_predicted``: the held-out validation's table and
-  timelines, the extrapolation's sources), ``explain``, ``bench``, ``machine`` --
+  timelines, the extrapolation's sources), ``split`` (splitting the model: tensor
+  and pipeline parallelism), ``explain``, ``bench``, ``machine`` --
   each exposes ``section(docs, out, figs, num) -> blocks``;
 - ``render``: blocks to Markdown and HTML;
 - ``page``: the list of sections, and :func:`build_report`.

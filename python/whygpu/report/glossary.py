@@ -284,6 +284,47 @@ TERMS += (
         "way to program it.",
     ),
     (
+        "tensorparallel",
+        "tensor parallelism",
+        r"[Tt]ensor parallelism|[Tt]ensor-parallel",
+        "Each layer's matrices cut across the ranks: every rank holds and multiplies a slice of every layer, and "
+        "the ranks add their partial results with an allreduce, forward and backward.",
+    ),
+    (
+        "pipelineparallel",
+        "pipeline parallelism, stage",
+        r"[Pp]ipeline parallelism|[Pp]ipeline-parallel",
+        "The model's layers cut into contiguous stages, one per rank; micro-batches flow through them, each "
+        "rank sending its output to the next stage and the gradient back to the one before.",
+    ),
+    (
+        "microbatch",
+        "micro-batch",
+        r"micro-batch(?:es)?",
+        "One of the m pieces a pipeline cuts each batch into, so that several stages can work at once, each on "
+        "its own piece.",
+    ),
+    (
+        "bubble",
+        "bubble",
+        r"bubble",
+        "The idle share of a pipeline's ranks' time: while the pipeline fills and drains some stages have no "
+        "micro-batch to work on; with p stages and m micro-batches of equal steps, (p - 1)/(m + p - 1).",
+    ),
+    (
+        "schedules",
+        "GPipe, 1F1B",
+        r"GPipe|1F1B",
+        "Two pipeline schedules: GPipe runs every micro-batch's forward pass, then every backward; 1F1B "
+        "alternates one forward and one backward once the pipeline is full, so it keeps fewer activations.",
+    ),
+    (
+        "stash",
+        "stash",
+        r"stash",
+        "The activations a pipeline stage keeps for each micro-batch whose backward pass has not run yet.",
+    ),
+    (
         "quiet",
         "quiet guard",
         r"[Qq]uiet guard",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 # the kinds of whygpu's own documents, by their schema's name ("whygpu.<kind>/<version>")
-KINDS = ("info", "ladder", "scaling", "roofline", "train", "scaleout", "scaleout-heldout", "explain", "demo")
+KINDS = ("info", "ladder", "scaling", "roofline", "train", "scaleout", "scaleout-heldout", "split", "explain", "demo")
 
 
 class ResultsError(ValueError):
@@ -17,7 +17,8 @@ class ResultsError(ValueError):
 
 def classify(doc) -> str:
     """'info', 'ladder', 'scaling', 'roofline', 'train', 'scaleout', 'scaleout-heldout' (``whygpu scaleout
-    --held-out``), 'explain', 'demo' or 'benchmark' (pytest-benchmark), by the document's keys."""
+    --held-out``), 'split' (``whygpu scaleout --strategy``), 'explain', 'demo' or 'benchmark' (pytest-benchmark),
+    by the document's keys."""
     if not isinstance(doc, dict):
         raise ResultsError("not a JSON object")
     schema = doc.get("schema")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import bench, explain, glossary, gpu, intro, ladder, machine, roofline, scaleout, scaling, training
+from . import bench, explain, glossary, gpu, intro, ladder, machine, roofline, scaleout, scaling, split, training
 from ._format import Block, Docs, Section
 from .load import ResultsError
 from .render import _to_html, _to_markdown
@@ -20,6 +20,7 @@ SECTIONS: tuple[tuple[Section, bool], ...] = (
     (training.section, True),
     (gpu.section, True),  # one device first, all the way to the GPU ...
     (scaleout.section, True),  # ... then many of them
+    (split.section, True),  # ... and the model itself split over them
     (explain.section, True),
     (bench.section, True),
     (machine.section, False),
