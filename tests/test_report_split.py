@@ -140,6 +140,16 @@ def test_the_table_marks_a_planted_miss(tmp_path):
     assert "closer to the measurement than the formula in 6 of 6 runs" in text
     assert "GPipe's measured bubble fell from 0.510 at m = 1 to 0.300 at m = 4 (the formula: 0.500 to 0.200)" in text
     assert "a stage's backward took x1.5 to x2 its forward" in text
+    assert "The simulated step is shorter than the measured one in 6 of 6 runs." in text
+    # a bubble that grows with m: no claim that it fell
+    doc = planted_doc()
+    doc["runs"][-2]["bubble"] = 0.6
+    doc["checks"] = checks(doc)
+    text = _text(_section(doc, tmp_path)[0])
+    assert "More micro-batches, a smaller bubble" not in text
+    assert (
+        "From the fewest micro-batches to the most: GPipe's measured bubble rose from 0.510 at m = 1 to 0.600" in text
+    )
 
 
 def test_a_missing_number_is_not_measured(tmp_path):
@@ -263,3 +273,36 @@ def test_the_report_loads_and_renders_the_section(tmp_path, layouts):
     assert "<pre>GPipe, p=2, m=1:" in html
     # its words are in the glossary
     assert "**bubble**" in md and "**micro-batch**" in md and "**GPipe, 1F1B**" in md
+
+
+# ---- the demo ------------------------------------------------------------------------------------------------------
+def test_the_demo_skips_the_split_without_mpi_and_saves_it_with(tmp_path, monkeypatch):
+    """Without MPI the demo says so in one line and writes nothing; with it, the document run_split returns is
+    saved as scaleout_split.json with the plan's settings, and the report shows the section."""
+    import whygpu.scaleout_split as so_split
+    from whygpu.bench import scaleout as bso
+    from whygpu.cli.demo import DEMO_PLANS, _split
+
+    notes: list[str] = []
+    monkeypatch.setenv(bso.NO_MPI_ENV, "1")
+    _split(DEMO_PLANS["quick"], tmp_path, notes.append)
+    assert not (tmp_path / "scaleout_split.json").exists()
+    assert len(notes) == 1 and notes[0].startswith("no strategy comparison (splitting the model): ")
+    assert "pip install mpi4py mpich" in notes[0]
+    asked: dict = {}
+
+    def fake(**kw):
+        asked.update(kw)
+        return planted_doc()
+
+    monkeypatch.setattr(bso, "mpi_status", lambda: {"available": True, "mpiexec": "mpiexec", "reason": None})
+    monkeypatch.setattr(so_split, "run_split", fake)
+    for name in ("quick", "full"):
+        plan = DEMO_PLANS[name]
+        _split(plan, tmp_path, notes.append)
+        assert asked["ranks"] == 2 and asked["layers"] == plan["split_layers"] and asked["micro"] == plan["split_micro"]
+        assert (asked["batch"], asked["steps"]) == (plan["split_batch"], plan["split_steps"])
+    assert DEMO_PLANS["quick"]["split_steps"] <= DEMO_PLANS["full"]["split_steps"]
+    assert json.loads((tmp_path / "scaleout_split.json").read_text())["schema"] == SCHEMA
+    rep = build_report(load_results([tmp_path / "scaleout_split.json"]), tmp_path / "report")
+    assert "## 1. Splitting the model" in Path(rep["markdown"]).read_text()

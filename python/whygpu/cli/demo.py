@@ -36,6 +36,10 @@ class _Plan(TypedDict):
     scaleout_optimizer: str  # Adam: its state is what sharding divides (SGD has none)
     heldout_layouts: list[str] | None  # the held-out validation's bucket layouts on 2 ranks (None: all three)
     heldout_brief: bool  # its terms measured briefly (QUICK's settings) and once, not again before each run
+    split_layers: list[int]  # splitting the model: dp, zero1, tp, pp compared on 2 ranks (whygpu.scaleout_split)
+    split_batch: int
+    split_steps: int
+    split_micro: list[int]  # the pipeline's micro-batch counts m
 
 
 # The demo's two plans: sizes and budgets that finish in < 3 min (full) and
@@ -63,6 +67,11 @@ DEMO_PLANS: dict[str, _Plan] = {
         "scaleout_optimizer": "adam",
         "heldout_layouts": None,
         "heldout_brief": False,
+        # scaleout_split.DEFAULT_LAYERS (stages that balance at p = 2), 4 steps: about 15 s here
+        "split_layers": [768, 1024, 1024, 1024, 512],
+        "split_batch": 512,
+        "split_steps": 4,
+        "split_micro": [1, 2, 4, 8],
     },
     "quick": {
         "sizes": [64, 128, 256, 512],
@@ -84,6 +93,11 @@ DEMO_PLANS: dict[str, _Plan] = {
         "scaleout_optimizer": "adam",
         "heldout_layouts": ["DDP: 1 MiB first + 25 MiB"],
         "heldout_brief": True,
+        # half the widths, a quarter of the batch, 2 steps: a few seconds, the section shown
+        "split_layers": [384, 512, 512, 512, 256],
+        "split_batch": 128,
+        "split_steps": 2,
+        "split_micro": [1, 2, 4],
     },
 }
 
@@ -163,6 +177,34 @@ def _heldout(plan: _Plan, out, log) -> None:
         return
     print_heldout(doc)
     _write_json(out, "scaleout_heldout", doc)
+
+
+def _split(plan: _Plan, out, log) -> None:
+    """Splitting the model: data parallel, ZeRO-1, tensor and pipeline parallel on 2 ranks, the pipeline's
+    bubble against the formula (whygpu.scaleout_split), saved as scaleout_split.json for the report; where MPI
+    is missing or the run fails, a line says so and the demo goes on (the report then names the command)."""
+    from ..bench.scaleout import INSTALL_HINT, ScaleoutError, mpi_status
+    from ..scaleout_split import print_split, run_split
+
+    st = mpi_status()
+    if not st["available"]:
+        log(f"no strategy comparison (splitting the model): {st.get('reason')} ({INSTALL_HINT})")
+        return
+    try:
+        doc = run_split(
+            ranks=2,
+            layers=plan["split_layers"],
+            batch=plan["split_batch"],
+            steps=plan["split_steps"],
+            micro=plan["split_micro"],
+            timeout=120.0,
+            log=log,
+        )
+    except (ScaleoutError, ValueError) as exc:
+        log(f"no strategy comparison (splitting the model): the MPI run failed: {exc}")
+        return
+    print_split(doc)
+    _write_json(out, "scaleout_split", doc)
 
 
 def run(args) -> int:
@@ -303,6 +345,11 @@ def run(args) -> int:
     t = time.perf_counter()
     _scaleout(plan, out, prog, log)
     timings["scaleout"] = time.perf_counter() - t
+
+    stage("split the model")
+    t = time.perf_counter()
+    _split(plan, out, log)
+    timings["split"] = time.perf_counter() - t
 
     stage("report")
     t = time.perf_counter()

@@ -187,18 +187,23 @@ def counts_sentence(doc: dict, rows: list[dict]) -> str:
 
 def trend_sentence(rows: list[dict]) -> str:
     """How the measured bubble and the formula moved from the smallest m to the largest, per schedule."""
-    said = []
+    said, fell = [], True
     for name in dict.fromkeys(r["schedule"] for r in rows):
         mine = sorted((r for r in rows if r["schedule"] == name and r["bubble"] is not None), key=lambda r: r["m"])
         if len(mine) < 2:
             continue
         a, b = mine[0], mine[-1]
         verb = "fell" if b["bubble"] < a["bubble"] else "rose" if b["bubble"] > a["bubble"] else "stayed"
+        fell = fell and verb == "fell"
         said.append(
             f"{_schedule_name(name)}'s measured bubble {verb} from {a['bubble']:.3f} at m = {a['m']} to "
             f"{b['bubble']:.3f} at m = {b['m']} (the formula: {_num(a['formula'])} to {_num(b['formula'])})"
         )
-    return ("More micro-batches, a smaller bubble: " + "; ".join(said) + ".") if said else ""
+    if not said:
+        return ""
+    return ("More micro-batches, a smaller bubble: " if fell else "From the fewest micro-batches to the most: ") + (
+        "; ".join(said) + "."
+    )
 
 
 def gap_sentence(rows: list[dict]) -> str:
@@ -225,6 +230,10 @@ def gap_sentence(rows: list[dict]) -> str:
             f"{len(sim)} runs: the formula assumes every forward and backward of every stage takes one equal step "
             "and messages cost nothing."
         )
+    steps = [r for r in rows if r["step_s"] is not None and r["predicted_step_s"] is not None]
+    if steps:
+        short = sum(r["predicted_step_s"] < r["step_s"] for r in steps)
+        text += f" The simulated step is shorter than the measured one in {short} of {len(steps)} runs."
     terms = [r["terms"] for r in rows if r.get("terms")]
     if terms:
         ratio = [b / f for t in terms for f, b in zip(t.get("forward_s") or [], t.get("backward_s") or []) if f > 0]
