@@ -31,7 +31,7 @@ def _unavailable(doc: dict, num: int) -> list[Block]:
 
 
 GLOSSARY: tuple[tuple[str, str], ...] = (
-    ("rank", "one of the P processes of an MPI job; each holds a full copy of the model."),
+    ("rank", "one of the P processes of an MPI job; in data parallelism each holds a full copy of the model."),
     ("allreduce", "every rank contributes its gradient and every rank receives the sum."),
     ("ring", "an allreduce in which each rank passes pieces to its neighbour, 2(P-1) times round the circle."),
     ("bucket", "a group of layers' gradients sent in one allreduce, started as soon as the group is ready."),
