@@ -1,7 +1,8 @@
-"""The pipeline schedules of issue 35 (whygpu.distributed.schedules), checked as pure functions: every action once,
-the dependencies met by the timing, 1F1B's warm-up and both stashes exact, the unit-time bubble equal to
-(p - 1) / (m + p - 1), 2 m (p - 1) messages, the grid of p = 4, m = 8 as drawn by hand, the events a valid Chrome
-trace, and a broken 1F1B caught by the checker."""
+"""The pipeline schedules of issue 35 (whygpu.schedules, also whygpu.distributed.schedules), checked as pure
+functions, without MPI: every action once, the dependencies met by the timing, 1F1B's warm-up and both stashes
+exact, the unit-time bubble equal to (p - 1) / (m + p - 1), 2 m (p - 1) messages, the grid of p = 4, m = 8 as
+drawn by hand, the events a valid Chrome trace, a broken 1F1B caught by the checker, and
+whygpu.distributed.schedules the same module's names."""
 
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ from fractions import Fraction
 
 import pytest
 
-pytest.importorskip("mpi4py")  # importing whygpu.distributed (the package around the module) imports mpi4py
-
-from whygpu.distributed import schedules as S  # noqa: E402
-from whygpu.predict import validate_chrome_trace, write_chrome_trace  # noqa: E402
-from whygpu.predict.pipeline import to_events  # noqa: E402
+from whygpu import schedules as S
+from whygpu.predict import validate_chrome_trace, write_chrome_trace
+from whygpu.predict.pipeline import to_events
 
 SIZES = [(p, m) for p in range(1, 6) for m in range(1, 10)]
 
@@ -238,3 +237,10 @@ def test_bad_arguments_elsewhere():
         S.timed([])
     with pytest.raises(ValueError, match="kind 'X'"):
         S.timed([[S.Action(0, "X", 0)]])
+
+
+def test_the_distributed_name_is_the_same_module():
+    pytest.importorskip("mpi4py")
+    from whygpu.distributed import schedules as D
+
+    assert D.__all__ == S.__all__ and all(getattr(D, name) is getattr(S, name) for name in S.__all__)

@@ -55,7 +55,7 @@ def test_the_table_prints_every_run_and_says_which_missed():
 
 
 def test_timed_adds_the_message_time_between_ranks_only():
-    from whygpu.distributed.schedules import gpipe, timed
+    from whygpu.schedules import gpipe, timed
 
     lanes = timed(gpipe(2, 1).ranks, 1.0, 2.0, message=0.5)
     (f0, b0), (f1, b1) = lanes
@@ -102,9 +102,9 @@ def test_a_quick_run_counts_bytes_and_stashes_by_their_formulas(tmp_path):
 
 
 def test_the_simulated_pipeline_step_comes_from_the_terms_alone():
-    from whygpu.distributed.schedules import schedule
     from whygpu.predict import simulate_pipeline
     from whygpu.scaleout_split import predict_runs
+    from whygpu.schedules import schedule
 
     for name in ("gpipe", "1f1b"):
         sim = simulate_pipeline(schedule(name, 2, 4), 1.0, 2.0)

@@ -18,13 +18,10 @@ from whygpu.predict.split_layouts import DEFAULT_WIDTHS, PARTS, layout_rows, pip
 # the module, not the function whygpu.predict exports under the same name
 split_layouts_module = importlib.import_module("whygpu.predict.split_layouts")
 
-# importing whygpu.distributed (the package around the schedules) imports mpi4py
-needs_schedules = pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="needs mpi4py")
 
 ZERO_LINK = {"alpha_s": 0.0, "bandwidth_Bps": math.inf, "source": "planted: a link that costs nothing"}
 
 
-@needs_schedules
 def test_memory_per_gpu_is_the_hand_formula():
     # widths 4-8-4-8-4: two (column, row) pairs; tp = 2, pp = 2 on 8 GPUs -> dp = 2; B = 16: 8 a replica, m = 4: b = 2
     def run(schedule, optimizer):
@@ -50,7 +47,6 @@ def test_memory_per_gpu_is_the_hand_formula():
     assert [s["memory"]["total_bytes"] for s in lay["stages"]] == [params * 8 + 4 * 4 * a for a in acts]
 
 
-@needs_schedules
 @pytest.mark.parametrize("name", ["1f1b", "gpipe"])
 def test_pipeline_time_is_the_schedules_timing(name):
     for p in range(1, 6):
@@ -67,9 +63,8 @@ def test_pipeline_time_is_the_schedules_timing(name):
     assert first["1f1b"] < first["gpipe"] == 42
 
 
-@needs_schedules
 def test_a_layouts_pipeline_comes_from_its_stages_timing():
-    from whygpu.distributed import schedules as S
+    from whygpu import schedules as S
 
     figs = {"intra": ZERO_LINK, "inter": ZERO_LINK}
     r = split_layouts((64,) * 9, 64, nodes=2, gpus_per_node=4, micro_batches=8, layouts=[(2, 4)], figures=figs)
@@ -88,7 +83,6 @@ def test_a_layouts_pipeline_comes_from_its_stages_timing():
         assert s["parts"]["compute_s"] == pytest.approx(8 * (s["forward_s"] + s["backward_s"]), rel=1e-12)
 
 
-@needs_schedules
 def test_pure_data_parallel_is_the_extrapolations_simulated_step():
     from whygpu.predict.extrapolate import mlp_model, simulate_system
     from whygpu.predict.scaleout_model import SYSTEMS
@@ -111,7 +105,6 @@ def test_pure_data_parallel_is_the_extrapolations_simulated_step():
     assert r["layouts"][0]["parts"]["compute_s"] == pytest.approx(4 * res.compute_s, rel=1e-9)
 
 
-@needs_schedules
 def test_a_layout_that_does_not_fit_is_never_the_fastest():
     r = split_layouts()  # the default model: 8.6e9 parameters, 137 GB of fp32 Adam state
     assert r["model"]["params"] > 8e9 and r["model"]["state_bytes"] > 80e9
@@ -168,7 +161,6 @@ def test_bad_arguments_are_refused_by_name(kwargs, message, monkeypatch):
         split_layouts(**kwargs)
 
 
-@needs_schedules
 def test_every_input_says_where_it_came_from():
     r = split_layouts((64,) * 9, 64, nodes=2, gpus_per_node=4)
     assert r["inputs"] and len({i["name"] for i in r["inputs"]}) == len(r["inputs"])

@@ -44,7 +44,7 @@ def check_strategies(text: str | Sequence[str]) -> list[str]:
 
 def schedule_grids(p: int, m: int) -> dict[str, str]:
     """The step-by-rank grid of each schedule for p stages and m micro-batches (unit-time steps)."""
-    from .distributed.schedules import grid, schedule  # (imports mpi4py: only when asked)
+    from .schedules import grid, schedule
 
     return {name: grid(schedule(name, p, m)) for name in ("gpipe", "1f1b")}
 
@@ -53,8 +53,8 @@ def predict_runs(doc: dict) -> None:
     """Each pipeline run's step and bubble simulated from its terms measured apart (each stage's forward and
     backward on one micro-batch, one message), added to it as ``predicted_step_s`` and ``predicted_bubble``:
     :func:`whygpu.predict.simulate_pipeline` takes nothing else, so the run it is checked on cannot leak in."""
-    from .distributed.schedules import schedule
     from .predict.pipeline import simulate_pipeline
+    from .schedules import schedule
 
     for r in doc["runs"]:
         if r["strategy"] != "pp":

@@ -24,7 +24,7 @@ import numpy as np
 import whygpu
 import whygpu.distributed as dist
 from whygpu import nn, optim
-from whygpu.distributed.schedules import Action, one_f_one_b
+from whygpu.schedules import Action, one_f_one_b
 
 BATCH = 19  # odd: micro-batches of unequal rows
 WIDTHS = (13, 24, 16, 12, 9, 10)  # 5 Linear layers: up to 5 stages

@@ -201,8 +201,8 @@ def pipeline_terms(pp, x, y, m: int, repeats: int) -> dict[str, Any]:
 def run_pipeline(args, widths, comm, schedule_name: str, m: int) -> dict[str, Any]:
     import whygpu.distributed as dist
     from whygpu import nn, optim
-    from whygpu.distributed.schedules import schedule as make_schedule
-    from whygpu.distributed.schedules import stash_peak
+    from whygpu.schedules import schedule as make_schedule
+    from whygpu.schedules import stash_peak
 
     P = comm.Get_size()
     x, y = data(widths, args.batch)

@@ -47,12 +47,12 @@ import numpy as np
 from ..nn import _backend
 from ..nn._sequential import Sequential
 from ..nn.losses import _Loss
+from ..schedules import SCHEDULES, Action, check_schedule, schedule
 from . import _runtime
 from ._agree import agree
 from ._pipeline_parts import SendProgress, Stash, balance_by_time, layer_units, stage_bounds
 from ._runtime import MPI
 from ._shares import share
-from .schedules import SCHEDULES, Action, check_schedule, schedule
 
 __all__ = ["Pipeline"]
 

@@ -1,21 +1,18 @@
-"""A pipeline schedule (GPipe, 1F1B: :mod:`whygpu.distributed.schedules`) as the step simulator's events, so that
+"""A pipeline schedule (GPipe, 1F1B: :mod:`whygpu.schedules`) as the step simulator's events, so that
 the simulator and the Chrome trace writer (:func:`whygpu.predict.write_chrome_trace`) take the same list of actions
 that prints as the step-by-rank grid.
 
-It lives here, not beside the schedules, because ``whygpu.bench`` imports ``whygpu.distributed`` and this package
-imports ``whygpu.bench``: ``whygpu.distributed`` importing :class:`~whygpu.predict.Event` would close a circle.
-The schedules are imported late, inside :func:`to_events`, so ``import whygpu.predict`` stays free of MPI (importing
-``whygpu.distributed`` imports mpi4py).
+It lives here, not beside the schedules (:mod:`whygpu.schedules`, pure, below every floor), because the
+schedules must not import :class:`~whygpu.predict.Event`: ``whygpu.distributed`` runs them, and this package
+imports ``whygpu.bench``, which imports ``whygpu.distributed``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
+from ..schedules import Durations, Schedule, timed
 from ._engine import Event
-
-if TYPE_CHECKING:
-    from ..distributed.schedules import Durations, Schedule
 
 __all__ = ["to_events", "PipelineStep", "simulate_pipeline"]
 
@@ -35,7 +32,7 @@ def simulate_pipeline(
 ) -> PipelineStep:
     """One step of ``sched`` simulated from its terms: each stage's forward and backward seconds per micro-batch
     (one number, or one per stage) and the time a message takes between neighbours.  Each action starts once
-    its rank is free and what it waits for has arrived (:func:`~whygpu.distributed.schedules.timed`); the step
+    its rank is free and what it waits for has arrived (:func:`~whygpu.schedules.timed`); the step
     ends with the last action, and the bubble is 1 - (busy time) / (p x the step)."""
     events = to_events(sched, forward_s, backward_s, message_s)
     step = max(e.end for lane in events.values() for e in lane)
@@ -48,12 +45,10 @@ def to_events(
 ) -> dict[int, list[Event]]:
     """The schedule as events, rank -> its compute lane (kind "forward" or "backward", named ``F3``, ``B3``, with
     the micro-batch and the schedule's name in ``args``).  ``forward_s`` and ``backward_s`` are each stage's
-    seconds: one number for every rank or one per rank.  The times are :func:`~whygpu.distributed.schedules.timed`'s:
+    seconds: one number for every rank or one per rank.  The times are :func:`~whygpu.schedules.timed`'s:
     each action starts once its rank is free and what it depends on is done, so unequal stages give the step the
     slowest stage imposes, not the unit grid scaled; ``message_s`` delays each action that waits for another
     rank's by the message's time."""
-    from ..distributed.schedules import timed
-
     return {
         r: [
             Event(

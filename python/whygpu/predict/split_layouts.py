@@ -42,6 +42,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ..schedules import SCHEDULES, measured_bubble, schedule, stash_peak, timed
 from ._inputs import SOURCES, CollectiveCosts, CollectiveCurve, ComputeTimes, Interference, LayerTimes, UpdateCost
 from .extrapolate import DDP_BUCKET_MB, DDP_FIRST_BUCKET_MB, UPDATE_TRAFFIC
 from .memory_model import OPTIMIZER_STATE_FLOATS, bytes_per_param
@@ -54,7 +55,6 @@ __all__ = ["DEFAULT_WIDTHS", "PARTS", "split_layouts", "pipeline_time", "layout_
 # 8.6e9 parameters: 137 GB of fp32 Adam state, more than an 80 GB GPU holds, so pure data parallelism cannot run.
 DEFAULT_WIDTHS: tuple[int, ...] = (8192,) + (32768, 8192) * 16
 DEFAULT_BATCH = 8192
-_SCHEDULES = ("gpipe", "1f1b")  # whygpu.distributed.schedules.SCHEDULES: repeated so checking needs no MPI
 ITEMSIZE = 4  # float32
 PARTS = ("compute_s", "tp_allreduce_s", "p2p_s", "bubble_s", "dp_exposed_s", "update_s")
 _PART_NAMES = {
@@ -155,7 +155,6 @@ def pipeline_time(forward_s: Sequence[float], backward_s: Sequence[float], m: in
     (``schedules.timed``: each action starts once its rank is free and what it waits for is done): each stage's
     ``end_s`` (its last action), ``busy_s`` (m (t_f + t_b)), ``pipeline_s`` (the last end), ``bubble`` (idle
     rank-time / (p x pipeline_s), measured) and ``stash`` (``schedules.stash_peak``)."""
-    from ..distributed.schedules import measured_bubble, schedule, stash_peak, timed
 
     p = len(forward_s)
     sched = schedule(name, p, m)
@@ -336,8 +335,8 @@ def split_layouts(
     n_nodes, g = _whole("nodes", nodes), _whole("gpus_per_node", gpus_per_node)
     if micro_batches is not None:
         _whole("micro_batches (m; None: 4 x pp)", micro_batches)
-    if schedule not in _SCHEDULES:
-        raise ValueError(f"unknown pipeline schedule {schedule!r}: the schedules are {', '.join(_SCHEDULES)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown pipeline schedule {schedule!r}: the schedules are {', '.join(SCHEDULES)}")
     if optimizer not in OPTIMIZER_STATE_FLOATS or optimizer not in UPDATE_TRAFFIC:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZER_STATE_FLOATS)}, got {optimizer!r}")
     if precision != "fp32":
@@ -386,7 +385,7 @@ def split_layouts(
         "skipped": skipped,
         "inputs": _inputs(figs, w, batch, memory_gb, micro_batches, optimizer, schedule),
         "method": "per layout: per-stage forward and backward times (kernels, tensor-parallel allreduces, pipeline "
-        "messages) timed by whygpu.distributed.schedules.timed on the real schedule; each stage's data-parallel "
+        "messages) timed by whygpu.schedules.timed on the real schedule; each stage's data-parallel "
         "allreduce and update simulated by whygpu.predict.simulate (DDP's buckets over its last micro-batch)",
     }
     fitting = [x for x in out if x["fits"]]
