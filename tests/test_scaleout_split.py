@@ -82,7 +82,7 @@ def test_the_command_line_refuses_what_cannot_run(tmp_path):
 def test_a_quick_run_counts_bytes_and_stashes_by_their_formulas(tmp_path):
     out = tmp_path / "split.json"
     cmd = [sys.executable, "-m", "whygpu", "scaleout", "--strategy", "dp,tp,pp", "--ranks", "2",
-           "--layers", "12,16,16,16,8", "--batch", "24", "--steps", "1", "--out", str(tmp_path)]  # fmt: skip
+           "--layers", "12,16,16,16,8", "--batch", "24", "--steps", "1", "--plot", "--out", str(tmp_path)]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     doc = json.loads((tmp_path / "scaleout_split.json").read_text())
@@ -99,6 +99,8 @@ def test_a_quick_run_counts_bytes_and_stashes_by_their_formulas(tmp_path):
             assert [e["stash_peak"] for e in r["ranks"]] == ([m, m] if name == "gpipe" else [min(m, 2), 1])
     assert "p=2, m=4" in doc["grids"] and "F3" in doc["grids"]["p=2, m=4"]["gpipe"]
     assert "bubble within 0.05" in res.stdout
+    for name in ("scaleout_split_bubble.png", "scaleout_split_strategies.png"):  # --plot
+        assert (tmp_path / name).stat().st_size > 10_000
 
 
 def test_the_simulated_pipeline_step_comes_from_the_terms_alone():

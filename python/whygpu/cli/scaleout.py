@@ -115,6 +115,13 @@ def _run_split(args) -> int:
         raise CliError(str(exc)) from None
     print_split(doc)
     _save(out, "scaleout_split", doc, False)
+    if args.plot:
+        from ..plots.split import plot_bubble, plot_strategies
+
+        d = _roundtrip(doc)
+        if doc.get("checks"):
+            print(f"wrote {plot_bubble(d, out / 'scaleout_split_bubble.png')}")
+        print(f"wrote {plot_strategies(d, out / 'scaleout_split_strategies.png')}")
     return 0
 
 
