@@ -115,7 +115,8 @@ def test_data_parallel_times_pipeline_on_four_ranks():
 
 def test_the_default_cut_by_measured_time_is_the_same_on_every_rank():
     for rank in mpi_results(WORKER, 2, "balance", timeout=120):
-        assert rank["agree"] and rank["bitwise"], rank
+        assert rank["agree"] and rank["bitwise"], rank  # (after time_actions: it changed nothing)
+        assert rank["timed"] == [2, 2, True] and rank["zero_after_timing"], rank
         assert len(rank["bounds"]) == 2 and all(hi > lo for lo, hi in rank["bounds"])
 
 

@@ -293,6 +293,8 @@ def balance_case() -> dict:
     pp = dist.Pipeline(make(np.float32), micro_batches=2)
     every = dist.comm().allgather(pp.balance)
     x, y = data(np.float32)
+    timed = pp.time_actions(x, y, nn.CrossEntropyLoss())  # compute alone: it must leave nothing behind
+    zero = all(not np.any(p.grad) for p in pp.parameters())
     ref = make(np.float32)
     ref.zero_grad()
     accumulate(ref, x, y, 2)
@@ -302,6 +304,8 @@ def balance_case() -> dict:
     return {
         "bounds": pp.balance,
         "agree": all(b == every[0] for b in every),
+        "timed": [len(timed["F"]), len(timed["B"]), min(timed["F"] + timed["B"]) > 0],
+        "zero_after_timing": zero,
         "bitwise": all(np.array_equal(got[k], v) for k, v in grads(ref).items()),
     }
 

@@ -151,31 +151,20 @@ def run_replicated(kind: str, args, widths, comm) -> dict[str, Any]:
 
 
 def pipeline_terms(pp, x, y, m: int, repeats: int) -> dict[str, Any]:
-    """This rank's stage forward and backward on micro-batch 0 alone (no messages), and the message time."""
+    """This rank's forward and backward actions timed without any message (``Pipeline.time_actions``: the
+    schedule's order, its stash and buffers, stand-ins for what the neighbours send; every rank at once), the
+    medians over ``repeats`` steps' worth; and the time one activation takes from rank to rank."""
     from whygpu import nn
 
-    comm, r, p = pp.comm, pp.rank, pp.size
+    comm, r = pp.comm, pp.rank
     s1 = int(np.ceil(len(x) / m))  # micro-batch 0's rows (share gives the first ones the extra row)
     loss_fn = nn.CrossEntropyLoss()
-    rng = np.random.default_rng(2)
-    inp = x[:s1] if r == 0 else rng.standard_normal((s1, pp.in_features)).astype(np.float32)
-    g_in = rng.standard_normal((s1, pp.out_features)).astype(np.float32)
     fwd, bwd = [], []
     for k in range(repeats + 1):
-        comm.Barrier()
-        t0 = _clock()
-        out = pp.stage.forward(inp)
-        if r == p - 1:
-            loss_fn(out, y[:s1])
-            g = np.multiply(loss_fn.backward(), 1.0 / m, dtype=np.float32)
-        else:
-            g = g_in
-        t1 = _clock()
-        pp.stage._backward(g, r > 0)
-        t2 = _clock()
-        if k:
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
+        t = pp.time_actions(x, y, loss_fn)
+        if k:  # the first is a warm-up
+            fwd += t["F"]
+            bwd += t["B"]
     pp.zero_grad()
     # one activation, rank to rank: half a ping-pong between neighbours (both directions cost the same here)
     width = int(comm.bcast(pp.out_features, root=0))  # the first boundary's activation
@@ -211,7 +200,7 @@ def run_pipeline(args, widths, comm, schedule_name: str, m: int) -> dict[str, An
     terms = pipeline_terms(pp, x, y, m, args.repeats)
     sched = make_schedule(schedule_name, P, m)
     loss_fn = nn.CrossEntropyLoss()
-    steps, bubbles = [], []
+    steps, bubbles, fwd, bwd, waits = [], [], [], [], []
     for k in range(args.steps + 2):
         pp.zero_grad()
         pp.step(x, y, loss_fn)
@@ -222,6 +211,9 @@ def run_pipeline(args, widths, comm, schedule_name: str, m: int) -> dict[str, An
         if k >= 2:
             steps.append(length)
             bubbles.append(1.0 - busy / (P * length))
+            fwd += [e - s for kind, _, s, e in st["timeline"] if kind == "F"]
+            bwd += [e - s for kind, _, s, e in st["timeline"] if kind == "B"]
+            waits.append(st["wait_s"])
     st = pp.last_step
     every = comm.allgather(
         {
@@ -229,6 +221,10 @@ def run_pipeline(args, widths, comm, schedule_name: str, m: int) -> dict[str, An
             "stash_peak": st["stash_peak"],
             "stash_peak_bytes": st["stash_peak_bytes"],
             "messages": st["messages"],
+            # what the run's own actions took (medians): beside the terms measured apart, they say which missed
+            "forward_s": _median(fwd),
+            "backward_s": _median(bwd),
+            "wait_s": _median(waits),
             **_memory(pp.parameters(), opt),
         }
     )

@@ -101,48 +101,57 @@ class SendProgress:
     MPI moves a large message (beyond its eager size: a "rendezvous") only while the sending process is inside
     an MPI call; a rank that posts ``Isend`` and starts its next forward pass would hold the next stage idle
     until its next ``Wait``.  Measured here (768-1024-1024-1024-512, m = 8, 2 ranks): rank 1 started F0 1.8-2.4
-    ms after rank 0 finished it, for a 256 KiB activation that a blocking send moves in about 0.1 ms.  The
-    thread ``Test``s the sends every 0.1 ms (sleeping between, so it takes little of the core; DataParallel's
-    progress thread does the same for its allreduces) and only it touches them until :meth:`finish`.  Without
-    MPI_THREAD_MULTIPLE there is no thread: the sends move at the rank's next Wait, as before."""
+    ms after rank 0 finished it, for a 256 KiB activation that a blocking send moves in about 0.1 ms.  While a
+    send is pending the thread ``Test``s it every 0.1 ms (sleeping between, so it takes little of the core;
+    DataParallel's progress thread does the same for its allreduces); with none pending it sleeps until one is
+    posted -- a thread that woke every 0.1 ms all step long slowed this machine's forward and backward passes
+    by a fifth (2 ranks on 2 cores).  Only the thread touches the sends until :meth:`finish`.  Without
+    MPI_THREAD_MULTIPLE there is no thread: the sends move at the rank's next Wait."""
 
     poll_s = 1e-4
 
     def __init__(self, threaded: bool):
         self.threaded = threaded
         self.pending: list[Any] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
+        self.cond = threading.Condition()
+        self.stopping = False
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.pending = []
         if self.threaded:
-            self.stop.clear()
+            self.stopping = False
             self.thread = threading.Thread(target=self._run, name="whygpu-pipeline-sends", daemon=True)
             self.thread.start()
 
     def add(self, request: Any) -> None:
-        with self.lock:
+        with self.cond:
             self.pending.append(request)
+            self.cond.notify()
 
     def _run(self) -> None:
-        while not self.stop.is_set():
-            with self.lock:
+        while True:
+            with self.cond:
+                while not self.pending and not self.stopping:
+                    self.cond.wait()  # nothing in flight: sleep until a send is posted (or the step ends)
+                if self.stopping:
+                    return
                 reqs = list(self.pending)
             done = [r for r in reqs if r.Test()]
             if done:
-                with self.lock:
+                with self.cond:
                     self.pending = [r for r in self.pending if all(r is not d for d in done)]
             time.sleep(self.poll_s)
 
     def finish(self) -> list[Any]:
         """Stop the thread; the sends it has not seen complete (the caller waits for them)."""
         if self.thread is not None:
-            self.stop.set()
+            with self.cond:
+                self.stopping = True
+                self.cond.notify()
             self.thread.join()
             self.thread = None
-        with self.lock:
+        with self.cond:
             left, self.pending = self.pending, []
         return left
 

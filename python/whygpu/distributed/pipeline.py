@@ -248,6 +248,32 @@ class Pipeline:
         }
         return float(loss)
 
+    def time_actions(self, x, y, loss_fn: _Loss) -> dict[str, list[float]]:
+        """This rank's actions for the batch (x, y) in the schedule's order, with no message at all: random arrays
+        stand in for the activations and gradients the neighbours would send, so no rank waits for another.
+        Returns each action's seconds, ``{"F": [...], "B": [...]}`` in the order they ran: the compute the step
+        simulator is fed, measured apart from the pipeline's communication but with its own stash and buffers
+        (a forward into a slot its backward reads later runs slower than one in a warm loop).  Every rank must
+        call it (it starts with a barrier, as a step does); the gradients it adds are zeroed again."""
+        x, y, n, total = self._check_batch(x, y, loss_fn, None)
+        m = min(self.micro_batches, n)
+        rows = [share(n, m, i) for i in range(m)]
+        rng = np.random.default_rng(0)
+        acts = {
+            i: rng.standard_normal((s1 - s0, self.in_features)).astype(self._dtype) for i, (s0, s1) in enumerate(rows)
+        }
+        grads = {
+            i: rng.standard_normal((s1 - s0, self.out_features)).astype(self._dtype) for i, (s0, s1) in enumerate(rows)
+        }
+        st = _Step(x, y, loss_fn, rows, total, acts, grads, {}, alone=True)
+        self._stash.reset()
+        self.comm.Barrier()
+        st.t0 = _clock()
+        for a in self.actions(m):
+            (self._forward if a.kind == "F" else self._backward)(st, a.micro)
+        self.zero_grad()
+        return {kind: [e - s for k, _, s, e in st.timeline if k == kind] for kind in ("F", "B")}
+
     def _forward(self, st: _Step, i: int) -> None:
         """F i: micro-batch i's activation in (rank 0: its rows of x), through this stage, and on to the next
         stage (the last: its loss, and the loss gradient weighted by its rows' share, kept for B i)."""
@@ -256,9 +282,10 @@ class Pipeline:
         if r == 0:
             inp = st.x[s0:s1]  # (rows_i, in_features): a contiguous slice
         else:
-            w0 = _clock()
-            st.recv[(_ACT, i)].Wait()
-            st.waits += _clock() - w0
+            if not st.alone:
+                w0 = _clock()
+                st.recv[(_ACT, i)].Wait()
+                st.waits += _clock() - w0
             inp = st.acts[i]
         t_start = _clock()
         slot = self._stash.take(i)  # this micro-batch's own buffers
@@ -274,7 +301,8 @@ class Pipeline:
         self._stash.keep(i, slot, g)
         if r < p - 1:
             buf = self._send_buffer(_ACT, i, out)
-            self._progress.add(self.comm.Isend(buf, dest=r + 1, tag=2 * i + _ACT))
+            if not st.alone:
+                self._progress.add(self.comm.Isend(buf, dest=r + 1, tag=2 * i + _ACT))
             st.sent["activations"] += 1
             st.sent["activation_bytes"] += buf.nbytes
         st.timeline.append(("F", i, t_start - st.t0, _clock() - st.t0))
@@ -286,16 +314,18 @@ class Pipeline:
         if r == p - 1:
             g = self._stash.loss_grad(i)
         else:
-            w0 = _clock()
-            st.recv[(_GRAD, i)].Wait()
-            st.waits += _clock() - w0
+            if not st.alone:
+                w0 = _clock()
+                st.recv[(_GRAD, i)].Wait()
+                st.waits += _clock() - w0
             g = be.asarray(st.grads[i]) if be.device is not None else st.grads[i]  # (rows_i, out_features)
         t_start = _clock()
         self._stash.restore(i)
         dx = self.stage._backward(g, r > 0)  # (rows_i, in_features); the first stage needs no dL/d(data)
         if r > 0:
             buf = self._send_buffer(_GRAD, i, dx)
-            self._progress.add(self.comm.Isend(buf, dest=r - 1, tag=2 * i + _GRAD))
+            if not st.alone:
+                self._progress.add(self.comm.Isend(buf, dest=r - 1, tag=2 * i + _GRAD))
             st.sent["gradients"] += 1
             st.sent["gradient_bytes"] += buf.nbytes
         self._stash.release(i)
@@ -450,6 +480,7 @@ class _Step:
     acts: dict[int, np.ndarray]  # micro-batch i's activation, received from the stage before
     grads: dict[int, np.ndarray]  # the gradient of what this stage sent on, received from the stage after
     recv: dict[tuple[int, int], Any]  # (kind, i) -> its receive's request
+    alone: bool = False  # time_actions: no messages, stand-ins for what the neighbours send
     t0: float = 0.0
     waits: float = 0.0
     correct: int = 0  # samples the last stage classified right
