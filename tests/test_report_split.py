@@ -141,6 +141,11 @@ def test_the_table_marks_a_planted_miss(tmp_path):
     assert "GPipe's measured bubble fell from 0.510 at m = 1 to 0.300 at m = 4 (the formula: 0.500 to 0.200)" in text
     assert "a stage's backward took x1.5 to x2 its forward" in text
     assert "The simulated step is shorter than the measured one in 6 of 6 runs." in text
+    # the one miss of the formula, with what was measured about it (checks' why)
+    assert (
+        "Where the measured bubble missed the formula, what was measured: GPipe at m = 4: unequal stages: rank 0's "
+        "forward + backward took 20% longer than rank 1's" in text
+    )
     # a bubble that grows with m: no claim that it fell
     doc = planted_doc()
     doc["runs"][-2]["bubble"] = 0.6

@@ -18,7 +18,8 @@ mpi = pytest.importorskip("mpi4py")
 def _pp(schedule, m, step, predicted, bubble, peaks=(1, 1)):
     return {
         "strategy": "pp", "schedule": schedule, "micro_batches": m, "step_s": step, "predicted_step_s": predicted,
-        "bubble": bubble, "bubble_formula": 1 / (m + 1), "bytes_per_step": 1 << 20,
+        "bubble": bubble, "bubble_formula": 1 / (m + 1), "bytes_per_step": 1 << 20, "predicted_bubble": 1 / (m + 1),
+        "terms": {"forward_s": [1.0, 1.0], "backward_s": [2.0, 2.6 if bubble > 0.25 else 2.0], "message_s": 0.0},
         "stash_peak_formula": [m, m] if schedule == "gpipe" else [2, 1],
         "ranks": [{"stash_peak": k, "stash_peak_bytes": 1 << 20, "params_bytes": 8, "grads_bytes": 8,
                    "optimizer_bytes": 16} for k in peaks],
@@ -38,6 +39,9 @@ def test_checks_judge_the_bubble_and_the_simulated_step_from_the_runs():
     assert [r["step_ok"] for r in rows] == [True, False, True]
     assert [r["stash_ok"] for r in rows] == [True, True, False]
     assert rows[1]["step_error"] == pytest.approx(0.2)
+    # the miss names its measured cause: rank 1's stage took (1 + 2.6) / 3 - 1 = 20% longer
+    assert rows[1]["stage_imbalance"] == pytest.approx(0.2) and "rank 1's forward + backward took 20%" in rows[1]["why"]
+    assert rows[0]["why"] is None and rows[0]["bubble_simulated_ok"]
 
 
 def test_the_table_prints_every_run_and_says_which_missed():
@@ -51,7 +55,8 @@ def test_the_table_prints_every_run_and_says_which_missed():
     print_split(doc, lines.append)
     text = "\n".join(lines)
     assert "pp gpipe m=4" in text and "MISS" in text
-    assert "bubble within 0.05: 0 of 1" in text
+    assert "bubble within 0.05 of the formula: 0 of 1 (of the simulated: 0)" in text
+    assert "gpipe m = 4 misses the formula: unequal stages" in text
 
 
 def test_timed_adds_the_message_time_between_ranks_only():

@@ -66,20 +66,45 @@ def predict_runs(doc: dict) -> None:
         r["predicted_step_s"], r["predicted_bubble"] = sim.step_s, sim.bubble
 
 
+def stage_imbalance(terms: dict) -> tuple[float, int, int]:
+    """How much longer the slowest stage's forward + backward took than the fastest's, measured apart, and
+    which ranks those were: (fraction, slowest, fastest).  The formula assumes 0."""
+    totals = [f + b for f, b in zip(terms["forward_s"], terms["backward_s"])]
+    slow, fast = max(range(len(totals)), key=totals.__getitem__), min(range(len(totals)), key=totals.__getitem__)
+    return totals[slow] / totals[fast] - 1.0, slow, fast
+
+
 def checks(doc: dict) -> dict[str, Any]:
-    """Each pipeline run judged: its bubble against the formula, its simulated step against the measured."""
+    """Each pipeline run judged: its bubble against the formula (and against the bubble simulated from the
+    stages' measured times, which the formula takes as equal), its simulated step against the measured; a miss
+    of the formula names the unequal stages where they were measured unequal by more than 5%."""
     rows = []
     for r in doc["runs"]:
         if r["strategy"] != "pp":
             continue
         step_err = r["predicted_step_s"] / r["step_s"] - 1.0
+        imb, slow, fast = stage_imbalance(r["terms"])
+        ok = abs(r["bubble"] - r["bubble_formula"]) <= BUBBLE_TOL
+        why = None
+        if not ok:
+            why = (
+                f"unequal stages: rank {slow}'s forward + backward took {imb:.0%} longer than rank {fast}'s, measured "
+                f"apart (the formula takes them equal); simulated with them, the bubble is {r['predicted_bubble']:.3f}"
+                if imb > 0.05
+                else "not explained by the stages' measured times (within 5% of each other): waits the simulator "
+                "does not see"
+            )
         rows.append(
             {
                 "schedule": r["schedule"],
                 "micro_batches": r["micro_batches"],
                 "bubble": r["bubble"],
                 "bubble_formula": r["bubble_formula"],
-                "bubble_ok": abs(r["bubble"] - r["bubble_formula"]) <= BUBBLE_TOL,
+                "bubble_ok": ok,
+                "bubble_simulated": r["predicted_bubble"],
+                "bubble_simulated_ok": abs(r["bubble"] - r["predicted_bubble"]) <= BUBBLE_TOL,
+                "stage_imbalance": imb,
+                "why": why,
                 "step_error": step_err,
                 "step_ok": abs(step_err) <= STEP_TOL,
                 "stash_ok": [e["stash_peak"] for e in r["ranks"]] == r["stash_peak_formula"],
@@ -174,14 +199,22 @@ def print_split(doc: dict, out: Callable[[str], None] = print) -> None:
         "\nThe pipeline's bubble (idle share of the ranks' time) against (p - 1)/(m + p - 1), and the step "
         "simulated from terms measured apart (each stage's forward and backward, one message) before each run:"
     )
-    out(f"  {'schedule':<8} {'m':>3} {'bubble':>7} {'formula':>8} {'|diff|':>7}  {'step vs simulated':>18}")
+    out(f"  {'schedule':<8} {'m':>3} {'bubble':>7} {'formula':>8} {'|diff|':>7}      {'simulated':>9}  "
+        f"{'stages':>7}  {'step vs simulated':>18}")  # fmt: skip
     for c in ck["pipeline"]:
         d = abs(c["bubble"] - c["bubble_formula"])
         miss_b = "" if c["bubble_ok"] else " MISS"
         miss_s = "" if c["step_ok"] else " MISS"
+        sim = c.get("bubble_simulated")
         out(f"  {c['schedule']:<8} {c['micro_batches']:>3} {c['bubble']:7.3f} {c['bubble_formula']:8.3f} "
-            f"{d:7.3f}{miss_b:5}  {c['step_error']:+12.0%}{miss_s}")  # fmt: skip
+            f"{d:7.3f}{miss_b:5} {'-' if sim is None else f'{sim:9.3f}'}  {c.get('stage_imbalance', 0):+7.0%}  "
+            f"{c['step_error']:+12.0%}{miss_s}")  # fmt: skip
     n, rows = len(ck["pipeline"]), ck["pipeline"]
-    out(f"  bubble within {ck['bubble_tol']}: {sum(c['bubble_ok'] for c in rows)} of {n}; simulated step within "
+    out(f"  bubble within {ck['bubble_tol']} of the formula: {sum(c['bubble_ok'] for c in rows)} of {n} (of the "
+        f"simulated: {sum(c.get('bubble_simulated_ok', False) for c in rows)}); simulated step within "
         f"{ck['step_tol']:.0%}: {sum(c['step_ok'] for c in rows)} of {n}; peak stash as the schedule says: "
         f"{sum(c['stash_ok'] for c in rows)} of {n}")  # fmt: skip
+    for c in rows:
+        if c.get("why"):
+            out(f"  {c['schedule']} m = {c['micro_batches']} misses the formula: {c['why']}")
+    out("  (stages: how much longer the slowest stage's forward + backward took than the fastest's, measured apart)")

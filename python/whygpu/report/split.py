@@ -160,6 +160,7 @@ def judged_rows(doc: dict) -> list[dict]:
                 "step_ok": None if err is None or stol is None else abs(err) <= stol,
                 "stash_ok": c.get("stash_ok"),
                 "terms": r.get("terms"),
+                "why": c.get("why"),
             }
         )
     return rows
@@ -280,8 +281,9 @@ def bubble_blocks(doc: dict, out: Path, figs: list[str]) -> list[Block]:
             "The formula for the bubble, the idle share of the ranks' time, is (p - 1)/(m + p - 1) for p stages and "
             "m micro-batches. Measured: each step's idle share, 1 - (time in forward and backward passes, summed "
             "over the ranks) / (p x the step), its median over the steps. Simulated: before each run, each rank's "
-            "forward and backward of one micro-batch and one message were timed apart; the schedule's own "
-            "dependencies timed on those terms alone (nothing of the run itself) give the step and the bubble. "
+            "forward and backward passes were timed in the schedule's order with no message (stand-ins for what "
+            "the neighbours send), and one message between neighbours was timed; the schedule's own dependencies "
+            "timed on those terms alone (nothing of the run itself) give the step and the bubble. "
             + counts_sentence(doc, rows),
         )
     )
@@ -328,6 +330,9 @@ def bubble_blocks(doc: dict, out: Path, figs: list[str]) -> list[Block]:
     blocks.append(("table", head, trows))
     text = " ".join(t for t in (trend_sentence(rows), gap_sentence(rows), stash_sentence(doc)) if t)
     blocks.append(("p", text))
+    misses = [f"{_schedule_name(r['schedule'])} at m = {r['m']}: {r['why']}." for r in rows if r.get("why")]
+    if misses:
+        blocks.append(("p", "Where the measured bubble missed the formula, what was measured: " + " ".join(misses)))
     return blocks
 
 
