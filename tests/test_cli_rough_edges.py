@@ -141,12 +141,16 @@ def test_the_progress_bar_names_the_peak_measurement(tmp_path, capsys, monkeypat
 
 
 def test_the_report_climbs_one_device_before_many(demo_dir):
-    """The story's order: the CPU rungs, threads, training, the GPU, and only then more than one machine."""
+    """The story's order: the CPU rungs, threads, training, the GPU, only then more than one machine, and last
+    the model split over them."""
     heads = [line for line in (demo_dir / "report.md").read_text().splitlines() if line.startswith("## ")]
     gpu = [i for i, h in enumerate(heads) if "GPU" in h]
     many = [i for i, h in enumerate(heads) if "More than one machine" in h]
+    split = [i for i, h in enumerate(heads) if "Splitting the model" in h]
     assert gpu and many and max(gpu) < min(many), heads
-    assert [h.split(".")[0] for h in heads if h[3].isdigit()] == [f"## {i}" for i in range(1, len(gpu) + len(many) + 5)]
+    assert split and min(split) > max(many), heads
+    numbered = [h.split(".")[0] for h in heads if h[3].isdigit()]
+    assert numbered == [f"## {i}" for i in range(1, len(gpu) + len(many) + len(split) + 5)]
 
 
 def test_the_reports_jargon_is_linked_to_a_glossary_of_the_words_it_uses(demo_dir, tmp_path):
