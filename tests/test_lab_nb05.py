@@ -106,6 +106,12 @@ def test_threads_judge(capsys):
     assert not _check(capsys, "05.threads", (quick, False), rows=SIXTEEN_CORES, threads=16)[0]
     assert not _check(capsys, "05.threads", (quick, "yes"), rows=SIXTEEN_CORES, threads=16)[0]
     assert not _check(capsys, "05.threads", (..., ...), rows=SIXTEEN_CORES, threads=16)[0]
+    # one thread: the ratio is still read off the table, either answer to "helped" holds
+    ok, out = _check(capsys, "05.threads", (r, True), rows=TWO_CORES, threads=1)
+    assert ok and "not measurable here" in out
+    assert not _check(capsys, "05.threads", (1.35e-3 - 1.4e-3, False), rows=TWO_CORES, threads=1)[0]
+    ok, out = _check(capsys, "05.threads", (1.0, True), rows=_rows(1.3, None), threads=2)
+    assert ok and "no openmp back end" in out
 
 
 def test_linear_backward_judge(capsys):

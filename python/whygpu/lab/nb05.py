@@ -196,8 +196,8 @@ def conclusion(
 )
 def _threads(answer: Any, rows: Mapping[str, Mapping[str, float]], threads: int) -> Verdict:
     case, r = _threads_case(rows, threads)
-    if case in ("missing", "one"):
-        return Verdict(True, f"x{r:.2f}: threads {'helped' if case == 'helped' else 'hurt'} here.")
+    if case == "missing":
+        return Verdict(True, threads_sentence(rows, threads))
     if not (isinstance(answer, tuple) and len(answer) == 2):
         return Verdict(False, "answer (speedup, helped): a number and True or False")
     speedup, helped = answer
@@ -218,6 +218,8 @@ def _threads(answer: Any, rows: Mapping[str, Mapping[str, float]], threads: int)
         else:
             why = "it is not packed's time over openmp's"
         return Verdict(False, f"speedup {speedup:.3g}, but the table gives x{r:.2f}: {why}.")
+    if case == "one":
+        return Verdict(True, f"x{r:.2f}; with one thread, whether threads help is not measurable here.")
     if case == "noise":
         return Verdict(True, f"x{r:.2f} is within the ±{100 * (NOISE - 1):.0f}% noise: either answer holds.")
     if bool(helped) != (case == "helped"):
