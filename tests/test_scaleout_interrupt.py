@@ -159,5 +159,6 @@ def test_notebook_07_runs_without_mpi4py(tmp_path):
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "MPI here: mpi4py is not installed" in r.stdout
-    assert "1 rank : final loss" in r.stdout and "2 ranks: not run here" in r.stdout
-    assert "InfiniBand EDR" in r.stdout and "at P=8 on InfiniBand EDR" in r.stdout
+    assert "1 rank : final loss" in r.stdout and "2 ranks: not measurable here" in r.stdout
+    assert "on InfiniBand EDR at P = 8 (the package's model)" in r.stdout  # the model part still runs
+    assert "digits model on InfiniBand EDR: the efficiency is" in r.stdout  # and its conclusion, from the table
