@@ -12,6 +12,7 @@ peak stash), the step-by-rank grids of both schedules, the checks (the measured 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -146,10 +147,8 @@ def run_split(
         cmd += [*args, "--json", str(out)]
         try:
             status, text = run_job(cmd, _env(threads), timeout)
-        except Exception as exc:
-            if type(exc).__name__ == "TimeoutExpired":
-                raise ScaleoutError(f"mpiexec -n {ranks} (the strategies) timed out after {timeout:g} s") from None
-            raise
+        except subprocess.TimeoutExpired:
+            raise ScaleoutError(f"mpiexec -n {ranks} (the strategies) timed out after {timeout:g} s") from None
         if status != 0 or not out.exists():
             tail = " | ".join(text.strip().splitlines()[-8:])
             raise ScaleoutError(f"mpiexec -n {ranks} (the strategies) failed (status {status}): {tail or 'no output'}")

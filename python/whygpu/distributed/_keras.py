@@ -22,13 +22,39 @@ from ._ckpt import RankCheckpointer, restore_on_every_rank
 from ._sharded import ShardedOptimizer
 from ._shares import _batch_rows, _dropouts, share
 
-__all__ = ["KerasMethods", "GRAPH_NOTE"]
+__all__ = ["KerasMethods", "GRAPH_NOTE", "end_epoch"]
 
 # Why fit on a GPU runs ordinary steps here, where Sequential.fit replays CUDA graphs.
 GRAPH_NOTE = (
     "DataParallel.fit on a GPU runs ordinary steps, not CUDA graphs: the gradients' allreduce "
     "(MPI, on the host) has to run between the backward pass and the update"
 )
+
+
+def end_epoch(history, loss, total, correct, n, epoch, label, bar, show, validate=None) -> None:
+    """An epoch's end in a fit over ranks (DataParallel's, Pipeline's): the loss and accuracy over its ``n``
+    samples into ``history``, the validation figures (``validate()``, where given), the progress bar's summary
+    or, with verbose 2, a line; a loss that is not finite raises FloatingPointError."""
+    if not np.isfinite(total):
+        if bar is not None:
+            bar.close()
+        raise FloatingPointError(
+            f"the loss became {total / n} in epoch {epoch + 1}: training diverged -- try a smaller learning rate"
+        )
+    history["loss"].append(total / n)
+    if loss.classifier:
+        history["accuracy"].append(correct / n)
+    if validate is not None:
+        res = validate()
+        history["val_loss"].append(res["loss"])
+        if loss.classifier:
+            history["val_accuracy"].append(res["accuracy"])
+    summary = "  ".join(f"{k} {v[-1]:.4f}" for k, v in history.items())
+    if bar is not None:
+        bar.set_postfix_str(summary, refresh=True)
+        bar.close()
+    elif show == 2:
+        print(f"{label}  {summary}", file=sys.stdout)
 
 
 class KerasMethods:
@@ -111,28 +137,8 @@ class KerasMethods:
                 first = pr.batch if pr.epoch == epoch else 0
                 bar = _progress(-(-X.shape[0] // batch_size), label, show, initial=first)
                 total, correct = self._epoch(X, y, batch_size, optimizer, loss, shuffle, bar, epoch, pr, ck)
-                n = X.shape[0]
-                if not np.isfinite(total):
-                    if bar is not None:
-                        bar.close()
-                    raise FloatingPointError(
-                        f"the loss became {total / n} in epoch {epoch + 1}: training diverged -- "
-                        f"try a smaller learning rate"
-                    )
-                history["loss"].append(total / n)
-                if loss.classifier:
-                    history["accuracy"].append(correct / n)
-                if val is not None:
-                    res = self._evaluate(val[0], val[1], loss, max(batch_size, 256))
-                    history["val_loss"].append(res["loss"])
-                    if loss.classifier:
-                        history["val_accuracy"].append(res["accuracy"])
-                summary = "  ".join(f"{k} {v[-1]:.4f}" for k, v in history.items())
-                if bar is not None:
-                    bar.set_postfix_str(summary, refresh=True)
-                    bar.close()
-                elif show == 2:
-                    print(f"{label}  {summary}", file=sys.stdout)
+                validate = None if val is None else lambda: self._evaluate(val[0], val[1], loss, max(batch_size, 256))
+                end_epoch(history, loss, total, correct, X.shape[0], epoch, label, bar, show, validate)
                 if ck is not None:
                     ck.save(model, optimizer, _checkpoint.Progress(epoch + 1, 0, None, 0.0, 0, history))
         return history

@@ -5,6 +5,7 @@ it is in flight, and ``fit``'s loop.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Sequence
@@ -315,6 +316,7 @@ def fit_loop(pp: Any, X, y, epochs, batch_size, optimizer, loss, shuffle, valida
     its samples, and the validation figures, the same on every rank; only rank 0 shows progress."""
     from ..nn._fit import _progress
     from ..nn.losses import CrossEntropyLoss, MSELoss
+    from ._keras import end_epoch
 
     if optimizer is None:
         raise ValueError("Pipeline.fit needs an optimizer made on pp.parameters() (this stage's parameters)")
@@ -335,6 +337,10 @@ def fit_loop(pp: Any, X, y, epochs, batch_size, optimizer, loss, shuffle, valida
         if loss.classifier:
             history["val_accuracy"] = []
     show = verbose if pp.rank == 0 else 0
+    validate = None
+    if validation_data is not None:
+        vx, vy = validation_data
+        validate = functools.partial(evaluate, pp, vx, vy, loss, max(int(batch_size), 256))
     for epoch in range(int(epochs)):
         order = _random.get_rng().permutation(n) if (shuffle and pp.rank == 0) else None
         order = pp.comm.bcast(order, root=0) if shuffle else np.arange(n)
@@ -349,20 +355,5 @@ def fit_loop(pp: Any, X, y, epochs, batch_size, optimizer, loss, shuffle, valida
             optimizer.step()
             if bar is not None:
                 bar.update(1)
-        if not np.isfinite(total):
-            raise FloatingPointError(f"the loss became {total / n} in epoch {epoch + 1}: training diverged")
-        history["loss"].append(total / n)
-        if loss.classifier:
-            history["accuracy"].append(correct / n)
-        if validation_data is not None:
-            res = evaluate(pp, validation_data[0], validation_data[1], loss, max(int(batch_size), 256))
-            history["val_loss"].append(res["loss"])
-            if loss.classifier:
-                history["val_accuracy"].append(res["accuracy"])
-        summary = "  ".join(f"{k} {v[-1]:.4f}" for k, v in history.items())
-        if bar is not None:
-            bar.set_postfix_str(summary, refresh=True)
-            bar.close()
-        elif show == 2:
-            print(f"Epoch {epoch + 1}/{epochs}  {summary}")
+        end_epoch(history, loss, total, correct, n, epoch, f"Epoch {epoch + 1}/{epochs}", bar, show, validate)
     return history

@@ -440,8 +440,8 @@ class Pipeline:
         batch_size: int = 32,
         optimizer=None,
         loss=None,
-        shuffle: bool = True,
         validation_data=None,
+        shuffle: bool = True,
         verbose="auto",
     ) -> dict[str, list]:
         """Sequential.fit's loop over the pipeline: every rank holds X and y and runs every batch, rank 0's

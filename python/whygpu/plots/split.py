@@ -94,36 +94,16 @@ def bubble_figure(doc: dict) -> Figure:
     for name, runs in by.items():
         c = _color(name, seen)
         x = [r["micro_batches"] * _NUDGE.get(name, 1.0) for r in runs]
-        meas = [(xi, r["bubble"]) for xi, r in zip(x, runs) if r.get("bubble") is not None]
-        sim = [(xi, r["predicted_bubble"]) for xi, r in zip(x, runs) if r.get("predicted_bubble") is not None]
-        if meas:
-            left.plot(*zip(*meas), color=c, marker="o", markersize=7, linewidth=1.6, label=f"{name}: measured")
-        if sim:
-            left.plot(
-                *zip(*sim),
-                color=c,
-                marker="o",
-                markersize=7,
-                markerfacecolor="white",
-                linestyle="--",
-                linewidth=1.2,
-                label=f"{name}: simulated from terms measured apart",
-            )
-        steps = [(xi, 1e3 * r["step_s"]) for xi, r in zip(x, runs) if r.get("step_s") is not None]
-        psteps = [(xi, 1e3 * r["predicted_step_s"]) for xi, r in zip(x, runs) if r.get("predicted_step_s") is not None]
-        if steps:
-            right.plot(*zip(*steps), color=c, marker="o", markersize=7, linewidth=1.6, label=f"{name}: measured")
-        if psteps:
-            right.plot(
-                *zip(*psteps),
-                color=c,
-                marker="o",
-                markersize=7,
-                markerfacecolor="white",
-                linestyle="--",
-                linewidth=1.2,
-                label=f"{name}: simulated",
-            )
+        pairs = (("bubble", "predicted_bubble", 1.0, left, "simulated from terms measured apart"),
+                 ("step_s", "predicted_step_s", 1e3, right, "simulated"))  # fmt: skip
+        for key, predicted, scale, ax, sim_label in pairs:
+            meas = [(xi, scale * r[key]) for xi, r in zip(x, runs) if r.get(key) is not None]
+            sim = [(xi, scale * r[predicted]) for xi, r in zip(x, runs) if r.get(predicted) is not None]
+            if meas:
+                ax.plot(*zip(*meas), color=c, marker="o", markersize=7, linewidth=1.6, label=f"{name}: measured")
+            if sim:  # open markers, dashed: the same colour, predicted before the run
+                ax.plot(*zip(*sim), color=c, marker="o", markersize=7, markerfacecolor="white", linestyle="--",
+                        linewidth=1.2, label=f"{name}: {sim_label}")  # fmt: skip
     _ms_axis(left, ms)
     _ms_axis(right, ms)
     left.set_ylim(0, max([0.6] + [r.get("bubble") or 0 for rs in by.values() for r in rs]) * 1.05)
