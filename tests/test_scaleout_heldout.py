@@ -223,8 +223,11 @@ def test_a_real_run_under_mpiexec(tmp_path):
         assert r["verdict"] == "ok" or r["verdict"].startswith(("model error: ", "disturbed: "))
         for kind in ("simulated", "measured"):
             validate_chrome_trace(r["traces"][kind])
-        tr = r["traces"]  # the measured trace's compute lane adds up to its step (the median step: 3 steps)
-        assert tr["measured_compute_lane_s"] == pytest.approx(tr["measured_step_s"], rel=0.05)
+        # the measured trace's compute lane adds up to its step (the median step: 3 steps), but for the Python
+        # between recorded events: a few tens of microseconds a step, which on this 1 ms step alone is up to
+        # 5.2% (CI, 2026-12-08): 5% of the step, or 0.1 ms, whichever is larger -- not the machine's speed
+        tr = r["traces"]
+        assert tr["measured_compute_lane_s"] == pytest.approx(tr["measured_step_s"], rel=0.05, abs=1e-4)
         assert tr["measured_step_s"] == pytest.approx(r["measured"]["terms"]["step"], rel=1e-9)
     _finite(rows)
     json.dumps(doc, default=str)
